@@ -1,0 +1,94 @@
+"""Which implementation serves an op: the fused kernels or the reference.
+
+Precedence (DESIGN.md): the ``backend=`` argument > the ``FASTGPT_BACKEND``
+environment variable > the device (CUDA -> fused, CPU -> reference). The
+choice is made per call and never stored in checkpoints or configs.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+
+BACKENDS = ("fused", "reference")
+
+
+def _check_name(name, where):
+    if name not in BACKENDS:
+        raise ValueError(f"{where} must be 'fused' or 'reference' (or None for auto), got {name!r}")
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run under the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels_or_reason():
+    try:
+        return importlib.import_module("fastgpt.kernels"), None
+    except ImportError as e:  # triton missing (macOS, Windows) or a broken install
+        return None, f"the Triton kernels cannot be imported ({e}); install triton, or use backend='reference'"
+
+
+def fused_unavailable_reason(device_type: str) -> str | None:
+    """None if the Triton kernels can run on this device type, else why not (one line)."""
+    mod, reason = _kernels_or_reason()
+    if mod is None:
+        return reason
+    if device_type == "cuda":
+        if mod.INTERPRET:
+            return ("fastgpt.kernels was imported with TRITON_INTERPRET=1, which runs kernels on the CPU; "
+                    "unset it to run them on the GPU")
+        return None
+    if device_type == "cpu":
+        if not mod.INTERPRET:
+            return ("the fused backend needs a CUDA GPU; on the CPU it runs only under the Triton interpreter "
+                    "(set TRITON_INTERPRET=1 before importing fastgpt) — or use backend='reference'")
+        return None
+    return f"the fused backend does not support device type {device_type!r}; use backend='reference'"
+
+
+def requested_backend(backend: str | None = None) -> str | None:
+    """The explicit choice (argument, then environment), or None for auto."""
+    if backend is not None:
+        _check_name(backend, "backend")
+        return backend
+    env = os.environ.get("FASTGPT_BACKEND") or None
+    if env is not None:
+        _check_name(env, "FASTGPT_BACKEND")
+    return env
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(msg):
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def resolve(backend: str | None, device_type: str, fused_reason=fused_unavailable_reason) -> str:
+    """Pick 'fused' or 'reference' for one call on ``device_type``.
+
+    An explicit 'fused' that cannot run raises RuntimeError with the reason;
+    auto on CUDA without Triton falls back to the reference with one warning.
+    """
+    choice = requested_backend(backend)
+    if choice == "reference":
+        return "reference"
+    if choice == "fused":
+        reason = fused_reason(device_type)
+        if reason is not None:
+            raise RuntimeError(f"fastgpt: fused backend unavailable: {reason}")
+        return "fused"
+    if device_type != "cuda":
+        return "reference"
+    reason = fused_reason(device_type)
+    if reason is not None:
+        _warn_once(f"fastgpt: using the reference path on CUDA: {reason}")
+        return "reference"
+    return "fused"
+
+
+def kernels():
+    """The fastgpt.kernels module (call only after resolve() said 'fused')."""
+    return _kernels_or_reason()[0]

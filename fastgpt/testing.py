@@ -1,0 +1,107 @@
+"""The tolerance rule of DESIGN.md, shared by the tests, the benchmarks and selftest.
+
+    max|ours - ref_hi| <= 2 * max|ref_lp - ref_hi| + C * eps(dtype) * max|ref_hi|
+
+ref_hi is the reference run in float64, ref_lp the reference run in the op's
+dtype on the same device. C is one constant for the whole suite.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+C = 8.0
+
+
+@dataclass
+class Check:
+    name: str
+    err: float      # max|ours - ref_hi|
+    bound: float    # the rule's right-hand side
+    ok: bool
+
+    def __str__(self):
+        verdict = "ok" if self.ok else "FAIL"
+        return f"{self.name}: max err {self.err:.3e} <= bound {self.bound:.3e}? {verdict}"
+
+
+def eps(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps
+
+
+def check(name: str, ours: torch.Tensor, ref_hi: torch.Tensor, ref_lp: torch.Tensor, dtype: torch.dtype) -> Check:
+    """Apply the rule; NaN or a shape mismatch always fails."""
+    if ours is None or ref_hi is None:
+        ok = ours is None and ref_hi is None
+        return Check(name, 0.0 if ok else float("inf"), 0.0, ok)
+    if ours.shape != ref_hi.shape:
+        return Check(f"{name} (shape {tuple(ours.shape)} != {tuple(ref_hi.shape)})", float("inf"), 0.0, False)
+    o = ours.detach().double().cpu()
+    hi = ref_hi.detach().double().cpu()
+    lp = ref_lp.detach().double().cpu()
+    if o.numel() == 0:
+        return Check(name, 0.0, 0.0, True)
+    err = (o - hi).abs().max().item()
+    if not torch.isfinite(o).all():
+        err = float("inf") if torch.isfinite(hi).all() else (o - hi).nan_to_num(0.0).abs().max().item()
+    bound = 2 * (lp - hi).abs().max().item() + C * eps(dtype) * hi.abs().max().item()
+    return Check(name, err, bound, err <= bound)
+
+
+def assert_rule(name, ours, ref_hi, ref_lp, dtype):
+    c = check(name, ours, ref_hi, ref_lp, dtype)
+    assert c.ok, str(c)
+    return c
+
+
+def _leaf(t, dtype=None):
+    if not isinstance(t, torch.Tensor):
+        return t
+    t = t.detach().to(dtype) if (dtype is not None and t.is_floating_point()) else t.detach().clone()
+    return t.requires_grad_(t.is_floating_point())
+
+
+def _as_tuple(out):
+    return out if isinstance(out, (tuple, list)) else (out,)
+
+
+def _upstream(outs, mode):
+    """Upstream gradients for outs: 'random' (non-contiguous, stride 2) or 'sum' (stride 0)."""
+    grads = []
+    for o in outs:
+        if mode == "sum":
+            grads.append(torch.ones((), dtype=o.dtype, device=o.device).expand(o.shape))
+        else:
+            shape = list(o.shape) or [1]
+            g = torch.randn(*shape[:-1], 2 * shape[-1], device=o.device).to(o.dtype)[..., ::2]
+            grads.append(g.reshape(o.shape))
+    return grads
+
+
+def compare_op(name, fused_fn, ref_fn, inputs, grad_mode="random"):
+    """Forward and backward of fused_fn against ref_fn by the tolerance rule.
+
+    inputs: positional arguments (tensors, None or plain values). Floating
+    tensors get gradients. ref_lp runs ref_fn on the same inputs, ref_hi on
+    float64 copies; the same upstream gradients (random and non-contiguous, or
+    the stride-0 ones of a sum) flow into all three. Returns a list of Check.
+    """
+    ours_in = [_leaf(t) for t in inputs]
+    lp_in = [_leaf(t) for t in inputs]
+    hi_in = [_leaf(t, torch.float64) for t in inputs]
+    ours = _as_tuple(fused_fn(*ours_in))
+    lp = _as_tuple(ref_fn(*lp_in))
+    hi = _as_tuple(ref_fn(*hi_in))
+    checks = [check(f"{name} out{i}", o, h, l, o.dtype) for i, (o, h, l) in enumerate(zip(ours, hi, lp))]
+    diff = [i for i, o in enumerate(ours) if o.requires_grad]
+    if not diff:
+        return checks
+    grads = _upstream([ours[i] for i in diff], grad_mode)
+    for outs, ins, cast in ((ours, ours_in, None), (lp, lp_in, None), (hi, hi_in, torch.float64)):
+        gs = [g if cast is None else g.to(cast) for g in grads]
+        torch.autograd.backward([outs[i] for i in diff], gs)
+    for k, (o, l, h) in enumerate(zip(ours_in, lp_in, hi_in)):
+        if isinstance(o, torch.Tensor) and o.requires_grad:
+            checks.append(check(f"{name} grad{k}", o.grad, h.grad, l.grad, o.dtype))
+    return checks

@@ -1,0 +1,16 @@
+"""fastgpt.kernels: the Triton ops, always Triton (installed from the folder kernels/).
+
+Importing this module requires triton. Under ``TRITON_INTERPRET=1`` (set
+before triton is imported) the kernels run on the CPU through Triton's
+interpreter, which is how CI tests them without a GPU.
+"""
+import os
+
+import triton  # noqa: F401  (a clear ImportError here when triton is missing)
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+from fastgpt.kernels.layernorm import add_layer_norm, layer_norm  # noqa: E402
+from fastgpt.kernels.gelu import bias_gelu  # noqa: E402
+
+__all__ = ["INTERPRET", "layer_norm", "add_layer_norm", "bias_gelu"]

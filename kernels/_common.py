@@ -1,0 +1,82 @@
+"""Small helpers shared by the kernel files (validation, launch configs)."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+
+from fastgpt.kernels import INTERPRET
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_float(name: str, t: torch.Tensor, op: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32")
+
+
+def check_same_device(op: str, **tensors) -> None:
+    devs = {n: t.device for n, t in tensors.items() if t is not None}
+    if len(set(devs.values())) > 1:
+        desc = ", ".join(f"{n} on {d}" for n, d in devs.items())
+        raise ValueError(f"{op}: tensors on different devices ({desc})")
+
+
+def check_vector(op: str, name: str, t, n: int) -> None:
+    if t is None:
+        return
+    check_float(name, t, op)
+    if t.shape != (n,):
+        raise ValueError(f"{op}: {name} must have shape ({n},), got {tuple(t.shape)}")
+
+
+def rows_2d(x: torch.Tensor) -> torch.Tensor:
+    """View x as (M, N) with unit column stride, copying only when that is impossible."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[1] > 1 and x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    return x2
+
+
+def row_stride(x2: torch.Tensor) -> int:
+    return x2.stride(0) if x2.shape[0] > 1 else x2.shape[1]
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def reduction_programs(device: torch.device, work_items: int, per_sm: int = 4) -> int:
+    """How many programs a persistent (grid-stride) kernel launches."""
+    if device.type != "cuda":
+        return max(1, min(work_items, 4))
+    return max(1, min(work_items, sm_count(device.index or 0) * per_sm))
+
+
+def autotune(configs, key):
+    """triton.autotune on the GPU; under the interpreter only the first config runs.
+
+    (Autotuning with more than one config fails under the interpreter.)
+    """
+    def wrap(fn):
+        if INTERPRET:
+            return triton.autotune(configs[:1], key=key)(fn)
+        return triton.autotune(configs, key=key)(fn)
+    return wrap
+
+
+# Tests set this to True: every buffer a launcher allocates then starts as NaN,
+# so an element the kernel fails to write fails the comparison.
+POISON = False
+
+
+def empty(shape, dtype, device) -> torch.Tensor:
+    """torch.empty for launcher outputs (NaN-filled when POISON is set)."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if POISON and t.is_floating_point():
+        t.fill_(float("nan"))
+    return t

@@ -1,0 +1,207 @@
+"""Fused bias + GELU, forward and backward, in Triton (fp32 math).
+
+Forward, u = x + b (b broadcast over the last dim, optional):
+    tanh form  y = 0.5 u (1 + tanh(k0 (u + k1 u^3))),  k0 = sqrt(2/pi), k1 = 0.044715
+    erf form   y = 0.5 u (1 + erf(u / sqrt(2)))
+Backward:
+    tanh form  dy/du = 0.5 (1 + t) + 0.5 u (1 - t^2) k0 (1 + 3 k1 u^2),  t = tanh(...)
+    erf form   dy/du = 0.5 (1 + erf(u / sqrt(2))) + u exp(-u^2 / 2) / sqrt(2 pi)
+    dx = dy * dy/du,  db = sum_rows(dx)  (fp32, two-stage: a persistent grid of G
+    programs writes a (G, N) partial buffer, torch.sum over G finishes it)
+The forward saves x (not u): the backward recomputes u = x + b.
+
+Limits: any shape (the last dim is the bias dim); fp16, bf16, fp32; y has x's dtype.
+tanh is computed as 1 - 2 / (exp(2z) + 1), which saturates correctly at +-inf.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastgpt.kernels._common import (
+    autotune, check_float, empty, check_same_device, check_vector, reduction_programs, row_stride, rows_2d,
+)
+
+_APPROX = {"tanh": 1, "none": 0}
+
+
+def _configs():
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w) for bm, bn, w in
+            [(8, 256, 4), (4, 512, 4), (16, 256, 8), (8, 512, 8), (2, 1024, 4), (32, 128, 4)]]
+
+
+@triton.jit
+def _gelu_and_grad(u, TANH: tl.constexpr, NEED_GRAD: tl.constexpr):
+    """gelu(u) and, if NEED_GRAD, d gelu / du (fp32 in, fp32 out)."""
+    if TANH:
+        k0 = 0.7978845608028654  # sqrt(2 / pi)
+        k1 = 0.044715
+        z = k0 * (u + k1 * u * u * u)
+        t = 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
+        y = 0.5 * u * (1.0 + t)
+        if NEED_GRAD:
+            dydu = 0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * k0 * (1.0 + 3.0 * k1 * u * u)
+        else:
+            dydu = y
+    else:
+        e = tl.erf(u * 0.7071067811865476)
+        y = 0.5 * u * (1.0 + e)
+        if NEED_GRAD:
+            dydu = 0.5 * (1.0 + e) + u * tl.exp(-0.5 * u * u) * 0.3989422804014327
+        else:
+            dydu = y
+    return y, dydu
+
+
+@autotune(_configs(), key=["N", "HAS_BIAS", "TANH"])
+@triton.jit
+def _bias_gelu_fwd_kernel(
+    X,          # (M, N) input, row stride stride_x
+    B,          # (N,) bias (read only if HAS_BIAS)
+    Y,          # (M, N) output, contiguous
+    M, N, stride_x,
+    HAS_BIAS: tl.constexpr, TANH: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    mask = (rows < M)[:, None] & cmask[None, :]
+    rows = rows.to(tl.int64)
+    u = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        u += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    y, _ = _gelu_and_grad(u, TANH, False)
+    tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+@autotune(_configs(), key=["N", "HAS_BIAS", "TANH"])
+@triton.jit
+def _bias_gelu_bwd_kernel(
+    DY,         # (M, N) grad of y, row stride stride_dy
+    X,          # (M, N) the forward's input x, row stride stride_x
+    B,          # (N,) bias (read only if HAS_BIAS)
+    DX,         # (M, N) grad of x, contiguous
+    DBp,        # (G, N) fp32 partial column sums of dx, one row per program along axis 0
+    M, N, stride_dy, stride_x,
+    HAS_BIAS: tl.constexpr, TANH: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    if HAS_BIAS:
+        b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
+    db_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for start in range(pid * BLOCK_M, M, G * BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        mask = (rows < M)[:, None] & cmask[None, :]
+        rows = rows.to(tl.int64)
+        u = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            u += b[None, :]
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        _, dydu = _gelu_and_grad(u, TANH, True)
+        dx = tl.where(mask, dy * dydu, 0.0)
+        tl.store(DX + rows[:, None] * N + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        if HAS_BIAS:
+            db_acc += tl.sum(dx, axis=0)
+    if HAS_BIAS:
+        tl.store(DBp + pid * N + cols, db_acc, mask=cmask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _validate(x, bias, approximate):
+    op = "bias_gelu"
+    check_float("x", x, op)
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have at least one dim")
+    if approximate not in _APPROX:
+        raise ValueError(f"{op}: approximate must be 'tanh' or 'none', got {approximate!r}")
+    check_vector(op, "bias", bias, x.shape[-1])
+    check_same_device(op, x=x, bias=bias)
+
+
+def bias_gelu_fwd(x: Tensor, bias: Optional[Tensor], approximate: str = "tanh",
+                  out: Optional[Tensor] = None) -> Tensor:
+    """y = gelu(x + bias). ``out`` may supply y (tests poison it)."""
+    _validate(x, bias, approximate)
+    y = out if out is not None else empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel() == 0:
+        return y
+    x2 = rows_2d(x)
+    M, N = x2.shape
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
+    _bias_gelu_fwd_kernel[grid](x2, bias if bias is not None else x2, y, M, N, row_stride(x2),
+                                HAS_BIAS=bias is not None, TANH=_APPROX[approximate])
+    return y
+
+
+def bias_gelu_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], approximate: str = "tanh"):
+    """Returns (dx, dbias); dbias is None without a bias (and then in bias's dtype)."""
+    dx = empty(x.shape, dtype=x.dtype, device=x.device)
+    N = x.shape[-1]
+    if x.numel() == 0:
+        return dx, (torch.zeros_like(bias) if bias is not None else None)
+    x2 = rows_2d(x)
+    dy2 = rows_2d(dy)
+    M = x2.shape[0]
+    G = reduction_programs(x.device, triton.cdiv(M, 8)) if bias is not None else triton.cdiv(M, 8)
+    dbp = empty((G, N), dtype=torch.float32, device=x.device) if bias is not None else dx
+    grid = lambda meta: (G, triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
+    _bias_gelu_bwd_kernel[grid](dy2, x2, bias if bias is not None else x2, dx, dbp, M, N,
+                                row_stride(dy2), row_stride(x2),
+                                HAS_BIAS=bias is not None, TANH=_APPROX[approximate])
+    db = dbp.sum(0).to(bias.dtype) if bias is not None else None
+    return dx, db
+
+
+# ----------------------------------------------------------------------------- registration
+
+@torch.library.custom_op("fastgpt::bias_gelu", mutates_args=())
+def _bias_gelu_op(x: Tensor, bias: Optional[Tensor], approximate: str) -> Tensor:
+    return bias_gelu_fwd(x, bias, approximate)
+
+
+@torch.library.custom_op("fastgpt::bias_gelu_bwd", mutates_args=())
+def _bias_gelu_bwd_op(dy: Tensor, x: Tensor, bias: Optional[Tensor], approximate: str) -> tuple[Tensor, Tensor]:
+    dx, db = bias_gelu_bwd(dy, x, bias, approximate)
+    return dx, db if db is not None else dx.new_empty(0)
+
+
+@_bias_gelu_op.register_fake
+def _(x, bias, approximate):
+    _validate(x, bias, approximate)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@_bias_gelu_bwd_op.register_fake
+def _(dy, x, bias, approximate):
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    return dx, torch.empty_like(bias) if bias is not None else x.new_empty(0)
+
+
+def _setup(ctx, inputs, output):
+    x, bias, approximate = inputs
+    ctx.save_for_backward(x, bias)
+    ctx.approximate = approximate
+
+
+def _backward(ctx, dy):
+    x, bias = ctx.saved_tensors
+    dx, db = _bias_gelu_bwd_op(dy, x, bias, ctx.approximate)
+    return dx, (db if bias is not None else None), None
+
+
+_bias_gelu_op.register_autograd(_backward, setup_context=_setup)
+
+
+def bias_gelu(x: Tensor, bias: Optional[Tensor] = None, approximate: str = "tanh") -> Tensor:
+    """gelu(x + bias) (see the module docstring); y has x's dtype."""
+    return _bias_gelu_op(x, bias, approximate)

@@ -1,0 +1,308 @@
+"""LayerNorm and fused residual-add + LayerNorm, forward and backward, in Triton.
+
+Forward, per row of N features (all statistics in fp32):
+    h    = x + residual             add variant only; stored in residual's dtype,
+                                    and the stored (rounded) h is what is normalised
+    mean = sum(h) / N
+    rstd = 1 / sqrt(sum((h - mean)^2) / N + eps)
+    y    = (h - mean) * rstd * w + b                       (y in x's dtype)
+Backward, with xhat = (h - mean) * rstd and g = dy * w:
+    dh   = rstd * (g - mean(g) - xhat * mean(g * xhat))    (+ dh_out, the grad of h)
+    dw   = sum_rows(dy * xhat),  db = sum_rows(dy)
+dx = dh (x's dtype) and dresidual = dh (residual's dtype). dw/db are reduced
+deterministically in two stages: a persistent grid of G programs walks the rows
+and each accumulates its rows into one fp32 row of a (G, N) partial buffer;
+torch.sum over G finishes (fixed order, no atomics).
+
+Limits: 1 <= N <= 8192 (a row lives in registers); x, residual, weight and
+bias may each be fp16, bf16 or fp32; the last dim must be the feature dim.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastgpt.kernels._common import (
+    autotune, check_float, empty, check_same_device, check_vector, reduction_programs, row_stride, rows_2d,
+)
+
+MAX_N = 8192
+
+
+def _configs():
+    return [triton.Config({"BLOCK_M": bm}, num_warps=w) for bm, w in
+            [(1, 4), (2, 4), (4, 4), (4, 8), (8, 8), (16, 8), (1, 8), (2, 16)]]
+
+
+# ----------------------------------------------------------------------------- kernels
+
+@autotune(_configs(), key=["N", "HAS_RES", "HAS_BIAS"])
+@triton.jit
+def _layer_norm_fwd_kernel(
+    X,          # (M, N) input, row stride stride_x
+    R,          # (M, N) residual, row stride stride_r (read only if HAS_RES)
+    Y,          # (M, N) output y, contiguous
+    H,          # (M, N) output h = x + residual, contiguous (written only if HAS_RES)
+    W,          # (N,) weight
+    B,          # (N,) bias (read only if HAS_BIAS)
+    Mean,       # (M,) fp32 row mean
+    Rstd,       # (M,) fp32 row 1/std
+    M, N, stride_x, stride_r, eps,
+    HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    rmask = rows < M
+    cmask = cols < N
+    mask = rmask[:, None] & cmask[None, :]
+    rows = rows.to(tl.int64)
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = (x + r).to(H.dtype.element_ty)
+        tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
+        x = h.to(tl.float32)
+    mean = tl.sum(x, axis=1) / N
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    var = tl.sum(xc * xc, axis=1) / N
+    rstd = 1.0 / tl.sqrt(var + eps)
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    y = xc * rstd[:, None] * w[None, :]
+    if HAS_BIAS:
+        y += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Mean + rows, mean, mask=rmask)
+    tl.store(Rstd + rows, rstd, mask=rmask)
+
+
+@autotune(_configs(), key=["N", "HAS_DHO", "HAS_DR", "HAS_BIAS"])
+@triton.jit
+def _layer_norm_bwd_kernel(
+    DY,         # (M, N) grad of y, row stride stride_dy
+    DHO,        # (M, N) grad of h (add variant), row stride stride_dho (read only if HAS_DHO)
+    Hin,        # (M, N) the normalised input (x, or h), row stride stride_h
+    W,          # (N,) weight
+    Mean,       # (M,) fp32
+    Rstd,       # (M,) fp32
+    DX,         # (M, N) grad of x, contiguous
+    DR,         # (M, N) grad of residual, contiguous (written only if HAS_DR)
+    DWp,        # (G, N) fp32 partial sums of dy * xhat, one row per program
+    DBp,        # (G, N) fp32 partial sums of dy (written only if HAS_BIAS)
+    M, N, stride_dy, stride_dho, stride_h,
+    HAS_DHO: tl.constexpr, HAS_DR: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    dw_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for start in range(pid * BLOCK_M, M, G * BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        rmask = rows < M
+        mask = rmask[:, None] & cmask[None, :]
+        rows = rows.to(tl.int64)
+        h = tl.load(Hin + rows[:, None] * stride_h + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(Mean + rows, mask=rmask, other=0.0)
+        rstd = tl.load(Rstd + rows, mask=rmask, other=0.0)
+        xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
+        g = dy * w[None, :]
+        c1 = tl.sum(g * xhat, axis=1) / N
+        c2 = tl.sum(g, axis=1) / N
+        dh = (g - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        if HAS_DHO:
+            dh += tl.load(DHO + rows[:, None] * stride_dho + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + rows[:, None] * N + cols[None, :], dh.to(DX.dtype.element_ty), mask=mask)
+        if HAS_DR:
+            tl.store(DR + rows[:, None] * N + cols[None, :], dh.to(DR.dtype.element_ty), mask=mask)
+        dw_acc += tl.sum(dy * xhat, axis=0)
+        if HAS_BIAS:
+            db_acc += tl.sum(dy, axis=0)
+    tl.store(DWp + pid * N + cols, dw_acc, mask=cmask)
+    if HAS_BIAS:
+        tl.store(DBp + pid * N + cols, db_acc, mask=cmask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _validate(op, x, residual, weight, bias):
+    check_float("x", x, op)
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"{op}: x must have a non-empty last (feature) dim, got shape {tuple(x.shape)}")
+    n = x.shape[-1]
+    if n > MAX_N:
+        raise ValueError(f"{op}: hidden size {n} exceeds the kernel's limit of {MAX_N}")
+    if residual is not None:
+        check_float("residual", residual, op)
+        if residual.shape != x.shape:
+            raise ValueError(f"{op}: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
+    check_vector(op, "weight", weight, n)
+    check_vector(op, "bias", bias, n)
+    check_same_device(op, x=x, residual=residual, weight=weight, bias=bias)
+
+
+def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Optional[Tensor],
+                   eps: float, out: Optional[Tensor] = None):
+    """Returns (y, h, mean, rstd); h is None without a residual. ``out`` may supply y (tests poison it)."""
+    op = "add_layer_norm" if residual is not None else "layer_norm"
+    _validate(op, x, residual, weight, bias)
+    N = x.shape[-1]
+    x2 = rows_2d(x)
+    M = x2.shape[0]
+    y = out if out is not None else empty(x.shape, dtype=x.dtype, device=x.device)
+    h = empty(x.shape, dtype=residual.dtype, device=x.device) if residual is not None else None
+    mean = empty(M, dtype=torch.float32, device=x.device)
+    rstd = empty(M, dtype=torch.float32, device=x.device)
+    if M == 0:
+        return y, h, mean, rstd
+    r2 = rows_2d(residual) if residual is not None else x2
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
+    _layer_norm_fwd_kernel[grid](
+        x2, r2, y, h if h is not None else y, weight, bias if bias is not None else weight, mean, rstd,
+        M, N, row_stride(x2), row_stride(r2), eps,
+        HAS_RES=residual is not None, HAS_BIAS=bias is not None, BLOCK_N=triton.next_power_of_2(N),
+    )
+    return y, h, mean, rstd
+
+
+def layer_norm_bwd(dy: Tensor, dh_out: Optional[Tensor], hin: Tensor, weight: Tensor, has_bias: bool,
+                   mean: Tensor, rstd: Tensor, x_dtype: torch.dtype, res_dtype: Optional[torch.dtype]):
+    """Returns (dx, dresidual, dweight, dbias).
+
+    dresidual is None unless a residual exists with a dtype other than x's
+    (then dx serves both); dbias is None without a bias.
+    """
+    N = hin.shape[-1]
+    dy2 = rows_2d(dy)
+    h2 = rows_2d(hin)
+    M = h2.shape[0]
+    dho2 = rows_2d(dh_out) if dh_out is not None else dy2
+    need_dr = res_dtype is not None and res_dtype != x_dtype
+    dx = empty(hin.shape, dtype=x_dtype, device=hin.device)
+    dr = empty(hin.shape, dtype=res_dtype, device=hin.device) if need_dr else None
+    G = reduction_programs(hin.device, triton.cdiv(max(M, 1), 1))
+    dwp = empty((G, N), dtype=torch.float32, device=hin.device)
+    dbp = empty((G, N), dtype=torch.float32, device=hin.device) if has_bias else dwp
+    if M > 0:
+        _layer_norm_bwd_kernel[(G,)](
+            dy2, dho2, h2, weight, mean, rstd, dx, dr if dr is not None else dx, dwp, dbp,
+            M, N, row_stride(dy2), row_stride(dho2), row_stride(h2),
+            HAS_DHO=dh_out is not None, HAS_DR=need_dr, HAS_BIAS=has_bias,
+            BLOCK_N=triton.next_power_of_2(N),
+        )
+    else:
+        dwp.zero_()
+        dbp.zero_()
+    dw = dwp.sum(0).to(weight.dtype)
+    db = dbp.sum(0).to(weight.dtype) if has_bias else None
+    return dx, dr, dw, db
+
+
+# ----------------------------------------------------------------------------- registration
+
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty(0)
+
+
+@torch.library.custom_op("fastgpt::layer_norm", mutates_args=())
+def _layer_norm_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    y, _, mean, rstd = layer_norm_fwd(x, None, weight, bias, eps)
+    return y, mean, rstd
+
+
+@torch.library.custom_op("fastgpt::add_layer_norm", mutates_args=())
+def _add_layer_norm_op(x: Tensor, residual: Tensor, weight: Tensor, bias: Optional[Tensor],
+                       eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return layer_norm_fwd(x, residual, weight, bias, eps)
+
+
+@torch.library.custom_op("fastgpt::layer_norm_bwd", mutates_args=())
+def _layer_norm_bwd_op(dy: Tensor, dh_out: Optional[Tensor], hin: Tensor, weight: Tensor, has_bias: bool,
+                       mean: Tensor, rstd: Tensor, x_dtype: torch.dtype,
+                       res_dtype: Optional[torch.dtype]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dx, dr, dw, db = layer_norm_bwd(dy, dh_out, hin, weight, has_bias, mean, rstd, x_dtype, res_dtype)
+    return dx, dr if dr is not None else _empty(dx), dw, db if db is not None else _empty(dw)
+
+
+def _stats(x):
+    m = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return x.new_empty(m, dtype=torch.float32), x.new_empty(m, dtype=torch.float32)
+
+
+@_layer_norm_op.register_fake
+def _(x, weight, bias, eps):
+    _validate("layer_norm", x, None, weight, bias)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), *_stats(x))
+
+
+@_add_layer_norm_op.register_fake
+def _(x, residual, weight, bias, eps):
+    _validate("add_layer_norm", x, residual, weight, bias)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(residual, memory_format=torch.contiguous_format), *_stats(x))
+
+
+@_layer_norm_bwd_op.register_fake
+def _(dy, dh_out, hin, weight, has_bias, mean, rstd, x_dtype, res_dtype):
+    dx = torch.empty(hin.shape, dtype=x_dtype, device=hin.device)
+    need_dr = res_dtype is not None and res_dtype != x_dtype
+    dr = torch.empty(hin.shape, dtype=res_dtype, device=hin.device) if need_dr else dx.new_empty(0)
+    dw = torch.empty_like(weight)
+    db = torch.empty_like(weight) if has_bias else weight.new_empty(0)
+    return dx, dr, dw, db
+
+
+def _ln_setup(ctx, inputs, output):
+    x, weight, bias, eps = inputs
+    y, mean, rstd = output
+    ctx.save_for_backward(x, weight, mean, rstd)
+    ctx.has_bias = bias is not None
+    ctx.x_dtype = x.dtype
+
+
+def _ln_backward(ctx, dy, _dmean, _drstd):
+    x, weight, mean, rstd = ctx.saved_tensors
+    dx, _, dw, db = _layer_norm_bwd_op(dy, None, x, weight, ctx.has_bias, mean, rstd, ctx.x_dtype, None)
+    return dx, dw, (db if ctx.has_bias else None), None
+
+
+def _add_ln_setup(ctx, inputs, output):
+    x, residual, weight, bias, eps = inputs
+    y, h, mean, rstd = output
+    ctx.save_for_backward(h, weight, mean, rstd)
+    ctx.has_bias = bias is not None
+    ctx.x_dtype = x.dtype
+    ctx.res_dtype = residual.dtype
+
+
+def _add_ln_backward(ctx, dy, dh, _dmean, _drstd):
+    h, weight, mean, rstd = ctx.saved_tensors
+    dx, dr, dw, db = _layer_norm_bwd_op(dy, dh, h, weight, ctx.has_bias, mean, rstd, ctx.x_dtype, ctx.res_dtype)
+    dres = dr if ctx.res_dtype != ctx.x_dtype else dx
+    return dx, dres, dw, (db if ctx.has_bias else None), None
+
+
+_layer_norm_op.register_autograd(_ln_backward, setup_context=_ln_setup)
+_add_layer_norm_op.register_autograd(_add_ln_backward, setup_context=_add_ln_setup)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
+    """LayerNorm over the last dim (see the module docstring); y has x's dtype."""
+    return _layer_norm_op(x, weight, bias, float(eps))[0]
+
+
+def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                   eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """(y, h): h = x + residual in residual's dtype, y = layer_norm(h) in x's dtype, one pass."""
+    y, h, _, _ = _add_layer_norm_op(x, residual, weight, bias, float(eps))
+    return y, h

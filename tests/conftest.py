@@ -1,0 +1,57 @@
+"""Test set-up: the Triton interpreter on CPU-only machines, per-test seeds, devices.
+
+TRITON_INTERPRET must be set before triton is imported (it is fixed when
+@triton.jit runs), so it is set here, before any test module imports
+fastgpt.kernels, and only where CUDA is absent: on a GPU the interpreter would
+copy tensors to the CPU and test nothing real.
+"""
+import os
+import random
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+try:
+    import triton  # noqa: F401
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    """A fresh seed per test (FASTGPT_TEST_SEED pins it); printed, so a failure shows it."""
+    s = int(os.environ.get("FASTGPT_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    torch.manual_seed(s)
+    random.seed(s)
+    print(f"seed = {s} (rerun with FASTGPT_TEST_SEED={s})")
+    return s
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_env(monkeypatch):
+    """Tests choose backends explicitly; a user's FASTGPT_BACKEND must not leak in."""
+    monkeypatch.delenv("FASTGPT_BACKEND", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _poison_kernel_outputs(monkeypatch):
+    """Every buffer a Triton launcher allocates starts as NaN during tests."""
+    if HAS_TRITON:
+        from fastgpt.kernels import _common
+        monkeypatch.setattr(_common, "POISON", True)

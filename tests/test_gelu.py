@@ -1,0 +1,115 @@
+"""Triton bias+GELU against fastgpt.reference (DESIGN.md's tolerance rule)."""
+import pytest
+import torch
+
+from conftest import DEVICE, HAS_CUDA, needs_triton
+from fastgpt import reference
+from fastgpt.testing import compare_op
+
+pytestmark = needs_triton
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SHAPES = [(1, 1), (3, 17), (2, 5, 64), (5, 768), (3, 1600), (2, 3072)]
+if HAS_CUDA:
+    SHAPES += [(4096, 3072), (1000, 1600), (8, 512, 3072)]
+shape_ids = lambda s: "x".join(map(str, s))  # noqa: E731
+dtype_ids = lambda d: str(d)[6:]  # noqa: E731
+
+
+def _assert(checks):
+    bad = [str(c) for c in checks if not c.ok]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_ids)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_bias_gelu(shape, dtype, approximate, has_bias):
+    import fastgpt.kernels as K
+    n = shape[-1]
+    x = (torch.randn(shape, device=DEVICE) * 3).to(dtype)
+    b = torch.randn(n, device=DEVICE).to(dtype) if has_bias else None
+    _assert(compare_op("bias_gelu", K.bias_gelu, reference.bias_gelu, [x, b, approximate]))
+
+
+@pytest.mark.parametrize("act_dtype", [torch.float16, torch.bfloat16], ids=dtype_ids)
+@pytest.mark.parametrize("grad_mode", ["random", "sum"])
+def test_mixed_precision(act_dtype, grad_mode):
+    """Autocast-style: low-precision activations, fp32 bias; the bias grad stays fp32."""
+    import fastgpt.kernels as K
+    x = torch.randn(4, 7, 200, device=DEVICE).to(act_dtype)
+    b = torch.randn(200, device=DEVICE, requires_grad=True)
+    y = K.bias_gelu(x, b)
+    y.float().sum().backward()
+    assert y.dtype == act_dtype and b.grad.dtype == torch.float32
+    _assert(compare_op("bias_gelu mixed", K.bias_gelu, reference.bias_gelu, [x, b.detach(), "tanh"],
+                       grad_mode=grad_mode))
+
+
+def test_extreme_values_saturate():
+    import fastgpt.kernels as K
+    x = torch.tensor([[-1e4, -30.0, -1e-6, 0.0, 1e-6, 30.0, 1e4]], device=DEVICE)
+    for approx in ("tanh", "none"):
+        _assert(compare_op("gelu extremes", K.bias_gelu, reference.bias_gelu, [x, None, approx]))
+
+
+def test_strided_input():
+    import fastgpt.kernels as K
+    base = torch.randn(6, 128, device=DEVICE)
+    x = base[:, 64:]
+    b = torch.randn(64, device=DEVICE)
+    _assert(compare_op("bias_gelu strided", K.bias_gelu, reference.bias_gelu, [x, b, "tanh"]))
+
+
+def test_poisoned_output_is_fully_written():
+    from fastgpt.kernels.gelu import bias_gelu_fwd
+    x = torch.randn(9, 33, device=DEVICE)
+    out = torch.full_like(x, float("nan"))
+    y = bias_gelu_fwd(x, torch.randn(33, device=DEVICE), "none", out=out)
+    assert y is out and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("case,exc,msg", [
+    ("approx", ValueError, "approximate"),
+    ("bias_shape", ValueError, "bias must have shape"),
+    ("int_input", TypeError, "dtype"),
+    ("device", ValueError, "different devices"),
+])
+def test_bad_input(case, exc, msg):
+    import fastgpt.kernels as K
+    x = torch.randn(2, 8, device=DEVICE)
+    with pytest.raises(exc, match=msg):
+        if case == "approx":
+            K.bias_gelu(x, None, "fast")
+        elif case == "bias_shape":
+            K.bias_gelu(x, torch.ones(9, device=DEVICE))
+        elif case == "int_input":
+            K.bias_gelu(x.long())
+        elif case == "device":
+            K.bias_gelu(x, torch.ones(8, device="meta" if DEVICE == "cpu" else "cpu"))
+
+
+def test_opcheck():
+    import fastgpt.kernels  # noqa: F401
+    x = torch.randn(3, 40, device=DEVICE, requires_grad=True)
+    b = torch.randn(40, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastgpt.bias_gelu.default, (x, b, "tanh"))
+    torch.library.opcheck(torch.ops.fastgpt.bias_gelu.default, (x, None, "none"))
+
+
+def test_compile_fullgraph():
+    import fastgpt.kernels as K
+    backend = "inductor" if HAS_CUDA else "aot_eager"
+    x = torch.randn(4, 32, device=DEVICE, requires_grad=True)
+    b = torch.randn(32, device=DEVICE, requires_grad=True)
+    f = lambda x, b: K.bias_gelu(x, b) * 2  # noqa: E731
+    out = torch.compile(f, fullgraph=True, backend=backend)(x, b)
+    out.sum().backward()
+    gx, gb = x.grad.clone(), b.grad.clone()
+    x.grad = b.grad = None
+    ref = f(x, b)
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(gb, b.grad)

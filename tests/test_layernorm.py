@@ -1,0 +1,147 @@
+"""Triton LayerNorm / add+LayerNorm against fastgpt.reference (DESIGN.md's tolerance rule)."""
+import pytest
+import torch
+
+from conftest import DEVICE, HAS_CUDA, needs_triton
+from fastgpt import reference
+from fastgpt.testing import compare_op
+
+pytestmark = needs_triton
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# CPU (interpreter) shapes stay small; the GPU adds real ones.
+SHAPES = [(1, 1), (3, 17), (2, 5, 64), (7, 768), (4, 1600)]
+if HAS_CUDA:
+    SHAPES += [(4096, 768), (1024, 1600), (257, 8192), (8, 1024, 1024)]
+
+
+def _assert(checks):
+    bad = [str(c) for c in checks if not c.ok]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_layer_norm(shape, dtype, has_bias):
+    import fastgpt.kernels as K
+    n = shape[-1]
+    x = torch.randn(shape, device=DEVICE).mul(2).add(0.5).to(dtype)
+    w = torch.randn(n, device=DEVICE).to(dtype)
+    b = torch.randn(n, device=DEVICE).to(dtype) if has_bias else None
+    _assert(compare_op("layer_norm", K.layer_norm, reference.layer_norm, [x, w, b, 1e-5]))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+def test_add_layer_norm(shape, dtype):
+    import fastgpt.kernels as K
+    n = shape[-1]
+    x = torch.randn(shape, device=DEVICE).to(dtype)
+    r = torch.randn(shape, device=DEVICE).to(dtype)
+    w = torch.randn(n, device=DEVICE).to(dtype)
+    b = torch.randn(n, device=DEVICE).to(dtype)
+    _assert(compare_op("add_layer_norm", K.add_layer_norm, reference.add_layer_norm, [x, r, w, b, 1e-5]))
+
+
+@pytest.mark.parametrize("act_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("grad_mode", ["random", "sum"])
+def test_mixed_precision_dtypes(act_dtype, grad_mode):
+    """Autocast-style inputs: low-precision activations, fp32 residual stream and weights."""
+    import fastgpt.kernels as K
+    shape = (3, 9, 96)
+    x = torch.randn(shape, device=DEVICE).to(act_dtype)
+    r = torch.randn(shape, device=DEVICE)
+    w = torch.randn(96, device=DEVICE)
+    b = torch.randn(96, device=DEVICE)
+    y, h = K.add_layer_norm(x, r, w, b)
+    assert y.dtype == act_dtype and h.dtype == torch.float32
+    _assert(compare_op("add_layer_norm mixed", K.add_layer_norm, reference.add_layer_norm, [x, r, w, b, 1e-5],
+                       grad_mode=grad_mode))
+    _assert(compare_op("layer_norm mixed", K.layer_norm, reference.layer_norm, [x, w, b, 1e-5], grad_mode=grad_mode))
+
+
+def test_strided_input_and_no_copy_of_y():
+    import fastgpt.kernels as K
+    base = torch.randn(6, 2 * 48, device=DEVICE)
+    x = base[:, 48:]  # row stride 96: read in place
+    w, b = torch.randn(48, device=DEVICE), torch.randn(48, device=DEVICE)
+    _assert(compare_op("layer_norm strided", K.layer_norm, reference.layer_norm, [x, w, b, 1e-5]))
+    xt = torch.randn(48, 6, device=DEVICE).t()  # column stride != 1: copied
+    _assert(compare_op("layer_norm transposed", K.layer_norm, reference.layer_norm, [xt, w, b, 1e-5]))
+
+
+def test_poisoned_output_is_fully_written():
+    from fastgpt.kernels.layernorm import layer_norm_fwd
+    x = torch.randn(5, 33, device=DEVICE)
+    w = torch.randn(33, device=DEVICE)
+    out = torch.full_like(x, float("nan"))
+    y, _, mean, rstd = layer_norm_fwd(x, None, w, None, 1e-5, out=out)
+    assert y is out and torch.isfinite(y).all() and torch.isfinite(mean).all() and torch.isfinite(rstd).all()
+
+
+def test_zero_rows():
+    import fastgpt.kernels as K
+    x = torch.randn(0, 16, device=DEVICE, requires_grad=True)
+    w = torch.randn(16, device=DEVICE, requires_grad=True)
+    y = K.layer_norm(x, w)
+    y.sum().backward()
+    assert y.shape == (0, 16) and torch.equal(w.grad, torch.zeros(16, device=DEVICE))
+
+
+@pytest.mark.parametrize("case,exc,msg", [
+    ("too_wide", ValueError, "exceeds"),
+    ("bad_weight", ValueError, "weight must have shape"),
+    ("int_input", TypeError, "dtype"),
+    ("res_shape", ValueError, "residual shape"),
+    ("device", ValueError, "different devices"),
+])
+def test_bad_input(case, exc, msg):
+    import fastgpt.kernels as K
+    x = torch.randn(2, 8, device=DEVICE)
+    w = torch.ones(8, device=DEVICE)
+    with pytest.raises(exc, match=msg):
+        if case == "too_wide":
+            K.layer_norm(torch.randn(2, 8193, device=DEVICE), torch.ones(8193, device=DEVICE))
+        elif case == "bad_weight":
+            K.layer_norm(x, torch.ones(7, device=DEVICE))
+        elif case == "int_input":
+            K.layer_norm(x.long(), w)
+        elif case == "res_shape":
+            K.add_layer_norm(x, torch.randn(2, 9, device=DEVICE), w)
+        elif case == "device":
+            other = "meta" if DEVICE == "cpu" else "cpu"
+            K.layer_norm(x, w.to(other))
+
+
+def test_opcheck():
+    import fastgpt.kernels  # noqa: F401  (registers the ops)
+    x = torch.randn(3, 40, device=DEVICE, requires_grad=True)
+    r = torch.randn(3, 40, device=DEVICE, requires_grad=True)
+    w = torch.randn(40, device=DEVICE, requires_grad=True)
+    b = torch.randn(40, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastgpt.layer_norm.default, (x, w, b, 1e-5))
+    torch.library.opcheck(torch.ops.fastgpt.layer_norm.default, (x, w, None, 1e-5))
+    torch.library.opcheck(torch.ops.fastgpt.add_layer_norm.default, (x, r, w, b, 1e-5))
+
+
+def test_compile_fullgraph():
+    import fastgpt.kernels as K
+
+    def f(x, r, w, b):
+        y, h = K.add_layer_norm(x, r, w, b)
+        return K.layer_norm(y, w, b) + h
+
+    backend = "inductor" if HAS_CUDA else "aot_eager"
+    x, r = (torch.randn(4, 32, device=DEVICE, requires_grad=True) for _ in range(2))
+    w, b = torch.randn(32, device=DEVICE, requires_grad=True), torch.randn(32, device=DEVICE, requires_grad=True)
+    cf = torch.compile(f, fullgraph=True, backend=backend)
+    out = cf(x, r, w, b)
+    out.sum().backward()
+    g = [t.grad.clone() for t in (x, r, w, b)]
+    for t in (x, r, w, b):
+        t.grad = None
+    f(x, r, w, b).sum().backward()
+    torch.testing.assert_close(out, f(x, r, w, b))
+    for a, t in zip(g, (x, r, w, b)):
+        torch.testing.assert_close(a, t.grad)
