@@ -34,13 +34,21 @@ MAX_N = 8192
 
 
 def _configs():
+    # (rows per program, warps); the first is the default when not autotuning
     return [triton.Config({"BLOCK_M": bm}, num_warps=w) for bm, w in
-            [(1, 4), (2, 4), (4, 4), (4, 8), (8, 8), (16, 8), (1, 8), (2, 16)]]
+            [(1, 8), (1, 4), (2, 4), (2, 8), (4, 4), (4, 8), (8, 8), (16, 8)]]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles that would not fit in registers (> 16K elements) or leave lanes idle."""
+    bn = triton.next_power_of_2(named_args["N"])
+    keep = [c for c in configs if 128 <= c.kwargs["BLOCK_M"] * bn <= 16384]
+    return keep or configs[:1]
 
 
 # ----------------------------------------------------------------------------- kernels
 
-@autotune(_configs(), key=["N", "HAS_RES", "HAS_BIAS"])
+@autotune(_configs(), key=["N", "HAS_RES", "HAS_BIAS"], prune=_prune)
 @triton.jit
 def _layer_norm_fwd_kernel(
     X,          # (M, N) input, row stride stride_x
@@ -80,7 +88,7 @@ def _layer_norm_fwd_kernel(
     tl.store(Rstd + rows, rstd, mask=rmask)
 
 
-@autotune(_configs(), key=["N", "HAS_DHO", "HAS_DR", "HAS_BIAS"])
+@autotune(_configs(), key=["N", "HAS_DHO", "HAS_DR", "HAS_BIAS"], prune=_prune)
 @triton.jit
 def _layer_norm_bwd_kernel(
     DY,         # (M, N) grad of y, row stride stride_dy

@@ -1,0 +1,1 @@
+"""fastgpt benchmarks: one file per op family + block + train step, and one runner (run.py)."""

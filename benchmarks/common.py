@@ -1,0 +1,91 @@
+"""Shared benchmark helpers: timing, memory, correctness gates, peers, result rows.
+
+Every bench_<family>.py exposes ``run(args) -> list[dict]``; each dict is one
+result row made by ``row(...)``. Rows of one case share ``case``; the runner
+prints fastgpt's ratio against every other impl of the same case.
+Timing: triton.testing.do_bench (CUDA events, median). Correctness is checked
+against fastgpt.reference before anything is timed; a failed check is recorded
+in the row (ok=False) and the impl is not timed.
+"""
+from __future__ import annotations
+
+import functools
+import gc
+
+import torch
+
+from fastgpt.testing import check
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def time_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """Median milliseconds of fn() by CUDA events (triton.testing.do_bench)."""
+    import triton.testing
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def peak_extra_gib(fn) -> float:
+    """Peak memory fn() allocates above what was allocated before it, in GiB."""
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+@functools.lru_cache(maxsize=None)
+def copy_gbps() -> float:
+    """The card's measured device-to-device copy bandwidth (bytes read + written), GB/s."""
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    ms = time_ms(lambda: b.copy_(a))
+    del a, b
+    return 2 * n / ms / 1e6
+
+
+def correct(name, ours, ref_hi, ref_lp, dtype) -> tuple[bool, str]:
+    c = check(name, ours, ref_hi, ref_lp, dtype)
+    return c.ok, str(c)
+
+
+def liger():
+    """The liger_kernel package, or None when it is not importable (it is optional)."""
+    try:
+        import liger_kernel  # noqa: F401
+        return liger_kernel
+    except Exception:  # ImportError, or a broken install on this machine
+        return None
+
+
+def row(bench: str, case: str, impl: str, ms: float | None = None, *, gbps: float | None = None,
+        tflops: float | None = None, tok_s: float | None = None, mem_gib: float | None = None,
+        ok: bool = True, note: str = "", **extra) -> dict:
+    return dict(bench=bench, case=case, impl=impl, ms=ms, gbps=gbps, tflops=tflops, tok_s=tok_s,
+                mem_gib=mem_gib, ok=ok, note=note, **extra)
+
+
+def bench_impl(rows, bench, case, impl, fn, *, nbytes=None, flops=None, tokens=None, memory=False,
+               warmup_ms=25, rep_ms=100, **extra):
+    """Time fn and append a row with GB/s (nbytes), TFLOP/s (flops) or tok/s (tokens).
+
+    A peer that raises (not installed, unsupported shape) gets a row with its error, not a crash.
+    """
+    try:
+        ms = time_ms(fn, warmup_ms, rep_ms)
+        mem = peak_extra_gib(fn) if memory else None
+    except Exception as e:  # keep the run going: one peer failing must not lose the table
+        rows.append(row(bench, case, impl, ok=False, note=f"{type(e).__name__}: {str(e)[:120]}", **extra))
+        torch.cuda.empty_cache()
+        return None
+    rows.append(row(bench, case, impl, ms,
+                    gbps=nbytes / ms / 1e6 if nbytes else None,
+                    tflops=flops / ms / 1e9 if flops else None,
+                    tok_s=tokens / ms * 1e3 if tokens else None,
+                    mem_gib=mem, **extra))
+    return ms

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# One command for a GPU machine: install (no downloads), build, GPU tests, benchmarks, summary.
+#
+#   bash benchmarks/gpu_check.sh                      # every stage
+#   bash benchmarks/gpu_check.sh --only tests         # one stage: install|tests|bench|selftest
+#   bash benchmarks/gpu_check.sh --only layernorm,gelu   # some benchmark families
+#   bash benchmarks/gpu_check.sh --out DIR            # where stage results go (default gpu_results/)
+#
+# Each stage has a time budget (seconds; override with BUDGET_<STAGE>=N) and
+# writes its JSON/log into the results folder as soon as it ends; the last
+# thing printed is a short table (benchmarks/summary.py). Liger wheels, if
+# carried in .whl/, are installed to /tmp/site first (no network needed).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ONLY="all"
+RES="gpu_results"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --only) ONLY="$2"; shift 2 ;;
+    --out) RES="$2"; shift 2 ;;
+    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    *) echo "gpu_check: unknown argument $1 (see --help)"; exit 2 ;;
+  esac
+done
+mkdir -p "$RES"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+FAMILIES="layernorm gelu dropout_add attention cross_entropy block train"
+
+wants() {  # wants STAGE [FAMILY]: is this stage selected?
+  [ "$ONLY" = "all" ] && return 0
+  local s
+  for s in ${ONLY//,/ }; do
+    [ "$s" = "$1" ] && return 0
+    [ -n "${2:-}" ] && [ "$s" = "$2" ] && return 0
+  done
+  return 1
+}
+
+stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.log
+  local name=$1 budget=$2; shift 2
+  local var="BUDGET_${name^^}"; budget=${!var:-$budget}
+  echo "=== [$name] budget ${budget}s: $*"
+  local t0=$SECONDS
+  timeout --signal=INT --kill-after=15 "$budget" "$@" 2>&1 | tee "$RES/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "=== [$name] rc=$rc in $((SECONDS - t0))s"
+  echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}" > "$RES/$name.stage.json"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ -d .cache/fastgpt ]; then export FASTGPT_CACHE=${FASTGPT_CACHE:-$PWD/.cache/fastgpt}; fi
+
+# install always runs (other stages need it); it builds the C++/CUDA extension
+stage install 240 $PY -m pip install -q --no-deps --no-build-isolation -e .
+if wants tests; then
+  stage tests 300 $PY -m pytest -q -m "not network" -p no:cacheprovider --timeout 240 \
+        --junitxml="$RES/tests.xml" tests/
+fi
+if wants selftest; then
+  stage selftest 120 $PY -m fastgpt.selftest
+fi
+for fam in $FAMILIES; do
+  if wants bench "$fam"; then
+    stage "bench_$fam" 240 $PY -m benchmarks --only "$fam" --json "$RES/bench_$fam.json" ${QUICK:+--quick}
+  fi
+done
+$PY benchmarks/summary.py "$RES"

@@ -1,0 +1,96 @@
+"""Run the fastgpt benchmarks against the peers, in one run, and print a ratio table last.
+
+    python -m benchmarks                       # everything
+    python -m benchmarks --only layernorm,gelu # some families
+    python -m benchmarks --json out.json       # also write every row as JSON
+
+Each family lives in benchmarks/bench_<name>.py and exposes run(args) -> rows.
+Needs a CUDA GPU (kernels are timed with CUDA events).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+
+import torch
+
+FAMILIES = ["layernorm", "gelu", "dropout_add", "attention", "cross_entropy", "block", "train"]
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def print_rows(rows):
+    print(f"{'bench':<13} {'case':<34} {'impl':<22} {'ms':>9} {'GB/s':>8} {'TFLOP/s':>8} {'tok/s':>9} "
+          f"{'GiB':>6}  note")
+    for r in rows:
+        print(f"{r['bench']:<13} {r['case'][:34]:<34} {r['impl'][:22]:<22} {_fmt(r['ms'], '9.3f')} "
+              f"{_fmt(r['gbps'], '8.0f')} {_fmt(r['tflops'], '8.1f')} {_fmt(r['tok_s'], '9.0f')} "
+              f"{_fmt(r['mem_gib'], '6.2f')}  {'' if r['ok'] else 'FAILED '}{r['note']}")
+
+
+def ratio_table(rows):
+    """fastgpt's speed-up over each other impl of the same case (time ratio, >1 = fastgpt faster)."""
+    out = []
+    cases = {}
+    for r in rows:
+        cases.setdefault((r["bench"], r["case"]), []).append(r)
+    for (bench, case), rs in cases.items():
+        ours = [r for r in rs if r["impl"].startswith("fastgpt") and r["ms"]]
+        for o in ours:
+            for p in rs:
+                if p is o or p["impl"].startswith("fastgpt") or not p["ms"]:
+                    continue
+                out.append((bench, case, o["impl"], p["impl"], p["ms"] / o["ms"]))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help=f"comma-separated families (default: all of {','.join(FAMILIES)})")
+    ap.add_argument("--json", default=None, help="write all rows (and the environment) to this JSON file")
+    ap.add_argument("--quick", action="store_true", help="fewer shapes / shorter timing (smoke runs)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks: a CUDA GPU is required (kernels are timed with CUDA events)", file=sys.stderr)
+        sys.exit(2)
+    names = [n for n in args.only.split(",") if n] or FAMILIES
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        print(f"benchmarks: unknown family {unknown}; choose from {FAMILIES}", file=sys.stderr)
+        sys.exit(2)
+    import triton
+    from benchmarks.common import copy_gbps, gpu_name
+    env = dict(card=gpu_name(), torch=torch.__version__, triton=triton.__version__,
+               python=platform.python_version(), date=time.strftime("%Y-%m-%d"), copy_gbps=copy_gbps())
+    print(f"# {env['card']}  torch {env['torch']}  triton {env['triton']}  copy {env['copy_gbps']:.0f} GB/s")
+    rows = []
+    for n in names:
+        try:
+            mod = importlib.import_module(f"benchmarks.bench_{n}")
+        except ModuleNotFoundError as e:
+            if e.name == f"benchmarks.bench_{n}":
+                print(f"# {n}: no benchmark file yet, skipped")
+                continue
+            raise
+        t0 = time.time()
+        new = mod.run(args)
+        rows += new
+        print(f"# {n}: {len(new)} rows in {time.time() - t0:.1f} s")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(env=env, rows=rows), f, indent=1)
+    print_rows(rows)
+    print("\n# fastgpt speed-up (peer time / fastgpt time; >1 means fastgpt is faster)")
+    for bench, case, ours, peer, r in ratio_table(rows):
+        print(f"{bench:<13} {case[:34]:<34} {ours:<18} vs {peer:<22} {r:6.2f}x")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Print the short table of a gpu_check run: each stage's status, then the headline figures vs targets.
+
+    python benchmarks/summary.py gpu_results/
+"""
+import glob
+import json
+import os
+import sys
+
+# (bench, case substring, impl, metric, target, peer impl for a ratio)
+TARGETS = [
+    ("layernorm", "16384x768 bf16 fwd", "fastgpt", "gbps", 2500, "torch eager"),
+    ("layernorm", "16384x768 bf16 fwd+bwd", "fastgpt", "gbps", 2000, "torch eager"),
+    ("bias_gelu", "16384x3072 bf16 fwd+bwd", "fastgpt", "gbps", 2500, "torch eager"),
+    ("attention", "B16 H12 T1024 D64 fwd+bwd", "fastgpt", "tflops", 200, "sdpa cudnn"),
+    ("attention", "B4 H16 T4096 D128 fwd+bwd", "fastgpt", "tflops", 330, "sdpa cudnn"),
+]
+
+
+def main(res):
+    for f in sorted(glob.glob(os.path.join(res, "*.stage.json"))):
+        s = json.load(open(f))
+        print(f"stage {s['stage']:<22} rc={s['rc']:<4} {s['seconds']:>5}s")
+    rows, env = [], {}
+    for f in sorted(glob.glob(os.path.join(res, "bench_*.json"))):
+        d = json.load(open(f))
+        rows += d["rows"]
+        env = d.get("env", env)
+    if env:
+        print(f"card: {env.get('card')}  torch {env.get('torch')}  triton {env.get('triton')}  "
+              f"copy {env.get('copy_gbps', 0):.0f} GB/s")
+    failed = [r for r in rows if not r["ok"]]
+    for r in failed:
+        print(f"FAILED row: {r['bench']} {r['case']} {r['impl']}: {r['note']}")
+    for bench, case, impl, metric, target, peer in TARGETS:
+        ours = [r for r in rows if r["bench"] == bench and case in r["case"] and r["impl"] == impl and r[metric]]
+        if not ours:
+            continue
+        o = ours[0]
+        p = [r for r in rows if r["bench"] == bench and r["case"] == o["case"] and r["impl"] == peer and r["ms"]]
+        ratio = f"{p[0]['ms'] / o['ms']:.2f}x vs {peer}" if p else ""
+        verdict = "met" if o[metric] >= target else "MISSED"
+        print(f"{bench:<10} {o['case']:<30} {o[metric]:8.1f} {metric} target {target} {verdict:<6} {ratio}")
+    # every fastgpt row against every peer of the same case
+    by_case = {}
+    for r in rows:
+        by_case.setdefault((r["bench"], r["case"]), []).append(r)
+    for (bench, case), rs in by_case.items():
+        o = next((r for r in rs if r["impl"].startswith("fastgpt") and r["ms"]), None)
+        if o is None:
+            continue
+        peers = " ".join(f"{r['impl']}={r['ms'] / o['ms']:.2f}x" for r in rs if r is not o and r["ms"]
+                         and not r["impl"].startswith("fastgpt"))
+        print(f"{bench:<13} {case:<32} fastgpt {o['ms']:8.3f} ms  {peers}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "gpu_results")
