@@ -8,7 +8,8 @@
 #
 # Each stage has a time budget (seconds; override with BUDGET_<STAGE>=N) and
 # writes its JSON/log into the results folder as soon as it ends; the last
-# thing printed is a short table (benchmarks/summary.py). Liger wheels, if
+# thing printed is a short table (benchmarks/summary.py). TESTS="tests/test_x.py ..."
+# narrows the test stage; QUICK=1 passes --quick to the benchmarks. Liger wheels, if
 # carried in .whl/, are installed to /tmp/site first (no network needed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -61,7 +62,7 @@ if [ -d .cache/fastgpt ]; then export FASTGPT_CACHE=${FASTGPT_CACHE:-$PWD/.cache
 stage install 240 $PY -m pip install -q --no-deps --no-build-isolation -e .
 if wants tests; then
   stage tests 300 $PY -m pytest -q -m "not network" -p no:cacheprovider --timeout 240 \
-        --junitxml="$RES/tests.xml" tests/
+        --junitxml="$RES/tests.xml" ${TESTS:-tests/}
 fi
 if wants selftest; then
   stage selftest 120 $PY -m fastgpt.selftest

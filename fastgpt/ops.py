@@ -40,22 +40,44 @@ def bias_gelu(x, bias=None, approximate: str = "tanh", *, backend=None):
     return reference.bias_gelu(x, bias, approximate)
 
 
-def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, *, backend=None):
-    """Causal (bottom-right aligned) attention over (B, H, T, D) tensors."""
-    # The Triton flash-attention kernel lands with its own issue; until then the
-    # reference serves every backend.
-    resolve(backend, q.device.type)
+def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, *, out_layout: str = "bhtd", backend=None):
+    """Causal (bottom-right aligned) attention over (B, H, T, D) tensors; o in q's dtype.
+
+    The fused backend is the Triton flash-attention kernel (kernels/attention.py);
+    dropout_p > 0 is still served by the reference there (torch's RNG) until
+    in-kernel dropout lands. out_layout="bthd" asks for o as a (B, H, T, D) view
+    of a contiguous (B, T, H, D) tensor (the fused kernel writes it directly); the
+    values never depend on it.
+    """
+    if out_layout not in ("bhtd", "bthd"):
+        raise ValueError(f"causal_attention: out_layout must be 'bhtd' or 'bthd', got {out_layout!r}")
+    if resolve(backend, q.device.type) == "fused":
+        return kernels().causal_attention(q, k, v, scale, dropout_p, out_layout=out_layout)
     return reference.causal_attention(q, k, v, scale, dropout_p)
 
 
+def _extension_reason(device_type):
+    from fastgpt import extension  # lazy: loading may JIT-compile the extension
+    return extension.unavailable_reason(device_type)
+
+
 def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, *, backend=None):
-    """residual + dropout(x + bias); the fused path is the C++/CUDA extension."""
-    resolve(backend, x.device.type)
+    """residual + dropout(x + bias) (residual's dtype); the fused path is the C++/CUDA extension.
+
+    Auto picks the extension on CUDA and falls back to the reference (warning
+    once, with the reason) when it is unavailable; backend="fused" raises that
+    reason instead. The fused mask comes from the extension's Philox stream
+    (seeded from torch's generator), the reference's from torch.rand.
+    """
+    if resolve(backend, x.device.type, fused_reason=_extension_reason) == "fused":
+        from fastgpt import extension
+        return extension.bias_dropout_add(x, bias, residual, dropout_p)
     return reference.bias_dropout_add(x, bias, residual, dropout_p)
 
 
 def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reduction: str = "mean",
                                label_smoothing: float = 0.0, *, backend=None):
     """cross_entropy(h @ W.T, targets) without materialising the logits (when fused)."""
-    resolve(backend, h.device.type)
+    if resolve(backend, h.device.type) == "fused":
+        return kernels().fused_linear_cross_entropy(h, W, targets, ignore_index, reduction, label_smoothing)
     return reference.fused_linear_cross_entropy(h, W, targets, ignore_index, reduction, label_smoothing)

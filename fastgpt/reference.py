@@ -31,8 +31,10 @@ __all__ = [
     "bias_gelu",
     "causal_attention",
     "bias_dropout_add",
+    "dropout_keep_mask",
     "fused_linear_cross_entropy",
     "opmath_dtype",
+    "GPTBlock",
 ]
 
 
@@ -119,12 +121,59 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
     return o.to(q.dtype)
 
 
-def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, generator=None):
+def dropout_threshold(dropout_p: float) -> int:
+    """The extension's quantised drop threshold: keep <=> u16 >= it (p in steps of 1/65536)."""
+    if dropout_p <= 0.0:
+        return 0
+    return int(min(65536.0, max(1.0, math.floor(dropout_p * 65536.0 + 0.5))))
+
+
+def _philox_mulhilo(m: int, c: torch.Tensor):
+    """(hi, lo) 32-bit halves of m * c for uint32 values held in int64 (no overflow)."""
+    t = m * (c & 0xFFFF)                   # < 2^48
+    u = m * (c >> 16) + (t >> 16)          # < 2^49
+    return u >> 16, ((u & 0xFFFF) << 16) | (t & 0xFFFF)
+
+
+def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
+    """Philox4x32-10 (Salmon et al. 2011) on int64 tensors of uint32 counters; returns 4 words."""
+    k0, k1 = k0 & 0xFFFFFFFF, k1 & 0xFFFFFFFF
+    for _ in range(10):
+        hi0, lo0 = _philox_mulhilo(0xD2511F53, c0)
+        hi1, lo1 = _philox_mulhilo(0xCD9E8D57, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return c0, c1, c2, c3
+
+
+def dropout_keep_mask(shape, dropout_p: float, seed: int, offset: int = 0, device=None) -> torch.Tensor:
+    """The keep mask (bool, True = kept) that the extension's bias_dropout_add draws for (seed, offset).
+
+    The spec of csrc/philox.h: element i of the flattened tensor is in group
+    g = i // 8; Philox4x32-10 with key (lo32(seed), hi32(seed)) and counter
+    (lo32(g), hi32(g), lo32(offset), hi32(offset)) gives words w0..w3; element
+    i reads the 16-bit half i % 2 (low first) of word (i % 8) // 2 as u and is
+    kept iff u >= dropout_threshold(p). seed/offset are int64 (or uint64) values.
+    """
+    numel = math.prod(shape)
+    seed, offset = int(seed) % 2**64, int(offset) % 2**64
+    thr = dropout_threshold(dropout_p)
+    g = torch.arange((numel + 7) // 8, dtype=torch.int64, device=device)
+    full = lambda v: torch.full_like(g, v)  # noqa: E731
+    w = philox4x32_10(g & 0xFFFFFFFF, g >> 32, full(offset & 0xFFFFFFFF), full(offset >> 32),
+                      seed & 0xFFFFFFFF, seed >> 32)
+    words = torch.stack(w, dim=1)                                       # (G, 4)
+    u16 = torch.stack([words & 0xFFFF, words >> 16], dim=2).reshape(-1)  # (G * 8,) in element order
+    return (u16[:numel] >= thr).reshape(shape)
+
+
+def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, generator=None, mask=None):
     """out = residual + dropout(x + bias, dropout_p); bias may be None.
 
-    Kept elements are scaled by 1/(1 - p). out has residual's dtype. (The
-    extension draws its mask from its own Philox stream; this reference uses
-    torch's RNG, so with p > 0 compare statistics or pass the same mask.)
+    Kept elements are scaled by 1/(1 - p). out has residual's dtype. The mask
+    is drawn with torch's RNG (``generator``) unless ``mask`` (bool, x's shape,
+    True = kept) is given; ``dropout_keep_mask(x.shape, p, seed, offset)`` is
+    the mask the extension draws for a (seed, offset), so p > 0 compares exactly.
     """
     if x.shape != residual.shape:
         raise ValueError(f"bias_dropout_add: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
@@ -134,7 +183,13 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, generator=None):
     with _no_autocast(x):
         u = x.to(cd) if bias is None else x.to(cd) + bias.to(cd)
         if dropout_p > 0.0:
-            keep = torch.rand(u.shape, device=u.device, generator=generator) >= dropout_p
+            if mask is None:
+                keep = torch.rand(u.shape, device=u.device, generator=generator) >= dropout_p
+            elif mask.shape != u.shape or mask.dtype != torch.bool:
+                raise ValueError(f"bias_dropout_add: mask must be bool of shape {tuple(u.shape)}, "
+                                 f"got {mask.dtype} {tuple(mask.shape)}")
+            else:
+                keep = mask.to(u.device)
             u = u * keep / (1.0 - dropout_p)
         out = residual.to(cd) + u
     return out.to(residual.dtype)
@@ -167,3 +222,67 @@ def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reductio
             n = (t != ignore_index).sum().clamp_min(1)
             loss = loss / n
     return loss
+
+
+# ----------------------------------------------------------------------------- the reference block
+#
+# The oracle for fastgpt.GPTBlock: the same parameters (GPT-2 names, nn.Linear
+# layout) in plain PyTorch modules, one op at a time (nn.Linear, F.layer_norm,
+# causal_attention above, F.gelu, nn.Dropout). Unlike the ops above, the
+# modules follow the caller's autocast, exactly as a PyTorch user's model would.
+
+class CausalSelfAttention(torch.nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, float(cfg.dropout)
+        self.c_attn = torch.nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = torch.nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = torch.nn.Dropout(cfg.dropout)
+        self.sdpa = False  # True: PyTorch's own F.scaled_dot_product_attention (a "ref_lp" as users run it)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.reshape(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        p = self.dropout if self.training else 0.0
+        if self.sdpa:
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            o = causal_attention(q, k, v, dropout_p=p)
+        return self.resid_dropout(self.c_proj(o.transpose(1, 2).reshape(B, T, C)))
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        self.c_fc = torch.nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = torch.nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = torch.nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
+
+
+class GPTBlock(torch.nn.Module):
+    """One transformer block, the plain way (cfg: a fastgpt.GPTConfig).
+
+    norm="pre"  (GPT-2): x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))
+    norm="post" (GPT-1): h = ln_1(x + attn(x)); out = ln_2(h + mlp(h))
+    Dropout (cfg.dropout) on the attention weights and on both residual branches.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.pre = cfg.norm == "pre"
+        self.ln_1 = torch.nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = torch.nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x):
+        if self.pre:
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+        h = self.ln_1(x + self.attn(x))
+        return self.ln_2(h + self.mlp(h))

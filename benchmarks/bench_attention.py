@@ -1,0 +1,92 @@
+"""Causal attention TFLOP/s: fastgpt's Triton flash-attention vs PyTorch SDPA (each backend forced)
+and a naive matmul-softmax-matmul.
+
+FLOPs (the usual causal count, half of the full 4*B*H*T*T*D): forward = 2*B*H*T*T*D,
+forward+backward = 3.5 x forward. fwd+bwd is timed as torch.autograd.grad(f(), (q, k, v), dO),
+forward included. bf16, q/k/v contiguous (B, H, T, D).
+
+Correctness first: fastgpt's output and gradients at the full shape are compared (the tolerance
+rule) on the first batch element with the float64 and bf16 references; a failure skips the case.
+The full-shape call also runs the autotuner before anything is timed.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import bench_impl, correct, row
+from fastgpt import reference
+
+SHAPES = [(16, 12, 1024, 64), (8, 12, 2048, 64), (4, 16, 4096, 128)]
+
+
+def _naive(q, k, v):
+    T = q.shape[-2]
+    s = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    return torch.softmax(s.masked_fill(mask, float("-inf")), dim=-1) @ v
+
+
+def _sdpa(backend):
+    from torch.nn.attention import sdpa_kernel
+
+    def f(q, k, v):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return f
+
+
+def _check(K, q, k, v, do):
+    """(ok, message): fastgpt's o, dq, dk, dv at the full shape, checked on batch element 0."""
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    o = K.causal_attention(*leaves)
+    grads = torch.autograd.grad(o, leaves, do)
+    ours = [o[:1], *(g[:1] for g in grads)]
+    refs = []
+    for dt in (torch.float64, None):
+        ins = [t[:1].detach().to(dt or t.dtype).requires_grad_() for t in (q, k, v)]
+        r = reference.causal_attention(*ins)
+        refs.append([r.detach(), *torch.autograd.grad(r, ins, do[:1].to(r.dtype))])
+        del ins, r
+    msgs = []
+    for name, a, hi, lp in zip(("o", "dq", "dk", "dv"), ours, *refs):
+        ok, msg = correct(f"attention {name}", a, hi, lp, q.dtype)
+        if not ok:
+            msgs.append(msg)
+    del refs, grads, o
+    torch.cuda.empty_cache()
+    return not msgs, "; ".join(msgs)
+
+
+def run(args):
+    import fastgpt.kernels as K
+    from torch.nn.attention import SDPBackend
+    rows = []
+    dt = torch.bfloat16
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    for B, H, T, D in shapes:
+        case = f"B{B} H{H} T{T} D{D} bf16"
+        q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
+        do = torch.randn(B, H, T, D, device="cuda", dtype=dt)
+        ok, msg = _check(K, q, k, v, do)
+        if not ok:
+            rows.append(row("attention", f"{case} fwd+bwd", "fastgpt", ok=False, note=msg))
+            continue
+        impls = {
+            "fastgpt": K.causal_attention,
+            "sdpa flash": _sdpa(SDPBackend.FLASH_ATTENTION),
+            "sdpa cudnn": _sdpa(SDPBackend.CUDNN_ATTENTION),
+            "sdpa efficient": _sdpa(SDPBackend.EFFICIENT_ATTENTION),
+            "sdpa math": _sdpa(SDPBackend.MATH),
+            "naive torch": _naive,
+        }
+        fwd_flops = 2 * B * H * T * T * D
+        for impl, f in impls.items():
+            with torch.no_grad():
+                bench_impl(rows, "attention", f"{case} fwd", impl, lambda f=f: f(q, k, v), flops=fwd_flops)
+            bench_impl(rows, "attention", f"{case} fwd+bwd", impl,
+                       lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do), flops=3.5 * fwd_flops,
+                       memory=True)
+            torch.cuda.empty_cache()
+        del q, k, v, do
+    return rows

@@ -1,0 +1,93 @@
+"""bias + dropout + residual add (the extension op) vs torch eager and torch.compile.
+
+    out = residual + dropout(x + bias, p)        (GPT-1's residual dropout, p = 0.1)
+
+Cases: 16384x768 and 16384x3072, p = 0 and p = 0.1, bf16 x / bias / residual;
+without --quick also "amp", the autocast layout (bf16 x, fp32 bias and residual).
+Peers: torch eager `residual + F.dropout(x + bias, p)` and torch.compile of
+the same function (default mode).
+GB/s counts the minimal traffic, the same for every impl: forward = read x,
+read residual, write out; forward+backward adds read dout and write dx (the
+residual's gradient is dout itself; the bias vector is negligible; no mask
+bytes: fastgpt regenerates its mask, the peers also write and read a bool mask).
+fwd+bwd is timed as torch.autograd.grad(f(), (x, bias, residual), dout), forward included.
+"""
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import bench_impl, correct, row
+from fastgpt import extension, ops, reference
+
+SHAPES = [(16384, 768), (16384, 3072)]
+BENCH = "dropout_add"
+
+
+def _eager(x, b, r, p):
+    return r + F.dropout(x + b, p, training=True)
+
+
+def _gate(x, b, r, p):
+    """(ok, note): fastgpt against the reference with the same Philox mask, on the first 2048 rows."""
+    xs, rs = x[:2048].detach(), r[:2048].detach()
+    bs = b.detach()
+    seed = (12345, 678)
+    ours = extension.bias_dropout_add(xs, bs, rs, p, seed=seed)
+    mask = reference.dropout_keep_mask(xs.shape, p, *seed, device=xs.device) if p > 0 else None
+    hi = reference.bias_dropout_add(xs.double(), bs.double(), rs.double(), p, mask=mask)
+    lp = reference.bias_dropout_add(xs, bs, rs, p, mask=mask)
+    return correct("bias_dropout_add", ours, hi, lp, rs.dtype)
+
+
+def _peer_ok(f, x, b, r, p):
+    """A peer's output: exact formula at p = 0 (by the rule), kept fraction near 1 - p otherwise."""
+    with torch.no_grad():
+        out = f(x, b, r, p)
+        if p == 0:
+            return correct("peer", out, reference.bias_dropout_add(x.double(), b.double(), r.double()),
+                           reference.bias_dropout_add(x, b, r), r.dtype)
+        kept = (out != r).float().mean().item()
+        return abs(kept - (1 - p)) < 0.01, f"kept fraction {kept:.4f}"
+
+
+def run(args):
+    if extension.unavailable_reason("cuda") is not None:
+        return [row(BENCH, "all", "fastgpt", ok=False, note=extension.unavailable_reason("cuda"))]
+    rows = []
+    bf16, f32 = torch.bfloat16, torch.float32
+    layouts = [("bf16", bf16, bf16)] + ([] if args.quick else [("amp", f32, f32)])
+    rep = 30 if args.quick else 100
+    for M, N in SHAPES:
+        for name, rdt, bdt in layouts:
+            for p in (0.0, 0.1):
+                case = f"{M}x{N} p={p} {name}"
+                x = torch.randn(M, N, device="cuda", dtype=bf16, requires_grad=True)
+                b = torch.randn(N, device="cuda", dtype=bdt, requires_grad=True)
+                r = torch.randn(M, N, device="cuda", dtype=rdt, requires_grad=True)
+                dout = torch.randn(M, N, device="cuda", dtype=rdt)
+                ok, msg = _gate(x, b, r, p)
+                if not ok:
+                    rows.append(row(BENCH, case, "fastgpt", ok=False, note=msg))
+                    continue
+                fwd_bytes = M * N * (x.element_size() + 2 * r.element_size())
+                bwd_bytes = M * N * (r.element_size() + x.element_size())
+                compiled = torch.compile(_eager)
+                impls = {
+                    "fastgpt": lambda x, b, r, p: ops.bias_dropout_add(x, b, r, p, backend="fused"),
+                    "torch eager": _eager,
+                    "torch.compile": compiled,
+                }
+                for impl, f in impls.items():
+                    if impl != "fastgpt":
+                        pok, pmsg = _peer_ok(f, x, b, r, p)
+                        if not pok:
+                            rows.append(row(BENCH, case, impl, ok=False, note=pmsg))
+                            continue
+                    xd, bd, rd = x.detach(), b.detach(), r.detach()
+                    bench_impl(rows, BENCH, f"{case} fwd", impl, lambda f=f: f(xd, bd, rd, p),
+                               nbytes=fwd_bytes, rep_ms=rep)
+                    bench_impl(rows, BENCH, f"{case} fwd+bwd", impl,
+                               lambda f=f: torch.autograd.grad(f(x, b, r, p), (x, b, r), dout),
+                               nbytes=fwd_bytes + bwd_bytes, rep_ms=rep)
+                del x, b, r, dout, compiled
+                torch.cuda.empty_cache()
+    return rows

@@ -1,0 +1,23 @@
+"""``python -m fastgpt COMMAND [options]``: train | finetune | data (each also runs as ``python -m fastgpt.COMMAND``)."""
+import importlib
+import sys
+
+COMMANDS = {"train": "pre-train a GPT (python -m fastgpt.train --help)",
+            "finetune": "fine-tune on a task (python -m fastgpt.finetune --help)",
+            "data": "fetch and prepare the offline data cache (python -m fastgpt.data --help)"}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip() + "\n\ncommands:\n" + "\n".join(f"  {k:<9} {v}" for k, v in COMMANDS.items()))
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"python -m fastgpt: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    return importlib.import_module(f"fastgpt.{argv[0]}").main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Typed-dataclass configuration from the command line and an optional config file.
+
+A config is a ``@dataclass`` whose fields carry a type (int, float, str, bool,
+``X | None``, ``Literal[...]``) and ``metadata={"help": ..., "auto": ...}``
+(``auto`` documents what a ``None`` default resolves to). ``parse(cls, argv)``
+accepts ``--key=value`` and ``--key value``; a bool field is a flag
+(``--compile``) that also takes ``--compile=false``; ``none`` sets an optional
+field to None. ``--config FILE`` (JSON or TOML, the same keys) is applied
+first, then the command line, so the command line wins.
+
+Misuse exits with status 2 and one line on stderr, never a traceback: unknown
+keys (with a suggestion), bad types, values outside ``choices`` and whatever
+the config's ``validate()`` (returning a list of problems) rejects.
+``--help`` lists every option with its type and default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import sys
+import types
+import typing
+from typing import Any, Literal
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_NONE = ("none", "null")
+
+
+class UsageError(ValueError):
+    """A bad option or value; the message is one line."""
+
+
+@dataclasses.dataclass
+class Option:
+    name: str
+    base: type          # int | float | str | bool
+    optional: bool      # None allowed
+    choices: tuple | None
+    default: Any
+    help: str
+    auto: str | None
+
+
+def options(cls) -> dict[str, Option]:
+    """The options of a config dataclass, by field name, in declaration order."""
+    hints = typing.get_type_hints(cls, include_extras=False)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name.startswith("_"):
+            continue
+        tp = hints[f.name]
+        optional = False
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            non_none = [a for a in args if a is not type(None)]
+            optional = len(non_none) < len(args)
+            if len(non_none) != 1:
+                raise TypeError(f"{cls.__name__}.{f.name}: unsupported type {tp}")
+            tp = non_none[0]
+        choices = None
+        if typing.get_origin(tp) is Literal:
+            choices = typing.get_args(tp)
+            tp = type(choices[0])
+        if tp not in (int, float, str, bool):
+            raise TypeError(f"{cls.__name__}.{f.name}: unsupported type {tp}")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        out[f.name] = Option(f.name, tp, optional, choices, default, f.metadata.get("help", ""),
+                             f.metadata.get("auto"))
+    return out
+
+
+def _type_name(o: Option) -> str:
+    if o.choices:
+        return "{" + "|".join(map(str, o.choices)) + "}"
+    return {int: "INT", float: "FLOAT", str: "STR", bool: "BOOL"}[o.base]
+
+
+def convert(o: Option, value: Any, where: str = "") -> Any:
+    """value (a string from the command line, or a JSON/TOML value) as o's type; UsageError if it is not."""
+    where = where or f"--{o.name}"
+    if isinstance(value, str):
+        s = value.strip()
+        if o.optional and s.lower() in _NONE:
+            return None
+        try:
+            if o.base is bool:
+                if s.lower() in _TRUE:
+                    v = True
+                elif s.lower() in _FALSE:
+                    v = False
+                else:
+                    raise ValueError
+            elif o.base is int:
+                v = int(s.replace("_", "")) if not _is_sci_int(s) else int(float(s))
+            elif o.base is float:
+                v = float(s)
+            else:
+                v = value
+        except ValueError:
+            raise UsageError(f"{where} expects {_type_name(o)}, got {value!r}") from None
+    else:
+        v = value
+        if v is None:
+            if not o.optional:
+                raise UsageError(f"{where} cannot be none")
+            return None
+        ok = (isinstance(v, bool) if o.base is bool else
+              isinstance(v, int) and not isinstance(v, bool) if o.base is int else
+              isinstance(v, (int, float)) and not isinstance(v, bool) if o.base is float else
+              isinstance(v, str))
+        if not ok:
+            raise UsageError(f"{where} expects {_type_name(o)}, got {value!r}")
+        if o.base is float:
+            v = float(v)
+    if o.base is float and v != v:
+        raise UsageError(f"{where} must be a number, got nan")
+    if o.choices and v not in o.choices:
+        raise UsageError(f"{where} must be one of {', '.join(map(str, o.choices))}; got {v!r}")
+    return v
+
+
+def _is_sci_int(s: str) -> bool:
+    """'1e4' style integers (exact ones only)."""
+    try:
+        f = float(s)
+    except ValueError:
+        return False
+    return "e" in s.lower() and f.is_integer() and abs(f) < 2**53
+
+
+def _unknown(name: str, opts, where="option --") -> UsageError:
+    close = difflib.get_close_matches(name, list(opts) + ["config", "help"], n=1)
+    hint = f" (did you mean --{close[0]}?)" if close else ""
+    return UsageError(f"unknown {where}{name}{hint}; see --help")
+
+
+def load_config_file(path: str, opts) -> dict:
+    """{key: value} from a JSON or TOML file with the same keys as the options."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UsageError(f"--config {path}: cannot read it ({e.strerror})") from None
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+            data = tomllib.loads(raw.decode("utf-8"))
+        else:
+            data = json.loads(raw)
+    except Exception as e:  # a syntax error: say where, in one line
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"--config {path}: not valid {'TOML' if path.endswith('.toml') else 'JSON'} ({msg})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a table/object of option: value")
+    out = {}
+    for k, v in data.items():
+        k2 = k.replace("-", "_")
+        if k2 not in opts:
+            raise _unknown(k2, opts, where=f"key in {path}: ")
+        out[k2] = convert(opts[k2], v, where=f"{k} in {path}")
+    return out
+
+
+def parse_args(cls, argv: list[str]) -> tuple[Any, set[str]]:
+    """(config, names set explicitly) from argv; raises UsageError; prints help and exits 0 on --help."""
+    opts = options(cls)
+    cli: dict[str, Any] = {}
+    config_path = None
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if a in ("-h", "--help"):
+            raise _Help()
+        if not a.startswith("--") or a == "--":
+            raise UsageError(f"unexpected argument {a!r} (options look like --key=value or --key value)")
+        key, eq, val = a[2:].partition("=")
+        key = key.replace("-", "_")
+        if key == "config":
+            if not eq:
+                if i >= len(argv):
+                    raise UsageError("--config needs a file name")
+                val, i = argv[i], i + 1
+            config_path = val
+            continue
+        if key not in opts:
+            raise _unknown(key, opts)
+        o = opts[key]
+        if not eq:
+            if o.base is bool:
+                if i < len(argv) and argv[i].lower() in _TRUE + _FALSE:
+                    val, i = argv[i], i + 1
+                else:
+                    val = "true"
+            else:
+                if i >= len(argv) or (argv[i].startswith("--") and len(argv[i]) > 2):
+                    raise UsageError(f"--{key} needs a value ({_type_name(o)})")
+                val, i = argv[i], i + 1
+        if key in cli:
+            raise UsageError(f"--{key} given twice")
+        cli[key] = convert(o, val)
+    values = load_config_file(config_path, opts) if config_path else {}
+    values.update(cli)
+    cfg = cls(**values)
+    return cfg, set(values)
+
+
+class _Help(Exception):
+    pass
+
+
+def format_help(cls, prog: str, description: str = "") -> str:
+    opts = options(cls)
+    lines = [f"usage: {prog} [--config FILE] [--key=value | --key value ...]", ""]
+    if description:
+        lines += [description.strip(), ""]
+    lines.append("options:")
+    lines.append(f"  {'--config FILE':<34} JSON or TOML file of option values (the command line wins)")
+    for o in opts.values():
+        left = f"--{o.name} {_type_name(o)}" if o.base is not bool else f"--{o.name}[=BOOL]"
+        if o.default is None and o.auto:
+            dflt = f"auto: {o.auto}"
+        else:
+            dflt = "none" if o.default is None else repr(o.default) if o.base is str else str(o.default)
+        text = f"{o.help} (default: {dflt})" if o.help else f"(default: {dflt})"
+        if len(left) > 34:
+            lines.append(f"  {left}")
+            lines.append(f"  {'':<34} {text}")
+        else:
+            lines.append(f"  {left:<34} {text}")
+    lines.append(f"  {'-h, --help':<34} show this message and exit")
+    return "\n".join(lines)
+
+
+def parse(cls, argv: list[str] | None = None, prog: str = "fastgpt", description: str = ""):
+    """(config, explicitly-set names) or exit: 0 after --help, 2 with one line on misuse.
+
+    If the config has ``validate(self) -> list[str]``, its first problem is a usage error too.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        cfg, given = parse_args(cls, argv)
+        problems = cfg.validate() if hasattr(cfg, "validate") else []
+        if problems:
+            raise UsageError(problems[0])
+    except _Help:
+        print(format_help(cls, prog, description))
+        sys.exit(0)
+    except UsageError as e:
+        die(prog, str(e))
+    return cfg, given
+
+
+def die(prog: str, msg: str, status: int = 2):
+    """One line on stderr and exit (2 = usage error)."""
+    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def to_dict(cfg, drop=()) -> dict:
+    """The config as a JSON-ready dict, without the fields in ``drop``."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in drop}
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE

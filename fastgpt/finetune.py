@@ -1,0 +1,822 @@
+"""Fine-tuning: ``python -m fastgpt.finetune --task NAME_OR_FILE --init CKPT_OR_DIR [--key=value ...]``.
+
+Stage 2 of the GPT recipe (Radford et al. 2018, section 3.2): a linear task
+head on the final hidden state at the extract token, trained with
+L3 = L2(task) + lambda * L1(language modelling on the same inputs)
+(``--aux_lm_weight``, 0.5 as in the paper; 0 switches the auxiliary loss off).
+
+Inputs (fastgpt.tasks): start / delimiter / extract tokens are added to the
+vocabulary (the embedding grows to the next multiple of 64, new rows N(0, 0.02),
+padding rows zero); ``classify`` [s] x [e], ``pair`` [s] a [$] b [e],
+``similarity`` both orders with their extract states summed, ``choice`` one
+sequence per choice, scored by the head and soft-maxed over the choices.
+
+The engine is the pre-training one: autocast (bf16 / fp16 + loss scaler /
+fp32), the fused kernels on CUDA, AdamW, linear warmup over 0.2% of the steps
+then linear decay to 0 (the paper's fine-tuning schedule), gradient clipping,
+atomic checkpoints that ``--resume`` continues exactly, a progress bar.
+After every epoch: accuracy and macro-F1 on the validation split; the best
+model by validation accuracy is kept in ``OUT_DIR/best/``; at the end the test
+split is scored once with it and written to ``OUT_DIR/eval.json``.
+
+``--init``: a ``fastgpt.train`` output folder (its newest checkpoint), a
+checkpoint file, a ``save_pretrained`` folder, an HF GPT-2 / OpenAI-GPT folder,
+a fine-tuned output (its backbone), or ``random``. Without it: the newest
+checkpoint of ``fastgpt.train``'s default output folder, else random init (with
+a warning).
+
+``python -m fastgpt.finetune --predict --init OUT_DIR "some text" ...`` prints
+one label per text (``--predict_file FILE``: one text a line, or JSONL / CSV
+with the task's fields).
+
+Exit status: 0 done, 1 a data / checkpoint problem, 2 a usage error or a bad
+label file (one line naming the file and line), 130 interrupted.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from fastgpt import cli
+from fastgpt import tasks as T
+
+PROG = "python -m fastgpt.finetune"
+FORMAT = "fastgpt-finetune"
+VERSION = 1
+
+
+def _f(default, help, auto=None):
+    md = dict(help=help)
+    if auto:
+        md["auto"] = auto
+    return field(default=default, metadata=md)
+
+
+@dataclass
+class FinetuneConfig:
+    task: str = _f("shakespeare-genre", f"built-in task ({', '.join(T.BUILTIN_TASKS)}) or a .jsonl / .csv file")
+    task_type: Literal["classify", "pair", "similarity", "choice"] | None = _f(
+        None, "input transformation", "classify, or choice when the file has a choices field")
+    val_file: str | None = _f(None, "with a --task file: a separate validation file", "10% of --task")
+    test_file: str | None = _f(None, "with a --task file: a separate test file", "10% of --task")
+    init: str | None = _f(None, "train output dir, checkpoint file, save_pretrained / HF dir, or 'random'",
+                          "newest checkpoint in fastgpt.train's default out_dir, else random")
+    tokenizer: Literal["gpt2", "byte"] | None = _f(None, "base tokenizer", "the checkpoint's (byte for random init "
+                                                                        "on CPU, gpt2 on CUDA)")
+    preset: str | None = _f(None, "architecture for --init random", "tiny on CPU, gpt2 on CUDA")
+    out_dir: str = _f("out-finetune", "checkpoints, best/, eval.json and metrics.jsonl go here")
+    epochs: int = _f(3, "passes over the training split")
+    max_iters: int | None = _f(None, "cap on the optimizer steps (total, counting resumed ones)",
+                               "epochs x steps per epoch")
+    batch_size: int = _f(32, "examples per step")
+    eval_batch_size: int | None = _f(None, "examples per evaluation batch", "2 x batch_size")
+    lr: float = _f(6.25e-5, "peak learning rate (the paper's)")
+    warmup_frac: float = _f(0.002, "linear warmup over this fraction of the steps, then linear decay to 0")
+    weight_decay: float = _f(0.01, "AdamW weight decay (matrices and embeddings)")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
+    aux_lm_weight: float = _f(0.5, "lambda of L3 = L2(task) + lambda * L1(LM); 0 = no auxiliary LM loss")
+    clf_dropout: float = _f(0.1, "dropout on the head's input")
+    max_len: int | None = _f(None, "tokens per sequence (longer inputs are truncated)", "the model's block_size")
+    seed: int = _f(1337, "seed of the head, dropout and example order")
+    device: Literal["cpu", "cuda"] | None = _f(None, "device", "cuda if available, else cpu")
+    dtype: Literal["bf16", "fp16", "fp32"] | None = _f(None, "autocast dtype", "bf16 on CUDA, fp32 on CPU")
+    backend: Literal["fused", "reference"] | None = _f(None, "op implementation (never saved)",
+                                                       "fused on CUDA, reference on CPU")
+    resume: bool = _f(False, "continue from the newest checkpoint in out_dir")
+    ckpt_interval: int | None = _f(None, "also checkpoint every N steps (0 = only at epoch ends)", "0")
+    keep_ckpts: int = _f(2, "keep the newest N checkpoints (0 = all)")
+    log_interval: int = _f(10, "log the training loss every N steps")
+    progress: bool | None = _f(None, "show a progress bar", "on when stderr is a terminal")
+    offline: bool = _f(False, "never download (the built-in tasks must be in the cache)")
+    predict: bool = _f(False, "label the texts given as arguments (or --predict_file) with the --init model")
+    predict_file: str | None = _f(None, "with --predict: one text a line, or .jsonl / .csv with the task's fields")
+
+    def validate(self) -> list[str]:
+        from fastgpt.config import PRESETS
+        p = []
+        if self.preset is not None and self.preset not in PRESETS:
+            p.append(f"--preset: unknown preset {self.preset!r}; choose from {', '.join(sorted(PRESETS))}")
+        for name in ("epochs", "batch_size", "log_interval"):
+            if getattr(self, name) < 1:
+                p.append(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_iters", "eval_batch_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                p.append(f"--{name} must be >= 1, got {v}")
+        if self.max_len is not None and self.max_len < 5:
+            p.append(f"--max_len must be >= 5 (3 special tokens and some text), got {self.max_len}")
+        if not (0 <= self.lr < 10 and math.isfinite(self.lr)):
+            p.append(f"--lr must be in [0, 10), got {self.lr}")
+        if not 0 <= self.warmup_frac <= 1:
+            p.append(f"--warmup_frac must be in [0, 1], got {self.warmup_frac}")
+        if self.weight_decay < 0:
+            p.append(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip < 0:
+            p.append(f"--grad_clip must be >= 0, got {self.grad_clip}")
+        if not (self.aux_lm_weight >= 0 and math.isfinite(self.aux_lm_weight)):
+            p.append(f"--aux_lm_weight must be >= 0, got {self.aux_lm_weight}")
+        if not 0 <= self.clf_dropout < 1:
+            p.append(f"--clf_dropout must be in [0, 1), got {self.clf_dropout}")
+        if self.ckpt_interval is not None and self.ckpt_interval < 0:
+            p.append(f"--ckpt_interval must be >= 0, got {self.ckpt_interval}")
+        if self.keep_ckpts < 0:
+            p.append(f"--keep_ckpts must be >= 0, got {self.keep_ckpts}")
+        if self.seed < 0:
+            p.append(f"--seed must be >= 0, got {self.seed}")
+        if self.predict_file is not None and not self.predict:
+            p.append("--predict_file needs --predict")
+        return p
+
+
+# Options a --resume takes from the command line rather than from the checkpoint.
+RUNTIME_ONLY = ("device", "backend", "resume", "progress", "out_dir", "max_iters", "offline", "eval_batch_size",
+                "predict", "predict_file")
+
+
+class RunError(RuntimeError):
+    """A problem with the run's inputs (data, checkpoint); exit 1 with this one line."""
+
+
+def linear_schedule(step: int, lr: float, warmup: int, total: int) -> float:
+    """The paper's fine-tuning schedule: linear warmup over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    return lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+# ---------------------------------------------------------------------------
+# Models: loading --init, growing the vocabulary, the task head
+# ---------------------------------------------------------------------------
+def grow_vocab(model, n_new: int, std: float = 0.02) -> None:
+    """Add n_new token rows to the (tied) embedding in place: vocab_size += n_new, the table
+    re-padded to the config's multiple (DESIGN.md), old rows kept, new rows N(0, std), padding zero.
+
+    Adapter (fastgpt.model has no resize API): replaces transformer.wte.weight and re-ties lm_head.
+    """
+    import torch
+    import torch.nn as nn
+    cfg = model.config
+    V = cfg.vocab_size
+    new_cfg = cfg.replace(vocab_size=V + n_new, extra=dict(cfg.extra))
+    old = model.transformer.wte.weight
+    with torch.no_grad():
+        W = old.new_zeros(new_cfg.padded_vocab_size, old.shape[1])
+        W[:V] = old[:V]
+        W[V:V + n_new].normal_(0.0, std)
+    wte = model.transformer.wte
+    wte.weight = nn.Parameter(W)
+    wte.num_embeddings = W.shape[0]
+    model.lm_head.weight = wte.weight
+    model.lm_head.out_features = W.shape[0]
+    model.config = new_cfg
+
+
+def _tokenizer_for(name: str, offline: bool):
+    from fastgpt import data
+    try:
+        return data.get_tokenizer(name, offline=offline or None)
+    except data.DataError as e:
+        raise RunError(str(e)) from None
+
+
+def _guess_tokenizer(vocab_size: int) -> str | None:
+    return {256: "byte", 50257: "gpt2"}.get(vocab_size)
+
+
+def default_init_dir() -> Path:
+    from fastgpt.train import TrainConfig
+    return Path(TrainConfig().out_dir)
+
+
+def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
+    """(GPT backbone on CPU, base tokenizer name, description, finetune meta or None).
+
+    A fine-tuned backbone (meta not None) already has the task specials in its vocabulary.
+    """
+    import torch
+    from fastgpt import checkpoint as ck
+    from fastgpt.config import GPTConfig
+    from fastgpt.model import GPT
+
+    if spec is None:
+        d = default_init_dir()
+        latest = ck.latest_checkpoint(d)
+        if latest is None:
+            print(f"{PROG}: warning: no --init and no checkpoint in fastgpt.train's default output {d}/: "
+                  "fine-tuning from RANDOM weights (pre-train first with `python -m fastgpt.train`, or pass --init)",
+                  file=sys.stderr, flush=True)
+            spec = "random"
+        else:
+            spec = str(latest)
+    if spec == "random":
+        preset = cfg.preset or ("gpt2" if device_type == "cuda" else "tiny")
+        tok_name = cfg.tokenizer or ("gpt2" if device_type == "cuda" else "byte")
+        tok = _tokenizer_for(tok_name, cfg.offline)
+        torch.manual_seed(cfg.seed)
+        mcfg = GPTConfig.preset(preset, vocab_size=tok.n_vocab)
+        mcfg.extra = dict(tokenizer=tok_name)
+        return GPT(mcfg), tok_name, f"random init ({preset})", None
+    p = Path(spec)
+    if not p.exists():
+        raise RunError(f"--init {spec}: no such file or folder (give a fastgpt.train out_dir, a checkpoint, a "
+                       "save_pretrained or HF folder, or 'random')")
+    meta = None
+    if p.is_dir() and (p / "best" / "finetune.json").exists():
+        p = p / "best"
+    if p.is_dir() and (p / "finetune.json").exists():
+        meta = json.loads((p / "finetune.json").read_text())
+    if p.is_dir() and not (p / "config.json").exists():
+        latest = ck.latest_checkpoint(p)
+        if latest is None:
+            raise RunError(f"--init {spec}: the folder has no ckpt_*.pt and no config.json")
+        p = latest
+    if p.is_dir():
+        try:
+            model = GPT.from_pretrained(p)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            raise RunError(f"--init {spec}: {str(e).splitlines()[0]}") from None
+        tok_name = model.config.extra.get("tokenizer")
+        if tok_name is None and (p / "tokenizer.json").exists():
+            tok_name = json.loads((p / "tokenizer.json").read_text()).get("tokenizer")
+        kind = "fine-tuned model" if meta else ("pretrained folder" if json.loads(
+            (p / "config.json").read_text()).get("format") == "fastgpt" else "HF folder")
+    else:
+        try:
+            st = ck.load_checkpoint(p)
+        except ck.CheckpointError as e:
+            try:  # not a training checkpoint: a plain {"config", "model"} file (fastgpt.model.load_model's format)
+                from fastgpt.model import load_model
+                model = load_model(p)
+            except Exception:
+                raise RunError(f"--init {spec}: {e}") from None
+            st = dict(model=None)
+        else:
+            mc = st.get("config") if isinstance(st.get("config"), dict) and "n_layer" in st["config"] \
+                else st.get("model_config")
+            if mc is None:
+                raise RunError(f"--init {spec}: the checkpoint has no model config")
+            model = GPT(GPTConfig.from_dict(mc))
+            sd = {k.removeprefix("_orig_mod."): v for k, v in st["model"].items()}
+            try:
+                model.load_state_dict(sd)
+            except RuntimeError as e:
+                raise RunError(f"--init {spec}: the weights do not fit the model config "
+                               f"({str(e).splitlines()[0][:120]})") from None
+        tok_name = st.get("tokenizer") or model.config.extra.get("tokenizer")
+        meta = (st.get("extra") or {}).get("finetune")
+        kind = "fine-tune checkpoint" if meta else "checkpoint"
+    if meta is not None:
+        tok_name = meta["tokenizer"]
+    if cfg.tokenizer is not None and tok_name is not None and cfg.tokenizer != tok_name:
+        raise cli.UsageError(f"--tokenizer {cfg.tokenizer}: the --init model was trained with {tok_name!r}")
+    tok_name = tok_name or cfg.tokenizer or _guess_tokenizer(model.config.vocab_size)
+    if tok_name is None:
+        raise cli.UsageError(f"--init {spec}: cannot tell the tokenizer of a {model.config.vocab_size}-token "
+                             "vocabulary; pass --tokenizer gpt2 or byte")
+    return model, tok_name, f"{kind} {p}", meta
+
+
+def build_head(n_embd: int, n_out: int, dropout: float):
+    import torch.nn as nn
+    head = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_embd, n_out))
+    nn.init.normal_(head[1].weight, 0.0, 0.02)
+    nn.init.zeros_(head[1].bias)
+    return head
+
+
+def n_head_outputs(task_type: str, n_classes: int) -> int:
+    return 1 if task_type == "choice" else n_classes
+
+
+# ---------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    """One example as token sequences (1, 2 for similarity, K for choice) and its label."""
+    seqs: list[list[int]]
+    label: int
+
+
+def encode_all(examples, task_type, tok, max_len) -> list[Encoded]:
+    return [Encoded(T.encode_example(e, task_type, tok, max_len), e.label) for e in examples]
+
+
+def collate(batch: list[Encoded], device, pad_id: int = 0):
+    """Right-padded (N, T) ids, LM targets (-100 on padding), the extract position of each row,
+    the example / choice index of each row, and the labels (B,)."""
+    import torch
+    rows, ex_idx, ch_idx = [], [], []
+    for i, e in enumerate(batch):
+        for k, s in enumerate(e.seqs):
+            rows.append(s)
+            ex_idx.append(i)
+            ch_idx.append(k)
+    Tm = max(len(s) for s in rows)
+    idx = torch.full((len(rows), Tm), pad_id, dtype=torch.long)
+    tgt = torch.full((len(rows), Tm), -100, dtype=torch.long)
+    for r, s in enumerate(rows):
+        t = torch.tensor(s, dtype=torch.long)
+        idx[r, :len(s)] = t
+        tgt[r, :len(s) - 1] = t[1:]
+    pos = torch.tensor([len(s) - 1 for s in rows], dtype=torch.long)
+    out = dict(idx=idx, targets=tgt, pos=pos, ex=torch.tensor(ex_idx), ch=torch.tensor(ch_idx),
+               labels=torch.tensor([e.label for e in batch], dtype=torch.long),
+               n_choices=max(len(e.seqs) for e in batch))
+    if torch.device(device).type == "cuda":
+        return {k: (v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v)
+                for k, v in out.items()}
+    return out
+
+
+def forward_batch(model, head, b: dict, task_type: str, aux_lm_weight: float, backend=None):
+    """(task logits (B, n_out or K) fp32, task loss, lm loss or None, total loss)."""
+    import torch
+    import torch.nn.functional as F
+    from fastgpt import ops
+    h = model.hidden_states(b["idx"])                                     # (N, T, C)
+    feats = h[torch.arange(h.shape[0], device=h.device), b["pos"]]        # (N, C) at the extract token
+    B = b["labels"].shape[0]
+    if task_type == "similarity":
+        feats = feats.view(B, 2, feats.shape[-1]).sum(1)
+    out = head(feats).float()
+    if task_type == "choice":
+        logits = out.new_full((B, b["n_choices"]), float("-inf"))
+        logits = logits.index_put((b["ex"], b["ch"]), out[:, 0])
+    else:
+        logits = out
+    task_loss = F.cross_entropy(logits, b["labels"]) if (b["labels"] >= 0).all() else None
+    lm_loss = None
+    if aux_lm_weight > 0:
+        V = model.config.vocab_size
+        lm_loss = ops.fused_linear_cross_entropy(h, model.lm_head.weight[:V], b["targets"], backend=backend)
+    total = None
+    if task_loss is not None:
+        total = task_loss if lm_loss is None else task_loss + aux_lm_weight * lm_loss
+    return logits, task_loss, lm_loss, total
+
+
+def batches(data: list[Encoded], bs: int, order=None):
+    order = range(len(data)) if order is None else order
+    order = list(order)
+    for i in range(0, len(order), bs):
+        yield [data[j] for j in order[i:i + bs]]
+
+
+# ---------------------------------------------------------------------------
+# Saving the fine-tuned model
+# ---------------------------------------------------------------------------
+def save_finetuned(path: Path, model, head, meta: dict) -> None:
+    """path/: save_pretrained backbone (config.json + model.safetensors) + head.safetensors + finetune.json,
+    written to a sibling temp folder and swapped in."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()},
+              str(tmp / "head.safetensors"))
+    (tmp / "finetune.json").write_text(json.dumps(meta, indent=1))
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_finetuned(path, device="cpu", backend=None):
+    """(model, head, meta, TaskTokenizer) of a fine-tuned folder (OUT_DIR or OUT_DIR/best)."""
+    from safetensors.torch import load_file
+    from fastgpt.model import GPT
+    p = Path(path)
+    if (p / "best" / "finetune.json").exists():
+        p = p / "best"
+    if not (p / "finetune.json").exists():
+        raise RunError(f"--init {path}: not a fine-tuned model (no finetune.json; give a fastgpt.finetune out_dir)")
+    meta = json.loads((p / "finetune.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise RunError(f"{p}/finetune.json is not a fastgpt fine-tune description")
+    model = GPT.from_pretrained(p, backend=backend).to(device)
+    head = build_head(model.config.n_embd, n_head_outputs(meta["task_type"], len(meta["labels"])), 0.0)
+    head.load_state_dict(load_file(str(p / "head.safetensors")))
+    tok = T.TaskTokenizer(_tokenizer_for(meta["tokenizer"], False))
+    if tok.n_vocab != model.config.vocab_size:
+        raise RunError(f"{p}: the model's vocabulary ({model.config.vocab_size}) does not match its tokenizer "
+                       f"({meta['tokenizer']} + {len(T.SPECIAL_TOKENS)} specials = {tok.n_vocab})")
+    return model.eval(), head.to(device).eval(), meta, tok
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+def predict_encoded(model, head, data: list[Encoded], task_type: str, bs: int, device, autocast, backend=None):
+    """(predicted indices, task loss mean or None) over data, in order."""
+    import torch
+    preds, loss_sum, n = [], 0.0, 0
+    was = model.training
+    model.eval()
+    head.eval()
+    with torch.no_grad():
+        for chunk in batches(data, bs):
+            b = collate(chunk, device)
+            with autocast():
+                logits, task_loss, _, _ = forward_batch(model, head, b, task_type, 0.0, backend)
+            preds.extend(logits.argmax(-1).tolist())
+            if task_loss is not None:
+                loss_sum += float(task_loss) * len(chunk)
+                n += len(chunk)
+    model.train(was)
+    head.train(was)
+    return preds, (loss_sum / n if n else None)
+
+
+def score(model, head, data, task_type, n_classes, bs, device, autocast, backend=None) -> dict:
+    preds, loss = predict_encoded(model, head, data, task_type, bs, device, autocast, backend)
+    gold = [e.label for e in data]
+    return dict(accuracy=T.accuracy(preds, gold), macro_f1=T.macro_f1(preds, gold, n_classes or None),
+                loss=loss, n=len(data))
+
+
+# ---------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------
+class _Log:
+    def __init__(self, path: Path, append: bool, bar: bool, total: int, initial: int):
+        self.f = open(path, "a" if append else "w")
+        self.bar = None
+        if bar:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc="finetune", unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
+
+    def write(self, obj: dict):
+        self.f.write(json.dumps(obj) + "\n")
+        self.f.flush()
+
+    def say(self, msg: str):
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        self.f.close()
+
+
+def _device_and_dtype(cfg: FinetuneConfig):
+    import torch
+    c = dataclasses.replace(cfg)
+    if c.device is None:
+        c.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if c.device == "cuda" and not torch.cuda.is_available():
+        raise cli.UsageError("--device cuda: no CUDA device is available (use --device cpu)")
+    if c.dtype is None:
+        c.dtype = "bf16" if c.device == "cuda" else "fp32"
+    if c.dtype == "fp16" and c.device != "cuda":
+        raise cli.UsageError("--dtype fp16 needs --device cuda (on the CPU use bf16 or fp32)")
+    if c.dtype == "bf16" and c.device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise cli.UsageError("--dtype bf16: this GPU has no bf16; use --dtype fp16")
+    if c.progress is None:
+        c.progress = sys.stderr.isatty()
+    if c.eval_batch_size is None:
+        c.eval_batch_size = 2 * c.batch_size
+    if c.ckpt_interval is None:
+        c.ckpt_interval = 0
+    return c
+
+
+def _autocast_factory(device, dtype_name):
+    import torch
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[dtype_name]
+
+    def autocast():
+        return contextlib.nullcontext() if amp is None else torch.autocast(device.type, dtype=amp)
+    return autocast
+
+
+def run(cfg: FinetuneConfig, given: set[str] | None = None) -> dict:
+    """Fine-tune per cfg; returns the summary written to eval.json. Raises RunError / UsageError / TaskFileError."""
+    import numpy as np
+    import torch
+    from fastgpt import checkpoint as ck
+    from fastgpt import data as fdata
+
+    given = set(given or ())
+    out_dir = Path(cfg.out_dir)
+    ckpt_state = None
+    if cfg.resume:
+        latest = ck.latest_checkpoint(out_dir)
+        if latest is None:
+            print(f"{PROG}: no checkpoint in {out_dir} to resume; starting fresh", file=sys.stderr)
+        else:
+            try:
+                ckpt_state = ck.load_checkpoint(latest)
+            except ck.CheckpointError as e:
+                raise RunError(str(e)) from None
+            saved = ckpt_state["extra"]["finetune_config"]
+            keep = {k: getattr(cfg, k) for k in given | set(RUNTIME_ONLY)}
+            names = {f.name for f in dataclasses.fields(cfg)}
+            cfg = dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in names})
+            cfg = dataclasses.replace(cfg, **keep)
+            problems = cfg.validate()
+            if problems:
+                raise cli.UsageError(problems[0])
+    cfg = _device_and_dtype(cfg)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # --- task
+    try:
+        task = T.load_task(cfg.task, cfg.task_type, cfg.val_file, cfg.test_file, offline=cfg.offline or None)
+    except fdata.DataError as e:
+        raise RunError(str(e)) from None
+    except ValueError as e:
+        if isinstance(e, T.TaskFileError):
+            raise
+        raise cli.UsageError(str(e)) from None
+
+    # --- model (the backbone; a resumed run rebuilds it from the checkpoint's own weights)
+    if ckpt_state is not None:
+        from fastgpt.config import GPTConfig
+        from fastgpt.model import GPT
+        model = GPT(GPTConfig.from_dict(ckpt_state["config"]))
+        model.load_state_dict(ckpt_state["model"])
+        tok_name = ckpt_state["tokenizer"]
+        init_desc = ckpt_state["extra"]["init"]
+        prior = ckpt_state["extra"]["finetune"]
+    else:
+        model, tok_name, init_desc, prior = load_init(cfg.init, cfg, device.type)
+    tok = T.TaskTokenizer(_tokenizer_for(tok_name, cfg.offline))
+    if ckpt_state is None:
+        if prior is None:
+            if model.config.vocab_size != tok.base_vocab:
+                raise RunError(f"the --init model's vocabulary ({model.config.vocab_size}) does not match the "
+                               f"{tok_name} tokenizer ({tok.base_vocab}); pass the right --tokenizer")
+            grow_vocab(model, len(T.SPECIAL_TOKENS))
+        elif model.config.vocab_size != tok.n_vocab:
+            raise RunError(f"the fine-tuned --init model's vocabulary ({model.config.vocab_size}) does not match "
+                           f"{tok_name} + specials ({tok.n_vocab})")
+        model.config.extra = dict(model.config.extra, tokenizer=tok_name,
+                                  special_tokens=list(T.SPECIAL_TOKENS), base_vocab=tok.base_vocab)
+    model.backend = cfg.backend
+    model.to(device)
+    max_len = min(cfg.max_len or model.config.block_size, model.config.block_size)
+    torch.manual_seed(cfg.seed + 1)
+    head = build_head(model.config.n_embd, n_head_outputs(task.task_type, task.n_classes),
+                      cfg.clf_dropout).to(device)
+    if ckpt_state is not None:
+        head.load_state_dict(ckpt_state["head"])
+
+    # --- data
+    train = encode_all(task.train, task.task_type, tok, max_len)
+    val = encode_all(task.val, task.task_type, tok, max_len)
+    test = encode_all(task.test, task.task_type, tok, max_len)
+    if not val:
+        raise RunError(f"{cfg.task}: the validation split is empty (add examples or give --val_file)")
+    spe = math.ceil(len(train) / cfg.batch_size)
+    total = spe * cfg.epochs if cfg.max_iters is None else min(cfg.max_iters, spe * cfg.epochs)
+    warmup = int(round(cfg.warmup_frac * total))
+
+    # --- optimiser: AdamW, decay on matrices / embeddings (the paper's w = 0.01)
+    params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
+    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg.weight_decay),
+              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    kw = dict(fused=True) if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, **kw)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
+    autocast = _autocast_factory(device, cfg.dtype)
+
+    step = 0
+    extra = dict(best=None, history=[], init=init_desc)
+    if ckpt_state is not None:
+        optimizer.load_state_dict(ckpt_state["optimizer"])
+        if ckpt_state.get("scaler") and cfg.dtype == "fp16":
+            scaler.load_state_dict(ckpt_state["scaler"])
+        step = int(ckpt_state["step"])
+        extra.update({k: ckpt_state["extra"][k] for k in ("best", "history", "init")})
+        ck.set_rng_state(ckpt_state["rng"])
+
+    saved_cfg = cli.to_dict(cfg, drop=("backend",))
+    meta = dict(format=FORMAT, version=VERSION, task=task.name, task_type=task.task_type, labels=task.labels,
+                tokenizer=tok_name, special_tokens=list(T.SPECIAL_TOKENS), base_vocab=tok.base_vocab,
+                max_len=max_len, init=extra["init"], aux_lm_weight=cfg.aux_lm_weight)
+    if ckpt_state is not None and (ckpt_state["extra"]["finetune"]["task"], ckpt_state["extra"]["finetune"]["labels"]) \
+            != (task.name, task.labels):
+        raise RunError(f"the checkpoint in {out_dir} fine-tunes {ckpt_state['extra']['finetune']['task']}, not "
+                       f"{task.name}; use another --out_dir")
+    n_out = task.n_classes
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / "metrics.jsonl"
+    log = _Log(metrics_path, append=ckpt_state is not None and metrics_path.exists(), bar=bool(cfg.progress),
+               total=total, initial=step)
+
+    def state(step):
+        return dict(step=step, model=model.state_dict(), config=model.config.to_dict(), head=head.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=ck.rng_state(),
+                    tokenizer=tok_name,
+                    extra=dict(extra, finetune=meta, finetune_config=saved_cfg))
+
+    def evaluate_and_keep(step, epoch):
+        r = score(model, head, val, task.task_type, n_out, cfg.eval_batch_size, device, autocast, cfg.backend)
+        best = extra["best"]
+        improved = best is None or (r["accuracy"], r["macro_f1"]) > (best["accuracy"], best["macro_f1"])
+        row = dict(step=step, epoch=epoch, val_accuracy=r["accuracy"], val_macro_f1=r["macro_f1"],
+                   val_loss=r["loss"], best=improved)
+        extra["history"].append(row)
+        log.write(row)
+        log.say(f"epoch {epoch:g} step {step}/{total}: val accuracy {r['accuracy']:.4f}, macro-F1 "
+                f"{r['macro_f1']:.4f}, loss {r['loss']:.4f}" + ("  (best so far: kept in best/)" if improved else ""))
+        if improved:
+            extra["best"] = dict(step=step, epoch=epoch, accuracy=r["accuracy"], macro_f1=r["macro_f1"])
+            save_finetuned(out_dir / "best", model, head, dict(meta, val=extra["best"]))
+
+    t0 = time.perf_counter()
+    try:
+        log.say(f"{PROG}: {task.summary()}")
+        log.say(f"{PROG}: init {init_desc}; {model.num_params() / 1e6:.2f}M params, {tok_name} + "
+                f"{len(T.SPECIAL_TOKENS)} specials (vocab {model.config.vocab_size}, table "
+                f"{model.config.padded_vocab_size}), max_len {max_len}; {spe} steps/epoch, {total} steps; "
+                f"{cfg.device} {cfg.dtype}; lambda {cfg.aux_lm_weight}")
+        if step == 0:
+            log.write(dict(type="header", config=saved_cfg, task=task.summary(), init=init_desc,
+                           model_config=model.config.to_dict(), steps=total, steps_per_epoch=spe))
+        model.train()
+        head.train()
+        order = None
+        while step < total:
+            epoch, i = divmod(step, spe)
+            if order is None or i == 0:  # each epoch's order depends only on (seed, epoch): resumable
+                order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train)).tolist()
+            chunk = [train[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
+            lr = linear_schedule(step, cfg.lr, warmup, total)
+            for grp in optimizer.param_groups:
+                grp["lr"] = lr
+            b = collate(chunk, device)
+            with autocast():
+                _, task_loss, lm_loss, loss = forward_batch(model, head, b, task.task_type, cfg.aux_lm_weight,
+                                                            cfg.backend)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if log.bar is not None:
+                log.bar.update(1)
+            end_epoch = step % spe == 0 or step == total
+            if step % cfg.log_interval == 0 or end_epoch:
+                lv, tv = float(loss.detach()), float(task_loss.detach())
+                if not math.isfinite(lv) and cfg.dtype != "fp16":
+                    raise RunError(f"the loss became {lv} at step {step}; lower --lr (now {cfg.lr}) or use --dtype fp32")
+                row = dict(step=step, loss=lv, task_loss=tv, lr=lr, time_s=time.perf_counter() - t0)
+                if lm_loss is not None:
+                    row["lm_loss"] = float(lm_loss.detach())
+                log.write(row)
+                msg = f"loss {lv:.4f} (task {tv:.4f}" + (f" + {cfg.aux_lm_weight:g} x lm {row['lm_loss']:.4f})"
+                                                          if lm_loss is not None else ")")
+                if log.bar is not None:
+                    log.bar.set_postfix_str(msg, refresh=False)
+                else:
+                    log.say(f"step {step}/{total}: {msg}, lr {lr:.2e}")
+            if end_epoch:
+                evaluate_and_keep(step, round(step / spe, 3))
+                ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
+            elif cfg.ckpt_interval and step % cfg.ckpt_interval == 0:
+                ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
+    finally:
+        log.close()
+
+    # --- the test split, scored once with the best model by validation
+    if extra["best"] is None:  # resumed at the end, or nothing to train: evaluate what we have
+        log = _Log(metrics_path, True, False, 0, 0)
+        evaluate_and_keep(step, round(step / spe, 3))
+        log.close()
+    best_model, best_head, _, _ = load_finetuned(out_dir / "best", device, cfg.backend)
+    summary = dict(task=task.name, task_type=task.task_type, labels=task.labels, init=extra["init"],
+                   aux_lm_weight=cfg.aux_lm_weight, steps=step, epochs=cfg.epochs, max_len=max_len,
+                   val=extra["best"], n_train=len(train), n_val=len(val), n_test=len(test),
+                   majority_accuracy=T.majority_accuracy(task.train, task.test) if task.test else None,
+                   device=cfg.device, dtype=cfg.dtype, seconds=round(time.perf_counter() - t0, 1),
+                   info=task.info)
+    if test:
+        r = score(best_model, best_head, test, task.task_type, n_out, cfg.eval_batch_size, device, autocast,
+                  cfg.backend)
+        summary.update(accuracy=r["accuracy"], macro_f1=r["macro_f1"], test_loss=r["loss"])
+        print(f"{PROG}: test accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} on {len(test)} examples "
+              f"(majority class {summary['majority_accuracy']:.4f}; best val accuracy "
+              f"{extra['best']['accuracy']:.4f} at step {extra['best']['step']})")
+    else:
+        summary.update(accuracy=None, macro_f1=None)
+        print(f"{PROG}: no test split; best val accuracy {extra['best']['accuracy']:.4f}")
+    tmp = out_dir / f".eval.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out_dir / "eval.json")
+    return summary
+
+
+def predict(cfg: FinetuneConfig, texts: list[str]) -> list[str]:
+    """Labels (class names, or the chosen choice's text) for texts / cfg.predict_file with the --init model."""
+    import torch
+    if cfg.init is None:
+        raise cli.UsageError("--predict needs --init FINETUNED_DIR (a fastgpt.finetune out_dir)")
+    c = _device_and_dtype(cfg)
+    device = torch.device(c.device)
+    model, head, meta, tok = load_finetuned(cfg.init, device, cfg.backend)
+    tt = meta["task_type"]
+    if cfg.predict_file is not None:
+        exs = T.read_inputs(cfg.predict_file, tt)
+    else:
+        if not texts:
+            raise cli.UsageError("--predict: give texts as arguments or --predict_file FILE")
+        if tt != "classify":
+            raise cli.UsageError(f"--predict: a {tt} model takes its inputs from --predict_file (JSONL or CSV)")
+        exs = [T.Example(text=t, label=-1) for t in texts]
+    data = [Encoded(T.encode_example(e, tt, tok, meta["max_len"]), -1) for e in exs]
+    preds, _ = predict_encoded(model, head, data, tt, c.eval_batch_size, device, _autocast_factory(device, c.dtype),
+                               cfg.backend)
+    if tt == "choice":
+        return [e.choices[p] for e, p in zip(exs, preds)]
+    return [meta["labels"][p] for p in preds]
+
+
+def _split_positionals(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(options, positional texts): fastgpt.cli takes only --key options; --predict's texts are positional.
+    (Adapter: a value that follows a non-bool option is that option's.)"""
+    opts = cli.options(FinetuneConfig)
+    keep, texts = [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if a == "--":
+            texts.extend(argv[i:])
+            break
+        if a.startswith("--") and len(a) > 2:
+            keep.append(a)
+            key, eq, _ = a[2:].partition("=")
+            o = opts.get(key.replace("-", "_"))
+            if not eq and key != "help":
+                if key == "config" or (o is not None and o.base is not bool):
+                    if i < len(argv):
+                        keep.append(argv[i])
+                        i += 1
+                elif (o is not None and o.name != "predict" and i < len(argv)
+                      and argv[i].lower() in cli._TRUE + cli._FALSE):  # "--predict yes" labels the text "yes"
+                    keep.append(argv[i])
+                    i += 1
+        elif a in ("-h",):
+            keep.append(a)
+        else:
+            texts.append(a)
+    return keep, texts
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    argv, texts = _split_positionals(argv)
+    cfg, given = cli.parse(FinetuneConfig, argv, prog=PROG, description=__doc__.split("\n\n")[1])
+    if texts and not cfg.predict:
+        cli.die(PROG, f"unexpected argument {texts[0]!r} (texts to label need --predict; options look like "
+                      "--key=value)")
+    try:
+        if cfg.predict:
+            for label in predict(cfg, texts):
+                print(label)
+        else:
+            run(cfg, given)
+    except T.TaskFileError as e:
+        cli.die(PROG, str(e), 2)
+    except cli.UsageError as e:
+        cli.die(PROG, str(e), 2)
+    except RunError as e:
+        cli.die(PROG, str(e), 1)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,690 @@
+"""GPT-1 / GPT-2 on fastgpt's ops: the drop-in fused GPTBlock, the GPT model, HF interop, generation.
+
+GPTBlock(cfg, backend=None) holds GPT-2's parameters under GPT-2's names in
+nn.Linear layout (``ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc,
+mlp.c_proj``), so a nanoGPT ``Block`` state dict loads unchanged; its math is
+``fastgpt.reference.GPTBlock``'s, computed with ``fastgpt.ops`` end to end:
+
+  pre-LN (GPT-2), dropout off:                      post-LN (GPT-1), dropout off:
+    y   = layer_norm(x)            ln_1                 a   = attn(x)
+    a   = attn(y)                                       n,_ = add_layer_norm(a, x)      ln_1
+    y,x = add_layer_norm(a, x)     ln_2 (x += a)        m   = mlp(n)
+    m   = mlp(y)                                        o,_ = add_layer_norm(m, n)      ln_2
+    out = x + m   (or: handed on as "pending" so the next block's ln_1 adds it)
+
+  attn(y): qkv = c_attn(y) viewed (B, T, 3, H, D); q, k, v are strided (B, H, T, D)
+           views of it (no transpose copies) -> ops.causal_attention -> c_proj
+  mlp(y):  u = y @ c_fc.W^T;  g = ops.bias_gelu(u, c_fc.b);  c_proj(g). In eager mode
+           g is not kept for the backward: it is recomputed from u (one elementwise pass),
+           which saves a (B, T, 4C) activation per block.
+
+With dropout active (training, cfg.dropout > 0), each residual add is
+``ops.bias_dropout_add(branch, c_proj.bias, x, p)`` followed by
+``ops.layer_norm``; dropout also acts on the attention weights and on the
+embeddings. Under autocast the matmuls run in the autocast dtype and the
+activations stay in it; the residual stream keeps its own dtype (fp32 from the
+embeddings, or ``cfg.residual_dtype``). In post-LN the stream is the LayerNorm
+output, kept in the stream's dtype (as PyTorch's LayerNorm under autocast gives fp32).
+
+GPT.forward hands ``(residual, pending)`` from block to block, so that every
+residual add is fused into the following LayerNorm (the last one into ln_f).
+
+The backend (``None`` auto | ``"fused"`` | ``"reference"``) is a runtime
+attribute passed to every ops call, never saved. ``fastgpt.reference.GPTBlock``
+is the plain-PyTorch oracle of the block.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastgpt import ops
+from fastgpt.config import GPTConfig
+
+__all__ = ["GPTBlock", "GPT", "KVCache", "load_model", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "fastgpt"          # config.json's "format": never taken for an HF directory
+FORMAT_VERSION = 1
+_BACKENDS = (None, "fused", "reference")
+# (B, T, H, D)-backed attention output, so the transpose before c_proj is free, once ops offers it.
+_ATTN_KW = {"out_layout": "bthd"} if "out_layout" in inspect.signature(ops.causal_attention).parameters else {}
+
+
+def _check_backend(backend):
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be None (auto), 'fused' or 'reference', got {backend!r}")
+    return backend
+
+
+def _weight(m: Optional[nn.Module]):
+    return None if m is None else m.weight
+
+
+def _bias(m: Optional[nn.Module]):
+    return None if m is None else m.bias
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, for incremental decoding.
+
+    One buffer per layer of shape (B, max_len, 2, H, D) in the activation dtype;
+    ``pos`` counts the cached positions. The attention reads (B, H, L, D)
+    strided views of it, with Tq < Tk (bottom-right aligned causal mask).
+    """
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.max_len = max_len
+        self.pos = 0
+        self.bufs: list[Optional[torch.Tensor]] = [None] * n_layer
+
+    def append(self, layer: int, kv: torch.Tensor):
+        """kv: (B, T, 2, H, D), the new keys/values. Returns (k, v) over all positions, (B, H, L, D)."""
+        B, T = kv.shape[:2]
+        end = self.pos + T
+        if end > self.max_len:
+            raise ValueError(f"KVCache: {end} positions exceed the cache length {self.max_len}")
+        buf = self.bufs[layer]
+        if buf is None or buf.shape[0] != B or buf.dtype != kv.dtype or buf.device != kv.device:
+            buf = self.bufs[layer] = kv.new_empty((B, self.max_len) + tuple(kv.shape[2:]))
+        buf[:, self.pos:end].copy_(kv)
+        return buf[:, :end, 0].transpose(1, 2), buf[:, :end, 1].transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------- MLP with recompute
+
+class _GeluLinear(torch.autograd.Function):
+    """out = c_proj(bias_gelu(u, b1)), saving u but not g = bias_gelu(u, b1) (recomputed in backward)."""
+
+    @staticmethod
+    def forward(ctx, u, b1, w2, b2, approximate, backend):
+        g = ops.bias_gelu(u, b1, approximate, backend=backend)
+        out = F.linear(g, w2.to(g.dtype), None if b2 is None else b2.to(g.dtype))
+        ctx.save_for_backward(u, b1, w2, b2)
+        ctx.approximate, ctx.backend = approximate, backend
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, b1, w2, b2 = ctx.saved_tensors
+        with torch.autocast(u.device.type, enabled=False), torch.enable_grad():
+            u_ = u.detach().requires_grad_()
+            b1_ = None if b1 is None else b1.detach().requires_grad_()
+            g = ops.bias_gelu(u_, b1_, ctx.approximate, backend=ctx.backend)
+            dout = dout.to(g.dtype)
+            d2 = dout.reshape(-1, dout.shape[-1])
+            dw2 = (d2.t() @ g.detach().reshape(-1, g.shape[-1])).to(w2.dtype)
+            db2 = None if b2 is None else d2.sum(0, dtype=torch.float32).to(b2.dtype)
+            dg = dout @ w2.to(g.dtype)
+            grads = torch.autograd.grad(g, [u_] if b1_ is None else [u_, b1_], dg)
+        du = grads[0]
+        db1 = None if b1_ is None else grads[1]
+        return du, db1, dw2, db2, None, None
+
+
+# ----------------------------------------------------------------------------- the block
+
+class _Attn(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+
+
+class _MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+
+
+class GPTBlock(nn.Module):
+    """A fused transformer block, state-dict compatible with GPT-2 / nanoGPT blocks.
+
+    forward(x: (B, T, C)) -> (B, T, C). ``cfg.norm`` picks pre-LN (GPT-2) or
+    post-LN (GPT-1); see the module docstring for the data flow.
+    """
+
+    def __init__(self, cfg: GPTConfig, backend: Optional[str] = None):
+        super().__init__()
+        if not isinstance(cfg, GPTConfig):
+            raise TypeError(f"GPTBlock: cfg must be a fastgpt.GPTConfig, got {type(cfg).__name__}")
+        self.backend = _check_backend(backend)
+        self.pre = cfg.norm == "pre"
+        self.n_head = cfg.n_head
+        self.dropout = float(cfg.dropout)
+        self.eps = float(cfg.layer_norm_eps)
+        self.approximate = cfg.gelu_approximate
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.attn = _Attn(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.mlp = _MLP(cfg)
+
+    # -- pieces
+    def _ln(self, ln, x):
+        return ops.layer_norm(x, ln.weight, ln.bias, self.eps, backend=self.backend)
+
+    def _add_ln(self, ln, delta, x):
+        return ops.add_layer_norm(delta, x, ln.weight, ln.bias, self.eps, backend=self.backend)
+
+    def _attention(self, y, p_attn: float, kv=None):
+        """(B, T, C) normalised input -> (B, T, C) attention output before c_proj."""
+        B, T, C = y.shape
+        qkv = self.attn.c_attn(y).view(B, T, 3, self.n_head, C // self.n_head)
+        if kv is None:
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+        else:  # incremental decoding: Tq = T new queries against Tk = cached + T keys
+            cache, layer = kv
+            q = qkv[:, :, 0].transpose(1, 2)
+            k, v = cache.append(layer, qkv[:, :, 1:])
+        o = ops.causal_attention(q, k, v, dropout_p=p_attn, backend=self.backend, **_ATTN_KW)
+        return o.transpose(1, 2).reshape(B, T, C)
+
+    def _mlp(self, y, with_bias: bool):
+        """c_proj(gelu(c_fc(y))), with c_proj's bias only if with_bias."""
+        fc, proj = self.mlp.c_fc, self.mlp.c_proj
+        u = F.linear(y, fc.weight)
+        b2 = proj.bias if with_bias else None
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return _GeluLinear.apply(u, fc.bias, proj.weight, b2, self.approximate, self.backend)
+        g = ops.bias_gelu(u, fc.bias, self.approximate, backend=self.backend)
+        return F.linear(g, proj.weight, b2)
+
+    # -- forward
+    def forward_stream(self, x, pending=None, kv=None):
+        """One block on the residual stream ``x + pending`` (pending may be None).
+
+        Returns ``(x, pending)``: the stream after the block is their sum, the
+        add left for the next LayerNorm to fuse (pre-LN with dropout off);
+        otherwise pending is None. ``kv`` = (KVCache, layer index) for decoding.
+        """
+        p = self.dropout if self.training else 0.0
+        attn_proj = self.attn.c_proj
+        if self.pre:
+            if pending is None:
+                y = self._ln(self.ln_1, x)
+            else:
+                y, x = self._add_ln(self.ln_1, pending, x)
+            a = self._attention(y, p, kv)
+            if p > 0.0:
+                x = ops.bias_dropout_add(F.linear(a, attn_proj.weight), attn_proj.bias, x, p, backend=self.backend)
+                y = self._ln(self.ln_2, x)
+                m = self._mlp(y, with_bias=False)
+                return ops.bias_dropout_add(m, self.mlp.c_proj.bias, x, p, backend=self.backend), None
+            y, x = self._add_ln(self.ln_2, attn_proj(a), x)
+            return x, self._mlp(y, with_bias=True)
+        # post-LN: the stream is the LayerNorm output
+        if pending is not None:
+            raise ValueError("GPTBlock: a post-LN block takes no pending residual add")
+        # y takes the dtype of add_layer_norm's x: the branch is cast to the stream's dtype first
+        # (a no-op without autocast), so the stream stays exact as PyTorch's autocast LayerNorm keeps it.
+        sdt = x.dtype
+        a = self._attention(x, p, kv)
+        if p > 0.0:
+            n = self._ln(self.ln_1, ops.bias_dropout_add(F.linear(a, attn_proj.weight), attn_proj.bias, x, p,
+                                                         backend=self.backend))
+            m = self._mlp(n, with_bias=False)
+            return self._ln(self.ln_2, ops.bias_dropout_add(m, self.mlp.c_proj.bias, n, p,
+                                                            backend=self.backend)), None
+        n = self._add_ln(self.ln_1, attn_proj(a).to(sdt), x)[0]
+        return self._add_ln(self.ln_2, self._mlp(n, with_bias=True).to(sdt), n)[0], None
+
+    def forward(self, x):
+        x, pending = self.forward_stream(x)
+        # dropout off: the last residual add, which GPT fuses into the next LayerNorm, done plainly
+        # (x's dtype wins, as the reference's x + mlp(...) under autocast)
+        return x if pending is None else x + pending
+
+
+# ----------------------------------------------------------------------------- HF interop tables
+
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_HF_SKIP = (".attn.bias", ".attn.masked_bias", "position_ids")  # buffers, not weights
+_GPT2_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+             "gelu": "gelu"}
+_OPENAI_ACT = {"gelu": "gelu_tanh"}             # HF's OpenAI GPT maps afn="gelu" to gelu_new (tanh)
+
+
+def _hf_get(c, key, default=None):
+    return c.get(key, default) if isinstance(c, dict) else getattr(c, key, default)
+
+
+def _config_from_hf(c) -> GPTConfig:
+    """GPTConfig for an HF GPT2Config / OpenAIGPTConfig (object or config.json dict)."""
+    mt = _hf_get(c, "model_type")
+    common = dict(vocab_size=_hf_get(c, "vocab_size"), block_size=_hf_get(c, "n_positions"),
+                  n_layer=_hf_get(c, "n_layer"), n_head=_hf_get(c, "n_head"), n_embd=_hf_get(c, "n_embd"),
+                  layer_norm_eps=float(_hf_get(c, "layer_norm_epsilon", 1e-5)),
+                  dropout=float(_hf_get(c, "resid_pdrop", 0.1)), bias=True)
+    if _hf_get(c, "tie_word_embeddings", True) is False:
+        raise ValueError("from_hf: untied LM head (tie_word_embeddings=False) is not supported")
+    if mt == "gpt2":
+        act = _hf_get(c, "activation_function", "gelu_new")
+        if act not in _GPT2_ACT:
+            raise ValueError(f"from_hf: GPT-2 activation_function {act!r} is not supported "
+                             f"(supported: {sorted(_GPT2_ACT)})")
+        n_inner = _hf_get(c, "n_inner")
+        if n_inner not in (None, 4 * common["n_embd"]):
+            raise ValueError(f"from_hf: n_inner={n_inner} is not supported (the MLP is 4 * n_embd wide)")
+        for flag, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                           ("add_cross_attention", False)):
+            if bool(_hf_get(c, flag, want)) != want:
+                raise ValueError(f"from_hf: GPT-2 with {flag}={not want} is not supported")
+        return GPTConfig(norm="pre", activation=_GPT2_ACT[act], **common)
+    if mt == "openai-gpt":
+        afn = _hf_get(c, "afn", "gelu")
+        if afn not in _OPENAI_ACT:
+            raise ValueError(f"from_hf: OpenAI GPT afn {afn!r} is not supported (supported: 'gelu')")
+        return GPTConfig(norm="post", activation=_OPENAI_ACT[afn], **common)
+    raise ValueError(f"from_hf: model_type {mt!r} is not supported (expected 'gpt2' or 'openai-gpt')")
+
+
+def _from_hf_keys(sd: dict, model_type: str) -> dict:
+    """HF state dict (with or without the 'transformer.' prefix) -> fastgpt names, nn.Linear layout."""
+    emb = {"tokens_embed.weight": "wte.weight", "positions_embed.weight": "wpe.weight"} \
+        if model_type == "openai-gpt" else {}
+    out = {}
+    for k, v in sd.items():
+        if k == "lm_head.weight" or k.endswith(_HF_SKIP):
+            continue
+        k = k[len("transformer."):] if k.startswith("transformer.") else k
+        k = emb.get(k, k)
+        if k.endswith(_CONV1D):
+            v = v.t()
+        out["transformer." + k] = v
+    if "lm_head.weight" in sd and "transformer.wte.weight" in out:
+        if not torch.equal(sd["lm_head.weight"], out["transformer.wte.weight"]):
+            raise ValueError("from_hf: lm_head.weight differs from the token embedding; only tied heads are supported")
+    return out
+
+
+def _read_hf_dir(path: str):
+    """(config dict, state dict) of an HF-format directory (safetensors, sharded or not, or .bin)."""
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    st, idx, binf = (os.path.join(path, n) for n in
+                     ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+    if os.path.exists(st) or os.path.exists(idx):
+        from safetensors.torch import load_file
+        if os.path.exists(st):
+            sd = load_file(st)
+        else:
+            with open(idx) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+            sd = {}
+            for name in files:
+                sd.update(load_file(os.path.join(path, name)))
+    elif os.path.exists(binf):
+        sd = torch.load(binf, map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"from_hf: {path} has a config.json but no model.safetensors or pytorch_model.bin")
+    return cfg, sd
+
+
+def _read_config_json(path: str) -> dict:
+    p = os.path.join(path, "config.json")
+    if not os.path.isfile(p):
+        raise FileNotFoundError(f"{path}: no config.json (not a fastgpt or HF model directory)")
+    with open(p) as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------- the model
+
+class GPT(nn.Module):
+    """GPT-1 (cfg.norm="post") or GPT-2 (cfg.norm="pre") language model on fastgpt's ops.
+
+    Names: transformer.wte, transformer.wpe, transformer.h.N.*, transformer.ln_f
+    (pre-LN only), lm_head (tied to wte). The embedding matrix has
+    cfg.padded_vocab_size rows; see fastgpt.config for what the padding means.
+    """
+
+    def __init__(self, cfg: GPTConfig, backend: Optional[str] = None):
+        super().__init__()
+        if not isinstance(cfg, GPTConfig):
+            raise TypeError(f"GPT: cfg must be a fastgpt.GPTConfig, got {type(cfg).__name__}")
+        self.config = cfg
+        modules = dict(
+            wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList([GPTBlock(cfg, backend) for _ in range(cfg.n_layer)]),
+        )
+        if cfg.norm == "pre":
+            modules["ln_f"] = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.transformer = nn.ModuleDict(modules)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied
+        self.backend = backend
+        self.reset_parameters()
+
+    # -- backend: a runtime attribute, shared with every block
+    @property
+    def backend(self):
+        return self._backend
+
+    @backend.setter
+    def backend(self, value):
+        self._backend = _check_backend(value)
+        for b in self.transformer.h:
+            b.backend = value
+
+    # -- init and size
+    @torch.no_grad()
+    def reset_parameters(self):
+        """GPT-2 init: N(0, 0.02) weights, zero biases, unit LayerNorms; the residual
+        projections (attn.c_proj, mlp.c_proj) get std 0.02 / sqrt(2 * n_layer);
+        the padded vocabulary rows are zero."""
+        std = 0.02
+        for name, m in self.named_modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                if m is self.lm_head:
+                    continue  # tied to wte
+                s = std / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj") else std
+                nn.init.normal_(m.weight, 0.0, s)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                m.reset_parameters()
+        self.transformer.wte.weight[self.config.vocab_size:].zero_()
+
+    def num_params(self, exclude_positions: bool = True) -> int:
+        """Parameters (the tied head counted once); without the position embeddings by
+        default, the N of DESIGN.md's MFU formula."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if exclude_positions else n
+
+    def flops_per_token(self, T: Optional[int] = None) -> float:
+        """Training FLOPs per token (DESIGN.md): 6N + 12 * L * H * D * T."""
+        c = self.config
+        T = c.block_size if T is None else T
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * c.head_dim * T
+
+    # -- forward
+    def hidden_states(self, idx: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, C) final hidden states (after ln_f in pre-LN)."""
+        if idx.dim() != 2:
+            raise ValueError(f"GPT: idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        start = 0 if kv_cache is None else kv_cache.pos
+        if start + T > self.config.block_size:
+            raise ValueError(f"GPT: sequence length {start + T} exceeds block_size {self.config.block_size}")
+        tr = self.transformer
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = tr.drop(tr.wte(idx) + tr.wpe(pos))
+        if self.config.residual_dtype is not None:
+            x = x.to(getattr(torch, self.config.residual_dtype))
+        pending = None
+        for i, block in enumerate(tr.h):
+            x, pending = block.forward_stream(x, pending, None if kv_cache is None else (kv_cache, i))
+        if kv_cache is not None:
+            kv_cache.pos += T
+        if self.config.norm == "post":
+            return x
+        ln = tr.ln_f
+        if pending is None:
+            return ops.layer_norm(x, ln.weight, ln.bias, self.config.layer_norm_eps, backend=self.backend)
+        return ops.add_layer_norm(pending, x, ln.weight, ln.bias, self.config.layer_norm_eps,
+                                  backend=self.backend)[0]
+
+    def forward(self, idx, targets=None, return_logits: bool = True):
+        """(logits, loss). logits: (B, T, vocab_size) (the padded columns are never
+        returned), None when return_logits=False. loss: mean cross-entropy over the
+        targets != -100 (0 when there are none), None without targets.
+
+        With return_logits=False the loss comes from ops.fused_linear_cross_entropy
+        (the logits are never materialised); with logits it is the same function
+        computed from the returned logits (in fp32 from the autocast-dtype logits).
+        """
+        h = self.hidden_states(idx)
+        V = self.config.vocab_size
+        W = self.lm_head.weight
+        if not return_logits:
+            if targets is None:
+                return None, None
+            return None, ops.fused_linear_cross_entropy(h, W[:V], targets, backend=self.backend)
+        logits = F.linear(h, W)
+        if W.shape[0] != V:
+            logits = logits[..., :V]
+        loss = None if targets is None else _cross_entropy(logits, targets)
+        return logits, loss
+
+    # -- optimiser
+    def configure_optimizers(self, weight_decay: float = 0.1, learning_rate: float = 6e-4,
+                             betas=(0.9, 0.95), eps: float = 1e-8, device_type: Optional[str] = None,
+                             fused: Optional[bool] = None):
+        """AdamW with two groups: matrices and embeddings decay, biases and LayerNorms do not.
+
+        fused=None uses the fused AdamW on CUDA where this torch has it.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]  # the tied weight appears once
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+        if device_type is None:
+            device_type = next(self.parameters()).device.type
+        if fused is None:
+            fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        kw = dict(fused=True) if fused else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), eps=eps, **kw)
+
+    # -- generation
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, use_cache: bool = True,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Append max_new_tokens sampled tokens to idx (B, T) and return (B, T + new).
+
+        temperature=0 is greedy (argmax). top_k keeps the k most likely tokens,
+        top_p the smallest set whose probability reaches p. With use_cache the
+        prompt is run once and each new token attends to cached keys/values;
+        beyond block_size the context is the last block_size tokens, recomputed
+        each step (as without the cache), so both give the same logits.
+        """
+        if temperature < 0:
+            raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
+        was_training = self.training
+        self.eval()
+        try:
+            bs = self.config.block_size
+            cache = KVCache(self.config.n_layer, bs) if use_cache else None
+            for _ in range(max_new_tokens):
+                if cache is not None and idx.shape[1] <= bs:
+                    logits = self._next_logits(idx[:, cache.pos:], cache)
+                else:
+                    logits = self._next_logits(idx[:, -bs:], None)
+                nxt = sample_next(logits, temperature, top_k, top_p, generator)
+                idx = torch.cat([idx, nxt], dim=1)
+        finally:
+            self.train(was_training)
+        return idx
+
+    def _next_logits(self, idx, cache):
+        h = self.hidden_states(idx, cache)[:, -1, :]
+        return F.linear(h, self.lm_head.weight[: self.config.vocab_size]).float()
+
+    # -- HF interop
+    @classmethod
+    def from_hf(cls, src, backend: Optional[str] = None) -> "GPT":
+        """From a transformers GPT2LMHeadModel / OpenAIGPTLMHeadModel (or GPT2Model /
+        OpenAIGPTModel), or a local HF-format directory (config.json + weights).
+
+        Like every loader here it returns the model in eval mode (call .train() to train);
+        cfg.dropout is HF's resid_pdrop."""
+        if isinstance(src, (str, os.PathLike)):
+            path = os.fspath(src)
+            cfg_json = _read_config_json(path)
+            if cfg_json.get("format") == FORMAT:
+                raise ValueError(f"from_hf: {path} is a fastgpt directory; load it with GPT.from_pretrained")
+            hf_cfg, sd = _read_hf_dir(path)
+        elif hasattr(src, "config") and hasattr(src, "state_dict"):
+            hf_cfg, sd = src.config, src.state_dict()
+        else:
+            raise TypeError(f"from_hf: expected an HF model object or a directory, got {type(src).__name__}")
+        cfg = _config_from_hf(hf_cfg)
+        model = cls(cfg, backend=backend)
+        model._load_core(_from_hf_keys(sd, _hf_get(hf_cfg, "model_type")), "from_hf")
+        return model.eval()
+
+    def _load_core(self, sd: dict, where: str):
+        """Load a state dict in fastgpt names whose wte may have vocab_size or padded rows."""
+        sd = dict(sd)
+        sd.pop("lm_head.weight", None)
+        wte = sd.get("transformer.wte.weight")
+        V, Vp = self.config.vocab_size, self.config.padded_vocab_size
+        if wte is not None and wte.shape[0] == V and V != Vp:
+            sd["transformer.wte.weight"] = torch.cat([wte, wte.new_zeros(Vp - V, wte.shape[1])])
+        sd["lm_head.weight"] = sd.get("transformer.wte.weight")
+        missing, unexpected = self.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{where}: state dict mismatch: missing {missing[:6]}, unexpected {unexpected[:6]}")
+
+    def to_hf_state_dict(self) -> dict:
+        """The state dict of the matching HF model (GPT2LMHeadModel for pre-LN,
+        OpenAIGPTLMHeadModel for post-LN): Conv1D layout, vocab_size rows, tied lm_head."""
+        post = self.config.norm == "post"
+        emb = {"wte.weight": "tokens_embed.weight", "wpe.weight": "positions_embed.weight"} if post else {}
+        out = {}
+        for k, v in self.state_dict().items():
+            if k == "lm_head.weight":
+                continue
+            k = k[len("transformer."):]
+            if k == "wte.weight":
+                v = v[: self.config.vocab_size]
+            if k.endswith(_CONV1D):
+                v = v.t()
+            out["transformer." + emb.get(k, k)] = v.detach().contiguous()
+        wte_key = "transformer." + emb.get("wte.weight", "wte.weight")
+        out["lm_head.weight"] = out[wte_key]
+        return out
+
+    def hf_config(self):
+        """The transformers config (GPT2Config / OpenAIGPTConfig) of this architecture."""
+        c = self.config
+        if not c.bias:
+            raise ValueError("hf_config: HF GPT-2 / OpenAI GPT have biases; this model has bias=False")
+        common = dict(vocab_size=c.vocab_size, n_positions=c.block_size, n_layer=c.n_layer, n_head=c.n_head,
+                      n_embd=c.n_embd, layer_norm_epsilon=c.layer_norm_eps, resid_pdrop=c.dropout,
+                      embd_pdrop=c.dropout, attn_pdrop=c.dropout)
+        if c.norm == "post":
+            if c.activation != "gelu_tanh":
+                raise ValueError("hf_config: HF OpenAI GPT has only the tanh GELU (afn='gelu'); "
+                                 "this model uses exact erf GELU")
+            from transformers import OpenAIGPTConfig
+            return OpenAIGPTConfig(afn="gelu", **common)
+        from transformers import GPT2Config
+        return GPT2Config(activation_function="gelu_new" if c.activation == "gelu_tanh" else "gelu", **common)
+
+    def to_hf(self):
+        """A transformers GPT2LMHeadModel / OpenAIGPTLMHeadModel with these weights."""
+        from transformers import GPT2LMHeadModel, OpenAIGPTLMHeadModel
+        cls = OpenAIGPTLMHeadModel if self.config.norm == "post" else GPT2LMHeadModel
+        hf = cls(self.hf_config())
+        hf.load_state_dict(self.to_hf_state_dict(), strict=True)
+        return hf.to(self.transformer.wte.weight.device)
+
+    # -- our own format
+    def save_pretrained(self, path) -> None:
+        """config.json ({"format": "fastgpt", "version", "config"}) + model.safetensors
+        (the tied wte / lm_head weight stored once)."""
+        from safetensors.torch import save_file
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k != "lm_head.weight"}
+        save_file(sd, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump({"format": FORMAT, "version": FORMAT_VERSION, "config": self.config.to_dict()}, f, indent=2)
+
+    @classmethod
+    def from_pretrained(cls, path, backend: Optional[str] = None, map_location="cpu") -> "GPT":
+        """Load a save_pretrained directory (an HF-format directory is passed to from_hf), in eval mode."""
+        path = os.fspath(path)
+        meta = _read_config_json(path)
+        if meta.get("format") != FORMAT:
+            if "model_type" in meta:
+                return cls.from_hf(path, backend=backend).to(map_location)
+            raise ValueError(f"from_pretrained: {path}/config.json is neither fastgpt's nor an HF config")
+        if int(meta.get("version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"from_pretrained: {path} has format version {meta['version']}, "
+                             f"newer than this fastgpt's {FORMAT_VERSION}; upgrade fastgpt")
+        from safetensors.torch import load_file
+        model = cls(GPTConfig.from_dict(meta["config"]), backend=backend)
+        sd = load_file(os.path.join(path, "model.safetensors"), device=str(map_location))
+        model.to(map_location)._load_core(sd, "from_pretrained")
+        return model.eval()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _cross_entropy(logits, targets, ignore_index: int = -100):
+    """fastgpt.reference.fused_linear_cross_entropy's semantics on given logits:
+    mean over targets != ignore_index (0 when there are none), in fp32."""
+    V = logits.shape[-1]
+    t = targets.reshape(-1)
+    loss = F.cross_entropy(logits.reshape(-1, V).float(), t, ignore_index=ignore_index, reduction="sum")
+    return loss / (t != ignore_index).sum().clamp_min(1)
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(B, V) logits -> (B, 1) token ids (temperature 0: argmax)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs >= top_p       # the mass before this token already reaches p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+def load_model(path, backend: Optional[str] = None, map_location="cpu") -> GPT:
+    """A GPT (eval mode) from any of fastgpt's formats:
+
+    * a save_pretrained directory, or an HF-format directory (config.json + weights);
+    * a training checkpoint (fastgpt.checkpoint: a ckpt_*.pt file, or the out_dir holding them);
+    * a torch.save'd dict with "config" (a GPTConfig dict) and "model" (a state dict).
+
+    A torch.compile "_orig_mod." prefix on the state dict is stripped. When the
+    file names its tokenizer ("gpt2" | "byte"), it lands in config.extra["tokenizer"].
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+        return GPT.from_pretrained(path, backend=backend, map_location=map_location)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load_model: {path} does not exist")
+    if os.path.isdir(path):
+        from fastgpt.checkpoint import latest_checkpoint
+        ckpt_path = latest_checkpoint(path)
+        if ckpt_path is None:
+            raise FileNotFoundError(f"load_model: {path} has no config.json and no ckpt_*.pt")
+        path = os.fspath(ckpt_path)
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    cfg = ckpt.get("model_config", ckpt.get("config")) if isinstance(ckpt, dict) else None
+    if not (isinstance(cfg, dict) and "model" in ckpt):
+        raise ValueError(f"load_model: {path} is not a fastgpt checkpoint (no model / model_config)")
+    cfg = GPTConfig.from_dict(cfg)
+    if isinstance(ckpt.get("tokenizer"), str):
+        cfg.extra["tokenizer"] = ckpt["tokenizer"]
+    model = GPT(cfg, backend=backend).to(map_location)
+    sd = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
+    model._load_core(sd, "load_model")
+    return model.eval()

@@ -1,0 +1,252 @@
+"""Check fastgpt's fused kernels against the reference on YOUR device: python -m fastgpt.selftest
+
+Runs every op (forward and backward) and a whole GPT block, fused vs
+fastgpt.reference, in each supported dtype, and applies DESIGN.md's tolerance
+rule (the same one the test suite uses):
+
+    max|fused - ref_hi| <= 2 * max|ref_lp - ref_hi| + C * eps(dtype) * max|ref_hi|
+
+where ref_hi is the reference in float64 and ref_lp the reference in the op's
+dtype. Prints one row per (op, dtype) with the worst check, then a verdict;
+exits 1 if any check fails.
+
+    python -m fastgpt.selftest            # CUDA if present, else the Triton interpreter on the CPU
+    python -m fastgpt.selftest --quick    # smaller shapes
+    python -m fastgpt.selftest --device cpu
+
+On the CPU the kernels run under the Triton interpreter (slow; small shapes),
+and bf16 matmul kernels are skipped there (the interpreter's bf16 tl.dot is wrong).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+
+import torch
+
+
+@contextlib.contextmanager
+def _tf32_for_fp32_cuda(t: torch.Tensor):
+    """ref_lp of an fp32 op that uses TF32 dots on the GPU (the attention kernel, DESIGN.md:
+    "tf32 allowed where our kernel uses tf32") is the reference under allow_tf32."""
+    if not (t.is_cuda and t.dtype == torch.float32):
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _tf32_ref(fn):
+    def wrapped(*args):
+        with _tf32_for_fp32_cuda(args[0]):
+            return fn(*args)
+    return wrapped
+
+
+def _fill_(module: torch.nn.Module) -> torch.nn.Module:
+    """Random weights at a realistic scale (so activations are O(1) and every path matters)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, p.shape[-1] ** -0.5)
+            elif "ln" in name and name.endswith("weight"):
+                p.normal_(1.0, 0.1)
+            else:
+                p.normal_(0.0, 0.1)
+    return module
+
+
+def compare_block(cfg, dtype=torch.float32, device="cpu", backend="fused", B=2, T=17, autocast=None,
+                  grad_mode="random"):
+    """fastgpt.GPTBlock (backend) vs fastgpt.reference.GPTBlock: forward and all gradients.
+
+    The fused block loads the reference block's state dict (strict). dtype is
+    the dtype of the input and the parameters; with ``autocast`` (a dtype) both
+    run under torch.autocast with fp32 inputs and parameters. ref_hi is the
+    reference block in float64; ref_lp runs it as PyTorch would in low precision
+    (on CUDA with PyTorch's own SDPA attention). Returns a list of
+    fastgpt.testing.Check named after the parameters.
+    """
+    from torch.func import functional_call
+
+    from fastgpt import reference
+    from fastgpt.model import GPTBlock
+    from fastgpt.testing import compare_op
+
+    ref = _fill_(reference.GPTBlock(cfg)).to(device)
+    ours = GPTBlock(cfg, backend=backend).to(device)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    names = [n for n, _ in ref.named_parameters()]
+
+    def runner(module):
+        def fn(x, *params):
+            use = autocast is not None and x.dtype != torch.float64
+            if module is ref:
+                module.attn.sdpa = x.dtype != torch.float64 and torch.device(device).type == "cuda"
+            tf32 = _tf32_for_fp32_cuda(x) if module is ref else contextlib.nullcontext()
+            with tf32, torch.autocast(torch.device(device).type, dtype=autocast or torch.bfloat16, enabled=use):
+                return functional_call(module, dict(zip(names, params)), (x,))
+        return fn
+
+    x = torch.randn(B, T, cfg.n_embd, device=device)
+    inputs = [x.to(dtype)] + [p.detach().to(dtype) for _, p in ref.named_parameters()]
+    checks = compare_op(f"block {cfg.norm}-LN", runner(ours), runner(ref), inputs, grad_mode=grad_mode)
+    for c in checks:
+        if " grad" in c.name:
+            k = int(c.name.rsplit("grad", 1)[1])
+            c.name = c.name.rsplit(" ", 1)[0] + (" dx" if k == 0 else f" d{names[k - 1]}")
+    return checks
+
+
+def _op_cases(device, quick):
+    """(name, fused_fn, ref_fn, make_inputs(dtype), dtypes) per op."""
+    from fastgpt import ops, reference
+    gpu = device.type == "cuda"
+    low = [torch.float16, torch.bfloat16] if gpu else [torch.float16]
+    all_dt = [torch.float32] + low
+    elt_dt = [torch.float32, torch.float16, torch.bfloat16]  # element-wise kernels: bf16 fine under the interpreter
+    M, N = ((4096, 768) if not quick else (512, 768)) if gpu else (33, 96)
+    F = 3072 if gpu else 128
+    B, H, T, D = ((2, 12, 1024, 64) if not quick else (2, 4, 256, 64)) if gpu else (1, 2, 33, 16)
+    Tq = 17 if gpu else 5
+    Vocab, Nt = ((50304, 1024) if not quick else (8192, 256)) if gpu else (300, 24)
+
+    def rnd(*s, dt):
+        return torch.randn(*s, device=device).to(dt)
+
+    def fused(fn):
+        return lambda *a: fn(*a, backend="fused")
+
+    def targets():
+        t = torch.randint(0, Vocab, (Nt,), device=device)
+        t[::7] = -100
+        return t
+
+    return [
+        ("layer_norm", fused(ops.layer_norm), reference.layer_norm,
+         lambda dt: [rnd(M, N, dt=dt), rnd(N, dt=dt), rnd(N, dt=dt), 1e-5], elt_dt, f"{M}x{N}"),
+        ("add_layer_norm", fused(ops.add_layer_norm), reference.add_layer_norm,
+         lambda dt: [rnd(M, N, dt=dt), rnd(M, N, dt=dt), rnd(N, dt=dt), rnd(N, dt=dt), 1e-5], elt_dt, f"{M}x{N}"),
+        ("bias_gelu tanh", fused(ops.bias_gelu), reference.bias_gelu,
+         lambda dt: [rnd(M, F, dt=dt), rnd(F, dt=dt), "tanh"], elt_dt, f"{M}x{F}"),
+        ("bias_gelu erf", fused(ops.bias_gelu), reference.bias_gelu,
+         lambda dt: [rnd(M, F, dt=dt), rnd(F, dt=dt), "none"], elt_dt, f"{M}x{F}"),
+        ("causal_attention", fused(ops.causal_attention), _tf32_ref(reference.causal_attention),
+         lambda dt: [rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
+         f"{B}x{H}x{T}x{D}"),
+        ("causal_attention Tq<Tk", fused(ops.causal_attention), _tf32_ref(reference.causal_attention),
+         lambda dt: [rnd(B, H, Tq, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
+         f"q {Tq}, kv {T}"),
+        ("bias_dropout_add p=0", fused(ops.bias_dropout_add), reference.bias_dropout_add,
+         lambda dt: [rnd(M, N, dt=dt), rnd(N, dt=dt), rnd(M, N, dt=dt), 0.0], elt_dt, f"{M}x{N}"),
+        ("fused_linear_cross_entropy", fused(ops.fused_linear_cross_entropy), reference.fused_linear_cross_entropy,
+         lambda dt: [rnd(Nt, N, dt=dt), rnd(Vocab, N, dt=dt).mul_(N ** -0.5), targets()], all_dt,
+         f"{Nt}x{N}, V={Vocab}"),
+    ]
+
+
+def _block_cases(device, quick):
+    from fastgpt.config import GPTConfig
+    gpu = device.type == "cuda"
+    if gpu:
+        C, H, T = (768, 12, 256) if not quick else (256, 4, 128)
+    else:
+        C, H, T = 64, 4, 17
+    cases = []
+    for norm in ("pre", "post"):
+        cfg = GPTConfig(vocab_size=256, block_size=max(T, 32), n_layer=1, n_head=H, n_embd=C, norm=norm)
+        cases.append((cfg, torch.float32, None, T))
+        if gpu:
+            cases.append((cfg, torch.bfloat16, None, T))
+            cases.append((cfg, torch.float32, torch.bfloat16, T))  # autocast, fp32 params and residual
+        else:
+            cases.append((cfg, torch.float16, None, T))
+    return cases
+
+
+def _summarise(checks):
+    """The worst check (largest err / bound) and whether all passed."""
+    worst = max(checks, key=lambda c: float("inf") if not c.ok and c.bound == 0 else c.err / max(c.bound, 1e-300))
+    return worst, all(c.ok for c in checks)
+
+
+def run(device=None, quick=False, out=None, only=None):
+    """Run every check (or those whose label contains one of ``only``); print the table; True if all pass."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = out or sys.stdout
+    from fastgpt.backend import fused_unavailable_reason
+    from fastgpt.testing import C, compare_op
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
+    print(f"# fastgpt selftest on {name}, torch {torch.__version__}; rule: err <= 2*|ref_lp-ref_hi| "
+          f"+ {C:g}*eps*max|ref_hi|", file=out)
+    reason = fused_unavailable_reason(device.type)
+    if reason is not None:
+        print(f"# fused backend unavailable: {reason}", file=out)
+        print("VERDICT: UNAVAILABLE — nothing to check (the reference path serves)", file=out)
+        return False
+    print(f"{'check':<30} {'dtype':<16} {'shape':<20} {'max err':>10} {'bound':>10}  worst of   verdict", file=out)
+    n_fail = n_rows = 0
+    t0 = time.time()
+    torch.manual_seed(0)
+
+    def report(label, dt, shape, fn):
+        nonlocal n_fail, n_rows
+        n_rows += 1
+        try:
+            checks = fn()
+        except Exception as e:  # a kernel that raises is a failure, shown in the table
+            n_fail += 1
+            print(f"{label:<30} {dt:<16} {shape:<20} {'-':>10} {'-':>10}  {'':<10} ERROR {type(e).__name__}: "
+                  f"{str(e)[:100]}", file=out)
+            return
+        worst, ok = _summarise(checks)
+        n_fail += not ok
+        what = worst.name.split(" ")[-1]
+        print(f"{label:<30} {dt:<16} {shape:<20} {worst.err:10.3e} {worst.bound:10.3e}  {what:<10} "
+              f"{'ok' if ok else 'FAIL'}", file=out)
+
+    def wanted(label):
+        return not only or any(o in label for o in only)
+
+    for label, fused_fn, ref_fn, make, dtypes, shape in _op_cases(device, quick):
+        if not wanted(label):
+            continue
+        for dt in dtypes:
+            report(label, str(dt).removeprefix("torch."), shape,
+                   lambda: compare_op(label, fused_fn, ref_fn, make(dt)))
+    for cfg, dt, ac, T in _block_cases(device, quick):
+        label = f"GPTBlock {cfg.norm}-LN C={cfg.n_embd}"
+        if not wanted(label):
+            continue
+        dts = str(dt).removeprefix("torch.") + (f"+autocast {str(ac)[6:]}" if ac else "")
+        report(label, dts, f"B=2 T={T}",
+               lambda: compare_block(cfg, dt, device, "fused", B=2, T=T, autocast=ac))
+    ok = n_fail == 0
+    print(f"VERDICT: {'PASS' if ok else 'FAIL'} — {n_rows - n_fail}/{n_rows} rows within tolerance "
+          f"({time.time() - t0:.1f} s)", file=out)
+    return ok
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda if available)")
+    ap.add_argument("--quick", action="store_true", help="smaller shapes")
+    ap.add_argument("--only", default="", help="comma-separated substrings of the checks to run "
+                    "(e.g. layer_norm,GPTBlock)")
+    args = ap.parse_args(argv)
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(dev).type == "cpu" and "triton" not in sys.modules:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
+    return 0 if run(dev, args.quick, only=[o for o in args.only.split(",") if o]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

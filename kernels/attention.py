@@ -1,0 +1,606 @@
+"""Exact causal attention by the FlashAttention-2 method, forward and backward, in Triton.
+
+Shapes: q (B, H, Tq, D), k and v (B, H, Tk, D), 1 <= Tq <= Tk. Query i sees keys
+j <= i + (Tk - Tq): the causal mask is aligned bottom-right (flash-attention's
+convention; with Tq == Tk the usual lower triangle, with Tq < Tk the queries are
+the last Tq positions, as in KV-cache decoding or chunked prefill).
+
+Forward, for a tile of BLOCK_M query rows against streamed BLOCK_N key blocks
+(online softmax in base 2, c = scale * log2(e) folded into one multiply):
+    s    = (q k^T) * c                     fp32 accumulator of tl.dot
+    m'   = max(m, rowmax(s));  p = 2^(s - m');  a = 2^(m - m')
+    l    = a l + rowsum(p);  acc = a acc + p v       (p cast to v's dtype for the dot)
+    o    = acc / l                                   (stored in q's dtype)
+    lse2 = m + log2 l                                (fp32, saved for backward: the row's
+                                                      logsumexp in base 2, = lse * log2(e))
+No T x T matrix exists anywhere. Key blocks entirely above the diagonal are
+never visited; only the blocks that straddle it apply the causal mask.
+Backward, with P = 2^(q k^T c - lse2) recomputed blockwise from the saved lse2:
+    delta = rowsum(dO * O)                           (a small preprocess kernel, fp32)
+    dV    = P^T dO
+    dS    = P * (dO V^T - delta)
+    dQ    = scale * dS K,   dK = scale * dS^T Q
+The dK/dV kernel holds one key block and walks the query blocks that see it;
+the dQ kernel holds one query block and walks its key blocks. Every output
+element is written by exactly one program: no atomics, bitwise deterministic.
+
+Precision: dots take fp16/bf16 operands with fp32 accumulation; P and dS are
+rounded to the input dtype before their dots (as in FlashAttention-2). fp32
+inputs use TF32 tensor-core dots on the GPU with every operand rounded to
+nearest first (the tensor cores would otherwise truncate, ~2.5x the error):
+the accuracy of PyTorch's allow_tf32 GEMMs, ~5e-4 relative on o (emulated on
+the CPU at T=1024, D=64); exact fp32 dots under the CPU interpreter.
+
+Limits: head dim 1 <= D <= 256 (padded to a power-of-two BLOCK_D >= 16 with
+masks, so 80 or 96 work); any Tq, Tk >= 1; fp16, bf16, fp32 (q, k, v of one
+dtype, on one device). q, k, v may be strided views (e.g. slices of one fused
+qkv projection): every stride is passed to the kernels, only a last-dim stride
+other than 1 forces a copy. Within one (batch, head), T * row stride must stay
+below 2^31 elements. dropout_p > 0 is served by fastgpt.reference (torch's RNG)
+until in-kernel dropout lands.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastgpt import reference
+from fastgpt.kernels import INTERPRET
+from fastgpt.kernels._common import autotune, check_float, check_same_device, empty
+
+MAX_HEAD_DIM = 256
+LOG2E = 1.4426950408889634
+OUT_LAYOUTS = ("bhtd", "bthd")
+
+
+# ----------------------------------------------------------------------------- launch configs
+# Under the interpreter one fixed config runs (BLOCK_M != BLOCK_N on purpose, so the
+# block-skipping arithmetic is exercised in its general form). On the GPU a small space,
+# keyed on the head dim and a power-of-two bucket of the sequence length; configs that do
+# not fit in shared memory are skipped by the autotuner.
+
+def _cfg(bm, bn, w, s):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+
+
+# The last config of each GPU space is small enough for D = 256 in fp32, so the space
+# always holds one that fits in shared memory.
+_FWD_SPACE = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4),
+              (64, 64, 4, 3), (64, 32, 4, 4), (128, 64, 8, 4), (64, 64, 4, 2), (32, 32, 4, 1)]
+_DKDV_SPACE = [(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3),  # BLOCK_M: query rows
+               (32, 128, 8, 2), (64, 128, 8, 2), (16, 64, 4, 2), (16, 32, 4, 1)]  # streamed, BLOCK_N held
+_DQ_SPACE = [(128, 32, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3),    # BLOCK_M held,
+             (128, 32, 8, 2), (64, 64, 4, 2), (32, 32, 4, 2), (32, 16, 4, 1)]     # BLOCK_N streamed
+_INTERPRET_CFG = {"fwd": (64, 32, 4, 1), "dkdv": (32, 64, 4, 1), "dq": (64, 32, 4, 1)}
+
+
+def _space(kind):
+    if INTERPRET:
+        return [_cfg(*_INTERPRET_CFG[kind])]
+    return [_cfg(*c) for c in {"fwd": _FWD_SPACE, "dkdv": _DKDV_SPACE, "dq": _DQ_SPACE}[kind]]
+
+
+# With AUTOTUNE False (the GPU tests set it, to skip minutes of tuning over many shapes)
+# the launchers use default_config(), a hand-picked config that fits shared memory.
+AUTOTUNE = True
+
+
+def default_config(kind: str, head_dim: int, dtype: torch.dtype) -> dict:
+    """A fixed launch config for kernel kind "fwd" | "dkdv" | "dq" (no autotuning)."""
+    if INTERPRET:
+        bm, bn, w, s = _INTERPRET_CFG[kind]
+    else:
+        row_bytes = _block_d(head_dim) * (4 if dtype == torch.float32 else 2)   # one row of a tile
+        size = 0 if row_bytes <= 128 else 1 if row_bytes <= 256 else 2 if row_bytes <= 512 else 3
+        bm, bn, w, s = {
+            "fwd": [(128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2), (32, 32, 4, 1)],
+            "dkdv": [(32, 128, 4, 3), (32, 64, 4, 2), (16, 32, 4, 2), (16, 32, 4, 1)],
+            "dq": [(128, 32, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2), (32, 16, 4, 1)],
+        }[kind][size]
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": s}
+
+
+# ----------------------------------------------------------------------------- kernels
+# Sequence lengths and the head count are not specialised on (value 1, divisibility by 16):
+# one compiled kernel serves every T for a given head dim, dtype and stride alignment.
+_NO_SPEC = ["H", "TQ", "TK", "T_BUCKET"]
+
+
+@triton.jit
+def _tf32(x, ROUND: tl.constexpr):
+    """x rounded to TF32 (10-bit mantissa, nearest, ties away) when ROUND, else x.
+
+    The tensor cores read fp32 operands of a TF32 dot by dropping the low 13 bits
+    (truncation, ~2.5x the error of rounding); cuBLAS's TF32 rounds. Adding half an
+    ulp of TF32 to the bits and masking rounds (inf stays inf)."""
+    if ROUND:
+        xi = x.to(tl.int32, bitcast=True)
+        x = ((xi + 0x1000) & -8192).to(tl.float32, bitcast=True)
+    return x
+
+
+@triton.jit
+def _load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr,
+               EVEN_D: tl.constexpr):
+    """Load a (rows, BLOCK_D) tile; rows >= n_rows and columns >= HEAD_DIM read as 0."""
+    if MASK_ROWS:
+        if EVEN_D:
+            t = tl.load(ptrs, mask=(rows < n_rows)[:, None], other=0.0)
+        else:
+            t = tl.load(ptrs, mask=(rows < n_rows)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    else:
+        if EVEN_D:
+            t = tl.load(ptrs)
+        else:
+            t = tl.load(ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+    return t
+
+
+@triton.jit
+def _store_tile(ptrs, val, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr):
+    if EVEN_D:
+        tl.store(ptrs, val, mask=(rows < n_rows)[:, None])
+    else:
+        tl.store(ptrs, val, mask=(rows < n_rows)[:, None] & (offs_d < HEAD_DIM)[None, :])
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
+               lo, hi, TK, causal_off, qk_scale,
+               MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,
+               TF32: tl.constexpr):
+    """Stream key blocks [lo, hi) through the online softmax of one query tile."""
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        k = _tf32(_load_tile(K + cols[:, None] * stride_kt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, MASKED,
+                             EVEN_D), TF32)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        if MASKED:  # the diagonal block(s): query i sees key j <= i + Tk - Tq (also cuts j >= Tk)
+            s = tl.where(cols[None, :] <= rows[:, None] + causal_off, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _tf32(_load_tile(V + cols[:, None] * stride_vt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, MASKED,
+                             EVEN_D), TF32)
+        acc = tl.dot(_tf32(p.to(v.dtype), TF32), v, acc * alpha[:, None])
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
+def _attn_fwd_kernel(
+    Q,          # (B, H, Tq, D) strides (stride_qb, stride_qh, stride_qt, 1)
+    K,          # (B, H, Tk, D) strides (stride_kb, stride_kh, stride_kt, 1)
+    V,          # (B, H, Tk, D) strides (stride_vb, stride_vh, stride_vt, 1)
+    O,          # (B, H, Tq, D) output, q's dtype, strides (stride_ob, stride_oh, stride_ot, 1)
+    LSE,        # (B, H, Tq) fp32 logsumexp in base 2 (lse2 = lse * log2(e)), contiguous
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
+    H, TQ, TK, qk_scale,  # qk_scale = scale * log2(e)
+    T_BUCKET,             # autotune key only (power-of-two bucket of Tk)
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, TF32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # grid (B*H, query blocks): axis 0 has no 65535 cap. The heaviest (last) query blocks
+    # run first, every head's at once: better tail balance under causal skipping.
+    start_m = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK_M
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    Q += b * stride_qb + h * stride_qh
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    O += b * stride_ob + h * stride_oh
+    LSE += bh.to(tl.int64) * TQ
+    causal_off = TK - TQ
+
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _tf32(_load_tile(Q + rows[:, None] * stride_qt + offs_d[None, :], rows, TQ, offs_d, HEAD_DIM, True, EVEN_D),
+              TF32)
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    # keys [0, n_full) are visible to every row of the tile; [n_full, n_end) straddle the diagonal
+    n_full = ((start_m + causal_off + 1) // BLOCK_N) * BLOCK_N
+    n_end = tl.minimum(start_m + BLOCK_M + causal_off, TK)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
+                               0, n_full, TK, causal_off, qk_scale, False, BLOCK_N, HEAD_DIM, EVEN_D, TF32)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
+                               n_full, n_end, TK, causal_off, qk_scale, True, BLOCK_N, HEAD_DIM, EVEN_D, TF32)
+    # every real row saw key 0, so l_i >= 1 and m_i is finite
+    o = acc / l_i[:, None]
+    _store_tile(O + rows[:, None] * stride_ot + offs_d[None, :], o.to(O.dtype.element_ty), rows, TQ,
+                offs_d, HEAD_DIM, EVEN_D)
+    tl.store(LSE + rows, m_i + tl.log2(l_i), mask=rows < TQ)
+
+
+@triton.jit
+def _attn_bwd_delta_kernel(
+    O,          # (B, H, Tq, D) forward output, strides (stride_ob, stride_oh, stride_ot, 1)
+    DO,         # (B, H, Tq, D) grad of o, strides (stride_db, stride_dh, stride_dt, 1)
+    DELTA,      # (B, H, Tq) fp32 rowsum(dO * O), contiguous
+    stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt,
+    H, TQ,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    o = _load_tile(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + offs_d[None, :],
+                   rows, TQ, offs_d, HEAD_DIM, True, EVEN_D).to(tl.float32)
+    do = _load_tile(DO + b * stride_db + h * stride_dh + rows[:, None] * stride_dt + offs_d[None, :],
+                    rows, TQ, offs_d, HEAD_DIM, True, EVEN_D).to(tl.float32)
+    tl.store(DELTA + bh.to(tl.int64) * TQ + rows, tl.sum(o * do, 1), mask=rows < TQ)
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, cols, offs_m, offs_d,
+                lo, hi, TQ, causal_off, qk_scale,
+                MASKED: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,
+                TF32: tl.constexpr):
+    """Accumulate one key block's dK, dV over the query blocks [lo, hi)."""
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        rows = start_m + offs_m
+        q = _tf32(_load_tile(Q + rows[:, None] * stride_qt + offs_d[None, :], rows, TQ, offs_d, HEAD_DIM, True,
+                             EVEN_D), TF32)
+        # rows >= Tq: lse = +inf makes their P exactly 0
+        lse2 = tl.load(LSE + rows, mask=rows < TQ, other=float("inf"))
+        zT = tl.dot(k, tl.trans(q)) * qk_scale - lse2[None, :]                # (BLOCK_N, BLOCK_M)
+        if MASKED:  # masked before exp2, so no overflow in the entries thrown away
+            zT = tl.where(cols[:, None] <= rows[None, :] + causal_off, zT, float("-inf"))
+        pT = tl.exp2(zT)
+        do = _tf32(_load_tile(DO + rows[:, None] * stride_dt + offs_d[None, :], rows, TQ, offs_d, HEAD_DIM, True,
+                              EVEN_D), TF32)
+        dv = tl.dot(_tf32(pT.to(do.dtype), TF32), do, dv)
+        delta = tl.load(DELTA + rows, mask=rows < TQ, other=0.0)
+        dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
+        dk = tl.dot(_tf32(dsT.to(q.dtype), TF32), q, dk)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
+def _attn_bwd_dkdv_kernel(
+    Q,          # (B, H, Tq, D) strides (stride_qb, stride_qh, stride_qt, 1)
+    K,          # (B, H, Tk, D) strides (stride_kb, stride_kh, stride_kt, 1)
+    V,          # (B, H, Tk, D) strides (stride_vb, stride_vh, stride_vt, 1)
+    DO,         # (B, H, Tq, D) grad of o, strides (stride_db, stride_dh, stride_dt, 1)
+    LSE,        # (B, H, Tq) fp32 forward logsumexp in base 2, contiguous
+    DELTA,      # (B, H, Tq) fp32 rowsum(dO * O), contiguous
+    DK,         # (B, H, Tk, D) output, k's dtype, contiguous
+    DV,         # (B, H, Tk, D) output, v's dtype, contiguous
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt, stride_db, stride_dh, stride_dt,
+    H, TQ, TK, scale, qk_scale,
+    T_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, TF32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    start_n = tl.program_id(1) * BLOCK_N   # key block 0 (seen by the most queries) first
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    Q += b * stride_qb + h * stride_qh
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    DO += b * stride_db + h * stride_dh
+    LSE += bh.to(tl.int64) * TQ
+    DELTA += bh.to(tl.int64) * TQ
+    DK += bh.to(tl.int64) * TK * HEAD_DIM
+    DV += bh.to(tl.int64) * TK * HEAD_DIM
+    causal_off = TK - TQ
+
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _tf32(_load_tile(K + cols[:, None] * stride_kt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, True, EVEN_D),
+              TF32)
+    v = _tf32(_load_tile(V + cols[:, None] * stride_vt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, True, EVEN_D),
+              TF32)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    # query i sees key j iff i >= j - causal_off: rows before m_lo see none of this block,
+    # rows from m_full on see all of it; [m_lo, m_full) straddle the diagonal.
+    m_lo = (tl.maximum(start_n - causal_off, 0) // BLOCK_M) * BLOCK_M
+    m_full = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - causal_off, 0), BLOCK_M) * BLOCK_M
+    m_full = tl.minimum(m_full, tl.cdiv(TQ, BLOCK_M) * BLOCK_M)
+    dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, cols, offs_m, offs_d,
+                         m_lo, m_full, TQ, causal_off, qk_scale, True, BLOCK_M, HEAD_DIM, EVEN_D, TF32)
+    dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, cols, offs_m, offs_d,
+                         m_full, TQ, TQ, causal_off, qk_scale, False, BLOCK_M, HEAD_DIM, EVEN_D, TF32)
+    out = cols[:, None] * HEAD_DIM + offs_d[None, :]
+    _store_tile(DK + out, (dk * scale).to(DK.dtype.element_ty), cols, TK, offs_d, HEAD_DIM, EVEN_D)
+    _store_tile(DV + out, dv.to(DV.dtype.element_ty), cols, TK, offs_d, HEAD_DIM, EVEN_D)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
+              lo, hi, TK, causal_off, qk_scale,
+              MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,
+              TF32: tl.constexpr):
+    """Accumulate one query block's dQ over the key blocks [lo, hi)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        k = _tf32(_load_tile(K + cols[:, None] * stride_kt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, MASKED,
+                             EVEN_D), TF32)
+        v = _tf32(_load_tile(V + cols[:, None] * stride_vt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, MASKED,
+                             EVEN_D), TF32)
+        z = tl.dot(q, tl.trans(k)) * qk_scale - lse2[:, None]
+        if MASKED:
+            z = tl.where(cols[None, :] <= rows[:, None] + causal_off, z, float("-inf"))
+        p = tl.exp2(z)
+        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+        dq = tl.dot(_tf32(ds.to(k.dtype), TF32), k, dq)
+    return dq
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
+def _attn_bwd_dq_kernel(
+    Q,          # (B, H, Tq, D) strides (stride_qb, stride_qh, stride_qt, 1)
+    K,          # (B, H, Tk, D) strides (stride_kb, stride_kh, stride_kt, 1)
+    V,          # (B, H, Tk, D) strides (stride_vb, stride_vh, stride_vt, 1)
+    DO,         # (B, H, Tq, D) grad of o, strides (stride_db, stride_dh, stride_dt, 1)
+    LSE,        # (B, H, Tq) fp32 forward logsumexp in base 2, contiguous
+    DELTA,      # (B, H, Tq) fp32 rowsum(dO * O), contiguous
+    DQ,         # (B, H, Tq, D) output, q's dtype, contiguous
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt, stride_db, stride_dh, stride_dt,
+    H, TQ, TK, scale, qk_scale,
+    T_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, TF32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    start_m = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK_M
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    Q += b * stride_qb + h * stride_qh
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    DO += b * stride_db + h * stride_dh
+    LSE += bh.to(tl.int64) * TQ
+    DELTA += bh.to(tl.int64) * TQ
+    DQ += bh.to(tl.int64) * TQ * HEAD_DIM
+    causal_off = TK - TQ
+
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _tf32(_load_tile(Q + rows[:, None] * stride_qt + offs_d[None, :], rows, TQ, offs_d, HEAD_DIM, True, EVEN_D),
+              TF32)
+    do = _tf32(_load_tile(DO + rows[:, None] * stride_dt + offs_d[None, :], rows, TQ, offs_d, HEAD_DIM, True,
+                          EVEN_D), TF32)
+    lse2 = tl.load(LSE + rows, mask=rows < TQ, other=float("inf"))
+    delta = tl.load(DELTA + rows, mask=rows < TQ, other=0.0)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    n_full = ((start_m + causal_off + 1) // BLOCK_N) * BLOCK_N
+    n_end = tl.minimum(start_m + BLOCK_M + causal_off, TK)
+    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
+                   0, n_full, TK, causal_off, qk_scale, False, BLOCK_N, HEAD_DIM, EVEN_D, TF32)
+    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
+                   n_full, n_end, TK, causal_off, qk_scale, True, BLOCK_N, HEAD_DIM, EVEN_D, TF32)
+    _store_tile(DQ + rows[:, None] * HEAD_DIM + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+                rows, TQ, offs_d, HEAD_DIM, EVEN_D)
+
+
+_KEY = ["HEAD_DIM", "T_BUCKET"]
+_attn_fwd = autotune(_space("fwd"), key=_KEY)(_attn_fwd_kernel)
+_attn_bwd_dkdv = autotune(_space("dkdv"), key=_KEY)(_attn_bwd_dkdv_kernel)
+_attn_bwd_dq = autotune(_space("dq"), key=_KEY)(_attn_bwd_dq_kernel)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _validate(q, k, v, op="causal_attention"):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_float(name, t, op)
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must be 4-D (B, H, T, D), got shape {tuple(t.shape)}")
+    check_same_device(op, q=q, k=k, v=v)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{op}: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k shape {tuple(k.shape)} != v shape {tuple(v.shape)}")
+    if q.shape[:2] != k.shape[:2]:
+        raise ValueError(f"{op}: q (B, H) = {tuple(q.shape[:2])} but k, v have {tuple(k.shape[:2])}")
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"{op}: head dims differ: q has {q.shape[3]}, k and v have {k.shape[3]}")
+    D = q.shape[3]
+    if not 1 <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"{op}: unsupported head dim {D} (supported: 1 to {MAX_HEAD_DIM})")
+    if q.shape[2] > k.shape[2]:
+        raise ValueError(f"{op}: query length {q.shape[2]} exceeds key length {k.shape[2]}")
+
+
+def _unit_last_stride(t: Tensor) -> Tensor:
+    """t itself when its last dim is unit-stride (any other strides are passed to the kernel), else a copy."""
+    return t if (t.stride(-1) == 1 or t.shape[-1] == 1) else t.contiguous()
+
+
+def _strides(t: Tensor):
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+# fp32 inputs run TF32 dots with operands rounded to nearest on the GPU; under the interpreter
+# dots are exact fp32 (tests may set this to True to run the rounding code there).
+ROUND_TF32_ON_CPU = False
+
+
+def _round_tf32(dtype) -> bool:
+    return dtype == torch.float32 and (not INTERPRET or ROUND_TF32_ON_CPU)
+
+
+def _block_d(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def _bucket(T: int) -> int:
+    """The autotune key's sequence-length bucket: a power of two in [128, 8192]."""
+    return max(128, min(triton.next_power_of_2(T), 8192))
+
+
+def _launch(kernel, kind, config, grid, *args, **meta):
+    """Launch the autotuned kernel, or the raw kernel with an explicit (or the default) config."""
+    if config is None and not AUTOTUNE and not INTERPRET:
+        config = default_config(kind, meta["HEAD_DIM"], args[0].dtype)
+    if config is None:
+        kernel[grid](*args, **meta)
+    else:
+        cfg = dict(config)
+        kernel.fn[grid](*args, **meta, BLOCK_M=cfg.pop("BLOCK_M"), BLOCK_N=cfg.pop("BLOCK_N"), **cfg)
+
+
+def _out_empty(q_shape, dtype, device, out_layout):
+    B, H, T, D = q_shape
+    if out_layout == "bhtd":
+        return empty((B, H, T, D), dtype, device)
+    return empty((B, T, H, D), dtype, device).transpose(1, 2)
+
+
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None, out_layout: str = "bhtd",
+                  out: Optional[Tensor] = None, config: Optional[dict] = None):
+    """Returns (o, lse2): o (B, H, Tq, D) in q's dtype, lse2 (B, H, Tq) fp32, the rows'
+    logsumexp in base 2 (natural lse = lse2 * ln 2; base 2 spares the backward a rounding).
+
+    out_layout "bthd" makes o a (B, H, Tq, D) view of a contiguous (B, Tq, H, D)
+    buffer (what the output projection wants). ``out`` may supply o (a view with
+    unit last stride; tests poison it); ``config`` forces {"BLOCK_M", "BLOCK_N",
+    "num_warps", ...} instead of autotuning (tests use it to cover block shapes).
+    """
+    _validate(q, k, v)
+    if out_layout not in OUT_LAYOUTS:
+        raise ValueError(f"causal_attention: out_layout must be one of {OUT_LAYOUTS}, got {out_layout!r}")
+    q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
+    B, H, TQ, D = q.shape
+    TK = k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    o = out if out is not None else _out_empty(q.shape, q.dtype, q.device, out_layout)
+    if o.shape != q.shape or o.dtype != q.dtype or (o.stride(-1) != 1 and D > 1):
+        raise ValueError("causal_attention: out must match q's shape and dtype with a unit last stride")
+    lse = empty((B, H, TQ), torch.float32, q.device)
+    if o.numel() == 0:
+        return o, lse
+    BLOCK_D = _block_d(D)
+    grid = lambda meta: (B * H, triton.cdiv(TQ, meta["BLOCK_M"]))  # noqa: E731
+    _launch(_attn_fwd, "fwd", config, grid,
+            q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+            H, TQ, TK, scale * LOG2E, _bucket(TK),
+            HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), TF32=_round_tf32(q.dtype))
+    return o, lse
+
+
+def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+                  scale: Optional[float] = None, configs: Optional[tuple] = None):
+    """Returns (dq, dk, dv), contiguous (B, H, T, D) in the inputs' dtype.
+
+    ``configs`` = (dkdv_config, dq_config) forces launch configs (tests).
+    """
+    q, k, v, o, do = (_unit_last_stride(t) for t in (q, k, v, o, do))
+    B, H, TQ, D = q.shape
+    TK = k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    dq = empty((B, H, TQ, D), q.dtype, q.device)
+    dk = empty((B, H, TK, D), k.dtype, k.device)
+    dv = empty((B, H, TK, D), v.dtype, v.device)
+    if q.numel() == 0:
+        return dq, dk.zero_(), dv.zero_()
+    lse = lse.contiguous()
+    BLOCK_D = _block_d(D)
+    consts = dict(HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D))
+    delta = empty((B, H, TQ), torch.float32, q.device)
+    bm_delta = 64 if BLOCK_D <= 64 else 32
+    _attn_bwd_delta_kernel[(B * H, triton.cdiv(TQ, bm_delta))](
+        o, do, delta, *_strides(o), *_strides(do), H, TQ, **consts, BLOCK_M=bm_delta)
+    consts["TF32"] = _round_tf32(q.dtype)
+    cfg_kv, cfg_q = configs if configs is not None else (None, None)
+    args = (q, k, v, do, lse, delta)
+    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
+    rest = (H, TQ, TK, scale, scale * LOG2E, _bucket(TK))
+    _launch(_attn_bwd_dkdv, "dkdv", cfg_kv, lambda meta: (B * H, triton.cdiv(TK, meta["BLOCK_N"])),
+            *args, dk, dv, *strides, *rest, **consts)
+    _launch(_attn_bwd_dq, "dq", cfg_q, lambda meta: (B * H, triton.cdiv(TQ, meta["BLOCK_M"])),
+            *args, dq, *strides, *rest, **consts)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- registration
+
+@torch.library.custom_op("fastgpt::causal_attention", mutates_args=())
+def _causal_attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, out_layout: str) -> tuple[Tensor, Tensor]:
+    return attention_fwd(q, k, v, scale, out_layout)
+
+
+@torch.library.custom_op("fastgpt::causal_attention_bwd", mutates_args=())
+def _causal_attention_bwd_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+                             scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    return attention_bwd(do, q, k, v, o, lse, scale)
+
+
+@_causal_attention_op.register_fake
+def _(q, k, v, scale, out_layout):
+    _validate(q, k, v)
+    B, H, T, D = q.shape
+    if out_layout == "bhtd":
+        o = q.new_empty((B, H, T, D))
+    else:
+        o = q.new_empty((B, T, H, D)).transpose(1, 2)
+    return o, q.new_empty((B, H, T), dtype=torch.float32)
+
+
+@_causal_attention_bwd_op.register_fake
+def _(do, q, k, v, o, lse, scale):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, scale, _ = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.scale = scale
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = _causal_attention_bwd_op(do, q, k, v, o, lse, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+_causal_attention_op.register_autograd(_backward, setup_context=_setup)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None, dropout_p: float = 0.0,
+                     out_layout: str = "bhtd") -> Tensor:
+    """softmax(q k^T * scale + bottom-right causal mask) v over (B, H, T, D) tensors; o in q's dtype.
+
+    scale defaults to 1/sqrt(D). out_layout "bthd" returns o as a (B, H, Tq, D)
+    view whose storage is a contiguous (B, Tq, H, D) tensor, so
+    ``o.transpose(1, 2).reshape(B, Tq, H * D)`` is free. dropout_p > 0 is served
+    by fastgpt.reference (torch's RNG) until in-kernel dropout lands.
+    """
+    _validate(q, k, v)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"causal_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if out_layout not in OUT_LAYOUTS:
+        raise ValueError(f"causal_attention: out_layout must be one of {OUT_LAYOUTS}, got {out_layout!r}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if dropout_p > 0.0:
+        o = reference.causal_attention(q, k, v, scale, dropout_p)
+        if out_layout == "bthd":
+            o = o.transpose(1, 2).contiguous().transpose(1, 2)
+        return o
+    return _causal_attention_op(q, k, v, scale, out_layout)[0]

@@ -1,0 +1,416 @@
+"""Triton causal flash-attention against fastgpt.reference (DESIGN.md's tolerance rule).
+
+On the CPU the kernels run under the Triton interpreter (fp32 and fp16: its
+bf16 dots are wrong); on a GPU bf16 and real shapes are added. fp32 on the GPU
+runs TF32 dots, so there ref_lp is the reference under allow_tf32.
+"""
+import contextlib
+import math
+
+import pytest
+import torch
+
+from conftest import DEVICE, HAS_CUDA, HAS_TRITON, needs_cuda, needs_triton
+from fastgpt import reference
+from fastgpt.testing import check, compare_op
+
+pytestmark = needs_triton
+
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])
+dtype_ids = lambda d: str(d)[6:]  # noqa: E731
+
+
+@pytest.fixture(autouse=True)
+def _fixed_configs(monkeypatch):
+    """On the GPU, launch one hand-picked config per kernel (autotuning every shape of the
+    suite would take minutes); test_autotuned_bf16 turns the real autotuner back on."""
+    if HAS_TRITON:
+        from fastgpt.kernels import attention as A
+        monkeypatch.setattr(A, "AUTOTUNE", False)
+
+
+@contextlib.contextmanager
+def _tf32_if(dtype):
+    """ref_lp of an fp32 op that uses TF32 dots on the GPU: the reference under allow_tf32."""
+    if not (HAS_CUDA and dtype == torch.float32):
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _assert(checks):
+    bad = [str(c) for c in checks if not c.ok]
+    assert not bad, "\n".join(bad)
+
+
+def _qkv(B, H, Tq, Tk, D, dtype):
+    q = torch.randn(B, H, Tq, D, device=DEVICE).to(dtype)
+    k = torch.randn(B, H, Tk, D, device=DEVICE).to(dtype)
+    v = torch.randn(B, H, Tk, D, device=DEVICE).to(dtype)
+    return q, k, v
+
+
+def _compare(name, q, k, v, fused=None, grad_mode="random", **kw):
+    import fastgpt.kernels as K
+    fused = fused or (lambda q, k, v: K.causal_attention(q, k, v, **kw))
+    ref = lambda q, k, v: reference.causal_attention(q, k, v, kw.get("scale"))  # noqa: E731
+    with _tf32_if(q.dtype):
+        _assert(compare_op(name, fused, ref, [q, k, v], grad_mode=grad_mode))
+
+
+# (B, H, T, D): the issue's CPU grid, T in {1, 17, 64, 100, 256} x D in {16, 32, 64}, B*H <= 8
+# (T = 1 in test_single_key).
+CPU_SHAPES = [(2, 4, T, D) for T in (17, 64) for D in (16, 32, 64)] + \
+             [(1, 2, T, D) for T in (100, 256) for D in (16, 32, 64)]
+shape_ids = lambda s: "x".join(map(str, s))  # noqa: E731
+CASES = [(s, d) for s in CPU_SHAPES for d in DTYPES]
+if HAS_CUDA:  # real shapes; few (head dim, dtype) pairs, since each compiles its own kernels
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    CASES += [((4, 12, 1024, 64), bf16), ((4, 12, 1024, 64), fp16), ((2, 16, 2048, 128), bf16),
+              ((1, 8, 4096, 64), bf16), ((3, 5, 1000, 64), bf16), ((2, 4, 777, 32), bf16),
+              ((2, 3, 513, 16), bf16), ((2, 4, 1000, 128), fp16), ((2, 4, 777, 64), fp32),
+              ((1, 4, 1024, 128), fp32)]
+
+
+@pytest.mark.parametrize("shape,dtype", CASES, ids=lambda c: shape_ids(c) if isinstance(c, tuple) else dtype_ids(c))
+def test_forward_backward(shape, dtype):
+    B, H, T, D = shape
+    _compare("attn", *_qkv(B, H, T, T, D, dtype))
+
+
+HEAD_DIM_CASES = [(D, d) for D in (8, 24, 80, 128) for d in (torch.float32, torch.float16)]
+if HAS_CUDA:
+    HEAD_DIM_CASES = [(8, torch.bfloat16), (24, torch.float16), (80, torch.bfloat16), (96, torch.float16),
+                      (96, torch.float32), (256, torch.bfloat16), (256, torch.float32)]
+
+
+@pytest.mark.parametrize("D,dtype", HEAD_DIM_CASES,
+                         ids=lambda c: dtype_ids(c) if isinstance(c, torch.dtype) else str(c))
+def test_head_dims(D, dtype):
+    """Head dims that are not the padded BLOCK_D (masked columns) and the large ones."""
+    T = 300 if HAS_CUDA else 40
+    _compare(f"attn D={D}", *_qkv(1, 2, T, T, D, dtype))
+
+
+TQ_TK = [(1, 64), (5, 40), (17, 100), (33, 34), (64, 256)]
+if HAS_CUDA:
+    TQ_TK += [(1, 2048), (128, 1024), (1000, 1024), (257, 4096)]
+
+
+@pytest.mark.parametrize("tq,tk", TQ_TK, ids=lambda t: str(t))
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+def test_query_shorter_than_keys(tq, tk, dtype):
+    """KV-cache decoding / chunked prefill: query i sees keys j <= i + Tk - Tq (bottom-right)."""
+    _compare(f"attn Tq={tq} Tk={tk}", *_qkv(2, 2, tq, tk, 32, dtype))
+
+
+@pytest.mark.parametrize("D", [16, 32, 64])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+def test_single_key(D, dtype):
+    """T = 1: o = v, dv = dO, and dq = dk = 0 exactly, since one visible key makes
+    dS = P (dP - delta) vanish identically. The rule's bound is then 0, but the kernel's
+    delta = rowsum(dO * O) is summed apart from dP = dO . v, so dS keeps rounding noise
+    of the size of dP: dq, dk are held to the rule's eps term with |dP| * |k| * scale
+    (resp. |q|) in place of max|ref_hi|."""
+    import fastgpt.kernels as K
+    from fastgpt.testing import C, eps
+    q, k, v = (t.requires_grad_() for t in _qkv(2, 4, 1, 1, D, dtype))
+    do = torch.randn(q.shape, device=DEVICE).to(dtype)
+    o = K.causal_attention(q, k, v)
+    dq, dk, dv = torch.autograd.grad(o, (q, k, v), do)
+    _assert([check("T=1 o", o, v.double(), v, dtype), check("T=1 dv", dv, do.double(), do, dtype)])
+    dp = (do.double().abs() * v.double().abs()).sum(-1, keepdim=True)  # |dO| . |v|, per row
+    scale = D ** -0.5
+    for name, g, other in (("dq", dq, k), ("dk", dk, q)):
+        bound = C * eps(dtype) * (dp * other.double().abs()).max().item() * scale
+        err = g.double().abs().max().item()
+        assert err <= bound, f"{name}: max |{name}| {err:.3e} > {bound:.3e} (exact value 0)"
+
+
+@needs_cuda
+@pytest.mark.parametrize("tq,tk", [(1, 333), (100, 1024), (1024, 1024)])
+def test_matches_sdpa_lower_right(tq, tk):
+    """The alignment agrees with PyTorch's causal_lower_right bias (and not with is_causal=True)."""
+    import fastgpt.kernels as K
+    from torch.nn.attention.bias import causal_lower_right
+    q, k, v = _qkv(2, 4, tq, tk, 64, torch.float16)
+    ours = K.causal_attention(q, k, v)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(tq, tk))
+    torch.testing.assert_close(ours, sdpa, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("grad_mode", ["random", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_ids)
+def test_strided_views_of_fused_qkv(grad_mode, dtype):
+    """q, k, v = views of one (B, T, 3, H, D) projection output, read in place (no copy);
+    the upstream gradient is non-contiguous (random: stride 2; sum: stride 0)."""
+    import fastgpt.kernels as K
+    from fastgpt.kernels.attention import _unit_last_stride
+    B, T, H, D = 2, 37, 3, 32
+
+    def fused(q, k, v):
+        qkv = torch.stack([t.transpose(1, 2) for t in (q, k, v)], dim=2)  # (B, T, 3, H, D)
+        qs, ks, vs = (t.transpose(1, 2) for t in qkv.unbind(2))          # (B, H, T, D) views
+        assert not qs.is_contiguous() and qs.stride() == (T * 3 * H * D, D, 3 * H * D, 1)
+        assert all(_unit_last_stride(t) is t for t in (qs, ks, vs))
+        return K.causal_attention(qs, ks, vs)
+
+    _compare("attn strided qkv", *_qkv(B, H, T, T, D, dtype), fused=fused, grad_mode=grad_mode)
+
+
+def _round_tf32(x):
+    """fp32 -> TF32 (nearest, ties away), kept as fp32; float64 passes through."""
+    if x.dtype != torch.float32:
+        return x
+    return ((x.contiguous().view(torch.int32) + 0x1000) & -8192).view(torch.float32)
+
+
+class _TF32MatMul(torch.autograd.Function):
+    """a @ b as a TF32 GEMM runs it (inputs rounded), forward and backward."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return _round_tf32(a) @ _round_tf32(b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        g = _round_tf32(g)
+        return g @ _round_tf32(b).transpose(-1, -2), _round_tf32(a).transpose(-1, -2) @ g
+
+
+def _tf32_reference(q, k, v):
+    """fastgpt.reference.causal_attention (Tq == Tk) with PyTorch's TF32 GEMMs, emulated on the CPU."""
+    T = q.shape[-2]
+    s = _TF32MatMul.apply(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return _TF32MatMul.apply(torch.softmax(s, -1), v)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="the GPU runs the real TF32 path in every fp32 test")
+def test_tf32_rounding_path(monkeypatch):
+    """The GPU's fp32 path (operands rounded to TF32) run under the interpreter, against the
+    reference with emulated TF32 GEMMs as ref_lp."""
+    from fastgpt.kernels import attention as A
+    monkeypatch.setattr(A, "ROUND_TF32_ON_CPU", True)
+    q, k, v = _qkv(1, 2, 70, 70, 32, torch.float32)
+    fused = lambda q, k, v: A.causal_attention(q, k, v)  # noqa: E731
+    _assert(compare_op("attn tf32", fused, _tf32_reference, [q, k, v]))
+    # and it is really TF32: far from exact fp32
+    o = A.causal_attention(q, k, v)
+    assert (o.double() - reference.causal_attention(q.double(), k.double(), v.double())).abs().max() > 1e-5
+
+
+def test_last_dim_strided_input_is_copied():
+    q, k, v = (t[..., ::2] for t in _qkv(1, 2, 20, 20, 64, torch.float32))
+    assert q.stride(-1) == 2
+    _compare("attn last-dim strided", q, k, v)
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0])
+def test_scale(scale):
+    _compare(f"attn scale={scale}", *_qkv(1, 2, 30, 30, 16, torch.float32), scale=scale)
+
+
+def test_large_logits_stay_finite():
+    """Scores of +-hundreds: the online softmax must not overflow (fp16 inputs, fp32 statistics)."""
+    q, k, v = _qkv(1, 2, 48, 48, 32, torch.float16)
+    _compare("attn large scores", q * 8, k * 8, v)
+
+
+# Block shapes: under the interpreter the launchers' config argument covers shapes the fixed
+# interpreter config does not (BLOCK_M >, =, < BLOCK_N); on the GPU every autotune candidate.
+def _cpu_configs():
+    return [{"BLOCK_M": m, "BLOCK_N": n} for m, n in [(16, 16), (16, 64), (64, 16), (32, 32)]]
+
+
+def _gpu_configs():
+    from fastgpt.kernels import attention as A
+    fwd = [dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), c)) for c in A._FWD_SPACE]
+    kv = [dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), c)) for c in A._DKDV_SPACE]
+    dq = [dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), c)) for c in A._DQ_SPACE]
+    n = max(len(fwd), len(kv), len(dq))
+    return [(fwd[i % len(fwd)], kv[i % len(kv)], dq[i % len(dq)]) for i in range(n)]
+
+
+CONFIG_CASES = _gpu_configs() if HAS_CUDA else [(c, c, c) for c in _cpu_configs()]
+
+
+@pytest.mark.parametrize("configs", CONFIG_CASES, ids=lambda c: "-".join(f"{d['BLOCK_M']}x{d['BLOCK_N']}" for d in c))
+def test_block_configs(configs):
+    from fastgpt.kernels.attention import attention_bwd, attention_fwd
+    cfg_f, cfg_kv, cfg_q = configs
+    dtype = torch.bfloat16 if HAS_CUDA else torch.float32
+    shapes = [(1, 2, 333, 333, 64), (2, 2, 200, 517, 64)] if HAS_CUDA else [(1, 1, 45, 45, 16), (1, 1, 30, 83, 16)]
+    for B, H, tq, tk, D in shapes:
+        q, k, v = _qkv(B, H, tq, tk, D, dtype)
+        do = torch.randn(q.shape, device=DEVICE).to(dtype)
+        o, lse = attention_fwd(q, k, v, config=cfg_f)
+        dq, dk, dv = attention_bwd(do, q, k, v, o, lse, configs=(cfg_kv, cfg_q))
+        qh, kh, vh = (t.double().requires_grad_() for t in (q, k, v))
+        oh = reference.causal_attention(qh, kh, vh)
+        oh.backward(do.double())
+        ql, kl, vl = (t.clone().requires_grad_() for t in (q, k, v))
+        ol = reference.causal_attention(ql, kl, vl)
+        ol.backward(do)
+        _assert([check(f"{n} {tq}x{tk}", a, h, lp, dtype) for n, a, h, lp in [
+            ("o", o, oh, ol), ("dq", dq, qh.grad, ql.grad), ("dk", dk, kh.grad, kl.grad),
+            ("dv", dv, vh.grad, vl.grad)]])
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", [(4, 12, 1024, 64)], ids=shape_ids)
+def test_autotuned_bf16(shape, monkeypatch):
+    """The real autotuner (its candidates were each checked by test_block_configs, which
+    compiles the same kernels, so this adds little compile time)."""
+    from fastgpt.kernels import attention as A
+    monkeypatch.setattr(A, "AUTOTUNE", True)
+    B, H, T, D = shape
+    _compare("attn autotuned", *_qkv(B, H, T, T, D, torch.bfloat16))
+
+
+def test_lse_is_the_logsumexp():
+    from fastgpt.kernels.attention import attention_fwd
+    q, k, v = _qkv(2, 2, 19, 45, 16, torch.float32)
+    _, lse = attention_fwd(q, k, v)
+    s = (q.double() @ k.double().transpose(-1, -2)) / 4.0
+    i, j = torch.arange(19, device=DEVICE)[:, None], torch.arange(45, device=DEVICE)[None, :]
+    s = s.masked_fill(j > i + 26, float("-inf"))
+    assert lse.dtype == torch.float32 and lse.shape == (2, 2, 19)
+    torch.testing.assert_close(lse.double() * math.log(2), torch.logsumexp(s, -1), atol=1e-5, rtol=1e-6)
+
+
+def test_poisoned_output_is_fully_written():
+    from fastgpt.kernels.attention import attention_bwd, attention_fwd
+    q, k, v = _qkv(1, 3, 23, 29, 24, torch.float16)
+    out = torch.full_like(q, float("nan"))
+    o, lse = attention_fwd(q, k, v, out=out)
+    assert o is out and torch.isfinite(o).all() and torch.isfinite(lse).all()
+    grads = attention_bwd(torch.randn_like(o), q, k, v, o, lse)   # launcher outputs are NaN-poisoned
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_backward_is_deterministic():
+    import fastgpt.kernels as K
+    q, k, v = (t.requires_grad_() for t in _qkv(2, 2, 70, 70, 32, torch.float16))
+    do = torch.randn_like(q)
+    g1 = torch.autograd.grad(K.causal_attention(q, k, v), (q, k, v), do)
+    g2 = torch.autograd.grad(K.causal_attention(q, k, v), (q, k, v), do)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+def test_out_layout_bthd_equals_default():
+    """out_layout="bthd": o is a view of a contiguous (B, T, H, D) buffer, values and grads unchanged."""
+    import fastgpt.kernels as K
+    q, k, v = (t.requires_grad_() for t in _qkv(2, 3, 21, 21, 16, torch.float32))
+    do = torch.randn(q.shape, device=DEVICE)
+    o1 = K.causal_attention(q, k, v)
+    o2 = K.causal_attention(q, k, v, out_layout="bthd")
+    assert o2.shape == o1.shape and o2.transpose(1, 2).is_contiguous()
+    assert torch.equal(o1, o2)
+    g1 = torch.autograd.grad(o1, (q, k, v), do)
+    g2 = torch.autograd.grad(o2, (q, k, v), do)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+    _compare("attn bthd", q.detach(), k.detach(), v.detach(), out_layout="bthd")
+
+
+def test_dropout_is_served_by_the_reference():
+    import fastgpt.kernels as K
+    q, k, v = _qkv(1, 2, 16, 16, 16, torch.float32)
+    torch.manual_seed(123)
+    ours = K.causal_attention(q, k, v, dropout_p=0.25)
+    torch.manual_seed(123)
+    ref = reference.causal_attention(q, k, v, None, 0.25)
+    assert torch.equal(ours, ref)
+
+
+def test_ops_dispatch():
+    import fastgpt.kernels as K
+    import fastgpt.ops as ops
+    q, k, v = _qkv(1, 2, 33, 33, 16, torch.float32)
+    assert torch.equal(ops.causal_attention(q, k, v, backend="fused"), K.causal_attention(q, k, v))
+    assert torch.equal(ops.causal_attention(q, k, v, backend="reference"), reference.causal_attention(q, k, v))
+    o = ops.causal_attention(q, k, v, out_layout="bthd", backend="fused")
+    assert o.transpose(1, 2).is_contiguous() and torch.equal(o, K.causal_attention(q, k, v))
+    assert torch.equal(ops.causal_attention(q, k, v, out_layout="bthd", backend="reference"),
+                       reference.causal_attention(q, k, v))
+    with pytest.raises(ValueError, match="out_layout"):
+        ops.causal_attention(q, k, v, out_layout="bad", backend="reference")
+
+
+@pytest.mark.parametrize("case,exc,msg", [
+    ("head_dims", ValueError, "head dims differ"),
+    ("kv_shape", ValueError, "k shape"),
+    ("batch_heads", ValueError, r"\(B, H\)"),
+    ("big_head_dim", ValueError, "unsupported head dim"),
+    ("int_dtype", TypeError, "dtype"),
+    ("mixed_dtype", TypeError, "one dtype"),
+    ("three_d", ValueError, "4-D"),
+    ("tq_gt_tk", ValueError, "exceeds key length"),
+    ("dropout", ValueError, "dropout_p"),
+    ("layout", ValueError, "out_layout"),
+    ("device", ValueError, "different devices"),
+])
+def test_bad_input(case, exc, msg):
+    import fastgpt.kernels as K
+    q, k, v = _qkv(1, 2, 8, 8, 16, torch.float32)
+    args, kw = {
+        "head_dims": ((q, k[..., :8], v[..., :8]), {}),
+        "kv_shape": ((q, k, v[:, :, :4]), {}),
+        "batch_heads": ((q, k[:, :1], v[:, :1]), {}),
+        "big_head_dim": ((torch.zeros(1, 1, 2, 272, device=DEVICE),) * 3, {}),
+        "int_dtype": ((q.long(), k, v), {}),
+        "mixed_dtype": ((q, k.half(), v), {}),
+        "three_d": ((q[0], k[0], v[0]), {}),
+        "tq_gt_tk": ((q, k[:, :, :4], v[:, :, :4]), {}),
+        "dropout": ((q, k, v), {"dropout_p": 1.0}),
+        "layout": ((q, k, v), {"out_layout": "tbhd"}),
+        "device": ((q, k.to("meta" if DEVICE == "cpu" else "cpu"), v), {}),
+    }[case]
+    with pytest.raises(exc, match=msg):
+        K.causal_attention(*args, **kw)
+
+
+def test_opcheck():
+    import fastgpt.kernels  # noqa: F401  (registers the ops)
+    from fastgpt.kernels.attention import attention_fwd
+    q, k, v = (t.requires_grad_() for t in _qkv(1, 2, 12, 20, 16, torch.float32))
+    torch.library.opcheck(torch.ops.fastgpt.causal_attention.default, (q, k, v, 0.25, "bthd"))
+    qkv = torch.randn(1, 12, 3, 2, 16, device=DEVICE, requires_grad=True)   # strided views
+    qs, ks, vs = (t.transpose(1, 2) for t in qkv.unbind(2))
+    torch.library.opcheck(torch.ops.fastgpt.causal_attention.default, (qs, ks, vs, 0.25, "bhtd"))
+    o, lse = attention_fwd(q.detach(), k.detach(), v.detach(), 0.25)
+    torch.library.opcheck(torch.ops.fastgpt.causal_attention_bwd.default,
+                          (torch.randn_like(o), q.detach(), k.detach(), v.detach(), o, lse, 0.25))
+
+
+def test_compile_fullgraph():
+    import fastgpt.kernels as K
+
+    def f(x, w):  # a fused-qkv attention layer, as the model runs it
+        B, T, C = x.shape
+        q, k, v = (x @ w).view(B, T, 3, 2, C // 2).unbind(2)
+        o = K.causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), out_layout="bthd")
+        return o.transpose(1, 2).reshape(B, T, C)
+
+    backend = "inductor" if HAS_CUDA else "aot_eager"
+    x = torch.randn(2, 24, 32, device=DEVICE, requires_grad=True)
+    w = torch.randn(32, 96, device=DEVICE, requires_grad=True) / math.sqrt(32)
+    w = w.detach().requires_grad_()
+    cf = torch.compile(f, fullgraph=True, backend=backend)
+    out = cf(x, w)
+    out.sum().backward()
+    g = [t.grad.clone() for t in (x, w)]
+    for t in (x, w):
+        t.grad = None
+    ref = f(x, w)
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref)
+    for a, t in zip(g, (x, w)):
+        torch.testing.assert_close(a, t.grad)

@@ -1,0 +1,299 @@
+"""Fused LM head + cross-entropy against fastgpt.reference (DESIGN.md's tolerance rule).
+
+ref_hi is fastgpt.reference.fused_linear_cross_entropy in float64. ref_lp is PyTorch
+as it runs the unfused head in the op's dtype: the logits GEMM in h's dtype (as
+nn.Linear under autocast), the cross-entropy in fp32. The rule's dtype is h's dtype
+for the loss and dh, and W's dtype for dW.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import DEVICE, HAS_CUDA, needs_cuda, needs_triton
+from fastgpt import reference
+from fastgpt.testing import check
+
+pytestmark = needs_triton
+
+# CPU (interpreter) dtypes: fp32 and fp16 (the GEMMs are torch's; the kernel is element-wise,
+# so bf16 is honest under the interpreter too). The GPU runs the real shapes in bf16.
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (leading shape of h, C, V, chunk_size): odd V (single partial block, several blocks with a
+# remainder), chunks that do not divide N and cut across sequences, one-token chunks.
+SHAPES = [((1,), 8, 5, None), ((37,), 16, 97, 7), ((3, 11), 24, 1000, 5), ((64,), 32, 513, 64)]
+if HAS_CUDA:
+    SHAPES += [((4096,), 768, 50257, None), ((4, 1024), 768, 50304, 1000), ((2048,), 768, 40478, 384),
+               ((1000,), 1600, 50257, None)]
+
+
+def _assert(checks):
+    bad = [str(c) for c in checks if not c.ok]
+    assert not bad, "\n".join(bad)
+
+
+def _torch_lp(h, W, t, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """The unfused head as PyTorch runs it in h's dtype: bf16/fp16 logits GEMM, fp32 cross-entropy."""
+    logits = (h.reshape(-1, h.shape[-1]) @ W.to(h.dtype).t()).float()
+    tt = t.reshape(-1)
+    loss = F.cross_entropy(logits, tt, ignore_index=ignore_index, reduction="sum", label_smoothing=label_smoothing)
+    if reduction == "mean":
+        loss = loss / (tt != ignore_index).sum().clamp_min(1)
+    return loss
+
+
+def _run(fn, h, W, t, g, **kw):
+    """(loss, dh, dW) of fn with upstream gradient g (a float)."""
+    hh = h.detach().clone().requires_grad_()
+    ww = W.detach().clone().requires_grad_()
+    loss = fn(hh, ww, t, **kw)
+    dh, dw = torch.autograd.grad(loss, (hh, ww), torch.tensor(g, dtype=loss.dtype, device=loss.device))
+    return loss.detach(), dh, dw
+
+
+def compare(h, W, t, name="flce", g=None, fused=None, **kw):
+    """The rule for loss, dh, dW of the fused op (or `fused`) against reference (f64) and torch (lp)."""
+    import fastgpt.kernels as K
+    g = float(torch.empty(()).uniform_(0.5, 2.0)) if g is None else g
+    chunk = kw.pop("chunk_size", None)
+    fused = fused or (lambda a, b, c, **k: K.fused_linear_cross_entropy(a, b, c, chunk_size=chunk, **k))
+    ours = _run(fused, h, W, t, g, **kw)
+    lp = _run(_torch_lp, h, W, t, g, **kw)
+    hi = _run(reference.fused_linear_cross_entropy, h.double(), W.double(), t, g, **kw)
+    assert ours[0].dtype == torch.float32 and ours[1].dtype == h.dtype and ours[2].dtype == W.dtype
+    return [check(f"{name} loss", ours[0], hi[0], lp[0], h.dtype),
+            check(f"{name} dh", ours[1], hi[1], lp[1], h.dtype),
+            check(f"{name} dW", ours[2], hi[2], lp[2], W.dtype)]
+
+
+def _inputs(lead, C, V, dtype, w_dtype=None, ignore_frac=0.2, ignore_index=-100):
+    h = torch.randn(*lead, C, device=DEVICE).to(dtype)
+    W = (torch.randn(V, C, device=DEVICE) * C ** -0.5 * 3).to(w_dtype or dtype)
+    t = torch.randint(0, V, lead, device=DEVICE)
+    t[torch.rand(lead, device=DEVICE) < ignore_frac] = ignore_index
+    return h, W, t
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{'x'.join(map(str, s[0]))}-C{s[1]}-V{s[2]}-chunk{s[3]}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("reduction,smoothing", [("mean", 0.0), ("sum", 0.1)])
+def test_matches_reference(shape, dtype, reduction, smoothing):
+    lead, C, V, chunk = shape
+    if HAS_CUDA and dtype != torch.bfloat16 and lead[0] * V > 10**7:
+        pytest.skip("real shapes run in bf16 (the training dtype)")
+    h, W, t = _inputs(lead, C, V, dtype)
+    _assert(compare(h, W, t, reduction=reduction, label_smoothing=smoothing, chunk_size=chunk))
+
+
+@pytest.mark.parametrize("act_dtype", [torch.float16, torch.bfloat16])
+def test_mixed_precision_fp32_weight(act_dtype):
+    """Autocast-style inputs: low-precision h, fp32 W (master weights) -> fp32 dW."""
+    lead, C, V = ((5, 9), 32, 300) if not HAS_CUDA else ((8, 1024), 768, 50257)
+    h, W, t = _inputs(lead, C, V, act_dtype, w_dtype=torch.float32)
+    _assert(compare(h, W, t, name="mixed", chunk_size=13 if not HAS_CUDA else None))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_all_ignored(reduction):
+    import fastgpt.kernels as K
+    h, W, t = _inputs((2, 9), 16, 50, torch.float32, ignore_frac=1.1)
+    h.requires_grad_()
+    W.requires_grad_()
+    loss = K.fused_linear_cross_entropy(h, W, t, reduction=reduction, label_smoothing=0.1, chunk_size=4)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(h.grad, torch.zeros_like(h)) and torch.equal(W.grad, torch.zeros_like(W))
+
+
+def test_custom_ignore_index_and_zero_rows():
+    import fastgpt.kernels as K
+    h, W, t = _inputs((23,), 16, 70, torch.float32, ignore_frac=0.3, ignore_index=3)
+    _assert(compare(h, W, t, name="ignore_index=3", ignore_index=3, chunk_size=6))
+    h0 = torch.randn(0, 16, device=DEVICE, requires_grad=True)
+    W0 = torch.randn(70, 16, device=DEVICE, requires_grad=True)
+    loss = K.fused_linear_cross_entropy(h0, W0, torch.zeros(0, dtype=torch.long, device=DEVICE))
+    loss.backward()
+    assert loss.item() == 0.0 and h0.grad.shape == (0, 16) and torch.equal(W0.grad, torch.zeros_like(W0))
+
+
+def test_chunking_does_not_change_the_result():
+    """Chunks of 1 row, of a size that cuts sequences, and one chunk for all: all within the rule."""
+    h, W, t = _inputs((3, 7), 16, 130, torch.float32)
+    for chunk in (1, 4, 21, 100):
+        _assert(compare(h, W, t, name=f"chunk={chunk}", chunk_size=chunk, g=1.0))
+
+
+def test_strided_inputs():
+    """Non-contiguous h (a transposed view), W (every other row) and targets (stride 2) are read correctly."""
+    import fastgpt.kernels as K
+    h = torch.randn(24, 13, device=DEVICE).t()                 # (13, 24), column stride 13
+    t = torch.randint(0, 67, (26,), device=DEVICE)[::2]          # stride 2
+    W = torch.randn(67, 24, device=DEVICE) * 0.5
+    assert not (h.is_contiguous() or t.is_contiguous())
+    _assert(compare(h, W, t, name="strided", chunk_size=4))
+    Ws = torch.randn(2 * 67, 24, device=DEVICE)[::2]             # row stride 48 (compare would copy it)
+    loss = K.fused_linear_cross_entropy(h, Ws, t, chunk_size=4)
+    ref = reference.fused_linear_cross_entropy(h.double(), Ws.double(), t)
+    _assert([check("strided W", loss, ref, _torch_lp(h, Ws, t), torch.float32)])
+
+
+def test_sum_then_divide_equals_one_mean():
+    """The training loop's micro-batching: sum per micro-batch / global count == one big mean."""
+    import fastgpt.kernels as K
+    dtype = torch.float16
+    h, W, t = _inputs((4, 10), 24, 257, dtype)
+    t[1] = -100                                        # one micro-batch entirely padding
+    n = (t != -100).sum()
+
+    def micro(hh, ww, tt):
+        parts = [K.fused_linear_cross_entropy(hh[i], ww, tt[i], reduction="sum", chunk_size=3) for i in range(4)]
+        return sum(parts) / n
+
+    _assert(compare(h, W, t, name="sum/n", fused=micro))
+    # and the two fused paths agree with each other as closely as with the reference
+    a = _run(micro, h, W, t, 1.0)
+    b = _run(lambda x, y, z: K.fused_linear_cross_entropy(x, y, z, chunk_size=7), h, W, t, 1.0)
+    hi = _run(reference.fused_linear_cross_entropy, h.double(), W.double(), t, 1.0)
+    for name, x, y, r, d in zip(("loss", "dh", "dW"), a, b, hi, (torch.float32, dtype, dtype)):
+        _assert([check(f"sum/n vs mean {name}", x, r, y, d)])
+
+
+def test_autocast_runs_the_gemms_in_the_autocast_dtype():
+    import fastgpt.kernels as K
+    dev = "cuda" if HAS_CUDA else "cpu"
+    h = torch.randn(2, 6, 32, device=DEVICE, requires_grad=True)
+    W = torch.randn(91, 32, device=DEVICE, requires_grad=True)
+    t = torch.randint(0, 91, (2, 6), device=DEVICE)
+    with torch.autocast(dev, dtype=torch.bfloat16):
+        loss = K.fused_linear_cross_entropy(h, W, t, chunk_size=5)
+    loss.backward()
+    assert loss.dtype == torch.float32 and h.grad.dtype == torch.float32 and W.grad.dtype == torch.float32
+    expect = K.fused_linear_cross_entropy(h.detach().bfloat16(), W.detach(), t, chunk_size=5)
+    assert torch.equal(loss.detach(), expect)
+
+
+def test_no_grad_and_partial_grads():
+    import fastgpt.kernels as K
+    h, W, t = _inputs((19,), 16, 77, torch.float32)
+    with torch.no_grad():
+        l0 = K.fused_linear_cross_entropy(h, W, t, chunk_size=8)
+    ref = reference.fused_linear_cross_entropy(h.double(), W.double(), t)
+    _assert([check("no_grad loss", l0, ref, _torch_lp(h, W, t), torch.float32)])
+    hi = _run(reference.fused_linear_cross_entropy, h.double(), W.double(), t, 1.0)
+    # only dW (a frozen input), then only dh (a frozen head)
+    ww = W.clone().requires_grad_()
+    (dw,) = torch.autograd.grad(K.fused_linear_cross_entropy(h, ww, t, chunk_size=8), ww)
+    hh = h.clone().requires_grad_()
+    (dh,) = torch.autograd.grad(K.fused_linear_cross_entropy(hh, W, t, chunk_size=8), hh)
+    lp = _run(_torch_lp, h, W, t, 1.0)
+    _assert([check("dW only", dw, hi[2], lp[2], torch.float32), check("dh only", dh, hi[1], lp[1], torch.float32)])
+
+
+def test_poisoned_buffers_are_fully_written():
+    """conftest poisons launcher buffers with NaN; every row and every chunk must be written."""
+    from fastgpt.kernels.cross_entropy import flce_fwd
+    h, W, t = _inputs((29,), 8, 45, torch.float32)
+    loss, dh, dw, scale = flce_fwd(h, W, t, -100, "sum", 0.1, 4, True, True)
+    for x in (loss, dh, dw, scale):
+        assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("case,exc,msg", [
+    ("hidden", ValueError, "hidden size"),
+    ("w_dim", ValueError, "W must be 2-D"),
+    ("n_targets", ValueError, "targets has"),
+    ("t_dtype", TypeError, "int64"),
+    ("h_dtype", TypeError, "dtype"),
+    ("reduction", ValueError, "reduction"),
+    ("smoothing", ValueError, "label_smoothing"),
+    ("chunk", ValueError, "chunk_size"),
+    ("device", ValueError, "different devices"),
+])
+def test_bad_input(case, exc, msg):
+    import fastgpt.kernels as K
+    h, W, t = _inputs((6,), 8, 11, torch.float32)
+    args, kw = [h, W, t], {}
+    if case == "hidden":
+        args[1] = torch.randn(11, 9, device=DEVICE)
+    elif case == "w_dim":
+        args[1] = torch.randn(11, 8, 1, device=DEVICE)
+    elif case == "n_targets":
+        args[2] = t[:5]
+    elif case == "t_dtype":
+        args[2] = t.int()
+    elif case == "h_dtype":
+        args[0] = h.double()
+    elif case == "reduction":
+        kw["reduction"] = "none"
+    elif case == "smoothing":
+        kw["label_smoothing"] = 1.5
+    elif case == "chunk":
+        kw["chunk_size"] = 0
+    elif case == "device":
+        args[1] = W.to("meta" if DEVICE == "cpu" else "cpu")
+    with pytest.raises(exc, match=msg):
+        K.fused_linear_cross_entropy(*args, **kw)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="on CUDA a bad target is a device-side assert, as in torch")
+def test_target_out_of_range():
+    import fastgpt.kernels as K
+    h, W, t = _inputs((6,), 8, 11, torch.float32, ignore_frac=0.0)
+    t[4] = 11
+    with pytest.raises(ValueError, match="outside"):
+        K.fused_linear_cross_entropy(h, W, t)
+
+
+def test_ops_dispatch():
+    import fastgpt.ops as ops
+    h, W, t = _inputs((2, 5), 16, 40, torch.float32)
+    a = ops.fused_linear_cross_entropy(h, W, t, backend="fused")
+    b = ops.fused_linear_cross_entropy(h, W, t, backend="reference")
+    ref = reference.fused_linear_cross_entropy(h.double(), W.double(), t)
+    _assert([check("ops fused", a, ref, b, torch.float32)])
+
+
+def test_opcheck():
+    import fastgpt.kernels  # noqa: F401  (registers the op)
+    h, W, t = _inputs((9,), 16, 37, torch.float32)
+    h.requires_grad_()
+    W.requires_grad_()
+    op = torch.ops.fastgpt.fused_linear_cross_entropy.default
+    torch.library.opcheck(op, (h, W, t, -100, "mean", 0.1, 4, True, True))
+    torch.library.opcheck(op, (h.detach(), W, t, -100, "sum", 0.0, None, False, True))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_compile_fullgraph(autocast):
+    import fastgpt.kernels as K
+    dev = "cuda" if HAS_CUDA else "cpu"
+
+    def f(h, W, t):
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=autocast):
+            return K.fused_linear_cross_entropy(h, W, t, label_smoothing=0.1, chunk_size=5) * 2.0
+
+    backend = "inductor" if HAS_CUDA else "aot_eager"
+    h, W, t = _inputs((2, 7), 16, 61, torch.float32)
+    h.requires_grad_()
+    W.requires_grad_()
+    out = torch.compile(f, fullgraph=True, backend=backend)(h, W, t)
+    out.backward()
+    g = (h.grad.clone(), W.grad.clone())
+    h.grad = W.grad = None
+    eager = f(h, W, t)
+    eager.backward()
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(g[0], h.grad)
+    torch.testing.assert_close(g[1], W.grad)
+
+
+@needs_cuda
+def test_peak_memory_gpt2_head():
+    """The issue's target: fwd+bwd at 16384 tokens, C=768, V=50304, bf16 in <= 0.5 GiB beyond the inputs."""
+    import fastgpt.kernels as K
+    from benchmarks.common import peak_extra_gib
+    h = torch.randn(16384, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    W = (torch.randn(50304, 768, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
+    t = torch.randint(0, 50257, (16384,), device="cuda")
+    gib = peak_extra_gib(lambda: torch.autograd.grad(K.fused_linear_cross_entropy(h, W, t), (h, W)))
+    print(f"peak extra {gib:.3f} GiB")
+    assert gib <= 0.5

