@@ -21,10 +21,41 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
-def time_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
-    """Median milliseconds of fn() by CUDA events (triton.testing.do_bench)."""
+def time_ms(fn, warmup_ms: int = 25, rep_ms: int = 100, graph: bool = False) -> float:
+    """Median milliseconds of fn() by CUDA events.
+
+    graph=False: triton.testing.do_bench (each call launched from Python, so
+    host overhead shows when it exceeds the GPU time). graph=True: the calls
+    are captured in a CUDA graph and replayed (do_bench_cudagraph), which
+    measures GPU time alone; if capture fails, falls back to do_bench.
+    """
     import triton.testing
+    if graph:
+        try:
+            return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median"))
+        except Exception:  # not capturable (a host sync, a CPU-side RNG draw): time it eagerly
+            torch.cuda.synchronize()
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def rotating(fn, arg_sets):
+    """A zero-argument callable that calls fn(*arg_sets[i]) for i = 0, 1, 2, ... cyclically.
+
+    Repeated calls on one buffer measure the L2 cache (50 MB on an H100), not
+    memory: rotate over enough input sets that consecutive calls touch > 2x L2.
+    """
+    i = [0]
+
+    def call():
+        args = arg_sets[i[0] % len(arg_sets)]
+        i[0] += 1
+        return fn(*args)
+    return call
+
+
+def n_sets(bytes_per_call: int, l2_bytes: int = 50 << 20) -> int:
+    """How many input sets keep consecutive calls from hitting in L2 (at most 8)."""
+    return max(1, min(8, -(-3 * l2_bytes // max(bytes_per_call, 1))))
 
 
 def peak_extra_gib(fn) -> float:
@@ -71,13 +102,13 @@ def row(bench: str, case: str, impl: str, ms: float | None = None, *, gbps: floa
 
 
 def bench_impl(rows, bench, case, impl, fn, *, nbytes=None, flops=None, tokens=None, memory=False,
-               warmup_ms=25, rep_ms=100, **extra):
+               warmup_ms=25, rep_ms=100, graph=False, **extra):
     """Time fn and append a row with GB/s (nbytes), TFLOP/s (flops) or tok/s (tokens).
 
     A peer that raises (not installed, unsupported shape) gets a row with its error, not a crash.
     """
     try:
-        ms = time_ms(fn, warmup_ms, rep_ms)
+        ms = time_ms(fn, warmup_ms, rep_ms, graph=graph)
         mem = peak_extra_gib(fn) if memory else None
     except Exception as e:  # keep the run going: one peer failing must not lose the table
         rows.append(row(bench, case, impl, ok=False, note=f"{type(e).__name__}: {str(e)[:120]}", **extra))

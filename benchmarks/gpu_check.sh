@@ -9,7 +9,8 @@
 # Each stage has a time budget (seconds; override with BUDGET_<STAGE>=N) and
 # writes its JSON/log into the results folder as soon as it ends; the last
 # thing printed is a short table (benchmarks/summary.py). TESTS="tests/test_x.py ..."
-# narrows the test stage; QUICK=1 passes --quick to the benchmarks. Liger wheels, if
+# narrows the test stage; QUICK=1 passes --quick to every benchmark family, QUICK=gelu,train
+# to those named. Liger wheels, if
 # carried in .whl/, are installed to /tmp/site first (no network needed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -69,7 +70,9 @@ if wants selftest; then
 fi
 for fam in $FAMILIES; do
   if wants bench "$fam"; then
-    stage "bench_$fam" 240 $PY -m benchmarks --only "$fam" --json "$RES/bench_$fam.json" ${QUICK:+--quick}
+    q=""
+    case ",${QUICK:-}," in *",1,"*|*",$fam,"*) q="--quick" ;; esac
+    stage "bench_$fam" 240 $PY -m benchmarks --only "$fam" --json "$RES/bench_$fam.json" $q
   fi
 done
 $PY benchmarks/summary.py "$RES"

@@ -23,6 +23,8 @@ def main(res):
         print(f"stage {s['stage']:<22} rc={s['rc']:<4} {s['seconds']:>5}s")
     rows, env = [], {}
     for f in sorted(glob.glob(os.path.join(res, "bench_*.json"))):
+        if f.endswith(".stage.json"):
+            continue
         d = json.load(open(f))
         rows += d["rows"]
         env = d.get("env", env)
@@ -46,7 +48,7 @@ def main(res):
     for r in rows:
         by_case.setdefault((r["bench"], r["case"]), []).append(r)
     for (bench, case), rs in by_case.items():
-        o = next((r for r in rs if r["impl"].startswith("fastgpt") and r["ms"]), None)
+        o = next((r for r in rs if r["impl"] == "fastgpt" and r["ms"]), None)
         if o is None:
             continue
         peers = " ".join(f"{r['impl']}={r['ms'] / o['ms']:.2f}x" for r in rs if r is not o and r["ms"]

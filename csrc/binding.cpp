@@ -44,7 +44,7 @@ int dtype_code(at::ScalarType t, const char* name) {
     case at::kHalf: return FASTGPT_F16;
     case at::kBFloat16: return FASTGPT_BF16;
     default:
-      TORCH_CHECK_TYPE(false, kOp, ": ", name, " has dtype ", t, "; supported: float16, bfloat16, float32");
+      TORCH_CHECK_TYPE(false, kOp, ": ", name, " has dtype ", c10::toString(t), "; supported: float16, bfloat16, float32");
   }
   return -1;
 }
@@ -56,25 +56,42 @@ uint32_t drop_threshold(double p) {
   return static_cast<uint32_t>(std::min(65536.0, std::max(1.0, t)));
 }
 
-fastgpt_dropout_t dropout_params(double p, const c10::optional<at::Tensor>& seed, const at::Device& dev) {
+// Validates p and the seed from metadata only (dtype, dim, numel, device: no
+// data access, no CUDA call), before anything else happens in an op; the error
+// messages are built from plain integers. Returns the drop threshold.
+uint32_t check_dropout(double p, const c10::optional<at::Tensor>& seed, const at::Device& dev) {
   TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, kOp, ": dropout_p must be in [0, 1), got ", p);
-  fastgpt_dropout_t d{nullptr, 0, 0, 0, 1.0f};
-  d.threshold = drop_threshold(p);
-  if (d.threshold == 0) return d;
-  d.scale = static_cast<float>(1.0 / (1.0 - p));
-  TORCH_CHECK_VALUE(seed.has_value(), kOp, ": dropout_p > 0 needs a seed tensor (int64, shape (2,))");
+  const uint32_t threshold = drop_threshold(p);
+  if (threshold == 0) return 0;  // p == 0: the seed is ignored
+  TORCH_CHECK_VALUE(seed.has_value() && seed->defined(), kOp,
+                    ": dropout_p > 0 needs a seed tensor (int64, shape (2,))");
   const at::Tensor& s = *seed;
-  TORCH_CHECK_TYPE(s.scalar_type() == at::kLong, kOp, ": seed must be int64, got ", s.scalar_type());
-  TORCH_CHECK_VALUE(s.dim() == 1 && s.numel() == 2, kOp, ": seed must have shape (2,) = (seed, offset), got ",
-                    s.sizes());
+  TORCH_CHECK_TYPE(s.scalar_type() == at::kLong, kOp, ": seed must be int64, got ", c10::toString(s.scalar_type()));
+  const int64_t sdim = s.dim(), snumel = s.numel();
+  TORCH_CHECK_VALUE(sdim == 1 && snumel == 2, kOp, ": seed must have shape (2,) = (seed, offset), got ", sdim,
+                    " dims and ", snumel, " elements");
+  if (!s.device().is_cpu()) {
+    TORCH_CHECK_VALUE(s.device() == dev, kOp, ": seed is on ", s.device().str(), " but x is on ", dev.str());
+    TORCH_CHECK_VALUE(s.is_contiguous(), kOp, ": a device seed must be contiguous");
+  }
+  return threshold;
+}
+
+// The launch parameters; call only after check_dropout (and every other check)
+// passed. A CPU seed is read here; a device seed's pointer goes to the kernel.
+fastgpt_dropout_t dropout_params(double p, uint32_t threshold, const c10::optional<at::Tensor>& seed) {
+  fastgpt_dropout_t d{nullptr, 0, 0, 0, 1.0f};
+  if (threshold == 0) return d;
+  d.threshold = threshold;
+  d.scale = static_cast<float>(1.0 / (1.0 - p));
+  const at::Tensor& s = *seed;
   if (s.device().is_cpu()) {
     const at::Tensor c = s.contiguous();
-    d.seed = static_cast<uint64_t>(c.data_ptr<int64_t>()[0]);
-    d.offset = static_cast<uint64_t>(c.data_ptr<int64_t>()[1]);
+    const int64_t* v = c.const_data_ptr<int64_t>();
+    d.seed = static_cast<uint64_t>(v[0]);
+    d.offset = static_cast<uint64_t>(v[1]);
   } else {
-    TORCH_CHECK_VALUE(s.device() == dev, kOp, ": seed is on ", s.device(), " but x is on ", dev);
-    TORCH_CHECK_VALUE(s.is_contiguous(), kOp, ": a device seed must be contiguous");
-    d.seed_ptr = s.data_ptr<int64_t>();
+    d.seed_ptr = s.const_data_ptr<int64_t>();
   }
   return d;
 }
@@ -83,16 +100,16 @@ void check_inputs(const at::Tensor& x, const c10::optional<at::Tensor>& bias, co
   dtype_code(x.scalar_type(), "x");
   dtype_code(residual.scalar_type(), "residual");
   TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": x must have at least one dim");
-  TORCH_CHECK_VALUE(x.sizes() == residual.sizes(), kOp, ": x ", x.sizes(), " and residual ", residual.sizes(),
-                    " differ");
-  TORCH_CHECK_VALUE(residual.device() == x.device(), kOp, ": tensors on different devices (x on ", x.device(),
-                    ", residual on ", residual.device(), ")");
-  if (bias.has_value()) {
+  TORCH_CHECK_VALUE(x.sizes().equals(residual.sizes()), kOp, ": x and residual shapes differ (",
+                    x.dim(), " dims, ", x.numel(), " elements vs ", residual.dim(), " dims, ", residual.numel(), ")");
+  TORCH_CHECK_VALUE(residual.device() == x.device(), kOp, ": tensors on different devices (x on ",
+                    x.device().str(), ", residual on ", residual.device().str(), ")");
+  if (bias.has_value() && bias->defined()) {
     dtype_code(bias->scalar_type(), "bias");
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == x.size(-1), kOp, ": bias must have shape (",
-                      x.size(-1), ",), got ", bias->sizes());
-    TORCH_CHECK_VALUE(bias->device() == x.device(), kOp, ": tensors on different devices (x on ", x.device(),
-                      ", bias on ", bias->device(), ")");
+                      x.size(-1), ",), got ", bias->dim(), " dims and ", bias->numel(), " elements");
+    TORCH_CHECK_VALUE(bias->device() == x.device(), kOp, ": tensors on different devices (x on ",
+                      x.device().str(), ", bias on ", bias->device().str(), ")");
   }
 }
 
@@ -106,12 +123,14 @@ at::Tensor prepared(const at::Tensor& t) {
 
 at::Tensor fwd_impl(const at::Tensor& x_, const c10::optional<at::Tensor>& bias_, const at::Tensor& res_,
                     double p, const c10::optional<at::Tensor>& seed) {
+  // every check first: nothing below throws on bad input, no data is read before
+  const uint32_t threshold = check_dropout(p, seed, x_.device());
   check_inputs(x_, bias_, res_);
-  const fastgpt_dropout_t d = dropout_params(p, seed, x_.device());
+  const fastgpt_dropout_t d = dropout_params(p, threshold, seed);
   const at::Tensor x = prepared(x_);
   const at::Tensor res = prepared(res_);
   at::Tensor bias;
-  if (bias_.has_value()) bias = prepared(*bias_);
+  if (bias_.has_value() && bias_->defined()) bias = prepared(*bias_);
   at::Tensor out = at::empty(x.sizes(), res.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t N = x.size(-1);
   const void* bptr = bias.defined() ? bias.data_ptr() : nullptr;
@@ -128,17 +147,21 @@ at::Tensor fwd_impl(const at::Tensor& x_, const c10::optional<at::Tensor>& bias_
     TORCH_CHECK(false, kOp, ": fastgpt._C was built without CUDA");
 #endif
   } else {
-    fastgpt_bda_fwd_cpu(x.data_ptr(), xdt, bptr, bdt, res.data_ptr(), rdt, out.data_ptr(), x.numel(), N, d);
+    const int err = fastgpt_bda_fwd_cpu(x.data_ptr(), xdt, bptr, bdt, res.data_ptr(), rdt, out.data_ptr(),
+                                        x.numel(), N, d);
+    TORCH_CHECK(err == 0, kOp, ": the CPU kernel failed");
   }
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> bwd_impl(const at::Tensor& grad_, const c10::optional<at::Tensor>& seed, double p,
                                             at::ScalarType dx_dtype, c10::optional<at::ScalarType> dbias_dtype) {
+  const uint32_t threshold = check_dropout(p, seed, grad_.device());
   dtype_code(grad_.scalar_type(), "grad");
   const int dxdt = dtype_code(dx_dtype, "dx");
+  if (dbias_dtype.has_value()) dtype_code(*dbias_dtype, "dbias");
   TORCH_CHECK_VALUE(grad_.dim() >= 1, kOp, "_bwd: grad must have at least one dim");
-  const fastgpt_dropout_t d = dropout_params(p, seed, grad_.device());
+  const fastgpt_dropout_t d = dropout_params(p, threshold, seed);
   const at::Tensor grad = prepared(grad_);
   const int64_t N = grad.size(-1);
   const int64_t M = N > 0 ? grad.numel() / N : 0;
@@ -170,7 +193,8 @@ std::tuple<at::Tensor, at::Tensor> bwd_impl(const at::Tensor& grad_, const c10::
     TORCH_CHECK(false, kOp, ": fastgpt._C was built without CUDA");
 #endif
   } else {
-    fastgpt_bda_bwd_cpu(grad.data_ptr(), gdt, dx.data_ptr(), dxdt, dbptr, dbdt, M, N, d);
+    const int err = fastgpt_bda_bwd_cpu(grad.data_ptr(), gdt, dx.data_ptr(), dxdt, dbptr, dbdt, M, N, d);
+    TORCH_CHECK(err == 0, kOp, "_bwd: the CPU kernel failed");
   }
   return {dx, dbias};
 }

@@ -45,12 +45,12 @@ int fastgpt_bda_bwd_cuda(const void* grad, int grad_dtype, void* dx, int dx_dtyp
                          int64_t M, int64_t N, fastgpt_dropout_t d, void* stream);
 const char* fastgpt_cuda_error_string(int err);
 
-// ---- CPU (dropout_add_cpu.cpp) ----
-void fastgpt_bda_fwd_cpu(const void* x, int x_dtype, const void* bias, int bias_dtype,
-                         const void* residual, int res_dtype, void* out,
-                         int64_t numel, int64_t N, fastgpt_dropout_t d);
-void fastgpt_bda_bwd_cpu(const void* grad, int grad_dtype, void* dx, int dx_dtype,
-                         void* dbias, int dbias_dtype, int64_t M, int64_t N, fastgpt_dropout_t d);
+// ---- CPU (dropout_add_cpu.cpp); return 0 on success, 1 on failure (no exception leaves them) ----
+int fastgpt_bda_fwd_cpu(const void* x, int x_dtype, const void* bias, int bias_dtype,
+                        const void* residual, int res_dtype, void* out,
+                        int64_t numel, int64_t N, fastgpt_dropout_t d);
+int fastgpt_bda_bwd_cpu(const void* grad, int grad_dtype, void* dx, int dx_dtype,
+                        void* dbias, int dbias_dtype, int64_t M, int64_t N, fastgpt_dropout_t d);
 
 #ifdef __cplusplus
 }

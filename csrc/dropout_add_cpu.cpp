@@ -123,9 +123,10 @@ void bwd(const GT* grad, DT* dx, float* dbias_acc, int64_t M, int64_t N, const f
 
 }  // namespace
 
-extern "C" void fastgpt_bda_fwd_cpu(const void* x, int x_dtype, const void* bias, int bias_dtype,
-                                    const void* residual, int res_dtype, void* out,
-                                    int64_t numel, int64_t N, fastgpt_dropout_t d) {
+namespace {
+
+void fwd_cpu(const void* x, int x_dtype, const void* bias, int bias_dtype, const void* residual, int res_dtype,
+             void* out, int64_t numel, int64_t N, fastgpt_dropout_t d) {
   if (numel == 0) return;
   with_type(x_dtype, [&](auto* xt) {
     using XT = std::remove_pointer_t<decltype(xt)>;
@@ -137,8 +138,8 @@ extern "C" void fastgpt_bda_fwd_cpu(const void* x, int x_dtype, const void* bias
   });
 }
 
-extern "C" void fastgpt_bda_bwd_cpu(const void* grad, int grad_dtype, void* dx, int dx_dtype,
-                                    void* dbias, int dbias_dtype, int64_t M, int64_t N, fastgpt_dropout_t d) {
+void bwd_cpu(const void* grad, int grad_dtype, void* dx, int dx_dtype, void* dbias, int dbias_dtype, int64_t M,
+             int64_t N, fastgpt_dropout_t d) {
   std::vector<float> acc(dbias != nullptr ? static_cast<size_t>(N) : 0, 0.0f);
   if (M * N > 0) {
     with_type(grad_dtype, [&](auto* gt) {
@@ -156,4 +157,29 @@ extern "C" void fastgpt_bda_bwd_cpu(const void* grad, int grad_dtype, void* dx, 
     BT* out = static_cast<BT*>(dbias);
     for (int64_t c = 0; c < N; ++c) out[c] = from_f<BT>(acc[static_cast<size_t>(c)]);
   });
+}
+
+}  // namespace
+
+// C linkage: no exception leaves these (at::parallel_for rethrows a worker's,
+// std::vector may throw bad_alloc); a failure is returned as 1.
+extern "C" int fastgpt_bda_fwd_cpu(const void* x, int x_dtype, const void* bias, int bias_dtype,
+                                   const void* residual, int res_dtype, void* out,
+                                   int64_t numel, int64_t N, fastgpt_dropout_t d) {
+  try {
+    fwd_cpu(x, x_dtype, bias, bias_dtype, residual, res_dtype, out, numel, N, d);
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+extern "C" int fastgpt_bda_bwd_cpu(const void* grad, int grad_dtype, void* dx, int dx_dtype,
+                                   void* dbias, int dbias_dtype, int64_t M, int64_t N, fastgpt_dropout_t d) {
+  try {
+    bwd_cpu(grad, grad_dtype, dx, dx_dtype, dbias, dbias_dtype, M, N, d);
+    return 0;
+  } catch (...) {
+    return 1;
+  }
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 import warnings
 
 BACKENDS = ("fused", "reference")
@@ -24,8 +25,15 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
 def _kernels_or_reason():
+    mod = sys.modules.get("fastgpt.kernels")  # the common case; also keeps torch.compile out of importlib
+    if mod is not None:
+        return mod, None
+    return _import_kernels()
+
+
+@functools.lru_cache(maxsize=None)
+def _import_kernels():
     try:
         return importlib.import_module("fastgpt.kernels"), None
     except ImportError as e:  # triton missing (macOS, Windows) or a broken install

@@ -572,13 +572,31 @@ def _setup(ctx, inputs, output):
     ctx.scale = scale
 
 
-def _backward(ctx, do, _dlse):
+def _grads(ctx, do, bwd):
     q, k, v, o, lse = ctx.saved_tensors
-    dq, dk, dv = _causal_attention_bwd_op(do, q, k, v, o, lse, ctx.scale)
+    dq, dk, dv = bwd(do, q, k, v, o, lse, ctx.scale)
     return dq, dk, dv, None, None
 
 
+def _backward(ctx, do, _dlse):
+    return _grads(ctx, do, _causal_attention_bwd_op)
+
+
 _causal_attention_op.register_autograd(_backward, setup_context=_setup)
+
+
+class _CausalAttentionFunction(torch.autograd.Function):
+    """The eager path: the same launchers without the custom-op dispatch overhead."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, out_layout):
+        o, lse = attention_fwd(q, k, v, scale, out_layout)
+        _setup(ctx, (q, k, v, scale, out_layout), (o, lse))
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        return _grads(ctx, do, attention_bwd)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -603,4 +621,6 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = N
         if out_layout == "bthd":
             o = o.transpose(1, 2).contiguous().transpose(1, 2)
         return o
-    return _causal_attention_op(q, k, v, scale, out_layout)[0]
+    if torch.compiler.is_compiling():
+        return _causal_attention_op(q, k, v, scale, out_layout)[0]
+    return _CausalAttentionFunction.apply(q, k, v, scale, out_layout)

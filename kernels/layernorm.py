@@ -59,7 +59,7 @@ def _layer_norm_fwd_kernel(
     B,          # (N,) bias (read only if HAS_BIAS)
     Mean,       # (M,) fp32 row mean
     Rstd,       # (M,) fp32 row 1/std
-    M, N, stride_x, stride_r, eps,
+    M, N, inv_n, stride_x, stride_r, eps,
     HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -75,9 +75,9 @@ def _layer_norm_fwd_kernel(
         h = (x + r).to(H.dtype.element_ty)
         tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
         x = h.to(tl.float32)
-    mean = tl.sum(x, axis=1) / N
+    mean = tl.sum(x, axis=1) * inv_n
     xc = tl.where(mask, x - mean[:, None], 0.0)
-    var = tl.sum(xc * xc, axis=1) / N
+    var = tl.sum(xc * xc, axis=1) * inv_n
     rstd = 1.0 / tl.sqrt(var + eps)
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     y = xc * rstd[:, None] * w[None, :]
@@ -101,7 +101,7 @@ def _layer_norm_bwd_kernel(
     DR,         # (M, N) grad of residual, contiguous (written only if HAS_DR)
     DWp,        # (G, N) fp32 partial sums of dy * xhat, one row per program
     DBp,        # (G, N) fp32 partial sums of dy (written only if HAS_BIAS)
-    M, N, stride_dy, stride_dho, stride_h,
+    M, N, inv_n, stride_dy, stride_dho, stride_h,
     HAS_DHO: tl.constexpr, HAS_DR: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -123,8 +123,8 @@ def _layer_norm_bwd_kernel(
         rstd = tl.load(Rstd + rows, mask=rmask, other=0.0)
         xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
         g = dy * w[None, :]
-        c1 = tl.sum(g * xhat, axis=1) / N
-        c2 = tl.sum(g, axis=1) / N
+        c1 = tl.sum(g * xhat, axis=1) * inv_n
+        c2 = tl.sum(g, axis=1) * inv_n
         dh = (g - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
         if HAS_DHO:
             dh += tl.load(DHO + rows[:, None] * stride_dho + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -175,7 +175,7 @@ def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: 
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
     _layer_norm_fwd_kernel[grid](
         x2, r2, y, h if h is not None else y, weight, bias if bias is not None else weight, mean, rstd,
-        M, N, row_stride(x2), row_stride(r2), eps,
+        M, N, 1.0 / N, row_stride(x2), row_stride(r2), eps,
         HAS_RES=residual is not None, HAS_BIAS=bias is not None, BLOCK_N=triton.next_power_of_2(N),
     )
     return y, h, mean, rstd
@@ -202,7 +202,7 @@ def layer_norm_bwd(dy: Tensor, dh_out: Optional[Tensor], hin: Tensor, weight: Te
     if M > 0:
         _layer_norm_bwd_kernel[(G,)](
             dy2, dho2, h2, weight, mean, rstd, dx, dr if dr is not None else dx, dwp, dbp,
-            M, N, row_stride(dy2), row_stride(dho2), row_stride(h2),
+            M, N, 1.0 / N, row_stride(dy2), row_stride(dho2), row_stride(h2),
             HAS_DHO=dh_out is not None, HAS_DR=need_dr, HAS_BIAS=has_bias,
             BLOCK_N=triton.next_power_of_2(N),
         )
@@ -268,49 +268,82 @@ def _(dy, dh_out, hin, weight, has_bias, mean, rstd, x_dtype, res_dtype):
     return dx, dr, dw, db
 
 
-def _ln_setup(ctx, inputs, output):
-    x, weight, bias, eps = inputs
-    y, mean, rstd = output
-    ctx.save_for_backward(x, weight, mean, rstd)
+def _save(ctx, x, residual, weight, bias, h, mean, rstd):
+    ctx.save_for_backward(x if residual is None else h, weight, mean, rstd)
     ctx.has_bias = bias is not None
     ctx.x_dtype = x.dtype
+    ctx.res_dtype = residual.dtype if residual is not None else None
+
+
+def _grads(ctx, dy, dh, bwd):
+    """(dx, dweight, dbias) or (dx, dresidual, dweight, dbias), computed by ``bwd``
+    (the launcher in eager mode, the registered backward op under torch.compile)."""
+    hin, weight, mean, rstd = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros(hin.shape, dtype=ctx.x_dtype, device=hin.device)
+    dx, dr, dw, db = bwd(dy, dh, hin, weight, ctx.has_bias, mean, rstd, ctx.x_dtype, ctx.res_dtype)
+    db = db if ctx.has_bias else None
+    if ctx.res_dtype is None:
+        return dx, dw, db
+    return dx, (dr if ctx.res_dtype != ctx.x_dtype else dx), dw, db
+
+
+def _ln_setup(ctx, inputs, output):
+    x, weight, bias, _ = inputs
+    _, mean, rstd = output
+    _save(ctx, x, None, weight, bias, None, mean, rstd)
 
 
 def _ln_backward(ctx, dy, _dmean, _drstd):
-    x, weight, mean, rstd = ctx.saved_tensors
-    dx, _, dw, db = _layer_norm_bwd_op(dy, None, x, weight, ctx.has_bias, mean, rstd, ctx.x_dtype, None)
-    return dx, dw, (db if ctx.has_bias else None), None
+    return (*_grads(ctx, dy, None, _layer_norm_bwd_op), None)
 
 
 def _add_ln_setup(ctx, inputs, output):
-    x, residual, weight, bias, eps = inputs
-    y, h, mean, rstd = output
-    ctx.save_for_backward(h, weight, mean, rstd)
-    ctx.has_bias = bias is not None
-    ctx.x_dtype = x.dtype
-    ctx.res_dtype = residual.dtype
+    x, residual, weight, bias, _ = inputs
+    _, h, mean, rstd = output
+    _save(ctx, x, residual, weight, bias, h, mean, rstd)
 
 
 def _add_ln_backward(ctx, dy, dh, _dmean, _drstd):
-    h, weight, mean, rstd = ctx.saved_tensors
-    dx, dr, dw, db = _layer_norm_bwd_op(dy, dh, h, weight, ctx.has_bias, mean, rstd, ctx.x_dtype, ctx.res_dtype)
-    dres = dr if ctx.res_dtype != ctx.x_dtype else dx
-    return dx, dres, dw, (db if ctx.has_bias else None), None
+    return (*_grads(ctx, dy, dh, _layer_norm_bwd_op), None)
 
 
 _layer_norm_op.register_autograd(_ln_backward, setup_context=_ln_setup)
 _add_layer_norm_op.register_autograd(_add_ln_backward, setup_context=_add_ln_setup)
 
 
+class _LayerNormFunction(torch.autograd.Function):
+    """The eager path: the same launchers without the custom-op dispatch, whose
+    host overhead (~5x an autograd.Function's) would dominate at training sizes."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, eps):
+        y, h, mean, rstd = layer_norm_fwd(x, residual, weight, bias, eps)
+        _save(ctx, x, residual, weight, bias, h, mean, rstd)
+        ctx.set_materialize_grads(False)
+        return y if residual is None else (y, h)
+
+    @staticmethod
+    def backward(ctx, dy, dh=None):
+        g = _grads(ctx, dy, dh, layer_norm_bwd)
+        if ctx.res_dtype is None:
+            return g[0], None, g[1], g[2], None
+        return (*g, None)
+
+
 # ----------------------------------------------------------------------------- public API
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
     """LayerNorm over the last dim (see the module docstring); y has x's dtype."""
-    return _layer_norm_op(x, weight, bias, float(eps))[0]
+    if torch.compiler.is_compiling():
+        return _layer_norm_op(x, weight, bias, float(eps))[0]
+    return _LayerNormFunction.apply(x, None, weight, bias, float(eps))
 
 
 def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                    eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     """(y, h): h = x + residual in residual's dtype, y = layer_norm(h) in x's dtype, one pass."""
-    y, h, _, _ = _add_layer_norm_op(x, residual, weight, bias, float(eps))
-    return y, h
+    if torch.compiler.is_compiling():
+        y, h, _, _ = _add_layer_norm_op(x, residual, weight, bias, float(eps))
+        return y, h
+    return _LayerNormFunction.apply(x, residual, weight, bias, float(eps))

@@ -322,6 +322,34 @@ def test_op_level_errors_are_clear():
         torch.ops.fastgpt.bias_dropout_add(x.double(), None, x.double(), 0.0, None)
 
 
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_eager_path_equals_the_custom_op_path(p):
+    """The eager torch.autograd.Function and the registered custom op: the same outputs and grads."""
+    x, b, r = _inputs((7, 40), (BF16, F32, F32))
+    res = []
+    for path in ("eager", "op"):
+        xx, bb, rr = (t.clone().requires_grad_() for t in (x, b, r))
+        torch.manual_seed(21)  # the same seed drawn on both paths
+        out = extension.bias_dropout_add(xx, bb, rr, p, _path=path)
+        out.backward(torch.randn_like(out, generator=torch.Generator(DEVICE).manual_seed(2)))
+        res.append((out, xx.grad, bb.grad, rr.grad))
+        # a call with nothing to differentiate takes the kernel-only branch
+        torch.manual_seed(21)
+        assert torch.equal(extension.bias_dropout_add(x, b, r, p, _path=path), out.detach())
+    for e, o in zip(*res):
+        assert e.dtype == o.dtype and torch.equal(e, o)
+    if p > 0:
+        assert (res[0][1] == 0).any()  # some elements were dropped
+
+
+def test_bad_seed_is_caught_before_the_op():
+    x = torch.randn(2, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="shape \\(2,\\)"):
+        extension.bias_dropout_add(x, None, x, 0.5, seed=torch.zeros(3, dtype=torch.int64, device=DEVICE))
+    with pytest.raises(TypeError, match="int64"):
+        extension.bias_dropout_add(x, None, x, 0.5, seed=torch.zeros(2, dtype=torch.int32, device=DEVICE))
+
+
 def test_ops_dispatch():
     x, b, r = _inputs((4, 32), (F32, F32, F32))
     torch.manual_seed(3)
