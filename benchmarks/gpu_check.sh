@@ -61,12 +61,20 @@ if [ -d .cache/fastgpt ]; then export FASTGPT_CACHE=${FASTGPT_CACHE:-$PWD/.cache
 
 # install always runs (other stages need it); it builds the C++/CUDA extension
 stage install 240 $PY -m pip install -q --no-deps --no-build-isolation -e .
+run_tests() {  # one pytest process per file, so a crash in one file cannot hide the others
+  local f rc=0
+  for f in ${TESTS:-tests/test_*.py}; do
+    echo "--- $f"
+    $PY -m pytest -q -m "not network" -p no:cacheprovider --timeout 120 -rfE "$f" || rc=1
+  done
+  return $rc
+}
 if wants tests; then
-  stage tests 300 $PY -m pytest -q -m "not network" -p no:cacheprovider --timeout 240 \
-        --junitxml="$RES/tests.xml" ${TESTS:-tests/}
+  export -f run_tests; export PY TESTS
+  stage tests 300 bash -c run_tests
 fi
 if wants selftest; then
-  stage selftest 120 $PY -m fastgpt.selftest
+  stage selftest 120 $PY -m fastgpt.selftest --quick
 fi
 for fam in $FAMILIES; do
   if wants bench "$fam"; then

@@ -35,12 +35,16 @@ def _tf32_for_fp32_cuda(t: torch.Tensor):
     if not (t.is_cuda and t.dtype == torch.float32):
         yield
         return
-    old = torch.backends.cuda.matmul.allow_tf32
+    # both the legacy flag and the precision API: on torch 2.11 (H100, 2026-11-26) the
+    # legacy flag alone did not make the fp32 reference's GEMMs use TF32
+    old_flag, old_prec = torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()
     torch.backends.cuda.matmul.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+        torch.set_float32_matmul_precision(old_prec)
+        torch.backends.cuda.matmul.allow_tf32 = old_flag
 
 
 def _tf32_ref(fn):

@@ -205,6 +205,9 @@ def layer_norm_bwd(dy: Tensor, dh_out: Optional[Tensor], hin: Tensor, weight: Te
             M, N, 1.0 / N, row_stride(dy2), row_stride(dho2), row_stride(h2),
             HAS_DHO=dh_out is not None, HAS_DR=need_dr, HAS_BIAS=has_bias,
             BLOCK_N=triton.next_power_of_2(N),
+            # no FMA contraction: g - (xhat * c1 + c2) must cancel exactly where it should
+            # (N = 1 on the H100 left dy * w unrounded inside an FMA against the rounded c2)
+            enable_fp_fusion=False,
         )
     else:
         dwp.zero_()

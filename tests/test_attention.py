@@ -2,9 +2,8 @@
 
 On the CPU the kernels run under the Triton interpreter (fp32 and fp16: its
 bf16 dots are wrong); on a GPU bf16 and real shapes are added. fp32 on the GPU
-runs TF32 dots, so there ref_lp is the reference under allow_tf32.
+runs TF32 dots, so there ref_lp is the reference with TF32 GEMMs emulated.
 """
-import contextlib
 import math
 
 import pytest
@@ -29,18 +28,9 @@ def _fixed_configs(monkeypatch):
         monkeypatch.setattr(A, "AUTOTUNE", False)
 
 
-@contextlib.contextmanager
-def _tf32_if(dtype):
-    """ref_lp of an fp32 op that uses TF32 dots on the GPU: the reference under allow_tf32."""
-    if not (HAS_CUDA and dtype == torch.float32):
-        yield
-        return
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+# fp32 on the GPU runs TF32 dots (operands rounded to nearest): there ref_lp is the
+# reference with the same TF32 GEMMs emulated (_tf32_reference), as DESIGN.md's rule allows.
+TF32_DOTS = HAS_CUDA
 
 
 def _assert(checks):
@@ -58,9 +48,11 @@ def _qkv(B, H, Tq, Tk, D, dtype):
 def _compare(name, q, k, v, fused=None, grad_mode="random", **kw):
     import fastgpt.kernels as K
     fused = fused or (lambda q, k, v: K.causal_attention(q, k, v, **kw))
-    ref = lambda q, k, v: reference.causal_attention(q, k, v, kw.get("scale"))  # noqa: E731
-    with _tf32_if(q.dtype):
-        _assert(compare_op(name, fused, ref, [q, k, v], grad_mode=grad_mode))
+    if TF32_DOTS and q.dtype == torch.float32:
+        ref = lambda q, k, v: _tf32_reference(q, k, v, kw.get("scale"))  # noqa: E731
+    else:
+        ref = lambda q, k, v: reference.causal_attention(q, k, v, kw.get("scale"))  # noqa: E731
+    _assert(compare_op(name, fused, ref, [q, k, v], grad_mode=grad_mode))
 
 
 # (B, H, T, D): the issue's CPU grid, T in {1, 17, 64, 100, 256} x D in {16, 32, 64}, B*H <= 8
@@ -123,11 +115,15 @@ def test_single_key(D, dtype):
     do = torch.randn(q.shape, device=DEVICE).to(dtype)
     o = K.causal_attention(q, k, v)
     dq, dk, dv = torch.autograd.grad(o, (q, k, v), do)
-    _assert([check("T=1 o", o, v.double(), v, dtype), check("T=1 dv", dv, do.double(), do, dtype)])
+    tf32 = TF32_DOTS and dtype == torch.float32  # the GPU's fp32 dots round v and dO to TF32
+    lp = _round_tf32 if tf32 else (lambda t: t)
+    _assert([check("T=1 o", o, v.double(), lp(v.detach()), dtype),
+             check("T=1 dv", dv, do.double(), lp(do), dtype)])
     dp = (do.double().abs() * v.double().abs()).sum(-1, keepdim=True)  # |dO| . |v|, per row
     scale = D ** -0.5
     for name, g, other in (("dq", dq, k), ("dk", dk, q)):
-        bound = C * eps(dtype) * (dp * other.double().abs()).max().item() * scale
+        e = 2.0 ** -10 if tf32 else eps(dtype)  # TF32 keeps 10 mantissa bits
+        bound = C * e * (dp * other.double().abs()).max().item() * scale
         err = g.double().abs().max().item()
         assert err <= bound, f"{name}: max |{name}| {err:.3e} > {bound:.3e} (exact value 0)"
 
@@ -185,11 +181,15 @@ class _TF32MatMul(torch.autograd.Function):
         return g @ _round_tf32(b).transpose(-1, -2), _round_tf32(a).transpose(-1, -2) @ g
 
 
-def _tf32_reference(q, k, v):
-    """fastgpt.reference.causal_attention (Tq == Tk) with PyTorch's TF32 GEMMs, emulated on the CPU."""
-    T = q.shape[-2]
-    s = _TF32MatMul.apply(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+def _tf32_reference(q, k, v, scale=None):
+    """fastgpt.reference.causal_attention (bottom-right mask) with TF32 GEMMs emulated
+    (operands rounded to nearest, as the kernel's fp32 path does); float64 runs exactly."""
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = _TF32MatMul.apply(q, k.transpose(-1, -2)) * scale
+    i = torch.arange(Tq, device=q.device)[:, None]
+    j = torch.arange(Tk, device=q.device)[None, :]
+    s = s.masked_fill(j > i + (Tk - Tq), float("-inf"))
     return _TF32MatMul.apply(torch.softmax(s, -1), v)
 
 
@@ -277,7 +277,7 @@ def test_autotuned_bf16(shape, monkeypatch):
 
 def test_lse_is_the_logsumexp():
     from fastgpt.kernels.attention import attention_fwd
-    q, k, v = _qkv(2, 2, 19, 45, 16, torch.float32)
+    q, k, v = (_round_tf32(t) for t in _qkv(2, 2, 19, 45, 16, torch.float32))  # exact in TF32 dots too
     _, lse = attention_fwd(q, k, v)
     s = (q.double() @ k.double().transpose(-1, -2)) / 4.0
     i, j = torch.arange(19, device=DEVICE)[:, None], torch.arange(45, device=DEVICE)[None, :]
