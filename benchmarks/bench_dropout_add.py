@@ -11,6 +11,8 @@ read residual, write out; forward+backward adds read dout and write dx (the
 residual's gradient is dout itself; the bias vector is negligible; no mask
 bytes: fastgpt regenerates its mask, the peers also write and read a bool mask).
 fwd+bwd is timed as torch.autograd.grad(f(), (x, bias, residual), dout), forward included.
+Timing: GPU time by CUDA-graph replay (benchmarks.common.time_ms); the 2026-11-26 run 2
+figures in RESULTS.md predate this and were launched from Python (host overhead included).
 """
 import torch
 import torch.nn.functional as F
@@ -84,10 +86,10 @@ def run(args):
                             continue
                     xd, bd, rd = x.detach(), b.detach(), r.detach()
                     bench_impl(rows, BENCH, f"{case} fwd", impl, lambda f=f: f(xd, bd, rd, p),
-                               nbytes=fwd_bytes, rep_ms=rep)
+                               nbytes=fwd_bytes, rep_ms=rep, graph=True)
                     bench_impl(rows, BENCH, f"{case} fwd+bwd", impl,
                                lambda f=f: torch.autograd.grad(f(x, b, r, p), (x, b, r), dout),
-                               nbytes=fwd_bytes + bwd_bytes, rep_ms=rep)
+                               nbytes=fwd_bytes + bwd_bytes, rep_ms=rep, graph=True)
                 del x, b, r, dout, compiled
                 torch.cuda.empty_cache()
     return rows

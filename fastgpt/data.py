@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import glob as _glob
 import hashlib
-import io
 import json
 import os
 import subprocess
