@@ -20,12 +20,24 @@ Writing: a temp file in the same folder, flushed and fsync'ed, then
 leaves either the old set of checkpoints or the new one, never a torn file.
 It loads with ``torch.load(weights_only=True)``: only tensors and plain
 Python containers are stored (numpy state is converted to lists).
+
+Checksum: the ``torch.save`` bytes are followed by a fixed-size footer
+``\nfastgpt-ckpt sha256=<64 hex> size=<20 digits>\n`` (the SHA-256 of the
+bytes before it, computed while they are written). ``torch.load`` ignores
+bytes after the zip archive, so the file stays a plain torch checkpoint;
+``verify_checkpoint`` / ``load_checkpoint`` check the footer first, so a
+truncated, torn or bit-flipped file is reported as such, and
+``load_latest_checkpoint`` (``--resume``) takes the newest one that verifies,
+saying which it skipped and why. Files without a footer (written before it
+existed) load unverified.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +50,10 @@ _NAME = re.compile(r"^ckpt_(\d{7,})\.pt$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message is one line saying what to do."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file that is truncated or fails its checksum (never fall back to reading it anyway)."""
 
 
 def rng_state() -> dict:
@@ -85,14 +101,72 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+_FOOTER_TAG = b"\nfastgpt-ckpt sha256="
+_FOOTER_LEN = len(_FOOTER_TAG) + 64 + len(b" size=") + 20 + 1
+_TMP = re.compile(r"^\.(.+)\.tmp(\d+)$")
+
+
+def _footer(digest: str, size: int) -> bytes:
+    b = _FOOTER_TAG + digest.encode() + b" size=" + f"{size:020d}".encode() + b"\n"
+    assert len(b) == _FOOTER_LEN
+    return b
+
+
+class _HashingWriter:
+    """A write-only file object for torch.save that hashes what it writes (no read-back)."""
+
+    def __init__(self, f):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def write(self, b) -> int:
+        self.h.update(b)
+        n = self.f.write(b)
+        self.n += memoryview(b).nbytes
+        return n
+
+    def flush(self):
+        self.f.flush()
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: assume alive, keep the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temps(folder) -> list[Path]:
+    """Delete ``.NAME.tmpPID`` files left by writers that died (SIGKILL, power loss); the removed paths."""
+    d, gone = Path(folder), []
+    if not d.is_dir():
+        return gone
+    for p in d.iterdir():
+        m = _TMP.match(p.name)
+        if m and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+
 def atomic_save(obj, path) -> Path:
-    """torch.save(obj) to path via temp file + fsync + rename."""
+    """torch.save(obj) to path via temp file + checksum footer + fsync + rename + fsync of the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pause = float(os.environ.get("FASTGPT_TEST_SAVE_PAUSE", "0") or 0)
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            w = _HashingWriter(f)
+            torch.save(obj, w)
+            if pause:  # test hook (FASTGPT_TEST_SAVE_PAUSE): hang before the footer, so a test can kill us here
+                f.flush()
+                time.sleep(pause)
+            f.write(_footer(w.h.hexdigest(), w.n))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -101,6 +175,49 @@ def atomic_save(obj, path) -> Path:
             tmp.unlink()
     _fsync_dir(path.parent)
     return path
+
+
+def verify_checkpoint(path) -> str | None:
+    """None if the file's checksum footer matches its contents, else why not (one phrase).
+
+    A file without a footer (written before checksums) gives None: it is checked by loading it.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if size >= _FOOTER_LEN:
+                f.seek(size - _FOOTER_LEN)
+                foot = f.read(_FOOTER_LEN)
+            else:
+                foot = b""
+            if not foot.startswith(_FOOTER_TAG):
+                # no footer: legacy file, or one cut short; a zip (torch.save) ends with its directory record
+                f.seek(max(0, size - 22))
+                return None if f.read(4) == b"PK\x05\x06" else \
+                    f"truncated or not a fastgpt checkpoint (no checksum footer, {size} bytes)"
+            try:
+                digest = foot[len(_FOOTER_TAG):len(_FOOTER_TAG) + 64].decode()
+                n = int(foot[-21:-1])
+            except (UnicodeDecodeError, ValueError):
+                return "its checksum footer is damaged"
+            if n != size - _FOOTER_LEN:
+                return f"truncated or padded ({size - _FOOTER_LEN} bytes of data, the footer says {n})"
+            f.seek(0)
+            h, left = hashlib.sha256(), n
+            while left:
+                b = f.read(min(left, 1 << 24))
+                if not b:
+                    return f"truncated while reading ({n - left} of {n} bytes)"
+                h.update(b)
+                left -= len(b)
+    except FileNotFoundError:
+        return "it does not exist"
+    except OSError as e:
+        return f"it cannot be read ({e.strerror})"
+    if h.hexdigest() != digest:
+        return "checksum mismatch (the file is corrupt)"
+    return None
 
 
 def list_checkpoints(out_dir) -> list[Path]:
@@ -120,6 +237,7 @@ def latest_checkpoint(out_dir) -> Path | None:
 def save_checkpoint(out_dir, state: dict, keep: int = 2) -> Path:
     """Write state (with format/version added) as ckpt_<step>.pt; delete all but the newest ``keep``."""
     state = dict(state, format=FORMAT, version=VERSION)
+    remove_stale_temps(out_dir)
     path = atomic_save(state, Path(out_dir) / f"ckpt_{int(state['step']):07d}.pt")
     if keep > 0:
         for old in list_checkpoints(out_dir)[:-keep]:
@@ -130,6 +248,12 @@ def save_checkpoint(out_dir, state: dict, keep: int = 2) -> Path:
 def load_checkpoint(path, map_location="cpu") -> dict:
     """The state dict of a checkpoint file; CheckpointError (one line) if it is not a usable one."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    bad = verify_checkpoint(path)
+    if bad is not None:
+        raise CorruptCheckpointError(f"{path} is not a readable checkpoint: {bad}; delete it to resume from an "
+                                     "older one")
     try:
         st = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -146,6 +270,22 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return st
 
 
+def load_latest_checkpoint(out_dir, map_location="cpu") -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:
+    """(path, state, skipped) of the newest checkpoint in out_dir that verifies and loads.
+
+    ``skipped`` lists the newer ones passed over, each with the reason; (None, None, skipped)
+    when none is usable (or there are none).
+    """
+    skipped = []
+    for p in reversed(list_checkpoints(out_dir)):
+        try:
+            return p, load_checkpoint(p, map_location), skipped
+        except CheckpointError as e:
+            reason = str(e).removeprefix(f"{p} is not a readable checkpoint: ").split("; delete it")[0]
+            skipped.append((p, reason))
+    return None, None, skipped
+
+
 def load_model(path, device="cpu", backend=None):
     """A GPT (eval mode) from a training checkpoint file or an out_dir holding checkpoints."""
     from fastgpt.model import GPT
@@ -160,3 +300,31 @@ def load_model(path, device="cpu", backend=None):
     model = GPT(GPTConfig.from_dict(st["config"]), backend=backend)
     model.load_state_dict(st["model"])
     return model.to(device).eval()
+
+
+def main(argv=None) -> int:
+    """``python -m fastgpt.checkpoint FILE_OR_DIR ...``: verify checkpoints; exit 1 if any fails."""
+    import sys
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: python -m fastgpt.checkpoint FILE_OR_OUT_DIR ...\n\nVerify training checkpoints "
+              "(the SHA-256 footer, then a load); one line per file; exit 1 if any is unusable.")
+        return 0 if args else 2
+    bad = 0
+    for a in args:
+        files = list_checkpoints(a) if Path(a).is_dir() else [Path(a)]
+        if not files:
+            print(f"{a}: no ckpt_*.pt here")
+            bad += 1
+        for f in files:
+            try:
+                st = load_checkpoint(f)
+                print(f"{f}: ok (step {st.get('step')})")
+            except CheckpointError as e:
+                print(f"{f}: BAD: {e}")
+                bad += 1
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -253,6 +253,8 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
     else:
         try:
             st = ck.load_checkpoint(p)
+        except ck.CorruptCheckpointError as e:  # damaged (checksum, truncation): never fall back to a plain load
+            raise RunError(f"--init {spec}: {e}") from None
         except ck.CheckpointError as e:
             try:  # not a training checkpoint: a plain {"config", "model"} file (fastgpt.model.load_model's format)
                 from fastgpt.model import load_model

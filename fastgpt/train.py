@@ -13,8 +13,24 @@ evaluation on the held-out split; checkpoints (fastgpt.checkpoint) that
 ``--resume`` continues exactly; metrics in ``OUT_DIR/metrics.jsonl`` (a header
 line, then one object per logged step); a generated sample at the end.
 
-Exit status: 0 done, 1 a data/checkpoint problem (one line saying what to
-do), 2 a usage error (one line), 130 interrupted.
+Surviving: SIGINT or SIGTERM finishes the current step, saves a checkpoint
+and exits 0 with a line naming it (a second SIGINT aborts at once, 130).
+Checkpoints are written atomically with a SHA-256 footer; ``--resume`` takes
+the newest that verifies and names those it skipped. A step whose loss or
+gradient is not finite is skipped and counted (the fp16 scaler backs off);
+``--max_bad_steps`` consecutive ones stop the run (exit 3), leaving the last
+good checkpoint. ``--grad_checkpoint`` recomputes each block in backward.
+Under ``torchrun --nproc_per_node=N -m fastgpt.train`` it trains with DDP
+(NCCL on CUDA, gloo on CPU): ``--batch_size`` is per process, every rank
+draws the same global batch stream and keeps its rows, so N processes with
+batch B follow one process with batch N*B; rank 0 logs and checkpoints.
+Test hooks (environment): FASTGPT_TEST_NONFINITE="3,5" puts an inf in a
+gradient at those steps; FASTGPT_TEST_SAVE_PAUSE=SECONDS hangs checkpoint
+writes midway.
+
+Exit status: 0 done (or stopped by a signal after saving), 1 a
+data/checkpoint problem (one line saying what to do), 2 a usage error (one
+line), 3 stopped after --max_bad_steps non-finite steps, 130 aborted.
 """
 from __future__ import annotations
 
@@ -105,6 +121,10 @@ class TrainConfig:
     top_k: int | None = _f(200, "sample from the k most likely tokens (none = all)")
     peak_tflops: float | None = _f(None, "the card's dense bf16 peak for MFU", "looked up by GPU name")
     progress: bool | None = _f(None, "show a progress bar (else log lines)", "on when stderr is a terminal")
+    grad_checkpoint: bool = _f(False, "activation checkpointing: recompute each block in backward (less memory, "
+                                      "~1/3 more compute; dropout masks replayed exactly)")
+    max_bad_steps: int = _f(10, "stop (exit 3) after this many consecutive steps with a non-finite loss or "
+                                "gradient, each skipped (0 = never stop)")
 
     def validate(self) -> list[str]:
         from fastgpt.config import PRESETS
@@ -115,7 +135,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 p.append(f"--{name} must be >= 1, got {v}")
-        for name in ("warmup_iters", "ckpt_interval", "keep_ckpts", "sample_tokens"):
+        for name in ("warmup_iters", "ckpt_interval", "keep_ckpts", "sample_tokens", "max_bad_steps"):
             v = getattr(self, name)
             if v is not None and v < 0:
                 p.append(f"--{name} must be >= 0, got {v}")
@@ -155,7 +175,8 @@ class TrainConfig:
 
 
 # Options a --resume takes from the command line rather than from the checkpoint.
-RUNTIME_ONLY = ("device", "backend", "compile", "resume", "eval_only", "progress", "out_dir", "peak_tflops")
+RUNTIME_ONLY = ("device", "backend", "compile", "resume", "eval_only", "progress", "out_dir", "peak_tflops",
+                "grad_checkpoint")
 
 # Dense bf16 datasheet peaks (TFLOP/s) by a substring of torch.cuda.get_device_name().
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
@@ -238,8 +259,10 @@ def _versions(device) -> dict:
 class _Log:
     """Progress bar (tqdm) or plain lines, plus the metrics JSONL file."""
 
-    def __init__(self, path: Path, append: bool, bar: bool, total: int, initial: int):
-        self.f = open(path, "a" if append else "w")
+    def __init__(self, path: Path | None, append: bool, bar: bool, total: int, initial: int):
+        """path None: a silent log (the non-zero ranks of a DDP run)."""
+        self.quiet = path is None
+        self.f = None if path is None else open(path, "a" if append else "w")
         self.bar = None
         if bar:
             from tqdm import tqdm
@@ -247,10 +270,13 @@ class _Log:
                             file=sys.stderr)
 
     def write(self, obj: dict):
-        self.f.write(json.dumps(obj) + "\n")
-        self.f.flush()
+        if self.f is not None:
+            self.f.write(json.dumps(obj) + "\n")
+            self.f.flush()
 
     def say(self, msg: str):
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.write(msg, file=sys.stderr)
         else:
@@ -259,11 +285,178 @@ class _Log:
     def close(self):
         if self.bar is not None:
             self.bar.close()
-        self.f.close()
+        if self.f is not None:
+            self.f.close()
+
+
+class _Dist:
+    """This process's place in a torchrun job (world 1 = a plain single-process run)."""
+
+    def __init__(self, world: int = 1, rank: int = 0, local_rank: int = 0, owned: bool = False):
+        self.world, self.rank, self.local_rank, self.owned = world, rank, local_rank, owned
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, t, op: str = "avg"):
+        """t reduced over ranks in place (avg | max | sum); a no-op in a single process."""
+        if self.world > 1:
+            import torch.distributed as tdist
+            if op == "avg":
+                tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+                t /= self.world
+            else:
+                tdist.all_reduce(t, op=tdist.ReduceOp.MAX if op == "max" else tdist.ReduceOp.SUM)
+        return t
+
+    def gather_objects(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as tdist
+        out = [None] * self.world
+        tdist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self):
+        if self.world > 1:
+            import torch.distributed as tdist
+            tdist.barrier()
+
+    def close(self):
+        if self.owned:
+            import torch.distributed as tdist
+            if tdist.is_initialized():
+                tdist.destroy_process_group()
+
+
+def init_distributed(device_type: str) -> _Dist:
+    """Join the torchrun job described by $WORLD_SIZE / $RANK / $LOCAL_RANK (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return _Dist()
+    import torch
+    import torch.distributed as tdist
+    if "RANK" not in os.environ:
+        raise cli.UsageError(f"$WORLD_SIZE is {world} but $RANK is not set: start multi-process runs with "
+                             "torchrun --nproc_per_node=N -m fastgpt.train")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise cli.UsageError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices; "
+                                 "use --nproc_per_node <= the GPU count")
+        torch.cuda.set_device(local)
+    owned = not tdist.is_initialized()
+    if owned:
+        kw = dict(device_id=torch.device("cuda", local)) if device_type == "cuda" else {}
+        tdist.init_process_group("nccl" if device_type == "cuda" else "gloo", **kw)
+    return _Dist(tdist.get_world_size(), tdist.get_rank(), local, owned)
+
+
+class _Signals:
+    """SIGINT / SIGTERM -> finish the step, save, exit 0; a second SIGINT aborts at once (KeyboardInterrupt)."""
+
+    def __init__(self, quiet: bool = False):
+        self.name = None
+        self.armed = False    # only inside the training loop: before and after it a signal aborts at once
+        self.aborted = False
+        self.quiet = quiet  # the non-zero ranks of a DDP run say nothing
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+        self._old.clear()
+
+    def _handler(self, signum, frame):
+        import signal
+        name = signal.Signals(signum).name
+        if not self.armed:
+            self.aborted = True
+            raise KeyboardInterrupt
+        if self.name is not None:
+            if signum == signal.SIGINT:
+                self.aborted = True
+                raise KeyboardInterrupt
+            return  # a repeated SIGTERM (torchrun forwards one after the terminal's SIGINT): already stopping
+        self.name = name
+        if self.quiet:
+            return
+        # os.write, not print: a handler may interrupt a print to the same stream
+        os.write(2, f"\n{PROG}: {name}: finishing this step and saving a checkpoint "
+                    f"(press Ctrl-C again to abort at once)\n".encode())
+
+
+class DivergedError(RunError):
+    """max_bad_steps consecutive non-finite steps; exit 3."""
+
+
+EXIT_DIVERGED = 3
+
+
+def _enable_grad_checkpoint(model) -> None:
+    """Recompute each transformer block in backward (torch.utils.checkpoint, non-reentrant).
+
+    Wraps ``GPTBlock.forward_stream`` per block, so the (x, pending) pair the
+    fused pre-LN path passes between blocks stays as it is; the RNG state is
+    saved and restored around the recomputation (preserve_rng_state), so the
+    dropout masks of the recomputed forward equal the first ones.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+    for block in model.transformer.h:
+        if getattr(block, "_fastgpt_ckpt", False):
+            continue
+        inner = block.forward_stream
+
+        def forward_stream(x, pending=None, kv=None, _inner=inner):
+            if kv is not None or not torch.is_grad_enabled():
+                return _inner(x, pending, kv)
+            return checkpoint(_inner, x, pending, None, use_reentrant=False, preserve_rng_state=True)
+
+        block.forward_stream = forward_stream
+        block._fastgpt_ckpt = True
+
+
+def _nonfinite_test_steps() -> set[int]:
+    """Test hook: $FASTGPT_TEST_NONFINITE="3,4" puts an inf in a gradient at those (1-based) steps."""
+    raw = os.environ.get("FASTGPT_TEST_NONFINITE", "").strip()
+    return {int(s) for s in raw.split(",") if s.strip()} if raw else set()
 
 
 def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
-    """Train (or evaluate) per cfg; returns a summary dict. Raises RunError / cli.UsageError."""
+    """Train (or evaluate) per cfg; returns a summary dict. Raises RunError / cli.UsageError.
+
+    Under torchrun (``$WORLD_SIZE`` > 1) it joins the process group, trains with DDP and
+    leaves it at the end.
+    """
+    import torch
+    dev_type = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev_type == "cuda" and not torch.cuda.is_available():
+        raise cli.UsageError("--device cuda: no CUDA device is available (use --device cpu)")
+    dist = init_distributed(dev_type)
+    try:
+        with _Signals(quiet=not dist.main) as sigs:
+            try:
+                return _run(cfg, set(given or ()), dist, sigs)
+            except Exception as e:
+                if sigs.aborted:  # the KeyboardInterrupt surfaced as another error (e.g. inside torch.save's writer)
+                    raise KeyboardInterrupt from e
+                raise
+    finally:
+        dist.close()
+
+
+def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict:
     import numpy as np
     import torch
 
@@ -273,18 +466,26 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
     from fastgpt.config import GPTConfig
     from fastgpt.model import GPT
 
-    given = set(given or ())
+    def say0(msg):
+        if dist.main:
+            print(msg, file=sys.stderr, flush=True)
+
     out_dir = Path(cfg.out_dir)
-    ckpt_state = None
+    ckpt_state = resumed_from = None
     if cfg.resume:
-        latest = ck.latest_checkpoint(out_dir)
+        latest, ckpt_state, skipped = ck.load_latest_checkpoint(out_dir)
+        if latest is None and skipped:
+            raise RunError(f"--resume: not a readable checkpoint in {out_dir} ("
+                           + "; ".join(f"{p.name}: {why}" for p, why in skipped)
+                           + "); move them away to start fresh")
+        for p, why in skipped:
+            say0(f"{PROG}: skipping {p}: {why}")
         if latest is None:
-            print(f"fastgpt.train: no checkpoint in {out_dir} to resume; starting fresh", file=sys.stderr)
+            say0(f"{PROG}: no checkpoint in {out_dir} to resume; starting fresh")
         else:
-            try:
-                ckpt_state = ck.load_checkpoint(latest)
-            except ck.CheckpointError as e:
-                raise RunError(str(e)) from None
+            resumed_from = latest
+            if skipped:
+                say0(f"{PROG}: resuming from {latest}")
             # options not given on this command line come from the checkpoint
             saved = ckpt_state["train_config"]
             keep = {k: getattr(cfg, k) for k in given | set(RUNTIME_ONLY)}
@@ -299,7 +500,8 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
                 raise cli.UsageError(problems[0])
     lr_decay_auto = cfg.lr_decay_iters is None
     cfg = resolve(cfg, given)
-    device = torch.device(cfg.device)
+    device = torch.device(cfg.device, dist.local_rank) if cfg.device == "cuda" and dist.world > 1 \
+        else torch.device(cfg.device)
     try:
         backend_name = resolve_backend(cfg.backend, device.type)
     except (RuntimeError, ValueError) as e:
@@ -315,19 +517,37 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
     else:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    # --- data
-    try:
-        td = fdata.prepare(cfg.data, cfg.tokenizer, cfg.val_fraction)
-        tok = fdata.get_tokenizer(cfg.tokenizer)
-    except fdata.DataError as e:
-        raise RunError(str(e)) from None
+    # --- data (rank 0 tokenizes into the cache first; the others then read it)
+    def prepare():
+        try:
+            return fdata.prepare(cfg.data, cfg.tokenizer, cfg.val_fraction), fdata.get_tokenizer(cfg.tokenizer)
+        except fdata.DataError as e:
+            raise RunError(str(e)) from None
+    if dist.main:
+        td, tok = prepare()
+    dist.barrier()
+    if not dist.main:
+        td, tok = prepare()
     if len(td.val) < cfg.block_size + 1:
         raise RunError(f"the validation split has {len(td.val)} tokens, fewer than block_size + 1 = "
                        f"{cfg.block_size + 1}; use a smaller --block_size, more text or a larger --val_fraction")
+    # Every rank draws the same global batch (batch_size x world windows) and keeps its own rows:
+    # the stream is that of one process with the global batch, whatever the world size.
+    B, W = cfg.batch_size, dist.world
     try:
-        train_batches = fdata.BatchSampler(td.train, cfg.batch_size, cfg.block_size, cfg.seed)
+        train_batches = fdata.BatchSampler(td.train, B * W, cfg.block_size, cfg.seed)
     except fdata.DataError as e:
         raise RunError(str(e)) from None
+
+    def shard(sampler):
+        if W == 1:
+            return sampler.next(device)
+        x, y = sampler.next_numpy()
+        rows = slice(dist.rank * B, (dist.rank + 1) * B)
+        x, y = (torch.from_numpy(np.ascontiguousarray(a[rows])) for a in (x, y))
+        if device.type == "cuda":
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x, y
 
     # --- model
     if ckpt_state is not None:
@@ -347,6 +567,8 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
         raise cli.UsageError(str(e).splitlines()[0]) from None
     if ckpt_state is not None:
         model.load_state_dict(ckpt_state["model"])
+    if cfg.grad_checkpoint:
+        _enable_grad_checkpoint(model)
     optimizer = model.configure_optimizers(weight_decay=cfg.weight_decay, learning_rate=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), device_type=device.type)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[cfg.dtype]
@@ -358,72 +580,109 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
         return torch.autocast(device.type, dtype=amp_dtype)
 
     step = 0
-    extra = dict(tokens_seen=0, best_val_loss=None)
+    extra = dict(tokens_seen=0, best_val_loss=None, skipped_steps=0)
+    if W > 1:  # each rank its own dropout stream (the weights above came from the common seed)
+        torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)
     if ckpt_state is not None:
         optimizer.load_state_dict(ckpt_state["optimizer"])
         if ckpt_state.get("scaler") and cfg.dtype == "fp16":
             scaler.load_state_dict(ckpt_state["scaler"])
-        try:
-            train_batches.load_state_dict(ckpt_state["data"])
-        except fdata.DataError as e:
-            raise RunError(str(e)) from None
         step = int(ckpt_state["step"])
         extra.update(ckpt_state.get("extra", {}))
-        ck.set_rng_state(ckpt_state["rng"])
-    fwd = torch.compile(model) if cfg.compile else model
+        saved_world = int(extra.get("world_size", 1))
+        ds = ckpt_state["data"]
+        try:
+            if saved_world == W:
+                train_batches.load_state_dict(ds)
+            else:
+                say0(f"{PROG}: warning: the checkpoint was written by {saved_world} process(es), this run has {W}: "
+                     f"the global batch is now {B * W} sequences and the data order differs from an "
+                     "uninterrupted run")
+                if (ds["T"], ds["n"]) != (cfg.block_size, len(td.train)):
+                    train_batches.load_state_dict(ds)  # raises the data-mismatch DataError
+                train_batches.rng.bit_generator.state = ds["bit_generator"]
+                train_batches.drawn = ds["drawn"]
+        except fdata.DataError as e:
+            raise RunError(str(e)) from None
+        ranks = ckpt_state.get("rng_ranks")
+        ck.set_rng_state(ranks[dist.rank] if ranks and len(ranks) == W else ckpt_state["rng"])
+        if W > 1 and not (ranks and len(ranks) == W):
+            torch.manual_seed(cfg.seed + 1_000_003 * dist.rank + step)
+    extra["world_size"] = W
+    compiled = torch.compile(model) if cfg.compile else model
+    if W > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        fwd = DDP(compiled, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+    else:
+        fwd = compiled
 
     n_params = model.num_params()
     flops_tok = model.flops_per_token(cfg.block_size)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     peak = peak_flops(dev_name, cfg.peak_tflops) if device.type == "cuda" else None
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
+    tokens_per_step = B * cfg.block_size * cfg.grad_accum * W
 
     @torch.no_grad()
     def evaluate() -> float:
-        """Mean loss over eval_iters fixed validation batches (the same ones every time)."""
+        """Mean loss over eval_iters fixed validation batches (the same ones every time), over all ranks."""
         was = model.training
         model.eval()
-        sampler = fdata.BatchSampler(td.val, cfg.batch_size, cfg.block_size, seed=cfg.seed + 1)
+        sampler = fdata.BatchSampler(td.val, B * W, cfg.block_size, seed=cfg.seed + 1)
         tot = torch.zeros((), device=device, dtype=torch.float64)
         for _ in range(cfg.eval_iters):
-            x, y = sampler.next(device)
+            x, y = shard(sampler)
             with autocast():
                 _, loss = model(x, y, return_logits=False)
             tot += loss.double()
         model.train(was)
-        return float(tot / cfg.eval_iters)
+        return float(dist.all_reduce(tot / cfg.eval_iters))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     saved_cfg = cli.to_dict(cfg, drop=("backend",))
     saved_cfg["_lr_decay_auto"] = lr_decay_auto
     header = dict(type="header", versions=_versions(device), device=dev_name, device_type=device.type,
                   config=saved_cfg, model_config=mcfg.to_dict(), n_params=n_params,
                   tokenizer=cfg.tokenizer, data=str(td.dir), tokens=td.meta["n_tokens"],
-                  backend=backend_name,
+                  backend=backend_name, world_size=W,
                   resumed_from=step if ckpt_state is not None else None,
                   started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     metrics_path = out_dir / "metrics.jsonl"
-    log = _Log(metrics_path, append=ckpt_state is not None and metrics_path.exists(),
-               bar=cfg.progress and not cfg.eval_only, total=cfg.max_iters, initial=step)
+    log = _Log(metrics_path if dist.main else None, append=ckpt_state is not None and metrics_path.exists(),
+               bar=cfg.progress and not cfg.eval_only and dist.main, total=cfg.max_iters, initial=step)
     summary = dict(out_dir=str(out_dir), step=step)
+    inject = _nonfinite_test_steps()
 
-    def state(step):
-        return dict(step=step, model=model.state_dict(), config=mcfg.to_dict(), model_config=mcfg.to_dict(),
-                    optimizer=optimizer.state_dict(),
-                    scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=ck.rng_state(),
-                    data=train_batches.state_dict(), train_config=saved_cfg, tokenizer=cfg.tokenizer,
-                    extra=dict(extra))
+    def save(step) -> Path | None:
+        """Checkpoint on rank 0 (every rank joins the gather of the per-rank RNG states)."""
+        rngs = dist.gather_objects(ck.rng_state()) if W > 1 else None
+        p = None
+        if dist.main:
+            st = dict(step=step, model=model.state_dict(), config=mcfg.to_dict(), model_config=mcfg.to_dict(),
+                      optimizer=optimizer.state_dict(),
+                      scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=ck.rng_state(),
+                      data=train_batches.state_dict(), train_config=saved_cfg, tokenizer=cfg.tokenizer,
+                      extra=dict(extra))
+            if rngs is not None:
+                st["rng_ranks"] = rngs
+            p = ck.save_checkpoint(out_dir, st, keep=cfg.keep_ckpts)
+            summary["checkpoint"] = str(p)
+        dist.barrier()
+        return p
 
     try:
         log.say(f"fastgpt.train: {cfg.preset} ({n_params / 1e6:.2f}M params), {cfg.tokenizer} tokens, "
                 f"{td.meta['n_tokens']['train']:,} train / {td.meta['n_tokens']['val']:,} val tokens, "
-                f"{dev_name} {cfg.dtype}, backend {header['backend']}, out_dir {out_dir}")
+                f"{dev_name} {cfg.dtype}, backend {header['backend']}, out_dir {out_dir}"
+                + (f", {W} processes (DDP, {'nccl' if device.type == 'cuda' else 'gloo'})" if W > 1 else "")
+                + (", activation checkpointing" if cfg.grad_checkpoint else ""))
         if cfg.eval_only:
             v = evaluate()
             header["eval_only"] = True
             log.write(header)
             log.write(dict(step=step, val_loss=v, eval_only=True))
-            print(f"step {step}: val_loss {v:.4f}")
+            if dist.main:
+                print(f"step {step}: val_loss {v:.4f}")
             summary.update(val_loss=v)
             return summary
         if step == 0 and cfg.eval_iters:
@@ -434,95 +693,168 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
             log.say(f"fastgpt.train: already at step {step} >= --max_iters {cfg.max_iters}; nothing to train")
 
         model.train()
+        sigs.armed = True
         t0 = t_last = time.perf_counter()
         step_last = step
+        stopped = False
+        bad_run, bad_first, last_saved = 0, None, resumed_from
         while step < cfg.max_iters:
             lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            loss_acc = train_step(fwd, model.parameters(), optimizer, scaler, lambda: train_batches.next(device),
-                                  cfg.grad_accum, cfg.grad_clip, autocast)
+            res = optimizer_step(fwd, model.parameters(), optimizer, scaler, lambda: shard(train_batches),
+                                 cfg.grad_accum, cfg.grad_clip, autocast, dist=dist,
+                                 stop_requested=lambda: sigs.name is not None, inject_nonfinite=step + 1 in inject)
             step += 1
             extra["tokens_seen"] += tokens_per_step
 
             last = step == cfg.max_iters
-            is_eval = cfg.eval_iters > 0 and (step % cfg.eval_interval == 0 or last)
-            if step % cfg.log_interval == 0 or is_eval or last:
-                lv = float(loss_acc)  # syncs
-                if not math.isfinite(lv) and cfg.dtype != "fp16":
-                    raise RunError(f"the training loss became {lv} at step {step}; lower --lr (now {cfg.lr}) or "
-                                   "use --dtype fp32")
-                now = time.perf_counter()
-                dt = now - t_last
-                tok_s = (step - step_last) * tokens_per_step / dt if dt > 0 else None
-                row = dict(step=step, loss=lv, lr=lr, tok_s=tok_s, time_s=now - t0)
-                if peak and tok_s:
-                    row["mfu"] = tok_s * flops_tok / peak
+            if res.bad:
+                extra["skipped_steps"] += 1
+                bad_run += 1
+                bad_first = step if bad_run == 1 else bad_first
+                lv = float(dist.all_reduce(res.loss.detach().float().clone()))
+                row = dict(step=step, loss=lv if math.isfinite(lv) else None, lr=lr, skipped=True,
+                           bad_in_a_row=bad_run)
                 if scaler.is_enabled():
                     row["loss_scale"] = scaler.get_scale()
-                if is_eval:
-                    v = evaluate()
-                    row["val_loss"] = v
-                    if extra["best_val_loss"] is None or v < extra["best_val_loss"]:
-                        extra["best_val_loss"] = v
                 log.write(row)
-                mfu_s = f", mfu {row['mfu'] * 100:.1f}%" if "mfu" in row else ""
-                tok_s_s = f", {tok_s:,.0f} tok/s" if tok_s else ""
-                if log.bar is not None:
-                    log.bar.set_postfix_str(f"loss {lv:.4f}, lr {lr:.2e}{tok_s_s}{mfu_s}", refresh=False)
-                if is_eval or log.bar is None:
-                    vs = f", val_loss {row['val_loss']:.4f}" if is_eval else ""
-                    log.say(f"step {step}/{cfg.max_iters}: loss {lv:.4f}{vs}, lr {lr:.2e}{tok_s_s}{mfu_s}")
-                t_last, step_last = time.perf_counter(), step  # evaluation time is not training time
+                sc = f", fp16 loss scale now {row['loss_scale']:g}" if scaler.is_enabled() else ""
+                lim = f"/{cfg.max_bad_steps}" if cfg.max_bad_steps else ""
+                what = "gradient" if math.isfinite(lv) else f"loss ({lv})"
+                log.say(f"step {step}: non-finite {what}; step skipped "
+                        f"({bad_run}{lim} in a row, {extra['skipped_steps']} in all{sc})")
+                if cfg.max_bad_steps and bad_run >= cfg.max_bad_steps:
+                    where = f"the last good checkpoint is {last_saved}" if last_saved else \
+                        "no checkpoint was saved before it"
+                    raise DivergedError(
+                        f"stopped: {bad_run} consecutive steps ({bad_first}-{step}) had a non-finite loss or "
+                        f"gradient; {where}; lower --lr (now {cfg.lr}), use --dtype fp32 or raise --max_bad_steps")
+            else:
+                bad_run = 0
+                is_eval = cfg.eval_iters > 0 and (step % cfg.eval_interval == 0 or last)
+                if step % cfg.log_interval == 0 or is_eval or last:
+                    lv = float(dist.all_reduce(res.loss.detach().float().clone()))  # syncs
+                    now = time.perf_counter()
+                    dt = now - t_last
+                    tok_s = (step - step_last) * tokens_per_step / dt if dt > 0 else None
+                    row = dict(step=step, loss=lv, lr=lr, tok_s=tok_s, time_s=now - t0)
+                    if peak and tok_s:
+                        row["mfu"] = tok_s * flops_tok / (peak * W)
+                    if scaler.is_enabled():
+                        row["loss_scale"] = scaler.get_scale()
+                    if is_eval:
+                        v = evaluate()
+                        row["val_loss"] = v
+                        if extra["best_val_loss"] is None or v < extra["best_val_loss"]:
+                            extra["best_val_loss"] = v
+                    log.write(row)
+                    mfu_s = f", mfu {row['mfu'] * 100:.1f}%" if "mfu" in row else ""
+                    tok_s_s = f", {tok_s:,.0f} tok/s" if tok_s else ""
+                    if log.bar is not None:
+                        log.bar.set_postfix_str(f"loss {lv:.4f}, lr {lr:.2e}{tok_s_s}{mfu_s}", refresh=False)
+                    if is_eval or log.bar is None:
+                        vs = f", val_loss {row['val_loss']:.4f}" if is_eval else ""
+                        log.say(f"step {step}/{cfg.max_iters}: loss {lv:.4f}{vs}, lr {lr:.2e}{tok_s_s}{mfu_s}")
+                    t_last, step_last = time.perf_counter(), step  # evaluation time is not training time
             if log.bar is not None:
                 log.bar.update(1)
-            if last or (cfg.ckpt_interval and step % cfg.ckpt_interval == 0):
-                p = ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
-                summary["checkpoint"] = str(p)
+            # no periodic checkpoint during a run of bad steps: the last good one is not rotated out
+            if last or res.stop or (cfg.ckpt_interval and step % cfg.ckpt_interval == 0 and not bad_run):
+                last_saved = save(step)
+            if res.stop and not last:
+                stopped = last_saved
+                break
+        sigs.armed = False
         summary.update(step=step, best_val_loss=extra["best_val_loss"], init_val_loss=header.get("init_val_loss"))
+        if stopped is not False:
+            log.say(f"{PROG}: {sigs.name or 'signal'}: stopped after step {step}/{cfg.max_iters}; checkpoint saved "
+                    f"to {stopped} (continue with: {PROG} --resume --out_dir {out_dir})")
+            summary["interrupted"] = sigs.name or "signal"
+            return summary
     finally:
         log.close()
 
-    # --- the trained model, and a sample from it
-    model.save_pretrained(out_dir / "model")
-    with open(out_dir / "model" / "tokenizer.json", "w") as f:
-        json.dump(dict(tokenizer=cfg.tokenizer), f)
-    if cfg.sample_tokens:
-        text = sample(model, tok, cfg.prompt, cfg.sample_tokens, cfg.temperature, cfg.top_k, device, cfg.seed)
-        print(f"--- sample ({cfg.sample_tokens} tokens, temperature {cfg.temperature}) ---")
-        print(text)
-        print("---")
-        summary["sample"] = text
+    # --- the trained model, and a sample from it (rank 0)
+    if dist.main:
+        model.save_pretrained(out_dir / "model")
+        with open(out_dir / "model" / "tokenizer.json", "w") as f:
+            json.dump(dict(tokenizer=cfg.tokenizer), f)
+        if cfg.sample_tokens:
+            text = sample(model, tok, cfg.prompt, cfg.sample_tokens, cfg.temperature, cfg.top_k, device, cfg.seed)
+            print(f"--- sample ({cfg.sample_tokens} tokens, temperature {cfg.temperature}) ---")
+            print(text)
+            print("---")
+            summary["sample"] = text
+    dist.barrier()
     return summary
 
 
-def train_step(fwd, params, optimizer, scaler, next_batch, grad_accum: int, grad_clip: float, autocast):
-    """One optimizer step over grad_accum micro-batches; returns the step's loss (a 0-dim tensor, no sync).
+@dataclass
+class StepResult:
+    loss: "object"        # the step's mean loss on this rank (a 0-dim tensor)
+    grad_norm: "object"   # the global gradient norm before clipping (a 0-dim tensor; non-finite if bad)
+    bad: bool             # non-finite loss or gradient somewhere: the optimizer step was skipped
+    stop: bool            # some rank got SIGINT/SIGTERM: stop after this step
+
+
+def optimizer_step(fwd, params, optimizer, scaler, next_batch, grad_accum: int, grad_clip: float, autocast, *,
+                   dist=None, stop_requested=False, inject_nonfinite: bool = False) -> StepResult:
+    """One optimizer step over grad_accum micro-batches, skipped if the loss or a gradient is not finite.
 
     The model returns each micro-batch's mean loss; it is weighted by the micro-batch's share of the
     step's target tokens (every target counts in pre-training), so the gradient is that of the mean
-    over the step's global token count, whatever the split into micro-batches.
+    over the step's global token count, whatever the split into micro-batches (DDP then averages
+    over ranks, which hold equal token counts). Under DDP (``fwd`` a DistributedDataParallel) the
+    gradients are all-reduced only on the last micro-batch (``no_sync`` on the others).
+    ``stop_requested`` (a bool, or a callable read after the backward passes) is OR-ed over ranks.
+
+    One host sync per step decides the skip: a non-finite gradient norm or loss (under DDP
+    reduced with the stop flag in one all-reduce). On a bad step the fp16 scaler backs off (its
+    unscale_ found the inf), the optimizer does not step, and the gradients are dropped.
     """
     import torch
     batches = [next_batch() for _ in range(grad_accum)] if grad_accum > 1 else None
     total = sum(y.numel() for _, y in batches) if batches else None
+    ddp = hasattr(fwd, "no_sync")
     loss_acc = None
     for i in range(grad_accum):
         x, y = batches[i] if batches else next_batch()
-        with autocast():
-            _, loss = fwd(x, y, return_logits=False)
-        if total is not None:
-            loss = loss * (y.numel() / total)
-        scaler.scale(loss).backward()
+        sync = contextlib.nullcontext() if not ddp or i == grad_accum - 1 else fwd.no_sync()
+        with sync:
+            with autocast():
+                _, loss = fwd(x, y, return_logits=False)
+            if total is not None:
+                loss = loss * (y.numel() / total)
+            scaler.scale(loss).backward()
         loss_acc = loss.detach() if loss_acc is None else loss_acc + loss.detach()
     params = [p for p in params if p.grad is not None]
+    if inject_nonfinite and params:  # test hook: an overflowed gradient
+        params[0].grad.view(-1)[0] = float("inf")
+    scaler.unscale_(optimizer)  # a no-op unless fp16
     if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    flags = torch.stack([(~torch.isfinite(norm.float())) | (~torch.isfinite(loss_acc.float())),
+                         torch.tensor(bool(stop_requested() if callable(stop_requested) else stop_requested),
+                                      device=norm.device)]).float()
+    if dist is not None and dist.world > 1:
+        dist.all_reduce(flags, "max")
+    bad, stop = (bool(v) for v in flags.tolist())
+    if bad:
+        if scaler.is_enabled():
+            scaler.update()  # unscale_ recorded the inf: the scale backs off
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return loss_acc
+    return StepResult(loss_acc, norm, bad, stop)
+
+
+def train_step(fwd, params, optimizer, scaler, next_batch, grad_accum: int, grad_clip: float, autocast):
+    """One optimizer step (see optimizer_step); returns the step's loss (a 0-dim tensor)."""
+    return optimizer_step(fwd, params, optimizer, scaler, next_batch, grad_accum, grad_clip, autocast).loss
 
 
 def sample(model, tok, prompt: str, n: int, temperature: float, top_k, device, seed: int) -> str:
@@ -542,6 +874,8 @@ def main(argv=None) -> int:
         run(cfg, given)
     except cli.UsageError as e:
         cli.die(PROG, str(e), 2)
+    except DivergedError as e:
+        cli.die(PROG, str(e), EXIT_DIVERGED)
     except RunError as e:
         cli.die(PROG, str(e), 1)
     except KeyboardInterrupt:
