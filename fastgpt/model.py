@@ -53,8 +53,6 @@ __all__ = ["GPTBlock", "GPT", "KVCache", "load_model", "FORMAT", "FORMAT_VERSION
 FORMAT = "fastgpt"          # config.json's "format": never taken for an HF directory
 FORMAT_VERSION = 1
 _BACKENDS = (None, "fused", "reference")
-# (B, T, H, D)-backed attention output, so the transpose before c_proj is free, once ops offers it.
-_ATTN_KW = {"out_layout": "bthd"} if "out_layout" in inspect.signature(ops.causal_attention).parameters else {}
 
 
 def _check_backend(backend):
@@ -185,7 +183,8 @@ class GPTBlock(nn.Module):
             cache, layer = kv
             q = qkv[:, :, 0].transpose(1, 2)
             k, v = cache.append(layer, qkv[:, :, 1:])
-        o = ops.causal_attention(q, k, v, dropout_p=p_attn, backend=self.backend, **_ATTN_KW)
+        # out_layout="bthd": o is backed by a (B, T, H, D) buffer, so the transpose before c_proj is free
+        o = ops.causal_attention(q, k, v, dropout_p=p_attn, backend=self.backend, out_layout="bthd")
         return o.transpose(1, 2).reshape(B, T, C)
 
     def _mlp(self, y, with_bias: bool):
