@@ -3,7 +3,9 @@ and a naive matmul-softmax-matmul.
 
 FLOPs (the usual causal count, half of the full 4*B*H*T*T*D): forward = 2*B*H*T*T*D,
 forward+backward = 3.5 x forward. fwd+bwd is timed as torch.autograd.grad(f(), (q, k, v), dO),
-forward included. bf16, q/k/v contiguous (B, H, T, D).
+forward included. bf16, q/k/v contiguous (B, H, T, D). Each shape also runs with attention
+dropout p = 0.1 (fastgpt's in-kernel Philox mask, a fresh seed per call as in training, vs the
+SDPA backends that support dropout); the issue's target is p = 0.1 within 15% of p = 0.
 
 Correctness first: fastgpt's output and gradients at the full shape are compared (the tolerance
 rule) on the first batch element with the float64 and bf16 references; a failure skips the case.
@@ -27,25 +29,30 @@ def _naive(q, k, v):
     return torch.softmax(s.masked_fill(mask, float("-inf")), dim=-1) @ v
 
 
-def _sdpa(backend):
+DROPOUT_P = 0.1
+
+
+def _sdpa(backend, dropout_p=0.0):
     from torch.nn.attention import sdpa_kernel
 
     def f(q, k, v):
         with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
     return f
 
 
-def _check(K, q, k, v, do):
-    """(ok, message): fastgpt's o, dq, dk, dv at the full shape, checked on batch element 0."""
+def _check(K, q, k, v, do, dropout_p=0.0):
+    """(ok, message): fastgpt's o, dq, dk, dv at the full shape, checked on batch element 0
+    (with dropout, against the reference run with the kernels' mask for the same seed)."""
+    seed = torch.tensor([20261126, 7], dtype=torch.int64, device=q.device)
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-    o = K.causal_attention(*leaves)
+    o = K.causal_attention(*leaves, dropout_p=dropout_p, seed=seed)
     grads = torch.autograd.grad(o, leaves, do)
     ours = [o[:1], *(g[:1] for g in grads)]
     refs = []
     for dt in (torch.float64, None):
         ins = [t[:1].detach().to(dt or t.dtype).requires_grad_() for t in (q, k, v)]
-        r = reference.causal_attention(*ins)
+        r = reference.causal_attention(*ins, dropout_p=dropout_p, seed=seed.tolist())
         refs.append([r.detach(), *torch.autograd.grad(r, ins, do[:1].to(r.dtype))])
         del ins, r
     msgs = []
@@ -65,28 +72,29 @@ def run(args):
     dt = torch.bfloat16
     shapes = SHAPES[:1] if args.quick else SHAPES
     for B, H, T, D in shapes:
-        case = f"B{B} H{H} T{T} D{D} bf16"
         q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
         do = torch.randn(B, H, T, D, device="cuda", dtype=dt)
-        ok, msg = _check(K, q, k, v, do)
-        if not ok:
-            rows.append(row("attention", f"{case} fwd+bwd", "fastgpt", ok=False, note=msg))
-            continue
-        impls = {
-            "fastgpt": K.causal_attention,
-            "sdpa flash": _sdpa(SDPBackend.FLASH_ATTENTION),
-            "sdpa cudnn": _sdpa(SDPBackend.CUDNN_ATTENTION),
-            "sdpa efficient": _sdpa(SDPBackend.EFFICIENT_ATTENTION),
-            "sdpa math": _sdpa(SDPBackend.MATH),
-            "naive torch": _naive,
-        }
-        fwd_flops = 2 * B * H * T * T * D
-        for impl, f in impls.items():
-            with torch.no_grad():
-                bench_impl(rows, "attention", f"{case} fwd", impl, lambda f=f: f(q, k, v), flops=fwd_flops)
-            bench_impl(rows, "attention", f"{case} fwd+bwd", impl,
-                       lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do), flops=3.5 * fwd_flops,
-                       memory=True)
-            torch.cuda.empty_cache()
+        for p in (0.0, DROPOUT_P):
+            case = f"B{B} H{H} T{T} D{D} bf16" + (f" p={p}" if p else "")
+            ok, msg = _check(K, q, k, v, do, p)
+            if not ok:
+                rows.append(row("attention", f"{case} fwd+bwd", "fastgpt", ok=False, note=msg))
+                continue
+            impls = {
+                "fastgpt": lambda q, k, v, p=p: K.causal_attention(q, k, v, dropout_p=p),
+                "sdpa flash": _sdpa(SDPBackend.FLASH_ATTENTION, p),
+                "sdpa cudnn": _sdpa(SDPBackend.CUDNN_ATTENTION, p),
+                "sdpa efficient": _sdpa(SDPBackend.EFFICIENT_ATTENTION, p),
+            }
+            if not p:
+                impls.update({"sdpa math": _sdpa(SDPBackend.MATH), "naive torch": _naive})
+            fwd_flops = 2 * B * H * T * T * D
+            for impl, f in impls.items():
+                with torch.no_grad():
+                    bench_impl(rows, "attention", f"{case} fwd", impl, lambda f=f: f(q, k, v), flops=fwd_flops)
+                bench_impl(rows, "attention", f"{case} fwd+bwd", impl,
+                           lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do), flops=3.5 * fwd_flops,
+                           memory=True)
+                torch.cuda.empty_cache()
         del q, k, v, do
     return rows

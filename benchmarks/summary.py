@@ -12,9 +12,11 @@ TARGETS = [
     ("layernorm", "16384x768 bf16 fwd", "fastgpt", "gbps", 2500, "torch eager"),
     ("layernorm", "16384x768 bf16 fwd+bwd", "fastgpt", "gbps", 2000, "torch eager"),
     ("bias_gelu", "16384x3072 bf16 fwd+bwd", "fastgpt", "gbps", 2500, "torch eager"),
-    ("attention", "B16 H12 T1024 D64 fwd+bwd", "fastgpt", "tflops", 200, "sdpa cudnn"),
-    ("attention", "B4 H16 T4096 D128 fwd+bwd", "fastgpt", "tflops", 330, "sdpa cudnn"),
+    # issue 3 asked 200 / 330 TFLOP/s; issue 7 raised them to cuDNN's figures
+    ("attention", "B16 H12 T1024 D64 bf16 fwd+bwd", "fastgpt", "tflops", 240, "sdpa cudnn"),
+    ("attention", "B4 H16 T4096 D128 bf16 fwd+bwd", "fastgpt", "tflops", 463, "sdpa cudnn"),
 ]
+DROPOUT_OVERHEAD = 1.15   # attention fwd+bwd time with p = 0.1 over p = 0 (issue 7)
 
 
 def main(res):
@@ -43,6 +45,14 @@ def main(res):
         ratio = f"{p[0]['ms'] / o['ms']:.2f}x vs {peer}" if p else ""
         verdict = "met" if o[metric] >= target else "MISSED"
         print(f"{bench:<10} {o['case']:<30} {o[metric]:8.1f} {metric} target {target} {verdict:<6} {ratio}")
+    for r in rows:
+        if r["bench"] == "attention" and r["impl"] == "fastgpt" and " p=" in r["case"] and r["ms"]:
+            base = r["case"].split(" p=")[0] + " " + r["case"].split(" ")[-1]
+            b = next((x for x in rows if x["case"] == base and x["impl"] == "fastgpt" and x["ms"]), None)
+            if b:
+                ratio = r["ms"] / b["ms"]
+                verdict = "met" if ratio <= DROPOUT_OVERHEAD else "MISSED"
+                print(f"attention  {r['case']:<30} {ratio:8.2f}x the p=0 time, target <= {DROPOUT_OVERHEAD} {verdict}")
     # every fastgpt row against every peer of the same case
     by_case = {}
     for r in rows:

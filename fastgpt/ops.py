@@ -40,20 +40,23 @@ def bias_gelu(x, bias=None, approximate: str = "tanh", *, backend=None):
     return reference.bias_gelu(x, bias, approximate)
 
 
-def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, *, out_layout: str = "bhtd", backend=None):
+def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, *, out_layout: str = "bhtd", seed=None,
+                     backend=None):
     """Causal (bottom-right aligned) attention over (B, H, T, D) tensors; o in q's dtype.
 
-    The fused backend is the Triton flash-attention kernel (kernels/attention.py);
-    dropout_p > 0 is still served by the reference there (torch's RNG) until
-    in-kernel dropout lands. out_layout="bthd" asks for o as a (B, H, T, D) view
-    of a contiguous (B, T, H, D) tensor (the fused kernel writes it directly); the
-    values never depend on it.
+    The fused backend is the Triton flash-attention kernel (kernels/attention.py),
+    dropout included. ``seed`` = (seed, offset) (ints or an int64 tensor) fixes
+    the dropout mask, the same on both backends (reference.attention_keep_mask);
+    without it the fused kernel draws one from torch's generator on q's device
+    and the reference uses torch's RNG. out_layout="bthd" asks for o as a
+    (B, H, T, D) view of a contiguous (B, T, H, D) tensor (the fused kernel
+    writes it directly); the values never depend on it.
     """
     if out_layout not in ("bhtd", "bthd"):
         raise ValueError(f"causal_attention: out_layout must be 'bhtd' or 'bthd', got {out_layout!r}")
     if resolve(backend, q.device.type) == "fused":
-        return kernels().causal_attention(q, k, v, scale, dropout_p, out_layout=out_layout)
-    return reference.causal_attention(q, k, v, scale, dropout_p)
+        return kernels().causal_attention(q, k, v, scale, dropout_p, out_layout=out_layout, seed=seed)
+    return reference.causal_attention(q, k, v, scale, dropout_p, seed=seed)
 
 
 def _extension_reason(device_type):

@@ -32,6 +32,7 @@ __all__ = [
     "causal_attention",
     "bias_dropout_add",
     "dropout_keep_mask",
+    "attention_keep_mask",
     "fused_linear_cross_entropy",
     "opmath_dtype",
     "GPTBlock",
@@ -90,15 +91,17 @@ def bias_gelu(x, bias=None, approximate: str = "tanh"):
     return y.to(x.dtype)
 
 
-def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None):
+def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None, mask=None, seed=None):
     """o = softmax(q k^T * scale + causal_mask) v, per (batch, head).
 
     q: (B, H, Tq, D); k, v: (B, H, Tk, D) with Tq <= Tk. The causal mask is
     aligned bottom-right (flash-attention's convention): query i sees keys
     j <= i + Tk - Tq, so with Tq == Tk it is the usual lower triangle and with
     Tq < Tk the queries are the last Tq positions (KV-cache decoding).
-    scale defaults to 1/sqrt(D). Dropout (on the attention weights) is applied
-    with torch's RNG here; o has q's dtype.
+    scale defaults to 1/sqrt(D); o has q's dtype. Dropout acts on the attention
+    weights, p * keep / (1 - dropout_p): the keep mask is ``mask`` (bool,
+    (B, H, Tq, Tk)) when given, the fused kernels' mask for ``seed`` = (seed,
+    offset) when that is given (attention_keep_mask), else torch's RNG.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("causal_attention: q, k, v must be 4-D (B, H, T, D)")
@@ -115,7 +118,15 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
         s = s.masked_fill(j > i + (Tk - Tq), float("-inf"))
         p = torch.softmax(s, dim=-1)
         if dropout_p > 0.0:
-            keep = torch.rand(p.shape, device=p.device, generator=generator, dtype=torch.float32) >= dropout_p
+            if mask is None and seed is not None:
+                mask = attention_keep_mask(p.shape, dropout_p, *[int(x) for x in seed], device=p.device)
+            if mask is None:
+                keep = torch.rand(p.shape, device=p.device, generator=generator, dtype=torch.float32) >= dropout_p
+            elif mask.dtype != torch.bool or mask.shape != p.shape:
+                raise ValueError(f"causal_attention: mask must be bool of shape {tuple(p.shape)}, "
+                                 f"got {mask.dtype} {tuple(mask.shape)}")
+            else:
+                keep = mask
             p = p * keep / (1.0 - dropout_p)
         o = torch.matmul(p, v.to(cd))
     return o.to(q.dtype)
@@ -165,6 +176,17 @@ def dropout_keep_mask(shape, dropout_p: float, seed: int, offset: int = 0, devic
     words = torch.stack(w, dim=1)                                       # (G, 4)
     u16 = torch.stack([words & 0xFFFF, words >> 16], dim=2).reshape(-1)  # (G * 8,) in element order
     return (u16[:numel] >= thr).reshape(shape)
+
+
+def attention_keep_mask(shape, dropout_p: float, seed: int, offset: int = 0, device=None) -> torch.Tensor:
+    """The keep mask (bool, (B, H, Tq, Tk), True = kept) the Triton attention draws for (seed, offset).
+
+    It is dropout_keep_mask's scheme on every row of keys padded to a multiple
+    of 8 (so a row starts a fresh Philox group): element (b, h, i, j) is element
+    j of row (b, h, i) of dropout_keep_mask((B, H, Tq, 8 * ceil(Tk / 8))).
+    """
+    *lead, tk = shape
+    return dropout_keep_mask((*lead, 8 * ((tk + 7) // 8)), dropout_p, seed, offset, device)[..., :tk]
 
 
 def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, generator=None, mask=None):

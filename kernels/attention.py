@@ -36,8 +36,23 @@ masks, so 80 or 96 work); any Tq, Tk >= 1; fp16, bf16, fp32 (q, k, v of one
 dtype, on one device). q, k, v may be strided views (e.g. slices of one fused
 qkv projection): every stride is passed to the kernels, only a last-dim stride
 other than 1 forces a copy. Within one (batch, head), T * row stride must stay
-below 2^31 elements. dropout_p > 0 is served by fastgpt.reference (torch's RNG)
-until in-kernel dropout lands.
+below 2^31 elements.
+
+Dropout (dropout_p = p > 0) acts on the normalised weights P, as in GPT-1:
+o = (P * M / (1 - p)) V with M a keep mask; the softmax sums l use the undropped
+P. The backward needs no new reduction: with dP~ = dO V^T,
+    dV = (P * M / (1 - p))^T dO,   dS = P * (dP~ * M / (1 - p) - delta)
+and delta = rowsum(dO * O) is unchanged (O already holds the dropout). M is
+regenerated in the backward, never stored. Its bits come from Triton's Philox
+(tl.philox, 4x32-10) keyed by a (seed, offset) int64 pair that torch's
+generator draws on the inputs' device: element (b, h, i, j) is in group
+g = ((b H + h) Tq + i) * ceil(Tk / 8) + j // 8, the counter is
+(lo32 g, hi32 g, lo32 offset, hi32 offset), the key (lo32 seed, hi32 seed), and
+the element reads 16-bit half j % 2 (low first) of word (j % 8) // 2: kept iff
+it is >= round(p * 65536) (p in steps of 2^-16). One Philox call serves 8
+elements. It is fastgpt.reference.dropout_keep_mask's scheme (the extension's)
+on rows padded to a multiple of 8 keys; reference.attention_keep_mask mirrors it.
+With p = 0 the kernels are compiled without any of it.
 """
 from __future__ import annotations
 
@@ -108,7 +123,7 @@ def default_config(kind: str, head_dim: int, dtype: torch.dtype) -> dict:
 # ----------------------------------------------------------------------------- kernels
 # Sequence lengths and the head count are not specialised on (value 1, divisibility by 16):
 # one compiled kernel serves every T for a given head dim, dtype and stride alignment.
-_NO_SPEC = ["H", "TQ", "TK", "T_BUCKET"]
+_NO_SPEC = ["H", "TQ", "TK", "T_BUCKET", "DROP_THR"]
 
 
 @triton.jit
@@ -150,10 +165,39 @@ def _store_tile(ptrs, val, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, EVEN_D:
 
 
 @triton.jit
+def _load_seed(SEED, DROPOUT: tl.constexpr):
+    """The dropout (seed, offset) pair, int64 scalars (0, 0 when DROPOUT is off: SEED is None)."""
+    if DROPOUT:
+        return tl.load(SEED), tl.load(SEED + 1)
+    return 0, 0
+
+
+@triton.jit
+def _keep_mask(seed, offset, rows, start_n, bh, TQ, TK, thr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               TRANS: tl.constexpr):
+    """The dropout keep mask of query rows ``rows`` x keys [start_n, start_n + BLOCK_N):
+    (BLOCK_M, BLOCK_N) bool, or its transpose when TRANS; start_n and BLOCK_N are
+    multiples of 8 (see the header)."""
+    groups = (bh * TQ + rows).to(tl.int64)[:, None] * ((TK + 7) // 8) + \
+        (start_n // 8 + tl.arange(0, BLOCK_N // 8))[None, :]             # (BLOCK_M, BLOCK_N / 8)
+    c0 = groups.to(tl.uint32)
+    zero = c0 * 0
+    w0, w1, w2, w3 = tl.philox(seed, c0, (groups >> 32).to(tl.uint32), zero + (offset & 0xFFFFFFFF).to(tl.uint32),
+                               zero + (offset >> 32).to(tl.uint32))
+    e = tl.arange(0, 8)[None, None, :]                                    # element within the group
+    w = tl.where(e < 4, tl.where(e < 2, w0[:, :, None], w1[:, :, None]),
+                 tl.where(e < 6, w2[:, :, None], w3[:, :, None]))
+    u16 = tl.reshape((w >> ((e % 2) * 16).to(tl.uint32)) & 0xFFFF, (BLOCK_M, BLOCK_N))
+    if TRANS:
+        u16 = tl.trans(u16)
+    return u16 >= thr
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
-               lo, hi, TK, causal_off, qk_scale,
+               lo, hi, TK, causal_off, qk_scale, seed, offset, bh, TQ, thr,
                MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,
-               TF32: tl.constexpr):
+               TF32: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr):
     """Stream key blocks [lo, hi) through the online softmax of one query tile."""
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -167,6 +211,8 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, rows, offs_n, offs_
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:  # l sums the undropped weights; 1 / (1 - p) is applied to o at the end
+            p = tl.where(_keep_mask(seed, offset, rows, start_n, bh, TQ, TK, thr, BLOCK_M, BLOCK_N, False), p, 0.0)
         v = _tf32(_load_tile(V + cols[:, None] * stride_vt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, MASKED,
                              EVEN_D), TF32)
         acc = tl.dot(_tf32(p.to(v.dtype), TF32), v, acc * alpha[:, None])
@@ -181,12 +227,14 @@ def _attn_fwd_kernel(
     V,          # (B, H, Tk, D) strides (stride_vb, stride_vh, stride_vt, 1)
     O,          # (B, H, Tq, D) output, q's dtype, strides (stride_ob, stride_oh, stride_ot, 1)
     LSE,        # (B, H, Tq) fp32 logsumexp in base 2 (lse2 = lse * log2(e)), contiguous
+    SEED,       # int64 (seed, offset) of the dropout mask (read only when DROPOUT)
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
     H, TQ, TK, qk_scale,  # qk_scale = scale * log2(e)
+    DROP_THR, inv_keep,   # dropout: keep iff u16 >= DROP_THR; inv_keep = 1 / (1 - p)
     T_BUCKET,             # autotune key only (power-of-two bucket of Tk)
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, TF32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # grid (B*H, query blocks): axis 0 has no 65535 cap. The heaviest (last) query blocks
     # run first, every head's at once: better tail balance under causal skipping.
@@ -200,6 +248,7 @@ def _attn_fwd_kernel(
     O += b * stride_ob + h * stride_oh
     LSE += bh.to(tl.int64) * TQ
     causal_off = TK - TQ
+    seed, offset = _load_seed(SEED, DROPOUT)
 
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -214,11 +263,16 @@ def _attn_fwd_kernel(
     n_full = ((start_m + causal_off + 1) // BLOCK_N) * BLOCK_N
     n_end = tl.minimum(start_m + BLOCK_M + causal_off, TK)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
-                               0, n_full, TK, causal_off, qk_scale, False, BLOCK_N, HEAD_DIM, EVEN_D, TF32)
+                               0, n_full, TK, causal_off, qk_scale, seed, offset, bh, TQ, DROP_THR,
+                               False, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
-                               n_full, n_end, TK, causal_off, qk_scale, True, BLOCK_N, HEAD_DIM, EVEN_D, TF32)
+                               n_full, n_end, TK, causal_off, qk_scale, seed, offset, bh, TQ, DROP_THR,
+                               True, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M)
     # every real row saw key 0, so l_i >= 1 and m_i is finite
-    o = acc / l_i[:, None]
+    if DROPOUT:
+        o = acc * (inv_keep / l_i)[:, None]
+    else:
+        o = acc / l_i[:, None]
     _store_tile(O + rows[:, None] * stride_ot + offs_d[None, :], o.to(O.dtype.element_ty), rows, TQ,
                 offs_d, HEAD_DIM, EVEN_D)
     tl.store(LSE + rows, m_i + tl.log2(l_i), mask=rows < TQ)
@@ -246,10 +300,10 @@ def _attn_bwd_delta_kernel(
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, cols, offs_m, offs_d,
-                lo, hi, TQ, causal_off, qk_scale,
+def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, start_n, cols, offs_m, offs_d,
+                lo, hi, TQ, causal_off, qk_scale, seed, offset, bh, TK, thr, inv_keep,
                 MASKED: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,
-                TF32: tl.constexpr):
+                TF32: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr):
     """Accumulate one key block's dK, dV over the query blocks [lo, hi)."""
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
@@ -264,9 +318,15 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, cols, off
         pT = tl.exp2(zT)
         do = _tf32(_load_tile(DO + rows[:, None] * stride_dt + offs_d[None, :], rows, TQ, offs_d, HEAD_DIM, True,
                               EVEN_D), TF32)
-        dv = tl.dot(_tf32(pT.to(do.dtype), TF32), do, dv)
+        dpT = tl.dot(v, tl.trans(do))
+        if DROPOUT:
+            keepT = _keep_mask(seed, offset, rows, start_n, bh, TQ, TK, thr, BLOCK_M, BLOCK_N, True)
+            dv = tl.dot(_tf32(tl.where(keepT, pT * inv_keep, 0.0).to(do.dtype), TF32), do, dv)
+            dpT = tl.where(keepT, dpT * inv_keep, 0.0)
+        else:
+            dv = tl.dot(_tf32(pT.to(do.dtype), TF32), do, dv)
         delta = tl.load(DELTA + rows, mask=rows < TQ, other=0.0)
-        dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
+        dsT = pT * (dpT - delta[None, :])
         dk = tl.dot(_tf32(dsT.to(q.dtype), TF32), q, dk)
     return dk, dv
 
@@ -281,12 +341,13 @@ def _attn_bwd_dkdv_kernel(
     DELTA,      # (B, H, Tq) fp32 rowsum(dO * O), contiguous
     DK,         # (B, H, Tk, D) output, k's dtype, contiguous
     DV,         # (B, H, Tk, D) output, v's dtype, contiguous
+    SEED,       # int64 (seed, offset) of the dropout mask (read only when DROPOUT)
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_db, stride_dh, stride_dt,
-    H, TQ, TK, scale, qk_scale,
+    H, TQ, TK, scale, qk_scale, DROP_THR, inv_keep,
     T_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, TF32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_n = tl.program_id(1) * BLOCK_N   # key block 0 (seen by the most queries) first
     bh = tl.program_id(0)
@@ -301,6 +362,7 @@ def _attn_bwd_dkdv_kernel(
     DK += bh.to(tl.int64) * TK * HEAD_DIM
     DV += bh.to(tl.int64) * TK * HEAD_DIM
     causal_off = TK - TQ
+    seed, offset = _load_seed(SEED, DROPOUT)
 
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -316,10 +378,12 @@ def _attn_bwd_dkdv_kernel(
     m_lo = (tl.maximum(start_n - causal_off, 0) // BLOCK_M) * BLOCK_M
     m_full = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - causal_off, 0), BLOCK_M) * BLOCK_M
     m_full = tl.minimum(m_full, tl.cdiv(TQ, BLOCK_M) * BLOCK_M)
-    dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, cols, offs_m, offs_d,
-                         m_lo, m_full, TQ, causal_off, qk_scale, True, BLOCK_M, HEAD_DIM, EVEN_D, TF32)
-    dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, cols, offs_m, offs_d,
-                         m_full, TQ, TQ, causal_off, qk_scale, False, BLOCK_M, HEAD_DIM, EVEN_D, TF32)
+    dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, start_n, cols, offs_m, offs_d,
+                         m_lo, m_full, TQ, causal_off, qk_scale, seed, offset, bh, TK, DROP_THR, inv_keep,
+                         True, BLOCK_M, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_N)
+    dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, start_n, cols, offs_m, offs_d,
+                         m_full, TQ, TQ, causal_off, qk_scale, seed, offset, bh, TK, DROP_THR, inv_keep,
+                         False, BLOCK_M, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_N)
     out = cols[:, None] * HEAD_DIM + offs_d[None, :]
     _store_tile(DK + out, (dk * scale).to(DK.dtype.element_ty), cols, TK, offs_d, HEAD_DIM, EVEN_D)
     _store_tile(DV + out, dv.to(DV.dtype.element_ty), cols, TK, offs_d, HEAD_DIM, EVEN_D)
@@ -327,9 +391,9 @@ def _attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
-              lo, hi, TK, causal_off, qk_scale,
+              lo, hi, TK, causal_off, qk_scale, seed, offset, bh, TQ, thr, inv_keep,
               MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,
-              TF32: tl.constexpr):
+              TF32: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr):
     """Accumulate one query block's dQ over the key blocks [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -342,7 +406,11 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, rows, offs_n, 
         if MASKED:
             z = tl.where(cols[None, :] <= rows[:, None] + causal_off, z, float("-inf"))
         p = tl.exp2(z)
-        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+        dp = tl.dot(do, tl.trans(v))
+        if DROPOUT:
+            keep = _keep_mask(seed, offset, rows, start_n, bh, TQ, TK, thr, BLOCK_M, BLOCK_N, False)
+            dp = tl.where(keep, dp * inv_keep, 0.0)
+        ds = p * (dp - delta[:, None])
         dq = tl.dot(_tf32(ds.to(k.dtype), TF32), k, dq)
     return dq
 
@@ -356,12 +424,13 @@ def _attn_bwd_dq_kernel(
     LSE,        # (B, H, Tq) fp32 forward logsumexp in base 2, contiguous
     DELTA,      # (B, H, Tq) fp32 rowsum(dO * O), contiguous
     DQ,         # (B, H, Tq, D) output, q's dtype, contiguous
+    SEED,       # int64 (seed, offset) of the dropout mask (read only when DROPOUT)
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_db, stride_dh, stride_dt,
-    H, TQ, TK, scale, qk_scale,
+    H, TQ, TK, scale, qk_scale, DROP_THR, inv_keep,
     T_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, TF32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK_M
     bh = tl.program_id(0)
@@ -375,6 +444,7 @@ def _attn_bwd_dq_kernel(
     DELTA += bh.to(tl.int64) * TQ
     DQ += bh.to(tl.int64) * TQ * HEAD_DIM
     causal_off = TK - TQ
+    seed, offset = _load_seed(SEED, DROPOUT)
 
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -389,14 +459,16 @@ def _attn_bwd_dq_kernel(
     n_full = ((start_m + causal_off + 1) // BLOCK_N) * BLOCK_N
     n_end = tl.minimum(start_m + BLOCK_M + causal_off, TK)
     dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
-                   0, n_full, TK, causal_off, qk_scale, False, BLOCK_N, HEAD_DIM, EVEN_D, TF32)
+                   0, n_full, TK, causal_off, qk_scale, seed, offset, bh, TQ, DROP_THR, inv_keep,
+                   False, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M)
     dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
-                   n_full, n_end, TK, causal_off, qk_scale, True, BLOCK_N, HEAD_DIM, EVEN_D, TF32)
+                   n_full, n_end, TK, causal_off, qk_scale, seed, offset, bh, TQ, DROP_THR, inv_keep,
+                   True, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M)
     _store_tile(DQ + rows[:, None] * HEAD_DIM + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
                 rows, TQ, offs_d, HEAD_DIM, EVEN_D)
 
 
-_KEY = ["HEAD_DIM", "T_BUCKET"]
+_KEY = ["HEAD_DIM", "T_BUCKET", "DROPOUT"]
 _attn_fwd = autotune(_space("fwd"), key=_KEY)(_attn_fwd_kernel)
 _attn_bwd_dkdv = autotune(_space("dkdv"), key=_KEY)(_attn_bwd_dkdv_kernel)
 _attn_bwd_dq = autotune(_space("dq"), key=_KEY)(_attn_bwd_dq_kernel)
@@ -452,6 +524,50 @@ def _bucket(T: int) -> int:
     return max(128, min(triton.next_power_of_2(T), 8192))
 
 
+def new_seed(device, generator: Optional[torch.Generator] = None) -> Tensor:
+    """A fresh dropout (seed, offset) int64 pair on ``device``, drawn from torch's generator there.
+
+    Drawn on the device itself (one tiny kernel on CUDA, no host sync), so the
+    attention kernels read it from memory in eager mode, under torch.compile and
+    in CUDA-graph replays alike (each replay draws anew); torch.manual_seed
+    reproduces it and torch.utils.checkpoint's RNG-state replay redraws it.
+    63 random bits each (inductor's randint lowering needs high - low in int64).
+    """
+    where = generator.device if generator is not None else torch.device(device)
+    return torch.randint(0, 2**63 - 1, (2,), dtype=torch.int64, device=where, generator=generator)
+
+
+def _check_seed(seed, device) -> Tensor:
+    """seed as an int64 (seed, offset) tensor on ``device``: a tensor is checked, a pair of ints converted."""
+    if not isinstance(seed, Tensor):
+        vals = [int(x) for x in seed]
+        if len(vals) != 2:
+            raise ValueError(f"causal_attention: seed must be a pair (seed, offset), got {len(vals)} values")
+        return torch.tensor([(x + 2**63) % 2**64 - 2**63 for x in vals], dtype=torch.int64, device=device)
+    if seed.dtype != torch.int64 or seed.shape != (2,):
+        raise ValueError(f"causal_attention: seed must be an int64 tensor of shape (2,) = (seed, offset), "
+                         f"got {seed.dtype} {tuple(seed.shape)}")
+    if seed.device != torch.device(device):
+        raise ValueError(f"causal_attention: seed is on {seed.device} but q is on {device}")
+    return seed.contiguous()
+
+
+def _seed_arg(seed, dropout_p, device):
+    """The kernels' SEED pointer: the (seed, offset) tensor, or None when there is no dropout."""
+    if dropout_p <= 0.0:
+        return None
+    if seed is None:
+        raise ValueError("causal_attention: dropout_p > 0 needs a seed")
+    return _check_seed(seed, device)
+
+
+def _dropout_args(dropout_p):
+    """(DROP_THR, inv_keep): keep iff the element's 16 random bits >= DROP_THR."""
+    if dropout_p <= 0.0:
+        return 0, 1.0
+    return reference.dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
+
+
 def _launch(kernel, kind, config, grid, *args, **meta):
     """Launch the autotuned kernel, or the raw kernel with an explicit (or the default) config."""
     if config is None and not AUTOTUNE and not INTERPRET:
@@ -471,9 +587,13 @@ def _out_empty(q_shape, dtype, device, out_layout):
 
 
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None, out_layout: str = "bhtd",
-                  out: Optional[Tensor] = None, config: Optional[dict] = None):
+                  out: Optional[Tensor] = None, config: Optional[dict] = None, dropout_p: float = 0.0,
+                  seed: Optional[Tensor] = None):
     """Returns (o, lse2): o (B, H, Tq, D) in q's dtype, lse2 (B, H, Tq) fp32, the rows'
     logsumexp in base 2 (natural lse = lse2 * ln 2; base 2 spares the backward a rounding).
+
+    dropout_p > 0 needs ``seed``, an int64 (seed, offset) tensor on q's device
+    (see new_seed); the backward must get the same pair.
 
     out_layout "bthd" makes o a (B, H, Tq, D) view of a contiguous (B, Tq, H, D)
     buffer (what the output projection wants). ``out`` may supply o (a view with
@@ -496,17 +616,19 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None
     BLOCK_D = _block_d(D)
     grid = lambda meta: (B * H, triton.cdiv(TQ, meta["BLOCK_M"]))  # noqa: E731
     _launch(_attn_fwd, "fwd", config, grid,
-            q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-            H, TQ, TK, scale * LOG2E, _bucket(TK),
-            HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), TF32=_round_tf32(q.dtype))
+            q, k, v, o, lse, _seed_arg(seed, dropout_p, q.device), *_strides(q), *_strides(k), *_strides(v),
+            *_strides(o), H, TQ, TK, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK),
+            HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), TF32=_round_tf32(q.dtype), DROPOUT=dropout_p > 0.0)
     return o, lse
 
 
 def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
-                  scale: Optional[float] = None, configs: Optional[tuple] = None):
+                  scale: Optional[float] = None, configs: Optional[tuple] = None, dropout_p: float = 0.0,
+                  seed: Optional[Tensor] = None):
     """Returns (dq, dk, dv), contiguous (B, H, T, D) in the inputs' dtype.
 
-    ``configs`` = (dkdv_config, dq_config) forces launch configs (tests).
+    ``configs`` = (dkdv_config, dq_config) forces launch configs (tests);
+    dropout_p and seed are the forward's.
     """
     q, k, v, o, do = (_unit_last_stride(t) for t in (q, k, v, o, do))
     B, H, TQ, D = q.shape
@@ -524,33 +646,35 @@ def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
     bm_delta = 64 if BLOCK_D <= 64 else 32
     _attn_bwd_delta_kernel[(B * H, triton.cdiv(TQ, bm_delta))](
         o, do, delta, *_strides(o), *_strides(do), H, TQ, **consts, BLOCK_M=bm_delta)
-    consts["TF32"] = _round_tf32(q.dtype)
+    consts.update(TF32=_round_tf32(q.dtype), DROPOUT=dropout_p > 0.0)
     cfg_kv, cfg_q = configs if configs is not None else (None, None)
     args = (q, k, v, do, lse, delta)
+    seed = _seed_arg(seed, dropout_p, q.device)
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
-    rest = (H, TQ, TK, scale, scale * LOG2E, _bucket(TK))
+    rest = (H, TQ, TK, scale, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK))
     _launch(_attn_bwd_dkdv, "dkdv", cfg_kv, lambda meta: (B * H, triton.cdiv(TK, meta["BLOCK_N"])),
-            *args, dk, dv, *strides, *rest, **consts)
+            *args, dk, dv, seed, *strides, *rest, **consts)
     _launch(_attn_bwd_dq, "dq", cfg_q, lambda meta: (B * H, triton.cdiv(TQ, meta["BLOCK_M"])),
-            *args, dq, *strides, *rest, **consts)
+            *args, dq, seed, *strides, *rest, **consts)
     return dq, dk, dv
 
 
 # ----------------------------------------------------------------------------- registration
 
 @torch.library.custom_op("fastgpt::causal_attention", mutates_args=())
-def _causal_attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, out_layout: str) -> tuple[Tensor, Tensor]:
-    return attention_fwd(q, k, v, scale, out_layout)
+def _causal_attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, out_layout: str, dropout_p: float,
+                         seed: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    return attention_fwd(q, k, v, scale, out_layout, dropout_p=dropout_p, seed=seed)
 
 
 @torch.library.custom_op("fastgpt::causal_attention_bwd", mutates_args=())
 def _causal_attention_bwd_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
-                             scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    return attention_bwd(do, q, k, v, o, lse, scale)
+                             scale: float, dropout_p: float, seed: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    return attention_bwd(do, q, k, v, o, lse, scale, dropout_p=dropout_p, seed=seed)
 
 
 @_causal_attention_op.register_fake
-def _(q, k, v, scale, out_layout):
+def _(q, k, v, scale, out_layout, dropout_p, seed):
     _validate(q, k, v)
     B, H, T, D = q.shape
     if out_layout == "bhtd":
@@ -561,21 +685,21 @@ def _(q, k, v, scale, out_layout):
 
 
 @_causal_attention_bwd_op.register_fake
-def _(do, q, k, v, o, lse, scale):
+def _(do, q, k, v, o, lse, scale, dropout_p, seed):
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, scale, _ = inputs
+    q, k, v, scale, _, dropout_p, seed = inputs
     o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse)
-    ctx.scale = scale
+    ctx.save_for_backward(q, k, v, o, lse, seed)
+    ctx.scale, ctx.dropout_p = scale, dropout_p
 
 
 def _grads(ctx, do, bwd):
-    q, k, v, o, lse = ctx.saved_tensors
-    dq, dk, dv = bwd(do, q, k, v, o, lse, ctx.scale)
-    return dq, dk, dv, None, None
+    q, k, v, o, lse, seed = ctx.saved_tensors
+    dq, dk, dv = bwd(do, q, k, v, o, lse, ctx.scale, dropout_p=ctx.dropout_p, seed=seed)
+    return dq, dk, dv, None, None, None, None
 
 
 def _backward(ctx, do, _dlse):
@@ -589,9 +713,9 @@ class _CausalAttentionFunction(torch.autograd.Function):
     """The eager path: the same launchers without the custom-op dispatch overhead."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, out_layout):
-        o, lse = attention_fwd(q, k, v, scale, out_layout)
-        _setup(ctx, (q, k, v, scale, out_layout), (o, lse))
+    def forward(ctx, q, k, v, scale, out_layout, dropout_p, seed):
+        o, lse = attention_fwd(q, k, v, scale, out_layout, dropout_p=dropout_p, seed=seed)
+        _setup(ctx, (q, k, v, scale, out_layout, dropout_p, seed), (o, lse))
         return o
 
     @staticmethod
@@ -602,13 +726,16 @@ class _CausalAttentionFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------- public API
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None, dropout_p: float = 0.0,
-                     out_layout: str = "bhtd") -> Tensor:
+                     out_layout: str = "bhtd", *, seed=None, generator: Optional[torch.Generator] = None) -> Tensor:
     """softmax(q k^T * scale + bottom-right causal mask) v over (B, H, T, D) tensors; o in q's dtype.
 
     scale defaults to 1/sqrt(D). out_layout "bthd" returns o as a (B, H, Tq, D)
     view whose storage is a contiguous (B, Tq, H, D) tensor, so
-    ``o.transpose(1, 2).reshape(B, Tq, H * D)`` is free. dropout_p > 0 is served
-    by fastgpt.reference (torch's RNG) until in-kernel dropout lands.
+    ``o.transpose(1, 2).reshape(B, Tq, H * D)`` is free. dropout_p > 0 drops
+    attention weights inside the kernels; the mask is a function of ``seed``, an
+    int64 tensor or a pair (seed, offset), drawn by default from torch's
+    generator on q's device (or from ``generator``); see the module header and
+    fastgpt.reference.attention_keep_mask.
     """
     _validate(q, k, v)
     if not 0.0 <= dropout_p < 1.0:
@@ -616,11 +743,13 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = N
     if out_layout not in OUT_LAYOUTS:
         raise ValueError(f"causal_attention: out_layout must be one of {OUT_LAYOUTS}, got {out_layout!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if dropout_p > 0.0:
-        o = reference.causal_attention(q, k, v, scale, dropout_p)
-        if out_layout == "bthd":
-            o = o.transpose(1, 2).contiguous().transpose(1, 2)
-        return o
+    dropout_p = float(dropout_p)
+    if dropout_p == 0.0:
+        seed = None
+    elif seed is None:
+        seed = new_seed(q.device, generator).to(q.device)
+    else:
+        seed = _check_seed(seed, q.device)
     if torch.compiler.is_compiling():
-        return _causal_attention_op(q, k, v, scale, out_layout)[0]
-    return _CausalAttentionFunction.apply(q, k, v, scale, out_layout)
+        return _causal_attention_op(q, k, v, scale, out_layout, dropout_p, seed)[0]
+    return _CausalAttentionFunction.apply(q, k, v, scale, out_layout, dropout_p, seed)

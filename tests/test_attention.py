@@ -48,10 +48,11 @@ def _qkv(B, H, Tq, Tk, D, dtype):
 def _compare(name, q, k, v, fused=None, grad_mode="random", **kw):
     import fastgpt.kernels as K
     fused = fused or (lambda q, k, v: K.causal_attention(q, k, v, **kw))
+    drop = dict(dropout_p=kw.get("dropout_p", 0.0), seed=kw.get("seed"))   # dropout: the kernels' mask
     if TF32_DOTS and q.dtype == torch.float32:
-        ref = lambda q, k, v: _tf32_reference(q, k, v, kw.get("scale"))  # noqa: E731
+        ref = lambda q, k, v: _tf32_reference(q, k, v, kw.get("scale"), **drop)  # noqa: E731
     else:
-        ref = lambda q, k, v: reference.causal_attention(q, k, v, kw.get("scale"))  # noqa: E731
+        ref = lambda q, k, v: reference.causal_attention(q, k, v, kw.get("scale"), **drop)  # noqa: E731
     _assert(compare_op(name, fused, ref, [q, k, v], grad_mode=grad_mode))
 
 
@@ -181,16 +182,20 @@ class _TF32MatMul(torch.autograd.Function):
         return g @ _round_tf32(b).transpose(-1, -2), _round_tf32(a).transpose(-1, -2) @ g
 
 
-def _tf32_reference(q, k, v, scale=None):
+def _tf32_reference(q, k, v, scale=None, dropout_p=0.0, seed=None):
     """fastgpt.reference.causal_attention (bottom-right mask) with TF32 GEMMs emulated
-    (operands rounded to nearest, as the kernel's fp32 path does); float64 runs exactly."""
+    (operands rounded to nearest, as the kernel's fp32 path does); float64 runs exactly.
+    dropout_p > 0 applies the kernels' keep mask for seed."""
     Tq, Tk = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = _TF32MatMul.apply(q, k.transpose(-1, -2)) * scale
     i = torch.arange(Tq, device=q.device)[:, None]
     j = torch.arange(Tk, device=q.device)[None, :]
     s = s.masked_fill(j > i + (Tk - Tq), float("-inf"))
-    return _TF32MatMul.apply(torch.softmax(s, -1), v)
+    p = torch.softmax(s, -1)
+    if dropout_p > 0.0:
+        p = p * reference.attention_keep_mask(p.shape, dropout_p, *seed.tolist(), device=p.device) / (1 - dropout_p)
+    return _TF32MatMul.apply(p, v)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the GPU runs the real TF32 path in every fp32 test")
@@ -320,14 +325,120 @@ def test_out_layout_bthd_equals_default():
     _compare("attn bthd", q.detach(), k.detach(), v.detach(), out_layout="bthd")
 
 
-def test_dropout_is_served_by_the_reference():
+# ----------------------------------------------------------------------------- dropout
+
+def _seed(s=1234567, off=987654321987):
+    return torch.tensor([s, off], dtype=torch.int64, device=DEVICE)
+
+
+# (B, H, Tq, Tk, D): key lengths on and off multiples of 8 and of the block sizes, Tq < Tk, D = 24
+DROPOUT_SHAPES = [(2, 2, 17, 17, 16), (1, 2, 64, 64, 64), (1, 3, 20, 45, 24), (2, 1, 33, 100, 32)]
+DROPOUT_CASES = [(s, d) for s in DROPOUT_SHAPES for d in DTYPES]
+
+
+@pytest.mark.parametrize("shape,dtype", DROPOUT_CASES, ids=[f"{s}-{dtype_ids(d)}" for s, d in DROPOUT_CASES])
+def test_dropout_matches_reference_with_same_mask(shape, dtype):
+    """Forward and backward against the reference run with the kernels' mask for the seed."""
+    B, H, Tq, Tk, D = shape
+    q, k, v = _qkv(B, H, Tq, Tk, D, dtype)
+    _compare(f"attn dropout {shape}", q, k, v, dropout_p=0.2, seed=_seed())
+
+
+def test_dropout_zero_is_the_plain_path():
+    """p = 0 equals the no-dropout call bitwise (a seed given with it is ignored)."""
     import fastgpt.kernels as K
-    q, k, v = _qkv(1, 2, 16, 16, 16, torch.float32)
-    torch.manual_seed(123)
-    ours = K.causal_attention(q, k, v, dropout_p=0.25)
-    torch.manual_seed(123)
-    ref = reference.causal_attention(q, k, v, None, 0.25)
-    assert torch.equal(ours, ref)
+    q, k, v = (t.requires_grad_() for t in _qkv(2, 2, 40, 40, 32, torch.float32))
+    do = torch.randn(q.shape, device=DEVICE)
+    o1 = K.causal_attention(q, k, v)
+    o2 = K.causal_attention(q, k, v, dropout_p=0.0, seed=_seed())
+    assert torch.equal(o1, o2)
+    g1 = torch.autograd.grad(o1, (q, k, v), do)
+    g2 = torch.autograd.grad(o2, (q, k, v), do)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+def _kernel_keep_mask(B, H, Tq, Tk, p, seed):
+    """Read the kernels' keep mask back: with q = k = 0 row i's weights are 1 / (visible keys),
+    and v = the identity makes o[i, j] = keep[i, j] / (visible keys * (1 - p))."""
+    import fastgpt.kernels as K
+    D = max(16, Tk)
+    z = torch.zeros(B, H, Tq, D, device=DEVICE)
+    eye = torch.eye(Tk, D, device=DEVICE).expand(B, H, Tk, D).contiguous()
+    o = K.causal_attention(z, torch.zeros(B, H, Tk, D, device=DEVICE), eye, dropout_p=p, seed=seed)
+    visible = (torch.arange(Tq, device=DEVICE)[:, None] + (Tk - Tq + 1)).float()
+    return (o[..., :Tk] * visible * (1 - p)) > 0.5
+
+
+@pytest.mark.parametrize("tq,tk", [(64, 64), (13, 29)])
+def test_dropout_mask_is_the_reference_mask(tq, tk):
+    """The mask inside the kernels is reference.attention_keep_mask (on the visible entries),
+    and it keeps about 1 - p of the weights."""
+    p, seed = 0.3, _seed()
+    keep = _kernel_keep_mask(4, 4, tq, tk, p, seed)
+    visible = torch.arange(tk, device=DEVICE)[None, :] <= torch.arange(tq, device=DEVICE)[:, None] + (tk - tq)
+    ref = reference.attention_keep_mask((4, 4, tq, tk), p, *seed.tolist(), device=DEVICE)
+    assert torch.equal(keep, ref & visible)
+    n = int(visible.sum()) * 16
+    rate = int(keep.sum()) / n
+    assert abs(rate - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n), (rate, n)
+
+
+def test_reference_keep_rate_at_scale():
+    """reference.attention_keep_mask keeps 1 - p of a large tensor (to 5 sigma), per p."""
+    for p in (0.1, 0.5):
+        m = reference.attention_keep_mask((4, 8, 128, 125), p, 99, 7)
+        n = m.numel()
+        assert abs(m.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_dropout_is_deterministic_per_seed():
+    """The same seed gives bitwise the same output and gradients; another seed another mask;
+    torch.manual_seed reproduces the default draw."""
+    import fastgpt.kernels as K
+    q, k, v = (t.requires_grad_() for t in _qkv(2, 2, 48, 48, 16, torch.float32))
+    do = torch.randn(q.shape, device=DEVICE)
+
+    def run(**kw):
+        o = K.causal_attention(q, k, v, dropout_p=0.25, **kw)
+        return (o, *torch.autograd.grad(o, (q, k, v), do))
+
+    a, b = run(seed=_seed()), run(seed=(1234567, 987654321987))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], run(seed=_seed(off=1))[0])
+    torch.manual_seed(5)
+    c = run()
+    torch.manual_seed(5)
+    d = run()
+    assert all(torch.equal(x, y) for x, y in zip(c, d))
+    assert not torch.equal(c[0], run()[0])
+
+
+def test_dropout_replays_under_activation_checkpointing():
+    """torch.utils.checkpoint restores the RNG state, so the recomputed forward redraws the
+    same seed: loss and gradients equal the run without checkpointing, bitwise."""
+    import fastgpt.kernels as K
+    from torch.utils.checkpoint import checkpoint
+    q, k, v = (t.requires_grad_() for t in _qkv(1, 2, 40, 40, 16, torch.float32))
+    f = lambda q, k, v: K.causal_attention(q, k, v, dropout_p=0.3).square().sum()  # noqa: E731
+    torch.manual_seed(11)
+    g1 = torch.autograd.grad(f(q, k, v), (q, k, v))
+    torch.manual_seed(11)
+    g2 = torch.autograd.grad(checkpoint(f, q, k, v, use_reentrant=False), (q, k, v))
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+@pytest.mark.parametrize("seed,msg", [
+    (torch.zeros(2, dtype=torch.int32), "int64"),
+    (torch.zeros(3, dtype=torch.int64), "shape"),
+    ((1, 2, 3), "pair"),
+])
+def test_bad_seed(seed, msg):
+    import fastgpt.kernels as K
+    q, k, v = _qkv(1, 1, 8, 8, 16, torch.float32)
+    if isinstance(seed, torch.Tensor):
+        seed = seed.to(DEVICE)
+    with pytest.raises(ValueError, match=msg):
+        K.causal_attention(q, k, v, dropout_p=0.1, seed=seed)
 
 
 def test_ops_dispatch():
@@ -340,6 +451,9 @@ def test_ops_dispatch():
     assert o.transpose(1, 2).is_contiguous() and torch.equal(o, K.causal_attention(q, k, v))
     assert torch.equal(ops.causal_attention(q, k, v, out_layout="bthd", backend="reference"),
                        reference.causal_attention(q, k, v))
+    # dropout with a seed: the fused and the reference backends draw the same mask
+    fused = ops.causal_attention(q, k, v, 0.3, 0.25, seed=(5, 6), backend="fused")
+    torch.testing.assert_close(fused, ops.causal_attention(q, k, v, 0.3, 0.25, seed=(5, 6), backend="reference"))
     with pytest.raises(ValueError, match="out_layout"):
         ops.causal_attention(q, k, v, out_layout="bad", backend="reference")
 
@@ -381,22 +495,28 @@ def test_opcheck():
     import fastgpt.kernels  # noqa: F401  (registers the ops)
     from fastgpt.kernels.attention import attention_fwd
     q, k, v = (t.requires_grad_() for t in _qkv(1, 2, 12, 20, 16, torch.float32))
-    torch.library.opcheck(torch.ops.fastgpt.causal_attention.default, (q, k, v, 0.25, "bthd"))
+    torch.library.opcheck(torch.ops.fastgpt.causal_attention.default, (q, k, v, 0.25, "bthd", 0.0, None))
     qkv = torch.randn(1, 12, 3, 2, 16, device=DEVICE, requires_grad=True)   # strided views
     qs, ks, vs = (t.transpose(1, 2) for t in qkv.unbind(2))
-    torch.library.opcheck(torch.ops.fastgpt.causal_attention.default, (qs, ks, vs, 0.25, "bhtd"))
-    o, lse = attention_fwd(q.detach(), k.detach(), v.detach(), 0.25)
-    torch.library.opcheck(torch.ops.fastgpt.causal_attention_bwd.default,
-                          (torch.randn_like(o), q.detach(), k.detach(), v.detach(), o, lse, 0.25))
+    torch.library.opcheck(torch.ops.fastgpt.causal_attention.default, (qs, ks, vs, 0.25, "bhtd", 0.0, None))
+    seed = _seed()
+    for p, s in ((0.0, None), (0.2, seed)):
+        torch.library.opcheck(torch.ops.fastgpt.causal_attention.default, (q, k, v, 0.25, "bthd", p, s))
+        o, lse = attention_fwd(q.detach(), k.detach(), v.detach(), 0.25, dropout_p=p, seed=s)
+        torch.library.opcheck(torch.ops.fastgpt.causal_attention_bwd.default,
+                              (torch.randn_like(o), q.detach(), k.detach(), v.detach(), o, lse, 0.25, p, s))
 
 
-def test_compile_fullgraph():
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_compile_fullgraph(dropout_p):
     import fastgpt.kernels as K
+    seed = _seed()
 
     def f(x, w):  # a fused-qkv attention layer, as the model runs it
         B, T, C = x.shape
         q, k, v = (x @ w).view(B, T, 3, 2, C // 2).unbind(2)
-        o = K.causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), out_layout="bthd")
+        o = K.causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p,
+                               out_layout="bthd", seed=seed)
         return o.transpose(1, 2).reshape(B, T, C)
 
     backend = "inductor" if HAS_CUDA else "aot_eager"
@@ -414,3 +534,16 @@ def test_compile_fullgraph():
     torch.testing.assert_close(out, ref)
     for a, t in zip(g, (x, w)):
         torch.testing.assert_close(a, t.grad)
+
+
+def test_compile_draws_the_seed_in_graph():
+    """Under torch.compile the default seed is drawn inside the graph (no graph break):
+    torch.manual_seed reproduces it, and successive calls draw fresh masks."""
+    import fastgpt.kernels as K
+    q, k, v = _qkv(1, 2, 24, 24, 16, torch.float32)
+    f = torch.compile(lambda q, k, v: K.causal_attention(q, k, v, dropout_p=0.5), fullgraph=True,
+                      backend="inductor" if HAS_CUDA else "aot_eager")
+    torch.manual_seed(3)
+    a, b = f(q, k, v), f(q, k, v)
+    torch.manual_seed(3)
+    assert torch.equal(a, f(q, k, v)) and not torch.equal(a, b)
