@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_check.sh                      # every stage
 #   bash benchmarks/gpu_check.sh --only tests         # one stage: install|tests|bench|selftest
 #   bash benchmarks/gpu_check.sh --only layernorm,gelu   # some benchmark families
+#   bash benchmarks/gpu_check.sh --only tune          # attention config sweep (never part of "all")
 #   bash benchmarks/gpu_check.sh --out DIR            # where stage results go (default gpu_results/)
 #
 # Each stage has a time budget (seconds; override with BUDGET_<STAGE>=N) and
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --only) ONLY="$2"; shift 2 ;;
     --out) RES="$2"; shift 2 ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)"; exit 2 ;;
   esac
 done
@@ -83,4 +84,7 @@ for fam in $FAMILIES; do
     stage "bench_$fam" 240 $PY -m benchmarks --only "$fam" --json "$RES/bench_$fam.json" $q
   fi
 done
+if [ "$ONLY" != "all" ] && wants tune; then  # TUNE_ARGS="--kinds dkdv,dq --p 0" narrows it
+  stage tune 540 $PY -m benchmarks.tune_attention --json "$RES/tune_attention.json" ${TUNE_ARGS:-}
+fi
 $PY benchmarks/summary.py "$RES"
