@@ -148,6 +148,11 @@ def _op_cases(device, quick):
         ("causal_attention Tq<Tk", fused(ops.causal_attention), _tf32_ref(reference.causal_attention),
          lambda dt: [rnd(B, H, Tq, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
          f"q {Tq}, kv {T}"),
+        ("causal_attention p=0.1",  # the kernels' dropout mask, reproduced by the reference from the seed
+         lambda q, k, v: ops.causal_attention(q, k, v, None, 0.1, seed=(7, 11), backend="fused"),
+         _tf32_ref(lambda q, k, v: reference.causal_attention(q, k, v, None, 0.1, seed=(7, 11))),
+         lambda dt: [rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
+         f"{B}x{H}x{T}x{D}"),
         ("bias_dropout_add p=0", fused(ops.bias_dropout_add), reference.bias_dropout_add,
          lambda dt: [rnd(M, N, dt=dt), rnd(N, dt=dt), rnd(M, N, dt=dt), 0.0], elt_dt, f"{M}x{N}"),
         ("fused_linear_cross_entropy", fused(ops.fused_linear_cross_entropy), reference.fused_linear_cross_entropy,
@@ -225,7 +230,7 @@ def run(device=None, quick=False, out=None, only=None):
             continue
         for dt in dtypes:
             report(label, str(dt).removeprefix("torch."), shape,
-                   lambda: compare_op(label, fused_fn, ref_fn, make(dt)))
+                   lambda: compare_op(label, fused_fn, ref_fn, make(dt), dtype=dt))
     for cfg, dt, ac, T in _block_cases(device, quick):
         label = f"GPTBlock {cfg.norm}-LN C={cfg.n_embd}"
         if not wanted(label):

@@ -79,13 +79,15 @@ def _upstream(outs, mode):
     return grads
 
 
-def compare_op(name, fused_fn, ref_fn, inputs, grad_mode="random"):
+def compare_op(name, fused_fn, ref_fn, inputs, grad_mode="random", dtype=None):
     """Forward and backward of fused_fn against ref_fn by the tolerance rule.
 
     inputs: positional arguments (tensors, None or plain values). Floating
     tensors get gradients. ref_lp runs ref_fn on the same inputs, ref_hi on
     float64 copies; the same upstream gradients (random and non-contiguous, or
-    the stride-0 ones of a sum) flow into all three. Returns a list of Check.
+    the stride-0 ones of a sum) flow into all three. ``dtype`` is the rule's
+    eps dtype, the op's (e.g. fp16 for a loss that an fp16 op returns in fp32);
+    by default each tensor's own. Returns a list of Check.
     """
     ours_in = [_leaf(t) for t in inputs]
     lp_in = [_leaf(t) for t in inputs]
@@ -93,7 +95,7 @@ def compare_op(name, fused_fn, ref_fn, inputs, grad_mode="random"):
     ours = _as_tuple(fused_fn(*ours_in))
     lp = _as_tuple(ref_fn(*lp_in))
     hi = _as_tuple(ref_fn(*hi_in))
-    checks = [check(f"{name} out{i}", o, h, l, o.dtype) for i, (o, h, l) in enumerate(zip(ours, hi, lp))]
+    checks = [check(f"{name} out{i}", o, h, l, dtype or o.dtype) for i, (o, h, l) in enumerate(zip(ours, hi, lp))]
     diff = [i for i, o in enumerate(ours) if o.requires_grad]
     if not diff:
         return checks
@@ -103,5 +105,5 @@ def compare_op(name, fused_fn, ref_fn, inputs, grad_mode="random"):
         torch.autograd.backward([outs[i] for i in diff], gs)
     for k, (o, l, h) in enumerate(zip(ours_in, lp_in, hi_in)):
         if isinstance(o, torch.Tensor) and o.requires_grad:
-            checks.append(check(f"{name} grad{k}", o.grad, h.grad, l.grad, o.dtype))
+            checks.append(check(f"{name} grad{k}", o.grad, h.grad, l.grad, dtype or o.dtype))
     return checks

@@ -371,3 +371,12 @@ def test_selftest_table_and_verdict(capsys, monkeypatch):
     assert selftest.main(["--device", DEVICE, "--only", "add_layer_norm", "--quick"]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "VERDICT: FAIL" in out
+
+
+@needs_triton
+def test_selftest_passes_every_row(capsys):
+    """The whole `python -m fastgpt.selftest --quick` (every op and block row) passes here."""
+    from fastgpt import selftest
+    ok = selftest.main(["--device", DEVICE, "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert ok, "\n".join(line for line in out.splitlines() if "FAIL" in line or "ERROR" in line)
