@@ -84,13 +84,16 @@ def _cfg(bm, bn, w, s):
 
 
 # The last config of each GPU space is small enough for D = 256 in fp32, so the space
-# always holds one that fits in shared memory.
-_FWD_SPACE = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4),
-              (64, 64, 4, 3), (64, 32, 4, 4), (128, 64, 8, 4), (64, 64, 4, 2), (32, 32, 4, 1)]
-_DKDV_SPACE = [(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3),  # BLOCK_M: query rows
-               (32, 128, 8, 2), (64, 128, 8, 2), (16, 64, 4, 2), (16, 32, 4, 1)]  # streamed, BLOCK_N held
-_DQ_SPACE = [(128, 32, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3),    # BLOCK_M held,
-             (128, 32, 8, 2), (64, 64, 4, 2), (32, 32, 4, 2), (32, 16, 4, 1)]     # BLOCK_N streamed
+# always holds one that fits in shared memory. Configs that spill registers at D = 64 or
+# 128 (bf16, with or without dropout) are left out: `python -m benchmarks.compile_report
+# --only attention` compiles every one for sm_90 without a GPU and shows registers and
+# local-memory stack (benchmarks/ATTENTION_NOTES.md, v3).
+_FWD_SPACE = [(128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3), (128, 32, 4, 4),
+              (64, 64, 4, 3), (64, 32, 4, 4), (64, 64, 4, 2), (32, 32, 4, 1)]
+_DKDV_SPACE = [(32, 128, 8, 2), (32, 64, 4, 3), (64, 128, 8, 2), (64, 128, 8, 3),  # BLOCK_M: query rows
+               (32, 64, 8, 3), (64, 64, 8, 3), (16, 64, 4, 2), (16, 32, 4, 1)]    # streamed, BLOCK_N held
+_DQ_SPACE = [(128, 64, 8, 3), (128, 32, 8, 2), (64, 32, 4, 3), (128, 64, 8, 2),   # BLOCK_M held,
+             (64, 64, 4, 3), (64, 64, 4, 2), (32, 32, 4, 2), (32, 16, 4, 1)]      # BLOCK_N streamed
 _INTERPRET_CFG = {"fwd": (64, 32, 4, 1), "dkdv": (32, 64, 4, 1), "dq": (64, 32, 4, 1)}
 
 
@@ -112,10 +115,10 @@ def default_config(kind: str, head_dim: int, dtype: torch.dtype) -> dict:
     else:
         row_bytes = _block_d(head_dim) * (4 if dtype == torch.float32 else 2)   # one row of a tile
         size = 0 if row_bytes <= 128 else 1 if row_bytes <= 256 else 2 if row_bytes <= 512 else 3
-        bm, bn, w, s = {
-            "fwd": [(128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2), (32, 32, 4, 1)],
-            "dkdv": [(32, 128, 4, 3), (32, 64, 4, 2), (16, 32, 4, 2), (16, 32, 4, 1)],
-            "dq": [(128, 32, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2), (32, 16, 4, 1)],
+        bm, bn, w, s = {  # spill-free on sm_90 at D = 64 and 128 (benchmarks/compile_report.py)
+            "fwd": [(128, 64, 8, 3), (128, 64, 8, 3), (64, 32, 4, 2), (32, 32, 4, 1)],
+            "dkdv": [(32, 128, 8, 2), (32, 128, 8, 2), (16, 32, 4, 2), (16, 32, 4, 1)],
+            "dq": [(128, 64, 8, 3), (128, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 1)],
         }[kind][size]
     return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": s}
 
@@ -167,9 +170,12 @@ def _store_tile(ptrs, val, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, EVEN_D:
 @triton.jit
 def _load_seed(SEED, DROPOUT: tl.constexpr):
     """The dropout (seed, offset) pair, int64 scalars (0, 0 when DROPOUT is off: SEED is None)."""
+    seed = 0
+    offset = 0
     if DROPOUT:
-        return tl.load(SEED), tl.load(SEED + 1)
-    return 0, 0
+        seed = tl.load(SEED)
+        offset = tl.load(SEED + 1)
+    return seed, offset
 
 
 @triton.jit

@@ -1,0 +1,200 @@
+"""Compile every Triton kernel for an H100 (sm_90) on a machine without a GPU, and report its resources.
+
+    python -m benchmarks.compile_report                 # every kernel, every launch config of its space
+    python -m benchmarks.compile_report --only attention --sass
+    python -m benchmarks.compile_report --first         # only the first config of each space (CI)
+
+Nothing runs on a GPU: the launchers are called on small CPU tensors with
+Triton's driver replaced by a stand-in that names an sm_90 target, and every
+kernel launch becomes a compile-only ``warmup`` (ptxas ships in the triton
+wheel). So it catches what the CPU interpreter cannot: the interpreter never
+type-checks or lowers a kernel, so a kernel can pass every CPU test and still
+fail to compile for the GPU. For each compiled kernel it prints registers per
+thread, the local-memory stack (spills), dynamic shared memory against the
+H100's 227 KiB, and with --sass the count of matrix instructions in the SASS
+(HGMMA = Hopper's wgmma; HMMA = the older mma.sync path) and of local-memory
+loads/stores (LDL/STL). Exit status 1 if a kernel fails to compile or does not
+fit in shared memory.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+H100_SMEM = 232448          # bytes of shared memory one block may use on an H100 (227 KiB)
+SASS_OPS = ("HGMMA", "HMMA", "LDL", "STL")
+
+
+class _HopperStandIn:
+    """The few driver calls a compile-only launch makes, answered for an sm_90 target."""
+
+    def __init__(self):
+        from triton.backends.compiler import GPUTarget
+        self.target = GPUTarget("cuda", 90, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def is_active(self):
+        return True
+
+
+def _bindir():
+    import triton
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+
+def _resources(kernel, sass: bool) -> dict:
+    """regs / stack from cuobjdump's resource usage; op counts from the SASS."""
+    out = {"regs": None, "stack": None, "shared": kernel.metadata.shared}
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        usage = subprocess.run([os.path.join(_bindir(), "cuobjdump"), "-res-usage", path],
+                               capture_output=True, text=True).stdout
+        m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+        if m:
+            out["regs"], out["stack"] = int(m.group(1)), int(m.group(2))
+        if sass:
+            text = subprocess.run([os.path.join(_bindir(), "cuobjdump"), "-sass", path],
+                                  capture_output=True, text=True).stdout
+            counts = collections.Counter(re.findall(r"\b(" + "|".join(SASS_OPS) + r")\b", text))
+            out.update({op: counts.get(op, 0) for op in SASS_OPS})
+    return out
+
+
+class Recorder:
+    """Patches triton so launches compile (warmup) instead of running, and records each kernel."""
+
+    def __init__(self, all_configs: bool):
+        self.all_configs = all_configs
+        self.rows = []          # (kernel name, constexprs, num_warps, num_stages, CompiledKernel | Exception)
+
+    def install(self):
+        from triton.runtime import autotuner, jit
+        from triton.runtime.driver import driver
+        driver.set_active(_HopperStandIn())
+        rec, jit_run = self, jit.JITFunction.run
+
+        def run(fn, *args, grid=None, warmup=False, **kwargs):
+            consts = {p.name: kwargs.get(p.name) for p in fn.params if p.is_constexpr and p.name in kwargs}
+            try:
+                k = jit_run(fn, *args, grid=grid, warmup=True, **kwargs)
+            except Exception as e:  # a compile error: recorded, the run goes on
+                k = e
+            rec.rows.append((fn.fn.__name__, consts, kwargs.get("num_warps", 4), kwargs.get("num_stages", 3), k))
+            return None if isinstance(k, Exception) else k
+
+        def tuner_run(tuner, *args, **kwargs):
+            tuner.nargs = dict(zip(tuner.arg_names, args))
+            configs = tuner.prune_configs(kwargs) if len(tuner.configs) > 1 else tuner.configs
+            for cfg in configs if rec.all_configs else configs[:1]:
+                tuner.fn.run(*args, **kwargs, **cfg.all_kwargs())
+            tuner.nargs = None
+
+        jit.JITFunction.run = run
+        autotuner.Autotuner.run = tuner_run
+
+
+def _families(only):
+    """(family, callable) pairs; each callable calls the launchers on small CPU tensors."""
+    import torch
+    from fastgpt.kernels import attention as A
+    from fastgpt.kernels import cross_entropy as CE
+    from fastgpt.kernels import gelu as G
+    from fastgpt.kernels import layernorm as LN
+
+    bf16 = torch.bfloat16
+
+    def layernorm():
+        for N in (768, 1600):
+            x, r = torch.randn(256, N, dtype=bf16), torch.randn(256, N, dtype=bf16)
+            w, b = torch.ones(N, dtype=bf16), torch.zeros(N, dtype=bf16)
+            y, h, mean, rstd = LN.layer_norm_fwd(x, r, w, b, 1e-5)
+            LN.layer_norm_bwd(torch.randn_like(y), torch.randn_like(y), h, w, True, mean, rstd, bf16, bf16)
+
+    def gelu():
+        x, b = torch.randn(256, 3072, dtype=bf16), torch.randn(3072, dtype=bf16)
+        for approximate in ("tanh", "none"):
+            G.bias_gelu_fwd(x, b, approximate)
+            G.bias_gelu_bwd(torch.randn_like(x), x, b, approximate)
+
+    def attention():
+        seed = torch.tensor([1, 2], dtype=torch.int64)
+        for D, dt in ((64, bf16), (128, bf16), (64, torch.float32)):
+            q, k, v = (torch.randn(1, 2, 256, D, dtype=dt) for _ in range(3))
+            for p in (0.0, 0.1) if dt == bf16 else (0.0,):
+                o, lse = A.attention_fwd(q, k, v, dropout_p=p, seed=seed)
+                A.attention_bwd(torch.randn_like(o), q, k, v, o, lse, dropout_p=p, seed=seed)
+
+    def cross_entropy():
+        h, W = torch.randn(128, 768, dtype=bf16), torch.randn(4096, 768, dtype=bf16)
+        t = torch.randint(0, 4096, (128,))
+        CE.flce_fwd(h, W, t, -100, "mean", 0.0, None, True, True)
+
+    fams = {"layernorm": layernorm, "gelu": gelu, "attention": attention, "cross_entropy": cross_entropy}
+    return [(n, f) for n, f in fams.items() if not only or n in only]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help="families: layernorm,gelu,attention,cross_entropy (default all)")
+    ap.add_argument("--first", action="store_true", help="only the first launch config of each autotune space")
+    ap.add_argument("--sass", action="store_true", help="also count HGMMA/HMMA/LDL/STL in the SASS")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("compile_report: unset TRITON_INTERPRET (it compiles for the GPU, it does not interpret)",
+              file=sys.stderr)
+        return 2
+    os.environ["FASTGPT_AUTOTUNE"] = "1"   # the full spaces: --first picks the first config itself
+    rec = Recorder(all_configs=not args.first)
+    rec.install()
+    only = {s for s in args.only.split(",") if s}
+    failures = 0
+    print(f"{'kernel':<26} {'constexprs':<58} {'w':>2} {'s':>2} {'regs':>4} {'stack':>5} {'smem KiB':>8}"
+          + "".join(f" {op:>5}" for op in SASS_OPS if args.sass) + "  verdict")
+    for fam, call in _families(only):
+        start = len(rec.rows)
+        try:
+            call()
+        except Exception as e:  # a launcher that breaks before any kernel: one line, go on
+            print(f"{fam}: launcher failed: {type(e).__name__}: {str(e)[:200]}")
+            failures += 1
+        seen = set()
+        for name, consts, w, s, k in rec.rows[start:]:
+            first = [n for n in ("BLOCK_M", "BLOCK_N", "BLOCK_V", "HEAD_DIM") if n in consts]
+            c = ",".join(f"{n}={int(consts[n]) if isinstance(consts[n], bool) else consts[n]}"
+                         for n in first + [n for n in consts if n not in first and n not in ("BLOCK_D", "EVEN_D")])
+            key = (name, c, w, s)
+            if key in seen:
+                continue
+            seen.add(key)
+            if isinstance(k, Exception):
+                failures += 1
+                msg = str(k).strip().splitlines()
+                print(f"{name:<26} {c[:58]:<58} {w:>2} {s:>2}  COMPILE ERROR: {msg[-1][:160] if msg else type(k)}")
+                continue
+            r = _resources(k, args.sass)
+            fits = r["shared"] <= H100_SMEM
+            failures += not fits
+            print(f"{name:<26} {c[:58]:<58} {w:>2} {s:>2} {r['regs'] or '-':>4} {r['stack'] or 0:>5} "
+                  f"{r['shared'] / 1024:8.1f}" + "".join(f" {r[op]:>5}" for op in SASS_OPS if args.sass)
+                  + ("  ok" if fits else "  TOO MUCH SHARED MEMORY"))
+    print(f"compile_report: {len(rec.rows)} launches compiled for sm_90, {failures} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
