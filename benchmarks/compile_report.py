@@ -75,6 +75,17 @@ def _resources(kernel, sass: bool) -> dict:
     return out
 
 
+def _why(e: Exception) -> str:
+    """One line for a compile error: the innermost cause (triton chains the real error under the
+    call sites) and the source position of the first one."""
+    inner = e
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    where = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    lines = [ln.strip() for ln in str(inner).strip().splitlines() if ln.strip() and set(ln.strip()) != {"^"}]
+    return f"{type(inner).__name__}: {lines[-1] if lines else ''} ({where})"[:240]
+
+
 class Recorder:
     """Patches triton so launches compile (warmup) instead of running, and records each kernel."""
 
@@ -183,8 +194,7 @@ def main(argv=None) -> int:
             seen.add(key)
             if isinstance(k, Exception):
                 failures += 1
-                msg = str(k).strip().splitlines()
-                print(f"{name:<26} {c[:58]:<58} {w:>2} {s:>2}  COMPILE ERROR: {msg[-1][:160] if msg else type(k)}")
+                print(f"{name:<26} {c[:58]:<58} {w:>2} {s:>2}  COMPILE ERROR: {_why(k)}")
                 continue
             r = _resources(k, args.sass)
             fits = r["shared"] <= H100_SMEM
