@@ -327,4 +327,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from fastgpt import cli
+    raise SystemExit(cli.entry(main))

@@ -266,5 +266,35 @@ def to_dict(cfg, drop=()) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in drop}
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what the shell reports for `seq 1 1000000 | head -1`
+
+
+def entry(main, argv=None):
+    """Run a command's ``main`` as a program: ``sys.exit(cli.entry(main))`` under ``if __name__ == "__main__"``.
+
+    A reader that closes the pipe early (``... --help | head -3``) ends the program
+    quietly with status 141, as coreutils and git end there (killed by SIGPIPE, which
+    the shell reports as 128 + 13), instead of a BrokenPipeError traceback. Python
+    ignores SIGPIPE, so the write raises; stdout is then pointed at /dev/null so the
+    flush at interpreter exit cannot raise again.
+    """
+    try:
+        try:
+            rc = main(argv) if argv is not None else main()
+        except SystemExit:  # argparse's --help / usage exit: its output may still sit in the buffer
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # a broken pipe shows up here if nothing forced a write before
+        return rc
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # no real stdout file descriptor (an embedding host)
+            pass
+        return EXIT_BROKEN_PIPE
+
+
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUE

@@ -556,4 +556,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastgpt import cli
+    sys.exit(cli.entry(main))

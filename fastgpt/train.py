@@ -24,13 +24,17 @@ Under ``torchrun --nproc_per_node=N -m fastgpt.train`` it trains with DDP
 (NCCL on CUDA, gloo on CPU): ``--batch_size`` is per process, every rank
 draws the same global batch stream and keeps its rows, so N processes with
 batch B follow one process with batch N*B; rank 0 logs and checkpoints.
+With ``--fsdp`` it shards instead (FSDP2 ``fully_shard``: each block, then
+the root); the checkpoints are the same full state dicts as a single
+process writes, so a run resumes at any world size, with or without FSDP.
 Test hooks (environment): FASTGPT_TEST_NONFINITE="3,5" puts an inf in a
 gradient at those steps; FASTGPT_TEST_SAVE_PAUSE=SECONDS hangs checkpoint
 writes midway.
 
 Exit status: 0 done (or stopped by a signal after saving), 1 a
 data/checkpoint problem (one line saying what to do), 2 a usage error (one
-line), 3 stopped after --max_bad_steps non-finite steps, 130 aborted.
+line), 3 stopped after --max_bad_steps non-finite steps, 130 aborted, 141
+stdout closed early (``... | head``: quietly, as coreutils and git end there).
 """
 from __future__ import annotations
 
@@ -126,6 +130,9 @@ class TrainConfig:
                                       "~1/3 more compute; dropout masks replayed exactly)")
     max_bad_steps: int = _f(10, "stop (exit 3) after this many consecutive steps with a non-finite loss or "
                                 "gradient, each skipped (0 = never stop)")
+    fsdp: bool = _f(False, "under torchrun: shard parameters, gradients and optimizer state over the processes "
+                           "(FSDP2, one unit per block + the root) instead of DDP; checkpoints stay full and "
+                           "resume at any world size; not with --compile")
 
     def validate(self) -> list[str]:
         from fastgpt.config import PRESETS
@@ -169,6 +176,8 @@ class TrainConfig:
             p.append(f"--peak_tflops must be > 0, got {self.peak_tflops}")
         if self.seed < 0:
             p.append(f"--seed must be >= 0, got {self.seed}")
+        if self.fsdp and self.compile:
+            p.append("--fsdp with --compile is not supported; drop one of them")
         if (self.warmup_iters is not None and self.lr_decay_iters is not None
                 and self.warmup_iters > self.lr_decay_iters):
             p.append(f"--warmup_iters ({self.warmup_iters}) must not exceed --lr_decay_iters ({self.lr_decay_iters})")
@@ -177,11 +186,17 @@ class TrainConfig:
 
 # Options a --resume takes from the command line rather than from the checkpoint.
 RUNTIME_ONLY = ("device", "backend", "compile", "resume", "eval_only", "progress", "out_dir", "peak_tflops",
-                "grad_checkpoint")
+                "grad_checkpoint", "fsdp")
 
 # Dense bf16 datasheet peaks (TFLOP/s) by a substring of torch.cuda.get_device_name().
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
                ("A100", 312.0), ("A10G", 70.0), ("L40S", 362.0), ("L4", 121.0)]
+
+
+# Devices offered --dtype fp16. PyTorch also trains in fp16 on the CPU (autocast + GradScaler("cpu"),
+# checked with torch 2.13; the tests use it to exercise the loss scaler there), but it is slower than
+# fp32 on most CPUs and has bf16's cost without its range, so the command line steers users away.
+FP16_DEVICES = ("cuda",)
 
 
 class RunError(RuntimeError):
@@ -219,7 +234,7 @@ def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     for k, v in AUTO[c.device].items():
         if getattr(c, k) is None:
             setattr(c, k, v)
-    if c.dtype == "fp16" and c.device != "cuda":
+    if c.dtype == "fp16" and c.device not in FP16_DEVICES:
         raise cli.UsageError("--dtype fp16 needs --device cuda (on the CPU use bf16 or fp32)")
     if c.dtype == "bf16" and c.device == "cuda" and not torch.cuda.is_bf16_supported():
         raise cli.UsageError("--dtype bf16: this GPU has no bf16; use --dtype fp16")
@@ -331,10 +346,13 @@ class _Dist:
                 tdist.destroy_process_group()
 
 
-def init_distributed(device_type: str) -> _Dist:
-    """Join the torchrun job described by $WORLD_SIZE / $RANK / $LOCAL_RANK (NCCL on CUDA, gloo on CPU)."""
+def init_distributed(device_type: str, always: bool = False) -> _Dist:
+    """Join the torchrun job described by $WORLD_SIZE / $RANK / $LOCAL_RANK (NCCL on CUDA, gloo on CPU).
+
+    A world of 1 is a plain process without a process group, unless ``always`` (FSDP needs one).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
+    if world <= 1 and not always:
         return _Dist()
     import torch
     import torch.distributed as tdist
@@ -428,6 +446,78 @@ def _enable_grad_checkpoint(model) -> None:
         block._fastgpt_ckpt = True
 
 
+def _fsdp_shard(model, device_type: str) -> None:
+    """FSDP2 over the default process group: each transformer block one unit, then the root.
+
+    A block's parameters are all-gathered just before it runs and freed after
+    it (reshard_after_forward; not the last block, whose backward comes right
+    away); the root unit holds the embeddings (wte tied to lm_head), wpe and
+    ln_f. GPT.hidden_states runs blocks through ``forward_stream`` (it passes
+    the pending residual add between blocks), not ``forward``, so that method
+    is registered as a forward method: the hooks fire on it. Apply
+    ``_enable_grad_checkpoint`` before this, so the FSDP hooks sit outside the
+    checkpoint: the recomputation in backward runs on the parameters FSDP's
+    pre-backward hook has already gathered.
+
+    Precision stays with autocast (no MixedPrecisionPolicy): fp32 parameters
+    are gathered and fp32 gradients reduce-scattered, the ops see what they
+    see in one process (fp32 weights, autocast activations), and the losses
+    match a single-process run with the same global batch.
+    """
+    import warnings
+
+    import torch.distributed as tdist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    # The pre-LN block returns its pending MLP output as a view of a (B*T, C) matmul; FSDP2 warns that
+    # an in-place op on it would bypass its pre-backward hook. The next block only reads it
+    # (add_layer_norm is out of place), so the warning does not apply here.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    # the mesh names the run's device: fully_shard's default would pick CUDA whenever there is one
+    mesh = init_device_mesh(device_type, (tdist.get_world_size(),))
+    blocks = list(model.transformer.h)
+    for i, block in enumerate(blocks):
+        fully_shard(block, mesh=mesh, reshard_after_forward=i < len(blocks) - 1)
+        register_fsdp_forward_method(block, "forward_stream")
+    fully_shard(model, mesh=mesh)
+
+
+def _fsdp_full_state(model, optimizer=None) -> tuple[dict, dict | None]:
+    """(model, optimizer) full state dicts on rank 0, on the CPU, in the single-process format (a
+    collective: every rank calls it; the others get empty dicts).
+
+    torch.distributed.checkpoint keys the optimizer state by parameter name; it is re-keyed by the
+    index torch.optim.Optimizer.state_dict() uses (position in the param groups), so the file is
+    the one a single process writes, and either kind of run resumes it.
+    """
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(model, options=opts)
+    osd = None if optimizer is None else get_optimizer_state_dict(model, optimizer, options=opts)
+    if not osd:
+        return msd, osd
+    names = [n for g in osd["param_groups"] for n in g["params"]]
+    index = {n: i for i, n in enumerate(names)}
+    return msd, dict(state={index[n]: v for n, v in osd["state"].items()},
+                     param_groups=[dict(g, params=[index[n] for n in g["params"]]) for g in osd["param_groups"]])
+
+
+def _fsdp_load_optimizer(model, optimizer, state: dict) -> None:
+    """Load a full, index-keyed optimizer state dict (any checkpoint's) into the sharded optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    name = {id(p): n for n, p in model.named_parameters()}  # the tied wte/lm_head weight once, as wte
+    names = [name[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    if len(names) != sum(len(g["params"]) for g in state["param_groups"]):
+        raise RunError("the checkpoint's optimizer state does not match this model's parameters")
+    osd = dict(state={names[i]: v for i, v in state["state"].items()},
+               param_groups=[dict(g, params=[names[i] for i in g["params"]]) for g in state["param_groups"]])
+    set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
+    # the hyperparameters exactly as saved (set_optimizer_state_dict's flattening turns tuples into lists)
+    for g, saved in zip(optimizer.param_groups, state["param_groups"], strict=True):
+        g.update({k: v for k, v in saved.items() if k != "params"})
+
+
 def _nonfinite_test_steps() -> set[int]:
     """Test hook: $FASTGPT_TEST_NONFINITE="3,4" puts an inf in a gradient at those (1-based) steps."""
     raw = os.environ.get("FASTGPT_TEST_NONFINITE", "").strip()
@@ -437,14 +527,17 @@ def _nonfinite_test_steps() -> set[int]:
 def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
     """Train (or evaluate) per cfg; returns a summary dict. Raises RunError / cli.UsageError.
 
-    Under torchrun (``$WORLD_SIZE`` > 1) it joins the process group, trains with DDP and
-    leaves it at the end.
+    Under torchrun (``$WORLD_SIZE`` > 1) it joins the process group, trains with DDP (or FSDP2
+    with ``--fsdp``) and leaves it at the end.
     """
     import torch
     dev_type = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev_type == "cuda" and not torch.cuda.is_available():
         raise cli.UsageError("--device cuda: no CUDA device is available (use --device cpu)")
-    dist = init_distributed(dev_type)
+    if cfg.fsdp and not ("WORLD_SIZE" in os.environ and "RANK" in os.environ):
+        raise cli.UsageError("--fsdp shards over the processes of a torchrun job: start it with "
+                             "torchrun --nproc_per_node=N -m fastgpt.train --fsdp")
+    dist = init_distributed(dev_type, always=cfg.fsdp)
     try:
         with _Signals(quiet=not dist.main) as sigs:
             try:
@@ -570,6 +663,10 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict
         model.load_state_dict(ckpt_state["model"])
     if cfg.grad_checkpoint:
         _enable_grad_checkpoint(model)
+    n_params = model.num_params()
+    flops_tok = model.flops_per_token(cfg.block_size)
+    if cfg.fsdp:  # after the checkpoint's weights are in and before the optimizer sees the parameters
+        _fsdp_shard(model, device.type)
     optimizer = model.configure_optimizers(weight_decay=cfg.weight_decay, learning_rate=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), device_type=device.type)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[cfg.dtype]
@@ -585,7 +682,10 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict
     if W > 1:  # each rank its own dropout stream (the weights above came from the common seed)
         torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)
     if ckpt_state is not None:
-        optimizer.load_state_dict(ckpt_state["optimizer"])
+        if cfg.fsdp:
+            _fsdp_load_optimizer(model, optimizer, ckpt_state["optimizer"])
+        else:
+            optimizer.load_state_dict(ckpt_state["optimizer"])
         if ckpt_state.get("scaler") and cfg.dtype == "fp16":
             scaler.load_state_dict(ckpt_state["scaler"])
         step = int(ckpt_state["step"])
@@ -611,14 +711,12 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict
             torch.manual_seed(cfg.seed + 1_000_003 * dist.rank + step)
     extra["world_size"] = W
     compiled = torch.compile(model) if cfg.compile else model
-    if W > 1:
+    if W > 1 and not cfg.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         fwd = DDP(compiled, device_ids=[dist.local_rank] if device.type == "cuda" else None)
     else:
-        fwd = compiled
+        fwd = compiled  # (FSDP: the sharded model itself)
 
-    n_params = model.num_params()
-    flops_tok = model.flops_per_token(cfg.block_size)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     peak = peak_flops(dev_name, cfg.peak_tflops) if device.type == "cuda" else None
     tokens_per_step = B * cfg.block_size * cfg.grad_accum * W
@@ -658,9 +756,10 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict
         """Checkpoint on rank 0 (every rank joins the gather of the per-rank RNG states)."""
         rngs = dist.gather_objects(ck.rng_state()) if W > 1 else None
         p = None
+        msd, osd = _fsdp_full_state(model, optimizer) if cfg.fsdp else (None, None)
         if dist.main:
-            st = dict(step=step, model=model.state_dict(), config=mcfg.to_dict(), model_config=mcfg.to_dict(),
-                      optimizer=optimizer.state_dict(),
+            st = dict(step=step, model=msd if cfg.fsdp else model.state_dict(), config=mcfg.to_dict(),
+                      model_config=mcfg.to_dict(), optimizer=osd if cfg.fsdp else optimizer.state_dict(),
                       scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=ck.rng_state(),
                       data=train_batches.state_dict(), train_config=saved_cfg, tokenizer=cfg.tokenizer,
                       extra=dict(extra))
@@ -675,7 +774,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict
         log.say(f"fastgpt.train: {cfg.preset} ({n_params / 1e6:.2f}M params), {cfg.tokenizer} tokens, "
                 f"{td.meta['n_tokens']['train']:,} train / {td.meta['n_tokens']['val']:,} val tokens, "
                 f"{dev_name} {cfg.dtype}, backend {header['backend']}, out_dir {out_dir}"
-                + (f", {W} processes (DDP, {'nccl' if device.type == 'cuda' else 'gloo'})" if W > 1 else "")
+                + (f", {W} process{'es' if W > 1 else ''} ({'FSDP' if cfg.fsdp else 'DDP'}, "
+                   f"{'nccl' if device.type == 'cuda' else 'gloo'})" if W > 1 or cfg.fsdp else "")
                 + (", activation checkpointing" if cfg.grad_checkpoint else ""))
         if cfg.eval_only:
             v = evaluate()
@@ -777,6 +877,12 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict
         log.close()
 
     # --- the trained model, and a sample from it (rank 0)
+    if cfg.fsdp:  # gathered (every rank joins) into a plain model on rank 0
+        msd, _ = _fsdp_full_state(model)
+        if dist.main:
+            model = GPT(mcfg, backend=cfg.backend)
+            model.load_state_dict(msd)
+            model.to(device)
     if dist.main:
         model.save_pretrained(out_dir / "model")
         with open(out_dir / "model" / "tokenizer.json", "w") as f:
@@ -807,7 +913,9 @@ def optimizer_step(fwd, params, optimizer, scaler, next_batch, grad_accum: int, 
     step's target tokens (every target counts in pre-training), so the gradient is that of the mean
     over the step's global token count, whatever the split into micro-batches (DDP then averages
     over ranks, which hold equal token counts). Under DDP (``fwd`` a DistributedDataParallel) the
-    gradients are all-reduced only on the last micro-batch (``no_sync`` on the others).
+    gradients are all-reduced only on the last micro-batch (``no_sync`` on the others). Under FSDP
+    (``fwd`` the sharded model) each micro-batch's gradients are reduce-scattered as it finishes,
+    so no unsharded gradient outlives its block's backward.
     ``stop_requested`` (a bool, or a callable read after the backward passes) is OR-ed over ranks.
 
     One host sync per step decides the skip: a non-finite gradient norm or loss (under DDP
@@ -830,13 +938,20 @@ def optimizer_step(fwd, params, optimizer, scaler, next_batch, grad_accum: int, 
             scaler.scale(loss).backward()
         loss_acc = loss.detach() if loss_acc is None else loss_acc + loss.detach()
     params = [p for p in params if p.grad is not None]
-    if inject_nonfinite and params:  # test hook: an overflowed gradient
-        params[0].grad.view(-1)[0] = float("inf")
-    scaler.unscale_(optimizer)  # a no-op unless fp16
+    if inject_nonfinite and params:  # test hook: an overflowed gradient (FSDP: in this rank's shard)
+        g = params[0].grad
+        g = g.to_local() if hasattr(g, "to_local") else g
+        if g.numel():
+            g.view(-1)[0] = float("inf")
+    # a no-op unless fp16; on FSDP's DTensor gradient shards DTensor all-reduces the found-inf flag,
+    # so every rank's scaler backs off together
+    scaler.unscale_(optimizer)
     if grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     else:
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if hasattr(norm, "full_tensor"):  # FSDP: a replicated DTensor, already the norm over every shard
+        norm = norm.full_tensor()
     flags = torch.stack([(~torch.isfinite(norm.float())) | (~torch.isfinite(loss_acc.float())),
                          torch.tensor(bool(stop_requested() if callable(stop_requested) else stop_requested),
                                       device=norm.device)]).float()
@@ -886,4 +1001,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.entry(main))

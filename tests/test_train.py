@@ -4,52 +4,25 @@ Runs in-process through ``fastgpt.train.main`` on a small generated text file
 (byte-level, no network), on the CPU with the reference backend; the fp16 /
 bf16 / compile checks run where CUDA is available.
 """
-import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
 
+import _train_helpers as H
+from _train_helpers import one_thread  # noqa: F401  (an autouse fixture: one torch thread per test)
 from conftest import HAS_CUDA, needs_cuda
 from fastgpt import checkpoint as ck
 from fastgpt import train
 
-WORDS = ("the king is dead long live the king my lord what news from the court "
-         "good night sweet prince and flights of angels sing thee to thy rest").split()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one thread is as fast on a quiet machine and far faster on a busy one (no spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_args = H.argv_factory(eval_iters=2, eval_interval=3)
+_rows = H.rows
 
 
 @pytest.fixture
 def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTGPT_CACHE", str(tmp_path / "cache"))
-    rng = random.Random(0)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + "." for _ in range(3000)]
-    p = tmp_path / "text.txt"
-    p.write_text("\n".join(lines) + "\n")
-    return p
-
-
-def _args(corpus, out, **kw):
-    a = dict(data=corpus, out_dir=out, device="cpu", tokenizer="byte", preset="tiny", batch_size=4,
-             block_size=32, eval_iters=2, eval_interval=3, log_interval=1, sample_tokens=0, lr=3e-3,
-             warmup_iters=1, seed=1)
-    a.update(kw)
-    return [f"--{k}={v}" for k, v in a.items()]
-
-
-def _rows(out):
-    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(x) for x in lines]
+    return H.make_corpus(tmp_path, monkeypatch, n_lines=3000)
 
 
 def _losses(out):
