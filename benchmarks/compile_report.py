@@ -91,7 +91,7 @@ class Recorder:
 
     def __init__(self, all_configs: bool):
         self.all_configs = all_configs
-        self.rows = []          # (kernel name, constexprs, num_warps, num_stages, CompiledKernel | Exception)
+        self.rows = []  # (kernel name, tensor dtypes, constexprs, num_warps, num_stages, CompiledKernel | Exception)
 
     def install(self):
         from triton.runtime import autotuner, jit
@@ -101,11 +101,14 @@ class Recorder:
 
         def run(fn, *args, grid=None, warmup=False, **kwargs):
             consts = {p.name: kwargs.get(p.name) for p in fn.params if p.is_constexpr and p.name in kwargs}
+            dtypes = "/".join(dict.fromkeys(str(a.dtype).replace("torch.", "").replace("float", "f")
+                                             for a in args if hasattr(a, "dtype")))
             try:
                 k = jit_run(fn, *args, grid=grid, warmup=True, **kwargs)
             except Exception as e:  # a compile error: recorded, the run goes on
                 k = e
-            rec.rows.append((fn.fn.__name__, consts, kwargs.get("num_warps", 4), kwargs.get("num_stages", 3), k))
+            rec.rows.append((fn.fn.__name__, dtypes, consts, kwargs.get("num_warps", 4), kwargs.get("num_stages", 3),
+                             k))
             return None if isinstance(k, Exception) else k
 
         def tuner_run(tuner, *args, **kwargs):
@@ -130,30 +133,40 @@ def _families(only):
     bf16 = torch.bfloat16
 
     def layernorm():
+        # (x dtype, weight dtype, residual dtype or None, bias?) over hidden sizes 768 and 1600
+        cases = [(bf16, bf16, bf16, True), (torch.float16, torch.float16, None, False),
+                 (torch.float32, torch.float32, torch.float32, True), (bf16, torch.float32, None, True),
+                 (bf16, torch.float32, torch.float32, True)]   # autocast: fp32 weights / fp32 residual stream
         for N in (768, 1600):
-            x, r = torch.randn(256, N, dtype=bf16), torch.randn(256, N, dtype=bf16)
-            w, b = torch.ones(N, dtype=bf16), torch.zeros(N, dtype=bf16)
-            y, h, mean, rstd = LN.layer_norm_fwd(x, r, w, b, 1e-5)
-            LN.layer_norm_bwd(torch.randn_like(y), torch.randn_like(y), h, w, True, mean, rstd, bf16, bf16)
+            for xd, wd, rd, has_b in cases:
+                x = torch.randn(256, N, dtype=xd)
+                r = torch.randn(256, N, dtype=rd) if rd is not None else None
+                w, b = torch.ones(N, dtype=wd), (torch.zeros(N, dtype=wd) if has_b else None)
+                y, h, mean, rstd = LN.layer_norm_fwd(x, r, w, b, 1e-5)
+                dh = torch.randn_like(h) if h is not None else None
+                LN.layer_norm_bwd(torch.randn_like(y), dh, h if h is not None else x, w, has_b, mean, rstd, xd,
+                                  rd)
 
     def gelu():
-        x, b = torch.randn(256, 3072, dtype=bf16), torch.randn(3072, dtype=bf16)
-        for approximate in ("tanh", "none"):
-            G.bias_gelu_fwd(x, b, approximate)
-            G.bias_gelu_bwd(torch.randn_like(x), x, b, approximate)
+        for dt in (bf16, torch.float16, torch.float32):
+            x, b = torch.randn(256, 3072, dtype=dt), torch.randn(3072, dtype=dt)
+            for bias, approximate in ((b, "tanh"), (None, "none")):
+                G.bias_gelu_fwd(x, bias, approximate)
+                G.bias_gelu_bwd(torch.randn_like(x), x, bias, approximate)
 
     def attention():
         seed = torch.tensor([1, 2], dtype=torch.int64)
-        for D, dt in ((64, bf16), (128, bf16), (64, torch.float32)):
+        for D, dt in ((64, bf16), (128, bf16), (64, torch.float32), (80, torch.float16)):
             q, k, v = (torch.randn(1, 2, 256, D, dtype=dt) for _ in range(3))
-            for p in (0.0, 0.1) if dt == bf16 else (0.0,):
+            for p in (0.0, 0.1) if D in (64, 128) and dt == bf16 else (0.0,):
                 o, lse = A.attention_fwd(q, k, v, dropout_p=p, seed=seed)
                 A.attention_bwd(torch.randn_like(o), q, k, v, o, lse, dropout_p=p, seed=seed)
 
     def cross_entropy():
-        h, W = torch.randn(128, 768, dtype=bf16), torch.randn(4096, 768, dtype=bf16)
-        t = torch.randint(0, 4096, (128,))
-        CE.flce_fwd(h, W, t, -100, "mean", 0.0, None, True, True)
+        for dt, smoothing, need in ((bf16, 0.0, True), (torch.float32, 0.1, True), (bf16, 0.0, False)):
+            h, W = torch.randn(128, 768, dtype=dt), torch.randn(4096, 768, dtype=dt)
+            t = torch.randint(0, 4096, (128,))
+            CE.flce_fwd(h, W, t, -100, "mean", smoothing, None, need, need)
 
     fams = {"layernorm": layernorm, "gelu": gelu, "attention": attention, "cross_entropy": cross_entropy}
     return [(n, f) for n, f in fams.items() if not only or n in only]
@@ -174,7 +187,7 @@ def main(argv=None) -> int:
     rec.install()
     only = {s for s in args.only.split(",") if s}
     failures = 0
-    print(f"{'kernel':<26} {'constexprs':<58} {'w':>2} {'s':>2} {'regs':>4} {'stack':>5} {'smem KiB':>8}"
+    print(f"{'kernel':<26} {'dtypes':<18} {'constexprs':<58} {'w':>2} {'s':>2} {'regs':>4} {'stack':>5} {'smem KiB':>8}"
           + "".join(f" {op:>5}" for op in SASS_OPS if args.sass) + "  verdict")
     for fam, call in _families(only):
         start = len(rec.rows)
@@ -184,22 +197,21 @@ def main(argv=None) -> int:
             print(f"{fam}: launcher failed: {type(e).__name__}: {str(e)[:200]}")
             failures += 1
         seen = set()
-        for name, consts, w, s, k in rec.rows[start:]:
+        for name, dts, consts, w, s, k in rec.rows[start:]:
             first = [n for n in ("BLOCK_M", "BLOCK_N", "BLOCK_V", "HEAD_DIM") if n in consts]
             c = ",".join(f"{n}={int(consts[n]) if isinstance(consts[n], bool) else consts[n]}"
                          for n in first + [n for n in consts if n not in first and n not in ("BLOCK_D", "EVEN_D")])
-            key = (name, c, w, s)
-            if key in seen:
+            if id(k) in seen:  # the same compiled kernel again (triton's cache): listed once
                 continue
-            seen.add(key)
+            seen.add(id(k))
             if isinstance(k, Exception):
                 failures += 1
-                print(f"{name:<26} {c[:58]:<58} {w:>2} {s:>2}  COMPILE ERROR: {_why(k)}")
+                print(f"{name:<26} {dts[:18]:<18} {c[:58]:<58} {w:>2} {s:>2}  COMPILE ERROR: {_why(k)}")
                 continue
             r = _resources(k, args.sass)
             fits = r["shared"] <= H100_SMEM
             failures += not fits
-            print(f"{name:<26} {c[:58]:<58} {w:>2} {s:>2} {r['regs'] or '-':>4} {r['stack'] or 0:>5} "
+            print(f"{name:<26} {dts[:18]:<18} {c[:58]:<58} {w:>2} {s:>2} {r['regs'] or '-':>4} {r['stack'] or 0:>5} "
                   f"{r['shared'] / 1024:8.1f}" + "".join(f" {r[op]:>5}" for op in SASS_OPS if args.sass)
                   + ("  ok" if fits else "  TOO MUCH SHARED MEMORY"))
     print(f"compile_report: {len(rec.rows)} launches compiled for sm_90, {failures} failure(s)")
