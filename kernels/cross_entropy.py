@@ -4,7 +4,7 @@ For N tokens, hidden size C and vocabulary V (h: (N, C), W: (V, C), targets: (N,
 the forward walks the tokens in chunks of R rows and, per chunk:
     z   = h_c @ W^T                      (R, V) logits, cuBLAS, in the compute dtype
     one Triton program per row, fp32 math, online over V in blocks:
-        m = max_j z_j,  lse = m + log sum_j exp(z_j - m)
+        m = max_j z_j,  lse = m + log sum_j exp(z_j - m)   (exp as exp2((z_j - m) log2 e))
         loss_i = lse - (1 - eps) z_t - (eps / V) sum_j z_j     (label smoothing eps, as torch)
         z_j   <- softmax_j - (1 - eps) [j == t] - eps / V      (in place: d loss_i / d z_j)
         ignored rows (t == ignore_index): loss_i = 0, z <- 0
@@ -56,6 +56,9 @@ CHUNK_BYTES = 256 * 2**20       # default budget for one chunk of logits
 
 # ----------------------------------------------------------------------------- kernel
 
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+
 @triton.jit
 def _ce_fwd_grad_kernel(
     Z,          # (M, VP) logits of one chunk (columns >= V are padding, read and written freely),
@@ -72,28 +75,30 @@ def _ce_fwd_grad_kernel(
     t = tl.load(T + row)
     cols = tl.arange(0, BLOCK_V)
     if t != ignore_index:
-        # pass 1: running max m and sum s of exp(z - m) (base 2), and sum(z) for smoothing
-        z = tl.load(zrow + cols, mask=cols < VP, other=0.0).to(tl.float32) * 1.4426950408889634
+        # pass 1: running max m and sum s of exp(z - m) (exp2 of (z - m) log2 e: z - m is taken
+        # first, so the dominant entries, z near m, keep full fp32 accuracy), and sum(z) for smoothing
+        z = tl.load(zrow + cols, mask=cols < VP, other=0.0).to(tl.float32)
         z = tl.where(cols < V, z, float("-inf"))
         m = tl.max(z, axis=0)
-        s = tl.sum(tl.exp2(z - m), axis=0)
+        s = tl.sum(tl.exp2((z - m) * LOG2E), axis=0)
         zsum = tl.sum(tl.where(cols < V, z, 0.0), axis=0)
         for start in range(BLOCK_V, VP, BLOCK_V):
             c = start + cols
-            z = tl.load(zrow + c, mask=c < VP, other=0.0).to(tl.float32) * 1.4426950408889634
+            z = tl.load(zrow + c, mask=c < VP, other=0.0).to(tl.float32)
             z = tl.where(c < V, z, float("-inf"))
             m_new = tl.maximum(m, tl.max(z, axis=0))
-            s = s * tl.exp2(m - m_new) + tl.sum(tl.exp2(z - m_new), axis=0)
+            s = s * tl.exp2((m - m_new) * LOG2E) + tl.sum(tl.exp2((z - m_new) * LOG2E), axis=0)
             if SMOOTH:
                 zsum += tl.sum(tl.where(c < V, z, 0.0), axis=0)
             m = m_new
-        lse2 = m + tl.log2(s)                       # log2-domain logsumexp
+        log2s = tl.log2(s)
         t_ok = (t >= 0) & (t < V)                   # out-of-range targets are caught by the launcher
         zt = tl.load(zrow + t, mask=t_ok, other=0.0).to(tl.float32)
-        lse = lse2 * 0.6931471805599453             # back to natural log
-        loss = lse - (1.0 - eps) * zt
+        # lse - (1 - eps) z_t - eps/V sum_j z_j, ordered so that m - z_t (exact when z_t is near the
+        # max, the confident rows) is formed before the small log s is added
+        loss = (m - zt) + log2s * LN2
         if SMOOTH:
-            loss -= eps / V * (zsum * 0.6931471805599453)
+            loss += eps * (zt - zsum / V)
         tl.store(Loss + row, loss)
         if WRITE_GRAD:
             # pass 2: the row again, last block first (those are the ones still in L1/L2),
@@ -101,8 +106,8 @@ def _ce_fwd_grad_kernel(
             nblk = tl.cdiv(VP, BLOCK_V)
             for i in range(0, nblk):
                 c = (nblk - 1 - i) * BLOCK_V + cols
-                z = tl.load(zrow + c, mask=c < VP, other=0.0).to(tl.float32) * 1.4426950408889634
-                g = tl.exp2(z - lse2) - tl.where(c == t, 1.0 - eps, 0.0)
+                z = tl.load(zrow + c, mask=c < VP, other=0.0).to(tl.float32)
+                g = tl.exp2((z - m) * LOG2E) / s - tl.where(c == t, 1.0 - eps, 0.0)
                 if SMOOTH:
                     g -= eps / V
                 g = tl.where(c < V, g, 0.0)
