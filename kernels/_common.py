@@ -6,6 +6,7 @@ import os
 
 import torch
 import triton
+import triton.runtime.autotuner
 
 from fastgpt.kernels import INTERPRET
 
@@ -63,8 +64,37 @@ def _quick_bench(kernel_call, quantiles):
     return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
 
 
+class _Autotuner(triton.runtime.autotuner.Autotuner):
+    """triton's Autotuner with a lean launch once a key is tuned.
+
+    Autotuner.run rebuilds dicts of every argument on each launch, about as
+    much host time as the JIT launch itself (~25 of ~50 us per launch on the
+    dev machine, measured through benchmarks/compile_report.py's stand-in
+    driver). After the first launch of a key, this launches the tuned config's
+    kernel directly. The key is Triton's: the named key arguments plus the
+    dtypes of the tensor arguments. Configs with pre-hooks are not supported.
+    """
+
+    def __init__(self, fn, configs, key, prune, do_bench):
+        super().__init__(fn, fn.arg_names, configs, key, None, None, do_bench=do_bench,
+                         prune_configs_by={"early_config_prune": prune} if prune is not None else None)
+        assert all(c.pre_hook is None for c in self.configs), "fastgpt's autotune takes no pre-hooks"
+        self._key_pos = [(fn.arg_names.index(k), k) for k in key]
+        self._tuned = {}
+
+    def run(self, *args, **kwargs):
+        key = tuple(args[i] if i < len(args) else kwargs[k] for i, k in self._key_pos) + \
+            tuple(a.dtype for a in args if isinstance(a, torch.Tensor))
+        config = self._tuned.get(key)
+        if config is None:
+            out = super().run(*args, **kwargs)
+            self._tuned[key] = self.best_config
+            return out
+        return self.fn.run(*args, **kwargs, **config.all_kwargs())
+
+
 def autotune(configs, key, prune=None):
-    """triton.autotune over ``configs`` on the GPU, with short timing runs.
+    """triton.autotune over ``configs`` on the GPU, with short timing runs and a lean launch path.
 
     Only the first config (make it a good default) is used under the
     interpreter (autotuning more than one config fails there) and when
@@ -73,9 +103,8 @@ def autotune(configs, key, prune=None):
     """
     def wrap(fn):
         if INTERPRET or os.environ.get("FASTGPT_AUTOTUNE", "1") == "0":
-            return triton.autotune(configs[:1], key=key)(fn)
-        pruning = {"early_config_prune": prune} if prune is not None else None
-        return triton.autotune(configs, key=key, prune_configs_by=pruning, do_bench=_quick_bench)(fn)
+            return _Autotuner(fn, configs[:1], key, None, None)
+        return _Autotuner(fn, configs, key, prune, _quick_bench)
     return wrap
 
 
