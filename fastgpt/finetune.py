@@ -158,27 +158,8 @@ def linear_schedule(step: int, lr: float, warmup: int, total: int) -> float:
 # Models: loading --init, growing the vocabulary, the task head
 # ---------------------------------------------------------------------------
 def grow_vocab(model, n_new: int, std: float = 0.02) -> None:
-    """Add n_new token rows to the (tied) embedding in place: vocab_size += n_new, the table
-    re-padded to the config's multiple (DESIGN.md), old rows kept, new rows N(0, std), padding zero.
-
-    Adapter (fastgpt.model has no resize API): replaces transformer.wte.weight and re-ties lm_head.
-    """
-    import torch
-    import torch.nn as nn
-    cfg = model.config
-    V = cfg.vocab_size
-    new_cfg = cfg.replace(vocab_size=V + n_new, extra=dict(cfg.extra))
-    old = model.transformer.wte.weight
-    with torch.no_grad():
-        W = old.new_zeros(new_cfg.padded_vocab_size, old.shape[1])
-        W[:V] = old[:V]
-        W[V:V + n_new].normal_(0.0, std)
-    wte = model.transformer.wte
-    wte.weight = nn.Parameter(W)
-    wte.num_embeddings = W.shape[0]
-    model.lm_head.weight = wte.weight
-    model.lm_head.out_features = W.shape[0]
-    model.config = new_cfg
+    """Add n_new token rows (new rows N(0, std)) to the tied embedding: GPT.resize_token_embeddings."""
+    model.resize_token_embeddings(model.config.vocab_size + n_new, std)
 
 
 def _tokenizer_for(name: str, offline: bool):

@@ -395,6 +395,31 @@ class GPT(nn.Module):
                 m.reset_parameters()
         self.transformer.wte.weight[self.config.vocab_size:].zero_()
 
+    @torch.no_grad()
+    def resize_token_embeddings(self, vocab_size: int, std: float = 0.02) -> None:
+        """Grow the vocabulary to ``vocab_size`` tokens (e.g. fine-tuning's special tokens).
+
+        The tied table is rebuilt at the config's padded size (DESIGN.md: a multiple
+        of 64): the old rows are kept, new rows are drawn N(0, std), padding rows are
+        zero; lm_head stays tied to it and ``config.vocab_size`` is updated. Shrinking
+        is refused (rows of trained tokens would be lost silently).
+        """
+        V = self.config.vocab_size
+        if vocab_size < V:
+            raise ValueError(f"resize_token_embeddings: {vocab_size} < the current vocabulary {V}; only growing "
+                             "is supported")
+        cfg = self.config.replace(vocab_size=vocab_size, extra=dict(self.config.extra))
+        old = self.transformer.wte.weight
+        W = old.new_zeros(cfg.padded_vocab_size, old.shape[1])
+        W[:V] = old[:V]
+        W[V:vocab_size].normal_(0.0, std)
+        wte = self.transformer.wte
+        wte.weight = nn.Parameter(W, requires_grad=old.requires_grad)
+        wte.num_embeddings = W.shape[0]
+        self.lm_head.weight = wte.weight
+        self.lm_head.out_features = W.shape[0]
+        self.config = cfg
+
     def num_params(self, exclude_positions: bool = True) -> int:
         """Parameters (the tied head counted once); without the position embeddings by
         default, the N of DESIGN.md's MFU formula."""

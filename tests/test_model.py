@@ -380,3 +380,25 @@ def test_selftest_passes_every_row(capsys):
     ok = selftest.main(["--device", DEVICE, "--quick"]) == 0
     out = capsys.readouterr().out
     assert ok, "\n".join(line for line in out.splitlines() if "FAIL" in line or "ERROR" in line)
+
+
+def test_resize_token_embeddings():
+    """Growing the vocabulary keeps the old rows and the tie, pads with zeros, round-trips through
+    save/from_pretrained, and refuses to shrink."""
+    import tempfile
+    torch.manual_seed(0)
+    m = GPT(GPTConfig.preset("tiny", n_layer=1, vocab_size=256))
+    old = m.transformer.wte.weight.detach().clone()
+    m.resize_token_embeddings(300, std=0.02)
+    W = m.transformer.wte.weight
+    assert m.config.vocab_size == 300 and W.shape[0] == m.config.padded_vocab_size == 320
+    assert m.lm_head.weight is W and W.requires_grad
+    assert torch.equal(W[:256], old[:256]) and not W[300:].any() and 0 < W[256:300].std() < 0.05
+    logits, _ = m(torch.tensor([[1, 299]]))
+    assert logits.shape[-1] == 300
+    with tempfile.TemporaryDirectory() as d:
+        m.save_pretrained(d)
+        m2 = GPT.from_pretrained(d)
+        assert m2.config.vocab_size == 300 and torch.equal(m2.transformer.wte.weight, W)
+    with pytest.raises(ValueError, match="only growing"):
+        m.resize_token_embeddings(100)
