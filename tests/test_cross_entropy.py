@@ -281,9 +281,12 @@ def test_compile_fullgraph(autocast):
     h.grad = W.grad = None
     eager = f(h, W, t)
     eager.backward()
+    # under autocast the gradients come out of bf16 GEMMs, and inductor may round the scaling
+    # step differently: one bf16 ulp apart (seen on the H100), so bf16's tolerances there
+    tol = dict(rtol=1.6e-2, atol=1e-5) if autocast else {}
     torch.testing.assert_close(out, eager)
-    torch.testing.assert_close(g[0], h.grad)
-    torch.testing.assert_close(g[1], W.grad)
+    torch.testing.assert_close(g[0], h.grad, **tol)
+    torch.testing.assert_close(g[1], W.grad, **tol)
 
 
 @needs_cuda
