@@ -49,6 +49,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from fastgpt import reference
+
 __all__ = ["load", "unavailable_reason", "cuda_compiled", "bias_dropout_add", "new_seed"]
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -378,9 +380,7 @@ def bias_dropout_add(x: Tensor, bias: Optional[Tensor], residual: Tensor, dropou
         if not torch.compiler.is_compiling():
             _validate_seed(s, x.device)  # the C++ checks, before any op runs
     else:
-        s = torch.tensor([(int(v) + 2**63) % 2**64 - 2**63 for v in seed], dtype=torch.int64, device=x.device)
-        if s.shape != (2,):
-            raise ValueError(f"{_OP}: seed must be a pair (seed, offset), got {len(s)} values")
+        s = reference.seed_pair(seed, x.device, _OP)
     if _path == "eager" or (_path is None and _eager_ok((x, bias, residual))):
         if torch.is_grad_enabled() and (x.requires_grad or residual.requires_grad
                                         or (bias is not None and bias.requires_grad)):

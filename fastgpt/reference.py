@@ -33,6 +33,7 @@ __all__ = [
     "bias_dropout_add",
     "dropout_keep_mask",
     "attention_keep_mask",
+    "seed_pair",
     "fused_linear_cross_entropy",
     "opmath_dtype",
     "GPTBlock",
@@ -176,6 +177,15 @@ def dropout_keep_mask(shape, dropout_p: float, seed: int, offset: int = 0, devic
     words = torch.stack(w, dim=1)                                       # (G, 4)
     u16 = torch.stack([words & 0xFFFF, words >> 16], dim=2).reshape(-1)  # (G * 8,) in element order
     return (u16[:numel] >= thr).reshape(shape)
+
+
+def seed_pair(values, device=None, op: str = "dropout") -> torch.Tensor:
+    """A (seed, offset) pair of Python ints as the int64 tensor the fused dropout ops take
+    (values wrap modulo 2^64 into int64, as the kernels read them back as uint64)."""
+    vals = [int(v) for v in values]
+    if len(vals) != 2:
+        raise ValueError(f"{op}: seed must be a pair (seed, offset), got {len(vals)} values")
+    return torch.tensor([(v + 2**63) % 2**64 - 2**63 for v in vals], dtype=torch.int64, device=device)
 
 
 def attention_keep_mask(shape, dropout_p: float, seed: int, offset: int = 0, device=None) -> torch.Tensor:

@@ -546,10 +546,7 @@ def new_seed(device, generator: Optional[torch.Generator] = None) -> Tensor:
 def _check_seed(seed, device) -> Tensor:
     """seed as an int64 (seed, offset) tensor on ``device``: a tensor is checked, a pair of ints converted."""
     if not isinstance(seed, Tensor):
-        vals = [int(x) for x in seed]
-        if len(vals) != 2:
-            raise ValueError(f"causal_attention: seed must be a pair (seed, offset), got {len(vals)} values")
-        return torch.tensor([(x + 2**63) % 2**64 - 2**63 for x in vals], dtype=torch.int64, device=device)
+        return reference.seed_pair(seed, device, "causal_attention")
     if seed.dtype != torch.int64 or seed.shape != (2,):
         raise ValueError(f"causal_attention: seed must be an int64 tensor of shape (2,) = (seed, offset), "
                          f"got {seed.dtype} {tuple(seed.shape)}")
