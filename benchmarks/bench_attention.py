@@ -10,6 +10,11 @@ SDPA backends that support dropout); the issue's target is p = 0.1 within 15% of
 Correctness first: fastgpt's output and gradients at the full shape are compared (the tolerance
 rule) on the first batch element with the float64 and bf16 references; a failure skips the case.
 The full-shape call also runs the autotuner before anything is timed.
+
+Where the time goes: fastgpt's fwd+bwd is also timed by CUDA-graph replay (no host
+overhead: the row "fastgpt graph"), and its note lists each kernel's GPU time (the
+torch profiler over a few calls) with the launch config the autotuner picked, so a
+gap between the whole op and the kernels' sum, or a poor pick, shows in one run.
 """
 import math
 
@@ -30,6 +35,51 @@ def _naive(q, k, v):
 
 
 DROPOUT_P = 0.1
+
+
+def _configs():
+    """The autotuner's picks so far: {kernel kind: "(BLOCK_M, BLOCK_N, warps, stages)"} (last key tuned)."""
+    from fastgpt.kernels import attention as A
+    out = {}
+    for kind, tuner in (("fwd", A._attn_fwd), ("dkdv", A._attn_bwd_dkdv), ("dq", A._attn_bwd_dq)):
+        for c in getattr(tuner, "_tuned", {}).values():
+            out[kind] = f"({c.kwargs['BLOCK_M']},{c.kwargs['BLOCK_N']},{c.num_warps},{c.num_stages})"
+    return out
+
+
+def _kernel_times(fn, iters=5):
+    """{kernel name: mean GPU ms per call of fn} from the torch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    times = {}
+    for e in prof.key_averages():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            ms = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) / 1e3 / iters
+            times[e.key] = times.get(e.key, 0.0) + ms
+    return times
+
+
+def _breakdown(fn):
+    """One line: each kernel's ms per call (attention kernels by short name), their sum, the configs."""
+    try:
+        times = _kernel_times(fn)
+    except Exception as e:  # the profiler is a diagnostic: never lose the table for it
+        return f"profiler failed: {type(e).__name__}"
+    short = {"_attn_fwd": "fwd", "_attn_bwd_delta": "delta", "_attn_bwd_dkdv": "dkdv", "_attn_bwd_dq": "dq"}
+    parts, other = [], 0.0
+    for name, ms in sorted(times.items(), key=lambda kv: -kv[1]):
+        tag = next((v for k, v in short.items() if name.startswith(k)), None)
+        if tag:
+            parts.append(f"{tag} {ms:.3f}")
+        else:
+            other += ms
+    cfg = " ".join(f"{k}={v}" for k, v in _configs().items())
+    return f"kernels ms: {', '.join(parts)}, other {other:.3f}, sum {sum(times.values()):.3f}; {cfg}"
 
 
 def _sdpa(backend, dropout_p=0.0):
@@ -92,9 +142,14 @@ def run(args):
             for impl, f in impls.items():
                 with torch.no_grad():
                     bench_impl(rows, "attention", f"{case} fwd", impl, lambda f=f: f(q, k, v), flops=fwd_flops)
-                bench_impl(rows, "attention", f"{case} fwd+bwd", impl,
-                           lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do), flops=3.5 * fwd_flops,
-                           memory=True)
+                step = lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do)  # noqa: E731
+                ms = bench_impl(rows, "attention", f"{case} fwd+bwd", impl, step, flops=3.5 * fwd_flops,
+                                memory=True)
+                if impl == "fastgpt" and ms is not None:
+                    rows[-1]["note"] = _breakdown(step)
+                    if not p:  # the seed draw of p > 0 is capturable too, but keep the row to p = 0
+                        bench_impl(rows, "attention", f"{case} fwd+bwd", "fastgpt graph", step,
+                                   flops=3.5 * fwd_flops, graph=True)
                 torch.cuda.empty_cache()
         del q, k, v, do
     return rows

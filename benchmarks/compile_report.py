@@ -15,6 +15,9 @@ H100's 227 KiB, and with --sass the count of matrix instructions in the SASS
 (HGMMA = Hopper's wgmma; HMMA = the older mma.sync path) and of local-memory
 loads/stores (LDL/STL). Exit status 1 if a kernel fails to compile or does not
 fit in shared memory.
+With --sass it also counts every SASS instruction ("instr") and the integer
+multiply-adds, 3-input logic ops and shared-memory stores/loads (IMAD, LOP3,
+STS, LDS): static counts, how ATTENTION_NOTES.md weighs the dropout mask's cost.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import sys
 import tempfile
 
 H100_SMEM = 232448          # bytes of shared memory one block may use on an H100 (227 KiB)
-SASS_OPS = ("HGMMA", "HMMA", "LDL", "STL")
+SASS_OPS = ("HGMMA", "HMMA", "LDL", "STL", "IMAD", "LOP3", "STS", "LDS")
 
 
 class _HopperStandIn:
@@ -70,8 +73,9 @@ def _resources(kernel, sass: bool) -> dict:
         if sass:
             text = subprocess.run([os.path.join(_bindir(), "cuobjdump"), "-sass", path],
                                   capture_output=True, text=True).stdout
-            counts = collections.Counter(re.findall(r"\b(" + "|".join(SASS_OPS) + r")\b", text))
-            out.update({op: counts.get(op, 0) for op in SASS_OPS})
+            ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", text)  # opcode per line
+            counts = collections.Counter(ops)
+            out.update({op: counts.get(op, 0) for op in SASS_OPS}, instr=len(ops))
     return out
 
 
@@ -190,7 +194,7 @@ def main(argv=None) -> int:
     only = {s for s in args.only.split(",") if s}
     failures = 0
     print(f"{'kernel':<26} {'dtypes':<18} {'constexprs':<58} {'w':>2} {'s':>2} {'regs':>4} {'stack':>5} {'smem KiB':>8}"
-          + "".join(f" {op:>5}" for op in SASS_OPS if args.sass) + "  verdict")
+          + ("".join(f" {op:>5}" for op in ("instr",) + SASS_OPS) if args.sass else "") + "  verdict")
     for fam, call in _families(only):
         start = len(rec.rows)
         try:
@@ -214,7 +218,8 @@ def main(argv=None) -> int:
             fits = r["shared"] <= H100_SMEM
             failures += not fits
             print(f"{name:<26} {dts[:18]:<18} {c[:58]:<58} {w:>2} {s:>2} {r['regs'] or '-':>4} {r['stack'] or 0:>5} "
-                  f"{r['shared'] / 1024:8.1f}" + "".join(f" {r[op]:>5}" for op in SASS_OPS if args.sass)
+                  f"{r['shared'] / 1024:8.1f}"
+                  + ("".join(f" {r[op]:>5}" for op in ("instr",) + SASS_OPS) if args.sass else "")
                   + ("  ok" if fits else "  TOO MUCH SHARED MEMORY"))
     print(f"compile_report: {len(rec.rows)} launches compiled for sm_90, {failures} failure(s)")
     return 1 if failures else 0

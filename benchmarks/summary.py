@@ -53,6 +53,9 @@ def main(res):
                 ratio = r["ms"] / b["ms"]
                 verdict = "met" if ratio <= DROPOUT_OVERHEAD else "MISSED"
                 print(f"attention  {r['case']:<30} {ratio:8.2f}x the p=0 time, target <= {DROPOUT_OVERHEAD} {verdict}")
+    for r in rows:  # where the attention time goes (bench_attention's profiler note)
+        if r["bench"] == "attention" and r["impl"] == "fastgpt" and r["note"].startswith("kernels ms"):
+            print(f"attention  {r['case']:<30} {r['note']}")
     # every fastgpt row against every peer of the same case
     by_case = {}
     for r in rows:

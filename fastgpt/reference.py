@@ -189,14 +189,35 @@ def seed_pair(values, device=None, op: str = "dropout") -> torch.Tensor:
 
 
 def attention_keep_mask(shape, dropout_p: float, seed: int, offset: int = 0, device=None) -> torch.Tensor:
-    """The keep mask (bool, (B, H, Tq, Tk), True = kept) the Triton attention draws for (seed, offset).
+    """The keep mask (bool, (..., Tq, Tk), True = kept) the Triton attention draws for (seed, offset).
 
-    It is dropout_keep_mask's scheme on every row of keys padded to a multiple
-    of 8 (so a row starts a fresh Philox group): element (b, h, i, j) is element
-    j of row (b, h, i) of dropout_keep_mask((B, H, Tq, 8 * ceil(Tk / 8))).
+    Groups of 8 elements share one Philox4x32-10 call: query rows {i, i + 8} x keys
+    {j, j + 1, j + 8, j + 9} with i % 16 < 8 and j % 16 < 8, j even (the elements one
+    thread holds of a tensor-core accumulator tile, so no call is computed twice).
+    For the (b, h) slice n (n = b * H + h), rows padded to 16 and keys to 16, group
+        g = (n * ceil(Tq / 16) * 8 + i // 16 * 8 + i % 8) * (ceil(Tk / 16) * 4) + j // 16 * 4 + j % 8 // 2
+    has counter (lo32 g, hi32 g, lo32 offset, hi32 offset) and key (lo32 seed, hi32 seed);
+    element (i + 8 di, j + 8 dj + e), di, dj, e in {0, 1}, reads the 16-bit half e
+    (low first) of word 2 di + dj, and is kept iff it is >= dropout_threshold(p).
     """
-    *lead, tk = shape
-    return dropout_keep_mask((*lead, 8 * ((tk + 7) // 8)), dropout_p, seed, offset, device)[..., :tk]
+    *lead, tq, tk = shape
+    n = math.prod(lead)
+    seed, offset = int(seed) % 2**64, int(offset) % 2**64
+    thr = dropout_threshold(dropout_p)
+    row_groups, col_groups = (tq + 15) // 16 * 8, (tk + 15) // 16 * 4
+    g = torch.arange(n * row_groups * col_groups, dtype=torch.int64, device=device)
+    full = lambda v: torch.full_like(g, v)  # noqa: E731
+    w = philox4x32_10(g & 0xFFFFFFFF, g >> 32, full(offset & 0xFFFFFFFF), full(offset >> 32),
+                      seed & 0xFFFFFFFF, seed >> 32)
+    words = torch.stack(w, dim=1).reshape(n, row_groups, col_groups, 4)
+    i = torch.arange(tq, device=device)
+    j = torch.arange(tk, device=device)
+    r = (i // 16 * 8 + i % 8)[:, None]                                   # (Tq, 1)
+    c = (j // 16 * 4 + j % 8 // 2)[None, :]                              # (1, Tk)
+    word = (2 * (i // 8 % 2))[:, None] + (j // 8 % 2)[None, :]           # (Tq, Tk)
+    u = words[:, r, c, word]                                             # (n, Tq, Tk)
+    u = (u >> (16 * (j % 2))) & 0xFFFF
+    return (u >= thr).reshape(shape)
 
 
 def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, generator=None, mask=None):

@@ -59,9 +59,12 @@ def reduction_programs(device: torch.device, work_items: int, per_sm: int = 4) -
     return max(1, min(work_items, sm_count(device.index or 0) * per_sm))
 
 
-def _quick_bench(kernel_call, quantiles):
-    import triton.testing
-    return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
+def _bench_for(rep_ms: int):
+    """The autotuner's timing function: triton's do_bench over rep_ms of calls (median and quantiles)."""
+    def bench(kernel_call, quantiles):
+        import triton.testing
+        return triton.testing.do_bench(kernel_call, warmup=10, rep=rep_ms, quantiles=quantiles)
+    return bench
 
 
 class _Autotuner(triton.runtime.autotuner.Autotuner):
@@ -93,8 +96,9 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
         return self.fn.run(*args, **kwargs, **config.all_kwargs())
 
 
-def autotune(configs, key, prune=None):
-    """triton.autotune over ``configs`` on the GPU, with short timing runs and a lean launch path.
+def autotune(configs, key, prune=None, rep_ms=40):
+    """triton.autotune over ``configs`` on the GPU, with short timing runs (rep_ms per config) and a
+    lean launch path.
 
     Only the first config (make it a good default) is used under the
     interpreter (autotuning more than one config fails there) and when
@@ -104,7 +108,7 @@ def autotune(configs, key, prune=None):
     def wrap(fn):
         if INTERPRET or os.environ.get("FASTGPT_AUTOTUNE", "1") == "0":
             return _Autotuner(fn, configs[:1], key, None, None)
-        return _Autotuner(fn, configs, key, prune, _quick_bench)
+        return _Autotuner(fn, configs, key, prune, _bench_for(rep_ms))
     return wrap
 
 

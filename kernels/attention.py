@@ -45,13 +45,21 @@ P. The backward needs no new reduction: with dP~ = dO V^T,
 and delta = rowsum(dO * O) is unchanged (O already holds the dropout). M is
 regenerated in the backward, never stored. Its bits come from Triton's Philox
 (tl.philox, 4x32-10) keyed by a (seed, offset) int64 pair that torch's
-generator draws on the inputs' device: element (b, h, i, j) is in group
-g = ((b H + h) Tq + i) * ceil(Tk / 8) + j // 8, the counter is
-(lo32 g, hi32 g, lo32 offset, hi32 offset), the key (lo32 seed, hi32 seed), and
-the element reads 16-bit half j % 2 (low first) of word (j % 8) // 2: kept iff
-it is >= round(p * 65536) (p in steps of 2^-16). One Philox call serves 8
-elements. It is fastgpt.reference.dropout_keep_mask's scheme (the extension's)
-on rows padded to a multiple of 8 keys; reference.attention_keep_mask mirrors it.
+generator draws on the inputs' device. One Philox call (four 32-bit words,
+eight 16-bit halves) serves a group of 8 elements: query rows {i, i + 8} x keys
+{j, j + 1, j + 8, j + 9} (i % 16 < 8, j % 16 < 8, j even). That is what one thread
+holds of a tensor-core accumulator tile with queries as rows (the forward and
+dQ tiles), so each call is computed once. A thread of the dK/dV tile (keys as
+rows) holds keys j and j + 8 but not j + 1; there the compiled kernel still runs
+each call once and trades halves through shared memory (its SASS). (Groups of
+8 consecutive keys, the extension's scheme, made every thread of a quad run the
+same call: ~2x the instructions, ATTENTION_NOTES.md v5.) With n = b H + h and
+rows and keys padded to multiples of 16, group
+    g = (n ceil(Tq / 16) 8 + i // 16 * 8 + i % 8) * ceil(Tk / 16) 4 + j // 16 * 4 + j % 8 // 2
+has counter (lo32 g, hi32 g, lo32 offset, hi32 offset) and key (lo32 seed,
+hi32 seed); element (i + 8 di, j + 8 dj + e) reads 16-bit half e (low first) of
+word 2 di + dj and is kept iff it is >= round(p * 65536) (p in steps of 2^-16).
+reference.attention_keep_mask is the same function in PyTorch.
 With p = 0 the kernels are compiled without any of it.
 """
 from __future__ import annotations
@@ -179,28 +187,32 @@ def _load_seed(SEED, DROPOUT: tl.constexpr):
 
 
 @triton.jit
-def _keep_mask(seed, offset, rows, start_n, bh, TQ, TK, thr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def _keep_mask(seed, offset, start_m, start_n, bh, TQ, TK, thr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                TRANS: tl.constexpr):
-    """The dropout keep mask of query rows ``rows`` x keys [start_n, start_n + BLOCK_N):
-    (BLOCK_M, BLOCK_N) bool, or its transpose when TRANS; start_n and BLOCK_N are
-    multiples of 8 (see the header)."""
-    groups = (bh * TQ + rows).to(tl.int64)[:, None] * ((TK + 7) // 8) + \
-        (start_n // 8 + tl.arange(0, BLOCK_N // 8))[None, :]             # (BLOCK_M, BLOCK_N / 8)
+    """The dropout keep mask of query rows [start_m, start_m + BLOCK_M) x keys [start_n,
+    start_n + BLOCK_N): (BLOCK_M, BLOCK_N) bool, or its transpose when TRANS. start_m,
+    start_n, BLOCK_M and BLOCK_N are multiples of 16. One Philox call per group of 8
+    elements, rows {i, i + 8} x keys {j, j + 1, j + 8, j + 9} (see the header)."""
+    gi = start_m // 2 + tl.arange(0, BLOCK_M // 2)                       # i // 16 * 8 + i % 8
+    gj = start_n // 4 + tl.arange(0, BLOCK_N // 4)                       # j // 16 * 4 + j % 8 // 2
+    groups = (bh.to(tl.int64) * ((TQ + 15) // 16 * 8) + gi)[:, None] * ((TK + 15) // 16 * 4) + gj[None, :]
     c0 = groups.to(tl.uint32)
     zero = c0 * 0
     w0, w1, w2, w3 = tl.philox(seed, c0, (groups >> 32).to(tl.uint32), zero + (offset & 0xFFFFFFFF).to(tl.uint32),
                                zero + (offset >> 32).to(tl.uint32))
-    e = tl.arange(0, 8)[None, None, :]                                    # element within the group
-    w = tl.where(e < 4, tl.where(e < 2, w0[:, :, None], w1[:, :, None]),
-                 tl.where(e < 6, w2[:, :, None], w3[:, :, None]))
-    u16 = tl.reshape((w >> ((e % 2) * 16).to(tl.uint32)) & 0xFFFF, (BLOCK_M, BLOCK_N))
+    # word 2 di + dj goes to row i + 8 di, keys j + 8 dj (+ 0 or 1: its low and high halves).
+    # join appends the new axis last: join(join(w0, w1), join(w2, w3))[..., dj, di] = word 2 di + dj
+    w = tl.join(tl.join(w0, w1), tl.join(w2, w3))                        # (BLOCK_M/2, BLOCK_N/4, dj, di)
+    u = tl.join(w & 0xFFFF, w >> 16)                                     # (..., e): low half first
+    u = tl.reshape(u, (BLOCK_M // 16, 8, BLOCK_N // 16, 4, 2, 2, 2))     # (a, r, b, c, dj, di, e)
+    u = tl.reshape(tl.permute(u, (0, 5, 1, 2, 4, 3, 6)), (BLOCK_M, BLOCK_N))  # rows (a, di, r), keys (b, dj, c, e)
     if TRANS:
-        u16 = tl.trans(u16)
-    return u16 >= thr
+        u = tl.trans(u)
+    return u >= thr
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
+def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start_m, rows, offs_n, offs_d,
                lo, hi, TK, causal_off, qk_scale, seed, offset, bh, TQ, thr,
                MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,
                TF32: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -218,7 +230,7 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, rows, offs_n, offs_
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:  # l sums the undropped weights; 1 / (1 - p) is applied to o at the end
-            p = tl.where(_keep_mask(seed, offset, rows, start_n, bh, TQ, TK, thr, BLOCK_M, BLOCK_N, False), p, 0.0)
+            p = tl.where(_keep_mask(seed, offset, start_m, start_n, bh, TQ, TK, thr, BLOCK_M, BLOCK_N, False), p, 0.0)
         v = _tf32(_load_tile(V + cols[:, None] * stride_vt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, MASKED,
                              EVEN_D), TF32)
         acc = tl.dot(_tf32(p.to(v.dtype), TF32), v, acc * alpha[:, None])
@@ -268,10 +280,10 @@ def _attn_fwd_kernel(
     # keys [0, n_full) are visible to every row of the tile; [n_full, n_end) straddle the diagonal
     n_full = ((start_m + causal_off + 1) // BLOCK_N) * BLOCK_N
     n_end = tl.minimum(start_m + BLOCK_M + causal_off, TK)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start_m, rows, offs_n, offs_d,
                                0, n_full, TK, causal_off, qk_scale, seed, offset, bh, TQ, DROP_THR,
                                False, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start_m, rows, offs_n, offs_d,
                                n_full, n_end, TK, causal_off, qk_scale, seed, offset, bh, TQ, DROP_THR,
                                True, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M)
     # every real row saw key 0, so l_i >= 1 and m_i is finite
@@ -326,7 +338,7 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, start_n, 
                               EVEN_D), TF32)
         dpT = tl.dot(v, tl.trans(do))
         if DROPOUT:
-            keepT = _keep_mask(seed, offset, rows, start_n, bh, TQ, TK, thr, BLOCK_M, BLOCK_N, True)
+            keepT = _keep_mask(seed, offset, start_m, start_n, bh, TQ, TK, thr, BLOCK_M, BLOCK_N, True)
             dv = tl.dot(_tf32(tl.where(keepT, pT * inv_keep, 0.0).to(do.dtype), TF32), do, dv)
             dpT = tl.where(keepT, dpT * inv_keep, 0.0)
         else:
@@ -396,7 +408,7 @@ def _attn_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
+def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, start_m, rows, offs_n, offs_d,
               lo, hi, TK, causal_off, qk_scale, seed, offset, bh, TQ, thr, inv_keep,
               MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,
               TF32: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -414,7 +426,7 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, rows, offs_n, 
         p = tl.exp2(z)
         dp = tl.dot(do, tl.trans(v))
         if DROPOUT:
-            keep = _keep_mask(seed, offset, rows, start_n, bh, TQ, TK, thr, BLOCK_M, BLOCK_N, False)
+            keep = _keep_mask(seed, offset, start_m, start_n, bh, TQ, TK, thr, BLOCK_M, BLOCK_N, False)
             dp = tl.where(keep, dp * inv_keep, 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(_tf32(ds.to(k.dtype), TF32), k, dq)
@@ -464,20 +476,22 @@ def _attn_bwd_dq_kernel(
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     n_full = ((start_m + causal_off + 1) // BLOCK_N) * BLOCK_N
     n_end = tl.minimum(start_m + BLOCK_M + causal_off, TK)
-    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
+    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, start_m, rows, offs_n, offs_d,
                    0, n_full, TK, causal_off, qk_scale, seed, offset, bh, TQ, DROP_THR, inv_keep,
                    False, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M)
-    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, rows, offs_n, offs_d,
+    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, start_m, rows, offs_n, offs_d,
                    n_full, n_end, TK, causal_off, qk_scale, seed, offset, bh, TQ, DROP_THR, inv_keep,
                    True, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M)
     _store_tile(DQ + rows[:, None] * HEAD_DIM + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
                 rows, TQ, offs_d, HEAD_DIM, EVEN_D)
 
 
+# 40 ms of timing per config picked configs 30 % apart from run to run on the H100
+# (ATTENTION_NOTES.md, v4): 150 ms each, once per key, costs ~1 s per kernel.
 _KEY = ["HEAD_DIM", "T_BUCKET", "DROPOUT"]
-_attn_fwd = autotune(_space("fwd"), key=_KEY)(_attn_fwd_kernel)
-_attn_bwd_dkdv = autotune(_space("dkdv"), key=_KEY)(_attn_bwd_dkdv_kernel)
-_attn_bwd_dq = autotune(_space("dq"), key=_KEY)(_attn_bwd_dq_kernel)
+_attn_fwd = autotune(_space("fwd"), key=_KEY, rep_ms=150)(_attn_fwd_kernel)
+_attn_bwd_dkdv = autotune(_space("dkdv"), key=_KEY, rep_ms=150)(_attn_bwd_dkdv_kernel)
+_attn_bwd_dq = autotune(_space("dq"), key=_KEY, rep_ms=150)(_attn_bwd_dq_kernel)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -578,6 +592,9 @@ def _launch(kernel, kind, config, grid, *args, **meta):
     if config is None:
         kernel[grid](*args, **meta)
     else:
+        if meta.get("DROPOUT") and (config["BLOCK_M"] % 16 or config["BLOCK_N"] % 16):
+            raise ValueError(f"causal_attention: with dropout, BLOCK_M and BLOCK_N must be multiples of 16 "
+                             f"(the keep mask's groups), got {config['BLOCK_M']} x {config['BLOCK_N']}")
         cfg = dict(config)
         kernel.fn[grid](*args, **meta, BLOCK_M=cfg.pop("BLOCK_M"), BLOCK_N=cfg.pop("BLOCK_N"), **cfg)
 

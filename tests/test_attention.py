@@ -249,22 +249,26 @@ CONFIG_CASES = _gpu_configs() if HAS_CUDA else [(c, c, c) for c in _cpu_configs(
 
 @pytest.mark.parametrize("configs", CONFIG_CASES, ids=lambda c: "-".join(f"{d['BLOCK_M']}x{d['BLOCK_N']}" for d in c))
 def test_block_configs(configs):
+    """Every block shape, without and with dropout (the mask's groups of 16 rows x 16 keys
+    must line up with any tile; the reference applies the same mask)."""
     from fastgpt.kernels.attention import attention_bwd, attention_fwd
     cfg_f, cfg_kv, cfg_q = configs
     dtype = torch.bfloat16 if HAS_CUDA else torch.float32
-    shapes = [(1, 2, 333, 333, 64), (2, 2, 200, 517, 64)] if HAS_CUDA else [(1, 1, 45, 45, 16), (1, 1, 30, 83, 16)]
-    for B, H, tq, tk, D in shapes:
+    shapes = [(1, 2, 333, 333, 64), (2, 2, 200, 517, 64)] if HAS_CUDA else [(1, 1, 45, 45, 16), (1, 2, 30, 83, 16)]
+    seed = torch.tensor([5, 2**40 + 3], dtype=torch.int64, device=DEVICE)
+    for (B, H, tq, tk, D), p in zip(shapes, (0.0, 0.25)):
         q, k, v = _qkv(B, H, tq, tk, D, dtype)
         do = torch.randn(q.shape, device=DEVICE).to(dtype)
-        o, lse = attention_fwd(q, k, v, config=cfg_f)
-        dq, dk, dv = attention_bwd(do, q, k, v, o, lse, configs=(cfg_kv, cfg_q))
+        o, lse = attention_fwd(q, k, v, config=cfg_f, dropout_p=p, seed=seed)
+        dq, dk, dv = attention_bwd(do, q, k, v, o, lse, configs=(cfg_kv, cfg_q), dropout_p=p, seed=seed)
+        drop = dict(dropout_p=p, seed=seed.tolist())
         qh, kh, vh = (t.double().requires_grad_() for t in (q, k, v))
-        oh = reference.causal_attention(qh, kh, vh)
+        oh = reference.causal_attention(qh, kh, vh, **drop)
         oh.backward(do.double())
         ql, kl, vl = (t.clone().requires_grad_() for t in (q, k, v))
-        ol = reference.causal_attention(ql, kl, vl)
+        ol = reference.causal_attention(ql, kl, vl, **drop)
         ol.backward(do)
-        _assert([check(f"{n} {tq}x{tk}", a, h, lp, dtype) for n, a, h, lp in [
+        _assert([check(f"{n} {tq}x{tk} p={p}", a, h, lp, dtype) for n, a, h, lp in [
             ("o", o, oh, ol), ("dq", dq, qh.grad, ql.grad), ("dk", dk, kh.grad, kl.grad),
             ("dv", dv, vh.grad, vl.grad)]])
 
@@ -381,6 +385,25 @@ def test_dropout_mask_is_the_reference_mask(tq, tk):
     n = int(visible.sum()) * 16
     rate = int(keep.sum()) / n
     assert abs(rate - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n), (rate, n)
+
+
+def test_reference_keep_mask_follows_its_spec():
+    """reference.attention_keep_mask element by element from its docstring's formula and
+    scalar Philox calls (so its vectorised gather cannot drift from the documented scheme)."""
+    B, H, tq, tk, p = 2, 3, 37, 21, 0.4
+    seed, offset = 2**62 + 12345, 2**35 + 7
+    m = reference.attention_keep_mask((B, H, tq, tk), p, seed, offset)
+    thr = reference.dropout_threshold(p)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        b, h, i, j = (int(torch.randint(0, n, (1,), generator=gen)) for n in (B, H, tq, tk))
+        n = b * H + h
+        g = (n * ((tq + 15) // 16) * 8 + i // 16 * 8 + i % 8) * ((tk + 15) // 16 * 4) + j // 16 * 4 + j % 8 // 2
+        t = lambda v: torch.tensor([v], dtype=torch.int64)  # noqa: E731
+        words = reference.philox4x32_10(t(g & 0xFFFFFFFF), t(g >> 32), t(offset & 0xFFFFFFFF), t(offset >> 32),
+                                        seed & 0xFFFFFFFF, seed >> 32)
+        u = (int(words[2 * (i // 8 % 2) + j // 8 % 2]) >> (16 * (j % 2))) & 0xFFFF
+        assert bool(m[b, h, i, j]) == (u >= thr), (b, h, i, j)
 
 
 def test_reference_keep_rate_at_scale():
