@@ -47,72 +47,48 @@ def _configs():
     return out
 
 
-def _kernel_times(fn, iters=5):
-    """{kernel name: mean GPU ms per call of fn} from the torch profiler."""
+def _kernel_times(fn, iters=5, device="cuda"):
+    """{kernel name: mean device ms per call of fn} from the torch profiler ("cpu": CPU ops)."""
     from torch.profiler import ProfilerActivity, profile
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    kind = torch.autograd.DeviceType.CUDA if device == "cuda" else torch.autograd.DeviceType.CPU
     fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU]) as prof:
         for _ in range(iters):
             fn()
-        torch.cuda.synchronize()
+        sync()
     times = {}
     for e in prof.key_averages():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            ms = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) / 1e3 / iters
-            times[e.key] = times.get(e.key, 0.0) + ms
+        if e.device_type == kind:
+            us = e.device_time_total if device == "cuda" else e.self_cpu_time_total
+            times[e.key] = times.get(e.key, 0.0) + us / 1e3 / iters
     return times
 
 
-def _breakdown(fn):
-    """One line: each kernel's ms per call (attention kernels by short name), their sum, the configs."""
-    try:
-        times = _kernel_times(fn)
-    except Exception as e:  # the profiler is a diagnostic: never lose the table for it
-        return f"profiler failed: {type(e).__name__}"
-    short = {"_attn_fwd": "fwd", "_attn_bwd_delta": "delta", "_attn_bwd_dkdv": "dkdv", "_attn_bwd_dq": "dq"}
+_SHORT = {"_attn_fwd": "fwd", "_attn_bwd_delta": "delta", "_attn_bwd_dkdv": "dkdv", "_attn_bwd_dq": "dq"}
+
+
+def format_breakdown(times, configs):
+    """One line: the attention kernels' ms per call by short name (largest first), the rest
+    summed as "other", the total, and the autotuner's configs."""
     parts, other = [], 0.0
     for name, ms in sorted(times.items(), key=lambda kv: -kv[1]):
-        tag = next((v for k, v in short.items() if name.startswith(k)), None)
+        tag = next((v for k, v in _SHORT.items() if name.startswith(k)), None)
         if tag:
             parts.append(f"{tag} {ms:.3f}")
         else:
             other += ms
-    cfg = " ".join(f"{k}={v}" for k, v in _configs().items())
+    cfg = " ".join(f"{k}={v}" for k, v in configs.items())
     return f"kernels ms: {', '.join(parts)}, other {other:.3f}, sum {sum(times.values()):.3f}; {cfg}"
 
 
-def _sdpa(backend, dropout_p=0.0):
-    from torch.nn.attention import sdpa_kernel
-
-    def f(q, k, v):
-        with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-    return f
-
-
-def _check(K, q, k, v, do, dropout_p=0.0):
-    """(ok, message): fastgpt's o, dq, dk, dv at the full shape, checked on batch element 0
-    (with dropout, against the reference run with the kernels' mask for the same seed)."""
-    seed = torch.tensor([20261126, 7], dtype=torch.int64, device=q.device)
-    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-    o = K.causal_attention(*leaves, dropout_p=dropout_p, seed=seed)
-    grads = torch.autograd.grad(o, leaves, do)
-    ours = [o[:1], *(g[:1] for g in grads)]
-    refs = []
-    for dt in (torch.float64, None):
-        ins = [t[:1].detach().to(dt or t.dtype).requires_grad_() for t in (q, k, v)]
-        r = reference.causal_attention(*ins, dropout_p=dropout_p, seed=seed.tolist())
-        refs.append([r.detach(), *torch.autograd.grad(r, ins, do[:1].to(r.dtype))])
-        del ins, r
-    msgs = []
-    for name, a, hi, lp in zip(("o", "dq", "dk", "dv"), ours, *refs):
-        ok, msg = correct(f"attention {name}", a, hi, lp, q.dtype)
-        if not ok:
-            msgs.append(msg)
-    del refs, grads, o
-    torch.cuda.empty_cache()
-    return not msgs, "; ".join(msgs)
+def _breakdown(fn):
+    try:
+        times = _kernel_times(fn)
+    except Exception as e:  # the profiler is a diagnostic: never lose the table for it
+        return f"profiler failed: {type(e).__name__}"
+    return format_breakdown(times, _configs())
 
 
 def run(args):
