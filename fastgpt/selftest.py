@@ -11,7 +11,7 @@ dtype. Prints one row per (op, dtype) with the worst check, then a verdict;
 exits 1 if any check fails.
 
     python -m fastgpt.selftest            # CUDA if present, else the Triton interpreter on the CPU
-    python -m fastgpt.selftest --quick    # smaller shapes
+    python -m fastgpt.selftest --quick    # smaller shapes, one launch config per kernel (no autotuning)
     python -m fastgpt.selftest --device cpu
 
 On the CPU the kernels run under the Triton interpreter (slow; small shapes),
@@ -247,11 +247,14 @@ def run(device=None, quick=False, out=None, only=None):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda if available)")
-    ap.add_argument("--quick", action="store_true", help="smaller shapes")
+    ap.add_argument("--quick", action="store_true",
+                    help="smaller shapes and no autotuning (each kernel's default launch config)")
     ap.add_argument("--only", default="", help="comma-separated substrings of the checks to run "
                     "(e.g. layer_norm,GPTBlock)")
     args = ap.parse_args(argv)
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.quick:  # read when the kernels are imported (autotuning compiles every config: minutes)
+        os.environ.setdefault("FASTGPT_AUTOTUNE", "0")
     if torch.device(dev).type == "cpu" and "triton" not in sys.modules:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
     return 0 if run(dev, args.quick, only=[o for o in args.only.split(",") if o]) else 1

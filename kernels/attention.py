@@ -65,6 +65,7 @@ With p = 0 the kernels are compiled without any of it.
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -111,9 +112,10 @@ def _space(kind):
     return [_cfg(*c) for c in {"fwd": _FWD_SPACE, "dkdv": _DKDV_SPACE, "dq": _DQ_SPACE}[kind]]
 
 
-# With AUTOTUNE False (the GPU tests set it, to skip minutes of tuning over many shapes)
-# the launchers use default_config(), a hand-picked config that fits shared memory.
-AUTOTUNE = True
+# With AUTOTUNE False (FASTGPT_AUTOTUNE=0; the GPU tests and selftest --quick, to skip
+# minutes of tuning over many shapes) the launchers use default_config(), a hand-picked
+# config per head dim that fits shared memory.
+AUTOTUNE = os.environ.get("FASTGPT_AUTOTUNE", "1") != "0"
 
 
 def default_config(kind: str, head_dim: int, dtype: torch.dtype) -> dict:
