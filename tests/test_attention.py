@@ -457,6 +457,15 @@ def test_dropout_replays_under_activation_checkpointing():
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))
 
 
+def test_dropout_rejects_blocks_off_the_mask_grid():
+    """The keep mask's groups span 16 rows x 16 keys: a forced config must tile them."""
+    from fastgpt.kernels.attention import attention_fwd
+    q, k, v = _qkv(1, 1, 32, 32, 16, torch.float32)
+    seed = torch.tensor([1, 2], dtype=torch.int64, device=DEVICE)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        attention_fwd(q, k, v, config={"BLOCK_M": 8, "BLOCK_N": 16}, dropout_p=0.1, seed=seed)
+
+
 @pytest.mark.parametrize("seed,msg", [
     (torch.zeros(2, dtype=torch.int32), "int64"),
     (torch.zeros(3, dtype=torch.int64), "shape"),
