@@ -411,6 +411,11 @@ def test_reference_keep_mask_follows_its_spec():
                                         seed & 0xFFFFFFFF, seed >> 32)
         u = (int(words[2 * (i // 8 % 2) + j // 8 % 2]) >> (16 * (j % 2))) & 0xFFFF
         assert bool(m[b, h, i, j]) == (u >= thr), (b, h, i, j)
+    # and no two elements read the same 16 random bits: (group, word, half) is one-to-one
+    n, i, j = torch.meshgrid(torch.arange(B * H), torch.arange(tq), torch.arange(tk), indexing="ij")
+    g = (n * ((tq + 15) // 16) * 8 + i // 16 * 8 + i % 8) * ((tk + 15) // 16 * 4) + j // 16 * 4 + j % 8 // 2
+    bits = g * 8 + (2 * (i // 8 % 2) + j // 8 % 2) * 2 + j % 2
+    assert bits.unique().numel() == bits.numel()
 
 
 def test_reference_keep_rate_at_scale():
