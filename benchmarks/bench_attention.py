@@ -91,6 +91,39 @@ def _breakdown(fn):
     return format_breakdown(times, _configs())
 
 
+def _sdpa(backend, dropout_p=0.0):
+    from torch.nn.attention import sdpa_kernel
+
+    def f(q, k, v):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+    return f
+
+
+def _check(K, q, k, v, do, dropout_p=0.0):
+    """(ok, message): fastgpt's o, dq, dk, dv at the full shape, checked on batch element 0
+    (with dropout, against the reference run with the kernels' mask for the same seed)."""
+    seed = torch.tensor([20261126, 7], dtype=torch.int64, device=q.device)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    o = K.causal_attention(*leaves, dropout_p=dropout_p, seed=seed)
+    grads = torch.autograd.grad(o, leaves, do)
+    ours = [o[:1], *(g[:1] for g in grads)]
+    refs = []
+    for dt in (torch.float64, None):
+        ins = [t[:1].detach().to(dt or t.dtype).requires_grad_() for t in (q, k, v)]
+        r = reference.causal_attention(*ins, dropout_p=dropout_p, seed=seed.tolist())
+        refs.append([r.detach(), *torch.autograd.grad(r, ins, do[:1].to(r.dtype))])
+        del ins, r
+    msgs = []
+    for name, a, hi, lp in zip(("o", "dq", "dk", "dv"), ours, *refs):
+        ok, msg = correct(f"attention {name}", a, hi, lp, q.dtype)
+        if not ok:
+            msgs.append(msg)
+    del refs, grads, o
+    torch.cuda.empty_cache()
+    return not msgs, "; ".join(msgs)
+
+
 def run(args):
     import fastgpt.kernels as K
     from torch.nn.attention import SDPBackend

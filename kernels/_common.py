@@ -13,6 +13,17 @@ from fastgpt.kernels import INTERPRET
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the launchers (triton.cdiv is a constexpr function: ~6 us per host call)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1), for the launchers (triton.next_power_of_2 costs
+    as much as triton.cdiv on the host)."""
+    return 1 << (n - 1).bit_length()
+
+
 def check_float(name: str, t: torch.Tensor, op: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")

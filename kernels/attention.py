@@ -75,7 +75,7 @@ from torch import Tensor
 
 from fastgpt import reference
 from fastgpt.kernels import INTERPRET
-from fastgpt.kernels._common import autotune, check_float, check_same_device, empty
+from fastgpt.kernels._common import autotune, cdiv, check_float, check_same_device, empty, next_pow2
 
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
@@ -538,12 +538,12 @@ def _round_tf32(dtype) -> bool:
 
 
 def _block_d(D: int) -> int:
-    return max(16, triton.next_power_of_2(D))
+    return max(16, next_pow2(D))
 
 
 def _bucket(T: int) -> int:
     """The autotune key's sequence-length bucket: a power of two in [128, 8192]."""
-    return max(128, min(triton.next_power_of_2(T), 8192))
+    return max(128, min(next_pow2(T), 8192))
 
 
 def new_seed(device, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -636,7 +636,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None
     if o.numel() == 0:
         return o, lse
     BLOCK_D = _block_d(D)
-    grid = lambda meta: (B * H, triton.cdiv(TQ, meta["BLOCK_M"]))  # noqa: E731
+    grid = lambda meta: (B * H, cdiv(TQ, meta["BLOCK_M"]))  # noqa: E731
     _launch(_attn_fwd, "fwd", config, grid,
             q, k, v, o, lse, _seed_arg(seed, dropout_p, q.device), *_strides(q), *_strides(k), *_strides(v),
             *_strides(o), H, TQ, TK, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK),
@@ -666,7 +666,7 @@ def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
     consts = dict(HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D))
     delta = empty((B, H, TQ), torch.float32, q.device)
     bm_delta = 64 if BLOCK_D <= 64 else 32
-    _attn_bwd_delta_kernel[(B * H, triton.cdiv(TQ, bm_delta))](
+    _attn_bwd_delta_kernel[(B * H, cdiv(TQ, bm_delta))](
         o, do, delta, *_strides(o), *_strides(do), H, TQ, **consts, BLOCK_M=bm_delta)
     consts.update(TF32=_round_tf32(q.dtype), DROPOUT=dropout_p > 0.0)
     cfg_kv, cfg_q = configs if configs is not None else (None, None)
@@ -674,9 +674,9 @@ def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
     seed = _seed_arg(seed, dropout_p, q.device)
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     rest = (H, TQ, TK, scale, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK))
-    _launch(_attn_bwd_dkdv, "dkdv", cfg_kv, lambda meta: (B * H, triton.cdiv(TK, meta["BLOCK_N"])),
+    _launch(_attn_bwd_dkdv, "dkdv", cfg_kv, lambda meta: (B * H, cdiv(TK, meta["BLOCK_N"])),
             *args, dk, dv, seed, *strides, *rest, **consts)
-    _launch(_attn_bwd_dq, "dq", cfg_q, lambda meta: (B * H, triton.cdiv(TQ, meta["BLOCK_M"])),
+    _launch(_attn_bwd_dq, "dq", cfg_q, lambda meta: (B * H, cdiv(TQ, meta["BLOCK_M"])),
             *args, dq, seed, *strides, *rest, **consts)
     return dq, dk, dv
 

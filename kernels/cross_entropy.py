@@ -48,7 +48,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt.kernels import INTERPRET
-from fastgpt.kernels._common import FLOAT_DTYPES, check_float, check_same_device, empty
+from fastgpt.kernels._common import FLOAT_DTYPES, cdiv, check_float, check_same_device, empty, next_pow2
 
 OP = "fused_linear_cross_entropy"
 CHUNK_BYTES = 256 * 2**20       # default budget for one chunk of logits
@@ -133,9 +133,9 @@ def _ce_rows(zbuf: Tensor, V: int, t: Tensor, loss: Tensor, ignore_index: int, e
         return
     assert VP % 16 == 0 and VP >= V and zbuf.stride(1) == 1
     if INTERPRET:
-        block_v, warps = min(triton.next_power_of_2(VP), 256), 4
+        block_v, warps = min(next_pow2(VP), 256), 4
     else:
-        block_v, warps = min(triton.next_power_of_2(VP), 4096), 8
+        block_v, warps = min(next_pow2(VP), 4096), 8
     _ce_fwd_grad_kernel[(R,)](
         zbuf, t, loss, V, VP, zbuf.stride(0), ignore_index, eps,
         WRITE_GRAD=write_grad, SMOOTH=eps > 0.0, BLOCK_V=block_v, num_warps=warps,
@@ -256,7 +256,7 @@ def flce_fwd(h2: Tensor, W: Tensor, t: Tensor, ignore_index: int, reduction: str
     dw = empty((V, C), torch.float32, dev) if need_dw else h2.new_empty(0, dtype=torch.float32)
     if N > 0:
         # rows padded to a multiple of 16 elements: aligned rows for cuBLAS and vector loads
-        VP = triton.cdiv(V, 16) * 16
+        VP = cdiv(V, 16) * 16
         zbuf = empty((R, VP), cd, dev)
         scratch: list = []
         for s in range(0, N, R):

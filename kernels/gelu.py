@@ -24,7 +24,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt.kernels._common import (
-    autotune, check_float, empty, check_same_device, check_vector, reduction_programs, row_stride, rows_2d,
+    autotune, cdiv, check_float, check_same_device, check_vector, empty, reduction_programs, row_stride, rows_2d,
 )
 
 _APPROX = {"tanh": 1, "none": 0}
@@ -141,7 +141,7 @@ def bias_gelu_fwd(x: Tensor, bias: Optional[Tensor], approximate: str = "tanh",
         return y
     x2 = rows_2d(x)
     M, N = x2.shape
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
+    grid = lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(N, meta["BLOCK_N"]))  # noqa: E731
     _bias_gelu_fwd_kernel[grid](x2, bias if bias is not None else x2, y, M, N, row_stride(x2),
                                 HAS_BIAS=bias is not None, TANH=_APPROX[approximate])
     return y
@@ -156,9 +156,9 @@ def bias_gelu_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], approximate: st
     x2 = rows_2d(x)
     dy2 = rows_2d(dy)
     M = x2.shape[0]
-    G = reduction_programs(x.device, triton.cdiv(M, 8)) if bias is not None else triton.cdiv(M, 8)
+    G = reduction_programs(x.device, cdiv(M, 8)) if bias is not None else cdiv(M, 8)
     dbp = empty((G, N), dtype=torch.float32, device=x.device) if bias is not None else dx
-    grid = lambda meta: (G, triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
+    grid = lambda meta: (G, cdiv(N, meta["BLOCK_N"]))  # noqa: E731
     _bias_gelu_bwd_kernel[grid](dy2, x2, bias if bias is not None else x2, dx, dbp, M, N,
                                 row_stride(dy2), row_stride(x2),
                                 HAS_BIAS=bias is not None, TANH=_APPROX[approximate])

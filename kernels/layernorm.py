@@ -27,7 +27,8 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt.kernels._common import (
-    autotune, check_float, empty, check_same_device, check_vector, reduction_programs, row_stride, rows_2d,
+    autotune, cdiv, check_float, check_same_device, check_vector, empty, next_pow2, reduction_programs, row_stride,
+    rows_2d,
 )
 
 MAX_N = 8192
@@ -41,7 +42,7 @@ def _configs():
 
 def _prune(configs, named_args, **kwargs):
     """Drop tiles that would not fit in registers (> 16K elements) or leave lanes idle."""
-    bn = triton.next_power_of_2(named_args["N"])
+    bn = next_pow2(named_args["N"])
     keep = [c for c in configs if 128 <= c.kwargs["BLOCK_M"] * bn <= 16384]
     return keep or configs[:1]
 
@@ -172,11 +173,11 @@ def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: 
     if M == 0:
         return y, h, mean, rstd
     r2 = rows_2d(residual) if residual is not None else x2
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
+    grid = lambda meta: (cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
     _layer_norm_fwd_kernel[grid](
         x2, r2, y, h if h is not None else y, weight, bias if bias is not None else weight, mean, rstd,
         M, N, 1.0 / N, row_stride(x2), row_stride(r2), eps,
-        HAS_RES=residual is not None, HAS_BIAS=bias is not None, BLOCK_N=triton.next_power_of_2(N),
+        HAS_RES=residual is not None, HAS_BIAS=bias is not None, BLOCK_N=next_pow2(N),
     )
     return y, h, mean, rstd
 
@@ -196,7 +197,7 @@ def layer_norm_bwd(dy: Tensor, dh_out: Optional[Tensor], hin: Tensor, weight: Te
     need_dr = res_dtype is not None and res_dtype != x_dtype
     dx = empty(hin.shape, dtype=x_dtype, device=hin.device)
     dr = empty(hin.shape, dtype=res_dtype, device=hin.device) if need_dr else None
-    G = reduction_programs(hin.device, triton.cdiv(max(M, 1), 1))
+    G = reduction_programs(hin.device, cdiv(max(M, 1), 1))
     dwp = empty((G, N), dtype=torch.float32, device=hin.device)
     dbp = empty((G, N), dtype=torch.float32, device=hin.device) if has_bias else dwp
     if M > 0:
@@ -204,7 +205,7 @@ def layer_norm_bwd(dy: Tensor, dh_out: Optional[Tensor], hin: Tensor, weight: Te
             dy2, dho2, h2, weight, mean, rstd, dx, dr if dr is not None else dx, dwp, dbp,
             M, N, 1.0 / N, row_stride(dy2), row_stride(dho2), row_stride(h2),
             HAS_DHO=dh_out is not None, HAS_DR=need_dr, HAS_BIAS=has_bias,
-            BLOCK_N=triton.next_power_of_2(N),
+            BLOCK_N=next_pow2(N),
             # no FMA contraction: g - (xhat * c1 + c2) must cancel exactly where it should
             # (N = 1 on the H100 left dy * w unrounded inside an FMA against the rounded c2)
             enable_fp_fusion=False,

@@ -1,4 +1,5 @@
-"""The benchmarks' CPU-checkable helpers (the benchmarks themselves need a GPU)."""
+"""The benchmarks' CPU-checkable helpers (the benchmarks themselves need a GPU), and a check that
+every module's code only uses names that exist."""
 import pytest
 import torch
 
@@ -28,3 +29,49 @@ def test_autotuner_configs_readout(monkeypatch):
     monkeypatch.setattr(A._attn_fwd, "_tuned", {})
     monkeypatch.setattr(A._attn_bwd_dkdv, "_tuned", {})
     assert bench_attention._configs() == {"dq": "(64,32,4,2)"}
+
+
+def _names(code, ops):
+    """The names the code object (and every function, lambda and class body inside it) uses with ops."""
+    import dis
+    import types
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ops}
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _names(c, ops)
+    return names
+
+
+def _undefined(module_name):
+    """Globals the module's code loads that neither the module, its module or class bodies
+    (STORE_NAME: e.g. under `if __name__ == "__main__"`), nor builtins define."""
+    import builtins
+    import importlib
+    mod = importlib.import_module(module_name)
+    with open(mod.__file__) as f:
+        code = compile(f.read(), mod.__file__, "exec")
+    stored = _names(code, ("STORE_NAME",)) | {"__file__", "__name__"}
+    return sorted(n for n in _names(code, ("LOAD_GLOBAL", "LOAD_NAME")) - stored
+                  if not hasattr(mod, n) and not hasattr(builtins, n))
+
+
+def _python_modules():
+    import pkgutil
+    import fastgpt
+    import fastgpt.kernels
+    import benchmarks
+    mods = []
+    for pkg in (fastgpt, fastgpt.kernels, benchmarks):
+        mods += [m.name for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".")
+                 if m.name not in ("fastgpt._C", "benchmarks.__main__")]   # an extension; runs on import
+    return mods
+
+
+@pytest.mark.parametrize("name", _python_modules())
+def test_modules_resolve_every_global(name):
+    """Much of the benchmarks and of the GPU branches only runs on a GPU: at least every global
+    name their functions use must exist (a helper lost in an edit would surface only there)."""
+    if name.startswith("fastgpt.kernels") or name == "benchmarks.compile_report":
+        pytest.importorskip("triton")
+    missing = _undefined(name)
+    assert not missing, f"{name} uses undefined names: {missing}"
