@@ -11,7 +11,9 @@ Rows: ms per step, tokens/s, peak memory (max_memory_allocated over the timed
 steps: weights, optimizer state and activations), and MFU (DESIGN.md: 6N +
 12*L*H*D*T FLOPs per token over the card's dense bf16 peak). Before timing,
 fastgpt's fused loss is checked against its reference backend on the same
-weights and batch.
+weights and batch. Without --quick, a second case at B=32 (eager, fastgpt vs the
+peer) shows the fused LM head's memory: the peer materialises the fp32 logits
+and their gradient (B*T*50304 each), fastgpt never forms them.
 
     python -m benchmarks --only train [--quick]
 """
@@ -123,7 +125,7 @@ def _check_fastgpt(rows) -> bool:
     return ok
 
 
-def _measure(model, fwd, steps, warm):
+def _measure(model, fwd, steps, warm, batch_size=B):
     from fastgpt.train import train_step
     if hasattr(model, "configure_optimizers"):  # fastgpt: the engine's own (fused on CUDA)
         opt = model.configure_optimizers(weight_decay=0.1, learning_rate=6e-4, betas=(0.9, 0.95), device_type="cuda")
@@ -133,7 +135,7 @@ def _measure(model, fwd, steps, warm):
                                 lr=6e-4, betas=(0.9, 0.95), fused=True)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randint(0, 50257, (B, T + 1), device="cuda", generator=g)
+    x = torch.randint(0, 50257, (batch_size, T + 1), device="cuda", generator=g)
     batch = lambda: (x[:, :-1], x[:, 1:])
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     step = lambda: train_step(fwd, list(model.parameters()), opt, scaler, batch, 1, 1.0, autocast)
@@ -147,6 +149,33 @@ def _measure(model, fwd, steps, warm):
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     return dt * 1e3, torch.cuda.max_memory_allocated() / 2**30, float(loss)
+
+
+def _time_variant(rows, case, name, make, comp, steps, warm, peak, batch_size):
+    """Build, (compile,) time and append one row; a failure becomes a row with its error."""
+    model = fwd = None
+    try:
+        torch.manual_seed(0)
+        model = make()
+        if isinstance(model, NanoGPT):
+            model = model.cuda()
+        n = model.num_params()
+        flops_tok = 6 * n + 12 * L * H * (C // H) * T
+        fwd = torch.compile(model) if comp else model
+        ms, mem, loss = _measure(model, fwd, steps, warm + (3 if comp else 0), batch_size)
+        tok_s = batch_size * T / ms * 1e3
+        mfu = tok_s * flops_tok / peak if peak else None
+        note = f"MFU {mfu * 100:.1f}%  loss {loss:.3f}" if mfu else f"loss {loss:.3f}"
+        rows.append(row("train", case, name, ms, tok_s=tok_s, mem_gib=mem, tflops=tok_s * flops_tok / 1e12,
+                        note=note, mfu=mfu))
+    except Exception as e:  # one failing variant must not lose the table
+        rows.append(row("train", case, name, ok=False, note=f"{type(e).__name__}: {str(e)[:120]}"))
+    finally:
+        model = fwd = None
+        gc.collect()
+        torch.cuda.empty_cache()
+        with contextlib.suppress(Exception):
+            torch._dynamo.reset()
 
 
 def run(args) -> list[dict]:
@@ -176,27 +205,11 @@ def run(args) -> list[dict]:
         if name.startswith("fastgpt") and not ours_ok:
             rows.append(row("train", case, name, ok=False, note="not timed: failed the correctness check"))
             continue
-        model = fwd = None
-        try:
-            torch.manual_seed(0)
-            model = make()
-            if isinstance(model, NanoGPT):
-                model = model.cuda()
-            n = model.num_params()
-            flops_tok = 6 * n + 12 * L * H * (C // H) * T
-            fwd = torch.compile(model) if comp else model
-            ms, mem, loss = _measure(model, fwd, steps, warm + (3 if comp else 0))
-            tok_s = B * T / ms * 1e3
-            mfu = tok_s * flops_tok / peak if peak else None
-            note = f"MFU {mfu * 100:.1f}%  loss {loss:.3f}" if mfu else f"loss {loss:.3f}"
-            rows.append(row("train", case, name, ms, tok_s=tok_s, mem_gib=mem, tflops=tok_s * flops_tok / 1e12,
-                            note=note, mfu=mfu))
-        except Exception as e:  # one failing variant must not lose the table
-            rows.append(row("train", case, name, ok=False, note=f"{type(e).__name__}: {str(e)[:120]}"))
-        finally:
-            model = fwd = None
-            gc.collect()
-            torch.cuda.empty_cache()
-            with contextlib.suppress(Exception):
-                torch._dynamo.reset()
+        _time_variant(rows, case, name, make, comp, steps, warm, peak, B)
+    if not getattr(args, "quick", False) and ours_ok:
+        # issue 10: at twice the batch the materialised fp32 logits (and their gradient) are what
+        # grows; fastgpt's fused head never forms them. Eager both, so the rows are about memory.
+        case2 = f"gpt2-124M B{2 * B} T{T} bf16 (memory)"
+        for name, make in (("fastgpt", _fastgpt_model), ("nanogpt-sdpa eager", NanoGPT)):
+            _time_variant(rows, case2, name, make, False, steps, warm, peak, 2 * B)
     return rows
