@@ -25,6 +25,7 @@ from torch import Tensor
 
 from fastgpt.kernels._common import (
     autotune, cdiv, check_float, check_same_device, check_vector, empty, reduction_programs, row_stride, rows_2d,
+    sum_partials,
 )
 
 _APPROX = {"tanh": 1, "none": 0}
@@ -162,7 +163,7 @@ def bias_gelu_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], approximate: st
     _bias_gelu_bwd_kernel[grid](dy2, x2, bias if bias is not None else x2, dx, dbp, M, N,
                                 row_stride(dy2), row_stride(x2),
                                 HAS_BIAS=bias is not None, TANH=_APPROX[approximate])
-    db = dbp.sum(0).to(bias.dtype) if bias is not None else None
+    db = sum_partials(dbp, None, bias.dtype)[0] if bias is not None else None
     return dx, db
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from fastgpt.kernels._common import (
     autotune, cdiv, check_float, check_same_device, check_vector, empty, next_pow2, reduction_programs, row_stride,
-    rows_2d,
+    rows_2d, sum_partials,
 )
 
 MAX_N = 8192
@@ -213,8 +213,7 @@ def layer_norm_bwd(dy: Tensor, dh_out: Optional[Tensor], hin: Tensor, weight: Te
     else:
         dwp.zero_()
         dbp.zero_()
-    dw = dwp.sum(0).to(weight.dtype)
-    db = dbp.sum(0).to(weight.dtype) if has_bias else None
+    dw, db = sum_partials(dwp, dbp if has_bias else None, weight.dtype)
     return dx, dr, dw, db
 
 

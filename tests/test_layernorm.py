@@ -145,3 +145,22 @@ def test_compile_fullgraph():
     torch.testing.assert_close(out, f(x, r, w, b))
     for a, t in zip(g, (x, r, w, b)):
         torch.testing.assert_close(a, t.grad)
+
+
+@pytest.mark.parametrize("G,N", [(1, 1), (33, 768), (528, 1000), (70, 65)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sum_partials(G, N, dtype):
+    """The second stage of the dw/db reduction: fixed-order fp32 column sums of (G, N) partials,
+    two buffers in one launch, written in the parameter's dtype."""
+    from fastgpt.kernels._common import sum_partials
+    p0 = torch.randn(G, N, device=DEVICE)
+    p1 = torch.randn(G, N, device=DEVICE) * 100
+    s0, s1 = sum_partials(p0, p1, dtype)
+    for got, p in ((s0, p0), (s1, p1)):
+        want = p.double().sum(0)
+        assert got.dtype == dtype and got.shape == (N,)
+        rel = 2e-6 if dtype == torch.float32 else 2 ** -8    # fp32 sums of <= 528 terms; one bf16 rounding
+        torch.testing.assert_close(got.double(), want.to(dtype).double(), rtol=rel, atol=rel * p.abs().sum(0).max().item())
+    only, none = sum_partials(p0, None, dtype)
+    assert none is None and torch.equal(only, s0)
+    assert torch.equal(sum_partials(p0, p1, dtype)[1], s1)   # deterministic: bitwise the same again
