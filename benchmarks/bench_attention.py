@@ -66,7 +66,7 @@ def _kernel_times(fn, iters=5, device="cuda"):
     return times
 
 
-_SHORT = {"_attn_fwd": "fwd", "_attn_bwd_delta": "delta", "_attn_bwd_dkdv": "dkdv", "_attn_bwd_dq": "dq"}
+_SHORT = {"_attn_fwd": "fwd", "_attn_bwd_dkdv": "dkdv", "_attn_bwd_dq": "dq"}
 
 
 def format_breakdown(times, configs):

@@ -16,13 +16,16 @@ Forward, for a tile of BLOCK_M query rows against streamed BLOCK_N key blocks
 No T x T matrix exists anywhere. Key blocks entirely above the diagonal are
 never visited; only the blocks that straddle it apply the causal mask.
 Backward, with P = 2^(q k^T c - lse2) recomputed blockwise from the saved lse2:
-    delta = rowsum(dO * O)                           (a small preprocess kernel, fp32)
+    delta = rowsum(dO * O)                           (fp32)
     dV    = P^T dO
     dS    = P * (dO V^T - delta)
     dQ    = scale * dS K,   dK = scale * dS^T Q
-The dK/dV kernel holds one key block and walks the query blocks that see it;
-the dQ kernel holds one query block and walks its key blocks. Every output
-element is written by exactly one program: no atomics, bitwise deterministic.
+The dQ kernel runs first: it holds one query block, computes that block's delta
+(it has dO in hand; one extra read of O) and stores it, then walks the block's
+keys. The dK/dV kernel, launched after it, holds one key block and walks the
+query blocks that see it, reading delta. Two launches, no separate delta pass;
+every output element is written by exactly one program: no atomics, bitwise
+deterministic.
 
 Precision: dots take fp16/bf16 operands with fp32 accumulation; P and dS are
 rounded to the input dtype before their dots (as in FlashAttention-2). fp32
@@ -299,27 +302,6 @@ def _attn_fwd_kernel(
 
 
 @triton.jit
-def _attn_bwd_delta_kernel(
-    O,          # (B, H, Tq, D) forward output, strides (stride_ob, stride_oh, stride_ot, 1)
-    DO,         # (B, H, Tq, D) grad of o, strides (stride_db, stride_dh, stride_dt, 1)
-    DELTA,      # (B, H, Tq) fp32 rowsum(dO * O), contiguous
-    stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt,
-    H, TQ,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
-):
-    bh = tl.program_id(0)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    o = _load_tile(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + offs_d[None, :],
-                   rows, TQ, offs_d, HEAD_DIM, True, EVEN_D).to(tl.float32)
-    do = _load_tile(DO + b * stride_db + h * stride_dh + rows[:, None] * stride_dt + offs_d[None, :],
-                    rows, TQ, offs_d, HEAD_DIM, True, EVEN_D).to(tl.float32)
-    tl.store(DELTA + bh.to(tl.int64) * TQ + rows, tl.sum(o * do, 1), mask=rows < TQ)
-
-
-@triton.jit
 def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, start_n, cols, offs_m, offs_d,
                 lo, hi, TQ, causal_off, qk_scale, seed, offset, bh, TK, thr, inv_keep,
                 MASKED: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,
@@ -442,16 +424,19 @@ def _attn_bwd_dq_kernel(
     V,          # (B, H, Tk, D) strides (stride_vb, stride_vh, stride_vt, 1)
     DO,         # (B, H, Tq, D) grad of o, strides (stride_db, stride_dh, stride_dt, 1)
     LSE,        # (B, H, Tq) fp32 forward logsumexp in base 2, contiguous
-    DELTA,      # (B, H, Tq) fp32 rowsum(dO * O), contiguous
+    DELTA,      # (B, H, Tq) fp32 output: rowsum(dO * O), contiguous (the dK/dV pass reads it)
     DQ,         # (B, H, Tq, D) output, q's dtype, contiguous
     SEED,       # int64 (seed, offset) of the dropout mask (read only when DROPOUT)
+    O,          # (B, H, Tq, D) forward output, strides (stride_ob, stride_oh, stride_ot, 1)
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_db, stride_dh, stride_dt,
+    stride_ob, stride_oh, stride_ot,
     H, TQ, TK, scale, qk_scale, DROP_THR, inv_keep,
     T_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, TF32: tl.constexpr,
     DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # runs before the dK/dV pass: each program also computes delta for its rows and stores it
     start_m = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK_M
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
@@ -460,6 +445,7 @@ def _attn_bwd_dq_kernel(
     K += b * stride_kb + h * stride_kh
     V += b * stride_vb + h * stride_vh
     DO += b * stride_db + h * stride_dh
+    O += b * stride_ob + h * stride_oh
     LSE += bh.to(tl.int64) * TQ
     DELTA += bh.to(tl.int64) * TQ
     DQ += bh.to(tl.int64) * TQ * HEAD_DIM
@@ -471,10 +457,12 @@ def _attn_bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     q = _tf32(_load_tile(Q + rows[:, None] * stride_qt + offs_d[None, :], rows, TQ, offs_d, HEAD_DIM, True, EVEN_D),
               TF32)
-    do = _tf32(_load_tile(DO + rows[:, None] * stride_dt + offs_d[None, :], rows, TQ, offs_d, HEAD_DIM, True,
-                          EVEN_D), TF32)
+    do = _load_tile(DO + rows[:, None] * stride_dt + offs_d[None, :], rows, TQ, offs_d, HEAD_DIM, True, EVEN_D)
+    o = _load_tile(O + rows[:, None] * stride_ot + offs_d[None, :], rows, TQ, offs_d, HEAD_DIM, True, EVEN_D)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)                # fp32, from the unrounded tiles
+    tl.store(DELTA + rows, delta, mask=rows < TQ)
+    do = _tf32(do, TF32)
     lse2 = tl.load(LSE + rows, mask=rows < TQ, other=float("inf"))
-    delta = tl.load(DELTA + rows, mask=rows < TQ, other=0.0)
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     n_full = ((start_m + causal_off + 1) // BLOCK_N) * BLOCK_N
     n_end = tl.minimum(start_m + BLOCK_M + causal_off, TK)
@@ -663,21 +651,18 @@ def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
         return dq, dk.zero_(), dv.zero_()
     lse = lse.contiguous()
     BLOCK_D = _block_d(D)
-    consts = dict(HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D))
-    delta = empty((B, H, TQ), torch.float32, q.device)
-    bm_delta = 64 if BLOCK_D <= 64 else 32
-    _attn_bwd_delta_kernel[(B * H, cdiv(TQ, bm_delta))](
-        o, do, delta, *_strides(o), *_strides(do), H, TQ, **consts, BLOCK_M=bm_delta)
-    consts.update(TF32=_round_tf32(q.dtype), DROPOUT=dropout_p > 0.0)
+    consts = dict(HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), TF32=_round_tf32(q.dtype),
+                  DROPOUT=dropout_p > 0.0)
+    delta = empty((B, H, TQ), torch.float32, q.device)   # written by the dQ pass, read by the dK/dV pass
     cfg_kv, cfg_q = configs if configs is not None else (None, None)
     args = (q, k, v, do, lse, delta)
     seed = _seed_arg(seed, dropout_p, q.device)
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     rest = (H, TQ, TK, scale, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK))
+    _launch(_attn_bwd_dq, "dq", cfg_q, lambda meta: (B * H, cdiv(TQ, meta["BLOCK_M"])),
+            *args, dq, seed, o, *strides, *_strides(o), *rest, **consts)
     _launch(_attn_bwd_dkdv, "dkdv", cfg_kv, lambda meta: (B * H, cdiv(TK, meta["BLOCK_N"])),
             *args, dk, dv, seed, *strides, *rest, **consts)
-    _launch(_attn_bwd_dq, "dq", cfg_q, lambda meta: (B * H, cdiv(TQ, meta["BLOCK_M"])),
-            *args, dq, seed, *strides, *rest, **consts)
     return dq, dk, dv
 
 
