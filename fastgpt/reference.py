@@ -88,7 +88,13 @@ def bias_gelu(x, bias=None, approximate: str = "tanh"):
     cd = opmath_dtype(x.dtype)
     with _no_autocast(x):
         u = x.to(cd) if bias is None else x.to(cd) + bias.to(cd)
-        y = F.gelu(u, approximate=approximate)
+        if approximate == "tanh":
+            # F.gelu's 0.5 u (1 + tanh(z)) is exactly 0 once tanh(z) rounds to -1 (u < -6.7 even in
+            # float64), while u * sigmoid(2 z), the same function, keeps its tiny value
+            z = 0.7978845608028654 * (u + 0.044715 * u * u * u)
+            y = u * torch.sigmoid(2.0 * z)
+        else:
+            y = F.gelu(u, approximate="none")
     return y.to(x.dtype)
 
 

@@ -44,11 +44,12 @@ def _gelu_and_grad(u, TANH: tl.constexpr, NEED_GRAD: tl.constexpr):
         k0 = 0.7978845608028654  # sqrt(2 / pi)
         k1 = 0.044715
         z = k0 * (u + k1 * u * u * u)
-        e = tl.exp(-2.0 * z)
-        s = 1.0 / (1.0 + e)
+        e = tl.exp(-2.0 * tl.abs(z))                    # in (0, 1]: no overflow for u << 0
+        r = 1.0 / (1.0 + e)
+        s = tl.where(z >= 0, r, e * r)                  # sigmoid(2 z)
         y = u * s
         if NEED_GRAD:
-            one_minus_s = tl.where(z >= 0, e * s, 1.0 - s)  # exact-ish where 1 - s would cancel
+            one_minus_s = tl.where(z >= 0, e * r, r)    # 1 - sigmoid(2 z), without cancellation
             dydu = s + 2.0 * u * s * one_minus_s * k0 * (1.0 + 3.0 * k1 * u * u)
         else:
             dydu = y

@@ -113,3 +113,16 @@ def test_compile_fullgraph():
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(gx, x.grad)
     torch.testing.assert_close(gb, b.grad)
+
+
+@pytest.mark.parametrize("u", [-7.0, -8.0, -9.5, -12.0, 7.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tanh_gelu_far_tail_single_element(u, dtype):
+    """gelu_tanh(u) for u << 0 is tiny but not 0 (-8 gives ~-1e-22): the kernel's sigmoid form
+    must keep it (and not overflow exp), and the reference must too: its float64 value is
+    the whole tolerance scale of a one-element tensor."""
+    import fastgpt.kernels as K
+    x = torch.full((1, 1), u, device=DEVICE).to(dtype)
+    _assert(compare_op("bias_gelu tail", K.bias_gelu, reference.bias_gelu, [x, None, "tanh"]))
+    if -10 < u < 0:
+        assert reference.bias_gelu(x.double(), None, "tanh").item() < 0   # not rounded to 0
