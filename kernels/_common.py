@@ -108,6 +108,11 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
         return self.fn.run(*args, **kwargs, **config.all_kwargs())
 
 
+def autotuning_enabled() -> bool:
+    """False under the interpreter and with FASTGPT_AUTOTUNE=0 (the GPU tests, selftest --quick)."""
+    return not INTERPRET and os.environ.get("FASTGPT_AUTOTUNE", "1") != "0"
+
+
 def autotune(configs, key, prune=None, rep_ms=40):
     """triton.autotune over ``configs`` on the GPU, with short timing runs (rep_ms per config) and a
     lean launch path.
@@ -118,7 +123,7 @@ def autotune(configs, key, prune=None, rep_ms=40):
     every test shape would dominate its run time).
     """
     def wrap(fn):
-        if INTERPRET or os.environ.get("FASTGPT_AUTOTUNE", "1") == "0":
+        if not autotuning_enabled():
             return _Autotuner(fn, configs[:1], key, None, None)
         return _Autotuner(fn, configs, key, prune, _bench_for(rep_ms))
     return wrap

@@ -68,7 +68,6 @@ With p = 0 the kernels are compiled without any of it.
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import torch
@@ -78,7 +77,7 @@ from torch import Tensor
 
 from fastgpt import reference
 from fastgpt.kernels import INTERPRET
-from fastgpt.kernels._common import autotune, cdiv, check_float, check_same_device, empty, next_pow2
+from fastgpt.kernels._common import autotune, autotuning_enabled, cdiv, check_float, check_same_device, empty, next_pow2
 
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
@@ -118,7 +117,7 @@ def _space(kind):
 # With AUTOTUNE False (FASTGPT_AUTOTUNE=0; the GPU tests and selftest --quick, to skip
 # minutes of tuning over many shapes) the launchers use default_config(), a hand-picked
 # config per head dim that fits shared memory.
-AUTOTUNE = os.environ.get("FASTGPT_AUTOTUNE", "1") != "0"
+AUTOTUNE = autotuning_enabled()
 
 
 def default_config(kind: str, head_dim: int, dtype: torch.dtype) -> dict:

@@ -401,11 +401,14 @@ def test_reference_keep_mask_follows_its_spec():
     seed, offset = 2**62 + 12345, 2**35 + 7
     m = reference.attention_keep_mask((B, H, tq, tk), p, seed, offset)
     thr = reference.dropout_threshold(p)
+
+    def group(n, i, j):  # the docstring's formula (ints or tensors)
+        return (n * ((tq + 15) // 16) * 8 + i // 16 * 8 + i % 8) * ((tk + 15) // 16 * 4) + j // 16 * 4 + j % 8 // 2
+
     gen = torch.Generator().manual_seed(0)
     for _ in range(200):
         b, h, i, j = (int(torch.randint(0, n, (1,), generator=gen)) for n in (B, H, tq, tk))
-        n = b * H + h
-        g = (n * ((tq + 15) // 16) * 8 + i // 16 * 8 + i % 8) * ((tk + 15) // 16 * 4) + j // 16 * 4 + j % 8 // 2
+        g = group(b * H + h, i, j)
         t = lambda v: torch.tensor([v], dtype=torch.int64)  # noqa: E731
         words = reference.philox4x32_10(t(g & 0xFFFFFFFF), t(g >> 32), t(offset & 0xFFFFFFFF), t(offset >> 32),
                                         seed & 0xFFFFFFFF, seed >> 32)
@@ -413,8 +416,7 @@ def test_reference_keep_mask_follows_its_spec():
         assert bool(m[b, h, i, j]) == (u >= thr), (b, h, i, j)
     # and no two elements read the same 16 random bits: (group, word, half) is one-to-one
     n, i, j = torch.meshgrid(torch.arange(B * H), torch.arange(tq), torch.arange(tk), indexing="ij")
-    g = (n * ((tq + 15) // 16) * 8 + i // 16 * 8 + i % 8) * ((tk + 15) // 16 * 4) + j // 16 * 4 + j % 8 // 2
-    bits = g * 8 + (2 * (i // 8 % 2) + j // 8 % 2) * 2 + j % 2
+    bits = group(n, i, j) * 8 + (2 * (i // 8 % 2) + j // 8 % 2) * 2 + j % 2
     assert bits.unique().numel() == bits.numel()
 
 
