@@ -282,7 +282,8 @@ def test_autotuned_bf16(shape, monkeypatch):
     from fastgpt.kernels import attention as A
     monkeypatch.setattr(A, "AUTOTUNE", True)
     # the suite runs with FASTGPT_AUTOTUNE=0, so the module's autotuners hold one config: build full ones
-    for name, kind, fn in (("_attn_fwd", "fwd", A._attn_fwd_kernel), ("_attn_bwd_dkdv", "dkdv", A._attn_bwd_dkdv_kernel),
+    for name, kind, fn in (("_attn_fwd", "fwd", A._attn_fwd_kernel),
+                           ("_attn_bwd_dkdv", "dkdv", A._attn_bwd_dkdv_kernel),
                            ("_attn_bwd_dq", "dq", A._attn_bwd_dq_kernel)):
         tuner = _common._Autotuner(fn, A._space(kind), A._KEY, None, _common._bench_for(40))
         assert len(tuner.configs) == len(A._space(kind)) > 1
