@@ -126,6 +126,7 @@ class Recorder:
         autotuner.Autotuner.run = tuner_run
         from fastgpt.kernels import _common
         _common._Autotuner.run = tuner_run   # fastgpt's subclass (a lean launch path) overrides run
+        _common.LEAN_LAUNCH = False          # every launch through run() above: it only compiles
 
 
 def _families(only):

@@ -8,8 +8,15 @@ import torch
 import triton
 import triton.language as tl
 import triton.runtime.autotuner
+from triton import knobs
+from triton.runtime.driver import driver
 
 from fastgpt.kernels import INTERPRET
+
+try:  # triton's own argument specialisation (C++, triton >= 3.4), which the lean launch keys on
+    from triton._C.libtriton import native_specialize_impl
+except ImportError:  # an older triton: every launch takes triton's own path
+    native_specialize_impl = None
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -79,15 +86,64 @@ def _bench_for(rep_ms: int):
     return bench
 
 
+# ----------------------------------------------------------------------------- launches
+# A Triton launch from Python costs ~25 us of host time on the dev CPU before the driver
+# call (JITFunction.run: binding every argument into dicts, specialising each, building the
+# cache key; benchmarks/host_overhead.py measures it), about as much as the kernel itself
+# at small sizes, and a fused op launches 1-3 kernels each way. launch() keeps triton's
+# path for the first launch of each call signature and replays later ones straight to the
+# compiled kernel's launcher. The signature is the keyword arguments (constexprs, launch
+# options) and triton's own specialisation of every positional argument (tensor dtype and
+# 16-byte alignment; integer type, == 1 and divisibility by 16), so a replay runs the very
+# kernel triton would pick, with the argument list triton would pass
+# (benchmarks/host_overhead.py --check compares the two on every launcher).
+# FASTGPT_LEAN_LAUNCH=0 sends every launch through triton's path.
+
+LEAN_LAUNCH = not INTERPRET and native_specialize_impl is not None and \
+    os.environ.get("FASTGPT_LEAN_LAUNCH", "1") != "0"
+
+
+def launch(fn, grid, *args, **kwargs):
+    """``fn[grid](*args, **kwargs)`` for a @triton.jit kernel, with the lean replay above.
+
+    ``grid`` is a tuple or a callable of the constexpr and option values (``meta["BLOCK_M"]``).
+    """
+    if not LEAN_LAUNCH or fn.pre_run_hooks:
+        return fn[grid](*args, **kwargs)
+    device = driver.active.get_current_device()
+    stream = driver.active.get_current_stream(device)
+    backend = fn.device_caches[device][3]
+    key = (device, *kwargs.items(), *[native_specialize_impl(backend, a, False, True, True) for a in args])
+    cache = fn.__dict__.setdefault("_fastgpt_launches", {})
+    hit = cache.get(key)
+    if hit is None:  # triton's path: it compiles (or finds) the kernel and launches it
+        kernel = fn.run(*args, grid=grid, warmup=False, **kwargs)
+        names = fn.arg_names[len(args):]
+        # the values of the parameters not passed positionally, as triton binds them
+        tail = tuple(kwargs[n] if n in kwargs else p.default for n, p in zip(names, fn.params[len(args):]))
+        if kernel is not None and not hasattr(kernel, "result"):
+            cache[key] = (kernel, tail, dict(zip(names, tail)))
+        return kernel
+    kernel, tail, meta = hit
+    full = args + tail
+    if callable(grid):
+        grid = grid(meta)
+    n = len(grid)
+    kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, stream, kernel.function,
+               kernel.packed_metadata, kernel.launch_metadata(grid, stream, *full),
+               knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *full)
+    return kernel
+
+
 class _Autotuner(triton.runtime.autotuner.Autotuner):
     """triton's Autotuner with a lean launch once a key is tuned.
 
     Autotuner.run rebuilds dicts of every argument on each launch, about as
-    much host time as the JIT launch itself (~25 of ~50 us per launch on the
-    dev machine, measured through benchmarks/compile_report.py's stand-in
-    driver). After the first launch of a key, this launches the tuned config's
-    kernel directly. The key is Triton's: the named key arguments plus the
-    dtypes of the tensor arguments. Configs with pre-hooks are not supported.
+    much host time as the JIT launch itself (measured through
+    benchmarks/compile_report.py's stand-in driver). After the first launch of
+    a key, this launches the tuned config through launch(). The key is
+    Triton's: the named key arguments plus the dtypes of the tensor arguments.
+    Configs with pre-hooks are not supported.
     """
 
     def __init__(self, fn, configs, key, prune, do_bench):
@@ -95,17 +151,22 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
                          prune_configs_by={"early_config_prune": prune} if prune is not None else None)
         assert all(c.pre_hook is None for c in self.configs), "fastgpt's autotune takes no pre-hooks"
         self._key_pos = [(fn.arg_names.index(k), k) for k in key]
-        self._tuned = {}
+        self._tuned = {}          # key -> the tuned triton.Config
+        self._config_kwargs = {}  # key -> (that Config, its launch kwargs)
 
-    def run(self, *args, **kwargs):
-        key = tuple(args[i] if i < len(args) else kwargs[k] for i, k in self._key_pos) + \
-            tuple(a.dtype for a in args if isinstance(a, torch.Tensor))
+    def run(self, *args, grid, warmup=False, **kwargs):
+        key = (*[args[i] if i < len(args) else kwargs[k] for i, k in self._key_pos],
+               *[a.dtype for a in args if isinstance(a, torch.Tensor)])
         config = self._tuned.get(key)
-        if config is None:
-            out = super().run(*args, **kwargs)
-            self._tuned[key] = self.best_config
+        if config is None or warmup:
+            out = super().run(*args, grid=grid, warmup=warmup, **kwargs)
+            if not warmup:
+                self._tuned[key] = self.best_config
             return out
-        return self.fn.run(*args, **kwargs, **config.all_kwargs())
+        cached = self._config_kwargs.get(key)
+        if cached is None or cached[0] is not config:
+            cached = self._config_kwargs[key] = (config, config.all_kwargs())
+        return launch(self.fn, grid, *args, **kwargs, **cached[1])
 
 
 def autotuning_enabled() -> bool:
@@ -179,7 +240,7 @@ def sum_partials(p0: torch.Tensor, p1, dtype: torch.dtype):
     # narrow column blocks for enough programs (N = 768: 24), tall row blocks for few trips
     # through G (the backward kernels use G = 4 per SM, 528 on an H100: 5 trips)
     BLOCK_N = 32
-    _sum_partials_kernel[(cdiv(N, BLOCK_N),)](
-        p0, p1 if p1 is not None else p0, out0, out1 if out1 is not None else out0, G, N,
-        TWO=p1 is not None, BLOCK_G=128, BLOCK_N=BLOCK_N, num_warps=4)
+    launch(_sum_partials_kernel, (cdiv(N, BLOCK_N),),
+           p0, p1 if p1 is not None else p0, out0, out1 if out1 is not None else out0, G, N,
+           TWO=p1 is not None, BLOCK_G=128, BLOCK_N=BLOCK_N, num_warps=4)
     return out0, out1

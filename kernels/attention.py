@@ -77,7 +77,8 @@ from torch import Tensor
 
 from fastgpt import reference
 from fastgpt.kernels import INTERPRET
-from fastgpt.kernels._common import autotune, autotuning_enabled, cdiv, check_float, check_same_device, empty, next_pow2
+from fastgpt.kernels._common import (autotune, autotuning_enabled, cdiv, check_float, check_same_device, empty,
+                                     launch, next_pow2)
 
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
@@ -512,7 +513,7 @@ def _unit_last_stride(t: Tensor) -> Tensor:
 
 
 def _strides(t: Tensor):
-    return t.stride(0), t.stride(1), t.stride(2)
+    return t.stride()[:3]
 
 
 # fp32 inputs run TF32 dots with operands rounded to nearest on the GPU; under the interpreter
@@ -585,7 +586,7 @@ def _launch(kernel, kind, config, grid, *args, **meta):
             raise ValueError(f"causal_attention: with dropout, BLOCK_M and BLOCK_N must be multiples of 16 "
                              f"(the keep mask's groups), got {config['BLOCK_M']} x {config['BLOCK_N']}")
         cfg = dict(config)
-        kernel.fn[grid](*args, **meta, BLOCK_M=cfg.pop("BLOCK_M"), BLOCK_N=cfg.pop("BLOCK_N"), **cfg)
+        launch(kernel.fn, grid, *args, **meta, BLOCK_M=cfg.pop("BLOCK_M"), BLOCK_N=cfg.pop("BLOCK_N"), **cfg)
 
 
 def _out_empty(q_shape, dtype, device, out_layout):
@@ -612,6 +613,11 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None
     _validate(q, k, v)
     if out_layout not in OUT_LAYOUTS:
         raise ValueError(f"causal_attention: out_layout must be one of {OUT_LAYOUTS}, got {out_layout!r}")
+    return _fwd(q, k, v, scale, out_layout, out, config, dropout_p, _seed_arg(seed, dropout_p, q.device))
+
+
+def _fwd(q, k, v, scale, out_layout, out, config, dropout_p, seed):
+    """attention_fwd on validated inputs (``seed``: None, or a checked tensor when dropout_p > 0)."""
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
     B, H, TQ, D = q.shape
     TK = k.shape[2]
@@ -625,7 +631,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None
     BLOCK_D = _block_d(D)
     grid = lambda meta: (B * H, cdiv(TQ, meta["BLOCK_M"]))  # noqa: E731
     _launch(_attn_fwd, "fwd", config, grid,
-            q, k, v, o, lse, _seed_arg(seed, dropout_p, q.device), *_strides(q), *_strides(k), *_strides(v),
+            q, k, v, o, lse, seed, *_strides(q), *_strides(k), *_strides(v),
             *_strides(o), H, TQ, TK, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK),
             HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), TF32=_round_tf32(q.dtype), DROPOUT=dropout_p > 0.0)
     return o, lse
@@ -720,7 +726,7 @@ class _CausalAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, scale, out_layout, dropout_p, seed):
-        o, lse = attention_fwd(q, k, v, scale, out_layout, dropout_p=dropout_p, seed=seed)
+        o, lse = _fwd(q, k, v, scale, out_layout, None, None, dropout_p, seed)   # causal_attention validated
         _setup(ctx, (q, k, v, scale, out_layout, dropout_p, seed), (o, lse))
         return o
 

@@ -48,7 +48,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt.kernels import INTERPRET
-from fastgpt.kernels._common import FLOAT_DTYPES, cdiv, check_float, check_same_device, empty, next_pow2
+from fastgpt.kernels._common import FLOAT_DTYPES, cdiv, check_float, check_same_device, empty, launch, next_pow2
 
 OP = "fused_linear_cross_entropy"
 CHUNK_BYTES = 256 * 2**20       # default budget for one chunk of logits
@@ -136,10 +136,9 @@ def _ce_rows(zbuf: Tensor, V: int, t: Tensor, loss: Tensor, ignore_index: int, e
         block_v, warps = min(next_pow2(VP), 256), 4
     else:
         block_v, warps = min(next_pow2(VP), 4096), 8
-    _ce_fwd_grad_kernel[(R,)](
-        zbuf, t, loss, V, VP, zbuf.stride(0), ignore_index, eps,
-        WRITE_GRAD=write_grad, SMOOTH=eps > 0.0, BLOCK_V=block_v, num_warps=warps,
-    )
+    launch(_ce_fwd_grad_kernel, (R,),
+           zbuf, t, loss, V, VP, zbuf.stride(0), ignore_index, eps,
+           WRITE_GRAD=write_grad, SMOOTH=eps > 0.0, BLOCK_V=block_v, num_warps=warps)
 
 
 # ----------------------------------------------------------------------------- dW accumulation

@@ -1,0 +1,200 @@
+"""Host time of the fused ops, and a check of the lean launch path, on a machine without a GPU.
+
+    python -m benchmarks.host_overhead            # host us per op fwd+bwd, lean launch on vs off
+    python -m benchmarks.host_overhead --check    # the lean path passes what triton's path passes
+
+A fused op called from Python spends host time (validation, allocation, autograd, the
+Triton launches) that the GPU waits on when the kernels are short: run 2 timed LayerNorm
+fwd+bwd launched from Python at 0.400 ms on the H100 machine, ~5x its GPU time.
+This measures that time without a GPU: Triton's driver is replaced by compile_report's
+sm_90 stand-in, kernels are really compiled (ptxas from the triton wheel), and each
+compiled kernel's launcher is replaced by a recorder, so everything up to the driver call
+runs for real and only the driver call is missing. Times are thread CPU time, the minimum
+over interleaved repeats (the dev machine is shared and noisy); the "empty
+autograd.Function" row is PyTorch's own floor for one op with a backward.
+
+--check runs every launcher of benchmarks/compile_report.py twice and, for each launch
+that reaches kernels._common.launch, makes it through triton's own path (JITFunction.run)
+and through the lean replay, and compares what reaches the kernel launcher: the compiled
+kernel, grid, stream, metadata and every argument. Exit status 1 on any difference.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def install_stub_launcher(records: list) -> None:
+    """Triton compiles for the sm_90 stand-in; each compiled kernel's launcher appends its call to records."""
+    from triton.compiler.compiler import CompiledKernel
+    from triton.runtime.driver import driver
+
+    from benchmarks.compile_report import _HopperStandIn
+    driver.set_active(_HopperStandIn())
+
+    def init_handles(kernel):
+        if kernel.module is not None:
+            return
+        kernel.module, kernel.function = "stub", 0
+        kernel.n_regs = kernel.n_spills = 0
+        kernel._run = lambda *call: records.append((kernel, call))
+
+    CompiledKernel._init_handles = init_handles
+
+
+def _same(a, b) -> bool:
+    """Equal launcher arguments: the same object, or equal plain values of the same type."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (int, float, str, bool, tuple)):
+        return a == b
+    data = getattr(a, "data", None)  # launch metadata (triton's LazyDict): its fixed entries
+    return isinstance(data, dict) and data == getattr(b, "data", None)
+
+
+def _specialisation_cases():
+    """Launches that differ only in what triton specialises on, one after the other: a replay
+    keyed too coarsely would reuse the previous call's kernel, and the check would see it."""
+    import torch
+
+    from fastgpt.kernels import gelu as G
+    from fastgpt.kernels import layernorm as LN
+    bf = torch.bfloat16
+    w = torch.ones(1000, dtype=bf)
+    for M, N, offset in ((4, 768, 0), (4, 768, 1), (1, 768, 0), (4, 1000, 0), (16, 1000, 0), (17, 1000, 3)):
+        x = torch.randn(M * N + offset, dtype=bf)[offset:].view(M, N)   # offset 1: not 16-byte aligned
+        y, _, mean, rstd = LN.layer_norm_fwd(x, None, w[:N], None, 1e-5)
+        LN.layer_norm_bwd(torch.randn_like(y), None, x, w[:N], False, mean, rstd, bf, None)
+        G.bias_gelu_fwd(x, w[:N], "tanh")
+
+
+def check() -> int:
+    """Compare the lean replay with triton's path on every launch of compile_report's launchers."""
+    os.environ["FASTGPT_AUTOTUNE"] = "0"   # one config per kernel: nothing to time on a stand-in
+    records: list = []
+    install_stub_launcher(records)
+    from benchmarks.compile_report import _families
+    from fastgpt.kernels import _common, attention, cross_entropy
+    lean = _common.launch
+    compared, failures, kernels = 0, 0, set()
+
+    def dual(fn, grid, *args, **kwargs):
+        nonlocal compared, failures
+        _common.LEAN_LAUNCH = False
+        del records[:]
+        lean(fn, grid, *args, **kwargs)
+        ref = records.pop()
+        _common.LEAN_LAUNCH = True
+        lean(fn, grid, *args, **kwargs)   # a first call of this signature takes triton's path
+        lean(fn, grid, *args, **kwargs)   # then the replay
+        got = records.pop()
+        compared += 1
+        kernels.add(fn.fn.__name__)
+        bad = [i for i, (x, y) in enumerate(zip(ref[1], got[1])) if not _same(x, y)]
+        if ref[0] is not got[0] or len(ref[1]) != len(got[1]) or bad:
+            failures += 1
+            names = ["gridX", "gridY", "gridZ", "stream", "function", "packed_metadata", "launch_metadata",
+                     "enter_hook", "exit_hook"] + list(fn.arg_names)
+            print(f"MISMATCH {fn.fn.__name__}: kernel {'same' if ref[0] is got[0] else 'differs'}, "
+                  f"differing: {[names[i] if i < len(names) else i for i in bad]}")
+
+    for module in (_common, attention, cross_entropy):
+        module.launch = dual
+    for fam, call in _families(set()) + [("specialisation", _specialisation_cases)]:
+        call()   # fills triton's caches and the single-config autotuners' picks
+        call()   # every launch now reaches launch()
+    print(f"host_overhead --check: {compared} launches of {len(kernels)} kernels compared "
+          f"({', '.join(sorted(kernels))}), {failures} mismatch(es)")
+    return 1 if failures or not compared else 0
+
+
+def _cases():
+    import torch
+
+    import fastgpt.kernels as K
+    bf = torch.bfloat16
+
+    def leaf(*shape, n=1):
+        return [torch.randn(*shape, dtype=bf, requires_grad=True) for _ in range(n)]
+
+    q, k, v = leaf(1, 1, 32, 64, n=3)
+    do = torch.randn(1, 1, 32, 64, dtype=bf)
+    x, r = leaf(8, 768, n=2)
+    w, b = torch.ones(768, dtype=bf, requires_grad=True), torch.zeros(768, dtype=bf, requires_grad=True)
+    dy = torch.randn(8, 768, dtype=bf)
+    x3, = leaf(8, 3072)
+    b3 = torch.zeros(3072, dtype=bf, requires_grad=True)
+    dy3 = torch.randn(8, 3072, dtype=bf)
+    grad = torch.autograd.grad
+
+    class Empty(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b_, c):
+            ctx.save_for_backward(a, b_, c)
+            return torch.empty_like(a)
+
+        @staticmethod
+        def backward(ctx, g):
+            return tuple(torch.empty_like(t) for t in ctx.saved_tensors)
+
+    return {
+        "empty autograd.Function": lambda: grad(Empty.apply(q, k, v), (q, k, v), do),
+        "causal_attention": lambda: grad(K.causal_attention(q, k, v), (q, k, v), do),
+        "causal_attention p=0.1": lambda: grad(K.causal_attention(q, k, v, dropout_p=0.1), (q, k, v), do),
+        "layer_norm": lambda: grad(K.layer_norm(x, w, b), (x, w, b), dy),
+        "add_layer_norm": lambda: grad(K.add_layer_norm(x, r, w, b), (x, r, w, b), (dy, dy)),
+        "bias_gelu": lambda: grad(K.bias_gelu(x3, b3), (x3, b3), dy3),
+    }
+
+
+def timing(repeats: int, number: int) -> None:
+    """Host us per fwd+bwd of each op, lean launch on and off, min of interleaved repeats."""
+    import torch
+    os.environ["FASTGPT_AUTOTUNE"] = "0"
+    records: list = []
+    install_stub_launcher(records)
+    from fastgpt.kernels import _common
+    torch.set_num_threads(1)
+    cases = _cases()
+    best = {(name, lean): float("inf") for name in cases for lean in (True, False)}
+    for f in cases.values():   # compile and fill the caches
+        f()
+        f()
+    for _ in range(repeats):
+        for name, f in cases.items():
+            for lean in (True, False):
+                _common.LEAN_LAUNCH = lean
+                t0 = time.thread_time_ns()
+                for _ in range(number):
+                    f()
+                best[name, lean] = min(best[name, lean], (time.thread_time_ns() - t0) / number / 1e3)
+                del records[:]
+    print(f"host time per fwd+bwd (dev CPU, launches stubbed), min of {repeats} x {number}")
+    print(f"{'op':<26} {'triton path us':>15} {'lean launch us':>15} {'saved':>6}")
+    for name in cases:
+        off, on = best[name, False], best[name, True]
+        print(f"{name:<26} {off:15.1f} {on:15.1f} {1 - on / off:6.0%}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="compare the lean launch with triton's path; no timing")
+    ap.add_argument("--repeats", type=int, default=15, help="interleaved repeats (the minimum is kept)")
+    ap.add_argument("--number", type=int, default=100, help="calls per repeat")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("host_overhead: unset TRITON_INTERPRET (it compiles for the GPU, it does not interpret)",
+              file=sys.stderr)
+        return 2
+    if args.check:
+        return check()
+    timing(args.repeats, args.number)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
