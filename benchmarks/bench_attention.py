@@ -135,7 +135,11 @@ def run(args):
         do = torch.randn(B, H, T, D, device="cuda", dtype=dt)
         for p in (0.0, DROPOUT_P):
             case = f"B{B} H{H} T{T} D{D} bf16" + (f" p={p}" if p else "")
-            ok, msg = _check(K, q, k, v, do, p)
+            try:
+                ok, msg = _check(K, q, k, v, do, p)
+            except Exception as e:  # e.g. the float64 reference out of memory: skip the case, keep the rest
+                ok, msg = False, f"check failed: {type(e).__name__}: {str(e)[:120]}"
+                torch.cuda.empty_cache()
             if not ok:
                 rows.append(row("attention", f"{case} fwd+bwd", "fastgpt", ok=False, note=msg))
                 continue

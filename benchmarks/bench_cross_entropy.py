@@ -89,7 +89,11 @@ def _case(rows, args, N, C, V, dtype, w_dtype, autocast, impls):
     rep = 30 if args.quick else 100
     h, W, t = _inputs(N, C, V, dtype, w_dtype)
     for name, fn in impls.items():
-        ok, note = _gate(name, fn, C, V, dtype, w_dtype, autocast)
+        try:
+            ok, note = _gate(name, fn, C, V, dtype, w_dtype, autocast)
+        except Exception as e:  # one impl failing (a peer's bug, an OOM) must not lose the others
+            ok, note = False, f"{type(e).__name__}: {str(e)[:120]}"
+            torch.cuda.empty_cache()
         if not ok:
             rows.append(row(BENCH, case, name, ok=False, note=note))
             continue

@@ -7,12 +7,17 @@ fwd+bwd is timed as torch.autograd.grad(f(), inputs, dy), forward included.
 Timing: GPU time by CUDA-graph replay, inputs rotated so L2 does not serve
 them; one more row, "fastgpt (launch-bound)", times fastgpt's eager calls
 from Python (host overhead included), as a user's loop without graphs sees them.
+Correctness first: layer_norm and add_layer_norm, forward and backward, on the
+first 2048 rows by DESIGN.md's rule (fastgpt.testing.compare_op); a failure skips the shape.
+torch.compile's caches are reset per shape, so each shape compiles as a user's
+single-shape run would (static shapes, no recompile limit).
 """
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import bench_impl, correct, liger, n_sets, rotating, row
+from benchmarks.common import bench_impl, liger, n_sets, rotating, row
 from fastgpt import reference
+from fastgpt.testing import compare_op
 
 SHAPES = [(16384, 768), (16384, 1600), (16384, 3072), (65536, 1024)]
 
@@ -38,13 +43,15 @@ def run(args):
         b = torch.randn(N, device="cuda", dtype=dt, requires_grad=True)
         sets = [(torch.randn(M, N, device="cuda", dtype=dt, requires_grad=True), torch.randn(M, N, device="cuda", dtype=dt),
                  torch.randn(M, N, device="cuda", dtype=dt)) for _ in range(n_sets(4 * M * N * 2))]
-        # correctness gate on the first 2048 rows: float64 reference vs bf16 reference vs ours
-        xs = sets[0][0][:2048].detach()
-        ok, msg = correct("layer_norm", K.layer_norm(xs, w, b), reference.layer_norm(xs.double(), w.double(),
-                          b.double()), reference.layer_norm(xs, w, b), dt)
-        if not ok:
-            rows.append(row("layernorm", case, "fastgpt", ok=False, note=msg))
+        # correctness gate on the first 2048 rows, fwd and bwd: float64 reference vs bf16 reference vs ours
+        xs, rs = sets[0][0][:2048].detach(), sets[0][1][:2048]
+        checks = compare_op("layer_norm", K.layer_norm, reference.layer_norm, [xs, w, b]) + \
+            compare_op("add_layer_norm", K.add_layer_norm, reference.add_layer_norm, [xs, rs, w, b])
+        bad = [str(c) for c in checks if not c.ok]
+        if bad:
+            rows.append(row("layernorm", case, "fastgpt", ok=False, note="; ".join(bad)[:300]))
             continue
+        torch._dynamo.reset()
         impls = {"fastgpt": lambda x: K.layer_norm(x, w, b),
                  "torch eager": lambda x: F.layer_norm(x, (N,), w, b, 1e-5),
                  "torch.compile": torch.compile(lambda x: F.layer_norm(x, (N,), w, b, 1e-5))}

@@ -29,13 +29,21 @@ def time_ms(fn, warmup_ms: int = 25, rep_ms: int = 100, graph: bool = False) -> 
     are captured in a CUDA graph and replayed (do_bench_cudagraph), which
     measures GPU time alone; if capture fails, falls back to do_bench.
     """
+    return timed(fn, warmup_ms, rep_ms, graph)[0]
+
+
+def timed(fn, warmup_ms: int = 25, rep_ms: int = 100, graph: bool = False) -> tuple[float, str]:
+    """(ms, how): time_ms, and "" or a note saying that graph capture failed and the calls were
+    timed eagerly (host overhead included), so such a row is not taken for GPU time."""
     import triton.testing
+    how = ""
     if graph:
         try:
-            return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median"))
-        except Exception:  # not capturable (a host sync, a CPU-side RNG draw): time it eagerly
+            return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")), ""
+        except Exception as e:  # not capturable (a host sync, a CPU-side RNG draw): time it eagerly
             torch.cuda.synchronize()
-    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+            how = f"eager timing: graph capture failed ({type(e).__name__}: {str(e)[:60]})"
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")), how
 
 
 def rotating(fn, arg_sets):
@@ -94,11 +102,18 @@ def liger():
         return None
 
 
+# Every row made, in order: when a family dies part-way (an exception, or the SIGINT of a
+# stage's time budget), benchmarks/run.py keeps the rows it had made instead of losing them all.
+JOURNAL: list[dict] = []
+
+
 def row(bench: str, case: str, impl: str, ms: float | None = None, *, gbps: float | None = None,
         tflops: float | None = None, tok_s: float | None = None, mem_gib: float | None = None,
         ok: bool = True, note: str = "", **extra) -> dict:
-    return dict(bench=bench, case=case, impl=impl, ms=ms, gbps=gbps, tflops=tflops, tok_s=tok_s,
-                mem_gib=mem_gib, ok=ok, note=note, **extra)
+    r = dict(bench=bench, case=case, impl=impl, ms=ms, gbps=gbps, tflops=tflops, tok_s=tok_s,
+             mem_gib=mem_gib, ok=ok, note=note, **extra)
+    JOURNAL.append(r)
+    return r
 
 
 def bench_impl(rows, bench, case, impl, fn, *, nbytes=None, flops=None, tokens=None, memory=False,
@@ -108,12 +123,14 @@ def bench_impl(rows, bench, case, impl, fn, *, nbytes=None, flops=None, tokens=N
     A peer that raises (not installed, unsupported shape) gets a row with its error, not a crash.
     """
     try:
-        ms = time_ms(fn, warmup_ms, rep_ms, graph=graph)
+        ms, how = timed(fn, warmup_ms, rep_ms, graph=graph)
         mem = peak_extra_gib(fn) if memory else None
     except Exception as e:  # keep the run going: one peer failing must not lose the table
         rows.append(row(bench, case, impl, ok=False, note=f"{type(e).__name__}: {str(e)[:120]}", **extra))
         torch.cuda.empty_cache()
         return None
+    if how:
+        extra["note"] = f"{extra['note']}; {how}" if extra.get("note") else how
     rows.append(row(bench, case, impl, ms,
                     gbps=nbytes / ms / 1e6 if nbytes else None,
                     tflops=flops / ms / 1e9 if flops else None,

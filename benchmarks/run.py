@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -50,6 +51,14 @@ def ratio_table(rows):
     return out
 
 
+def _write_json(path, env, rows):
+    """Write via a temporary file, so a kill mid-write never leaves a truncated JSON behind."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(env=env, rows=rows), f, indent=1)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help=f"comma-separated families (default: all of {','.join(FAMILIES)})")
@@ -65,30 +74,43 @@ def main(argv=None):
         print(f"benchmarks: unknown family {unknown}; choose from {FAMILIES}", file=sys.stderr)
         sys.exit(2)
     import triton
+    from benchmarks import common
     from benchmarks.common import copy_gbps, gpu_name
     env = dict(card=gpu_name(), torch=torch.__version__, triton=triton.__version__,
                python=platform.python_version(), date=time.strftime("%Y-%m-%d"), copy_gbps=copy_gbps())
     print(f"# {env['card']}  torch {env['torch']}  triton {env['triton']}  copy {env['copy_gbps']:.0f} GB/s")
-    rows = []
+    rows, failed, interrupted = [], [], False
     for n in names:
+        t0 = time.time()
+        start = len(common.JOURNAL)
         try:
             mod = importlib.import_module(f"benchmarks.bench_{n}")
-        except ModuleNotFoundError as e:
-            if e.name == f"benchmarks.bench_{n}":
-                print(f"# {n}: no benchmark file yet, skipped")
-                continue
-            raise
-        t0 = time.time()
-        new = mod.run(args)
+            new = mod.run(args)
+        except (Exception, KeyboardInterrupt) as e:
+            # keep the rows made before it died (a crash, or the SIGINT of gpu_check's time budget)
+            # and say what stopped the family, instead of losing every row of it
+            import traceback
+            traceback.print_exc()
+            new = list(common.JOURNAL[start:])
+            why = "interrupted (SIGINT: gpu_check's time budget?)" if isinstance(e, KeyboardInterrupt) \
+                else f"{type(e).__name__}: {str(e)[:150]}"
+            new.append(common.row(n, "(family stopped)", "fastgpt", ok=False, note=why))
+            failed.append(n)
+            interrupted = isinstance(e, KeyboardInterrupt)
         rows += new
         print(f"# {n}: {len(new)} rows in {time.time() - t0:.1f} s")
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(dict(env=env, rows=rows), f, indent=1)
+            _write_json(args.json, env, rows)
+        if interrupted:
+            break
     print_rows(rows)
     print("\n# fastgpt speed-up (peer time / fastgpt time; >1 means fastgpt is faster)")
     for bench, case, ours, peer, r in ratio_table(rows):
         print(f"{bench:<13} {case[:34]:<34} {ours:<18} vs {peer:<22} {r:6.2f}x")
+    if failed:
+        print(f"benchmarks: {', '.join(failed)} stopped part-way (see the '(family stopped)' rows)",
+              file=sys.stderr)
+        sys.exit(130 if interrupted else 1)
     return rows
 
 

@@ -19,16 +19,31 @@ TARGETS = [
 DROPOUT_OVERHEAD = 1.15   # attention fwd+bwd time with p = 0.1 over p = 0 (issue 7)
 
 
+def _load(path):
+    """A JSON file's content, or None (with a line saying why) when a killed stage left it unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"unreadable {os.path.basename(path)}: {type(e).__name__}: {str(e)[:80]}")
+        return None
+
+
 def main(res):
     for f in sorted(glob.glob(os.path.join(res, "*.stage.json"))):
-        s = json.load(open(f))
-        print(f"stage {s['stage']:<22} rc={s['rc']:<4} {s['seconds']:>5}s")
+        s = _load(f)
+        if s is None:
+            continue
+        cut = "  (out of time: killed at its budget)" if s["rc"] in (124, 137) else ""
+        print(f"stage {s['stage']:<22} rc={s['rc']!s:<7} {s['seconds']:>5}s{cut}")
     rows, env = [], {}
     for f in sorted(glob.glob(os.path.join(res, "bench_*.json"))):
         if f.endswith(".stage.json"):
             continue
-        d = json.load(open(f))
-        rows += d["rows"]
+        d = _load(f)
+        if d is None:
+            continue
+        rows += d.get("rows", [])
         env = d.get("env", env)
     if env:
         print(f"card: {env.get('card')}  torch {env.get('torch')}  triton {env.get('triton')}  "
@@ -37,7 +52,7 @@ def main(res):
     for r in failed:
         print(f"FAILED row: {r['bench']} {r['case']} {r['impl']}: {r['note']}")
     for bench, case, impl, metric, target, peer in TARGETS:
-        ours = [r for r in rows if r["bench"] == bench and case in r["case"] and r["impl"] == impl and r[metric]]
+        ours = [r for r in rows if r["bench"] == bench and r["case"] == case and r["impl"] == impl and r[metric]]
         if not ours:
             continue
         o = ours[0]

@@ -23,7 +23,7 @@ import sys
 
 import torch
 
-from benchmarks.common import correct, time_ms
+from benchmarks.common import correct, timed
 from fastgpt import reference
 
 TARGET_SHAPES = [(16, 12, 1024, 64), (4, 16, 4096, 128)]
@@ -83,7 +83,8 @@ def sweep(shape, p, kinds, dtype=torch.bfloat16, device="cuda", candidates=CANDI
                 checks = [correct(f"{kind} {c} {n}", t[:1], *refs[n], dtype) for n, t in outs.items()]
                 ok = all(c_ok for c_ok, _ in checks)
                 msg = "; ".join(m for c_ok, m in checks if not c_ok)
-                ms = time_ms(fn, graph=True) if ok and device == "cuda" else None
+                ms, how = timed(fn, graph=True) if ok and device == "cuda" else (None, "")
+                msg = "; ".join(m for m in (msg, how) if m)  # eager timing is not comparable: say so
             except Exception as e:  # out of shared memory, a compile error: record it, go on
                 ok, msg, ms = False, f"{type(e).__name__}: {str(e)[:100]}", None
             rows.append({"shape": list(shape), "p": p, "kind": kind, "config": list(c), "ms": ms, "ok": ok,
@@ -126,7 +127,7 @@ def main(argv=None):
     for r in sorted(rows, key=key):
         ms = f"{r['ms']:8.3f}" if r["ms"] is not None else "       -"
         print(f"{str(tuple(r['shape'])):<18} {r['p']:>4} {r['kind']:<5} {str(tuple(r['config'])):<32} {ms}  "
-              f"{'' if r['ok'] else r['note']}")
+              f"{r['note']}")
     return 0
 
 

@@ -75,3 +75,85 @@ def test_modules_resolve_every_global(name):
         pytest.importorskip("triton")
     missing = _undefined(name)
     assert not missing, f"{name} uses undefined names: {missing}"
+
+
+def _fake_gpu_runner(monkeypatch):
+    """benchmarks.run.main on a CPU machine: a 'GPU' whose name and copy bandwidth are stand-ins."""
+    pytest.importorskip("triton")
+    from benchmarks import common
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(common, "gpu_name", lambda: "fake")
+    monkeypatch.setattr(common, "copy_gbps", lambda: 1.0)
+    return common
+
+
+def _fake_family(monkeypatch, name, run):
+    import sys
+    import types
+    mod = types.ModuleType(f"benchmarks.bench_{name}")
+    mod.run = run
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+
+
+@pytest.mark.parametrize("exc,code", [(RuntimeError("boom"), 1), (KeyboardInterrupt(), 130)])
+def test_runner_keeps_the_rows_of_a_family_that_dies(monkeypatch, tmp_path, exc, code):
+    """A family that raises (or gets gpu_check's SIGINT at its time budget) keeps the rows it made,
+    gains a '(family stopped)' row, and the JSON is written; after an interrupt nothing more runs."""
+    import json
+    from benchmarks import run
+    common = _fake_gpu_runner(monkeypatch)
+
+    def dies(args):
+        common.row("layernorm", "c1", "fastgpt", 1.0)       # made (and journalled) before it dies
+        common.row("layernorm", "c1", "torch eager", 2.0)
+        raise exc
+
+    _fake_family(monkeypatch, "layernorm", dies)
+    _fake_family(monkeypatch, "gelu", lambda args: [common.row("bias_gelu", "c2", "fastgpt", 3.0)])
+    out = tmp_path / "rows.json"
+    with pytest.raises(SystemExit) as e:
+        run.main(["--only", "layernorm,gelu", "--json", str(out)])
+    assert e.value.code == code
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["case"], r["impl"]) for r in rows[:3]] == [("c1", "fastgpt"), ("c1", "torch eager"),
+                                                         ("(family stopped)", "fastgpt")]
+    assert not rows[2]["ok"] and ("boom" if code == 1 else "interrupted") in rows[2]["note"]
+    assert [r["case"] for r in rows[3:]] == ([] if code == 130 else ["c2"])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_summary_survives_unreadable_results(tmp_path, capsys):
+    """A stage killed while writing leaves a truncated JSON: the table still prints."""
+    import json
+    from benchmarks import summary
+    (tmp_path / "tests.stage.json").write_text(json.dumps(dict(stage="tests", rc=124, seconds=300, budget=300)))
+    (tmp_path / "bench_gelu.stage.json").write_text(json.dumps(dict(stage="bench_gelu", rc="skipped", seconds=0)))
+    (tmp_path / "bench_attention.json").write_text('{"env": {}, "rows": [')
+    rows = [dict(bench="layernorm", case=f"16384x768 bf16 {c}", impl=i, ms=ms, gbps=g, tflops=None, tok_s=None,
+                 mem_gib=None, ok=True, note="") for c, i, ms, g in
+            [("fwd+bwd", "fastgpt", 0.1, 1500.0), ("fwd", "fastgpt", 0.02, 2600.0),
+             ("fwd", "torch eager", 0.04, 1300.0)]]
+    (tmp_path / "bench_layernorm.json").write_text(json.dumps(dict(env=dict(card="fake"), rows=rows)))
+    summary.main(str(tmp_path))
+    out = capsys.readouterr().out
+    assert "unreadable bench_attention.json" in out and "out of time" in out and "rc=skipped" in out
+    # the targets match cases exactly: the fwd target reads the fwd row, the fwd+bwd target its own
+    assert "16384x768 bf16 fwd               2600.0 gbps target 2500 met    2.00x vs torch eager" in out
+    assert "16384x768 bf16 fwd+bwd           1500.0 gbps target 2000 MISSED" in out
+
+
+def test_failed_graph_capture_is_noted_in_the_row(monkeypatch):
+    """When CUDA-graph capture fails the row is timed eagerly (host overhead included) and says so."""
+    triton_testing = pytest.importorskip("triton.testing")
+    from benchmarks import common
+
+    def no_capture(fn, **kw):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(triton_testing, "do_bench_cudagraph", no_capture)
+    monkeypatch.setattr(triton_testing, "do_bench", lambda fn, **kw: 2.0)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    rows = []
+    assert common.bench_impl(rows, "b", "c", "fastgpt", lambda: None, nbytes=4e6, graph=True, note="amp") == 2.0
+    assert rows[0]["gbps"] == 2.0 and rows[0]["note"].startswith("amp; eager timing: graph capture failed")
+    monkeypatch.setattr(triton_testing, "do_bench_cudagraph", lambda fn, **kw: 1.0)
+    assert common.bench_impl(rows, "b", "c", "fastgpt", lambda: None, graph=True) == 1.0 and rows[1]["note"] == ""
