@@ -54,6 +54,13 @@ def check_vector(op: str, name: str, t, n: int) -> None:
         raise ValueError(f"{op}: {name} must have shape ({n},), got {tuple(t.shape)}")
 
 
+def records_grad(*tensors) -> bool:
+    """Whether autograd must record an op on these inputs (grad mode on, one of them requires
+    grad). When not (inference, evaluation, generation), the public ops call their launchers
+    directly: an autograd.Function costs ~20 us of host time even under no_grad."""
+    return torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
+
+
 def rows_2d(x: torch.Tensor) -> torch.Tensor:
     """View x as (M, N) with unit column stride, copying only when that is impossible."""
     x2 = x.reshape(-1, x.shape[-1])

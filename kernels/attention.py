@@ -78,7 +78,7 @@ from torch import Tensor
 from fastgpt import reference
 from fastgpt.kernels import INTERPRET
 from fastgpt.kernels._common import (autotune, autotuning_enabled, cdiv, check_float, check_same_device, empty,
-                                     launch, next_pow2)
+                                     launch, next_pow2, records_grad)
 
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
@@ -764,4 +764,6 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = N
         seed = _check_seed(seed, q.device)
     if torch.compiler.is_compiling():
         return _causal_attention_op(q, k, v, scale, out_layout, dropout_p, seed)[0]
+    if not records_grad(q, k, v):
+        return _fwd(q, k, v, scale, out_layout, None, None, dropout_p, seed)[0]
     return _CausalAttentionFunction.apply(q, k, v, scale, out_layout, dropout_p, seed)

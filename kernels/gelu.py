@@ -24,8 +24,8 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt.kernels._common import (
-    autotune, cdiv, check_float, check_same_device, check_vector, empty, reduction_programs, row_stride, rows_2d,
-    sum_partials,
+    autotune, cdiv, check_float, check_same_device, check_vector, empty, records_grad, reduction_programs, row_stride,
+    rows_2d, sum_partials,
 )
 
 _APPROX = {"tanh": 1, "none": 0}
@@ -230,4 +230,6 @@ def bias_gelu(x: Tensor, bias: Optional[Tensor] = None, approximate: str = "tanh
     """gelu(x + bias) (see the module docstring); y has x's dtype."""
     if torch.compiler.is_compiling():
         return _bias_gelu_op(x, bias, approximate)
+    if not records_grad(x, bias):
+        return bias_gelu_fwd(x, bias, approximate)
     return _BiasGeluFunction.apply(x, bias, approximate)

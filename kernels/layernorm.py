@@ -28,7 +28,7 @@ from torch import Tensor
 
 from fastgpt.kernels._common import (
     autotune, cdiv, check_float, check_same_device, check_vector, empty, next_pow2, reduction_programs, row_stride,
-    rows_2d, sum_partials,
+    records_grad, rows_2d, sum_partials,
 )
 
 MAX_N = 8192
@@ -340,6 +340,8 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: fl
     """LayerNorm over the last dim (see the module docstring); y has x's dtype."""
     if torch.compiler.is_compiling():
         return _layer_norm_op(x, weight, bias, float(eps))[0]
+    if not records_grad(x, weight, bias):
+        return layer_norm_fwd(x, None, weight, bias, float(eps))[0]
     return _LayerNormFunction.apply(x, None, weight, bias, float(eps))
 
 
@@ -348,5 +350,8 @@ def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Optional[T
     """(y, h): h = x + residual in residual's dtype, y = layer_norm(h) in x's dtype, one pass."""
     if torch.compiler.is_compiling():
         y, h, _, _ = _add_layer_norm_op(x, residual, weight, bias, float(eps))
+        return y, h
+    if not records_grad(x, residual, weight, bias):
+        y, h, _, _ = layer_norm_fwd(x, residual, weight, bias, float(eps))
         return y, h
     return _LayerNormFunction.apply(x, residual, weight, bias, float(eps))

@@ -59,3 +59,24 @@ def _poison_kernel_outputs(monkeypatch):
     if HAS_TRITON:
         from fastgpt.kernels import _common
         monkeypatch.setattr(_common, "POISON", True)
+
+
+def assert_unrecorded_calls_match(call, inputs, function_cls, monkeypatch):
+    """An op with nothing for autograd to record (no input requires grad, or no_grad) calls its
+    launcher directly, skipping ``function_cls`` (its autograd.Function); the outputs must be
+    the recorded call's, bit for bit, and carry no grad_fn."""
+    recorded = call(*[t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t for t in inputs])
+    recorded = [o.detach() for o in (recorded if isinstance(recorded, tuple) else (recorded,))]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{function_cls.__name__}.apply called with nothing to record")
+
+    monkeypatch.setattr(function_cls, "apply", refuse)
+    plain = call(*inputs)
+    with torch.no_grad():
+        nograd = call(*[t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t for t in inputs])
+    for outs in (plain, nograd):
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        assert len(outs) == len(recorded)
+        for o, r in zip(outs, recorded):
+            assert o.grad_fn is None and o.dtype == r.dtype and o.stride() == r.stride() and torch.equal(o, r)

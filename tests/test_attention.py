@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA, HAS_TRITON, needs_cuda, needs_triton
+from conftest import DEVICE, HAS_CUDA, HAS_TRITON, assert_unrecorded_calls_match, needs_cuda, needs_triton
 from fastgpt import reference
 from fastgpt.testing import check, compare_op
 
@@ -597,3 +597,15 @@ def test_compile_draws_the_seed_in_graph():
     a, b = f(q, k, v), f(q, k, v)
     torch.manual_seed(3)
     assert torch.equal(a, f(q, k, v)) and not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dropout_p,out_layout", [(0.0, "bhtd"), (0.25, "bthd")])
+def test_unrecorded_call_is_the_launcher(dropout_p, out_layout, monkeypatch):
+    import fastgpt.kernels as K
+    from fastgpt.kernels import attention as A
+    q, k, v = _qkv(2, 2, 19, 33, 32, torch.float16)
+
+    def call(q, k, v):
+        return K.causal_attention(q, k, v, dropout_p=dropout_p, out_layout=out_layout, seed=(5, 7))
+
+    assert_unrecorded_calls_match(call, [q, k, v], A._CausalAttentionFunction, monkeypatch)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA, needs_triton
+from conftest import DEVICE, HAS_CUDA, assert_unrecorded_calls_match, needs_triton
 from fastgpt import reference
 from fastgpt.testing import compare_op
 
@@ -126,3 +126,12 @@ def test_tanh_gelu_far_tail_single_element(u, dtype):
     _assert(compare_op("bias_gelu tail", K.bias_gelu, reference.bias_gelu, [x, None, "tanh"]))
     if -10 < u < 0:
         assert reference.bias_gelu(x.double(), None, "tanh").item() < 0   # not rounded to 0
+
+
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_unrecorded_call_is_the_launcher(has_bias, monkeypatch):
+    import fastgpt.kernels as K
+    from fastgpt.kernels import gelu as G
+    x = torch.randn(5, 80, device=DEVICE, dtype=torch.bfloat16)
+    b = torch.randn(80, device=DEVICE, dtype=torch.bfloat16) if has_bias else None
+    assert_unrecorded_calls_match(K.bias_gelu, [x, b, "none"], G._BiasGeluFunction, monkeypatch)

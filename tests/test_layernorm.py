@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA, needs_triton
+from conftest import DEVICE, HAS_CUDA, assert_unrecorded_calls_match, needs_triton
 from fastgpt import reference
 from fastgpt.testing import compare_op
 
@@ -164,3 +164,13 @@ def test_sum_partials(G, N, dtype):
     only, none = sum_partials(p0, None, dtype)
     assert none is None and torch.equal(only, s0)
     assert torch.equal(sum_partials(p0, p1, dtype)[1], s1)   # deterministic: bitwise the same again
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_unrecorded_call_is_the_launcher(residual, monkeypatch):
+    import fastgpt.kernels as K
+    from fastgpt.kernels import layernorm as LN
+    x, r = (torch.randn(6, 96, device=DEVICE, dtype=torch.float16) for _ in range(2))
+    w, b = torch.randn(96, device=DEVICE, dtype=torch.float16), torch.randn(96, device=DEVICE, dtype=torch.float16)
+    call, inputs = (K.add_layer_norm, [x, r.float(), w, b]) if residual else (K.layer_norm, [x, w, b])
+    assert_unrecorded_calls_match(call, inputs, LN._LayerNormFunction, monkeypatch)
