@@ -148,11 +148,15 @@ def _cases():
         "layer_norm": lambda: grad(K.layer_norm(x, w, b), (x, w, b), dy),
         "add_layer_norm": lambda: grad(K.add_layer_norm(x, r, w, b), (x, r, w, b), (dy, dy)),
         "bias_gelu": lambda: grad(K.bias_gelu(x3, b3), (x3, b3), dy3),
+        # generation / evaluation: nothing to record, so no autograd.Function either
+        "causal_attention, no_grad": torch.no_grad()(lambda: K.causal_attention(q, k, v)),
+        "layer_norm, no_grad": torch.no_grad()(lambda: K.layer_norm(x, w, b)),
     }
 
 
 def timing(repeats: int, number: int) -> None:
-    """Host us per fwd+bwd of each op, lean launch on and off, min of interleaved repeats."""
+    """Host us per fwd+bwd (forward only for the no_grad rows) of each op, lean launch on and off,
+    min of interleaved repeats."""
     import torch
     os.environ["FASTGPT_AUTOTUNE"] = "0"
     records: list = []
@@ -164,16 +168,16 @@ def timing(repeats: int, number: int) -> None:
     for f in cases.values():   # compile and fill the caches
         f()
         f()
-    for _ in range(repeats):
+    for rep in range(repeats):
         for name, f in cases.items():
-            for lean in (True, False):
+            for lean in (True, False) if rep % 2 else (False, True):   # no order bias
                 _common.LEAN_LAUNCH = lean
                 t0 = time.thread_time_ns()
                 for _ in range(number):
                     f()
                 best[name, lean] = min(best[name, lean], (time.thread_time_ns() - t0) / number / 1e3)
                 del records[:]
-    print(f"host time per fwd+bwd (dev CPU, launches stubbed), min of {repeats} x {number}")
+    print(f"host time per fwd+bwd, forward only under no_grad (launches stubbed), min of {repeats} x {number}")
     print(f"{'op':<26} {'triton path us':>15} {'lean launch us':>15} {'saved':>6}")
     for name in cases:
         off, on = best[name, False], best[name, True]
