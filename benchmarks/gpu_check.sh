@@ -14,7 +14,8 @@
 # ends; the whole run has BUDGET_TOTAL (default 570 s, under a 600 s command limit): a stage
 # gets at most what is left of it (30 s kept for the table) and is skipped when under 30 s
 # remain. The last thing printed is a short table (benchmarks/summary.py). TESTS="tests/test_x.py ..."
-# narrows the test stage (default: the files with GPU branches first); QUICK=1 passes --quick
+# narrows the test stage (default: the files with GPU branches first; TEST_JOBS files at once,
+# default 6, each in its own pytest process, logs in the results folder's tests/); QUICK=1 passes --quick
 # to every benchmark family, QUICK=gelu,train to those named. Liger wheels, if
 # carried in .whl/, are installed to /tmp/site first (no network needed).
 set -uo pipefail
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { echo "gpu_check: $1 needs a value (see --help)"; exit 2; }
       case "$1" in --only) ONLY="$2" ;; --out) RES="$2" ;; --tar) TAR="$2" ;; esac
       shift 2 ;;
-    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,20p "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)"; exit 2 ;;
   esac
 done
@@ -95,17 +96,41 @@ default_tests() {  # the files with GPU branches first, then the rest; the sm_90
     case " $(echo $GPU_TESTS) tests/test_compile_sm90.py tests/test_lean_launch.py " in *" $f "*) ;; *) echo "$f" ;; esac
   done
 }
-run_tests() {  # one pytest process per file, so a crash in one file cannot hide the others
-  local f rc=0
-  trap 'echo "--- tests: time budget reached"; exit 124' INT  # stop here, not in the next file
+test_file() {  # test_file FILE: one pytest process, its log and exit status in $RES/tests/
+  local name; name=$(basename "$1" .py)
+  $PY -m pytest -q -m "not network" -p no:cacheprovider --timeout 120 -rfE "$1" > "$RES/tests/$name.log" 2>&1
+  echo $? > "$RES/tests/$name.rc"
+  echo "--- $1: rc=$(cat "$RES/tests/$name.rc") $(tail -n 1 "$RES/tests/$name.log")"
+}
+tests_report() {  # each file's failures (pytest's -rfE lines) and the stage's status
+  local f name rc=0
   for f in ${TESTS:-$(default_tests)}; do
-    echo "--- $f"
-    $PY -m pytest -q -m "not network" -p no:cacheprovider --timeout 120 -rfE "$f" || rc=1
+    name=$(basename "$f" .py)
+    if [ ! -f "$RES/tests/$name.rc" ]; then
+      echo "--- $f: not finished"; rc=1; continue
+    fi
+    [ "$(cat "$RES/tests/$name.rc")" = 0 ] && continue
+    rc=1
+    echo "--- $f: rc=$(cat "$RES/tests/$name.rc")"
+    grep -E "^(FAILED|ERROR)|Fatal Python error|Segmentation fault|^E  +[A-Za-z]*Error" "$RES/tests/$name.log" | head -n 40
   done
   return $rc
 }
+run_tests() {  # one pytest process per file (a crash in one cannot hide the others), TEST_JOBS files at once:
+  # the GPU machine has 16 cores, and each process spends most of its time compiling kernels
+  local f
+  mkdir -p "$RES/tests"
+  rm -f "$RES"/tests/*.rc
+  trap 'echo "--- tests: time budget reached"; kill $(jobs -p) 2>/dev/null; wait; tests_report; exit 124' INT
+  for f in ${TESTS:-$(default_tests)}; do
+    while [ "$(jobs -rp | wc -l)" -ge "${TEST_JOBS:-6}" ]; do wait -n; done
+    test_file "$f" &
+  done
+  wait
+  tests_report
+}
 if wants tests; then
-  export -f run_tests default_tests; export PY TESTS GPU_TESTS
+  export -f run_tests test_file tests_report default_tests; export PY TESTS GPU_TESTS RES TEST_JOBS
   stage tests 300 bash -c run_tests
 fi
 if wants selftest; then
