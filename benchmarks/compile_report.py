@@ -3,6 +3,7 @@
     python -m benchmarks.compile_report                 # every kernel, every launch config of its space
     python -m benchmarks.compile_report --only attention --sass
     python -m benchmarks.compile_report --first         # only the first config of each space (CI)
+    python -m benchmarks.compile_report --shard 2/8     # every 8th launch from the 3rd (8 processes, one each)
 
 Nothing runs on a GPU: the launchers are called on small CPU tensors with
 Triton's driver replaced by a stand-in that names an sm_90 target, and every
@@ -93,8 +94,9 @@ def _why(e: Exception) -> str:
 class Recorder:
     """Patches triton so launches compile (warmup) instead of running, and records each kernel."""
 
-    def __init__(self, all_configs: bool):
+    def __init__(self, all_configs: bool, shard: tuple[int, int] = (0, 1)):
         self.all_configs = all_configs
+        self.shard, self.launches = shard, 0   # compile only launches i, i + n, i + 2n, ... of (i, n)
         self.rows = []  # (kernel name, tensor dtypes, constexprs, num_warps, num_stages, CompiledKernel | Exception)
 
     def install(self):
@@ -104,6 +106,9 @@ class Recorder:
         rec, jit_run = self, jit.JITFunction.run
 
         def run(fn, *args, grid=None, warmup=False, **kwargs):
+            rec.launches += 1
+            if (rec.launches - 1) % rec.shard[1] != rec.shard[0]:
+                return None
             consts = {p.name: kwargs.get(p.name) for p in fn.params if p.is_constexpr and p.name in kwargs}
             dtypes = "/".join(dict.fromkeys(str(a.dtype).replace("torch.", "").replace("float", "f")
                                              for a in args if hasattr(a, "dtype")))
@@ -184,13 +189,22 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="families: layernorm,gelu,attention,cross_entropy (default all)")
     ap.add_argument("--first", action="store_true", help="only the first launch config of each autotune space")
     ap.add_argument("--sass", action="store_true", help="also count HGMMA/HMMA/LDL/STL in the SASS")
+    ap.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="compile only every N-th launch, from the I-th (0-based): N processes share the work")
     args = ap.parse_args(argv)
+    try:
+        shard = tuple(int(v) for v in args.shard.split("/"))
+        if len(shard) != 2 or not 0 <= shard[0] < shard[1]:
+            raise ValueError
+    except ValueError:
+        print(f"compile_report: --shard must be I/N with 0 <= I < N, got {args.shard!r}", file=sys.stderr)
+        return 2
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("compile_report: unset TRITON_INTERPRET (it compiles for the GPU, it does not interpret)",
               file=sys.stderr)
         return 2
     os.environ["FASTGPT_AUTOTUNE"] = "1"   # the full spaces: --first picks the first config itself
-    rec = Recorder(all_configs=not args.first)
+    rec = Recorder(all_configs=not args.first, shard=shard)
     rec.install()
     only = {s for s in args.only.split(",") if s}
     failures = 0
@@ -222,7 +236,8 @@ def main(argv=None) -> int:
                   f"{r['shared'] / 1024:8.1f}"
                   + ("".join(f" {r[op]:>5}" for op in ("instr",) + SASS_OPS) if args.sass else "")
                   + ("  ok" if fits else "  TOO MUCH SHARED MEMORY"))
-    print(f"compile_report: {len(rec.rows)} launches compiled for sm_90, {failures} failure(s)")
+    print(f"compile_report: {len(rec.rows)} launches compiled for sm_90"
+          + (f" (shard {shard[0]}/{shard[1]} of {rec.launches})" if shard[1] > 1 else "") + f", {failures} failure(s)")
     return 1 if failures else 0
 
 

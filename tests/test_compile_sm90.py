@@ -9,6 +9,7 @@ the first launch config of every autotune space, dropout on and off. It also
 fails when a kernel needs more shared memory than an H100 has.
 """
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,24 @@ def test_every_kernel_compiles_for_sm90():
                    "_bias_gelu_bwd_kernel", "_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel",
                    "_sum_partials_kernel", "_ce_fwd_grad_kernel"):
         assert kernel in r.stdout, f"{kernel} was not compiled"
+
+
+def test_shards_split_the_launches():
+    """--shard I/N compiles launches I, I + N, ...: two shards together cover every launch once."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    if HAS_CUDA:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    counts = []
+    for shard in ("0/2", "1/2"):
+        r = subprocess.run([sys.executable, "-m", "benchmarks.compile_report", "--only", "gelu", "--first",
+                            "--shard", shard], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        m = re.search(r"(\d+) launches compiled for sm_90 \(shard \d/2 of (\d+)\)", r.stdout)
+        assert m, r.stdout[-500:]
+        counts.append((int(m.group(1)), int(m.group(2))))
+    (a, total), (b, total_b) = counts
+    assert total == total_b and a + b == total and abs(a - b) <= 1
+    r = subprocess.run([sys.executable, "-m", "benchmarks.compile_report", "--shard", "2/2"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--shard must be I/N" in r.stderr
