@@ -15,11 +15,14 @@ the config's ``validate()`` (returning a list of problems) rejects.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
 import os
+import shutil
 import sys
+import textwrap
 import types
 import typing
 from typing import Any, Literal
@@ -213,8 +216,9 @@ class _Help(Exception):
     pass
 
 
-def format_help(cls, prog: str, description: str = "") -> str:
+def format_help(cls, prog: str, description: str = "", epilog: str = "") -> str:
     opts = options(cls)
+    width = max(80, min(shutil.get_terminal_size((120, 24)).columns - 2, 120))
     lines = [f"usage: {prog} [--config FILE] [--key=value | --key value ...]", ""]
     if description:
         lines += [description.strip(), ""]
@@ -227,16 +231,21 @@ def format_help(cls, prog: str, description: str = "") -> str:
         else:
             dflt = "none" if o.default is None else repr(o.default) if o.base is str else str(o.default)
         text = f"{o.help} (default: {dflt})" if o.help else f"(default: {dflt})"
+        # wrapped to the terminal (as argparse does), the text in a column of its own
+        body = textwrap.wrap(text, width=width - 37, break_on_hyphens=False) or [""]
         if len(left) > 34:
             lines.append(f"  {left}")
-            lines.append(f"  {'':<34} {text}")
+            lines += [f"  {'':<34} {t}" for t in body]
         else:
-            lines.append(f"  {left:<34} {text}")
+            lines.append(f"  {left:<34} {body[0]}")
+            lines += [f"  {'':<34} {t}" for t in body[1:]]
     lines.append(f"  {'-h, --help':<34} show this message and exit")
+    if epilog:
+        lines += ["", epilog.strip("\n")]
     return "\n".join(lines)
 
 
-def parse(cls, argv: list[str] | None = None, prog: str = "fastgpt", description: str = ""):
+def parse(cls, argv: list[str] | None = None, prog: str = "fastgpt", description: str = "", epilog: str = ""):
     """(config, explicitly-set names) or exit: 0 after --help, 2 with one line on misuse.
 
     If the config has ``validate(self) -> list[str]``, its first problem is a usage error too.
@@ -248,17 +257,89 @@ def parse(cls, argv: list[str] | None = None, prog: str = "fastgpt", description
         if problems:
             raise UsageError(problems[0])
     except _Help:
-        print(format_help(cls, prog, description))
+        print(format_help(cls, prog, description, epilog))
         sys.exit(0)
     except UsageError as e:
         die(prog, str(e))
     return cfg, given
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """argparse help for the house style: the description and epilog as written, each option's default shown
+    (unless its help already names it, or there is none to show: a None or a flag's False)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if "default" in h or action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return h
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the commands that take positional arguments: a usage error is ONE line on
+    stderr (``PROG: error: MESSAGE; see --help``) and exit status 2, as ``parse`` gives."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        die(self.prog, f"{message.splitlines()[0] if message else 'bad arguments'}; see --help")
+
+
 def die(prog: str, msg: str, status: int = 2):
     """One line on stderr and exit (2 = usage error)."""
     print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def device(spec: str | None, cpu_hint: str = "use --device cpu"):
+    """--device as a torch.device (None: cuda if available, else cpu); a UsageError (one line) unless
+    it names a usable cpu / cuda / cuda:N."""
+    import torch
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(spec)
+    except (RuntimeError, ValueError):
+        d = None
+    if d is None or d.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu, cuda or cuda:N; got {spec!r}")
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: no CUDA device is available ({cpu_hint})")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: there are only {torch.cuda.device_count()} CUDA devices")
+    return d
+
+
+def check_out_dir(path, flag: str = "--out_dir") -> None:
+    """A usage error (one line) unless path is, or can be created as, a writable folder."""
+    from pathlib import Path
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            raise UsageError(f"{flag} {path}: exists and is not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} {path}: the folder is not writable")
+        return
+    parent = p.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: cannot create it ({parent} is not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot create it ({parent} is not writable)")
+
+
+def interrupted_line(prog: str, out_dir, when: str) -> str:
+    """What an aborted run (KeyboardInterrupt) says: the checkpoint to continue from, or that there is
+    none yet (``when`` says when one is written) instead of pointing at a --resume that cannot work."""
+    from fastgpt.checkpoint import latest_checkpoint
+    last = latest_checkpoint(out_dir)
+    if last is None:
+        return f"{prog}: interrupted before any checkpoint was written in {out_dir} ({when}); nothing to resume"
+    return f"{prog}: interrupted; the last checkpoint is {last} (continue with: {prog} --resume --out_dir {out_dir})"
 
 
 def to_dict(cfg, drop=()) -> dict:

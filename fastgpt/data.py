@@ -341,8 +341,10 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
     total = {"train": 0, "val": 0}
     tmp = {s: out / f".{s}.bin.tmp{os.getpid()}" for s in total}
     files = {s: open(tmp[s], "wb") for s in total}
-    bar = tqdm(total=total_chars, desc=f"tokenizing ({tok.name})", unit="char", unit_scale=True,
-               file=sys.stderr, disable=total_chars is not None and total_chars < 5_000_000, leave=False)
+    # a bar only on a terminal: in a log file or a pipe its carriage-return updates are litter, and the
+    # line an error prints next would start after them
+    bar = tqdm(total=total_chars, desc=f"tokenizing ({tok.name})", unit="char", unit_scale=True, file=sys.stderr,
+               disable=(total_chars is not None and total_chars < 5_000_000) or not sys.stderr.isatty(), leave=False)
     try:
         for name, split, text in docs:
             n = 0
@@ -531,8 +533,8 @@ class BatchSampler:
 
 
 def main(argv=None) -> int:
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m fastgpt.data", description=(
+    from fastgpt import cli
+    ap = cli.ArgumentParser(prog="python -m fastgpt.data", description=(
         "Fetch and prepare fastgpt's offline data. --prepare downloads the default corpus and the GPT-2 BPE "
         "files into the cache ($FASTGPT_CACHE or ~/.cache/fastgpt) and tokenizes them; copy that folder to "
         "machines without network."))
@@ -549,7 +551,7 @@ def main(argv=None) -> int:
             print(f"{t}: {td.dir}  train {td.meta['n_tokens']['train']:,} tokens, "
                   f"val {td.meta['n_tokens']['val']:,} tokens")
     except DataError as e:
-        print(f"fastgpt.data: error: {e}", file=sys.stderr)
+        print(f"python -m fastgpt.data: error: {e}", file=sys.stderr)
         return 1
     print(f"cache: {cache_dir()}")
     return 0

@@ -51,6 +51,21 @@ from fastgpt import cli
 from fastgpt import tasks as T
 
 PROG = "python -m fastgpt.finetune"
+
+EPILOG = f"""texts to label: {PROG} --predict --init FINETUNED_DIR [--key=value ...] TEXT [TEXT ...]
+
+examples:
+  {PROG} --task shakespeare-genre --init out --out_dir ft-genre
+  {PROG} --task movie-reviews --init out --out_dir ft-movies --epochs 1
+  {PROG} --task my_pairs.jsonl --task_type pair --init out --out_dir ft-mine
+  {PROG} --out_dir ft-genre --resume   # continue; other options come from the checkpoint
+  {PROG} --predict --init ft-genre "O, I am fortune's fool!"
+
+outputs in --out_dir: best/ (the best model by validation accuracy), eval.json (test scores),
+metrics.jsonl, ckpt_NNNNNNN.pt (resumable state).
+
+exit status: 0 done, 1 a data or checkpoint problem, 2 a usage error or a bad task file (one line
+naming the file and line), 130 interrupted."""
 FORMAT = "fastgpt-finetune"
 VERSION = 1
 
@@ -207,6 +222,9 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
         mcfg = GPTConfig.preset(preset, vocab_size=tok.n_vocab)
         mcfg.extra = dict(tokenizer=tok_name)
         return GPT(mcfg), tok_name, f"random init ({preset})", None
+    if cfg.preset is not None:
+        raise cli.UsageError(f"--preset {cfg.preset} applies only to --init random; the --init model ({spec}) "
+                             "has its own architecture")
     p = Path(spec)
     if not p.exists():
         raise RunError(f"--init {spec}: no such file or folder (give a fastgpt.train out_dir, a checkpoint, a "
@@ -235,13 +253,13 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
         try:
             st = ck.load_checkpoint(p)
         except ck.CorruptCheckpointError as e:  # damaged (checksum, truncation): never fall back to a plain load
-            raise RunError(f"--init {spec}: {e}") from None
+            raise RunError(f"--init {spec}: {_why(e)}") from None
         except ck.CheckpointError as e:
             try:  # not a training checkpoint: a plain {"config", "model"} file (fastgpt.model.load_model's format)
                 from fastgpt.model import load_model
                 model = load_model(p)
             except Exception:
-                raise RunError(f"--init {spec}: {e}") from None
+                raise RunError(f"--init {spec}: {_why(e)}") from None
             st = dict(model=None)
         else:
             mc = st.get("config") if isinstance(st.get("config"), dict) and "n_layer" in st["config"] \
@@ -267,6 +285,23 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
         raise cli.UsageError(f"--init {spec}: cannot tell the tokenizer of a {model.config.vocab_size}-token "
                              "vocabulary; pass --tokenizer gpt2 or byte")
     return model, tok_name, f"{kind} {p}", meta
+
+
+def _why(e: Exception) -> str:
+    """A checkpoint error's message without the advice meant for --resume (deleting the file)."""
+    return str(e).split("; delete it to resume")[0]
+
+
+def _check_resume_options(cfg: "FinetuneConfig", given: set[str], st: dict, path) -> None:
+    """--resume continues the checkpoint's model and head: --init, --preset, --tokenizer or --task_type
+    given on the command line that say otherwise are a usage error (they used to be ignored silently)."""
+    saved, meta = st["extra"]["finetune_config"], st["extra"]["finetune"]
+    now = dict(init=saved.get("init"), preset=saved.get("preset"), tokenizer=st.get("tokenizer"),
+               task_type=meta.get("task_type"))
+    for k, v in now.items():
+        if k in given and getattr(cfg, k) != v:
+            raise cli.UsageError(f"--{k} {getattr(cfg, k)}: the checkpoint {path} continues a fine-tune with "
+                                 f"{k} {'auto' if v is None else v}; drop --{k}, or use another --out_dir")
 
 
 def build_head(n_embd: int, n_out: int, dropout: float):
@@ -384,6 +419,8 @@ def load_finetuned(path, device="cpu", backend=None):
     from safetensors.torch import load_file
     from fastgpt.model import GPT
     p = Path(path)
+    if not p.exists():
+        raise RunError(f"--init {path}: no such folder (give a fastgpt.finetune out_dir)")
     if (p / "best" / "finetune.json").exists():
         p = p / "best"
     if not (p / "finetune.json").exists():
@@ -473,6 +510,11 @@ def _device_and_dtype(cfg: FinetuneConfig):
         raise cli.UsageError("--dtype fp16 needs --device cuda (on the CPU use bf16 or fp32)")
     if c.dtype == "bf16" and c.device == "cuda" and not torch.cuda.is_bf16_supported():
         raise cli.UsageError("--dtype bf16: this GPU has no bf16; use --dtype fp16")
+    from fastgpt.backend import resolve
+    try:
+        resolve(c.backend, c.device)
+    except (RuntimeError, ValueError) as e:  # --backend fused where it cannot run, a bad $FASTGPT_BACKEND
+        raise cli.UsageError(str(e).splitlines()[0]) from None
     if c.progress is None:
         c.progress = sys.stderr.isatty()
     if c.eval_batch_size is None:
@@ -500,6 +542,7 @@ def run(cfg: FinetuneConfig, given: set[str] | None = None) -> dict:
 
     given = set(given or ())
     out_dir = Path(cfg.out_dir)
+    cli.check_out_dir(out_dir)  # before the task and the model are loaded
     ckpt_state = None
     if cfg.resume:
         latest = ck.latest_checkpoint(out_dir)
@@ -511,6 +554,7 @@ def run(cfg: FinetuneConfig, given: set[str] | None = None) -> dict:
             except ck.CheckpointError as e:
                 raise RunError(str(e)) from None
             saved = ckpt_state["extra"]["finetune_config"]
+            _check_resume_options(cfg, given, ckpt_state, latest)
             keep = {k: getattr(cfg, k) for k in given | set(RUNTIME_ONLY)}
             names = {f.name for f in dataclasses.fields(cfg)}
             cfg = dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in names})
@@ -562,7 +606,10 @@ def run(cfg: FinetuneConfig, given: set[str] | None = None) -> dict:
                                   special_tokens=list(T.SPECIAL_TOKENS), base_vocab=tok.base_vocab)
     model.backend = cfg.backend
     model.to(device)
-    max_len = min(cfg.max_len or model.config.block_size, model.config.block_size)
+    if cfg.max_len is not None and cfg.max_len > model.config.block_size:
+        raise cli.UsageError(f"--max_len {cfg.max_len} exceeds the model's context of {model.config.block_size} "
+                             f"positions (its block_size); use --max_len {model.config.block_size} or less")
+    max_len = cfg.max_len or model.config.block_size
     torch.manual_seed(cfg.seed + 1)
     head = build_head(model.config.n_embd, n_head_outputs(task.task_type, task.n_classes),
                       cfg.clf_dropout).to(device)
@@ -607,7 +654,10 @@ def run(cfg: FinetuneConfig, given: set[str] | None = None) -> dict:
         raise RunError(f"the checkpoint in {out_dir} fine-tunes {ckpt_state['extra']['finetune']['task']}, not "
                        f"{task.name}; use another --out_dir")
     n_out = task.n_classes
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"--out_dir {out_dir}: cannot create it ({e.strerror})") from None
     metrics_path = out_dir / "metrics.jsonl"
     log = _Log(metrics_path, append=ckpt_state is not None and metrics_path.exists(), bar=bool(cfg.progress),
                total=total, initial=step)
@@ -779,7 +829,7 @@ def _split_positionals(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     argv, texts = _split_positionals(argv)
-    cfg, given = cli.parse(FinetuneConfig, argv, prog=PROG, description=__doc__.split("\n\n")[1])
+    cfg, given = cli.parse(FinetuneConfig, argv, prog=PROG, description=__doc__.split("\n\n")[1], epilog=EPILOG)
     if texts and not cfg.predict:
         cli.die(PROG, f"unexpected argument {texts[0]!r} (texts to label need --predict; options look like "
                       "--key=value)")
@@ -796,7 +846,8 @@ def main(argv=None) -> int:
     except RunError as e:
         cli.die(PROG, str(e), 1)
     except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        print("\n" + cli.interrupted_line(PROG, cfg.out_dir, "one is written at each epoch end, and every "
+                                                             "--ckpt_interval steps"), file=sys.stderr)
         return 130
     return 0
 

@@ -4,34 +4,58 @@ PATH is a save_pretrained directory, an HF-format GPT-2 / OpenAI-GPT directory,
 or a training checkpoint (a ckpt_*.pt file or the out_dir holding them); see
 fastgpt.model.load_model.
 
-    python -m fastgpt.sample out/ --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 --top-k 200
-    python -m fastgpt.sample out/ --num-samples 3 --seed 1 --dtype bf16
-
 Decoding uses the KV cache (--no-cache recomputes the context every step); the
-throughput (generated tokens/s, after one warm-up run when --warmup) is printed.
+throughput (generated tokens/s, after one warm-up run when --warmup) is printed
+on stderr, the samples on stdout.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
+import os
 import sys
 import time
 
 import torch
 
-from fastgpt.model import load_model
+from fastgpt import cli
+
+PROG = "python -m fastgpt.sample"
+
+EPILOG = """examples:
+  python -m fastgpt.sample out/ --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 --top-k 200
+  python -m fastgpt.sample out/model --num-samples 3 --seed 1 --top-p 0.95
+  python -m fastgpt.sample out/ckpt_0000500.pt --temperature 0          # greedy
+
+exit status: 0 done, 1 PATH is not a loadable model, 2 a usage error (one line)."""
+
+
+class LoadError(RuntimeError):
+    """PATH cannot be loaded as a model; exit 1 with this one line."""
 
 
 def _tokenizer(name: str, cfg):
-    """fastgpt.data's tokenizer ("byte" | "gpt2"); "auto" reads the checkpoint, else the vocab size."""
+    """fastgpt.data's tokenizer ("byte" | "gpt2"); "auto" reads the checkpoint, else the vocab size.
+
+    A tokenizer that does not fit the model (another one than it was trained with, or ids past its
+    vocabulary) is a usage error."""
+    known = cfg.extra.get("tokenizer")
     if name == "auto":
-        name = cfg.extra.get("tokenizer") or ("byte" if cfg.vocab_size == 256 else
-                                              "gpt2" if cfg.vocab_size == 50257 else None)
+        name = known or ("byte" if cfg.vocab_size == 256 else "gpt2" if cfg.vocab_size == 50257 else None)
         if name is None:
-            raise SystemExit(f"sample: cannot tell the tokenizer of a {cfg.vocab_size}-token vocabulary; "
-                             "pass --tokenizer byte|gpt2")
-    from fastgpt.data import get_tokenizer
-    return get_tokenizer(name)
+            raise cli.UsageError(f"cannot tell the tokenizer of a {cfg.vocab_size}-token vocabulary; "
+                                 "pass --tokenizer byte|gpt2")
+    elif known is not None and known != name:
+        raise cli.UsageError(f"--tokenizer {name}: the model was trained with the {known!r} tokenizer "
+                             f"(leave --tokenizer out, or pass --tokenizer {known})")
+    from fastgpt.data import DataError, get_tokenizer
+    try:
+        tok = get_tokenizer(name)
+    except DataError as e:
+        raise LoadError(str(e).splitlines()[0]) from None
+    if tok.n_vocab > cfg.vocab_size:
+        raise cli.UsageError(f"--tokenizer {name}: its {tok.n_vocab} tokens do not fit the model's "
+                             f"{cfg.vocab_size}-token vocabulary")
+    return tok
 
 
 def _autocast(device: torch.device, dtype: str):
@@ -40,30 +64,96 @@ def _autocast(device: torch.device, dtype: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
 
+def _check_args(args) -> None:
+    if args.max_new_tokens < 1:
+        raise cli.UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise cli.UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if not (args.temperature >= 0 and args.temperature != float("inf")):
+        raise cli.UsageError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise cli.UsageError(f"--top-k must be >= 1 (or none), got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise cli.UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.prompt == "":
+        raise cli.UsageError("--prompt is empty; give some text (the default is a newline)")
+
+
+def load(path: str, backend, device: torch.device):
+    """The model at path (see fastgpt.model.load_model); LoadError with one line if it is not one."""
+    from fastgpt import checkpoint as ck
+    from fastgpt.model import load_model
+    if not os.path.exists(path):
+        raise LoadError(f"{path}: no such file or folder (give a save_pretrained / HF folder, a ckpt_*.pt "
+                        "file or the fastgpt.train out_dir holding them)")
+    target = path
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        target = ck.latest_checkpoint(path)
+        if target is None:
+            raise LoadError(f"{path}: the folder has no config.json and no ckpt_*.pt")
+    if os.path.isfile(target):
+        bad = ck.verify_checkpoint(target)  # a text file, a torn or truncated checkpoint: say so, not torch's words
+        if bad is not None:
+            raise LoadError(f"{target} is not a readable checkpoint: {bad}")
+    try:
+        return load_model(path, backend=backend, map_location=device)
+    except Exception as e:  # anything else that makes it unloadable: one line naming the file
+        msg = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise LoadError(f"{path}: cannot load a model from it ({msg[:200]})") from None
+
+
+def _top_k(s: str) -> int | None:
+    if s.strip().lower() in ("none", "all"):
+        return None
+    return int(s)
+
+
+_top_k.__name__ = "integer or 'none'"  # argparse names the type in its error: "invalid integer or 'none' value"
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(prog=PROG, description=__doc__, epilog=EPILOG)
     ap.add_argument("path", help="save_pretrained dir, HF dir, or training checkpoint (file or out_dir)")
     ap.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    ap.add_argument("--max-new-tokens", type=int, default=200)
+    ap.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per sample")
     ap.add_argument("--num-samples", type=int, default=1, help="samples, decoded as one batch")
-    ap.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    ap.add_argument("--top-k", type=int, default=200)
-    ap.add_argument("--top-p", type=float, default=None)
-    ap.add_argument("--seed", type=int, default=1337)
-    ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
+    ap.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy")
+    ap.add_argument("--top-k", type=_top_k, default=200, metavar="K",
+                    help="sample from the K most likely tokens ('none' = all)")
+    ap.add_argument("--top-p", type=float, default=None, metavar="P",
+                    help="nucleus sampling: the smallest set of tokens whose probability reaches P, in (0, 1] "
+                         "(default: off)")
+    ap.add_argument("--seed", type=int, default=1337, help="seed of the sampling RNG")
+    ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype on CUDA")
-    ap.add_argument("--backend", default=None, choices=["fused", "reference"])
-    ap.add_argument("--tokenizer", default="auto", choices=["auto", "byte", "gpt2"])
+    ap.add_argument("--backend", default=None, choices=["fused", "reference"],
+                    help="op implementation (default: $FASTGPT_BACKEND, else fused on CUDA, reference on CPU)")
+    ap.add_argument("--tokenizer", default="auto", choices=["auto", "byte", "gpt2"],
+                    help="auto = the one the model was trained with")
     ap.add_argument("--no-cache", action="store_true", help="recompute the whole context every step")
     ap.add_argument("--warmup", action="store_true", help="one untimed run first (kernel compilation)")
     args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except cli.UsageError as e:
+        cli.die(PROG, str(e), 2)
+    except LoadError as e:
+        cli.die(PROG, str(e), 1)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(args.path, backend=args.backend, map_location=device)
+
+def _run(args) -> int:
+    from fastgpt.backend import resolve
+    _check_args(args)
+    device = cli.device(args.device)
+    try:
+        backend = resolve(args.backend, device.type)
+    except (RuntimeError, ValueError) as e:
+        raise cli.UsageError(str(e).splitlines()[0]) from None
+    model = load(args.path, args.backend, device)
     tok = _tokenizer(args.tokenizer, model.config)
     ids = tok.encode(args.prompt)
     if not ids:
-        raise SystemExit("sample: the prompt encodes to no tokens")
+        raise cli.UsageError("--prompt encodes to no tokens")
     idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache)
@@ -81,12 +171,12 @@ def main(argv=None) -> int:
         if args.num_samples > 1:
             print(f"---------- sample {i + 1}")
         print(tok.decode(row))
+    sys.stdout.flush()
     n = args.num_samples * args.max_new_tokens
     print(f"---------- {n} tokens in {dt:.2f} s: {n / dt:.1f} tok/s "
-          f"({'KV cache' if not args.no_cache else 'no cache'}, {device.type}, backend "
-          f"{args.backend or 'auto'})", file=sys.stderr)
+          f"({'KV cache' if not args.no_cache else 'no cache'}, {device.type}, backend {backend})", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.entry(main))

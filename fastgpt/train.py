@@ -52,8 +52,23 @@ from pathlib import Path
 from typing import Literal
 
 from fastgpt import cli
+from fastgpt.config import PRESETS
 
 PROG = "python -m fastgpt.train"
+
+EPILOG = f"""examples:
+  {PROG}                                        # the default run (Shakespeare, fetched once)
+  {PROG} --data my_texts/ --preset tiny --max_iters 2000 --out_dir runs/a
+  {PROG} --out_dir runs/a --resume --max_iters 4000   # continue; other options: the checkpoint's
+  {PROG} --out_dir runs/a --resume --eval_only
+  {PROG} --config run.toml --lr=3e-4            # JSON/TOML file of options; the command line wins
+  torchrun --nproc_per_node=8 -m fastgpt.train --batch_size=16   # DDP (--fsdp: sharded)
+
+outputs in --out_dir: ckpt_NNNNNNN.pt (full state, atomic, SHA-256 checked), metrics.jsonl, model/
+(save_pretrained; sample with: python -m fastgpt.sample OUT_DIR).
+
+exit status: 0 done (or saved after Ctrl-C / SIGTERM), 1 a data or checkpoint problem, 2 a usage
+error, 3 stopped after --max_bad_steps non-finite steps, 130 aborted (a second Ctrl-C)."""
 
 
 # What a None option resolves to on each device (--help shows these as "auto: ...").
@@ -82,7 +97,7 @@ def _f(default, help, auto=None):
 @dataclass
 class TrainConfig:
     """Every option of the training engine. ``None`` = chosen by device (see ``AUTO``)."""
-    preset: str | None = _f(None, "model architecture preset, by exact name (fastgpt.config.PRESETS)",
+    preset: str | None = _f(None, f"model architecture preset, by exact name: {', '.join(PRESETS)}",
                             _dev("preset"))
     data: str | None = _f(None, "text file, folder or glob to train on (tokenized once, cached); "
                                 "none = the default Shakespeare corpus")
@@ -524,6 +539,23 @@ def _nonfinite_test_steps() -> set[int]:
     return {int(s) for s in raw.split(",") if s.strip()} if raw else set()
 
 
+def _check_resumed_model(mcfg, cfg: TrainConfig, given: set[str], path) -> None:
+    """--resume continues the checkpoint's model: a --preset or --dropout given on the command line
+    that would describe another model is a usage error (it used to be ignored without a word)."""
+    from fastgpt.config import GPTConfig
+    arch = ("n_layer", "n_head", "n_embd", "norm", "activation", "bias")
+    if "preset" in given:
+        p = GPTConfig.preset(cfg.preset)
+        diff = [f"{k} {getattr(mcfg, k)} vs {getattr(p, k)}" for k in arch if getattr(p, k) != getattr(mcfg, k)]
+        if diff:
+            raise cli.UsageError(f"--preset {cfg.preset}: the checkpoint {path} holds another architecture "
+                                 f"({', '.join(diff)}); --resume continues its model: drop --preset, or "
+                                 "start afresh in another --out_dir")
+    if "dropout" in given and cfg.dropout != mcfg.dropout:
+        raise cli.UsageError(f"--dropout {cfg.dropout}: the checkpoint {path} was trained with dropout "
+                             f"{mcfg.dropout}; --resume continues its model as it was: drop --dropout")
+
+
 def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
     """Train (or evaluate) per cfg; returns a summary dict. Raises RunError / cli.UsageError.
 
@@ -565,6 +597,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict
             print(msg, file=sys.stderr, flush=True)
 
     out_dir = Path(cfg.out_dir)
+    cli.check_out_dir(out_dir)  # before the data and the model: minutes, on a big corpus
     ckpt_state = resumed_from = None
     if cfg.resume:
         latest, ckpt_state, skipped = ck.load_latest_checkpoint(out_dir)
@@ -649,6 +682,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict
         if ckpt_state.get("tokenizer") != cfg.tokenizer:
             raise RunError(f"the checkpoint was trained with the {ckpt_state.get('tokenizer')!r} tokenizer, "
                            f"this run uses {cfg.tokenizer!r}")
+        _check_resumed_model(mcfg, cfg, given, resumed_from)
     else:
         over = dict(vocab_size=tok.n_vocab, block_size=cfg.block_size)
         if cfg.dropout is not None:
@@ -737,7 +771,10 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict
         return float(dist.all_reduce(tot / cfg.eval_iters))
 
     if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"--out_dir {out_dir}: cannot create it ({e.strerror})") from None
     saved_cfg = cli.to_dict(cfg, drop=("backend",))
     saved_cfg["_lr_decay_auto"] = lr_decay_auto
     header = dict(type="header", versions=_versions(device), device=dev_name, device_type=device.type,
@@ -765,7 +802,11 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict
                       extra=dict(extra))
             if rngs is not None:
                 st["rng_ranks"] = rngs
-            p = ck.save_checkpoint(out_dir, st, keep=cfg.keep_ckpts)
+            try:
+                p = ck.save_checkpoint(out_dir, st, keep=cfg.keep_ckpts)
+            except OSError as e:  # disk full, folder removed or made read-only under us: the older ones stay
+                raise RunError(f"cannot write a checkpoint to {out_dir} ({e.strerror or e}); the older "
+                               "checkpoints there are intact") from None
             summary["checkpoint"] = str(p)
         dist.barrier()
         return p
@@ -847,6 +888,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict
                     if is_eval:
                         v = evaluate()
                         row["val_loss"] = v
+                        summary["val_loss"] = v
                         if extra["best_val_loss"] is None or v < extra["best_val_loss"]:
                             extra["best_val_loss"] = v
                     log.write(row)
@@ -893,8 +935,23 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict
             print(text)
             print("---")
             summary["sample"] = text
+        summary["model"] = str(out_dir / "model")
+        vs = f"val_loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else "no evaluation"
+        best = extra["best_val_loss"]
+        bs = f" (best {best:.4f})" if best is not None and best != summary.get("val_loss") else ""
+        print(f"{PROG}: done: trained to step {step} of {cfg.max_iters}, {extra['tokens_seen']:,} tokens seen, "
+              f"{_hms(time.perf_counter() - t0)}; {vs}{bs}; model saved to {out_dir / 'model'} "
+              f"(python -m fastgpt.sample {out_dir / 'model'})", file=sys.stderr, flush=True)
     dist.barrier()
     return summary
+
+
+def _hms(seconds: float) -> str:
+    """'42.1 s', '3m05s', '2h07m'."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
 
 
 @dataclass
@@ -985,7 +1042,7 @@ def sample(model, tok, prompt: str, n: int, temperature: float, top_k, device, s
 
 
 def main(argv=None) -> int:
-    cfg, given = cli.parse(TrainConfig, argv, prog=PROG, description=__doc__.split("\n\n")[1])
+    cfg, given = cli.parse(TrainConfig, argv, prog=PROG, description=__doc__.split("\n\n")[1], epilog=EPILOG)
     try:
         run(cfg, given)
     except cli.UsageError as e:
@@ -995,7 +1052,8 @@ def main(argv=None) -> int:
     except RunError as e:
         cli.die(PROG, str(e), 1)
     except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        print("\n" + cli.interrupted_line(PROG, cfg.out_dir, "one is written every --ckpt_interval steps and at "
+                                                             "the end"), file=sys.stderr)
         return 130
     return 0
 

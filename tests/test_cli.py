@@ -145,3 +145,196 @@ def test_entry_point_subprocess(tmp_path):
     assert rc == 1 and err.count("\n") == 1 and "names no text files" in err and "Traceback" not in err
     rc, out, err = res["cache"]  # no cached corpus, offline: one line saying how to prepare the cache
     assert rc == 1 and err.count("\n") == 1 and "python -m fastgpt.data --prepare" in err, err
+
+
+# ----------------------------------------------------------------------------- the usability audit
+# Each command meets bad input with ONE line on stderr, no traceback, and a non-zero status
+# (2 a usage error, 1 a file that is not what it should be).
+
+def _one_line_exit(fn, argv, capsys, code, needle):
+    with pytest.raises(SystemExit) as e:
+        fn(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == code and err.count("\n") == 1 and needle in err and "Traceback" not in err, (argv, err)
+    return err
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    """A save_pretrained folder of a random 1-layer byte-level model, and a training-like out_dir."""
+    import torch
+    from fastgpt import GPT, GPTConfig
+    torch.manual_seed(0)
+    cfg = GPTConfig.preset("tiny", n_layer=1, block_size=32)
+    cfg.extra = dict(tokenizer="byte")
+    d = tmp_path / "model"
+    GPT(cfg).save_pretrained(d)
+    return d
+
+
+def test_sample_bad_input_is_one_line(tiny_dir, tmp_path, capsys):
+    from fastgpt import sample
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    torn = tmp_path / "ckpt_0000001.pt"
+    torn.write_bytes(b"PK\x03\x04" + b"\0" * 300)
+    (tmp_path / "empty").mkdir()
+    m = str(tiny_dir)
+    for argv, code, needle in [
+        ([str(tmp_path / "missing")], 1, "no such file or folder"),
+        ([str(tmp_path / "empty")], 1, "no config.json and no ckpt_*.pt"),
+        ([str(text)], 1, "not a readable checkpoint"),
+        ([str(torn)], 1, "not a readable checkpoint"),
+        ([m, "--temperature", "-1"], 2, "--temperature must be >= 0"),
+        ([m, "--top-k", "0"], 2, "--top-k must be >= 1"),
+        ([m, "--top-k", "many"], 2, "--top-k"),
+        ([m, "--top-p", "0"], 2, "--top-p must be in (0, 1]"),
+        ([m, "--top-p", "1.5"], 2, "--top-p must be in (0, 1]"),
+        ([m, "--max-new-tokens", "0"], 2, "--max-new-tokens must be >= 1"),
+        ([m, "--num-samples", "0"], 2, "--num-samples must be >= 1"),
+        ([m, "--device", "gpu"], 2, "--device must be cpu, cuda or cuda:N"),
+        ([m, "--dtype", "fp8"], 2, "invalid choice"),
+        ([m, "--prompt", ""], 2, "--prompt is empty"),
+        ([m, "--tokenizer", "gpt2"], 2, "trained with the 'byte' tokenizer"),
+        ([m, "--bogus"], 2, "unrecognized arguments: --bogus"),
+        ([], 2, "required: path"),
+    ]:
+        err = _one_line_exit(sample.main, argv, capsys, code, needle)
+        assert err.startswith("python -m fastgpt.sample: error: ")
+    if not __import__("torch").cuda.is_available():
+        _one_line_exit(sample.main, [m, "--device", "cuda"], capsys, 2, "no CUDA device")
+    # and the good path still samples, from the folder and with top-k off
+    assert sample.main([m, "--max-new-tokens", "3", "--top-k", "none", "--device", "cpu"]) == 0
+
+
+def test_sample_help_shows_defaults_and_examples(capsys):
+    from fastgpt import sample
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage: python -m fastgpt.sample")
+    assert "(default: 200)" in out and "(default: 0.8)" in out and "examples:" in out and "exit status" in out
+
+
+def test_selftest_bad_input_is_one_line(capsys):
+    from fastgpt import selftest
+    _one_line_exit(selftest.main, ["--device", "gpu"], capsys, 2, "--device must be cpu, cuda or cuda:N")
+    _one_line_exit(selftest.main, ["--bogus"], capsys, 2, "unrecognized arguments")
+    # a filter that matches nothing used to print "VERDICT: PASS — 0/0 rows" and exit 0
+    err = _one_line_exit(selftest.main, ["--device", "cpu", "--only", "layernorm"], capsys, 2, "matches no check")
+    assert "layer_norm" in err  # it lists the real names
+    if not __import__("torch").cuda.is_available():
+        _one_line_exit(selftest.main, ["--device", "cuda"], capsys, 2, "no CUDA device")
+
+
+def test_train_out_dir_that_cannot_be_a_folder(tmp_path, capsys):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    _one_line_exit(train.main, [f"--out_dir={f}", "--device=cpu"], capsys, 2, "exists and is not a folder")
+    _one_line_exit(train.main, [f"--out_dir={f / 'sub'}", "--device=cpu"], capsys, 2, "is not a folder")
+
+
+def test_train_resume_with_another_model_config(tmp_path, monkeypatch, capsys):
+    """--resume continues the checkpoint's model: a --preset or --dropout that says otherwise is refused
+    (they used to be ignored, and the log line named the wrong preset)."""
+    monkeypatch.setenv("FASTGPT_CACHE", str(tmp_path / "cache"))
+    text = tmp_path / "t.txt"
+    text.write_text("the king is dead, long live the king.\n" * 400)
+    out = tmp_path / "o"
+    base = [f"--data={text}", f"--out_dir={out}", "--device=cpu", "--preset=tiny", "--tokenizer=byte",
+            "--batch_size=2", "--block_size=16", "--eval_iters=1", "--sample_tokens=0", "--warmup_iters=0"]
+    assert train.main(base + ["--max_iters=1"]) == 0
+    capsys.readouterr()
+    resume = [f"--out_dir={out}", "--resume", "--device=cpu", "--max_iters=2"]
+    _one_line_exit(train.main, resume + ["--preset=gpt1"], capsys, 2, "holds another architecture")
+    _one_line_exit(train.main, resume + ["--dropout=0.2"], capsys, 2, "was trained with dropout 0.0")
+    assert train.main(resume + ["--preset=tiny", "--dropout=0"]) == 0  # the same model: fine
+    # and the run ends with one summary line: where it got to, and where the model is
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("python -m fastgpt.train: done: trained to step 2 of 2, ") and "val_loss " in last, last
+    assert f"model saved to {out / 'model'}" in last
+
+
+def test_finetune_bad_input_is_one_line(tiny_dir, tmp_path, capsys, monkeypatch):
+    from fastgpt import finetune as FT
+    task = tmp_path / "t.jsonl"
+    task.write_text("".join(json.dumps(dict(text=f"w{i % 7}", label=str(i % 2))) + "\n" for i in range(30)))
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    base = ["--task", str(task), "--init", str(tiny_dir), "--device=cpu", "--out_dir", str(tmp_path / "o")]
+    _one_line_exit(FT.main, base[:-2] + [f"--out_dir={f}"], capsys, 2, "exists and is not a folder")
+    # a longer --max_len than the model's positions was cut to block_size without a word
+    _one_line_exit(FT.main, base + ["--max_len=100"], capsys, 2, "--max_len 100 exceeds the model's context of 32")
+    # --preset with a loaded model was ignored without a word
+    _one_line_exit(FT.main, base + ["--preset=gpt1"], capsys, 2, "applies only to --init random")
+    # a text file as --init: no advice to delete it (that is for --resume's own checkpoints)
+    err = _one_line_exit(FT.main, base[:2] + ["--init", str(f)] + base[4:], capsys, 1, "not a readable checkpoint")
+    assert "delete" not in err
+    _one_line_exit(FT.main, ["--predict", "--init", str(tmp_path / "missing"), "hi"], capsys, 1, "no such folder")
+    # a backend that cannot run here (checked before the run; it used to surface as a traceback mid-step)
+    monkeypatch.setenv("FASTGPT_BACKEND", "triton")
+    _one_line_exit(FT.main, base, capsys, 2, "FASTGPT_BACKEND must be 'fused' or 'reference'")
+
+
+def test_finetune_resume_refuses_another_init(tiny_dir, tmp_path, capsys):
+    from fastgpt import finetune as FT
+    task = tmp_path / "t.jsonl"
+    task.write_text("".join(json.dumps(dict(text=f"w{i % 7}", label=str(i % 2))) + "\n" for i in range(30)))
+    out = tmp_path / "o"
+    assert FT.main(["--task", str(task), "--init", str(tiny_dir), "--device=cpu", f"--out_dir={out}",
+                    "--max_iters=1", "--batch_size=4", "--ckpt_interval=1"]) == 0
+    capsys.readouterr()
+    resume = [f"--out_dir={out}", "--resume", "--device=cpu", "--max_iters=2"]
+    _one_line_exit(FT.main, resume + ["--init=random"], capsys, 2, "continues a fine-tune with init")
+    _one_line_exit(FT.main, resume + ["--task_type=pair"], capsys, 2, "continues a fine-tune with task_type classify")
+
+
+def test_help_has_examples_and_exit_status(capsys):
+    from fastgpt import finetune as FT
+    for fn in (train.main, FT.main):
+        with pytest.raises(SystemExit) as e:
+            fn(["--help"])
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and "examples:" in out and "exit status" in out
+    assert "gpt2-medium" in cli.format_help(train.TrainConfig, "p")  # the preset names, not a module path
+
+
+def test_python_m_fastgpt_lists_every_command(capsys):
+    from fastgpt import __main__ as M
+    assert M.main([]) == 0
+    out = capsys.readouterr().out
+    for name in ("train", "finetune", "sample", "selftest", "checkpoint", "data"):
+        assert f"\n  {name} " in out
+    with pytest.raises(SystemExit) as e:
+        M.main(["sample", "--help"])
+    assert e.value.code == 0 and "python -m fastgpt.sample" in capsys.readouterr().out
+
+
+def test_tokenizing_bar_stays_off_a_pipe(tmp_path, capsys):
+    """The tokenizer's progress bar wrote carriage-return litter into non-terminal stderr (and the
+    one-line error that followed started after it)."""
+    from fastgpt import data
+    docs = [("a", "train", "hello world " * 50), ("b", "val", "bye " * 50)]
+    data.write_token_dir(tmp_path / "tok", docs, data.get_tokenizer("byte"), source={})
+    assert "tokenizing" not in capsys.readouterr().err
+
+
+def test_interrupt_names_the_checkpoint_or_says_there_is_none(tmp_path, monkeypatch, capsys):
+    """An aborted run (Ctrl-C before the loop, or twice) exits 130; it used to advise --resume even when no
+    checkpoint existed."""
+    from fastgpt import checkpoint as ck
+    from fastgpt import finetune as FT
+
+    def abort(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "run", abort)
+    monkeypatch.setattr(FT, "run", abort)
+    out = tmp_path / "o"
+    for main in (train.main, FT.main):
+        assert main([f"--out_dir={out}"]) == 130
+        assert "interrupted before any checkpoint was written" in capsys.readouterr().err
+    ck.save_checkpoint(out, dict(step=3))
+    for main in (train.main, FT.main):
+        assert main([f"--out_dir={out}"]) == 130
+        err = capsys.readouterr().err
+        assert f"the last checkpoint is {out / 'ckpt_0000003.pt'}" in err and "--resume" in err
