@@ -293,6 +293,52 @@ def die(prog: str, msg: str, status: int = 2):
     sys.exit(status)
 
 
+class GracefulStop:
+    """SIGINT / SIGTERM inside a training loop -> finish the step, save, exit 0; a second SIGINT aborts
+    at once (KeyboardInterrupt). The loop sets ``armed`` while it runs (outside it a signal aborts at
+    once) and, after each step, stops when ``name`` (the signal's name) is set."""
+
+    def __init__(self, prog: str, quiet: bool = False):
+        self.prog = prog
+        self.name = None
+        self.armed = False
+        self.aborted = False
+        self.quiet = quiet  # the non-zero ranks of a DDP run say nothing
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+        self._old.clear()
+
+    def _handler(self, signum, frame):
+        import signal
+        name = signal.Signals(signum).name
+        if not self.armed:
+            self.aborted = True
+            raise KeyboardInterrupt
+        if self.name is not None:
+            if signum == signal.SIGINT:
+                self.aborted = True
+                raise KeyboardInterrupt
+            return  # a repeated SIGTERM (torchrun forwards one after the terminal's SIGINT): already stopping
+        self.name = name
+        if self.quiet:
+            return
+        # os.write, not print: a handler may interrupt a print to the same stream
+        os.write(2, f"\n{self.prog}: {name}: finishing this step and saving a checkpoint "
+                    f"(press Ctrl-C again to abort at once)\n".encode())
+
+
 def device(spec: str | None, cpu_hint: str = "use --device cpu"):
     """--device as a torch.device (None: cuda if available, else cpu); a UsageError (one line) unless
     it names a usable cpu / cuda / cuda:N."""

@@ -29,8 +29,11 @@ a warning).
 one label per text (``--predict_file FILE``: one text a line, or JSONL / CSV
 with the task's fields).
 
-Exit status: 0 done, 1 a data / checkpoint problem, 2 a usage error or a bad
-label file (one line naming the file and line), 130 interrupted.
+Ctrl-C / SIGTERM while training: the step finishes, a checkpoint is saved (continue with
+--resume), exit 0; a second Ctrl-C aborts at once (exit 130).
+
+Exit status: 0 done (or saved after Ctrl-C / SIGTERM), 1 a data / checkpoint problem, 2 a usage
+error or a bad label file (one line naming the file and line), 130 aborted.
 """
 from __future__ import annotations
 
@@ -64,8 +67,8 @@ examples:
 outputs in --out_dir: best/ (the best model by validation accuracy), eval.json (test scores),
 metrics.jsonl, ckpt_NNNNNNN.pt (resumable state).
 
-exit status: 0 done, 1 a data or checkpoint problem, 2 a usage error or a bad task file (one line
-naming the file and line), 130 interrupted."""
+exit status: 0 done (or saved after Ctrl-C / SIGTERM), 1 a data or checkpoint problem, 2 a usage
+error or a bad task file (one line naming the file and line), 130 aborted (a second Ctrl-C)."""
 FORMAT = "fastgpt-finetune"
 VERSION = 1
 
@@ -534,7 +537,20 @@ def _autocast_factory(device, dtype_name):
 
 
 def run(cfg: FinetuneConfig, given: set[str] | None = None) -> dict:
-    """Fine-tune per cfg; returns the summary written to eval.json. Raises RunError / UsageError / TaskFileError."""
+    """Fine-tune per cfg; returns the summary written to eval.json. Raises RunError / UsageError / TaskFileError.
+
+    SIGINT / SIGTERM during training: the step finishes, a checkpoint is saved, and the summary is
+    {"interrupted": signal name, "steps", "checkpoint"} (a second Ctrl-C aborts at once)."""
+    with cli.GracefulStop(PROG) as sigs:
+        try:
+            return _run(cfg, given, sigs)
+        except Exception as e:
+            if sigs.aborted:  # the KeyboardInterrupt surfaced as another error (e.g. inside torch.save's writer)
+                raise KeyboardInterrupt from e
+            raise
+
+
+def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) -> dict:
     import numpy as np
     import torch
     from fastgpt import checkpoint as ck
@@ -696,6 +712,8 @@ def run(cfg: FinetuneConfig, given: set[str] | None = None) -> dict:
         model.train()
         head.train()
         order = None
+        stopped = None
+        sigs.armed = True
         while step < total:
             epoch, i = divmod(step, spe)
             if order is None or i == 0:  # each epoch's order depends only on (seed, epoch): resumable
@@ -733,11 +751,20 @@ def run(cfg: FinetuneConfig, given: set[str] | None = None) -> dict:
                     log.bar.set_postfix_str(msg, refresh=False)
                 else:
                     log.say(f"step {step}/{total}: {msg}, lr {lr:.2e}")
+            saved = None
             if end_epoch:
                 evaluate_and_keep(step, round(step / spe, 3))
-                ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
+                saved = ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
             elif cfg.ckpt_interval and step % cfg.ckpt_interval == 0:
-                ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
+                saved = ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
+            if sigs.name is not None and step < total:  # Ctrl-C / SIGTERM: this step is done; save and stop
+                stopped = saved or ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
+                break
+        sigs.armed = False
+        if stopped is not None:
+            log.say(f"{PROG}: {sigs.name}: stopped after step {step}/{total}; checkpoint saved to {stopped} "
+                    f"(continue with: {PROG} --resume --out_dir {out_dir})")
+            return dict(interrupted=sigs.name, steps=step, checkpoint=str(stopped))
     finally:
         log.close()
 

@@ -387,49 +387,6 @@ def init_distributed(device_type: str, always: bool = False) -> _Dist:
     return _Dist(tdist.get_world_size(), tdist.get_rank(), local, owned)
 
 
-class _Signals:
-    """SIGINT / SIGTERM -> finish the step, save, exit 0; a second SIGINT aborts at once (KeyboardInterrupt)."""
-
-    def __init__(self, quiet: bool = False):
-        self.name = None
-        self.armed = False    # only inside the training loop: before and after it a signal aborts at once
-        self.aborted = False
-        self.quiet = quiet  # the non-zero ranks of a DDP run say nothing
-        self._old = {}
-
-    def __enter__(self):
-        import signal
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        import signal
-        for sig, h in self._old.items():
-            signal.signal(sig, h)
-        self._old.clear()
-
-    def _handler(self, signum, frame):
-        import signal
-        name = signal.Signals(signum).name
-        if not self.armed:
-            self.aborted = True
-            raise KeyboardInterrupt
-        if self.name is not None:
-            if signum == signal.SIGINT:
-                self.aborted = True
-                raise KeyboardInterrupt
-            return  # a repeated SIGTERM (torchrun forwards one after the terminal's SIGINT): already stopping
-        self.name = name
-        if self.quiet:
-            return
-        # os.write, not print: a handler may interrupt a print to the same stream
-        os.write(2, f"\n{PROG}: {name}: finishing this step and saving a checkpoint "
-                    f"(press Ctrl-C again to abort at once)\n".encode())
-
-
 class DivergedError(RunError):
     """max_bad_steps consecutive non-finite steps; exit 3."""
 
@@ -571,7 +528,7 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
                              "torchrun --nproc_per_node=N -m fastgpt.train --fsdp")
     dist = init_distributed(dev_type, always=cfg.fsdp)
     try:
-        with _Signals(quiet=not dist.main) as sigs:
+        with cli.GracefulStop(PROG, quiet=not dist.main) as sigs:
             try:
                 return _run(cfg, set(given or ()), dist, sigs)
             except Exception as e:
@@ -582,7 +539,7 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
         dist.close()
 
 
-def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: _Signals) -> dict:
+def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop) -> dict:
     import numpy as np
     import torch
 

@@ -353,3 +353,38 @@ def test_movie_reviews():
     assert abs(len(task.test) - n / 10) <= 1
     src = {e.source for e in task.train} & {e.source for e in task.test}
     assert not src
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, tiny_init):
+    """SIGTERM mid-epoch: the step finishes, a checkpoint is saved, exit 0 naming it; --resume goes on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from fastgpt import checkpoint as ck
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(400))
+    out = tmp_path / "o"
+    argv = ["--task", task, "--init", tiny_init, "--out_dir", str(out), "--device", "cpu", "--batch_size", "4",
+            "--epochs", "50", "--log_interval", "1", "--progress", "false", "--seed", "0"]
+    p = subprocess.Popen([sys.executable, "-m", "fastgpt.finetune", *argv], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    t = time.monotonic()
+    while not ((out / "metrics.jsonl").exists() and '"loss"' in (out / "metrics.jsonl").read_text()):
+        assert p.poll() is None, p.communicate()[1][-2000:]
+        assert time.monotonic() - t < 120, "timed out waiting for the first step"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    rc, (_, err) = p.wait(120), p.communicate()
+    assert rc == 0, err
+    path = ck.latest_checkpoint(out)
+    assert path is not None and ck.verify_checkpoint(path) is None
+    step = ck.load_checkpoint(path)["step"]
+    total = next(r["steps"] for r in metrics(out) if r.get("type") == "header")
+    assert 0 < step < total
+    assert err.strip().splitlines()[-1] == (f"{FT.PROG}: SIGTERM: stopped after step {step}/{total}; checkpoint "
+                                            f"saved to {path} (continue with: {FT.PROG} --resume --out_dir {out})")
+    assert not (out / "eval.json").exists()  # not finished: no test scores
+    # --resume continues from that very step, here to a 2-step-later end
+    assert FT.main(["--resume", "--out_dir", str(out), "--max_iters", str(step + 2), "--device", "cpu",
+                    "--progress", "false"]) == 0
+    assert ck.load_checkpoint(ck.latest_checkpoint(out))["step"] == step + 2 and (out / "eval.json").exists()
