@@ -103,11 +103,12 @@ def _bench_for(rep_ms: int):
 # options) and triton's own specialisation of every positional argument (tensor dtype and
 # 16-byte alignment; integer type, == 1 and divisibility by 16), so a replay runs the very
 # kernel triton would pick, with the argument list triton would pass
-# (benchmarks/host_overhead.py --check compares the two on every launcher).
-# FASTGPT_LEAN_LAUNCH=0 sends every launch through triton's path.
+# (benchmarks/host_overhead.py --check compares the two on every launcher). The launcher's
+# calling convention is triton's internal one, checked on triton 3.6 (the pinned version): any
+# other version, and FASTGPT_LEAN_LAUNCH=0, send every launch through triton's own path.
 
-LEAN_LAUNCH = not INTERPRET and native_specialize_impl is not None and \
-    os.environ.get("FASTGPT_LEAN_LAUNCH", "1") != "0"
+LEAN_LAUNCH = not INTERPRET and native_specialize_impl is not None and triton.__version__.startswith("3.6.") \
+    and os.environ.get("FASTGPT_LEAN_LAUNCH", "1") != "0"
 
 
 def launch(fn, grid, *args, **kwargs):
