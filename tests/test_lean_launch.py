@@ -23,14 +23,29 @@ KERNELS = ("_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel", "_bias_gelu_fwd_k
            "_ce_fwd_grad_kernel")
 
 
-def test_lean_launch_matches_triton():
+def _host_overhead(*args):
+    """benchmarks/host_overhead.py in a child process: no interpreter, the stand-in driver, not a real one."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTGPT_LEAN_LAUNCH")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    if HAS_CUDA:  # the stand-in driver, not the real one
+    if HAS_CUDA:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    r = subprocess.run([sys.executable, "-m", "benchmarks.host_overhead", "--check"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "benchmarks.host_overhead", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_lean_launch_matches_triton():
+    r = _host_overhead("--check")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert " 0 mismatch(es)" in r.stdout
     for kernel in KERNELS:
         assert kernel in r.stdout, f"{kernel} was not launched"
+
+
+def test_host_time_table_has_every_op():
+    """The timing mode (README: python -m benchmarks.host_overhead) runs every op both ways and prints its row."""
+    r = _host_overhead("--repeats", "1", "--number", "2")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    for op in ("empty autograd.Function", "causal_attention p=0.1", "add_layer_norm", "bias_gelu",
+               "layer_norm, no_grad"):
+        assert any(line.startswith(op) and line.split()[-1].endswith("%") for line in r.stdout.splitlines()), \
+            r.stdout
