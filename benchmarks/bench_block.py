@@ -124,6 +124,9 @@ def _block_rows(args, rows):
             continue
         bench_impl(rows, BENCH, case, name, _fwd_bwd(blk, x, dy), tokens=B * T, flops=flops, memory=True,
                    note="autocast bf16, fp32 params + residual")
+        if name == "fastgpt fused":  # GPU time alone: is the eager row host-bound? (host_overhead: ~2x the peer's)
+            bench_impl(rows, BENCH, case, "fastgpt fused (graph)", _fwd_bwd(blk, x, dy), tokens=B * T, flops=flops,
+                       graph=True, note="the same calls replayed as a CUDA graph: no host time")
         x.grad = None
     ours = next((r for r in rows if r["case"] == case and r["impl"] == "fastgpt fused" and r["ms"]), None)
     peer = next((r for r in rows if r["case"] == case and r["impl"] == "torch.compile" and r["ms"]), None)

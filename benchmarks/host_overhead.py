@@ -151,7 +151,35 @@ def _cases():
         # generation / evaluation: nothing to record, so no autograd.Function either
         "causal_attention, no_grad": torch.no_grad()(lambda: K.causal_attention(q, k, v)),
         "layer_norm, no_grad": torch.no_grad()(lambda: K.layer_norm(x, w, b)),
+        **_block_cases(),
     }
+
+
+def _block_cases():
+    """A GPT-2 (pre-LN) block fwd+bwd, fastgpt's fused block against PyTorch's eager one.
+
+    Narrow (C = 64, 8 tokens) so the CPU matmuls cost little; the peer's LayerNorm, attention and
+    GELU do run on the CPU (its row is an upper bound of its host time), fastgpt's kernels are
+    stubbed like every launch here."""
+    import torch
+
+    import fastgpt.kernels
+    from benchmarks.bench_block import TorchBlock
+    from fastgpt.config import GPTConfig
+    from fastgpt.model import GPTBlock
+    # the fused backend takes CPU tensors only under the interpreter; here the kernels are compiled and
+    # their launches stubbed, so tell the backend check (the one reader of this flag at run time) to allow it
+    fastgpt.kernels.INTERPRET = True
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=64, vocab_size=256, dropout=0.0, norm="pre")
+    x = torch.randn(1, 8, 64, requires_grad=True)
+    dy = torch.randn(1, 8, 64)
+
+    def fwd_bwd(block):
+        inputs = [x, *block.parameters()]
+        return lambda: torch.autograd.grad(block(x), inputs, dy)
+
+    return {"GPTBlock fwd+bwd (fused)": fwd_bwd(GPTBlock(cfg, backend="fused")),
+            "TorchBlock fwd+bwd (peer)": fwd_bwd(TorchBlock(cfg))}
 
 
 def timing(repeats: int, number: int) -> None:

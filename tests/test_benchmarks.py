@@ -157,3 +157,11 @@ def test_failed_graph_capture_is_noted_in_the_row(monkeypatch):
     assert rows[0]["gbps"] == 2.0 and rows[0]["note"].startswith("amp; eager timing: graph capture failed")
     monkeypatch.setattr(triton_testing, "do_bench_cudagraph", lambda fn, **kw: 1.0)
     assert common.bench_impl(rows, "b", "c", "fastgpt", lambda: None, graph=True) == 1.0 and rows[1]["note"] == ""
+
+
+def test_ratio_table_leaves_out_graph_rows():
+    """The CUDA-graph rows are GPU time alone (a host-overhead diagnostic), not compared with peers timed eagerly."""
+    from benchmarks import run
+    rows = [dict(bench="b", case="c", impl="fastgpt", ms=2.0), dict(bench="b", case="c", impl="fastgpt graph", ms=1.0),
+            dict(bench="b", case="c", impl="fastgpt fused (graph)", ms=1.0), dict(bench="b", case="c", impl="peer", ms=4.0)]
+    assert run.ratio_table(rows) == [("b", "c", "fastgpt", "peer", 2.0)]
