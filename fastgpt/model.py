@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastgpt import ops
-from fastgpt.backend import resolve
+from fastgpt.backend import kernels, resolve
 from fastgpt.config import GPTConfig
 
 __all__ = ["GPTBlock", "GPT", "KVCache", "load_model", "FORMAT", "FORMAT_VERSION"]
@@ -188,6 +188,9 @@ class GPTBlock(nn.Module):
         """(B, T, C) normalised input -> (B, T, C) attention output before c_proj."""
         B, T, C = y.shape
         qkv = self.attn.c_attn(y).view(B, T, 3, self.n_head, C // self.n_head)
+        if kv is None and resolve(self.backend, y.device.type) == "fused":
+            # packed: the backward writes one (B, T, 3, H, D) gradient (no stack of dq, dk, dv)
+            return kernels().causal_attention_qkvpacked(qkv, dropout_p=p_attn)
         if kv is None:
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         else:  # incremental decoding: Tq = T new queries against Tk = cached + T keys

@@ -12,7 +12,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 from fastgpt.kernels.layernorm import add_layer_norm, layer_norm  # noqa: E402
 from fastgpt.kernels.gelu import bias_gelu  # noqa: E402
-from fastgpt.kernels.attention import causal_attention  # noqa: E402
+from fastgpt.kernels.attention import causal_attention, causal_attention_qkvpacked  # noqa: E402
 from fastgpt.kernels.cross_entropy import fused_linear_cross_entropy  # noqa: E402
 
-__all__ = ["INTERPRET", "layer_norm", "add_layer_norm", "bias_gelu", "causal_attention", "fused_linear_cross_entropy"]
+__all__ = ["INTERPRET", "layer_norm", "add_layer_norm", "bias_gelu", "causal_attention", "causal_attention_qkvpacked",
+           "fused_linear_cross_entropy"]

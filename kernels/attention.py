@@ -341,11 +341,12 @@ def _attn_bwd_dkdv_kernel(
     DO,         # (B, H, Tq, D) grad of o, strides (stride_db, stride_dh, stride_dt, 1)
     LSE,        # (B, H, Tq) fp32 forward logsumexp in base 2, contiguous
     DELTA,      # (B, H, Tq) fp32 rowsum(dO * O), contiguous
-    DK,         # (B, H, Tk, D) output, k's dtype, contiguous
-    DV,         # (B, H, Tk, D) output, v's dtype, contiguous
+    DK,         # (B, H, Tk, D) output, k's dtype, strides (stride_dkb, stride_dkh, stride_dkt, 1)
+    DV,         # (B, H, Tk, D) output, v's dtype, strides (stride_dvb, stride_dvh, stride_dvt, 1)
     SEED,       # int64 (seed, offset) of the dropout mask (read only when DROPOUT)
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_db, stride_dh, stride_dt,
+    stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
     H, TQ, TK, scale, qk_scale, DROP_THR, inv_keep,
     T_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, TF32: tl.constexpr,
@@ -361,8 +362,8 @@ def _attn_bwd_dkdv_kernel(
     DO += b * stride_db + h * stride_dh
     LSE += bh.to(tl.int64) * TQ
     DELTA += bh.to(tl.int64) * TQ
-    DK += bh.to(tl.int64) * TK * HEAD_DIM
-    DV += bh.to(tl.int64) * TK * HEAD_DIM
+    DK += b * stride_dkb + h * stride_dkh
+    DV += b * stride_dvb + h * stride_dvh
     causal_off = TK - TQ
     seed, offset = _load_seed(SEED, DROPOUT)
 
@@ -386,9 +387,10 @@ def _attn_bwd_dkdv_kernel(
     dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, start_n, cols, offs_m, offs_d,
                          m_full, TQ, TQ, causal_off, qk_scale, seed, offset, bh, TK, DROP_THR, inv_keep,
                          False, BLOCK_M, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_N)
-    out = cols[:, None] * HEAD_DIM + offs_d[None, :]
-    _store_tile(DK + out, (dk * scale).to(DK.dtype.element_ty), cols, TK, offs_d, HEAD_DIM, EVEN_D)
-    _store_tile(DV + out, dv.to(DV.dtype.element_ty), cols, TK, offs_d, HEAD_DIM, EVEN_D)
+    _store_tile(DK + cols[:, None] * stride_dkt + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), cols, TK,
+                offs_d, HEAD_DIM, EVEN_D)
+    _store_tile(DV + cols[:, None] * stride_dvt + offs_d[None, :], dv.to(DV.dtype.element_ty), cols, TK, offs_d,
+                HEAD_DIM, EVEN_D)
 
 
 @triton.jit
@@ -425,12 +427,12 @@ def _attn_bwd_dq_kernel(
     DO,         # (B, H, Tq, D) grad of o, strides (stride_db, stride_dh, stride_dt, 1)
     LSE,        # (B, H, Tq) fp32 forward logsumexp in base 2, contiguous
     DELTA,      # (B, H, Tq) fp32 output: rowsum(dO * O), contiguous (the dK/dV pass reads it)
-    DQ,         # (B, H, Tq, D) output, q's dtype, contiguous
+    DQ,         # (B, H, Tq, D) output, q's dtype, strides (stride_dqb, stride_dqh, stride_dqt, 1)
     SEED,       # int64 (seed, offset) of the dropout mask (read only when DROPOUT)
     O,          # (B, H, Tq, D) forward output, strides (stride_ob, stride_oh, stride_ot, 1)
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_db, stride_dh, stride_dt,
-    stride_ob, stride_oh, stride_ot,
+    stride_ob, stride_oh, stride_ot, stride_dqb, stride_dqh, stride_dqt,
     H, TQ, TK, scale, qk_scale, DROP_THR, inv_keep,
     T_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, TF32: tl.constexpr,
@@ -448,7 +450,7 @@ def _attn_bwd_dq_kernel(
     O += b * stride_ob + h * stride_oh
     LSE += bh.to(tl.int64) * TQ
     DELTA += bh.to(tl.int64) * TQ
-    DQ += bh.to(tl.int64) * TQ * HEAD_DIM
+    DQ += b * stride_dqb + h * stride_dqh
     causal_off = TK - TQ
     seed, offset = _load_seed(SEED, DROPOUT)
 
@@ -472,7 +474,7 @@ def _attn_bwd_dq_kernel(
     dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, start_m, rows, offs_n, offs_d,
                    n_full, n_end, TK, causal_off, qk_scale, seed, offset, bh, TQ, DROP_THR, inv_keep,
                    True, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M)
-    _store_tile(DQ + rows[:, None] * HEAD_DIM + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+    _store_tile(DQ + rows[:, None] * stride_dqt + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
                 rows, TQ, offs_d, HEAD_DIM, EVEN_D)
 
 
@@ -639,19 +641,27 @@ def _fwd(q, k, v, scale, out_layout, out, config, dropout_p, seed):
 
 def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
                   scale: Optional[float] = None, configs: Optional[tuple] = None, dropout_p: float = 0.0,
-                  seed: Optional[Tensor] = None):
-    """Returns (dq, dk, dv), contiguous (B, H, T, D) in the inputs' dtype.
+                  seed: Optional[Tensor] = None, out: Optional[tuple] = None):
+    """Returns (dq, dk, dv), (B, H, T, D) in the inputs' dtype: contiguous, or the views ``out``.
 
-    ``configs`` = (dkdv_config, dq_config) forces launch configs (tests);
-    dropout_p and seed are the forward's.
+    ``out`` = (dq, dk, dv) (B, H, T, D) views with a unit last stride, written in place (the
+    packed qkv path passes slices of one (B, T, 3, H, D) gradient). ``configs`` =
+    (dkdv_config, dq_config) forces launch configs (tests); dropout_p and seed are the forward's.
     """
     q, k, v, o, do = (_unit_last_stride(t) for t in (q, k, v, o, do))
     B, H, TQ, D = q.shape
     TK = k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    dq = empty((B, H, TQ, D), q.dtype, q.device)
-    dk = empty((B, H, TK, D), k.dtype, k.device)
-    dv = empty((B, H, TK, D), v.dtype, v.device)
+    if out is None:
+        dq = empty((B, H, TQ, D), q.dtype, q.device)
+        dk = empty((B, H, TK, D), k.dtype, k.device)
+        dv = empty((B, H, TK, D), v.dtype, v.device)
+    else:
+        dq, dk, dv = out
+        for g, t in zip(out, (q, k, v)):
+            if g.shape != t.shape or g.dtype != t.dtype or (g.stride(-1) != 1 and D > 1):
+                raise ValueError("causal_attention: out gradients must match q, k, v in shape and dtype, with a "
+                                 "unit last stride")
     if q.numel() == 0:
         return dq, dk.zero_(), dv.zero_()
     lse = lse.contiguous()
@@ -665,9 +675,9 @@ def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     rest = (H, TQ, TK, scale, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK))
     _launch(_attn_bwd_dq, "dq", cfg_q, lambda meta: (B * H, cdiv(TQ, meta["BLOCK_M"])),
-            *args, dq, seed, o, *strides, *_strides(o), *rest, **consts)
+            *args, dq, seed, o, *strides, *_strides(o), *_strides(dq), *rest, **consts)
     _launch(_attn_bwd_dkdv, "dkdv", cfg_kv, lambda meta: (B * H, cdiv(TK, meta["BLOCK_N"])),
-            *args, dk, dv, seed, *strides, *rest, **consts)
+            *args, dk, dv, seed, *strides, *_strides(dk), *_strides(dv), *rest, **consts)
     return dq, dk, dv
 
 
@@ -735,7 +745,52 @@ class _CausalAttentionFunction(torch.autograd.Function):
         return _grads(ctx, do, attention_bwd)
 
 
+class _QKVPackedFunction(torch.autograd.Function):
+    """causal_attention_qkvpacked's eager path: the backward writes dq, dk and dv straight into
+    one (B, T, 3, H, D) gradient, so autograd has no unbind to undo (a stack copy of 3 x B x T x C)."""
+
+    @staticmethod
+    def forward(ctx, qkv, scale, dropout_p, seed):
+        q, k, v = _unpack(qkv)
+        o, lse = _fwd(q, k, v, scale, "bthd", None, None, dropout_p, seed)
+        ctx.save_for_backward(qkv, o, lse, seed)
+        ctx.scale, ctx.dropout_p = scale, dropout_p
+        B, T, _, H, D = qkv.shape
+        return o.transpose(1, 2).reshape(B, T, H * D)   # a view: o's storage is (B, T, H, D)
+
+    @staticmethod
+    def backward(ctx, do):
+        qkv, o, lse, seed = ctx.saved_tensors
+        B, T, _, H, D = qkv.shape
+        dqkv = empty(qkv.shape, qkv.dtype, qkv.device)
+        attention_bwd(do.reshape(B, T, H, D).transpose(1, 2), *_unpack(qkv), o, lse, ctx.scale,
+                      dropout_p=ctx.dropout_p, seed=seed, out=_unpack(dqkv))
+        return dqkv, None, None, None
+
+
+def _unpack(qkv: Tensor):
+    """q, k, v as (B, H, T, D) views of a (B, T, 3, H, D) tensor."""
+    return tuple(t.transpose(1, 2) for t in qkv.unbind(2))
+
+
 # ----------------------------------------------------------------------------- public API
+
+def _checked_call(q, k, v, scale, dropout_p, seed, generator):
+    """Validate a public call; returns (scale, dropout_p, seed): the float scale, the float p, and
+    the (seed, offset) tensor on q's device (drawn now when p > 0 and none was given; None at p = 0)."""
+    _validate(q, k, v)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"causal_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    dropout_p = float(dropout_p)
+    if dropout_p == 0.0:
+        seed = None
+    elif seed is None:
+        seed = new_seed(q.device, generator).to(q.device)
+    else:
+        seed = _check_seed(seed, q.device)
+    return scale, dropout_p, seed
+
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None, dropout_p: float = 0.0,
                      out_layout: str = "bhtd", *, seed=None, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -749,21 +804,28 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = N
     generator on q's device (or from ``generator``); see the module header and
     fastgpt.reference.attention_keep_mask.
     """
-    _validate(q, k, v)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"causal_attention: dropout_p must be in [0, 1), got {dropout_p}")
     if out_layout not in OUT_LAYOUTS:
         raise ValueError(f"causal_attention: out_layout must be one of {OUT_LAYOUTS}, got {out_layout!r}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    dropout_p = float(dropout_p)
-    if dropout_p == 0.0:
-        seed = None
-    elif seed is None:
-        seed = new_seed(q.device, generator).to(q.device)
-    else:
-        seed = _check_seed(seed, q.device)
+    scale, dropout_p, seed = _checked_call(q, k, v, scale, dropout_p, seed, generator)
     if torch.compiler.is_compiling():
         return _causal_attention_op(q, k, v, scale, out_layout, dropout_p, seed)[0]
     if not records_grad(q, k, v):
         return _fwd(q, k, v, scale, out_layout, None, None, dropout_p, seed)[0]
     return _CausalAttentionFunction.apply(q, k, v, scale, out_layout, dropout_p, seed)
+
+
+def causal_attention_qkvpacked(qkv: Tensor, scale: Optional[float] = None, dropout_p: float = 0.0, *, seed=None,
+                               generator: Optional[torch.Generator] = None) -> Tensor:
+    """causal_attention over a packed (B, T, 3, H, D) qkv (a fused projection's output viewed so)
+    -> o as (B, T, H * D), ready for the output projection; the same values and gradients as
+    ``causal_attention(q, k, v, out_layout="bthd")`` on its slices. In eager mode the backward
+    writes one (B, T, 3, H, D) gradient instead of three that autograd then stacks."""
+    if not isinstance(qkv, Tensor) or qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"causal_attention_qkvpacked: qkv must be a (B, T, 3, H, D) tensor, got "
+                         f"{tuple(qkv.shape) if isinstance(qkv, Tensor) else type(qkv).__name__}")
+    B, T, _, H, D = qkv.shape
+    if torch.compiler.is_compiling() or not records_grad(qkv):
+        o = causal_attention(*_unpack(qkv), scale, dropout_p, "bthd", seed=seed, generator=generator)
+        return o.transpose(1, 2).reshape(B, T, H * D)
+    scale, dropout_p, seed = _checked_call(*_unpack(qkv), scale, dropout_p, seed, generator)
+    return _QKVPackedFunction.apply(qkv, scale, dropout_p, seed)

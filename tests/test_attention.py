@@ -609,3 +609,41 @@ def test_unrecorded_call_is_the_launcher(dropout_p, out_layout, monkeypatch):
         return K.causal_attention(q, k, v, dropout_p=dropout_p, out_layout=out_layout, seed=(5, 7))
 
     assert_unrecorded_calls_match(call, [q, k, v], A._CausalAttentionFunction, monkeypatch)
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_ids)
+def test_qkvpacked_equals_the_unpacked_op(dropout_p, dtype):
+    """causal_attention_qkvpacked: the values and the (B, T, 3, H, D) gradient of causal_attention on the
+    slices, bit for bit (the backward writes dq, dk, dv into the packed gradient through output strides)."""
+    import fastgpt.kernels as K
+    from fastgpt.kernels import attention as A
+    B, T, H, D = 2, 37, 2, 32
+    qkv = torch.randn(B, T, 3, H, D, device=DEVICE).to(dtype)
+    do = torch.randn(B, T, H * D, device=DEVICE).to(dtype)
+    outs = []
+    for packed in (False, True):
+        x = qkv.clone().requires_grad_()
+        if packed:
+            o = K.causal_attention_qkvpacked(x, dropout_p=dropout_p, seed=(3, 4))
+            assert o.grad_fn is not None and "QKVPacked" in type(o.grad_fn).__name__
+        else:
+            q, k, v = (t.transpose(1, 2) for t in x.unbind(2))
+            o = K.causal_attention(q, k, v, dropout_p=dropout_p, seed=(3, 4), out_layout="bthd")
+            o = o.transpose(1, 2).reshape(B, T, H * D)
+        o.backward(do)
+        outs.append((o.detach(), x.grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    with torch.no_grad():   # nothing to record: the launcher, the same values
+        assert torch.equal(K.causal_attention_qkvpacked(qkv, dropout_p=dropout_p, seed=(3, 4)), outs[0][0])
+    with pytest.raises(ValueError, match="qkvpacked"):
+        K.causal_attention_qkvpacked(qkv[:, :, :2])
+    # the strided gradient views: poisoned first, fully written
+    x = qkv.clone()
+    q, k, v = A._unpack(x)
+    o, lse = A.attention_fwd(q, k, v)
+    g = torch.full_like(x, float("nan"))
+    dq, dk, dv = A.attention_bwd(do.view(B, T, H, D).transpose(1, 2), q, k, v, o, lse, out=A._unpack(g))
+    assert dq.data_ptr() == g.data_ptr() and not g.isnan().any()
+    ref = A.attention_bwd(do.view(B, T, H, D).transpose(1, 2), q, k, v, o, lse)
+    assert all(torch.equal(a, b) for a, b in zip((dq, dk, dv), ref))
