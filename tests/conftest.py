@@ -7,6 +7,9 @@ copy tensors to the CPU and test nothing real.
 """
 import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -30,6 +33,19 @@ except ImportError:
 
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_standin(module: str, *args, timeout: float = 600):
+    """``python -m module args`` from the repo root for the tools that compile kernels with Triton's driver
+    replaced by the sm_90 stand-in (benchmarks.compile_report, benchmarks.host_overhead): no interpreter,
+    the lean launch at its default, and on a GPU machine the real GPU hidden from them."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTGPT_LEAN_LAUNCH")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    if HAS_CUDA:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture

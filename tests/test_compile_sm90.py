@@ -8,25 +8,15 @@ driver replaced by an sm_90 stand-in and compiles (ptxas from the triton wheel)
 the first launch config of every autotune space, dropout on and off. It also
 fails when a kernel needs more shared memory than an H100 has.
 """
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-from conftest import HAS_CUDA, needs_triton
+from conftest import needs_triton, run_standin
 
 pytestmark = needs_triton
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_kernel_compiles_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    if HAS_CUDA:  # on a GPU machine the stand-in driver still targets sm_90: keep the real one out of it
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    r = subprocess.run([sys.executable, "-m", "benchmarks.compile_report", "--first"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = run_standin("benchmarks.compile_report", "--first")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert " 0 failure(s)" in r.stdout
     for kernel in ("_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel", "_bias_gelu_fwd_kernel",
@@ -37,20 +27,14 @@ def test_every_kernel_compiles_for_sm90():
 
 def test_shards_split_the_launches():
     """--shard I/N compiles launches I, I + N, ...: two shards together cover every launch once."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    if HAS_CUDA:
-        env["CUDA_VISIBLE_DEVICES"] = ""
     counts = []
     for shard in ("0/2", "1/2"):
-        r = subprocess.run([sys.executable, "-m", "benchmarks.compile_report", "--only", "gelu", "--first",
-                            "--shard", shard], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        r = run_standin("benchmarks.compile_report", "--only", "gelu", "--first", "--shard", shard, timeout=300)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         m = re.search(r"(\d+) launches compiled for sm_90 \(shard \d/2 of (\d+)\)", r.stdout)
         assert m, r.stdout[-500:]
         counts.append((int(m.group(1)), int(m.group(2))))
     (a, total), (b, total_b) = counts
     assert total == total_b and a + b == total and abs(a - b) <= 1
-    r = subprocess.run([sys.executable, "-m", "benchmarks.compile_report", "--shard", "2/2"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = run_standin("benchmarks.compile_report", "--shard", "2/2", timeout=60)
     assert r.returncode == 2 and "--shard must be I/N" in r.stderr

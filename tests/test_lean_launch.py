@@ -9,32 +9,16 @@ recorded calls (kernel, grid, stream, metadata, every argument) are compared. It
 includes launches that differ only in what triton specialises on (alignment, == 1,
 divisibility by 16), so a replay keyed too coarsely fails it.
 """
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-from conftest import HAS_CUDA, needs_triton
+from conftest import needs_triton, run_standin
 
 pytestmark = needs_triton
-ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ("_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel", "_bias_gelu_fwd_kernel", "_bias_gelu_bwd_kernel",
            "_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_sum_partials_kernel",
            "_ce_fwd_grad_kernel")
 
 
-def _host_overhead(*args):
-    """benchmarks/host_overhead.py in a child process: no interpreter, the stand-in driver, not a real one."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTGPT_LEAN_LAUNCH")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    if HAS_CUDA:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    return subprocess.run([sys.executable, "-m", "benchmarks.host_overhead", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 def test_lean_launch_matches_triton():
-    r = _host_overhead("--check")
+    r = run_standin("benchmarks.host_overhead", "--check")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert " 0 mismatch(es)" in r.stdout
     for kernel in KERNELS:
@@ -43,7 +27,7 @@ def test_lean_launch_matches_triton():
 
 def test_host_time_table_has_every_op():
     """The timing mode (README: python -m benchmarks.host_overhead) runs every op both ways and prints its row."""
-    r = _host_overhead("--repeats", "1", "--number", "2")
+    r = run_standin("benchmarks.host_overhead", "--repeats", "1", "--number", "2")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     for op in ("empty autograd.Function", "causal_attention p=0.1", "add_layer_norm", "bias_gelu",
                "layer_norm, no_grad", "GPTBlock fwd+bwd (fused)", "TorchBlock fwd+bwd (peer)"):
