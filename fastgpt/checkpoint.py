@@ -49,7 +49,17 @@ _NAME = re.compile(r"^ckpt_(\d{7,})\.pt$")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message is one line saying what to do."""
+    """A checkpoint that cannot be used; the message is one line saying what to do.
+
+    ``problem`` is the message without the advice (``--resume``'s "delete it ..."), for callers
+    whose user did not ask to resume (fine-tuning's --init)."""
+
+    def __init__(self, problem: str, advice: str = ""):
+        super().__init__(f"{problem}; {advice}" if advice else problem)
+        self.problem = problem
+
+
+RESUME_ADVICE = "delete it to resume from an older one"
 
 
 class CorruptCheckpointError(CheckpointError):
@@ -252,16 +262,14 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"no checkpoint at {path}")
     bad = verify_checkpoint(path)
     if bad is not None:
-        raise CorruptCheckpointError(f"{path} is not a readable checkpoint: {bad}; delete it to resume from an "
-                                     "older one")
+        raise CorruptCheckpointError(f"{path} is not a readable checkpoint: {bad}", RESUME_ADVICE)
     try:
         st = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except Exception as e:  # truncated / not a torch file / unpickling refused
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:120] if str(e) else ''}); delete it to resume from an "
-                              "older one") from None
+                              f"{str(e).splitlines()[0][:120] if str(e) else ''})", RESUME_ADVICE) from None
     if not isinstance(st, dict) or st.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastgpt training checkpoint")
     if st.get("version", 0) > VERSION:

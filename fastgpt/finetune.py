@@ -256,13 +256,13 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
         try:
             st = ck.load_checkpoint(p)
         except ck.CorruptCheckpointError as e:  # damaged (checksum, truncation): never fall back to a plain load
-            raise RunError(f"--init {spec}: {_why(e)}") from None
+            raise RunError(f"--init {spec}: {e.problem}") from None
         except ck.CheckpointError as e:
             try:  # not a training checkpoint: a plain {"config", "model"} file (fastgpt.model.load_model's format)
                 from fastgpt.model import load_model
                 model = load_model(p)
             except Exception:
-                raise RunError(f"--init {spec}: {_why(e)}") from None
+                raise RunError(f"--init {spec}: {e.problem}") from None
             st = dict(model=None)
         else:
             mc = st.get("config") if isinstance(st.get("config"), dict) and "n_layer" in st["config"] \
@@ -288,11 +288,6 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
         raise cli.UsageError(f"--init {spec}: cannot tell the tokenizer of a {model.config.vocab_size}-token "
                              "vocabulary; pass --tokenizer gpt2 or byte")
     return model, tok_name, f"{kind} {p}", meta
-
-
-def _why(e: Exception) -> str:
-    """A checkpoint error's message without the advice meant for --resume (deleting the file)."""
-    return str(e).split("; delete it to resume")[0]
 
 
 def _check_resume_options(cfg: "FinetuneConfig", given: set[str], st: dict, path) -> None:

@@ -136,7 +136,7 @@ class _GeluLinear(torch.autograd.Function):
             dw2 = (d2.t() @ g.reshape(-1, g.shape[-1])).to(w2.dtype)
             db2 = None if b2 is None else d2.sum(0, dtype=torch.float32).to(b2.dtype)
             du, db1 = gelu_bwd(dout @ w2.to(g.dtype))
-        return du, (None if b1 is None else db1), dw2, db2, None, None
+        return du, db1, dw2, db2, None, None
 
 
 # ----------------------------------------------------------------------------- the block
