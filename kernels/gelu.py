@@ -7,7 +7,7 @@ Backward:
     tanh form  dy/du = s + 2 u s (1 - s) k0 (1 + 3 k1 u^2),  s = sigmoid(2 k0 (u + k1 u^3))
     erf form   dy/du = 0.5 (1 + erf(u / sqrt(2))) + u exp(-u^2 / 2) / sqrt(2 pi)
     dx = dy * dy/du,  db = sum_rows(dx)  (fp32, two-stage: a persistent grid of G
-    programs writes a (G, N) partial buffer, torch.sum over G finishes it)
+    programs writes a (G, N) partial buffer, _common.sum_partials adds its rows in a fixed order)
 The forward saves x (not u): the backward recomputes u = x + b.
 
 Limits: any shape (the last dim is the bias dim); fp16, bf16, fp32; y has x's dtype.
@@ -103,7 +103,9 @@ def _bias_gelu_bwd_kernel(
     cmask = cols < N
     if HAS_BIAS:
         b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
-    db_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    # per-element accumulator, summed over its rows once after the loop (not a cross-warp
+    # reduction through shared memory on every trip)
+    db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for start in range(pid * BLOCK_M, M, G * BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         mask = (rows < M)[:, None] & cmask[None, :]
@@ -116,9 +118,9 @@ def _bias_gelu_bwd_kernel(
         dx = tl.where(mask, dy * dydu, 0.0)
         tl.store(DX + rows[:, None] * N + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
         if HAS_BIAS:
-            db_acc += tl.sum(dx, axis=0)
+            db_acc += dx
     if HAS_BIAS:
-        tl.store(DBp + pid * N + cols, db_acc, mask=cmask)
+        tl.store(DBp + pid * N + cols, tl.sum(db_acc, axis=0), mask=cmask)
 
 
 # ----------------------------------------------------------------------------- launchers

@@ -11,8 +11,9 @@ Backward, with xhat = (h - mean) * rstd and g = dy * w:
     dw   = sum_rows(dy * xhat),  db = sum_rows(dy)
 dx = dh (x's dtype) and dresidual = dh (residual's dtype). dw/db are reduced
 deterministically in two stages: a persistent grid of G programs walks the rows
-and each accumulates its rows into one fp32 row of a (G, N) partial buffer;
-torch.sum over G finishes (fixed order, no atomics).
+and each accumulates its rows into one fp32 row of a (G, N) partial buffer (its
+row loop's loads prefetched, STAGES); one _common.sum_partials launch adds the G
+rows in a fixed order (no atomics).
 
 Limits: 1 <= N <= 8192 (a row lives in registers); x, residual, weight and
 bias may each be fp16, bf16 or fp32; the last dim must be the feature dim.
@@ -40,16 +41,29 @@ def _configs():
             [(1, 8), (1, 4), (2, 4), (2, 8), (4, 4), (4, 8), (8, 8), (16, 8)]]
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop tiles that would not fit in registers (> 16K elements) or leave lanes idle."""
-    bn = next_pow2(named_args["N"])
-    keep = [c for c in configs if 128 <= c.kwargs["BLOCK_M"] * bn <= 16384]
-    return keep or configs[:1]
+def _bwd_configs():
+    # (rows per loop trip, warps, pipeline stages of the row loop's loads); the first is the
+    # default when not autotuning. STAGES > 1 has triton prefetch the next trips' rows into
+    # shared memory (cp.async) while this one computes: without it each program waits out a
+    # full memory latency per trip, and 4 programs per SM keep too few bytes in flight.
+    return [triton.Config({"BLOCK_M": bm, "STAGES": st}, num_warps=w) for bm, w, st in
+            [(1, 8, 3), (1, 8, 1), (1, 4, 3), (2, 4, 3), (2, 8, 3), (2, 8, 1), (4, 8, 3), (4, 8, 1)]]
+
+
+def _prune_to(max_elems):
+    def prune(configs, named_args, **kwargs):
+        """Drop tiles of several rows that would not fit in registers (> max_elems elements),
+        and tiles that leave lanes idle."""
+        bn = next_pow2(named_args["N"])
+        keep = [c for c in configs if 128 <= c.kwargs["BLOCK_M"] * bn
+                and (c.kwargs["BLOCK_M"] == 1 or c.kwargs["BLOCK_M"] * bn <= max_elems)]
+        return keep or configs[:1]
+    return prune
 
 
 # ----------------------------------------------------------------------------- kernels
 
-@autotune(_configs(), key=["N", "HAS_RES", "HAS_BIAS"], prune=_prune)
+@autotune(_configs(), key=["N", "HAS_RES", "HAS_BIAS"], prune=_prune_to(16384))
 @triton.jit
 def _layer_norm_fwd_kernel(
     X,          # (M, N) input, row stride stride_x
@@ -89,7 +103,9 @@ def _layer_norm_fwd_kernel(
     tl.store(Rstd + rows, rstd, mask=rmask)
 
 
-@autotune(_configs(), key=["N", "HAS_DHO", "HAS_DR", "HAS_BIAS"], prune=_prune)
+# the backward holds two more (BLOCK_M, BLOCK_N) fp32 tiles (the dw/db accumulators): smaller
+# tiles (sm_90, N = 768: BLOCK_M = 8 took ~250 registers, one program per SM)
+@autotune(_bwd_configs(), key=["N", "HAS_DHO", "HAS_DR", "HAS_BIAS"], prune=_prune_to(4096))
 @triton.jit
 def _layer_norm_bwd_kernel(
     DY,         # (M, N) grad of y, row stride stride_dy
@@ -104,16 +120,18 @@ def _layer_norm_bwd_kernel(
     DBp,        # (G, N) fp32 partial sums of dy (written only if HAS_BIAS)
     M, N, inv_n, stride_dy, stride_dho, stride_h,
     HAS_DHO: tl.constexpr, HAS_DR: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     G = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_N)
     cmask = cols < N
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
-    dw_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    db_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for start in range(pid * BLOCK_M, M, G * BLOCK_M):
+    # per-element accumulators, summed over their rows once after the loop (a sum over axis 0
+    # on every trip would be a cross-warp reduction through shared memory, with a barrier)
+    dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for start in tl.range(pid * BLOCK_M, M, G * BLOCK_M, num_stages=STAGES):
         rows = start + tl.arange(0, BLOCK_M)
         rmask = rows < M
         mask = rmask[:, None] & cmask[None, :]
@@ -132,12 +150,12 @@ def _layer_norm_bwd_kernel(
         tl.store(DX + rows[:, None] * N + cols[None, :], dh.to(DX.dtype.element_ty), mask=mask)
         if HAS_DR:
             tl.store(DR + rows[:, None] * N + cols[None, :], dh.to(DR.dtype.element_ty), mask=mask)
-        dw_acc += tl.sum(dy * xhat, axis=0)
+        dw_acc += dy * xhat
         if HAS_BIAS:
-            db_acc += tl.sum(dy, axis=0)
-    tl.store(DWp + pid * N + cols, dw_acc, mask=cmask)
+            db_acc += dy
+    tl.store(DWp + pid * N + cols, tl.sum(dw_acc, axis=0), mask=cmask)
     if HAS_BIAS:
-        tl.store(DBp + pid * N + cols, db_acc, mask=cmask)
+        tl.store(DBp + pid * N + cols, tl.sum(db_acc, axis=0), mask=cmask)
 
 
 # ----------------------------------------------------------------------------- launchers

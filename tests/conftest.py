@@ -96,3 +96,15 @@ def assert_unrecorded_calls_match(call, inputs, function_cls, monkeypatch):
         assert len(outs) == len(recorded)
         for o, r in zip(outs, recorded):
             assert o.grad_fn is None and o.dtype == r.dtype and o.stride() == r.stride() and torch.equal(o, r)
+
+
+class ForcedConfig:
+    """Stands in for a module's autotuned kernel and launches one given config of its space, so a
+    test covers every candidate (the interpreter and the GPU tests, FASTGPT_AUTOTUNE=0, run only
+    the first): ``monkeypatch.setattr(module, name, ForcedConfig(tuner, config))``."""
+
+    def __init__(self, tuner, config):
+        self.fn, self.kwargs = tuner.fn, config.all_kwargs()
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.fn[grid](*args, **kwargs, **self.kwargs)

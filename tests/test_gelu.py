@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA, assert_unrecorded_calls_match, needs_triton
+from conftest import DEVICE, HAS_CUDA, ForcedConfig, assert_unrecorded_calls_match, needs_triton
 from fastgpt import reference
 from fastgpt.testing import compare_op
 
@@ -31,6 +31,20 @@ def test_bias_gelu(shape, dtype, approximate, has_bias):
     x = (torch.randn(shape, device=DEVICE) * 3).to(dtype)
     b = torch.randn(n, device=DEVICE).to(dtype) if has_bias else None
     _assert(compare_op("bias_gelu", K.bias_gelu, reference.bias_gelu, [x, b, approximate]))
+
+
+@pytest.mark.parametrize("kernel", ["_bias_gelu_fwd_kernel", "_bias_gelu_bwd_kernel"])
+def test_every_launch_config(kernel, monkeypatch):
+    """Every candidate of the autotune space, forced one at a time: row and column tails of the
+    tile, several trips of the backward's row loop."""
+    import fastgpt.kernels as K
+    from fastgpt.kernels import gelu as G
+    tuner = getattr(G, kernel)
+    x = torch.randn(70, 300, device=DEVICE) * 3
+    b = torch.randn(300, device=DEVICE)
+    for cfg in G._configs():
+        monkeypatch.setattr(G, kernel, ForcedConfig(tuner, cfg))
+        _assert(compare_op(f"bias_gelu {cfg}", K.bias_gelu, reference.bias_gelu, [x, b, "tanh"]))
 
 
 @pytest.mark.parametrize("act_dtype", [torch.float16, torch.bfloat16], ids=dtype_ids)
