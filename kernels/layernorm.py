@@ -9,6 +9,9 @@ Forward, per row of N features (all statistics in fp32):
 Backward, with xhat = (h - mean) * rstd and g = dy * w:
     dh   = rstd * (g - mean(g) - xhat * mean(g * xhat))    (+ dh_out, the grad of h)
     dw   = sum_rows(dy * xhat),  db = sum_rows(dy)
+The forward's programs walk tiles of BLOCK_M rows: one tile each (as many programs
+as tiles), or a persistent grid of 4 programs per SM whose row loop prefetches
+the next tiles (STAGES > 1; the autotuner picks).
 dx = dh (x's dtype) and dresidual = dh (residual's dtype). dw/db are reduced
 deterministically in two stages: a persistent grid of G programs walks the rows
 and each accumulates its rows into one fp32 row of a (G, N) partial buffer (its
@@ -36,9 +39,12 @@ MAX_N = 8192
 
 
 def _configs():
-    # (rows per program, warps); the first is the default when not autotuning
-    return [triton.Config({"BLOCK_M": bm}, num_warps=w) for bm, w in
-            [(1, 8), (1, 4), (2, 4), (2, 8), (4, 4), (4, 8), (8, 8), (16, 8)]]
+    # (rows per loop trip, warps, pipeline stages); the first is the default when not autotuning.
+    # STAGES = 1: one tile per program, as many programs as tiles. STAGES > 1: a persistent grid
+    # (4 programs per SM) whose row loop prefetches the next trips' rows (see _bwd_configs).
+    return [triton.Config({"BLOCK_M": bm, "STAGES": st}, num_warps=w) for bm, w, st in
+            [(1, 8, 1), (1, 4, 1), (2, 4, 1), (2, 8, 1), (4, 4, 1), (4, 8, 1), (8, 8, 1), (16, 8, 1),
+             (1, 8, 3), (2, 8, 3), (4, 8, 3)]]
 
 
 def _bwd_configs():
@@ -76,31 +82,36 @@ def _layer_norm_fwd_kernel(
     Rstd,       # (M,) fp32 row 1/std
     M, N, inv_n, stride_x, stride_r, eps,
     HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_N)
-    rmask = rows < M
     cmask = cols < N
-    mask = rmask[:, None] & cmask[None, :]
-    rows = rows.to(tl.int64)
-    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_RES:
-        r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        h = (x + r).to(H.dtype.element_ty)
-        tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
-        x = h.to(tl.float32)
-    mean = tl.sum(x, axis=1) * inv_n
-    xc = tl.where(mask, x - mean[:, None], 0.0)
-    var = tl.sum(xc * xc, axis=1) * inv_n
-    rstd = 1.0 / tl.sqrt(var + eps)
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
-    y = xc * rstd[:, None] * w[None, :]
     if HAS_BIAS:
-        y += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
-    tl.store(Mean + rows, mean, mask=rmask)
-    tl.store(Rstd + rows, rstd, mask=rmask)
+        b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
+    for start in tl.range(pid * BLOCK_M, M, G * BLOCK_M, num_stages=STAGES):
+        rows = start + tl.arange(0, BLOCK_M)
+        rmask = rows < M
+        mask = rmask[:, None] & cmask[None, :]
+        rows = rows.to(tl.int64)
+        x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_RES:
+            r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            h = (x + r).to(H.dtype.element_ty)
+            tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
+            x = h.to(tl.float32)
+        mean = tl.sum(x, axis=1) * inv_n
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        var = tl.sum(xc * xc, axis=1) * inv_n
+        rstd = 1.0 / tl.sqrt(var + eps)
+        y = xc * rstd[:, None] * w[None, :]
+        if HAS_BIAS:
+            y += b[None, :]
+        tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        tl.store(Mean + rows, mean, mask=rmask)
+        tl.store(Rstd + rows, rstd, mask=rmask)
 
 
 # the backward holds two more (BLOCK_M, BLOCK_N) fp32 tiles (the dw/db accumulators): smaller
@@ -176,6 +187,17 @@ def _validate(op, x, residual, weight, bias):
     check_same_device(op, x=x, residual=residual, weight=weight, bias=bias)
 
 
+def _fwd_programs(M: int, meta: dict, device: torch.device) -> int:
+    """The forward's grid: a program per tile (STAGES = 1 on the GPU), else a persistent grid of
+    4 programs per SM, all resident at once (sm_90: 32-98 registers per thread for the 8-warp
+    pipelined configs, so 8 per SM would not all fit and leave a second wave); at most 4
+    programs on the CPU, so the interpreter always walks the row loop."""
+    tiles = cdiv(M, meta["BLOCK_M"])
+    if meta["STAGES"] == 1 and device.type == "cuda":
+        return tiles
+    return reduction_programs(device, tiles, per_sm=4)
+
+
 def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Optional[Tensor],
                    eps: float, out: Optional[Tensor] = None):
     """Returns (y, h, mean, rstd); h is None without a residual. ``out`` may supply y (tests poison it)."""
@@ -191,7 +213,7 @@ def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: 
     if M == 0:
         return y, h, mean, rstd
     r2 = rows_2d(residual) if residual is not None else x2
-    grid = lambda meta: (cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
+    grid = lambda meta: (_fwd_programs(M, meta, x.device),)  # noqa: E731
     _layer_norm_fwd_kernel[grid](
         x2, r2, y, h if h is not None else y, weight, bias if bias is not None else weight, mean, rstd,
         M, N, 1.0 / N, row_stride(x2), row_stride(r2), eps,

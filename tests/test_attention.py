@@ -220,7 +220,13 @@ def test_last_dim_strided_input_is_copied():
 
 @pytest.mark.parametrize("scale", [0.05, 1.0])
 def test_scale(scale):
-    _compare(f"attn scale={scale}", *_qkv(1, 2, 30, 30, 16, torch.float32), scale=scale)
+    """The scale argument is honoured. q is shrunk so the logits stay O(1) at scale = 1: in exact
+    fp32 (the interpreter) the kernels recompute P from the saved base-2 logsumexp, which carries
+    ~|lse| eps of relative error, where PyTorch's softmax of unit-scale logits carries ~eps. With
+    logits of +-16 that was about the rule's 2x margin (2 % of seeds failed, 2026-11-26); large
+    logits are tested in fp16 below."""
+    q, k, v = _qkv(1, 2, 30, 30, 16, torch.float32)
+    _compare(f"attn scale={scale}", q * 0.25, k, v, scale=scale)
 
 
 def test_large_logits_stay_finite():
