@@ -9,14 +9,14 @@ Forward, per row of N features (all statistics in fp32):
 Backward, with xhat = (h - mean) * rstd and g = dy * w:
     dh   = rstd * (g - mean(g) - xhat * mean(g * xhat))    (+ dh_out, the grad of h)
     dw   = sum_rows(dy * xhat),  db = sum_rows(dy)
-The forward's programs walk tiles of BLOCK_M rows: one tile each (as many programs
-as tiles), or a persistent grid of 4 programs per SM whose row loop prefetches
-the next tiles (STAGES > 1; the autotuner picks).
 dx = dh (x's dtype) and dresidual = dh (residual's dtype). dw/db are reduced
 deterministically in two stages: a persistent grid of G programs walks the rows
 and each accumulates its rows into one fp32 row of a (G, N) partial buffer (its
 row loop's loads prefetched, STAGES); one _common.sum_partials launch adds the G
 rows in a fixed order (no atomics).
+The forward's programs walk tiles of BLOCK_M rows: one tile each (as many programs
+as tiles), or a persistent grid of 4 programs per SM whose row loop prefetches
+the next tiles (STAGES > 1; the autotuner picks).
 
 Limits: 1 <= N <= 8192 (a row lives in registers); x, residual, weight and
 bias may each be fp16, bf16 or fp32; the last dim must be the feature dim.
