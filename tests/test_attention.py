@@ -167,35 +167,50 @@ def _round_tf32(x):
     return ((x.contiguous().view(torch.int32) + 0x1000) & -8192).view(torch.float32)
 
 
-class _TF32MatMul(torch.autograd.Function):
-    """a @ b as a TF32 GEMM runs it (inputs rounded), forward and backward."""
+class _TF32Attention(torch.autograd.Function):
+    """Causal attention (bottom-right mask) with TF32 GEMMs emulated (operands rounded to nearest,
+    as the kernel's fp32 path does), and the backward PyTorch's own fused SDPA kernels use:
+    delta = rowsum(dO * O) from the TF32 forward output, not autograd's rowsum(P * dP). The two
+    agree in exact arithmetic; with TF32 operands the former carries ~1.3x the error in dK
+    (seed sweep, 2026-11-26), and against autograd's ref_lp the kernels sat at the rule's 2x
+    margin (2 % of seeds failed test_tf32_rounding_path)."""
 
     @staticmethod
-    def forward(ctx, a, b):
-        ctx.save_for_backward(a, b)
-        return _round_tf32(a) @ _round_tf32(b)
+    def forward(ctx, q, k, v, scale, keep):
+        Tq, Tk = q.shape[-2], k.shape[-2]
+        s = (_round_tf32(q) @ _round_tf32(k).transpose(-1, -2)) * scale
+        i = torch.arange(Tq, device=q.device)[:, None]
+        j = torch.arange(Tk, device=q.device)[None, :]
+        p = torch.softmax(s.masked_fill(j > i + (Tk - Tq), float("-inf")), -1)
+        pd = p if keep is None else p * keep
+        o = _round_tf32(pd) @ _round_tf32(v)
+        ctx.save_for_backward(q, k, v, p, pd, o, keep)
+        ctx.scale = scale
+        return o
 
     @staticmethod
-    def backward(ctx, g):
-        a, b = ctx.saved_tensors
-        g = _round_tf32(g)
-        return g @ _round_tf32(b).transpose(-1, -2), _round_tf32(a).transpose(-1, -2) @ g
+    def backward(ctx, do):
+        q, k, v, p, pd, o, keep = ctx.saved_tensors
+        delta = (do * o).sum(-1, keepdim=True)
+        do_r = _round_tf32(do)
+        dv = _round_tf32(pd).transpose(-1, -2) @ do_r
+        dp = do_r @ _round_tf32(v).transpose(-1, -2)
+        if keep is not None:
+            dp = dp * keep
+        ds = _round_tf32(p * (dp - delta))
+        return ds @ _round_tf32(k) * ctx.scale, ds.transpose(-1, -2) @ _round_tf32(q) * ctx.scale, dv, None, None
 
 
 def _tf32_reference(q, k, v, scale=None, dropout_p=0.0, seed=None):
-    """fastgpt.reference.causal_attention (bottom-right mask) with TF32 GEMMs emulated
-    (operands rounded to nearest, as the kernel's fp32 path does); float64 runs exactly.
-    dropout_p > 0 applies the kernels' keep mask for seed."""
-    Tq, Tk = q.shape[-2], k.shape[-2]
+    """The fp32 ref_lp of the kernels' TF32 path (_TF32Attention); float64 runs exactly.
+    dropout_p > 0 applies the kernels' keep mask for seed, scaled by 1 / (1 - p)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    s = _TF32MatMul.apply(q, k.transpose(-1, -2)) * scale
-    i = torch.arange(Tq, device=q.device)[:, None]
-    j = torch.arange(Tk, device=q.device)[None, :]
-    s = s.masked_fill(j > i + (Tk - Tq), float("-inf"))
-    p = torch.softmax(s, -1)
+    keep = None
     if dropout_p > 0.0:
-        p = p * reference.attention_keep_mask(p.shape, dropout_p, *seed.tolist(), device=p.device) / (1 - dropout_p)
-    return _TF32MatMul.apply(p, v)
+        shape = (*q.shape[:-1], k.shape[-2])
+        keep = reference.attention_keep_mask(shape, dropout_p, *seed.tolist(), device=q.device) / (1 - dropout_p)
+        keep = keep.to(q.dtype)
+    return _TF32Attention.apply(q, k, v, scale, keep)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the GPU runs the real TF32 path in every fp32 test")
