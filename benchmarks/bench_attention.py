@@ -7,6 +7,8 @@ forward included. bf16, q/k/v contiguous (B, H, T, D). Each shape also runs with
 dropout p = 0.1 (fastgpt's in-kernel Philox mask, a fresh seed per call as in training, vs the
 SDPA backends that support dropout); the issue's target is p = 0.1 within 15% of p = 0.
 
+Shapes: all three; the first only with --quick; ATTENTION_SHAPES="0,2" picks by index.
+
 Correctness first: fastgpt's output and gradients at the full shape are compared (the tolerance
 rule) on the first batch element with the float64 and bf16 references; a failure skips the case.
 The full-shape call also runs the autotuner before anything is timed.
@@ -17,6 +19,7 @@ torch profiler over a few calls) with the launch config the autotuner picked, so
 gap between the whole op and the kernels' sum, or a poor pick, shows in one run.
 """
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +28,22 @@ from benchmarks.common import bench_impl, correct, row
 from fastgpt import reference
 
 SHAPES = [(16, 12, 1024, 64), (8, 12, 2048, 64), (4, 16, 4096, 128)]
+
+
+def shapes(quick: bool, pick: str = "") -> list:
+    """The shapes to run: ``pick`` (the ATTENTION_SHAPES environment variable) names indexes of
+    SHAPES, e.g. "0,2" for the GPT-2 shape and the D = 128 one; else the first with --quick,
+    else all."""
+    if not pick.strip():
+        return SHAPES[:1] if quick else SHAPES
+    try:
+        idx = [int(i) for i in pick.split(",")]
+    except ValueError:
+        idx = [-1]
+    if any(not 0 <= i < len(SHAPES) for i in idx):
+        raise ValueError(f"bench_attention: ATTENTION_SHAPES={pick!r}: give indexes 0-{len(SHAPES) - 1} of "
+                         f"{SHAPES}, comma-separated")
+    return [SHAPES[i] for i in idx]
 
 
 def _naive(q, k, v):
@@ -129,8 +148,7 @@ def run(args):
     from torch.nn.attention import SDPBackend
     rows = []
     dt = torch.bfloat16
-    shapes = SHAPES[:1] if args.quick else SHAPES
-    for B, H, T, D in shapes:
+    for B, H, T, D in shapes(args.quick, os.environ.get("ATTENTION_SHAPES", "")):
         q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
         do = torch.randn(B, H, T, D, device="cuda", dtype=dt)
         for p in (0.0, DROPOUT_P):

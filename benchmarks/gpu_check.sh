@@ -16,7 +16,8 @@
 # remain. The last thing printed is a short table (benchmarks/summary.py). TESTS="tests/test_x.py ..."
 # narrows the test stage (default: the files with GPU branches first; TEST_JOBS files at once,
 # default 6, each in its own pytest process, logs in the results folder's tests/); QUICK=1 passes --quick
-# to every benchmark family, QUICK=gelu,train to those named. Liger wheels, if
+# to every benchmark family, QUICK=gelu,train to those named; ATTENTION_SHAPES=0,2 picks the
+# attention shapes by index (bench_attention.SHAPES). Liger wheels, if
 # carried in .whl/, are installed to /tmp/site first (no network needed).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { echo "gpu_check: $1 needs a value (see --help)"; exit 2; }
       case "$1" in --only) ONLY="$2" ;; --out) RES="$2" ;; --tar) TAR="$2" ;; esac
       shift 2 ;;
-    -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)"; exit 2 ;;
   esac
 done

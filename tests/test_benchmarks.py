@@ -14,6 +14,15 @@ def test_attention_breakdown_line():
                     "fwd=(128,64,8,3)")
 
 
+def test_attention_shape_pick():
+    S = bench_attention.SHAPES
+    assert bench_attention.shapes(False) == S and bench_attention.shapes(True) == S[:1]
+    assert bench_attention.shapes(True, "0,2") == [S[0], S[2]] and bench_attention.shapes(False, " ") == S
+    for bad in ("3", "x", "0,,1", "-1"):
+        with pytest.raises(ValueError, match="ATTENTION_SHAPES"):
+            bench_attention.shapes(False, bad)
+
+
 def test_profiler_kernel_times_on_cpu():
     a = torch.randn(64, 64)
     times = bench_attention._kernel_times(lambda: a @ a, iters=3, device="cpu")
