@@ -15,7 +15,7 @@ single-shape run would (static shapes, no recompile limit).
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import bench_impl, liger, n_sets, rotating, row
+from benchmarks.common import all_correct, bench_impl, liger, n_sets, rotating, row
 from fastgpt import reference
 from fastgpt.testing import compare_op
 
@@ -47,9 +47,9 @@ def run(args):
         xs, rs = sets[0][0][:2048].detach(), sets[0][1][:2048]
         checks = compare_op("layer_norm", K.layer_norm, reference.layer_norm, [xs, w, b]) + \
             compare_op("add_layer_norm", K.add_layer_norm, reference.add_layer_norm, [xs, rs, w, b])
-        bad = [str(c) for c in checks if not c.ok]
-        if bad:
-            rows.append(row("layernorm", case, "fastgpt", ok=False, note="; ".join(bad)[:300]))
+        ok, msg = all_correct(checks)
+        if not ok:
+            rows.append(row("layernorm", case, "fastgpt", ok=False, note=msg))
             continue
         torch._dynamo.reset()
         impls = {"fastgpt": lambda x: K.layer_norm(x, w, b),

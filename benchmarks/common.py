@@ -93,6 +93,12 @@ def correct(name, ours, ref_hi, ref_lp, dtype) -> tuple[bool, str]:
     return c.ok, str(c)
 
 
+def all_correct(checks) -> tuple[bool, str]:
+    """(ok, note) of a list of fastgpt.testing checks (compare_op's): the note names the failed ones."""
+    bad = [str(c) for c in checks if not c.ok]
+    return not bad, "; ".join(bad)[:300]
+
+
 def liger():
     """The liger_kernel package, or None when it is not importable (it is optional)."""
     try:

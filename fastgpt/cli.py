@@ -296,7 +296,9 @@ def die(prog: str, msg: str, status: int = 2):
 class GracefulStop:
     """SIGINT / SIGTERM inside a training loop -> finish the step, save, exit 0; a second SIGINT aborts
     at once (KeyboardInterrupt). The loop sets ``armed`` while it runs (outside it a signal aborts at
-    once) and, after each step, stops when ``name`` (the signal's name) is set."""
+    once) and, after each step, stops when ``name`` (the signal's name) is set. An abort that surfaces
+    as another exception (the KeyboardInterrupt raised inside, say, torch.save's writer) leaves the
+    ``with`` block as the KeyboardInterrupt it was."""
 
     def __init__(self, prog: str, quiet: bool = False):
         self.prog = prog
@@ -314,11 +316,13 @@ class GracefulStop:
                 self._old[sig] = signal.signal(sig, self._handler)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         import signal
         for sig, h in self._old.items():
             signal.signal(sig, h)
         self._old.clear()
+        if self.aborted and exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
+            raise KeyboardInterrupt from exc
 
     def _handler(self, signum, frame):
         import signal

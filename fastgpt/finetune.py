@@ -537,12 +537,7 @@ def run(cfg: FinetuneConfig, given: set[str] | None = None) -> dict:
     SIGINT / SIGTERM during training: the step finishes, a checkpoint is saved, and the summary is
     {"interrupted": signal name, "steps", "checkpoint"} (a second Ctrl-C aborts at once)."""
     with cli.GracefulStop(PROG) as sigs:
-        try:
-            return _run(cfg, given, sigs)
-        except Exception as e:
-            if sigs.aborted:  # the KeyboardInterrupt surfaced as another error (e.g. inside torch.save's writer)
-                raise KeyboardInterrupt from e
-            raise
+        return _run(cfg, given, sigs)
 
 
 def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) -> dict:

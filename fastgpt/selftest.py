@@ -186,7 +186,8 @@ def _summarise(checks):
 
 
 def run(device=None, quick=False, out=None, only=None):
-    """Run every check (or those whose label contains one of ``only``); print the table; True if all pass."""
+    """Run every check (or those whose label contains one of ``only``); print the table; True if all pass.
+    cli.UsageError when ``only`` matches no check."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = out or sys.stdout
     from fastgpt.backend import fused_unavailable_reason
@@ -198,7 +199,8 @@ def run(device=None, quick=False, out=None, only=None):
     labels = list(dict.fromkeys([c[0] for c in _op_cases(device, quick)] +
                                 [f"GPTBlock {cfg.norm}-LN C={cfg.n_embd}" for cfg, *_ in _block_cases(device, quick)]))
     if not any(wanted(label) for label in labels):
-        raise ValueError(f"--only {','.join(only)}: matches no check; the checks are: {', '.join(labels)}")
+        from fastgpt.cli import UsageError
+        raise UsageError(f"--only {','.join(only)}: matches no check; the checks are: {', '.join(labels)}")
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
     print(f"# fastgpt selftest on {name}, torch {torch.__version__}; rule: err <= 2*|ref_lp-ref_hi| "
@@ -279,9 +281,7 @@ def main(argv=None) -> int:
         warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"triton\.runtime\.interpreter")
     try:
         ok = run(dev, args.quick, only=[o for o in args.only.split(",") if o])
-    except ValueError as e:
-        if not str(e).startswith("--only"):
-            raise
+    except cli.UsageError as e:
         cli.die(PROG, str(e))
     return 0 if ok else 1
 

@@ -529,12 +529,7 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
     dist = init_distributed(dev_type, always=cfg.fsdp)
     try:
         with cli.GracefulStop(PROG, quiet=not dist.main) as sigs:
-            try:
-                return _run(cfg, set(given or ()), dist, sigs)
-            except Exception as e:
-                if sigs.aborted:  # the KeyboardInterrupt surfaced as another error (e.g. inside torch.save's writer)
-                    raise KeyboardInterrupt from e
-                raise
+            return _run(cfg, set(given or ()), dist, sigs)
     finally:
         dist.close()
 

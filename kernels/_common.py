@@ -160,21 +160,19 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
         assert all(c.pre_hook is None for c in self.configs), "fastgpt's autotune takes no pre-hooks"
         self._key_pos = [(fn.arg_names.index(k), k) for k in key]
         self._tuned = {}          # key -> the tuned triton.Config
-        self._config_kwargs = {}  # key -> (that Config, its launch kwargs)
+        self._config_kwargs = {}  # key -> its launch kwargs
 
     def run(self, *args, grid, warmup=False, **kwargs):
         key = (*[args[i] if i < len(args) else kwargs[k] for i, k in self._key_pos],
                *[a.dtype for a in args if isinstance(a, torch.Tensor)])
-        config = self._tuned.get(key)
-        if config is None or warmup:
+        config_kwargs = self._config_kwargs.get(key)
+        if config_kwargs is None or warmup:
             out = super().run(*args, grid=grid, warmup=warmup, **kwargs)
             if not warmup:
                 self._tuned[key] = self.best_config
+                self._config_kwargs[key] = self.best_config.all_kwargs()
             return out
-        cached = self._config_kwargs.get(key)
-        if cached is None or cached[0] is not config:
-            cached = self._config_kwargs[key] = (config, config.all_kwargs())
-        return launch(self.fn, grid, *args, **kwargs, **cached[1])
+        return launch(self.fn, grid, *args, **kwargs, **config_kwargs)
 
 
 def autotuning_enabled() -> bool:

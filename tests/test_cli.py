@@ -338,3 +338,17 @@ def test_interrupt_names_the_checkpoint_or_says_there_is_none(tmp_path, monkeypa
         assert main([f"--out_dir={out}"]) == 130
         err = capsys.readouterr().err
         assert f"the last checkpoint is {out / 'ckpt_0000003.pt'}" in err and "--resume" in err
+
+
+def test_graceful_stop_turns_an_abort_back_into_keyboardinterrupt():
+    """A second Ctrl-C raised inside library code can surface as another exception (torch.save's
+    writer wraps it); leaving the block, GracefulStop turns it back into the KeyboardInterrupt it
+    was. Without an abort, exceptions pass through unchanged."""
+    with pytest.raises(KeyboardInterrupt) as e:
+        with cli.GracefulStop("prog") as sigs:
+            sigs.aborted = True
+            raise RuntimeError("writer failed")
+    assert isinstance(e.value.__cause__, RuntimeError)
+    with pytest.raises(RuntimeError, match="plain failure"):
+        with cli.GracefulStop("prog"):
+            raise RuntimeError("plain failure")

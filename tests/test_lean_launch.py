@@ -9,12 +9,9 @@ recorded calls (kernel, grid, stream, metadata, every argument) are compared. It
 includes launches that differ only in what triton specialises on (alignment, == 1,
 divisibility by 16), so a replay keyed too coarsely fails it.
 """
-from conftest import needs_triton, run_standin
+from conftest import KERNELS, needs_triton, run_standin
 
 pytestmark = needs_triton
-KERNELS = ("_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel", "_bias_gelu_fwd_kernel", "_bias_gelu_bwd_kernel",
-           "_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_sum_partials_kernel",
-           "_ce_fwd_grad_kernel")
 
 
 def test_lean_launch_matches_triton():
