@@ -72,12 +72,12 @@ class NanoGPT(nn.Module):
             if p.dim() >= 2:
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * L) if n.endswith("c_proj.weight") else 0.02)
 
-    def forward(self, idx, targets, return_logits=False):
+    def forward(self, idx, targets, return_logits=False, reduction="mean"):  # train_step asks for "sum"
         x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
         for b in self.h:
             x = b(x)
         logits = self.lm_head(self.ln_f(x))
-        return None, F.cross_entropy(logits.float().view(-1, V_PAD), targets.view(-1))
+        return None, F.cross_entropy(logits.float().view(-1, V_PAD), targets.view(-1), reduction=reduction)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()

@@ -473,26 +473,31 @@ class GPT(nn.Module):
         return ops.add_layer_norm(pending, x, ln.weight, ln.bias, self.config.layer_norm_eps,
                                   backend=self.backend)[0]
 
-    def forward(self, idx, targets=None, return_logits: bool = True):
+    def forward(self, idx, targets=None, return_logits: bool = True, reduction: str = "mean"):
         """(logits, loss). logits: (B, T, vocab_size) (the padded columns are never
-        returned), None when return_logits=False. loss: mean cross-entropy over the
-        targets != -100 (0 when there are none), None without targets.
+        returned), None when return_logits=False. loss: cross-entropy over the
+        targets != -100, their mean (0 when there are none) or with reduction="sum"
+        their sum (the training loop divides that by the step's global count of such
+        targets), None without targets.
 
         With return_logits=False the loss comes from ops.fused_linear_cross_entropy
         (the logits are never materialised); with logits it is the same function
         computed from the returned logits (in fp32 from the autocast-dtype logits).
         """
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"GPT: reduction must be 'mean' or 'sum', got {reduction!r}")
         h = self.hidden_states(idx)
         V = self.config.vocab_size
         W = self.lm_head.weight
         if not return_logits:
             if targets is None:
                 return None, None
-            return None, ops.fused_linear_cross_entropy(h, W[:V], targets, backend=self.backend)
+            return None, ops.fused_linear_cross_entropy(h, W[:V], targets, reduction=reduction,
+                                                        backend=self.backend)
         logits = F.linear(h, W)
         if W.shape[0] != V:
             logits = logits[..., :V]
-        loss = None if targets is None else _cross_entropy(logits, targets)
+        loss = None if targets is None else _cross_entropy(logits, targets, reduction=reduction)
         return logits, loss
 
     # -- optimiser
@@ -666,13 +671,13 @@ class GPT(nn.Module):
 
 # ----------------------------------------------------------------------------- helpers
 
-def _cross_entropy(logits, targets, ignore_index: int = -100):
-    """fastgpt.reference.fused_linear_cross_entropy's semantics on given logits:
-    mean over targets != ignore_index (0 when there are none), in fp32."""
+def _cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "mean"):
+    """fastgpt.reference.fused_linear_cross_entropy's semantics on given logits, in fp32:
+    the sum over targets != ignore_index, or ("mean") that sum over their count (0 when there are none)."""
     V = logits.shape[-1]
     t = targets.reshape(-1)
     loss = F.cross_entropy(logits.reshape(-1, V).float(), t, ignore_index=ignore_index, reduction="sum")
-    return loss / (t != ignore_index).sum().clamp_min(1)
+    return loss if reduction == "sum" else loss / (t != ignore_index).sum().clamp_min(1)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,

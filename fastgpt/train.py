@@ -908,7 +908,8 @@ def _hms(seconds: float) -> str:
 
 @dataclass
 class StepResult:
-    loss: "object"        # the step's mean loss on this rank (a 0-dim tensor)
+    loss: "object"        # this rank's summed loss x world / the step's global target count (a 0-dim
+                          # tensor): its average over ranks is the step's mean loss
     grad_norm: "object"   # the global gradient norm before clipping (a 0-dim tensor; non-finite if bad)
     bad: bool             # non-finite loss or gradient somewhere: the optimizer step was skipped
     stop: bool            # some rank got SIGINT/SIGTERM: stop after this step
@@ -918,10 +919,11 @@ def optimizer_step(fwd, params, optimizer, scaler, next_batch, grad_accum: int, 
                    dist=None, stop_requested=False, inject_nonfinite: bool = False) -> StepResult:
     """One optimizer step over grad_accum micro-batches, skipped if the loss or a gradient is not finite.
 
-    The model returns each micro-batch's mean loss; it is weighted by the micro-batch's share of the
-    step's target tokens (every target counts in pre-training), so the gradient is that of the mean
-    over the step's global token count, whatever the split into micro-batches (DDP then averages
-    over ranks, which hold equal token counts). Under DDP (``fwd`` a DistributedDataParallel) the
+    The model returns each micro-batch's summed loss (``reduction="sum"``), divided by the step's
+    global count of targets != -100 (all micro-batches, all ranks: one small all-reduce, no host
+    sync) and multiplied by the world size, which DDP's and FSDP's gradient averaging divides back
+    out: the gradient is that of the mean over every target of the step, whatever the split into
+    micro-batches or ranks and wherever targets are ignored. Under DDP (``fwd`` a DistributedDataParallel) the
     gradients are all-reduced only on the last micro-batch (``no_sync`` on the others). Under FSDP
     (``fwd`` the sharded model) each micro-batch's gradients are reduce-scattered as it finishes,
     so no unsharded gradient outlives its block's backward.
@@ -932,18 +934,20 @@ def optimizer_step(fwd, params, optimizer, scaler, next_batch, grad_accum: int, 
     unscale_ found the inf), the optimizer does not step, and the gradients are dropped.
     """
     import torch
-    batches = [next_batch() for _ in range(grad_accum)] if grad_accum > 1 else None
-    total = sum(y.numel() for _, y in batches) if batches else None
+    batches = [next_batch() for _ in range(grad_accum)]
+    world = dist.world if dist is not None else 1
+    count = sum((y != -100).sum() for _, y in batches).float()   # the step's targets on this rank
+    if world > 1:
+        dist.all_reduce(count, "sum")
+    scale = world / count.clamp_min(1)
     ddp = hasattr(fwd, "no_sync")
     loss_acc = None
-    for i in range(grad_accum):
-        x, y = batches[i] if batches else next_batch()
+    for i, (x, y) in enumerate(batches):
         sync = contextlib.nullcontext() if not ddp or i == grad_accum - 1 else fwd.no_sync()
         with sync:
             with autocast():
-                _, loss = fwd(x, y, return_logits=False)
-            if total is not None:
-                loss = loss * (y.numel() / total)
+                _, loss = fwd(x, y, return_logits=False, reduction="sum")
+            loss = loss * scale
             scaler.scale(loss).backward()
         loss_acc = loss.detach() if loss_acc is None else loss_acc + loss.detach()
     params = [p for p in params if p.grad is not None]

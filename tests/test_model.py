@@ -189,6 +189,13 @@ def test_model_loss_paths_agree(norm):
              check("loss (fused head)", loss2, ref, loss, torch.float32)])
     _, zero = m(idx, torch.full_like(tgt, -100), return_logits=False)
     assert zero.item() == 0.0
+    # reduction="sum" (the training loop's): the mean times the count of non-ignored targets, both paths
+    n = int((tgt != -100).sum())
+    for rl in (True, False):
+        _, s = m(idx, tgt, return_logits=rl, reduction="sum")
+        torch.testing.assert_close(s, loss2 * n, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        m(idx, tgt, reduction="none")
     h = m.hidden_states(idx)
     assert h.shape == (2, 16, 64)
     torch.testing.assert_close(F.linear(h, m.transformer.wte.weight[:100]), logits)

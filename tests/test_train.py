@@ -95,6 +95,35 @@ def test_grad_accum_normalises_by_global_tokens(corpus, tmp_path):
         torch.testing.assert_close(s1[k], s2[k])
 
 
+def test_optimizer_step_is_the_mean_over_the_steps_targets():
+    """Ignored targets spread unevenly over micro-batches: every split of the step gives the gradient
+    of one mean over the step's non-ignored targets (a mean of micro-batch means would not)."""
+    from fastgpt import GPT, GPTConfig
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+    x = torch.randint(0, 50, (4, 8))
+    y = torch.randint(0, 50, (4, 8))
+    y[0, 1:] = -100          # micro-batch 0 of the 2 x 2 split: 9 targets; micro-batch 1: 16
+    y[1, :] = -100
+    y[3, :4] = -100          # micro-batch 3 of the 4 x 1 split: 4 targets
+    base = GPT(cfg, backend="reference")
+    want = torch.autograd.grad(base(x, y)[1], list(base.parameters()))
+    nullctx = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    for accum in (1, 2, 4):
+        m = GPT(cfg, backend="reference")
+        m.load_state_dict(base.state_dict())
+        params = list(m.parameters())
+        opt = torch.optim.SGD(params, lr=1.0)  # the update is minus the gradient
+        rows = iter(range(0, 4, 4 // accum))
+        nxt = lambda: (lambda i: (x[i:i + 4 // accum], y[i:i + 4 // accum]))(next(rows))  # noqa: E731
+        res = train.optimizer_step(m, params, opt, torch.amp.GradScaler("cpu", enabled=False), nxt, accum, 0.0,
+                                   nullctx)
+        assert not res.bad
+        assert res.loss.item() == pytest.approx(base(x, y)[1].item(), rel=1e-5)
+        for p0, p1, g in zip(base.parameters(), params, want):
+            torch.testing.assert_close(p0.detach() - p1.detach(), g, rtol=1e-4, atol=1e-6)
+
+
 def test_eval_only_and_corrupt_checkpoint(corpus, tmp_path, capsys):
     out = tmp_path / "out"
     assert train.main(_args(corpus, out, max_iters=3, eval_iters=3)) == 0
