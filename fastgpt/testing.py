@@ -96,7 +96,12 @@ def compare_op(name, fused_fn, ref_fn, inputs, grad_mode="random", dtype=None):
     lp = _as_tuple(ref_fn(*lp_in))
     hi = _as_tuple(ref_fn(*hi_in))
     checks = [check(f"{name} out{i}", o, h, l, dtype or o.dtype) for i, (o, h, l) in enumerate(zip(ours, hi, lp))]
-    diff = [i for i, o in enumerate(ours) if o.requires_grad]
+    # the outputs the reference can differentiate; a fused output among them without a gradient fails
+    diff = [i for i, h in enumerate(hi) if isinstance(h, torch.Tensor) and h.requires_grad]
+    lost = [i for i in diff if not (isinstance(ours[i], torch.Tensor) and ours[i].requires_grad)]
+    checks += [Check(f"{name} out{i} (no gradient: the reference's has one)", float("inf"), 0.0, False)
+               for i in lost]
+    diff = [i for i in diff if i not in lost]
     if not diff:
         return checks
     grads = _upstream([ours[i] for i in diff], grad_mode)

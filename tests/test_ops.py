@@ -102,3 +102,25 @@ def test_reference_attention_alignment_and_mean_of_nothing():
     loss = reference.fused_linear_cross_entropy(h, W, torch.full((3,), -100))
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(h.grad, torch.zeros_like(h))
+
+
+def test_compare_op_catches_a_wrong_or_missing_backward():
+    """The shared comparison (tests and selftest) fails a fused op whose forward is right but whose
+    gradient is wrong, or whose output carries no gradient at all (it used to skip the backward)."""
+    from fastgpt.testing import compare_op
+    x, w = torch.randn(6, 32), torch.randn(32)
+    ref = lambda x, w: reference.layer_norm(x, w)  # noqa: E731
+
+    class WrongGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            return reference.layer_norm(x, w)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, g.sum(0)  # not LayerNorm's gradient
+
+    assert all(c.ok for c in compare_op("ln", ref, ref, [x, w]))
+    assert not all(c.ok for c in compare_op("ln", WrongGrad.apply, ref, [x, w]))
+    lost = compare_op("ln", lambda x, w: ref(x, w).detach(), ref, [x, w])
+    assert [c.ok for c in lost] == [True, False] and "no gradient" in lost[1].name
