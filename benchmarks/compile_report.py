@@ -54,6 +54,16 @@ class _HopperStandIn:
         return True
 
 
+def use_standin() -> None:
+    """Make Triton compile for the sm_90 stand-in, and let the launchers take CPU tensors: the kernels
+    are compiled, never run (the launchers' device check and the backend check read this flag)."""
+    from triton.runtime.driver import driver
+
+    import fastgpt.kernels
+    driver.set_active(_HopperStandIn())
+    fastgpt.kernels.INTERPRET = True
+
+
 def _bindir():
     import triton
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -101,8 +111,7 @@ class Recorder:
 
     def install(self):
         from triton.runtime import autotuner, jit
-        from triton.runtime.driver import driver
-        driver.set_active(_HopperStandIn())
+        use_standin()
         rec, jit_run = self, jit.JITFunction.run
 
         def run(fn, *args, grid=None, warmup=False, **kwargs):

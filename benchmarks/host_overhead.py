@@ -29,10 +29,9 @@ import time
 def install_stub_launcher(records: list) -> None:
     """Triton compiles for the sm_90 stand-in; each compiled kernel's launcher appends its call to records."""
     from triton.compiler.compiler import CompiledKernel
-    from triton.runtime.driver import driver
 
-    from benchmarks.compile_report import _HopperStandIn
-    driver.set_active(_HopperStandIn())
+    from benchmarks.compile_report import use_standin
+    use_standin()
 
     def init_handles(kernel):
         if kernel.module is not None:
@@ -163,13 +162,9 @@ def _block_cases():
     stubbed like every launch here."""
     import torch
 
-    import fastgpt.kernels
     from benchmarks.bench_block import TorchBlock
     from fastgpt.config import GPTConfig
     from fastgpt.model import GPTBlock
-    # the fused backend takes CPU tensors only under the interpreter; here the kernels are compiled and
-    # their launches stubbed, so tell the backend check (the one reader of this flag at run time) to allow it
-    fastgpt.kernels.INTERPRET = True
     cfg = GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=64, vocab_size=256, dropout=0.0, norm="pre")
     x = torch.randn(1, 8, 64, requires_grad=True)
     dy = torch.randn(1, 8, 64)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import torch
 import triton
@@ -40,10 +41,19 @@ def check_float(name: str, t: torch.Tensor, op: str) -> None:
 
 
 def check_same_device(op: str, **tensors) -> None:
+    """The tensors share one device, and it is one the kernels run on: CUDA, or the CPU under the
+    interpreter (else Triton's own error would be "0 active drivers", which names nothing)."""
     devs = {n: t.device for n, t in tensors.items() if t is not None}
     if len(set(devs.values())) > 1:
         desc = ", ".join(f"{n} on {d}" for n, d in devs.items())
         raise ValueError(f"{op}: tensors on different devices ({desc})")
+    dev = next(iter(devs.values()))
+    # read at call time: the sm_90 stand-in tools (benchmarks/compile_report.py, host_overhead.py) set it
+    if dev.type != "cuda" or sys.modules["fastgpt.kernels"].INTERPRET:
+        from fastgpt.backend import fused_unavailable_reason
+        reason = fused_unavailable_reason(dev.type)
+        if reason is not None:
+            raise ValueError(f"{op}: {reason}")
 
 
 def check_vector(op: str, name: str, t, n: int) -> None:

@@ -79,6 +79,22 @@ def test_fused_on_cpu_without_interpreter_says_why():
     assert "needs a CUDA GPU" in p.stdout and "TRITON_INTERPRET=1" in p.stdout
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_kernels_on_cpu_tensors_without_interpreter_say_why():
+    """fastgpt.kernels called directly with CPU tensors (no interpreter): a ValueError naming the fix,
+    not Triton's "0 active drivers" (on a CPU-only machine) or a pointer error (on a GPU one)."""
+    code = ("import torch, fastgpt.kernels as K\n"
+            "x, w, t = torch.randn(4, 16), torch.ones(16), torch.zeros(4, dtype=torch.long)\n"
+            "q = torch.randn(1, 1, 4, 16)\n"
+            "for f, a in ((K.layer_norm, (x, w)), (K.add_layer_norm, (x, x, w)), (K.bias_gelu, (x,)),\n"
+            "             (K.causal_attention, (q, q, q)), (K.fused_linear_cross_entropy, (x, x, t))):\n"
+            "    try:\n        f(*a)\n    except ValueError as e:\n        print('ERR', e)\n")
+    p = _run(code)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 5 and all("needs a CUDA GPU" in ln and "TRITON_INTERPRET=1" in ln for ln in lines), p.stdout
+
+
 @pytest.mark.parametrize("name", ops.__all__)
 def test_every_contract_op_exists_in_reference(name):
     assert callable(getattr(ops, name)) and callable(getattr(reference, name))
