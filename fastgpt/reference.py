@@ -115,6 +115,8 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
     Tq, Tk = q.shape[-2], k.shape[-2]
     if Tq > Tk:
         raise ValueError(f"causal_attention: query length {Tq} exceeds key length {Tk}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"causal_attention: dropout_p must be in [0, 1), got {dropout_p}")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     cd = opmath_dtype(q.dtype)

@@ -67,15 +67,16 @@ def _fill_(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def compare_block(cfg, dtype=torch.float32, device="cpu", backend="fused", B=2, T=17, autocast=None,
-                  grad_mode="random"):
+                  grad_mode="random", ref=None):
     """fastgpt.GPTBlock (backend) vs fastgpt.reference.GPTBlock: forward and all gradients.
 
     The fused block loads the reference block's state dict (strict). dtype is
     the dtype of the input and the parameters; with ``autocast`` (a dtype) both
     run under torch.autocast with fp32 inputs and parameters. ref_hi is the
     reference block in float64; ref_lp runs it as PyTorch would in low precision
-    (on CUDA with PyTorch's own SDPA attention). Returns a list of
-    fastgpt.testing.Check named after the parameters.
+    (on CUDA with PyTorch's own SDPA attention, where it draws no dropout mask).
+    ``ref`` may supply the reference block (tests give it the fused ops' dropout
+    masks). Returns a list of fastgpt.testing.Check named after the parameters.
     """
     from torch.func import functional_call
 
@@ -83,7 +84,7 @@ def compare_block(cfg, dtype=torch.float32, device="cpu", backend="fused", B=2, 
     from fastgpt.model import GPTBlock
     from fastgpt.testing import compare_op
 
-    ref = _fill_(reference.GPTBlock(cfg)).to(device)
+    ref = _fill_(reference.GPTBlock(cfg)).to(device) if ref is None else ref
     ours = GPTBlock(cfg, backend=backend).to(device)
     ours.load_state_dict(ref.state_dict(), strict=True)
     names = [n for n, _ in ref.named_parameters()]
@@ -92,7 +93,8 @@ def compare_block(cfg, dtype=torch.float32, device="cpu", backend="fused", B=2, 
         def fn(x, *params):
             use = autocast is not None and x.dtype != torch.float64
             if module is ref:
-                module.attn.sdpa = x.dtype != torch.float64 and torch.device(device).type == "cuda"
+                module.attn.sdpa = (x.dtype != torch.float64 and torch.device(device).type == "cuda"
+                                    and not (module.training and module.attn.dropout > 0))
             tf32 = _tf32_for_fp32_cuda(x) if module is ref else contextlib.nullcontext()
             with tf32, torch.autocast(torch.device(device).type, dtype=autocast or torch.bfloat16, enabled=use):
                 return functional_call(module, dict(zip(names, params)), (x,))

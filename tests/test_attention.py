@@ -390,6 +390,22 @@ def test_dropout_zero_is_the_plain_path():
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))
 
 
+def test_p0_draws_no_randomness():
+    """With p = 0 no seed is drawn: torch's RNG states (CPU and device) are untouched by a forward and
+    backward; with p > 0 the draw moves one of them (so this test can fail)."""
+    import fastgpt.kernels as K
+    q, k, v = (t.requires_grad_() for t in _qkv(1, 2, 16, 16, 16, torch.float32))
+
+    def states():
+        return [torch.get_rng_state()] + ([torch.cuda.get_rng_state()] if HAS_CUDA else [])
+
+    before = states()
+    K.causal_attention(q, k, v, dropout_p=0.0).sum().backward()
+    assert all(torch.equal(a, b) for a, b in zip(before, states()))
+    K.causal_attention(q, k, v, dropout_p=0.1).sum().backward()
+    assert not all(torch.equal(a, b) for a, b in zip(before, states()))
+
+
 def _kernel_keep_mask(B, H, Tq, Tk, p, seed):
     """Read the kernels' keep mask back: with q = k = 0 row i's weights are 1 / (visible keys),
     and v = the identity makes o[i, j] = keep[i, j] / (visible keys * (1 - p))."""

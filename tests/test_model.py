@@ -119,6 +119,45 @@ def test_block_dropout(norm):
     assert torch.isfinite(x.grad).all()
 
 
+class _MaskDropout(nn.Module):
+    """nn.Dropout with the extension's keep mask for a recorded (seed, offset): the reference block's
+    residual dropout as the fused bias_dropout_add draws it."""
+
+    def __init__(self, p, seeds, i):
+        super().__init__()
+        self.p, self.seeds, self.i = p, seeds, i
+
+    def forward(self, x):
+        keep = reference.dropout_keep_mask(x.shape, self.p, *self.seeds[self.i].tolist(), device=x.device)
+        return x * keep / (1.0 - self.p)
+
+
+@needs_triton
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_fused_block_dropout_matches_reference_with_its_masks(norm, monkeypatch):
+    """Training with dropout: the fused block (attention dropout inside the kernels, bias_dropout_add then
+    layer_norm on the residuals) against the reference block run with the masks the fused ops drew,
+    forward and every gradient."""
+    import fastgpt.kernels.attention as A
+    from fastgpt import extension
+    if extension.load() is None:
+        pytest.skip(extension.unavailable_reason())
+    seeds = []  # in the order the fused block draws them: attention, attention residual, MLP residual
+    for mod in (A, extension):
+        monkeypatch.setattr(mod, "new_seed", lambda *a, _draw=mod.new_seed, **k: seeds.append(_draw(*a, **k))
+                            or seeds[-1])
+    attend = reference.causal_attention
+    monkeypatch.setattr(reference, "causal_attention",
+                        lambda q, k, v, dropout_p=0.0: attend(q, k, v, dropout_p=dropout_p, seed=seeds[0].tolist()))
+    cfg = GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=32, norm=norm, dropout=0.2)
+    ref = _fill_(reference.GPTBlock(cfg)).to(DEVICE)
+    ref.attn.resid_dropout = _MaskDropout(0.2, seeds, 1)
+    ref.mlp.dropout = _MaskDropout(0.2, seeds, 2)
+    checks = compare_block(cfg, torch.float32, DEVICE, "fused", B=2, T=17, ref=ref)
+    assert len(seeds) == 3
+    _assert(checks)
+
+
 # ----------------------------------------------------------------------------- nanoGPT compatibility
 
 class _NanoAttn(nn.Module):

@@ -120,6 +120,16 @@ def test_reference_attention_alignment_and_mean_of_nothing():
     assert loss.item() == 0.0 and torch.equal(h.grad, torch.zeros_like(h))
 
 
+@pytest.mark.parametrize("p", [1.0, 1.5, -0.5])
+def test_reference_dropout_p_out_of_range_is_an_error(p):
+    """The reference refuses what the fused ops refuse (p = 1 used to give NaN, others passed silently)."""
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(ValueError, match="dropout_p must be in"):
+        ops.causal_attention(q, q, q, dropout_p=p, backend="reference")
+    with pytest.raises(ValueError, match="dropout_p must be in"):
+        ops.bias_dropout_add(q, None, q, p, backend="reference")
+
+
 def test_compare_op_catches_a_wrong_or_missing_backward():
     """The shared comparison (tests and selftest) fails a fused op whose forward is right but whose
     gradient is wrong, or whose output carries no gradient at all (it used to skip the backward)."""
