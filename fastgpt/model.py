@@ -46,7 +46,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastgpt import ops
-from fastgpt.backend import kernels, resolve
 from fastgpt.config import GPTConfig
 
 __all__ = ["GPTBlock", "GPT", "KVCache", "load_model", "FORMAT", "FORMAT_VERSION"]
@@ -115,22 +114,7 @@ class _GeluLinear(torch.autograd.Function):
     def backward(ctx, dout):
         u, b1, w2, b2 = ctx.saved_tensors
         with torch.autocast(u.device.type, enabled=False):
-            if resolve(ctx.backend, u.device.type) == "fused":
-                # the launchers themselves: recompute g, later its backward kernel (the same kernels as
-                # the autograd path below, without a nested autograd graph's ~0.1 ms of host time)
-                from fastgpt.kernels import gelu as G
-                g = G.bias_gelu_fwd(u, b1, ctx.approximate)
-                gelu_bwd = lambda dg: G.bias_gelu_bwd(dg, u, b1, ctx.approximate)  # noqa: E731
-            else:
-                with torch.enable_grad():
-                    u_ = u.detach().requires_grad_()
-                    b1_ = None if b1 is None else b1.detach().requires_grad_()
-                    g_ = ops.bias_gelu(u_, b1_, ctx.approximate, backend=ctx.backend)
-                g = g_.detach()
-
-                def gelu_bwd(dg):
-                    grads = torch.autograd.grad(g_, [u_] if b1_ is None else [u_, b1_], dg)
-                    return grads[0], (grads[1] if b1_ is not None else None)
+            g, gelu_bwd = ops.bias_gelu_recompute(u, b1, ctx.approximate, backend=ctx.backend)
             dout = dout.to(g.dtype)
             d2 = dout.reshape(-1, dout.shape[-1])
             dw2 = (d2.t() @ g.reshape(-1, g.shape[-1])).to(w2.dtype)
@@ -188,15 +172,12 @@ class GPTBlock(nn.Module):
         """(B, T, C) normalised input -> (B, T, C) attention output before c_proj."""
         B, T, C = y.shape
         qkv = self.attn.c_attn(y).view(B, T, 3, self.n_head, C // self.n_head)
-        if kv is None and resolve(self.backend, y.device.type) == "fused":
-            # packed: the backward writes one (B, T, 3, H, D) gradient (no stack of dq, dk, dv)
-            return kernels().causal_attention_qkvpacked(qkv, dropout_p=p_attn)
-        if kv is None:
-            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
-        else:  # incremental decoding: Tq = T new queries against Tk = cached + T keys
-            cache, layer = kv
-            q = qkv[:, :, 0].transpose(1, 2)
-            k, v = cache.append(layer, qkv[:, :, 1:])
+        if kv is None:  # packed: the fused backward writes one (B, T, 3, H, D) gradient
+            return ops.causal_attention_qkvpacked(qkv, dropout_p=p_attn, backend=self.backend)
+        # incremental decoding: Tq = T new queries against Tk = cached + T keys
+        cache, layer = kv
+        q = qkv[:, :, 0].transpose(1, 2)
+        k, v = cache.append(layer, qkv[:, :, 1:])
         # out_layout="bthd": o is backed by a (B, T, H, D) buffer, so the transpose before c_proj is free
         o = ops.causal_attention(q, k, v, dropout_p=p_attn, backend=self.backend, out_layout="bthd")
         return o.transpose(1, 2).reshape(B, T, C)

@@ -14,6 +14,7 @@ __all__ = [
     "add_layer_norm",
     "bias_gelu",
     "causal_attention",
+    "causal_attention_qkvpacked",
     "bias_dropout_add",
     "fused_linear_cross_entropy",
 ]
@@ -57,6 +58,34 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, *, out_layout:
     if resolve(backend, q.device.type) == "fused":
         return kernels().causal_attention(q, k, v, scale, dropout_p, out_layout=out_layout, seed=seed)
     return reference.causal_attention(q, k, v, scale, dropout_p, seed=seed)
+
+
+def causal_attention_qkvpacked(qkv, scale=None, dropout_p: float = 0.0, *, seed=None, backend=None):
+    """causal_attention over a packed (B, T, 3, H, D) qkv projection (q, k, v are its strided slices)
+    -> o as (B, T, H * D), ready for the output projection. The fused kernel's backward writes one
+    packed gradient (no stack of dq, dk, dv); the values are causal_attention's either way."""
+    if resolve(backend, qkv.device.type) == "fused":
+        return kernels().causal_attention_qkvpacked(qkv, scale, dropout_p, seed=seed)
+    return reference.causal_attention_qkvpacked(qkv, scale, dropout_p, seed=seed)
+
+
+def bias_gelu_recompute(u, bias=None, approximate: str = "tanh", *, backend=None):
+    """(g, grad_fn) for a backward that recomputes g = bias_gelu(u, bias) instead of saving it:
+    grad_fn(dg) -> (du, dbias or None). Fused: the kernels' launchers themselves (no nested autograd
+    graph, ~0.1 ms of host time less); reference: autograd through the reference op."""
+    import torch
+    if resolve(backend, u.device.type) == "fused":
+        from fastgpt.kernels import gelu as G
+        return G.bias_gelu_fwd(u, bias, approximate), lambda dg: G.bias_gelu_bwd(dg, u, bias, approximate)
+    with torch.enable_grad():
+        u_ = u.detach().requires_grad_()
+        b_ = None if bias is None else bias.detach().requires_grad_()
+        g_ = reference.bias_gelu(u_, b_, approximate)
+
+    def grad_fn(dg):
+        grads = torch.autograd.grad(g_, [u_] if b_ is None else [u_, b_], dg)
+        return grads[0], (grads[1] if b_ is not None else None)
+    return g_.detach(), grad_fn
 
 
 def _extension_reason(device_type):

@@ -141,6 +141,15 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
     return o.to(q.dtype)
 
 
+def causal_attention_qkvpacked(qkv, scale=None, dropout_p: float = 0.0, seed=None):
+    """causal_attention over a packed (B, T, 3, H, D) qkv (q, k, v its slices) -> o as (B, T, H * D)."""
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"causal_attention_qkvpacked: qkv must be a (B, T, 3, H, D) tensor, got {tuple(qkv.shape)}")
+    B, T, _, H, D = qkv.shape
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+    return causal_attention(q, k, v, scale, dropout_p, seed=seed).transpose(1, 2).reshape(B, T, H * D)
+
+
 def dropout_threshold(dropout_p: float) -> int:
     """The extension's quantised drop threshold: keep <=> u16 >= it (p in steps of 1/65536)."""
     if dropout_p <= 0.0:

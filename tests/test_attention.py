@@ -11,7 +11,7 @@ import torch
 
 from conftest import DEVICE, HAS_CUDA, HAS_TRITON, assert_unrecorded_calls_match, needs_cuda, needs_triton
 from fastgpt import reference
-from fastgpt.testing import check, compare_op
+from fastgpt.testing import assert_rule, check, compare_op
 
 pytestmark = needs_triton
 
@@ -675,6 +675,14 @@ def test_qkvpacked_equals_the_unpacked_op(dropout_p, dtype):
         assert torch.equal(K.causal_attention_qkvpacked(qkv, dropout_p=dropout_p, seed=(3, 4)), outs[0][0])
     with pytest.raises(ValueError, match="qkvpacked"):
         K.causal_attention_qkvpacked(qkv[:, :, :2])
+    # fastgpt.ops: the reference backend gives the same op (and the same mask for the same seed)
+    import fastgpt.ops as ops
+    if dtype == torch.float32:
+        ref = ops.causal_attention_qkvpacked(qkv.double(), dropout_p=dropout_p, seed=(3, 4), backend="reference")
+        lp = ops.causal_attention_qkvpacked(qkv, dropout_p=dropout_p, seed=(3, 4), backend="reference")
+        assert_rule("qkvpacked vs reference", outs[0][0], ref, lp, dtype)
+        with pytest.raises(ValueError, match="qkvpacked"):
+            ops.causal_attention_qkvpacked(qkv[:, :, :2], backend="reference")
     # the strided gradient views: poisoned first, fully written
     x = qkv.clone()
     q, k, v = A._unpack(x)
