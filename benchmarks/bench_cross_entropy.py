@@ -19,7 +19,7 @@ from benchmarks.common import bench_impl, correct, liger, row
 from fastgpt import reference
 
 BENCH = "cross_entropy"
-DEV = "cuda"  # a CPU smoke test of this file sets "cpu" (with TRITON_INTERPRET=1)
+DEV = "cuda"  # tests set "cpu" to run the correctness gate under the Triton interpreter
 
 
 def _torch_loss(h, W, t):

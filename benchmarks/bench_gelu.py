@@ -1,5 +1,7 @@
 """bias+GELU (tanh) bandwidth: fastgpt vs torch eager and torch.compile.
 
+No Liger row: Liger-Kernel has no plain (bias-)GELU op, only the gated GEGLU / SwiGLU MLPs.
+
 Bytes as in shared/anchors/gpu_anchors.py: forward = 2 passes (read x, write y),
 forward+backward = 5 (adds read x, read dy, write dx); the bias is negligible.
 Timing: GPU time by CUDA-graph replay over rotated inputs (see bench_layernorm),

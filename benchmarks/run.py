@@ -26,13 +26,15 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-def print_rows(rows):
-    print(f"{'bench':<13} {'case':<34} {'impl':<22} {'ms':>9} {'GB/s':>8} {'TFLOP/s':>8} {'tok/s':>9} "
-          f"{'GiB':>6}  note")
+def print_rows(rows, copy_gbps=None):
+    """One line per row; with the card's copy bandwidth, GB/s rows also show their share of it."""
+    print(f"{'bench':<13} {'case':<34} {'impl':<22} {'ms':>9} {'GB/s':>8} {'%copy':>5} {'TFLOP/s':>8} "
+          f"{'tok/s':>9} {'GiB':>6}  note")
     for r in rows:
+        share = 100 * r["gbps"] / copy_gbps if copy_gbps and r["gbps"] else None
         print(f"{r['bench']:<13} {r['case'][:34]:<34} {r['impl'][:22]:<22} {_fmt(r['ms'], '9.3f')} "
-              f"{_fmt(r['gbps'], '8.0f')} {_fmt(r['tflops'], '8.1f')} {_fmt(r['tok_s'], '9.0f')} "
-              f"{_fmt(r['mem_gib'], '6.2f')}  {'' if r['ok'] else 'FAILED '}{r['note']}")
+              f"{_fmt(r['gbps'], '8.0f')} {_fmt(share, '5.0f')} {_fmt(r['tflops'], '8.1f')} "
+              f"{_fmt(r['tok_s'], '9.0f')} {_fmt(r['mem_gib'], '6.2f')}  {'' if r['ok'] else 'FAILED '}{r['note']}")
 
 
 def ratio_table(rows):
@@ -106,7 +108,7 @@ def main(argv=None):
             _write_json(args.json, env, rows)
         if interrupted:
             break
-    print_rows(rows)
+    print_rows(rows, env["copy_gbps"])
     print("\n# fastgpt speed-up (peer time / fastgpt time; >1 means fastgpt is faster)")
     for bench, case, ours, peer, r in ratio_table(rows):
         print(f"{bench:<13} {case[:34]:<34} {ours:<18} vs {peer:<22} {r:6.2f}x")

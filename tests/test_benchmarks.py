@@ -174,3 +174,20 @@ def test_ratio_table_leaves_out_graph_rows():
     rows = [dict(bench="b", case="c", impl="fastgpt", ms=2.0), dict(bench="b", case="c", impl="fastgpt graph", ms=1.0),
             dict(bench="b", case="c", impl="fastgpt fused (graph)", ms=1.0), dict(bench="b", case="c", impl="peer", ms=4.0)]
     assert run.ratio_table(rows) == [("b", "c", "fastgpt", "peer", 2.0)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs the GPU or the Triton interpreter")
+def test_cross_entropy_correctness_gate_on_cpu(monkeypatch):
+    """bench_cross_entropy's gate (run before any timing) passes the fused loss and fails a wrong one,
+    on the CPU at a small size (its module-level DEV set to "cpu")."""
+    from benchmarks import bench_cross_entropy as BCE
+    import fastgpt.kernels as K
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(BCE, "DEV", "cpu")
+    f32 = torch.float32
+    ok, note = BCE._gate("fastgpt", K.fused_linear_cross_entropy, 32, 70, f32, f32, False, N=48)
+    assert ok, note
+    ok, note = BCE._gate("wrong", lambda h, W, t: 1.01 * K.fused_linear_cross_entropy(h, W, t), 32, 70, f32, f32,
+                         False, N=48)
+    assert not ok and "wrong loss" in note
