@@ -16,7 +16,9 @@ The full-shape call also runs the autotuner before anything is timed.
 Where the time goes: fastgpt's fwd+bwd is also timed by CUDA-graph replay (no host
 overhead: the row "fastgpt graph"), and its note lists each kernel's GPU time (the
 torch profiler over a few calls) with the launch config the autotuner picked, so a
-gap between the whole op and the kernels' sum, or a poor pick, shows in one run.
+gap between the whole op and the kernels' sum, or a poor pick, shows in one run. Every
+fwd+bwd row's note also gives its host time per call (common.host_ms: the calls issued
+while the GPU is busy): a row whose host time exceeds its time is launch-bound.
 """
 import math
 import os
@@ -175,9 +177,9 @@ def run(args):
                     bench_impl(rows, "attention", f"{case} fwd", impl, lambda f=f: f(q, k, v), flops=fwd_flops)
                 step = lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do)  # noqa: E731
                 ms = bench_impl(rows, "attention", f"{case} fwd+bwd", impl, step, flops=3.5 * fwd_flops,
-                                memory=True)
+                                memory=True, host=True)
                 if impl == "fastgpt" and ms is not None:
-                    rows[-1]["note"] = _breakdown(step)
+                    rows[-1]["note"] = f"{rows[-1]['note']}; {_breakdown(step)}"
                     if not p:  # the seed draw of p > 0 is capturable too, but keep the row to p = 0
                         bench_impl(rows, "attention", f"{case} fwd+bwd", "fastgpt graph", step,
                                    flops=3.5 * fwd_flops, graph=True)

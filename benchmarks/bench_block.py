@@ -123,7 +123,7 @@ def _block_rows(args, rows):
             rows.append(row(BENCH, case, name, ok=False, note=msg))
             continue
         bench_impl(rows, BENCH, case, name, _fwd_bwd(blk, x, dy), tokens=B * T, flops=flops, memory=True,
-                   note="autocast bf16, fp32 params + residual")
+                   host=True, note="autocast bf16, fp32 params + residual")
         if name == "fastgpt fused":  # GPU time alone: is the eager row host-bound? (host_overhead: ~2x the peer's)
             bench_impl(rows, BENCH, case, "fastgpt fused (graph)", _fwd_bwd(blk, x, dy), tokens=B * T, flops=flops,
                        graph=True, note="the same calls replayed as a CUDA graph: no host time")

@@ -122,15 +122,37 @@ def row(bench: str, case: str, impl: str, ms: float | None = None, *, gbps: floa
     return r
 
 
+def host_ms(fn, calls: int = 20, device: str = "cuda") -> float:
+    """Host milliseconds per call of fn: the time to issue its work, with the GPU kept busy by a spin
+    kernel queued first, so the host never waits for it. When this exceeds a row's time, that row is
+    host-bound (the GPU waits for the launches), whatever its kernels cost."""
+    import time
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda._sleep(400_000_000)   # ~0.2 s of GPU spin, longer than the calls take to issue
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    dt = (time.perf_counter() - t0) / calls
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return dt * 1e3
+
+
 def bench_impl(rows, bench, case, impl, fn, *, nbytes=None, flops=None, tokens=None, memory=False,
-               warmup_ms=25, rep_ms=100, graph=False, **extra):
+               warmup_ms=25, rep_ms=100, graph=False, host=False, **extra):
     """Time fn and append a row with GB/s (nbytes), TFLOP/s (flops) or tok/s (tokens).
 
+    host=True also measures fn's host time per call (host_ms), into the row and its note.
     A peer that raises (not installed, unsupported shape) gets a row with its error, not a crash.
     """
     try:
         ms, how = timed(fn, warmup_ms, rep_ms, graph=graph)
         mem = peak_extra_gib(fn) if memory else None
+        if host:
+            extra["host_ms"] = host_ms(fn)
+            how = f"host {extra['host_ms']:.3f} ms/call" + (f"; {how}" if how else "")
     except Exception as e:  # keep the run going: one peer failing must not lose the table
         rows.append(row(bench, case, impl, ok=False, note=f"{type(e).__name__}: {str(e)[:120]}", **extra))
         torch.cuda.empty_cache()

@@ -69,8 +69,13 @@ def main(res):
                 verdict = "met" if ratio <= DROPOUT_OVERHEAD else "MISSED"
                 print(f"attention  {r['case']:<30} {ratio:8.2f}x the p=0 time, target <= {DROPOUT_OVERHEAD} {verdict}")
     for r in rows:  # where the attention time goes (bench_attention's profiler note)
-        if r["bench"] == "attention" and r["impl"] == "fastgpt" and r["note"].startswith("kernels ms"):
+        if r["bench"] == "attention" and r["impl"] == "fastgpt" and "kernels ms" in r["note"]:
             print(f"attention  {r['case']:<30} {r['note']}")
+    for r in rows:  # host time per call (bench_impl(host=True)): launch-bound where it reaches the row's time
+        if r.get("host_ms") and r["ms"]:
+            bound = "  LAUNCH-BOUND" if r["host_ms"] >= 0.9 * r["ms"] else ""
+            print(f"host  {r['bench']:<10} {r['case'][:30]:<30} {r['impl'][:18]:<18} {r['host_ms']:7.3f} ms/call "
+                  f"of {r['ms']:7.3f} ms{bound}")
     # every fastgpt row against every peer of the same case
     by_case = {}
     for r in rows:

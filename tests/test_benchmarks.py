@@ -142,6 +142,7 @@ def test_summary_survives_unreadable_results(tmp_path, capsys):
                  mem_gib=None, ok=True, note="") for c, i, ms, g in
             [("fwd+bwd", "fastgpt", 0.1, 1500.0), ("fwd", "fastgpt", 0.02, 2600.0),
              ("fwd", "torch eager", 0.04, 1300.0)]]
+    rows.append(dict(rows[0], impl="fastgpt (launch-bound)", ms=0.4, gbps=375.0, host_ms=0.39))
     (tmp_path / "bench_layernorm.json").write_text(json.dumps(dict(env=dict(card="fake"), rows=rows)))
     summary.main(str(tmp_path))
     out = capsys.readouterr().out
@@ -149,6 +150,7 @@ def test_summary_survives_unreadable_results(tmp_path, capsys):
     # the targets match cases exactly: the fwd target reads the fwd row, the fwd+bwd target its own
     assert "16384x768 bf16 fwd               2600.0 gbps target 2500 met    2.00x vs torch eager" in out
     assert "16384x768 bf16 fwd+bwd           1500.0 gbps target 2000 MISSED" in out
+    assert "fastgpt (launch-bo   0.390 ms/call of   0.400 ms  LAUNCH-BOUND" in out
 
 
 def test_failed_graph_capture_is_noted_in_the_row(monkeypatch):
@@ -191,3 +193,17 @@ def test_cross_entropy_correctness_gate_on_cpu(monkeypatch):
     ok, note = BCE._gate("wrong", lambda h, W, t: 1.01 * K.fused_linear_cross_entropy(h, W, t), 32, 70, f32, f32,
                          False, N=48)
     assert not ok and "wrong loss" in note
+
+
+def test_host_ms_and_its_note(monkeypatch):
+    """host_ms times the issuing of calls (on the CPU: the calls themselves); bench_impl(host=True) puts it
+    into the row and its note."""
+    import time
+
+    from benchmarks import common
+    assert 4.0 <= common.host_ms(lambda: time.sleep(0.005), calls=3, device="cpu") < 50.0
+    monkeypatch.setattr(common, "timed", lambda fn, *a, **k: (1.0, ""))
+    monkeypatch.setattr(common, "host_ms", lambda fn: 0.25)
+    rows = []
+    common.bench_impl(rows, "b", "c", "fastgpt", lambda: None, flops=1e9, host=True, note="n")
+    assert rows[0]["host_ms"] == 0.25 and rows[0]["note"] == "n; host 0.250 ms/call"
