@@ -382,6 +382,20 @@ def check_out_dir(path, flag: str = "--out_dir") -> None:
         raise UsageError(f"{flag} {path}: cannot create it ({parent} is not writable)")
 
 
+def check_no_earlier_run(path) -> None:
+    """A usage error (one line) when path already holds a run (checkpoints or metrics.jsonl) and
+    --resume was not given: a new run there would overwrite part of it and leave the rest (its later
+    checkpoints, which a --resume would take) to mix with the new one."""
+    from pathlib import Path
+
+    from fastgpt.checkpoint import list_checkpoints
+    p = Path(path)
+    found = [c.name for c in list_checkpoints(p)[-2:]] + (["metrics.jsonl"] if (p / "metrics.jsonl").exists() else [])
+    if found:
+        raise UsageError(f"--out_dir {path} already holds a run ({', '.join(found)}): add --resume to continue "
+                         "it, or choose another --out_dir")
+
+
 def interrupted_line(prog: str, out_dir, when: str) -> str:
     """What an aborted run (KeyboardInterrupt) says: the checkpoint to continue from, or that there is
     none yet (``when`` says when one is written) instead of pointing at a --resume that cannot work."""

@@ -549,6 +549,8 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     given = set(given or ())
     out_dir = Path(cfg.out_dir)
     cli.check_out_dir(out_dir)  # before the task and the model are loaded
+    if not cfg.resume:
+        cli.check_no_earlier_run(out_dir)
     ckpt_state = None
     if cfg.resume:
         latest = ck.latest_checkpoint(out_dir)

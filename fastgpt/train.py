@@ -550,6 +550,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
 
     out_dir = Path(cfg.out_dir)
     cli.check_out_dir(out_dir)  # before the data and the model: minutes, on a big corpus
+    if not cfg.resume:
+        cli.check_no_earlier_run(out_dir)
     ckpt_state = resumed_from = None
     if cfg.resume:
         latest, ckpt_state, skipped = ck.load_latest_checkpoint(out_dir)

@@ -132,6 +132,15 @@ def test_eval_only_and_corrupt_checkpoint(corpus, tmp_path, capsys):
     assert train.main([f"--out_dir={out}", "--resume", "--eval_only", "--device=cpu"]) == 0
     assert f"val_loss {final_val:.4f}" in capsys.readouterr().out
     assert _rows(out)[-1] == dict(step=3, val_loss=final_val, eval_only=True)
+    # a new run (or an --eval_only without --resume) into it: refused before anything is touched
+    before = (out / "metrics.jsonl").read_text()
+    for extra in ([], ["--eval_only"]):
+        with pytest.raises(SystemExit) as e:
+            train.main(_args(corpus, out, max_iters=2) + extra)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "already holds a run" in err and "--resume" in err
+    assert (out / "metrics.jsonl").read_text() == before
     # no temp files are left behind by the atomic writes
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
     # a truncated newest checkpoint: one line, exit 1, no traceback
