@@ -157,7 +157,7 @@ class FinetuneConfig:
 
 
 # Options a --resume takes from the command line rather than from the checkpoint.
-RUNTIME_ONLY = ("device", "backend", "resume", "progress", "out_dir", "max_iters", "offline", "eval_batch_size",
+RUNTIME_ONLY = ("device", "backend", "resume", "progress", "out_dir", "offline", "eval_batch_size",
                 "predict", "predict_file")
 
 
@@ -553,14 +553,11 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
         cli.check_no_earlier_run(out_dir)
     ckpt_state = None
     if cfg.resume:
-        latest = ck.latest_checkpoint(out_dir)
-        if latest is None:
-            print(f"{PROG}: no checkpoint in {out_dir} to resume; starting fresh", file=sys.stderr)
-        else:
-            try:
-                ckpt_state = ck.load_checkpoint(latest)
-            except ck.CheckpointError as e:
-                raise RunError(str(e)) from None
+        try:
+            latest, ckpt_state = ck.load_for_resume(out_dir, lambda msg: print(f"{PROG}: {msg}", file=sys.stderr))
+        except ck.CheckpointError as e:
+            raise RunError(str(e)) from None
+        if latest is not None:
             saved = ckpt_state["extra"]["finetune_config"]
             _check_resume_options(cfg, given, ckpt_state, latest)
             keep = {k: getattr(cfg, k) for k in given | set(RUNTIME_ONLY)}

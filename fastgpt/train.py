@@ -554,19 +554,12 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
         cli.check_no_earlier_run(out_dir)
     ckpt_state = resumed_from = None
     if cfg.resume:
-        latest, ckpt_state, skipped = ck.load_latest_checkpoint(out_dir)
-        if latest is None and skipped:
-            raise RunError(f"--resume: not a readable checkpoint in {out_dir} ("
-                           + "; ".join(f"{p.name}: {why}" for p, why in skipped)
-                           + "); move them away to start fresh")
-        for p, why in skipped:
-            say0(f"{PROG}: skipping {p}: {why}")
-        if latest is None:
-            say0(f"{PROG}: no checkpoint in {out_dir} to resume; starting fresh")
-        else:
+        try:
+            latest, ckpt_state = ck.load_for_resume(out_dir, lambda msg: say0(f"{PROG}: {msg}"))
+        except ck.CheckpointError as e:
+            raise RunError(str(e)) from None
+        if latest is not None:
             resumed_from = latest
-            if skipped:
-                say0(f"{PROG}: resuming from {latest}")
             # options not given on this command line come from the checkpoint
             saved = ckpt_state["train_config"]
             keep = {k: getattr(cfg, k) for k in given | set(RUNTIME_ONLY)}

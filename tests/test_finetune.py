@@ -301,6 +301,9 @@ def test_train_checkpoint_starts_and_resumes(tmp_path, monkeypatch):
     assert s2["steps"] == 4
     steps = [x["step"] for x in metrics(out) if "task_loss" in x]
     assert steps == [1, 2, 3, 4]
+    # a plain --resume keeps the run's own --max_iters (it used to fall back to all 3 epochs)
+    s3 = FT.run(cfg_for(task, str(tmp_path / "pre"), out, epochs=3, resume=True), set())
+    assert s3["steps"] == 4 and [x["step"] for x in metrics(out) if "task_loss" in x] == steps
 
 
 def test_hf_model_starts_a_finetune(tmp_path):
