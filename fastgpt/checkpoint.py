@@ -127,10 +127,15 @@ class _HashingWriter:
 
     def __init__(self, f):
         self.f, self.h, self.n = f, hashlib.sha256(), 0
+        self.error = None  # the OSError of a failed write (torch.save re-raises it as a RuntimeError)
 
     def write(self, b) -> int:
         self.h.update(b)
-        n = self.f.write(b)
+        try:
+            n = self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
         self.n += memoryview(b).nbytes
         return n
 
@@ -172,7 +177,12 @@ def atomic_save(obj, path) -> Path:
     try:
         with open(tmp, "wb") as f:
             w = _HashingWriter(f)
-            torch.save(obj, w)
+            try:
+                torch.save(obj, w)
+            except RuntimeError:
+                if w.error is not None:  # disk full, quota, I/O error: say so, not torch's writer's words
+                    raise w.error from None
+                raise
             if pause:  # test hook (FASTGPT_TEST_SAVE_PAUSE): hang before the footer, so a test can kill us here
                 f.flush()
                 time.sleep(pause)
@@ -245,10 +255,18 @@ def latest_checkpoint(out_dir) -> Path | None:
 
 
 def save_checkpoint(out_dir, state: dict, keep: int = 2) -> Path:
-    """Write state (with format/version added) as ckpt_<step>.pt; delete all but the newest ``keep``."""
+    """Write state (with format/version added) as ckpt_<step>.pt; delete all but the newest ``keep``.
+
+    A failed write (disk full, the folder gone or read-only) raises CheckpointError (one line); the
+    partial file is removed and the older checkpoints stay."""
     state = dict(state, format=FORMAT, version=VERSION)
     remove_stale_temps(out_dir)
-    path = atomic_save(state, Path(out_dir) / f"ckpt_{int(state['step']):07d}.pt")
+    try:
+        path = atomic_save(state, Path(out_dir) / f"ckpt_{int(state['step']):07d}.pt")
+    except OSError as e:
+        last = latest_checkpoint(out_dir)
+        raise CheckpointError(f"cannot write a checkpoint to {out_dir} ({e.strerror or e}); "
+                              + (f"the last good one is {last}" if last else "no earlier checkpoint")) from None
     if keep > 0:
         for old in list_checkpoints(out_dir)[:-keep]:
             old.unlink(missing_ok=True)

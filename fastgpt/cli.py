@@ -287,6 +287,21 @@ class ArgumentParser(argparse.ArgumentParser):
         die(self.prog, f"{message.splitlines()[0] if message else 'bad arguments'}; see --help")
 
 
+def out_of_memory(e: BaseException, hint: str) -> str | None:
+    """The one line for an allocation failure (CUDA out of memory, the CPU allocator's refusal,
+    Python's MemoryError), naming what to lower; None for any other exception."""
+    import torch
+    text = str(e)
+    if isinstance(e, torch.OutOfMemoryError) or "CUDA out of memory" in text:
+        where = "the GPU"
+    elif isinstance(e, MemoryError) or "can't allocate memory" in text:
+        where = "the host"
+    else:
+        return None
+    first = text.splitlines()[0][:160] if text else type(e).__name__
+    return f"out of memory on {where} ({first}); {hint}"
+
+
 def die(prog: str, msg: str, status: int = 2):
     """One line on stderr and exit (2 = usage error)."""
     print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)

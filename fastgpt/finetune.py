@@ -843,6 +843,7 @@ def _split_positionals(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv=None) -> int:
+    from fastgpt.checkpoint import CheckpointError
     argv = sys.argv[1:] if argv is None else list(argv)
     argv, texts = _split_positionals(argv)
     cfg, given = cli.parse(FinetuneConfig, argv, prog=PROG, description=__doc__.split("\n\n")[1], epilog=EPILOG)
@@ -859,8 +860,13 @@ def main(argv=None) -> int:
         cli.die(PROG, str(e), 2)
     except cli.UsageError as e:
         cli.die(PROG, str(e), 2)
-    except RunError as e:
+    except (RunError, CheckpointError) as e:  # CheckpointError: a checkpoint could not be written
         cli.die(PROG, str(e), 1)
+    except (RuntimeError, MemoryError) as e:
+        msg = cli.out_of_memory(e, "lower --batch_size or --max_len")
+        if msg is None:
+            raise
+        cli.die(PROG, msg, 1)
     except KeyboardInterrupt:
         print("\n" + cli.interrupted_line(PROG, cfg.out_dir, "one is written at each epoch end, and every "
                                                              "--ckpt_interval steps"), file=sys.stderr)

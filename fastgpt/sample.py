@@ -139,6 +139,11 @@ def main(argv=None) -> int:
         cli.die(PROG, str(e), 2)
     except LoadError as e:
         cli.die(PROG, str(e), 1)
+    except (RuntimeError, MemoryError) as e:
+        msg = cli.out_of_memory(e, "lower --num-samples or --max-new-tokens")
+        if msg is None:
+            raise
+        cli.die(PROG, msg, 1)
 
 
 def _run(args) -> int:

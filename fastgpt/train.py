@@ -751,9 +751,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
                 st["rng_ranks"] = rngs
             try:
                 p = ck.save_checkpoint(out_dir, st, keep=cfg.keep_ckpts)
-            except OSError as e:  # disk full, folder removed or made read-only under us: the older ones stay
-                raise RunError(f"cannot write a checkpoint to {out_dir} ({e.strerror or e}); the older "
-                               "checkpoints there are intact") from None
+            except ck.CheckpointError as e:  # disk full, folder removed or made read-only under us
+                raise RunError(str(e)) from None
             summary["checkpoint"] = str(p)
         dist.barrier()
         return p
@@ -1002,6 +1001,11 @@ def main(argv=None) -> int:
         cli.die(PROG, str(e), EXIT_DIVERGED)
     except RunError as e:
         cli.die(PROG, str(e), 1)
+    except (RuntimeError, MemoryError) as e:
+        msg = cli.out_of_memory(e, "lower --batch_size or --block_size (--grad_accum keeps the tokens per step), or use --grad_checkpoint")
+        if msg is None:
+            raise
+        cli.die(PROG, msg, 1)
     except KeyboardInterrupt:
         print("\n" + cli.interrupted_line(PROG, cfg.out_dir, "one is written every --ckpt_interval steps and at "
                                                              "the end"), file=sys.stderr)

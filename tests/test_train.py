@@ -181,6 +181,54 @@ def test_checkpoint_roundtrip_keep_and_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_0000003.pt", "ckpt_0000004.pt"]
 
 
+def test_disk_full_while_checkpointing_is_one_line(corpus, tmp_path, monkeypatch, capsys):
+    """A write that fails part-way (ENOSPC: torch.save turns it into a RuntimeError of its own words)
+    is a CheckpointError naming the cause and the last good checkpoint; no partial file stays; the
+    training CLI says it in one line and exits 1."""
+    import errno
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=2, eval_iters=1)) == 0
+    good = ck.latest_checkpoint(out)
+
+    class Full:  # a file on a disk that fills up after 1000 bytes
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            self.n += memoryview(b).nbytes
+            if self.n > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(b)
+
+        def flush(self):
+            self.f.flush()
+    real_init = ck._HashingWriter.__init__
+    monkeypatch.setattr(ck._HashingWriter, "__init__", lambda self, f: real_init(self, Full(f)))
+    with pytest.raises(ck.CheckpointError, match=f"No space left on device.*the last good one is {good}"):
+        ck.save_checkpoint(out, dict(step=9, model={"w": torch.zeros(10_000)}))
+    assert ck.list_checkpoints(out) == [good] and not [p for p in out.iterdir() if ".tmp" in p.name]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main([f"--out_dir={out}", "--resume", "--max_iters=4", "--device=cpu"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 1 and "cannot write a checkpoint" in err and "No space left on device" in err
+
+
+def test_out_of_memory_is_one_line(corpus, tmp_path, capsys):
+    from fastgpt import cli
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:119] data. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 320000000000 bytes.")
+    assert cli.out_of_memory(cpu, "lower --batch_size").startswith("out of memory on the host ([enforce")
+    gpu = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore")
+    assert cli.out_of_memory(gpu, "lower X") == ("out of memory on the GPU (CUDA out of memory. Tried to allocate "
+                                                 "20.00 GiB); lower X")
+    assert cli.out_of_memory(RuntimeError("shape mismatch"), "x") is None
+    with pytest.raises(SystemExit) as e:
+        train.main(_args(corpus, tmp_path / "o", batch_size=100_000_000, eval_only=True))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 1 and "out of memory on the host" in err and "--batch_size" in err
+
+
 def test_model_loads_from_training_checkpoint(corpus, tmp_path):
     from fastgpt.model import GPT, load_model
     out = tmp_path / "out"
