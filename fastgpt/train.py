@@ -253,12 +253,17 @@ def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
         raise cli.UsageError("--dtype fp16 needs --device cuda (on the CPU use bf16 or fp32)")
     if c.dtype == "bf16" and c.device == "cuda" and not torch.cuda.is_bf16_supported():
         raise cli.UsageError("--dtype bf16: this GPU has no bf16; use --dtype fp16")
+    if c.data is not None:  # absolute: the checkpoint keeps it, and a --resume may start from another folder
+        c.data = os.path.abspath(os.path.expanduser(c.data))
     if c.block_size is None:
         c.block_size = PRESETS[c.preset]["block_size"]
     if c.lr_decay_iters is None:
         c.lr_decay_iters = c.max_iters
     if c.min_lr is None:
         c.min_lr = c.lr / 10
+    elif c.min_lr > c.lr:  # --min_lr given, --lr the device's default
+        default = "" if "lr" in given else f", the default on {c.device}"
+        raise cli.UsageError(f"--min_lr ({c.min_lr}) must not exceed --lr ({c.lr}{default})")
     if c.ckpt_interval is None:
         c.ckpt_interval = c.eval_interval
     if c.warmup_iters > c.lr_decay_iters:

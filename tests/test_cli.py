@@ -234,6 +234,12 @@ def test_train_out_dir_that_cannot_be_a_folder(tmp_path, capsys):
     _one_line_exit(train.main, [f"--out_dir={f / 'sub'}", "--device=cpu"], capsys, 2, "is not a folder")
 
 
+def test_train_min_lr_above_the_default_lr(tmp_path, capsys):
+    """--min_lr above the device's default --lr (the schedule would rise instead of decaying)."""
+    _one_line_exit(train.main, [f"--out_dir={tmp_path}", "--device=cpu", "--min_lr=0.5"], capsys, 2,
+                   "--min_lr (0.5) must not exceed --lr")
+
+
 def test_train_resume_with_another_model_config(tmp_path, monkeypatch, capsys):
     """--resume continues the checkpoint's model: a --preset or --dropout that says otherwise is refused
     (they used to be ignored, and the log line named the wrong preset)."""

@@ -214,6 +214,18 @@ def test_disk_full_while_checkpointing_is_one_line(corpus, tmp_path, monkeypatch
     assert e.value.code == 1 and "cannot write a checkpoint" in err and "No space left on device" in err
 
 
+def test_relative_data_path_resumes_from_another_folder(corpus, tmp_path, monkeypatch):
+    """--data given relative to the working folder is stored absolute: a --resume from elsewhere finds it."""
+    import os
+    monkeypatch.chdir(os.path.dirname(os.path.abspath(corpus)))
+    out = tmp_path / "out"
+    assert train.main(_args(os.path.basename(corpus), out, max_iters=1, eval_iters=1)) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert train.main([f"--out_dir={out}", "--resume", "--max_iters=2", "--device=cpu"]) == 0
+
+
 def test_out_of_memory_is_one_line(corpus, tmp_path, capsys):
     from fastgpt import cli
     cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:119] data. DefaultCPUAllocator: can't allocate memory: "
