@@ -254,6 +254,25 @@ def latest_checkpoint(out_dir) -> Path | None:
     return c[-1] if c else None
 
 
+def newest_readable(out_dir, say=None) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(path, skipped): the newest checkpoint in out_dir whose checksum verifies, and the newer ones
+    passed over with the reason (a crash or a full disk can leave the newest one damaged), each also
+    named through ``say`` when given."""
+    skipped = []
+    for p in reversed(list_checkpoints(out_dir)):
+        why = verify_checkpoint(p)
+        if why is None:
+            return p, skipped
+        skipped.append((p, why))
+        if say is not None:
+            say(f"skipping {p}: {why}")
+    return None, skipped
+
+
+def _step(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
+
+
 def save_checkpoint(out_dir, state: dict, keep: int = 2) -> Path:
     """Write state (with format/version added) as ckpt_<step>.pt; delete all but the newest ``keep``.
 
@@ -267,8 +286,10 @@ def save_checkpoint(out_dir, state: dict, keep: int = 2) -> Path:
         last = latest_checkpoint(out_dir)
         raise CheckpointError(f"cannot write a checkpoint to {out_dir} ({e.strerror or e}); "
                               + (f"the last good one is {last}" if last else "no earlier checkpoint")) from None
-    if keep > 0:
-        for old in list_checkpoints(out_dir)[:-keep]:
+    if keep > 0:  # among the checkpoints up to this step: a later one left by a run resumed past it
+        # (a damaged newest checkpoint, skipped) must not count, or it would push the good ones out
+        done = [p for p in list_checkpoints(out_dir) if _step(p) <= int(state["step"])]
+        for old in done[:-keep]:
             old.unlink(missing_ok=True)
     return path
 
@@ -335,11 +356,12 @@ def load_model(path, device="cpu", backend=None):
     from fastgpt.config import GPTConfig
     p = Path(path)
     if p.is_dir():
-        c = latest_checkpoint(p)
-        if c is None:
-            raise CheckpointError(f"no ckpt_*.pt in {p}")
-        p = c
-    st = load_checkpoint(p, map_location=device)
+        p, st, skipped = load_latest_checkpoint(p, map_location=device)
+        if p is None:
+            raise CheckpointError(f"no readable ckpt_*.pt in {path}"
+                                  + "".join(f"; {q.name}: {why}" for q, why in skipped))
+    else:
+        st = load_checkpoint(p, map_location=device)
     model = GPT(GPTConfig.from_dict(st["config"]), backend=backend)
     model.load_state_dict(st["model"])
     return model.to(device).eval()

@@ -207,9 +207,12 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
     from fastgpt.config import GPTConfig
     from fastgpt.model import GPT
 
+    def newest(d):
+        return ck.newest_readable(d, say=lambda msg: print(f"{PROG}: {msg}", file=sys.stderr))
+
     if spec is None:
         d = default_init_dir()
-        latest = ck.latest_checkpoint(d)
+        latest, _ = newest(d)
         if latest is None:
             print(f"{PROG}: warning: no --init and no checkpoint in fastgpt.train's default output {d}/: "
                   "fine-tuning from RANDOM weights (pre-train first with `python -m fastgpt.train`, or pass --init)",
@@ -238,9 +241,10 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
     if p.is_dir() and (p / "finetune.json").exists():
         meta = json.loads((p / "finetune.json").read_text())
     if p.is_dir() and not (p / "config.json").exists():
-        latest = ck.latest_checkpoint(p)
+        latest, skipped = newest(p)
         if latest is None:
-            raise RunError(f"--init {spec}: the folder has no ckpt_*.pt and no config.json")
+            raise RunError(f"--init {spec}: the folder has no {'readable ' if skipped else ''}ckpt_*.pt and no "
+                           "config.json")
         p = latest
     if p.is_dir():
         try:

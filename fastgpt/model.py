@@ -39,6 +39,7 @@ import inspect
 import json
 import math
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -696,10 +697,13 @@ def load_model(path, backend: Optional[str] = None, map_location="cpu") -> GPT:
     if not os.path.exists(path):
         raise FileNotFoundError(f"load_model: {path} does not exist")
     if os.path.isdir(path):
-        from fastgpt.checkpoint import latest_checkpoint
-        ckpt_path = latest_checkpoint(path)
+        from fastgpt.checkpoint import newest_readable
+        ckpt_path, skipped = newest_readable(path)
         if ckpt_path is None:
-            raise FileNotFoundError(f"load_model: {path} has no config.json and no ckpt_*.pt")
+            raise FileNotFoundError(f"load_model: {path} has no config.json and no readable ckpt_*.pt"
+                                    + "".join(f" ({p.name}: {why})" for p, why in skipped))
+        for p, why in skipped:
+            warnings.warn(f"load_model: skipping {p}: {why}", stacklevel=2)
         path = os.fspath(ckpt_path)
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     cfg = ckpt.get("model_config", ckpt.get("config")) if isinstance(ckpt, dict) else None

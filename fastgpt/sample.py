@@ -88,10 +88,12 @@ def load(path: str, backend, device: torch.device):
                         "file or the fastgpt.train out_dir holding them)")
     target = path
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-        target = ck.latest_checkpoint(path)
+        target, skipped = ck.newest_readable(path, say=lambda msg: print(f"{PROG}: {msg}", file=sys.stderr))
         if target is None:
-            raise LoadError(f"{path}: the folder has no config.json and no ckpt_*.pt")
-    if os.path.isfile(target):
+            raise LoadError(f"{path}: the folder has no config.json and no " + ("readable " if skipped else "")
+                            + "ckpt_*.pt")
+        path = os.fspath(target)  # verified: load it, not the folder (which would verify it again)
+    elif os.path.isfile(target):
         bad = ck.verify_checkpoint(target)  # a text file, a torn or truncated checkpoint: say so, not torch's words
         if bad is not None:
             raise LoadError(f"{target} is not a readable checkpoint: {bad}")

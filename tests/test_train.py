@@ -214,6 +214,30 @@ def test_disk_full_while_checkpointing_is_one_line(corpus, tmp_path, monkeypatch
     assert e.value.code == 1 and "cannot write a checkpoint" in err and "No space left on device" in err
 
 
+def test_damaged_newest_checkpoint_is_skipped_everywhere_and_never_pushes_good_ones_out(corpus, tmp_path):
+    """A damaged newest checkpoint (a crash, a full disk): --resume continues from the newest good one,
+    pruning keeps --keep_ckpts good ones (the damaged later file does not count), and every loader of
+    an out_dir (the model loaders, sample) takes the newest good one instead of failing."""
+    import warnings
+
+    from fastgpt import sample
+    from fastgpt.model import load_model
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=2, eval_iters=1, eval_interval=1, keep_ckpts=2)) == 0
+    bad = out / "ckpt_0000009.pt"
+    bad.write_bytes(ck.latest_checkpoint(out).read_bytes()[:300])
+    assert train.main([f"--out_dir={out}", "--resume", "--max_iters=3", "--device=cpu"]) == 0
+    assert [p.name for p in ck.list_checkpoints(out)] == ["ckpt_0000002.pt", "ckpt_0000003.pt", bad.name]
+    assert ck.load_model(out) is not None
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        m = load_model(out)
+    assert any("skipping" in str(x.message) and bad.name in str(x.message) for x in w)
+    want = ck.load_checkpoint(out / "ckpt_0000003.pt")["model"]
+    assert all(torch.equal(v, want[k]) for k, v in m.state_dict().items())
+    assert sample.load(str(out), "reference", torch.device("cpu")) is not None
+
+
 def test_relative_data_path_resumes_from_another_folder(corpus, tmp_path, monkeypatch):
     """--data given relative to the working folder is stored absolute: a --resume from elsewhere finds it."""
     import os
