@@ -308,12 +308,41 @@ def die(prog: str, msg: str, status: int = 2):
     sys.exit(status)
 
 
+class _LostReaderSafe:
+    """A text stream that drops its output once the reader is gone (a closed pipe: ``| head``; a hung-up
+    terminal: EIO) instead of raising into the training loop; everything else is the stream's own."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.lost = False
+
+    def write(self, s):
+        if not self.lost:
+            try:
+                return self._stream.write(s)
+            except (BrokenPipeError, OSError):
+                self.lost = True
+        return len(s)
+
+    def flush(self):
+        if not self.lost:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, OSError):
+                self.lost = True
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...
+        return getattr(self._stream, name)
+
+
 class GracefulStop:
-    """SIGINT / SIGTERM inside a training loop -> finish the step, save, exit 0; a second SIGINT aborts
-    at once (KeyboardInterrupt). The loop sets ``armed`` while it runs (outside it a signal aborts at
-    once) and, after each step, stops when ``name`` (the signal's name) is set. An abort that surfaces
+    """SIGINT / SIGTERM / SIGHUP inside a training loop -> finish the step, save, exit 0; a second SIGINT
+    aborts at once (KeyboardInterrupt). The loop sets ``armed`` while it runs (outside it a signal aborts
+    at once) and, after each step, stops when ``name`` (the signal's name) is set. An abort that surfaces
     as another exception (the KeyboardInterrupt raised inside, say, torch.save's writer) leaves the
-    ``with`` block as the KeyboardInterrupt it was."""
+    ``with`` block as the KeyboardInterrupt it was. Inside the block stdout and stderr drop their output
+    once their reader is gone (a closed pipe, a hung-up terminal): the run goes on, logging to
+    metrics.jsonl, instead of dying without a checkpoint."""
 
     def __init__(self, prog: str, quiet: bool = False):
         self.prog = prog
@@ -327,8 +356,11 @@ class GracefulStop:
         import signal
         import threading
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
+            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handler)
+        self._streams = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = _LostReaderSafe(sys.stdout), _LostReaderSafe(sys.stderr)
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -336,6 +368,15 @@ class GracefulStop:
         for sig, h in self._old.items():
             signal.signal(sig, h)
         self._old.clear()
+        for safe, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+            if getattr(safe, "lost", False):  # later writes, and the flush at exit, go nowhere quietly
+                try:
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, fd)
+                    os.close(devnull)
+                except OSError:
+                    pass
+        sys.stdout, sys.stderr = self._streams
         if self.aborted and exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
             raise KeyboardInterrupt from exc
 
@@ -354,8 +395,11 @@ class GracefulStop:
         if self.quiet:
             return
         # os.write, not print: a handler may interrupt a print to the same stream
-        os.write(2, f"\n{self.prog}: {name}: finishing this step and saving a checkpoint "
-                    f"(press Ctrl-C again to abort at once)\n".encode())
+        try:
+            os.write(2, f"\n{self.prog}: {name}: finishing this step and saving a checkpoint "
+                        f"(press Ctrl-C again to abort at once)\n".encode())
+        except OSError:  # SIGHUP: the terminal is gone
+            pass
 
 
 def device(spec: str | None, cpu_hint: str = "use --device cpu"):

@@ -90,6 +90,27 @@ def test_sigterm_saves_and_exits_0_then_second_sigint_aborts(corpus, tmp_path):
     assert ck.list_checkpoints(out2) == [] and _temps(out2) == []
 
 
+def test_hangup_and_a_closed_log_pipe_keep_the_run(corpus, tmp_path):
+    """SIGHUP (the terminal closed, ssh dropped) saves and exits 0 like SIGTERM; a reader of the logs that
+    goes away (``| head``) no longer kills the run: it trains on, logging to metrics.jsonl, and finishes."""
+    out = tmp_path / "out"
+    p = _spawn(_args(corpus, out, max_iters=100000, ckpt_interval=0))
+    _wait_for(lambda: _logged_steps(out) >= 2, p)
+    p.send_signal(signal.SIGHUP)
+    rc, (_, err) = p.wait(60), p.communicate()
+    assert rc == 0 and "SIGHUP: stopped after step" in err.strip().splitlines()[-1], err
+    assert len(ck.list_checkpoints(out)) == 1
+
+    out2 = tmp_path / "out2"
+    p = _spawn(_args(corpus, out2, max_iters=30, log_interval=1))
+    _wait_for(lambda: _logged_steps(out2) >= 1, p)
+    p.stdout.close()
+    p.stderr.close()   # the reader is gone: later writes hit a closed pipe
+    assert p.wait(120) == 0
+    assert max(_steps(out2)) == 30 and ck.latest_checkpoint(out2).name == "ckpt_0000030.pt"
+    assert (out2 / "model").exists()
+
+
 def test_sigkill_while_saving_resumes_from_previous(corpus, tmp_path, capsys):
     out = tmp_path / "out"
     assert train.main(_args(corpus, out, max_iters=2, ckpt_interval=2)) == 0
