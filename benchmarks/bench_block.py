@@ -207,6 +207,6 @@ if __name__ == "__main__":
     import argparse
 
     from benchmarks.run import print_rows
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_block")
     ap.add_argument("--quick", action="store_true")
     print_rows(run(ap.parse_args()))

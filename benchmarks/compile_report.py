@@ -194,7 +194,8 @@ def _families(only):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.compile_report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help="families: layernorm,gelu,attention,cross_entropy (default all)")
     ap.add_argument("--first", action="store_true", help="only the first launch config of each autotune space")
     ap.add_argument("--sass", action="store_true", help="also count HGMMA/HMMA/LDL/STL in the SASS")

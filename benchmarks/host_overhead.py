@@ -208,7 +208,8 @@ def timing(repeats: int, number: int) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.host_overhead", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="compare the lean launch with triton's path; no timing")
     ap.add_argument("--repeats", type=int, default=15, help="interleaved repeats (the minimum is kept)")
     ap.add_argument("--number", type=int, default=100, help="calls per repeat")

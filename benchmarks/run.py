@@ -65,7 +65,8 @@ def _write_json(path, env, rows):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help=f"comma-separated families (default: all of {','.join(FAMILIES)})")
     ap.add_argument("--json", default=None, help="write all rows (and the environment) to this JSON file")
     ap.add_argument("--quick", action="store_true", help="fewer shapes / shorter timing (smoke runs)")

@@ -95,7 +95,8 @@ def sweep(shape, p, kinds, dtype=torch.bfloat16, device="cuda", candidates=CANDI
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.tune_attention", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=";".join(",".join(map(str, s)) for s in TARGET_SHAPES),
                     help="B,H,T,D[;B,H,T,D...] (default: the issue's two target shapes)")
     ap.add_argument("--p", default="0,0.1", help="dropout probabilities, comma-separated")

@@ -371,10 +371,16 @@ def main(argv=None) -> int:
     """``python -m fastgpt.checkpoint FILE_OR_DIR ...``: verify checkpoints; exit 1 if any fails."""
     import sys
     args = sys.argv[1:] if argv is None else list(argv)
+    usage = "usage: python -m fastgpt.checkpoint FILE_OR_OUT_DIR ..."
     if not args or args[0] in ("-h", "--help"):
-        print("usage: python -m fastgpt.checkpoint FILE_OR_OUT_DIR ...\n\nVerify training checkpoints "
-              "(the SHA-256 footer, then a load); one line per file; exit 1 if any is unusable.")
+        print(f"{usage}\n\nVerify training checkpoints (the SHA-256 footer, then a load); one line per file; "
+              "exit 1 if any is unusable.")
         return 0 if args else 2
+    opts = [a for a in args if a.startswith("-") and not Path(a).exists()]
+    if opts:
+        print(f"python -m fastgpt.checkpoint: error: unknown option {opts[0]} (it takes only paths: {usage[7:]})",
+              file=sys.stderr)
+        return 2
     bad = 0
     for a in args:
         files = list_checkpoints(a) if Path(a).is_dir() else [Path(a)]

@@ -153,6 +153,9 @@ class FinetuneConfig:
             p.append(f"--seed must be >= 0, got {self.seed}")
         if self.predict_file is not None and not self.predict:
             p.append("--predict_file needs --predict")
+        for name in ("val_file", "test_file"):
+            if getattr(self, name) is not None and self.task in T.BUILTIN_TASKS:
+                p.append(f"--{name} applies to a --task file; the built-in task {self.task} has its own splits")
         return p
 
 

@@ -277,6 +277,9 @@ def test_finetune_bad_input_is_one_line(tiny_dir, tmp_path, capsys, monkeypatch)
     err = _one_line_exit(FT.main, base[:2] + ["--init", str(f)] + base[4:], capsys, 1, "not a readable checkpoint")
     assert "delete" not in err
     _one_line_exit(FT.main, ["--predict", "--init", str(tmp_path / "missing"), "hi"], capsys, 1, "no such folder")
+    # a split file with a built-in task was ignored without a word
+    _one_line_exit(FT.main, ["--task=movie-reviews", "--val_file=v.jsonl", "--device=cpu"], capsys, 2,
+                   "--val_file applies to a --task file")
     # a backend that cannot run here (checked before the run; it used to surface as a traceback mid-step)
     monkeypatch.setenv("FASTGPT_BACKEND", "triton")
     _one_line_exit(FT.main, base, capsys, 2, "FASTGPT_BACKEND must be 'fused' or 'reference'")

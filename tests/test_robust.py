@@ -152,6 +152,9 @@ def test_truncated_or_corrupt_checkpoint_is_skipped_with_a_message(corpus, tmp_p
     assert ck.main([str(out)]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{c1}: ok (step 1)" and lines[1].startswith(f"{c2}: BAD: ") and "truncated" in lines[2]
+    assert ck.main(["--bogus", str(out)]) == 2  # an option is a usage error, not a path that is not there
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown option --bogus" in err
     assert train.main([f"--out_dir={out}", "--resume", "--max_iters=4", "--device=cpu"]) == 0
     err = capsys.readouterr().err
     assert f"skipping {c3}: truncated" in err and f"skipping {c2}: checksum mismatch" in err, err
