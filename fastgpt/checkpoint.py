@@ -185,6 +185,9 @@ def atomic_save(obj, path) -> Path:
                 raise
             if pause:  # test hook (FASTGPT_TEST_SAVE_PAUSE): hang before the footer, so a test can kill us here
                 f.flush()
+                mark = os.environ.get("FASTGPT_TEST_SAVE_PAUSE_MARK")
+                if mark:  # tells the test that torch.save is done and the pause has begun
+                    Path(mark).touch()
                 time.sleep(pause)
             f.write(_footer(w.h.hexdigest(), w.n))
             f.flush()

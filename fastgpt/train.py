@@ -29,7 +29,7 @@ the root); the checkpoints are the same full state dicts as a single
 process writes, so a run resumes at any world size, with or without FSDP.
 Test hooks (environment): FASTGPT_TEST_NONFINITE="3,5" puts an inf in a
 gradient at those steps; FASTGPT_TEST_SAVE_PAUSE=SECONDS hangs checkpoint
-writes midway.
+writes midway (touching the file FASTGPT_TEST_SAVE_PAUSE_MARK names, if set, as the pause begins).
 
 Exit status: 0 done (or stopped by a signal after saving), 1 a
 data/checkpoint problem (one line saying what to do), 2 a usage error (one

@@ -19,7 +19,8 @@ TINY_RUN = dict(device="cpu", tokenizer="byte", preset="tiny", batch_size=4, blo
                 sample_tokens=0, lr=3e-3, warmup_iters=1, seed=1)
 
 # Environment a user or an earlier test may have set that would change a run: test hooks, torchrun.
-RUN_ENV = ("FASTGPT_TEST_NONFINITE", "FASTGPT_TEST_SAVE_PAUSE", "WORLD_SIZE", "RANK", "LOCAL_RANK")
+RUN_ENV = ("FASTGPT_TEST_NONFINITE", "FASTGPT_TEST_SAVE_PAUSE", "FASTGPT_TEST_SAVE_PAUSE_MARK", "WORLD_SIZE", "RANK",
+           "LOCAL_RANK")
 
 
 @pytest.fixture(autouse=True)
