@@ -154,8 +154,12 @@ def bench_impl(rows, bench, case, impl, fn, *, nbytes=None, flops=None, tokens=N
             extra["host_ms"] = host_ms(fn)
             how = f"host {extra['host_ms']:.3f} ms/call" + (f"; {how}" if how else "")
     except Exception as e:  # keep the run going: one peer failing must not lose the table
-        rows.append(row(bench, case, impl, ok=False, note=f"{type(e).__name__}: {str(e)[:120]}", **extra))
-        torch.cuda.empty_cache()
+        err = f"{type(e).__name__}: {str(e)[:120]}"
+        given = extra.pop("note", "")
+        note = f"{given}; {err}" if given else err
+        rows.append(row(bench, case, impl, ok=False, note=note, **extra))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         return None
     if how:
         extra["note"] = f"{extra['note']}; {how}" if extra.get("note") else how

@@ -16,6 +16,7 @@ the config's ``validate()`` (returning a list of problems) rejects.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -439,6 +440,23 @@ def check_out_dir(path, flag: str = "--out_dir") -> None:
         raise UsageError(f"{flag} {path}: cannot create it ({parent} is not a folder)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: cannot create it ({parent} is not writable)")
+
+
+@contextlib.contextmanager
+def restored_torch_settings():
+    """Put back, on leaving, the process-wide torch settings a run changes (the TF32 flags, the fp32
+    matmul precision, deterministic algorithms), so a run called in-process (a notebook, the tests)
+    leaves none of them behind for the code after it."""
+    import torch
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (cuda.allow_tf32, cudnn.allow_tf32, torch.get_float32_matmul_precision(),
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        yield
+    finally:
+        cuda.allow_tf32, cudnn.allow_tf32 = saved[0], saved[1]
+        torch.set_float32_matmul_precision(saved[2])
+        torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
 
 
 def check_no_earlier_run(path) -> None:

@@ -543,7 +543,7 @@ def run(cfg: FinetuneConfig, given: set[str] | None = None) -> dict:
 
     SIGINT / SIGTERM during training: the step finishes, a checkpoint is saved, and the summary is
     {"interrupted": signal name, "steps", "checkpoint"} (a second Ctrl-C aborts at once)."""
-    with cli.GracefulStop(PROG) as sigs:
+    with cli.GracefulStop(PROG) as sigs, cli.restored_torch_settings():
         return _run(cfg, given, sigs)
 
 

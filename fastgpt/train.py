@@ -533,7 +533,7 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
                              "torchrun --nproc_per_node=N -m fastgpt.train --fsdp")
     dist = init_distributed(dev_type, always=cfg.fsdp)
     try:
-        with cli.GracefulStop(PROG, quiet=not dist.main) as sigs:
+        with cli.GracefulStop(PROG, quiet=not dist.main) as sigs, cli.restored_torch_settings():
             return _run(cfg, set(given or ()), dist, sigs)
     finally:
         dist.close()

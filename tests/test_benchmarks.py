@@ -207,3 +207,19 @@ def test_host_ms_and_its_note(monkeypatch):
     rows = []
     common.bench_impl(rows, "b", "c", "fastgpt", lambda: None, flops=1e9, host=True, note="n")
     assert rows[0]["host_ms"] == 0.25 and rows[0]["note"] == "n; host 0.250 ms/call"
+
+
+def test_a_failing_impl_becomes_a_row_with_its_note(monkeypatch):
+    """bench_impl records a failed timing as a row (the caller's note kept), instead of dying on the
+    note given twice (bench_block passes one: the whole family used to stop at the first failure)."""
+    from benchmarks import common
+
+    def boom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+    monkeypatch.setattr(common, "timed", boom)
+    rows = []
+    assert common.bench_impl(rows, "block", "c", "torch.compile", lambda: None, note="autocast bf16") is None
+    assert rows[0]["ok"] is False and rows[0]["note"] == "autocast bf16; RuntimeError: CUDA out of memory. " \
+                                                         "Tried to allocate 2 GiB"
+    common.bench_impl(rows, "block", "c", "eager", lambda: None)
+    assert rows[1]["note"].startswith("RuntimeError: CUDA out of memory")

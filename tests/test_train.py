@@ -238,6 +238,17 @@ def test_damaged_newest_checkpoint_is_skipped_everywhere_and_never_pushes_good_o
     assert sample.load(str(out), "reference", torch.device("cpu")) is not None
 
 
+def test_a_run_leaves_no_torch_settings_behind(corpus, tmp_path):
+    """train.run in-process (a notebook, this suite) puts back what it sets: deterministic algorithms on the
+    CPU, TF32 on CUDA (they leaked into every later test of the process: the HF parity test's fp32
+    reference then ran on TF32 GEMMs)."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cuda.matmul.allow_tf32,
+              torch.get_float32_matmul_precision())
+    assert train.main(_args(corpus, tmp_path / "o", max_iters=1, eval_iters=1)) == 0
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cuda.matmul.allow_tf32,
+            torch.get_float32_matmul_precision()) == before
+
+
 def test_relative_data_path_resumes_from_another_folder(corpus, tmp_path, monkeypatch):
     """--data given relative to the working folder is stored absolute: a --resume from elsewhere finds it."""
     import os
