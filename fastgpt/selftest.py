@@ -46,11 +46,17 @@ def _tf32_for_fp32_cuda(t: torch.Tensor):
         torch.backends.cuda.matmul.allow_tf32 = old_flag
 
 
-def _tf32_ref(fn):
-    def wrapped(*args):
-        with _tf32_for_fp32_cuda(args[0]):
-            return fn(*args)
-    return wrapped
+def _attention_ref(dropout_p=0.0, seed=None):
+    """ref_lp / ref_hi of causal_attention: on CUDA in fp32 the kernels' TF32 path emulated
+    (fastgpt.testing.tf32_attention_reference, what the test suite uses), else the reference."""
+    from fastgpt import reference
+    from fastgpt.testing import tf32_attention_reference
+
+    def ref(q, k, v):
+        if q.is_cuda and q.dtype == torch.float32:
+            return tf32_attention_reference(q, k, v, None, dropout_p, seed)
+        return reference.causal_attention(q, k, v, None, dropout_p, seed=seed)
+    return ref
 
 
 def _fill_(module: torch.nn.Module) -> torch.nn.Module:
@@ -143,15 +149,15 @@ def _op_cases(device, quick):
          lambda dt: [rnd(M, F, dt=dt), rnd(F, dt=dt), "tanh"], elt_dt, f"{M}x{F}"),
         ("bias_gelu erf", fused(ops.bias_gelu), reference.bias_gelu,
          lambda dt: [rnd(M, F, dt=dt), rnd(F, dt=dt), "none"], elt_dt, f"{M}x{F}"),
-        ("causal_attention", fused(ops.causal_attention), _tf32_ref(reference.causal_attention),
+        ("causal_attention", fused(ops.causal_attention), _attention_ref(),
          lambda dt: [rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
          f"{B}x{H}x{T}x{D}"),
-        ("causal_attention Tq<Tk", fused(ops.causal_attention), _tf32_ref(reference.causal_attention),
+        ("causal_attention Tq<Tk", fused(ops.causal_attention), _attention_ref(),
          lambda dt: [rnd(B, H, Tq, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
          f"q {Tq}, kv {T}"),
         ("causal_attention p=0.1",  # the kernels' dropout mask, reproduced by the reference from the seed
          lambda q, k, v: ops.causal_attention(q, k, v, None, 0.1, seed=(7, 11), backend="fused"),
-         _tf32_ref(lambda q, k, v: reference.causal_attention(q, k, v, None, 0.1, seed=(7, 11))),
+         _attention_ref(0.1, (7, 11)),
          lambda dt: [rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
          f"{B}x{H}x{T}x{D}"),
         ("bias_dropout_add p=0", fused(ops.bias_dropout_add), reference.bias_dropout_add,

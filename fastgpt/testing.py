@@ -7,9 +7,12 @@ dtype on the same device. C is one constant for the whole suite.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from fastgpt import reference
 
 C = 8.0
 
@@ -112,3 +115,60 @@ def compare_op(name, fused_fn, ref_fn, inputs, grad_mode="random", dtype=None):
         if isinstance(o, torch.Tensor) and o.requires_grad:
             checks.append(check(f"{name} grad{k}", o.grad, h.grad, l.grad, dtype or o.dtype))
     return checks
+
+
+# ----------------------------------------------------------------------------- TF32 attention reference
+
+def round_tf32(x: torch.Tensor) -> torch.Tensor:
+    """fp32 -> TF32 (nearest, ties away), kept as fp32; float64 passes through."""
+    if x.dtype != torch.float32:
+        return x
+    return ((x.contiguous().view(torch.int32) + 0x1000) & -8192).view(torch.float32)
+
+
+class _TF32Attention(torch.autograd.Function):
+    """Causal attention (bottom-right mask) with TF32 GEMMs emulated (operands rounded to nearest,
+    as the kernel's fp32 path does), and the backward PyTorch's own fused SDPA kernels use:
+    delta = rowsum(dO * O) from the TF32 forward output, not autograd's rowsum(P * dP). The two
+    agree in exact arithmetic; with TF32 operands the former carries ~1.3x the error in dK
+    (seed sweep, 2026-11-26), and against autograd's ref_lp the kernels sat at the rule's 2x
+    margin (2 % of seeds failed tests/test_attention.py::test_tf32_rounding_path)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, keep):
+        Tq, Tk = q.shape[-2], k.shape[-2]
+        s = (round_tf32(q) @ round_tf32(k).transpose(-1, -2)) * scale
+        i = torch.arange(Tq, device=q.device)[:, None]
+        j = torch.arange(Tk, device=q.device)[None, :]
+        p = torch.softmax(s.masked_fill(j > i + (Tk - Tq), float("-inf")), -1)
+        pd = p if keep is None else p * keep
+        o = round_tf32(pd) @ round_tf32(v)
+        ctx.save_for_backward(q, k, v, p, pd, o, keep)
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, p, pd, o, keep = ctx.saved_tensors
+        delta = (do * o).sum(-1, keepdim=True)
+        do_r = round_tf32(do)
+        dv = round_tf32(pd).transpose(-1, -2) @ do_r
+        dp = do_r @ round_tf32(v).transpose(-1, -2)
+        if keep is not None:
+            dp = dp * keep
+        ds = round_tf32(p * (dp - delta))
+        return ds @ round_tf32(k) * ctx.scale, ds.transpose(-1, -2) @ round_tf32(q) * ctx.scale, dv, None, None
+
+
+def tf32_attention_reference(q, k, v, scale=None, dropout_p=0.0, seed=None):
+    """ref_lp of the attention kernels' fp32 path on the GPU (TF32 dots; _TF32Attention); float64
+    runs exactly. dropout_p > 0 applies the kernels' keep mask for seed = (seed, offset) (ints or an
+    int64 tensor), scaled by 1 / (1 - p)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    keep = None
+    if dropout_p > 0.0:
+        shape = (*q.shape[:-1], k.shape[-2])
+        keep = reference.attention_keep_mask(shape, dropout_p, *(int(x) for x in seed), device=q.device)
+        keep = keep / (1 - dropout_p)
+        keep = keep.to(q.dtype)
+    return _TF32Attention.apply(q, k, v, scale, keep)

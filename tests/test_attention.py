@@ -11,7 +11,7 @@ import torch
 
 from conftest import DEVICE, HAS_CUDA, HAS_TRITON, assert_unrecorded_calls_match, needs_cuda, needs_triton
 from fastgpt import reference
-from fastgpt.testing import assert_rule, check, compare_op
+from fastgpt.testing import assert_rule, check, compare_op, round_tf32, tf32_attention_reference
 
 pytestmark = needs_triton
 
@@ -29,7 +29,7 @@ def _fixed_configs(monkeypatch):
 
 
 # fp32 on the GPU runs TF32 dots (operands rounded to nearest): there ref_lp is the
-# reference with the same TF32 GEMMs emulated (_tf32_reference), as DESIGN.md's rule allows.
+# reference with the same TF32 GEMMs emulated (tf32_attention_reference), as DESIGN.md's rule allows.
 TF32_DOTS = HAS_CUDA
 
 
@@ -50,7 +50,7 @@ def _compare(name, q, k, v, fused=None, grad_mode="random", **kw):
     fused = fused or (lambda q, k, v: K.causal_attention(q, k, v, **kw))
     drop = dict(dropout_p=kw.get("dropout_p", 0.0), seed=kw.get("seed"))   # dropout: the kernels' mask
     if TF32_DOTS and q.dtype == torch.float32:
-        ref = lambda q, k, v: _tf32_reference(q, k, v, kw.get("scale"), **drop)  # noqa: E731
+        ref = lambda q, k, v: tf32_attention_reference(q, k, v, kw.get("scale"), **drop)  # noqa: E731
     else:
         ref = lambda q, k, v: reference.causal_attention(q, k, v, kw.get("scale"), **drop)  # noqa: E731
     _assert(compare_op(name, fused, ref, [q, k, v], grad_mode=grad_mode))
@@ -117,7 +117,7 @@ def test_single_key(D, dtype):
     o = K.causal_attention(q, k, v)
     dq, dk, dv = torch.autograd.grad(o, (q, k, v), do)
     tf32 = TF32_DOTS and dtype == torch.float32  # the GPU's fp32 dots round v and dO to TF32
-    lp = _round_tf32 if tf32 else (lambda t: t)
+    lp = round_tf32 if tf32 else (lambda t: t)
     _assert([check("T=1 o", o, v.double(), lp(v.detach()), dtype),
              check("T=1 dv", dv, do.double(), lp(do), dtype)])
     dp = (do.double().abs() * v.double().abs()).sum(-1, keepdim=True)  # |dO| . |v|, per row
@@ -160,59 +160,6 @@ def test_strided_views_of_fused_qkv(grad_mode, dtype):
     _compare("attn strided qkv", *_qkv(B, H, T, T, D, dtype), fused=fused, grad_mode=grad_mode)
 
 
-def _round_tf32(x):
-    """fp32 -> TF32 (nearest, ties away), kept as fp32; float64 passes through."""
-    if x.dtype != torch.float32:
-        return x
-    return ((x.contiguous().view(torch.int32) + 0x1000) & -8192).view(torch.float32)
-
-
-class _TF32Attention(torch.autograd.Function):
-    """Causal attention (bottom-right mask) with TF32 GEMMs emulated (operands rounded to nearest,
-    as the kernel's fp32 path does), and the backward PyTorch's own fused SDPA kernels use:
-    delta = rowsum(dO * O) from the TF32 forward output, not autograd's rowsum(P * dP). The two
-    agree in exact arithmetic; with TF32 operands the former carries ~1.3x the error in dK
-    (seed sweep, 2026-11-26), and against autograd's ref_lp the kernels sat at the rule's 2x
-    margin (2 % of seeds failed test_tf32_rounding_path)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, scale, keep):
-        Tq, Tk = q.shape[-2], k.shape[-2]
-        s = (_round_tf32(q) @ _round_tf32(k).transpose(-1, -2)) * scale
-        i = torch.arange(Tq, device=q.device)[:, None]
-        j = torch.arange(Tk, device=q.device)[None, :]
-        p = torch.softmax(s.masked_fill(j > i + (Tk - Tq), float("-inf")), -1)
-        pd = p if keep is None else p * keep
-        o = _round_tf32(pd) @ _round_tf32(v)
-        ctx.save_for_backward(q, k, v, p, pd, o, keep)
-        ctx.scale = scale
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, p, pd, o, keep = ctx.saved_tensors
-        delta = (do * o).sum(-1, keepdim=True)
-        do_r = _round_tf32(do)
-        dv = _round_tf32(pd).transpose(-1, -2) @ do_r
-        dp = do_r @ _round_tf32(v).transpose(-1, -2)
-        if keep is not None:
-            dp = dp * keep
-        ds = _round_tf32(p * (dp - delta))
-        return ds @ _round_tf32(k) * ctx.scale, ds.transpose(-1, -2) @ _round_tf32(q) * ctx.scale, dv, None, None
-
-
-def _tf32_reference(q, k, v, scale=None, dropout_p=0.0, seed=None):
-    """The fp32 ref_lp of the kernels' TF32 path (_TF32Attention); float64 runs exactly.
-    dropout_p > 0 applies the kernels' keep mask for seed, scaled by 1 / (1 - p)."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    keep = None
-    if dropout_p > 0.0:
-        shape = (*q.shape[:-1], k.shape[-2])
-        keep = reference.attention_keep_mask(shape, dropout_p, *seed.tolist(), device=q.device) / (1 - dropout_p)
-        keep = keep.to(q.dtype)
-    return _TF32Attention.apply(q, k, v, scale, keep)
-
-
 @pytest.mark.skipif(HAS_CUDA, reason="the GPU runs the real TF32 path in every fp32 test")
 def test_tf32_rounding_path(monkeypatch):
     """The GPU's fp32 path (operands rounded to TF32) run under the interpreter, against the
@@ -221,7 +168,7 @@ def test_tf32_rounding_path(monkeypatch):
     monkeypatch.setattr(A, "ROUND_TF32_ON_CPU", True)
     q, k, v = _qkv(1, 2, 70, 70, 32, torch.float32)
     fused = lambda q, k, v: A.causal_attention(q, k, v)  # noqa: E731
-    _assert(compare_op("attn tf32", fused, _tf32_reference, [q, k, v]))
+    _assert(compare_op("attn tf32", fused, tf32_attention_reference, [q, k, v]))
     # and it is really TF32: far from exact fp32
     o = A.causal_attention(q, k, v)
     assert (o.double() - reference.causal_attention(q.double(), k.double(), v.double())).abs().max() > 1e-5
@@ -315,7 +262,7 @@ def test_autotuned_bf16(shape, monkeypatch):
 
 def test_lse_is_the_logsumexp():
     from fastgpt.kernels.attention import attention_fwd
-    q, k, v = (_round_tf32(t) for t in _qkv(2, 2, 19, 45, 16, torch.float32))  # exact in TF32 dots too
+    q, k, v = (round_tf32(t) for t in _qkv(2, 2, 19, 45, 16, torch.float32))  # exact in TF32 dots too
     _, lse = attention_fwd(q, k, v)
     s = (q.double() @ k.double().transpose(-1, -2)) / 4.0
     i, j = torch.arange(19, device=DEVICE)[:, None], torch.arange(45, device=DEVICE)[None, :]
