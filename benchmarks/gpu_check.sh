@@ -18,7 +18,8 @@
 # default 6, each in its own pytest process, logs in the results folder's tests/); QUICK=1 passes --quick
 # to every benchmark family, QUICK=gelu,train to those named; ATTENTION_SHAPES=0,2 picks the
 # attention shapes by index (bench_attention.SHAPES). Liger wheels, if
-# carried in .whl/, are installed to /tmp/site first (no network needed).
+# carried in .whl/, are installed to /tmp/site first (no network needed). Exit status: 0 when every
+# stage run passed, 1 when one failed, ran out of its budget or was skipped (the last line names them).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ONLY="all"
@@ -57,6 +58,7 @@ wants() {  # wants STAGE [FAMILY]: is this stage selected?
   return 1
 }
 
+FAILED_STAGES=""  # stages that failed, ran out of time or were skipped: the exit status says so
 stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.log
   local name=$1 budget=$2; shift 2
   local var="BUDGET_${name^^}"; budget=${!var:-$budget}
@@ -64,6 +66,7 @@ stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.
   if [ "$left" -lt 30 ]; then
     echo "=== [$name] skipped: ${left}s left of BUDGET_TOTAL"
     echo "{\"stage\": \"$name\", \"rc\": \"skipped\", \"seconds\": 0, \"budget\": 0}" > "$RES/$name.stage.json"
+    FAILED_STAGES="$FAILED_STAGES $name(skipped)"
     return
   fi
   [ "$budget" -gt "$left" ] && budget=$left
@@ -71,6 +74,7 @@ stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.
   local t0=$SECONDS
   timeout --signal=INT --kill-after=15 "$budget" "$@" 2>&1 | tee "$RES/$name.log"
   local rc=${PIPESTATUS[0]}
+  [ "$rc" -ne 0 ] && FAILED_STAGES="$FAILED_STAGES $name"
   echo "=== [$name] rc=$rc in $((SECONDS - t0))s"
   echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0)), \"budget\": $budget}" > "$RES/$name.stage.json"
 }
@@ -149,3 +153,7 @@ if [ "$ONLY" != "all" ] && wants tune; then  # TUNE_ARGS="--kinds dkdv,dq --p 0"
 fi
 $PY benchmarks/summary.py "$RES" || echo "gpu_check: the summary failed; results are in $RES/"
 if [ -n "$TAR" ]; then tar czf "$TAR" "$RES" && echo "gpu_check: results packed into $TAR"; fi
+if [ -n "$FAILED_STAGES" ]; then
+  echo "gpu_check: not every stage passed:$FAILED_STAGES"
+  exit 1
+fi
