@@ -321,7 +321,7 @@ class _LostReaderSafe:
         if not self.lost:
             try:
                 return self._stream.write(s)
-            except (BrokenPipeError, OSError):
+            except OSError:  # BrokenPipeError, or EIO from a hung-up terminal
                 self.lost = True
         return len(s)
 
@@ -329,7 +329,7 @@ class _LostReaderSafe:
         if not self.lost:
             try:
                 self._stream.flush()
-            except (BrokenPipeError, OSError):
+            except OSError:  # BrokenPipeError, or EIO from a hung-up terminal
                 self.lost = True
 
     def __getattr__(self, name):  # isatty, fileno, encoding, ...
@@ -454,8 +454,8 @@ def restored_torch_settings():
     try:
         yield
     finally:
+        torch.set_float32_matmul_precision(saved[2])   # first: it sets the matmul flag too
         cuda.allow_tf32, cudnn.allow_tf32 = saved[0], saved[1]
-        torch.set_float32_matmul_precision(saved[2])
         torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
 
 
