@@ -371,12 +371,7 @@ class GracefulStop:
         self._old.clear()
         for safe, fd in ((sys.stdout, 1), (sys.stderr, 2)):
             if getattr(safe, "lost", False):  # later writes, and the flush at exit, go nowhere quietly
-                try:
-                    devnull = os.open(os.devnull, os.O_WRONLY)
-                    os.dup2(devnull, fd)
-                    os.close(devnull)
-                except OSError:
-                    pass
+                _to_devnull(fd)
         sys.stdout, sys.stderr = self._streams
         if self.aborted and exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
             raise KeyboardInterrupt from exc
@@ -510,12 +505,20 @@ def entry(main, argv=None):
         return rc
     except BrokenPipeError:
         try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError):  # no real stdout file descriptor (an embedding host)
+            _to_devnull(sys.stdout.fileno())
+        except ValueError:  # no real stdout file descriptor (an embedding host)
             pass
         return EXIT_BROKEN_PIPE
+
+
+def _to_devnull(fd: int) -> None:
+    """Point file descriptor fd at /dev/null (its reader is gone), quietly if that fails."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass
 
 
 def env_flag(name: str) -> bool:
