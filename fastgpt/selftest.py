@@ -46,14 +46,24 @@ def _tf32_for_fp32_cuda(t: torch.Tensor):
         torch.backends.cuda.matmul.allow_tf32 = old_flag
 
 
+def _kernels_round_tf32() -> bool:
+    """Whether fp32 attention on the fused backend runs TF32 dots (on the GPU; on the CPU only when a
+    test turns on the interpreter's emulation of them)."""
+    try:
+        from fastgpt.kernels import attention
+    except ImportError:   # no triton: the fused backend runs the reference
+        return False
+    return attention._round_tf32(torch.float32)
+
+
 def _attention_ref(dropout_p=0.0, seed=None):
-    """ref_lp / ref_hi of causal_attention: on CUDA in fp32 the kernels' TF32 path emulated
+    """ref_lp / ref_hi of causal_attention: in fp32 where the kernels use TF32 dots, those emulated
     (fastgpt.testing.tf32_attention_reference, what the test suite uses), else the reference."""
     from fastgpt import reference
     from fastgpt.testing import tf32_attention_reference
 
     def ref(q, k, v):
-        if q.is_cuda and q.dtype == torch.float32:
+        if q.dtype == torch.float32 and _kernels_round_tf32():
             return tf32_attention_reference(q, k, v, None, dropout_p, seed)
         return reference.causal_attention(q, k, v, None, dropout_p, seed=seed)
     return ref
@@ -73,34 +83,47 @@ def _fill_(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def compare_block(cfg, dtype=torch.float32, device="cpu", backend="fused", B=2, T=17, autocast=None,
-                  grad_mode="random", ref=None):
+                  grad_mode="random", ref=None, attention_seed=None):
     """fastgpt.GPTBlock (backend) vs fastgpt.reference.GPTBlock: forward and all gradients.
 
     The fused block loads the reference block's state dict (strict). dtype is
     the dtype of the input and the parameters; with ``autocast`` (a dtype) both
     run under torch.autocast with fp32 inputs and parameters. ref_hi is the
     reference block in float64; ref_lp runs it as PyTorch would in low precision
-    (on CUDA with PyTorch's own SDPA attention, where it draws no dropout mask).
-    ``ref`` may supply the reference block (tests give it the fused ops' dropout
-    masks). Returns a list of fastgpt.testing.Check named after the parameters.
+    (its attention: in fp32 where the kernels use TF32 dots, those dots emulated, as
+    every fp32 attention check does; else on CUDA PyTorch's own SDPA, where it draws
+    no dropout mask). ``ref`` may supply the reference block (tests give it the fused
+    ops' residual dropout masks); ``attention_seed``, a callable returning the
+    (seed, offset) the fused attention drew, makes the reference attention apply
+    that dropout mask. Returns a list of fastgpt.testing.Check named after the parameters.
     """
     from torch.func import functional_call
 
     from fastgpt import reference
     from fastgpt.model import GPTBlock
-    from fastgpt.testing import compare_op
+    from fastgpt.testing import compare_op, tf32_attention_reference
 
     ref = _fill_(reference.GPTBlock(cfg)).to(device) if ref is None else ref
     ours = GPTBlock(cfg, backend=backend).to(device)
     ours.load_state_dict(ref.state_dict(), strict=True)
     names = [n for n, _ in ref.named_parameters()]
 
+    def attend(x):
+        """The reference block's attention for input x (float64: ref_hi; else ref_lp)."""
+        def fn(q, k, v, p):
+            seed = attention_seed() if attention_seed is not None and p > 0 else None
+            if q.dtype == torch.float32 and _kernels_round_tf32():
+                return tf32_attention_reference(q, k, v, None, p, seed)
+            if x.dtype != torch.float64 and x.is_cuda and p == 0:
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return reference.causal_attention(q, k, v, dropout_p=p, seed=seed)
+        return fn
+
     def runner(module):
         def fn(x, *params):
             use = autocast is not None and x.dtype != torch.float64
             if module is ref:
-                module.attn.sdpa = (x.dtype != torch.float64 and torch.device(device).type == "cuda"
-                                    and not (module.training and module.attn.dropout > 0))
+                module.attn.attend = attend(x)
             tf32 = _tf32_for_fp32_cuda(x) if module is ref else contextlib.nullcontext()
             with tf32, torch.autocast(torch.device(device).type, dtype=autocast or torch.bfloat16, enabled=use):
                 return functional_call(module, dict(zip(names, params)), (x,))
