@@ -64,8 +64,8 @@ def sweep(shape, p, kinds, dtype=torch.bfloat16, device="cuda", candidates=CANDI
     q, k, v, do = (torch.randn(B, H, T, D, device=device, generator=gen).to(dtype) for _ in range(4))
     seed = torch.tensor([20261126, 7], dtype=torch.int64, device=device)
     refs = _refs(q, k, v, do, p, seed)
-    o, lse = A.attention_fwd(q, k, v, dropout_p=p, seed=seed, config=A.default_config("fwd", D, dtype))
-    defaults = (A.default_config("dkdv", D, dtype), A.default_config("dq", D, dtype))
+    o, lse = A.attention_fwd(q, k, v, dropout_p=p, seed=seed, config=A.default_config("fwd", D, dtype, p > 0))
+    defaults = (A.default_config("dkdv", D, dtype, p > 0), A.default_config("dq", D, dtype, p > 0))
     rows = []
     for kind in kinds:
         for c in candidates[kind]:

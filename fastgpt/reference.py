@@ -33,6 +33,8 @@ __all__ = [
     "bias_dropout_add",
     "dropout_keep_mask",
     "attention_keep_mask",
+    "attention_dropout_threshold",
+    "attention_dropout_scale",
     "seed_pair",
     "fused_linear_cross_entropy",
     "opmath_dtype",
@@ -108,7 +110,8 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
     scale defaults to 1/sqrt(D); o has q's dtype. Dropout acts on the attention
     weights, p * keep / (1 - dropout_p): the keep mask is ``mask`` (bool,
     (B, H, Tq, Tk)) when given, the fused kernels' mask for ``seed`` = (seed,
-    offset) when that is given (attention_keep_mask), else torch's RNG.
+    offset) when that is given (attention_keep_mask, with the kernels' scale
+    attention_dropout_scale(p): p quantised to steps of 1/256), else torch's RNG.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("causal_attention: q, k, v must be 4-D (B, H, T, D)")
@@ -127,8 +130,10 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
         s = s.masked_fill(j > i + (Tk - Tq), float("-inf"))
         p = torch.softmax(s, dim=-1)
         if dropout_p > 0.0:
+            scale_kept = 1.0 / (1.0 - dropout_p)
             if mask is None and seed is not None:
                 mask = attention_keep_mask(p.shape, dropout_p, *[int(x) for x in seed], device=p.device)
+                scale_kept = attention_dropout_scale(dropout_p)
             if mask is None:
                 keep = torch.rand(p.shape, device=p.device, generator=generator, dtype=torch.float32) >= dropout_p
             elif mask.dtype != torch.bool or mask.shape != p.shape:
@@ -136,7 +141,7 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
                                  f"got {mask.dtype} {tuple(mask.shape)}")
             else:
                 keep = mask
-            p = p * keep / (1.0 - dropout_p)
+            p = p * keep * scale_kept
         o = torch.matmul(p, v.to(cd))
     return o.to(q.dtype)
 
@@ -164,10 +169,11 @@ def _philox_mulhilo(m: int, c: torch.Tensor):
     return u >> 16, ((u & 0xFFFF) << 16) | (t & 0xFFFF)
 
 
-def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
-    """Philox4x32-10 (Salmon et al. 2011) on int64 tensors of uint32 counters; returns 4 words."""
+def philox4x32(c0, c1, c2, c3, k0: int, k1: int, rounds: int = 10):
+    """Philox4x32-R (Salmon et al. 2011; R = 10 the extension's, 7 the attention kernels') on int64
+    tensors of uint32 counters; returns 4 words."""
     k0, k1 = k0 & 0xFFFFFFFF, k1 & 0xFFFFFFFF
-    for _ in range(10):
+    for _ in range(rounds):
         hi0, lo0 = _philox_mulhilo(0xD2511F53, c0)
         hi1, lo1 = _philox_mulhilo(0xCD9E8D57, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
@@ -189,8 +195,8 @@ def dropout_keep_mask(shape, dropout_p: float, seed: int, offset: int = 0, devic
     thr = dropout_threshold(dropout_p)
     g = torch.arange((numel + 7) // 8, dtype=torch.int64, device=device)
     full = lambda v: torch.full_like(g, v)  # noqa: E731
-    w = philox4x32_10(g & 0xFFFFFFFF, g >> 32, full(offset & 0xFFFFFFFF), full(offset >> 32),
-                      seed & 0xFFFFFFFF, seed >> 32)
+    w = philox4x32(g & 0xFFFFFFFF, g >> 32, full(offset & 0xFFFFFFFF), full(offset >> 32),
+                   seed & 0xFFFFFFFF, seed >> 32)
     words = torch.stack(w, dim=1)                                       # (G, 4)
     u16 = torch.stack([words & 0xFFFF, words >> 16], dim=2).reshape(-1)  # (G * 8,) in element order
     return (u16[:numel] >= thr).reshape(shape)
@@ -205,35 +211,51 @@ def seed_pair(values, device=None, op: str = "dropout") -> torch.Tensor:
     return torch.tensor([(v + 2**63) % 2**64 - 2**63 for v in vals], dtype=torch.int64, device=device)
 
 
+def attention_dropout_threshold(dropout_p: float) -> int:
+    """The attention kernels' quantised drop threshold: keep <=> a random byte >= it, so p acts in
+    steps of 1/256 (round(256 p), at least 1 and at most 255; 0 for p = 0)."""
+    if dropout_p <= 0.0:
+        return 0
+    return int(min(255.0, max(1.0, math.floor(dropout_p * 256.0 + 0.5))))
+
+
+def attention_dropout_scale(dropout_p: float) -> float:
+    """1 / (1 - the quantised p) = 256 / (256 - threshold): the attention kernels' scale of the kept
+    weights, so the expectation of the output is exact for the rate they apply."""
+    return 256.0 / (256 - attention_dropout_threshold(dropout_p))
+
+
 def attention_keep_mask(shape, dropout_p: float, seed: int, offset: int = 0, device=None) -> torch.Tensor:
     """The keep mask (bool, (..., Tq, Tk), True = kept) the Triton attention draws for (seed, offset).
 
-    Groups of 8 elements share one Philox4x32-10 call: query rows {i, i + 8} x keys
-    {j, j + 1, j + 8, j + 9} with i % 16 < 8 and j % 16 < 8, j even (the elements one
+    Groups of 16 elements share one Philox4x32-7 call: query rows {i, i + 8} x keys
+    {j + 8 t + e : t < 4, e < 2} with i % 16 < 8, j % 32 < 8, j even (the elements one
     thread holds of a tensor-core accumulator tile, so no call is computed twice).
-    For the (b, h) slice n (n = b * H + h), rows padded to 16 and keys to 16, group
-        g = (n * ceil(Tq / 16) * 8 + i // 16 * 8 + i % 8) * (ceil(Tk / 16) * 4) + j // 16 * 4 + j % 8 // 2
+    For the (b, h) slice n (n = b * H + h), rows padded to 16 and keys to 32, group
+        g = (n * ceil(Tq / 16) * 8 + i // 16 * 8 + i % 8) * (ceil(Tk / 32) * 4) + j // 32 * 4 + j % 8 // 2
     has counter (lo32 g, hi32 g, lo32 offset, hi32 offset) and key (lo32 seed, hi32 seed);
-    element (i + 8 di, j + 8 dj + e), di, dj, e in {0, 1}, reads the 16-bit half e
-    (low first) of word 2 di + dj, and is kept iff it is >= dropout_threshold(p).
+    element (i + 8 di, j + 8 t + e), di, e in {0, 1}, t in {0, 1, 2, 3}, reads byte
+    2 (t // 2) + e (lowest first) of word 2 di + t % 2, and is kept iff it is
+    >= attention_dropout_threshold(p). Kept weights are scaled by attention_dropout_scale(p).
     """
     *lead, tq, tk = shape
     n = math.prod(lead)
     seed, offset = int(seed) % 2**64, int(offset) % 2**64
-    thr = dropout_threshold(dropout_p)
-    row_groups, col_groups = (tq + 15) // 16 * 8, (tk + 15) // 16 * 4
+    thr = attention_dropout_threshold(dropout_p)
+    row_groups, col_groups = (tq + 15) // 16 * 8, (tk + 31) // 32 * 4
     g = torch.arange(n * row_groups * col_groups, dtype=torch.int64, device=device)
     full = lambda v: torch.full_like(g, v)  # noqa: E731
-    w = philox4x32_10(g & 0xFFFFFFFF, g >> 32, full(offset & 0xFFFFFFFF), full(offset >> 32),
-                      seed & 0xFFFFFFFF, seed >> 32)
+    w = philox4x32(g & 0xFFFFFFFF, g >> 32, full(offset & 0xFFFFFFFF), full(offset >> 32),
+                   seed & 0xFFFFFFFF, seed >> 32, rounds=7)
     words = torch.stack(w, dim=1).reshape(n, row_groups, col_groups, 4)
     i = torch.arange(tq, device=device)
     j = torch.arange(tk, device=device)
+    t = j % 32 // 8
     r = (i // 16 * 8 + i % 8)[:, None]                                   # (Tq, 1)
-    c = (j // 16 * 4 + j % 8 // 2)[None, :]                              # (1, Tk)
-    word = (2 * (i // 8 % 2))[:, None] + (j // 8 % 2)[None, :]           # (Tq, Tk)
+    c = (j // 32 * 4 + j % 8 // 2)[None, :]                              # (1, Tk)
+    word = (2 * (i // 8 % 2))[:, None] + (t % 2)[None, :]                # (Tq, Tk)
     u = words[:, r, c, word]                                             # (n, Tq, Tk)
-    u = (u >> (16 * (j % 2))) & 0xFFFF
+    u = (u >> (8 * (2 * (t // 2) + j % 2))) & 0xFF
     return (u >= thr).reshape(shape)
 
 

@@ -163,12 +163,11 @@ class _TF32Attention(torch.autograd.Function):
 def tf32_attention_reference(q, k, v, scale=None, dropout_p=0.0, seed=None):
     """ref_lp of the attention kernels' fp32 path on the GPU (TF32 dots; _TF32Attention); float64
     runs exactly. dropout_p > 0 applies the kernels' keep mask for seed = (seed, offset) (ints or an
-    int64 tensor), scaled by 1 / (1 - p)."""
+    int64 tensor), scaled by reference.attention_dropout_scale(p)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     keep = None
     if dropout_p > 0.0:
         shape = (*q.shape[:-1], k.shape[-2])
         keep = reference.attention_keep_mask(shape, dropout_p, *(int(x) for x in seed), device=q.device)
-        keep = keep / (1 - dropout_p)
-        keep = keep.to(q.dtype)
+        keep = (keep * reference.attention_dropout_scale(dropout_p)).to(q.dtype)
     return _TF32Attention.apply(q, k, v, scale, keep)

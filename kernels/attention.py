@@ -42,26 +42,32 @@ other than 1 forces a copy. Within one (batch, head), T * row stride must stay
 below 2^31 elements.
 
 Dropout (dropout_p = p > 0) acts on the normalised weights P, as in GPT-1:
-o = (P * M / (1 - p)) V with M a keep mask; the softmax sums l use the undropped
+o = (P * M / (1 - p)) V with M a keep mask (p quantised, below); the softmax sums l use the undropped
 P. The backward needs no new reduction: with dP~ = dO V^T,
     dV = (P * M / (1 - p))^T dO,   dS = P * (dP~ * M / (1 - p) - delta)
 and delta = rowsum(dO * O) is unchanged (O already holds the dropout). M is
 regenerated in the backward, never stored. Its bits come from Triton's Philox
-(tl.philox, 4x32-10) keyed by a (seed, offset) int64 pair that torch's
+(tl.philox, 4x32-7) keyed by a (seed, offset) int64 pair that torch's
 generator draws on the inputs' device. One Philox call (four 32-bit words,
-eight 16-bit halves) serves a group of 8 elements: query rows {i, i + 8} x keys
-{j, j + 1, j + 8, j + 9} (i % 16 < 8, j % 16 < 8, j even). That is what one thread
-holds of a tensor-core accumulator tile with queries as rows (the forward and
-dQ tiles), so each call is computed once. A thread of the dK/dV tile (keys as
-rows) holds keys j and j + 8 but not j + 1; there the compiled kernel still runs
-each call once and trades halves through shared memory (its SASS). (Groups of
-8 consecutive keys, the extension's scheme, made every thread of a quad run the
-same call: ~2x the instructions, ATTENTION_NOTES.md v5.) With n = b H + h and
-rows and keys padded to multiples of 16, group
-    g = (n ceil(Tq / 16) 8 + i // 16 * 8 + i % 8) * ceil(Tk / 16) 4 + j // 16 * 4 + j % 8 // 2
+sixteen bytes) serves a group of 16 elements: query rows {i, i + 8} x keys
+{j + 8 t + e : t < 4, e < 2} (i % 16 < 8, j % 32 < 8, j even). That is what one
+thread holds of a tensor-core accumulator tile with queries as rows (the forward
+and dQ tiles), so each call is computed once. A thread of the dK/dV tile (keys as
+rows) holds other elements; there the compiled kernel still runs each call once
+and trades bytes through shared memory (its SASS). (Groups of consecutive keys,
+the extension's scheme, made every thread of a quad run the same call: ~2x the
+instructions, ATTENTION_NOTES.md v5.) Each element compares 8 random bits and
+Philox runs 7 rounds, flash-attention 2's choices (Philox4x32-7 passes BigCrush,
+Salmon et al. 2011; 10 rounds is the usual margin): a quarter of the Philox work
+of 16-bit compares and 10 rounds (ATTENTION_NOTES.md v10). With n = b H + h, rows
+padded to a multiple of 16 and keys to one of 32, group
+    g = (n ceil(Tq / 16) 8 + i // 16 * 8 + i % 8) * ceil(Tk / 32) 4 + j // 32 * 4 + j % 8 // 2
 has counter (lo32 g, hi32 g, lo32 offset, hi32 offset) and key (lo32 seed,
-hi32 seed); element (i + 8 di, j + 8 dj + e) reads 16-bit half e (low first) of
-word 2 di + dj and is kept iff it is >= round(p * 65536) (p in steps of 2^-16).
+hi32 seed); element (i + 8 di, j + 8 t + e) reads byte 2 (t // 2) + e (lowest
+first) of word 2 di + t % 2 and is kept iff it is >= thr = round(256 p) clipped
+to [1, 255]: p acts in steps of 1/256 (0.1 drops 26/256 = 10.2 %), and kept
+weights are scaled by 256 / (256 - thr), so the output's expectation is exact
+(reference.attention_dropout_threshold and attention_dropout_scale).
 reference.attention_keep_mask is the same function in PyTorch.
 With p = 0 the kernels are compiled without any of it.
 """
@@ -123,8 +129,9 @@ def _space(kind):
 AUTOTUNE = autotuning_enabled()
 
 
-def default_config(kind: str, head_dim: int, dtype: torch.dtype) -> dict:
-    """A fixed launch config for kernel kind "fwd" | "dkdv" | "dq" (no autotuning)."""
+def default_config(kind: str, head_dim: int, dtype: torch.dtype, dropout: bool = False) -> dict:
+    """A fixed launch config for kernel kind "fwd" | "dkdv" | "dq" (no autotuning); with dropout
+    the key block (BLOCK_N) is at least 32, the keep mask's group width."""
     if INTERPRET:
         bm, bn, w, s = _INTERPRET_CFG[kind]
     else:
@@ -135,7 +142,17 @@ def default_config(kind: str, head_dim: int, dtype: torch.dtype) -> dict:
             "dkdv": [(16, 128, 4, 3), (32, 128, 8, 2), (16, 32, 4, 2), (16, 32, 4, 1)],
             "dq": [(128, 64, 8, 3), (128, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 1)],
         }[kind][size]
+    if dropout:
+        bn = max(bn, 32)
     return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": s}
+
+
+def _prune(configs, named_args, **kwargs):
+    """The autotuner's configs for a launch: with dropout only those whose key block (BLOCK_N) is a
+    multiple of 32, the keep mask's group width (the last config of every space has one)."""
+    if not kwargs.get("DROPOUT"):
+        return configs
+    return [c for c in configs if c.kwargs["BLOCK_N"] % 32 == 0]
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -197,22 +214,22 @@ def _load_seed(SEED, DROPOUT: tl.constexpr):
 def _keep_mask(seed, offset, start_m, start_n, bh, TQ, TK, thr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                TRANS: tl.constexpr):
     """The dropout keep mask of query rows [start_m, start_m + BLOCK_M) x keys [start_n,
-    start_n + BLOCK_N): (BLOCK_M, BLOCK_N) bool, or its transpose when TRANS. start_m,
-    start_n, BLOCK_M and BLOCK_N are multiples of 16. One Philox call per group of 8
-    elements, rows {i, i + 8} x keys {j, j + 1, j + 8, j + 9} (see the header)."""
+    start_n + BLOCK_N): (BLOCK_M, BLOCK_N) bool, or its transpose when TRANS. start_m and
+    BLOCK_M are multiples of 16, start_n and BLOCK_N of 32. One Philox4x32-7 call per group
+    of 16 elements, rows {i, i + 8} x keys {j + 8 t + e} (t < 4, e < 2; see the header)."""
     gi = start_m // 2 + tl.arange(0, BLOCK_M // 2)                       # i // 16 * 8 + i % 8
-    gj = start_n // 4 + tl.arange(0, BLOCK_N // 4)                       # j // 16 * 4 + j % 8 // 2
-    groups = (bh.to(tl.int64) * ((TQ + 15) // 16 * 8) + gi)[:, None] * ((TK + 15) // 16 * 4) + gj[None, :]
+    gj = start_n // 8 + tl.arange(0, BLOCK_N // 8)                       # j // 32 * 4 + j % 8 // 2
+    groups = (bh.to(tl.int64) * ((TQ + 15) // 16 * 8) + gi)[:, None] * ((TK + 31) // 32 * 4) + gj[None, :]
     c0 = groups.to(tl.uint32)
     zero = c0 * 0
     w0, w1, w2, w3 = tl.philox(seed, c0, (groups >> 32).to(tl.uint32), zero + (offset & 0xFFFFFFFF).to(tl.uint32),
-                               zero + (offset >> 32).to(tl.uint32))
-    # word 2 di + dj goes to row i + 8 di, keys j + 8 dj (+ 0 or 1: its low and high halves).
-    # join appends the new axis last: join(join(w0, w1), join(w2, w3))[..., dj, di] = word 2 di + dj
-    w = tl.join(tl.join(w0, w1), tl.join(w2, w3))                        # (BLOCK_M/2, BLOCK_N/4, dj, di)
-    u = tl.join(w & 0xFFFF, w >> 16)                                     # (..., e): low half first
-    u = tl.reshape(u, (BLOCK_M // 16, 8, BLOCK_N // 16, 4, 2, 2, 2))     # (a, r, b, c, dj, di, e)
-    u = tl.reshape(tl.permute(u, (0, 5, 1, 2, 4, 3, 6)), (BLOCK_M, BLOCK_N))  # rows (a, di, r), keys (b, dj, c, e)
+                               zero + (offset >> 32).to(tl.uint32), n_rounds=7)
+    # word 2 di + dj serves row i + 8 di; its byte 2 y + x key j + 8 (2 y + dj) + x.
+    # join appends the new axis last: join(join(a, b), join(c, d))[..., x, y] = (a, b, c, d)[2 y + x]
+    w = tl.join(tl.join(w0, w1), tl.join(w2, w3))                        # (BLOCK_M/2, BLOCK_N/8, dj, di)
+    u = tl.join(tl.join(w & 0xFF, (w >> 8) & 0xFF), tl.join((w >> 16) & 0xFF, w >> 24))   # (..., x, y)
+    u = tl.reshape(u, (BLOCK_M // 16, 8, BLOCK_N // 32, 4, 2, 2, 2, 2))  # (a, r, b, c, dj, di, x, y)
+    u = tl.reshape(tl.permute(u, (0, 5, 1, 2, 7, 4, 3, 6)), (BLOCK_M, BLOCK_N))  # rows (a, di, r), keys (b, y, dj, c, x)
     if TRANS:
         u = tl.trans(u)
     return u >= thr
@@ -256,7 +273,7 @@ def _attn_fwd_kernel(
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
     H, TQ, TK, qk_scale,  # qk_scale = scale * log2(e)
-    DROP_THR, inv_keep,   # dropout: keep iff u16 >= DROP_THR; inv_keep = 1 / (1 - p)
+    DROP_THR, inv_keep,   # dropout: keep iff the element's byte >= DROP_THR; inv_keep = 256 / (256 - DROP_THR)
     T_BUCKET,             # autotune key only (power-of-two bucket of Tk)
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, TF32: tl.constexpr,
     DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -483,9 +500,9 @@ def _attn_bwd_dq_kernel(
 # 40 ms of timing per config picked configs 30 % apart from run to run on the H100
 # (ATTENTION_NOTES.md, v4): 150 ms each, once per key, costs ~1 s per kernel.
 _KEY = ["HEAD_DIM", "T_BUCKET", "DROPOUT"]
-_attn_fwd = autotune(_space("fwd"), key=_KEY, rep_ms=150)(_attn_fwd_kernel)
-_attn_bwd_dkdv = autotune(_space("dkdv"), key=_KEY, rep_ms=150)(_attn_bwd_dkdv_kernel)
-_attn_bwd_dq = autotune(_space("dq"), key=_KEY, rep_ms=150)(_attn_bwd_dq_kernel)
+_attn_fwd = autotune(_space("fwd"), key=_KEY, prune=_prune, rep_ms=150)(_attn_fwd_kernel)
+_attn_bwd_dkdv = autotune(_space("dkdv"), key=_KEY, prune=_prune, rep_ms=150)(_attn_bwd_dkdv_kernel)
+_attn_bwd_dq = autotune(_space("dq"), key=_KEY, prune=_prune, rep_ms=150)(_attn_bwd_dq_kernel)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -573,21 +590,21 @@ def _seed_arg(seed, dropout_p, device):
 
 
 def _dropout_args(dropout_p):
-    """(DROP_THR, inv_keep): keep iff the element's 16 random bits >= DROP_THR."""
+    """(DROP_THR, inv_keep): keep iff the element's 8 random bits >= DROP_THR, scaled by inv_keep."""
     if dropout_p <= 0.0:
         return 0, 1.0
-    return reference.dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
+    return reference.attention_dropout_threshold(dropout_p), reference.attention_dropout_scale(dropout_p)
 
 
 def _launch(kernel, kind, config, grid, *args, **meta):
     """Launch the autotuned kernel, or the raw kernel with an explicit (or the default) config."""
     if config is None and not AUTOTUNE and not INTERPRET:
-        config = default_config(kind, meta["HEAD_DIM"], args[0].dtype)
+        config = default_config(kind, meta["HEAD_DIM"], args[0].dtype, meta["DROPOUT"])
     if config is None:
         kernel[grid](*args, **meta)
     else:
-        if meta.get("DROPOUT") and (config["BLOCK_M"] % 16 or config["BLOCK_N"] % 16):
-            raise ValueError(f"causal_attention: with dropout, BLOCK_M and BLOCK_N must be multiples of 16 "
+        if meta.get("DROPOUT") and (config["BLOCK_M"] % 16 or config["BLOCK_N"] % 32):
+            raise ValueError(f"causal_attention: with dropout, BLOCK_M must be a multiple of 16 and BLOCK_N of 32 "
                              f"(the keep mask's groups), got {config['BLOCK_M']} x {config['BLOCK_N']}")
         cfg = dict(config)
         launch(kernel.fn, grid, *args, **meta, BLOCK_M=cfg.pop("BLOCK_M"), BLOCK_N=cfg.pop("BLOCK_N"), **cfg)

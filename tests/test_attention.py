@@ -203,7 +203,7 @@ def test_large_logits_stay_finite():
 # Block shapes: under the interpreter the launchers' config argument covers shapes the fixed
 # interpreter config does not (BLOCK_M >, =, < BLOCK_N); on the GPU every autotune candidate.
 def _cpu_configs():
-    return [{"BLOCK_M": m, "BLOCK_N": n} for m, n in [(16, 16), (16, 64), (64, 16), (32, 32)]]
+    return [{"BLOCK_M": m, "BLOCK_N": n} for m, n in [(16, 16), (16, 64), (64, 16), (64, 32), (32, 32)]]
 
 
 def _gpu_configs():
@@ -220,14 +220,16 @@ CONFIG_CASES = _gpu_configs() if HAS_CUDA else [(c, c, c) for c in _cpu_configs(
 
 @pytest.mark.parametrize("configs", CONFIG_CASES, ids=lambda c: "-".join(f"{d['BLOCK_M']}x{d['BLOCK_N']}" for d in c))
 def test_block_configs(configs):
-    """Every block shape, without and with dropout (the mask's groups of 16 rows x 16 keys
-    must line up with any tile; the reference applies the same mask)."""
+    """Every block shape, without and with dropout (the mask's groups of 16 rows x 32 keys
+    must line up with any tile; the reference applies the same mask). Key blocks of 16 cannot
+    hold a group: their configs run without dropout (dropout's autotuner skips them)."""
     from fastgpt.kernels.attention import attention_bwd, attention_fwd
     cfg_f, cfg_kv, cfg_q = configs
     dtype = torch.bfloat16 if HAS_CUDA else torch.float32
     shapes = [(1, 2, 333, 333, 64), (2, 2, 200, 517, 64)] if HAS_CUDA else [(1, 1, 45, 45, 16), (1, 2, 30, 83, 16)]
     seed = torch.tensor([5, 2**40 + 3], dtype=torch.int64, device=DEVICE)
-    for (B, H, tq, tk, D), p in zip(shapes, (0.0, 0.25)):
+    p_max = 0.25 if all(c["BLOCK_N"] % 32 == 0 for c in configs) else 0.0
+    for (B, H, tq, tk, D), p in zip(shapes, (0.0, p_max)):
         q, k, v = _qkv(B, H, tq, tk, D, dtype)
         do = torch.randn(q.shape, device=DEVICE).to(dtype)
         o, lse = attention_fwd(q, k, v, config=cfg_f, dropout_p=p, seed=seed)
@@ -356,64 +358,126 @@ def test_p0_draws_no_randomness():
     assert not all(torch.equal(a, b) for a, b in zip(before, states()))
 
 
-def _kernel_keep_mask(B, H, Tq, Tk, p, seed):
-    """Read the kernels' keep mask back: with q = k = 0 row i's weights are 1 / (visible keys),
-    and v = the identity makes o[i, j] = keep[i, j] / (visible keys * (1 - p))."""
+def _kernel_keep_weights(B, H, Tq, Tk, p, seed):
+    """Read the kernels' dropped weights back: with q = k = 0 row i's weights are 1 / (visible keys),
+    and v = the identity makes o[i, j] * visible keys = keep[i, j] * the kernels' scale."""
     import fastgpt.kernels as K
     D = max(16, Tk)
     z = torch.zeros(B, H, Tq, D, device=DEVICE)
     eye = torch.eye(Tk, D, device=DEVICE).expand(B, H, Tk, D).contiguous()
     o = K.causal_attention(z, torch.zeros(B, H, Tk, D, device=DEVICE), eye, dropout_p=p, seed=seed)
     visible = (torch.arange(Tq, device=DEVICE)[:, None] + (Tk - Tq + 1)).float()
-    return (o[..., :Tk] * visible * (1 - p)) > 0.5
+    return o[..., :Tk] * visible
 
 
-@pytest.mark.parametrize("tq,tk", [(64, 64), (13, 29)])
+def _kernel_keep_mask(B, H, Tq, Tk, p, seed):
+    return _kernel_keep_weights(B, H, Tq, Tk, p, seed) > 0.5
+
+
+@pytest.mark.parametrize("tq,tk", [(64, 64), (13, 29), (40, 100)])
 def test_dropout_mask_is_the_reference_mask(tq, tk):
-    """The mask inside the kernels is reference.attention_keep_mask (on the visible entries),
-    and it keeps about 1 - p of the weights."""
+    """The mask inside the kernels is reference.attention_keep_mask (on the visible entries), kept
+    weights are scaled by 256 / (256 - thr) (the quantised rate's 1 / (1 - p)), and it keeps about
+    1 - thr / 256 of the weights."""
     p, seed = 0.3, _seed()
-    keep = _kernel_keep_mask(4, 4, tq, tk, p, seed)
+    w = _kernel_keep_weights(4, 4, tq, tk, p, seed)
+    keep = w > 0.5
     visible = torch.arange(tk, device=DEVICE)[None, :] <= torch.arange(tq, device=DEVICE)[:, None] + (tk - tq)
     ref = reference.attention_keep_mask((4, 4, tq, tk), p, *seed.tolist(), device=DEVICE)
     assert torch.equal(keep, ref & visible)
+    thr = reference.attention_dropout_threshold(p)
+    assert thr == 77 and reference.attention_dropout_scale(p) == 256 / 179
+    torch.testing.assert_close(w[keep], torch.full_like(w[keep], 256 / 179), rtol=1e-5, atol=0)
     n = int(visible.sum()) * 16
-    rate = int(keep.sum()) / n
-    assert abs(rate - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n), (rate, n)
+    rate, pq = int(keep.sum()) / n, thr / 256
+    assert abs(rate - (1 - pq)) < 5 * math.sqrt(pq * (1 - pq) / n), (rate, n)
 
 
 def test_reference_keep_mask_follows_its_spec():
     """reference.attention_keep_mask element by element from its docstring's formula and
     scalar Philox calls (so its vectorised gather cannot drift from the documented scheme)."""
-    B, H, tq, tk, p = 2, 3, 37, 21, 0.4
+    B, H, tq, tk, p = 2, 3, 37, 45, 0.4
     seed, offset = 2**62 + 12345, 2**35 + 7
     m = reference.attention_keep_mask((B, H, tq, tk), p, seed, offset)
-    thr = reference.dropout_threshold(p)
+    thr = reference.attention_dropout_threshold(p)
+    assert thr == 102
 
     def group(n, i, j):  # the docstring's formula (ints or tensors)
-        return (n * ((tq + 15) // 16) * 8 + i // 16 * 8 + i % 8) * ((tk + 15) // 16 * 4) + j // 16 * 4 + j % 8 // 2
+        return (n * ((tq + 15) // 16) * 8 + i // 16 * 8 + i % 8) * ((tk + 31) // 32 * 4) + j // 32 * 4 + j % 8 // 2
+
+    def word_byte(i, j):  # element (i + 8 di, j + 8 t + e): byte 2 (t // 2) + e of word 2 di + t % 2
+        t = j % 32 // 8
+        return 2 * (i // 8 % 2) + t % 2, 2 * (t // 2) + j % 2
 
     gen = torch.Generator().manual_seed(0)
-    for _ in range(200):
+    for _ in range(300):
         b, h, i, j = (int(torch.randint(0, n, (1,), generator=gen)) for n in (B, H, tq, tk))
         g = group(b * H + h, i, j)
         t = lambda v: torch.tensor([v], dtype=torch.int64)  # noqa: E731
-        words = reference.philox4x32_10(t(g & 0xFFFFFFFF), t(g >> 32), t(offset & 0xFFFFFFFF), t(offset >> 32),
-                                        seed & 0xFFFFFFFF, seed >> 32)
-        u = (int(words[2 * (i // 8 % 2) + j // 8 % 2]) >> (16 * (j % 2))) & 0xFFFF
+        words = reference.philox4x32(t(g & 0xFFFFFFFF), t(g >> 32), t(offset & 0xFFFFFFFF), t(offset >> 32),
+                                     seed & 0xFFFFFFFF, seed >> 32, rounds=7)
+        word, byte = word_byte(i, j)
+        u = (int(words[word]) >> (8 * byte)) & 0xFF
         assert bool(m[b, h, i, j]) == (u >= thr), (b, h, i, j)
-    # and no two elements read the same 16 random bits: (group, word, half) is one-to-one
+    # and no two elements read the same random byte: (group, word, byte) is one-to-one
     n, i, j = torch.meshgrid(torch.arange(B * H), torch.arange(tq), torch.arange(tk), indexing="ij")
-    bits = group(n, i, j) * 8 + (2 * (i // 8 % 2) + j // 8 % 2) * 2 + j % 2
+    word, byte = word_byte(i, j)
+    bits = group(n, i, j) * 16 + word * 4 + byte
     assert bits.unique().numel() == bits.numel()
 
 
+# Known-answer vectors of Random123's kat_vectors for philox4x32 with 7 rounds: (counter, key) -> words.
+KAT7 = [
+    ((0, 0, 0, 0), (0, 0), (0x5F6FB709, 0x0D893F64, 0x4F121F81, 0x4F730A48)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x5207DDC2, 0x45165E59, 0x4D8EE751, 0x8C52F662)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0x4DFCCABA, 0x190A87F0, 0xC47362BA, 0xB6B5242A)),
+]
+
+
+@needs_triton
+def test_philox_7_rounds_known_answers():
+    """The kernels' Philox4x32-7, Triton's tl.philox(..., n_rounds=7), and the reference's against
+    Random123's known answers."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def philox7(C, SEED, OUT):
+        i = tl.arange(0, 4)
+        c = [tl.load(C + i * 4 + k).to(tl.uint32) for k in tl.static_range(4)]
+        w0, w1, w2, w3 = tl.philox(tl.load(SEED), c[0], c[1], c[2], c[3], n_rounds=7)
+        tl.store(OUT + i * 4 + 0, w0.to(tl.int64))
+        tl.store(OUT + i * 4 + 1, w1.to(tl.int64))
+        tl.store(OUT + i * 4 + 2, w2.to(tl.int64))
+        tl.store(OUT + i * 4 + 3, w3.to(tl.int64))
+
+    want = [list(w) for _, _, w in KAT7]
+    for (ctr, key, words) in KAT7:
+        got = reference.philox4x32(*[torch.tensor([c], dtype=torch.int64) for c in ctr], *key, rounds=7)
+        assert [int(w) for w in got] == list(words)
+    for row, (ctr, key, _) in enumerate(KAT7):   # one key per launch; 4 lanes of the same counter
+        c = torch.tensor([ctr] * 4, dtype=torch.int64, device=DEVICE)
+        seed = torch.tensor([reference.seed_pair((key[0] | key[1] << 32, 0))[0]], dtype=torch.int64, device=DEVICE)
+        out = torch.empty(4, 4, dtype=torch.int64, device=DEVICE)
+        philox7[(1,)](c, seed, out)
+        assert [int(v) & 0xFFFFFFFF for v in out[0]] == want[row]
+
+
+@pytest.mark.parametrize("p,thr", [(1e-4, 1), (0.1, 26), (0.5, 128), (0.999, 255)])
+def test_attention_dropout_rate_is_quantised_to_256ths(p, thr):
+    """p acts as thr / 256 (at least 1/256, at most 255/256) and kept weights are scaled by its
+    1 / (1 - p), so the expected output is exact for the rate applied."""
+    assert reference.attention_dropout_threshold(p) == thr
+    assert reference.attention_dropout_scale(p) == 256 / (256 - thr)
+
+
 def test_reference_keep_rate_at_scale():
-    """reference.attention_keep_mask keeps 1 - p of a large tensor (to 5 sigma), per p."""
+    """reference.attention_keep_mask keeps 1 - thr / 256 of a large tensor (to 5 sigma), per p."""
     for p in (0.1, 0.5):
         m = reference.attention_keep_mask((4, 8, 128, 125), p, 99, 7)
-        n = m.numel()
-        assert abs(m.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+        n, pq = m.numel(), reference.attention_dropout_threshold(p) / 256
+        assert abs(m.float().mean().item() - (1 - pq)) < 5 * math.sqrt(pq * (1 - pq) / n)
 
 
 def test_dropout_is_deterministic_per_seed():
@@ -452,13 +516,31 @@ def test_dropout_replays_under_activation_checkpointing():
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))
 
 
+def test_dropout_launch_configs_tile_the_mask_groups(monkeypatch):
+    """With dropout the autotuner's spaces (pruned) and the fixed defaults keep key blocks of 32 or
+    more; without dropout nothing is pruned."""
+    from fastgpt.kernels import attention as A
+    for space in (A._FWD_SPACE, A._DKDV_SPACE, A._DQ_SPACE):
+        configs = [A._cfg(*c) for c in space]
+        assert A._prune(configs, {}, DROPOUT=False) == configs
+        kept = A._prune(configs, {}, DROPOUT=True)
+        assert kept and all(c.kwargs["BLOCK_N"] % 32 == 0 for c in kept)
+    monkeypatch.setattr(A, "INTERPRET", False)   # default_config's GPU table
+    for kind in ("fwd", "dkdv", "dq"):
+        for D in (16, 64, 128, 256):
+            for dtype in (torch.float32, torch.bfloat16):
+                cfg = A.default_config(kind, D, dtype, dropout=True)
+                assert cfg["BLOCK_N"] % 32 == 0 and cfg["BLOCK_M"] % 16 == 0, (kind, D, dtype, cfg)
+
+
 def test_dropout_rejects_blocks_off_the_mask_grid():
-    """The keep mask's groups span 16 rows x 16 keys: a forced config must tile them."""
+    """The keep mask's groups span 16 rows x 32 keys: a forced config must tile them."""
     from fastgpt.kernels.attention import attention_fwd
     q, k, v = _qkv(1, 1, 32, 32, 16, torch.float32)
     seed = torch.tensor([1, 2], dtype=torch.int64, device=DEVICE)
-    with pytest.raises(ValueError, match="multiples of 16"):
-        attention_fwd(q, k, v, config={"BLOCK_M": 8, "BLOCK_N": 16}, dropout_p=0.1, seed=seed)
+    for bm, bn in ((8, 32), (16, 16)):
+        with pytest.raises(ValueError, match="BLOCK_M must be a multiple of 16 and BLOCK_N of 32"):
+            attention_fwd(q, k, v, config={"BLOCK_M": bm, "BLOCK_N": bn}, dropout_p=0.1, seed=seed)
 
 
 @pytest.mark.parametrize("seed,msg", [
