@@ -2,6 +2,8 @@
 
     python -m benchmarks.host_overhead            # host us per op fwd+bwd, lean launch on vs off
     python -m benchmarks.host_overhead --check    # the lean path passes what triton's path passes
+    python -m benchmarks.host_overhead --profile causal_attention   # where one case's host time goes
+    python -m benchmarks.host_overhead --cuda     # the same rows on a GPU, real launches
 
 A fused op called from Python spends host time (validation, allocation, autograd, the
 Triton launches) that the GPU waits on when the kernels are short: run 2 timed LayerNorm
@@ -12,6 +14,12 @@ compiled kernel's launcher is replaced by a recorder, so everything up to the dr
 runs for real and only the driver call is missing. Times are thread CPU time, the minimum
 over interleaved repeats (the dev machine is shared and noisy); the "empty
 autograd.Function" row is PyTorch's own floor for one op with a backward.
+
+--cuda runs the same cases on the GPU with the real driver (run 4 measured the H100 machine's
+host at ~2x the dev CPU's, so the stand-in's times are a lower bound there): each repeat first
+queues a spin kernel that outlasts the calls, so the GPU never makes the host wait, and the
+rows are wall time per call (the driver's own launch cost included). --profile NAME prints
+cProfile's top functions over the cases whose name contains NAME (stand-in or --cuda).
 
 --check runs every launcher of benchmarks/compile_report.py twice and, for each launch
 that reaches kernels._common.launch, makes it through triton's own path (JITFunction.run)
@@ -111,23 +119,26 @@ def check() -> int:
     return 1 if failures or not compared else 0
 
 
-def _cases():
+def _cases(device="cpu"):
     import torch
 
     import fastgpt.kernels as K
     bf = torch.bfloat16
 
     def leaf(*shape, n=1):
-        return [torch.randn(*shape, dtype=bf, requires_grad=True) for _ in range(n)]
+        return [torch.randn(*shape, dtype=bf, device=device, requires_grad=True) for _ in range(n)]
 
     q, k, v = leaf(1, 1, 32, 64, n=3)
-    do = torch.randn(1, 1, 32, 64, dtype=bf)
+    do = torch.randn(1, 1, 32, 64, dtype=bf, device=device)
+    qkv, = leaf(1, 32, 3, 1, 64)
+    do_packed = torch.randn(1, 32, 64, dtype=bf, device=device)
     x, r = leaf(8, 768, n=2)
-    w, b = torch.ones(768, dtype=bf, requires_grad=True), torch.zeros(768, dtype=bf, requires_grad=True)
-    dy = torch.randn(8, 768, dtype=bf)
+    w = torch.ones(768, dtype=bf, device=device, requires_grad=True)
+    b = torch.zeros(768, dtype=bf, device=device, requires_grad=True)
+    dy = torch.randn(8, 768, dtype=bf, device=device)
     x3, = leaf(8, 3072)
-    b3 = torch.zeros(3072, dtype=bf, requires_grad=True)
-    dy3 = torch.randn(8, 3072, dtype=bf)
+    b3 = torch.zeros(3072, dtype=bf, device=device, requires_grad=True)
+    dy3 = torch.randn(8, 3072, dtype=bf, device=device)
     grad = torch.autograd.grad
 
     class Empty(torch.autograd.Function):
@@ -144,17 +155,18 @@ def _cases():
         "empty autograd.Function": lambda: grad(Empty.apply(q, k, v), (q, k, v), do),
         "causal_attention": lambda: grad(K.causal_attention(q, k, v), (q, k, v), do),
         "causal_attention p=0.1": lambda: grad(K.causal_attention(q, k, v, dropout_p=0.1), (q, k, v), do),
+        "causal_attention_qkvpacked": lambda: grad(K.causal_attention_qkvpacked(qkv), (qkv,), do_packed),
         "layer_norm": lambda: grad(K.layer_norm(x, w, b), (x, w, b), dy),
         "add_layer_norm": lambda: grad(K.add_layer_norm(x, r, w, b), (x, r, w, b), (dy, dy)),
         "bias_gelu": lambda: grad(K.bias_gelu(x3, b3), (x3, b3), dy3),
         # generation / evaluation: nothing to record, so no autograd.Function either
         "causal_attention, no_grad": torch.no_grad()(lambda: K.causal_attention(q, k, v)),
         "layer_norm, no_grad": torch.no_grad()(lambda: K.layer_norm(x, w, b)),
-        **_block_cases(),
+        **_block_cases(device),
     }
 
 
-def _block_cases():
+def _block_cases(device):
     """A GPT-2 (pre-LN) block fwd+bwd, fastgpt's fused block against PyTorch's eager one.
 
     Narrow (C = 64, 8 tokens) so the CPU matmuls cost little; the peer's LayerNorm, attention and
@@ -166,10 +178,11 @@ def _block_cases():
     from fastgpt.config import GPTConfig
     from fastgpt.model import GPTBlock
     cfg = GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=64, vocab_size=256, dropout=0.0, norm="pre")
-    x = torch.randn(1, 8, 64, requires_grad=True)
-    dy = torch.randn(1, 8, 64)
+    x = torch.randn(1, 8, 64, device=device, requires_grad=True)
+    dy = torch.randn(1, 8, 64, device=device)
 
     def fwd_bwd(block):
+        block = block.to(device)
         inputs = [x, *block.parameters()]
         return lambda: torch.autograd.grad(block(x), inputs, dy)
 
@@ -177,16 +190,33 @@ def _block_cases():
             "TorchBlock fwd+bwd (peer)": fwd_bwd(TorchBlock(cfg))}
 
 
-def timing(repeats: int, number: int) -> None:
-    """Host us per fwd+bwd (forward only for the no_grad rows) of each op, lean launch on and off,
-    min of interleaved repeats."""
+def _setup(cuda: bool):
+    """(cases, clear, clock): the cases on the GPU (real launches) or on the CPU with launches
+    stubbed; clear() drops what the stub recorded; clock() the time source in ns (wall time on the
+    GPU, where the driver's own work counts, else this thread's CPU time)."""
     import torch
     os.environ["FASTGPT_AUTOTUNE"] = "0"
+    if cuda:
+        return _cases("cuda"), lambda: None, time.perf_counter_ns
     records: list = []
     install_stub_launcher(records)
-    from fastgpt.kernels import _common
     torch.set_num_threads(1)
-    cases = _cases()
+    return _cases(), records.clear, time.thread_time_ns
+
+
+def _gpu_busy(cuda: bool) -> None:
+    """On the GPU, queue a spin kernel (~0.2 s) so the calls that follow never wait for it."""
+    if cuda:
+        import torch
+        torch.cuda.synchronize()
+        torch.cuda._sleep(400_000_000)
+
+
+def timing(repeats: int, number: int, cuda: bool = False) -> None:
+    """Host us per fwd+bwd (forward only for the no_grad rows) of each op, lean launch on and off,
+    min of interleaved repeats."""
+    from fastgpt.kernels import _common
+    cases, clear, clock = _setup(cuda)
     best = {(name, lean): float("inf") for name in cases for lean in (True, False)}
     for f in cases.values():   # compile and fill the caches
         f()
@@ -195,16 +225,42 @@ def timing(repeats: int, number: int) -> None:
         for name, f in cases.items():
             for lean in (True, False) if rep % 2 else (False, True):   # no order bias
                 _common.LEAN_LAUNCH = lean
-                t0 = time.thread_time_ns()
+                _gpu_busy(cuda)
+                t0 = clock()
                 for _ in range(number):
                     f()
-                best[name, lean] = min(best[name, lean], (time.thread_time_ns() - t0) / number / 1e3)
-                del records[:]
-    print(f"host time per fwd+bwd, forward only under no_grad (launches stubbed), min of {repeats} x {number}")
+                best[name, lean] = min(best[name, lean], (clock() - t0) / number / 1e3)
+                clear()
+    how = "real launches, wall time" if cuda else "launches stubbed"
+    print(f"host time per fwd+bwd, forward only under no_grad ({how}), min of {repeats} x {number}")
     print(f"{'op':<26} {'triton path us':>15} {'lean launch us':>15} {'saved':>6}")
     for name in cases:
         off, on = best[name, False], best[name, True]
         print(f"{name:<26} {off:15.1f} {on:15.1f} {1 - on / off:6.0%}")
+
+
+def profile(name: str, number: int, cuda: bool = False) -> int:
+    """cProfile's top functions (own time) over ``number`` calls of each case whose name contains name."""
+    import cProfile
+    import pstats
+    cases, clear, _ = _setup(cuda)
+    picked = {n: f for n, f in cases.items() if name in n}
+    if not picked:
+        print(f"host_overhead: no case matches {name!r}; cases: {', '.join(cases)}", file=sys.stderr)
+        return 2
+    for case, f in picked.items():
+        f()
+        f()
+        _gpu_busy(cuda)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(number):
+            f()
+        prof.disable()
+        clear()
+        print(f"=== {case}: {number} calls ({'real launches' if cuda else 'launches stubbed'}), by own time")
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(30)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -213,14 +269,23 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="compare the lean launch with triton's path; no timing")
     ap.add_argument("--repeats", type=int, default=15, help="interleaved repeats (the minimum is kept)")
     ap.add_argument("--number", type=int, default=100, help="calls per repeat")
+    ap.add_argument("--cuda", action="store_true", help="run on the GPU with real launches (wall time)")
+    ap.add_argument("--profile", metavar="NAME", help="cProfile the cases whose name contains NAME")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("host_overhead: unset TRITON_INTERPRET (it compiles for the GPU, it does not interpret)",
               file=sys.stderr)
         return 2
+    if args.cuda:
+        import torch
+        if not torch.cuda.is_available():
+            print("host_overhead: --cuda needs a CUDA device", file=sys.stderr)
+            return 2
     if args.check:
         return check()
-    timing(args.repeats, args.number)
+    if args.profile:
+        return profile(args.profile, args.number, args.cuda)
+    timing(args.repeats, args.number, args.cuda)
     return 0
 
 
