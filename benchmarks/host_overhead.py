@@ -23,8 +23,10 @@ cProfile's top functions over the cases whose name contains NAME (stand-in or --
 
 --check runs every launcher of benchmarks/compile_report.py twice and, for each launch
 that reaches kernels._common.launch, makes it through triton's own path (JITFunction.run)
-and through the lean replay, and compares what reaches the kernel launcher: the compiled
-kernel, grid, stream, metadata and every argument. Exit status 1 on any difference.
+and through the lean replay, and compares what reaches the C launch entry (the driver call;
+triton's path gets there through CudaLauncher.__call__, the replay directly): the compiled
+kernel, grid, stream, flags, scratch buffers, metadata and every argument (launch hooks that do
+nothing, None or an empty chain, count as equal). Exit status 1 on any difference.
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ import time
 
 
 def install_stub_launcher(records: list) -> None:
-    """Triton compiles for the sm_90 stand-in; each compiled kernel's launcher appends its call to records."""
+    """Triton compiles for the sm_90 stand-in; each compiled kernel gets triton's own CudaLauncher
+    (its Python __call__ runs for real) whose C entry, the driver call, appends its call to records."""
+    from triton.backends.nvidia.driver import CudaLauncher
     from triton.compiler.compiler import CompiledKernel
 
     from benchmarks.compile_report import use_standin
@@ -46,9 +50,35 @@ def install_stub_launcher(records: list) -> None:
             return
         kernel.module, kernel.function = "stub", 0
         kernel.n_regs = kernel.n_spills = 0
-        kernel._run = lambda *call: records.append((kernel, call))
+        launcher = object.__new__(CudaLauncher)   # CudaLauncher.__init__ would build the C module
+        md = kernel.metadata
+        launcher.num_ctas = getattr(md, "num_ctas", 1)
+        launcher.global_scratch_size, launcher.global_scratch_align = md.global_scratch_size, md.global_scratch_align
+        launcher.profile_scratch_size, launcher.profile_scratch_align = md.profile_scratch_size, md.profile_scratch_align
+        launcher.launch_cooperative_grid, launcher.launch_pdl = md.launch_cooperative_grid, md.launch_pdl
+        launcher.launch = lambda *call: records.append((kernel, call))
+        kernel._run = launcher
 
     CompiledKernel._init_handles = init_handles
+
+
+def _idle(hook) -> bool:
+    from triton import knobs
+    return hook is None or (isinstance(hook, knobs.HookChain) and not hook.calls)
+
+
+# the C launch entry's arguments before the kernel's own (triton 3.6's CudaLauncher.launch)
+_C_ARGS = ["gridX", "gridY", "gridZ", "stream", "function", "cooperative", "pdl", "global_scratch",
+           "profile_scratch", "packed_metadata", "launch_metadata", "enter_hook", "exit_hook"]
+
+
+def _differing(ref: tuple, got: tuple) -> list:
+    """Indices where two C-entry calls differ. Launch hooks that do nothing (None or an empty chain)
+    count as equal, and so does the metadata passed only to them."""
+    meta, enter, leave = (_C_ARGS.index(n) for n in ("launch_metadata", "enter_hook", "exit_hook"))
+    idle = all(_idle(c[i]) for c in (ref, got) for i in (enter, leave))
+    skip = {meta, enter, leave} if idle else set()
+    return [i for i, (x, y) in enumerate(zip(ref, got)) if i not in skip and not _same(x, y)]
 
 
 def _same(a, b) -> bool:
@@ -101,11 +131,10 @@ def check() -> int:
         got = records.pop()
         compared += 1
         kernels.add(fn.fn.__name__)
-        bad = [i for i, (x, y) in enumerate(zip(ref[1], got[1])) if not _same(x, y)]
+        bad = _differing(ref[1], got[1])
         if ref[0] is not got[0] or len(ref[1]) != len(got[1]) or bad:
             failures += 1
-            names = ["gridX", "gridY", "gridZ", "stream", "function", "packed_metadata", "launch_metadata",
-                     "enter_hook", "exit_hook"] + list(fn.arg_names)
+            names = _C_ARGS + list(fn.arg_names)
             print(f"MISMATCH {fn.fn.__name__}: kernel {'same' if ref[0] is got[0] else 'differs'}, "
                   f"differing: {[names[i] if i < len(names) else i for i in bad]}")
 
@@ -215,8 +244,8 @@ def _gpu_busy(cuda: bool) -> None:
 def timing(repeats: int, number: int, cuda: bool = False) -> None:
     """Host us per fwd+bwd (forward only for the no_grad rows) of each op, lean launch on and off,
     min of interleaved repeats."""
-    from fastgpt.kernels import _common
     cases, clear, clock = _setup(cuda)
+    from fastgpt.kernels import _common
     best = {(name, lean): float("inf") for name in cases for lean in (True, False)}
     for f in cases.values():   # compile and fill the caches
         f()

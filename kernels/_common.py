@@ -18,6 +18,10 @@ try:  # triton's own argument specialisation (C++, triton >= 3.4), which the lea
     from triton._C.libtriton import native_specialize_impl
 except ImportError:  # an older triton: every launch takes triton's own path
     native_specialize_impl = None
+try:  # the CUDA launcher class, whose C entry the lean launch calls directly
+    from triton.backends.nvidia.driver import CudaLauncher
+except ImportError:
+    CudaLauncher = None
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -116,6 +120,11 @@ def _bench_for(rep_ms: int):
 # (benchmarks/host_overhead.py --check compares the two on every launcher). The launcher's
 # calling convention is triton's internal one, checked on triton 3.6 (the pinned version): any
 # other version, and FASTGPT_LEAN_LAUNCH=0, send every launch through triton's own path.
+# Two more per-launch costs go when nothing uses them: triton 3.6 passes its launch hooks as
+# HookChain objects even when empty, so every launch builds a metadata dict and its C launcher
+# calls two empty chains (a replay passes None for all three while the chains are empty); and
+# CudaLauncher.__call__, a Python frame that only adds the kernel's scratch buffers (none for
+# ours) and two flags before the C entry, which a replay calls directly.
 
 LEAN_LAUNCH = not INTERPRET and native_specialize_impl is not None and triton.__version__.startswith("3.6.") \
     and os.environ.get("FASTGPT_LEAN_LAUNCH", "1") != "0"
@@ -140,17 +149,41 @@ def launch(fn, grid, *args, **kwargs):
         # the values of the parameters not passed positionally, as triton binds them
         tail = tuple(kwargs[n] if n in kwargs else p.default for n, p in zip(names, fn.params[len(args):]))
         if kernel is not None and not hasattr(kernel, "result"):
-            cache[key] = (kernel, tail, dict(zip(names, tail)))
+            cache[key] = (kernel, tail, dict(zip(names, tail)), _c_entry(kernel))
         return kernel
-    kernel, tail, meta = hit
+    kernel, tail, meta, c_entry = hit
     full = args + tail
     if callable(grid):
         grid = grid(meta)
     n = len(grid)
-    kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, stream, kernel.function,
-               kernel.packed_metadata, kernel.launch_metadata(grid, stream, *full),
-               knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *full)
+    gx, gy, gz = grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1
+    enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    if _idle(enter) and _idle(leave):
+        enter = leave = metadata = None
+    else:
+        metadata = kernel.launch_metadata(grid, stream, *full)
+    if c_entry is None:
+        kernel.run(gx, gy, gz, stream, kernel.function, kernel.packed_metadata, metadata, enter, leave, *full)
+    else:
+        c_launch, cooperative, pdl = c_entry
+        c_launch(gx, gy, gz, stream, kernel.function, cooperative, pdl, None, None, kernel.packed_metadata, metadata,
+                 enter, leave, *full)
     return kernel
+
+
+def _idle(hook) -> bool:
+    """A launch hook that does nothing: None, or an empty HookChain (triton 3.6's default)."""
+    return hook is None or (isinstance(hook, knobs.HookChain) and not hook.calls)
+
+
+def _c_entry(kernel):
+    """(C launch function, cooperative-grid flag, PDL flag) of a compiled kernel whose launcher is
+    triton's CudaLauncher with no scratch buffers, else None (the replay then calls the launcher)."""
+    run = kernel.run
+    if CudaLauncher is None or not isinstance(run, CudaLauncher) or run.global_scratch_size \
+            or run.profile_scratch_size:
+        return None
+    return run.launch, run.launch_cooperative_grid, run.launch_pdl
 
 
 class _Autotuner(triton.runtime.autotuner.Autotuner):

@@ -596,18 +596,23 @@ def _dropout_args(dropout_p):
     return reference.attention_dropout_threshold(dropout_p), reference.attention_dropout_scale(dropout_p)
 
 
+_DEFAULTS: dict = {}   # (kind, head dim, dtype, dropout) -> default_config(...), for the launches
+
+
 def _launch(kernel, kind, config, grid, *args, **meta):
     """Launch the autotuned kernel, or the raw kernel with an explicit (or the default) config."""
     if config is None and not AUTOTUNE and not INTERPRET:
-        config = default_config(kind, meta["HEAD_DIM"], args[0].dtype, meta["DROPOUT"])
+        key = (kind, meta["HEAD_DIM"], args[0].dtype, meta["DROPOUT"])
+        config = _DEFAULTS.get(key)
+        if config is None:
+            config = _DEFAULTS[key] = default_config(*key)
     if config is None:
-        kernel[grid](*args, **meta)
-    else:
-        if meta.get("DROPOUT") and (config["BLOCK_M"] % 16 or config["BLOCK_N"] % 32):
-            raise ValueError(f"causal_attention: with dropout, BLOCK_M must be a multiple of 16 and BLOCK_N of 32 "
-                             f"(the keep mask's groups), got {config['BLOCK_M']} x {config['BLOCK_N']}")
-        cfg = dict(config)
-        launch(kernel.fn, grid, *args, **meta, BLOCK_M=cfg.pop("BLOCK_M"), BLOCK_N=cfg.pop("BLOCK_N"), **cfg)
+        kernel.run(*args, grid=grid, **meta)
+        return
+    if meta["DROPOUT"] and (config["BLOCK_M"] % 16 or config["BLOCK_N"] % 32):
+        raise ValueError(f"causal_attention: with dropout, BLOCK_M must be a multiple of 16 and BLOCK_N of 32 "
+                         f"(the keep mask's groups), got {config['BLOCK_M']} x {config['BLOCK_N']}")
+    launch(kernel.fn, grid, *args, **meta, **config)
 
 
 def _out_empty(q_shape, dtype, device, out_layout):
@@ -667,7 +672,8 @@ def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
     packed qkv path passes slices of one (B, T, 3, H, D) gradient). ``configs`` =
     (dkdv_config, dq_config) forces launch configs (tests); dropout_p and seed are the forward's.
     """
-    q, k, v, o, do = (_unit_last_stride(t) for t in (q, k, v, o, do))
+    q, k, v, o, do = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v), _unit_last_stride(o), \
+        _unit_last_stride(do)
     B, H, TQ, D = q.shape
     TK = k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
@@ -769,10 +775,11 @@ class _QKVPackedFunction(torch.autograd.Function):
     one (B, T, 3, H, D) gradient, so autograd has no unbind to undo (a stack copy of 3 x B x T x C)."""
 
     @staticmethod
-    def forward(ctx, qkv, scale, dropout_p, seed):
-        q, k, v = _unpack(qkv)
-        o, lse = _fwd(q, k, v, scale, "bthd", None, None, dropout_p, seed)
+    def forward(ctx, qkv, views, scale, dropout_p, seed):
+        # views: q, k, v of qkv (made once by the caller, outside autograd: not inputs of this node)
+        o, lse = _fwd(*views, scale, "bthd", None, None, dropout_p, seed)
         ctx.save_for_backward(qkv, o, lse, seed)
+        ctx.views = views   # qkv's version counter (saved above) guards them too
         ctx.scale, ctx.dropout_p = scale, dropout_p
         B, T, _, H, D = qkv.shape
         return o.transpose(1, 2).reshape(B, T, H * D)   # a view: o's storage is (B, T, H, D)
@@ -782,14 +789,14 @@ class _QKVPackedFunction(torch.autograd.Function):
         qkv, o, lse, seed = ctx.saved_tensors
         B, T, _, H, D = qkv.shape
         dqkv = empty(qkv.shape, qkv.dtype, qkv.device)
-        attention_bwd(do.reshape(B, T, H, D).transpose(1, 2), *_unpack(qkv), o, lse, ctx.scale,
+        attention_bwd(do.reshape(B, T, H, D).transpose(1, 2), *ctx.views, o, lse, ctx.scale,
                       dropout_p=ctx.dropout_p, seed=seed, out=_unpack(dqkv))
-        return dqkv, None, None, None
+        return dqkv, None, None, None, None
 
 
 def _unpack(qkv: Tensor):
-    """q, k, v as (B, H, T, D) views of a (B, T, 3, H, D) tensor."""
-    return tuple(t.transpose(1, 2) for t in qkv.unbind(2))
+    """q, k, v as (B, H, T, D) views of a (B, T, 3, H, D) tensor (two view ops, not four)."""
+    return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -846,5 +853,6 @@ def causal_attention_qkvpacked(qkv: Tensor, scale: Optional[float] = None, dropo
     if torch.compiler.is_compiling() or not records_grad(qkv):
         o = causal_attention(*_unpack(qkv), scale, dropout_p, "bthd", seed=seed, generator=generator)
         return o.transpose(1, 2).reshape(B, T, H * D)
-    scale, dropout_p, seed = _checked_call(*_unpack(qkv), scale, dropout_p, seed, generator)
-    return _QKVPackedFunction.apply(qkv, scale, dropout_p, seed)
+    views = _unpack(qkv.detach())
+    scale, dropout_p, seed = _checked_call(*views, scale, dropout_p, seed, generator)
+    return _QKVPackedFunction.apply(qkv, views, scale, dropout_p, seed)
