@@ -5,6 +5,8 @@
 #   bash benchmarks/gpu_check.sh --only tests         # one stage: install|tests|bench|selftest
 #   bash benchmarks/gpu_check.sh --only layernorm,gelu   # some benchmark families
 #   bash benchmarks/gpu_check.sh --only tune          # attention config sweep (never part of "all")
+#   bash benchmarks/gpu_check.sh --only host          # host time per fused op, real launches, and a
+#                                                     # profile of attention's (never part of "all")
 #   bash benchmarks/gpu_check.sh --out DIR            # where stage results go (default gpu_results/,
 #                                                     # relative to the repository root)
 #   bash benchmarks/gpu_check.sh --tar FILE           # also pack the results folder into FILE at the end
@@ -32,14 +34,14 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { echo "gpu_check: $1 needs a value (see --help)"; exit 2; }
       case "$1" in --only) ONLY="$2" ;; --out) RES="$2" ;; --tar) TAR="$2" ;; esac
       shift 2 ;;
-    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)"; exit 2 ;;
   esac
 done
 for s in ${ONLY//,/ }; do  # a typo would otherwise run nothing but the install, silently
-  case " all install tests selftest bench tune $FAMILIES " in
+  case " all install tests selftest bench tune host $FAMILIES " in
     *" $s "*) ;;
-    *) echo "gpu_check: unknown stage '$s' in --only; choose from: all install tests selftest bench tune $FAMILIES"
+    *) echo "gpu_check: unknown stage '$s' in --only; choose from: all install tests selftest bench tune host $FAMILIES"
        exit 2 ;;
   esac
 done
@@ -150,6 +152,10 @@ for fam in $FAMILIES; do
 done
 if [ "$ONLY" != "all" ] && wants tune; then  # TUNE_ARGS="--kinds dkdv,dq --p 0" narrows it
   stage tune 540 $PY -m benchmarks.tune_attention --json "$RES/tune_attention.json" ${TUNE_ARGS:-}
+fi
+if [ "$ONLY" != "all" ] && wants host; then
+  stage host 120 bash -c "$PY -m benchmarks.host_overhead --cuda --repeats 5 --number 50 &&
+    $PY -m benchmarks.host_overhead --cuda --profile causal_attention --number 200"
 fi
 $PY benchmarks/summary.py "$RES" || echo "gpu_check: the summary failed; results are in $RES/"
 if [ -n "$TAR" ]; then tar czf "$TAR" "$RES" && echo "gpu_check: results packed into $TAR"; fi

@@ -223,3 +223,16 @@ def test_a_failing_impl_becomes_a_row_with_its_note(monkeypatch):
                                                          "Tried to allocate 2 GiB"
     common.bench_impl(rows, "block", "c", "eager", lambda: None)
     assert rows[1]["note"].startswith("RuntimeError: CUDA out of memory")
+
+
+def test_gpu_check_cli():
+    """gpu_check.sh: --help prints its whole header (every stage named), an unknown stage exits 2
+    naming the choices, before anything is installed or run."""
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    r = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0
+    assert "--only host" in r.stdout and "--only tune" in r.stdout and r.stdout.rstrip().endswith("names them).")
+    r = subprocess.run(["bash", str(script), "--only", "hots"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "unknown stage 'hots'" in r.stdout and " host " in r.stdout

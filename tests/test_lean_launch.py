@@ -3,9 +3,10 @@
 Under the CPU interpreter that path never runs (the interpreter launches through
 triton), so this runs benchmarks/host_overhead.py --check in a child process without
 TRITON_INTERPRET: every launcher is called with Triton's driver replaced by an sm_90
-stand-in, kernels are compiled for real, each compiled kernel's launcher is a recorder,
-and each launch is made through triton's path and through the lean replay, then the two
-recorded calls (kernel, grid, stream, metadata, every argument) are compared. It
+stand-in, kernels are compiled for real, each compiled kernel's launcher is triton's own
+CudaLauncher whose C entry (the driver call) is a recorder, and each launch is made
+through triton's path and through the lean replay, then the two recorded calls (kernel,
+grid, stream, flags, scratch, metadata, every argument) are compared. It
 includes launches that differ only in what triton specialises on (alignment, == 1,
 divisibility by 16), so a replay keyed too coarsely fails it.
 """
@@ -26,7 +27,22 @@ def test_host_time_table_has_every_op():
     """The timing mode (README: python -m benchmarks.host_overhead) runs every op both ways and prints its row."""
     r = run_standin("benchmarks.host_overhead", "--repeats", "1", "--number", "2")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    for op in ("empty autograd.Function", "causal_attention p=0.1", "add_layer_norm", "bias_gelu",
+    for op in ("empty autograd.Function", "causal_attention p=0.1", "causal_attention_qkvpacked", "add_layer_norm",
+               "bias_gelu",
                "layer_norm, no_grad", "GPTBlock fwd+bwd (fused)", "TorchBlock fwd+bwd (peer)"):
         assert any(line.startswith(op) and line.split()[-1].endswith("%") for line in r.stdout.splitlines()), \
             r.stdout
+
+
+def test_host_profile_and_cuda_flag():
+    """--profile prints cProfile's table for the matching cases (an unknown name exits 2 listing the
+    cases); --cuda without a GPU exits 2 with one line."""
+    import torch
+    r = run_standin("benchmarks.host_overhead", "--profile", "qkvpacked", "--number", "3")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert "=== causal_attention_qkvpacked: 3 calls" in r.stdout and "tottime" in r.stdout
+    r = run_standin("benchmarks.host_overhead", "--profile", "nonesuch", "--number", "1")
+    assert r.returncode == 2 and "no case matches 'nonesuch'" in r.stderr and "bias_gelu" in r.stderr
+    if not torch.cuda.is_available():
+        r = run_standin("benchmarks.host_overhead", "--cuda")
+        assert r.returncode == 2 and r.stderr.strip() == "host_overhead: --cuda needs a CUDA device"
