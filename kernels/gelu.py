@@ -36,6 +36,14 @@ def _configs():
             [(8, 256, 4), (4, 512, 4), (16, 256, 8), (8, 512, 8), (2, 1024, 4), (32, 128, 4)]]
 
 
+def _bwd_configs():
+    # STAGES > 1: triton prefetches the next trips' tiles of the grid-stride row loop (cp.async),
+    # as in LayerNorm's backward; the first config stays the default when not autotuning
+    return [triton.Config({**c.kwargs, "STAGES": 1}, num_warps=c.num_warps) for c in _configs()] + \
+        [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "STAGES": st}, num_warps=w) for bm, bn, w, st in
+         [(8, 256, 4, 3), (4, 512, 4, 3), (16, 256, 8, 2), (8, 512, 8, 2)]]
+
+
 @triton.jit
 def _gelu_and_grad(u, TANH: tl.constexpr, NEED_GRAD: tl.constexpr):
     """gelu(u) and, if NEED_GRAD, d gelu / du (fp32 in, fp32 out)."""
@@ -85,7 +93,7 @@ def _bias_gelu_fwd_kernel(
     tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
-@autotune(_configs(), key=["N", "HAS_BIAS", "TANH"])
+@autotune(_bwd_configs(), key=["N", "HAS_BIAS", "TANH"])
 @triton.jit
 def _bias_gelu_bwd_kernel(
     DY,         # (M, N) grad of y, row stride stride_dy
@@ -95,7 +103,7 @@ def _bias_gelu_bwd_kernel(
     DBp,        # (G, N) fp32 partial column sums of dx, one row per program along axis 0
     M, N, stride_dy, stride_x,
     HAS_BIAS: tl.constexpr, TANH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     G = tl.num_programs(0)
@@ -106,7 +114,7 @@ def _bias_gelu_bwd_kernel(
     # per-element accumulator, summed over its rows once after the loop (not a cross-warp
     # reduction through shared memory on every trip)
     db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for start in range(pid * BLOCK_M, M, G * BLOCK_M):
+    for start in tl.range(pid * BLOCK_M, M, G * BLOCK_M, num_stages=STAGES):
         rows = start + tl.arange(0, BLOCK_M)
         mask = (rows < M)[:, None] & cmask[None, :]
         rows = rows.to(tl.int64)
