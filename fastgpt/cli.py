@@ -48,6 +48,14 @@ class Option:
     auto: str | None
 
 
+def opt(default, help: str, auto: str | None = None):
+    """A config dataclass field with its --help text and, for a None default, what "auto" picks."""
+    md = dict(help=help)
+    if auto:
+        md["auto"] = auto
+    return dataclasses.field(default=default, metadata=md)
+
+
 def options(cls) -> dict[str, Option]:
     """The options of a config dataclass, by field name, in declaration order."""
     hints = typing.get_type_hints(cls, include_extras=False)
@@ -307,6 +315,31 @@ def die(prog: str, msg: str, status: int = 2):
     """One line on stderr and exit (2 = usage error)."""
     print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def run_main(prog: str, body, statuses: dict, memory_hint: str, interrupted=None) -> int:
+    """A CLI main's body with its known failures as one line each: body() runs; an exception of a
+    class in ``statuses`` (first match, in order; UsageError is always 2) ends the process with one
+    line and that exit status; an allocation failure says what to lower (``memory_hint``); Ctrl-C
+    prints interrupted_line(prog, *interrupted) ((out_dir, when)) and returns 130. Anything else
+    propagates (a bug: its traceback is wanted). Returns body()'s value when it is an int (an exit
+    status), else 0 (a run's summary, None)."""
+    statuses = {UsageError: 2, **statuses}
+    try:
+        rc = body()
+    except tuple(statuses) as e:
+        die(prog, str(e), next(code for cls, code in statuses.items() if isinstance(e, cls)))
+    except (RuntimeError, MemoryError) as e:
+        msg = out_of_memory(e, memory_hint)
+        if msg is None:
+            raise
+        die(prog, msg, 1)
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        print("\n" + interrupted_line(prog, *interrupted), file=sys.stderr)
+        return 130
+    return rc if isinstance(rc, int) else 0
 
 
 class _LostReaderSafe:

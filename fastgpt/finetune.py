@@ -46,7 +46,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -73,11 +73,7 @@ FORMAT = "fastgpt-finetune"
 VERSION = 1
 
 
-def _f(default, help, auto=None):
-    md = dict(help=help)
-    if auto:
-        md["auto"] = auto
-    return field(default=default, metadata=md)
+_f = cli.opt
 
 
 @dataclass
@@ -857,28 +853,17 @@ def main(argv=None) -> int:
     if texts and not cfg.predict:
         cli.die(PROG, f"unexpected argument {texts[0]!r} (texts to label need --predict; options look like "
                       "--key=value)")
-    try:
+    def body():
         if cfg.predict:
             for label in predict(cfg, texts):
                 print(label)
         else:
             run(cfg, given)
-    except T.TaskFileError as e:
-        cli.die(PROG, str(e), 2)
-    except cli.UsageError as e:
-        cli.die(PROG, str(e), 2)
-    except (RunError, CheckpointError) as e:  # CheckpointError: a checkpoint could not be written
-        cli.die(PROG, str(e), 1)
-    except (RuntimeError, MemoryError) as e:
-        msg = cli.out_of_memory(e, "lower --batch_size or --max_len")
-        if msg is None:
-            raise
-        cli.die(PROG, msg, 1)
-    except KeyboardInterrupt:
-        print("\n" + cli.interrupted_line(PROG, cfg.out_dir, "one is written at each epoch end, and every "
-                                                             "--ckpt_interval steps"), file=sys.stderr)
-        return 130
-    return 0
+
+    # CheckpointError: a checkpoint could not be written
+    return cli.run_main(PROG, body, {T.TaskFileError: 2, RunError: 1, CheckpointError: 1},
+                        "lower --batch_size or --max_len",
+                        interrupted=(cfg.out_dir, "one is written at each epoch end, and every --ckpt_interval steps"))
 
 
 if __name__ == "__main__":

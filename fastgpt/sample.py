@@ -135,17 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cache", action="store_true", help="recompute the whole context every step")
     ap.add_argument("--warmup", action="store_true", help="one untimed run first (kernel compilation)")
     args = ap.parse_args(argv)
-    try:
-        return _run(args)
-    except cli.UsageError as e:
-        cli.die(PROG, str(e), 2)
-    except LoadError as e:
-        cli.die(PROG, str(e), 1)
-    except (RuntimeError, MemoryError) as e:
-        msg = cli.out_of_memory(e, "lower --num-samples or --max-new-tokens")
-        if msg is None:
-            raise
-        cli.die(PROG, msg, 1)
+    return cli.run_main(PROG, lambda: _run(args), {LoadError: 1}, "lower --num-samples or --max-new-tokens")
 
 
 def _run(args) -> int:

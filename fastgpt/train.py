@@ -47,7 +47,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -87,11 +87,7 @@ def _dev(name: str) -> str:
     return f"{c} on CPU, {g} on CUDA" if c != g else str(c)
 
 
-def _f(default, help, auto=None):
-    md = dict(help=help)
-    if auto:
-        md["auto"] = auto
-    return field(default=default, metadata=md)
+_f = cli.opt
 
 
 @dataclass
@@ -998,24 +994,10 @@ def sample(model, tok, prompt: str, n: int, temperature: float, top_k, device, s
 
 def main(argv=None) -> int:
     cfg, given = cli.parse(TrainConfig, argv, prog=PROG, description=__doc__.split("\n\n")[1], epilog=EPILOG)
-    try:
-        run(cfg, given)
-    except cli.UsageError as e:
-        cli.die(PROG, str(e), 2)
-    except DivergedError as e:
-        cli.die(PROG, str(e), EXIT_DIVERGED)
-    except RunError as e:
-        cli.die(PROG, str(e), 1)
-    except (RuntimeError, MemoryError) as e:
-        msg = cli.out_of_memory(e, "lower --batch_size or --block_size (--grad_accum keeps the tokens per step), or use --grad_checkpoint")
-        if msg is None:
-            raise
-        cli.die(PROG, msg, 1)
-    except KeyboardInterrupt:
-        print("\n" + cli.interrupted_line(PROG, cfg.out_dir, "one is written every --ckpt_interval steps and at "
-                                                             "the end"), file=sys.stderr)
-        return 130
-    return 0
+    return cli.run_main(PROG, lambda: run(cfg, given), {DivergedError: EXIT_DIVERGED, RunError: 1},
+                        "lower --batch_size or --block_size (--grad_accum keeps the tokens per step), or use "
+                        "--grad_checkpoint",
+                        interrupted=(cfg.out_dir, "one is written every --ckpt_interval steps and at the end"))
 
 
 if __name__ == "__main__":

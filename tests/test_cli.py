@@ -361,3 +361,35 @@ def test_graceful_stop_turns_an_abort_back_into_keyboardinterrupt():
     with pytest.raises(RuntimeError, match="plain failure"):
         with cli.GracefulStop("prog"):
             raise RuntimeError("plain failure")
+
+
+def test_run_main_maps_failures_to_one_line(tmp_path, capsys):
+    """cli.run_main, the body of every CLI's main: known failures end with one line and their exit status
+    (UsageError always 2), an allocation failure names what to lower, Ctrl-C prints the interrupted line and
+    returns 130, an int from the body is the status, anything else propagates with its traceback."""
+    class Broken(RuntimeError):
+        pass
+
+    def raising(e):
+        def body():
+            raise e
+        return body
+
+    def status(body, **kw):
+        with pytest.raises(SystemExit) as ex:
+            cli.run_main("prog", body, {Broken: 7}, "lower --x", **kw)
+        return ex.value.code, capsys.readouterr().err
+
+    assert status(raising(Broken("disk on fire"))) == (7, "prog: error: disk on fire\n")
+    assert status(raising(cli.UsageError("bad --y"))) == (2, "prog: error: bad --y\n")
+    code, err = status(raising(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")))
+    assert code == 1 and err.startswith("prog: error: out of memory on the GPU (CUDA out of memory.")
+    assert err.rstrip().endswith("; lower --x") and err.count("\n") == 1
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.run_main("prog", raising(RuntimeError("a bug")), {Broken: 7}, "lower --x")
+    with pytest.raises(KeyboardInterrupt):   # no out_dir to report: Ctrl-C is the caller's
+        cli.run_main("prog", raising(KeyboardInterrupt()), {}, "lower --x")
+    assert cli.run_main("prog", raising(KeyboardInterrupt()), {}, "", interrupted=(tmp_path, "at the end")) == 130
+    assert "nothing to resume" in capsys.readouterr().err
+    assert cli.run_main("prog", lambda: 3, {}, "") == 3
+    assert cli.run_main("prog", lambda: {"step": 1}, {}, "") == 0
