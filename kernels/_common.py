@@ -180,7 +180,7 @@ def _c_entry(kernel):
     """(C launch function, cooperative-grid flag, PDL flag) of a compiled kernel whose launcher is
     triton's CudaLauncher with no scratch buffers, else None (the replay then calls the launcher)."""
     run = kernel.run
-    if CudaLauncher is None or not isinstance(run, CudaLauncher) or run.global_scratch_size \
+    if CudaLauncher is None or type(run) is not CudaLauncher or run.global_scratch_size \
             or run.profile_scratch_size:
         return None
     return run.launch, run.launch_cooperative_grid, run.launch_pdl

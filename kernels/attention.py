@@ -778,8 +778,9 @@ class _QKVPackedFunction(torch.autograd.Function):
     def forward(ctx, qkv, views, scale, dropout_p, seed):
         # views: q, k, v of qkv (made once by the caller, outside autograd: not inputs of this node)
         o, lse = _fwd(*views, scale, "bthd", None, None, dropout_p, seed)
+        # qkv itself is saved, not the views: saved-tensor hooks (activation checkpointing, offloading)
+        # must see every tensor the backward keeps
         ctx.save_for_backward(qkv, o, lse, seed)
-        ctx.views = views   # qkv's version counter (saved above) guards them too
         ctx.scale, ctx.dropout_p = scale, dropout_p
         B, T, _, H, D = qkv.shape
         return o.transpose(1, 2).reshape(B, T, H * D)   # a view: o's storage is (B, T, H, D)
@@ -789,7 +790,7 @@ class _QKVPackedFunction(torch.autograd.Function):
         qkv, o, lse, seed = ctx.saved_tensors
         B, T, _, H, D = qkv.shape
         dqkv = empty(qkv.shape, qkv.dtype, qkv.device)
-        attention_bwd(do.reshape(B, T, H, D).transpose(1, 2), *ctx.views, o, lse, ctx.scale,
+        attention_bwd(do.reshape(B, T, H, D).transpose(1, 2), *_unpack(qkv), o, lse, ctx.scale,
                       dropout_p=ctx.dropout_p, seed=seed, out=_unpack(dqkv))
         return dqkv, None, None, None, None
 

@@ -516,6 +516,30 @@ def test_dropout_replays_under_activation_checkpointing():
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))
 
 
+def test_qkvpacked_under_checkpointing_and_saved_tensor_hooks():
+    """The packed op keeps nothing for its backward outside save_for_backward: under saved-tensor hooks
+    (what activation checkpointing and offloading use) every tensor its node holds passes through them,
+    and non-reentrant checkpointing with dropout gives the same gradient bitwise."""
+    import fastgpt.kernels as K
+    from torch.utils.checkpoint import checkpoint
+    qkv = torch.randn(1, 40, 3, 2, 16, device=DEVICE).requires_grad_()
+    f = lambda x: K.causal_attention_qkvpacked(x, dropout_p=0.3).square().sum()  # noqa: E731
+    torch.manual_seed(5)
+    g1, = torch.autograd.grad(f(qkv), (qkv,))
+    torch.manual_seed(5)
+    g2, = torch.autograd.grad(checkpoint(f, qkv, use_reentrant=False), (qkv,))
+    assert torch.equal(g1, g2)
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or len(packed) - 1,
+                                                  lambda i: packed[i]):
+        o = K.causal_attention_qkvpacked(qkv)
+    node = o.grad_fn
+    assert "QKVPacked" in type(node).__name__
+    assert not [k for k, v in vars(node).items() if isinstance(v, torch.Tensor) or
+                (isinstance(v, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in v))]
+    assert any(t is qkv for t in packed)
+
+
 def test_dropout_launch_configs_tile_the_mask_groups(monkeypatch):
     """With dropout the autotuner's spaces (pruned) and the fixed defaults keep key blocks of 32 or
     more; without dropout nothing is pruned."""
