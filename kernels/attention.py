@@ -239,18 +239,28 @@ def _keep_mask(seed, offset, start_m, start_n, bh, TQ, TK, thr, BLOCK_M: tl.cons
 def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start_m, rows, offs_n, offs_d,
                lo, hi, TK, causal_off, qk_scale, seed, offset, bh, TQ, thr,
                MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,
-               TF32: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr):
+               TF32: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, POS_SCALE: tl.constexpr):
     """Stream key blocks [lo, hi) through the online softmax of one query tile."""
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
         k = _tf32(_load_tile(K + cols[:, None] * stride_kt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, MASKED,
                              EVEN_D), TF32)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        if MASKED:  # the diagonal block(s): query i sees key j <= i + Tk - Tq (also cuts j >= Tk)
-            s = tl.where(cols[None, :] <= rows[:, None] + causal_off, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
+        qk = tl.dot(q, tl.trans(k))
+        if POS_SCALE:
+            # scale > 0: the row max commutes with the scaling (m is the same number), so the
+            # scaled scores are never formed: p = 2^(qk c - m) is one fused multiply-add per
+            # element, as the backward recomputes P (2^(qk c - lse2))
+            if MASKED:  # the diagonal block(s): query i sees key j <= i + Tk - Tq (also cuts j >= Tk)
+                qk = tl.where(cols[None, :] <= rows[:, None] + causal_off, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            p = tl.exp2(qk * qk_scale - m_new[:, None])
+        else:  # scale <= 0: scale first (the max of qk would be the min of the scores)
+            s = qk * qk_scale
+            if MASKED:
+                s = tl.where(cols[None, :] <= rows[:, None] + causal_off, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:  # l sums the undropped weights; 1 / (1 - p) is applied to o at the end
@@ -276,7 +286,7 @@ def _attn_fwd_kernel(
     DROP_THR, inv_keep,   # dropout: keep iff the element's byte >= DROP_THR; inv_keep = 256 / (256 - DROP_THR)
     T_BUCKET,             # autotune key only (power-of-two bucket of Tk)
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, TF32: tl.constexpr,
-    DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DROPOUT: tl.constexpr, POS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # grid (B*H, query blocks): axis 0 has no 65535 cap. The heaviest (last) query blocks
     # run first, every head's at once: better tail balance under causal skipping.
@@ -306,10 +316,10 @@ def _attn_fwd_kernel(
     n_end = tl.minimum(start_m + BLOCK_M + causal_off, TK)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start_m, rows, offs_n, offs_d,
                                0, n_full, TK, causal_off, qk_scale, seed, offset, bh, TQ, DROP_THR,
-                               False, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M)
+                               False, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M, POS_SCALE)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start_m, rows, offs_n, offs_d,
                                n_full, n_end, TK, causal_off, qk_scale, seed, offset, bh, TQ, DROP_THR,
-                               True, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M)
+                               True, BLOCK_N, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_M, POS_SCALE)
     # every real row saw key 0, so l_i >= 1 and m_i is finite
     if DROPOUT:
         o = acc * (inv_keep / l_i)[:, None]
@@ -659,7 +669,8 @@ def _fwd(q, k, v, scale, out_layout, out, config, dropout_p, seed):
     _launch(_attn_fwd, "fwd", config, grid,
             q, k, v, o, lse, seed, *_strides(q), *_strides(k), *_strides(v),
             *_strides(o), H, TQ, TK, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK),
-            HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), TF32=_round_tf32(q.dtype), DROPOUT=dropout_p > 0.0)
+            HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), TF32=_round_tf32(q.dtype), DROPOUT=dropout_p > 0.0,
+            POS_SCALE=scale > 0.0)
     return o, lse
 
 

@@ -183,9 +183,10 @@ def test_last_dim_strided_input_is_copied():
     _compare("attn last-dim strided", q, k, v)
 
 
-@pytest.mark.parametrize("scale", [0.05, 1.0])
+@pytest.mark.parametrize("scale", [0.05, 1.0, 0.0, -0.5])
 def test_scale(scale):
-    """The scale argument is honoured. q is shrunk so the logits stay O(1) at scale = 1: in exact
+    """The scale argument is honoured (scale <= 0 takes the forward's other branch: there the row max
+    of q k^T is not the max of the scores). q is shrunk so the logits stay O(1) at scale = 1: in exact
     fp32 (the interpreter) the kernels recompute P from the saved base-2 logsumexp, which carries
     ~|lse| eps of relative error, where PyTorch's softmax of unit-scale logits carries ~eps. With
     logits of +-16 that was about the rule's 2x margin (2 % of seeds failed, 2026-11-26); large
