@@ -51,7 +51,8 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, *, out_layout:
     without it the fused kernel draws one from torch's generator on q's device
     and the reference uses torch's RNG. The fused kernels (and the reference given a seed) apply
     p in steps of 1/256, scaling kept weights by 1 / (1 - that rate)
-    (reference.attention_dropout_threshold). out_layout="bthd" asks for o as a
+    (reference.attention_dropout_threshold; a warning when that moves p by more than 10 %).
+    out_layout="bthd" asks for o as a
     (B, H, T, D) view of a contiguous (B, T, H, D) tensor (the fused kernel
     writes it directly); the values never depend on it.
     """

@@ -74,6 +74,7 @@ With p = 0 the kernels are compiled without any of it.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -88,6 +89,9 @@ from fastgpt.kernels._common import (autotune, autotuning_enabled, cdiv, check_f
 
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
+# the forward's fast branch needs its fp32 scale c > 0 (-inf * c must stay -inf): below the smallest
+# normal fp32 the kernel's c may be a subnormal flushed to zero
+_FP32_MIN_NORMAL = 2.0 ** -126
 OUT_LAYOUTS = ("bhtd", "bthd")
 
 
@@ -149,7 +153,8 @@ def default_config(kind: str, head_dim: int, dtype: torch.dtype, dropout: bool =
 
 def _prune(configs, named_args, **kwargs):
     """The autotuner's configs for a launch: with dropout only those whose key block (BLOCK_N) is a
-    multiple of 32, the keep mask's group width (the last config of every space has one)."""
+    multiple of 32, the keep mask's group width (every space keeps a small one: dQ's (32, 32, 4, 2)
+    fits D = 256 fp32 in 160 KiB of shared memory on sm_90)."""
     if not kwargs.get("DROPOUT"):
         return configs
     return [c for c in configs if c.kwargs["BLOCK_N"] % 32 == 0]
@@ -670,7 +675,7 @@ def _fwd(q, k, v, scale, out_layout, out, config, dropout_p, seed):
             q, k, v, o, lse, seed, *_strides(q), *_strides(k), *_strides(v),
             *_strides(o), H, TQ, TK, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK),
             HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), TF32=_round_tf32(q.dtype), DROPOUT=dropout_p > 0.0,
-            POS_SCALE=scale > 0.0)
+            POS_SCALE=scale * LOG2E >= _FP32_MIN_NORMAL)
     return o, lse
 
 
@@ -813,6 +818,22 @@ def _unpack(qkv: Tensor):
 
 # ----------------------------------------------------------------------------- public API
 
+_RATES_SEEN: set = set()   # dropout rates already checked by _note_quantised_rate
+
+
+def _note_quantised_rate(dropout_p: float) -> None:
+    """Warn (once per rate) when the kernels' dropout rate, in steps of 1/256, is more than 10 % away
+    from the one asked for (p below ~0.02, or under 1/512, which acts as 1/256)."""
+    if dropout_p in _RATES_SEEN:
+        return
+    _RATES_SEEN.add(dropout_p)
+    applied = reference.attention_dropout_threshold(dropout_p) / 256
+    if abs(applied - dropout_p) > 0.1 * dropout_p:
+        warnings.warn(f"causal_attention: dropout_p={dropout_p:g} acts as {applied:.4g} in the fused kernels "
+                      f"(their rate moves in steps of 1/256; kept weights are scaled by 1 / (1 - {applied:.4g}), "
+                      f"so the expectation stays exact)", stacklevel=4)
+
+
 def _checked_call(q, k, v, scale, dropout_p, seed, generator):
     """Validate a public call; returns (scale, dropout_p, seed): the float scale, the float p, and
     the (seed, offset) tensor on q's device (drawn now when p > 0 and none was given; None at p = 0)."""
@@ -821,6 +842,8 @@ def _checked_call(q, k, v, scale, dropout_p, seed, generator):
         raise ValueError(f"causal_attention: dropout_p must be in [0, 1), got {dropout_p}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     dropout_p = float(dropout_p)
+    if dropout_p > 0.0:
+        _note_quantised_rate(dropout_p)
     if dropout_p == 0.0:
         seed = None
     elif seed is None:

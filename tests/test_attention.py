@@ -183,10 +183,10 @@ def test_last_dim_strided_input_is_copied():
     _compare("attn last-dim strided", q, k, v)
 
 
-@pytest.mark.parametrize("scale", [0.05, 1.0, 0.0, -0.5])
+@pytest.mark.parametrize("scale", [0.05, 1.0, 0.0, -0.5, 1e-46])
 def test_scale(scale):
     """The scale argument is honoured (scale <= 0 takes the forward's other branch: there the row max
-    of q k^T is not the max of the scores). q is shrunk so the logits stay O(1) at scale = 1: in exact
+    of q k^T is not the max of the scores; so does a positive scale whose fp32 value is 0 or subnormal). q is shrunk so the logits stay O(1) at scale = 1: in exact
     fp32 (the interpreter) the kernels recompute P from the saved base-2 logsumexp, which carries
     ~|lse| eps of relative error, where PyTorch's softmax of unit-scale logits carries ~eps. With
     logits of +-16 that was about the rule's 2x margin (2 % of seeds failed, 2026-11-26); large
@@ -463,6 +463,23 @@ def test_philox_7_rounds_known_answers():
         out = torch.empty(4, 4, dtype=torch.int64, device=DEVICE)
         philox7[(1,)](c, seed, out)
         assert [int(v) & 0xFFFFFFFF for v in out[0]] == want[row]
+
+
+def test_dropout_rate_far_from_its_256ths_warns_once(monkeypatch):
+    """A rate the kernels' 1/256 steps move by more than 10 % (p = 0.001 acts as 1/256) warns, once per
+    rate; 0.1 (applied as 0.1016) does not."""
+    import warnings
+
+    import fastgpt.kernels as K
+    from fastgpt.kernels import attention as A
+    monkeypatch.setattr(A, "_RATES_SEEN", set())
+    q, k, v = _qkv(1, 1, 16, 16, 16, torch.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for p in (0.001, 0.001, 0.1):
+            K.causal_attention(q, k, v, dropout_p=p, seed=(1, 2))
+    msgs = [str(w.message) for w in caught if str(w.message).startswith("causal_attention:")]
+    assert len(msgs) == 1 and "dropout_p=0.001 acts as 0.003906" in msgs[0], msgs
 
 
 @pytest.mark.parametrize("p,thr", [(1e-4, 1), (0.1, 26), (0.5, 128), (0.999, 255)])
