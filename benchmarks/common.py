@@ -122,6 +122,13 @@ def row(bench: str, case: str, impl: str, ms: float | None = None, *, gbps: floa
     return r
 
 
+def keep_gpu_busy() -> None:
+    """Wait for the GPU, then queue ~0.2 s of spin on it: calls issued next never wait for the GPU, so
+    their wall time is host time."""
+    torch.cuda.synchronize()
+    torch.cuda._sleep(400_000_000)
+
+
 def host_ms(fn, calls: int = 20, device: str = "cuda") -> float:
     """Host milliseconds per call of fn: the time to issue its work, with the GPU kept busy by a spin
     kernel queued first, so the host never waits for it. When this exceeds a row's time, that row is
@@ -129,8 +136,7 @@ def host_ms(fn, calls: int = 20, device: str = "cuda") -> float:
     import time
     fn()
     if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda._sleep(400_000_000)   # ~0.2 s of GPU spin, longer than the calls take to issue
+        keep_gpu_busy()
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()

@@ -62,11 +62,6 @@ def install_stub_launcher(records: list) -> None:
     CompiledKernel._init_handles = init_handles
 
 
-def _idle(hook) -> bool:
-    from triton import knobs
-    return hook is None or (isinstance(hook, knobs.HookChain) and not hook.calls)
-
-
 # the C launch entry's arguments before the kernel's own (triton 3.6's CudaLauncher.launch)
 _C_ARGS = ["gridX", "gridY", "gridZ", "stream", "function", "cooperative", "pdl", "global_scratch",
            "profile_scratch", "packed_metadata", "launch_metadata", "enter_hook", "exit_hook"]
@@ -76,6 +71,7 @@ def _differing(ref: tuple, got: tuple) -> list:
     """Indices where two C-entry calls differ. Launch hooks that do nothing (None or an empty chain)
     count as equal, and so does the metadata passed only to them."""
     meta, enter, leave = (_C_ARGS.index(n) for n in ("launch_metadata", "enter_hook", "exit_hook"))
+    from fastgpt.kernels._common import _idle
     idle = all(_idle(c[i]) for c in (ref, got) for i in (enter, leave))
     skip = {meta, enter, leave} if idle else set()
     return [i for i, (x, y) in enumerate(zip(ref, got)) if i not in skip and not _same(x, y)]
@@ -236,9 +232,8 @@ def _setup(cuda: bool):
 def _gpu_busy(cuda: bool) -> None:
     """On the GPU, queue a spin kernel (~0.2 s) so the calls that follow never wait for it."""
     if cuda:
-        import torch
-        torch.cuda.synchronize()
-        torch.cuda._sleep(400_000_000)
+        from benchmarks.common import keep_gpu_busy
+        keep_gpu_busy()
 
 
 def timing(repeats: int, number: int, cuda: bool = False) -> None:

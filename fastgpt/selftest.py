@@ -56,6 +56,12 @@ def _kernels_round_tf32() -> bool:
     return attention._round_tf32(torch.float32)
 
 
+def _uses_tf32_ref(q: torch.Tensor, dropout_p: float, seed) -> bool:
+    """Whether causal_attention's ref_lp for q is the emulated-TF32 one: fp32 where the kernels use
+    TF32 dots, and the dropout mask (if any) known from seed."""
+    return q.dtype == torch.float32 and _kernels_round_tf32() and (dropout_p == 0 or seed is not None)
+
+
 def _attention_ref(dropout_p=0.0, seed=None):
     """ref_lp / ref_hi of causal_attention: in fp32 where the kernels use TF32 dots, those emulated
     (fastgpt.testing.tf32_attention_reference, what the test suite uses), else the reference."""
@@ -63,7 +69,7 @@ def _attention_ref(dropout_p=0.0, seed=None):
     from fastgpt.testing import tf32_attention_reference
 
     def ref(q, k, v):
-        if q.dtype == torch.float32 and _kernels_round_tf32():
+        if _uses_tf32_ref(q, dropout_p, seed):
             return tf32_attention_reference(q, k, v, None, dropout_p, seed)
         return reference.causal_attention(q, k, v, None, dropout_p, seed=seed)
     return ref
@@ -101,7 +107,7 @@ def compare_block(cfg, dtype=torch.float32, device="cpu", backend="fused", B=2, 
 
     from fastgpt import reference
     from fastgpt.model import GPTBlock
-    from fastgpt.testing import compare_op, tf32_attention_reference
+    from fastgpt.testing import compare_op
 
     ref = _fill_(reference.GPTBlock(cfg)).to(device) if ref is None else ref
     ours = GPTBlock(cfg, backend=backend).to(device)
@@ -112,11 +118,9 @@ def compare_block(cfg, dtype=torch.float32, device="cpu", backend="fused", B=2, 
         """The reference block's attention for input x (float64: ref_hi; else ref_lp)."""
         def fn(q, k, v, p):
             seed = attention_seed() if attention_seed is not None and p > 0 else None
-            if q.dtype == torch.float32 and _kernels_round_tf32() and (p == 0 or seed is not None):
-                return tf32_attention_reference(q, k, v, None, p, seed)
-            if x.dtype != torch.float64 and x.is_cuda and p == 0:
+            if x.dtype != torch.float64 and x.is_cuda and p == 0 and not _uses_tf32_ref(q, p, seed):
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return reference.causal_attention(q, k, v, dropout_p=p, seed=seed)
+            return _attention_ref(p, seed)(q, k, v)
         return fn
 
     def runner(module):

@@ -251,21 +251,20 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start_m, rows, offs
         cols = start_n + offs_n
         k = _tf32(_load_tile(K + cols[:, None] * stride_kt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, MASKED,
                              EVEN_D), TF32)
-        qk = tl.dot(q, tl.trans(k))
+        s = tl.dot(q, tl.trans(k))
+        # scale > 0: the row max commutes with the scaling (m is the same number), so the scaled
+        # scores are never formed: p = 2^(qk c - m) is one fused multiply-add per element, as the
+        # backward recomputes P (2^(qk c - lse2)). Else scale first (the max of qk would be the
+        # min of the scores); the multiply by 1 is exact and compiles away.
         if POS_SCALE:
-            # scale > 0: the row max commutes with the scaling (m is the same number), so the
-            # scaled scores are never formed: p = 2^(qk c - m) is one fused multiply-add per
-            # element, as the backward recomputes P (2^(qk c - lse2))
-            if MASKED:  # the diagonal block(s): query i sees key j <= i + Tk - Tq (also cuts j >= Tk)
-                qk = tl.where(cols[None, :] <= rows[:, None] + causal_off, qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            p = tl.exp2(qk * qk_scale - m_new[:, None])
-        else:  # scale <= 0: scale first (the max of qk would be the min of the scores)
-            s = qk * qk_scale
-            if MASKED:
-                s = tl.where(cols[None, :] <= rows[:, None] + causal_off, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
+            c = qk_scale
+        else:
+            s = s * qk_scale
+            c = 1.0
+        if MASKED:  # the diagonal block(s): query i sees key j <= i + Tk - Tq (also cuts j >= Tk)
+            s = tl.where(cols[None, :] <= rows[:, None] + causal_off, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * c)
+        p = tl.exp2(s * c - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:  # l sums the undropped weights; 1 / (1 - p) is applied to o at the end
