@@ -120,12 +120,14 @@ __device__ __forceinline__ void seed_offset(const fastgpt_dropout_t& d, uint64_t
 
 // Apply the mask of group g to v (in place): v *= keep ? scale : 0 (a multiply,
 // as torch's dropout does, so a NaN or inf in a dropped element still shows).
+// __fmul_rn keeps nvcc from contracting it with the residual add into an FMA:
+// the product is rounded once, as in the reference (and the CPU build).
 __device__ __forceinline__ void apply_mask(float (&v)[8], uint64_t g, const fastgpt_dropout_t& d) {
   uint64_t s, o;
   seed_offset(d, &s, &o);
   const uint32_t bits = fastgpt::dropout_keep_bits(g, s, o, d.threshold);
 #pragma unroll
-  for (int k = 0; k < kVec; ++k) v[k] *= ((bits >> k) & 1u) ? d.scale : 0.0f;
+  for (int k = 0; k < kVec; ++k) v[k] = __fmul_rn(v[k], ((bits >> k) & 1u) ? d.scale : 0.0f);
 }
 
 // ---------------------------------------------------------------- kernels

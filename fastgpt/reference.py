@@ -262,7 +262,9 @@ def attention_keep_mask(shape, dropout_p: float, seed: int, offset: int = 0, dev
 def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, generator=None, mask=None):
     """out = residual + dropout(x + bias, dropout_p); bias may be None.
 
-    Kept elements are scaled by 1/(1 - p). out has residual's dtype. The mask
+    Kept elements are multiplied by scale = 1/(1 - p), a scalar in the compute
+    dtype (fp32 for fp32 and lower; the extension's arithmetic, as torch's own
+    fused dropout does it). out has residual's dtype. The mask
     is drawn with torch's RNG (``generator``) unless ``mask`` (bool, x's shape,
     True = kept) is given; ``dropout_keep_mask(x.shape, p, seed, offset)`` is
     the mask the extension draws for a (seed, offset), so p > 0 compares exactly.
@@ -282,7 +284,7 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, generator=None, 
                                  f"got {mask.dtype} {tuple(mask.shape)}")
             else:
                 keep = mask.to(u.device)
-            u = u * keep / (1.0 - dropout_p)
+            u = u * keep * (1.0 / (1.0 - dropout_p))
         out = residual.to(cd) + u
     return out.to(residual.dtype)
 
