@@ -26,7 +26,11 @@ that reaches kernels._common.launch, makes it through triton's own path (JITFunc
 and through the lean replay, and compares what reaches the C launch entry (the driver call;
 triton's path gets there through CudaLauncher.__call__, the replay directly): the compiled
 kernel, grid, stream, flags, scratch buffers, metadata and every argument (launch hooks that do
-nothing, None or an empty chain, count as equal). Exit status 1 on any difference.
+nothing, None or an empty chain, count as equal). Then attention's replay plans
+(kernels/attention.py, _Plan): eager calls (layouts, dropout, packed qkv, no_grad, saved-tensor
+hooks, unaligned inputs) made with the lean path off and, after warm-up calls, replayed from a
+plan, must reach the C entry with the same kernels, grids, scalars, input tensors and fresh
+buffers in the same places. Exit status 1 on any difference.
 """
 from __future__ import annotations
 
@@ -134,14 +138,151 @@ def check() -> int:
             print(f"MISMATCH {fn.fn.__name__}: kernel {'same' if ref[0] is got[0] else 'differs'}, "
                   f"differing: {[names[i] if i < len(names) else i for i in bad]}")
 
-    for module in (_common, attention, cross_entropy):
-        module.launch = dual
+    def dual_replayable(fn, grid, n_lead, *args, **kwargs):   # launch_replayable (its Replays: check_plans)
+        dual(fn, grid, *args, **kwargs)
+
+    lean_replayable = _common.launch_replayable
+    _common.launch, cross_entropy.launch = dual, dual
+    _common.launch_replayable = attention.launch_replayable = dual_replayable
     for fam, call in _families(set()) + [("specialisation", _specialisation_cases)]:
         call()   # fills triton's caches and the single-config autotuners' picks
         call()   # every launch now reaches launch()
+    _common.launch, cross_entropy.launch = lean, lean
+    _common.launch_replayable = attention.launch_replayable = lean_replayable
     print(f"host_overhead --check: {compared} launches of {len(kernels)} kernels compared "
           f"({', '.join(sorted(kernels))}), {failures} mismatch(es)")
-    return 1 if failures or not compared else 0
+    plan_failures = check_plans(records)
+    return 1 if failures or not compared or plan_failures else 0
+
+
+def _plan_cases():
+    """Eager attention calls (fwd+bwd, or forward only), whose later repeats replay a plan unless
+    marked: name -> (the call, whether it replays), and the input tensors."""
+    import torch
+
+    import fastgpt.kernels as K
+    bf = torch.bfloat16
+    q, k, v = (torch.randn(1, 2, 40, 64, dtype=bf, requires_grad=True) for _ in range(3))
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    do = torch.randn(1, 2, 40, 64, dtype=bf)
+    do_t = torch.randn(1, 40, 2, 64, dtype=bf).transpose(1, 2)   # another upstream-gradient layout
+    qkv = torch.randn(1, 40, 3, 2, 64, dtype=bf, requires_grad=True)
+    do_packed = torch.randn(1, 40, 128, dtype=bf)
+    seed = torch.tensor([5, 7])
+    flat = torch.randn(3 * 40 * 64 * 2 + 1, dtype=bf)   # q, k, v one element off a 16-byte boundary
+    qu, ku, vu = (flat[1 + i * 5120:1 + (i + 1) * 5120].view(1, 2, 40, 64).requires_grad_() for i in range(3))
+    grad = torch.autograd.grad
+    do32 = do.float()
+
+    def bthd():
+        return grad(K.causal_attention(q, k, v, out_layout="bthd"), (q, k, v), do)
+    inputs = [q, k, v, q32, k32, v32, do, do_t, do32, qkv, do_packed, seed, flat]
+    cases = {
+        "bf16": (lambda: grad(K.causal_attention(q, k, v), (q, k, v), do), True),
+        "bf16 p=0.1": (lambda: grad(K.causal_attention(q, k, v, dropout_p=0.1, seed=seed), (q, k, v), do), True),
+        "bf16 p=0.1, a seed drawn per call": (lambda: grad(K.causal_attention(q, k, v, dropout_p=0.1), (q, k, v), do),
+                                              True),
+        "bf16 bthd, transposed dO": (lambda: grad(K.causal_attention(q, k, v, out_layout="bthd"), (q, k, v), do_t),
+                                     True),
+        "fp32 scale=0.3": (lambda: grad(K.causal_attention(q32, k32, v32, scale=0.3), (q32, k32, v32), do32), True),
+        "packed qkv p=0.1": (lambda: grad(K.causal_attention_qkvpacked(qkv, dropout_p=0.1, seed=seed), (qkv,),
+                                          do_packed), True),
+        "no_grad": (torch.no_grad()(lambda: K.causal_attention(q, k, v)), True),
+        # o comes back in another layout: a backward of its own
+        "saved-tensor hooks": (lambda: (bthd(), _with_contiguous_saves(bthd)), True),
+        "unaligned inputs (the checked path)": (lambda: grad(K.causal_attention(qu, ku, vu), (qu, ku, vu), do), False),
+    }
+    return cases, inputs
+
+
+def _with_contiguous_saves(f):
+    """f() with every tensor autograd saves handed back as a contiguous copy (as offloading does)."""
+    import torch
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.contiguous(), lambda t: t):
+        return f()
+
+
+def _tensor_roles(calls: list, results, inputs_storage: set) -> list:
+    """Each tensor argument of a case's C-entry calls, then each tensor the case returned, as
+    (dtype, shape, strides, address mod 16, role): an input's view keeps its address; any other
+    tensor is numbered by its first appearance in the case (fresh buffers differ between runs, but
+    which launch reads or writes which buffer, and which buffer is returned as what, must not)."""
+    import torch
+    first: dict = {}
+    roles = []
+    for call in [c for _, c in calls] + [_flat_tensors(results)]:
+        row = []
+        for a in call:
+            if not isinstance(a, torch.Tensor):
+                row.append(None)
+                continue
+            if a.untyped_storage().data_ptr() in inputs_storage:
+                role = ("input", a.data_ptr())
+            else:
+                role = ("fresh", first.setdefault(a.data_ptr(), len(first)))
+            row.append((a.dtype, tuple(a.shape), a.stride(), a.data_ptr() % 16, role))
+        roles.append(row)
+    return roles
+
+
+def _flat_tensors(x) -> list:
+    import torch
+    if isinstance(x, torch.Tensor):
+        return [x]
+    return [t for item in (x if isinstance(x, (tuple, list)) else ()) for t in _flat_tensors(item)]
+
+
+def check_plans(records: list) -> int:
+    """The replay plans of kernels/attention.py against triton's path: each case's C-entry calls
+    once with the lean launch off and once after three warm-up calls with it on (replayed from a
+    plan) must name the same kernels, grids and scalar arguments, the same input tensors (views at
+    the same address), and the same fresh buffers in the same places (by dtype, shape, strides,
+    alignment and order of first use), and return the same buffers as the same results. Returns
+    the number of mismatching cases."""
+    import torch
+
+    from fastgpt.kernels import _common, attention
+    checked_calls = []
+    originals = {name: getattr(attention, name) for name in ("_fwd", "_bwd")}   # what a replay skips
+    for name, f in originals.items():
+        def counted(*a, _f=f, **kw):
+            checked_calls.append(1)
+            return _f(*a, **kw)
+        setattr(attention, name, counted)
+    cases, inputs = _plan_cases()
+    storages = {t.untyped_storage().data_ptr() for t in inputs}
+    failures = 0
+    try:
+        for case, (f, replays) in cases.items():
+            _common.LEAN_LAUNCH = False
+            f()
+            del records[:]
+            ref_out = f()
+            ref = list(records)
+            _common.LEAN_LAUNCH = True
+            for _ in range(3):
+                f()
+            del records[:], checked_calls[:]
+            got_out = f()
+            got = list(records)
+            bad = [] if len(ref) == len(got) else ["number of launches"]
+            for (kr, cr), (kg, cg) in zip(ref, got):
+                if kr is not kg:
+                    bad.append("kernel")
+                bad += [f"{kr.name} arg {i}" for i in _differing(cr, cg)
+                        if not (isinstance(cr[i], torch.Tensor) and isinstance(cg[i], torch.Tensor))]
+            names = [k.name for k, _ in ref] + ["returned"]
+            for n, (rr, rg) in enumerate(zip(_tensor_roles(ref, ref_out, storages),
+                                             _tensor_roles(got, got_out, storages))):
+                bad += [f"{names[n]} tensor {i}" for i, (a, b) in enumerate(zip(rr, rg)) if a != b]
+            if replays == bool(checked_calls):
+                bad.append("the checked launchers ran: no plan replayed" if replays else "a plan replayed")
+            failures += bool(bad)
+            print(f"plan replay {case}: {len(got)} launches, {'ok' if not bad else 'MISMATCH ' + ', '.join(bad)}")
+    finally:
+        for name, f in originals.items():
+            setattr(attention, name, f)
+    return failures
 
 
 def _cases(device="cpu"):

@@ -135,8 +135,19 @@ def launch(fn, grid, *args, **kwargs):
 
     ``grid`` is a tuple or a callable of the constexpr and option values (``meta["BLOCK_M"]``).
     """
+    return _lean_launch(fn, grid, args, kwargs, None)[0]
+
+
+def launch_replayable(fn, grid, n_lead, *args, **kwargs):
+    """launch(), returning a Replay of it with its first ``n_lead`` arguments left open; None when
+    n_lead is None, or the launch did not take the lean path, or cannot be replayed (see Replay)."""
+    return _lean_launch(fn, grid, args, kwargs, n_lead)[1]
+
+
+def _lean_launch(fn, grid, args, kwargs, n_lead):
+    """launch()'s body: returns (the kernel, a Replay when n_lead is given and it can be made, else None)."""
     if not LEAN_LAUNCH or fn.pre_run_hooks:
-        return fn[grid](*args, **kwargs)
+        return fn[grid](*args, **kwargs), None
     device = driver.active.get_current_device()
     stream = driver.active.get_current_stream(device)
     backend = fn.device_caches[device][3]
@@ -150,7 +161,7 @@ def launch(fn, grid, *args, **kwargs):
         tail = tuple(kwargs[n] if n in kwargs else p.default for n, p in zip(names, fn.params[len(args):]))
         if kernel is not None and not hasattr(kernel, "result"):
             cache[key] = (kernel, tail, dict(zip(names, tail)), _c_entry(kernel))
-        return kernel
+        return kernel, None
     kernel, tail, meta, c_entry = hit
     full = args + tail
     if callable(grid):
@@ -168,7 +179,43 @@ def launch(fn, grid, *args, **kwargs):
         c_launch, cooperative, pdl = c_entry
         c_launch(gx, gy, gz, stream, kernel.function, cooperative, pdl, None, None, kernel.packed_metadata, metadata,
                  enter, leave, *full)
-    return kernel
+    if n_lead is None or c_entry is None or metadata is not None or not all(
+            a is None or (isinstance(a, torch.Tensor) and a.data_ptr() % 16 == 0) for a in args[:n_lead]) \
+            or any(isinstance(a, torch.Tensor) for a in args[n_lead:]):
+        return kernel, None
+    return kernel, Replay(fn, device, c_entry, kernel, (gx, gy, gz), full[n_lead:])
+
+
+class Replay:
+    """One lean launch kept for replay: the compiled kernel, the grid and every argument after the
+    first n_lead fixed. ``replay(stream, *lead)`` launches it again with new leading arguments
+    (tensors or None) straight through the C entry, skipping triton's specialisation of every
+    argument (~5 us of a ~11 us lean launch on the dev CPU). It is the launch triton would make
+    only when the new arguments specialise as the captured ones did, which the caller guarantees:
+    the same dtypes and None-ness (its cache key) and 16-byte-aligned data pointers (every captured
+    tensor's was); and while usable() holds (the lean path on, no pre-run or launch hooks, the
+    captured current device)."""
+    __slots__ = ("device", "_fn", "_c_launch", "_cooperative", "_pdl", "_function", "_packed", "_grid", "_rest")
+
+    def __init__(self, fn, device, c_entry, kernel, grid, rest):
+        self._fn, self.device = fn, device
+        self._c_launch, self._cooperative, self._pdl = c_entry
+        self._function, self._packed = kernel.function, kernel.packed_metadata
+        self._grid, self._rest = grid, rest
+
+    def usable(self) -> bool:
+        return LEAN_LAUNCH and not self._fn.pre_run_hooks and _idle(knobs.runtime.launch_enter_hook) \
+            and _idle(knobs.runtime.launch_exit_hook) and driver.active.get_current_device() == self.device
+
+    def __call__(self, stream, *lead):
+        gx, gy, gz = self._grid
+        self._c_launch(gx, gy, gz, stream, self._function, self._cooperative, self._pdl, None, None, self._packed,
+                       None, None, None, *lead, *self._rest)
+
+
+def current_stream(device: int):
+    """The current stream of ``device`` as triton's launches take it (a raw handle)."""
+    return driver.active.get_current_stream(device)
 
 
 def _idle(hook) -> bool:
@@ -205,9 +252,12 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
         self._tuned = {}          # key -> the tuned triton.Config
         self._config_kwargs = {}  # key -> its launch kwargs
 
+    def _tuning_key(self, args, kwargs):
+        return (*[args[i] if i < len(args) else kwargs[k] for i, k in self._key_pos],
+                *[a.dtype for a in args if isinstance(a, torch.Tensor)])
+
     def run(self, *args, grid, warmup=False, **kwargs):
-        key = (*[args[i] if i < len(args) else kwargs[k] for i, k in self._key_pos],
-               *[a.dtype for a in args if isinstance(a, torch.Tensor)])
+        key = self._tuning_key(args, kwargs)
         config_kwargs = self._config_kwargs.get(key)
         if config_kwargs is None or warmup:
             out = super().run(*args, grid=grid, warmup=warmup, **kwargs)
@@ -216,6 +266,15 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
                 self._config_kwargs[key] = self.best_config.all_kwargs()
             return out
         return launch(self.fn, grid, *args, **kwargs, **config_kwargs)
+
+    def run_replayable(self, n_lead, *args, grid, **kwargs):
+        """run(), returning a Replay of the launch once its key is tuned (else, or with n_lead None, None)."""
+        key = self._tuning_key(args, kwargs)
+        config_kwargs = self._config_kwargs.get(key)
+        if config_kwargs is None:
+            self.run(*args, grid=grid, **kwargs)
+            return None
+        return launch_replayable(self.fn, grid, n_lead, *args, **kwargs, **config_kwargs)
 
 
 def autotuning_enabled() -> bool:

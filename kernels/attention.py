@@ -83,9 +83,9 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt import reference
-from fastgpt.kernels import INTERPRET
-from fastgpt.kernels._common import (autotune, autotuning_enabled, cdiv, check_float, check_same_device, empty,
-                                     launch, next_pow2, records_grad)
+from fastgpt.kernels import INTERPRET, _common
+from fastgpt.kernels._common import (autotune, autotuning_enabled, cdiv, check_float, check_same_device,
+                                     current_stream, empty, launch_replayable, next_pow2, records_grad)
 
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
@@ -613,20 +613,21 @@ def _dropout_args(dropout_p):
 _DEFAULTS: dict = {}   # (kind, head dim, dtype, dropout) -> default_config(...), for the launches
 
 
-def _launch(kernel, kind, config, grid, *args, **meta):
-    """Launch the autotuned kernel, or the raw kernel with an explicit (or the default) config."""
+def _launch(kernel, kind, config, grid, *args, n_lead=None, **meta):
+    """Launch the autotuned kernel, or the raw kernel with an explicit (or the default) config.
+    With ``n_lead``, return a _common.Replay of the launch with its first n_lead arguments open
+    (None when it cannot be replayed: e.g. the first launch of a signature, which compiles or tunes)."""
     if config is None and not AUTOTUNE and not INTERPRET:
         key = (kind, meta["HEAD_DIM"], args[0].dtype, meta["DROPOUT"])
         config = _DEFAULTS.get(key)
         if config is None:
             config = _DEFAULTS[key] = default_config(*key)
     if config is None:
-        kernel.run(*args, grid=grid, **meta)
-        return
+        return kernel.run_replayable(n_lead, *args, grid=grid, **meta)
     if meta["DROPOUT"] and (config["BLOCK_M"] % 16 or config["BLOCK_N"] % 32):
         raise ValueError(f"causal_attention: with dropout, BLOCK_M must be a multiple of 16 and BLOCK_N of 32 "
                          f"(the keep mask's groups), got {config['BLOCK_M']} x {config['BLOCK_N']}")
-    launch(kernel.fn, grid, *args, **meta, **config)
+    return launch_replayable(kernel.fn, grid, n_lead, *args, **meta, **config)
 
 
 def _out_empty(q_shape, dtype, device, out_layout):
@@ -656,8 +657,9 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None
     return _fwd(q, k, v, scale, out_layout, out, config, dropout_p, _seed_arg(seed, dropout_p, q.device))
 
 
-def _fwd(q, k, v, scale, out_layout, out, config, dropout_p, seed):
-    """attention_fwd on validated inputs (``seed``: None, or a checked tensor when dropout_p > 0)."""
+def _fwd(q, k, v, scale, out_layout, out, config, dropout_p, seed, capture=None):
+    """attention_fwd on validated inputs (``seed``: None, or a checked tensor when dropout_p > 0).
+    ``capture``: a _Plan whose forward Replay this launch fills (when it can be replayed)."""
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
     B, H, TQ, D = q.shape
     TK = k.shape[2]
@@ -670,11 +672,14 @@ def _fwd(q, k, v, scale, out_layout, out, config, dropout_p, seed):
         return o, lse
     BLOCK_D = _block_d(D)
     grid = lambda meta: (B * H, cdiv(TQ, meta["BLOCK_M"]))  # noqa: E731
-    _launch(_attn_fwd, "fwd", config, grid,
-            q, k, v, o, lse, seed, *_strides(q), *_strides(k), *_strides(v),
-            *_strides(o), H, TQ, TK, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK),
-            HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), TF32=_round_tf32(q.dtype), DROPOUT=dropout_p > 0.0,
-            POS_SCALE=scale * LOG2E >= _FP32_MIN_NORMAL)
+    replay = _launch(_attn_fwd, "fwd", config, grid,
+                     q, k, v, o, lse, seed, *_strides(q), *_strides(k), *_strides(v),
+                     *_strides(o), H, TQ, TK, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK),
+                     n_lead=None if capture is None else 6,
+                     HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), TF32=_round_tf32(q.dtype),
+                     DROPOUT=dropout_p > 0.0, POS_SCALE=scale * LOG2E >= _FP32_MIN_NORMAL)
+    if replay is not None:
+        capture.fwd = replay
     return o, lse
 
 
@@ -687,6 +692,16 @@ def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
     packed qkv path passes slices of one (B, T, 3, H, D) gradient). ``configs`` =
     (dkdv_config, dq_config) forces launch configs (tests); dropout_p and seed are the forward's.
     """
+    return _bwd(do, q, k, v, o, lse, scale, configs, dropout_p, seed, out, None)
+
+
+def _bwd(do, q, k, v, o, lse, scale, configs, dropout_p, seed, out, capture):
+    """attention_bwd; ``capture``: a _Plan (of the forward's q, k, v) whose backward Replays these
+    launches fill (when they can be replayed)."""
+    bwd_key = None   # the plan's key for these launches: only when nothing below is copied
+    if capture is not None and all(t.stride(-1) == 1 for t in (do, q, k, v, o)) and lse.is_contiguous() \
+            and (seed is None or seed.is_contiguous()):
+        bwd_key = _Plan.bwd_key(do, q, k, v, o, lse, seed, out)
     q, k, v, o, do = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v), _unit_last_stride(o), \
         _unit_last_stride(do)
     B, H, TQ, D = q.shape
@@ -714,10 +729,13 @@ def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
     seed = _seed_arg(seed, dropout_p, q.device)
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     rest = (H, TQ, TK, scale, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK))
-    _launch(_attn_bwd_dq, "dq", cfg_q, lambda meta: (B * H, cdiv(TQ, meta["BLOCK_M"])),
-            *args, dq, seed, o, *strides, *_strides(o), *_strides(dq), *rest, **consts)
-    _launch(_attn_bwd_dkdv, "dkdv", cfg_kv, lambda meta: (B * H, cdiv(TK, meta["BLOCK_N"])),
-            *args, dk, dv, seed, *strides, *_strides(dk), *_strides(dv), *rest, **consts)
+    n_lead = None if bwd_key is None else 9
+    replay_q = _launch(_attn_bwd_dq, "dq", cfg_q, lambda meta: (B * H, cdiv(TQ, meta["BLOCK_M"])),
+                       *args, dq, seed, o, *strides, *_strides(o), *_strides(dq), *rest, n_lead=n_lead, **consts)
+    replay_kv = _launch(_attn_bwd_dkdv, "dkdv", cfg_kv, lambda meta: (B * H, cdiv(TK, meta["BLOCK_N"])),
+                        *args, dk, dv, seed, *strides, *_strides(dk), *_strides(dv), *rest, n_lead=n_lead, **consts)
+    if replay_q is not None and replay_kv is not None:
+        capture.bwd[bwd_key] = (replay_q, replay_kv)
     return dq, dk, dv
 
 
@@ -758,31 +776,121 @@ def _setup(ctx, inputs, output):
     ctx.scale, ctx.dropout_p = scale, dropout_p
 
 
-def _grads(ctx, do, bwd):
+def _backward(ctx, do, _dlse):
     q, k, v, o, lse, seed = ctx.saved_tensors
-    dq, dk, dv = bwd(do, q, k, v, o, lse, ctx.scale, dropout_p=ctx.dropout_p, seed=seed)
+    dq, dk, dv = _causal_attention_bwd_op(do, q, k, v, o, lse, ctx.scale, ctx.dropout_p, seed)
     return dq, dk, dv, None, None, None, None
 
 
-def _backward(ctx, do, _dlse):
-    return _grads(ctx, do, _causal_attention_bwd_op)
-
-
 _causal_attention_op.register_autograd(_backward, setup_context=_setup)
+
+
+# ----------------------------------------------------------------------------- replay plans
+# The eager path's host time is most of the op's time at GPT-2 sizes (run 4: 0.546 ms per fwd+bwd
+# against 0.395 ms of kernels; ATTENTION_NOTES v13). A call signature (shapes, strides, dtypes,
+# devices, scale, p, layout) gets a _Plan once its launches have each taken the lean path (the
+# first call compiles and, with autotuning, tunes; a later one is captured): its three launches
+# kept as _common.Replays, so the calls after that skip the validation (an identical signature
+# passed it), the launchers' argument building and triton's per-argument specialisation: what is
+# left is two (fwd) or four (bwd) allocations and one C launch per kernel.
+
+_PLANS: dict = {}       # signature -> _Plan with its forward Replay
+_MAX_PLANS = 256        # a growing-length generation loop makes one per length: dropped wholesale past this
+
+
+def _signature(q, k, v, scale, dropout_p, out_layout):
+    """The plan key of a call, or None when it takes the checked path every time: only plain
+    tensors with unit last strides (nothing to copy), a scale and p that are Python floats or ints
+    (a tensor or array is keyed by value nowhere, and may change in place), on the lean launch path."""
+    if not _common.LEAN_LAUNCH or type(q) is not Tensor or type(k) is not Tensor or type(v) is not Tensor \
+            or type(dropout_p) not in (float, int) or not (scale is None or type(scale) in (float, int)):
+        return None
+    qs, ks, vs = q.stride(), k.stride(), v.stride()
+    if len(qs) != 4 or len(ks) != 4 or len(vs) != 4 or qs[3] != 1 or ks[3] != 1 or vs[3] != 1:
+        return None
+    return (q.shape, k.shape, v.shape, qs, ks, vs, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+            scale, dropout_p, out_layout)
+
+
+class _Plan:
+    """A validated call's scale, dropout rate and output layout, and once launched, its Replays.
+
+    ``sig`` None: a call no plan can serve (it carries the arguments only). forward() and
+    backward() replay when they can, else run the launchers (which capture the Replays)."""
+    __slots__ = ("sig", "scale", "dropout_p", "layout", "fwd", "bwd")
+
+    def __init__(self, sig, scale: float, dropout_p: float, layout: str):
+        self.sig, self.scale, self.dropout_p, self.layout = sig, scale, dropout_p, layout
+        self.fwd = None   # the forward's Replay
+        self.bwd = {}     # bwd_key -> (dQ Replay, dK/dV Replay)
+
+    @staticmethod
+    def bwd_key(do, q, k, v, o, lse, seed, out):
+        """What the backward's launches depend on beyond the forward's signature: dO's layout and
+        dtype, and the saved tensors' (saved-tensor hooks, e.g. offloading, may hand back others)."""
+        return (do.stride(), do.dtype, q.stride(), k.stride(), v.stride(), o.stride(), lse.stride(),
+                q.dtype, k.dtype, v.dtype, o.dtype, lse.dtype,
+                None if seed is None else (seed.stride(), seed.dtype, seed.device), out is None)
+
+    def forward(self, q, k, v, seed):
+        """(o, lse) of _fwd: replayed, or through _fwd (which captures the Replay)."""
+        r = self.fwd
+        if r is not None and r.usable():
+            B, H, T, _ = q.shape
+            o = _out_empty(q.shape, q.dtype, q.device, self.layout)
+            lse = empty((B, H, T), torch.float32, q.device)
+            if not _misaligned(q, k, v, o, lse, seed):
+                r(current_stream(r.device), q, k, v, o, lse, seed)
+                return o, lse
+        capture = self if self.sig is not None else None
+        o, lse = _fwd(q, k, v, self.scale, self.layout, None, None, self.dropout_p, seed, capture)
+        if capture is not None and self.fwd is not None and _PLANS.get(self.sig) is not self:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            _PLANS[self.sig] = self
+        return o, lse
+
+    def backward(self, do, q, k, v, o, lse, seed, out=None):
+        """(dq, dk, dv) of _bwd on the forward's q, k, v, o, lse and seed: replayed, or through _bwd
+        (which captures the Replays)."""
+        replays = self.bwd.get(self.bwd_key(do, q, k, v, o, lse, seed, out)) if self.bwd else None
+        if replays is not None and replays[0].usable() and replays[1].usable():
+            B, H, TQ, _ = q.shape
+            dq, dk, dv = out if out is not None else (empty(q.shape, q.dtype, q.device),
+                                                      empty(k.shape, k.dtype, k.device),
+                                                      empty(v.shape, v.dtype, v.device))
+            delta = empty((B, H, TQ), torch.float32, q.device)
+            if not _misaligned(do, q, k, v, o, lse, seed, dq, dk, dv, delta):
+                stream = current_stream(replays[0].device)
+                replays[0](stream, q, k, v, do, lse, delta, dq, seed, o)
+                replays[1](stream, q, k, v, do, lse, delta, dk, dv, seed)
+                return dq, dk, dv
+        return _bwd(do, q, k, v, o, lse, self.scale, None, self.dropout_p, seed, out,
+                    self if self.sig is not None else None)
+
+
+def _misaligned(*tensors) -> bool:
+    """Whether any of the tensors (or None) starts off a 16-byte boundary (triton specialises on it)."""
+    ptrs = 0
+    for t in tensors:
+        if t is not None:
+            ptrs |= t.data_ptr()
+    return bool(ptrs & 15)
 
 
 class _CausalAttentionFunction(torch.autograd.Function):
     """The eager path: the same launchers without the custom-op dispatch overhead."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, out_layout, dropout_p, seed):
-        o, lse = _fwd(q, k, v, scale, out_layout, None, None, dropout_p, seed)   # causal_attention validated
-        _setup(ctx, (q, k, v, scale, out_layout, dropout_p, seed), (o, lse))
+    def forward(ctx, q, k, v, plan, seed):
+        o, lse = plan.forward(q, k, v, seed)   # validated by causal_attention (or by an identical signature)
+        ctx.save_for_backward(q, k, v, o, lse, seed)
+        ctx.plan = plan
         return o
 
     @staticmethod
     def backward(ctx, do):
-        return _grads(ctx, do, attention_bwd)
+        return (*ctx.plan.backward(do, *ctx.saved_tensors), None, None)
 
 
 class _QKVPackedFunction(torch.autograd.Function):
@@ -790,13 +898,13 @@ class _QKVPackedFunction(torch.autograd.Function):
     one (B, T, 3, H, D) gradient, so autograd has no unbind to undo (a stack copy of 3 x B x T x C)."""
 
     @staticmethod
-    def forward(ctx, qkv, views, scale, dropout_p, seed):
+    def forward(ctx, qkv, views, plan, seed):
         # views: q, k, v of qkv (made once by the caller, outside autograd: not inputs of this node)
-        o, lse = _fwd(*views, scale, "bthd", None, None, dropout_p, seed)
+        o, lse = plan.forward(*views, seed)
         # qkv itself is saved, not the views: saved-tensor hooks (activation checkpointing, offloading)
         # must see every tensor the backward keeps
         ctx.save_for_backward(qkv, o, lse, seed)
-        ctx.scale, ctx.dropout_p = scale, dropout_p
+        ctx.plan = plan
         B, T, _, H, D = qkv.shape
         return o.transpose(1, 2).reshape(B, T, H * D)   # a view: o's storage is (B, T, H, D)
 
@@ -805,9 +913,8 @@ class _QKVPackedFunction(torch.autograd.Function):
         qkv, o, lse, seed = ctx.saved_tensors
         B, T, _, H, D = qkv.shape
         dqkv = empty(qkv.shape, qkv.dtype, qkv.device)
-        attention_bwd(do.reshape(B, T, H, D).transpose(1, 2), *_unpack(qkv), o, lse, ctx.scale,
-                      dropout_p=ctx.dropout_p, seed=seed, out=_unpack(dqkv))
-        return dqkv, None, None, None, None
+        ctx.plan.backward(do.reshape(B, T, H, D).transpose(1, 2), *_unpack(qkv), o, lse, seed, out=_unpack(dqkv))
+        return dqkv, None, None, None
 
 
 def _unpack(qkv: Tensor):
@@ -820,7 +927,7 @@ def _unpack(qkv: Tensor):
 _RATES_SEEN: set = set()   # dropout rates already checked by _note_quantised_rate
 
 
-def _note_quantised_rate(dropout_p: float) -> None:
+def _note_quantised_rate(dropout_p: float, stacklevel: int) -> None:
     """Warn (once per rate) when the kernels' dropout rate, in steps of 1/256, is more than 10 % away
     from the one asked for (p below ~0.02, or under 1/512, which acts as 1/256)."""
     if dropout_p in _RATES_SEEN:
@@ -830,26 +937,41 @@ def _note_quantised_rate(dropout_p: float) -> None:
     if abs(applied - dropout_p) > 0.1 * dropout_p:
         warnings.warn(f"causal_attention: dropout_p={dropout_p:g} acts as {applied:.4g} in the fused kernels "
                       f"(their rate moves in steps of 1/256; kept weights are scaled by 1 / (1 - {applied:.4g}), "
-                      f"so the expectation stays exact)", stacklevel=4)
+                      f"so the expectation stays exact)", stacklevel=stacklevel)
 
 
-def _checked_call(q, k, v, scale, dropout_p, seed, generator):
+def _checked_call(q, k, v, scale, dropout_p, seed, generator, depth=0):
     """Validate a public call; returns (scale, dropout_p, seed): the float scale, the float p, and
-    the (seed, offset) tensor on q's device (drawn now when p > 0 and none was given; None at p = 0)."""
+    the (seed, offset) tensor on q's device (drawn now when p > 0 and none was given; None at p = 0).
+    ``depth``: frames between the public function and this one (for the warning's location)."""
     _validate(q, k, v)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"causal_attention: dropout_p must be in [0, 1), got {dropout_p}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     dropout_p = float(dropout_p)
     if dropout_p > 0.0:
-        _note_quantised_rate(dropout_p)
+        _note_quantised_rate(dropout_p, stacklevel=4 + depth)
+    return scale, dropout_p, _call_seed(dropout_p, seed, generator, q.device)
+
+
+def _call_seed(dropout_p: float, seed, generator, device):
+    """The call's (seed, offset) tensor on ``device``: None at p = 0, else ``seed`` checked, or drawn now."""
     if dropout_p == 0.0:
-        seed = None
-    elif seed is None:
-        seed = new_seed(q.device, generator).to(q.device)
-    else:
-        seed = _check_seed(seed, q.device)
-    return scale, dropout_p, seed
+        return None
+    if seed is None:
+        return new_seed(device, generator).to(device)
+    return _check_seed(seed, device)
+
+
+def _planned(q, k, v, scale, dropout_p, out_layout, seed, generator):
+    """(plan, seed) of an eager call: its signature's _Plan if it has run before (nothing to check
+    again but the seed), else a new one after the checks."""
+    sig = _signature(q, k, v, scale, dropout_p, out_layout)
+    plan = _PLANS.get(sig) if sig is not None else None
+    if plan is not None:
+        return plan, _call_seed(plan.dropout_p, seed, generator, q.device)
+    scale, dropout_p, seed = _checked_call(q, k, v, scale, dropout_p, seed, generator, depth=1)
+    return _Plan(sig, scale, dropout_p, out_layout), seed
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None, dropout_p: float = 0.0,
@@ -866,12 +988,13 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = N
     """
     if out_layout not in OUT_LAYOUTS:
         raise ValueError(f"causal_attention: out_layout must be one of {OUT_LAYOUTS}, got {out_layout!r}")
-    scale, dropout_p, seed = _checked_call(q, k, v, scale, dropout_p, seed, generator)
     if torch.compiler.is_compiling():
+        scale, dropout_p, seed = _checked_call(q, k, v, scale, dropout_p, seed, generator)
         return _causal_attention_op(q, k, v, scale, out_layout, dropout_p, seed)[0]
+    plan, seed = _planned(q, k, v, scale, dropout_p, out_layout, seed, generator)
     if not records_grad(q, k, v):
-        return _fwd(q, k, v, scale, out_layout, None, None, dropout_p, seed)[0]
-    return _CausalAttentionFunction.apply(q, k, v, scale, out_layout, dropout_p, seed)
+        return plan.forward(q, k, v, seed)[0]
+    return _CausalAttentionFunction.apply(q, k, v, plan, seed)
 
 
 def causal_attention_qkvpacked(qkv: Tensor, scale: Optional[float] = None, dropout_p: float = 0.0, *, seed=None,
@@ -888,5 +1011,5 @@ def causal_attention_qkvpacked(qkv: Tensor, scale: Optional[float] = None, dropo
         o = causal_attention(*_unpack(qkv), scale, dropout_p, "bthd", seed=seed, generator=generator)
         return o.transpose(1, 2).reshape(B, T, H * D)
     views = _unpack(qkv.detach())
-    scale, dropout_p, seed = _checked_call(*views, scale, dropout_p, seed, generator)
-    return _QKVPackedFunction.apply(qkv, views, scale, dropout_p, seed)
+    plan, seed = _planned(*views, scale, dropout_p, "bthd", seed, generator)
+    return _QKVPackedFunction.apply(qkv, views, plan, seed)

@@ -22,10 +22,12 @@ dtype_ids = lambda d: str(d)[6:]  # noqa: E731
 @pytest.fixture(autouse=True)
 def _fixed_configs(monkeypatch):
     """On the GPU, launch one hand-picked config per kernel (autotuning every shape of the
-    suite would take minutes); test_autotuned_bf16 turns the real autotuner back on."""
+    suite would take minutes); test_autotuned_bf16 turns the real autotuner back on. Each
+    test starts without replay plans (a plan keeps the kernels of the test that made it)."""
     if HAS_TRITON:
         from fastgpt.kernels import attention as A
         monkeypatch.setattr(A, "AUTOTUNE", False)
+        monkeypatch.setattr(A, "_PLANS", {})
 
 
 # fp32 on the GPU runs TF32 dots (operands rounded to nearest): there ref_lp is the
@@ -85,9 +87,12 @@ if HAS_CUDA:
 @pytest.mark.parametrize("D,dtype", HEAD_DIM_CASES,
                          ids=lambda c: dtype_ids(c) if isinstance(c, torch.dtype) else str(c))
 def test_head_dims(D, dtype):
-    """Head dims that are not the padded BLOCK_D (masked columns) and the large ones."""
+    """Head dims that are not the padded BLOCK_D (masked columns) and the large ones. Two sequences,
+    not one: the rule compares maxima, and over 1 x 2 x 40 x 128 fp32 elements the kernels' error
+    and ref_lp's were too few to be stable (1 of 200 seeds failed, err/bound 1.12; with 2 x 2 x 40,
+    0 of 200, max 0.69)."""
     T = 300 if HAS_CUDA else 40
-    _compare(f"attn D={D}", *_qkv(1, 2, T, T, D, dtype))
+    _compare(f"attn D={D}", *_qkv(2, 2, T, T, D, dtype))
 
 
 TQ_TK = [(1, 64), (5, 40), (17, 100), (33, 34), (64, 256)]
@@ -478,8 +483,10 @@ def test_dropout_rate_far_from_its_256ths_warns_once(monkeypatch):
         warnings.simplefilter("always")
         for p in (0.001, 0.001, 0.1):
             K.causal_attention(q, k, v, dropout_p=p, seed=(1, 2))
-    msgs = [str(w.message) for w in caught if str(w.message).startswith("causal_attention:")]
+    mine = [w for w in caught if str(w.message).startswith("causal_attention:")]
+    msgs = [str(w.message) for w in mine]
     assert len(msgs) == 1 and "dropout_p=0.001 acts as 0.003906" in msgs[0], msgs
+    assert mine[0].filename == __file__, mine[0].filename   # it points at the caller's line
 
 
 @pytest.mark.parametrize("p,thr", [(1e-4, 1), (0.1, 26), (0.5, 128), (0.999, 255)])
@@ -769,3 +776,56 @@ def test_qkvpacked_equals_the_unpacked_op(dropout_p, dtype):
     assert dq.data_ptr() == g.data_ptr() and not g.isnan().any()
     ref = A.attention_bwd(do.view(B, T, H, D).transpose(1, 2), q, k, v, o, lse)
     assert all(torch.equal(a, b) for a, b in zip((dq, dk, dv), ref))
+
+
+@needs_cuda
+@pytest.mark.parametrize("packed", [False, True], ids=["qkv", "packed"])
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_replay_plan_matches_checked_path(packed, p, monkeypatch):
+    """After a few calls, an eager call signature replays a plan (kernels/attention.py: _PLANS,
+    no checks, no launcher, one C launch per kernel): forward and gradients are the checked
+    path's bit for bit (the kernels are deterministic), and an unaligned view of the same
+    signature falls back to the checked path."""
+    import fastgpt.kernels as K
+    from fastgpt.kernels import _common
+    from fastgpt.kernels import attention as A
+    if not _common.LEAN_LAUNCH:
+        pytest.skip("the lean launch path is off (FASTGPT_LEAN_LAUNCH=0 or another triton)")
+    B, H, T, D = 2, 3, 100, 64
+    seed = torch.tensor([11, 13], device=DEVICE)
+    base = torch.randn(B * T * 3 * H * D + 8, device=DEVICE, dtype=torch.bfloat16)
+    do = torch.randn(B, T, H * D, device=DEVICE, dtype=torch.bfloat16)
+
+    def run(offset):
+        qkv = base[offset:offset + B * T * 3 * H * D].view(B, T, 3, H, D).detach().requires_grad_()
+        if packed:
+            o = K.causal_attention_qkvpacked(qkv, dropout_p=p, seed=seed)
+        else:
+            q, k, v = qkv.unbind(2)
+            o = K.causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p,
+                                   seed=seed, out_layout="bthd").transpose(1, 2).reshape(B, T, H * D)
+        o.backward(do)
+        return o.detach(), qkv.grad
+
+    checked = []   # calls of the checked launchers, which a replay skips
+    for name in ("_fwd", "_bwd"):
+        def counted(*a, _f=getattr(A, name), **kw):
+            checked.append(1)
+            return _f(*a, **kw)
+        monkeypatch.setattr(A, name, counted)
+    first = run(0)
+    for _ in range(4):
+        assert all(torch.equal(a, b) for a, b in zip(run(0), first))
+    assert A._PLANS and all(plan.fwd is not None and plan.bwd for plan in A._PLANS.values())
+    del checked[:]
+    assert all(torch.equal(a, b) for a, b in zip(run(0), first)) and not checked
+    # 2 elements in: the same signature, not 16-byte aligned: the checked path (and its own kernel variants),
+    # which agrees with a replay of the same values at an aligned address
+    shifted = run(2)
+    assert len(checked) == 2
+    base[:-8].copy_(base[2:-6].clone())
+    del checked[:]
+    aligned = run(0)
+    assert not checked
+    for a, b in zip(shifted, aligned):
+        torch.testing.assert_close(a, b)

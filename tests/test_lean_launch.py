@@ -8,7 +8,9 @@ CudaLauncher whose C entry (the driver call) is a recorder, and each launch is m
 through triton's path and through the lean replay, then the two recorded calls (kernel,
 grid, stream, flags, scratch, metadata, every argument) are compared. It
 includes launches that differ only in what triton specialises on (alignment, == 1,
-divisibility by 16), so a replay keyed too coarsely fails it.
+divisibility by 16), so a replay keyed too coarsely fails it. Then attention's replay
+plans (kernels/attention.py: a call signature's launches replayed through
+kernels/_common.Replay): each eager case's launches from a plan against triton's path.
 """
 from conftest import KERNELS, needs_triton, run_standin
 
@@ -21,6 +23,8 @@ def test_lean_launch_matches_triton():
     assert " 0 mismatch(es)" in r.stdout
     for kernel in KERNELS:
         assert kernel in r.stdout, f"{kernel} was not launched"
+    plans = [line for line in r.stdout.splitlines() if line.startswith("plan replay ")]
+    assert len(plans) == 9 and all(line.endswith(", ok") for line in plans), r.stdout[-4000:]
 
 
 def test_host_time_table_has_every_op():
