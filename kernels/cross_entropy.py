@@ -4,9 +4,12 @@ For N tokens, hidden size C and vocabulary V (h: (N, C), W: (V, C), targets: (N,
 the forward walks the tokens in chunks of R rows and, per chunk:
     z   = h_c @ W^T                      (R, V) logits, cuBLAS, in the compute dtype
     one Triton program per row, fp32 math, online over V in blocks:
-        m = max_j z_j,  lse = m + log sum_j exp(z_j - m)   (exp as exp2((z_j - m) log2 e))
+        m = max_j z_j,  r = sum_{j != t} exp(z_j - m),  s = exp(z_t - m) + r
+                                                       (exp as exp2((z_j - m) log2 e))
         loss_i = lse - (1 - eps) z_t - (eps / V) sum_j z_j     (label smoothing eps, as torch)
+               with lse - z_t = (m - z_t) + log s  (log1p(r) when z_t = m: confident rows)
         z_j   <- softmax_j - (1 - eps) [j == t] - eps / V      (in place: d loss_i / d z_j)
+               with p_t - 1 = -r / s                (no cancellation when p_t is near 1)
         ignored rows (t == ignore_index): loss_i = 0, z <- 0
     dh_c  = z @ W                        (R, C) cuBLAS, into the dh buffer
     dW   += z^T @ h_c                    (V, C) cuBLAS into an fp32 accumulator
@@ -75,28 +78,35 @@ def _ce_fwd_grad_kernel(
     t = tl.load(T + row)
     cols = tl.arange(0, BLOCK_V)
     if t != ignore_index:
-        # pass 1: running max m and sum s of exp(z - m) (exp2 of (z - m) log2 e: z - m is taken
-        # first, so the dominant entries, z near m, keep full fp32 accuracy), and sum(z) for smoothing
+        # pass 1: running max m and the sum r of exp(z_j - m) over j != t, the target's term left
+        # out (exp2 of (z - m) log2 e: z - m is taken first, so the dominant entries, z near m,
+        # keep full fp32 accuracy), and sum(z) for smoothing
+        tc = t.to(tl.int32)                          # the target's column (V < 2^31), for 32-bit compares
         z = tl.load(zrow + cols, mask=cols < VP, other=0.0).to(tl.float32)
         z = tl.where(cols < V, z, float("-inf"))
         m = tl.max(z, axis=0)
-        s = tl.sum(tl.exp2((z - m) * LOG2E), axis=0)
+        r = tl.sum(tl.where(cols != tc, tl.exp2((z - m) * LOG2E), 0.0), axis=0)
         zsum = tl.sum(tl.where(cols < V, z, 0.0), axis=0)
         for start in range(BLOCK_V, VP, BLOCK_V):
             c = start + cols
             z = tl.load(zrow + c, mask=c < VP, other=0.0).to(tl.float32)
             z = tl.where(c < V, z, float("-inf"))
             m_new = tl.maximum(m, tl.max(z, axis=0))
-            s = s * tl.exp2((m - m_new) * LOG2E) + tl.sum(tl.exp2((z - m_new) * LOG2E), axis=0)
+            r = r * tl.exp2((m - m_new) * LOG2E) + tl.sum(tl.where(c != tc, tl.exp2((z - m_new) * LOG2E), 0.0),
+                                                          axis=0)
             if SMOOTH:
                 zsum += tl.sum(tl.where(c < V, z, 0.0), axis=0)
             m = m_new
-        log2s = tl.log2(s)
         t_ok = (t >= 0) & (t < V)                   # out-of-range targets are caught by the launcher
         zt = tl.load(zrow + t, mask=t_ok, other=0.0).to(tl.float32)
-        # lse - (1 - eps) z_t - eps/V sum_j z_j, ordered so that m - z_t (exact when z_t is near the
-        # max, the confident rows) is formed before the small log s is added
-        loss = (m - zt) + log2s * LN2
+        s = tl.exp2((zt - m) * LOG2E) + r           # sum_j exp(z_j - m)
+        # lse - z_t = (m - z_t) + log s, both terms >= 0, except in the confident rows: there z_t is
+        # the max, s = 1 + r with r small, and log s is log1p(r), computed so (log(u) r / (u - 1),
+        # u = 1 + r, a few ulps) instead of from the rounded s: p_t - 1 = -r / s likewise below,
+        # rather than p_t - 1 with its cancellation
+        u = 1.0 + r
+        log1p_r = tl.where(u == 1.0, r, tl.log2(u) * LN2 * r / (u - 1.0))
+        loss = (m - zt) + tl.where(zt == m, log1p_r, tl.log2(s) * LN2)
         if SMOOTH:
             loss += eps * (zt - zsum / V)
         tl.store(Loss + row, loss)
@@ -107,7 +117,7 @@ def _ce_fwd_grad_kernel(
             for i in range(0, nblk):
                 c = (nblk - 1 - i) * BLOCK_V + cols
                 z = tl.load(zrow + c, mask=c < VP, other=0.0).to(tl.float32)
-                g = tl.exp2((z - m) * LOG2E) / s - tl.where(c == t, 1.0 - eps, 0.0)
+                g = tl.where(c == tc, eps - r / s, tl.exp2((z - m) * LOG2E) / s)   # p_j - (1 - eps) [j == t]
                 if SMOOTH:
                     g -= eps / V
                 g = tl.where(c < V, g, 0.0)

@@ -21,8 +21,13 @@ pytestmark = needs_triton
 # so bf16 is honest under the interpreter too). The GPU runs the real shapes in bf16.
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (leading shape of h, C, V, chunk_size): odd V (single partial block, several blocks with a
-# remainder), chunks that do not divide N and cut across sequences, one-token chunks.
-SHAPES = [((1,), 8, 5, None), ((37,), 16, 97, 7), ((3, 11), 24, 1000, 5), ((64,), 32, 513, 64)]
+# remainder), chunks that do not divide N ((37,) in chunks of 7). The fp32 V = 1000 case runs whole
+# chunks of 8 rows: on the CPU, MKL's sgemm sums a chunk of 1, 5 or 11 rows in another order than the
+# reference's one GEMM over all rows (less accurately for single rows), and with 33 tokens dh failed the
+# rule through the BLAS alone (the kernel's logit gradients as accurate as ref_lp's): chunks of 5 or 11,
+# 4 and 5 of 600 seeds; of 8 (last chunk 1 row), 2 of 400 (err/bound up to 1.41, in that row);
+# 32 tokens in chunks of 8: 0 of 400 (max 0.72).
+SHAPES = [((1,), 8, 5, None), ((37,), 16, 97, 7), ((4, 8), 24, 1000, 8), ((64,), 32, 513, 64)]
 if HAS_CUDA:
     SHAPES += [((4096,), 768, 50257, None), ((4, 1024), 768, 50304, 1000), ((2048,), 768, 40478, 384),
                ((1000,), 1600, 50257, None)]
@@ -302,3 +307,28 @@ def test_peak_memory_gpt2_head():
     gib = peak_extra_gib(lambda: torch.autograd.grad(K.fused_linear_cross_entropy(h, W, t), (h, W)))
     print(f"peak extra {gib:.3f} GiB")
     assert gib <= 0.5
+
+
+@pytest.mark.parametrize("margin", [3.0, 8.0, 14.0])
+def test_confident_row_keeps_relative_accuracy(margin):
+    """A row whose target logit is the max by `margin`: its loss log(1 + r) and p_t - 1 = -r / s are
+    small, r = sum_{j != t} exp(z_j - m). The kernel forms both from r, never from the rounded s or
+    p_t (which would leave ~eps / (1 - p_t) relative error: ~2e-3 at margin 14), so in fp32 they
+    keep a few ulps of relative accuracy. W is the identity, so the logits are h exactly and dh is
+    the logit gradient itself."""
+    import fastgpt.kernels as K
+    V = 37
+    z = -margin - 4 * torch.rand(V, dtype=torch.float64)
+    z[5] = 0.0
+    h = z.float()[None].to(DEVICE).requires_grad_()
+    W = torch.eye(V, device=DEVICE)
+    t = torch.tensor([5], device=DEVICE)
+    loss = K.fused_linear_cross_entropy(h, W, t, reduction="sum")
+    loss.backward()
+    zd = h.detach().double().cpu()[0]
+    want_loss = torch.logsumexp(zd, 0) - zd[5]
+    want_gt = torch.softmax(zd, 0)[5] - 1
+    eps32 = torch.finfo(torch.float32).eps
+    assert abs(loss.item() - want_loss.item()) <= 8 * eps32 * abs(want_loss.item()), (loss.item(), want_loss.item())
+    got_gt = h.grad[0, 5].item()
+    assert abs(got_gt - want_gt.item()) <= 8 * eps32 * abs(want_gt.item()), (got_gt, want_gt.item())
