@@ -176,6 +176,7 @@ def _plan_cases():
 
     def bthd():
         return grad(K.causal_attention(q, k, v, out_layout="bthd"), (q, k, v), do)
+
     inputs = [q, k, v, q32, k32, v32, do, do_t, do32, qkv, do_packed, seed, flat]
     cases = {
         "bf16": (lambda: grad(K.causal_attention(q, k, v), (q, k, v), do), True),
