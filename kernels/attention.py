@@ -596,11 +596,9 @@ def _check_seed(seed, device) -> Tensor:
 
 def _seed_arg(seed, dropout_p, device):
     """The kernels' SEED pointer: the (seed, offset) tensor, or None when there is no dropout."""
-    if dropout_p <= 0.0:
-        return None
-    if seed is None:
+    if dropout_p > 0.0 and seed is None:
         raise ValueError("causal_attention: dropout_p > 0 needs a seed")
-    return _check_seed(seed, device)
+    return _call_seed(dropout_p, seed, None, device)
 
 
 def _dropout_args(dropout_p):
@@ -835,13 +833,13 @@ class _Plan:
     def forward(self, q, k, v, seed):
         """(o, lse) of _fwd: replayed, or through _fwd (which captures the Replay)."""
         r = self.fwd
-        if r is not None and r.usable():
+        # fresh allocations start on the allocator's boundaries: only the inputs can be misaligned
+        if r is not None and r.usable() and not _misaligned(q, k, v, seed):
             B, H, T, _ = q.shape
             o = _out_empty(q.shape, q.dtype, q.device, self.layout)
             lse = empty((B, H, T), torch.float32, q.device)
-            if not _misaligned(q, k, v, o, lse, seed):
-                r(current_stream(r.device), q, k, v, o, lse, seed)
-                return o, lse
+            r(current_stream(r.device), q, k, v, o, lse, seed)
+            return o, lse
         capture = self if self.sig is not None else None
         o, lse = _fwd(q, k, v, self.scale, self.layout, None, None, self.dropout_p, seed, capture)
         if capture is not None and self.fwd is not None and _PLANS.get(self.sig) is not self:
@@ -854,17 +852,17 @@ class _Plan:
         """(dq, dk, dv) of _bwd on the forward's q, k, v, o, lse and seed: replayed, or through _bwd
         (which captures the Replays)."""
         replays = self.bwd.get(self.bwd_key(do, q, k, v, o, lse, seed, out)) if self.bwd else None
-        if replays is not None and replays[0].usable() and replays[1].usable():
+        if (replays is not None and replays[0].usable() and replays[1].usable()
+                and not _misaligned(do, q, k, v, o, lse, seed, *(out or ()))):
             B, H, TQ, _ = q.shape
             dq, dk, dv = out if out is not None else (empty(q.shape, q.dtype, q.device),
                                                       empty(k.shape, k.dtype, k.device),
                                                       empty(v.shape, v.dtype, v.device))
             delta = empty((B, H, TQ), torch.float32, q.device)
-            if not _misaligned(do, q, k, v, o, lse, seed, dq, dk, dv, delta):
-                stream = current_stream(replays[0].device)
-                replays[0](stream, q, k, v, do, lse, delta, dq, seed, o)
-                replays[1](stream, q, k, v, do, lse, delta, dk, dv, seed)
-                return dq, dk, dv
+            stream = current_stream(replays[0].device)
+            replays[0](stream, q, k, v, do, lse, delta, dq, seed, o)
+            replays[1](stream, q, k, v, do, lse, delta, dk, dv, seed)
+            return dq, dk, dv
         return _bwd(do, q, k, v, o, lse, self.scale, None, self.dropout_p, seed, out,
                     self if self.sig is not None else None)
 
@@ -956,7 +954,7 @@ def _checked_call(q, k, v, scale, dropout_p, seed, generator, depth=0):
 
 def _call_seed(dropout_p: float, seed, generator, device):
     """The call's (seed, offset) tensor on ``device``: None at p = 0, else ``seed`` checked, or drawn now."""
-    if dropout_p == 0.0:
+    if dropout_p <= 0.0:
         return None
     if seed is None:
         return new_seed(device, generator).to(device)
