@@ -60,7 +60,8 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, *, out_layout:
         raise ValueError(f"causal_attention: out_layout must be 'bhtd' or 'bthd', got {out_layout!r}")
     if resolve(backend, q.device.type) == "fused":
         return kernels().causal_attention(q, k, v, scale, dropout_p, out_layout=out_layout, seed=seed)
-    return reference.causal_attention(q, k, v, scale, dropout_p, seed=seed)
+    o = reference.causal_attention(q, k, v, scale, dropout_p, seed=seed)
+    return o if out_layout == "bhtd" else o.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def causal_attention_qkvpacked(qkv, scale=None, dropout_p: float = 0.0, *, seed=None, backend=None):

@@ -36,6 +36,7 @@ __all__ = [
     "attention_dropout_threshold",
     "attention_dropout_scale",
     "seed_pair",
+    "check_targets",
     "fused_linear_cross_entropy",
     "opmath_dtype",
     "GPTBlock",
@@ -57,11 +58,33 @@ def _opt(t, dtype):
     return None if t is None else t.to(dtype)
 
 
+# The checks the fused launchers also make (the same error kinds, so code that catches them behaves
+# alike on every backend); dtype and device rules are the kernels' own and are not repeated here.
+
+def _check_vector(op: str, name: str, t, n: int) -> None:
+    if t is not None and tuple(t.shape) != (n,):
+        raise ValueError(f"{op}: {name} must have shape ({n},), got {tuple(t.shape)}")
+
+
+def check_targets(op: str, t: torch.Tensor, V: int, ignore_index: int) -> None:
+    """Every target is in [0, V) or ignore_index: a ValueError naming the first one that is not (CPU,
+    eager); on CUDA and under torch.compile an asynchronous device assert (no host sync, no graph break)."""
+    bad = ((t < 0) | (t >= V)) & (t != ignore_index)
+    if t.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async(~bad.any(), f"{op}: a target is outside [0, {V}) and is not ignore_index")
+    elif bool(bad.any()):
+        i = int(bad.reshape(-1).nonzero()[0, 0])
+        raise ValueError(f"{op}: target {int(t.reshape(-1)[i])} at position {i} is outside [0, {V}) "
+                         f"and is not ignore_index ({ignore_index})")
+
+
 def layer_norm(x, weight, bias=None, eps: float = 1e-5):
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the last dim.
 
     mean/var are the biased statistics of the row in opmath. y has x's dtype.
     """
+    _check_vector("layer_norm", "weight", weight, x.shape[-1])
+    _check_vector("layer_norm", "bias", bias, x.shape[-1])
     cd = opmath_dtype(x.dtype)
     with _no_autocast(x):
         y = F.layer_norm(x.to(cd), (x.shape[-1],), weight.to(cd), _opt(bias, cd), eps)
@@ -76,6 +99,8 @@ def add_layer_norm(x, residual, weight, bias=None, eps: float = 1e-5):
     """
     if x.shape != residual.shape:
         raise ValueError(f"add_layer_norm: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
+    _check_vector("add_layer_norm", "weight", weight, x.shape[-1])
+    _check_vector("add_layer_norm", "bias", bias, x.shape[-1])
     cd = opmath_dtype(torch.promote_types(x.dtype, residual.dtype))
     with _no_autocast(x):
         h = (x.to(cd) + residual.to(cd)).to(residual.dtype)
@@ -87,6 +112,7 @@ def bias_gelu(x, bias=None, approximate: str = "tanh"):
     """y = gelu(x + bias); approximate "tanh" (GPT-1/GPT-2/HF) or "none" (exact erf)."""
     if approximate not in ("tanh", "none"):
         raise ValueError(f"bias_gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    _check_vector("bias_gelu", "bias", bias, x.shape[-1])
     cd = opmath_dtype(x.dtype)
     with _no_autocast(x):
         u = x.to(cd) if bias is None else x.to(cd) + bias.to(cd)
@@ -115,6 +141,12 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("causal_attention: q, k, v must be 4-D (B, H, T, D)")
+    if k.shape != v.shape:
+        raise ValueError(f"causal_attention: k shape {tuple(k.shape)} != v shape {tuple(v.shape)}")
+    if q.shape[:2] != k.shape[:2]:
+        raise ValueError(f"causal_attention: q (B, H) = {tuple(q.shape[:2])} but k, v have {tuple(k.shape[:2])}")
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"causal_attention: head dims differ: q has {q.shape[3]}, k and v have {k.shape[3]}")
     Tq, Tk = q.shape[-2], k.shape[-2]
     if Tq > Tk:
         raise ValueError(f"causal_attention: query length {Tq} exceeds key length {Tk}")
@@ -302,11 +334,17 @@ def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reductio
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"fused_linear_cross_entropy: reduction must be 'mean' or 'sum', got {reduction!r}")
+    op = "fused_linear_cross_entropy"
     C = h.shape[-1]
+    if W.dim() != 2 or W.shape[1] != C:
+        raise ValueError(f"{op}: W must be (V, {C}) for h of shape {tuple(h.shape)}, got {tuple(W.shape)}")
+    if targets.dtype != torch.int64:
+        raise TypeError(f"{op}: targets must be int64 (class indices), got {targets.dtype}")
     h2 = h.reshape(-1, C)
     t = targets.reshape(-1)
     if t.numel() != h2.shape[0]:
-        raise ValueError(f"fused_linear_cross_entropy: {h2.shape[0]} rows of h but {t.numel()} targets")
+        raise ValueError(f"{op}: {h2.shape[0]} rows of h but {t.numel()} targets")
+    check_targets(op, t, W.shape[0], ignore_index)
     cd = opmath_dtype(torch.promote_types(h.dtype, W.dtype))
     with _no_autocast(h):
         logits = h2.to(cd) @ W.to(cd).t()

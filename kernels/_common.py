@@ -68,6 +68,16 @@ def check_vector(op: str, name: str, t, n: int) -> None:
         raise ValueError(f"{op}: {name} must have shape ({n},), got {tuple(t.shape)}")
 
 
+def check_grad(op: str, name: str, g, like: torch.Tensor) -> None:
+    """An upstream gradient given to a backward launcher: a float tensor of ``like``'s shape on its
+    device (the kernels index it with like's shape: a wrong one would read out of bounds)."""
+    check_float(name, g, op)
+    if g.shape != like.shape:
+        raise ValueError(f"{op}: {name} has shape {tuple(g.shape)}, the forward's output {tuple(like.shape)}")
+    if g.device != like.device:
+        raise ValueError(f"{op}: {name} is on {g.device}, the forward's tensors on {like.device}")
+
+
 def records_grad(*tensors) -> bool:
     """Whether autograd must record an op on these inputs (grad mode on, one of them requires
     grad). When not (inference, evaluation, generation), the public ops call their launchers

@@ -84,7 +84,7 @@ from torch import Tensor
 
 from fastgpt import reference
 from fastgpt.kernels import INTERPRET, _common
-from fastgpt.kernels._common import (autotune, autotuning_enabled, cdiv, check_float, check_same_device,
+from fastgpt.kernels._common import (autotune, autotuning_enabled, cdiv, check_float, check_grad, check_same_device,
                                      current_stream, empty, launch_replayable, next_pow2, records_grad)
 
 MAX_HEAD_DIM = 256
@@ -690,6 +690,14 @@ def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
     packed qkv path passes slices of one (B, T, 3, H, D) gradient). ``configs`` =
     (dkdv_config, dq_config) forces launch configs (tests); dropout_p and seed are the forward's.
     """
+    op = "causal_attention"
+    _validate(q, k, v, op)
+    check_grad(op, "do", do, q)
+    check_grad(op, "o", o, q)
+    B, H, TQ, _ = q.shape
+    if not isinstance(lse, Tensor) or lse.shape != (B, H, TQ) or lse.dtype != torch.float32 or lse.device != q.device:
+        raise ValueError(f"{op}: lse must be the forward's fp32 ({B}, {H}, {TQ}) logsumexp on {q.device}, got "
+                         f"{getattr(lse, 'dtype', type(lse).__name__)} {tuple(getattr(lse, 'shape', ()))}")
     return _bwd(do, q, k, v, o, lse, scale, configs, dropout_p, seed, out, None)
 
 

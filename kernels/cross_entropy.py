@@ -50,6 +50,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastgpt import reference
 from fastgpt.kernels import INTERPRET
 from fastgpt.kernels._common import FLOAT_DTYPES, cdiv, check_float, check_same_device, empty, launch, next_pow2
 
@@ -233,16 +234,6 @@ def default_chunk_size(n_rows: int, vocab: int, dtype: torch.dtype) -> int:
     return max(1, min(rows, n_rows))
 
 
-def _check_targets(t: Tensor, V: int, ignore_index: int) -> None:
-    bad = ((t < 0) | (t >= V)) & (t != ignore_index)
-    if t.is_cuda:
-        torch._assert_async(~bad.any(), f"{OP}: a target is outside [0, {V}) and is not ignore_index")
-    elif bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{OP}: target {int(t[i])} at position {i} is outside [0, {V}) "
-                         f"and is not ignore_index ({ignore_index})")
-
-
 def flce_fwd(h2: Tensor, W: Tensor, t: Tensor, ignore_index: int, reduction: str, label_smoothing: float,
              chunk_size: Optional[int], need_dh: bool, need_dw: bool):
     """Returns (loss, dh, dw, scale).
@@ -256,7 +247,7 @@ def flce_fwd(h2: Tensor, W: Tensor, t: Tensor, ignore_index: int, reduction: str
     V = W.shape[0]
     dev, cd = h2.device, h2.dtype
     t = t.contiguous()
-    _check_targets(t, V, ignore_index)
+    reference.check_targets(OP, t, V, ignore_index)
     Wc = W if W.dtype == cd else W.to(cd)
     R = default_chunk_size(N, V, cd) if chunk_size is None else min(chunk_size, max(N, 1))
     grad = need_dh or need_dw

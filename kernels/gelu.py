@@ -24,8 +24,8 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt.kernels._common import (
-    autotune, cdiv, check_float, check_same_device, check_vector, empty, records_grad, reduction_programs, row_stride,
-    rows_2d, sum_partials,
+    autotune, cdiv, check_float, check_grad, check_same_device, check_vector, empty, records_grad, reduction_programs,
+    row_stride, rows_2d, sum_partials,
 )
 
 _APPROX = {"tanh": 1, "none": 0}
@@ -161,6 +161,7 @@ def bias_gelu_fwd(x: Tensor, bias: Optional[Tensor], approximate: str = "tanh",
 
 def bias_gelu_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], approximate: str = "tanh"):
     """Returns (dx, dbias); dbias is None without a bias (and then in bias's dtype)."""
+    check_grad("bias_gelu", "dy", dy, x)
     dx = empty(x.shape, dtype=x.dtype, device=x.device)
     N = x.shape[-1]
     if x.numel() == 0:

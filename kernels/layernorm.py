@@ -31,8 +31,8 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt.kernels._common import (
-    autotune, cdiv, check_float, check_same_device, check_vector, empty, next_pow2, reduction_programs, row_stride,
-    records_grad, rows_2d, sum_partials,
+    autotune, cdiv, check_float, check_grad, check_same_device, check_vector, empty, next_pow2, reduction_programs,
+    row_stride, records_grad, rows_2d, sum_partials,
 )
 
 MAX_N = 8192
@@ -229,6 +229,10 @@ def layer_norm_bwd(dy: Tensor, dh_out: Optional[Tensor], hin: Tensor, weight: Te
     dresidual is None unless a residual exists with a dtype other than x's
     (then dx serves both); dbias is None without a bias.
     """
+    op = "layer_norm" if res_dtype is None else "add_layer_norm"
+    check_grad(op, "dy", dy, hin)
+    if dh_out is not None:
+        check_grad(op, "dh", dh_out, hin)
     N = hin.shape[-1]
     dy2 = rows_2d(dy)
     h2 = rows_2d(hin)

@@ -130,6 +130,61 @@ def test_reference_dropout_p_out_of_range_is_an_error(p):
         ops.bias_dropout_add(q, None, q, p, backend="reference")
 
 
+def _bad_calls():
+    x, w = torch.randn(3, 8, device=DEVICE), torch.randn(8, device=DEVICE)
+    q, k = torch.randn(1, 2, 4, 16, device=DEVICE), torch.randn(1, 2, 4, 32, device=DEVICE)
+    h, W = torch.randn(3, 8, device=DEVICE), torch.randn(11, 8, device=DEVICE)
+    t = torch.tensor([1, 2, 3], device=DEVICE)
+    return [
+        ("ln weight", lambda b: ops.layer_norm(x, w[:5], backend=b), ValueError, r"weight must have shape \(8,\)"),
+        ("add_ln bias", lambda b: ops.add_layer_norm(x, x, w, w[:5], backend=b), ValueError,
+         r"bias must have shape \(8,\)"),
+        ("gelu bias", lambda b: ops.bias_gelu(x, w[:5], backend=b), ValueError, r"bias must have shape \(8,\)"),
+        ("attn head dims", lambda b: ops.causal_attention(q, k, k, backend=b), ValueError, "head dims differ"),
+        ("attn k vs v", lambda b: ops.causal_attention(q, q, q[:, :, :3], backend=b), ValueError, "k shape"),
+        ("attn batch", lambda b: ops.causal_attention(q, q[:, :1], q[:, :1], backend=b), ValueError, r"\(B, H\)"),
+        ("ce W", lambda b: ops.fused_linear_cross_entropy(h, W[:, :5], t, backend=b), ValueError, r"\(V, 8\)"),
+        ("ce float targets", lambda b: ops.fused_linear_cross_entropy(h, W, t.float(), backend=b), TypeError,
+         "int64"),
+    ] + ([] if HAS_CUDA else [  # on CUDA an out-of-range target is an asynchronous device assert
+        ("ce target range", lambda b: ops.fused_linear_cross_entropy(h, W, t * 5, backend=b), ValueError,
+         r"target 15 at position 2 is outside \[0, 11\)"),
+    ])
+
+
+@pytest.mark.parametrize("case", range(len(_bad_calls())))
+def test_bad_input_is_the_same_error_on_every_backend(case):
+    """Issue 2's rule on the reference path too: the error kind and message of the fused launchers,
+    so code that catches a ValueError behaves alike on the CPU default (reference) and the GPU."""
+    name, call, kind, msg = _bad_calls()[case]
+    for b in ["reference"] + (["fused"] if HAS_TRITON else []):
+        with pytest.raises(kind, match=msg):
+            call(b)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_backward_launchers_check_the_upstream_gradient():
+    """The registered *_bwd ops (and their launchers) index dy with the forward's shape: a wrong shape,
+    dtype or device is a clear error, not an out-of-bounds read."""
+    from fastgpt.kernels import attention, gelu, layernorm
+    x, w = torch.randn(4, 8, device=DEVICE), torch.randn(8, device=DEVICE)
+    _, _, mean, rstd = layernorm.layer_norm_fwd(x, None, w, None, 1e-5)
+    with pytest.raises(ValueError, match=r"layer_norm: dy has shape \(4, 7\), the forward's output \(4, 8\)"):
+        layernorm.layer_norm_bwd(x[:, :7], None, x, w, False, mean, rstd, x.dtype, None)
+    with pytest.raises(TypeError, match="dy has dtype torch.int64"):
+        layernorm.layer_norm_bwd(x.long(), None, x, w, False, mean, rstd, x.dtype, None)
+    with pytest.raises(ValueError, match=r"bias_gelu: dy has shape \(3, 8\)"):
+        gelu.bias_gelu_bwd(x[:3], x, None)
+    q = torch.randn(1, 2, 5, 16, device=DEVICE)
+    o, lse = attention.attention_fwd(q, q, q)
+    with pytest.raises(ValueError, match=r"causal_attention: do has shape \(1, 2, 4, 16\)"):
+        attention.attention_bwd(o[:, :, :4], q, q, q, o, lse)
+    with pytest.raises(ValueError, match="lse must be the forward's fp32"):
+        attention.attention_bwd(o, q, q, q, o, lse[..., :3])
+    dq, dk, dv = attention.attention_bwd(o, q, q, q, o, lse)   # the right arguments still run
+    assert dq.shape == q.shape
+
+
 def test_compare_op_catches_a_wrong_or_missing_backward():
     """The shared comparison (tests and selftest) fails a fused op whose forward is right but whose
     gradient is wrong, or whose output carries no gradient at all (it used to skip the backward)."""
