@@ -7,6 +7,8 @@
 #   bash benchmarks/gpu_check.sh --only tune          # attention config sweep (never part of "all")
 #   bash benchmarks/gpu_check.sh --only host          # host time per fused op, real launches, and a
 #                                                     # profile of attention's (never part of "all")
+#   bash benchmarks/gpu_check.sh --only extdiag       # the extension's CUDA crash, case by case
+#                                                     # (benchmarks/ext_diag.sh; never part of "all")
 #   bash benchmarks/gpu_check.sh --out DIR            # where stage results go (default gpu_results/,
 #                                                     # relative to the repository root)
 #   bash benchmarks/gpu_check.sh --tar FILE           # also pack the results folder into FILE at the end
@@ -39,9 +41,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 for s in ${ONLY//,/ }; do  # a typo would otherwise run nothing but the install, silently
-  case " all install tests selftest bench tune host $FAMILIES " in
+  case " all install tests selftest bench tune host extdiag $FAMILIES " in
     *" $s "*) ;;
-    *) echo "gpu_check: unknown stage '$s' in --only; choose from: all install tests selftest bench tune host $FAMILIES"
+    *) echo "gpu_check: unknown stage '$s' in --only; choose from: all install tests selftest bench tune host extdiag $FAMILIES"
        exit 2 ;;
   esac
 done
@@ -136,6 +138,9 @@ run_tests() {  # one pytest process per file (a crash in one cannot hide the oth
   wait
   tests_report
 }
+if [ "$ONLY" != "all" ] && wants extdiag; then  # before the tests: it needs ~1-2 min, not their budget
+  stage extdiag 150 env PYTHON="$PY" bash benchmarks/ext_diag.sh
+fi
 if wants tests; then
   export -f run_tests test_file tests_report default_tests; export PY TESTS GPU_TESTS RES TEST_JOBS
   stage tests 300 bash -c run_tests

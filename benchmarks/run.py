@@ -71,6 +71,11 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write all rows (and the environment) to this JSON file")
     ap.add_argument("--quick", action="store_true", help="fewer shapes / shorter timing (smoke runs)")
     args = ap.parse_args(argv)
+    if args.json:  # checked now, not after minutes of GPU work
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            print(f"benchmarks: --json {args.json}: {folder} is not a writable folder", file=sys.stderr)
+            sys.exit(2)
     if not torch.cuda.is_available():
         print("benchmarks: a CUDA GPU is required (kernels are timed with CUDA events)", file=sys.stderr)
         sys.exit(2)

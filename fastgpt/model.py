@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastgpt import ops
+from fastgpt import ops, reference
 from fastgpt.config import GPTConfig
 
 __all__ = ["GPTBlock", "GPT", "KVCache", "load_model", "FORMAT", "FORMAT_VERSION"]
@@ -441,7 +441,12 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + T, device=idx.device)
         x = tr.drop(tr.wte(idx) + tr.wpe(pos))
         if self.config.residual_dtype is not None:
-            x = x.to(getattr(torch, self.config.residual_dtype))
+            rd = getattr(torch, self.config.residual_dtype)
+            if rd != x.dtype and not torch.is_autocast_enabled(idx.device.type):
+                # the sublayers' matmuls would meet a residual-dtype activation and x.dtype weights
+                raise ValueError(f"GPT: residual_dtype={self.config.residual_dtype!r} runs under torch.autocast "
+                                 f"(or with the model in that dtype); the weights are {x.dtype} and autocast is off")
+            x = x.to(rd)
         pending = None
         for i, block in enumerate(tr.h):
             x, pending = block.forward_stream(x, pending, None if kv_cache is None else (kv_cache, i))
@@ -514,6 +519,8 @@ class GPT(nn.Module):
         beyond block_size the context is the last block_size tokens, recomputed
         each step (as without the cache), so both give the same logits.
         """
+        if max_new_tokens < 0:
+            raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
         if temperature < 0:
             raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
         if top_k is not None and top_k < 1:
@@ -658,6 +665,7 @@ def _cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "
     the sum over targets != ignore_index, or ("mean") that sum over their count (0 when there are none)."""
     V = logits.shape[-1]
     t = targets.reshape(-1)
+    reference.check_targets("GPT", t, V, ignore_index)
     loss = F.cross_entropy(logits.reshape(-1, V).float(), t, ignore_index=ignore_index, reduction="sum")
     return loss if reduction == "sum" else loss / (t != ignore_index).sum().clamp_min(1)
 

@@ -170,8 +170,15 @@ def _run(args) -> int:
         print(tok.decode(row))
     sys.stdout.flush()
     n = args.num_samples * args.max_new_tokens
-    print(f"---------- {n} tokens in {dt:.2f} s: {n / dt:.1f} tok/s "
-          f"({'KV cache' if not args.no_cache else 'no cache'}, {device.type}, backend {backend})", file=sys.stderr)
+    bs = model.config.block_size
+    if args.no_cache:
+        how = "no cache"
+    elif len(ids) + args.max_new_tokens - 1 > bs:   # generate() recomputes the context once it passes block_size
+        how = f"KV cache up to {bs} tokens of context, then recomputed"
+    else:
+        how = "KV cache"
+    print(f"---------- {n} tokens in {dt:.2f} s: {n / dt:.1f} tok/s ({how}, {device.type}, backend {backend})",
+          file=sys.stderr)
     return 0
 
 

@@ -170,6 +170,16 @@ def test_failed_graph_capture_is_noted_in_the_row(monkeypatch):
     assert common.bench_impl(rows, "b", "c", "fastgpt", lambda: None, graph=True) == 1.0 and rows[1]["note"] == ""
 
 
+def test_json_folder_is_checked_before_any_work(tmp_path, capsys):
+    """--json into a missing folder: a one-line usage error at once (it used to be a traceback after the
+    first family's minutes of GPU work)."""
+    from benchmarks import run
+    with pytest.raises(SystemExit) as e:
+        run.main(["--json", str(tmp_path / "nope" / "rows.json")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "is not a writable folder" in err and len(err.strip().splitlines()) == 1
+
+
 def test_ratio_table_leaves_out_graph_rows():
     """The CUDA-graph rows are GPU time alone (a host-overhead diagnostic), not compared with peers timed eagerly."""
     from benchmarks import run
@@ -233,6 +243,7 @@ def test_gpu_check_cli():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
     r = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0
-    assert "--only host" in r.stdout and "--only tune" in r.stdout and r.stdout.rstrip().endswith("names them).")
+    assert "--only host" in r.stdout and "--only tune" in r.stdout and "--only extdiag" in r.stdout
+    assert r.stdout.rstrip().endswith("names them).")
     r = subprocess.run(["bash", str(script), "--only", "hots"], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and "unknown stage 'hots'" in r.stdout and " host " in r.stdout
+    assert r.returncode == 2 and "unknown stage 'hots'" in r.stdout and " host extdiag " in r.stdout

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Diagnose the extension's crash on CUDA (RESULTS.md: test_op_level_errors_are_clear dies with SIGSEGV
+# on the H100, runs 3 and 4; the same calls raise the intended ValueError on the CPU, through a CPU
+# build and through a CUDA build of fastgpt._C alike, and through the CUDA dispatch key with CPU
+# tensors or with storage-less tensors that claim cuda:0: all seen on the dev machine, 2026-11-27).
+# What is left is a real device, so each case below runs in its own process with faulthandler on:
+#   B  a C++ error from our op on CPU tensors after CUDA is initialised
+#   D  a C++ error from torch itself on CUDA tensors (not our .so)
+#   E  the crashing call: seed None with p > 0 on CUDA tensors
+#   F  the same below autograd (our C++ kernel alone, no Python autograd kernel)
+#   G  the op's first check (p out of range) on CUDA tensors
+# rc=1 with the intended error printed means no crash; rc=139 (or -11 in Python) is the segfault.
+# Reading: only E/F/G crash -> the CUDA path of our op; B crashes too -> any throw from our .so once
+# CUDA is up; D crashes too -> not our .so. Then a gdb backtrace of E and the dynamic bindings of the
+# throw symbols. Run from the repo root after the install (gpu_check.sh --only extdiag); ~1-2 min.
+PY=${PYTHON:-python}
+export FASTGPT_EXTENSION=${FASTGPT_EXTENSION:-auto}
+$PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+g++ --version | head -1
+command -v nvcc >/dev/null && nvcc --version | tail -1
+echo "CUDA_HOME=${CUDA_HOME:-unset}"
+for so in fastgpt/_C*.so; do [ -e "$so" ] && { echo "$so"; readelf -dW "$so" | grep -E "NEEDED|RPATH|RUNPATH"; }; done
+PRE='import torch, fastgpt.extension as e; m = e.load(); print("extension:", e.unavailable_reason() or "loaded", getattr(m, "__file__", ""), flush=True); op = torch.ops.fastgpt.bias_dropout_add'
+case_() {  # case_ NAME CODE: one process, its last lines and exit status
+  echo "=== $1"
+  timeout 90 $PY -X faulthandler -c "$PRE
+$2" 2>&1 | tail -20
+  echo "rc=${PIPESTATUS[0]}"
+}
+case_ "B cpu tensors after CUDA init" 'torch.zeros(1, device="cuda"); x = torch.randn(2, 8); op(x, None, x, 0.5, None)'
+case_ "D torch-internal C++ error on cuda" 'a = torch.ones(2, device="cuda"); torch.ops.aten.add.Tensor(a, torch.ones(3, device="cuda"))'
+case_ "E the crashing call" 'x = torch.randn(2, 8, device="cuda"); op(x, None, x, 0.5, None)'
+case_ "F the crashing call below autograd" 'x = torch.randn(2, 8, device="cuda")
+with torch._C._AutoDispatchBelowAutograd():
+    op.default(x, None, x, 0.5, None)'
+case_ "G p out of range on cuda" 'x = torch.randn(2, 8, device="cuda"); op(x, None, x, 1.5, None)'
+if command -v gdb >/dev/null; then
+  echo "=== gdb on E"
+  timeout 150 gdb -batch -ex run -ex "bt 40" --args $PY -c "$PRE
+x = torch.randn(2, 8, device='cuda'); op(x, None, x, 0.5, None)" 2>&1 | grep -vE "^\[(New|Thread)|libthread_db" | tail -60
+fi
+echo "=== bindings of the throw symbols in fastgpt._C"
+LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/fastgpt_ldb $PY -c "$PRE
+x = torch.randn(2, 8, device='cuda')" >/dev/null 2>&1
+grep -h "_C\.cpython" /tmp/fastgpt_ldb.* 2>/dev/null | grep -E "_Unwind|__cxa_throw|personality|ZTIN3c10" | sed 's/^ *[0-9]*: *//' | head -20
+rm -f /tmp/fastgpt_ldb.*
+exit 0
