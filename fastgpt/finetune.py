@@ -102,7 +102,8 @@ class FinetuneConfig:
     clf_dropout: float = _f(0.1, "dropout on the head's input")
     max_len: int | None = _f(None, "tokens per sequence (longer inputs are truncated)", "the model's block_size")
     seed: int = _f(1337, "seed of the head, dropout and example order")
-    device: Literal["cpu", "cuda"] | None = _f(None, "device", "cuda if available, else cpu")
+    device: Literal["cpu", "cuda"] | None = _f(None, "device (one GPU of several: CUDA_VISIBLE_DEVICES=N; several: torchrun)",
+                                               "cuda if available, else cpu")
     dtype: Literal["bf16", "fp16", "fp32"] | None = _f(None, "autocast dtype", "bf16 on CUDA, fp32 on CPU")
     backend: Literal["fused", "reference"] | None = _f(None, "op implementation (never saved)",
                                                        "fused on CUDA, reference on CPU")

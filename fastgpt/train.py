@@ -115,7 +115,8 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
     dropout: float | None = _f(None, "dropout probability", "the preset's")
     seed: int = _f(1337, "seed of the weights, dropout and batch order")
-    device: Literal["cpu", "cuda"] | None = _f(None, "device", "cuda if available, else cpu")
+    device: Literal["cpu", "cuda"] | None = _f(None, "device (one GPU of several: CUDA_VISIBLE_DEVICES=N; several: torchrun)",
+                                               "cuda if available, else cpu")
     dtype: Literal["bf16", "fp16", "fp32"] | None = _f(None, "autocast dtype (fp16 adds a dynamic loss scaler)",
                                                        _dev("dtype"))
     backend: Literal["fused", "reference"] | None = _f(None, "op implementation (never saved)",
