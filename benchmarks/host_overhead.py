@@ -177,7 +177,26 @@ def _plan_cases():
     def bthd():
         return grad(K.causal_attention(q, k, v, out_layout="bthd"), (q, k, v), do)
 
-    inputs = [q, k, v, q32, k32, v32, do, do_t, do32, qkv, do_packed, seed, flat]
+    # LayerNorm and bias-GELU: 2-D and 3-D rows, autocast's layout (bf16 x, fp32 residual and weights)
+    x, r = (torch.randn(2, 5, 96, dtype=bf, requires_grad=True) for _ in range(2))
+    r32 = r.detach().float().requires_grad_()
+    w, b = (torch.nn.Parameter(torch.randn(96)) for _ in range(2))   # as a model's
+    x2d = x.detach().view(10, 96).requires_grad_()
+    dy = torch.randn(2, 5, 96, dtype=bf)
+    dy_t = torch.randn(96, 2, 5, dtype=bf).permute(1, 2, 0)    # not viewable as rows: copied, no plan
+    flat_x = torch.randn(961, dtype=bf)
+    xu = flat_x[1:].view(10, 96).requires_grad_()               # off a 16-byte boundary
+    u = torch.randn(2, 5, 384, dtype=bf, requires_grad=True)
+    bu = torch.nn.Parameter(torch.randn(384))
+    du = torch.randn(2, 5, 384, dtype=bf)
+
+    def gelu_recompute():   # the block's MLP backward (model._GeluLinear)
+        from fastgpt import ops
+        g, grad_fn = ops.bias_gelu_recompute(u.detach(), bu.detach(), backend="fused")
+        return g, grad_fn(du)
+
+    inputs = [q, k, v, q32, k32, v32, do, do_t, do32, qkv, do_packed, seed, flat, x, r, r32, w, b, x2d, dy, dy_t,
+              flat_x, u, bu, du]
     cases = {
         "bf16": (lambda: grad(K.causal_attention(q, k, v), (q, k, v), do), True),
         "bf16 p=0.1": (lambda: grad(K.causal_attention(q, k, v, dropout_p=0.1, seed=seed), (q, k, v), do), True),
@@ -192,6 +211,23 @@ def _plan_cases():
         # o comes back in another layout: a backward of its own
         "saved-tensor hooks": (lambda: (bthd(), _with_contiguous_saves(bthd)), True),
         "unaligned inputs (the checked path)": (lambda: grad(K.causal_attention(qu, ku, vu), (qu, ku, vu), do), False),
+        "layer_norm 3-D": (lambda: grad(K.layer_norm(x, w, b), (x, w, b), dy), True),
+        "layer_norm 2-D, no bias": (lambda: grad(K.layer_norm(x2d, w), (x2d, w), dy.view(10, 96)), True),
+        "add_layer_norm bf16 + fp32 residual": (lambda: grad(K.add_layer_norm(x, r32, w, b), (x, r32, w, b),
+                                                             (dy, dy.float())), True),
+        "add_layer_norm, dh only": (lambda: grad(K.add_layer_norm(x, r, w, b)[1], (x, r, w, b), dy), True),
+        "layer_norm no_grad": (torch.no_grad()(lambda: K.layer_norm(x, w, b)), True),
+        "layer_norm, a dy to copy (the checked backward)": (lambda: grad(K.layer_norm(x, w, b), (x, w, b), dy_t),
+                                                            False),
+        "layer_norm unaligned (the checked path)": (lambda: grad(K.layer_norm(xu, w, b), (xu, w, b),
+                                                                 dy.view(10, 96)), False),
+        "bias_gelu bf16 + fp32 bias": (lambda: grad(K.bias_gelu(u, bu), (u, bu), du), True),
+        "bias_gelu erf, no bias": (lambda: grad(K.bias_gelu(u, None, "none"), (u,), du), True),
+        "bias_gelu no_grad": (torch.no_grad()(lambda: K.bias_gelu(u, bu)), True),
+        "bias_gelu recompute (the block's MLP)": (gelu_recompute, True),
+        "bias_gelu, a dy to copy (the checked backward)": (lambda: grad(K.bias_gelu(u, bu), (u, bu),
+                                                                        du.transpose(0, 1).contiguous()
+                                                                        .transpose(0, 1)), False),
     }
     return cases, inputs
 
@@ -242,14 +278,17 @@ def check_plans(records: list) -> int:
     the number of mismatching cases."""
     import torch
 
-    from fastgpt.kernels import _common, attention
+    from fastgpt.kernels import _common, attention, gelu, layernorm
     checked_calls = []
-    originals = {name: getattr(attention, name) for name in ("_fwd", "_bwd")}   # what a replay skips
-    for name, f in originals.items():
+    originals = {(m, name): getattr(m, name) for m, names in ((attention, ("_fwd", "_bwd")),   # what a replay skips
+                                                              (layernorm, ("layer_norm_fwd", "layer_norm_bwd")),
+                                                              (gelu, ("bias_gelu_fwd", "bias_gelu_bwd")))
+                 for name in names}
+    for (m, name), f in originals.items():
         def counted(*a, _f=f, **kw):
             checked_calls.append(1)
             return _f(*a, **kw)
-        setattr(attention, name, counted)
+        setattr(m, name, counted)
     cases, inputs = _plan_cases()
     storages = {t.untyped_storage().data_ptr() for t in inputs}
     failures = 0
@@ -281,8 +320,8 @@ def check_plans(records: list) -> int:
             failures += bool(bad)
             print(f"plan replay {case}: {len(got)} launches, {'ok' if not bad else 'MISMATCH ' + ', '.join(bad)}")
     finally:
-        for name, f in originals.items():
-            setattr(attention, name, f)
+        for (m, name), f in originals.items():
+            setattr(m, name, f)
     return failures
 
 

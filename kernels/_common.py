@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from typing import Optional
 
 import torch
 import triton
@@ -223,6 +224,63 @@ class Replay:
                        None, None, None, *lead, *self._rest)
 
 
+# ----------------------------------------------------------------------------- replay plans
+# An op's eager call signature can keep its launches as Replays once they have taken the lean path
+# (the first call compiles and, with autotuning, tunes; a later one is captured): the calls after
+# that skip the validation (an identical signature passed it), the launchers' argument building and
+# triton's per-argument specialisation. kernels/attention.py, layernorm.py and gelu.py hold plans;
+# benchmarks/host_overhead.py --check compares their launches with triton's path.
+
+def plan_key(*tensors):
+    """The tensors' part of a plan's key: each one's (shape, strides, dtype, device), None for None;
+    or None (no plan: the checked path every time) with the lean path off or for anything but a
+    plain torch.Tensor or nn.Parameter (another subclass may compute any of these differently)."""
+    if not LEAN_LAUNCH:
+        return None
+    key = []
+    for t in tensors:
+        if t is None:
+            key.append(None)
+        elif type(t) in _PLAIN:
+            key.append((t.shape, t.stride(), t.dtype, t.device))
+        else:
+            return None
+    return tuple(key)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+class PlanCache(dict):
+    """key -> plan, dropped wholesale past ``limit`` entries (a growing-length generation loop makes
+    one signature per length)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def keep(self, key, plan) -> None:
+        if self.get(key) is not plan:
+            if len(self) >= self.limit:
+                self.clear()
+            self[key] = plan
+
+
+def misaligned(*tensors) -> bool:
+    """Whether any of the tensors (or None) starts off a 16-byte boundary (triton specialises on it;
+    fresh buffers never do: the allocators align far more)."""
+    ptrs = 0
+    for t in tensors:
+        if t is not None:
+            ptrs |= t.data_ptr()
+    return bool(ptrs & 15)
+
+
+def as_2d(t):
+    """rows_2d's view for a replay, whose capture checked that rows_2d made no copy (None stays None)."""
+    return t if t is None or t.dim() == 2 else t.view(-1, t.shape[-1])
+
+
 def current_stream(device: int):
     """The current stream of ``device`` as triton's launches take it (a raw handle)."""
     return driver.active.get_current_stream(device)
@@ -347,9 +405,10 @@ def _sum_partials_kernel(P0, P1, OUT0, OUT1, G, N, TWO: tl.constexpr, BLOCK_G: t
         tl.store(OUT1 + cols, acc1.to(OUT1.dtype.element_ty), mask=cmask)
 
 
-def sum_partials(p0: torch.Tensor, p1, dtype: torch.dtype):
+def sum_partials(p0: torch.Tensor, p1, dtype: torch.dtype, replays: Optional[list] = None):
     """(p0.sum(0), p1.sum(0)) of contiguous fp32 (G, N) partial buffers, in ``dtype``, in one
-    launch; p1 may be None (then None is returned for it)."""
+    launch; p1 may be None (then None is returned for it). ``replays``: a list that gets the
+    launch's Replay (its 4 tensors open: p0, p1, out0, out1; None when it cannot be replayed)."""
     G, N = p0.shape
     out0 = empty((N,), dtype, p0.device)
     out1 = empty((N,), dtype, p0.device) if p1 is not None else None
@@ -361,7 +420,9 @@ def sum_partials(p0: torch.Tensor, p1, dtype: torch.dtype):
     # of 32 columns making 5 trips of 128 rows each: latency-bound, several us for 3 MB.)
     BLOCK_N = 8
     BLOCK_G = min(1024, max(128, next_pow2(G)))
-    launch(_sum_partials_kernel, (cdiv(N, BLOCK_N),),
-           p0, p1 if p1 is not None else p0, out0, out1 if out1 is not None else out0, G, N,
-           TWO=p1 is not None, BLOCK_G=BLOCK_G, BLOCK_N=BLOCK_N, num_warps=4 if BLOCK_G <= 256 else 8)
+    r = launch_replayable(_sum_partials_kernel, (cdiv(N, BLOCK_N),), 4 if replays is not None else None,
+                          p0, p1 if p1 is not None else p0, out0, out1 if out1 is not None else out0, G, N,
+                          TWO=p1 is not None, BLOCK_G=BLOCK_G, BLOCK_N=BLOCK_N, num_warps=4 if BLOCK_G <= 256 else 8)
+    if replays is not None:
+        replays.append(r)
     return out0, out1

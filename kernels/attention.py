@@ -85,7 +85,8 @@ from torch import Tensor
 from fastgpt import reference
 from fastgpt.kernels import INTERPRET, _common
 from fastgpt.kernels._common import (autotune, autotuning_enabled, cdiv, check_float, check_grad, check_same_device,
-                                     current_stream, empty, launch_replayable, next_pow2, records_grad)
+                                     current_stream, empty, launch_replayable, misaligned, next_pow2, PlanCache,
+                                     records_grad)
 
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
@@ -800,8 +801,7 @@ _causal_attention_op.register_autograd(_backward, setup_context=_setup)
 # passed it), the launchers' argument building and triton's per-argument specialisation: what is
 # left is two (fwd) or four (bwd) allocations and one C launch per kernel.
 
-_PLANS: dict = {}       # signature -> _Plan with its forward Replay
-_MAX_PLANS = 256        # a growing-length generation loop makes one per length: dropped wholesale past this
+_PLANS = PlanCache(256)   # signature -> _Plan with its forward Replay
 
 
 def _signature(q, k, v, scale, dropout_p, out_layout):
@@ -842,7 +842,7 @@ class _Plan:
         """(o, lse) of _fwd: replayed, or through _fwd (which captures the Replay)."""
         r = self.fwd
         # fresh allocations start on the allocator's boundaries: only the inputs can be misaligned
-        if r is not None and r.usable() and not _misaligned(q, k, v, seed):
+        if r is not None and r.usable() and not misaligned(q, k, v, seed):
             B, H, T, _ = q.shape
             o = _out_empty(q.shape, q.dtype, q.device, self.layout)
             lse = empty((B, H, T), torch.float32, q.device)
@@ -850,10 +850,8 @@ class _Plan:
             return o, lse
         capture = self if self.sig is not None else None
         o, lse = _fwd(q, k, v, self.scale, self.layout, None, None, self.dropout_p, seed, capture)
-        if capture is not None and self.fwd is not None and _PLANS.get(self.sig) is not self:
-            if len(_PLANS) >= _MAX_PLANS:
-                _PLANS.clear()
-            _PLANS[self.sig] = self
+        if capture is not None and self.fwd is not None:
+            _PLANS.keep(self.sig, self)
         return o, lse
 
     def backward(self, do, q, k, v, o, lse, seed, out=None):
@@ -861,7 +859,7 @@ class _Plan:
         (which captures the Replays)."""
         replays = self.bwd.get(self.bwd_key(do, q, k, v, o, lse, seed, out)) if self.bwd else None
         if (replays is not None and replays[0].usable() and replays[1].usable()
-                and not _misaligned(do, q, k, v, o, lse, seed, *(out or ()))):
+                and not misaligned(do, q, k, v, o, lse, seed, *(out or ()))):
             B, H, TQ, _ = q.shape
             dq, dk, dv = out if out is not None else (empty(q.shape, q.dtype, q.device),
                                                       empty(k.shape, k.dtype, k.device),
@@ -873,15 +871,6 @@ class _Plan:
             return dq, dk, dv
         return _bwd(do, q, k, v, o, lse, self.scale, None, self.dropout_p, seed, out,
                     self if self.sig is not None else None)
-
-
-def _misaligned(*tensors) -> bool:
-    """Whether any of the tensors (or None) starts off a 16-byte boundary (triton specialises on it)."""
-    ptrs = 0
-    for t in tensors:
-        if t is not None:
-            ptrs |= t.data_ptr()
-    return bool(ptrs & 15)
 
 
 class _CausalAttentionFunction(torch.autograd.Function):

@@ -24,8 +24,8 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt.kernels._common import (
-    autotune, cdiv, check_float, check_grad, check_same_device, check_vector, empty, records_grad, reduction_programs,
-    row_stride, rows_2d, sum_partials,
+    PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_same_device, check_vector, current_stream, empty,
+    misaligned, plan_key, records_grad, reduction_programs, row_stride, rows_2d, sum_partials,
 )
 
 _APPROX = {"tanh": 1, "none": 0}
@@ -145,22 +145,29 @@ def _validate(x, bias, approximate):
 
 
 def bias_gelu_fwd(x: Tensor, bias: Optional[Tensor], approximate: str = "tanh",
-                  out: Optional[Tensor] = None) -> Tensor:
-    """y = gelu(x + bias). ``out`` may supply y (tests poison it)."""
+                  out: Optional[Tensor] = None, capture=None) -> Tensor:
+    """y = gelu(x + bias). ``out`` may supply y (tests poison it). ``capture``: a _Plan whose
+    forward Replay this launch fills (when it can be replayed)."""
     _validate(x, bias, approximate)
     y = out if out is not None else empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return y
     x2 = rows_2d(x)
     M, N = x2.shape
+    if capture is not None and (out is not None or x2.data_ptr() != x.data_ptr()):
+        capture = None   # a replay passes x as_2d: only when rows_2d made no copy of it
     grid = lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(N, meta["BLOCK_N"]))  # noqa: E731
-    _bias_gelu_fwd_kernel[grid](x2, bias if bias is not None else x2, y, M, N, row_stride(x2),
-                                HAS_BIAS=bias is not None, TANH=_APPROX[approximate])
+    replay = _bias_gelu_fwd_kernel.run_replayable(3 if capture is not None else None,
+                                                  x2, bias if bias is not None else x2, y, M, N, row_stride(x2),
+                                                  grid=grid, HAS_BIAS=bias is not None, TANH=_APPROX[approximate])
+    if capture is not None and replay is not None:
+        capture.fwd = replay
     return y
 
 
-def bias_gelu_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], approximate: str = "tanh"):
-    """Returns (dx, dbias); dbias is None without a bias (and then in bias's dtype)."""
+def bias_gelu_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], approximate: str = "tanh", capture=None):
+    """Returns (dx, dbias); dbias is None without a bias (and then in bias's dtype). ``capture``:
+    (a _Plan, its backward key) whose Replays these launches fill (when they can be replayed)."""
     check_grad("bias_gelu", "dy", dy, x)
     dx = empty(x.shape, dtype=x.dtype, device=x.device)
     N = x.shape[-1]
@@ -169,14 +176,88 @@ def bias_gelu_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], approximate: st
     x2 = rows_2d(x)
     dy2 = rows_2d(dy)
     M = x2.shape[0]
+    if capture is not None and (x2.data_ptr() != x.data_ptr() or dy2.data_ptr() != dy.data_ptr()):
+        capture = None   # a replay passes dy, x as_2d: only when rows_2d made no copy of them
     G = reduction_programs(x.device, cdiv(M, 8)) if bias is not None else cdiv(M, 8)
     dbp = empty((G, N), dtype=torch.float32, device=x.device) if bias is not None else dx
     grid = lambda meta: (G, cdiv(N, meta["BLOCK_N"]))  # noqa: E731
-    _bias_gelu_bwd_kernel[grid](dy2, x2, bias if bias is not None else x2, dx, dbp, M, N,
-                                row_stride(dy2), row_stride(x2),
-                                HAS_BIAS=bias is not None, TANH=_APPROX[approximate])
-    db = sum_partials(dbp, None, bias.dtype)[0] if bias is not None else None
+    replays = [] if capture is not None else None
+    r = _bias_gelu_bwd_kernel.run_replayable(5 if capture is not None else None,
+                                             dy2, x2, bias if bias is not None else x2, dx, dbp, M, N,
+                                             row_stride(dy2), row_stride(x2), grid=grid,
+                                             HAS_BIAS=bias is not None, TANH=_APPROX[approximate])
+    if replays is not None:
+        replays.append(r)
+    db = sum_partials(dbp, None, bias.dtype, replays)[0] if bias is not None else None
+    if replays is not None and None not in replays:
+        plan, key = capture
+        plan.bwd[key] = (replays[0], replays[1] if bias is not None else None, G)
     return dx, db
+
+
+# ----------------------------------------------------------------------------- replay plans
+# As LayerNorm's (_common's replay plans): an eager call signature (x's and bias's shape, strides,
+# dtype, device; the form) keeps its forward launch, and per backward signature its launches, as
+# Replays that skip the validation, rows_2d, the grids, the autotuner's key and triton's
+# per-argument specialisation.
+
+_PLANS = PlanCache(256)
+
+
+class _Plan:
+    """A validated call signature's Replays: ``fwd``, and ``bwd``: backward key -> (kernel Replay,
+    sum_partials Replay or None without a bias, G). ``key`` None: a call no plan serves."""
+    __slots__ = ("key", "fwd", "bwd")
+
+    def __init__(self, key):
+        self.key, self.fwd, self.bwd = key, None, {}
+
+    def forward(self, x, bias, approximate):
+        r = self.fwd
+        if r is not None and r.usable() and not misaligned(x, bias):
+            y = empty(x.shape, x.dtype, x.device)
+            x2 = as_2d(x)
+            r(current_stream(r.device), x2, bias if bias is not None else x2, y)
+            return y
+        y = bias_gelu_fwd(x, bias, approximate, capture=self if self.key is not None else None)
+        if self.fwd is not None:
+            _PLANS.keep(self.key, self)
+        return y
+
+    def backward(self, dy, x, bias, approximate):
+        key = plan_key(dy, x, bias) if self.key is not None else None
+        hit = self.bwd.get(key) if key is not None else None
+        if hit is not None and hit[0].usable() and not misaligned(dy, x, bias):
+            rb, rs, G = hit
+            dev, N = x.device, x.shape[-1]
+            dx = empty(x.shape, x.dtype, dev)
+            dbp = empty((G, N), torch.float32, dev) if bias is not None else dx
+            stream = current_stream(rb.device)
+            x2 = as_2d(x)
+            rb(stream, as_2d(dy), x2, bias if bias is not None else x2, dx, dbp)
+            if bias is None:
+                return dx, None
+            db = empty((N,), bias.dtype, dev)
+            rs(stream, dbp, dbp, db, db)
+            return dx, db
+        return bias_gelu_bwd(dy, x, bias, approximate, capture=(self, key) if key is not None else None)
+
+
+def _planned(x, bias, approximate) -> _Plan:
+    """The call signature's _Plan if it has run before (nothing to check again), else a new one."""
+    key = plan_key(x, bias)
+    if key is None or approximate not in _APPROX:
+        return _Plan(None)
+    key = (key, approximate)
+    plan = _PLANS.get(key)
+    return plan if plan is not None else _Plan(key)
+
+
+def bias_gelu_recompute(u: Tensor, bias: Optional[Tensor], approximate: str = "tanh"):
+    """(g, grad_fn) of ops.bias_gelu_recompute on the fused path: g = bias_gelu(u, bias) and
+    grad_fn(dg) -> (du, dbias or None), the launchers themselves (through the call's plan)."""
+    plan = _planned(u, bias, approximate)
+    return plan.forward(u, bias, approximate), lambda dg: plan.backward(dg, u, bias, approximate)
 
 
 # ----------------------------------------------------------------------------- registration
@@ -227,20 +308,22 @@ class _BiasGeluFunction(torch.autograd.Function):
     """The eager path: the same launchers without the custom-op dispatch overhead."""
 
     @staticmethod
-    def forward(ctx, x, bias, approximate):
-        y = bias_gelu_fwd(x, bias, approximate)
+    def forward(ctx, x, bias, approximate, plan):
+        y = plan.forward(x, bias, approximate)
         _setup(ctx, (x, bias, approximate), y)
+        ctx.plan = plan
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        return _grads(ctx, dy, bias_gelu_bwd)
+        return (*_grads(ctx, dy, ctx.plan.backward), None)
 
 
 def bias_gelu(x: Tensor, bias: Optional[Tensor] = None, approximate: str = "tanh") -> Tensor:
     """gelu(x + bias) (see the module docstring); y has x's dtype."""
     if torch.compiler.is_compiling():
         return _bias_gelu_op(x, bias, approximate)
+    plan = _planned(x, bias, approximate)
     if not records_grad(x, bias):
-        return bias_gelu_fwd(x, bias, approximate)
-    return _BiasGeluFunction.apply(x, bias, approximate)
+        return plan.forward(x, bias, approximate)
+    return _BiasGeluFunction.apply(x, bias, approximate, plan)

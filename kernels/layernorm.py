@@ -31,8 +31,8 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt.kernels._common import (
-    autotune, cdiv, check_float, check_grad, check_same_device, check_vector, empty, next_pow2, reduction_programs,
-    row_stride, records_grad, rows_2d, sum_partials,
+    PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_same_device, check_vector, current_stream, empty,
+    misaligned, next_pow2, plan_key, reduction_programs, row_stride, records_grad, rows_2d, sum_partials,
 )
 
 MAX_N = 8192
@@ -199,8 +199,9 @@ def _fwd_programs(M: int, meta: dict, device: torch.device) -> int:
 
 
 def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Optional[Tensor],
-                   eps: float, out: Optional[Tensor] = None):
-    """Returns (y, h, mean, rstd); h is None without a residual. ``out`` may supply y (tests poison it)."""
+                   eps: float, out: Optional[Tensor] = None, capture=None):
+    """Returns (y, h, mean, rstd); h is None without a residual. ``out`` may supply y (tests poison it).
+    ``capture``: a _Plan whose forward Replay this launch fills (when it can be replayed)."""
     op = "add_layer_norm" if residual is not None else "layer_norm"
     _validate(op, x, residual, weight, bias)
     N = x.shape[-1]
@@ -214,20 +215,32 @@ def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: 
         return y, h, mean, rstd
     r2 = rows_2d(residual) if residual is not None else x2
     grid = lambda meta: (_fwd_programs(M, meta, x.device),)  # noqa: E731
-    _layer_norm_fwd_kernel[grid](
+    # a replay passes x, residual as_2d: only when rows_2d made no copy of them
+    if capture is not None and (out is not None or not _same_data(x2, x) or not _same_data(r2, residual)):
+        capture = None
+    replay = _layer_norm_fwd_kernel.run_replayable(
+        8 if capture is not None else None,
         x2, r2, y, h if h is not None else y, weight, bias if bias is not None else weight, mean, rstd,
-        M, N, 1.0 / N, row_stride(x2), row_stride(r2), eps,
+        M, N, 1.0 / N, row_stride(x2), row_stride(r2), eps, grid=grid,
         HAS_RES=residual is not None, HAS_BIAS=bias is not None, BLOCK_N=next_pow2(N),
     )
+    if capture is not None and replay is not None:
+        capture.fwd, capture.M = replay, M
     return y, h, mean, rstd
 
 
+def _same_data(view, t) -> bool:
+    return t is None or view.data_ptr() == t.data_ptr()
+
+
 def layer_norm_bwd(dy: Tensor, dh_out: Optional[Tensor], hin: Tensor, weight: Tensor, has_bias: bool,
-                   mean: Tensor, rstd: Tensor, x_dtype: torch.dtype, res_dtype: Optional[torch.dtype]):
+                   mean: Tensor, rstd: Tensor, x_dtype: torch.dtype, res_dtype: Optional[torch.dtype],
+                   capture=None):
     """Returns (dx, dresidual, dweight, dbias).
 
     dresidual is None unless a residual exists with a dtype other than x's
-    (then dx serves both); dbias is None without a bias.
+    (then dx serves both); dbias is None without a bias. ``capture``: (a _Plan, its backward key)
+    whose Replays these launches fill (when they can be replayed).
     """
     op = "layer_norm" if res_dtype is None else "add_layer_norm"
     check_grad(op, "dy", dy, hin)
@@ -244,20 +257,31 @@ def layer_norm_bwd(dy: Tensor, dh_out: Optional[Tensor], hin: Tensor, weight: Te
     G = reduction_programs(hin.device, cdiv(max(M, 1), 1))
     dwp = empty((G, N), dtype=torch.float32, device=hin.device)
     dbp = empty((G, N), dtype=torch.float32, device=hin.device) if has_bias else dwp
+    # a replay passes dy, dh_out, hin as_2d: only when rows_2d made no copy of them
+    if capture is not None and (M == 0 or not (_same_data(dy2, dy) and _same_data(dho2, dh_out)
+                                               and _same_data(h2, hin))):
+        capture = None
+    replays = [] if capture is not None else None
     if M > 0:
-        _layer_norm_bwd_kernel[(G,)](
+        replay = _layer_norm_bwd_kernel.run_replayable(
+            10 if capture is not None else None,
             dy2, dho2, h2, weight, mean, rstd, dx, dr if dr is not None else dx, dwp, dbp,
-            M, N, 1.0 / N, row_stride(dy2), row_stride(dho2), row_stride(h2),
+            M, N, 1.0 / N, row_stride(dy2), row_stride(dho2), row_stride(h2), grid=(G,),
             HAS_DHO=dh_out is not None, HAS_DR=need_dr, HAS_BIAS=has_bias,
             BLOCK_N=next_pow2(N),
             # no FMA contraction: g - (xhat * c1 + c2) must cancel exactly where it should
             # (N = 1 on the H100 left dy * w unrounded inside an FMA against the rounded c2)
             enable_fp_fusion=False,
         )
+        if replays is not None:
+            replays.append(replay)
     else:
         dwp.zero_()
         dbp.zero_()
-    dw, db = sum_partials(dwp, dbp if has_bias else None, weight.dtype)
+    dw, db = sum_partials(dwp, dbp if has_bias else None, weight.dtype, replays)
+    if replays is not None and len(replays) == 2 and None not in replays:
+        plan, key = capture
+        plan.bwd[key] = (*replays, G)
     return dx, dr, dw, db
 
 
@@ -359,23 +383,91 @@ _layer_norm_op.register_autograd(_ln_backward, setup_context=_ln_setup)
 _add_layer_norm_op.register_autograd(_add_ln_backward, setup_context=_add_ln_setup)
 
 
+# ----------------------------------------------------------------------------- replay plans
+# _common's replay plans (as attention's): an eager call signature (every tensor's shape, strides,
+# dtype and device; eps) keeps its forward launch, and per backward signature its two launches, as
+# Replays: a repeated call skips the validation, rows_2d, the grids, the autotuner's key and
+# triton's per-argument specialisation; what is left is the allocations and one C launch per kernel.
+
+_PLANS = PlanCache(256)
+
+
+class _Plan:
+    """A validated call signature's Replays: ``fwd`` (with ``M``, its rows), and ``bwd``: backward
+    key -> (kernel Replay, sum_partials Replay, G). ``key`` None: a call no plan serves."""
+    __slots__ = ("key", "fwd", "M", "bwd")
+
+    def __init__(self, key):
+        self.key, self.fwd, self.M, self.bwd = key, None, 0, {}
+
+    def forward(self, x, residual, weight, bias, eps):
+        r = self.fwd
+        if r is not None and r.usable() and not misaligned(x, residual, weight, bias):
+            dev = x.device
+            y = empty(x.shape, x.dtype, dev)
+            h = empty(x.shape, residual.dtype, dev) if residual is not None else None
+            mean = empty(self.M, torch.float32, dev)
+            rstd = empty(self.M, torch.float32, dev)
+            x2 = as_2d(x)
+            r(current_stream(r.device), x2, as_2d(residual) if residual is not None else x2, y,
+              h if h is not None else y, weight, bias if bias is not None else weight, mean, rstd)
+            return y, h, mean, rstd
+        out = layer_norm_fwd(x, residual, weight, bias, eps, capture=self if self.key is not None else None)
+        if self.fwd is not None:
+            _PLANS.keep(self.key, self)
+        return out
+
+    def backward(self, dy, dh, hin, weight, has_bias, mean, rstd, x_dtype, res_dtype):
+        key = plan_key(dy, dh, hin, weight, mean, rstd) if self.key is not None else None
+        hit = self.bwd.get(key) if key is not None else None
+        if hit is not None and hit[0].usable() and hit[1].usable() and not misaligned(dy, dh, hin, weight, mean,
+                                                                                        rstd):
+            rb, rs, G = hit
+            dev, N = hin.device, hin.shape[-1]
+            dx = empty(hin.shape, x_dtype, dev)
+            dr = empty(hin.shape, res_dtype, dev) if res_dtype is not None and res_dtype != x_dtype else None
+            dwp = empty((G, N), torch.float32, dev)
+            dbp = empty((G, N), torch.float32, dev) if has_bias else dwp
+            dw = empty((N,), weight.dtype, dev)
+            db = empty((N,), weight.dtype, dev) if has_bias else None
+            stream = current_stream(rb.device)
+            dy2 = as_2d(dy)
+            rb(stream, dy2, as_2d(dh) if dh is not None else dy2, as_2d(hin), weight, mean, rstd, dx,
+               dr if dr is not None else dx, dwp, dbp)
+            rs(stream, dwp, dbp, dw, db if db is not None else dw)
+            return dx, dr, dw, db
+        return layer_norm_bwd(dy, dh, hin, weight, has_bias, mean, rstd, x_dtype, res_dtype,
+                              capture=(self, key) if key is not None else None)
+
+
+def _planned(x, residual, weight, bias, eps: float) -> _Plan:
+    """The call signature's _Plan if it has run before (nothing to check again), else a new one."""
+    key = plan_key(x, residual, weight, bias)
+    if key is None:
+        return _Plan(None)
+    key = (key, eps)
+    plan = _PLANS.get(key)
+    return plan if plan is not None else _Plan(key)
+
+
 class _LayerNormFunction(torch.autograd.Function):
     """The eager path: the same launchers without the custom-op dispatch, whose
     host overhead (~5x an autograd.Function's) would dominate at training sizes."""
 
     @staticmethod
-    def forward(ctx, x, residual, weight, bias, eps):
-        y, h, mean, rstd = layer_norm_fwd(x, residual, weight, bias, eps)
+    def forward(ctx, x, residual, weight, bias, eps, plan):
+        y, h, mean, rstd = plan.forward(x, residual, weight, bias, eps)
         _save(ctx, x, residual, weight, bias, h, mean, rstd)
+        ctx.plan = plan
         ctx.set_materialize_grads(False)
         return y if residual is None else (y, h)
 
     @staticmethod
     def backward(ctx, dy, dh=None):
-        g = _grads(ctx, dy, dh, layer_norm_bwd)
+        g = _grads(ctx, dy, dh, ctx.plan.backward)
         if ctx.res_dtype is None:
-            return g[0], None, g[1], g[2], None
-        return (*g, None)
+            return g[0], None, g[1], g[2], None, None
+        return (*g, None, None)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -384,9 +476,11 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: fl
     """LayerNorm over the last dim (see the module docstring); y has x's dtype."""
     if torch.compiler.is_compiling():
         return _layer_norm_op(x, weight, bias, float(eps))[0]
+    eps = float(eps)
+    plan = _planned(x, None, weight, bias, eps)
     if not records_grad(x, weight, bias):
-        return layer_norm_fwd(x, None, weight, bias, float(eps))[0]
-    return _LayerNormFunction.apply(x, None, weight, bias, float(eps))
+        return plan.forward(x, None, weight, bias, eps)[0]
+    return _LayerNormFunction.apply(x, None, weight, bias, eps, plan)
 
 
 def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
@@ -395,7 +489,9 @@ def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Optional[T
     if torch.compiler.is_compiling():
         y, h, _, _ = _add_layer_norm_op(x, residual, weight, bias, float(eps))
         return y, h
+    eps = float(eps)
+    plan = _planned(x, residual, weight, bias, eps)
     if not records_grad(x, residual, weight, bias):
-        y, h, _, _ = layer_norm_fwd(x, residual, weight, bias, float(eps))
+        y, h, _, _ = plan.forward(x, residual, weight, bias, eps)
         return y, h
-    return _LayerNormFunction.apply(x, residual, weight, bias, float(eps))
+    return _LayerNormFunction.apply(x, residual, weight, bias, eps, plan)

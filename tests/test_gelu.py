@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA, ForcedConfig, assert_unrecorded_calls_match, needs_triton
+from conftest import DEVICE, HAS_CUDA, ForcedConfig, assert_unrecorded_calls_match, needs_cuda, needs_triton
 from fastgpt import reference
 from fastgpt.testing import compare_op
 
@@ -155,3 +155,37 @@ def test_unrecorded_call_is_the_launcher(has_bias, monkeypatch):
     x = torch.randn(5, 80, device=DEVICE, dtype=torch.bfloat16)
     b = torch.randn(80, device=DEVICE, dtype=torch.bfloat16) if has_bias else None
     assert_unrecorded_calls_match(K.bias_gelu, [x, b, "none"], G._BiasGeluFunction, monkeypatch)
+
+
+@needs_cuda
+@pytest.mark.parametrize("path", ["autograd", "recompute"])
+def test_replay_plan_matches_checked_path(path, monkeypatch):
+    """After a few calls an eager call signature replays a plan (the autograd op, and the launchers
+    the block's MLP recomputes with): outputs and gradients are the checked path's bit for bit."""
+    import fastgpt.kernels as K
+    from fastgpt import ops
+    from fastgpt.kernels import _common
+    from fastgpt.kernels import gelu as G
+    from test_layernorm import count_calls
+    if not _common.LEAN_LAUNCH:
+        pytest.skip("the lean launch path is off (FASTGPT_LEAN_LAUNCH=0 or another triton)")
+    u = torch.randn(4, 33, 3072, device=DEVICE, dtype=torch.bfloat16)
+    b = torch.nn.Parameter(torch.randn(3072, device=DEVICE))
+    dy = torch.randn_like(u)
+
+    def run():
+        if path == "recompute":
+            g, grad_fn = ops.bias_gelu_recompute(u, b.detach(), backend="fused")
+            return [g, *grad_fn(dy)]
+        uu = u.clone().requires_grad_()
+        b.grad = None
+        g = K.bias_gelu(uu, b)
+        g.backward(dy)
+        return [g.detach(), uu.grad, b.grad]
+
+    checked = count_calls(monkeypatch, G, ("bias_gelu_fwd", "bias_gelu_bwd"))
+    first = run()
+    for _ in range(3):
+        assert all(torch.equal(a, b_) for a, b_ in zip(run(), first))
+    del checked[:]
+    assert all(torch.equal(a, b_) for a, b_ in zip(run(), first)) and not checked

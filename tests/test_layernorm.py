@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA, ForcedConfig, assert_unrecorded_calls_match, needs_triton
+from conftest import DEVICE, HAS_CUDA, ForcedConfig, assert_unrecorded_calls_match, needs_cuda, needs_triton
 from fastgpt import reference
 from fastgpt.testing import compare_op
 
@@ -190,3 +190,48 @@ def test_unrecorded_call_is_the_launcher(residual, monkeypatch):
     w, b = torch.randn(96, device=DEVICE, dtype=torch.float16), torch.randn(96, device=DEVICE, dtype=torch.float16)
     call, inputs = (K.add_layer_norm, [x, r.float(), w, b]) if residual else (K.layer_norm, [x, w, b])
     assert_unrecorded_calls_match(call, inputs, LN._LayerNormFunction, monkeypatch)
+
+
+def count_calls(monkeypatch, module, names) -> list:
+    """Wrap module.<name> for each name so every call appends to the returned list."""
+    calls = []
+    for name in names:
+        def counted(*a, _f=getattr(module, name), **kw):
+            calls.append(name)
+            return _f(*a, **kw)
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@needs_cuda
+@pytest.mark.parametrize("residual", [False, True])
+def test_replay_plan_matches_checked_path(residual, monkeypatch):
+    """After a few calls an eager call signature replays a plan (no checks, no launcher, one C launch
+    per kernel): outputs and gradients are the checked path's bit for bit (deterministic kernels)."""
+    import fastgpt.kernels as K
+    from fastgpt.kernels import _common
+    from fastgpt.kernels import layernorm as LN
+    if not _common.LEAN_LAUNCH:
+        pytest.skip("the lean launch path is off (FASTGPT_LEAN_LAUNCH=0 or another triton)")
+    x = torch.randn(4, 33, 768, device=DEVICE, dtype=torch.bfloat16)
+    r = torch.randn(4, 33, 768, device=DEVICE)                       # autocast's fp32 residual
+    w, b = (torch.nn.Parameter(torch.randn(768, device=DEVICE)) for _ in range(2))
+    dy, dh = torch.randn_like(x), torch.randn_like(r)
+
+    def run():
+        xx, rr = x.clone().requires_grad_(), r.clone().requires_grad_()
+        w.grad = b.grad = None
+        if residual:
+            outs = K.add_layer_norm(xx, rr, w, b)
+            torch.autograd.backward(outs, (dy, dh))
+        else:
+            outs = (K.layer_norm(xx, w, b),)
+            outs[0].backward(dy)
+        return [o.detach() for o in outs] + [xx.grad, w.grad, b.grad] + ([rr.grad] if residual else [])
+
+    checked = count_calls(monkeypatch, LN, ("layer_norm_fwd", "layer_norm_bwd"))
+    first = run()
+    for _ in range(3):
+        assert all(torch.equal(a, b_) for a, b_ in zip(run(), first))
+    del checked[:]
+    assert all(torch.equal(a, b_) for a, b_ in zip(run(), first)) and not checked
