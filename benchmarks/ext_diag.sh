@@ -19,7 +19,10 @@ $PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torc
 g++ --version | head -1
 command -v nvcc >/dev/null && nvcc --version | tail -1
 echo "CUDA_HOME=${CUDA_HOME:-unset}"
-for so in fastgpt/_C*.so; do [ -e "$so" ] && { echo "$so"; readelf -dW "$so" | grep -E "NEEDED|RPATH|RUNPATH"; }; done
+# the module load() picks: the prebuilt fastgpt/_C*.so or a JIT build under $TORCH_EXTENSIONS_DIR
+SO=$($PY -c "import fastgpt.extension as e; m = e.load(); print(getattr(m, '__file__', '') or '')" 2>/dev/null | tail -1)
+echo "module: ${SO:-none loaded}"
+[ -n "$SO" ] && [ -e "$SO" ] && readelf -dW "$SO" | grep -E "NEEDED|RPATH|RUNPATH"
 PRE='import torch, fastgpt.extension as e; m = e.load(); print("extension:", e.unavailable_reason() or "loaded", getattr(m, "__file__", ""), flush=True); op = torch.ops.fastgpt.bias_dropout_add'
 case_() {  # case_ NAME CODE: one process, its last lines and exit status
   echo "=== $1"
@@ -34,14 +37,14 @@ case_ "F the crashing call below autograd" 'x = torch.randn(2, 8, device="cuda")
 with torch._C._AutoDispatchBelowAutograd():
     op.default(x, None, x, 0.5, None)'
 case_ "G p out of range on cuda" 'x = torch.randn(2, 8, device="cuda"); op(x, None, x, 1.5, None)'
+echo "=== bindings of the throw symbols in the extension module (before gdb: the stage budget may cut gdb)"
+LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/fastgpt_ldb $PY -c "$PRE
+x = torch.randn(2, 8, device='cuda')" >/dev/null 2>&1
+grep -h "$(basename "${SO:-_C.cpython}")" /tmp/fastgpt_ldb.* 2>/dev/null | grep -E "_Unwind|__cxa_throw|personality|ZTIN3c10" | sed 's/^ *[0-9]*: *//' | head -20
+rm -f /tmp/fastgpt_ldb.*
 if command -v gdb >/dev/null; then
   echo "=== gdb on E"
   timeout 150 gdb -batch -ex run -ex "bt 40" --args $PY -c "$PRE
 x = torch.randn(2, 8, device='cuda'); op(x, None, x, 0.5, None)" 2>&1 | grep -vE "^\[(New|Thread)|libthread_db" | tail -60
 fi
-echo "=== bindings of the throw symbols in fastgpt._C"
-LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/fastgpt_ldb $PY -c "$PRE
-x = torch.randn(2, 8, device='cuda')" >/dev/null 2>&1
-grep -h "_C\.cpython" /tmp/fastgpt_ldb.* 2>/dev/null | grep -E "_Unwind|__cxa_throw|personality|ZTIN3c10" | sed 's/^ *[0-9]*: *//' | head -20
-rm -f /tmp/fastgpt_ldb.*
 exit 0

@@ -139,7 +139,7 @@ run_tests() {  # one pytest process per file (a crash in one cannot hide the oth
   tests_report
 }
 if [ "$ONLY" != "all" ] && wants extdiag; then  # before the tests: it needs ~1-2 min, not their budget
-  stage extdiag 150 env PYTHON="$PY" bash benchmarks/ext_diag.sh
+  stage extdiag 240 env PYTHON="$PY" bash benchmarks/ext_diag.sh
 fi
 if wants tests; then
   export -f run_tests test_file tests_report default_tests; export PY TESTS GPU_TESTS RES TEST_JOBS

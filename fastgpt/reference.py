@@ -61,9 +61,14 @@ def _opt(t, dtype):
 # The checks the fused launchers also make (the same error kinds, so code that catches them behaves
 # alike on every backend); dtype and device rules are the kernels' own and are not repeated here.
 
-def _check_vector(op: str, name: str, t, n: int) -> None:
-    if t is not None and tuple(t.shape) != (n,):
-        raise ValueError(f"{op}: {name} must have shape ({n},), got {tuple(t.shape)}")
+def _check_vector(op: str, name: str, t, x) -> None:
+    """t (if given) is a vector of x's last dim."""
+    if t is None:
+        return
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have at least one dim")
+    if tuple(t.shape) != (x.shape[-1],):
+        raise ValueError(f"{op}: {name} must have shape ({x.shape[-1]},), got {tuple(t.shape)}")
 
 
 def check_targets(op: str, t: torch.Tensor, V: int, ignore_index: int) -> None:
@@ -83,8 +88,8 @@ def layer_norm(x, weight, bias=None, eps: float = 1e-5):
 
     mean/var are the biased statistics of the row in opmath. y has x's dtype.
     """
-    _check_vector("layer_norm", "weight", weight, x.shape[-1])
-    _check_vector("layer_norm", "bias", bias, x.shape[-1])
+    _check_vector("layer_norm", "weight", weight, x)
+    _check_vector("layer_norm", "bias", bias, x)
     cd = opmath_dtype(x.dtype)
     with _no_autocast(x):
         y = F.layer_norm(x.to(cd), (x.shape[-1],), weight.to(cd), _opt(bias, cd), eps)
@@ -99,8 +104,8 @@ def add_layer_norm(x, residual, weight, bias=None, eps: float = 1e-5):
     """
     if x.shape != residual.shape:
         raise ValueError(f"add_layer_norm: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
-    _check_vector("add_layer_norm", "weight", weight, x.shape[-1])
-    _check_vector("add_layer_norm", "bias", bias, x.shape[-1])
+    _check_vector("add_layer_norm", "weight", weight, x)
+    _check_vector("add_layer_norm", "bias", bias, x)
     cd = opmath_dtype(torch.promote_types(x.dtype, residual.dtype))
     with _no_autocast(x):
         h = (x.to(cd) + residual.to(cd)).to(residual.dtype)
@@ -112,7 +117,7 @@ def bias_gelu(x, bias=None, approximate: str = "tanh"):
     """y = gelu(x + bias); approximate "tanh" (GPT-1/GPT-2/HF) or "none" (exact erf)."""
     if approximate not in ("tanh", "none"):
         raise ValueError(f"bias_gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
-    _check_vector("bias_gelu", "bias", bias, x.shape[-1])
+    _check_vector("bias_gelu", "bias", bias, x)
     cd = opmath_dtype(x.dtype)
     with _no_autocast(x):
         u = x.to(cd) if bias is None else x.to(cd) + bias.to(cd)

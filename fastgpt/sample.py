@@ -173,6 +173,8 @@ def _run(args) -> int:
     bs = model.config.block_size
     if args.no_cache:
         how = "no cache"
+    elif len(ids) > bs:
+        how = "no cache: the prompt is longer than block_size"
     elif len(ids) + args.max_new_tokens - 1 > bs:   # generate() recomputes the context once it passes block_size
         how = f"KV cache up to {bs} tokens of context, then recomputed"
     else:

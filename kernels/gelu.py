@@ -227,7 +227,8 @@ class _Plan:
     def backward(self, dy, x, bias, approximate):
         key = plan_key(dy, x, bias) if self.key is not None else None
         hit = self.bwd.get(key) if key is not None else None
-        if hit is not None and hit[0].usable() and not misaligned(dy, x, bias):
+        if hit is not None and hit[0].usable() and (hit[1] is None or hit[1].usable()) \
+                and not misaligned(dy, x, bias):
             rb, rs, G = hit
             dev, N = x.device, x.shape[-1]
             dx = empty(x.shape, x.dtype, dev)

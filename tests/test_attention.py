@@ -25,9 +25,10 @@ def _fixed_configs(monkeypatch):
     suite would take minutes); test_autotuned_bf16 turns the real autotuner back on. Each
     test starts without replay plans (a plan keeps the kernels of the test that made it)."""
     if HAS_TRITON:
+        from fastgpt.kernels import _common
         from fastgpt.kernels import attention as A
         monkeypatch.setattr(A, "AUTOTUNE", False)
-        monkeypatch.setattr(A, "_PLANS", {})
+        monkeypatch.setattr(A, "_PLANS", _common.PlanCache(256))
 
 
 # fp32 on the GPU runs TF32 dots (operands rounded to nearest): there ref_lp is the

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA, ForcedConfig, assert_unrecorded_calls_match, needs_cuda, needs_triton
+from conftest import DEVICE, HAS_CUDA, HAS_TRITON, ForcedConfig, assert_unrecorded_calls_match, needs_cuda, needs_triton
 from fastgpt import reference
 from fastgpt.testing import compare_op
 
@@ -14,6 +14,15 @@ if HAS_CUDA:
     SHAPES += [(4096, 3072), (1000, 1600), (8, 512, 3072)]
 shape_ids = lambda s: "x".join(map(str, s))  # noqa: E731
 dtype_ids = lambda d: str(d)[6:]  # noqa: E731
+
+
+@pytest.fixture(autouse=True)
+def _no_plans(monkeypatch):
+    """Each test starts without replay plans (a plan keeps the kernels of the test that made it, and
+    would replay them past a ForcedConfig)."""
+    if HAS_TRITON:
+        from fastgpt.kernels import _common, gelu
+        monkeypatch.setattr(gelu, "_PLANS", _common.PlanCache(256))
 
 
 def _assert(checks):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA, ForcedConfig, assert_unrecorded_calls_match, needs_cuda, needs_triton
+from conftest import DEVICE, HAS_CUDA, HAS_TRITON, ForcedConfig, assert_unrecorded_calls_match, needs_cuda, needs_triton
 from fastgpt import reference
 from fastgpt.testing import compare_op
 
@@ -13,6 +13,15 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(1, 1), (3, 17), (2, 5, 64), (7, 768), (4, 1600)]
 if HAS_CUDA:
     SHAPES += [(4096, 768), (1024, 1600), (257, 8192), (8, 1024, 1024)]
+
+
+@pytest.fixture(autouse=True)
+def _no_plans(monkeypatch):
+    """Each test starts without replay plans (a plan keeps the kernels of the test that made it, and
+    would replay them past a ForcedConfig)."""
+    if HAS_TRITON:
+        from fastgpt.kernels import _common, layernorm
+        monkeypatch.setattr(layernorm, "_PLANS", _common.PlanCache(256))
 
 
 def _assert(checks):
