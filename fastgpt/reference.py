@@ -37,6 +37,7 @@ __all__ = [
     "attention_dropout_scale",
     "seed_pair",
     "check_targets",
+    "check_attention_shapes",
     "fused_linear_cross_entropy",
     "opmath_dtype",
     "GPTBlock",
@@ -131,6 +132,22 @@ def bias_gelu(x, bias=None, approximate: str = "tanh"):
     return y.to(x.dtype)
 
 
+def check_attention_shapes(op: str, q, k, v) -> None:
+    """q (B, H, Tq, D), k and v (B, H, Tk, D) with Tq <= Tk, else a ValueError naming the problem
+    (the fused launchers make the same checks, so both backends refuse alike)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must be 4-D (B, H, T, D), got shape {tuple(t.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k shape {tuple(k.shape)} != v shape {tuple(v.shape)}")
+    if q.shape[:2] != k.shape[:2]:
+        raise ValueError(f"{op}: q (B, H) = {tuple(q.shape[:2])} but k, v have {tuple(k.shape[:2])}")
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"{op}: head dims differ: q has {q.shape[3]}, k and v have {k.shape[3]}")
+    if q.shape[2] > k.shape[2]:
+        raise ValueError(f"{op}: query length {q.shape[2]} exceeds key length {k.shape[2]}")
+
+
 def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None, mask=None, seed=None):
     """o = softmax(q k^T * scale + causal_mask) v, per (batch, head).
 
@@ -144,17 +161,8 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
     offset) when that is given (attention_keep_mask, with the kernels' scale
     attention_dropout_scale(p): p quantised to steps of 1/256), else torch's RNG.
     """
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("causal_attention: q, k, v must be 4-D (B, H, T, D)")
-    if k.shape != v.shape:
-        raise ValueError(f"causal_attention: k shape {tuple(k.shape)} != v shape {tuple(v.shape)}")
-    if q.shape[:2] != k.shape[:2]:
-        raise ValueError(f"causal_attention: q (B, H) = {tuple(q.shape[:2])} but k, v have {tuple(k.shape[:2])}")
-    if q.shape[3] != k.shape[3]:
-        raise ValueError(f"causal_attention: head dims differ: q has {q.shape[3]}, k and v have {k.shape[3]}")
+    check_attention_shapes("causal_attention", q, k, v)
     Tq, Tk = q.shape[-2], k.shape[-2]
-    if Tq > Tk:
-        raise ValueError(f"causal_attention: query length {Tq} exceeds key length {Tk}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"causal_attention: dropout_p must be in [0, 1), got {dropout_p}")
     if scale is None:

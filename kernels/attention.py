@@ -525,22 +525,13 @@ _attn_bwd_dq = autotune(_space("dq"), key=_KEY, prune=_prune, rep_ms=150)(_attn_
 def _validate(q, k, v, op="causal_attention"):
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_float(name, t, op)
-        if t.dim() != 4:
-            raise ValueError(f"{op}: {name} must be 4-D (B, H, T, D), got shape {tuple(t.shape)}")
+    reference.check_attention_shapes(op, q, k, v)
     check_same_device(op, q=q, k=k, v=v)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"{op}: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.shape != v.shape:
-        raise ValueError(f"{op}: k shape {tuple(k.shape)} != v shape {tuple(v.shape)}")
-    if q.shape[:2] != k.shape[:2]:
-        raise ValueError(f"{op}: q (B, H) = {tuple(q.shape[:2])} but k, v have {tuple(k.shape[:2])}")
-    if q.shape[3] != k.shape[3]:
-        raise ValueError(f"{op}: head dims differ: q has {q.shape[3]}, k and v have {k.shape[3]}")
     D = q.shape[3]
     if not 1 <= D <= MAX_HEAD_DIM:
         raise ValueError(f"{op}: unsupported head dim {D} (supported: 1 to {MAX_HEAD_DIM})")
-    if q.shape[2] > k.shape[2]:
-        raise ValueError(f"{op}: query length {q.shape[2]} exceeds key length {k.shape[2]}")
 
 
 def _unit_last_stride(t: Tensor) -> Tensor:

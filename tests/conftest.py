@@ -102,6 +102,28 @@ def assert_unrecorded_calls_match(call, inputs, function_cls, monkeypatch):
             assert o.grad_fn is None and o.dtype == r.dtype and o.stride() == r.stride() and torch.equal(o, r)
 
 
+def count_calls(monkeypatch, module, names) -> list:
+    """Wrap module.<name> for each name so every call appends the name to the returned list."""
+    calls = []
+    for name in names:
+        def counted(*a, _f=getattr(module, name), _name=name, **kw):
+            calls.append(_name)
+            return _f(*a, **kw)
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def assert_plan_replays(run, checked: list):
+    """A replay plan's contract: ``run()`` (a call and its backward, returning tensors) gives the
+    first, checked call's results bit for bit on every repeat, and a later repeat (a replay) calls
+    none of the checked launchers that ``checked`` counts (count_calls)."""
+    first = run()
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(run(), first))
+    del checked[:]
+    assert all(torch.equal(a, b) for a, b in zip(run(), first)) and not checked
+
+
 class ForcedConfig:
     """Stands in for a module's autotuned kernel and launches one given config of its space, so a
     test covers every candidate (the interpreter and the GPU tests, FASTGPT_AUTOTUNE=0, run only

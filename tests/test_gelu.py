@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA, HAS_TRITON, ForcedConfig, assert_unrecorded_calls_match, needs_cuda, needs_triton
+from conftest import (DEVICE, HAS_CUDA, HAS_TRITON, ForcedConfig, assert_plan_replays, assert_unrecorded_calls_match,
+                      count_calls, needs_cuda, needs_triton)
 from fastgpt import reference
 from fastgpt.testing import compare_op
 
@@ -175,7 +176,6 @@ def test_replay_plan_matches_checked_path(path, monkeypatch):
     from fastgpt import ops
     from fastgpt.kernels import _common
     from fastgpt.kernels import gelu as G
-    from test_layernorm import count_calls
     if not _common.LEAN_LAUNCH:
         pytest.skip("the lean launch path is off (FASTGPT_LEAN_LAUNCH=0 or another triton)")
     u = torch.randn(4, 33, 3072, device=DEVICE, dtype=torch.bfloat16)
@@ -192,9 +192,4 @@ def test_replay_plan_matches_checked_path(path, monkeypatch):
         g.backward(dy)
         return [g.detach(), uu.grad, b.grad]
 
-    checked = count_calls(monkeypatch, G, ("bias_gelu_fwd", "bias_gelu_bwd"))
-    first = run()
-    for _ in range(3):
-        assert all(torch.equal(a, b_) for a, b_ in zip(run(), first))
-    del checked[:]
-    assert all(torch.equal(a, b_) for a, b_ in zip(run(), first)) and not checked
+    assert_plan_replays(run, count_calls(monkeypatch, G, ("bias_gelu_fwd", "bias_gelu_bwd")))

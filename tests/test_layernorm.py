@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA, HAS_TRITON, ForcedConfig, assert_unrecorded_calls_match, needs_cuda, needs_triton
+from conftest import (DEVICE, HAS_CUDA, HAS_TRITON, ForcedConfig, assert_plan_replays, assert_unrecorded_calls_match,
+                      count_calls, needs_cuda, needs_triton)
 from fastgpt import reference
 from fastgpt.testing import compare_op
 
@@ -201,17 +202,6 @@ def test_unrecorded_call_is_the_launcher(residual, monkeypatch):
     assert_unrecorded_calls_match(call, inputs, LN._LayerNormFunction, monkeypatch)
 
 
-def count_calls(monkeypatch, module, names) -> list:
-    """Wrap module.<name> for each name so every call appends to the returned list."""
-    calls = []
-    for name in names:
-        def counted(*a, _f=getattr(module, name), **kw):
-            calls.append(name)
-            return _f(*a, **kw)
-        monkeypatch.setattr(module, name, counted)
-    return calls
-
-
 @needs_cuda
 @pytest.mark.parametrize("residual", [False, True])
 def test_replay_plan_matches_checked_path(residual, monkeypatch):
@@ -238,9 +228,4 @@ def test_replay_plan_matches_checked_path(residual, monkeypatch):
             outs[0].backward(dy)
         return [o.detach() for o in outs] + [xx.grad, w.grad, b.grad] + ([rr.grad] if residual else [])
 
-    checked = count_calls(monkeypatch, LN, ("layer_norm_fwd", "layer_norm_bwd"))
-    first = run()
-    for _ in range(3):
-        assert all(torch.equal(a, b_) for a, b_ in zip(run(), first))
-    del checked[:]
-    assert all(torch.equal(a, b_) for a, b_ in zip(run(), first)) and not checked
+    assert_plan_replays(run, count_calls(monkeypatch, LN, ("layer_norm_fwd", "layer_norm_bwd")))
