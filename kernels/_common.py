@@ -259,6 +259,11 @@ class PlanCache(dict):
         super().__init__()
         self.limit = limit
 
+    def find(self, key, new):
+        """The plan kept under ``key``, else ``new(key)`` (key None: a plan that never keeps)."""
+        plan = self.get(key) if key is not None else None
+        return plan if plan is not None else new(key)
+
     def keep(self, key, plan) -> None:
         if self.get(key) is not plan:
             if len(self) >= self.limit:
@@ -274,6 +279,11 @@ def misaligned(*tensors) -> bool:
         if t is not None:
             ptrs |= t.data_ptr()
     return bool(ptrs & 15)
+
+
+def same_data(view, t) -> bool:
+    """Whether rows_2d's ``view`` of t (or None) made no copy: a replay may then pass as_2d(t)."""
+    return t is None or view.data_ptr() == t.data_ptr()
 
 
 def as_2d(t):

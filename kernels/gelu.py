@@ -25,7 +25,7 @@ from torch import Tensor
 
 from fastgpt.kernels._common import (
     PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_same_device, check_vector, current_stream, empty,
-    misaligned, plan_key, records_grad, reduction_programs, row_stride, rows_2d, sum_partials,
+    misaligned, plan_key, records_grad, reduction_programs, row_stride, rows_2d, same_data, sum_partials,
 )
 
 _APPROX = {"tanh": 1, "none": 0}
@@ -154,7 +154,7 @@ def bias_gelu_fwd(x: Tensor, bias: Optional[Tensor], approximate: str = "tanh",
         return y
     x2 = rows_2d(x)
     M, N = x2.shape
-    if capture is not None and (out is not None or x2.data_ptr() != x.data_ptr()):
+    if capture is not None and (out is not None or not same_data(x2, x)):
         capture = None   # a replay passes x as_2d: only when rows_2d made no copy of it
     grid = lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(N, meta["BLOCK_N"]))  # noqa: E731
     replay = _bias_gelu_fwd_kernel.run_replayable(3 if capture is not None else None,
@@ -176,7 +176,7 @@ def bias_gelu_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], approximate: st
     x2 = rows_2d(x)
     dy2 = rows_2d(dy)
     M = x2.shape[0]
-    if capture is not None and (x2.data_ptr() != x.data_ptr() or dy2.data_ptr() != dy.data_ptr()):
+    if capture is not None and not (same_data(x2, x) and same_data(dy2, dy)):
         capture = None   # a replay passes dy, x as_2d: only when rows_2d made no copy of them
     G = reduction_programs(x.device, cdiv(M, 8)) if bias is not None else cdiv(M, 8)
     dbp = empty((G, N), dtype=torch.float32, device=x.device) if bias is not None else dx
@@ -247,11 +247,7 @@ class _Plan:
 def _planned(x, bias, approximate) -> _Plan:
     """The call signature's _Plan if it has run before (nothing to check again), else a new one."""
     key = plan_key(x, bias)
-    if key is None or approximate not in _APPROX:
-        return _Plan(None)
-    key = (key, approximate)
-    plan = _PLANS.get(key)
-    return plan if plan is not None else _Plan(key)
+    return _PLANS.find(None if key is None or approximate not in _APPROX else (key, approximate), _Plan)
 
 
 def bias_gelu_recompute(u: Tensor, bias: Optional[Tensor], approximate: str = "tanh"):

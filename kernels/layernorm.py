@@ -32,7 +32,7 @@ from torch import Tensor
 
 from fastgpt.kernels._common import (
     PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_same_device, check_vector, current_stream, empty,
-    misaligned, next_pow2, plan_key, reduction_programs, row_stride, records_grad, rows_2d, sum_partials,
+    misaligned, next_pow2, plan_key, reduction_programs, row_stride, records_grad, rows_2d, same_data, sum_partials,
 )
 
 MAX_N = 8192
@@ -216,7 +216,7 @@ def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: 
     r2 = rows_2d(residual) if residual is not None else x2
     grid = lambda meta: (_fwd_programs(M, meta, x.device),)  # noqa: E731
     # a replay passes x, residual as_2d: only when rows_2d made no copy of them
-    if capture is not None and (out is not None or not _same_data(x2, x) or not _same_data(r2, residual)):
+    if capture is not None and (out is not None or not same_data(x2, x) or not same_data(r2, residual)):
         capture = None
     replay = _layer_norm_fwd_kernel.run_replayable(
         8 if capture is not None else None,
@@ -227,10 +227,6 @@ def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: 
     if capture is not None and replay is not None:
         capture.fwd, capture.M = replay, M
     return y, h, mean, rstd
-
-
-def _same_data(view, t) -> bool:
-    return t is None or view.data_ptr() == t.data_ptr()
 
 
 def layer_norm_bwd(dy: Tensor, dh_out: Optional[Tensor], hin: Tensor, weight: Tensor, has_bias: bool,
@@ -258,8 +254,8 @@ def layer_norm_bwd(dy: Tensor, dh_out: Optional[Tensor], hin: Tensor, weight: Te
     dwp = empty((G, N), dtype=torch.float32, device=hin.device)
     dbp = empty((G, N), dtype=torch.float32, device=hin.device) if has_bias else dwp
     # a replay passes dy, dh_out, hin as_2d: only when rows_2d made no copy of them
-    if capture is not None and (M == 0 or not (_same_data(dy2, dy) and _same_data(dho2, dh_out)
-                                               and _same_data(h2, hin))):
+    if capture is not None and (M == 0 or not (same_data(dy2, dy) and same_data(dho2, dh_out)
+                                               and same_data(h2, hin))):
         capture = None
     replays = [] if capture is not None else None
     if M > 0:
@@ -443,11 +439,7 @@ class _Plan:
 def _planned(x, residual, weight, bias, eps: float) -> _Plan:
     """The call signature's _Plan if it has run before (nothing to check again), else a new one."""
     key = plan_key(x, residual, weight, bias)
-    if key is None:
-        return _Plan(None)
-    key = (key, eps)
-    plan = _PLANS.get(key)
-    return plan if plan is not None else _Plan(key)
+    return _PLANS.find(None if key is None else (key, eps), _Plan)
 
 
 class _LayerNormFunction(torch.autograd.Function):
