@@ -13,6 +13,10 @@ Correctness first: fastgpt's output and gradients at the full shape are compared
 rule) on the first batch element with the float64 and bf16 references; a failure skips the case.
 The full-shape call also runs the autotuner before anything is timed.
 
+The row "fastgpt atomic dQ" is the same op with the atomic-dQ backward (kernels/attention.py,
+BWD_DQ = "atomic": the dK/dV pass adds dQ in fp32, five products instead of the split's seven),
+checked and timed the same way; it is opt-in (FASTGPT_ATTENTION_DQ=atomic) until it wins here.
+
 Where the time goes: fastgpt's fwd+bwd is also timed by CUDA-graph replay (no host
 overhead: the row "fastgpt graph"), and its note lists each kernel's GPU time (the
 torch profiler over a few calls) with the launch config the autotuner picked, so a
@@ -20,6 +24,7 @@ gap between the whole op and the kernels' sum, or a poor pick, shows in one run.
 fwd+bwd row's note also gives its host time per call (common.host_ms: the calls issued
 while the GPU is busy): a row whose host time exceeds its time is launch-bound.
 """
+import contextlib
 import math
 import os
 
@@ -87,7 +92,8 @@ def _kernel_times(fn, iters=5, device="cuda"):
     return times
 
 
-_SHORT = {"_attn_fwd": "fwd", "_attn_bwd_dkdv": "dkdv", "_attn_bwd_dq": "dq"}
+_SHORT = {"_attn_fwd": "fwd", "_attn_bwd_dkdv": "dkdv", "_attn_bwd_dq_cast": "dq cast", "_attn_bwd_dq": "dq",
+          "_attn_bwd_prep": "prep"}
 
 
 def format_breakdown(times, configs):
@@ -184,5 +190,39 @@ def run(args):
                         bench_impl(rows, "attention", f"{case} fwd+bwd", "fastgpt graph", step,
                                    flops=3.5 * fwd_flops, graph=True)
                 torch.cuda.empty_cache()
+            _atomic_rows(rows, K, case, q, k, v, do, p, 3.5 * fwd_flops)
         del q, k, v, do
     return rows
+
+
+@contextlib.contextmanager
+def _dq_mode(mode):
+    """kernels/attention.py's BWD_DQ set to mode for the block (the backward reads it per call)."""
+    from fastgpt.kernels import attention as A
+    was, A.BWD_DQ = A.BWD_DQ, mode
+    try:
+        yield
+    finally:
+        A.BWD_DQ = was
+
+
+def _atomic_rows(rows, K, case, q, k, v, do, p, flops):
+    """fwd+bwd with the atomic-dQ backward (BWD_DQ = "atomic": five products instead of seven, dQ
+    added in fp32 by the dK/dV pass): checked like the default, then timed the same way."""
+    impl = "fastgpt atomic dQ"
+    with _dq_mode("atomic"):
+        try:
+            ok, msg = _check(K, q, k, v, do, p)
+        except Exception as e:
+            ok, msg = False, f"check failed: {type(e).__name__}: {str(e)[:120]}"
+            torch.cuda.empty_cache()
+        if not ok:
+            rows.append(row("attention", f"{case} fwd+bwd", impl, ok=False, note=msg))
+            return
+        step = lambda: torch.autograd.grad(K.causal_attention(q, k, v, dropout_p=p), (q, k, v), do)  # noqa: E731
+        if bench_impl(rows, "attention", f"{case} fwd+bwd", impl, step, flops=flops, memory=True,
+                      host=True) is not None:
+            rows[-1]["note"] = f"{rows[-1]['note']}; {_breakdown(step)}"
+            if not p:
+                bench_impl(rows, "attention", f"{case} fwd+bwd", f"{impl} graph", step, flops=flops, graph=True)
+    torch.cuda.empty_cache()

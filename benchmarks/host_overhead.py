@@ -177,6 +177,14 @@ def _plan_cases():
     def bthd():
         return grad(K.causal_attention(q, k, v, out_layout="bthd"), (q, k, v), do)
 
+    def atomic_dq(f):   # the atomic-dQ backward: prologue, dK/dV with dQ, epilogue
+        from fastgpt.kernels import attention as A
+        was, A.BWD_DQ = A.BWD_DQ, "atomic"
+        try:
+            return f()
+        finally:
+            A.BWD_DQ = was
+
     # LayerNorm and bias-GELU: 2-D and 3-D rows, autocast's layout (bf16 x, fp32 residual and weights)
     x, r = (torch.randn(2, 5, 96, dtype=bf, requires_grad=True) for _ in range(2))
     r32 = r.detach().float().requires_grad_()
@@ -207,6 +215,10 @@ def _plan_cases():
         "fp32 scale=0.3": (lambda: grad(K.causal_attention(q32, k32, v32, scale=0.3), (q32, k32, v32), do32), True),
         "packed qkv p=0.1": (lambda: grad(K.causal_attention_qkvpacked(qkv, dropout_p=0.1, seed=seed), (qkv,),
                                           do_packed), True),
+        "packed qkv p=0.1, atomic dQ": (lambda: atomic_dq(lambda: grad(K.causal_attention_qkvpacked(
+            qkv, dropout_p=0.1, seed=seed), (qkv,), do_packed)), True),
+        "fp32 atomic dQ": (lambda: atomic_dq(lambda: grad(K.causal_attention(q32, k32, v32), (q32, k32, v32), do32)),
+                           True),
         "no_grad": (torch.no_grad()(lambda: K.causal_attention(q, k, v)), True),
         # o comes back in another layout: a backward of its own
         "saved-tensor hooks": (lambda: (bthd(), _with_contiguous_saves(bthd)), True),

@@ -4,10 +4,12 @@
     python -m benchmarks.tune_attention --kinds dkdv,dq --shapes 16,12,1024,64 --p 0
     python -m benchmarks.tune_attention --json tune.json
 
-For each shape, dropout p and kernel kind ("fwd", "dkdv", "dq") every candidate
+For each shape, dropout p and kernel kind ("fwd", "dkdv", "dq", and "dkdvq": the dK/dV
+kernel of the atomic-dQ backward, BWD_DQ = "atomic", which also adds dQ) every candidate
 (BLOCK_M, BLOCK_N, num_warps, num_stages) is launched through the launchers'
 ``config=`` / ``configs=`` hooks (the other backward kernel keeps its default
-config, so two bwd rows differ only by the kernel under test). Each candidate is
+config, so two bwd rows differ only by the kernel under test; a "dkdvq" row is the whole
+atomic-dQ backward, comparable with the split backward's rows). Each candidate is
 checked first against the reference on batch element 0 (DESIGN.md's rule; the
 dropout cases with the kernels' own mask), then timed by CUDA-graph replay. A
 config that does not compile (shared memory) or fails the check gets a row
@@ -36,6 +38,9 @@ CANDIDATES = {
              (64, 128, 8, 2), (32, 128, 4, 4), (64, 128, 4, 3), (16, 128, 4, 3), (64, 64, 4, 4)],
     "dq": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 8, 2),
            (128, 32, 4, 4), (128, 64, 4, 3), (64, 64, 4, 2), (128, 16, 4, 3), (64, 32, 4, 4)],
+    # 64 query rows make the dQ product a wgmma too (16 or 32 rows: mma.sync; compile_report --sass)
+    "dkdvq": [(16, 128, 4, 3), (32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 128, 8, 2),
+              (64, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3), (64, 128, 4, 3), (16, 64, 4, 2)],
 }
 
 
@@ -67,32 +72,47 @@ def sweep(shape, p, kinds, dtype=torch.bfloat16, device="cuda", candidates=CANDI
     o, lse = A.attention_fwd(q, k, v, dropout_p=p, seed=seed, config=A.default_config("fwd", D, dtype, p > 0))
     defaults = (A.default_config("dkdv", D, dtype, p > 0), A.default_config("dq", D, dtype, p > 0))
     rows = []
-    for kind in kinds:
-        for c in candidates[kind]:
-            if p > 0 and c[1] % 32:   # dropout's keep-mask groups span 32 keys
-                continue
-            cfg = _cfg(c)
-            try:
-                if kind == "fwd":
-                    fn = lambda: A.attention_fwd(q, k, v, dropout_p=p, seed=seed, config=cfg)  # noqa: E731
-                    outs = {"o": fn()[0]}
-                else:
-                    cfgs = (cfg, defaults[1]) if kind == "dkdv" else (defaults[0], cfg)
-                    fn = lambda: A.attention_bwd(do, q, k, v, o, lse, dropout_p=p, seed=seed,  # noqa: E731
-                                                 configs=cfgs)
-                    dq, dk, dv = fn()
-                    outs = {"dk": dk, "dv": dv} if kind == "dkdv" else {"dq": dq}
-                checks = [correct(f"{kind} {c} {n}", t[:1], *refs[n], dtype) for n, t in outs.items()]
-                ok = all(c_ok for c_ok, _ in checks)
-                msg = "; ".join(m for c_ok, m in checks if not c_ok)
-                ms, how = timed(fn, graph=True) if ok and device == "cuda" else (None, "")
-                msg = "; ".join(m for m in (msg, how) if m)  # eager timing is not comparable: say so
-            except Exception as e:  # out of shared memory, a compile error: record it, go on
-                ok, msg, ms = False, f"{type(e).__name__}: {str(e)[:100]}", None
-            rows.append({"shape": list(shape), "p": p, "kind": kind, "config": list(c), "ms": ms, "ok": ok,
-                         "note": msg})
-            if device == "cuda":
-                torch.cuda.empty_cache()
+    mode = A.BWD_DQ
+    try:
+        for kind in kinds:
+            A.BWD_DQ = "atomic" if kind == "dkdvq" else "split"
+            rows += _sweep_kind(kind, candidates[kind], p, q, k, v, do, o, lse, seed, refs, defaults, dtype, device)
+    finally:
+        A.BWD_DQ = mode
+    return rows
+
+
+def _sweep_kind(kind, candidates, p, q, k, v, do, o, lse, seed, refs, defaults, dtype, device):
+    """sweep()'s rows of one kernel kind (BWD_DQ already set for it)."""
+    from fastgpt.kernels import attention as A
+    shape = tuple(q.shape)
+    rows = []
+    for c in candidates:
+        if p > 0 and c[1] % 32:   # dropout's keep-mask groups span 32 keys
+            continue
+        cfg = _cfg(c)
+        try:
+            if kind == "fwd":
+                fn = lambda: A.attention_fwd(q, k, v, dropout_p=p, seed=seed, config=cfg)  # noqa: E731
+                outs = {"o": fn()[0]}
+            else:
+                cfgs = (defaults[0], cfg) if kind == "dq" else (cfg, defaults[1])
+                fn = lambda: A.attention_bwd(do, q, k, v, o, lse, dropout_p=p, seed=seed,  # noqa: E731
+                                             configs=cfgs)
+                dq, dk, dv = fn()
+                outs = {"dk": dk, "dv": dv} if kind == "dkdv" else {"dq": dq} if kind == "dq" else \
+                    {"dq": dq, "dk": dk, "dv": dv}
+            checks = [correct(f"{kind} {c} {n}", t[:1], *refs[n], dtype) for n, t in outs.items()]
+            ok = all(c_ok for c_ok, _ in checks)
+            msg = "; ".join(m for c_ok, m in checks if not c_ok)
+            ms, how = timed(fn, graph=True) if ok and device == "cuda" else (None, "")
+            msg = "; ".join(m for m in (msg, how) if m)  # eager timing is not comparable: say so
+        except Exception as e:  # out of shared memory, a compile error: record it, go on
+            ok, msg, ms = False, f"{type(e).__name__}: {str(e)[:100]}", None
+        rows.append({"shape": list(shape), "p": p, "kind": kind, "config": list(c), "ms": ms, "ok": ok,
+                     "note": msg})
+        if device == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -102,7 +122,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default=";".join(",".join(map(str, s)) for s in TARGET_SHAPES),
                     help="B,H,T,D[;B,H,T,D...] (default: the issue's two target shapes)")
     ap.add_argument("--p", default="0,0.1", help="dropout probabilities, comma-separated")
-    ap.add_argument("--kinds", default="fwd,dkdv,dq", help="kernels to sweep: fwd,dkdv,dq")
+    ap.add_argument("--kinds", default="fwd,dkdv,dq,dkdvq", help="kernels to sweep: fwd,dkdv,dq,dkdvq")
     ap.add_argument("--json", default=None, help="also write every row to this JSON file")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

@@ -322,8 +322,13 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
     Configs with pre-hooks are not supported.
     """
 
-    def __init__(self, fn, configs, key, prune, do_bench):
-        super().__init__(fn, fn.arg_names, configs, key, None, None, do_bench=do_bench,
+    def __init__(self, fn, configs, key, prune, do_bench, reset_to_zero=()):
+        def zero(nargs, reset_only=False):   # triton's reset_to_zero, for arguments that may be None
+            for name in reset_to_zero:
+                if nargs[name] is not None:
+                    nargs[name].zero_()
+        super().__init__(fn, fn.arg_names, configs, key, None, None, pre_hook=zero if reset_to_zero else None,
+                         do_bench=do_bench,
                          prune_configs_by={"early_config_prune": prune} if prune is not None else None)
         assert all(c.pre_hook is None for c in self.configs), "fastgpt's autotune takes no pre-hooks"
         self._key_pos = [(fn.arg_names.index(k), k) for k in key]
@@ -360,9 +365,10 @@ def autotuning_enabled() -> bool:
     return not INTERPRET and os.environ.get("FASTGPT_AUTOTUNE", "1") != "0"
 
 
-def autotune(configs, key, prune=None, rep_ms=40):
+def autotune(configs, key, prune=None, rep_ms=40, reset_to_zero=()):
     """triton.autotune over ``configs`` on the GPU, with short timing runs (rep_ms per config) and a
-    lean launch path.
+    lean launch path. ``reset_to_zero``: names of tensor arguments a launch adds into (None skipped),
+    zeroed before each timing run and before the tuned launch.
 
     Only the first config (make it a good default) is used under the
     interpreter (autotuning more than one config fails there) and when
@@ -372,7 +378,7 @@ def autotune(configs, key, prune=None, rep_ms=40):
     def wrap(fn):
         if not autotuning_enabled():
             return _Autotuner(fn, configs[:1], key, None, None)
-        return _Autotuner(fn, configs, key, prune, _bench_for(rep_ms))
+        return _Autotuner(fn, configs, key, prune, _bench_for(rep_ms), reset_to_zero)
     return wrap
 
 

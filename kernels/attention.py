@@ -25,7 +25,16 @@ The dQ kernel runs first: it holds one query block, computes that block's delta
 keys. The dK/dV kernel, launched after it, holds one key block and walks the
 query blocks that see it, reading delta. Two launches, no separate delta pass;
 every output element is written by exactly one program: no atomics, bitwise
-deterministic.
+deterministic. This is the default (BWD_DQ = "split").
+The atomic-dQ backward (BWD_DQ = "atomic", FASTGPT_ATTENTION_DQ=atomic) does the
+backward's five products instead of the split's seven: a prologue computes delta
+and zeroes an fp32 (B, H, Tq, D) accumulator, the dK/dV kernel also forms each
+query block's dS K and adds it there (fp32 atomic adds), and an epilogue writes
+dQ = scale * accumulator in q's dtype. Three launches and 4 B Tq D H bytes of
+scratch. The adds land in any order, so dQ may differ between runs in its last
+fp32 bits (then, rarely, by one bf16/fp16 ulp): flash-attention's and cuDNN's
+default trade. dK and dV stay bitwise deterministic, and with
+torch.use_deterministic_algorithms(True) the split path runs whatever BWD_DQ says.
 
 Precision: dots take fp16/bf16 operands with fp32 accumulation; P and dS are
 rounded to the input dtype before their dots (as in FlashAttention-2). fp32
@@ -74,6 +83,7 @@ With p = 0 the kernels are compiled without any of it.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Optional
 
@@ -94,6 +104,12 @@ LOG2E = 1.4426950408889634
 # normal fp32 the kernel's c may be a subnormal flushed to zero
 _FP32_MIN_NORMAL = 2.0 ** -126
 OUT_LAYOUTS = ("bhtd", "bthd")
+# The backward's dQ: "split" (default: its own pass, no atomics, bitwise deterministic) or "atomic"
+# (the dK/dV pass adds it into an fp32 buffer: one pass over the keys' work; see the header).
+BWD_DQ_MODES = ("split", "atomic")
+BWD_DQ = os.environ.get("FASTGPT_ATTENTION_DQ", "split").strip().lower() or "split"
+if BWD_DQ not in BWD_DQ_MODES:
+    raise ValueError(f"FASTGPT_ATTENTION_DQ must be one of {BWD_DQ_MODES}, got {BWD_DQ!r}")
 
 
 # ----------------------------------------------------------------------------- launch configs
@@ -337,10 +353,11 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, start_n, cols, offs_m, offs_d,
-                lo, hi, TQ, causal_off, qk_scale, seed, offset, bh, TK, thr, inv_keep,
+                lo, hi, TQ, causal_off, qk_scale, seed, offset, bh, TK, thr, inv_keep, DQACC,
                 MASKED: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,
-                TF32: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Accumulate one key block's dK, dV over the query blocks [lo, hi)."""
+                TF32: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr, DQ_ATOMIC: tl.constexpr):
+    """Accumulate one key block's dK, dV over the query blocks [lo, hi); with DQ_ATOMIC also add
+    each query block's share of dQ / scale, dS K, into the fp32 DQACC rows."""
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
@@ -362,8 +379,12 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, start_n, 
         else:
             dv = tl.dot(_tf32(pT.to(do.dtype), TF32), do, dv)
         delta = tl.load(DELTA + rows, mask=rows < TQ, other=0.0)
-        dsT = pT * (dpT - delta[None, :])
-        dk = tl.dot(_tf32(dsT.to(q.dtype), TF32), q, dk)
+        dsT = _tf32((pT * (dpT - delta[None, :])).to(q.dtype), TF32)
+        dk = tl.dot(dsT, q, dk)
+        if DQ_ATOMIC:
+            dq = tl.dot(tl.trans(dsT), k)                                      # (BLOCK_M, BLOCK_D) fp32
+            tl.atomic_add(DQACC + rows[:, None] * HEAD_DIM + offs_d[None, :], dq,
+                          mask=(rows < TQ)[:, None] & (offs_d < HEAD_DIM)[None, :], sem="relaxed")
     return dk, dv
 
 
@@ -378,13 +399,14 @@ def _attn_bwd_dkdv_kernel(
     DK,         # (B, H, Tk, D) output, k's dtype, strides (stride_dkb, stride_dkh, stride_dkt, 1)
     DV,         # (B, H, Tk, D) output, v's dtype, strides (stride_dvb, stride_dvh, stride_dvt, 1)
     SEED,       # int64 (seed, offset) of the dropout mask (read only when DROPOUT)
+    DQACC,      # with DQ_ATOMIC: (B, H, Tq, D) fp32 dQ / scale, contiguous, zeroed (else None)
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_db, stride_dh, stride_dt,
     stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
     H, TQ, TK, scale, qk_scale, DROP_THR, inv_keep,
     T_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, TF32: tl.constexpr,
-    DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DQ_ATOMIC: tl.constexpr,
 ):
     start_n = tl.program_id(1) * BLOCK_N   # key block 0 (seen by the most queries) first
     bh = tl.program_id(0)
@@ -398,6 +420,8 @@ def _attn_bwd_dkdv_kernel(
     DELTA += bh.to(tl.int64) * TQ
     DK += b * stride_dkb + h * stride_dkh
     DV += b * stride_dvb + h * stride_dvh
+    if DQ_ATOMIC:
+        DQACC += bh.to(tl.int64) * TQ * HEAD_DIM
     causal_off = TK - TQ
     seed, offset = _load_seed(SEED, DROPOUT)
 
@@ -416,11 +440,11 @@ def _attn_bwd_dkdv_kernel(
     m_full = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - causal_off, 0), BLOCK_M) * BLOCK_M
     m_full = tl.minimum(m_full, tl.cdiv(TQ, BLOCK_M) * BLOCK_M)
     dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, start_n, cols, offs_m, offs_d,
-                         m_lo, m_full, TQ, causal_off, qk_scale, seed, offset, bh, TK, DROP_THR, inv_keep,
-                         True, BLOCK_M, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_N)
+                         m_lo, m_full, TQ, causal_off, qk_scale, seed, offset, bh, TK, DROP_THR, inv_keep, DQACC,
+                         True, BLOCK_M, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_N, DQ_ATOMIC)
     dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, start_n, cols, offs_m, offs_d,
-                         m_full, TQ, TQ, causal_off, qk_scale, seed, offset, bh, TK, DROP_THR, inv_keep,
-                         False, BLOCK_M, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_N)
+                         m_full, TQ, TQ, causal_off, qk_scale, seed, offset, bh, TK, DROP_THR, inv_keep, DQACC,
+                         False, BLOCK_M, HEAD_DIM, EVEN_D, TF32, DROPOUT, BLOCK_N, DQ_ATOMIC)
     _store_tile(DK + cols[:, None] * stride_dkt + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), cols, TK,
                 offs_d, HEAD_DIM, EVEN_D)
     _store_tile(DV + cols[:, None] * stride_dvt + offs_d[None, :], dv.to(DV.dtype.element_ty), cols, TK, offs_d,
@@ -512,11 +536,58 @@ def _attn_bwd_dq_kernel(
                 rows, TQ, offs_d, HEAD_DIM, EVEN_D)
 
 
+# The atomic-dQ backward (BWD_DQ = "atomic"): a prologue (delta, and the fp32 dQ accumulator
+# zeroed), the dK/dV kernel with DQ_ATOMIC (each key block adds its share of every query block's
+# dQ), and an epilogue (dQ = scale * accumulator, in q's dtype, into any strided view).
+
+@triton.jit(do_not_specialize=["H", "TQ"])
+def _attn_bwd_prep_kernel(
+    O, DO,      # (B, H, Tq, D) forward output and its gradient, strides (b, h, t, 1)
+    DELTA,      # (B, H, Tq) fp32 output: rowsum(dO * O), contiguous
+    DQACC,      # (B, H, Tq, D) fp32 output: zeros, contiguous
+    stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt, H, TQ,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    o = _load_tile(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + offs_d[None, :], rows, TQ,
+                   offs_d, HEAD_DIM, True, EVEN_D)
+    do = _load_tile(DO + b * stride_db + h * stride_dh + rows[:, None] * stride_dt + offs_d[None, :], rows, TQ,
+                    offs_d, HEAD_DIM, True, EVEN_D)
+    row0 = bh.to(tl.int64) * TQ
+    tl.store(DELTA + row0 + rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=rows < TQ)
+    _store_tile(DQACC + (row0 + rows)[:, None] * HEAD_DIM + offs_d[None, :],
+                tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32), rows, TQ, offs_d, HEAD_DIM, EVEN_D)
+
+
+@triton.jit(do_not_specialize=["H", "TQ"])
+def _attn_bwd_dq_cast_kernel(
+    DQACC,      # (B, H, Tq, D) fp32 dQ / scale, contiguous
+    DQ,         # (B, H, Tq, D) output, q's dtype, strides (stride_qb, stride_qh, stride_qt, 1)
+    stride_qb, stride_qh, stride_qt, H, TQ, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    acc = _load_tile(DQACC + (bh.to(tl.int64) * TQ + rows)[:, None] * HEAD_DIM + offs_d[None, :], rows, TQ, offs_d,
+                     HEAD_DIM, True, EVEN_D)
+    _store_tile(DQ + b * stride_qb + h * stride_qh + rows[:, None] * stride_qt + offs_d[None, :],
+                (acc * scale).to(DQ.dtype.element_ty), rows, TQ, offs_d, HEAD_DIM, EVEN_D)
+
+
 # 40 ms of timing per config picked configs 30 % apart from run to run on the H100
 # (ATTENTION_NOTES.md, v4): 150 ms each, once per key, costs ~1 s per kernel.
 _KEY = ["HEAD_DIM", "T_BUCKET", "DROPOUT"]
 _attn_fwd = autotune(_space("fwd"), key=_KEY, prune=_prune, rep_ms=150)(_attn_fwd_kernel)
-_attn_bwd_dkdv = autotune(_space("dkdv"), key=_KEY, prune=_prune, rep_ms=150)(_attn_bwd_dkdv_kernel)
+# the atomic variant adds into DQACC: the autotuner's timing runs zero it before each run and after
+_attn_bwd_dkdv = autotune(_space("dkdv"), key=_KEY + ["DQ_ATOMIC"], prune=_prune, rep_ms=150,
+                          reset_to_zero=["DQACC"])(_attn_bwd_dkdv_kernel)
 _attn_bwd_dq = autotune(_space("dq"), key=_KEY, prune=_prune, rep_ms=150)(_attn_bwd_dq_kernel)
 
 
@@ -693,13 +764,25 @@ def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
     return _bwd(do, q, k, v, o, lse, scale, configs, dropout_p, seed, out, None)
 
 
-def _bwd(do, q, k, v, o, lse, scale, configs, dropout_p, seed, out, capture):
+def dq_atomic() -> bool:
+    """Whether a backward now takes the atomic-dQ path: BWD_DQ == "atomic", unless
+    torch.use_deterministic_algorithms(True) is on (the split path is bitwise deterministic)."""
+    return BWD_DQ == "atomic" and not torch.are_deterministic_algorithms_enabled()
+
+
+def _rows_block(D: int) -> int:
+    """Query rows per program of the prologue and epilogue kernels: ~8K elements of a tile."""
+    return max(16, min(128, 8192 // _block_d(D)))
+
+
+def _bwd(do, q, k, v, o, lse, scale, configs, dropout_p, seed, out, capture, atomic=None):
     """attention_bwd; ``capture``: a _Plan (of the forward's q, k, v) whose backward Replays these
-    launches fill (when they can be replayed)."""
+    launches fill (when they can be replayed); ``atomic``: dq_atomic(), when the caller has it."""
+    atomic = dq_atomic() if atomic is None else atomic
     bwd_key = None   # the plan's key for these launches: only when nothing below is copied
     if capture is not None and all(t.stride(-1) == 1 for t in (do, q, k, v, o)) and lse.is_contiguous() \
             and (seed is None or seed.is_contiguous()):
-        bwd_key = _Plan.bwd_key(do, q, k, v, o, lse, seed, out)
+        bwd_key = _Plan.bwd_key(do, q, k, v, o, lse, seed, out, atomic)
     q, k, v, o, do = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v), _unit_last_stride(o), \
         _unit_last_stride(do)
     B, H, TQ, D = q.shape
@@ -721,19 +804,35 @@ def _bwd(do, q, k, v, o, lse, scale, configs, dropout_p, seed, out, capture):
     BLOCK_D = _block_d(D)
     consts = dict(HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), TF32=_round_tf32(q.dtype),
                   DROPOUT=dropout_p > 0.0)
-    delta = empty((B, H, TQ), torch.float32, q.device)   # written by the dQ pass, read by the dK/dV pass
+    delta = empty((B, H, TQ), torch.float32, q.device)   # written by the dQ pass (or prologue), read by dK/dV
     cfg_kv, cfg_q = configs if configs is not None else (None, None)
     args = (q, k, v, do, lse, delta)
     seed = _seed_arg(seed, dropout_p, q.device)
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     rest = (H, TQ, TK, scale, scale * LOG2E, *_dropout_args(dropout_p), _bucket(TK))
-    n_lead = None if bwd_key is None else 9
-    replay_q = _launch(_attn_bwd_dq, "dq", cfg_q, lambda meta: (B * H, cdiv(TQ, meta["BLOCK_M"])),
-                       *args, dq, seed, o, *strides, *_strides(o), *_strides(dq), *rest, n_lead=n_lead, **consts)
-    replay_kv = _launch(_attn_bwd_dkdv, "dkdv", cfg_kv, lambda meta: (B * H, cdiv(TK, meta["BLOCK_N"])),
-                        *args, dk, dv, seed, *strides, *_strides(dk), *_strides(dv), *rest, n_lead=n_lead, **consts)
-    if replay_q is not None and replay_kv is not None:
-        capture.bwd[bwd_key] = (replay_q, replay_kv)
+    grid_kv = lambda meta: (B * H, cdiv(TK, meta["BLOCK_N"]))  # noqa: E731
+    if atomic:
+        # prologue, dK/dV adding dQ / scale into dqacc, epilogue; every launch's tensors lead
+        dqacc = empty((B, H, TQ, D), torch.float32, q.device)   # zeroed by the prologue
+        bm = _rows_block(D)
+        grid = (B * H, cdiv(TQ, bm))
+        small = dict(HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), BLOCK_M=bm, num_warps=4)
+        replays = (launch_replayable(_attn_bwd_prep_kernel, grid, None if bwd_key is None else 4, o, do, delta,
+                                     dqacc, *_strides(o), *_strides(do), H, TQ, **small),
+                   _launch(_attn_bwd_dkdv, "dkdv", cfg_kv, grid_kv, *args, dk, dv, seed, dqacc, *strides,
+                           *_strides(dk), *_strides(dv), *rest, n_lead=None if bwd_key is None else 10,
+                           DQ_ATOMIC=True, **consts),
+                   launch_replayable(_attn_bwd_dq_cast_kernel, grid, None if bwd_key is None else 2, dqacc, dq,
+                                     *_strides(dq), H, TQ, scale, **small))
+    else:
+        n_lead = None if bwd_key is None else 9
+        replays = (_launch(_attn_bwd_dq, "dq", cfg_q, lambda meta: (B * H, cdiv(TQ, meta["BLOCK_M"])),
+                           *args, dq, seed, o, *strides, *_strides(o), *_strides(dq), *rest, n_lead=n_lead, **consts),
+                   _launch(_attn_bwd_dkdv, "dkdv", cfg_kv, grid_kv, *args, dk, dv, seed, None, *strides,
+                           *_strides(dk), *_strides(dv), *rest, n_lead=None if n_lead is None else 10,
+                           DQ_ATOMIC=False, **consts))
+    if all(r is not None for r in replays):
+        capture.bwd[bwd_key] = replays
     return dq, dk, dv
 
 
@@ -822,12 +921,13 @@ class _Plan:
         self.bwd = {}     # bwd_key -> (dQ Replay, dK/dV Replay)
 
     @staticmethod
-    def bwd_key(do, q, k, v, o, lse, seed, out):
+    def bwd_key(do, q, k, v, o, lse, seed, out, atomic):
         """What the backward's launches depend on beyond the forward's signature: dO's layout and
-        dtype, and the saved tensors' (saved-tensor hooks, e.g. offloading, may hand back others)."""
+        dtype, the saved tensors' (saved-tensor hooks, e.g. offloading, may hand back others) and
+        the dQ path."""
         return (do.stride(), do.dtype, q.stride(), k.stride(), v.stride(), o.stride(), lse.stride(),
                 q.dtype, k.dtype, v.dtype, o.dtype, lse.dtype,
-                None if seed is None else (seed.stride(), seed.dtype, seed.device), out is None)
+                None if seed is None else (seed.stride(), seed.dtype, seed.device), out is None, atomic)
 
     def forward(self, q, k, v, seed):
         """(o, lse) of _fwd: replayed, or through _fwd (which captures the Replay)."""
@@ -848,20 +948,27 @@ class _Plan:
     def backward(self, do, q, k, v, o, lse, seed, out=None):
         """(dq, dk, dv) of _bwd on the forward's q, k, v, o, lse and seed: replayed, or through _bwd
         (which captures the Replays)."""
-        replays = self.bwd.get(self.bwd_key(do, q, k, v, o, lse, seed, out)) if self.bwd else None
-        if (replays is not None and replays[0].usable() and replays[1].usable()
+        atomic = dq_atomic()
+        replays = self.bwd.get(self.bwd_key(do, q, k, v, o, lse, seed, out, atomic)) if self.bwd else None
+        if (replays is not None and replays[0].usable() and all(r.usable() for r in replays[1:])
                 and not misaligned(do, q, k, v, o, lse, seed, *(out or ()))):
-            B, H, TQ, _ = q.shape
+            B, H, TQ, D = q.shape
             dq, dk, dv = out if out is not None else (empty(q.shape, q.dtype, q.device),
                                                       empty(k.shape, k.dtype, k.device),
                                                       empty(v.shape, v.dtype, v.device))
             delta = empty((B, H, TQ), torch.float32, q.device)
             stream = current_stream(replays[0].device)
-            replays[0](stream, q, k, v, do, lse, delta, dq, seed, o)
-            replays[1](stream, q, k, v, do, lse, delta, dk, dv, seed)
+            if atomic:   # prologue, dK/dV with dQ, epilogue (_bwd)
+                dqacc = empty((B, H, TQ, D), torch.float32, q.device)
+                replays[0](stream, o, do, delta, dqacc)
+                replays[1](stream, q, k, v, do, lse, delta, dk, dv, seed, dqacc)
+                replays[2](stream, dqacc, dq)
+            else:
+                replays[0](stream, q, k, v, do, lse, delta, dq, seed, o)
+                replays[1](stream, q, k, v, do, lse, delta, dk, dv, seed, None)
             return dq, dk, dv
         return _bwd(do, q, k, v, o, lse, self.scale, None, self.dropout_p, seed, out,
-                    self if self.sig is not None else None)
+                    self if self.sig is not None else None, atomic)
 
 
 class _CausalAttentionFunction(torch.autograd.Function):

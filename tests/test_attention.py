@@ -317,6 +317,85 @@ def test_out_layout_bthd_equals_default():
     _compare("attn bthd", q.detach(), k.detach(), v.detach(), out_layout="bthd")
 
 
+# ----------------------------------------------------------------------------- atomic dQ
+
+# (B, H, Tq, Tk, D, dtype, p): one query (decoding), odd lengths, Tq < Tk, a non-power-of-two head dim, dropout
+ATOMIC_CASES = [(2, 2, 1, 33, 16, torch.float32, 0.0), (2, 3, 17, 17, 32, torch.float16, 0.0),
+                (1, 2, 40, 100, 80, torch.float16, 0.0), (2, 2, 64, 64, 64, torch.float32, 0.2),
+                (1, 3, 20, 45, 24, torch.float32, 0.2)]
+if HAS_CUDA:
+    ATOMIC_CASES += [(4, 12, 1024, 1024, 64, torch.bfloat16, 0.0), (2, 16, 2048, 2048, 128, torch.bfloat16, 0.0),
+                     (2, 4, 777, 1000, 64, torch.bfloat16, 0.1), (1, 4, 1024, 1024, 128, torch.float32, 0.0)]
+
+
+@pytest.mark.parametrize("case", ATOMIC_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-{dtype_ids(c[5])}-p{c[6]}")
+def test_atomic_dq_backward(case, monkeypatch):
+    """BWD_DQ = "atomic" (the dK/dV pass adds dQ into an fp32 buffer): forward and gradients against
+    the reference by the rule; dK and dV bit for bit the split path's, dQ within a few ulps of it."""
+    import fastgpt.kernels as K
+    from fastgpt.kernels import attention as A
+    B, H, Tq, Tk, D, dtype, p = case
+    q, k, v = _qkv(B, H, Tq, Tk, D, dtype)
+    kw = dict(dropout_p=p, seed=_seed() if p else None)
+    monkeypatch.setattr(A, "BWD_DQ", "atomic")
+    assert A.dq_atomic()
+    _compare(f"attn atomic dQ {case}", q, k, v, **kw)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    do = torch.randn_like(q)
+    atomic = torch.autograd.grad(K.causal_attention(*leaves, **kw), leaves, do)
+    monkeypatch.setattr(A, "BWD_DQ", "split")
+    split = torch.autograd.grad(K.causal_attention(*leaves, **kw), leaves, do)
+    assert torch.equal(atomic[1], split[1]) and torch.equal(atomic[2], split[2])
+    torch.testing.assert_close(atomic[0], split[0], rtol=4 * torch.finfo(dtype).eps, atol=1e-5)
+
+
+def test_atomic_dq_packed_and_poisoned(monkeypatch):
+    """The atomic path writes dQ through output strides (the packed qkv gradient), and its fp32
+    accumulator, NaN-poisoned when allocated (tests poison every launcher buffer), is fully zeroed."""
+    import fastgpt.kernels as K
+    from fastgpt.kernels import _common
+    from fastgpt.kernels import attention as A
+    assert _common.POISON
+    B, T, H, D = 2, 37, 2, 24
+    qkv = torch.randn(B, T, 3, H, D, device=DEVICE, dtype=torch.float16)
+    do = torch.randn(B, T, H * D, device=DEVICE, dtype=torch.float16)
+    grads, launched = {}, []
+    monkeypatch.setattr(A, "launch_replayable", lambda fn, *a, **kw: launched.append(fn.fn.__name__) or
+                        _common.launch_replayable(fn, *a, **kw))
+    for mode in A.BWD_DQ_MODES:   # each mode's first backward runs the launchers (no plan has it yet)
+        monkeypatch.setattr(A, "BWD_DQ", mode)
+        x = qkv.clone().requires_grad_()
+        del launched[:]
+        K.causal_attention_qkvpacked(x).backward(do)
+        grads[mode] = x.grad
+        assert ("_attn_bwd_dq_cast_kernel" in launched) == (mode == "atomic"), launched
+    atomic, split = grads["atomic"], grads["split"]
+    assert torch.isfinite(atomic).all()
+    assert torch.equal(atomic[:, :, 1:], split[:, :, 1:])                 # dk, dv
+    torch.testing.assert_close(atomic[:, :, 0], split[:, :, 0], rtol=4e-3, atol=1e-5)
+
+
+def test_atomic_dq_yields_to_deterministic_algorithms(monkeypatch):
+    """torch.use_deterministic_algorithms(True) sends the backward down the split path (bitwise
+    deterministic) whatever BWD_DQ says; FASTGPT_ATTENTION_DQ must name a mode."""
+    import subprocess
+    import sys
+
+    from fastgpt.kernels import attention as A
+    monkeypatch.setattr(A, "BWD_DQ", "atomic")
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert not A.dq_atomic()
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert A.dq_atomic() == (not was)
+    env = {**__import__("os").environ, "FASTGPT_ATTENTION_DQ": "atomics"}
+    r = subprocess.run([sys.executable, "-c", "import fastgpt.kernels.attention"], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "FASTGPT_ATTENTION_DQ must be one of ('split', 'atomic'), got 'atomics'" in r.stderr
+
+
 # ----------------------------------------------------------------------------- dropout
 
 def _seed(s=1234567, off=987654321987):

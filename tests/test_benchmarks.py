@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from benchmarks import bench_attention
+from conftest import needs_triton
 
 
 def test_attention_breakdown_line():
@@ -247,3 +248,18 @@ def test_gpu_check_cli():
     assert r.stdout.rstrip().endswith("names them).")
     r = subprocess.run(["bash", str(script), "--only", "hots"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "unknown stage 'hots'" in r.stdout and " host extdiag " in r.stdout
+
+
+@needs_triton
+def test_tune_attention_checks_every_kind_on_cpu(monkeypatch):
+    """tune_attention's sweep on the CPU (interpreter, nothing timed): each kind's candidate is
+    launched with its config and checked against the reference; "dkdvq" runs the atomic-dQ
+    backward (all three gradients checked) and leaves BWD_DQ as it found it."""
+    from benchmarks import tune_attention
+    from fastgpt.kernels import attention as A
+    paths = []
+    monkeypatch.setattr(A, "dq_atomic", lambda f=A.dq_atomic: paths.append(f()) or paths[-1])
+    one = {kind: [(16, 32, 4, 1)] for kind in ("fwd", "dkdv", "dq", "dkdvq")}
+    rows = tune_attention.sweep((1, 2, 40, 16), 0.0, list(one), dtype=torch.float32, device="cpu", candidates=one)
+    assert [r["kind"] for r in rows] == list(one) and all(r["ok"] and r["ms"] is None for r in rows), rows
+    assert paths[-3:] == [False, False, True] and A.BWD_DQ == "split"
