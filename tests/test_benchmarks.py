@@ -154,6 +154,24 @@ def test_summary_survives_unreadable_results(tmp_path, capsys):
     assert "fastgpt (launch-bo   0.390 ms/call of   0.400 ms  LAUNCH-BOUND" in out
 
 
+def test_summary_reads_both_attention_backwards(tmp_path, capsys):
+    """The attention targets are read for the default row and for the opt-in atomic-dQ row, each
+    labelled, and each row's kernel breakdown is printed."""
+    import json
+    from benchmarks import summary
+    case = "B4 H16 T4096 D128 bf16 fwd+bwd"
+    rows = [dict(bench="attention", case=case, impl=i, ms=ms, gbps=None, tflops=t, tok_s=None, mem_gib=None,
+                 ok=True, note=n) for i, ms, t, n in
+            [("fastgpt", 2.88, 334.0, "kernels ms: dkdv 1.170"), ("fastgpt atomic dQ", 2.0, 481.0, "kernels ms: x"),
+             ("sdpa cudnn", 2.08, 463.0, "")]]
+    (tmp_path / "bench_attention.json").write_text(json.dumps(dict(env=dict(card="fake"), rows=rows)))
+    summary.main(str(tmp_path))
+    out = capsys.readouterr().out
+    assert f"{case}    334.0 tflops target 463 MISSED 0.72x vs sdpa cudnn" in out
+    assert f"{case} (atomic dQ)    481.0 tflops target 463 met    1.04x vs sdpa cudnn" in out
+    assert f"{case} (atomic dQ) kernels ms: x" in out and f"{case} kernels ms: dkdv 1.170" in out
+
+
 def test_failed_graph_capture_is_noted_in_the_row(monkeypatch):
     """When CUDA-graph capture fails the row is timed eagerly (host overhead included) and says so."""
     triton_testing = pytest.importorskip("triton.testing")
