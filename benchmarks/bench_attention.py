@@ -63,12 +63,17 @@ def _naive(q, k, v):
 DROPOUT_P = 0.1
 
 
-def _configs():
-    """The autotuner's picks so far: {kernel kind: "(BLOCK_M, BLOCK_N, warps, stages)"} (last key tuned)."""
+def _configs(atomic=False):
+    """The autotuner's picks so far: {kernel kind: "(BLOCK_M, BLOCK_N, warps, stages)"} (last key
+    tuned; for dK/dV the last of the split backward's keys, or with ``atomic`` of the atomic-dQ one's)."""
     from fastgpt.kernels import attention as A
     out = {}
     for kind, tuner in (("fwd", A._attn_fwd), ("dkdv", A._attn_bwd_dkdv), ("dq", A._attn_bwd_dq)):
-        for c in getattr(tuner, "_tuned", {}).values():
+        if atomic and kind == "dq":
+            continue
+        for key, c in getattr(tuner, "_tuned", {}).items():
+            if kind == "dkdv" and key[A.TUNED["dkdv"][2].index("DQ_ATOMIC")] != atomic:
+                continue
             out[kind] = f"({c.kwargs['BLOCK_M']},{c.kwargs['BLOCK_N']},{c.num_warps},{c.num_stages})"
     return out
 
@@ -110,12 +115,12 @@ def format_breakdown(times, configs):
     return f"kernels ms: {', '.join(parts)}, other {other:.3f}, sum {sum(times.values()):.3f}; {cfg}"
 
 
-def _breakdown(fn):
+def _breakdown(fn, atomic=False):
     try:
         times = _kernel_times(fn)
     except Exception as e:  # the profiler is a diagnostic: never lose the table for it
         return f"profiler failed: {type(e).__name__}"
-    return format_breakdown(times, _configs())
+    return format_breakdown(times, _configs(atomic))
 
 
 def _sdpa(backend, dropout_p=0.0):
@@ -223,6 +228,6 @@ def _atomic_rows(rows, K, case, q, k, v, do, flops):
         step = lambda: torch.autograd.grad(K.causal_attention(q, k, v), (q, k, v), do)  # noqa: E731
         if bench_impl(rows, "attention", f"{case} fwd+bwd", impl, step, flops=flops, memory=True,
                       host=True) is not None:
-            rows[-1]["note"] = f"{rows[-1]['note']}; {_breakdown(step)}"
+            rows[-1]["note"] = f"{rows[-1]['note']}; {_breakdown(step, atomic=True)}"
             bench_impl(rows, "attention", f"{case} fwd+bwd", f"{impl} graph", step, flops=flops, graph=True)
     torch.cuda.empty_cache()

@@ -365,10 +365,11 @@ def autotuning_enabled() -> bool:
     return not INTERPRET and os.environ.get("FASTGPT_AUTOTUNE", "1") != "0"
 
 
-def autotune(configs, key, prune=None, rep_ms=40, reset_to_zero=()):
+def autotune(configs, key, prune=None, rep_ms=40, reset_to_zero=(), enabled=None):
     """triton.autotune over ``configs`` on the GPU, with short timing runs (rep_ms per config) and a
     lean launch path. ``reset_to_zero``: names of tensor arguments a launch adds into (None skipped),
-    zeroed before each timing run and before the tuned launch.
+    zeroed before each timing run and before the tuned launch. ``enabled``: None follows
+    autotuning_enabled() (below); True tunes over every config regardless (GPU tests).
 
     Only the first config (make it a good default) is used under the
     interpreter (autotuning more than one config fails there) and when
@@ -376,7 +377,7 @@ def autotune(configs, key, prune=None, rep_ms=40, reset_to_zero=()):
     every test shape would dominate its run time).
     """
     def wrap(fn):
-        if not autotuning_enabled():
+        if not (autotuning_enabled() if enabled is None else enabled):
             return _Autotuner(fn, configs[:1], key, None, None)
         return _Autotuner(fn, configs, key, prune, _bench_for(rep_ms), reset_to_zero)
     return wrap

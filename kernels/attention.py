@@ -584,11 +584,21 @@ def _attn_bwd_dq_cast_kernel(
 # 40 ms of timing per config picked configs 30 % apart from run to run on the H100
 # (ATTENTION_NOTES.md, v4): 150 ms each, once per key, costs ~1 s per kernel.
 _KEY = ["HEAD_DIM", "T_BUCKET", "DROPOUT"]
-_attn_fwd = autotune(_space("fwd"), key=_KEY, prune=_prune, rep_ms=150)(_attn_fwd_kernel)
-# the atomic variant adds into DQACC: the autotuner's timing runs zero it before each run and after
-_attn_bwd_dkdv = autotune(_space("dkdv"), key=_KEY + ["DQ_ATOMIC"], prune=_prune, rep_ms=150,
-                          reset_to_zero=["DQACC"])(_attn_bwd_dkdv_kernel)
-_attn_bwd_dq = autotune(_space("dq"), key=_KEY, prune=_prune, rep_ms=150)(_attn_bwd_dq_kernel)
+# kind -> (module attribute, kernel, autotune key, arguments the launch adds into); the atomic dK/dV
+# variant adds into DQACC, so the autotuner's timing runs zero it before each run and after
+TUNED = {"fwd": ("_attn_fwd", _attn_fwd_kernel, _KEY, ()),
+         "dkdv": ("_attn_bwd_dkdv", _attn_bwd_dkdv_kernel, _KEY + ["DQ_ATOMIC"], ("DQACC",)),
+         "dq": ("_attn_bwd_dq", _attn_bwd_dq_kernel, _KEY, ())}
+
+
+def make_autotuner(kind: str, full_space: bool = False):
+    """Kernel ``kind``'s autotuner; full_space: its whole space even with autotuning off (a GPU test)."""
+    _, fn, key, zero = TUNED[kind]
+    return autotune(_space(kind), key=key, prune=_prune, rep_ms=150, reset_to_zero=zero,
+                    enabled=True if full_space else None)(fn)
+
+
+_attn_fwd, _attn_bwd_dkdv, _attn_bwd_dq = (make_autotuner(kind) for kind in ("fwd", "dkdv", "dq"))
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -886,10 +896,11 @@ _causal_attention_op.register_autograd(_backward, setup_context=_setup)
 # The eager path's host time is most of the op's time at GPT-2 sizes (run 4: 0.546 ms per fwd+bwd
 # against 0.395 ms of kernels; ATTENTION_NOTES v13). A call signature (shapes, strides, dtypes,
 # devices, scale, p, layout) gets a _Plan once its launches have each taken the lean path (the
-# first call compiles and, with autotuning, tunes; a later one is captured): its three launches
-# kept as _common.Replays, so the calls after that skip the validation (an identical signature
-# passed it), the launchers' argument building and triton's per-argument specialisation: what is
-# left is two (fwd) or four (bwd) allocations and one C launch per kernel.
+# first call compiles and, with autotuning, tunes; a later one is captured): its launches (three,
+# four with the atomic dQ) kept as _common.Replays, so the calls after that skip the validation (an
+# identical signature passed it), the launchers' argument building and triton's per-argument
+# specialisation: what is left is two (fwd) or four (bwd; five with the atomic dQ) allocations and
+# one C launch per kernel.
 
 _PLANS = PlanCache(256)   # signature -> _Plan with its forward Replay
 
@@ -918,7 +929,7 @@ class _Plan:
     def __init__(self, sig, scale: float, dropout_p: float, layout: str):
         self.sig, self.scale, self.dropout_p, self.layout = sig, scale, dropout_p, layout
         self.fwd = None   # the forward's Replay
-        self.bwd = {}     # bwd_key -> (dQ Replay, dK/dV Replay)
+        self.bwd = {}     # bwd_key -> (dQ, dK/dV) Replays, or with atomic dQ (prologue, dK/dV, epilogue)
 
     @staticmethod
     def bwd_key(do, q, k, v, o, lse, seed, out, atomic):
@@ -950,7 +961,7 @@ class _Plan:
         (which captures the Replays)."""
         atomic = dq_atomic()
         replays = self.bwd.get(self.bwd_key(do, q, k, v, o, lse, seed, out, atomic)) if self.bwd else None
-        if (replays is not None and replays[0].usable() and all(r.usable() for r in replays[1:])
+        if (replays is not None and all(r.usable() for r in replays)
                 and not misaligned(do, q, k, v, o, lse, seed, *(out or ()))):
             B, H, TQ, D = q.shape
             dq, dk, dv = out if out is not None else (empty(q.shape, q.dtype, q.device),

@@ -36,8 +36,8 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 ROOT = Path(__file__).resolve().parents[1]
 # every Triton kernel; the sm_90 stand-in tools (compile_report, host_overhead --check) must reach each
 KERNELS = ("_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel", "_bias_gelu_fwd_kernel", "_bias_gelu_bwd_kernel",
-           "_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_sum_partials_kernel",
-           "_ce_fwd_grad_kernel")
+           "_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_prep_kernel",
+           "_attn_bwd_dq_cast_kernel", "_sum_partials_kernel", "_ce_fwd_grad_kernel")
 
 
 def run_standin(module: str, *args, timeout: float = 600):

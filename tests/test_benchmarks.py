@@ -39,6 +39,12 @@ def test_autotuner_configs_readout(monkeypatch):
     monkeypatch.setattr(A._attn_fwd, "_tuned", {})
     monkeypatch.setattr(A._attn_bwd_dkdv, "_tuned", {})
     assert bench_attention._configs() == {"dq": "(64,32,4,2)"}
+    # dK/dV: the split backward's key and the atomic-dQ one's (DQ_ATOMIC is the key's 4th entry)
+    cfg = lambda bm: triton.Config({"BLOCK_M": bm, "BLOCK_N": 128}, num_warps=4, num_stages=3)  # noqa: E731
+    monkeypatch.setattr(A._attn_bwd_dkdv, "_tuned", {(64, 1024, False, False, "bf16"): cfg(16),
+                                                     (64, 1024, False, True, "bf16"): cfg(64)})
+    assert bench_attention._configs()["dkdv"] == "(16,128,4,3)"
+    assert bench_attention._configs(atomic=True) == {"dkdv": "(64,128,4,3)"}
 
 
 def _names(code, ops):
