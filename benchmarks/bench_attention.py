@@ -13,7 +13,7 @@ Correctness first: fastgpt's output and gradients at the full shape are compared
 rule) on the first batch element with the float64 and bf16 references; a failure skips the case.
 The full-shape call also runs the autotuner before anything is timed.
 
-The row "fastgpt atomic dQ" (p = 0) is the same op with the atomic-dQ backward (kernels/attention.py,
+The rows "fastgpt atomic dQ" (after every other row) are the same op with the atomic-dQ backward (kernels/attention.py,
 BWD_DQ = "atomic": the dK/dV pass adds dQ in fp32, five products instead of the split's seven),
 checked and timed the same way; it is opt-in (FASTGPT_ATTENTION_DQ=atomic) until it wins here.
 
@@ -195,8 +195,15 @@ def run(args):
                         bench_impl(rows, "attention", f"{case} fwd+bwd", "fastgpt graph", step,
                                    flops=3.5 * fwd_flops, graph=True)
                 torch.cuda.empty_cache()
-            if not p:   # p = 0 only: its autotuning compiles the dK/dV space again (~9 kernels per shape)
-                _atomic_rows(rows, K, case, q, k, v, do, 3.5 * fwd_flops)
+        del q, k, v, do
+    # last, so a stage budget that runs out loses only these: their autotuning compiles the dK/dV
+    # space again (~9 kernels per shape and p)
+    for B, H, T, D in shapes(args.quick, os.environ.get("ATTENTION_SHAPES", "")):
+        q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
+        do = torch.randn(B, H, T, D, device="cuda", dtype=dt)
+        for p in (0.0, DROPOUT_P):
+            case = f"B{B} H{H} T{T} D{D} bf16" + (f" p={p}" if p else "")
+            _atomic_rows(rows, K, case, q, k, v, do, p, 3.5 * 2 * B * H * T * T * D)
         del q, k, v, do
     return rows
 
@@ -212,22 +219,24 @@ def _dq_mode(mode):
         A.BWD_DQ = was
 
 
-def _atomic_rows(rows, K, case, q, k, v, do, flops):
-    """fwd+bwd (p = 0) with the atomic-dQ backward (BWD_DQ = "atomic": five products instead of
-    seven, dQ added in fp32 by the dK/dV pass): checked like the default, then timed the same way."""
+def _atomic_rows(rows, K, case, q, k, v, do, p, flops):
+    """fwd+bwd with the atomic-dQ backward (BWD_DQ = "atomic": five products instead of seven, dQ
+    added in fp32 by the dK/dV pass, one dropout-mask regeneration instead of two): checked like
+    the default, then timed the same way."""
     impl = "fastgpt atomic dQ"
     with _dq_mode("atomic"):
         try:
-            ok, msg = _check(K, q, k, v, do)
+            ok, msg = _check(K, q, k, v, do, p)
         except Exception as e:
             ok, msg = False, f"check failed: {type(e).__name__}: {str(e)[:120]}"
             torch.cuda.empty_cache()
         if not ok:
             rows.append(row("attention", f"{case} fwd+bwd", impl, ok=False, note=msg))
             return
-        step = lambda: torch.autograd.grad(K.causal_attention(q, k, v), (q, k, v), do)  # noqa: E731
+        step = lambda: torch.autograd.grad(K.causal_attention(q, k, v, dropout_p=p), (q, k, v), do)  # noqa: E731
         if bench_impl(rows, "attention", f"{case} fwd+bwd", impl, step, flops=flops, memory=True,
                       host=True) is not None:
             rows[-1]["note"] = f"{rows[-1]['note']}; {_breakdown(step, atomic=True)}"
-            bench_impl(rows, "attention", f"{case} fwd+bwd", f"{impl} graph", step, flops=flops, graph=True)
+            if not p:
+                bench_impl(rows, "attention", f"{case} fwd+bwd", f"{impl} graph", step, flops=flops, graph=True)
     torch.cuda.empty_cache()

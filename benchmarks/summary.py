@@ -64,14 +64,16 @@ def main(res):
         verdict = "met" if o[metric] >= target else "MISSED"
         label = f"{o['case']} ({impl[8:]})" if impl != "fastgpt" else o["case"]
         print(f"{bench:<10} {label:<30} {o[metric]:8.1f} {metric} target {target} {verdict:<6} {ratio}")
-    for r in rows:
-        if r["bench"] == "attention" and r["impl"] == "fastgpt" and " p=" in r["case"] and r["ms"]:
+    for r in rows:   # the default backward's rows, then the atomic-dQ one's
+        if r["bench"] == "attention" and r["impl"] in ("fastgpt", "fastgpt atomic dQ") and " p=" in r["case"] \
+                and r["ms"]:
             base = r["case"].split(" p=")[0] + " " + r["case"].split(" ")[-1]
-            b = next((x for x in rows if x["case"] == base and x["impl"] == "fastgpt" and x["ms"]), None)
+            b = next((x for x in rows if x["case"] == base and x["impl"] == r["impl"] and x["ms"]), None)
             if b:
                 ratio = r["ms"] / b["ms"]
                 verdict = "met" if ratio <= DROPOUT_OVERHEAD else "MISSED"
-                print(f"attention  {r['case']:<30} {ratio:8.2f}x the p=0 time, target <= {DROPOUT_OVERHEAD} {verdict}")
+                label = r["case"] if r["impl"] == "fastgpt" else f"{r['case']} ({r['impl'][8:]})"
+                print(f"attention  {label:<30} {ratio:8.2f}x the p=0 time, target <= {DROPOUT_OVERHEAD} {verdict}")
     for r in rows:  # where the attention time goes (bench_attention's profiler note)
         if r["bench"] == "attention" and r["impl"].startswith("fastgpt") and "kernels ms" in r["note"]:
             label = r["case"] if r["impl"] == "fastgpt" else f"{r['case']} ({r['impl'][8:]})"

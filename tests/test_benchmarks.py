@@ -170,9 +170,12 @@ def test_summary_reads_both_attention_backwards(tmp_path, capsys):
                  ok=True, note=n) for i, ms, t, n in
             [("fastgpt", 2.88, 334.0, "kernels ms: dkdv 1.170"), ("fastgpt atomic dQ", 2.0, 481.0, "kernels ms: x"),
              ("sdpa cudnn", 2.08, 463.0, "")]]
+    rows += [dict(r, case=case.replace(" bf16", " bf16 p=0.1"), ms=r["ms"] * f) for r, f in zip(rows, (1.4, 1.1))]
     (tmp_path / "bench_attention.json").write_text(json.dumps(dict(env=dict(card="fake"), rows=rows)))
     summary.main(str(tmp_path))
     out = capsys.readouterr().out
+    assert "B4 H16 T4096 D128 bf16 p=0.1 fwd+bwd     1.40x the p=0 time, target <= 1.15 MISSED" in out
+    assert "B4 H16 T4096 D128 bf16 p=0.1 fwd+bwd (atomic dQ)     1.10x the p=0 time, target <= 1.15 met" in out
     assert f"{case}    334.0 tflops target 463 MISSED 0.72x vs sdpa cudnn" in out
     assert f"{case} (atomic dQ)    481.0 tflops target 463 met    1.04x vs sdpa cudnn" in out
     assert f"{case} (atomic dQ) kernels ms: x" in out and f"{case} kernels ms: dkdv 1.170" in out
