@@ -182,6 +182,10 @@ def _op_cases(device, quick):
         ("causal_attention Tq<Tk", fused(ops.causal_attention), _attention_ref(),
          lambda dt: [rnd(B, H, Tq, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
          f"q {Tq}, kv {T}"),
+        # the opt-in atomic-dQ backward (kernels/attention.py BWD_DQ; run() sets it for this row)
+        ("causal_attention atomic dQ", fused(ops.causal_attention), _attention_ref(),
+         lambda dt: [rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
+         f"{B}x{H}x{T}x{D}"),
         ("causal_attention p=0.1",  # the kernels' dropout mask, reproduced by the reference from the seed
          lambda q, k, v: ops.causal_attention(q, k, v, None, 0.1, seed=(7, 11), backend="fused"),
          _attention_ref(0.1, (7, 11)),
@@ -217,6 +221,21 @@ def _block_cases(device, quick):
         else:
             cases.append((cfg, torch.float16, None, T))
     return cases
+
+
+@contextlib.contextmanager
+def _bwd_dq(mode):
+    """The attention kernels' backward path (kernels/attention.py BWD_DQ) set to mode for the block;
+    None leaves it as it is (FASTGPT_ATTENTION_DQ or the default)."""
+    if mode is None:
+        yield
+        return
+    from fastgpt.kernels import attention
+    was, attention.BWD_DQ = attention.BWD_DQ, mode
+    try:
+        yield
+    finally:
+        attention.BWD_DQ = was
 
 
 def _summarise(checks):
@@ -284,8 +303,9 @@ def run(device=None, quick=False, out=None, only=None):
         if not wanted(label):
             continue
         for dt in dtypes:
-            report(label, str(dt).removeprefix("torch."), shape,
-                   lambda: compare_op(label, fused_fn, ref_fn, make(dt), dtype=dt))
+            with _bwd_dq("atomic" if label.endswith("atomic dQ") else None):
+                report(label, str(dt).removeprefix("torch."), shape,
+                       lambda: compare_op(label, fused_fn, ref_fn, make(dt), dtype=dt))
     for cfg, dt, ac, T in _block_cases(device, quick):
         label = f"GPTBlock {cfg.norm}-LN C={cfg.n_embd}"
         if not wanted(label):

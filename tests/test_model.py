@@ -513,6 +513,19 @@ def test_selftest_skips_the_extension_rows_when_it_is_off(capsys, monkeypatch):
 
 
 @needs_triton
+def test_selftest_atomic_dq_row_runs_that_backward(capsys, monkeypatch):
+    """The "causal_attention atomic dQ" row runs attention's atomic-dQ backward, and leaves BWD_DQ as it was."""
+    from fastgpt import selftest
+    from fastgpt.kernels import attention as A
+    paths = []
+    monkeypatch.setattr(A, "dq_atomic", lambda f=A.dq_atomic: paths.append(f()) or paths[-1])
+    assert selftest.main(["--device", DEVICE, "--only", "atomic dQ", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("causal_attention atomic dQ") == 3 - (not HAS_CUDA) and "VERDICT: PASS" in out
+    assert paths and all(paths) and A.BWD_DQ == "split"
+
+
+@needs_triton
 @pytest.mark.timeout(400)  # on a GPU it compiles ~70 kernels: over gpu_check's 120 s per-test default
 def test_selftest_passes_every_row(capsys):
     """The whole `python -m fastgpt.selftest --quick` (every op and block row) passes here."""
