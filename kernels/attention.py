@@ -540,6 +540,14 @@ def _attn_bwd_dq_kernel(
 # zeroed), the dK/dV kernel with DQ_ATOMIC (each key block adds its share of every query block's
 # dQ), and an epilogue (dQ = scale * accumulator, in q's dtype, into any strided view).
 
+@triton.jit
+def _row_block(H, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A (batch * head, row block) program's bh, b and h (int64), rows and head-dim offsets."""
+    bh = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64), rows, tl.arange(0, BLOCK_D)
+
+
 @triton.jit(do_not_specialize=["H", "TQ"])
 def _attn_bwd_prep_kernel(
     O, DO,      # (B, H, Tq, D) forward output and its gradient, strides (b, h, t, 1)
@@ -548,11 +556,7 @@ def _attn_bwd_prep_kernel(
     stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt, H, TQ,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    bh = tl.program_id(0)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    bh, b, h, rows, offs_d = _row_block(H, BLOCK_M, BLOCK_D)
     o = _load_tile(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + offs_d[None, :], rows, TQ,
                    offs_d, HEAD_DIM, True, EVEN_D)
     do = _load_tile(DO + b * stride_db + h * stride_dh + rows[:, None] * stride_dt + offs_d[None, :], rows, TQ,
@@ -570,11 +574,7 @@ def _attn_bwd_dq_cast_kernel(
     stride_qb, stride_qh, stride_qt, H, TQ, scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    bh = tl.program_id(0)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    bh, b, h, rows, offs_d = _row_block(H, BLOCK_M, BLOCK_D)
     acc = _load_tile(DQACC + (bh.to(tl.int64) * TQ + rows)[:, None] * HEAD_DIM + offs_d[None, :], rows, TQ, offs_d,
                      HEAD_DIM, True, EVEN_D)
     _store_tile(DQ + b * stride_qb + h * stride_qh + rows[:, None] * stride_qt + offs_d[None, :],
