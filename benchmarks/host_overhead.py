@@ -177,13 +177,6 @@ def _plan_cases():
     def bthd():
         return grad(K.causal_attention(q, k, v, out_layout="bthd"), (q, k, v), do)
 
-    def atomic_dq(f):   # the atomic-dQ backward: prologue, dK/dV with dQ, epilogue
-        from fastgpt.kernels import attention as A
-        was, A.BWD_DQ = A.BWD_DQ, "atomic"
-        try:
-            return f()
-        finally:
-            A.BWD_DQ = was
 
     # LayerNorm and bias-GELU: 2-D and 3-D rows, autocast's layout (bf16 x, fp32 residual and weights)
     x, r = (torch.randn(2, 5, 96, dtype=bf, requires_grad=True) for _ in range(2))
@@ -215,9 +208,9 @@ def _plan_cases():
         "fp32 scale=0.3": (lambda: grad(K.causal_attention(q32, k32, v32, scale=0.3), (q32, k32, v32), do32), True),
         "packed qkv p=0.1": (lambda: grad(K.causal_attention_qkvpacked(qkv, dropout_p=0.1, seed=seed), (qkv,),
                                           do_packed), True),
-        "packed qkv p=0.1, atomic dQ": (lambda: atomic_dq(lambda: grad(K.causal_attention_qkvpacked(
+        "packed qkv p=0.1, atomic dQ": (lambda: _atomic_dq(lambda: grad(K.causal_attention_qkvpacked(
             qkv, dropout_p=0.1, seed=seed), (qkv,), do_packed)), True),
-        "fp32 atomic dQ": (lambda: atomic_dq(lambda: grad(K.causal_attention(q32, k32, v32), (q32, k32, v32), do32)),
+        "fp32 atomic dQ": (lambda: _atomic_dq(lambda: grad(K.causal_attention(q32, k32, v32), (q32, k32, v32), do32)),
                            True),
         "no_grad": (torch.no_grad()(lambda: K.causal_attention(q, k, v)), True),
         # o comes back in another layout: a backward of its own
@@ -242,6 +235,16 @@ def _plan_cases():
                                                                         .transpose(0, 1)), False),
     }
     return cases, inputs
+
+
+def _atomic_dq(f):
+    """f() with attention's atomic-dQ backward (prologue, dK/dV with dQ, epilogue)."""
+    from fastgpt.kernels import attention as A
+    was, A.BWD_DQ = A.BWD_DQ, "atomic"
+    try:
+        return f()
+    finally:
+        A.BWD_DQ = was
 
 
 def _with_contiguous_saves(f):
@@ -374,6 +377,7 @@ def _cases(device="cpu"):
         "causal_attention": lambda: grad(K.causal_attention(q, k, v), (q, k, v), do),
         "causal_attention p=0.1": lambda: grad(K.causal_attention(q, k, v, dropout_p=0.1), (q, k, v), do),
         "causal_attention_qkvpacked": lambda: grad(K.causal_attention_qkvpacked(qkv), (qkv,), do_packed),
+        "causal_attention atomic dQ": lambda: _atomic_dq(lambda: grad(K.causal_attention(q, k, v), (q, k, v), do)),
         "layer_norm": lambda: grad(K.layer_norm(x, w, b), (x, w, b), dy),
         "add_layer_norm": lambda: grad(K.add_layer_norm(x, r, w, b), (x, r, w, b), (dy, dy)),
         "bias_gelu": lambda: grad(K.bias_gelu(x3, b3), (x3, b3), dy3),
