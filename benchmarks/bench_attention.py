@@ -63,16 +63,23 @@ def _naive(q, k, v):
 DROPOUT_P = 0.1
 
 
-def _configs(atomic=False):
-    """The autotuner's picks so far: {kernel kind: "(BLOCK_M, BLOCK_N, warps, stages)"} (last key
-    tuned; for dK/dV the last of the split backward's keys, or with ``atomic`` of the atomic-dQ one's)."""
+def _configs(D=None, T=None, p=0.0, atomic=False):
+    """The autotuner's picks: {kernel kind: "(BLOCK_M, BLOCK_N, warps, stages)"} for the case's key
+    (head dim D, length T's bucket, dropout on or off; for dK/dV the split backward's key or, with
+    ``atomic``, the atomic-dQ one's; no dQ kernel then). D None: the last key tuned, whatever it is."""
     from fastgpt.kernels import attention as A
+    want = None if D is None else (D, A._bucket(T), p > 0)
     out = {}
     for kind, tuner in (("fwd", A._attn_fwd), ("dkdv", A._attn_bwd_dkdv), ("dq", A._attn_bwd_dq)):
         if atomic and kind == "dq":
             continue
+        names = A.TUNED[kind][2]   # the key's named entries (the tensors' dtypes follow)
         for key, c in getattr(tuner, "_tuned", {}).items():
-            if kind == "dkdv" and key[A.TUNED["dkdv"][2].index("DQ_ATOMIC")] != atomic:
+            named = dict(zip(names, key))
+            if want is not None and (named.get("HEAD_DIM"), named.get("T_BUCKET"),
+                                     bool(named.get("DROPOUT"))) != want:
+                continue
+            if "DQ_ATOMIC" in named and bool(named["DQ_ATOMIC"]) != atomic:
                 continue
             out[kind] = f"({c.kwargs['BLOCK_M']},{c.kwargs['BLOCK_N']},{c.num_warps},{c.num_stages})"
     return out
@@ -115,12 +122,13 @@ def format_breakdown(times, configs):
     return f"kernels ms: {', '.join(parts)}, other {other:.3f}, sum {sum(times.values()):.3f}; {cfg}"
 
 
-def _breakdown(fn, atomic=False):
+def _breakdown(fn, q, p, atomic=False):
+    """format_breakdown of fn's kernels, with the configs tuned for q's head dim and length and p."""
     try:
         times = _kernel_times(fn)
     except Exception as e:  # the profiler is a diagnostic: never lose the table for it
         return f"profiler failed: {type(e).__name__}"
-    return format_breakdown(times, _configs(atomic))
+    return format_breakdown(times, _configs(q.shape[-1], q.shape[-2], p, atomic))
 
 
 def _sdpa(backend, dropout_p=0.0):
@@ -161,41 +169,43 @@ def run(args):
     from torch.nn.attention import SDPBackend
     rows = []
     dt = torch.bfloat16
-    for B, H, T, D in shapes(args.quick, os.environ.get("ATTENTION_SHAPES", "")):
-        q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
-        do = torch.randn(B, H, T, D, device="cuda", dtype=dt)
-        for p in (0.0, DROPOUT_P):
-            case = f"B{B} H{H} T{T} D{D} bf16" + (f" p={p}" if p else "")
-            try:
-                ok, msg = _check(K, q, k, v, do, p)
-            except Exception as e:  # e.g. the float64 reference out of memory: skip the case, keep the rest
-                ok, msg = False, f"check failed: {type(e).__name__}: {str(e)[:120]}"
-                torch.cuda.empty_cache()
-            if not ok:
-                rows.append(row("attention", f"{case} fwd+bwd", "fastgpt", ok=False, note=msg))
-                continue
-            impls = {
-                "fastgpt": lambda q, k, v, p=p: K.causal_attention(q, k, v, dropout_p=p),
-                "sdpa flash": _sdpa(SDPBackend.FLASH_ATTENTION, p),
-                "sdpa cudnn": _sdpa(SDPBackend.CUDNN_ATTENTION, p),
-                "sdpa efficient": _sdpa(SDPBackend.EFFICIENT_ATTENTION, p),
-            }
-            if not p:
-                impls.update({"sdpa math": _sdpa(SDPBackend.MATH), "naive torch": _naive})
-            fwd_flops = 2 * B * H * T * T * D
-            for impl, f in impls.items():
-                with torch.no_grad():
-                    bench_impl(rows, "attention", f"{case} fwd", impl, lambda f=f: f(q, k, v), flops=fwd_flops)
-                step = lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do)  # noqa: E731
-                ms = bench_impl(rows, "attention", f"{case} fwd+bwd", impl, step, flops=3.5 * fwd_flops,
-                                memory=True, host=True)
-                if impl == "fastgpt" and ms is not None:
-                    rows[-1]["note"] = f"{rows[-1]['note']}; {_breakdown(step)}"
-                    if not p:  # the seed draw of p > 0 is capturable too, but keep the row to p = 0
-                        bench_impl(rows, "attention", f"{case} fwd+bwd", "fastgpt graph", step,
-                                   flops=3.5 * fwd_flops, graph=True)
-                torch.cuda.empty_cache()
-        del q, k, v, do
+    # the "fastgpt" rows are the default (split) backward, whatever FASTGPT_ATTENTION_DQ says
+    with _dq_mode("split"):
+        for B, H, T, D in shapes(args.quick, os.environ.get("ATTENTION_SHAPES", "")):
+            q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
+            do = torch.randn(B, H, T, D, device="cuda", dtype=dt)
+            for p in (0.0, DROPOUT_P):
+                case = f"B{B} H{H} T{T} D{D} bf16" + (f" p={p}" if p else "")
+                try:
+                    ok, msg = _check(K, q, k, v, do, p)
+                except Exception as e:  # e.g. the float64 reference out of memory: skip the case, keep the rest
+                    ok, msg = False, f"check failed: {type(e).__name__}: {str(e)[:120]}"
+                    torch.cuda.empty_cache()
+                if not ok:
+                    rows.append(row("attention", f"{case} fwd+bwd", "fastgpt", ok=False, note=msg))
+                    continue
+                impls = {
+                    "fastgpt": lambda q, k, v, p=p: K.causal_attention(q, k, v, dropout_p=p),
+                    "sdpa flash": _sdpa(SDPBackend.FLASH_ATTENTION, p),
+                    "sdpa cudnn": _sdpa(SDPBackend.CUDNN_ATTENTION, p),
+                    "sdpa efficient": _sdpa(SDPBackend.EFFICIENT_ATTENTION, p),
+                }
+                if not p:
+                    impls.update({"sdpa math": _sdpa(SDPBackend.MATH), "naive torch": _naive})
+                fwd_flops = 2 * B * H * T * T * D
+                for impl, f in impls.items():
+                    with torch.no_grad():
+                        bench_impl(rows, "attention", f"{case} fwd", impl, lambda f=f: f(q, k, v), flops=fwd_flops)
+                    step = lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do)  # noqa: E731
+                    ms = bench_impl(rows, "attention", f"{case} fwd+bwd", impl, step, flops=3.5 * fwd_flops,
+                                    memory=True, host=True)
+                    if impl == "fastgpt" and ms is not None:
+                        rows[-1]["note"] = f"{rows[-1]['note']}; {_breakdown(step, q, p)}"
+                        if not p:  # the seed draw of p > 0 is capturable too, but keep the row to p = 0
+                            bench_impl(rows, "attention", f"{case} fwd+bwd", "fastgpt graph", step,
+                                       flops=3.5 * fwd_flops, graph=True)
+                    torch.cuda.empty_cache()
+            del q, k, v, do
     # last, so a stage budget that runs out loses only these: their autotuning compiles the dK/dV
     # space again (~9 kernels per shape and p)
     for B, H, T, D in shapes(args.quick, os.environ.get("ATTENTION_SHAPES", "")):
@@ -236,7 +246,7 @@ def _atomic_rows(rows, K, case, q, k, v, do, p, flops):
         step = lambda: torch.autograd.grad(K.causal_attention(q, k, v, dropout_p=p), (q, k, v), do)  # noqa: E731
         if bench_impl(rows, "attention", f"{case} fwd+bwd", impl, step, flops=flops, memory=True,
                       host=True) is not None:
-            rows[-1]["note"] = f"{rows[-1]['note']}; {_breakdown(step, atomic=True)}"
+            rows[-1]["note"] = f"{rows[-1]['note']}; {_breakdown(step, q, p, atomic=True)}"
             if not p:
                 bench_impl(rows, "attention", f"{case} fwd+bwd", f"{impl} graph", step, flops=flops, graph=True)
     torch.cuda.empty_cache()

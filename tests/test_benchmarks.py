@@ -39,12 +39,18 @@ def test_autotuner_configs_readout(monkeypatch):
     monkeypatch.setattr(A._attn_fwd, "_tuned", {})
     monkeypatch.setattr(A._attn_bwd_dkdv, "_tuned", {})
     assert bench_attention._configs() == {"dq": "(64,32,4,2)"}
-    # dK/dV: the split backward's key and the atomic-dQ one's (DQ_ATOMIC is the key's 4th entry)
+    # a case's own keys (head dim, length bucket, dropout), tuned in any order; for dK/dV the split
+    # backward's key or the atomic-dQ one's (DQ_ATOMIC: the key's 4th entry)
     cfg = lambda bm: triton.Config({"BLOCK_M": bm, "BLOCK_N": 128}, num_warps=4, num_stages=3)  # noqa: E731
+    monkeypatch.setattr(A._attn_fwd, "_tuned", {(64, 1024, False, "bf16"): cfg(128),
+                                                (128, 4096, True, "bf16"): cfg(64), (64, 1024, True, "bf16"): cfg(32)})
     monkeypatch.setattr(A._attn_bwd_dkdv, "_tuned", {(64, 1024, False, False, "bf16"): cfg(16),
-                                                     (64, 1024, False, True, "bf16"): cfg(64)})
-    assert bench_attention._configs()["dkdv"] == "(16,128,4,3)"
-    assert bench_attention._configs(atomic=True) == {"dkdv": "(64,128,4,3)"}
+                                                     (64, 1024, False, True, "bf16"): cfg(64),
+                                                     (128, 4096, False, True, "bf16"): cfg(32)})
+    assert bench_attention._configs()["fwd"] == "(32,128,4,3)"        # no case: the last key tuned
+    assert bench_attention._configs(64, 1000, 0.0)["dkdv"] == "(16,128,4,3)"
+    assert bench_attention._configs(64, 1024, 0.0, atomic=True) == {"fwd": "(128,128,4,3)", "dkdv": "(64,128,4,3)"}
+    assert bench_attention._configs(64, 1024, 0.1, atomic=True) == {"fwd": "(32,128,4,3)"}
 
 
 def _names(code, ops):

@@ -32,7 +32,7 @@ def test_host_time_table_has_every_op():
     r = run_standin("benchmarks.host_overhead", "--repeats", "1", "--number", "2")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     for op in ("empty autograd.Function", "causal_attention p=0.1", "causal_attention_qkvpacked", "add_layer_norm",
-               "bias_gelu",
+               "bias_gelu", "causal_attention atomic dQ",
                "layer_norm, no_grad", "GPTBlock fwd+bwd (fused)", "TorchBlock fwd+bwd (peer)"):
         assert any(line.startswith(op) and line.split()[-1].endswith("%") for line in r.stdout.splitlines()), \
             r.stdout

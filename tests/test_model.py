@@ -517,12 +517,12 @@ def test_selftest_atomic_dq_row_runs_that_backward(capsys, monkeypatch):
     """The "causal_attention atomic dQ" row runs attention's atomic-dQ backward, and leaves BWD_DQ as it was."""
     from fastgpt import selftest
     from fastgpt.kernels import attention as A
-    paths = []
+    paths, mode = [], A.BWD_DQ
     monkeypatch.setattr(A, "dq_atomic", lambda f=A.dq_atomic: paths.append(f()) or paths[-1])
     assert selftest.main(["--device", DEVICE, "--only", "atomic dQ", "--quick"]) == 0
     out = capsys.readouterr().out
     assert out.count("causal_attention atomic dQ") == 3 - (not HAS_CUDA) and "VERDICT: PASS" in out
-    assert paths and all(paths) and A.BWD_DQ == "split"
+    assert paths and all(paths) and A.BWD_DQ == mode
 
 
 @needs_triton
