@@ -75,10 +75,13 @@ def _no_backend_env(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _poison_kernel_outputs(monkeypatch):
-    """Every buffer a Triton launcher allocates starts as NaN during tests."""
+    """Every buffer a Triton launcher allocates starts as NaN during tests. And attention's backward
+    is the default split one (bitwise deterministic, which tests rely on) whatever a user's
+    FASTGPT_ATTENTION_DQ says; the atomic-dQ tests set it themselves."""
     if HAS_TRITON:
-        from fastgpt.kernels import _common
+        from fastgpt.kernels import _common, attention
         monkeypatch.setattr(_common, "POISON", True)
+        monkeypatch.setattr(attention, "BWD_DQ", "split")
 
 
 def assert_unrecorded_calls_match(call, inputs, function_cls, monkeypatch):
