@@ -261,10 +261,14 @@ def run(device=None, quick=False, out=None, only=None):
         from fastgpt.cli import UsageError
         raise UsageError(f"--only {','.join(only)}: matches no check; the checks are: {', '.join(labels)}")
 
+    try:
+        reason = fused_unavailable_reason(device.type)
+    except ValueError as e:   # a bad setting read when the kernels are imported (FASTGPT_ATTENTION_DQ)
+        from fastgpt.cli import UsageError
+        raise UsageError(str(e).splitlines()[0]) from None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
     print(f"# fastgpt selftest on {name}, torch {torch.__version__}; rule: err <= 2*|ref_lp-ref_hi| "
           f"+ {C:g}*eps*max|ref_hi|", file=out)
-    reason = fused_unavailable_reason(device.type)
     if reason is not None:
         print(f"# fused backend unavailable: {reason}", file=out)
         print("VERDICT: UNAVAILABLE — nothing to check (the reference path serves)", file=out)

@@ -227,6 +227,18 @@ def test_selftest_bad_input_is_one_line(capsys):
         _one_line_exit(selftest.main, ["--device", "cuda"], capsys, 2, "no CUDA device")
 
 
+def test_bad_attention_dq_setting_is_one_line():
+    """A bad FASTGPT_ATTENTION_DQ (read when the kernels are imported) ends selftest with one line and
+    status 2 (train, finetune and sample turn it into a usage error the same way)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "FASTGPT_ATTENTION_DQ": "atomc", "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-m", "fastgpt.selftest", "--device", "cpu", "--only", "layer_norm"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.strip().splitlines() == [
+        "python -m fastgpt.selftest: error: FASTGPT_ATTENTION_DQ must be one of ('split', 'atomic'), got 'atomc'"]
+
+
 def test_train_out_dir_that_cannot_be_a_folder(tmp_path, capsys):
     f = tmp_path / "file.txt"
     f.write_text("x")
