@@ -24,7 +24,6 @@ gap between the whole op and the kernels' sum, or a poor pick, shows in one run.
 fwd+bwd row's note also gives its host time per call (common.host_ms: the calls issued
 while the GPU is busy): a row whose host time exceeds its time is launch-bound.
 """
-import contextlib
 import math
 import os
 
@@ -166,11 +165,12 @@ def _check(K, q, k, v, do, dropout_p=0.0):
 
 def run(args):
     import fastgpt.kernels as K
+    from fastgpt.kernels import attention as A
     from torch.nn.attention import SDPBackend
     rows = []
     dt = torch.bfloat16
     # the "fastgpt" rows are the default (split) backward, whatever FASTGPT_ATTENTION_DQ says
-    with _dq_mode("split"):
+    with A.dq_mode("split"):
         for B, H, T, D in shapes(args.quick, os.environ.get("ATTENTION_SHAPES", "")):
             q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
             do = torch.randn(B, H, T, D, device="cuda", dtype=dt)
@@ -218,23 +218,13 @@ def run(args):
     return rows
 
 
-@contextlib.contextmanager
-def _dq_mode(mode):
-    """kernels/attention.py's BWD_DQ set to mode for the block (the backward reads it per call)."""
-    from fastgpt.kernels import attention as A
-    was, A.BWD_DQ = A.BWD_DQ, mode
-    try:
-        yield
-    finally:
-        A.BWD_DQ = was
-
-
 def _atomic_rows(rows, K, case, q, k, v, do, p, flops):
     """fwd+bwd with the atomic-dQ backward (BWD_DQ = "atomic": five products instead of seven, dQ
     added in fp32 by the dK/dV pass, one dropout-mask regeneration instead of two): checked like
     the default, then timed the same way."""
+    from fastgpt.kernels import attention as A
     impl = "fastgpt atomic dQ"
-    with _dq_mode("atomic"):
+    with A.dq_mode("atomic"):
         try:
             ok, msg = _check(K, q, k, v, do, p)
         except Exception as e:

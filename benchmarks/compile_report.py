@@ -177,16 +177,13 @@ def _families(only):
 
     def attention():
         seed = torch.tensor([1, 2], dtype=torch.int64)
-        mode = A.BWD_DQ
-        try:
-            for D, dt in ((64, bf16), (128, bf16), (64, torch.float32), (80, torch.float16)):
-                q, k, v = (torch.randn(1, 2, 256, D, dtype=dt) for _ in range(3))
-                for p in (0.0, 0.1) if D in (64, 128) and dt == bf16 else (0.0,):
-                    o, lse = A.attention_fwd(q, k, v, dropout_p=p, seed=seed)
-                    for A.BWD_DQ in A.BWD_DQ_MODES:   # the split backward, then the atomic-dQ one
+        for D, dt in ((64, bf16), (128, bf16), (64, torch.float32), (80, torch.float16)):
+            q, k, v = (torch.randn(1, 2, 256, D, dtype=dt) for _ in range(3))
+            for p in (0.0, 0.1) if D in (64, 128) and dt == bf16 else (0.0,):
+                o, lse = A.attention_fwd(q, k, v, dropout_p=p, seed=seed)
+                for mode in A.BWD_DQ_MODES:   # the split backward, then the atomic-dQ one
+                    with A.dq_mode(mode):
                         A.attention_bwd(torch.randn_like(o), q, k, v, o, lse, dropout_p=p, seed=seed)
-        finally:
-            A.BWD_DQ = mode
 
     def cross_entropy():
         for dt, smoothing, need in ((bf16, 0.0, True), (torch.float32, 0.1, True), (bf16, 0.0, False)):

@@ -240,11 +240,8 @@ def _plan_cases():
 def _atomic_dq(f):
     """f() with attention's atomic-dQ backward (prologue, dK/dV with dQ, epilogue)."""
     from fastgpt.kernels import attention as A
-    was, A.BWD_DQ = A.BWD_DQ, "atomic"
-    try:
+    with A.dq_mode("atomic"):
         return f()
-    finally:
-        A.BWD_DQ = was
 
 
 def _with_contiguous_saves(f):

@@ -72,13 +72,9 @@ def sweep(shape, p, kinds, dtype=torch.bfloat16, device="cuda", candidates=CANDI
     o, lse = A.attention_fwd(q, k, v, dropout_p=p, seed=seed, config=A.default_config("fwd", D, dtype, p > 0))
     defaults = (A.default_config("dkdv", D, dtype, p > 0), A.default_config("dq", D, dtype, p > 0))
     rows = []
-    mode = A.BWD_DQ
-    try:
-        for kind in kinds:
-            A.BWD_DQ = "atomic" if kind == "dkdvq" else "split"
+    for kind in kinds:
+        with A.dq_mode("atomic" if kind == "dkdvq" else "split"):
             rows += _sweep_kind(kind, candidates[kind], p, q, k, v, do, o, lse, seed, refs, defaults, dtype, device)
-    finally:
-        A.BWD_DQ = mode
     return rows
 
 

@@ -223,21 +223,6 @@ def _block_cases(device, quick):
     return cases
 
 
-@contextlib.contextmanager
-def _bwd_dq(mode):
-    """The attention kernels' backward path (kernels/attention.py BWD_DQ) set to mode for the block;
-    None leaves it as it is (FASTGPT_ATTENTION_DQ or the default)."""
-    if mode is None:
-        yield
-        return
-    from fastgpt.kernels import attention
-    was, attention.BWD_DQ = attention.BWD_DQ, mode
-    try:
-        yield
-    finally:
-        attention.BWD_DQ = was
-
-
 def _summarise(checks):
     """The worst check (largest err / bound) and whether all passed."""
     worst = max(checks, key=lambda c: float("inf") if not c.ok and c.bound == 0 else c.err / max(c.bound, 1e-300))
@@ -306,8 +291,12 @@ def run(device=None, quick=False, out=None, only=None):
     for label, fused_fn, ref_fn, make, dtypes, shape in _op_cases(device, quick):
         if not wanted(label):
             continue
-        for dt in dtypes:
-            with _bwd_dq("atomic" if label.endswith("atomic dQ") else None):
+        path = contextlib.nullcontext()
+        if label.endswith("atomic dQ"):   # the atomic-dQ backward for this row only (else as configured)
+            from fastgpt.kernels import attention
+            path = attention.dq_mode("atomic")
+        with path:
+            for dt in dtypes:
                 report(label, str(dt).removeprefix("torch."), shape,
                        lambda: compare_op(label, fused_fn, ref_fn, make(dt), dtype=dt))
     for cfg, dt, ac, T in _block_cases(device, quick):

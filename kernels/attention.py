@@ -82,6 +82,7 @@ With p = 0 the kernels are compiled without any of it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -778,6 +779,19 @@ def dq_atomic() -> bool:
     """Whether a backward now takes the atomic-dQ path: BWD_DQ == "atomic", unless
     torch.use_deterministic_algorithms(True) is on (the split path is bitwise deterministic)."""
     return BWD_DQ == "atomic" and not torch.are_deterministic_algorithms_enabled()
+
+
+@contextlib.contextmanager
+def dq_mode(mode: str):
+    """BWD_DQ set to ``mode`` ("split" | "atomic") for the block, restored after (benchmarks, selftest)."""
+    global BWD_DQ
+    if mode not in BWD_DQ_MODES:
+        raise ValueError(f"causal_attention: the dQ path must be one of {BWD_DQ_MODES}, got {mode!r}")
+    was, BWD_DQ = BWD_DQ, mode
+    try:
+        yield
+    finally:
+        BWD_DQ = was
 
 
 def _rows_block(D: int) -> int:

@@ -401,6 +401,12 @@ def test_atomic_dq_yields_to_deterministic_algorithms(monkeypatch):
     finally:
         torch.use_deterministic_algorithms(was)
     assert A.dq_atomic() == (not was)
+    with A.dq_mode("split"):   # the benchmarks' and selftest's switch, restored after
+        assert not A.dq_atomic()
+    assert A.BWD_DQ == "atomic"
+    with pytest.raises(ValueError, match="dQ path must be one of"):
+        with A.dq_mode("atomics"):
+            pass
     env = {**__import__("os").environ, "FASTGPT_ATTENTION_DQ": "atomics"}
     r = subprocess.run([sys.executable, "-c", "import fastgpt.kernels.attention"], env=env, capture_output=True,
                        text=True)
