@@ -105,13 +105,18 @@ def assert_unrecorded_calls_match(call, inputs, function_cls, monkeypatch):
             assert o.grad_fn is None and o.dtype == r.dtype and o.stride() == r.stride() and torch.equal(o, r)
 
 
-def count_calls(monkeypatch, module, names) -> list:
-    """Wrap module.<name> for each name so every call appends the name to the returned list."""
+def count_calls(monkeypatch, module, names, record=None) -> list:
+    """Wrap module.<name> for each name so every call appends to the returned list: the name, or
+    with ``record``, record(args, result) (e.g. which kernel a launcher got, what a switch said)."""
     calls = []
     for name in names:
         def counted(*a, _f=getattr(module, name), _name=name, **kw):
-            calls.append(_name)
-            return _f(*a, **kw)
+            if record is None:
+                calls.append(_name)
+                return _f(*a, **kw)
+            out = _f(*a, **kw)
+            calls.append(record(a, out))
+            return out
         monkeypatch.setattr(module, name, counted)
     return calls
 

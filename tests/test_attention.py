@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA, HAS_TRITON, assert_unrecorded_calls_match, needs_cuda, needs_triton
+from conftest import (DEVICE, HAS_CUDA, HAS_TRITON, assert_unrecorded_calls_match, count_calls, needs_cuda,
+                      needs_triton)
 from fastgpt import reference
 from fastgpt.testing import assert_rule, check, compare_op, round_tf32, tf32_attention_reference
 
@@ -333,14 +334,11 @@ def test_atomic_dq_backward(case, monkeypatch):
     """BWD_DQ = "atomic" (the dK/dV pass adds dQ into an fp32 buffer): forward and gradients against
     the reference by the rule; dK and dV bit for bit the split path's, dQ within a few ulps of it."""
     import fastgpt.kernels as K
-    from fastgpt.kernels import _common
     from fastgpt.kernels import attention as A
     B, H, Tq, Tk, D, dtype, p = case
     q, k, v = _qkv(B, H, Tq, Tk, D, dtype)
     kw = dict(dropout_p=p, seed=_seed() if p else None)
-    launched = []
-    monkeypatch.setattr(A, "launch_replayable", lambda fn, *a, **k: launched.append(fn.fn.__name__) or
-                        _common.launch_replayable(fn, *a, **k))
+    launched = count_calls(monkeypatch, A, ["launch_replayable"], record=lambda args, _: args[0].fn.__name__)
     monkeypatch.setattr(A, "BWD_DQ", "atomic")
     assert A.dq_atomic()
     _compare(f"attn atomic dQ {case}", q, k, v, **kw)
@@ -370,9 +368,8 @@ def test_atomic_dq_packed_and_poisoned(monkeypatch):
     B, T, H, D = 2, 37, 2, 24
     qkv = torch.randn(B, T, 3, H, D, device=DEVICE, dtype=torch.float16)
     do = torch.randn(B, T, H * D, device=DEVICE, dtype=torch.float16)
-    grads, launched = {}, []
-    monkeypatch.setattr(A, "launch_replayable", lambda fn, *a, **kw: launched.append(fn.fn.__name__) or
-                        _common.launch_replayable(fn, *a, **kw))
+    grads = {}
+    launched = count_calls(monkeypatch, A, ["launch_replayable"], record=lambda args, _: args[0].fn.__name__)
     for mode in A.BWD_DQ_MODES:   # each mode's first backward runs the launchers (no plan has it yet)
         monkeypatch.setattr(A, "BWD_DQ", mode)
         x = qkv.clone().requires_grad_()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from benchmarks import bench_attention
-from conftest import needs_triton
+from conftest import count_calls, needs_triton
 
 
 def test_attention_breakdown_line():
@@ -290,8 +290,7 @@ def test_tune_attention_checks_every_kind_on_cpu(monkeypatch):
     backward (all three gradients checked) and leaves BWD_DQ as it found it."""
     from benchmarks import tune_attention
     from fastgpt.kernels import attention as A
-    paths = []
-    monkeypatch.setattr(A, "dq_atomic", lambda f=A.dq_atomic: paths.append(f()) or paths[-1])
+    paths = count_calls(monkeypatch, A, ["dq_atomic"], record=lambda _, atomic: atomic)
     one = {kind: [(16, 32, 4, 1)] for kind in ("fwd", "dkdv", "dq", "dkdvq")}
     rows = tune_attention.sweep((1, 2, 40, 16), 0.0, list(one), dtype=torch.float32, device="cpu", candidates=one)
     assert [r["kind"] for r in rows] == list(one) and all(r["ok"] and r["ms"] is None for r in rows), rows

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import DEVICE, HAS_CUDA, needs_cuda, needs_triton
+from conftest import DEVICE, HAS_CUDA, count_calls, needs_cuda, needs_triton
 from fastgpt import GPT, GPTBlock, GPTConfig, reference
 from fastgpt.config import PRESETS
 from fastgpt.model import KVCache, load_model
@@ -517,8 +517,8 @@ def test_selftest_atomic_dq_row_runs_that_backward(capsys, monkeypatch):
     """The "causal_attention atomic dQ" row runs attention's atomic-dQ backward, and leaves BWD_DQ as it was."""
     from fastgpt import selftest
     from fastgpt.kernels import attention as A
-    paths, mode = [], A.BWD_DQ
-    monkeypatch.setattr(A, "dq_atomic", lambda f=A.dq_atomic: paths.append(f()) or paths[-1])
+    mode = A.BWD_DQ
+    paths = count_calls(monkeypatch, A, ["dq_atomic"], record=lambda _, atomic: atomic)
     assert selftest.main(["--device", DEVICE, "--only", "atomic dQ", "--quick"]) == 0
     out = capsys.readouterr().out
     assert out.count("causal_attention atomic dQ") == 3 - (not HAS_CUDA) and "VERDICT: PASS" in out
