@@ -794,8 +794,8 @@ def dq_mode(mode: str):
         BWD_DQ = was
 
 
-def _rows_block(D: int) -> int:
-    """Query rows per program of the prologue and epilogue kernels: ~8K elements of a tile."""
+def _prep_block_m(D: int) -> int:
+    """BLOCK_M, the query rows per program, of the prologue and epilogue kernels: ~8K elements a tile."""
     return max(16, min(128, 8192 // _block_d(D)))
 
 
@@ -838,7 +838,7 @@ def _bwd(do, q, k, v, o, lse, scale, configs, dropout_p, seed, out, capture, ato
     if atomic:
         # prologue, dK/dV adding dQ / scale into dqacc, epilogue; every launch's tensors lead
         dqacc = empty((B, H, TQ, D), torch.float32, q.device)   # zeroed by the prologue
-        bm = _rows_block(D)
+        bm = _prep_block_m(D)
         grid = (B * H, cdiv(TQ, bm))
         small = dict(HEAD_DIM=D, BLOCK_D=BLOCK_D, EVEN_D=(D == BLOCK_D), BLOCK_M=bm, num_warps=4)
         replays = (launch_replayable(_attn_bwd_prep_kernel, grid, None if bwd_key is None else 4, o, do, delta,
