@@ -182,8 +182,7 @@ std::tuple<at::Tensor, at::Tensor> bwd_impl(const at::Tensor& grad_, const c10::
     at::Tensor ws;
     int64_t rows = 0;
     if (dbptr != nullptr && M > 0) {
-      rows = fastgpt_bda_dbias_rows_cuda(M, N);
-      ws = at::empty({rows, N}, grad.options().dtype(at::kFloat));
+      ws = at::empty({fastgpt_bda_dbias_workspace_cuda(M, N, &rows)}, grad.options().dtype(at::kFloat));
     }
     const int err = fastgpt_bda_bwd_cuda(grad.data_ptr(), gdt, dx.data_ptr(), dxdt, dbptr, dbdt,
                                          ws.defined() ? ws.data_ptr<float>() : nullptr, rows, M, N, d,

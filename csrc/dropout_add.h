@@ -36,10 +36,11 @@ typedef struct {
 int fastgpt_bda_fwd_cuda(const void* x, int x_dtype, const void* bias, int bias_dtype,
                          const void* residual, int res_dtype, void* out,
                          int64_t numel, int64_t N, fastgpt_dropout_t d, void* stream);
-// Rows of fp32 partial column sums the backward needs for dbias (the binding
-// allocates rows * N floats of workspace).
-int64_t fastgpt_bda_dbias_rows_cuda(int64_t M, int64_t N);
-// dbias may be NULL (no bias gradient); then workspace is unused.
+// The backward's dbias workspace, in 4-byte words: rows * N fp32 partial column
+// sums and one ticket counter per 256-column tile; *rows gets the row count.
+int64_t fastgpt_bda_dbias_workspace_cuda(int64_t M, int64_t N, int64_t* rows);
+// One kernel launch (and, with dbias, a memset of the tickets). dbias may be
+// NULL (no bias gradient); then workspace is unused.
 int fastgpt_bda_bwd_cuda(const void* grad, int grad_dtype, void* dx, int dx_dtype,
                          void* dbias, int dbias_dtype, float* workspace, int64_t workspace_rows,
                          int64_t M, int64_t N, fastgpt_dropout_t d, void* stream);

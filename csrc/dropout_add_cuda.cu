@@ -10,9 +10,13 @@
 //   forward            one launch, flat grid over groups
 //   backward, no dbias one launch, flat grid over groups
 //   backward + dbias   one launch over a (column tile, row group) grid that
-//                      writes dx and fp32 per-row-group column partials, then
-//                      a small deterministic column sum of the partials (fixed
-//                      order, no atomics) that writes dbias in its dtype
+//                      writes dx and fp32 per-row-group column partials; the
+//                      last block of each column tile to finish (a ticket
+//                      counter per tile) sums that tile's partials in a fixed
+//                      order and writes dbias in its dtype. The sum's order does
+//                      not depend on which block is last: deterministic. The
+//                      launcher zeroes the tickets with cudaMemsetAsync first,
+//                      as PyTorch's own multi-block reductions do.
 // The mask is regenerated in the backward from (seed, offset): no mask is
 // stored, and the Philox work (~12 integer ops per element) hides under the
 // memory time of these bandwidth-bound kernels.
@@ -214,13 +218,57 @@ bda_bwd_kernel(const GT* __restrict__ grad,  // (numel,) upstream gradient
 // y*8 + ty, y*8 + ty + rows*8, ... ; its column sums land in part[y, :].
 constexpr int kTx = 32;
 constexpr int kTy = 8;
+constexpr int kTile = kTx * kVec;  // columns per column tile
 
+// The last block of a column tile: dbias[tile] = sum over r of part[r, tile],
+// by 4 row lanes (lane l sums rows l, l + 4, ... in order, 4 columns per
+// thread, L2 loads: the partials were written by other SMs), then the lanes in
+// order 0..3. Both orders are fixed, so the result is bitwise reproducible.
+__device__ __forceinline__ void dbias_tile_sum(const float* __restrict__ part, int64_t rows, int64_t N,
+                                               int64_t tile0, void* __restrict__ dbias, int dt) {
+  constexpr int kLanes = kTx * kTy / (kTile / 4);  // 4
+  __shared__ float lane_sum[kLanes][kTile];
+  const int tid = threadIdx.y * kTx + threadIdx.x;
+  const int q = tid % (kTile / 4), lane = tid / (kTile / 4);
+  const int64_t c = tile0 + 4 * q;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if ((N & 3) == 0 && c < N) {  // rows of part are 16-byte aligned: float4 loads, 8 in flight
+#pragma unroll 8
+    for (int64_t r = lane; r < rows; r += kLanes) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(part + r * N + c));
+      acc[0] += v.x; acc[1] += v.y; acc[2] += v.z; acc[3] += v.w;
+    }
+  } else if (c < N) {
+#pragma unroll 2
+    for (int64_t r = lane; r < rows; r += kLanes) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        if (c + k < N) acc[k] += __ldcg(part + r * N + c + k);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k) lane_sum[lane][4 * q + k] = acc[k];
+  __syncthreads();
+  const int64_t col = tile0 + tid;
+  if (col < N) {
+    float t = 0.0f;
+#pragma unroll
+    for (int l = 0; l < kLanes; ++l) t += lane_sum[l][tid];
+    if (dt == FASTGPT_F32) static_cast<float*>(dbias)[col] = t;
+    else if (dt == FASTGPT_F16) static_cast<__half*>(dbias)[col] = __float2half_rn(t);
+    else static_cast<__nv_bfloat16*>(dbias)[col] = __float2bfloat16_rn(t);
+  }
+}
+
+// At most 64 registers (4 resident blocks per SM), as before the in-kernel dbias sum.
 template <typename GT, typename DT>
-__global__ void __launch_bounds__(kTx * kTy)
+__global__ void __launch_bounds__(kTx * kTy, 4)
 bda_bwd_dbias_kernel(const GT* __restrict__ grad,  // (M, N) upstream gradient
                      DT* __restrict__ dx,          // (M, N) gradient of x
                      float* __restrict__ part,     // (gridDim.y, N) fp32 column partials
-                     int64_t M, int64_t N, fastgpt_dropout_t d) {
+                     unsigned* __restrict__ tickets,  // (gridDim.x,) zeroed by the launcher
+                     void* __restrict__ dbias,     // (N,) in dbias_dt
+                     int dbias_dt, int64_t M, int64_t N, fastgpt_dropout_t d) {
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * kTx + tx) * kVec;
   const int64_t step = static_cast<int64_t>(gridDim.y) * kTy;
@@ -283,31 +331,21 @@ bda_bwd_dbias_kernel(const GT* __restrict__ grad,  // (M, N) upstream gradient
   for (int y = 0; y < kTy; ++y) t += sm[y][ty][tx];
   const int64_t c = c0 + ty;
   if (c < N) part[static_cast<int64_t>(blockIdx.y) * N + c] = t;
-}
 
-__global__ void __launch_bounds__(kTx * kTy)
-dbias_reduce_kernel(const float* __restrict__ part,  // (rows, N) partials
-                    int64_t rows, int64_t N,
-                    void* __restrict__ dbias,        // (N,) in dt
-                    int dt) {
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTx + tx;
-  float s = 0.0f;
-  if (c < N) {
-#pragma unroll 4
-    for (int64_t r = ty; r < rows; r += kTy) s += part[r * N + c];
-  }
-  __shared__ float sm[kTy][kTx + 1];
-  sm[ty][tx] = s;
+  // Take a ticket once this block's partials are visible device-wide; the
+  // block that draws the last one sums the tile. The barrier orders every
+  // thread's partial before thread 0's fences (release before the ticket,
+  // acquire after the last one), as cooperative groups' grid sync does.
+  __shared__ bool last;
   __syncthreads();
-  if (ty == 0 && c < N) {
-    float t = 0.0f;
-#pragma unroll
-    for (int y = 0; y < kTy; ++y) t += sm[y][tx];
-    if (dt == FASTGPT_F32) static_cast<float*>(dbias)[c] = t;
-    else if (dt == FASTGPT_F16) static_cast<__half*>(dbias)[c] = __float2half_rn(t);
-    else static_cast<__nv_bfloat16*>(dbias)[c] = __float2bfloat16_rn(t);
+  if (tx == 0 && ty == 0) {
+    __threadfence();
+    last = atomicAdd(&tickets[blockIdx.x], 1u) == gridDim.y - 1;
+    if (last) __threadfence();
   }
+  __syncthreads();
+  if (!last) return;
+  dbias_tile_sum(part, gridDim.y, N, static_cast<int64_t>(blockIdx.x) * kTile, dbias, dbias_dt);
 }
 
 // ---------------------------------------------------------------- dispatch
@@ -335,8 +373,6 @@ bool with_type(int dt, F&& f) {
 
 int64_t groups_of(int64_t numel) { return (numel + kVec - 1) / kVec; }
 
-}  // namespace
-
 extern "C" int fastgpt_bda_fwd_cuda(const void* x, int x_dtype, const void* bias, int bias_dtype,
                                     const void* residual, int res_dtype, void* out,
                                     int64_t numel, int64_t N, fastgpt_dropout_t d, void* stream) {
@@ -357,9 +393,11 @@ extern "C" int fastgpt_bda_fwd_cuda(const void* x, int x_dtype, const void* bias
   return static_cast<int>(cudaGetLastError());
 }
 
-extern "C" int64_t fastgpt_bda_dbias_rows_cuda(int64_t M, int64_t N) {
-  const int64_t tiles = (N + kTx * kVec - 1) / (kTx * kVec);
-  // one full wave: the resident blocks per SM (by the bf16 instantiation's registers) on every SM
+int64_t tiles_of(int64_t N) { return (N + kTile - 1) / kTile; }
+
+// Row groups of the dbias kernel: one full wave, the resident blocks per SM (by
+// the bf16 instantiation's registers) on every SM, spread over the column tiles.
+int64_t dbias_rows(int64_t M, int64_t N) {
   static int per_sm = 0;
   if (per_sm <= 0) {
     int n = 0;
@@ -370,12 +408,20 @@ extern "C" int64_t fastgpt_bda_dbias_rows_cuda(int64_t M, int64_t N) {
     }
     per_sm = n;
   }
+  const int64_t tiles = tiles_of(N);
   const int64_t target = static_cast<int64_t>(sm_count()) * per_sm;
   int64_t rows = (target + tiles - 1) / tiles;
   const int64_t max_rows = (M + kTy - 1) / kTy;
   if (rows > max_rows) rows = max_rows;
   if (rows > 65535) rows = 65535;
   return rows < 1 ? 1 : rows;
+}
+
+}  // namespace
+
+extern "C" int64_t fastgpt_bda_dbias_workspace_cuda(int64_t M, int64_t N, int64_t* rows) {
+  *rows = dbias_rows(M, N);
+  return *rows * N + tiles_of(N);
 }
 
 extern "C" int fastgpt_bda_bwd_cuda(const void* grad, int grad_dtype, void* dx, int dx_dtype,
@@ -390,6 +436,12 @@ extern "C" int fastgpt_bda_bwd_cuda(const void* grad, int grad_dtype, void* dx, 
     }
     return 0;
   }
+  unsigned* tickets = nullptr;
+  if (dbias != nullptr) {
+    tickets = reinterpret_cast<unsigned*>(workspace + workspace_rows * N);
+    const cudaError_t err = cudaMemsetAsync(tickets, 0, static_cast<size_t>(tiles_of(N)) * sizeof(unsigned), st);
+    if (err != cudaSuccess) return static_cast<int>(err);
+  }
   bool inner = true;
   const bool outer = with_type(grad_dtype, [&](auto* gt) {
     using GT = std::remove_pointer_t<decltype(gt)>;
@@ -400,18 +452,13 @@ extern "C" int fastgpt_bda_bwd_cuda(const void* grad, int grad_dtype, void* dx, 
         bda_bwd_kernel<GT, DT><<<blocks, kThreads, 0, st>>>(static_cast<const GT*>(grad), static_cast<DT*>(dx),
                                                             numel, d);
       } else {
-        const dim3 grid(static_cast<unsigned>((N + kTx * kVec - 1) / (kTx * kVec)),
-                        static_cast<unsigned>(workspace_rows));
+        const dim3 grid(static_cast<unsigned>(tiles_of(N)), static_cast<unsigned>(workspace_rows));
         bda_bwd_dbias_kernel<GT, DT><<<grid, dim3(kTx, kTy), 0, st>>>(
-            static_cast<const GT*>(grad), static_cast<DT*>(dx), workspace, M, N, d);
+            static_cast<const GT*>(grad), static_cast<DT*>(dx), workspace, tickets, dbias, dbias_dtype, M, N, d);
       }
     });
   });
   if (!outer || !inner) return static_cast<int>(cudaErrorInvalidValue);
-  if (dbias != nullptr) {
-    const unsigned blocks = static_cast<unsigned>((N + kTx - 1) / kTx);
-    dbias_reduce_kernel<<<blocks, dim3(kTx, kTy), 0, st>>>(workspace, workspace_rows, N, dbias, dbias_dtype);
-  }
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -239,15 +239,24 @@ def test_p0_draws_no_randomness():
     assert torch.equal(out, reference.bias_dropout_add(x, b, r, 0.0))
 
 
-def test_dbias_is_deterministic():
-    x, b, r = _inputs((257, 384), (BF16, F32, F32))
+@pytest.mark.parametrize("shape", [(257, 384)] + ([(16384, 768), (4096, 1001)] if HAS_CUDA else []),
+                         ids=shape_ids)
+def test_dbias_is_deterministic(shape):
+    """On CUDA the last block of each column tile to finish sums the tile's partials, in an order
+    that does not depend on which block that is: bitwise the same dbias every run (16384 x 768:
+    hundreds of row groups; N = 1001: the scalar paths)."""
+    x, b, r = _inputs(shape, (BF16, F32, F32))
     seed = _seed()
+    g = torch.randn(shape, device=DEVICE)
     grads = []
-    for _ in range(2):
+    for _ in range(3):
         bb = b.clone().requires_grad_()
-        extension.bias_dropout_add(x, bb, r, 0.1, seed=seed).sum().backward()
+        extension.bias_dropout_add(x, bb, r, 0.1, seed=seed).backward(g)
         grads.append(bb.grad)
-    assert torch.equal(grads[0], grads[1])
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
+    keep = reference.dropout_keep_mask(shape, 0.1, *seed, device=DEVICE)
+    want = (g.double() * keep / 0.9).sum(0)
+    torch.testing.assert_close(grads[0].double(), want, rtol=1e-4, atol=1e-5 * shape[0])
 
 
 def test_empty_and_bias_only_grad():
@@ -507,3 +516,63 @@ def test_cuda_graph_replays_draw_fresh_masks():
     graph.replay()
     assert not torch.equal(first, out)
     assert abs((first != 0).float().mean().item() - 0.5) < 0.05
+
+
+@needs_cuda
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_one_kernel_launch_per_direction(has_bias):
+    """The forward and the backward are one kernel each (with dbias too: the last block per
+    column tile sums the partials; its ticket counters are zeroed by a memset, not a kernel)."""
+    from torch.profiler import ProfilerActivity, profile
+    x, b, r = _inputs((4096, 768), (BF16, BF16, BF16))
+    x.requires_grad_()
+    if has_bias:
+        b.requires_grad_()
+    else:
+        b = None
+    g = torch.randn_like(r)
+    seed = (3, 4)
+    out = extension.bias_dropout_add(x, b, r, 0.1, seed=seed)  # warm: the extension and its occupancy query
+    out.backward(g)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        out = extension.bias_dropout_add(x, b, r, 0.1, seed=seed)
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof_bwd:
+        torch.autograd.grad(out, [x] + ([b] if has_bias else []), g)
+        torch.cuda.synchronize()
+    kernels = lambda p: [e.name for e in p.events()  # noqa: E731
+                         if e.device_type == torch.autograd.DeviceType.CUDA and "Memset" not in e.name
+                         and "Memcpy" not in e.name]
+    assert len(kernels(prof)) == 1 and "bda_fwd" in kernels(prof)[0], kernels(prof)
+    assert len(kernels(prof_bwd)) == 1, kernels(prof_bwd)
+    assert ("bda_bwd_dbias" if has_bias else "bda_bwd") in kernels(prof_bwd)[0], kernels(prof_bwd)
+
+
+@needs_cuda
+def test_cuda_graph_replays_the_backward_with_dbias():
+    """The dbias kernel's ticket memset and its workspace are captured too: replays give the eager gradients."""
+    x, b, r = _inputs((2048, 768), (BF16, F32, F32))
+    x.requires_grad_()
+    b.requires_grad_()
+    g = torch.randn_like(r)
+    st = torch.tensor([11, 12], dtype=torch.int64, device="cuda")
+
+    def step():
+        out = extension.bias_dropout_add(x, b, r, 0.1, seed=st)
+        return torch.autograd.grad(out, (x, b), g)
+
+    want = step()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = step()
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
