@@ -22,7 +22,8 @@
 // memory time of these bandwidth-bound kernels.
 // Limits: any numel (a partial last group is handled element by element); the
 // vector paths need 16-byte aligned pointers (the binding copies otherwise);
-// the dbias kernel uses 16-byte loads when N % 8 == 0 and a scalar path when not.
+// the dbias kernel's main loop uses 16-byte loads when N % 8 == 0 and a scalar
+// path when not; its tile sum reads the fp32 partials 16 bytes at a time when N % 4 == 0.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
