@@ -12,6 +12,8 @@ import os
 import sys
 import warnings
 
+import torch
+
 BACKENDS = ("fused", "reference")
 
 
@@ -100,3 +102,18 @@ def resolve(backend: str | None, device_type: str, fused_reason=fused_unavailabl
 def kernels():
     """The fastgpt.kernels module (call only after resolve() said 'fused')."""
     return _kernels_or_reason()[0]
+
+
+def first_order_only(op: str, instead: str = "use backend='reference'"):
+    """Decorates a fused op's autograd backward: its gradients come from kernels (no graph of their
+    own), so double backward (create_graph=True, under which autograd runs a backward with grad mode
+    on) would silently drop the second-order terms; raise instead."""
+    def deco(backward):
+        @functools.wraps(backward)
+        def wrapper(ctx, *grads):
+            if torch.is_grad_enabled():
+                raise RuntimeError(f"{op}: the fused backward is first-order only (double backward / "
+                                   f"create_graph=True is not supported); {instead}")
+            return backward(ctx, *grads)
+        return wrapper
+    return deco

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from fastgpt import reference
+from fastgpt.backend import first_order_only
 
 __all__ = ["load", "unavailable_reason", "cuda_compiled", "bias_dropout_add", "new_seed"]
 
@@ -327,6 +328,7 @@ class _BiasDropoutAdd(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only("bias_dropout_add")
     def backward(ctx, grad):
         (seed,) = ctx.saved_tensors
         need_x, need_b, need_r = ctx.needs_input_grad[:3]

@@ -47,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastgpt import ops, reference
+from fastgpt.backend import first_order_only
 from fastgpt.config import GPTConfig
 
 __all__ = ["GPTBlock", "GPT", "KVCache", "load_model", "FORMAT", "FORMAT_VERSION"]
@@ -112,6 +113,7 @@ class _GeluLinear(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only("GPTBlock", "its MLP backward recomputes the GELU by hand; use fastgpt.reference.GPTBlock")
     def backward(ctx, dout):
         u, b1, w2, b2 = ctx.saved_tensors
         with torch.autocast(u.device.type, enabled=False):

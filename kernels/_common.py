@@ -69,6 +69,14 @@ def check_vector(op: str, name: str, t, n: int) -> None:
         raise ValueError(f"{op}: {name} must have shape ({n},), got {tuple(t.shape)}")
 
 
+def unit_stride(t):
+    """A weight or bias vector the kernels can index as t[i]: t itself, or a contiguous copy of a
+    strided or expanded (N,) view (autograd carries the gradient back to the view)."""
+    if isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() > 1 and t.stride(0) != 1:
+        return t.contiguous()
+    return t
+
+
 def check_grad(op: str, name: str, g, like: torch.Tensor) -> None:
     """An upstream gradient given to a backward launcher: a float tensor of ``like``'s shape on its
     device (the kernels index it with like's shape: a wrong one would read out of bounds)."""

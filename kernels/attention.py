@@ -94,6 +94,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt import reference
+from fastgpt.backend import first_order_only
 from fastgpt.kernels import INTERPRET, _common
 from fastgpt.kernels._common import (autotune, autotuning_enabled, cdiv, check_float, check_grad, check_same_device,
                                      current_stream, empty, launch_replayable, misaligned, next_pow2, PlanCache,
@@ -614,6 +615,17 @@ def _validate(q, k, v, op="causal_attention"):
     D = q.shape[3]
     if not 1 <= D <= MAX_HEAD_DIM:
         raise ValueError(f"{op}: unsupported head dim {D} (supported: 1 to {MAX_HEAD_DIM})")
+    check_offsets(op, q=q, k=k, v=v)
+
+
+def check_offsets(op, **tensors) -> None:
+    """The kernels index within one (batch, head) in int32: its (T, D) span must stay below 2^31 elements."""
+    for name, t in tensors.items():
+        span = (t.shape[2] - 1) * abs(t.stride(2)) + (t.shape[3] - 1) * abs(t.stride(3))
+        if t.numel() and span >= 2**31:
+            raise ValueError(f"{op}: {name} spans {span + 1} elements within one (batch, head) (T = {t.shape[2]}, "
+                             f"row stride {t.stride(2)}); the kernels index that in int32, below 2^31: use shorter "
+                             "sequences or backend='reference'")
 
 
 def _unit_last_stride(t: Tensor) -> Tensor:
@@ -739,6 +751,7 @@ def _fwd(q, k, v, scale, out_layout, out, config, dropout_p, seed, capture=None)
     o = out if out is not None else _out_empty(q.shape, q.dtype, q.device, out_layout)
     if o.shape != q.shape or o.dtype != q.dtype or (o.stride(-1) != 1 and D > 1):
         raise ValueError("causal_attention: out must match q's shape and dtype with a unit last stride")
+    check_offsets("causal_attention", o=o)
     lse = empty((B, H, TQ), torch.float32, q.device)
     if o.numel() == 0:
         return o, lse
@@ -802,6 +815,7 @@ def _prep_block_m(D: int) -> int:
 def _bwd(do, q, k, v, o, lse, scale, configs, dropout_p, seed, out, capture, atomic=None):
     """attention_bwd; ``capture``: a _Plan (of the forward's q, k, v) whose backward Replays these
     launches fill (when they can be replayed); ``atomic``: dq_atomic(), when the caller has it."""
+    check_offsets("causal_attention", do=do, o=o)   # (replays reuse a checked call's strides)
     atomic = dq_atomic() if atomic is None else atomic
     bwd_key = None   # the plan's key for these launches: only when nothing below is copied
     if capture is not None and all(t.stride(-1) == 1 for t in (do, q, k, v, o)) and lse.is_contiguous() \
@@ -1007,6 +1021,7 @@ class _CausalAttentionFunction(torch.autograd.Function):
         return o
 
     @staticmethod
+    @first_order_only("causal_attention")
     def backward(ctx, do):
         return (*ctx.plan.backward(do, *ctx.saved_tensors), None, None)
 
@@ -1027,6 +1042,7 @@ class _QKVPackedFunction(torch.autograd.Function):
         return o.transpose(1, 2).reshape(B, T, H * D)   # a view: o's storage is (B, T, H, D)
 
     @staticmethod
+    @first_order_only("causal_attention")
     def backward(ctx, do):
         qkv, o, lse, seed = ctx.saved_tensors
         B, T, _, H, D = qkv.shape

@@ -51,6 +51,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt import reference
+from fastgpt.backend import first_order_only
 from fastgpt.kernels import INTERPRET
 from fastgpt.kernels._common import FLOAT_DTYPES, cdiv, check_float, check_same_device, empty, launch, next_pow2
 
@@ -307,6 +308,7 @@ def _flce_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(dh, dw, scale)
 
 
+@first_order_only("fused_linear_cross_entropy")  # dh and dW were formed in the forward
 def _flce_backward(ctx, dloss, _ddh, _ddw, _dscale):
     dh, dw, scale = ctx.saved_tensors
     need_dh, need_dw = ctx.need

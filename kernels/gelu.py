@@ -23,9 +23,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastgpt.backend import first_order_only
 from fastgpt.kernels._common import (
     PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_same_device, check_vector, current_stream, empty,
     misaligned, plan_key, records_grad, reduction_programs, row_stride, rows_2d, same_data, sum_partials,
+    unit_stride,
 )
 
 _APPROX = {"tanh": 1, "none": 0}
@@ -253,6 +255,7 @@ def _planned(x, bias, approximate) -> _Plan:
 def bias_gelu_recompute(u: Tensor, bias: Optional[Tensor], approximate: str = "tanh"):
     """(g, grad_fn) of ops.bias_gelu_recompute on the fused path: g = bias_gelu(u, bias) and
     grad_fn(dg) -> (du, dbias or None), the launchers themselves (through the call's plan)."""
+    bias = unit_stride(bias)
     plan = _planned(u, bias, approximate)
     return plan.forward(u, bias, approximate), lambda dg: plan.backward(dg, u, bias, approximate)
 
@@ -312,12 +315,14 @@ class _BiasGeluFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order_only("bias_gelu")
     def backward(ctx, dy):
         return (*_grads(ctx, dy, ctx.plan.backward), None)
 
 
 def bias_gelu(x: Tensor, bias: Optional[Tensor] = None, approximate: str = "tanh") -> Tensor:
     """gelu(x + bias) (see the module docstring); y has x's dtype."""
+    bias = unit_stride(bias)
     if torch.compiler.is_compiling():
         return _bias_gelu_op(x, bias, approximate)
     plan = _planned(x, bias, approximate)

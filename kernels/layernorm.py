@@ -30,9 +30,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastgpt.backend import first_order_only
 from fastgpt.kernels._common import (
     PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_same_device, check_vector, current_stream, empty,
     misaligned, next_pow2, plan_key, reduction_programs, row_stride, records_grad, rows_2d, same_data, sum_partials,
+    unit_stride,
 )
 
 MAX_N = 8192
@@ -346,8 +348,10 @@ def _grads(ctx, dy, dh, bwd):
     """(dx, dweight, dbias) or (dx, dresidual, dweight, dbias), computed by ``bwd``
     (the launcher in eager mode, the registered backward op under torch.compile)."""
     hin, weight, mean, rstd = ctx.saved_tensors
-    if dy is None:
-        dy = torch.zeros(hin.shape, dtype=ctx.x_dtype, device=hin.device)
+    if dy is None:  # only h = x + residual reached the loss: no LayerNorm gradient at all (as the reference)
+        if ctx.res_dtype is None or dh is None:
+            return (None, None, None) if ctx.res_dtype is None else (None, None, None, None)
+        return dh.to(ctx.x_dtype), dh.to(ctx.res_dtype), None, None
     dx, dr, dw, db = bwd(dy, dh, hin, weight, ctx.has_bias, mean, rstd, ctx.x_dtype, ctx.res_dtype)
     db = db if ctx.has_bias else None
     if ctx.res_dtype is None:
@@ -455,6 +459,7 @@ class _LayerNormFunction(torch.autograd.Function):
         return y if residual is None else (y, h)
 
     @staticmethod
+    @first_order_only("layer_norm")
     def backward(ctx, dy, dh=None):
         g = _grads(ctx, dy, dh, ctx.plan.backward)
         if ctx.res_dtype is None:
@@ -466,6 +471,7 @@ class _LayerNormFunction(torch.autograd.Function):
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
     """LayerNorm over the last dim (see the module docstring); y has x's dtype."""
+    weight, bias = unit_stride(weight), unit_stride(bias)
     if torch.compiler.is_compiling():
         return _layer_norm_op(x, weight, bias, float(eps))[0]
     eps = float(eps)
@@ -478,6 +484,7 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: fl
 def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                    eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     """(y, h): h = x + residual in residual's dtype, y = layer_norm(h) in x's dtype, one pass."""
+    weight, bias = unit_stride(weight), unit_stride(bias)
     if torch.compiler.is_compiling():
         y, h, _, _ = _add_layer_norm_op(x, residual, weight, bias, float(eps))
         return y, h

@@ -923,3 +923,20 @@ def test_replay_plan_matches_checked_path(packed, p, monkeypatch):
     assert not checked
     for a, b in zip(shifted, aligned):
         torch.testing.assert_close(a, b)
+
+
+def test_int32_row_offsets_are_checked(monkeypatch):
+    """The kernels index rows within one (batch, head) in int32: a view spanning 2^31 elements or more there
+    is a clear error, not a wrapped offset (meta tensors: strides without storage)."""
+    from fastgpt.kernels import attention
+    big = torch.empty_strided((1, 2, 3, 16), (0, 16, 2**30, 1), dtype=torch.float16, device="meta")
+    with pytest.raises(ValueError, match=r"causal_attention: q spans 2147483664 elements within one \(batch, head\)"):
+        attention.check_offsets("causal_attention", q=big)
+    ok = torch.empty_strided((1, 2, 3, 16), (0, 16, 2**30 - 16, 1), dtype=torch.float16, device="meta")
+    attention.check_offsets("causal_attention", q=ok)   # (3 - 1) * (2^30 - 16) + 15 < 2^31
+    # every tensor the kernels index is checked: q, k, v and o in the forward, dO and o in the backward
+    seen, real = [], attention.check_offsets
+    monkeypatch.setattr(attention, "check_offsets", lambda op, **t: (seen.extend(t), real(op, **t))[1])
+    q = torch.randn(1, 2, 5, 16, device=DEVICE, requires_grad=True)
+    attention.causal_attention(q, q, q).sum().backward()
+    assert {"q", "k", "v", "o", "do"} <= set(seen), seen

@@ -205,3 +205,73 @@ def test_compare_op_catches_a_wrong_or_missing_backward():
     assert not all(c.ok for c in compare_op("ln", WrongGrad.apply, ref, [x, w]))
     lost = compare_op("ln", lambda x, w: ref(x, w).detach(), ref, [x, w])
     assert [c.ok for c in lost] == [True, False] and "no gradient" in lost[1].name
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_strided_and_expanded_weight_and_bias():
+    """A (N,) weight or bias that is a strided or stride-0 view is read as such (the kernels index
+    w[i]: it is made contiguous first), forward and gradients, and the gradient reaches the view's base."""
+    from fastgpt.testing import compare_op
+    x = torch.randn(5, 33, device=DEVICE)
+    wb, bb = torch.randn(66, device=DEVICE, requires_grad=True), torch.randn(66, device=DEVICE, requires_grad=True)
+    w, b = wb[::2], bb[1::2]
+    one = torch.ones(1, device=DEVICE).expand(33)
+    checks = []
+    for args, f in [([x, w, b], "layer_norm"), ([x, one, None], "layer_norm"), ([x, b], "bias_gelu")]:
+        checks += compare_op(f, lambda *a, f=f: getattr(ops, f)(*a, backend="fused"),
+                             lambda *a, f=f: getattr(ops, f)(*a, backend="reference"), args)
+    r = torch.randn_like(x)
+    checks += compare_op("add_layer_norm", lambda *a: ops.add_layer_norm(*a, backend="fused"),
+                         lambda *a: ops.add_layer_norm(*a, backend="reference"), [x, r, w, b])
+    bad = [str(c) for c in checks if not c.ok]
+    assert not bad, "\n".join(bad)
+    ops.layer_norm(x, w, b, backend="fused").sum().backward()
+    assert wb.grad is not None and torch.all(wb.grad[1::2] == 0) and bb.grad is not None
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_add_layer_norm_with_y_unused_gives_no_weight_gradient():
+    """Only h = x + residual reaches the loss: dx = dresidual = dh and no weight/bias gradient (None, as the
+    reference; a zero gradient would still move the weights under AdamW's decay and momentum)."""
+    x, r = torch.randn(4, 16, device=DEVICE, requires_grad=True), torch.randn(4, 16, device=DEVICE).requires_grad_()
+    w, b = torch.randn(16, device=DEVICE, requires_grad=True), torch.randn(16, device=DEVICE, requires_grad=True)
+    g = torch.randn(4, 16, device=DEVICE)
+    for backend in ("fused", "reference"):
+        for t in (x, r, w, b):
+            t.grad = None
+        _, h = ops.add_layer_norm(x, r, w, b, backend=backend)
+        h.backward(g)
+        assert w.grad is None and b.grad is None, backend
+        assert torch.equal(x.grad, g) and torch.equal(r.grad, g), backend
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_double_backward_through_fused_ops_is_a_clear_error():
+    """The fused backwards are kernels, with no graph of their own: create_graph=True would drop the
+    second-order terms silently, so it is an error naming the op (the reference differentiates twice)."""
+    x = torch.randn(4, 16, device=DEVICE, requires_grad=True)
+    w, b = torch.randn(16, device=DEVICE, requires_grad=True), torch.randn(16, device=DEVICE, requires_grad=True)
+    q = torch.randn(1, 2, 5, 16, device=DEVICE, requires_grad=True)
+    W, t = torch.randn(11, 16, device=DEVICE, requires_grad=True), torch.randint(0, 11, (4,), device=DEVICE)
+    cases = {
+        "layer_norm": (lambda be: ops.layer_norm(x, w, b, backend=be), x),
+        "bias_gelu": (lambda be: ops.bias_gelu(x, b, backend=be), x),
+        "causal_attention": (lambda be: ops.causal_attention(q, q, q, backend=be), q),
+        "fused_linear_cross_entropy": (lambda be: ops.fused_linear_cross_entropy(x, W, t, backend=be), x),
+    }
+    for name, (f, inp) in cases.items():
+        with pytest.raises(RuntimeError, match=f"{name}: the fused backward is first-order only"):
+            torch.autograd.grad(f("fused").sum(), inp, create_graph=True)
+        (g,) = torch.autograd.grad(f("reference").square().sum(), inp, create_graph=True)
+        assert g.requires_grad, name   # the reference path supports it
+        (g1,) = torch.autograd.grad(f("fused").sum(), inp)     # first order is unchanged
+        (g2,) = torch.autograd.grad(f("reference").sum(), inp)
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
+    from fastgpt import GPTBlock, GPTConfig, extension
+    if extension.load() is not None:   # the C++ extension's op
+        with pytest.raises(RuntimeError, match="bias_dropout_add: the fused backward is first-order only"):
+            torch.autograd.grad(ops.bias_dropout_add(x, b, x, 0.0, backend="fused").sum(), x, create_graph=True)
+    blk = GPTBlock(GPTConfig.preset("tiny", dropout=0.0), backend="reference").to(DEVICE)
+    h = torch.randn(2, 5, blk.ln_1.weight.shape[0], device=DEVICE, requires_grad=True)
+    with pytest.raises(RuntimeError, match="first-order only.*fastgpt.reference.GPTBlock"):
+        torch.autograd.grad(blk(h).sum(), h, create_graph=True)
