@@ -302,16 +302,17 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
+    advice = RESUME_ADVICE if _NAME.match(path.name) else ""   # (not for a file that is no checkpoint at all)
     bad = verify_checkpoint(path)
     if bad is not None:
-        raise CorruptCheckpointError(f"{path} is not a readable checkpoint: {bad}", RESUME_ADVICE)
+        raise CorruptCheckpointError(f"{path} is not a readable checkpoint: {bad}", advice)
     try:
         st = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except Exception as e:  # truncated / not a torch file / unpickling refused
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:120] if str(e) else ''})", RESUME_ADVICE) from None
+                              f"{str(e).splitlines()[0][:120] if str(e) else ''})", advice) from None
     if not isinstance(st, dict) or st.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastgpt training checkpoint")
     if st.get("version", 0) > VERSION:

@@ -527,7 +527,7 @@ class BatchSampler:
         if (sd["B"], sd["T"], sd["n"]) != (self.B, self.T, len(self.data)):
             raise DataError(f"the checkpoint's data stream (batch {sd['B']}, block {sd['T']}, {sd['n']} tokens) "
                             f"differs from this run's ({self.B}, {self.T}, {len(self.data)}): resume with the "
-                            "same --data, --tokenizer, --batch_size and --block_size")
+                            "same --data (unedited), --tokenizer, --val_fraction, --batch_size and --block_size")
         self.rng.bit_generator.state = sd["bit_generator"]
         self.drawn = sd["drawn"]
 

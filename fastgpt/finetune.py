@@ -20,7 +20,8 @@ model by validation accuracy is kept in ``OUT_DIR/best/``; at the end the test
 split is scored once with it and written to ``OUT_DIR/eval.json``.
 
 ``--init``: a ``fastgpt.train`` output folder (its newest checkpoint), a
-checkpoint file, a ``save_pretrained`` folder, an HF GPT-2 / OpenAI-GPT folder,
+checkpoint file, a ``save_pretrained`` folder, an HF GPT-2 folder (not OpenAI-GPT:
+fastgpt has no GPT-1 BPE tokenizer),
 a fine-tuned output (its backbone), or ``random``. Without it: the newest
 checkpoint of ``fastgpt.train``'s default output folder, else random init (with
 a warning).
@@ -247,10 +248,11 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
                            "config.json")
         p = latest
     if p.is_dir():
+        from safetensors import SafetensorError
         try:
             model = GPT.from_pretrained(p)
-        except (ValueError, FileNotFoundError, OSError) as e:
-            raise RunError(f"--init {spec}: {str(e).splitlines()[0]}") from None
+        except (ValueError, KeyError, OSError, SafetensorError) as e:   # damaged or mismatched files
+            raise RunError(f"--init {spec}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
         tok_name = model.config.extra.get("tokenizer")
         if tok_name is None and (p / "tokenizer.json").exists():
             tok_name = json.loads((p / "tokenizer.json").read_text()).get("tokenizer")
@@ -287,10 +289,17 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
         tok_name = meta["tokenizer"]
     if cfg.tokenizer is not None and tok_name is not None and cfg.tokenizer != tok_name:
         raise cli.UsageError(f"--tokenizer {cfg.tokenizer}: the --init model was trained with {tok_name!r}")
+    guessed = tok_name is None
     tok_name = tok_name or cfg.tokenizer or _guess_tokenizer(model.config.vocab_size)
     if tok_name is None:
         raise cli.UsageError(f"--init {spec}: cannot tell the tokenizer of a {model.config.vocab_size}-token "
-                             "vocabulary; pass --tokenizer gpt2 or byte")
+                             "vocabulary" + (" (GPT-1's BPE, which fastgpt does not include)"
+                                             if model.config.vocab_size == 40478 else
+                                             "; pass --tokenizer gpt2 or byte if it is one of them"))
+    sizes = {"byte": 256, "gpt2": 50257}
+    if guessed and meta is None and sizes.get(tok_name, model.config.vocab_size) != model.config.vocab_size:
+        raise cli.UsageError(f"--tokenizer {tok_name}: its {sizes[tok_name]} tokens do not match the --init "
+                             f"model's {model.config.vocab_size}-token vocabulary")
     return model, tok_name, f"{kind} {p}", meta
 
 
@@ -430,9 +439,14 @@ def load_finetuned(path, device="cpu", backend=None):
     meta = json.loads((p / "finetune.json").read_text())
     if meta.get("format") != FORMAT:
         raise RunError(f"{p}/finetune.json is not a fastgpt fine-tune description")
-    model = GPT.from_pretrained(p, backend=backend).to(device)
-    head = build_head(model.config.n_embd, n_head_outputs(meta["task_type"], len(meta["labels"])), 0.0)
-    head.load_state_dict(load_file(str(p / "head.safetensors")))
+    from safetensors import SafetensorError
+    try:
+        model = GPT.from_pretrained(p, backend=backend).to(device)
+        head = build_head(model.config.n_embd, n_head_outputs(meta["task_type"], len(meta["labels"])), 0.0)
+        head.load_state_dict(load_file(str(p / "head.safetensors")))
+    except (ValueError, KeyError, OSError, RuntimeError, SafetensorError) as e:   # damaged or mismatched files
+        raise RunError(f"{p}: not a usable fine-tuned model ({type(e).__name__}: "
+                       f"{' '.join(str(e).split())[:200]})") from None
     tok = T.TaskTokenizer(_tokenizer_for(meta["tokenizer"], False))
     if tok.n_vocab != model.config.vocab_size:
         raise RunError(f"{p}: the model's vocabulary ({model.config.vocab_size}) does not match its tokenizer "
@@ -562,7 +576,10 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
         except ck.CheckpointError as e:
             raise RunError(str(e)) from None
         if latest is not None:
-            saved = ckpt_state["extra"]["finetune_config"]
+            saved = (ckpt_state.get("extra") or {}).get("finetune_config")
+            if saved is None:
+                raise RunError(f"{latest} is a fastgpt.train checkpoint, not a fine-tuning run's: fine-tune from it "
+                               f"with --init {out_dir} --out_dir NEW_DIR")
             _check_resume_options(cfg, given, ckpt_state, latest)
             keep = {k: getattr(cfg, k) for k in given | set(RUNTIME_ONLY)}
             names = {f.name for f in dataclasses.fields(cfg)}

@@ -581,7 +581,11 @@ class GPT(nn.Module):
         if wte is not None and wte.shape[0] == V and V != Vp:
             sd["transformer.wte.weight"] = torch.cat([wte, wte.new_zeros(Vp - V, wte.shape[1])])
         sd["lm_head.weight"] = sd.get("transformer.wte.weight")
-        missing, unexpected = self.load_state_dict(sd, strict=False)
+        try:
+            missing, unexpected = self.load_state_dict(sd, strict=False)
+        except RuntimeError as e:   # shapes that do not fit this config
+            raise ValueError(f"{where}: state dict does not fit the config: "
+                             f"{' '.join(str(e).split())[:300]}") from None
         if missing or unexpected:
             raise ValueError(f"{where}: state dict mismatch: missing {missing[:6]}, unexpected {unexpected[:6]}")
 
@@ -677,7 +681,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[
     """(B, V) logits -> (B, 1) token ids (temperature 0: argmax)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # the row's max first: a tiny temperature sends the others to -inf, never the max to inf (no NaN)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

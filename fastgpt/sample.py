@@ -1,7 +1,8 @@
 """Sample text from a trained or pretrained GPT: python -m fastgpt.sample PATH [options]
 
-PATH is a save_pretrained directory, an HF-format GPT-2 / OpenAI-GPT directory,
-or a training checkpoint (a ckpt_*.pt file or the out_dir holding them); see
+PATH is a save_pretrained directory, an HF-format GPT-2 directory (OpenAI-GPT
+weights load as well, but GPT-1's BPE tokenizer is not part of fastgpt, so they
+cannot be sampled here), or a training checkpoint (a ckpt_*.pt file or the out_dir holding them); see
 fastgpt.model.load_model.
 
 Decoding uses the KV cache (--no-cache recomputes the context every step); the
@@ -42,8 +43,9 @@ def _tokenizer(name: str, cfg):
     if name == "auto":
         name = known or ("byte" if cfg.vocab_size == 256 else "gpt2" if cfg.vocab_size == 50257 else None)
         if name is None:
-            raise cli.UsageError(f"cannot tell the tokenizer of a {cfg.vocab_size}-token vocabulary; "
-                                 "pass --tokenizer byte|gpt2")
+            raise cli.UsageError(f"cannot tell the tokenizer of a {cfg.vocab_size}-token vocabulary"
+                                 + (" (GPT-1's BPE, which fastgpt does not include)" if cfg.vocab_size == 40478
+                                    else "; pass --tokenizer byte|gpt2 if it is one of them"))
     elif known is not None and known != name:
         raise cli.UsageError(f"--tokenizer {name}: the model was trained with the {known!r} tokenizer "
                              f"(leave --tokenizer out, or pass --tokenizer {known})")
@@ -52,9 +54,9 @@ def _tokenizer(name: str, cfg):
         tok = get_tokenizer(name)
     except DataError as e:
         raise LoadError(str(e).splitlines()[0]) from None
-    if tok.n_vocab > cfg.vocab_size:
-        raise cli.UsageError(f"--tokenizer {name}: its {tok.n_vocab} tokens do not fit the model's "
-                             f"{cfg.vocab_size}-token vocabulary")
+    if tok.n_vocab > cfg.vocab_size or (known is None and tok.n_vocab != cfg.vocab_size):
+        raise cli.UsageError(f"--tokenizer {name}: its {tok.n_vocab} tokens do not match the model's "
+                             f"{cfg.vocab_size}-token vocabulary (not the tokenizer it was trained with)")
     return tok
 
 

@@ -329,8 +329,8 @@ def split_fixed(exs: list, fractions=(0.8, 0.1, 0.1), seed: int = 0):
     idx = list(range(len(exs)))
     random.Random(seed).shuffle(idx)
     n = len(idx)
-    n_val = max(1, round(n * fractions[1])) if n >= 3 else 0
-    n_test = max(1, round(n * fractions[2])) if n >= 3 else 0
+    n_val = max(1, round(n * fractions[1])) if n >= 3 and fractions[1] > 0 else 0
+    n_test = max(1, round(n * fractions[2])) if n >= 3 and fractions[2] > 0 else 0
     val = [exs[i] for i in idx[:n_val]]
     test = [exs[i] for i in idx[n_val:n_val + n_test]]
     train = [exs[i] for i in idx[n_val + n_test:]]
@@ -349,9 +349,12 @@ def load_file_task(path, task_type: str | None = None, val_file=None, test_file=
             val = parse_rows(val_file, task_type, labels or None)[2]
         if test_file is not None:
             test = parse_rows(test_file, task_type, labels or None)[2]
-        if not val:
+        if not val:      # the split not given: 10% of the --task file (a fixed shuffle)
             train, val, _ = split_fixed(train, (0.9, 0.1, 0.0))
-        how = "given files"
+        if test_file is None:
+            train, _, test = split_fixed(train, (0.9, 0.0, 0.1))
+        how = "given files" if val_file is not None and test_file is not None else \
+            "given files, the rest 10% of the task file"
     if not train:
         raise TaskFileError(f"{path}:1: too few examples to train on ({len(exs)})")
     return Task(name=Path(path).name, task_type=task_type, labels=labels, train=train, val=val, test=test,

@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -186,8 +187,8 @@ class TrainConfig:
             p.append(f"--top_k must be >= 1, got {self.top_k}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             p.append(f"--peak_tflops must be > 0, got {self.peak_tflops}")
-        if self.seed < 0:
-            p.append(f"--seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**63:
+            p.append(f"--seed must be in [0, 2^63), got {self.seed}")
         if self.fsdp and self.compile:
             p.append("--fsdp with --compile is not supported; drop one of them")
         if (self.warmup_iters is not None and self.lr_decay_iters is not None
@@ -199,6 +200,9 @@ class TrainConfig:
 # Options a --resume takes from the command line rather than from the checkpoint.
 RUNTIME_ONLY = ("device", "backend", "compile", "resume", "eval_only", "progress", "out_dir", "peak_tflops",
                 "grad_checkpoint", "fsdp")
+# Options whose default follows another one (lr_decay_iters = max_iters, min_lr = lr / 10, ckpt_interval =
+# eval_interval): left to follow, they are derived again on --resume from that run's values.
+FOLLOWING = ("lr_decay_iters", "min_lr", "ckpt_interval")
 
 # Dense bf16 datasheet peaks (TFLOP/s) by a substring of torch.cuda.get_device_name().
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
@@ -320,6 +324,27 @@ class _Log:
             self.bar.close()
         if self.f is not None:
             self.f.close()
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop the rows that a crashed run logged after the checkpoint a --resume starts from at ``step``
+    (those steps are trained again, and would otherwise appear twice), atomically."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:  # none yet, or unreadable: _Log reports the latter
+        return
+    keep = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line the crash cut short
+            continue
+        if row.get("type") == "header" or row.get("step", 0) <= step:
+            keep.append(line + "\n")
+    if len(keep) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
 
 
 class _Dist:
@@ -563,18 +588,24 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
         if latest is not None:
             resumed_from = latest
             # options not given on this command line come from the checkpoint
-            saved = ckpt_state["train_config"]
+            saved = ckpt_state.get("train_config")
+            if saved is None:
+                raise RunError(f"{latest} is not a fastgpt.train checkpoint (a fine-tuning run's? resume that "
+                               "with python -m fastgpt.finetune --resume)")
             keep = {k: getattr(cfg, k) for k in given | set(RUNTIME_ONLY)}
             cfg = dataclasses.replace(cfg, **{k: v for k, v in saved.items()
                                               if k in {f.name for f in dataclasses.fields(cfg)}})
             cfg = dataclasses.replace(cfg, **keep)
-            if "lr_decay_iters" not in given and "max_iters" in given and saved.get("lr_decay_iters") == saved.get(
-                    "max_iters") and saved.get("_lr_decay_auto"):
-                cfg.lr_decay_iters = None  # it followed max_iters: keep following
+            followed = saved.get("_following", ["lr_decay_iters"] if saved.get("_lr_decay_auto") else [])
+            for k in set(followed) - given:
+                setattr(cfg, k, None)  # it followed another option: keep following
+            if ("warmup_iters" not in given and None not in (cfg.lr_decay_iters, cfg.warmup_iters)
+                    and cfg.warmup_iters > cfg.lr_decay_iters):
+                cfg.warmup_iters = cfg.lr_decay_iters  # a saved warmup never outlasts a new, shorter schedule
             problems = cfg.validate()
             if problems:
                 raise cli.UsageError(problems[0])
-    lr_decay_auto = cfg.lr_decay_iters is None
+    following = sorted(k for k in FOLLOWING if getattr(cfg, k) is None)
     cfg = resolve(cfg, given)
     device = torch.device(cfg.device, dist.local_rank) if cfg.device == "cuda" and dist.world > 1 \
         else torch.device(cfg.device)
@@ -665,10 +696,15 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
     if W > 1:  # each rank its own dropout stream (the weights above came from the common seed)
         torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)
     if ckpt_state is not None:
+        # the moments and step counts from the checkpoint, the hyperparameters from this run's options
+        # (load_state_dict brings back the saved ones; lr is set every step)
+        hyper = [{k: g[k] for k in ("weight_decay", "betas")} for g in optimizer.param_groups]
         if cfg.fsdp:
             _fsdp_load_optimizer(model, optimizer, ckpt_state["optimizer"])
         else:
             optimizer.load_state_dict(ckpt_state["optimizer"])
+        for g, h in zip(optimizer.param_groups, hyper, strict=True):
+            g.update(h)
         if ckpt_state.get("scaler") and cfg.dtype == "fp16":
             scaler.load_state_dict(ckpt_state["scaler"])
         step = int(ckpt_state["step"])
@@ -676,7 +712,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
         saved_world = int(extra.get("world_size", 1))
         ds = ckpt_state["data"]
         try:
-            if saved_world == W:
+            if saved_world == W or ds["B"] == B * W:  # the same global batch: the same stream
                 train_batches.load_state_dict(ds)
             else:
                 say0(f"{PROG}: warning: the checkpoint was written by {saved_world} process(es), this run has {W}: "
@@ -725,7 +761,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
         except OSError as e:
             raise RunError(f"--out_dir {out_dir}: cannot create it ({e.strerror})") from None
     saved_cfg = cli.to_dict(cfg, drop=("backend",))
-    saved_cfg["_lr_decay_auto"] = lr_decay_auto
+    saved_cfg["_following"] = following
     header = dict(type="header", versions=_versions(device), device=dev_name, device_type=device.type,
                   config=saved_cfg, model_config=mcfg.to_dict(), n_params=n_params,
                   tokenizer=cfg.tokenizer, data=str(td.dir), tokens=td.meta["n_tokens"],
@@ -733,6 +769,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
                   resumed_from=step if ckpt_state is not None else None,
                   started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     metrics_path = out_dir / "metrics.jsonl"
+    if ckpt_state is not None and dist.main:
+        _trim_metrics(metrics_path, step)
     log = _Log(metrics_path if dist.main else None, append=ckpt_state is not None and metrics_path.exists(),
                bar=cfg.progress and not cfg.eval_only and dist.main, total=cfg.max_iters, initial=step)
     summary = dict(out_dir=str(out_dir), step=step)
@@ -874,9 +912,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
             model.load_state_dict(msd)
             model.to(device)
     if dist.main:
-        model.save_pretrained(out_dir / "model")
-        with open(out_dir / "model" / "tokenizer.json", "w") as f:
-            json.dump(dict(tokenizer=cfg.tokenizer), f)
+        _save_final(model, out_dir / "model", cfg.tokenizer)
         if cfg.sample_tokens:
             text = sample(model, tok, cfg.prompt, cfg.sample_tokens, cfg.temperature, cfg.top_k, device, cfg.seed)
             print(f"--- sample ({cfg.sample_tokens} tokens, temperature {cfg.temperature}) ---")
@@ -892,6 +928,30 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
               f"(python -m fastgpt.sample {out_dir / 'model'})", file=sys.stderr, flush=True)
     dist.barrier()
     return summary
+
+
+def _save_final(model, dest: Path, tokenizer: str) -> None:
+    """The trained model as a save_pretrained folder (+ tokenizer.json), swapped in whole: written
+    beside ``dest`` first, so a crash or a full disk leaves the previous folder or the new one."""
+    from safetensors import SafetensorError
+    tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
+
+    def remove(p: Path):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    try:
+        remove(tmp)
+        remove(old)
+        model.save_pretrained(tmp)
+        (tmp / "tokenizer.json").write_text(json.dumps(dict(tokenizer=tokenizer)))
+        if dest.exists() or dest.is_symlink():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        remove(old)
+    except (OSError, SafetensorError) as e:
+        raise RunError(f"cannot write the trained model to {dest}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def _hms(seconds: float) -> str:

@@ -105,6 +105,7 @@ def test_help_lists_every_option_with_default(capsys):
     (["--tokenizer=gpt4"], "--tokenizer must be one of gpt2, byte"),
     (["--batch_size=8.5"], "--batch_size expects INT"),
     (["--dropout=1.5"], "--dropout must be in [0, 1)"),
+    (["--seed=9223372036854775808"], "--seed must be in [0, 2^63)"),
     (["--warmup_iters=10", "--lr_decay_iters=5"], "--warmup_iters (10) must not exceed"),
     (["--device=cpu", "--dtype=fp16"], "--dtype fp16 needs --device cuda"),
     (["--learning_rate=1e-3"], "unknown option --learning_rate"),
@@ -405,3 +406,17 @@ def test_run_main_maps_failures_to_one_line(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
     assert cli.run_main("prog", lambda: 3, {}, "") == 3
     assert cli.run_main("prog", lambda: {"step": 1}, {}, "") == 0
+
+
+def test_sample_refuses_a_tokenizer_that_is_not_the_models():
+    """A model whose tokenizer is not recorded (an HF folder) must match the tokenizer's vocabulary exactly:
+    GPT-1's 40478 tokens are not bytes (it sampled meaningless text before)."""
+    from fastgpt import cli, sample
+    from fastgpt.config import GPTConfig
+    gpt1 = GPTConfig(vocab_size=40478, block_size=16, n_layer=1, n_head=2, n_embd=16, norm="post")
+    with pytest.raises(cli.UsageError, match="GPT-1's BPE"):
+        sample._tokenizer("auto", gpt1)
+    with pytest.raises(cli.UsageError, match="256 tokens do not match the model's 40478-token vocabulary"):
+        sample._tokenizer("byte", gpt1)
+    assert sample._tokenizer("byte", GPTConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2,
+                                               n_embd=16)).n_vocab == 256

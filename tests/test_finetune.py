@@ -304,6 +304,17 @@ def test_train_checkpoint_starts_and_resumes(tmp_path, monkeypatch):
     # a plain --resume keeps the run's own --max_iters (it used to fall back to all 3 epochs)
     s3 = FT.run(cfg_for(task, str(tmp_path / "pre"), out, epochs=3, resume=True), set())
     assert s3["steps"] == 4 and [x["step"] for x in metrics(out) if "task_loss" in x] == steps
+    # --resume on the other program's out_dir: one line saying what to do, no KeyError
+    with pytest.raises(FT.RunError, match="is a fastgpt.train checkpoint, not a fine-tuning run's"):
+        FT.run(cfg_for(task, str(tmp_path / "pre"), tmp_path / "pre", resume=True), set())
+    with pytest.raises(train.RunError, match="not a fastgpt.train checkpoint"):
+        train.run(train.TrainConfig(out_dir=str(out), resume=True, device=DEVICE), {"out_dir", "resume"})
+    # a damaged fine-tuned model: one line, for --predict and as --init
+    (out / "best" / "model.safetensors").write_bytes(b"\0" * 100)
+    with pytest.raises(FT.RunError, match="not a usable fine-tuned model"):
+        FT.load_finetuned(out)
+    with pytest.raises(FT.RunError, match=f"--init {out}"):
+        FT.load_init(str(out), FT.FinetuneConfig(task=str(task)), "cpu")
 
 
 def test_hf_model_starts_a_finetune(tmp_path):
@@ -329,6 +340,19 @@ def test_metrics():
     assert T.macro_f1([1, 1], [0, 0], 3) == 0.0
     tr = [T.Example("a", 1), T.Example("b", 1), T.Example("c", 0)]
     assert T.majority_accuracy(tr, [T.Example("d", 1), T.Example("e", 0)]) == 0.5
+
+
+def test_given_val_or_test_file_splits_the_rest_from_the_task(tmp_path):
+    """A --val_file alone: the test split is 10% of --task (as --help says); a --test_file alone: the
+    validation split is; no example is dropped either way."""
+    tr = write_jsonl(tmp_path / "tr.jsonl", class_rows(20))
+    other = write_jsonl(tmp_path / "o.jsonl", class_rows(5, seed=1))
+    t = T.load_task(str(tr), test_file=str(other))
+    assert (len(t.train), len(t.val), len(t.test)) == (18, 2, 5)
+    t = T.load_task(str(tr), val_file=str(other))
+    assert (len(t.train), len(t.val), len(t.test)) == (18, 5, 2)
+    t = T.load_task(str(tr), val_file=str(other), test_file=str(other))
+    assert (len(t.train), len(t.val), len(t.test)) == (20, 5, 5)
 
 
 # ----------------------------------------------------------------------------- built-in tasks

@@ -365,6 +365,9 @@ def test_padded_vocab_never_sampled_and_filters():
     assert set(sample_next(logits, top_p=0.7).flatten().tolist()) == {2, 3}
     assert set(sample_next(logits, top_p=0.5).flatten().tolist()) == {3} and p[3] > 0.5
     assert (sample_next(logits, temperature=0) == 3).all()
+    # a tiny positive temperature is greedy, not NaN (logits / t overflowed to inf before)
+    big = torch.randn(8, 50) * 30
+    assert torch.equal(sample_next(big, temperature=1e-45), big.argmax(-1, keepdim=True))
 
 
 # ----------------------------------------------------------------------------- save / load / compile

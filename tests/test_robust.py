@@ -328,7 +328,8 @@ def test_fsdp_two_processes_gloo_resume_match_one_process(corpus, tmp_path, monk
                    "--grad_checkpoint"])
     assert p.returncode == 0, p.stderr[-3000:]
     assert "2 processes (FSDP, gloo)" in p.stderr and p.stderr.count("step 4/4") == 1, p.stderr[-3000:]
-    assert "written by 1 process(es), this run has 2: the global batch is now 8 sequences" in p.stderr
+    # the same global batch (1 x 8 = 2 x 4): the same data stream, so no warning about its order
+    assert "process(es)" not in p.stderr, p.stderr[-3000:]
     assert "Traceback" not in p.stderr and "Warning" not in p.stderr, p.stderr[-3000:]
     r1, r2 = _steps(one), _steps(two)
     assert sorted(r2) == [3, 4] and r1[3]["skipped"] is True and r2[3]["skipped"] is True
@@ -355,7 +356,7 @@ def test_fsdp_two_processes_gloo_resume_match_one_process(corpus, tmp_path, monk
     assert train.main([f"--out_dir={one}", "--resume", "--max_iters=5", "--device=cpu"]) == 0
     capsys.readouterr()
     assert train.main([f"--out_dir={two}", "--resume", "--max_iters=5", "--batch_size=8", "--device=cpu"]) == 0
-    assert "written by 2 process(es), this run has 1" in capsys.readouterr().err
+    assert "process(es)" not in capsys.readouterr().err
     assert _steps(two)[5]["loss"] == pytest.approx(_steps(one)[5]["loss"], rel=1e-5)
 
 

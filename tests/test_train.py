@@ -306,3 +306,48 @@ def test_gpu_mixed_precision(corpus, tmp_path, dtype, compile_):
     if dtype == "fp16":
         assert all("loss_scale" in r for r in rows[1:])
     assert rows[0]["backend"] == "fused" or not HAS_CUDA
+
+
+def test_resume_takes_new_optimizer_options_and_keeps_following_options(corpus, tmp_path):
+    """--resume after a crash: the optimizer's moments come from the checkpoint but weight_decay and betas
+    from this command line (they were silently the saved ones); options that followed others
+    (lr_decay_iters = max_iters, min_lr = lr / 10, ckpt_interval = eval_interval) keep following them,
+    through a plain resume too; and the metrics rows the crashed run logged past the checkpoint go."""
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=4, eval_interval=2)) == 0
+    ck.latest_checkpoint(out).unlink()          # "crashed" after step 4's row, before its checkpoint
+    assert train.main([f"--out_dir={out}", "--resume", "--device=cpu"]) == 0      # finishes steps 3-4
+    assert train.main([f"--out_dir={out}", "--resume", "--device=cpu", "--max_iters=6", "--weight_decay=0",
+                       "--beta2=0.5", "--lr=1e-4", "--eval_interval=3"]) == 0
+    st = ck.load_checkpoint(ck.latest_checkpoint(out))
+    assert st["step"] == 6
+    groups = st["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.0]
+    assert all(tuple(g["betas"]) == (0.9, 0.5) for g in groups)
+    tc = st["train_config"]
+    assert (tc["lr_decay_iters"], tc["min_lr"], tc["ckpt_interval"], tc["weight_decay"]) == (6, 1e-5, 3, 0.0)
+    rows = [r for r in _rows(out) if r.get("type") != "header"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    # step 5 (0-based 4) is on the cosine towards step 6, not already at min_lr
+    assert rows[4]["lr"] == pytest.approx(train.lr_at(4, 1e-4, 1e-5, 1, 6)) and rows[4]["lr"] > 2e-5
+
+
+def test_final_model_is_swapped_in_whole_and_a_failed_write_is_one_line(corpus, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model").write_text("in the way")     # replaced by the new folder, whole
+    assert train.main(_args(corpus, out, max_iters=1)) == 0
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors",
+                                                                 "tokenizer.json"]
+    assert not (out / "model.tmp").exists() and not (out / "model.old").exists()
+    from fastgpt.model import GPT
+
+    def full(self, path):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(GPT, "save_pretrained", full)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main([f"--out_dir={out}", "--resume", "--device=cpu", "--max_iters=2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "cannot write the trained model" in err and "No space left on device" in err and "Traceback" not in err
+    assert (out / "model" / "model.safetensors").exists()   # the previous model is still whole
