@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -381,11 +382,27 @@ class _Dist:
             import torch.distributed as tdist
             tdist.barrier()
 
+    def agree(self, error: str | None) -> None:
+        """A barrier that carries each rank's error (None: fine). If any rank failed, rank 0 raises
+        RunError with the first message (its one line) and the others exit 1 quietly: work that one
+        rank does alone (tokenizing, writing files) never leaves the others in a broken collective."""
+        errors = self.gather_objects(error) if self.world > 1 else [error]
+        first = next((e for e in errors if e), None)
+        if first is not None:
+            if self.main:
+                raise RunError(first)
+            raise SystemExit(1)
+
     def close(self):
         if self.owned:
             import torch.distributed as tdist
             if tdist.is_initialized():
                 tdist.destroy_process_group()
+                # free the process group (and join gloo's worker threads) while Python is whole: left to
+                # interpreter shutdown, a worker releasing the last collective's tensors needs the GIL
+                # then and aborts the process ("terminate called without an active exception", seen
+                # on 1 in ~8 gloo runs; 0 in 42 with this; pytorch/pytorch#179291 describes it)
+                gc.collect()
 
 
 def init_distributed(device_type: str, always: bool = False) -> _Dist:
@@ -626,15 +643,18 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
 
     # --- data (rank 0 tokenizes into the cache first; the others then read it)
     def prepare():
+        """((token data, tokenizer), None) or (None, the error)."""
         try:
-            return fdata.prepare(cfg.data, cfg.tokenizer, cfg.val_fraction), fdata.get_tokenizer(cfg.tokenizer)
+            td = fdata.prepare(cfg.data, cfg.tokenizer, cfg.val_fraction)
+            return (td, fdata.get_tokenizer(cfg.tokenizer)), None
         except fdata.DataError as e:
-            raise RunError(str(e)) from None
-    if dist.main:
-        td, tok = prepare()
-    dist.barrier()
+            return None, str(e)
+    got, err = prepare() if dist.main else (None, None)
+    dist.agree(err)             # rank 0 first (or every rank stops)
     if not dist.main:
-        td, tok = prepare()
+        got, err = prepare()
+    dist.agree(err)
+    td, tok = got
     if len(td.val) < cfg.block_size + 1:
         raise RunError(f"the validation split has {len(td.val)} tokens, fewer than block_size + 1 = "
                        f"{cfg.block_size + 1}; use a smaller --block_size, more text or a larger --val_fraction")
@@ -755,11 +775,13 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
         model.train(was)
         return float(dist.all_reduce(tot / cfg.eval_iters))
 
+    err = None
     if dist.main:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise RunError(f"--out_dir {out_dir}: cannot create it ({e.strerror})") from None
+            err = f"--out_dir {out_dir}: cannot create it ({e.strerror})"
+    dist.agree(err)
     saved_cfg = cli.to_dict(cfg, drop=("backend",))
     saved_cfg["_following"] = following
     header = dict(type="header", versions=_versions(device), device=dev_name, device_type=device.type,
@@ -779,7 +801,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
     def save(step) -> Path | None:
         """Checkpoint on rank 0 (every rank joins the gather of the per-rank RNG states)."""
         rngs = dist.gather_objects(ck.rng_state()) if W > 1 else None
-        p = None
+        p = err = None
         msd, osd = _fsdp_full_state(model, optimizer) if cfg.fsdp else (None, None)
         if dist.main:
             st = dict(step=step, model=msd if cfg.fsdp else model.state_dict(), config=mcfg.to_dict(),
@@ -791,10 +813,10 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
                 st["rng_ranks"] = rngs
             try:
                 p = ck.save_checkpoint(out_dir, st, keep=cfg.keep_ckpts)
+                summary["checkpoint"] = str(p)
             except ck.CheckpointError as e:  # disk full, folder removed or made read-only under us
-                raise RunError(str(e)) from None
-            summary["checkpoint"] = str(p)
-        dist.barrier()
+                err = str(e)
+        dist.agree(err)
         return p
 
     try:
@@ -911,8 +933,14 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
             model = GPT(mcfg, backend=cfg.backend)
             model.load_state_dict(msd)
             model.to(device)
+    err = None
     if dist.main:
-        _save_final(model, out_dir / "model", cfg.tokenizer)
+        try:
+            _save_final(model, out_dir / "model", cfg.tokenizer)
+        except RunError as e:
+            err = str(e)
+    dist.agree(err)
+    if dist.main:
         if cfg.sample_tokens:
             text = sample(model, tok, cfg.prompt, cfg.sample_tokens, cfg.temperature, cfg.top_k, device, cfg.seed)
             print(f"--- sample ({cfg.sample_tokens} tokens, temperature {cfg.temperature}) ---")

@@ -360,6 +360,17 @@ def test_fsdp_two_processes_gloo_resume_match_one_process(corpus, tmp_path, monk
     assert _steps(two)[5]["loss"] == pytest.approx(_steps(one)[5]["loss"], rel=1e-5)
 
 
+def test_ddp_error_on_rank0_alone_is_one_line(corpus, tmp_path):
+    """Work rank 0 does alone (tokenizing, writing files) failing there: rank 0 says it in one line and
+    every rank exits 1; the others do not die with a broken barrier's traceback (nor abort in gloo's
+    teardown)."""
+    p = _torchrun(_args(corpus, tmp_path / "x", data=tmp_path / "missing.txt", max_iters=1))
+    assert p.returncode != 0
+    assert p.stderr.count("python -m fastgpt.train: error: --data") == 1, p.stderr[-3000:]
+    assert "fastgpt/train.py" not in p.stderr and "[rank1]" not in p.stderr, p.stderr[-3000:]
+    assert "terminate called" not in p.stderr and "exitcode  : 1" in p.stderr, p.stderr[-3000:]
+
+
 def _free_port() -> int:
     import socket
     with socket.socket() as s:
