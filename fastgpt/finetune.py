@@ -83,7 +83,8 @@ class FinetuneConfig:
     task_type: Literal["classify", "pair", "similarity", "choice"] | None = _f(
         None, "input transformation", "classify, or choice when the file has a choices field")
     val_file: str | None = _f(None, "with a --task file: a separate validation file", "10% of --task")
-    test_file: str | None = _f(None, "with a --task file: a separate test file", "10% of --task")
+    test_file: str | None = _f(None, "with a --task file: a separate test file",
+                               "10% of --task, or none when --val_file is given")
     init: str | None = _f(None, "train output dir, checkpoint file, save_pretrained / HF dir, or 'random'",
                           "newest checkpoint in fastgpt.train's default out_dir, else random")
     tokenizer: Literal["gpt2", "byte"] | None = _f(None, "base tokenizer", "the checkpoint's (byte for random init "
@@ -289,17 +290,13 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
         tok_name = meta["tokenizer"]
     if cfg.tokenizer is not None and tok_name is not None and cfg.tokenizer != tok_name:
         raise cli.UsageError(f"--tokenizer {cfg.tokenizer}: the --init model was trained with {tok_name!r}")
-    guessed = tok_name is None
+    gpt1 = model.config.vocab_size == 40478 and meta is None and tok_name is None
     tok_name = tok_name or cfg.tokenizer or _guess_tokenizer(model.config.vocab_size)
-    if tok_name is None:
-        raise cli.UsageError(f"--init {spec}: cannot tell the tokenizer of a {model.config.vocab_size}-token "
-                             "vocabulary" + (" (GPT-1's BPE, which fastgpt does not include)"
-                                             if model.config.vocab_size == 40478 else
-                                             "; pass --tokenizer gpt2 or byte if it is one of them"))
-    sizes = {"byte": 256, "gpt2": 50257}
-    if guessed and meta is None and sizes.get(tok_name, model.config.vocab_size) != model.config.vocab_size:
-        raise cli.UsageError(f"--tokenizer {tok_name}: its {sizes[tok_name]} tokens do not match the --init "
-                             f"model's {model.config.vocab_size}-token vocabulary")
+    if tok_name is None or gpt1:
+        raise cli.UsageError(f"--init {spec}: " + ("a 40478-token vocabulary is GPT-1's BPE, which fastgpt does "
+                                                   "not include" if gpt1 else
+                                                   f"cannot tell the tokenizer of a {model.config.vocab_size}-token "
+                                                   "vocabulary; pass --tokenizer gpt2 or byte if it is one of them"))
     return model, tok_name, f"{kind} {p}", meta
 
 
@@ -441,12 +438,13 @@ def load_finetuned(path, device="cpu", backend=None):
         raise RunError(f"{p}/finetune.json is not a fastgpt fine-tune description")
     from safetensors import SafetensorError
     try:
-        model = GPT.from_pretrained(p, backend=backend).to(device)
+        model = GPT.from_pretrained(p, backend=backend)
         head = build_head(model.config.n_embd, n_head_outputs(meta["task_type"], len(meta["labels"])), 0.0)
         head.load_state_dict(load_file(str(p / "head.safetensors")))
     except (ValueError, KeyError, OSError, RuntimeError, SafetensorError) as e:   # damaged or mismatched files
         raise RunError(f"{p}: not a usable fine-tuned model ({type(e).__name__}: "
                        f"{' '.join(str(e).split())[:200]})") from None
+    model = model.to(device)
     tok = T.TaskTokenizer(_tokenizer_for(meta["tokenizer"], False))
     if tok.n_vocab != model.config.vocab_size:
         raise RunError(f"{p}: the model's vocabulary ({model.config.vocab_size}) does not match its tokenizer "
@@ -664,7 +662,10 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     step = 0
     extra = dict(best=None, history=[], init=init_desc)
     if ckpt_state is not None:
+        decay = [g["weight_decay"] for g in optimizer.param_groups]   # this run's, not the saved ones
         optimizer.load_state_dict(ckpt_state["optimizer"])
+        for g, wd in zip(optimizer.param_groups, decay, strict=True):
+            g["weight_decay"] = wd
         if ckpt_state.get("scaler") and cfg.dtype == "fp16":
             scaler.load_state_dict(ckpt_state["scaler"])
         step = int(ckpt_state["step"])

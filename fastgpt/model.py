@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastgpt import ops, reference
-from fastgpt.backend import first_order_only
+from fastgpt.backend import first_order_only, resolve
 from fastgpt.config import GPTConfig
 
 __all__ = ["GPTBlock", "GPT", "KVCache", "load_model", "FORMAT", "FORMAT_VERSION"]
@@ -102,7 +102,8 @@ class KVCache:
 # ----------------------------------------------------------------------------- MLP with recompute
 
 class _GeluLinear(torch.autograd.Function):
-    """out = c_proj(bias_gelu(u, b1)), saving u but not g = bias_gelu(u, b1) (recomputed in backward)."""
+    """out = c_proj(bias_gelu(u, b1)), saving u but not g = bias_gelu(u, b1) (recomputed in backward).
+    The fused backend's MLP (the reference backend's is plain autograd: twice differentiable)."""
 
     @staticmethod
     def forward(ctx, u, b1, w2, b2, approximate, backend):
@@ -113,7 +114,7 @@ class _GeluLinear(torch.autograd.Function):
         return out
 
     @staticmethod
-    @first_order_only("GPTBlock", "its MLP backward recomputes the GELU by hand; use fastgpt.reference.GPTBlock")
+    @first_order_only("GPTBlock")
     def backward(ctx, dout):
         u, b1, w2, b2 = ctx.saved_tensors
         with torch.autocast(u.device.type, enabled=False):
@@ -190,7 +191,8 @@ class GPTBlock(nn.Module):
         fc, proj = self.mlp.c_fc, self.mlp.c_proj
         u = F.linear(y, fc.weight)
         b2 = proj.bias if with_bias else None
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling() and resolve(self.backend,
+                                                                                     u.device.type) == "fused":
             return _GeluLinear.apply(u, fc.bias, proj.weight, b2, self.approximate, self.backend)
         g = ops.bias_gelu(u, fc.bias, self.approximate, backend=self.backend)
         return F.linear(g, proj.weight, b2)
@@ -679,7 +681,7 @@ def _cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
                 top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """(B, V) logits -> (B, 1) token ids (temperature 0: argmax)."""
-    if temperature == 0:
+    if temperature < torch.finfo(torch.float32).tiny:   # 0, or 0 once in fp32: greedy
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float()
     # the row's max first: a tiny temperature sends the others to -inf, never the max to inf (no NaN)

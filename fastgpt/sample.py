@@ -30,6 +30,9 @@ EPILOG = """examples:
 exit status: 0 done, 1 PATH is not a loadable model, 2 a usage error (one line)."""
 
 
+GPT1_VOCAB = 40478   # OpenAI GPT's BPE: its weights load (GPT.from_hf), its tokenizer is not part of fastgpt
+
+
 class LoadError(RuntimeError):
     """PATH cannot be loaded as a model; exit 1 with this one line."""
 
@@ -44,7 +47,7 @@ def _tokenizer(name: str, cfg):
         name = known or ("byte" if cfg.vocab_size == 256 else "gpt2" if cfg.vocab_size == 50257 else None)
         if name is None:
             raise cli.UsageError(f"cannot tell the tokenizer of a {cfg.vocab_size}-token vocabulary"
-                                 + (" (GPT-1's BPE, which fastgpt does not include)" if cfg.vocab_size == 40478
+                                 + (" (GPT-1's BPE, which fastgpt does not include)" if cfg.vocab_size == GPT1_VOCAB
                                     else "; pass --tokenizer byte|gpt2 if it is one of them"))
     elif known is not None and known != name:
         raise cli.UsageError(f"--tokenizer {name}: the model was trained with the {known!r} tokenizer "
@@ -54,9 +57,12 @@ def _tokenizer(name: str, cfg):
         tok = get_tokenizer(name)
     except DataError as e:
         raise LoadError(str(e).splitlines()[0]) from None
-    if tok.n_vocab > cfg.vocab_size or (known is None and tok.n_vocab != cfg.vocab_size):
-        raise cli.UsageError(f"--tokenizer {name}: its {tok.n_vocab} tokens do not match the model's "
-                             f"{cfg.vocab_size}-token vocabulary (not the tokenizer it was trained with)")
+    if tok.n_vocab > cfg.vocab_size:
+        raise cli.UsageError(f"--tokenizer {name}: its {tok.n_vocab} tokens do not fit the model's "
+                             f"{cfg.vocab_size}-token vocabulary")
+    if known is None and cfg.vocab_size == GPT1_VOCAB:
+        raise cli.UsageError(f"--tokenizer {name}: a {GPT1_VOCAB}-token vocabulary is GPT-1's BPE, which "
+                             "fastgpt does not include")
     return tok
 
 

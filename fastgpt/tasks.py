@@ -349,12 +349,9 @@ def load_file_task(path, task_type: str | None = None, val_file=None, test_file=
             val = parse_rows(val_file, task_type, labels or None)[2]
         if test_file is not None:
             test = parse_rows(test_file, task_type, labels or None)[2]
-        if not val:      # the split not given: 10% of the --task file (a fixed shuffle)
+        if not val:      # no validation file: 10% of the --task file (a fixed shuffle)
             train, val, _ = split_fixed(train, (0.9, 0.1, 0.0))
-        if test_file is None:
-            train, _, test = split_fixed(train, (0.9, 0.0, 0.1))
-        how = "given files" if val_file is not None and test_file is not None else \
-            "given files, the rest 10% of the task file"
+        how = "given files"
     if not train:
         raise TaskFileError(f"{path}:1: too few examples to train on ({len(exs)})")
     return Task(name=Path(path).name, task_type=task_type, labels=labels, train=train, val=val, test=test,

@@ -330,10 +330,9 @@ class _Log:
 def _trim_metrics(path: Path, step: int) -> None:
     """Drop the rows that a crashed run logged after the checkpoint a --resume starts from at ``step``
     (those steps are trained again, and would otherwise appear twice), atomically."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:  # none yet, or unreadable: _Log reports the latter
+    if not path.exists():
         return
+    lines = path.read_text().splitlines()
     keep = []
     for line in lines:
         try:
@@ -344,8 +343,11 @@ def _trim_metrics(path: Path, step: int) -> None:
             keep.append(line + "\n")
     if len(keep) < len(lines):
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text("".join(keep))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 class _Dist:
@@ -613,7 +615,12 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
             cfg = dataclasses.replace(cfg, **{k: v for k, v in saved.items()
                                               if k in {f.name for f in dataclasses.fields(cfg)}})
             cfg = dataclasses.replace(cfg, **keep)
-            followed = saved.get("_following", ["lr_decay_iters"] if saved.get("_lr_decay_auto") else [])
+            followed = saved.get("_following")
+            if followed is None:  # a checkpoint of an earlier fastgpt: infer what followed what
+                followed = [k for k, on in (
+                    ("lr_decay_iters", saved.get("_lr_decay_auto")),
+                    ("min_lr", saved.get("lr") and math.isclose(saved.get("min_lr") or 0.0, saved["lr"] / 10)),
+                    ("ckpt_interval", saved.get("ckpt_interval") == saved.get("eval_interval"))) if on]
             for k in set(followed) - given:
                 setattr(cfg, k, None)  # it followed another option: keep following
             if ("warmup_iters" not in given and None not in (cfg.lr_decay_iters, cfg.warmup_iters)
@@ -781,6 +788,11 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             err = f"--out_dir {out_dir}: cannot create it ({e.strerror})"
+        try:
+            if ckpt_state is not None and not cfg.eval_only and err is None:
+                _trim_metrics(out_dir / "metrics.jsonl", step)
+        except OSError as e:
+            err = f"{out_dir / 'metrics.jsonl'}: cannot rewrite it ({e.strerror})"
     dist.agree(err)
     saved_cfg = cli.to_dict(cfg, drop=("backend",))
     saved_cfg["_following"] = following
@@ -791,8 +803,6 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
                   resumed_from=step if ckpt_state is not None else None,
                   started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     metrics_path = out_dir / "metrics.jsonl"
-    if ckpt_state is not None and dist.main:
-        _trim_metrics(metrics_path, step)
     log = _Log(metrics_path if dist.main else None, append=ckpt_state is not None and metrics_path.exists(),
                bar=cfg.progress and not cfg.eval_only and dist.main, total=cfg.max_iters, initial=step)
     summary = dict(out_dir=str(out_dir), step=step)

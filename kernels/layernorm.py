@@ -373,6 +373,7 @@ def _add_ln_setup(ctx, inputs, output):
     x, residual, weight, bias, _ = inputs
     _, h, mean, rstd = output
     _save(ctx, x, residual, weight, bias, h, mean, rstd)
+    ctx.set_materialize_grads(False)   # y unused: no LayerNorm gradient (None), as on the eager path
 
 
 def _add_ln_backward(ctx, dy, dh, _dmean, _drstd):

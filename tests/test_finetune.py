@@ -343,14 +343,14 @@ def test_metrics():
 
 
 def test_given_val_or_test_file_splits_the_rest_from_the_task(tmp_path):
-    """A --val_file alone: the test split is 10% of --task (as --help says); a --test_file alone: the
-    validation split is; no example is dropped either way."""
+    """A --test_file alone: the validation split is 10% of --task and no example is dropped (one was);
+    a --val_file alone: no test split (as --help says)."""
     tr = write_jsonl(tmp_path / "tr.jsonl", class_rows(20))
     other = write_jsonl(tmp_path / "o.jsonl", class_rows(5, seed=1))
     t = T.load_task(str(tr), test_file=str(other))
     assert (len(t.train), len(t.val), len(t.test)) == (18, 2, 5)
     t = T.load_task(str(tr), val_file=str(other))
-    assert (len(t.train), len(t.val), len(t.test)) == (18, 5, 2)
+    assert (len(t.train), len(t.val), len(t.test)) == (20, 5, 0)
     t = T.load_task(str(tr), val_file=str(other), test_file=str(other))
     assert (len(t.train), len(t.val), len(t.test)) == (20, 5, 5)
 

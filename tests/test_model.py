@@ -368,6 +368,7 @@ def test_padded_vocab_never_sampled_and_filters():
     # a tiny positive temperature is greedy, not NaN (logits / t overflowed to inf before)
     big = torch.randn(8, 50) * 30
     assert torch.equal(sample_next(big, temperature=1e-45), big.argmax(-1, keepdim=True))
+    assert torch.equal(sample_next(big, temperature=1e-50), big.argmax(-1, keepdim=True))   # 0 in fp32
 
 
 # ----------------------------------------------------------------------------- save / load / compile

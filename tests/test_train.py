@@ -351,3 +351,29 @@ def test_final_model_is_swapped_in_whole_and_a_failed_write_is_one_line(corpus, 
     err = capsys.readouterr().err
     assert e.value.code == 1 and "cannot write the trained model" in err and "No space left on device" in err and "Traceback" not in err
     assert (out / "model" / "model.safetensors").exists()   # the previous model is still whole
+
+
+def test_resume_of_an_earlier_versions_checkpoint_infers_following_options_and_clamps_warmup(corpus, tmp_path):
+    """A checkpoint written before "_following" existed: lr_decay_iters followed max_iters by its flag,
+    min_lr = lr / 10 and ckpt_interval = eval_interval are inferred; a saved warmup longer than a new,
+    shorter --lr_decay_iters is clamped rather than refused; --eval_only leaves metrics.jsonl alone."""
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=2, warmup_iters=2, eval_interval=2)) == 0
+    path = ck.latest_checkpoint(out)
+    st = ck.load_checkpoint(path)
+    tc = st["train_config"]
+    tc["_lr_decay_auto"] = tc.pop("_following") != []     # as the previous version wrote it
+    ck.save_checkpoint(out, st, keep=0)                    # rewritten in place (same step)
+    with open(out / "metrics.jsonl", "a") as f:   # a row past the checkpoint, as a crashed run leaves
+        f.write('{"step": 3, "loss": 123.0}\n')
+    rows_before = (out / "metrics.jsonl").read_text()
+    assert train.main([f"--out_dir={out}", "--resume", "--device=cpu", "--eval_only"]) == 0
+    assert (out / "metrics.jsonl").read_text().startswith(rows_before)   # evaluating trims nothing
+    assert train.main([f"--out_dir={out}", "--resume", "--device=cpu", "--max_iters=4", "--lr=1e-4",
+                       "--eval_interval=4"]) == 0
+    tc = ck.load_checkpoint(ck.latest_checkpoint(out))["train_config"]
+    assert (tc["lr_decay_iters"], tc["min_lr"], tc["ckpt_interval"]) == (4, 1e-5, 4)
+    assert 123.0 not in [r.get("loss") for r in _rows(out)]   # training again trimmed it
+    assert train.main([f"--out_dir={out}", "--resume", "--device=cpu", "--max_iters=5", "--lr_decay_iters=1"]) == 0
+    tc = ck.load_checkpoint(ck.latest_checkpoint(out))["train_config"]
+    assert (tc["warmup_iters"], tc["lr_decay_iters"]) == (1, 1)
