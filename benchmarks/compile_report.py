@@ -215,10 +215,15 @@ def main(argv=None) -> int:
         print("compile_report: unset TRITON_INTERPRET (it compiles for the GPU, it does not interpret)",
               file=sys.stderr)
         return 2
+    only = {s for s in args.only.split(",") if s}
+    known = {"layernorm", "gelu", "attention", "cross_entropy"}
+    if only - known:
+        print(f"compile_report: --only: unknown famil{'ies' if len(only - known) > 1 else 'y'} "
+              f"{', '.join(sorted(only - known))}; choose from {', '.join(sorted(known))}", file=sys.stderr)
+        return 2
     os.environ["FASTGPT_AUTOTUNE"] = "1"   # the full spaces: --first picks the first config itself
     rec = Recorder(all_configs=not args.first, shard=shard)
     rec.install()
-    only = {s for s in args.only.split(",") if s}
     failures = 0
     print(f"{'kernel':<26} {'dtypes':<18} {'constexprs':<58} {'w':>2} {'s':>2} {'regs':>4} {'stack':>5} {'smem KiB':>8}"
           + ("".join(f" {op:>5}" for op in ("instr",) + SASS_OPS) if args.sass else "") + "  verdict")

@@ -52,10 +52,10 @@ DEADLINE=$((SECONDS + ${BUDGET_TOTAL:-570}))
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 
-wants() {  # wants STAGE [FAMILY]: is this stage selected?
-  [ "$ONLY" = "all" ] && return 0
+wants() {  # wants STAGE [FAMILY]: is this stage selected? ("all" anywhere in the list: every stage)
   local s
   for s in ${ONLY//,/ }; do
+    [ "$s" = "all" ] && return 0
     [ "$s" = "$1" ] && return 0
     [ -n "${2:-}" ] && [ "$s" = "$2" ] && return 0
   done
@@ -66,6 +66,15 @@ FAILED_STAGES=""  # stages that failed, ran out of time or were skipped: the exi
 stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.log
   local name=$1 budget=$2; shift 2
   local var="BUDGET_${name^^}"; budget=${!var:-$budget}
+  case "$budget" in
+    ''|*[!0-9]*) echo "gpu_check: $var must be a whole number of seconds, got '$budget'"; exit 2 ;;
+  esac
+  if [ "$budget" -le 0 ]; then  # (timeout 0 would mean no limit at all)
+    echo "=== [$name] skipped: $var=0"
+    echo "{\"stage\": \"$name\", \"rc\": \"skipped\", \"seconds\": 0, \"budget\": 0}" > "$RES/$name.stage.json"
+    FAILED_STAGES="$FAILED_STAGES $name(skipped)"
+    return
+  fi
   local left=$((DEADLINE - SECONDS - 30))  # kept for the SIGKILL grace and the table
   if [ "$left" -lt 30 ]; then
     echo "=== [$name] skipped: ${left}s left of BUDGET_TOTAL"

@@ -23,7 +23,8 @@ FAMILIES = ["layernorm", "gelu", "dropout_add", "attention", "cross_entropy", "b
 
 
 def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+    """v in spec, or a "-" as wide as spec's field (the columns stay aligned)."""
+    return format("-", f">{spec.split('.')[0]}") if v is None else format(v, spec)
 
 
 def print_rows(rows, copy_gbps=None):
@@ -122,6 +123,11 @@ def main(argv=None):
         print(f"benchmarks: {', '.join(failed)} stopped part-way (see the '(family stopped)' rows)",
               file=sys.stderr)
         sys.exit(130 if interrupted else 1)
+    wrong = [f"{r['bench']} {r['case']} ({r['impl']})" for r in rows if r["impl"].startswith("fastgpt") and not r["ok"]]
+    if wrong:   # a fastgpt result that failed its check against the reference: the run is not a pass
+        print(f"benchmarks: fastgpt failed its correctness check in {len(wrong)} row(s): {'; '.join(wrong[:5])}",
+              file=sys.stderr)
+        sys.exit(1)
     return rows
 
 

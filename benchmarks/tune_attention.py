@@ -62,7 +62,9 @@ def _refs(q, k, v, do, p, seed):
     return {n: (h, l) for n, h, l in zip(NAMES, *out)}
 
 
-def sweep(shape, p, kinds, dtype=torch.bfloat16, device="cuda", candidates=CANDIDATES):
+def sweep(shape, p, kinds, dtype=torch.bfloat16, device="cuda", candidates=CANDIDATES, rows=None):
+    """The rows of every candidate config of ``kinds`` at one (shape, p), appended to ``rows`` (a list the
+    caller keeps: an interrupted sweep leaves the rows it measured) and returned."""
     from fastgpt.kernels import attention as A
     B, H, T, D = shape
     gen = torch.Generator(device=device).manual_seed(0)
@@ -71,18 +73,17 @@ def sweep(shape, p, kinds, dtype=torch.bfloat16, device="cuda", candidates=CANDI
     refs = _refs(q, k, v, do, p, seed)
     o, lse = A.attention_fwd(q, k, v, dropout_p=p, seed=seed, config=A.default_config("fwd", D, dtype, p > 0))
     defaults = (A.default_config("dkdv", D, dtype, p > 0), A.default_config("dq", D, dtype, p > 0))
-    rows = []
+    rows = [] if rows is None else rows
     for kind in kinds:
         with A.dq_mode("atomic" if kind == "dkdvq" else "split"):
-            rows += _sweep_kind(kind, candidates[kind], p, q, k, v, do, o, lse, seed, refs, defaults, dtype, device)
+            _sweep_kind(kind, candidates[kind], p, q, k, v, do, o, lse, seed, refs, defaults, dtype, device, rows)
     return rows
 
 
-def _sweep_kind(kind, candidates, p, q, k, v, do, o, lse, seed, refs, defaults, dtype, device):
-    """sweep()'s rows of one kernel kind (BWD_DQ already set for it)."""
+def _sweep_kind(kind, candidates, p, q, k, v, do, o, lse, seed, refs, defaults, dtype, device, rows):
+    """sweep()'s rows of one kernel kind (BWD_DQ already set for it), appended to ``rows``."""
     from fastgpt.kernels import attention as A
     shape = tuple(q.shape)
-    rows = []
     for c in candidates:
         if p > 0 and c[1] % 32:   # dropout's keep-mask groups span 32 keys
             continue
@@ -109,7 +110,6 @@ def _sweep_kind(kind, candidates, p, q, k, v, do, o, lse, seed, refs, defaults, 
                      "note": msg})
         if device == "cuda":
             torch.cuda.empty_cache()
-    return rows
 
 
 def main(argv=None):
@@ -134,19 +134,29 @@ def main(argv=None):
     if any(len(s) != 4 for s in shapes) or any(k not in CANDIDATES for k in kinds):
         print(f"tune_attention: shapes are B,H,T,D; kinds are {','.join(CANDIDATES)}", file=sys.stderr)
         return 2
-    rows = []
-    for shape in shapes:
-        for p in ps:
-            rows += sweep(shape, p, kinds)
-            if args.json:
-                with open(args.json, "w") as f:
-                    json.dump({"card": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f)
+    rows, interrupted = [], False
+
+    def write():
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"card": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f)
+    try:
+        for shape in shapes:
+            for p in ps:
+                sweep(shape, p, kinds, rows=rows)
+                write()
+    except KeyboardInterrupt:   # gpu_check's time budget: keep and print what was measured
+        interrupted = True
+        write()
     print(f"{'shape':<18} {'p':>4} {'kind':<5} {'config (BM, BN, warps, stages)':<32} {'ms':>8}  note")
     key = lambda r: (str(r["shape"]), r["p"], r["kind"], r["ms"] is None, r["ms"] or 0)  # noqa: E731
     for r in sorted(rows, key=key):
         ms = f"{r['ms']:8.3f}" if r["ms"] is not None else "       -"
         print(f"{str(tuple(r['shape'])):<18} {r['p']:>4} {r['kind']:<5} {str(tuple(r['config'])):<32} {ms}  "
               f"{r['note']}")
+    if interrupted:
+        print(f"tune_attention: interrupted after {len(rows)} configs; the table holds those", file=sys.stderr)
+        return 130
     return 0
 
 

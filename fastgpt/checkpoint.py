@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import random
 import re
 import time
@@ -156,14 +157,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder) -> list[Path]:
-    """Delete ``.NAME.tmpPID`` files left by writers that died (SIGKILL, power loss); the removed paths."""
+    """Delete ``.NAME.tmpPID`` files (or folders: a fine-tune's ``.best.tmpPID``) left by writers that died
+    (SIGKILL, power loss); the removed paths. Housekeeping: one that cannot be removed is left alone."""
     d, gone = Path(folder), []
     if not d.is_dir():
         return gone
     for p in d.iterdir():
         m = _TMP.match(p.name)
         if m and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))):
-            p.unlink(missing_ok=True)
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink(missing_ok=True)
+            except OSError:
+                continue
             gone.append(p)
     return gone
 

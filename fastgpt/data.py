@@ -151,7 +151,8 @@ def _fetch(req: str, filename: str, sha: str, sdist: bool, offline: bool | None 
                             + _how_to_prepare(req))
         return path
     if offline is None:
-        offline = os.environ.get("FASTGPT_OFFLINE", "") not in ("", "0")
+        from fastgpt.cli import env_flag
+        offline = env_flag("FASTGPT_OFFLINE")
     if offline:
         raise DataError(f"{filename} is not in the cache and FASTGPT_OFFLINE is set: " + _how_to_prepare(req))
     d.mkdir(parents=True, exist_ok=True)
@@ -458,10 +459,12 @@ def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline:
                 except UnicodeDecodeError as e:
                     raise DataError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start}); convert it or leave "
                                     "it out of --data") from None
-                # the last val_fraction of the characters, cut at a line start, is validation
+                # the last val_fraction of the characters is validation, cut at a line start when one
+                # is near (a file of few, long lines is cut mid-line rather than mostly validation)
                 cut = int(len(text) * (1 - val_fraction))
                 nl = text.rfind("\n", 0, cut)
-                cut = nl + 1 if nl > 0 and val_fraction > 0 else cut
+                if nl > 0 and val_fraction > 0 and cut - nl <= max(4096, len(text) // 100):
+                    cut = nl + 1
                 yield str(f), "train", text[:cut]
                 if text[cut:]:
                     yield str(f), "val", text[cut:]
@@ -474,7 +477,14 @@ def prepare(data: str | None, tokenizer: str, val_fraction: float = 0.1, offline
     """The token data for --data (None = the default corpus)."""
     if tokenizer not in TOKENIZERS:
         raise DataError(f"unknown tokenizer {tokenizer!r}; choose from {', '.join(TOKENIZERS)}")
-    return prepare_default(tokenizer, offline) if data is None else prepare_files(data, tokenizer, val_fraction, offline)
+    try:
+        if data is None:
+            return prepare_default(tokenizer, offline)
+        return prepare_files(data, tokenizer, val_fraction, offline)
+    except OSError as e:  # a cache folder that cannot be created or written (a file in the way, read-only, full)
+        where = e.filename or cache_dir()
+        hint = "; set FASTGPT_CACHE to a writable folder" if str(where).startswith(str(cache_dir())) else ""
+        raise DataError(f"{where}: {e.strerror or e}{hint}") from None
 
 
 def document_tokens(td: TokenData, name: str) -> np.ndarray:
@@ -539,7 +549,8 @@ def main(argv=None) -> int:
         "files into the cache ($FASTGPT_CACHE or ~/.cache/fastgpt) and tokenizes them; copy that folder to "
         "machines without network."))
     ap.add_argument("--prepare", action="store_true", help="fetch both archives and build the token files")
-    ap.add_argument("--data", default=None, help="also tokenize these files (file, folder or glob)")
+    ap.add_argument("--data", default=None, help="tokenize these files (file, folder or glob); with --prepare, "
+                                                  "the default corpus as well")
     ap.add_argument("--tokenizer", choices=TOKENIZERS, default=None, help="only this tokenizer (default: both)")
     args = ap.parse_args(argv)
     if not args.prepare and args.data is None:
@@ -547,9 +558,10 @@ def main(argv=None) -> int:
         return 0
     try:
         for t in ([args.tokenizer] if args.tokenizer else list(TOKENIZERS)):
-            td = prepare(args.data, t)
-            print(f"{t}: {td.dir}  train {td.meta['n_tokens']['train']:,} tokens, "
-                  f"val {td.meta['n_tokens']['val']:,} tokens")
+            for data in ([None] if args.prepare else []) + ([args.data] if args.data is not None else []):
+                td = prepare(data, t)
+                print(f"{t}: {td.dir}  train {td.meta['n_tokens']['train']:,} tokens, "
+                      f"val {td.meta['n_tokens']['val']:,} tokens")
     except DataError as e:
         print(f"python -m fastgpt.data: error: {e}", file=sys.stderr)
         return 1

@@ -43,6 +43,7 @@ import importlib.util
 import os
 import shutil
 import threading
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -130,13 +131,15 @@ def _load():
         return None, "disabled by FASTGPT_EXTENSION=off", None
     if mode not in ("auto", "jit", "prebuilt"):
         return None, f"FASTGPT_EXTENSION must be auto, jit, prebuilt or off, got {mode!r}", None
-    notes = []
+    notes, skipped = [], False
     if mode in ("auto", "prebuilt"):
         spec = importlib.util.find_spec("fastgpt._C")
         if spec is not None and spec.origin and _stale(spec.origin) and mode == "auto":
-            notes.append("the prebuilt fastgpt._C is older than csrc/ (skipped for a JIT build)")
+            notes.append("the prebuilt fastgpt._C is older than csrc/")
+            skipped = True
         elif spec is not None and spec.origin and mode == "auto" and _want_cuda() and not _has_cuda(spec.origin):
-            notes.append("the prebuilt fastgpt._C has no CUDA kernels (skipped for a JIT build with CUDA)")
+            notes.append("the prebuilt fastgpt._C has no CUDA kernels")
+            skipped = True
         elif spec is not None:
             try:
                 return importlib.import_module("fastgpt._C"), None, "prebuilt"
@@ -145,6 +148,15 @@ def _load():
         if mode == "prebuilt":
             return None, "; ".join(notes) or "FASTGPT_EXTENSION=prebuilt but fastgpt._C was not built", None
     mod, reason = _jit_build()
+    if mod is None and skipped:  # no JIT build here: the prebuilt module as it is beats none
+        try:
+            mod = importlib.import_module("fastgpt._C")
+        except ImportError as e:
+            notes.append(f"it does not import either ({e})")
+        else:
+            warnings.warn(f"fastgpt: {notes[0]} and a JIT build failed ({reason}); using the prebuilt one as it "
+                          "is (rebuild: pip install --no-build-isolation -e .)", RuntimeWarning, stacklevel=3)
+            return mod, None, "prebuilt"
     if mod is None:
         return None, "; ".join(notes + [reason]), None
     return mod, None, "jit"

@@ -5,7 +5,11 @@
 # pull a second torch to compile the extension); setuptools>=77 comes first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# a .venv without a working pip (an interrupted creation, a system without ensurepip) is made again
+if ! { [ -x .venv/bin/python ] && .venv/bin/python -m pip --version >/dev/null 2>&1; }; then
+    rm -rf .venv
+    python3 -m venv .venv
+fi
 PY=.venv/bin/python
 $PY -m pip install -q --upgrade pip "setuptools>=77" wheel
 $PY -m pip install -q -r requirements-test.txt

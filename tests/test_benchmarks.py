@@ -144,6 +144,21 @@ def test_runner_keeps_the_rows_of_a_family_that_dies(monkeypatch, tmp_path, exc,
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_runner_fails_when_a_fastgpt_row_fails_its_check(monkeypatch, capsys):
+    """A fastgpt result that is wrong (its check against the reference failed) makes the run exit 1, so
+    gpu_check's stage fails too; a peer's failed row does not."""
+    from benchmarks import run
+    common = _fake_gpu_runner(monkeypatch)
+    _fake_family(monkeypatch, "gelu", lambda args: [common.row("bias_gelu", "c", "torch eager", 2.0, ok=False)])
+    assert len(run.main(["--only", "gelu"])) == 1
+    _fake_family(monkeypatch, "gelu", lambda args: [common.row("bias_gelu", "c", "fastgpt", 1.0, ok=False)])
+    with pytest.raises(SystemExit) as e:
+        run.main(["--only", "gelu"])
+    assert e.value.code == 1 and "fastgpt failed its correctness check in 1 row(s)" in capsys.readouterr().err
+    # the table's columns stay aligned where a value is missing
+    assert run._fmt(None, "9.3f") == " " * 8 + "-" and run._fmt(None, "5.0f") == "    -"
+
+
 def test_summary_survives_unreadable_results(tmp_path, capsys):
     """A stage killed while writing leaves a truncated JSON: the table still prints."""
     import json
@@ -281,6 +296,18 @@ def test_gpu_check_cli():
     assert r.stdout.rstrip().endswith("names them).")
     r = subprocess.run(["bash", str(script), "--only", "hots"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "unknown stage 'hots'" in r.stdout and " host extdiag " in r.stdout
+    # with a stand-in python that does nothing: BUDGET_<STAGE>=0 skips the stage (timeout 0 would be no limit),
+    # a budget that is not a number is an error, and "all" in a list means every stage
+    import os
+    import tempfile
+    with tempfile.TemporaryDirectory() as out:
+        run = lambda budget, only: subprocess.run(  # noqa: E731
+            ["bash", str(script), "--only", only, "--out", out], capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, PYTHON="/bin/true", BUDGET_EXTDIAG=budget))
+        r = run("0", "extdiag")
+        assert r.returncode == 1 and "=== [extdiag] skipped: BUDGET_EXTDIAG=0" in r.stdout, r.stdout
+        r = run("soon", "all,extdiag")
+        assert r.returncode == 2 and "BUDGET_EXTDIAG must be a whole number of seconds" in r.stdout, r.stdout
 
 
 @needs_triton

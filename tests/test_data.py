@@ -249,3 +249,26 @@ def test_chunked_encoding_equals_whole(seeded_cache):
         assert "".join(pieces) == text and len(pieces) > 10
         chunked = [i for p in pieces for i in tok.encode(p)]
         assert chunked == tok.encode(text)
+
+
+def test_a_file_of_long_lines_splits_near_the_fraction(cache, tmp_path):
+    """The validation cut moves back to a line start only when one is near: a title line followed by one
+    long paragraph line used to put nearly the whole file into validation."""
+    f = tmp_path / "a.txt"
+    f.write_text("My Title\n" + "word " * 20000)
+    td = data.prepare(str(f), "byte", 0.1)
+    n = td.meta["n_tokens"]
+    assert 0.85 < n["train"] / (n["train"] + n["val"]) < 0.95, n
+    g = tmp_path / "b.txt"   # many short lines: the cut still lands on a line start
+    g.write_text("".join(f"line {i}\n" for i in range(3000)))
+    td = data.prepare(str(g), "byte", 0.1)
+    assert bytes(td.val[:5].tolist()) == b"line "
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("FASTGPT_CACHE", str(tmp_path / "f"))
+    src = tmp_path / "t.txt"
+    src.write_text("some text\n" * 100)
+    with pytest.raises(data.DataError, match="set FASTGPT_CACHE to a writable folder"):
+        data.prepare(str(src), "byte")

@@ -439,6 +439,26 @@ def test_unavailable_extension_falls_back_clearly(monkeypatch):
         assert backend.resolve(None, "cuda", fused_reason=ops._extension_reason) == "reference"
 
 
+def test_a_stale_prebuilt_serves_when_no_jit_build_is_possible():
+    """auto mode skips a prebuilt module older than csrc/ for a JIT build; when that build cannot run (no
+    compiler, ninja or nvcc), the prebuilt one is used as it is, with a warning, rather than none at all."""
+    import importlib.util
+    if importlib.util.find_spec("fastgpt._C") is None:
+        pytest.skip("no prebuilt fastgpt._C")
+    code = ("import warnings, fastgpt.extension as e\n"
+            "e._stale = lambda path: True\n"
+            "e._jit_build = lambda: (None, 'no C++ compiler (test)')\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    mod, reason, how = e._load()\n"
+            "assert mod is not None and reason is None and how == 'prebuilt', (mod, reason, how)\n"
+            "msg = str(w[0].message)\n"
+            "assert 'older than csrc/ and a JIT build failed (no C++ compiler (test))' in msg, msg\n")
+    env = dict(os.environ, FASTGPT_EXTENSION="auto")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 class warnings_as_errors:
     def __enter__(self):
         import warnings

@@ -377,3 +377,15 @@ def test_resume_of_an_earlier_versions_checkpoint_infers_following_options_and_c
     assert train.main([f"--out_dir={out}", "--resume", "--device=cpu", "--max_iters=5", "--lr_decay_iters=1"]) == 0
     tc = ck.load_checkpoint(ck.latest_checkpoint(out))["train_config"]
     assert (tc["warmup_iters"], tc["lr_decay_iters"]) == (1, 1)
+
+
+def test_stale_temp_files_and_folders_of_dead_writers_are_removed(tmp_path):
+    """A killed writer leaves .NAME.tmpPID: a checkpoint file, or a fine-tune's .best.tmpPID folder. The next
+    save removes both (the folder used to raise IsADirectoryError on every later save); a live writer's stays."""
+    (tmp_path / ".ckpt_0000001.pt.tmp999999").write_bytes(b"partial")
+    (tmp_path / ".best.tmp999999").mkdir()
+    (tmp_path / ".best.tmp999999" / "model.safetensors").write_bytes(b"partial")
+    mine = tmp_path / f".best.tmp{__import__('os').getpid()}"
+    mine.mkdir()
+    ck.save_checkpoint(tmp_path, dict(step=2, model={"w": torch.zeros(3)}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, "ckpt_0000002.pt"])
