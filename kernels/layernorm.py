@@ -104,8 +104,17 @@ def _layer_norm_fwd_kernel(
             h = (x + r).to(H.dtype.element_ty)
             tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
             x = h.to(tl.float32)
-        mean = tl.sum(x, axis=1) * inv_n
-        xc = tl.where(mask, x - mean[:, None], 0.0)
+        # the mean of the row shifted by its first element x0 (loaded again: an L1 hit, no cross-
+        # thread broadcast): a constant row then centres to exactly 0. Unshifted, the mean is off
+        # by a few ulps of |x|, which 1 / sqrt(var + eps) blew up into noise up to ~0.1 in y.
+        x0 = tl.load(X + rows * stride_x, mask=rmask, other=0.0).to(tl.float32)
+        if HAS_RES:
+            x0 = (x0 + tl.load(R + rows * stride_r, mask=rmask, other=0.0).to(tl.float32))
+            x0 = x0.to(H.dtype.element_ty).to(tl.float32)   # = h[:, 0], rounded as h is
+        xs = tl.where(mask, x - x0[:, None], 0.0)
+        mean_s = tl.sum(xs, axis=1) * inv_n
+        mean = x0 + mean_s
+        xc = tl.where(mask, xs - mean_s[:, None], 0.0)
         var = tl.sum(xc * xc, axis=1) * inv_n
         rstd = 1.0 / tl.sqrt(var + eps)
         y = xc * rstd[:, None] * w[None, :]

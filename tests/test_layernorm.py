@@ -106,6 +106,26 @@ def test_poisoned_output_is_fully_written():
     assert y is out and torch.isfinite(y).all() and torch.isfinite(mean).all() and torch.isfinite(rstd).all()
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_constant_rows_normalise_to_the_bias(residual):
+    """A constant row has variance 0: y must be the bias exactly, as PyTorch gives. The kernel's mean was
+    a few ulps off, which 1 / sqrt(eps) blew up into noise up to ~0.1 (fp32, |x| ~ 1000); the row is now
+    shifted by its first element before the mean. Mixed with ordinary rows, forward and backward follow
+    the rule."""
+    import fastgpt.kernels as K
+    vals = torch.tensor([3.3, -935.85, 0.1, 1e4, -7.0], device=DEVICE)
+    x = vals[:, None].expand(5, 1600).contiguous()
+    w, b = torch.randn(1600, device=DEVICE), torch.randn(1600, device=DEVICE)
+    r = torch.zeros_like(x) if residual else None
+    y = K.add_layer_norm(x, r, w, b)[0] if residual else K.layer_norm(x, w, b)
+    assert torch.equal(y, b.expand_as(y)), (y - b).abs().max()
+    xm = torch.cat([x, torch.randn(3, 1600, device=DEVICE) * 5 + 2])
+    fused = (lambda x, w, b: K.add_layer_norm(x, torch.zeros_like(x), w, b)[0]) if residual else K.layer_norm
+    checks = compare_op("layer_norm constant rows", fused, lambda x, w, b: reference.layer_norm(x, w, b), [xm, w, b])
+    bad = [str(c) for c in checks if not c.ok]
+    assert not bad, "\n".join(bad)
+
+
 def test_zero_rows():
     import fastgpt.kernels as K
     x = torch.randn(0, 16, device=DEVICE, requires_grad=True)
