@@ -42,8 +42,13 @@ def _import_kernels():
         return None, f"the Triton kernels cannot be imported ({e}); install triton, or use backend='reference'"
 
 
+@torch.compiler.assume_constant_result
 def fused_unavailable_reason(device_type: str) -> str | None:
-    """None if the Triton kernels can run on this device type, else why not (one line)."""
+    """None if the Triton kernels can run on this device type, else why not (one line).
+
+    torch.compile runs it as it is (not traced) and keeps the answer: the first call may import
+    fastgpt.kernels, which dynamo would refuse to trace (a fullgraph compile as a process's first
+    fused call failed), and afterwards ops reach the module through sys.modules."""
     mod, reason = _kernels_or_reason()
     if mod is None:
         return reason

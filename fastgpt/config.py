@@ -18,6 +18,7 @@ runtime choice.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 NORMS = ("pre", "post")
@@ -54,10 +55,13 @@ class GPTConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"GPTConfig: activation must be 'gelu_tanh' or 'gelu' (exact erf), "
                              f"got {self.activation!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout!r}")
-        if not float(self.layer_norm_eps) > 0.0:
-            raise ValueError(f"GPTConfig: layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        for name, ok, want in (("dropout", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+                               ("layer_norm_eps", lambda v: 0.0 < v < math.inf, "a finite number > 0")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+                raise ValueError(f"GPTConfig: {name} must be {want}, got {v!r}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"GPTConfig: bias must be True or False, got {self.bias!r}")
         if self.residual_dtype not in RESIDUAL_DTYPES:
             raise ValueError(f"GPTConfig: residual_dtype must be one of {RESIDUAL_DTYPES}, got {self.residual_dtype!r}")
 

@@ -493,9 +493,10 @@ class GPT(nn.Module):
 
     # -- optimiser
     def configure_optimizers(self, weight_decay: float = 0.1, learning_rate: float = 6e-4,
-                             betas=(0.9, 0.95), eps: float = 1e-8, device_type: Optional[str] = None,
+                             betas=(0.9, 0.95), device_type: Optional[str] = None, eps: float = 1e-8,
                              fused: Optional[bool] = None):
         """AdamW with two groups: matrices and embeddings decay, biases and LayerNorms do not.
+        The first four arguments in nanoGPT's order (weight_decay, learning_rate, betas, device_type).
 
         fused=None uses the fused AdamW on CUDA where this torch has it.
         """

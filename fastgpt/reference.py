@@ -316,6 +316,7 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, generator=None, 
     """
     if x.shape != residual.shape:
         raise ValueError(f"bias_dropout_add: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
+    _check_vector("bias_dropout_add", "bias", bias, x)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"bias_dropout_add: dropout_p must be in [0, 1), got {dropout_p}")
     cd = opmath_dtype(torch.promote_types(x.dtype, residual.dtype))
@@ -348,6 +349,8 @@ def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reductio
     if reduction not in ("mean", "sum"):
         raise ValueError(f"fused_linear_cross_entropy: reduction must be 'mean' or 'sum', got {reduction!r}")
     op = "fused_linear_cross_entropy"
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
     C = h.shape[-1]
     if W.dim() != 2 or W.shape[1] != C:
         raise ValueError(f"{op}: W must be (V, {C}) for h of shape {tuple(h.shape)}, got {tuple(W.shape)}")

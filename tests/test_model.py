@@ -47,6 +47,9 @@ def test_presets():
     (dict(dropout=1.0), "dropout"),
     (dict(n_layer=0), "n_layer"),
     (dict(residual_dtype="float8"), "residual_dtype"),
+    (dict(bias="no"), "bias must be True or False"),          # (was taken as True)
+    (dict(dropout="0.1"), "dropout must be a number"),       # (failed later inside GPT)
+    (dict(layer_norm_eps=float("inf")), "layer_norm_eps must be a finite number"),
 ])
 def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -300,6 +303,7 @@ def test_init_and_padding():
 def test_configure_optimizers():
     m = GPT(_tiny())
     opt = m.configure_optimizers(weight_decay=0.1, learning_rate=1e-3)
+    assert m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu").defaults["lr"] == 1e-3   # nanoGPT's positional call
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     ids = [id(p) for g in opt.param_groups for p in g["params"]]

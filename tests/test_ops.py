@@ -128,6 +128,11 @@ def test_reference_dropout_p_out_of_range_is_an_error(p):
         ops.causal_attention(q, q, q, dropout_p=p, backend="reference")
     with pytest.raises(ValueError, match="dropout_p must be in"):
         ops.bias_dropout_add(q, None, q, p, backend="reference")
+    # the extension's bias check on the reference path too (a (31,) bias was a broadcast RuntimeError there,
+    # a full-shape one silently accepted)
+    for bad in (torch.randn(q.shape[-1] - 1), torch.randn(q.shape)):
+        with pytest.raises(ValueError, match=r"bias_dropout_add: bias must have shape"):
+            ops.bias_dropout_add(q, bad, q, 0.0, backend="reference")
 
 
 def _bad_calls():
@@ -146,6 +151,8 @@ def _bad_calls():
         ("ce W", lambda b: ops.fused_linear_cross_entropy(h, W[:, :5], t, backend=b), ValueError, r"\(V, 8\)"),
         ("ce float targets", lambda b: ops.fused_linear_cross_entropy(h, W, t.float(), backend=b), TypeError,
          "int64"),
+        ("ce label_smoothing", lambda b: ops.fused_linear_cross_entropy(h, W, t, label_smoothing=1.5, backend=b),
+         ValueError, r"label_smoothing must be in \[0, 1\]"),
     ] + ([] if HAS_CUDA else [  # on CUDA an out-of-range target is an asynchronous device assert
         ("ce target range", lambda b: ops.fused_linear_cross_entropy(h, W, t * 5, backend=b), ValueError,
          r"target 15 at position 2 is outside \[0, 11\)"),
@@ -277,3 +284,16 @@ def test_double_backward_through_fused_ops_is_a_clear_error():
         torch.autograd.grad(GPTBlock(cfg, backend="fused").to(DEVICE)(h).sum(), h, create_graph=True)
     (g,) = torch.autograd.grad(GPTBlock(cfg, backend="reference").to(DEVICE)(h).square().sum(), h, create_graph=True)
     assert g.requires_grad   # the reference block differentiates twice
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_fullgraph_compile_as_a_processs_first_fused_call():
+    """torch.compile(fullgraph=True) over a fused op before anything imported fastgpt.kernels: the backend
+    check runs outside the trace (dynamo refuses to trace the import: this failed in a fresh process)."""
+    code = ("import torch, fastgpt.ops as o\n"
+            "x, w = torch.randn(4, 32), torch.ones(32)\n"
+            "f = torch.compile(lambda x, w: o.layer_norm(x, w, backend='fused'), backend='aot_eager', fullgraph=True)\n"
+            "assert (f(x, w) - o.layer_norm(x, w, backend='reference')).abs().max() < 1e-5\n")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
