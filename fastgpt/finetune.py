@@ -190,10 +190,6 @@ def _tokenizer_for(name: str, offline: bool):
         raise RunError(str(e)) from None
 
 
-def _guess_tokenizer(vocab_size: int) -> str | None:
-    return {256: "byte", 50257: "gpt2"}.get(vocab_size)
-
-
 def default_init_dir() -> Path:
     from fastgpt.train import TrainConfig
     return Path(TrainConfig().out_dir)
@@ -290,13 +286,12 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
         tok_name = meta["tokenizer"]
     if cfg.tokenizer is not None and tok_name is not None and cfg.tokenizer != tok_name:
         raise cli.UsageError(f"--tokenizer {cfg.tokenizer}: the --init model was trained with {tok_name!r}")
-    gpt1 = model.config.vocab_size == 40478 and meta is None and tok_name is None
-    tok_name = tok_name or cfg.tokenizer or _guess_tokenizer(model.config.vocab_size)
-    if tok_name is None or gpt1:
-        raise cli.UsageError(f"--init {spec}: " + ("a 40478-token vocabulary is GPT-1's BPE, which fastgpt does "
-                                                   "not include" if gpt1 else
-                                                   f"cannot tell the tokenizer of a {model.config.vocab_size}-token "
-                                                   "vocabulary; pass --tokenizer gpt2 or byte if it is one of them"))
+    if tok_name is None:   # not recorded (an HF folder): --tokenizer, or the one the vocabulary size names
+        from fastgpt import data
+        try:
+            tok_name = data.tokenizer_for_vocab(model.config.vocab_size, cfg.tokenizer)
+        except data.DataError as e:
+            raise cli.UsageError(f"--init {spec}: {e}") from None
     return model, tok_name, f"{kind} {p}", meta
 
 

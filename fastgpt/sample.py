@@ -30,9 +30,6 @@ EPILOG = """examples:
 exit status: 0 done, 1 PATH is not a loadable model, 2 a usage error (one line)."""
 
 
-GPT1_VOCAB = 40478   # OpenAI GPT's BPE: its weights load (GPT.from_hf), its tokenizer is not part of fastgpt
-
-
 class LoadError(RuntimeError):
     """PATH cannot be loaded as a model; exit 1 with this one line."""
 
@@ -42,17 +39,18 @@ def _tokenizer(name: str, cfg):
 
     A tokenizer that does not fit the model (another one than it was trained with, or ids past its
     vocabulary) is a usage error."""
+    from fastgpt.data import DataError, get_tokenizer, tokenizer_for_vocab
     known = cfg.extra.get("tokenizer")
-    if name == "auto":
-        name = known or ("byte" if cfg.vocab_size == 256 else "gpt2" if cfg.vocab_size == 50257 else None)
-        if name is None:
-            raise cli.UsageError(f"cannot tell the tokenizer of a {cfg.vocab_size}-token vocabulary"
-                                 + (" (GPT-1's BPE, which fastgpt does not include)" if cfg.vocab_size == GPT1_VOCAB
-                                    else "; pass --tokenizer byte|gpt2 if it is one of them"))
-    elif known is not None and known != name:
+    if known is not None and name not in ("auto", known):
         raise cli.UsageError(f"--tokenizer {name}: the model was trained with the {known!r} tokenizer "
                              f"(leave --tokenizer out, or pass --tokenizer {known})")
-    from fastgpt.data import DataError, get_tokenizer
+    if known is not None:
+        name = known
+    else:
+        try:
+            name = tokenizer_for_vocab(cfg.vocab_size, None if name == "auto" else name)
+        except DataError as e:
+            raise cli.UsageError(("" if name == "auto" else f"--tokenizer {name}: ") + str(e)) from None
     try:
         tok = get_tokenizer(name)
     except DataError as e:
@@ -60,9 +58,6 @@ def _tokenizer(name: str, cfg):
     if tok.n_vocab > cfg.vocab_size:
         raise cli.UsageError(f"--tokenizer {name}: its {tok.n_vocab} tokens do not fit the model's "
                              f"{cfg.vocab_size}-token vocabulary")
-    if known is None and cfg.vocab_size == GPT1_VOCAB:
-        raise cli.UsageError(f"--tokenizer {name}: a {GPT1_VOCAB}-token vocabulary is GPT-1's BPE, which "
-                             "fastgpt does not include")
     return tok
 
 
