@@ -156,6 +156,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def remove_path(p: Path) -> None:
+    """Delete p, a file (or a link) or a folder with what is in it; nothing when it is not there."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink(missing_ok=True)
+
+
 def remove_stale_temps(folder) -> list[Path]:
     """Delete ``.NAME.tmpPID`` files (or folders: a fine-tune's ``.best.tmpPID``) left by writers that died
     (SIGKILL, power loss); the removed paths. Housekeeping: one that cannot be removed is left alone."""
@@ -166,10 +174,7 @@ def remove_stale_temps(folder) -> list[Path]:
         m = _TMP.match(p.name)
         if m and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))):
             try:
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink(missing_ok=True)
+                remove_path(p)
             except OSError:
                 continue
             gone.append(p)

@@ -46,7 +46,6 @@ import math
 import os
 import platform
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -972,22 +971,18 @@ def _save_final(model, dest: Path, tokenizer: str) -> None:
     """The trained model as a save_pretrained folder (+ tokenizer.json), swapped in whole: written
     beside ``dest`` first, so a crash or a full disk leaves the previous folder or the new one."""
     from safetensors import SafetensorError
-    tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
 
-    def remove(p: Path):
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+    from fastgpt.checkpoint import remove_path
+    tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
     try:
-        remove(tmp)
-        remove(old)
+        remove_path(tmp)
+        remove_path(old)
         model.save_pretrained(tmp)
         (tmp / "tokenizer.json").write_text(json.dumps(dict(tokenizer=tokenizer)))
         if dest.exists() or dest.is_symlink():
             os.replace(dest, old)
         os.replace(tmp, dest)
-        remove(old)
+        remove_path(old)
     except (OSError, SafetensorError) as e:
         raise RunError(f"cannot write the trained model to {dest}: {getattr(e, 'strerror', None) or e}") from None
 
