@@ -230,8 +230,8 @@ def _validate(x, bias, residual, p) -> None:
         raise ValueError(f"{op}: x must have at least one dim")
     if x.shape != residual.shape:
         raise ValueError(f"{op}: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != x.shape[-1]):
-        raise ValueError(f"{op}: bias must have shape ({x.shape[-1]},), got {tuple(bias.shape)}")
+    if bias is not None:
+        reference.check_vector_shape(op, "bias", bias, x.shape[-1])
     dev = x.device
     if residual.device != dev or (bias is not None and bias.device != dev):
         devs = {n: t.device for n, t in (("x", x), ("bias", bias), ("residual", residual)) if t is not None}

@@ -38,6 +38,7 @@ __all__ = [
     "seed_pair",
     "check_targets",
     "check_attention_shapes",
+    "check_vector_shape",
     "fused_linear_cross_entropy",
     "opmath_dtype",
     "GPTBlock",
@@ -62,14 +63,19 @@ def _opt(t, dtype):
 # The checks the fused launchers also make (the same error kinds, so code that catches them behaves
 # alike on every backend); dtype and device rules are the kernels' own and are not repeated here.
 
+def check_vector_shape(op: str, name: str, t, n: int) -> None:
+    """t (a weight or bias) has shape (n,)."""
+    if tuple(t.shape) != (n,):
+        raise ValueError(f"{op}: {name} must have shape ({n},), got {tuple(t.shape)}")
+
+
 def _check_vector(op: str, name: str, t, x) -> None:
     """t (if given) is a vector of x's last dim."""
     if t is None:
         return
     if x.dim() < 1:
         raise ValueError(f"{op}: x must have at least one dim")
-    if tuple(t.shape) != (x.shape[-1],):
-        raise ValueError(f"{op}: {name} must have shape ({x.shape[-1]},), got {tuple(t.shape)}")
+    check_vector_shape(op, name, t, x.shape[-1])
 
 
 def check_targets(op: str, t: torch.Tensor, V: int, ignore_index: int) -> None:

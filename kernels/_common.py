@@ -13,6 +13,7 @@ import triton.runtime.autotuner
 from triton import knobs
 from triton.runtime.driver import driver
 
+from fastgpt import reference
 from fastgpt.kernels import INTERPRET
 
 try:  # triton's own argument specialisation (C++, triton >= 3.4), which the lean launch keys on
@@ -62,11 +63,11 @@ def check_same_device(op: str, **tensors) -> None:
 
 
 def check_vector(op: str, name: str, t, n: int) -> None:
+    """t (if given) is a float vector of shape (n,): the reference's shape check, plus the kernels' dtypes."""
     if t is None:
         return
     check_float(name, t, op)
-    if t.shape != (n,):
-        raise ValueError(f"{op}: {name} must have shape ({n},), got {tuple(t.shape)}")
+    reference.check_vector_shape(op, name, t, n)
 
 
 def unit_stride(t):
