@@ -357,9 +357,7 @@ def _grads(ctx, dy, dh, bwd):
     """(dx, dweight, dbias) or (dx, dresidual, dweight, dbias), computed by ``bwd``
     (the launcher in eager mode, the registered backward op under torch.compile)."""
     hin, weight, mean, rstd = ctx.saved_tensors
-    if dy is None:  # only h = x + residual reached the loss: no LayerNorm gradient at all (as the reference)
-        if ctx.res_dtype is None or dh is None:
-            return (None, None, None) if ctx.res_dtype is None else (None, None, None, None)
+    if dy is None:  # add_layer_norm, only h = x + residual in the loss: no LayerNorm gradient (as the reference)
         return dh.to(ctx.x_dtype), dh.to(ctx.res_dtype), None, None
     dx, dr, dw, db = bwd(dy, dh, hin, weight, ctx.has_bias, mean, rstd, ctx.x_dtype, ctx.res_dtype)
     db = db if ctx.has_bias else None
