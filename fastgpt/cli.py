@@ -433,7 +433,8 @@ class GracefulStop:
 
 def device(spec: str | None, cpu_hint: str = "use --device cpu"):
     """--device as a torch.device (None: cuda if available, else cpu); a UsageError (one line) unless
-    it names a usable cpu / cuda / cuda:N."""
+    it names a usable cpu / cuda / cuda:N. A cuda:N becomes the current device, so the program's
+    torch.cuda calls without a device (synchronize for a timing, memory statistics) mean it."""
     import torch
     if spec is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -448,6 +449,8 @@ def device(spec: str | None, cpu_hint: str = "use --device cpu"):
             raise UsageError(f"--device {spec}: no CUDA device is available ({cpu_hint})")
         if d.index is not None and d.index >= torch.cuda.device_count():
             raise UsageError(f"--device {spec}: there are only {torch.cuda.device_count()} CUDA devices")
+        if d.index is not None:
+            torch.cuda.set_device(d)
     return d
 
 

@@ -28,6 +28,24 @@ except ImportError:
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+def on_its_device(fn):
+    """Decorator for a public op: run it with its first argument's CUDA device current.
+
+    Triton launches on the current device and its current stream, not on the tensors' device:
+    with tensors on cuda:1 and cuda:0 current, a launch fails ("cannot be accessed from Triton")
+    or, with peer access, runs on the wrong GPU, unordered with cuda:1's stream. The backward
+    needs no guard: autograd's engine runs it with the gradients' device current."""
+    @functools.wraps(fn)
+    def run(x, *args, **kwargs):
+        if not torch.compiler.is_compiling() and isinstance(x, torch.Tensor) and x.is_cuda:
+            index = x.get_device()
+            if index != torch.cuda.current_device():
+                with torch.cuda.device(index):
+                    return fn(x, *args, **kwargs)
+        return fn(x, *args, **kwargs)
+    return run
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for the launchers (triton.cdiv is a constexpr function: ~6 us per host call)."""
     return -(-a // b)

@@ -97,8 +97,8 @@ from fastgpt import reference
 from fastgpt.backend import first_order_only
 from fastgpt.kernels import INTERPRET, _common
 from fastgpt.kernels._common import (autotune, autotuning_enabled, cdiv, check_float, check_grad, check_same_device,
-                                     current_stream, empty, launch_replayable, misaligned, next_pow2, PlanCache,
-                                     records_grad)
+                                     current_stream, empty, launch_replayable, misaligned, next_pow2, on_its_device,
+                                     PlanCache, records_grad)
 
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
@@ -1108,6 +1108,7 @@ def _planned(q, k, v, scale, dropout_p, out_layout, seed, generator):
     return _Plan(sig, scale, dropout_p, out_layout), seed
 
 
+@on_its_device
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None, dropout_p: float = 0.0,
                      out_layout: str = "bhtd", *, seed=None, generator: Optional[torch.Generator] = None) -> Tensor:
     """softmax(q k^T * scale + bottom-right causal mask) v over (B, H, T, D) tensors; o in q's dtype.
@@ -1131,6 +1132,7 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = N
     return _CausalAttentionFunction.apply(q, k, v, plan, seed)
 
 
+@on_its_device
 def causal_attention_qkvpacked(qkv: Tensor, scale: Optional[float] = None, dropout_p: float = 0.0, *, seed=None,
                                generator: Optional[torch.Generator] = None) -> Tensor:
     """causal_attention over a packed (B, T, 3, H, D) qkv (a fused projection's output viewed so)

@@ -53,7 +53,8 @@ from torch import Tensor
 from fastgpt import reference
 from fastgpt.backend import first_order_only
 from fastgpt.kernels import INTERPRET
-from fastgpt.kernels._common import FLOAT_DTYPES, cdiv, check_float, check_same_device, empty, launch, next_pow2
+from fastgpt.kernels._common import (FLOAT_DTYPES, cdiv, check_float, check_same_device, empty, launch, next_pow2,
+                                      on_its_device)
 
 OP = "fused_linear_cross_entropy"
 CHUNK_BYTES = 256 * 2**20       # default budget for one chunk of logits
@@ -326,6 +327,7 @@ _flce_op.register_autograd(_flce_backward, setup_context=_flce_setup)
 
 # ----------------------------------------------------------------------------- public API
 
+@on_its_device
 def fused_linear_cross_entropy(h: Tensor, W: Tensor, targets: Tensor, ignore_index: int = -100,
                                reduction: str = "mean", label_smoothing: float = 0.0, *,
                                chunk_size: Optional[int] = None) -> Tensor:

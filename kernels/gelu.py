@@ -26,8 +26,8 @@ from torch import Tensor
 from fastgpt.backend import first_order_only
 from fastgpt.kernels._common import (
     PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_same_device, check_vector, current_stream, empty,
-    misaligned, plan_key, records_grad, reduction_programs, row_stride, rows_2d, same_data, sum_partials,
-    unit_stride,
+    misaligned, on_its_device, plan_key, records_grad, reduction_programs, row_stride, rows_2d, same_data,
+    sum_partials, unit_stride,
 )
 
 _APPROX = {"tanh": 1, "none": 0}
@@ -252,6 +252,7 @@ def _planned(x, bias, approximate) -> _Plan:
     return _PLANS.find(None if key is None or approximate not in _APPROX else (key, approximate), _Plan)
 
 
+@on_its_device
 def bias_gelu_recompute(u: Tensor, bias: Optional[Tensor], approximate: str = "tanh"):
     """(g, grad_fn) of ops.bias_gelu_recompute on the fused path: g = bias_gelu(u, bias) and
     grad_fn(dg) -> (du, dbias or None), the launchers themselves (through the call's plan)."""
@@ -320,6 +321,7 @@ class _BiasGeluFunction(torch.autograd.Function):
         return (*_grads(ctx, dy, ctx.plan.backward), None)
 
 
+@on_its_device
 def bias_gelu(x: Tensor, bias: Optional[Tensor] = None, approximate: str = "tanh") -> Tensor:
     """gelu(x + bias) (see the module docstring); y has x's dtype."""
     bias = unit_stride(bias)

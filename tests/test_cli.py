@@ -420,3 +420,22 @@ def test_sample_refuses_a_tokenizer_that_is_not_the_models():
         sample._tokenizer("byte", gpt1)
     assert sample._tokenizer("byte", GPTConfig(vocab_size=320, block_size=16, n_layer=1, n_head=2,
                                                n_embd=16)).n_vocab == 256
+
+
+def test_device_option_makes_cuda_n_current(monkeypatch):
+    """--device cuda:N is checked against the devices there are and becomes the current device (sample
+    times its tokens/s with torch.cuda.synchronize(), which waits on the current device only)."""
+    import torch
+
+    from fastgpt import cli
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(torch.device(d).index))
+    assert cli.device("cuda:1") == torch.device("cuda:1") and current == [1]
+    assert cli.device("cuda") == torch.device("cuda") and current == [1]
+    assert cli.device("cpu") == torch.device("cpu") and current == [1]
+    with pytest.raises(cli.UsageError, match="only 2 CUDA devices"):
+        cli.device("cuda:2")
+    with pytest.raises(cli.UsageError, match="must be cpu, cuda or cuda:N"):
+        cli.device("tpu")

@@ -297,3 +297,58 @@ def test_fullgraph_compile_as_a_processs_first_fused_call():
     env = dict(os.environ, TRITON_INTERPRET="1")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+class _OnCuda1(torch.Tensor):
+    """A CPU tensor that says it lives on cuda:1 (the device guard reads only these two)."""
+    is_cuda = True
+
+    def get_device(self):
+        return 1
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_fused_ops_run_with_their_tensors_device_current(monkeypatch):
+    """Triton launches on the current device, not the tensors': each public kernel op enters its
+    first tensor's device when another is current (else a cuda:1 model fails, or races on cuda:0)."""
+    import fastgpt.kernels as K
+    from fastgpt.kernels import _common
+    entered = []
+
+    class Guard:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            entered.append(self.index)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    run = _common.on_its_device(lambda x, *a: (list(entered), a))
+    assert run(torch.zeros(1)) == ([], ())                                     # CPU: no guard
+    assert run(torch.Tensor._make_subclass(_OnCuda1, torch.zeros(1)), 7) == ([1], (7,))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    entered.clear()
+    assert run(torch.Tensor._make_subclass(_OnCuda1, torch.zeros(1))) == ([], ())  # already current
+    from fastgpt.kernels.gelu import bias_gelu_recompute
+    for fn in (K.layer_norm, K.add_layer_norm, K.bias_gelu, K.causal_attention, K.fused_linear_cross_entropy,
+               K.causal_attention_qkvpacked, bias_gelu_recompute):
+        assert fn.__code__ is run.__code__, fn.__name__
+
+
+@pytest.mark.skipif(not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_fused_block_on_the_second_gpu():
+    from fastgpt import GPTBlock, GPTConfig
+    cfg = GPTConfig(vocab_size=64, block_size=64, n_layer=1, n_head=2, n_embd=64)
+    x = torch.randn(2, 33, 64, device="cuda:1", requires_grad=True)
+    ref = GPTBlock(cfg, backend="reference").to("cuda:1")
+    blk = GPTBlock(cfg, backend="fused").to("cuda:1")
+    blk.load_state_dict(ref.state_dict())
+    assert torch.cuda.current_device() == 0
+    y = blk(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, ref(x), atol=5e-3, rtol=5e-3)
+    assert x.grad.device == torch.device("cuda:1") and torch.isfinite(x.grad).all()
