@@ -313,9 +313,14 @@ def _flce_setup(ctx, inputs, output):
 def _flce_backward(ctx, dloss, _ddh, _ddw, _dscale):
     dh, dw, scale = ctx.saved_tensors
     need_dh, need_dw = ctx.need
-    s = dloss.to(torch.float32) * scale
-    gh = dh * s if need_dh else None          # fp32 math, rounded once to h's dtype
-    gw = None
+    # s as a (1,) tensor, not 0-d: a 0-d CUDA tensor does not take part in type promotion, so
+    # dh * s (dh bf16/fp16) would read s rounded to dh's dtype on the GPU (the CPU reads a 0-d
+    # operand whole), scaling dh by up to 2^-9 off; dimensioned, the math is fp32
+    s = (dloss.to(torch.float32) * scale).reshape(1)
+    gh = gw = None
+    if need_dh:
+        gh = torch.empty_like(dh)
+        torch.mul(dh, s, out=gh)              # fp32 math, rounded once to h's dtype
     if need_dw:
         gw = torch.empty(dw.shape, dtype=ctx.w_dtype, device=dw.device)
         torch.mul(dw, s, out=gw)              # fp32 math, rounded once to W's dtype

@@ -164,6 +164,21 @@ def test_sum_then_divide_equals_one_mean():
         _assert([check(f"sum/n vs mean {name}", x, r, y, d)])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16] if HAS_CUDA else [torch.float16])
+def test_backward_scales_in_fp32(dtype):
+    """The backward scales the saved (unscaled) dh by s = dloss * scale in fp32 and rounds once:
+    h.grad for dloss = 1/3 equals the dloss = 1 gradient times fp32(1/3), rounded to h's dtype, bit
+    for bit. On the GPU a 0-d s multiplied into a bf16 dh was read as bf16 (dh off by up to 2^-9)."""
+    import fastgpt.kernels as K
+    h, W, t = _inputs((29,), 24, 97, dtype, w_dtype=torch.float32)   # fp32 W: g1's dW is the unrounded dw
+    third = 1.0 / 3.0
+    g1 = _run(lambda *a: K.fused_linear_cross_entropy(*a, reduction="sum"), h, W, t, 1.0)
+    g3 = _run(lambda *a: K.fused_linear_cross_entropy(*a, reduction="sum"), h, W, t, third)
+    s = torch.tensor(third, dtype=torch.float32, device=DEVICE)
+    assert torch.equal(g3[1], (g1[1].float() * s).to(dtype))
+    assert torch.equal(g3[2], g1[2] * s)
+
+
 def test_autocast_runs_the_gemms_in_the_autocast_dtype():
     import fastgpt.kernels as K
     dev = "cuda" if HAS_CUDA else "cpu"
