@@ -191,10 +191,14 @@ def _tf32(x, ROUND: tl.constexpr):
 
     The tensor cores read fp32 operands of a TF32 dot by dropping the low 13 bits
     (truncation, ~2.5x the error of rounding); cuBLAS's TF32 rounds. Adding half an
-    ulp of TF32 to the bits and masking rounds (inf stays inf)."""
+    ulp of TF32 to the bits and masking rounds (inf stays inf). A NaN is kept aside: the
+    add would carry CUDA's NaN (0x7FFFFFFF) into the sign bit (-0.0), and a NaN whose
+    payload is all in the low 13 bits into inf, and a diverged fp32 run would go on with
+    finite numbers. (PTX's cvt.rna.tf32.f32 keeps NaN in one instruction, but compiled
+    to more spills in the dK/dV kernel at sm_90, and the interpreter cannot run it.)"""
     if ROUND:
         xi = x.to(tl.int32, bitcast=True)
-        x = ((xi + 0x1000) & -8192).to(tl.float32, bitcast=True)
+        x = tl.where(x != x, x, ((xi + 0x1000) & -8192).to(tl.float32, bitcast=True))
     return x
 
 

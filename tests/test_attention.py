@@ -184,6 +184,22 @@ def test_tf32_rounding_path(monkeypatch):
     assert (o.double() - reference.causal_attention(q.double(), k.double(), v.double())).abs().max() > 1e-5
 
 
+@pytest.mark.parametrize("bits", [0x7FFFFFFF, 0x7F800001, -0x00000001], ids=["cuda_nan", "low_payload", "negative"])
+def test_tf32_rounding_keeps_nan(monkeypatch, bits):
+    """A NaN in q, k or v gives NaN in the rows of o the reference gives, TF32 rounding or not: the rounding's
+    integer add carried CUDA's NaN (0x7FFFFFFF) into the sign bit (-0.0), and a NaN whose payload
+    is all in the low 13 bits into inf, so a diverged step could train on silently."""
+    from fastgpt.kernels import attention as A
+    monkeypatch.setattr(A, "ROUND_TF32_ON_CPU", True)
+    for which in range(3):
+        qkv = [t.detach().clone() for t in _qkv(1, 1, 16, 16, 16, torch.float32)]
+        qkv[which].view(torch.int32)[0, 0, 5, 3] = bits
+        assert torch.isnan(qkv[which]).sum() == 1
+        nan_rows = torch.isnan(A.causal_attention(*qkv)).any(-1)
+        expected = torch.isnan(reference.causal_attention(*qkv)).any(-1)
+        assert expected.any() and nan_rows.equal(expected), (which, nan_rows, expected)
+
+
 def test_last_dim_strided_input_is_copied():
     q, k, v = (t[..., ::2] for t in _qkv(1, 2, 20, 20, 64, torch.float32))
     assert q.stride(-1) == 2
