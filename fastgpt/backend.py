@@ -42,7 +42,17 @@ def _import_kernels():
         return None, f"the Triton kernels cannot be imported ({e}); install triton, or use backend='reference'"
 
 
-@torch.compiler.assume_constant_result
+def assume_constant_result(fn):
+    """torch.compiler.assume_constant_result(fn), without its import of torch._dynamo: that import
+    cost ~1 s of every ``import fastgpt`` and imports triton, after which TRITON_INTERPRET=1 no
+    longer takes effect (the CPU selftest found the interpreter off). This sets the marker that
+    torch._dynamo.decorators.assume_constant_result sets and dynamo reads when it traces a call;
+    tests/test_ops.py checks that a fullgraph compile still honours it."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@assume_constant_result
 def fused_unavailable_reason(device_type: str) -> str | None:
     """None if the Triton kernels can run on this device type, else why not (one line).
 

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from fastgpt import reference
-from fastgpt.backend import first_order_only
+from fastgpt.backend import assume_constant_result, first_order_only
 
 __all__ = ["load", "unavailable_reason", "cuda_compiled", "bias_dropout_add", "new_seed"]
 
@@ -174,7 +174,7 @@ def load():
     return _state["module"]
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def unavailable_reason(device_type: Optional[str] = None) -> Optional[str]:
     """None if the extension can run on this device type (any, when None), else why not (one line).
 

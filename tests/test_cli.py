@@ -228,6 +228,16 @@ def test_selftest_bad_input_is_one_line(capsys):
         _one_line_exit(selftest.main, ["--device", "cuda"], capsys, 2, "no CUDA device")
 
 
+def test_selftest_on_the_cpu_turns_the_interpreter_on_itself():
+    """With TRITON_INTERPRET unset (as a user runs it), the CPU selftest checks the kernels under the
+    interpreter: it said UNAVAILABLE once ``import fastgpt`` had imported triton before it could set it."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTGPT_BACKEND")}
+    r = subprocess.run([sys.executable, "-m", "fastgpt.selftest", "--device", "cpu", "--quick", "--only", "layer_norm"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "VERDICT: PASS" in r.stdout, (r.stdout, r.stderr)
+
+
 def test_bad_attention_dq_setting_is_one_line():
     """A bad FASTGPT_ATTENTION_DQ (read when the kernels are imported) ends selftest with one line and
     status 2 (train, finetune and sample turn it into a usage error the same way)."""

@@ -69,6 +69,14 @@ def test_import_without_triton():
     assert "ERR fastgpt: fused backend unavailable" in p.stdout and "triton" in p.stdout
 
 
+def test_import_fastgpt_imports_neither_dynamo_nor_triton():
+    """``import fastgpt`` stays light: torch._dynamo cost ~1 s and imported triton, after which a
+    TRITON_INTERPRET=1 set by the program (selftest on the CPU) no longer took effect."""
+    p = _run("import sys, fastgpt, fastgpt.ops, fastgpt.model, fastgpt.extension\n"
+             "print(sorted(m for m in ('triton', 'torch._dynamo') if m in sys.modules))")
+    assert p.returncode == 0 and p.stdout.strip() == "[]", (p.stdout, p.stderr)
+
+
 @pytest.mark.skipif(HAS_CUDA or not HAS_TRITON, reason="CPU-only machine with triton")
 def test_fused_on_cpu_without_interpreter_says_why():
     code = ("import torch, fastgpt.ops as ops\n"
