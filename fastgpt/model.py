@@ -40,7 +40,7 @@ import json
 import math
 import os
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -515,7 +515,8 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, use_cache: bool = True,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                 generator: Optional[torch.Generator] = None,
+                 on_token: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
         """Append max_new_tokens sampled tokens to idx (B, T) and return (B, T + new).
 
         temperature=0 is greedy (argmax). top_k keeps the k most likely tokens,
@@ -523,6 +524,8 @@ class GPT(nn.Module):
         prompt is run once and each new token attends to cached keys/values;
         beyond block_size the context is the last block_size tokens, recomputed
         each step (as without the cache), so both give the same logits.
+        ``on_token`` is called with each new (B, 1) token tensor as it is sampled
+        (to stream, or to keep the tokens so far when interrupted).
         """
         if max_new_tokens < 0:
             raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -544,6 +547,8 @@ class GPT(nn.Module):
                     logits = self._next_logits(idx[:, -bs:], None)
                 nxt = sample_next(logits, temperature, top_k, top_p, generator)
                 idx = torch.cat([idx, nxt], dim=1)
+                if on_token is not None:
+                    on_token(nxt)
         finally:
             self.train(was_training)
         return idx

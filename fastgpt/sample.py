@@ -27,7 +27,8 @@ EPILOG = """examples:
   python -m fastgpt.sample out/model --num-samples 3 --seed 1 --top-p 0.95
   python -m fastgpt.sample out/ckpt_0000500.pt --temperature 0          # greedy
 
-exit status: 0 done, 1 PATH is not a loadable model, 2 a usage error (one line)."""
+exit status: 0 done, 1 PATH is not a loadable model, 2 a usage error (one line), 130 interrupted
+(Ctrl-C: the samples so far are printed)."""
 
 
 class LoadError(RuntimeError):
@@ -107,6 +108,14 @@ def load(path: str, backend, device: torch.device):
         raise LoadError(f"{path}: cannot load a model from it ({msg[:200]})") from None
 
 
+def _print_samples(tok, rows: list[list[int]]) -> None:
+    for i, row in enumerate(rows):
+        if len(rows) > 1:
+            print(f"---------- sample {i + 1}")
+        print(tok.decode(row))
+    sys.stdout.flush()
+
+
 def _top_k(s: str) -> int | None:
     if s.strip().lower() in ("none", "all"):
         return None
@@ -163,15 +172,18 @@ def _run(args) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = model.generate(idx, args.max_new_tokens, generator=gen, **kw)
+        new = []
+        try:
+            out = model.generate(idx, args.max_new_tokens, generator=gen, on_token=new.append, **kw)
+        except KeyboardInterrupt:  # print the samples as far as they got (they grow together, one batch)
+            if new:
+                _print_samples(tok, torch.cat([idx] + new, dim=1).tolist())
+            raise KeyboardInterrupt(f"after {len(new)} of {args.max_new_tokens} new tokens"
+                                    + (" (the samples so far are printed)" if new else "")) from None
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-    for i, row in enumerate(out.tolist()):
-        if args.num_samples > 1:
-            print(f"---------- sample {i + 1}")
-        print(tok.decode(row))
-    sys.stdout.flush()
+    _print_samples(tok, out.tolist())
     n = args.num_samples * args.max_new_tokens
     bs = model.config.block_size
     if args.no_cache:

@@ -348,6 +348,10 @@ def test_generate_cached_equals_uncached():
         outs.append(m.generate(prompt, 4, temperature=1.0, top_k=50, use_cache=use_cache, generator=g))
     assert outs[0].shape == (2, 8) and torch.equal(outs[0][:, :4], prompt)
     assert torch.equal(outs[0], outs[1])
+    streamed = []   # on_token sees each new (B, 1) token as it is sampled
+    g = torch.Generator(device=DEVICE).manual_seed(1234)
+    m.generate(prompt, 4, temperature=1.0, top_k=50, generator=g, on_token=streamed.append)
+    assert [t.shape for t in streamed] == [(2, 1)] * 4 and torch.equal(torch.cat(streamed, 1), outs[0][:, 4:])
     greedy = [m.generate(prompt, 4, temperature=0, use_cache=c) for c in (True, False)]
     assert torch.equal(*greedy)
     assert m.training  # generate restores the mode
