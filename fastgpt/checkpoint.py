@@ -352,17 +352,16 @@ def load_latest_checkpoint(out_dir, map_location="cpu") -> tuple[Path | None, di
 
 def load_for_resume(out_dir, say) -> tuple[Path | None, dict | None]:
     """--resume's checkpoint: (path, state) of the newest one in out_dir that verifies and loads, each
-    newer unusable one named through ``say`` (one line each); (None, None), said, when there is none.
-    CheckpointError when there are checkpoints and none of them is usable."""
+    newer unusable one named through ``say`` (one line each); (None, None) when there is none (what
+    the run does then is its caller's to say: cli.resume_point). CheckpointError when there are
+    checkpoints and none of them is usable."""
     latest, state, skipped = load_latest_checkpoint(out_dir)
     if latest is None and skipped:
         raise CheckpointError(f"--resume: not a readable checkpoint in {out_dir} ("
                               + "; ".join(f"{p.name}: {why}" for p, why in skipped) + "); move them away to start fresh")
     for p, why in skipped:
         say(f"skipping {p}: {why}")
-    if latest is None:
-        say(f"no checkpoint in {out_dir} to resume; starting fresh")
-    elif skipped:
+    if skipped:
         say(f"resuming from {latest}")
     return latest, state
 

@@ -321,9 +321,12 @@ def run_main(prog: str, body, statuses: dict, memory_hint: str, interrupted=None
     """A CLI main's body with its known failures as one line each: body() runs; an exception of a
     class in ``statuses`` (first match, in order; UsageError is always 2) ends the process with one
     line and that exit status; an allocation failure says what to lower (``memory_hint``); Ctrl-C
-    prints interrupted_line(prog, *interrupted) ((out_dir, when)) and returns 130. Anything else
-    propagates (a bug: its traceback is wanted). Returns body()'s value when it is an int (an exit
-    status), else 0 (a run's summary, None)."""
+    prints one line and returns 130: interrupted_line(prog, *interrupted) for a training run
+    (``interrupted`` = (out_dir, when): the checkpoint to continue from), else "PROG: interrupted",
+    followed by what the KeyboardInterrupt carries (a body may re-raise it as
+    ``KeyboardInterrupt("after 12 of 40 labels")`` to say how far it got). Anything else propagates
+    (a bug: its traceback is wanted). Returns body()'s value when it is an int (an exit status),
+    else 0 (a run's summary, None)."""
     statuses = {UsageError: 2, **statuses}
     try:
         rc = body()
@@ -334,10 +337,9 @@ def run_main(prog: str, body, statuses: dict, memory_hint: str, interrupted=None
         if msg is None:
             raise
         die(prog, msg, 1)
-    except KeyboardInterrupt:
-        if interrupted is None:
-            raise
-        print("\n" + interrupted_line(prog, *interrupted), file=sys.stderr)
+    except KeyboardInterrupt as e:
+        line = interrupted_line(prog, *interrupted) if interrupted else f"{prog}: interrupted"
+        print("\n" + line + (f" {e}" if str(e) else ""), file=sys.stderr, flush=True)
         return 130
     return rc if isinstance(rc, int) else 0
 
@@ -498,10 +500,14 @@ def check_no_earlier_run(path) -> None:
 
     from fastgpt.checkpoint import list_checkpoints
     p = Path(path)
-    found = [c.name for c in list_checkpoints(p)[-2:]] + (["metrics.jsonl"] if (p / "metrics.jsonl").exists() else [])
-    if found:
-        raise UsageError(f"--out_dir {path} already holds a run ({', '.join(found)}): add --resume to continue "
-                         "it, or choose another --out_dir")
+    ckpts = [c.name for c in list_checkpoints(p)[-2:]]
+    found = ckpts + (["metrics.jsonl"] if (p / "metrics.jsonl").exists() else [])
+    if not found:
+        return
+    # without a checkpoint --resume cannot continue the run, but it starts it again (see resume_point)
+    todo = "continue it" if ckpts else "start it again from step 0 with its options (it wrote no checkpoint)"
+    raise UsageError(f"--out_dir {path} already holds a run ({', '.join(found)}): add --resume to {todo}, "
+                     "or choose another --out_dir")
 
 
 def interrupted_line(prog: str, out_dir, when: str) -> str:
@@ -512,6 +518,137 @@ def interrupted_line(prog: str, out_dir, when: str) -> str:
     if last is None:
         return f"{prog}: interrupted before any checkpoint was written in {out_dir} ({when}); nothing to resume"
     return f"{prog}: interrupted; the last checkpoint is {last} (continue with: {prog} --resume --out_dir {out_dir})"
+
+
+# ---------------------------------------------------------------------------
+# A run's out_dir: metrics.jsonl and where --resume starts (shared by train and finetune)
+# ---------------------------------------------------------------------------
+class RunLog:
+    """Progress bar (tqdm) or plain lines on stderr, plus the metrics JSONL file.
+
+    The file is opened at the first row, not before: a run that dies before it has anything to log
+    (a long initial evaluation) leaves the previous metrics.jsonl as it was (or none), never an empty
+    one that --resume could not read a header from."""
+
+    def __init__(self, path, append: bool, bar: bool, total: int, initial: int, desc: str = "train"):
+        """path None: a silent log (the non-zero ranks of a DDP run)."""
+        self.quiet = path is None
+        self.path, self.mode = path, "a" if append else "w"
+        self.f = None
+        self.bar = None
+        if bar:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
+
+    def write(self, obj: dict):
+        if self.quiet:
+            return
+        if self.f is None:
+            self.f = open(self.path, self.mode)
+        self.f.write(json.dumps(obj) + "\n")
+        self.f.flush()
+
+    def say(self, msg: str):
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.f is not None:
+            self.f.close()
+
+
+def trim_metrics(path, step: int) -> None:
+    """Drop the rows that a crashed run logged after the checkpoint a --resume starts from at ``step``
+    (those steps are trained again, and would otherwise appear twice), atomically."""
+    from pathlib import Path
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line the crash cut short
+            continue
+        if row.get("type") == "header" or row.get("step", 0) <= step:
+            keep.append(line + "\n")
+    if len(keep) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text("".join(keep))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def metrics_header(out_dir) -> dict | None:
+    """The header row of OUT_DIR/metrics.jsonl (its first line, {"type": "header", "config": {...}, ...},
+    as train and finetune write it); None when there is no metrics.jsonl; CheckpointError (one line)
+    when its first line is not a readable header."""
+    from pathlib import Path
+
+    from fastgpt.checkpoint import CheckpointError
+    path = Path(out_dir) / "metrics.jsonl"
+    try:
+        with open(path, encoding="utf-8") as f:
+            row = json.loads(f.readline())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # unreadable, not UTF-8, empty, or a first line the crash cut short
+        row = None
+    if not (isinstance(row, dict) and row.get("type") == "header" and isinstance(row.get("config"), dict)):
+        raise CheckpointError(f"--resume: {out_dir} has no checkpoint, and its metrics.jsonl no readable header "
+                              "to start its run again from: remove metrics.jsonl, or choose another --out_dir")
+    return row
+
+
+def resume_point(out_dir, say, is_ours, not_ours: str):
+    """Where --resume starts, said in one line through ``say``: (path, state, None) of the newest usable
+    checkpoint in out_dir (checkpoint.load_for_resume); else (None, None, options) when only metrics.jsonl
+    is there (a run that died before its first checkpoint): its header's options, to start that run again
+    from step 0 (a run from the command line's options would be another run, maybe another task); else
+    (None, None, None): an empty out_dir, a new run (a job that always passes --resume starts that way).
+    ``is_ours(header)`` tells this program's header from the other's (``not_ours`` completes the error
+    "D/metrics.jsonl is ..."). CheckpointError (one line) when no checkpoint there is usable, or the
+    header is unreadable or the other program's."""
+    from pathlib import Path
+
+    from fastgpt.checkpoint import CheckpointError, load_for_resume
+    latest, state = load_for_resume(out_dir, say)
+    if latest is not None:
+        return latest, state, None
+    header = metrics_header(out_dir)
+    if header is None:
+        say(f"no checkpoint in {out_dir}: starting a new run")
+        return None, None, None
+    if not is_ours(header):
+        raise CheckpointError(f"--resume: {Path(out_dir) / 'metrics.jsonl'} is {not_ours}")
+    say(f"no checkpoint in {out_dir} yet: starting its run again from step 0 with the options in its metrics.jsonl")
+    return None, None, header["config"]
+
+
+def with_saved_options(cfg, given: set[str], saved: dict, runtime_only):
+    """cfg with the options of the run a --resume continues (``saved``: a checkpoint's or a metrics.jsonl
+    header's config): all of them but those given on this command line and the ``runtime_only`` ones
+    (device, out_dir, ...), which stay this command's. Saved keys that are no option are ignored."""
+    keep = {k: getattr(cfg, k) for k in set(given) | set(runtime_only)}
+    names = {f.name for f in dataclasses.fields(cfg)}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in names})
+    return dataclasses.replace(cfg, **keep)
+
+
+def absolute_path(path: str) -> str:
+    """path (``~`` expanded) made absolute: a run saves its paths so, and a --resume may start in
+    another working folder."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def to_dict(cfg, drop=()) -> dict:

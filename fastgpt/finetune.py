@@ -27,8 +27,8 @@ checkpoint of ``fastgpt.train``'s default output folder, else random init (with
 a warning).
 
 ``python -m fastgpt.finetune --predict --init OUT_DIR "some text" ...`` prints
-one label per text (``--predict_file FILE``: one text a line, or JSONL / CSV
-with the task's fields).
+one label per text, as each batch is done (``--predict_file FILE``: one text a
+line, no blank lines, or JSONL / CSV with the task's fields).
 
 Ctrl-C / SIGTERM while training: the step finishes, a checkpoint is saved (continue with
 --resume), exit 0; a second Ctrl-C aborts at once (exit 130).
@@ -161,10 +161,25 @@ class FinetuneConfig:
 # Options a --resume takes from the command line rather than from the checkpoint.
 RUNTIME_ONLY = ("device", "backend", "resume", "progress", "out_dir", "offline", "eval_batch_size",
                 "predict", "predict_file")
+# Options that name files or folders: saved absolute (see _absolute_paths).
+PATH_OPTIONS = ("task", "val_file", "test_file", "init", "predict_file")
 
 
 class RunError(RuntimeError):
     """A problem with the run's inputs (data, checkpoint); exit 1 with this one line."""
+
+
+def _absolute_path(v: str | None) -> str | None:
+    """v made absolute when it names an existing file or folder: a run saves its options, and a --resume
+    may start in another working folder. The built-in task names and 'random' are names, not paths; a
+    path that does not exist stays as typed, for its error to name it so."""
+    if v is None or v in T.BUILTIN_TASKS + ("random",) or not os.path.exists(v):
+        return v
+    return cli.absolute_path(v)
+
+
+def _absolute_paths(cfg: "FinetuneConfig") -> "FinetuneConfig":
+    return dataclasses.replace(cfg, **{k: _absolute_path(getattr(cfg, k)) for k in PATH_OPTIONS})
 
 
 def linear_schedule(step: int, lr: float, warmup: int, total: int) -> float:
@@ -299,8 +314,8 @@ def _check_resume_options(cfg: "FinetuneConfig", given: set[str], st: dict, path
     """--resume continues the checkpoint's model and head: --init, --preset, --tokenizer or --task_type
     given on the command line that say otherwise are a usage error (they used to be ignored silently)."""
     saved, meta = st["extra"]["finetune_config"], st["extra"]["finetune"]
-    now = dict(init=saved.get("init"), preset=saved.get("preset"), tokenizer=st.get("tokenizer"),
-               task_type=meta.get("task_type"))
+    now = dict(init=_absolute_path(saved.get("init")), preset=saved.get("preset"), tokenizer=st.get("tokenizer"),
+               task_type=meta.get("task_type"))   # (init: relative in an earlier version's checkpoint)
     for k, v in now.items():
         if k in given and getattr(cfg, k) != v:
             raise cli.UsageError(f"--{k} {getattr(cfg, k)}: the checkpoint {path} continues a fine-tune with "
@@ -450,24 +465,32 @@ def load_finetuned(path, device="cpu", backend=None):
 # ---------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------
-def predict_encoded(model, head, data: list[Encoded], task_type: str, bs: int, device, autocast, backend=None):
-    """(predicted indices, task loss mean or None) over data, in order."""
+def predict_batches(model, head, data: list[Encoded], task_type: str, bs: int, device, autocast, backend=None):
+    """Per batch of data, in order: (predicted indices, task loss or None, examples in the batch); the
+    model and head are in eval mode until the last batch is done."""
     import torch
-    preds, loss_sum, n = [], 0.0, 0
     was = model.training
     model.eval()
     head.eval()
-    with torch.no_grad():
+    try:
         for chunk in batches(data, bs):
             b = collate(chunk, device)
-            with autocast():
+            with torch.no_grad(), autocast():  # (not held over the yield: the caller keeps its own grad mode)
                 logits, task_loss, _, _ = forward_batch(model, head, b, task_type, 0.0, backend)
-            preds.extend(logits.argmax(-1).tolist())
-            if task_loss is not None:
-                loss_sum += float(task_loss) * len(chunk)
-                n += len(chunk)
-    model.train(was)
-    head.train(was)
+            yield logits.argmax(-1).tolist(), task_loss, len(chunk)
+    finally:
+        model.train(was)
+        head.train(was)
+
+
+def predict_encoded(model, head, data: list[Encoded], task_type: str, bs: int, device, autocast, backend=None):
+    """(predicted indices, task loss mean or None) over data, in order."""
+    preds, loss_sum, n = [], 0.0, 0
+    for p, task_loss, k in predict_batches(model, head, data, task_type, bs, device, autocast, backend):
+        preds.extend(p)
+        if task_loss is not None:
+            loss_sum += float(task_loss) * k
+            n += k
     return preds, (loss_sum / n if n else None)
 
 
@@ -481,31 +504,6 @@ def score(model, head, data, task_type, n_classes, bs, device, autocast, backend
 # ---------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------
-class _Log:
-    def __init__(self, path: Path, append: bool, bar: bool, total: int, initial: int):
-        self.f = open(path, "a" if append else "w")
-        self.bar = None
-        if bar:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc="finetune", unit="step", dynamic_ncols=True,
-                            file=sys.stderr)
-
-    def write(self, obj: dict):
-        self.f.write(json.dumps(obj) + "\n")
-        self.f.flush()
-
-    def say(self, msg: str):
-        if self.bar is not None:
-            self.bar.write(msg, file=sys.stderr)
-        else:
-            print(msg, file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        self.f.close()
-
-
 def _device_and_dtype(cfg: FinetuneConfig):
     import torch
     c = dataclasses.replace(cfg)
@@ -558,26 +556,28 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     from fastgpt import data as fdata
 
     given = set(given or ())
+    cfg = _absolute_paths(cfg)
     out_dir = Path(cfg.out_dir)
     cli.check_out_dir(out_dir)  # before the task and the model are loaded
     if not cfg.resume:
         cli.check_no_earlier_run(out_dir)
-    ckpt_state = None
+    ckpt_state = latest = None
     if cfg.resume:
         try:
-            latest, ckpt_state = ck.load_for_resume(out_dir, lambda msg: print(f"{PROG}: {msg}", file=sys.stderr))
+            latest, ckpt_state, saved = cli.resume_point(
+                out_dir, lambda msg: print(f"{PROG}: {msg}", file=sys.stderr), is_ours=lambda header: "task" in header,
+                not_ours=f"a fastgpt.train run's, not a fine-tuning run's: fine-tune from it with --init {out_dir} "
+                         "--out_dir NEW_DIR")
         except ck.CheckpointError as e:
             raise RunError(str(e)) from None
-        if latest is not None:
+        if ckpt_state is not None:
             saved = (ckpt_state.get("extra") or {}).get("finetune_config")
             if saved is None:
                 raise RunError(f"{latest} is a fastgpt.train checkpoint, not a fine-tuning run's: fine-tune from it "
                                f"with --init {out_dir} --out_dir NEW_DIR")
             _check_resume_options(cfg, given, ckpt_state, latest)
-            keep = {k: getattr(cfg, k) for k in given | set(RUNTIME_ONLY)}
-            names = {f.name for f in dataclasses.fields(cfg)}
-            cfg = dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in names})
-            cfg = dataclasses.replace(cfg, **keep)
+        if saved is not None:
+            cfg = cli.with_saved_options(cfg, given, saved, RUNTIME_ONLY)
             problems = cfg.validate()
             if problems:
                 raise cli.UsageError(problems[0])
@@ -643,6 +643,11 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
         raise RunError(f"{cfg.task}: the validation split is empty (add examples or give --val_file)")
     spe = math.ceil(len(train) / cfg.batch_size)
     total = spe * cfg.epochs if cfg.max_iters is None else min(cfg.max_iters, spe * cfg.epochs)
+    if ckpt_state is not None and total < ckpt_state["step"]:
+        end = f"--max_iters {cfg.max_iters}" if total == cfg.max_iters else \
+            f"--epochs {cfg.epochs} ({total} steps of {spe})"
+        raise cli.UsageError(f"{end}: the checkpoint {latest} is already at step {ckpt_state['step']}; "
+                             "give a larger value to train on, or leave it out")
     warmup = int(round(cfg.warmup_frac * total))
 
     # --- optimiser: AdamW, decay on matrices / embeddings (the paper's w = 0.01)
@@ -681,8 +686,13 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     except OSError as e:
         raise RunError(f"--out_dir {out_dir}: cannot create it ({e.strerror})") from None
     metrics_path = out_dir / "metrics.jsonl"
-    log = _Log(metrics_path, append=ckpt_state is not None and metrics_path.exists(), bar=bool(cfg.progress),
-               total=total, initial=step)
+    if ckpt_state is not None:
+        try:
+            cli.trim_metrics(metrics_path, step)
+        except OSError as e:
+            raise RunError(f"{metrics_path}: cannot rewrite it ({e.strerror})") from None
+    log = cli.RunLog(metrics_path, append=ckpt_state is not None and metrics_path.exists(), bar=bool(cfg.progress),
+                     total=total, initial=step, desc="finetune")
 
     def state(step):
         return dict(step=step, model=model.state_dict(), config=model.config.to_dict(), head=head.state_dict(),
@@ -776,7 +786,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
 
     # --- the test split, scored once with the best model by validation
     if extra["best"] is None:  # resumed at the end, or nothing to train: evaluate what we have
-        log = _Log(metrics_path, True, False, 0, 0)
+        log = cli.RunLog(metrics_path, True, False, 0, 0)
         evaluate_and_keep(step, round(step / spe, 3))
         log.close()
     best_model, best_head, _, _ = load_finetuned(out_dir / "best", device, cfg.backend)
@@ -802,8 +812,10 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     return summary
 
 
-def predict(cfg: FinetuneConfig, texts: list[str]) -> list[str]:
-    """Labels (class names, or the chosen choice's text) for texts / cfg.predict_file with the --init model."""
+def predict(cfg: FinetuneConfig, texts: list[str]):
+    """Labels (class names, or the chosen choice's text) for texts / cfg.predict_file with the --init model,
+    yielded batch by batch: main prints each as it comes, so a long file's labels appear as they are made
+    and a Ctrl-C keeps those already printed."""
     import torch
     if cfg.init is None:
         raise cli.UsageError("--predict needs --init FINETUNED_DIR (a fastgpt.finetune out_dir)")
@@ -820,11 +832,12 @@ def predict(cfg: FinetuneConfig, texts: list[str]) -> list[str]:
             raise cli.UsageError(f"--predict: a {tt} model takes its inputs from --predict_file (JSONL or CSV)")
         exs = [T.Example(text=t, label=-1) for t in texts]
     data = [Encoded(T.encode_example(e, tt, tok, meta["max_len"]), -1) for e in exs]
-    preds, _ = predict_encoded(model, head, data, tt, c.eval_batch_size, device, _autocast_factory(device, c.dtype),
-                               cfg.backend)
-    if tt == "choice":
-        return [e.choices[p] for e, p in zip(exs, preds)]
-    return [meta["labels"][p] for p in preds]
+    done = 0
+    for preds, _, _ in predict_batches(model, head, data, tt, c.eval_batch_size, device,
+                                       _autocast_factory(device, c.dtype), cfg.backend):
+        for e, p in zip(exs[done:done + len(preds)], preds):
+            yield e.choices[p] if tt == "choice" else meta["labels"][p]
+        done += len(preds)
 
 
 def _split_positionals(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -869,15 +882,21 @@ def main(argv=None) -> int:
                       "--key=value)")
     def body():
         if cfg.predict:
-            for label in predict(cfg, texts):
-                print(label)
+            n = 0
+            try:
+                for label in predict(cfg, texts):
+                    print(label, flush=True)
+                    n += 1
+            except KeyboardInterrupt:  # the labels printed so far stay; say how many (one per input, in order)
+                raise KeyboardInterrupt(f"after {n} label{'s' * (n != 1)}") from None
         else:
             run(cfg, given)
 
+    # Ctrl-C: a training run names the checkpoint to continue from; --predict has no out_dir of its own
+    training = (cfg.out_dir, "one is written at each epoch end, and every --ckpt_interval steps")
     # CheckpointError: a checkpoint could not be written
     return cli.run_main(PROG, body, {T.TaskFileError: 2, RunError: 1, CheckpointError: 1},
-                        "lower --batch_size or --max_len",
-                        interrupted=(cfg.out_dir, "one is written at each epoch end, and every --ckpt_interval steps"))
+                        "lower --batch_size or --max_len", interrupted=None if cfg.predict else training)
 
 
 if __name__ == "__main__":

@@ -323,30 +323,28 @@ def main(argv=None) -> int:
     from fastgpt import cli
     ap = cli.ArgumentParser(prog=PROG, description=__doc__,
                             epilog="exit status: 0 every row within tolerance, 1 a row failed (or the fused\n"
-                                   "backend cannot run here), 2 a usage error (one line).")
+                                   "backend cannot run here), 2 a usage error (one line), 130 interrupted.")
     ap.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda if available)")
     ap.add_argument("--quick", action="store_true",
                     help="smaller shapes and no autotuning (each kernel's default launch config)")
     ap.add_argument("--only", default="", help="comma-separated substrings of the checks to run "
                     "(e.g. layer_norm,GPTBlock; default: all)")
     args = ap.parse_args(argv)
-    try:
+
+    def body():
         dev = cli.device(args.device, "use --device cpu: the Triton interpreter")
-    except cli.UsageError as e:
-        cli.die(PROG, str(e))
-    if args.quick:  # read when the kernels are imported (autotuning compiles every config: minutes)
-        os.environ.setdefault("FASTGPT_AUTOTUNE", "0")
-    if dev.type == "cpu":
-        if "triton" not in sys.modules:
-            os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
-        # the interpreter evaluates masked-off lanes too (exp2(-inf), inf - inf): numpy warns about values
-        # that are never stored; the table's error columns are what counts
-        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"triton\.runtime\.interpreter")
-    try:
-        ok = run(dev, args.quick, only=[o for o in args.only.split(",") if o])
-    except cli.UsageError as e:
-        cli.die(PROG, str(e))
-    return 0 if ok else 1
+        if args.quick:  # read when the kernels are imported (autotuning compiles every config: minutes)
+            os.environ.setdefault("FASTGPT_AUTOTUNE", "0")
+        if dev.type == "cpu":
+            if "triton" not in sys.modules:
+                os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
+            # the interpreter evaluates masked-off lanes too (exp2(-inf), inf - inf): numpy warns about values
+            # that are never stored; the table's error columns are what counts
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"triton\.runtime\.interpreter")
+        return 0 if run(dev, args.quick, only=[o for o in args.only.split(",") if o]) else 1
+
+    # usage errors: one line, 2; Ctrl-C: one line, 130 (the rows done so far are printed)
+    return cli.run_main(PROG, body, {}, "use --quick (smaller shapes)")
 
 
 if __name__ == "__main__":

@@ -288,7 +288,7 @@ def parse_rows(path, task_type: str | None = None, labels: list[str] | None = No
 
 def read_inputs(path, task_type: str) -> list[Example]:
     """Unlabelled inputs for --predict: a .jsonl / .csv file with the task's text fields
-    (a ``label`` field, if any, is ignored), or any other file as one text a line."""
+    (a ``label`` field, if any, is ignored), or any other file as one text a line (no blank lines)."""
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson", ".csv", ".tsv"):
         if not path.is_file():
@@ -300,7 +300,14 @@ def read_inputs(path, task_type: str) -> list[Example]:
         if task_type != "classify":
             raise TaskFileError(f"{path}: a {task_type} model needs a .jsonl or .csv file with "
                                 f"{'text and text_b' if task_type != 'choice' else 'text and choices'}")
-        return [Example(text=l, label=-1, source=f"{path}:{i}") for i, l in enumerate(lines, 1) if l.strip()]
+        # One label is printed per input, so a blank line may not be dropped (the labels after it would
+        # no longer line up with their lines) nor labelled (an empty text is refused in a task file, the
+        # model was never trained on one, and its label would mean nothing): it is an error, FILE:LINE.
+        for i, l in enumerate(lines, 1):
+            if not l.strip():
+                raise TaskFileError(f"{path}:{i}: blank line (one text a line, each gets a label on the same "
+                                    "line of the output): remove it")
+        return [Example(text=l, label=-1, source=f"{path}:{i}") for i, l in enumerate(lines, 1)]
     out = []
     for line, row in _read_rows(path, required=("text",)):
         where = f"{path}:{line}"

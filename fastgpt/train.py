@@ -255,7 +255,7 @@ def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     if c.dtype == "bf16" and c.device == "cuda" and not torch.cuda.is_bf16_supported():
         raise cli.UsageError("--dtype bf16: this GPU has no bf16; use --dtype fp16")
     if c.data is not None:  # absolute: the checkpoint keeps it, and a --resume may start from another folder
-        c.data = os.path.abspath(os.path.expanduser(c.data))
+        c.data = cli.absolute_path(c.data)
     if c.block_size is None:
         c.block_size = PRESETS[c.preset]["block_size"]
     if c.lr_decay_iters is None:
@@ -291,62 +291,6 @@ def _versions(device) -> dict:
     if device.type == "cuda":
         v["cuda"] = torch.version.cuda
     return v
-
-
-class _Log:
-    """Progress bar (tqdm) or plain lines, plus the metrics JSONL file."""
-
-    def __init__(self, path: Path | None, append: bool, bar: bool, total: int, initial: int):
-        """path None: a silent log (the non-zero ranks of a DDP run)."""
-        self.quiet = path is None
-        self.f = None if path is None else open(path, "a" if append else "w")
-        self.bar = None
-        if bar:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
-                            file=sys.stderr)
-
-    def write(self, obj: dict):
-        if self.f is not None:
-            self.f.write(json.dumps(obj) + "\n")
-            self.f.flush()
-
-    def say(self, msg: str):
-        if self.quiet:
-            return
-        if self.bar is not None:
-            self.bar.write(msg, file=sys.stderr)
-        else:
-            print(msg, file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        if self.f is not None:
-            self.f.close()
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop the rows that a crashed run logged after the checkpoint a --resume starts from at ``step``
-    (those steps are trained again, and would otherwise appear twice), atomically."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    keep = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:  # a line the crash cut short
-            continue
-        if row.get("type") == "header" or row.get("step", 0) <= step:
-            keep.append(line + "\n")
-    if len(keep) < len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            tmp.write_text("".join(keep))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 class _Dist:
@@ -558,6 +502,29 @@ def _check_resumed_model(mcfg, cfg: TrainConfig, given: set[str], path) -> None:
                              f"{mcfg.dropout}; --resume continues its model as it was: drop --dropout")
 
 
+def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict) -> TrainConfig:
+    """cfg with the options of the run a --resume continues (``saved``: its checkpoint's, or its metrics.jsonl
+    header's when it died before its first checkpoint): those not given on this command line come from it,
+    except that options left to follow another one (FOLLOWING) keep following it. UsageError if the mix
+    is not a valid config."""
+    cfg = cli.with_saved_options(cfg, given, saved, RUNTIME_ONLY)
+    followed = saved.get("_following")
+    if followed is None:  # a checkpoint of an earlier fastgpt: infer what followed what
+        followed = [k for k, on in (
+            ("lr_decay_iters", saved.get("_lr_decay_auto")),
+            ("min_lr", saved.get("lr") and math.isclose(saved.get("min_lr") or 0.0, saved["lr"] / 10)),
+            ("ckpt_interval", saved.get("ckpt_interval") == saved.get("eval_interval"))) if on]
+    for k in set(followed) - given:
+        setattr(cfg, k, None)  # it followed another option: keep following
+    if ("warmup_iters" not in given and None not in (cfg.lr_decay_iters, cfg.warmup_iters)
+            and cfg.warmup_iters > cfg.lr_decay_iters):
+        cfg.warmup_iters = cfg.lr_decay_iters  # a saved warmup never outlasts a new, shorter schedule
+    problems = cfg.validate()
+    if problems:
+        raise cli.UsageError(problems[0])
+    return cfg
+
+
 def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
     """Train (or evaluate) per cfg; returns a summary dict. Raises RunError / cli.UsageError.
 
@@ -600,36 +567,23 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
     ckpt_state = resumed_from = None
     if cfg.resume:
         try:
-            latest, ckpt_state = ck.load_for_resume(out_dir, lambda msg: say0(f"{PROG}: {msg}"))
+            resumed_from, ckpt_state, saved = cli.resume_point(
+                out_dir, lambda msg: say0(f"{PROG}: {msg}"), is_ours=lambda header: "task" not in header,
+                not_ours="a fine-tuning run's: resume it with python -m fastgpt.finetune --resume")
         except ck.CheckpointError as e:
             raise RunError(str(e)) from None
-        if latest is not None:
-            resumed_from = latest
-            # options not given on this command line come from the checkpoint
+        if ckpt_state is not None:
             saved = ckpt_state.get("train_config")
             if saved is None:
-                raise RunError(f"{latest} is not a fastgpt.train checkpoint (a fine-tuning run's? resume that "
+                raise RunError(f"{resumed_from} is not a fastgpt.train checkpoint (a fine-tuning run's? resume that "
                                "with python -m fastgpt.finetune --resume)")
-            keep = {k: getattr(cfg, k) for k in given | set(RUNTIME_ONLY)}
-            cfg = dataclasses.replace(cfg, **{k: v for k, v in saved.items()
-                                              if k in {f.name for f in dataclasses.fields(cfg)}})
-            cfg = dataclasses.replace(cfg, **keep)
-            followed = saved.get("_following")
-            if followed is None:  # a checkpoint of an earlier fastgpt: infer what followed what
-                followed = [k for k, on in (
-                    ("lr_decay_iters", saved.get("_lr_decay_auto")),
-                    ("min_lr", saved.get("lr") and math.isclose(saved.get("min_lr") or 0.0, saved["lr"] / 10)),
-                    ("ckpt_interval", saved.get("ckpt_interval") == saved.get("eval_interval"))) if on]
-            for k in set(followed) - given:
-                setattr(cfg, k, None)  # it followed another option: keep following
-            if ("warmup_iters" not in given and None not in (cfg.lr_decay_iters, cfg.warmup_iters)
-                    and cfg.warmup_iters > cfg.lr_decay_iters):
-                cfg.warmup_iters = cfg.lr_decay_iters  # a saved warmup never outlasts a new, shorter schedule
-            problems = cfg.validate()
-            if problems:
-                raise cli.UsageError(problems[0])
+        if saved is not None:
+            cfg = _resumed_config(cfg, given, saved)
     following = sorted(k for k in FOLLOWING if getattr(cfg, k) is None)
     cfg = resolve(cfg, given)
+    if ckpt_state is not None and not cfg.eval_only and cfg.max_iters < ckpt_state["step"]:
+        raise cli.UsageError(f"--max_iters {cfg.max_iters}: the checkpoint {resumed_from} is already at step "
+                             f"{ckpt_state['step']}; give a larger --max_iters to train on, or leave it out")
     device = torch.device(cfg.device, dist.local_rank) if cfg.device == "cuda" and dist.world > 1 \
         else torch.device(cfg.device)
     try:
@@ -789,7 +743,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
             err = f"--out_dir {out_dir}: cannot create it ({e.strerror})"
         try:
             if ckpt_state is not None and not cfg.eval_only and err is None:
-                _trim_metrics(out_dir / "metrics.jsonl", step)
+                cli.trim_metrics(out_dir / "metrics.jsonl", step)
         except OSError as e:
             err = f"{out_dir / 'metrics.jsonl'}: cannot rewrite it ({e.strerror})"
     dist.agree(err)
@@ -802,8 +756,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
                   resumed_from=step if ckpt_state is not None else None,
                   started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     metrics_path = out_dir / "metrics.jsonl"
-    log = _Log(metrics_path if dist.main else None, append=ckpt_state is not None and metrics_path.exists(),
-               bar=cfg.progress and not cfg.eval_only and dist.main, total=cfg.max_iters, initial=step)
+    log = cli.RunLog(metrics_path if dist.main else None, append=ckpt_state is not None and metrics_path.exists(),
+                     bar=cfg.progress and not cfg.eval_only and dist.main, total=cfg.max_iters, initial=step)
     summary = dict(out_dir=str(out_dir), step=step)
     inject = _nonfinite_test_steps()
 

@@ -410,8 +410,11 @@ def test_run_main_maps_failures_to_one_line(tmp_path, capsys):
     assert err.rstrip().endswith("; lower --x") and err.count("\n") == 1
     with pytest.raises(RuntimeError, match="a bug"):
         cli.run_main("prog", raising(RuntimeError("a bug")), {Broken: 7}, "lower --x")
-    with pytest.raises(KeyboardInterrupt):   # no out_dir to report: Ctrl-C is the caller's
-        cli.run_main("prog", raising(KeyboardInterrupt()), {}, "lower --x")
+    # Ctrl-C: one line and 130; with no out_dir to report, plainly "interrupted" and what the body says
+    assert _no_escape(lambda: cli.run_main("prog", raising(KeyboardInterrupt()), {}, "lower --x")) == 130
+    assert capsys.readouterr().err == "\nprog: interrupted\n"
+    assert _no_escape(lambda: cli.run_main("prog", raising(KeyboardInterrupt("after 3 labels")), {}, "")) == 130
+    assert capsys.readouterr().err == "\nprog: interrupted after 3 labels\n"
     assert cli.run_main("prog", raising(KeyboardInterrupt()), {}, "", interrupted=(tmp_path, "at the end")) == 130
     assert "nothing to resume" in capsys.readouterr().err
     assert cli.run_main("prog", lambda: 3, {}, "") == 3
@@ -449,3 +452,67 @@ def test_device_option_makes_cuda_n_current(monkeypatch):
         cli.device("cuda:2")
     with pytest.raises(cli.UsageError, match="must be cpu, cuda or cuda:N"):
         cli.device("tpu")
+
+
+def _no_escape(call):
+    """call(), failing the test (not ending the session) if a KeyboardInterrupt escapes it."""
+    try:
+        return call()
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a KeyboardInterrupt (a traceback for the user)")
+
+
+def test_sample_ctrl_c_prints_the_samples_so_far(tiny_dir, capsys, monkeypatch):
+    """Ctrl-C while sampling: the text generated so far is printed (it was lost: printed only at the end),
+    then one line, exit 130 (it was a traceback)."""
+    from fastgpt import model, sample
+    argv = [str(tiny_dir), "--num-samples", "2", "--seed", "5", "--device", "cpu"]
+    assert sample.main(argv + ["--max-new-tokens", "6"]) == 0
+    six = capsys.readouterr().out
+    real, calls = model.sample_next, []
+
+    def ctrl_c_at_the_seventh_token(*a, **k):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(model, "sample_next", ctrl_c_at_the_seventh_token)
+    assert _no_escape(lambda: sample.main(argv + ["--max-new-tokens", "50"])) == 130
+    out, err = capsys.readouterr()
+    assert out == six and out.count("---------- sample ") == 2
+    assert err == "\npython -m fastgpt.sample: interrupted after 6 of 50 new tokens (the samples so far are printed)\n"
+
+
+def test_selftest_ctrl_c_is_one_line(capsys, monkeypatch):
+    from fastgpt import selftest
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(selftest, "run", ctrl_c)
+    assert _no_escape(lambda: selftest.main(["--device", "cpu"])) == 130
+    assert capsys.readouterr().err == "\npython -m fastgpt.selftest: interrupted\n"
+
+
+def test_finetune_offline_error_names_the_offline_option(tmp_path, monkeypatch, capsys):
+    """--offline with an empty cache: the error said "FASTGPT_OFFLINE is set", which the user had not done."""
+    from fastgpt import finetune as FT
+    monkeypatch.setenv("FASTGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASTGPT_OFFLINE", raising=False)
+    err = _one_line_exit(FT.main, ["--task=movie-reviews", "--offline", "--init=random", "--device=cpu",
+                                   f"--out_dir={tmp_path / 'o'}"], capsys, 1, "--offline was given")
+    assert "FASTGPT_OFFLINE is set" not in err
+
+
+def test_run_log_opens_its_file_at_the_first_row(tmp_path):
+    """A run that dies before its first row (a long initial evaluation) leaves the earlier metrics.jsonl as
+    it was, not truncated to nothing (--resume reads its header to start the run again)."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"type": "header", "config": {}}\n')
+    cli.RunLog(path, append=False, bar=False, total=1, initial=0).close()
+    assert path.read_text() == '{"type": "header", "config": {}}\n'
+    log = cli.RunLog(path, append=False, bar=False, total=1, initial=0)
+    log.write(dict(step=1))
+    log.close()
+    assert path.read_text() == '{"step": 1}\n'
+    cli.RunLog(tmp_path / "none.jsonl", append=False, bar=False, total=1, initial=0).close()
+    assert not (tmp_path / "none.jsonl").exists()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import DEVICE
+from fastgpt import checkpoint as ck
 from fastgpt import finetune as FT
 from fastgpt import tasks as T
 from fastgpt.config import GPTConfig
@@ -249,7 +250,7 @@ def test_head_learns_and_lambda_runs(tmp_path, tiny_init, capsys):
     assert FT.main(["--predict", "--init", str(tmp_path / "o0.5"), "banana mango apple", "drill hammer saw",
                     "--device", DEVICE]) == 0
     assert capsys.readouterr().out.split() == ["fruit", "tool"]
-    (tmp_path / "in.txt").write_text("red blue pink\n\nwrench pliers\n")
+    (tmp_path / "in.txt").write_text("red blue pink\nwrench pliers\n")
     assert FT.main(["--predict", "--init", str(tmp_path / "o0.5"), "--predict_file", str(tmp_path / "in.txt"),
                     "--device", DEVICE]) == 0
     assert capsys.readouterr().out.split() == ["color", "tool"]
@@ -276,8 +277,8 @@ def test_pair_similarity_choice_runs(tmp_path, tiny_init):
     # --predict on a choice model answers with one of each row's choices
     inp = write_jsonl(tmp_path / "ask.jsonl", [dict(text="which?", choices=["saw", "mango"]),
                                                dict(text="which?", choices=["red", "drill", "apple"])])
-    got = FT.predict(FT.FinetuneConfig(init=str(tmp_path / "oNone"), predict=True, predict_file=inp,
-                                       device=DEVICE), [])
+    got = list(FT.predict(FT.FinetuneConfig(init=str(tmp_path / "oNone"), predict=True, predict_file=inp,
+                                            device=DEVICE), []))
     assert len(got) == 2 and got[0] in ("saw", "mango") and got[1] in ("red", "drill", "apple")
 
 
@@ -415,3 +416,131 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, tiny_init):
     assert FT.main(["--resume", "--out_dir", str(out), "--max_iters", str(step + 2), "--device", "cpu",
                     "--progress", "false"]) == 0
     assert ck.load_checkpoint(ck.latest_checkpoint(out))["step"] == step + 2 and (out / "eval.json").exists()
+
+
+# ----------------------------------------------------------------------------- resuming, --predict
+def _ft_argv(task, init, out, **kw):
+    a = dict(task=task, init=init, out_dir=out, device="cpu", batch_size=4, max_iters=2, lr=1e-3, seed=3,
+             clf_dropout=0.0, log_interval=1, progress="false")
+    a.update(kw)
+    return [f"--{k}={v}" for k, v in a.items()]
+
+
+def _loss_rows(out):
+    return [(x["step"], x["loss"]) for x in metrics(out) if "task_loss" in x]
+
+
+def test_resume_without_a_checkpoint_starts_the_run_again_with_its_logged_options(tmp_path, tiny_init, capsys,
+                                                                                 monkeypatch):
+    """A run that died before its first checkpoint leaves only metrics.jsonl: --resume starts that run again
+    from step 0 with the options of its header (it used to start the default task from random weights and
+    overwrite the log); a metrics.jsonl with no readable header, or train's, is one line; an empty out_dir
+    starts a new run (a job that always passes --resume); the refusal without --resume says what --resume does."""
+    monkeypatch.setenv("FASTGPT_OFFLINE", "1")   # the old behaviour reached for the default task's download
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(60))
+    out = tmp_path / "o"
+    assert FT.main(_ft_argv(task, tiny_init, out)) == 0
+    first = _loss_rows(out)
+    for p in list(out.glob("ckpt_*.pt")) + [out / "eval.json"]:   # as if killed before the first checkpoint
+        p.unlink()
+    __import__("shutil").rmtree(out / "best")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        FT.main(_ft_argv(task, tiny_init, out))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "add --resume to start it again from step 0 with its options" in err
+    assert FT.main(["--resume", f"--out_dir={out}", "--device=cpu"]) == 0
+    err = capsys.readouterr().err
+    assert (f"{FT.PROG}: no checkpoint in {out} yet: starting its run again from step 0 with the options in its "
+            "metrics.jsonl") in err.splitlines()
+    head = metrics(out)[0]
+    assert head["config"]["task"] == task and (head["config"]["batch_size"], head["config"]["seed"]) == (4, 3)
+    assert _loss_rows(out) == first   # the same run, step for step, logged once
+    # metrics.jsonl whose first line is no header, or a fastgpt.train run's: one line, exit 1
+    for name, first_line, needle in (("bad", "not json\n", "no readable header"),
+                                     ("tr", json.dumps(dict(type="header", config={})) + "\n", "fastgpt.train run's")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.jsonl").write_text(first_line)
+        with pytest.raises(SystemExit) as e:
+            FT.main(["--resume", f"--out_dir={d}", "--device=cpu"])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.count("\n") == 1 and needle in err, err
+    # nothing in out_dir: --resume starts the run the command line describes
+    assert FT.main(["--resume"] + _ft_argv(task, tiny_init, tmp_path / "new", max_iters=1)) == 0
+    assert f"no checkpoint in {tmp_path / 'new'}: starting a new run" in capsys.readouterr().err
+
+
+def test_relative_paths_are_saved_absolute_and_resume_from_another_folder(tmp_path, tiny_init, monkeypatch):
+    """--task / --val_file / --init given relative to the working folder are saved absolute: a --resume
+    from another folder finds them (it said "cls.jsonl: no such file"); built-in task names and 'random'
+    stay names even where a file of that name exists."""
+    write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    write_jsonl(tmp_path / "val.jsonl", class_rows(8, seed=1))
+    (tmp_path / "random").write_text("a file, not the 'random' init")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "o"
+    assert FT.main(_ft_argv("cls.jsonl", "init", out, val_file="val.jsonl", max_iters=1, ckpt_interval=1)) == 0
+    saved = ck.load_checkpoint(ck.latest_checkpoint(out))["extra"]["finetune_config"]
+    assert (saved["task"], saved["val_file"], saved["init"]) == (
+        str(tmp_path / "cls.jsonl"), str(tmp_path / "val.jsonl"), tiny_init)
+    kept = FT._absolute_paths(FT.FinetuneConfig(task="movie-reviews", init="random", test_file="nope.jsonl"))
+    assert (kept.task, kept.init, kept.test_file) == ("movie-reviews", "random", "nope.jsonl")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert FT.main(["--resume", f"--out_dir={out}", "--max_iters=2", "--device=cpu", "--init=../init"]) == 0
+    assert ck.load_checkpoint(ck.latest_checkpoint(out))["step"] == 2
+
+
+def test_resume_trims_rows_logged_after_the_checkpoint_and_refuses_an_earlier_end(tmp_path, tiny_init, capsys):
+    """A crash between checkpoints: --resume trains those steps again and their rows appear once (they
+    were appended twice); a --max_iters below the checkpoint's step is a usage error (it re-scored the
+    test set without a word); the same --max_iters as the run's end finishes quietly."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(60))
+    out = tmp_path / "o"
+    assert FT.main(_ft_argv(task, tiny_init, out, max_iters=4, ckpt_interval=2, keep_ckpts=0)) == 0
+    first = _loss_rows(out)
+    ck.latest_checkpoint(out).unlink()   # died after logging steps 3-4, before their checkpoint
+    assert FT.main(["--resume", f"--out_dir={out}", "--device=cpu"]) == 0
+    assert _loss_rows(out) == first      # steps 3-4 trained again, exactly, and logged once
+    assert [x["step"] for x in metrics(out) if "val_accuracy" in x] == [4]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        FT.main(["--resume", f"--out_dir={out}", "--device=cpu", "--max_iters=3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--max_iters 3: the checkpoint" in err
+    assert "already at step 4" in err
+    assert FT.main(["--resume", f"--out_dir={out}", "--device=cpu", "--max_iters=4"]) == 0
+
+
+def test_predict_file_lines_up_and_ctrl_c_keeps_the_labels_printed(tmp_path, tiny_init, capsys, monkeypatch):
+    """--predict_file: a blank line is refused with FILE:LINE (it was dropped, so the labels after it no longer
+    lined up with their lines); Ctrl-C keeps the labels printed so far and says one line, "interrupted", not
+    advice about a training out_dir."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    out = tmp_path / "o"
+    assert FT.main(_ft_argv(task, tiny_init, out, max_iters=1)) == 0
+    gaps = tmp_path / "gaps.txt"
+    gaps.write_text("red blue\n\nsaw drill\n   \n")
+    with pytest.raises(T.TaskFileError, match=f"^{gaps}:2: blank line"):
+        T.read_inputs(gaps, "classify")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        FT.main(["--predict", f"--init={out}", f"--predict_file={gaps}", "--device=cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and f"{gaps}:2: blank line" in err
+    real, calls = FT.forward_batch, []
+
+    def ctrl_c_in_the_second_batch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(FT, "forward_batch", ctrl_c_in_the_second_batch)
+    try:
+        rc = FT.main(["--predict", f"--init={out}", "--eval_batch_size=1", "--device=cpu", "red", "saw", "pink"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a KeyboardInterrupt")
+    o, err = capsys.readouterr()
+    assert rc == 130 and len(o.split()) == 1 and o.split()[0] in ("fruit", "tool", "color")
+    assert err == f"\n{FT.PROG}: interrupted after 1 label\n"

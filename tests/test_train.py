@@ -4,6 +4,7 @@ Runs in-process through ``fastgpt.train.main`` on a small generated text file
 (byte-level, no network), on the CPU with the reference backend; the fp16 /
 bf16 / compile checks run where CUDA is available.
 """
+import json
 import math
 import random
 
@@ -389,3 +390,44 @@ def test_stale_temp_files_and_folders_of_dead_writers_are_removed(tmp_path):
     mine.mkdir()
     ck.save_checkpoint(tmp_path, dict(step=2, model={"w": torch.zeros(3)}))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, "ckpt_0000002.pt"])
+
+
+def test_resume_without_a_checkpoint_starts_the_run_again_with_its_logged_options(corpus, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """A run that died before its first checkpoint leaves only metrics.jsonl: --resume starts it again from
+    step 0 with its header's options, merged as a checkpoint's are (--max_iters given wins, and
+    lr_decay_iters, left to follow it, follows it); it used to start a new run with the defaults (the
+    default corpus, another model). An unreadable header, or finetune's, is one line; --max_iters below a
+    checkpoint's step is a usage error."""
+    monkeypatch.setenv("FASTGPT_OFFLINE", "1")   # the old behaviour reached for the default corpus
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=3, eval_interval=3)) == 0
+    first = _losses(out)
+    for p in ck.list_checkpoints(out):
+        p.unlink()
+    capsys.readouterr()
+    assert train.main([f"--out_dir={out}", "--resume", "--device=cpu", "--max_iters=4"]) == 0
+    err = capsys.readouterr().err
+    assert (f"{train.PROG}: no checkpoint in {out} yet: starting its run again from step 0 with the options in "
+            "its metrics.jsonl") in err.splitlines()
+    rows = _rows(out)
+    cfg = rows[0]["config"]
+    assert rows[0]["type"] == "header" and [r.get("type") for r in rows].count("header") == 1
+    assert (cfg["data"], cfg["block_size"], cfg["batch_size"], cfg["max_iters"], cfg["lr_decay_iters"]) == (
+        str(corpus), 32, 4, 4, 4)
+    assert sorted(_losses(out)) == [1, 2, 3, 4] and _losses(out)[1] == first[1]   # the same model and batches
+    for name, line, needle in (("bad", "", "no readable header"),
+                               ("ft", json.dumps(dict(type="header", config={}, task="t")) + "\n",
+                                "a fine-tuning run's")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.jsonl").write_text(line)
+        with pytest.raises(SystemExit) as e:
+            train.main([f"--out_dir={d}", "--resume", "--device=cpu"])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.count("\n") == 1 and needle in err, err
+    with pytest.raises(SystemExit) as e:
+        train.main([f"--out_dir={out}", "--resume", "--device=cpu", "--max_iters=3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--max_iters 3: the checkpoint" in err
+    assert "already at step 4" in err
