@@ -33,8 +33,8 @@ from torch import Tensor
 from fastgpt.backend import first_order_only
 from fastgpt.kernels._common import (
     PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_same_device, check_vector, current_stream, empty,
-    misaligned, next_pow2, plan_key, reduction_programs, row_stride, records_grad, rows_2d, same_data, sum_partials,
-    unit_stride,
+    misaligned, next_pow2, on_its_device, plan_key, reduction_programs, row_stride, records_grad, rows_2d, same_data,
+    sum_partials, unit_stride,
 )
 
 MAX_N = 8192
@@ -149,6 +149,7 @@ def _layer_norm_bwd_kernel(
     cols = tl.arange(0, BLOCK_N)
     cmask = cols < N
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    w0 = tl.load(W).to(tl.float32)
     # per-element accumulators, summed over their rows once after the loop (a sum over axis 0
     # on every trip would be a cross-warp reduction through shared memory, with a barrier)
     dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -165,8 +166,16 @@ def _layer_norm_bwd_kernel(
         xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
         g = dy * w[None, :]
         c1 = tl.sum(g * xhat, axis=1) * inv_n
-        c2 = tl.sum(g, axis=1) * inv_n
-        dh = (g - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        # c2 = mean(g) as g0 + mean(g - g0), g0 = g[:, 0] (dy loaded again: an L1 hit). Where dy is the
+        # same in every row (y.sum(), the post-LN block's residual stream), c2's rounding is too, and
+        # the gradients after this add it up over the rows: with the ln weights ~1 +- 0.1, g's sum
+        # carried ~ulp(N) of it, the deviations from g0 ~10x less. And g - c2 first: in that case
+        # it is exact (Sterbenz) and dx = (g - c2 - xhat c1) rstd is all cancellation. In the fp32
+        # block test (y.sum(), post-LN) PyTorch's CPU LayerNorm, which accumulates in double, had set
+        # a bound the kernel missed for ~1 seed in 200 (err/bound 1.20 at the worst seed found, 0.25 now).
+        g0 = tl.load(DY + rows * stride_dy, mask=rmask, other=0.0).to(tl.float32) * w0
+        c2 = g0 + tl.sum(tl.where(mask, g - g0[:, None], 0.0), axis=1) * inv_n
+        dh = ((g - c2[:, None]) - xhat * c1[:, None]) * rstd[:, None]
         if HAS_DHO:
             dh += tl.load(DHO + rows[:, None] * stride_dho + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(DX + rows[:, None] * N + cols[None, :], dh.to(DX.dtype.element_ty), mask=mask)
@@ -477,6 +486,7 @@ class _LayerNormFunction(torch.autograd.Function):
 
 # ----------------------------------------------------------------------------- public API
 
+@on_its_device
 def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
     """LayerNorm over the last dim (see the module docstring); y has x's dtype."""
     weight, bias = unit_stride(weight), unit_stride(bias)
@@ -489,6 +499,7 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: fl
     return _LayerNormFunction.apply(x, None, weight, bias, eps, plan)
 
 
+@on_its_device
 def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                    eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     """(y, h): h = x + residual in residual's dtype, y = layer_norm(h) in x's dtype, one pass."""
