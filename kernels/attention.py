@@ -1088,7 +1088,8 @@ def _checked_call(q, k, v, scale, dropout_p, seed, generator, depth=0):
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     dropout_p = float(dropout_p)
     if dropout_p > 0.0:
-        _note_quantised_rate(dropout_p, stacklevel=4 + depth)
+        # the caller: past _note_quantised_rate, this, depth frames, the public function, on_its_device
+        _note_quantised_rate(dropout_p, stacklevel=5 + depth)
     return scale, dropout_p, _call_seed(dropout_p, seed, generator, q.device)
 
 
