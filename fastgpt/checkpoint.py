@@ -366,6 +366,21 @@ def load_for_resume(out_dir, say) -> tuple[Path | None, dict | None]:
     return latest, state
 
 
+# An optimizer's param_group keys that are the resuming run's to choose, not state to bring back:
+# the weight decay and betas (a --resume may change them) and the implementation (a CPU run's
+# checkpoint resumed on a GPU takes the fused AdamW; loaded as saved, it stayed the slow loop).
+RUN_OPTIONS = ("weight_decay", "betas", "fused", "foreach", "capturable")
+
+
+def with_run_options(saved: dict, optimizer) -> dict:
+    """An optimizer state dict ``saved`` with ``optimizer``'s RUN_OPTIONS in its param_groups: load it,
+    and the run keeps them (load_state_dict takes every group option from the state dict) and the
+    state is placed as they need (fused AdamW keeps its step counts on the parameters' device)."""
+    groups = [dict(sg, **{k: g[k] for k in RUN_OPTIONS if k in g})
+              for sg, g in zip(saved["param_groups"], optimizer.param_groups)]
+    return dict(saved, param_groups=groups + saved["param_groups"][len(groups):])
+
+
 def load_model(path, device="cpu", backend=None):
     """A GPT (eval mode) from a training checkpoint file or an out_dir holding checkpoints."""
     from fastgpt.model import GPT

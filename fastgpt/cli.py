@@ -492,22 +492,29 @@ def restored_torch_settings():
         torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
 
 
-def check_no_earlier_run(path) -> None:
+def check_no_earlier_run(path, is_ours) -> None:
     """A usage error (one line) when path already holds a run (checkpoints or metrics.jsonl) and
     --resume was not given: a new run there would overwrite part of it and leave the rest (its later
-    checkpoints, which a --resume would take) to mix with the new one."""
+    checkpoints, which a --resume would take) to mix with the new one. ``is_ours(header)``: as for
+    resume_point, which decides what --resume would do, so the advice is one that works."""
     from pathlib import Path
 
-    from fastgpt.checkpoint import list_checkpoints
+    from fastgpt.checkpoint import CheckpointError, list_checkpoints
     p = Path(path)
     ckpts = [c.name for c in list_checkpoints(p)[-2:]]
     found = ckpts + (["metrics.jsonl"] if (p / "metrics.jsonl").exists() else [])
     if not found:
         return
-    # without a checkpoint --resume cannot continue the run, but it starts it again (see resume_point)
-    todo = "continue it" if ckpts else "start it again from step 0 with its options (it wrote no checkpoint)"
-    raise UsageError(f"--out_dir {path} already holds a run ({', '.join(found)}): add --resume to {todo}, "
-                     "or choose another --out_dir")
+    todo = "add --resume to continue it, or choose another --out_dir"
+    if not ckpts:  # --resume cannot continue the run; it starts it again if its header says how
+        try:
+            header = metrics_header(p)
+        except CheckpointError:
+            header = None
+        todo = ("add --resume to start it again from step 0 with its options (it wrote no checkpoint), or "
+                "choose another --out_dir") if header is not None and is_ours(header) else \
+            "its metrics.jsonl has no header of this program's to start it again from: choose another --out_dir"
+    raise UsageError(f"--out_dir {path} already holds a run ({', '.join(found)}): {todo}")
 
 
 def interrupted_line(prog: str, out_dir, when: str) -> str:

@@ -169,6 +169,11 @@ class RunError(RuntimeError):
     """A problem with the run's inputs (data, checkpoint); exit 1 with this one line."""
 
 
+def _our_header(header: dict) -> bool:
+    """Is this metrics.jsonl header a fine-tuning run's? (it names its task; fastgpt.train's does not)"""
+    return "task" in header
+
+
 def _absolute_path(v: str | None) -> str | None:
     """v made absolute when it names an existing file or folder: a run saves its options, and a --resume
     may start in another working folder. The built-in task names and 'random' are names, not paths; a
@@ -210,6 +215,25 @@ def default_init_dir() -> Path:
     return Path(TrainConfig().out_dir)
 
 
+def _newest_checkpoint(d):
+    from fastgpt import checkpoint as ck
+    return ck.newest_readable(d, say=lambda msg: print(f"{PROG}: {msg}", file=sys.stderr))
+
+
+def default_init() -> str:
+    """What no --init means: the newest readable checkpoint in fastgpt.train's default output folder (an
+    absolute path), else 'random' (with a warning). A run records it as its --init, so a --resume, from
+    any folder and whatever train has written since, starts from the same weights."""
+    d = default_init_dir()
+    latest, _ = _newest_checkpoint(d)
+    if latest is None:
+        print(f"{PROG}: warning: no --init and no checkpoint in fastgpt.train's default output {d}/: "
+              "fine-tuning from RANDOM weights (pre-train first with `python -m fastgpt.train`, or pass --init)",
+              file=sys.stderr, flush=True)
+        return "random"
+    return cli.absolute_path(str(latest))
+
+
 def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
     """(GPT backbone on CPU, base tokenizer name, description, finetune meta or None).
 
@@ -220,19 +244,8 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
     from fastgpt.config import GPTConfig
     from fastgpt.model import GPT
 
-    def newest(d):
-        return ck.newest_readable(d, say=lambda msg: print(f"{PROG}: {msg}", file=sys.stderr))
-
     if spec is None:
-        d = default_init_dir()
-        latest, _ = newest(d)
-        if latest is None:
-            print(f"{PROG}: warning: no --init and no checkpoint in fastgpt.train's default output {d}/: "
-                  "fine-tuning from RANDOM weights (pre-train first with `python -m fastgpt.train`, or pass --init)",
-                  file=sys.stderr, flush=True)
-            spec = "random"
-        else:
-            spec = str(latest)
+        spec = default_init()
     if spec == "random":
         preset = cfg.preset or ("gpt2" if device_type == "cuda" else "tiny")
         tok_name = cfg.tokenizer or ("gpt2" if device_type == "cuda" else "byte")
@@ -254,7 +267,7 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
     if p.is_dir() and (p / "finetune.json").exists():
         meta = json.loads((p / "finetune.json").read_text())
     if p.is_dir() and not (p / "config.json").exists():
-        latest, skipped = newest(p)
+        latest, skipped = _newest_checkpoint(p)
         if latest is None:
             raise RunError(f"--init {spec}: the folder has no {'readable ' if skipped else ''}ckpt_*.pt and no "
                            "config.json")
@@ -560,14 +573,14 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     out_dir = Path(cfg.out_dir)
     cli.check_out_dir(out_dir)  # before the task and the model are loaded
     if not cfg.resume:
-        cli.check_no_earlier_run(out_dir)
+        cli.check_no_earlier_run(out_dir, _our_header)
     ckpt_state = latest = None
     if cfg.resume:
         try:
             latest, ckpt_state, saved = cli.resume_point(
-                out_dir, lambda msg: print(f"{PROG}: {msg}", file=sys.stderr), is_ours=lambda header: "task" in header,
-                not_ours=f"a fastgpt.train run's, not a fine-tuning run's: fine-tune from it with --init {out_dir} "
-                         "--out_dir NEW_DIR")
+                out_dir, lambda msg: print(f"{PROG}: {msg}", file=sys.stderr), is_ours=_our_header,
+                not_ours="a fastgpt.train run's (one that wrote no checkpoint to fine-tune from), not a "
+                         "fine-tuning run's: choose another --out_dir")
         except ck.CheckpointError as e:
             raise RunError(str(e)) from None
         if ckpt_state is not None:
@@ -610,6 +623,8 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
         init_desc = ckpt_state["extra"]["init"]
         prior = ckpt_state["extra"]["finetune"]
     else:
+        if cfg.init is None:
+            cfg = dataclasses.replace(cfg, init=default_init())   # saved as the run's --init
         model, tok_name, init_desc, prior = load_init(cfg.init, cfg, device.type)
     tok = T.TaskTokenizer(_tokenizer_for(tok_name, cfg.offline))
     if ckpt_state is None:
@@ -662,10 +677,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     step = 0
     extra = dict(best=None, history=[], init=init_desc)
     if ckpt_state is not None:
-        decay = [g["weight_decay"] for g in optimizer.param_groups]   # this run's, not the saved ones
-        optimizer.load_state_dict(ckpt_state["optimizer"])
-        for g, wd in zip(optimizer.param_groups, decay, strict=True):
-            g["weight_decay"] = wd
+        optimizer.load_state_dict(ck.with_run_options(ckpt_state["optimizer"], optimizer))  # this run's decay
         if ckpt_state.get("scaler") and cfg.dtype == "fp16":
             scaler.load_state_dict(ckpt_state["scaler"])
         step = int(ckpt_state["step"])

@@ -294,7 +294,9 @@ def read_inputs(path, task_type: str) -> list[Example]:
         if not path.is_file():
             raise TaskFileError(f"{path}: no such file")
         try:
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
+            # lines end at "\n" only (splitlines() also splits at U+2028, U+0085, form feeds ...,
+            # which a text may hold: one input would get two labels), with a "\r" before it dropped
+            lines = [l.removesuffix("\r") for l in path.read_text(encoding="utf-8-sig").split("\n")]
         except UnicodeDecodeError as e:
             raise TaskFileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         if task_type != "classify":
@@ -303,6 +305,9 @@ def read_inputs(path, task_type: str) -> list[Example]:
         # One label is printed per input, so a blank line may not be dropped (the labels after it would
         # no longer line up with their lines) nor labelled (an empty text is refused in a task file, the
         # model was never trained on one, and its label would mean nothing): it is an error, FILE:LINE.
+        # Blank lines after the last text shift nothing: they are dropped.
+        while lines and not lines[-1].strip():
+            lines.pop()
         for i, l in enumerate(lines, 1):
             if not l.strip():
                 raise TaskFileError(f"{path}:{i}: blank line (one text a line, each gets a label on the same "

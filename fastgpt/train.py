@@ -502,6 +502,11 @@ def _check_resumed_model(mcfg, cfg: TrainConfig, given: set[str], path) -> None:
                              f"{mcfg.dropout}; --resume continues its model as it was: drop --dropout")
 
 
+def _our_header(header: dict) -> bool:
+    """Is this metrics.jsonl header a fastgpt.train run's? (finetune's names its task)"""
+    return "task" not in header
+
+
 def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict) -> TrainConfig:
     """cfg with the options of the run a --resume continues (``saved``: its checkpoint's, or its metrics.jsonl
     header's when it died before its first checkpoint): those not given on this command line come from it,
@@ -563,12 +568,12 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
     out_dir = Path(cfg.out_dir)
     cli.check_out_dir(out_dir)  # before the data and the model: minutes, on a big corpus
     if not cfg.resume:
-        cli.check_no_earlier_run(out_dir)
+        cli.check_no_earlier_run(out_dir, _our_header)
     ckpt_state = resumed_from = None
     if cfg.resume:
         try:
             resumed_from, ckpt_state, saved = cli.resume_point(
-                out_dir, lambda msg: say0(f"{PROG}: {msg}"), is_ours=lambda header: "task" not in header,
+                out_dir, lambda msg: say0(f"{PROG}: {msg}"), is_ours=_our_header,
                 not_ours="a fine-tuning run's: resume it with python -m fastgpt.finetune --resume")
         except ck.CheckpointError as e:
             raise RunError(str(e)) from None
@@ -676,15 +681,13 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
     if W > 1:  # each rank its own dropout stream (the weights above came from the common seed)
         torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)
     if ckpt_state is not None:
-        # the moments and step counts from the checkpoint, the hyperparameters from this run's options
-        # (load_state_dict brings back the saved ones; lr is set every step)
-        hyper = [{k: g[k] for k in ("weight_decay", "betas")} for g in optimizer.param_groups]
+        # the moments and step counts from the checkpoint, the hyperparameters and the implementation
+        # from this run (lr is set every step)
+        saved_optimizer = ck.with_run_options(ckpt_state["optimizer"], optimizer)
         if cfg.fsdp:
-            _fsdp_load_optimizer(model, optimizer, ckpt_state["optimizer"])
+            _fsdp_load_optimizer(model, optimizer, saved_optimizer)
         else:
-            optimizer.load_state_dict(ckpt_state["optimizer"])
-        for g, h in zip(optimizer.param_groups, hyper, strict=True):
-            g.update(h)
+            optimizer.load_state_dict(saved_optimizer)
         if ckpt_state.get("scaler") and cfg.dtype == "fp16":
             scaler.load_state_dict(ckpt_state["scaler"])
         step = int(ckpt_state["step"])

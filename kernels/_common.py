@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from typing import Optional
@@ -34,15 +35,20 @@ def on_its_device(fn):
     Triton launches on the current device and its current stream, not on the tensors' device:
     with tensors on cuda:1 and cuda:0 current, a launch fails ("cannot be accessed from Triton")
     or, with peer access, runs on the wrong GPU, unordered with cuda:1's stream. The backward
-    needs no guard: autograd's engine runs it with the gradients' device current."""
+    needs no guard: autograd's engine runs it with the gradients' device current. Under
+    torch.compile the guard is inductor's (it enters the device around each kernel and custom op);
+    the eager and aot_eager compile backends have none."""
+    first = next(iter(inspect.signature(fn).parameters))
+
     @functools.wraps(fn)
-    def run(x, *args, **kwargs):
+    def run(*args, **kwargs):
+        x = args[0] if args else kwargs.get(first)
         if not torch.compiler.is_compiling() and isinstance(x, torch.Tensor) and x.is_cuda:
             index = x.get_device()
             if index != torch.cuda.current_device():
                 with torch.cuda.device(index):
-                    return fn(x, *args, **kwargs)
-        return fn(x, *args, **kwargs)
+                    return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
     return run
 
 

@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -466,6 +467,10 @@ def test_resume_without_a_checkpoint_starts_the_run_again_with_its_logged_option
             FT.main(["--resume", f"--out_dir={d}", "--device=cpu"])
         err = capsys.readouterr().err
         assert e.value.code == 1 and err.count("\n") == 1 and needle in err, err
+        with pytest.raises(SystemExit) as e:   # and without --resume the refusal does not advise it
+            FT.main(_ft_argv(task, tiny_init, d))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "--resume" not in err and "no header of this program's" in err, err
     # nothing in out_dir: --resume starts the run the command line describes
     assert FT.main(["--resume"] + _ft_argv(task, tiny_init, tmp_path / "new", max_iters=1)) == 0
     assert f"no checkpoint in {tmp_path / 'new'}: starting a new run" in capsys.readouterr().err
@@ -544,3 +549,31 @@ def test_predict_file_lines_up_and_ctrl_c_keeps_the_labels_printed(tmp_path, tin
     o, err = capsys.readouterr()
     assert rc == 130 and len(o.split()) == 1 and o.split()[0] in ("fruit", "tool", "color")
     assert err == f"\n{FT.PROG}: interrupted after 1 label\n"
+
+
+def test_no_init_is_recorded_as_the_weights_it_resolved_to(tmp_path, monkeypatch):
+    """Without --init the run saves what it started from (the newest train checkpoint, absolute, or
+    'random'), not None: a --resume from the metrics header, from another folder or after train wrote a
+    newer checkpoint, started from other weights (a random model instead of the pre-trained one)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(FT, "_newest_checkpoint", lambda d: (Path("out/ckpt_0000007.pt"), []))
+    assert FT.default_init() == str(tmp_path / "out" / "ckpt_0000007.pt")
+    monkeypatch.setattr(FT, "_newest_checkpoint", lambda d: (None, []))
+    assert FT.default_init() == "random"
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    argv = [a for a in _ft_argv(task, None, tmp_path / "o", max_iters=1, ckpt_interval=1) if not a.startswith("--init")]
+    assert FT.main(argv) == 0
+    assert metrics(tmp_path / "o")[0]["config"]["init"] == "random"
+    assert ck.load_checkpoint(ck.latest_checkpoint(tmp_path / "o"))["extra"]["finetune_config"]["init"] == "random"
+
+
+def test_predict_file_lines_are_newline_separated(tmp_path):
+    """A plain --predict_file splits at "\\n" only (CRLF too): splitlines() also split at U+0085, U+2028 and
+    form feeds inside a text, so that line got two labels and the rest shifted; blank lines after the last
+    text are dropped (they shift nothing), a blank line before it is refused."""
+    f = tmp_path / "in.txt"
+    f.write_bytes("great film\u0085 loved it\r\nawful\u2028truly\x0c\nok\n\n\n".encode())
+    assert [e.text for e in T.read_inputs(f, "classify")] == ["great film\u0085 loved it", "awful\u2028truly\x0c", "ok"]
+    f.write_text("a\n\nb\n")
+    with pytest.raises(T.TaskFileError, match=":2: blank line"):
+        T.read_inputs(f, "classify")

@@ -335,9 +335,11 @@ def test_fused_ops_run_with_their_tensors_device_current(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "device", Guard)
-    run = _common.on_its_device(lambda x, *a: (list(entered), a))
+    run = _common.on_its_device(lambda q, *a: (list(entered), a))
     assert run(torch.zeros(1)) == ([], ())                                     # CPU: no guard
     assert run(torch.Tensor._make_subclass(_OnCuda1, torch.zeros(1)), 7) == ([1], (7,))
+    entered.clear()
+    assert run(q=torch.Tensor._make_subclass(_OnCuda1, torch.zeros(1))) == ([1], ())   # by keyword too
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     entered.clear()
     assert run(torch.Tensor._make_subclass(_OnCuda1, torch.zeros(1))) == ([], ())  # already current
@@ -345,6 +347,8 @@ def test_fused_ops_run_with_their_tensors_device_current(monkeypatch):
     for fn in (K.layer_norm, K.add_layer_norm, K.bias_gelu, K.causal_attention, K.fused_linear_cross_entropy,
                K.causal_attention_qkvpacked, bias_gelu_recompute):
         assert fn.__code__ is run.__code__, fn.__name__
+    q = torch.randn(1, 1, 5, 16, device=DEVICE)   # the ops take their first tensor by keyword as well
+    torch.testing.assert_close(K.causal_attention(q=q, k=q, v=q), reference.causal_attention(q, q, q))
 
 
 @pytest.mark.skipif(not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA devices")

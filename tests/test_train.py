@@ -431,3 +431,25 @@ def test_resume_without_a_checkpoint_starts_the_run_again_with_its_logged_option
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "--max_iters 3: the checkpoint" in err
     assert "already at step 4" in err
+
+
+def test_resumed_optimizer_takes_this_runs_options_and_implementation():
+    """The moments and step counts come from the checkpoint; weight decay, betas and the implementation
+    (fused / foreach) from the resuming run: a CPU run's checkpoint resumed on a GPU stayed on the
+    slow for-loop AdamW, as load_state_dict brings back every saved group option."""
+    import torch
+
+    from fastgpt import checkpoint as ck
+    p = torch.nn.Parameter(torch.randn(8))
+    a = torch.optim.AdamW([p], lr=0.1, weight_decay=0.1, fused=False, foreach=False)
+    p.grad = torch.randn(8)
+    a.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    b = torch.optim.AdamW([q], lr=0.1, weight_decay=0.5, betas=(0.8, 0.9), fused=True)
+    b.load_state_dict(ck.with_run_options(a.state_dict(), b))
+    g = b.param_groups[0]
+    assert (g["fused"], g["foreach"], g["weight_decay"], g["betas"]) == (True, None, 0.5, (0.8, 0.9))
+    assert torch.equal(b.state[q]["exp_avg"], a.state[p]["exp_avg"]) and float(b.state[q]["step"]) == 1.0
+    q.grad = torch.randn(8)
+    b.step()   # the fused step takes the loaded state
+    assert float(b.state[q]["step"]) == 2.0 and torch.isfinite(q).all()
