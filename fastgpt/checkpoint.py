@@ -74,6 +74,7 @@ def rng_state() -> dict:
                          cached_gaussian=float(cached)))
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         st["torch_cuda"] = list(torch.cuda.get_rng_state_all())
+        st["torch_cuda_current"] = torch.cuda.current_device()   # a DDP rank's own GPU
     return st
 
 
@@ -87,8 +88,8 @@ def set_rng_state(st: dict) -> None:
         states = st["torch_cuda"]
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
-        else:
-            torch.cuda.set_rng_state(states[0])
+        else:  # other GPUs visible now (e.g. one per rank, where each rank saw all): the run's own GPU's
+            torch.cuda.set_rng_state(states[st.get("torch_cuda_current", 0)])
 
 
 def _to_plain(x):

@@ -104,7 +104,8 @@ class TrainConfig:
     max_iters: int | None = _f(None, "optimizer steps to train for (total, counting resumed ones)",
                                _dev("max_iters"))
     lr_decay_iters: int | None = _f(None, "cosine schedule horizon in steps (lr = min_lr after it)", "max_iters")
-    warmup_iters: int | None = _f(None, "linear warmup steps", _dev("warmup_iters"))
+    warmup_iters: int | None = _f(None, "linear warmup steps (the default: at most lr_decay_iters // 10)",
+                                  _dev("warmup_iters"))
     batch_size: int | None = _f(None, "sequences per micro-batch", _dev("batch_size"))
     block_size: int | None = _f(None, "sequence length in tokens", "128 on CPU, the preset's on CUDA")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
@@ -247,9 +248,9 @@ def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
         c.device = "cuda" if torch.cuda.is_available() else "cpu"
     if c.device == "cuda" and not torch.cuda.is_available():
         raise cli.UsageError("--device cuda: no CUDA device is available (use --device cpu)")
-    for k, v in AUTO[c.device].items():
-        if getattr(c, k) is None:
-            setattr(c, k, v)
+    defaulted = {k for k in AUTO[c.device] if getattr(c, k) is None}   # (a --resume's saved values are set)
+    for k in defaulted:
+        setattr(c, k, AUTO[c.device][k])
     if c.dtype == "fp16" and c.device not in FP16_DEVICES:
         raise cli.UsageError("--dtype fp16 needs --device cuda (on the CPU use bf16 or fp32)")
     if c.dtype == "bf16" and c.device == "cuda" and not torch.cuda.is_bf16_supported():
@@ -267,11 +268,12 @@ def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
         raise cli.UsageError(f"--min_lr ({c.min_lr}) must not exceed --lr ({c.lr}{default})")
     if c.ckpt_interval is None:
         c.ckpt_interval = c.eval_interval
+    if "warmup_iters" in defaulted:  # the device's default warmup takes at most a tenth of the schedule:
+        # a short run (--max_iters 12 on the CPU's 50) was all warmup, ending near the peak lr, never decayed
+        c.warmup_iters = min(c.warmup_iters, c.lr_decay_iters // 10)
     if c.warmup_iters > c.lr_decay_iters:
-        c.warmup_iters = c.lr_decay_iters if "warmup_iters" not in given else c.warmup_iters
-        if c.warmup_iters > c.lr_decay_iters:
-            raise cli.UsageError(f"--warmup_iters ({c.warmup_iters}) must not exceed the schedule horizon "
-                                 f"--lr_decay_iters ({c.lr_decay_iters})")
+        raise cli.UsageError(f"--warmup_iters ({c.warmup_iters}) must not exceed the schedule horizon "
+                             f"--lr_decay_iters ({c.lr_decay_iters})")
     if c.progress is None:
         c.progress = sys.stderr.isatty()
     return c
@@ -814,6 +816,13 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
         step_last = step
         stopped = False
         bad_run, bad_first, last_saved = 0, None, resumed_from
+        def evaluate_and_track() -> float:
+            v = evaluate()
+            summary["val_loss"] = v
+            if extra["best_val_loss"] is None or v < extra["best_val_loss"]:
+                extra["best_val_loss"] = v
+            return v
+
         while step < cfg.max_iters:
             lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
             for g in optimizer.param_groups:
@@ -825,22 +834,27 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
             extra["tokens_seen"] += tokens_per_step
 
             last = step == cfg.max_iters
+            is_eval = cfg.eval_iters > 0 and (step % cfg.eval_interval == 0 or last)
             if res.bad:
                 extra["skipped_steps"] += 1
                 bad_run += 1
                 bad_first = step if bad_run == 1 else bad_first
+                diverged = cfg.max_bad_steps and bad_run >= cfg.max_bad_steps
                 lv = float(dist.all_reduce(res.loss.detach().float().clone()))
                 row = dict(step=step, loss=lv if math.isfinite(lv) else None, lr=lr, skipped=True,
                            bad_in_a_row=bad_run)
                 if scaler.is_enabled():
                     row["loss_scale"] = scaler.get_scale()
+                if is_eval and not diverged:  # a skipped step leaves the weights as they were: evaluate them
+                    row["val_loss"] = evaluate_and_track()
                 log.write(row)
                 sc = f", fp16 loss scale now {row['loss_scale']:g}" if scaler.is_enabled() else ""
                 lim = f"/{cfg.max_bad_steps}" if cfg.max_bad_steps else ""
                 what = "gradient" if math.isfinite(lv) else f"loss ({lv})"
+                vs = f"; val_loss {row['val_loss']:.4f}" if "val_loss" in row else ""
                 log.say(f"step {step}: non-finite {what}; step skipped "
-                        f"({bad_run}{lim} in a row, {extra['skipped_steps']} in all{sc})")
-                if cfg.max_bad_steps and bad_run >= cfg.max_bad_steps:
+                        f"({bad_run}{lim} in a row, {extra['skipped_steps']} in all{sc}){vs}")
+                if diverged:
                     where = f"the last good checkpoint is {last_saved}" if last_saved else \
                         "no checkpoint was saved before it"
                     raise DivergedError(
@@ -848,7 +862,6 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
                         f"gradient; {where}; lower --lr (now {cfg.lr}), use --dtype fp32 or raise --max_bad_steps")
             else:
                 bad_run = 0
-                is_eval = cfg.eval_iters > 0 and (step % cfg.eval_interval == 0 or last)
                 if step % cfg.log_interval == 0 or is_eval or last:
                     lv = float(dist.all_reduce(res.loss.detach().float().clone()))  # syncs
                     now = time.perf_counter()
@@ -860,11 +873,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
                     if scaler.is_enabled():
                         row["loss_scale"] = scaler.get_scale()
                     if is_eval:
-                        v = evaluate()
-                        row["val_loss"] = v
-                        summary["val_loss"] = v
-                        if extra["best_val_loss"] is None or v < extra["best_val_loss"]:
-                            extra["best_val_loss"] = v
+                        row["val_loss"] = evaluate_and_track()
                     log.write(row)
                     mfu_s = f", mfu {row['mfu'] * 100:.1f}%" if "mfu" in row else ""
                     tok_s_s = f", {tok_s:,.0f} tok/s" if tok_s else ""

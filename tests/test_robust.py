@@ -205,6 +205,18 @@ def test_injected_inf_gradient_is_skipped(corpus, tmp_path, monkeypatch, dtype, 
         assert "loss_scale" not in rows[3] and s3["scaler"] is None
 
 
+def test_a_skipped_step_on_an_eval_step_is_still_evaluated(corpus, tmp_path, monkeypatch, capsys):
+    """A skipped step leaves the weights as they were; an evaluation due at it still runs (the run's last
+    one was lost, and its summary reported the previous interval's val_loss, of other weights)."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("FASTGPT_TEST_NONFINITE", "4")
+    assert train.main(_args(corpus, out, max_iters=4, eval_interval=2)) == 0
+    rows = _steps(out)
+    assert rows[4].get("skipped") and "val_loss" in rows[2] and "val_loss" in rows[4]
+    assert rows[4]["val_loss"] != rows[2]["val_loss"]
+    assert f"val_loss {rows[4]['val_loss']:.4f}" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_k_consecutive_bad_steps_stop_the_run(corpus, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     monkeypatch.setenv("FASTGPT_TEST_NONFINITE", "3,4,5")
@@ -429,3 +441,16 @@ def test_closed_stdout_pipe_exits_quietly():
         # fastgpt.data's --help is argparse's, which swallows the write error itself: exit 0
         want = 0 if mod == "fastgpt.data" else 141
         assert (p.returncode, err) == (want, ""), (mod, p.returncode, err[-2000:])
+
+
+def test_cuda_rng_restores_the_runs_own_gpu_when_fewer_are_visible(monkeypatch):
+    """A rank that saw all 4 GPUs (its own: cuda:2) resumed where it sees only its own: it took GPU 0's
+    state, so its dropout masks restarted from another stream."""
+    st = ck.rng_state()
+    st["torch_cuda"], st["torch_cuda_current"] = [torch.tensor([i], dtype=torch.uint8) for i in range(4)], 2
+    got = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s: got.append(int(s[0])))
+    ck.set_rng_state(st)
+    assert got == [2]

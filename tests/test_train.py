@@ -453,3 +453,16 @@ def test_resumed_optimizer_takes_this_runs_options_and_implementation():
     q.grad = torch.randn(8)
     b.step()   # the fused step takes the loaded state
     assert float(b.state[q]["step"]) == 2.0 and torch.isfinite(q).all()
+
+
+def test_default_warmup_takes_at_most_a_tenth_of_the_schedule():
+    """The device's default warmup (50 steps on the CPU) is capped at lr_decay_iters // 10: a 12-step run
+    was all warmup, its lr still rising at the end. A warmup given (or saved, on --resume) stays."""
+    from fastgpt import train
+    c = train.resolve(train.TrainConfig(device="cpu", max_iters=12), {"max_iters"})
+    assert c.warmup_iters == 1 and train.lr_at(11, c.lr, c.min_lr, c.warmup_iters, c.lr_decay_iters) < c.lr / 2
+    assert train.resolve(train.TrainConfig(device="cpu"), set()).warmup_iters == 50   # 500 steps: the default
+    given = train.resolve(train.TrainConfig(device="cpu", max_iters=12, warmup_iters=6), {"max_iters", "warmup_iters"})
+    assert given.warmup_iters == 6
+    saved = train.resolve(train.TrainConfig(device="cpu", max_iters=12, warmup_iters=6), {"max_iters"})
+    assert saved.warmup_iters == 6
