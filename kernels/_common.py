@@ -351,11 +351,14 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
     much host time as the JIT launch itself (measured through
     benchmarks/compile_report.py's stand-in driver). After the first launch of
     a key, this launches the tuned config through launch(). The key is
-    Triton's: the named key arguments plus the dtypes of the tensor arguments.
-    Configs with pre-hooks are not supported.
+    Triton's (the named key arguments plus the dtypes of the tensor arguments),
+    and with ``bucket`` (the name of the row-count argument) its power of two:
+    the tile and pipeline depth that win at 2048 rows (a benchmark's
+    correctness check, a first small batch) are not the ones that win at
+    16384. Configs with pre-hooks are not supported.
     """
 
-    def __init__(self, fn, configs, key, prune, do_bench, reset_to_zero=()):
+    def __init__(self, fn, configs, key, prune, do_bench, reset_to_zero=(), bucket=None):
         def zero(nargs, reset_only=False):   # triton's reset_to_zero, for arguments that may be None
             for name in reset_to_zero:
                 if nargs[name] is not None:
@@ -365,17 +368,24 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
                          prune_configs_by={"early_config_prune": prune} if prune is not None else None)
         assert all(c.pre_hook is None for c in self.configs), "fastgpt's autotune takes no pre-hooks"
         self._key_pos = [(fn.arg_names.index(k), k) for k in key]
+        self._bucket_pos = None if bucket is None else (fn.arg_names.index(bucket), bucket)
         self._tuned = {}          # key -> the tuned triton.Config
         self._config_kwargs = {}  # key -> its launch kwargs
 
     def _tuning_key(self, args, kwargs):
-        return (*[args[i] if i < len(args) else kwargs[k] for i, k in self._key_pos],
-                *[a.dtype for a in args if isinstance(a, torch.Tensor)])
+        key = (*[args[i] if i < len(args) else kwargs[k] for i, k in self._key_pos],
+               *[a.dtype for a in args if isinstance(a, torch.Tensor)])
+        if self._bucket_pos is not None:
+            i, name = self._bucket_pos
+            key += (next_pow2(max(int(args[i] if i < len(args) else kwargs[name]), 1)),)
+        return key
 
     def run(self, *args, grid, warmup=False, **kwargs):
         key = self._tuning_key(args, kwargs)
         config_kwargs = self._config_kwargs.get(key)
         if config_kwargs is None or warmup:
+            if config_kwargs is None and not warmup:
+                self.cache.clear()  # triton's own cache has no bucket: a new one is timed afresh
             out = super().run(*args, grid=grid, warmup=warmup, **kwargs)
             if not warmup:
                 self._tuned[key] = self.best_config
@@ -398,11 +408,12 @@ def autotuning_enabled() -> bool:
     return not INTERPRET and os.environ.get("FASTGPT_AUTOTUNE", "1") != "0"
 
 
-def autotune(configs, key, prune=None, rep_ms=40, reset_to_zero=(), enabled=None):
+def autotune(configs, key, prune=None, rep_ms=40, reset_to_zero=(), enabled=None, bucket=None):
     """triton.autotune over ``configs`` on the GPU, with short timing runs (rep_ms per config) and a
     lean launch path. ``reset_to_zero``: names of tensor arguments a launch adds into (None skipped),
     zeroed before each timing run and before the tuned launch. ``enabled``: None follows
-    autotuning_enabled() (below); True tunes over every config regardless (GPU tests).
+    autotuning_enabled() (below); True tunes over every config regardless (GPU tests). ``bucket``:
+    the row-count argument, tuned per power of two of it (see _Autotuner).
 
     Only the first config (make it a good default) is used under the
     interpreter (autotuning more than one config fails there) and when
@@ -412,7 +423,7 @@ def autotune(configs, key, prune=None, rep_ms=40, reset_to_zero=(), enabled=None
     def wrap(fn):
         if not (autotuning_enabled() if enabled is None else enabled):
             return _Autotuner(fn, configs[:1], key, None, None)
-        return _Autotuner(fn, configs, key, prune, _bench_for(rep_ms), reset_to_zero)
+        return _Autotuner(fn, configs, key, prune, _bench_for(rep_ms), reset_to_zero, bucket)
     return wrap
 
 

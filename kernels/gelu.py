@@ -73,7 +73,7 @@ def _gelu_and_grad(u, TANH: tl.constexpr, NEED_GRAD: tl.constexpr):
     return y, dydu
 
 
-@autotune(_configs(), key=["N", "HAS_BIAS", "TANH"])
+@autotune(_configs(), key=["N", "HAS_BIAS", "TANH"], bucket="M")
 @triton.jit
 def _bias_gelu_fwd_kernel(
     X,          # (M, N) input, row stride stride_x
@@ -95,7 +95,7 @@ def _bias_gelu_fwd_kernel(
     tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
-@autotune(_bwd_configs(), key=["N", "HAS_BIAS", "TANH"])
+@autotune(_bwd_configs(), key=["N", "HAS_BIAS", "TANH"], bucket="M")
 @triton.jit
 def _bias_gelu_bwd_kernel(
     DY,         # (M, N) grad of y, row stride stride_dy

@@ -71,7 +71,7 @@ def _prune_to(max_elems):
 
 # ----------------------------------------------------------------------------- kernels
 
-@autotune(_configs(), key=["N", "HAS_RES", "HAS_BIAS"], prune=_prune_to(16384))
+@autotune(_configs(), key=["N", "HAS_RES", "HAS_BIAS"], prune=_prune_to(16384), bucket="M")
 @triton.jit
 def _layer_norm_fwd_kernel(
     X,          # (M, N) input, row stride stride_x
@@ -127,7 +127,7 @@ def _layer_norm_fwd_kernel(
 
 # the backward holds two more (BLOCK_M, BLOCK_N) fp32 tiles (the dw/db accumulators): smaller
 # tiles (sm_90, N = 768: BLOCK_M = 8 took ~250 registers, one program per SM)
-@autotune(_bwd_configs(), key=["N", "HAS_DHO", "HAS_DR", "HAS_BIAS"], prune=_prune_to(4096))
+@autotune(_bwd_configs(), key=["N", "HAS_DHO", "HAS_DR", "HAS_BIAS"], prune=_prune_to(4096), bucket="M")
 @triton.jit
 def _layer_norm_bwd_kernel(
     DY,         # (M, N) grad of y, row stride stride_dy

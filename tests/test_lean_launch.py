@@ -50,3 +50,39 @@ def test_host_profile_and_cuda_flag():
     if not torch.cuda.is_available():
         r = run_standin("benchmarks.host_overhead", "--cuda")
         assert r.returncode == 2 and r.stderr.strip() == "host_overhead: --cuda needs a CUDA device"
+
+
+def test_autotune_key_buckets_the_row_count(monkeypatch):
+    """With ``bucket``, the autotuner tunes each power of two of the row count anew (the benchmarks' 2048-row
+    correctness check had tuned LayerNorm and bias-GELU for their 16384-row timings), clearing triton's own
+    cache, which has no bucket, before timing a new one; a row count in a tuned bucket launches directly."""
+    import torch
+    import triton
+    import triton.language as tl
+    import triton.runtime.autotuner as ta
+
+    from fastgpt.kernels import _common
+
+    @triton.jit
+    def copy(X, Y, M, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(Y + i, tl.load(X + i, mask=i < M), mask=i < M)
+
+    configs = [triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 32})]
+    tuner = _common._Autotuner(copy, configs, key=[], prune=None, do_bench=None, bucket="M")
+    tuned = []
+
+    def tune(self, *args, grid, warmup=False, **kwargs):   # triton's run: what it would time, recorded
+        tuned.append((args[2], dict(self.cache)))
+        self.cache[()] = self.best_config = configs[len(tuned) % 2]
+        return self.fn.run(*args, grid=grid, warmup=warmup, **kwargs, **self.best_config.all_kwargs())
+
+    monkeypatch.setattr(ta.Autotuner, "run", tune)
+    for m in (2048, 1500, 16384, 2048):
+        x = torch.arange(m, dtype=torch.float32)
+        y = torch.empty_like(x)
+        tuner.run(x, y, m, grid=lambda meta: (triton.cdiv(m, meta["BLOCK"]),))
+        assert torch.equal(x, y)
+    assert [m for m, _ in tuned] == [2048, 16384] and all(cache == {} for _, cache in tuned)
+    assert tuner._tuning_key((None, None, 1500), {}) == tuner._tuning_key((None, None, 2048), {}) != \
+        tuner._tuning_key((None, None, 2049), {})
