@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import bench_impl, correct, liger, row
+from benchmarks.common import LIGER_MISSING, bench_impl, correct, liger, row
 from fastgpt import reference
 
 BENCH = "cross_entropy"
@@ -84,8 +84,12 @@ def _gate(name, fn, C, V, dtype, w_dtype, autocast, N=1024):
     return ok, "; ".join(notes)
 
 
+def _case_name(N, C, V, dtype, autocast):
+    return f"N{N} C{C} V{V} {str(dtype)[6:]}" + (" W fp32 autocast" if autocast else "")
+
+
 def _case(rows, args, N, C, V, dtype, w_dtype, autocast, impls):
-    case = f"N{N} C{C} V{V} {str(dtype)[6:]}" + (" W fp32 autocast" if autocast else "")
+    case = _case_name(N, C, V, dtype, autocast)
     rep = 30 if args.quick else 100
     h, W, t = _inputs(N, C, V, dtype, w_dtype)
     for name, fn in impls.items():
@@ -112,7 +116,10 @@ def run(args) -> list[dict]:
     rows: list[dict] = []
     N, C, V = 16384, 768, 50304
     chunks = (None,) if args.quick else (None, 1024, 4096)
-    _case(rows, args, N, C, V, torch.bfloat16, torch.bfloat16, False, _impls(chunks))
+    impls = _impls(chunks)
+    if "liger" not in impls:
+        rows.append(row(BENCH, _case_name(N, C, V, torch.bfloat16, False), "liger", note=LIGER_MISSING))
+    _case(rows, args, N, C, V, torch.bfloat16, torch.bfloat16, False, impls)
     if not args.quick:
         # mixed precision as training runs it: bf16 activations, fp32 master weights, autocast
         impls = {k: v for k, v in _impls().items() if k != "liger"}

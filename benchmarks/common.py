@@ -62,7 +62,9 @@ def rotating(fn, arg_sets):
 
 
 def n_sets(bytes_per_call: int, l2_bytes: int = 50 << 20) -> int:
-    """How many input sets keep consecutive calls from hitting in L2 (at most 8)."""
+    """How many input sets keep consecutive calls from hitting in L2 (at most 8): ``bytes_per_call`` is
+    what the lightest timed call reads from its set (a forward's input, not a fwd+bwd's whole
+    traffic: sized by that, LayerNorm's forward rows cycled over 1.4x L2, not 3x)."""
     return max(1, min(8, -(-3 * l2_bytes // max(bytes_per_call, 1))))
 
 
@@ -97,6 +99,10 @@ def all_correct(checks) -> tuple[bool, str]:
     """(ok, note) of a list of fastgpt.testing checks (compare_op's): the note names the failed ones."""
     bad = [str(c) for c in checks if not c.ok]
     return not bad, "; ".join(bad)[:300]
+
+
+# the note of the row that stands for a missing Liger peer (a table without it would not say why)
+LIGER_MISSING = "liger_kernel is not importable here: no Liger row (gpu_check.sh installs wheels carried in .whl/)"
 
 
 def liger():

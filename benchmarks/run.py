@@ -42,13 +42,15 @@ def ratio_table(rows):
     """fastgpt's speed-up over each other impl of the same case (time ratio, >1 = fastgpt faster).
 
     The "graph" rows (GPU time alone, a diagnostic of host overhead) are left out: the peers are
-    timed as users call them."""
+    timed as users call them; so are the "launch-bound" ones (host time included), whose peers of the
+    same case are timed as CUDA graphs."""
     out = []
     cases = {}
     for r in rows:
         cases.setdefault((r["bench"], r["case"]), []).append(r)
     for (bench, case), rs in cases.items():
-        ours = [r for r in rs if r["impl"].startswith("fastgpt") and "graph" not in r["impl"] and r["ms"]]
+        ours = [r for r in rs if r["impl"].startswith("fastgpt") and "graph" not in r["impl"]
+                and "launch-bound" not in r["impl"] and r["ms"]]
         for o in ours:
             for p in rs:
                 if p is o or p["impl"].startswith("fastgpt") or not p["ms"]:

@@ -20,6 +20,16 @@ TARGETS = [
     ("attention", "B4 H16 T4096 D128 bf16 fwd+bwd", "fastgpt atomic dQ", "tflops", 463, "sdpa cudnn"),
 ]
 DROPOUT_OVERHEAD = 1.15   # attention fwd+bwd time with p = 0.1 over p = 0 (issue 7)
+# (bench, case substring, peer impl, least speed-up of the "fastgpt" row over the peer's): issue 4
+RATIO_TARGETS = [
+    ("dropout_add", "p=0.1 bf16 fwd+bwd", "torch eager", 2.0),
+    ("dropout_add", "p=0.1 bf16 fwd+bwd", "torch.compile", 1.0),
+]
+# (bench, case, impl, metric, most): issue 10's time and peak extra memory
+MAX_TARGETS = [
+    ("cross_entropy", "N16384 C768 V50304 bfloat16", "fastgpt", "ms", 14.0),
+    ("cross_entropy", "N16384 C768 V50304 bfloat16", "fastgpt", "mem_gib", 0.5),
+]
 
 
 def _load(path):
@@ -64,6 +74,23 @@ def main(res):
         verdict = "met" if o[metric] >= target else "MISSED"
         label = f"{o['case']} ({impl[8:]})" if impl != "fastgpt" else o["case"]
         print(f"{bench:<10} {label:<30} {o[metric]:8.1f} {metric} target {target} {verdict:<6} {ratio}")
+    for bench, sub, peer, least in RATIO_TARGETS:
+        for o in (r for r in rows if r["bench"] == bench and sub in r["case"] and r["impl"] == "fastgpt" and r["ms"]):
+            p = next((r for r in rows if r["bench"] == bench and r["case"] == o["case"] and r["impl"] == peer
+                      and r["ms"]), None)
+            if p:
+                ratio = p["ms"] / o["ms"]
+                print(f"{bench:<13} {o['case']:<32} {ratio:8.2f}x vs {peer}, target >= {least} "
+                      f"{'met' if ratio >= least else 'MISSED'}")
+    for bench, case, impl, metric, most in MAX_TARGETS:
+        o = next((r for r in rows if r["bench"] == bench and r["case"] == case and r["impl"] == impl
+                  and r.get(metric) is not None), None)
+        if o:
+            print(f"{bench:<13} {case:<32} {o[metric]:8.2f} {metric} target <= {most} "
+                  f"{'met' if o[metric] <= most else 'MISSED'}")
+    for r in rows:  # verdicts a family writes into its row's note (bench_block: issue 5's target)
+        if "target" in r["note"] and ("-> met" in r["note"] or "NOT met" in r["note"]):
+            print(f"{r['bench']:<13} {r['case'][:32]:<32} {r['impl']}: {r['note']}")
     for r in rows:   # the default backward's rows, then the atomic-dQ one's
         if r["bench"] == "attention" and r["impl"] in ("fastgpt", "fastgpt atomic dQ") and " p=" in r["case"] \
                 and r["case"].endswith("fwd+bwd") and r["ms"]:   # (issue 7's target is on fwd+bwd)
@@ -88,7 +115,7 @@ def main(res):
     for r in rows:
         by_case.setdefault((r["bench"], r["case"]), []).append(r)
     for (bench, case), rs in by_case.items():
-        o = next((r for r in rs if r["impl"] == "fastgpt" and r["ms"]), None)
+        o = next((r for r in rs if r["impl"] in ("fastgpt", "fastgpt fused") and r["ms"]), None)
         if o is None:
             continue
         peers = " ".join(f"{r['impl']}={r['ms'] / o['ms']:.2f}x" for r in rs if r is not o and r["ms"]
