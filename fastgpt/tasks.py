@@ -294,9 +294,10 @@ def read_inputs(path, task_type: str) -> list[Example]:
         if not path.is_file():
             raise TaskFileError(f"{path}: no such file")
         try:
-            # lines end at "\n" only (splitlines() also splits at U+2028, U+0085, form feeds ...,
-            # which a text may hold: one input would get two labels), with a "\r" before it dropped
-            lines = [l.removesuffix("\r") for l in path.read_text(encoding="utf-8-sig").split("\n")]
+            # lines end at "\n" only, a "\r" before it dropped: splitlines() (and read_text()'s
+            # newline translation) also split at a lone "\r", U+2028, U+0085, form feeds ..., which a
+            # text may hold, and one input line would get two labels
+            lines = [l.removesuffix("\r") for l in path.read_bytes().decode("utf-8-sig").split("\n")]
         except UnicodeDecodeError as e:
             raise TaskFileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         if task_type != "classify":

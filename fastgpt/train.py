@@ -202,8 +202,9 @@ class TrainConfig:
 RUNTIME_ONLY = ("device", "backend", "compile", "resume", "eval_only", "progress", "out_dir", "peak_tflops",
                 "grad_checkpoint", "fsdp")
 # Options whose default follows another one (lr_decay_iters = max_iters, min_lr = lr / 10, ckpt_interval =
-# eval_interval): left to follow, they are derived again on --resume from that run's values.
-FOLLOWING = ("lr_decay_iters", "min_lr", "ckpt_interval")
+# eval_interval, warmup_iters = the device's default, at most lr_decay_iters // 10): left to follow, they
+# are derived again on --resume from that run's values.
+FOLLOWING = ("lr_decay_iters", "min_lr", "ckpt_interval", "warmup_iters")
 
 # Dense bf16 datasheet peaks (TFLOP/s) by a substring of torch.cuda.get_device_name().
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
@@ -817,7 +818,10 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
         stopped = False
         bad_run, bad_first, last_saved = 0, None, resumed_from
         def evaluate_and_track() -> float:
+            nonlocal t_last
+            t = time.perf_counter()
             v = evaluate()
+            t_last += time.perf_counter() - t   # evaluation time is not training time (tok/s, mfu)
             summary["val_loss"] = v
             if extra["best_val_loss"] is None or v < extra["best_val_loss"]:
                 extra["best_val_loss"] = v

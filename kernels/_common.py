@@ -344,6 +344,9 @@ def _c_entry(kernel):
     return run.launch, run.launch_cooperative_grid, run.launch_pdl
 
 
+MIN_BUCKET = 4096   # the smallest row-count bucket an autotuner keys on (see _Autotuner)
+
+
 class _Autotuner(triton.runtime.autotuner.Autotuner):
     """triton's Autotuner with a lean launch once a key is tuned.
 
@@ -352,10 +355,12 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
     benchmarks/compile_report.py's stand-in driver). After the first launch of
     a key, this launches the tuned config through launch(). The key is
     Triton's (the named key arguments plus the dtypes of the tensor arguments),
-    and with ``bucket`` (the name of the row-count argument) its power of two:
-    the tile and pipeline depth that win at 2048 rows (a benchmark's
-    correctness check, a first small batch) are not the ones that win at
-    16384. Configs with pre-hooks are not supported.
+    and with ``bucket`` (the name of the row-count argument) its power of two,
+    at least MIN_BUCKET: the tile and pipeline depth that win at 2048 rows (a
+    benchmark's correctness check, a first small batch) are not the ones that
+    win at 16384; below 4096 rows (decoding, small batches) the kernels are
+    launch-bound, and timing every config again for each size (~0.5 s a
+    kernel) would buy nothing. Configs with pre-hooks are not supported.
     """
 
     def __init__(self, fn, configs, key, prune, do_bench, reset_to_zero=(), bucket=None):
@@ -377,7 +382,7 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
                *[a.dtype for a in args if isinstance(a, torch.Tensor)])
         if self._bucket_pos is not None:
             i, name = self._bucket_pos
-            key += (next_pow2(max(int(args[i] if i < len(args) else kwargs[name]), 1)),)
+            key += (max(next_pow2(max(int(args[i] if i < len(args) else kwargs[name]), 1)), MIN_BUCKET),)
         return key
 
     def run(self, *args, grid, warmup=False, **kwargs):

@@ -568,12 +568,13 @@ def test_no_init_is_recorded_as_the_weights_it_resolved_to(tmp_path, monkeypatch
 
 
 def test_predict_file_lines_are_newline_separated(tmp_path):
-    """A plain --predict_file splits at "\\n" only (CRLF too): splitlines() also split at U+0085, U+2028 and
-    form feeds inside a text, so that line got two labels and the rest shifted; blank lines after the last
-    text are dropped (they shift nothing), a blank line before it is refused."""
+    """A plain --predict_file splits at "\\n" only (CRLF too): splitlines() also split at U+0085, U+2028,
+    form feeds and a lone "\\r" inside a text, so that line got two labels and the rest shifted; blank
+    lines after the last text are dropped (they shift nothing), a blank line before it is refused."""
     f = tmp_path / "in.txt"
-    f.write_bytes("great film\u0085 loved it\r\nawful\u2028truly\x0c\nok\n\n\n".encode())
-    assert [e.text for e in T.read_inputs(f, "classify")] == ["great film\u0085 loved it", "awful\u2028truly\x0c", "ok"]
+    f.write_bytes("great film\u0085 loved it\r\nawful\u2028truly\x0c\nok\rfine\n\n\n".encode())
+    assert [e.text for e in T.read_inputs(f, "classify")] == ["great film\u0085 loved it", "awful\u2028truly\x0c",
+                                                           "ok\rfine"]
     f.write_text("a\n\nb\n")
     with pytest.raises(T.TaskFileError, match=":2: blank line"):
         T.read_inputs(f, "classify")

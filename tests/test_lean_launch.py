@@ -53,9 +53,10 @@ def test_host_profile_and_cuda_flag():
 
 
 def test_autotune_key_buckets_the_row_count(monkeypatch):
-    """With ``bucket``, the autotuner tunes each power of two of the row count anew (the benchmarks' 2048-row
-    correctness check had tuned LayerNorm and bias-GELU for their 16384-row timings), clearing triton's own
-    cache, which has no bucket, before timing a new one; a row count in a tuned bucket launches directly."""
+    """With ``bucket``, the autotuner tunes each power of two of the row count (from 4096 up) anew (the
+    benchmarks' 2048-row correctness check had tuned LayerNorm and bias-GELU for their 16384-row timings),
+    clearing triton's own cache, which has no bucket, before timing a new one; a row count in a tuned bucket
+    launches directly."""
     import torch
     import triton
     import triton.language as tl
@@ -78,11 +79,11 @@ def test_autotune_key_buckets_the_row_count(monkeypatch):
         return self.fn.run(*args, grid=grid, warmup=warmup, **kwargs, **self.best_config.all_kwargs())
 
     monkeypatch.setattr(ta.Autotuner, "run", tune)
-    for m in (2048, 1500, 16384, 2048):
+    for m in (2048, 1500, 16384, 4096):
         x = torch.arange(m, dtype=torch.float32)
         y = torch.empty_like(x)
         tuner.run(x, y, m, grid=lambda meta: (triton.cdiv(m, meta["BLOCK"]),))
         assert torch.equal(x, y)
     assert [m for m, _ in tuned] == [2048, 16384] and all(cache == {} for _, cache in tuned)
-    assert tuner._tuning_key((None, None, 1500), {}) == tuner._tuning_key((None, None, 2048), {}) != \
-        tuner._tuning_key((None, None, 2049), {})
+    key = lambda m: tuner._tuning_key((None, None, m), {})   # noqa: E731
+    assert key(1) == key(1500) == key(4096) != key(4097) == key(8192) != key(8193)   # below 4096 rows: one

@@ -457,7 +457,8 @@ def test_resumed_optimizer_takes_this_runs_options_and_implementation():
 
 def test_default_warmup_takes_at_most_a_tenth_of_the_schedule():
     """The device's default warmup (50 steps on the CPU) is capped at lr_decay_iters // 10: a 12-step run
-    was all warmup, its lr still rising at the end. A warmup given (or saved, on --resume) stays."""
+    was all warmup, its lr still rising at the end. A warmup given stays; a defaulted one follows the
+    schedule on --resume, as lr_decay_iters does."""
     from fastgpt import train
     c = train.resolve(train.TrainConfig(device="cpu", max_iters=12), {"max_iters"})
     assert c.warmup_iters == 1 and train.lr_at(11, c.lr, c.min_lr, c.warmup_iters, c.lr_decay_iters) < c.lr / 2
@@ -466,3 +467,10 @@ def test_default_warmup_takes_at_most_a_tenth_of_the_schedule():
     assert given.warmup_iters == 6
     saved = train.resolve(train.TrainConfig(device="cpu", max_iters=12, warmup_iters=6), {"max_iters"})
     assert saved.warmup_iters == 6
+    # a defaulted warmup follows the schedule on --resume too (it is in FOLLOWING), as lr_decay_iters does
+    import dataclasses
+    first = train.TrainConfig(device="cpu", max_iters=12)
+    header = dict(dataclasses.asdict(train.resolve(first, {"max_iters"})),
+                  _following=[k for k in train.FOLLOWING if getattr(first, k) is None])
+    again = train._resumed_config(train.TrainConfig(max_iters=200), {"max_iters"}, header)
+    assert train.resolve(again, {"max_iters"}).warmup_iters == 20
