@@ -18,7 +18,8 @@ Tokenizers
     values tiktoken hard-codes for the original OpenAI files). 50257 ids; a
     document ends with ``<|endoftext|>`` (50256).
     ``byte``: UTF-8 bytes, 256 ids, no special tokens.
-    The model's vocabulary is ``padded_vocab_size(tok.n_vocab)`` (next multiple of 64).
+    The model's ``vocab_size`` is ``tok.n_vocab``; its embedding table is padded inside the
+    model to the next multiple of 64 (``GPTConfig.padded_vocab_size``).
 
 Cache (``$FASTGPT_CACHE``, else ``~/.cache/fastgpt``)::
 
@@ -37,8 +38,8 @@ Token files
     counts and the documents (name, split, start, length) in each file.
     Users' own text (``--data FILE|DIR|GLOB``) is tokenized once into
     ``tokens/<key>/`` where the key hashes the tokenizer and each file's path,
-    size and mtime; the last ``val_fraction`` of each document's tokens forms
-    the validation split.
+    size and mtime; the last ``val_fraction`` of each document's characters
+    (the cut moved to a line start when one is near) forms the validation split.
 
 Batches
     ``BatchSampler`` draws ``batch_size`` random windows of ``block_size + 1``
@@ -251,7 +252,7 @@ class GPT2Tokenizer:
         return self.enc.encode_ordinary(text)
 
     def encode_np(self, text: str) -> np.ndarray:
-        return np.asarray(self.encode(text), dtype=np.uint16)
+        return np.asarray(self.encode(text), dtype=_dtype_for(self.n_vocab))
 
     def decode(self, ids) -> str:
         return self.enc.decode([int(i) for i in ids if 0 <= int(i) < self.n_vocab])

@@ -333,7 +333,11 @@ def _read_config_json(path: str) -> dict:
     if not os.path.isfile(p):
         raise FileNotFoundError(f"{path}: no config.json (not a fastgpt or HF model directory)")
     with open(p) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not valid JSON ({e.msg}, line {e.lineno}): a save cut short, or not a "
+                             "model's config") from None
 
 
 # ----------------------------------------------------------------------------- the model
@@ -600,6 +604,7 @@ class GPT(nn.Module):
     def to_hf_state_dict(self) -> dict:
         """The state dict of the matching HF model (GPT2LMHeadModel for pre-LN,
         OpenAIGPTLMHeadModel for post-LN): Conv1D layout, vocab_size rows, tied lm_head."""
+        self._require_bias("to_hf_state_dict")   # (it returned a dict without them: HF loads that only non-strictly)
         post = self.config.norm == "post"
         emb = {"wte.weight": "tokens_embed.weight", "wpe.weight": "positions_embed.weight"} if post else {}
         out = {}
@@ -616,11 +621,14 @@ class GPT(nn.Module):
         out["lm_head.weight"] = out[wte_key]
         return out
 
+    def _require_bias(self, where: str) -> None:
+        if not self.config.bias:
+            raise ValueError(f"{where}: HF GPT-2 / OpenAI GPT have biases; this model has bias=False")
+
     def hf_config(self):
         """The transformers config (GPT2Config / OpenAIGPTConfig) of this architecture."""
         c = self.config
-        if not c.bias:
-            raise ValueError("hf_config: HF GPT-2 / OpenAI GPT have biases; this model has bias=False")
+        self._require_bias("hf_config")
         common = dict(vocab_size=c.vocab_size, n_positions=c.block_size, n_layer=c.n_layer, n_head=c.n_head,
                       n_embd=c.n_embd, layer_norm_epsilon=c.layer_norm_eps, resid_pdrop=c.dropout,
                       embd_pdrop=c.dropout, attn_pdrop=c.dropout)
@@ -631,7 +639,9 @@ class GPT(nn.Module):
             from transformers import OpenAIGPTConfig
             return OpenAIGPTConfig(afn="gelu", **common)
         from transformers import GPT2Config
-        return GPT2Config(activation_function="gelu_new" if c.activation == "gelu_tanh" else "gelu", **common)
+        # GPT2Config's end-of-text id (50256) is GPT-2's tokenizer's; another vocabulary has none we know
+        ids = {} if c.vocab_size > 50256 else dict(bos_token_id=None, eos_token_id=None)
+        return GPT2Config(activation_function="gelu_new" if c.activation == "gelu_tanh" else "gelu", **common, **ids)
 
     def to_hf(self):
         """A transformers GPT2LMHeadModel / OpenAIGPTLMHeadModel with these weights."""
@@ -647,11 +657,24 @@ class GPT(nn.Module):
         (the tied wte / lm_head weight stored once)."""
         from safetensors.torch import save_file
         path = os.fspath(path)
+        # the JSON first (a config.extra value that is not JSON fails before a file is touched), then
+        # each file to a temp name and renamed over the old one: a failed or interrupted save leaves
+        # the previous save whole (it had left new weights beside an emptied config.json)
+        text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "config": self.config.to_dict()}, indent=2)
         os.makedirs(path, exist_ok=True)
         sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k != "lm_head.weight"}
-        save_file(sd, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-        with open(os.path.join(path, "config.json"), "w") as f:
-            json.dump({"format": FORMAT, "version": FORMAT_VERSION, "config": self.config.to_dict()}, f, indent=2)
+        weights, config = (os.path.join(path, n) for n in ("model.safetensors", "config.json"))
+        tmp_w, tmp_c = (os.path.join(path, f".{n}.tmp{os.getpid()}") for n in ("model.safetensors", "config.json"))
+        try:
+            save_file(sd, tmp_w, metadata={"format": "pt"})
+            with open(tmp_c, "w") as f:
+                f.write(text)
+            os.replace(tmp_w, weights)
+            os.replace(tmp_c, config)
+        finally:
+            for t in (tmp_w, tmp_c):
+                if os.path.exists(t):
+                    os.unlink(t)
 
     @classmethod
     def from_pretrained(cls, path, backend: Optional[str] = None, map_location="cpu") -> "GPT":

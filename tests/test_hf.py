@@ -125,3 +125,16 @@ def test_from_hf_on_device():
     idx = torch.randint(0, 100, (1, 8), device=DEVICE)
     with torch.no_grad():
         torch.testing.assert_close(ours(idx)[0].float(), hf(idx).logits.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_export_refuses_bias_false_and_byte_vocab_has_no_gpt2_eos():
+    """A bias=False model cannot be an HF GPT: to_hf_state_dict says so (it returned a dict without biases,
+    which HF loads only non-strictly, keeping its random ones); a vocabulary smaller than GPT-2's gets no
+    end-of-text id (GPT2Config's 50256 lay outside it: HF warned, and generate never stopped on it)."""
+    from fastgpt import GPTConfig
+    nobias = GPT(GPTConfig.preset("tiny", vocab_size=256, bias=False))
+    with pytest.raises(ValueError, match="to_hf_state_dict: .* bias=False"):
+        nobias.to_hf_state_dict()
+    c = GPT(GPTConfig.preset("tiny", vocab_size=256)).hf_config()
+    assert (c.bos_token_id, c.eos_token_id) == (None, None)
+    assert GPT(GPTConfig.preset("tiny", vocab_size=50257)).hf_config().eos_token_id == 50256

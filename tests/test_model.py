@@ -567,3 +567,22 @@ def test_resize_token_embeddings():
         assert m2.config.vocab_size == 300 and torch.equal(m2.transformer.wte.weight, W)
     with pytest.raises(ValueError, match="only growing"):
         m.resize_token_embeddings(100)
+
+
+def test_failed_save_pretrained_keeps_the_previous_save(tmp_path):
+    """save_pretrained writes temp files and renames them: a save that fails (here a config.extra value that
+    is not JSON) leaves the previous save loadable (it had left new weights beside a cut-off config.json); a
+    config.json that is not JSON is a one-line ValueError naming the file."""
+    from pathlib import Path
+    good = GPT(_tiny())
+    good.save_pretrained(tmp_path)
+    bad = GPT(_tiny())
+    bad.config.extra = dict(data=Path("/x"))
+    with pytest.raises(TypeError):
+        bad.save_pretrained(tmp_path)
+    back = GPT.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), good.state_dict().values()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    (tmp_path / "config.json").write_text('{"format": "fastgpt", "ver')
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+        GPT.from_pretrained(tmp_path)
