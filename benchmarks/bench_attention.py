@@ -207,10 +207,11 @@ def run(args):
                     impls.update({"sdpa math": _sdpa(SDPBackend.MATH), "naive torch": _naive})
                 fwd_flops = 2 * B * H * T * T * D
                 for impl, f in impls.items():
-                    with torch.no_grad(), _forced(f):
-                        bench_impl(rows, "attention", f"{case} fwd", impl, lambda f=f: f(q, k, v), flops=fwd_flops)
                     step = lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do)  # noqa: E731
                     with _forced(f):
+                        with torch.no_grad():
+                            bench_impl(rows, "attention", f"{case} fwd", impl, lambda f=f: f(q, k, v),
+                                       flops=fwd_flops)
                         ms = bench_impl(rows, "attention", f"{case} fwd+bwd", impl, step, flops=3.5 * fwd_flops,
                                         memory=True, host=True)
                     if impl == "fastgpt" and ms is not None:

@@ -377,12 +377,17 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
         self._tuned = {}          # key -> the tuned triton.Config
         self._config_kwargs = {}  # key -> its launch kwargs
 
+    @staticmethod
+    def _arg(args, kwargs, pos):
+        """The launch argument at ``pos`` = (index, name), passed by position or by name."""
+        i, name = pos
+        return args[i] if i < len(args) else kwargs[name]
+
     def _tuning_key(self, args, kwargs):
-        key = (*[args[i] if i < len(args) else kwargs[k] for i, k in self._key_pos],
+        key = (*[self._arg(args, kwargs, p) for p in self._key_pos],
                *[a.dtype for a in args if isinstance(a, torch.Tensor)])
         if self._bucket_pos is not None:
-            i, name = self._bucket_pos
-            key += (max(next_pow2(max(int(args[i] if i < len(args) else kwargs[name]), 1)), MIN_BUCKET),)
+            key += (max(next_pow2(max(int(self._arg(args, kwargs, self._bucket_pos)), 1)), MIN_BUCKET),)
         return key
 
     def run(self, *args, grid, warmup=False, **kwargs):
