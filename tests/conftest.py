@@ -145,3 +145,15 @@ class ForcedConfig:
 
     def run_replayable(self, n_lead, *args, grid, **kwargs):   # _common._Autotuner's: no Replay from a test
         self.fn[grid](*args, **kwargs, **self.kwargs)
+
+
+def interrupt_on_call(monkeypatch, owner, name: str, n: int) -> None:
+    """Replace owner.name with a wrapper that raises KeyboardInterrupt (a Ctrl-C) on its n-th call."""
+    real, calls = getattr(owner, name), []
+
+    def wrapper(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(owner, name, wrapper)

@@ -8,6 +8,7 @@ from typing import Literal
 
 import pytest
 
+from conftest import interrupt_on_call
 from fastgpt import cli, train
 
 
@@ -469,14 +470,7 @@ def test_sample_ctrl_c_prints_the_samples_so_far(tiny_dir, capsys, monkeypatch):
     argv = [str(tiny_dir), "--num-samples", "2", "--seed", "5", "--device", "cpu"]
     assert sample.main(argv + ["--max-new-tokens", "6"]) == 0
     six = capsys.readouterr().out
-    real, calls = model.sample_next, []
-
-    def ctrl_c_at_the_seventh_token(*a, **k):
-        calls.append(1)
-        if len(calls) == 7:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(model, "sample_next", ctrl_c_at_the_seventh_token)
+    interrupt_on_call(monkeypatch, model, "sample_next", 7)   # Ctrl-C at the seventh token
     assert _no_escape(lambda: sample.main(argv + ["--max-new-tokens", "50"])) == 130
     out, err = capsys.readouterr()
     assert out == six and out.count("---------- sample ") == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEVICE
+from conftest import DEVICE, interrupt_on_call
 from fastgpt import checkpoint as ck
 from fastgpt import finetune as FT
 from fastgpt import tasks as T
@@ -534,14 +534,7 @@ def test_predict_file_lines_up_and_ctrl_c_keeps_the_labels_printed(tmp_path, tin
         FT.main(["--predict", f"--init={out}", f"--predict_file={gaps}", "--device=cpu"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and f"{gaps}:2: blank line" in err
-    real, calls = FT.forward_batch, []
-
-    def ctrl_c_in_the_second_batch(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(FT, "forward_batch", ctrl_c_in_the_second_batch)
+    interrupt_on_call(monkeypatch, FT, "forward_batch", 2)   # Ctrl-C in the second batch
     try:
         rc = FT.main(["--predict", f"--init={out}", "--eval_batch_size=1", "--device=cpu", "red", "saw", "pink"])
     except KeyboardInterrupt:
