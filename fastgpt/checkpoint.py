@@ -307,7 +307,10 @@ def save_checkpoint(out_dir, state: dict, keep: int = 2) -> Path:
         # (a damaged newest checkpoint, skipped) must not count, or it would push the good ones out
         done = [p for p in list_checkpoints(out_dir) if _step(p) <= int(state["step"])]
         for old in done[:-keep]:
-            old.unlink(missing_ok=True)
+            try:
+                old.unlink(missing_ok=True)
+            except OSError:   # housekeeping: a file that cannot be removed stays, the run goes on
+                pass
     return path
 
 

@@ -426,9 +426,10 @@ class GracefulStop:
         if self.quiet:
             return
         # os.write, not print: a handler may interrupt a print to the same stream
+        # under torchrun a second Ctrl-C reaches torchrun, which sends a SIGTERM: no abort to offer
+        hint = "" if "TORCHELASTIC_RUN_ID" in os.environ else " (press Ctrl-C again to abort at once)"
         try:
-            os.write(2, f"\n{self.prog}: {name}: finishing this step and saving a checkpoint "
-                        f"(press Ctrl-C again to abort at once)\n".encode())
+            os.write(2, f"\n{self.prog}: {name}: finishing this step and saving a checkpoint{hint}\n".encode())
         except OSError:  # SIGHUP: the terminal is gone
             pass
 
@@ -542,6 +543,7 @@ class RunLog:
         self.quiet = path is None
         self.path, self.mode = path, "a" if append else "w"
         self.f = None
+        self.failed = False
         self.bar = None
         if bar:
             from tqdm import tqdm
@@ -549,12 +551,18 @@ class RunLog:
                             file=sys.stderr)
 
     def write(self, obj: dict):
-        if self.quiet:
+        """One row; a file that cannot be written (disk full, a dangling link) is one warning and no more
+        rows, never an error: rank 0 alone writes it while the others wait in the next collective."""
+        if self.quiet or self.failed:
             return
-        if self.f is None:
-            self.f = open(self.path, self.mode)
-        self.f.write(json.dumps(obj) + "\n")
-        self.f.flush()
+        try:
+            if self.f is None:
+                self.f = open(self.path, self.mode)
+            self.f.write(json.dumps(obj) + "\n")
+            self.f.flush()
+        except OSError as e:
+            self.failed = True
+            self.say(f"warning: cannot write {self.path} ({e.strerror or e}); no more metrics rows, the run goes on")
 
     def say(self, msg: str):
         if self.quiet:
@@ -568,7 +576,10 @@ class RunLog:
         if self.bar is not None:
             self.bar.close()
         if self.f is not None:
-            self.f.close()
+            try:
+                self.f.close()
+            except OSError:   # its write already warned
+                pass
 
 
 def trim_metrics(path, step: int) -> None:

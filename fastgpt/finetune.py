@@ -104,7 +104,7 @@ class FinetuneConfig:
     clf_dropout: float = _f(0.1, "dropout on the head's input")
     max_len: int | None = _f(None, "tokens per sequence (longer inputs are truncated)", "the model's block_size")
     seed: int = _f(1337, "seed of the head, dropout and example order")
-    device: Literal["cpu", "cuda"] | None = _f(None, "device (one GPU of several: CUDA_VISIBLE_DEVICES=N; several: torchrun)",
+    device: Literal["cpu", "cuda"] | None = _f(None, "device (one GPU of several: CUDA_VISIBLE_DEVICES=N)",
                                                "cuda if available, else cpu")
     dtype: Literal["bf16", "fp16", "fp32"] | None = _f(None, "autocast dtype", "bf16 on CUDA, fp32 on CPU")
     backend: Literal["fused", "reference"] | None = _f(None, "op implementation (never saved)",
@@ -569,6 +569,9 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     from fastgpt import data as fdata
 
     given = set(given or ())
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # N copies would write one out_dir at once
+        raise cli.UsageError("fastgpt.finetune runs in one process (fine-tuning sets are small): start it "
+                             "without torchrun")
     cfg = _absolute_paths(cfg)
     out_dir = Path(cfg.out_dir)
     cli.check_out_dir(out_dir)  # before the task and the model are loaded

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import gc
 import json
 import math
@@ -375,7 +376,10 @@ def init_distributed(device_type: str, always: bool = False) -> _Dist:
     owned = not tdist.is_initialized()
     if owned:
         kw = dict(device_id=torch.device("cuda", local)) if device_type == "cuda" else {}
-        tdist.init_process_group("nccl" if device_type == "cuda" else "gloo", **kw)
+        # 30 minutes for any collective (NCCL's default is 10): the other ranks wait in one while rank 0
+        # tokenizes a corpus or writes a checkpoint alone (README: prepare a big corpus beforehand)
+        tdist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30),
+                                 **kw)
     return _Dist(tdist.get_world_size(), tdist.get_rank(), local, owned)
 
 
@@ -574,12 +578,19 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
         cli.check_no_earlier_run(out_dir, _our_header)
     ckpt_state = resumed_from = None
     if cfg.resume:
+        err = None
         try:
             resumed_from, ckpt_state, saved = cli.resume_point(
                 out_dir, lambda msg: say0(f"{PROG}: {msg}"), is_ours=_our_header,
                 not_ours="a fine-tuning run's: resume it with python -m fastgpt.finetune --resume")
         except ck.CheckpointError as e:
-            raise RunError(str(e)) from None
+            err, resumed_from = str(e), None
+        if dist.world > 1 and err is None:   # every rank continues the same checkpoint (a folder on a
+            picks = set(dist.gather_objects(Path(resumed_from).name if resumed_from else "none"))  # network
+            if len(picks) > 1:                                          # file system may lag on one node)
+                err = (f"--resume: the processes see different newest checkpoints in {out_dir} "
+                       f"({', '.join(sorted(picks))}): is the folder in sync on every node?")
+        dist.agree(err)
         if ckpt_state is not None:
             saved = ckpt_state.get("train_config")
             if saved is None:
@@ -697,6 +708,9 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
         extra.update(ckpt_state.get("extra", {}))
         saved_world = int(extra.get("world_size", 1))
         ds = ckpt_state["data"]
+        if saved_world == W and ds["B"] != B * W:
+            raise RunError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} per "
+                           f"process ({W} process(es)); resume with the same --batch_size")
         try:
             if saved_world == W or ds["B"] == B * W:  # the same global batch: the same stream
                 train_batches.load_state_dict(ds)

@@ -148,6 +148,16 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
         assert needle in capsys.readouterr().err
 
 
+def test_refuses_torchrun(tmp_path, capsys, monkeypatch):
+    """Under torchrun every process would run the whole fine-tuning and write the same out_dir: one line, exit 2."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as ei:
+        FT.main(["--out_dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert ei.value.code == 2 and err.count("\n") == 1 and "start it without torchrun" in err, err
+    assert not (tmp_path / "o").exists()
+
+
 # ----------------------------------------------------------------------------- inputs
 def test_input_transformations():
     tok = T.TaskTokenizer(type("B", (), dict(n_vocab=256, encode=lambda s, t: list(t.encode()),

@@ -383,6 +383,57 @@ def test_ddp_error_on_rank0_alone_is_one_line(corpus, tmp_path):
     assert "terminate called" not in p.stderr and "exitcode  : 1" in p.stderr, p.stderr[-3000:]
 
 
+def test_ddp_ranks_resume_the_same_checkpoint(corpus, tmp_path):
+    """Each rank looks for the newest checkpoint itself; a rank whose view of out_dir lags (a network file
+    system) would continue another step with other optimizer moments and hang later in a collective. The
+    picks are compared: one line, every rank exits 1, before any training."""
+    out = tmp_path / "o"
+    assert train.main(_args(corpus, out, max_iters=4, ckpt_interval=2, keep_ckpts=0)) == 0
+    assert [p.name for p in ck.list_checkpoints(out)] == ["ckpt_0000002.pt", "ckpt_0000004.pt"]
+    lagging = tmp_path / "lagging_rank1.py"   # rank 1 does not see the newest file
+    lagging.write_text("import os, sys\nfrom fastgpt import checkpoint as ck, train\n"
+                       "if os.environ['RANK'] == '1':\n    seen = ck.list_checkpoints\n"
+                       "    ck.list_checkpoints = lambda d: seen(d)[:-1]\nsys.exit(train.main())\n")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(lagging), f"--out_dir={out}", "--resume", "--max_iters=6", "--batch_size=4"],
+                       capture_output=True, text=True, env=dict(os.environ), timeout=180)
+    assert p.returncode != 0
+    line = f"{PROG}: error: --resume: the processes see different newest checkpoints in {out} " \
+           "(ckpt_0000002.pt, ckpt_0000004.pt): is the folder in sync on every node?"
+    assert p.stderr.count(line) == 1, p.stderr[-3000:]
+    assert "fastgpt/train.py" not in p.stderr and "[rank1]" not in p.stderr, p.stderr[-3000:]  # (torchrun's own
+    # traceback follows: a child failed)
+    assert max(_steps(out)) == 4
+
+
+def test_metrics_file_that_cannot_be_written_is_a_warning(corpus, tmp_path, capsys):
+    """metrics.jsonl is rank 0's alone: a write that fails (here a link into a missing folder; disk full alike)
+    must not end the run (under DDP the other ranks would be left in a collective): one warning, the run
+    trains on and saves its checkpoint."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "metrics.jsonl").symlink_to(tmp_path / "gone" / "metrics.jsonl")
+    assert train.main(_args(corpus, out, max_iters=3, ckpt_interval=3)) == 0
+    err = capsys.readouterr().err
+    assert err.count(f"warning: cannot write {out / 'metrics.jsonl'} (No such file or directory); no more metrics "
+                     "rows, the run goes on") == 1, err
+    assert ck.load_checkpoint(ck.latest_checkpoint(out))["step"] == 3
+
+
+def test_resume_with_another_batch_size_names_the_per_process_one(corpus, tmp_path, capsys):
+    """The same world with another --batch_size is refused (another data stream); the line names the
+    per-process --batch_size the checkpoint was written with."""
+    out = tmp_path / "o"
+    assert train.main(_args(corpus, out, max_iters=2, ckpt_interval=2, batch_size=4)) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main([f"--out_dir={out}", "--resume", "--max_iters=3", "--batch_size=2", "--device=cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err == (f"{PROG}: error: --batch_size 2: the checkpoint was written with "
+                                         "--batch_size 4 per process (1 process(es)); resume with the same "
+                                         "--batch_size\n"), err
+
+
 def _free_port() -> int:
     import socket
     with socket.socket() as s:
