@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: install (no downloads), build, GPU tests, benchmarks, summary.
+# It expects $PYTHON (default python3) to have torch, triton and the test dependencies of
+# requirements-test.txt (pytest, pytest-timeout, transformers, tiktoken, ...) already; its install
+# stage installs only fastgpt itself (pip --no-index --no-deps -e ., building the C++/CUDA extension).
 #
 #   bash benchmarks/gpu_check.sh                      # every stage
 #   bash benchmarks/gpu_check.sh --only tests         # one stage: install|tests|bench|selftest
@@ -33,17 +36,17 @@ FAMILIES="layernorm gelu dropout_add attention cross_entropy block train"
 while [ $# -gt 0 ]; do
   case "$1" in
     --only|--out|--tar)
-      [ $# -ge 2 ] || { echo "gpu_check: $1 needs a value (see --help)"; exit 2; }
+      [ $# -ge 2 ] || { echo "gpu_check: $1 needs a value (see --help)" >&2; exit 2; }
       case "$1" in --only) ONLY="$2" ;; --out) RES="$2" ;; --tar) TAR="$2" ;; esac
       shift 2 ;;
     -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
-    *) echo "gpu_check: unknown argument $1 (see --help)"; exit 2 ;;
+    *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 for s in ${ONLY//,/ }; do  # a typo would otherwise run nothing but the install, silently
   case " all install tests selftest bench tune host extdiag $FAMILIES " in
     *" $s "*) ;;
-    *) echo "gpu_check: unknown stage '$s' in --only; choose from: all install tests selftest bench tune host extdiag $FAMILIES"
+    *) echo "gpu_check: unknown stage '$s' in --only; choose from: all install tests selftest bench tune host extdiag $FAMILIES" >&2
        exit 2 ;;
   esac
 done
@@ -67,7 +70,7 @@ stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.
   local name=$1 budget=$2; shift 2
   local var="BUDGET_${name^^}"; budget=${!var:-$budget}
   case "$budget" in
-    ''|*[!0-9]*) echo "gpu_check: $var must be a whole number of seconds, got '$budget'"; exit 2 ;;
+    ''|*[!0-9]*) echo "gpu_check: $var must be a whole number of seconds, got '$budget'" >&2; exit 2 ;;
   esac
   if [ "$budget" -le 0 ]; then  # (timeout 0 would mean no limit at all)
     echo "=== [$name] skipped: $var=0"

@@ -74,6 +74,11 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write all rows (and the environment) to this JSON file")
     ap.add_argument("--quick", action="store_true", help="fewer shapes / shorter timing (smoke runs)")
     args = ap.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or FAMILIES
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:  # before the GPU check: a typo says so on any machine
+        print(f"benchmarks: unknown family {unknown}; choose from {FAMILIES}", file=sys.stderr)
+        sys.exit(2)
     if args.json:  # checked now, not after minutes of GPU work
         folder = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
@@ -81,11 +86,6 @@ def main(argv=None):
             sys.exit(2)
     if not torch.cuda.is_available():
         print("benchmarks: a CUDA GPU is required (kernels are timed with CUDA events)", file=sys.stderr)
-        sys.exit(2)
-    names = [n for n in args.only.split(",") if n] or FAMILIES
-    unknown = [n for n in names if n not in FAMILIES]
-    if unknown:
-        print(f"benchmarks: unknown family {unknown}; choose from {FAMILIES}", file=sys.stderr)
         sys.exit(2)
     import triton
     from benchmarks import common

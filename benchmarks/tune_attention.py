@@ -10,12 +10,12 @@ kernel of the atomic-dQ backward, BWD_DQ = "atomic", which also adds dQ) every c
 ``config=`` / ``configs=`` hooks (the other backward kernel keeps its default
 config, so two bwd rows differ only by the kernel under test; a "dkdvq" row is the whole
 atomic-dQ backward, comparable with the split backward's rows). Each candidate is
-checked first against the reference on batch element 0 (DESIGN.md's rule; the
-dropout cases with the kernels' own mask), then timed by CUDA-graph replay. A
-config that does not compile (shared memory) or fails the check gets a row
-saying so. The table, fastest first per group, is what goes into
-benchmarks/ATTENTION_NOTES.md; the winners go into kernels/attention.py's
-spaces and default_config.
+checked first against the reference on batch element 0 (the tests' tolerance
+rule: README.md, "Tests", and fastgpt/testing.py; the dropout cases with the
+kernels' own mask), then timed by CUDA-graph replay. A config that does not
+compile (shared memory) or fails the check gets a row saying so. The table,
+fastest first per group, is what goes into benchmarks/ATTENTION_NOTES.md; the
+winners go into kernels/attention.py's spaces and default_config.
 """
 from __future__ import annotations
 

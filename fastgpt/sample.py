@@ -27,6 +27,9 @@ EPILOG = """examples:
   python -m fastgpt.sample out/model --num-samples 3 --seed 1 --top-p 0.95
   python -m fastgpt.sample out/ckpt_0000500.pt --temperature 0          # greedy
 
+Options may also be spelled with underscores, as train and finetune spell theirs
+(--max_new_tokens 50, --top_k=none).
+
 exit status: 0 done, 1 PATH is not a loadable model, 2 a usage error (one line), 130 interrupted
 (Ctrl-C: the samples so far are printed)."""
 
@@ -125,6 +128,22 @@ def _top_k(s: str) -> int | None:
 _top_k.__name__ = "integer or 'none'"  # argparse names the type in its error: "invalid integer or 'none' value"
 
 
+def _hyphenate(ap, argv: list[str]) -> list[str]:
+    """argv with each option spelled with underscores (train's and finetune's style: --max_new_tokens,
+    --top_k=none) turned into this parser's hyphenated one; what follows an "=", arguments that are not
+    options of this parser, and everything after "--" are left alone."""
+    known = {s for a in ap._actions for s in a.option_strings}
+    out = []
+    for i, a in enumerate(argv):
+        if a == "--":
+            return out + argv[i:]
+        name, eq, value = a.partition("=")
+        if name.startswith("--") and "_" in name and name.replace("_", "-") in known:
+            a = name.replace("_", "-") + eq + value
+        out.append(a)
+    return out
+
+
 def main(argv=None) -> int:
     ap = cli.ArgumentParser(prog=PROG, description=__doc__, epilog=EPILOG)
     ap.add_argument("path", help="save_pretrained dir, HF dir, or training checkpoint (file or out_dir)")
@@ -146,7 +165,7 @@ def main(argv=None) -> int:
                     help="auto = the one the model was trained with")
     ap.add_argument("--no-cache", action="store_true", help="recompute the whole context every step")
     ap.add_argument("--warmup", action="store_true", help="one untimed run first (kernel compilation)")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(_hyphenate(ap, sys.argv[1:] if argv is None else list(argv)))
     return cli.run_main(PROG, lambda: _run(args), {LoadError: 1}, "lower --num-samples or --max-new-tokens")
 
 

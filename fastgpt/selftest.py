@@ -1,8 +1,8 @@
 """Check fastgpt's fused kernels against the reference on YOUR device: python -m fastgpt.selftest
 
 Runs every op (forward and backward) and a whole GPT block, fused vs
-fastgpt.reference, in each supported dtype, and applies DESIGN.md's tolerance
-rule (the same one the test suite uses):
+fastgpt.reference, in each supported dtype, and applies the test suite's
+tolerance rule (README.md, "Tests"; fastgpt/testing.py):
 
     max|fused - ref_hi| <= 2 * max|ref_lp - ref_hi| + C * eps(dtype) * max|ref_hi|
 

@@ -219,6 +219,21 @@ def test_failed_graph_capture_is_noted_in_the_row(monkeypatch):
     assert common.bench_impl(rows, "b", "c", "fastgpt", lambda: None, graph=True) == 1.0 and rows[1]["note"] == ""
 
 
+def test_unknown_family_is_a_usage_error_on_any_machine(monkeypatch, capsys):
+    """--only with a family typo: exit 2 naming the families, checked before the GPU check (a CPU
+    machine used to say only "a CUDA GPU is required", so the typo surfaced on the GPU machine)."""
+    from benchmarks import run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        run.main(["--only", "layernrom,gelu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "unknown family ['layernrom']" in err and "'layernorm'" in err and "CUDA" not in err
+    with pytest.raises(SystemExit) as e:   # a right name still reaches the GPU check
+        run.main(["--only", "layernorm"])
+    assert e.value.code == 2 and "a CUDA GPU is required" in capsys.readouterr().err
+
+
 def test_json_folder_is_checked_before_any_work(tmp_path, capsys):
     """--json into a missing folder: a one-line usage error at once (it used to be a traceback after the
     first family's minutes of GPU work)."""
@@ -295,7 +310,12 @@ def test_gpu_check_cli():
     assert "--only host" in r.stdout and "--only tune" in r.stdout and "--only extdiag" in r.stdout
     assert r.stdout.rstrip().endswith("names them).")
     r = subprocess.run(["bash", str(script), "--only", "hots"], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and "unknown stage 'hots'" in r.stdout and " host extdiag " in r.stdout
+    assert r.returncode == 2 and "unknown stage 'hots'" in r.stderr and " host extdiag " in r.stderr
+    # usage errors go to stderr, one line each, and nothing to stdout
+    for argv, needle in [(["--only", "hots"], "unknown stage"), (["--bogus"], "unknown argument --bogus"),
+                         (["--only"], "--only needs a value")]:
+        r = subprocess.run(["bash", str(script), *argv], capture_output=True, text=True, timeout=30)
+        assert (r.returncode, r.stdout) == (2, "") and r.stderr.count("\n") == 1 and needle in r.stderr, (argv, r)
     # with a stand-in python that does nothing: BUDGET_<STAGE>=0 skips the stage (timeout 0 would be no limit),
     # a budget that is not a number is an error, and "all" in a list means every stage
     import os
@@ -307,7 +327,7 @@ def test_gpu_check_cli():
         r = run("0", "extdiag")
         assert r.returncode == 1 and "=== [extdiag] skipped: BUDGET_EXTDIAG=0" in r.stdout, r.stdout
         r = run("soon", "all,extdiag")
-        assert r.returncode == 2 and "BUDGET_EXTDIAG must be a whole number of seconds" in r.stdout, r.stdout
+        assert r.returncode == 2 and "BUDGET_EXTDIAG must be a whole number of seconds" in r.stderr, r.stderr
 
 
 @needs_triton

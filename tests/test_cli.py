@@ -209,6 +209,28 @@ def test_sample_bad_input_is_one_line(tiny_dir, tmp_path, capsys):
     assert sample.main([m, "--max-new-tokens", "3", "--top-k", "none", "--device", "cpu"]) == 0
 
 
+def test_sample_takes_underscore_option_names(tiny_dir, capsys):
+    """train and finetune spell options with underscores; sample takes those spellings too (each one
+    maps to its hyphenated option, '=value' forms included), and its errors name the documented form."""
+    from fastgpt import sample
+    m = str(tiny_dir)
+    hyphens = [m, "--max-new-tokens", "4", "--num-samples", "2", "--top-k", "none", "--top-p", "0.9",
+               "--seed", "3", "--device", "cpu", "--no-cache"]
+    assert sample.main(hyphens) == 0
+    want = capsys.readouterr().out
+    underscores = [m, "--max_new_tokens", "4", "--num_samples=2", "--top_k=none", "--top_p", "0.9",
+                   "--seed", "3", "--device", "cpu", "--no_cache"]
+    assert sample.main(underscores) == 0
+    assert capsys.readouterr().out == want and want.count("---------- sample ") == 2
+    import argparse
+    ap = argparse.ArgumentParser()
+    assert sample._hyphenate(ap, ["--x_y"]) == ["--x_y"]  # not an option of the parser: its own error says so
+    ap.add_argument("--x-y")
+    assert sample._hyphenate(ap, ["--x_y=a_b", "a_b", "--", "--x_y"]) == ["--x-y=a_b", "a_b", "--", "--x_y"]
+    _one_line_exit(sample.main, [m, "--max_new_tokens", "0"], capsys, 2, "--max-new-tokens must be >= 1")
+    _one_line_exit(sample.main, [m, "--max_new_tokenz", "5"], capsys, 2, "unrecognized arguments: --max_new_tokenz")
+
+
 def test_sample_help_shows_defaults_and_examples(capsys):
     from fastgpt import sample
     with pytest.raises(SystemExit) as e:
