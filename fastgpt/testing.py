@@ -126,48 +126,73 @@ def round_tf32(x: torch.Tensor) -> torch.Tensor:
     return ((x.contiguous().view(torch.int32) + 0x1000) & -8192).view(torch.float32)
 
 
-class _TF32Attention(torch.autograd.Function):
-    """Causal attention (bottom-right mask) with TF32 GEMMs emulated (operands rounded to nearest,
-    as the kernel's fp32 path does), and the backward PyTorch's own fused SDPA kernels use:
-    delta = rowsum(dO * O) from the TF32 forward output, not autograd's rowsum(P * dP). The two
-    agree in exact arithmetic; with TF32 operands the former carries ~1.3x the error in dK
-    (seed sweep, 2026-11-26), and against autograd's ref_lp the kernels sat at the rule's 2x
-    margin (2 % of seeds failed tests/test_attention.py::test_tf32_rounding_path)."""
+class _FlashAttention(torch.autograd.Function):
+    """Causal attention (bottom-right mask) computed as PyTorch's own fused SDPA kernels (flash,
+    efficient, cuDNN, the CPU flash kernel) and ours compute it: the GEMM operands in the op's
+    precision (``rnd`` rounds to it), fp32 accumulation and softmax, the output stored in the op's
+    dtype, and the backward's delta = rowsum(dO * O) from that stored output, not autograd's
+    rowsum(P * dP). The two deltas agree in exact arithmetic, but the stored O's rounding enters dS:
+    where a row's softmax is nearly one-hot, dP - delta cancels, and dS is mostly that rounding.
+    Against autograd's fp32 ref_lp the kernels (which must use O: dO is not known in the forward)
+    sat at or past the rule's 2x margin: fp16 scores of +-hundreds failed ~1 seed in 300 (dK
+    err/bound 1.44: PyTorch's own CPU flash kernel had 19x autograd's error there), TF32 operands
+    2 % of seeds (2026-11-26), the fp32 dropout checks ~1 in 300 (err/bound up to 1.0007)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, keep):
+    def forward(ctx, q, k, v, scale, keep, rnd):
+        out_dtype = q.dtype
+        q, k, v = (t.to(torch.float32) if t.dtype in (torch.float16, torch.bfloat16) else t for t in (q, k, v))
         Tq, Tk = q.shape[-2], k.shape[-2]
-        s = (round_tf32(q) @ round_tf32(k).transpose(-1, -2)) * scale
+        s = (rnd(q) @ rnd(k).transpose(-1, -2)) * scale
         i = torch.arange(Tq, device=q.device)[:, None]
         j = torch.arange(Tk, device=q.device)[None, :]
         p = torch.softmax(s.masked_fill(j > i + (Tk - Tq), float("-inf")), -1)
-        pd = p if keep is None else p * keep
-        o = round_tf32(pd) @ round_tf32(v)
+        pd = p if keep is None else p * keep.to(p.dtype)
+        o = (rnd(pd) @ rnd(v)).to(out_dtype)
         ctx.save_for_backward(q, k, v, p, pd, o, keep)
-        ctx.scale = scale
+        ctx.scale, ctx.rnd = scale, rnd
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, p, pd, o, keep = ctx.saved_tensors
+        r, out_dtype = ctx.rnd, do.dtype
+        do, o = do.to(q.dtype), o.to(q.dtype)
         delta = (do * o).sum(-1, keepdim=True)
-        do_r = round_tf32(do)
-        dv = round_tf32(pd).transpose(-1, -2) @ do_r
-        dp = do_r @ round_tf32(v).transpose(-1, -2)
+        do_r = r(do)
+        dv = r(pd).transpose(-1, -2) @ do_r
+        dp = do_r @ r(v).transpose(-1, -2)
         if keep is not None:
-            dp = dp * keep
-        ds = round_tf32(p * (dp - delta))
-        return ds @ round_tf32(k) * ctx.scale, ds.transpose(-1, -2) @ round_tf32(q) * ctx.scale, dv, None, None
+            dp = dp * keep.to(dp.dtype)
+        ds = r(p * (dp - delta))
+        dq, dk = ds @ r(k) * ctx.scale, ds.transpose(-1, -2) @ r(q) * ctx.scale
+        return dq.to(out_dtype), dk.to(out_dtype), dv.to(out_dtype), None, None, None
 
 
-def tf32_attention_reference(q, k, v, scale=None, dropout_p=0.0, seed=None):
-    """ref_lp of the attention kernels' fp32 path on the GPU (TF32 dots; _TF32Attention); float64
-    runs exactly. dropout_p > 0 applies the kernels' keep mask for seed = (seed, offset) (ints or an
-    int64 tensor), scaled by reference.attention_dropout_scale(p)."""
+def _rounding(dtype: torch.dtype, tf32: bool):
+    """What a GEMM operand of the kernels goes through for inputs of ``dtype``: to fp16 / bf16 and back
+    (the tensor-core operands of a low-precision op, computed in fp32), to TF32 (fp32 with ``tf32``), or
+    nothing (fp32, float64)."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return lambda x: x.to(dtype).to(torch.float32)
+    return round_tf32 if (tf32 and dtype == torch.float32) else (lambda x: x)
+
+
+def flash_attention_reference(q, k, v, scale=None, dropout_p=0.0, seed=None, tf32=False):
+    """ref_lp of the attention kernels: the reference computed as fused attention computes it
+    (_FlashAttention), in q's dtype, with TF32 operands for fp32 if ``tf32`` (the GPU's fp32 dots);
+    float64 runs exactly (ref_hi). dropout_p > 0 applies the kernels' keep mask for seed =
+    (seed, offset) (ints or an int64 tensor), scaled by reference.attention_dropout_scale(p)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     keep = None
     if dropout_p > 0.0:
         shape = (*q.shape[:-1], k.shape[-2])
         keep = reference.attention_keep_mask(shape, dropout_p, *(int(x) for x in seed), device=q.device)
-        keep = (keep * reference.attention_dropout_scale(dropout_p)).to(q.dtype)
-    return _TF32Attention.apply(q, k, v, scale, keep)
+        keep = keep * reference.attention_dropout_scale(dropout_p)
+    return _FlashAttention.apply(q, k, v, scale, keep, _rounding(q.dtype, tf32))
+
+
+def tf32_attention_reference(q, k, v, scale=None, dropout_p=0.0, seed=None):
+    """ref_lp of the attention kernels' fp32 path on the GPU (TF32 dots): flash_attention_reference
+    with tf32=True."""
+    return flash_attention_reference(q, k, v, scale, dropout_p, seed, tf32=True)
