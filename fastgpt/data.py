@@ -463,6 +463,9 @@ def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline:
         return td
     files = resolve_data_files(spec)
     ident = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    if not any(size for _, size, _ in ident):
+        raise DataError(f"--data {spec!r}: no text to train on ({'the file is' if len(files) == 1 else 'every file is'} "
+                        "empty)")
     key = "user-" + hashlib.sha256(json.dumps([tokenizer, val_fraction, ident]).encode()).hexdigest()[:20]
 
     def build(d):

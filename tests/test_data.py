@@ -150,6 +150,14 @@ def test_bad_data_paths(cache, tmp_path):
     bad.write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(data.DataError, match="not UTF-8"):
         data.prepare(str(bad), "byte")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("")
+    with pytest.raises(data.DataError, match=r"no text to train on \(the file is empty\)"):
+        data.prepare(str(empty / "a.txt"), "byte")
+    (empty / "b.txt").write_text("")
+    with pytest.raises(data.DataError, match=r"no text to train on \(every file is empty\)"):
+        data.prepare(str(empty), "byte")
 
 
 def test_offline_without_cache_says_how_to_prepare(cache, monkeypatch):
