@@ -75,6 +75,17 @@ def _attention_ref(dropout_p=0.0, seed=None):
     return ref
 
 
+def _attention_op_ref(dropout_p=0.0, seed=None):
+    """ref_lp / ref_hi of the causal_attention rows: the reference computed as fused attention computes
+    it (fastgpt.testing.flash_attention_reference, what the test suite uses: operands in the op's
+    precision, TF32 where the kernels use it, delta from the stored output)."""
+    from fastgpt.testing import flash_attention_reference
+
+    def ref(q, k, v):
+        return flash_attention_reference(q, k, v, None, dropout_p, seed, tf32=_kernels_round_tf32())
+    return ref
+
+
 def _fill_(module: torch.nn.Module) -> torch.nn.Module:
     """Random weights at a realistic scale (so activations are O(1) and every path matters)."""
     with torch.no_grad():
@@ -176,19 +187,19 @@ def _op_cases(device, quick):
          lambda dt: [rnd(M, F, dt=dt), rnd(F, dt=dt), "tanh"], elt_dt, f"{M}x{F}"),
         ("bias_gelu erf", fused(ops.bias_gelu), reference.bias_gelu,
          lambda dt: [rnd(M, F, dt=dt), rnd(F, dt=dt), "none"], elt_dt, f"{M}x{F}"),
-        ("causal_attention", fused(ops.causal_attention), _attention_ref(),
+        ("causal_attention", fused(ops.causal_attention), _attention_op_ref(),
          lambda dt: [rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
          f"{B}x{H}x{T}x{D}"),
-        ("causal_attention Tq<Tk", fused(ops.causal_attention), _attention_ref(),
+        ("causal_attention Tq<Tk", fused(ops.causal_attention), _attention_op_ref(),
          lambda dt: [rnd(B, H, Tq, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
          f"q {Tq}, kv {T}"),
         # the opt-in atomic-dQ backward (kernels/attention.py BWD_DQ; run() sets it for this row)
-        ("causal_attention atomic dQ", fused(ops.causal_attention), _attention_ref(),
+        ("causal_attention atomic dQ", fused(ops.causal_attention), _attention_op_ref(),
          lambda dt: [rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
          f"{B}x{H}x{T}x{D}"),
         ("causal_attention p=0.1",  # the kernels' dropout mask, reproduced by the reference from the seed
          lambda q, k, v: ops.causal_attention(q, k, v, None, 0.1, seed=(7, 11), backend="fused"),
-         _attention_ref(0.1, (7, 11)),
+         _attention_op_ref(0.1, (7, 11)),
          lambda dt: [rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
          f"{B}x{H}x{T}x{D}"),
         ("bias_dropout_add p=0", fused(ops.bias_dropout_add), reference.bias_dropout_add,
