@@ -188,6 +188,7 @@ def flash_attention_reference(q, k, v, scale=None, dropout_p=0.0, seed=None, tf3
     if dropout_p > 0.0:
         shape = (*q.shape[:-1], k.shape[-2])
         keep = reference.attention_keep_mask(shape, dropout_p, *(int(x) for x in seed), device=q.device)
+        keep = keep.to(torch.float64 if q.dtype == torch.float64 else torch.float32)   # ref_hi: an exact scale
         keep = keep * reference.attention_dropout_scale(dropout_p)
     return _FlashAttention.apply(q, k, v, scale, keep, _rounding(q.dtype, tf32))
 

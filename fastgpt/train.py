@@ -578,18 +578,23 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
         cli.check_no_earlier_run(out_dir, _our_header)
     ckpt_state = resumed_from = None
     if cfg.resume:
-        err = None
+        err = saved = None
         try:
             resumed_from, ckpt_state, saved = cli.resume_point(
                 out_dir, lambda msg: say0(f"{PROG}: {msg}"), is_ours=_our_header,
                 not_ours="a fine-tuning run's: resume it with python -m fastgpt.finetune --resume")
         except ck.CheckpointError as e:
             err, resumed_from = str(e), None
-        if dist.world > 1 and err is None:   # every rank continues the same checkpoint (a folder on a
-            picks = set(dist.gather_objects(Path(resumed_from).name if resumed_from else "none"))  # network
-            if len(picks) > 1:                                          # file system may lag on one node)
+        except OSError as e:   # a folder that cannot be read (a network file system that went away)
+            err, resumed_from = f"--resume: cannot read {out_dir} ({e.strerror or e})", None
+        if dist.world > 1:   # every rank joins, with its error if any: each must continue the same run
+            views = dist.gather_objects((err, resumed_from and Path(resumed_from).name, saved is not None))
+            err = next((e for e, _, _ in views if e), None)   # (a folder on a network file system may lag
+            if err is None and len({v[1:] for v in views}) > 1:   # on one node)
+                seen = sorted({name or ("its metrics.jsonl only" if header else "nothing")
+                               for _, name, header in views})
                 err = (f"--resume: the processes see different newest checkpoints in {out_dir} "
-                       f"({', '.join(sorted(picks))}): is the folder in sync on every node?")
+                       f"({', '.join(seen)}): is the folder in sync on every node?")
         dist.agree(err)
         if ckpt_state is not None:
             saved = ckpt_state.get("train_config")

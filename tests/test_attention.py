@@ -186,6 +186,22 @@ def test_tf32_rounding_path(monkeypatch):
     assert (o.double() - reference.causal_attention(q.double(), k.double(), v.double())).abs().max() > 1e-5
 
 
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_flash_reference_is_the_reference_in_float64(dropout_p):
+    """ref_hi: flash_attention_reference in float64 is the reference (its delta from O is exact there, and
+    no fp32 sneaks in: the dropout scale was once rounded to fp32), forward and backward, Tq < Tk too."""
+    drop = dict(dropout_p=dropout_p, seed=(5, 6) if dropout_p else None)
+    for tq in (33, 7):
+        q, k, v = (t.double().requires_grad_() for t in _qkv(2, 2, tq, 33, 16, torch.float32))
+        do = torch.randn(2, 2, tq, 16, device=DEVICE, dtype=torch.float64)
+        outs = []
+        for fn in (flash_attention_reference, reference.causal_attention):
+            o = fn(q, k, v, 0.3, **drop)
+            outs.append((o, *torch.autograd.grad(o, (q, k, v), do)))
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("bits", [0x7FFFFFFF, 0x7F800001, -0x00000001], ids=["cuda_nan", "low_payload", "negative"])
 def test_tf32_rounding_keeps_nan(monkeypatch, bits):
     """A NaN in q, k or v gives NaN in the rows of o the reference gives, TF32 rounding or not: the rounding's

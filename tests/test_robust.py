@@ -383,26 +383,42 @@ def test_ddp_error_on_rank0_alone_is_one_line(corpus, tmp_path):
     assert "terminate called" not in p.stderr and "exitcode  : 1" in p.stderr, p.stderr[-3000:]
 
 
-def test_ddp_ranks_resume_the_same_checkpoint(corpus, tmp_path):
-    """Each rank looks for the newest checkpoint itself; a rank whose view of out_dir lags (a network file
-    system) would continue another step with other optimizer moments and hang later in a collective. The
-    picks are compared: one line, every rank exits 1, before any training."""
+def _torchrun_patched(tmp_path, rank1_patch: str, argv):
+    """torchrun, 2 processes of fastgpt.train, rank 1 running ``rank1_patch`` first (its view of out_dir)."""
+    script = tmp_path / "rank1_view.py"
+    script.write_text("import os, sys\nfrom fastgpt import checkpoint as ck, cli, train\n"
+                      "if os.environ['RANK'] == '1':\n" + "".join(f"    {line}\n" for line in rank1_patch.splitlines())
+                      + "sys.exit(train.main())\n")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), *argv], capture_output=True, text=True, env=dict(os.environ), timeout=180)
+
+
+@pytest.mark.parametrize("case", ["lagging_checkpoint", "error_on_rank1", "lagging_header"])
+def test_ddp_ranks_resume_the_same_run(corpus, tmp_path, case):
+    """Each rank looks for what to resume itself; a rank whose view of out_dir lags (a network file system)
+    would continue another step (or another run) than the others and hang later in a collective, and an
+    error on one rank must not leave the others waiting. The views are gathered: one line, every rank exits
+    1, before any training."""
     out = tmp_path / "o"
     assert train.main(_args(corpus, out, max_iters=4, ckpt_interval=2, keep_ckpts=0)) == 0
-    assert [p.name for p in ck.list_checkpoints(out)] == ["ckpt_0000002.pt", "ckpt_0000004.pt"]
-    lagging = tmp_path / "lagging_rank1.py"   # rank 1 does not see the newest file
-    lagging.write_text("import os, sys\nfrom fastgpt import checkpoint as ck, train\n"
-                       "if os.environ['RANK'] == '1':\n    seen = ck.list_checkpoints\n"
-                       "    ck.list_checkpoints = lambda d: seen(d)[:-1]\nsys.exit(train.main())\n")
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(lagging), f"--out_dir={out}", "--resume", "--max_iters=6", "--batch_size=4"],
-                       capture_output=True, text=True, env=dict(os.environ), timeout=180)
+    if case == "lagging_header":   # a run that died before its first checkpoint: only metrics.jsonl
+        for p in ck.list_checkpoints(out):
+            p.unlink()
+    patch, line = {
+        "lagging_checkpoint": ("seen = ck.list_checkpoints\nck.list_checkpoints = lambda d: seen(d)[:-1]",
+                               f"--resume: the processes see different newest checkpoints in {out} "
+                               "(ckpt_0000002.pt, ckpt_0000004.pt): is the folder in sync on every node?"),
+        "error_on_rank1": ("def fail(*a, **k):\n    raise ck.CheckpointError('--resume: ONLY ON RANK 1')\n"
+                           "cli.resume_point = fail", "--resume: ONLY ON RANK 1"),
+        "lagging_header": ("cli.metrics_header = lambda d: None",
+                           f"--resume: the processes see different newest checkpoints in {out} (its metrics.jsonl "
+                           "only, nothing): is the folder in sync on every node?"),
+    }[case]
+    p = _torchrun_patched(tmp_path, patch, [f"--out_dir={out}", "--resume", "--max_iters=6", "--batch_size=4"])
     assert p.returncode != 0
-    line = f"{PROG}: error: --resume: the processes see different newest checkpoints in {out} " \
-           "(ckpt_0000002.pt, ckpt_0000004.pt): is the folder in sync on every node?"
-    assert p.stderr.count(line) == 1, p.stderr[-3000:]
+    assert p.stderr.count(f"{PROG}: error: {line}") == 1, p.stderr[-3000:]
     assert "fastgpt/train.py" not in p.stderr and "[rank1]" not in p.stderr, p.stderr[-3000:]  # (torchrun's own
-    # traceback follows: a child failed)
+    assert "interrupted" not in p.stderr, p.stderr[-3000:]                                     # traceback follows)
     assert max(_steps(out)) == 4
 
 
