@@ -599,12 +599,20 @@ def trim_metrics(path, step: int) -> None:
         if row.get("type") == "header" or row.get("step", 0) <= step:
             keep.append(line + "\n")
     if len(keep) < len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            tmp.write_text("".join(keep))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_text_atomic(path, "".join(keep))
+
+
+def write_text_atomic(path, text: str) -> None:
+    """path's content becomes text all at once (a temp file beside it, renamed over it): a crash leaves
+    the old file or the new one, never a part."""
+    from pathlib import Path
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def metrics_header(out_dir) -> dict | None:
@@ -636,11 +644,14 @@ def resume_point(out_dir, say, is_ours, not_ours: str):
     (None, None, None): an empty out_dir, a new run (a job that always passes --resume starts that way).
     ``is_ours(header)`` tells this program's header from the other's (``not_ours`` completes the error
     "D/metrics.jsonl is ..."). CheckpointError (one line) when no checkpoint there is usable, or the
-    header is unreadable or the other program's."""
+    header is unreadable or the other program's, or out_dir cannot be read."""
     from pathlib import Path
 
     from fastgpt.checkpoint import CheckpointError, load_for_resume
-    latest, state = load_for_resume(out_dir, say)
+    try:
+        latest, state = load_for_resume(out_dir, say)
+    except OSError as e:   # a folder that cannot be read (a network file system that went away)
+        raise CheckpointError(f"--resume: cannot read {out_dir} ({e.strerror or e})") from None
     if latest is not None:
         return latest, state, None
     header = metrics_header(out_dir)

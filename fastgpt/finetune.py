@@ -821,9 +821,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     else:
         summary.update(accuracy=None, macro_f1=None)
         print(f"{PROG}: no test split; best val accuracy {extra['best']['accuracy']:.4f}")
-    tmp = out_dir / f".eval.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out_dir / "eval.json")
+    cli.write_text_atomic(out_dir / "eval.json", json.dumps(summary, indent=1))
     return summary
 
 

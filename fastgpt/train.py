@@ -585,8 +585,6 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
                 not_ours="a fine-tuning run's: resume it with python -m fastgpt.finetune --resume")
         except ck.CheckpointError as e:
             err, resumed_from = str(e), None
-        except OSError as e:   # a folder that cannot be read (a network file system that went away)
-            err, resumed_from = f"--resume: cannot read {out_dir} ({e.strerror or e})", None
         if dist.world > 1:   # every rank joins, with its error if any: each must continue the same run
             views = dist.gather_objects((err, resumed_from and Path(resumed_from).name, saved is not None))
             err = next((e for e, _, _ in views if e), None)   # (a folder on a network file system may lag

@@ -532,3 +532,16 @@ def test_run_log_opens_its_file_at_the_first_row(tmp_path):
     assert path.read_text() == '{"step": 1}\n'
     cli.RunLog(tmp_path / "none.jsonl", append=False, bar=False, total=1, initial=0).close()
     assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_resume_point_on_an_unreadable_folder_is_one_line(tmp_path, monkeypatch):
+    """An out_dir that cannot be read (a network file system gone away) is a CheckpointError naming it,
+    for train and finetune alike, not an OSError traceback (under DDP: on one rank)."""
+    from fastgpt import checkpoint as ck
+
+    def unreadable(out_dir, say):
+        raise PermissionError(13, "Permission denied", str(out_dir))
+    monkeypatch.setattr(ck, "load_for_resume", unreadable)
+    with pytest.raises(ck.CheckpointError) as e:
+        cli.resume_point(tmp_path, print, is_ours=lambda h: True, not_ours="")
+    assert str(e.value) == f"--resume: cannot read {tmp_path} (Permission denied)"
