@@ -165,6 +165,32 @@ def remove_path(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def replace_folder(dest, fill) -> None:
+    """Make the folder dest anew, whole or not at all: fill(tmp) writes it beside dest
+    (``.NAME.tmpPID``, which remove_stale_temps deletes if this process dies), then it is swapped in. A
+    failure or a crash leaves the previous dest (or, between the two renames, ``.NAME.oldPID``) whole."""
+    dest = Path(dest)
+    tmp, old = (dest.with_name(f".{dest.name}.{kind}{os.getpid()}") for kind in ("tmp", "old"))
+    try:
+        remove_path(tmp)
+        remove_path(old)
+        fill(tmp)
+        if dest.exists() or dest.is_symlink():
+            os.replace(dest, old)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            if old.exists() or old.is_symlink():
+                os.replace(old, dest)
+            raise
+    finally:
+        for p in (tmp, old):  # housekeeping: what cannot be removed is left
+            try:
+                remove_path(p)
+            except OSError:
+                pass
+
+
 def remove_stale_temps(folder) -> list[Path]:
     """Delete ``.NAME.tmpPID`` files (or folders: a fine-tune's ``.best.tmpPID``) left by writers that died
     (SIGKILL, power loss); the removed paths. Housekeeping: one that cannot be removed is left alone."""

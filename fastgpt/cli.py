@@ -37,6 +37,16 @@ class UsageError(ValueError):
     """A bad option or value; the message is one line."""
 
 
+def torchrun_world_size() -> int:
+    """$WORLD_SIZE as torchrun sets it (1 when unset or empty); UsageError (one line) when it is not a whole
+    number."""
+    raw = os.environ.get("WORLD_SIZE", "").strip() or "1"
+    try:
+        return int(raw)
+    except ValueError:
+        raise UsageError(f"$WORLD_SIZE is {raw!r}, not a whole number: unset it, or let torchrun set it") from None
+
+
 @dataclasses.dataclass
 class Option:
     name: str
@@ -556,9 +566,14 @@ class RunLog:
         if self.quiet or self.failed:
             return
         try:
+            row = json.dumps(obj) + "\n"
+            if self.f is None and self.mode == "w":  # a new file: its first row (the header) whole, or the old file
+                write_atomic(self.path, row)
+                self.f = open(self.path, "a")
+                return
             if self.f is None:
                 self.f = open(self.path, self.mode)
-            self.f.write(json.dumps(obj) + "\n")
+            self.f.write(row)
             self.f.flush()
         except OSError as e:
             self.failed = True
@@ -599,17 +614,21 @@ def trim_metrics(path, step: int) -> None:
         if row.get("type") == "header" or row.get("step", 0) <= step:
             keep.append(line + "\n")
     if len(keep) < len(lines):
-        write_text_atomic(path, "".join(keep))
+        write_atomic(path, "".join(keep))
 
 
-def write_text_atomic(path, text: str) -> None:
-    """path's content becomes text all at once (a temp file beside it, renamed over it): a crash leaves
-    the old file or the new one, never a part."""
+def write_atomic(path, data: str | bytes) -> None:
+    """path's content becomes data (text or bytes) all at once (a temp file beside it, renamed over it):
+    a crash leaves the old file or the new one, never a part. A symbolic link stays one: its target is
+    written."""
     from pathlib import Path
-    path = Path(path)
+    path = Path(path).resolve()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text)
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -389,9 +389,8 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
             tmp[s].unlink(missing_ok=True)
     meta = dict(format="fastgpt-tokens", version=1, tokenizer=tok.name, n_vocab=tok.n_vocab,
                 dtype=np.dtype(dtype).name, eot=tok.eot, n_tokens=total, documents=doc_meta, source=source)
-    mt = out / f".meta.json.tmp{os.getpid()}"
-    mt.write_text(json.dumps(meta, indent=1))
-    os.replace(mt, out / "meta.json")
+    from fastgpt.cli import write_atomic
+    write_atomic(out / "meta.json", json.dumps(meta, indent=1))
     return load_token_dir(out)
 
 

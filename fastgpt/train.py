@@ -359,7 +359,7 @@ def init_distributed(device_type: str, always: bool = False) -> _Dist:
 
     A world of 1 is a plain process without a process group, unless ``always`` (FSDP needs one).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = cli.torchrun_world_size()
     if world <= 1 and not always:
         return _Dist()
     import torch
@@ -959,17 +959,13 @@ def _save_final(model, dest: Path, tokenizer: str) -> None:
     beside ``dest`` first, so a crash or a full disk leaves the previous folder or the new one."""
     from safetensors import SafetensorError
 
-    from fastgpt.checkpoint import remove_path
-    tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
-    try:
-        remove_path(tmp)
-        remove_path(old)
+    from fastgpt.checkpoint import replace_folder
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         (tmp / "tokenizer.json").write_text(json.dumps(dict(tokenizer=tokenizer)))
-        if dest.exists() or dest.is_symlink():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        remove_path(old)
+    try:
+        replace_folder(dest, fill)
     except (OSError, SafetensorError) as e:
         raise RunError(f"cannot write the trained model to {dest}: {getattr(e, 'strerror', None) or e}") from None
 

@@ -534,6 +534,33 @@ def test_run_log_opens_its_file_at_the_first_row(tmp_path):
     assert not (tmp_path / "none.jsonl").exists()
 
 
+def test_run_log_first_row_is_whole_or_the_old_file_stays(tmp_path, monkeypatch, capsys):
+    """A new run's metrics.jsonl replaces the old one only with its first row whole: a disk that is full at
+    that moment leaves the previous file (and its header) as it was, with one warning; later rows append."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"type": "header", "config": {"old": 1}}\n')
+    log = cli.RunLog(path, append=False, bar=False, total=1, initial=0)
+    monkeypatch.setattr(cli, "write_atomic", lambda p, data: (_ for _ in ()).throw(OSError(28, "No space left")))
+    log.write(dict(type="header", config={}))
+    log.write(dict(step=1))
+    log.close()
+    assert path.read_text() == '{"type": "header", "config": {"old": 1}}\n'
+    assert capsys.readouterr().err.count("cannot write") == 1
+    monkeypatch.undo()
+    log = cli.RunLog(path, append=False, bar=False, total=1, initial=0)
+    log.write(dict(type="header", config={}))
+    log.write(dict(step=1))
+    log.close()
+    assert path.read_text() == '{"type": "header", "config": {}}\n{"step": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    link = tmp_path / "link.jsonl"                 # a link (into a log folder) stays one; its target is written
+    link.symlink_to(path)
+    log = cli.RunLog(link, append=False, bar=False, total=1, initial=0)
+    log.write(dict(type="header", config={"new": 1}))
+    log.close()
+    assert link.is_symlink() and path.read_text() == '{"type": "header", "config": {"new": 1}}\n'
+
+
 def test_resume_point_on_an_unreadable_folder_is_one_line(tmp_path, monkeypatch):
     """An out_dir that cannot be read (a network file system gone away) is a CheckpointError naming it,
     for train and finetune alike, not an OSError traceback (under DDP: on one rank)."""

@@ -158,6 +158,17 @@ def test_refuses_torchrun(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("prog", ["train", "finetune"])
+def test_a_world_size_that_is_not_a_number_is_one_line(prog, tmp_path, capsys, monkeypatch):
+    from fastgpt import train
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    main = train.main if prog == "train" else FT.main
+    with pytest.raises(SystemExit) as ei:
+        main(["--out_dir", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert ei.value.code == 2 and err.count("\n") == 1 and "$WORLD_SIZE is 'two'" in err, err
+
+
 # ----------------------------------------------------------------------------- inputs
 def test_input_transformations():
     tok = T.TaskTokenizer(type("B", (), dict(n_vocab=256, encode=lambda s, t: list(t.encode()),

@@ -6,6 +6,7 @@ bf16 / compile checks run where CUDA is available.
 """
 import json
 import math
+import os
 import random
 
 import pytest
@@ -340,7 +341,7 @@ def test_final_model_is_swapped_in_whole_and_a_failed_write_is_one_line(corpus, 
     assert train.main(_args(corpus, out, max_iters=1)) == 0
     assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors",
                                                                  "tokenizer.json"]
-    assert not (out / "model.tmp").exists() and not (out / "model.old").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".model.")]   # no temp or old folder left
     from fastgpt.model import GPT
 
     def full(self, path):
@@ -378,6 +379,39 @@ def test_resume_of_an_earlier_versions_checkpoint_infers_following_options_and_c
     assert train.main([f"--out_dir={out}", "--resume", "--device=cpu", "--max_iters=5", "--lr_decay_iters=1"]) == 0
     tc = ck.load_checkpoint(ck.latest_checkpoint(out))["train_config"]
     assert (tc["warmup_iters"], tc["lr_decay_iters"]) == (1, 1)
+
+
+def test_replace_folder_leaves_the_previous_folder_whole_on_a_failure(tmp_path, monkeypatch):
+    """replace_folder: a failing fill leaves the old folder and no temp; a failing swap puts the old one back;
+    a successful one leaves only the new folder."""
+    dest = tmp_path / "best"
+    dest.mkdir()
+    (dest / "w").write_text("old")
+
+    def broken(tmp):
+        tmp.mkdir()
+        (tmp / "w").write_text("half")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError):
+        ck.replace_folder(dest, broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"] and (dest / "w").read_text() == "old"
+
+    def fill(tmp):
+        tmp.mkdir()
+        (tmp / "w").write_text("new")
+    real = os.replace
+
+    def second_rename_fails(src, dst):
+        if str(src).endswith(f".best.tmp{os.getpid()}"):
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+    monkeypatch.setattr(os, "replace", second_rename_fails)
+    with pytest.raises(OSError):
+        ck.replace_folder(dest, fill)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"] and (dest / "w").read_text() == "old"
+    monkeypatch.setattr(os, "replace", real)
+    ck.replace_folder(dest, fill)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"] and (dest / "w").read_text() == "new"
 
 
 def test_stale_temp_files_and_folders_of_dead_writers_are_removed(tmp_path):
