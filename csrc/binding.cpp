@@ -60,7 +60,11 @@ uint32_t drop_threshold(double p) {
 // data access, no CUDA call), before anything else happens in an op; the error
 // messages are built from plain integers. Returns the drop threshold.
 uint32_t check_dropout(double p, const c10::optional<at::Tensor>& seed, const at::Device& dev) {
-  TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, kOp, ": dropout_p must be in [0, 1), got ", p);
+  TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, kOp, ": dropout_p must be a number in [0, 1), got ", p);
+  // fastgpt.reference.MAX_DROPOUT_P: the drop rate moves in steps of 1/65536; above this the kept
+  // fraction (at most 50/65536) would be off by more than 1 %
+  TORCH_CHECK_VALUE(p <= 1.0 - 50.0 / 65536.0, kOp, ": dropout_p ", p, " is above 0.999237: the extension's mask "
+                    "moves in steps of 1/65536, which this close to 1 would keep the wrong fraction");
   const uint32_t threshold = drop_threshold(p);
   if (threshold == 0) return 0;  // p == 0: the seed is ignored
   TORCH_CHECK_VALUE(seed.has_value() && seed->defined(), kOp,

@@ -237,8 +237,7 @@ def _validate(x, bias, residual, p) -> None:
         devs = {n: t.device for n, t in (("x", x), ("bias", bias), ("residual", residual)) if t is not None}
         raise ValueError(f"{op}: tensors on different devices ("
                          + ", ".join(f"{n} on {d}" for n, d in devs.items()) + ")")
-    if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-        raise ValueError(f"{op}: dropout_p must be a number in [0, 1), got {p!r}")
+    reference.check_bias_dropout_p(op, p)
 
 
 def _fake_fwd(x, bias, residual, p, seed):

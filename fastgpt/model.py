@@ -38,6 +38,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import operator
 import os
 import warnings
 from typing import Callable, Optional
@@ -154,6 +155,7 @@ class GPTBlock(nn.Module):
         super().__init__()
         if not isinstance(cfg, GPTConfig):
             raise TypeError(f"GPTBlock: cfg must be a fastgpt.GPTConfig, got {type(cfg).__name__}")
+        cfg.validate()
         self.backend = _check_backend(backend)
         self.pre = cfg.norm == "pre"
         self.n_head = cfg.n_head
@@ -263,6 +265,11 @@ def _config_from_hf(c) -> GPTConfig:
                   n_layer=_hf_get(c, "n_layer"), n_head=_hf_get(c, "n_head"), n_embd=_hf_get(c, "n_embd"),
                   layer_norm_eps=float(_hf_get(c, "layer_norm_epsilon", 1e-5)),
                   dropout=float(_hf_get(c, "resid_pdrop", 0.1)), bias=True)
+    rates = {k: float(_hf_get(c, k, 0.1)) for k in ("resid_pdrop", "attn_pdrop", "embd_pdrop")}
+    if len(set(rates.values())) > 1:
+        warnings.warn(f"from_hf: fastgpt has one dropout rate; cfg.dropout = resid_pdrop = {rates['resid_pdrop']} "
+                      f"(attn_pdrop {rates['attn_pdrop']} and embd_pdrop {rates['embd_pdrop']} are not kept)",
+                      stacklevel=3)
     if _hf_get(c, "tie_word_embeddings", True) is False:
         raise ValueError("from_hf: untied LM head (tie_word_embeddings=False) is not supported")
     if mt == "gpt2":
@@ -290,6 +297,12 @@ def _from_hf_keys(sd: dict, model_type: str) -> dict:
     """HF state dict (with or without the 'transformer.' prefix) -> fastgpt names, nn.Linear layout."""
     emb = {"tokens_embed.weight": "wte.weight", "positions_embed.weight": "wpe.weight"} \
         if model_type == "openai-gpt" else {}
+    if any(k.startswith("transformer.") for k in sd):
+        heads = sorted(k for k in sd if not k.startswith("transformer.") and k != "lm_head.weight")
+        if heads:
+            raise ValueError(f"from_hf: weights outside the transformer and its tied LM head ({', '.join(heads[:4])}): "
+                             "task heads (DoubleHeads, SequenceClassification, ...) are not loaded; pass the "
+                             "model's .transformer (the bare GPT2Model / OpenAIGPTModel) instead")
     out = {}
     for k, v in sd.items():
         if k == "lm_head.weight" or k.endswith(_HF_SKIP):
@@ -354,6 +367,7 @@ class GPT(nn.Module):
         super().__init__()
         if not isinstance(cfg, GPTConfig):
             raise TypeError(f"GPT: cfg must be a fastgpt.GPTConfig, got {type(cfg).__name__}")
+        cfg.validate()
         self.config = cfg
         modules = dict(
             wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
@@ -365,9 +379,35 @@ class GPT(nn.Module):
             modules["ln_f"] = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied
+        self.tie_weights()
         self.backend = backend
         self.reset_parameters()
+
+    # -- the tied head
+    def tie_weights(self) -> None:
+        """lm_head.weight IS transformer.wte.weight (one Parameter). PyTorch idioms that replace
+        parameters module by module (to_empty from the meta device, load_state_dict(assign=True))
+        would untie them; _apply and load_state_dict tie them again."""
+        self.lm_head.weight = self.transformer.wte.weight
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if self.lm_head.weight is not self.transformer.wte.weight:
+            self.tie_weights()
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """nn.Module.load_state_dict, for a tied head: a state dict whose lm_head.weight differs from its
+        transformer.wte.weight is refused (one of them would be lost), and the tie survives assign=True."""
+        head, wte = state_dict.get("lm_head.weight"), state_dict.get("transformer.wte.weight")
+        if (head is not None and wte is not None and head is not wte and head.shape == wte.shape
+                and "meta" not in (head.device.type, wte.device.type) and not torch.equal(head, wte)):
+            raise ValueError("GPT.load_state_dict: lm_head.weight differs from transformer.wte.weight; "
+                             "fastgpt's GPT ties them (an untied head is not supported)")
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if self.lm_head.weight is not self.transformer.wte.weight:
+            self.tie_weights()
+        return out
 
     # -- backend: a runtime attribute, shared with every block
     @property
@@ -387,6 +427,7 @@ class GPT(nn.Module):
         projections (attn.c_proj, mlp.c_proj) get std 0.02 / sqrt(2 * n_layer);
         the padded vocabulary rows are zero."""
         std = 0.02
+        self.tie_weights()
         for name, m in self.named_modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 if m is self.lm_head:
@@ -420,7 +461,7 @@ class GPT(nn.Module):
         wte = self.transformer.wte
         wte.weight = nn.Parameter(W, requires_grad=old.requires_grad)
         wte.num_embeddings = W.shape[0]
-        self.lm_head.weight = wte.weight
+        self.tie_weights()
         self.lm_head.out_features = W.shape[0]
         self.config = cfg
 
@@ -481,6 +522,8 @@ class GPT(nn.Module):
         """
         if reduction not in ("mean", "sum"):
             raise ValueError(f"GPT: reduction must be 'mean' or 'sum', got {reduction!r}")
+        if targets is not None and targets.dtype != torch.int64:  # (the logits path had torch's RuntimeError)
+            raise TypeError(f"GPT: targets must be int64 (class indices), got {targets.dtype}")
         h = self.hidden_states(idx)
         V = self.config.vocab_size
         W = self.lm_head.weight
@@ -531,12 +574,20 @@ class GPT(nn.Module):
         ``on_token`` is called with each new (B, 1) token tensor as it is sampled
         (to stream, or to keep the tokens so far when interrupted).
         """
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] == 0:
+            raise ValueError("generate: idx must be a (B, T) tensor of token ids with T >= 1 (a prompt), got "
+                             + (f"shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__))
         if max_new_tokens < 0:
             raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature}")
+        if top_k is not None:
+            try:
+                top_k = operator.index(top_k)
+            except TypeError:
+                raise ValueError(f"generate: top_k must be a whole number >= 1, got {top_k!r}") from None
+            if top_k < 1:
+                raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
         was_training = self.training
@@ -604,7 +655,7 @@ class GPT(nn.Module):
     def to_hf_state_dict(self) -> dict:
         """The state dict of the matching HF model (GPT2LMHeadModel for pre-LN,
         OpenAIGPTLMHeadModel for post-LN): Conv1D layout, vocab_size rows, tied lm_head."""
-        self._require_bias("to_hf_state_dict")   # (it returned a dict without them: HF loads that only non-strictly)
+        self._require_hf("to_hf_state_dict")   # (it returned a dict without biases: HF loads that only non-strictly)
         post = self.config.norm == "post"
         emb = {"wte.weight": "tokens_embed.weight", "wpe.weight": "positions_embed.weight"} if post else {}
         out = {}
@@ -621,21 +672,23 @@ class GPT(nn.Module):
         out["lm_head.weight"] = out[wte_key]
         return out
 
-    def _require_bias(self, where: str) -> None:
-        if not self.config.bias:
+    def _require_hf(self, where: str) -> None:
+        """This architecture has an HF counterpart (biases; post-LN only with the tanh GELU)."""
+        c = self.config
+        if not c.bias:
             raise ValueError(f"{where}: HF GPT-2 / OpenAI GPT have biases; this model has bias=False")
+        if c.norm == "post" and c.activation != "gelu_tanh":
+            raise ValueError(f"{where}: HF OpenAI GPT has only the tanh GELU (afn='gelu'); this model uses exact "
+                             "erf GELU")
 
     def hf_config(self):
         """The transformers config (GPT2Config / OpenAIGPTConfig) of this architecture."""
         c = self.config
-        self._require_bias("hf_config")
+        self._require_hf("hf_config")
         common = dict(vocab_size=c.vocab_size, n_positions=c.block_size, n_layer=c.n_layer, n_head=c.n_head,
                       n_embd=c.n_embd, layer_norm_epsilon=c.layer_norm_eps, resid_pdrop=c.dropout,
                       embd_pdrop=c.dropout, attn_pdrop=c.dropout)
         if c.norm == "post":
-            if c.activation != "gelu_tanh":
-                raise ValueError("hf_config: HF OpenAI GPT has only the tanh GELU (afn='gelu'); "
-                                 "this model uses exact erf GELU")
             from transformers import OpenAIGPTConfig
             return OpenAIGPTConfig(afn="gelu", **common)
         from transformers import GPT2Config

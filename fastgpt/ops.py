@@ -6,6 +6,8 @@ fastgpt.reference, which documents what each op computes.
 """
 from __future__ import annotations
 
+import torch
+
 from fastgpt import reference
 from fastgpt.backend import kernels, resolve
 
@@ -77,7 +79,6 @@ def bias_gelu_recompute(u, bias=None, approximate: str = "tanh", *, backend=None
     """(g, grad_fn) for a backward that recomputes g = bias_gelu(u, bias) instead of saving it:
     grad_fn(dg) -> (du, dbias or None). Fused: the kernels' launchers themselves (no nested autograd
     graph, ~0.1 ms of host time less); reference: autograd through the reference op."""
-    import torch
     if resolve(backend, u.device.type) == "fused":
         from fastgpt.kernels import gelu as G
         return G.bias_gelu_recompute(u, bias, approximate)
@@ -116,4 +117,8 @@ def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reductio
     """cross_entropy(h @ W.T, targets) without materialising the logits (when fused)."""
     if resolve(backend, h.device.type) == "fused":
         return kernels().fused_linear_cross_entropy(h, W, targets, ignore_index, reduction, label_smoothing)
+    if isinstance(h, torch.Tensor) and torch.is_autocast_enabled(h.device.type):
+        # the GEMM in the autocast dtype, as nn.Linear (and the fused kernel) would run the head
+        dt = torch.get_autocast_dtype(h.device.type)
+        h, W = (t.to(dt) if t.dtype in (torch.float32, torch.float16, torch.bfloat16) else t for t in (h, W))
     return reference.fused_linear_cross_entropy(h, W, targets, ignore_index, reduction, label_smoothing)

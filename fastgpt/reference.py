@@ -61,12 +61,31 @@ def _opt(t, dtype):
 
 
 # The checks the fused launchers also make (the same error kinds, so code that catches them behaves
-# alike on every backend); dtype and device rules are the kernels' own and are not repeated here.
+# alike on every backend). Dtypes: the kernels take fp16 / bf16 / fp32; the reference also takes
+# float64 (it is the oracle), and refuses what is not floating point, as they do (integer inputs came
+# back as truncated integers). Device rules are the kernels' own and are not repeated here.
+
+def check_floats(op: str, **tensors) -> None:
+    """Each given tensor (None skipped) is a floating-point torch.Tensor; a TypeError naming it otherwise."""
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32 "
+                            "(and float64 on the reference backend)")
+
 
 def check_vector_shape(op: str, name: str, t, n: int) -> None:
     """t (a weight or bias) has shape (n,)."""
     if tuple(t.shape) != (n,):
         raise ValueError(f"{op}: {name} must have shape ({n},), got {tuple(t.shape)}")
+
+
+def require_weight(op: str, weight) -> None:
+    if weight is None:
+        raise TypeError(f"{op}: weight is required (a tensor of the hidden size); got None")
 
 
 def _check_vector(op: str, name: str, t, x) -> None:
@@ -95,6 +114,8 @@ def layer_norm(x, weight, bias=None, eps: float = 1e-5):
 
     mean/var are the biased statistics of the row in opmath. y has x's dtype.
     """
+    require_weight("layer_norm", weight)
+    check_floats("layer_norm", x=x, weight=weight, bias=bias)
     _check_vector("layer_norm", "weight", weight, x)
     _check_vector("layer_norm", "bias", bias, x)
     cd = opmath_dtype(x.dtype)
@@ -109,6 +130,8 @@ def add_layer_norm(x, residual, weight, bias=None, eps: float = 1e-5):
     Returns (y, h). y has x's dtype. The normalisation reads h as stored (after
     rounding to residual's dtype), so forward and backward see the same value.
     """
+    require_weight("add_layer_norm", weight)
+    check_floats("add_layer_norm", x=x, residual=residual, weight=weight, bias=bias)
     if x.shape != residual.shape:
         raise ValueError(f"add_layer_norm: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
     _check_vector("add_layer_norm", "weight", weight, x)
@@ -124,6 +147,7 @@ def bias_gelu(x, bias=None, approximate: str = "tanh"):
     """y = gelu(x + bias); approximate "tanh" (GPT-1/GPT-2/HF) or "none" (exact erf)."""
     if approximate not in ("tanh", "none"):
         raise ValueError(f"bias_gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    check_floats("bias_gelu", x=x, bias=bias)
     _check_vector("bias_gelu", "bias", bias, x)
     cd = opmath_dtype(x.dtype)
     with _no_autocast(x):
@@ -150,6 +174,8 @@ def check_attention_shapes(op: str, q, k, v) -> None:
         raise ValueError(f"{op}: q (B, H) = {tuple(q.shape[:2])} but k, v have {tuple(k.shape[:2])}")
     if q.shape[3] != k.shape[3]:
         raise ValueError(f"{op}: head dims differ: q has {q.shape[3]}, k and v have {k.shape[3]}")
+    if q.shape[3] == 0:
+        raise ValueError(f"{op}: unsupported head dim 0")
     if q.shape[2] > k.shape[2]:
         raise ValueError(f"{op}: query length {q.shape[2]} exceeds key length {k.shape[2]}")
 
@@ -167,6 +193,9 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
     offset) when that is given (attention_keep_mask, with the kernels' scale
     attention_dropout_scale(p): p quantised to steps of 1/256), else torch's RNG.
     """
+    check_floats("causal_attention", q=q, k=k, v=v)
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"causal_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     check_attention_shapes("causal_attention", q, k, v)
     Tq, Tk = q.shape[-2], k.shape[-2]
     if not 0.0 <= dropout_p < 1.0:
@@ -183,7 +212,10 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
         if dropout_p > 0.0:
             scale_kept = 1.0 / (1.0 - dropout_p)
             if mask is None and seed is not None:
-                mask = attention_keep_mask(p.shape, dropout_p, *[int(x) for x in seed], device=p.device)
+                pair = [int(x) for x in seed]
+                if len(pair) != 2:
+                    raise ValueError(f"causal_attention: seed must be a pair (seed, offset), got {len(pair)} values")
+                mask = attention_keep_mask(p.shape, dropout_p, *pair, device=p.device)
                 scale_kept = attention_dropout_scale(dropout_p)
             if mask is None:
                 keep = torch.rand(p.shape, device=p.device, generator=generator, dtype=torch.float32) >= dropout_p
@@ -204,6 +236,20 @@ def causal_attention_qkvpacked(qkv, scale=None, dropout_p: float = 0.0, seed=Non
     B, T, _, H, D = qkv.shape
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
     return causal_attention(q, k, v, scale, dropout_p, seed=seed).transpose(1, 2).reshape(B, T, H * D)
+
+
+# bias_dropout_add's largest p: the extension compares 16 random bits, so its drop rate moves in steps
+# of 1/65536; above this the kept fraction (1 - p, at most 50/65536) would be off by more than 1 %.
+MAX_DROPOUT_P = 1.0 - 50.0 / 65536.0
+
+
+def check_bias_dropout_p(op: str, p) -> None:
+    """p is a number in [0, MAX_DROPOUT_P]: a ValueError naming it otherwise (both backends)."""
+    if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"{op}: dropout_p must be a number in [0, 1), got {p!r}")
+    if p > MAX_DROPOUT_P:
+        raise ValueError(f"{op}: dropout_p {p!r} is above {MAX_DROPOUT_P:.6f}: the extension's mask moves in "
+                         "steps of 1/65536, which this close to 1 would keep the wrong fraction")
 
 
 def dropout_threshold(dropout_p: float) -> int:
@@ -320,11 +366,11 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, generator=None, 
     True = kept) is given; ``dropout_keep_mask(x.shape, p, seed, offset)`` is
     the mask the extension draws for a (seed, offset), so p > 0 compares exactly.
     """
+    check_floats("bias_dropout_add", x=x, bias=bias, residual=residual)
     if x.shape != residual.shape:
         raise ValueError(f"bias_dropout_add: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
     _check_vector("bias_dropout_add", "bias", bias, x)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"bias_dropout_add: dropout_p must be in [0, 1), got {dropout_p}")
+    check_bias_dropout_p("bias_dropout_add", dropout_p)
     cd = opmath_dtype(torch.promote_types(x.dtype, residual.dtype))
     with _no_autocast(x):
         u = x.to(cd) if bias is None else x.to(cd) + bias.to(cd)
@@ -343,7 +389,11 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, generator=None, 
 
 def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reduction: str = "mean",
                                label_smoothing: float = 0.0):
-    """loss = cross_entropy(h @ W^T, targets), logits in opmath.
+    """loss = cross_entropy(h @ W^T, targets): the logits' GEMM in opmath, its result rounded to h's
+    dtype when that is fp16/bf16 (what F.linear stores, and the fused kernel's logits tile), softmax
+    and loss in opmath. Under torch.autocast, fastgpt.ops casts h and W to the autocast dtype first
+    (as nn.Linear runs the head, and as the fused kernel does), so GPT's loss does not depend on
+    return_logits.
 
     h: (N, C) (or (..., C), flattened), W: (V, C), targets: (N,) int64.
     reduction "mean" divides by the number of non-ignored targets; with none,
@@ -357,6 +407,9 @@ def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reductio
     op = "fused_linear_cross_entropy"
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    check_floats(op, h=h, W=W)
+    if h.dim() < 1:
+        raise ValueError(f"{op}: h must be (..., C), got a 0-d tensor")
     C = h.shape[-1]
     if W.dim() != 2 or W.shape[1] != C:
         raise ValueError(f"{op}: W must be (V, {C}) for h of shape {tuple(h.shape)}, got {tuple(W.shape)}")
@@ -370,6 +423,8 @@ def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reductio
     cd = opmath_dtype(torch.promote_types(h.dtype, W.dtype))
     with _no_autocast(h):
         logits = h2.to(cd) @ W.to(cd).t()
+        if h.dtype in (torch.float16, torch.bfloat16):  # stored in h's dtype, as F.linear (and the kernel) store them
+            logits = logits.to(h.dtype).to(cd)
         loss = F.cross_entropy(logits, t, ignore_index=ignore_index, reduction="sum",
                                label_smoothing=label_smoothing)
         if reduction == "mean":

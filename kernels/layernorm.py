@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastgpt import reference
 from fastgpt.backend import first_order_only
 from fastgpt.kernels._common import (
     PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_same_device, check_vector, current_stream, empty,
@@ -202,6 +203,7 @@ def _validate(op, x, residual, weight, bias):
         check_float("residual", residual, op)
         if residual.shape != x.shape:
             raise ValueError(f"{op}: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
+    reference.require_weight(op, weight)
     check_vector(op, "weight", weight, n)
     check_vector(op, "bias", bias, n)
     check_same_device(op, x=x, residual=residual, weight=weight, bias=bias)

@@ -80,6 +80,18 @@ def test_forward_backward(shape, dtype):
     _compare("attn", *_qkv(B, H, T, T, D, dtype))
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="the GPU runs bf16 in test_forward_backward's CASES")
+@pytest.mark.parametrize("B,H,Tq,Tk,D,p", [(2, 2, 17, 17, 16, 0.0), (1, 2, 64, 64, 64, 0.0), (2, 2, 5, 40, 32, 0.0),
+                                          (1, 2, 40, 40, 80, 0.0), (2, 2, 33, 50, 32, 0.1)],
+                         ids=lambda c: str(c))
+def test_bf16_under_the_interpreter(B, H, Tq, Tk, D, p):
+    """The interpreter's tl.dot reads bf16 operands as raw 16-bit integers (DESIGN.md): the kernels widen
+    bf16 dot operands to fp32 there (exact; compiled kernels never do), so bf16 attention is right on the
+    CPU too (it was garbage, max error ~1e9, with no error) and is checked here at small shapes."""
+    kw = dict(dropout_p=p, seed=(5, 9)) if p else {}
+    _compare("attn bf16", *_qkv(B, H, Tq, Tk, D, torch.bfloat16), **kw)
+
+
 HEAD_DIM_CASES = [(D, d) for D in (8, 24, 80, 128) for d in (torch.float32, torch.float16)]
 if HAS_CUDA:
     HEAD_DIM_CASES = [(8, torch.bfloat16), (24, torch.float16), (80, torch.bfloat16), (96, torch.float16),

@@ -336,6 +336,7 @@ def test_activation_checkpointing_replays_the_mask():
 @pytest.mark.parametrize("case,exc,msg", [
     ("shape", ValueError, "differ"),
     ("p", ValueError, "dropout_p"),
+    ("p near 1", ValueError, r"dropout_p 0.9999 is above 0.999237"),
     ("dtype", TypeError, "dtype"),
     ("bias", ValueError, "bias must have shape"),
     ("device", ValueError, "different devices"),
@@ -348,6 +349,8 @@ def test_bad_input(case, exc, msg):
             extension.bias_dropout_add(x, None, r[:1], 0.1)
         elif case == "p":
             extension.bias_dropout_add(x, None, r, 1.0)
+        elif case == "p near 1":   # its 16-bit threshold kept 1/65536 there, and dropped all from 1 - 2^-17
+            extension.bias_dropout_add(x, None, r, 0.9999)
         elif case == "dtype":
             extension.bias_dropout_add(x.double(), None, r, 0.1)
         elif case == "bias":
@@ -366,6 +369,8 @@ def check_op_level_errors(device):
         torch.ops.fastgpt.bias_dropout_add(x, None, x, 0.5, torch.zeros(3, dtype=torch.int64, device=device))
     with pytest.raises(TypeError, match="dtype"):
         torch.ops.fastgpt.bias_dropout_add(x.double(), None, x.double(), 0.0, None)
+    with pytest.raises(ValueError, match="is above 0.999237"):
+        torch.ops.fastgpt.bias_dropout_add(x, None, x, 0.9999, torch.zeros(2, dtype=torch.int64, device=device))
 
 
 def test_op_level_errors_are_clear():

@@ -138,3 +138,24 @@ def test_export_refuses_bias_false_and_byte_vocab_has_no_gpt2_eos():
     c = GPT(GPTConfig.preset("tiny", vocab_size=256)).hf_config()
     assert (c.bos_token_id, c.eos_token_id) == (None, None)
     assert GPT(GPTConfig.preset("tiny", vocab_size=50257)).hf_config().eos_token_id == 50256
+
+
+def test_task_heads_dropout_rates_and_exact_gelu_post_ln_are_named():
+    """An HF model with a task head (DoubleHeads, SequenceClassification) is one line saying what to pass
+    (its keys came out as transformer.multiple_choice_head...); attention / embedding dropout rates that
+    differ from resid_pdrop are a warning (fastgpt keeps one rate); a post-LN exact-erf model has no HF
+    counterpart, for to_hf_state_dict as for hf_config."""
+    from fastgpt import GPTConfig
+    cfg = transformers.GPT2Config(**SMALL, bos_token_id=0, eos_token_id=0)
+    for cls in (transformers.GPT2DoubleHeadsModel, transformers.GPT2ForSequenceClassification):
+        hf = cls(cfg)
+        with pytest.raises(ValueError, match=r"task heads .* pass the model's \.transformer"):
+            GPT.from_hf(hf)
+        assert GPT.from_hf(hf.transformer).config.n_layer == SMALL["n_layer"]
+    with pytest.warns(UserWarning, match="attn_pdrop 0.3 and embd_pdrop 0.5 are not kept"):
+        m = GPT.from_hf(transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(**SMALL, resid_pdrop=0.0, attn_pdrop=0.3, embd_pdrop=0.5)))
+    assert m.config.dropout == 0.0
+    post_erf = GPT(GPTConfig.preset("tiny", vocab_size=256, norm="post", activation="gelu"))
+    with pytest.raises(ValueError, match="to_hf_state_dict: HF OpenAI GPT has only the tanh GELU"):
+        post_erf.to_hf_state_dict()

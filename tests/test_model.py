@@ -533,7 +533,7 @@ def test_selftest_atomic_dq_row_runs_that_backward(capsys, monkeypatch):
     paths = count_calls(monkeypatch, A, ["dq_atomic"], record=lambda _, atomic: atomic)
     assert selftest.main(["--device", DEVICE, "--only", "atomic dQ", "--quick"]) == 0
     out = capsys.readouterr().out
-    assert out.count("causal_attention atomic dQ") == 3 - (not HAS_CUDA) and "VERDICT: PASS" in out
+    assert out.count("causal_attention atomic dQ") == 3 and "VERDICT: PASS" in out   # fp32, fp16, bf16
     assert paths and all(paths) and A.BWD_DQ == mode
 
 
@@ -586,3 +586,65 @@ def test_failed_save_pretrained_keeps_the_previous_save(tmp_path):
     (tmp_path / "config.json").write_text('{"format": "fastgpt", "ver')
     with pytest.raises(ValueError, match="config.json: not valid JSON"):
         GPT.from_pretrained(tmp_path)
+
+
+def test_the_head_stays_tied_under_meta_init_and_assign():
+    """to_empty from the meta device and load_state_dict(assign=True) replace parameters module by module;
+    the head must still be the embedding (it was left as uninitialised memory, and trained apart), and a
+    state dict with an untied head is refused rather than half-loaded."""
+    cfg = GPTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    ref = GPT(cfg)
+    with torch.device("meta"):
+        m = GPT(cfg)
+    m = m.to_empty(device="cpu")
+    m.reset_parameters()
+    assert m.lm_head.weight is m.transformer.wte.weight and m.num_params() == ref.num_params()
+    with torch.device("meta"):
+        m = GPT(cfg)
+    m.load_state_dict(ref.state_dict(), assign=True)
+    idx = torch.randint(0, 30, (2, 8))
+    assert m.lm_head.weight is m.transformer.wte.weight and torch.equal(m(idx)[0], ref(idx)[0])
+    sd = ref.state_dict()
+    sd["lm_head.weight"] = sd["lm_head.weight"] + 1
+    with pytest.raises(ValueError, match="lm_head.weight differs from transformer.wte.weight"):
+        GPT(cfg).load_state_dict(sd)
+
+
+def test_loss_under_autocast_does_not_depend_on_return_logits():
+    """DESIGN: the loss is the same whichever path computes it. Under bf16 autocast the reference head
+    used to run its GEMM in fp32 (the logits path and the fused kernel run it in bf16, as nn.Linear does):
+    the losses differed by the logits' rounding."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=100, block_size=16, n_layer=1, n_head=2, n_embd=32), backend="reference")
+    idx = torch.randint(0, 100, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with_logits, without = m(idx, idx)[1], m(idx, idx, return_logits=False)[1]
+    assert torch.equal(with_logits, without), (with_logits.item(), without.item())
+
+
+def test_a_config_changed_after_it_was_built_is_checked_again():
+    """GPTConfig is a plain dataclass: fields set after __post_init__ (norm = "bogus", a head count that does
+    not divide n_embd) built a model silently (a post-LN block without ln_f, heads of the wrong width)."""
+    c = GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    c.norm = "bogus"
+    with pytest.raises(ValueError, match="norm must be 'pre'"):
+        GPT(c)
+    c.norm, c.n_head = "pre", 3
+    with pytest.raises(ValueError, match="must be divisible by n_head"):
+        GPTBlock(c)
+
+
+def test_generate_and_forward_refuse_bad_arguments_in_one_line():
+    """Inputs that ended in torch's own errors (an IndexError for an empty or 1-D prompt, multinomial's
+    RuntimeError for temperature=nan, topk's TypeError for top_k=2.5, cross_entropy's for int32 targets)."""
+    m = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    idx = torch.randint(0, 50, (1, 3))
+    for kw, msg in ((dict(idx=idx[:, :0]), "idx must be a \\(B, T\\) tensor"), (dict(idx=idx[0]), "got shape \\(3,\\)"),
+                    (dict(temperature=float("nan")), "temperature must be a finite number"),
+                    (dict(top_k=2.5), "top_k must be a whole number")):
+        with pytest.raises(ValueError, match=msg):
+            m.generate(**{"idx": idx, "max_new_tokens": 2, **kw})
+    assert m.generate(idx, 2, top_k=torch.tensor(3)).shape == (1, 5)   # anything with __index__
+    for return_logits in (True, False):
+        with pytest.raises(TypeError, match="targets must be int64"):
+            m(idx, idx.int(), return_logits=return_logits)

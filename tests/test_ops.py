@@ -134,7 +134,7 @@ def test_reference_dropout_p_out_of_range_is_an_error(p):
     q = torch.randn(1, 1, 4, 8)
     with pytest.raises(ValueError, match="dropout_p must be in"):
         ops.causal_attention(q, q, q, dropout_p=p, backend="reference")
-    with pytest.raises(ValueError, match="dropout_p must be in"):
+    with pytest.raises(ValueError, match="dropout_p must be a number in"):
         ops.bias_dropout_add(q, None, q, p, backend="reference")
     # the extension's bias check on the reference path too (a (31,) bias was a broadcast RuntimeError there,
     # a full-shape one silently accepted)
@@ -161,6 +161,28 @@ def _bad_calls():
          "int64"),
         ("ce label_smoothing", lambda b: ops.fused_linear_cross_entropy(h, W, t, label_smoothing=1.5, backend=b),
          ValueError, r"label_smoothing must be in \[0, 1\]"),
+        # integer inputs: the reference computed in fp32 and cast back, returning truncated integers
+        ("ln int x", lambda b: ops.layer_norm(x.long(), w, backend=b), TypeError, "x has dtype torch.int64"),
+        ("ln no weight", lambda b: ops.layer_norm(x, None, backend=b), TypeError, "weight is required"),
+        ("add_ln int residual", lambda b: ops.add_layer_norm(x, x.long(), w, backend=b), TypeError,
+         "residual has dtype torch.int64"),
+        ("gelu int x", lambda b: ops.bias_gelu(x.int(), backend=b), TypeError, "x has dtype torch.int32"),
+        ("dropout_add p near 1", lambda b: ops.bias_dropout_add(x, None, x, 0.99999, backend=b), ValueError,
+         r"dropout_p 0.99999 is above 0.999237"),
+        ("dropout_add int", lambda b: ops.bias_dropout_add(x.long(), None, x.long(), 0.5, backend=b), TypeError,
+         "x has dtype torch.int64"),
+        ("attn int", lambda b: ops.causal_attention(q.long(), q.long(), q.long(), backend=b), TypeError,
+         "q has dtype torch.int64"),
+        ("attn mixed dtypes", lambda b: ops.causal_attention(q, q.half(), q.half(), backend=b), TypeError,
+         "must share one dtype"),
+        ("attn head dim 0", lambda b: ops.causal_attention(q[..., :0], q[..., :0], q[..., :0], backend=b),
+         ValueError, "unsupported head dim 0"),
+        ("attn seed triple", lambda b: ops.causal_attention(q, q, q, dropout_p=0.1, seed=(1, 2, 3), backend=b),
+         ValueError, r"seed must be a pair \(seed, offset\), got 3 values"),
+        ("ce int h", lambda b: ops.fused_linear_cross_entropy(h.int(), W, t, backend=b), TypeError,
+         "h has dtype torch.int32"),
+        ("ce 0-d h", lambda b: ops.fused_linear_cross_entropy(h[0, 0], W[:, :1], t[:1], backend=b), ValueError,
+         "0-d tensor"),
     ] + ([] if HAS_CUDA else [  # on CUDA an out-of-range target is an asynchronous device assert
         ("ce target range", lambda b: ops.fused_linear_cross_entropy(h, W, t * 5, backend=b), ValueError,
          r"target 15 at position 2 is outside \[0, 11\)"),
