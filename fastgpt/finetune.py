@@ -135,20 +135,20 @@ class FinetuneConfig:
             p.append(f"--lr must be in [0, 10), got {self.lr}")
         if not 0 <= self.warmup_frac <= 1:
             p.append(f"--warmup_frac must be in [0, 1], got {self.warmup_frac}")
-        if self.weight_decay < 0:
-            p.append(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            p.append(f"--weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.grad_clip < 0:
             p.append(f"--grad_clip must be >= 0, got {self.grad_clip}")
         if not (self.aux_lm_weight >= 0 and math.isfinite(self.aux_lm_weight)):
-            p.append(f"--aux_lm_weight must be >= 0, got {self.aux_lm_weight}")
+            p.append(f"--aux_lm_weight must be a finite number >= 0, got {self.aux_lm_weight}")
         if not 0 <= self.clf_dropout < 1:
             p.append(f"--clf_dropout must be in [0, 1), got {self.clf_dropout}")
         if self.ckpt_interval is not None and self.ckpt_interval < 0:
             p.append(f"--ckpt_interval must be >= 0, got {self.ckpt_interval}")
         if self.keep_ckpts < 0:
             p.append(f"--keep_ckpts must be >= 0, got {self.keep_ckpts}")
-        if self.seed < 0:
-            p.append(f"--seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**63:
+            p.append(f"--seed must be in [0, 2^63), got {self.seed}")
         if self.predict_file is not None and not self.predict:
             p.append("--predict_file needs --predict")
         for name in ("val_file", "test_file"):
@@ -324,14 +324,33 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
 
 def _check_resume_options(cfg: "FinetuneConfig", given: set[str], st: dict, path) -> None:
     """--resume continues the checkpoint's model and head: --init, --preset, --tokenizer or --task_type
-    given on the command line that say otherwise are a usage error (they used to be ignored silently)."""
+    given on the command line that say otherwise are a usage error (they used to be ignored silently);
+    so is another --batch_size (the saved step counts batches: data would be skipped or repeated)."""
     saved, meta = st["extra"]["finetune_config"], st["extra"]["finetune"]
     now = dict(init=_absolute_path(saved.get("init")), preset=saved.get("preset"), tokenizer=st.get("tokenizer"),
-               task_type=meta.get("task_type"))   # (init: relative in an earlier version's checkpoint)
+               task_type=meta.get("task_type"),   # (init: relative in an earlier version's checkpoint)
+               batch_size=saved.get("batch_size"))  # (the saved step counts batches of this size)
     for k, v in now.items():
         if k in given and getattr(cfg, k) != v:
             raise cli.UsageError(f"--{k} {getattr(cfg, k)}: the checkpoint {path} continues a fine-tune with "
                                  f"{k} {'auto' if v is None else v}; drop --{k}, or use another --out_dir")
+
+
+def _check_resumed_task(saved: dict, task, out_dir) -> None:
+    """A --resume fine-tunes the checkpoint's task on the same split: another task, another label set or
+    an edited task file (the fixed 80/10/10 shuffle would move trained-on examples into test) is refused,
+    before the head (sized by the labels) is loaded."""
+    where = f"--resume: the checkpoint in {out_dir}"
+    if saved["task"] != task.name:
+        raise RunError(f"{where} fine-tunes {saved['task']}, not {task.name}; use another --out_dir")
+    if saved["labels"] != task.labels:
+        raise RunError(f"{where} was trained with the labels {', '.join(saved['labels']) or '(choice indices)'}; "
+                       f"{task.name} now has {', '.join(task.labels) or '(choice indices)'}; restore the file, "
+                       "or use another --out_dir")
+    if saved.get("examples_sha256") not in (None, T.examples_sha256(task)):   # (None: an earlier version's)
+        raise RunError(f"{where} was trained on other examples of {task.name} (the file, or its --val_file / "
+                       "--test_file, changed since: its train/val/test split would not be the one trained "
+                       "and scored on); restore them, or use another --out_dir")
 
 
 def build_head(n_embd: int, n_out: int, dropout: float):
@@ -610,6 +629,9 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
             raise
         raise cli.UsageError(str(e)) from None
 
+    if ckpt_state is not None:
+        _check_resumed_task(ckpt_state["extra"]["finetune"], task, out_dir)
+
     # --- model (the backbone; a resumed run rebuilds it from the checkpoint's own weights)
     if ckpt_state is not None:
         from fastgpt.config import GPTConfig
@@ -684,11 +706,8 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     saved_cfg = cli.to_dict(cfg, drop=("backend",))
     meta = dict(format=FORMAT, version=VERSION, task=task.name, task_type=task.task_type, labels=task.labels,
                 tokenizer=tok_name, special_tokens=list(T.SPECIAL_TOKENS), base_vocab=tok.base_vocab,
-                max_len=max_len, init=extra["init"], aux_lm_weight=cfg.aux_lm_weight)
-    if ckpt_state is not None and (ckpt_state["extra"]["finetune"]["task"], ckpt_state["extra"]["finetune"]["labels"]) \
-            != (task.name, task.labels):
-        raise RunError(f"the checkpoint in {out_dir} fine-tunes {ckpt_state['extra']['finetune']['task']}, not "
-                       f"{task.name}; use another --out_dir")
+                max_len=max_len, init=extra["init"], aux_lm_weight=cfg.aux_lm_weight,
+                examples_sha256=T.examples_sha256(task))
     n_out = task.n_classes
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -765,7 +784,8 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
             if step % cfg.log_interval == 0 or end_epoch:
                 lv, tv = float(loss.detach()), float(task_loss.detach())
                 if not math.isfinite(lv) and cfg.dtype != "fp16":
-                    raise RunError(f"the loss became {lv} at step {step}; lower --lr (now {cfg.lr}) or use --dtype fp32")
+                    raise RunError(f"the loss became {lv} at step {step}; lower --lr (now {cfg.lr})"
+                                   + (" or use --dtype fp32" if cfg.dtype != "fp32" else ""))
                 row = dict(step=step, loss=lv, task_loss=tv, lr=lr, time_s=time.perf_counter() - t0)
                 if lm_loss is not None:
                     row["lm_loss"] = float(lm_loss.detach())
@@ -843,8 +863,13 @@ def predict(cfg: FinetuneConfig, texts: list[str]):
     for preds, _, _ in predict_batches(model, head, data, tt, c.eval_batch_size, device,
                                        _autocast_factory(device, c.dtype), cfg.backend):
         for e, p in zip(exs[done:done + len(preds)], preds):
-            yield e.choices[p] if tt == "choice" else meta["labels"][p]
+            # one line per input: a line break inside a choice's text is printed as \n (labels have none)
+            yield _one_line(e.choices[p]) if tt == "choice" else meta["labels"][p]
         done += len(preds)
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n")
 
 
 def _split_positionals(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -57,6 +57,7 @@ Users' files (``--task FILE``; ``.jsonl`` / ``.json`` lines, or ``.csv`` with a 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -140,6 +141,8 @@ def _label_text(v, where: str) -> str:
         s = v.strip()
         if not s:
             raise TaskFileError(f"{where}: empty label")
+        if any(c in s for c in "\r\n"):  # --predict prints one label a line
+            raise TaskFileError(f"{where}: a label must be one line, got {json.dumps(s)[:40]}")
         return s
     raise TaskFileError(f"{where}: label must be a string or an integer, got {json.dumps(v)[:40]}")
 
@@ -170,7 +173,10 @@ def _read_rows(path: Path, required=("text", "label")) -> list[tuple[int, dict]]
         raise TaskFileError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     rows: list[tuple[int, dict]] = []
     if ext in (".jsonl", ".json", ".ndjson"):
-        for i, line in enumerate(raw.splitlines(), 1):
+        # lines end at "\n" only (str.splitlines would also cut at U+2028, U+0085, ..., which JSON keeps raw
+        # inside strings), so line numbers are the editor's
+        for i, line in enumerate(raw.split("\n"), 1):
+            line = line.removesuffix("\r")
             if not line.strip():
                 continue
             try:
@@ -181,7 +187,7 @@ def _read_rows(path: Path, required=("text", "label")) -> list[tuple[int, dict]]
                 raise TaskFileError(f"{name}:{i}: each line must be a JSON object with 'text' and 'label'")
             rows.append((i, obj))
     elif ext in (".csv", ".tsv"):
-        reader = csv.reader(raw.splitlines(keepends=True), delimiter="\t" if ext == ".tsv" else ",")
+        reader = csv.reader(io.StringIO(raw, newline=""), delimiter="\t" if ext == ".tsv" else ",")
         try:
             header = next(reader)
         except StopIteration:
@@ -189,6 +195,9 @@ def _read_rows(path: Path, required=("text", "label")) -> list[tuple[int, dict]]
         except csv.Error as e:
             raise TaskFileError(f"{name}:1: malformed CSV ({e})") from None
         header = [h.strip() for h in header]
+        dup = sorted({h for h in header if header.count(h) > 1 and h})
+        if dup:
+            raise TaskFileError(f"{name}:1: duplicate column {dup[0]!r} in the header")
         for col in required:
             if col not in header:
                 raise TaskFileError(f"{name}:1: header has no {col!r} column (found: {', '.join(header)})")
@@ -329,12 +338,26 @@ def read_inputs(path, task_type: str) -> list[Example]:
     return out
 
 
+def examples_sha256(task) -> str:
+    """A digest of the task's examples, split by split (texts, choices, labels): equal digests mean the
+    same train / val / test split. fastgpt.finetune's --resume compares it with its checkpoint's."""
+    import hashlib
+    h = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        for ex in getattr(task, split):
+            h.update(json.dumps([split, ex.text, ex.text_b, ex.choices, ex.label]).encode())
+            h.update(b"\n")
+    return h.hexdigest()
+
+
 def _label_key(s: str):
-    """Numbers in numeric order first, then text."""
+    """Numbers in numeric order first, then text ("nan", "inf" are text: a NaN key would make the order
+    depend on the set's, i.e. on PYTHONHASHSEED)."""
     try:
-        return (0, float(s), s)
+        v = float(s)
     except ValueError:
         return (1, 0.0, s)
+    return (0, v, s) if math.isfinite(v) else (1, 0.0, s)
 
 
 def split_fixed(exs: list, fractions=(0.8, 0.1, 0.1), seed: int = 0):

@@ -812,6 +812,9 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
                 + (f", {W} process{'es' if W > 1 else ''} ({'FSDP' if cfg.fsdp else 'DDP'}, "
                    f"{'nccl' if device.type == 'cuda' else 'gloo'})" if W > 1 or cfg.fsdp else "")
                 + (", activation checkpointing" if cfg.grad_checkpoint else ""))
+        if backend_name == "fused" and device.type == "cuda" and not cfg.eval_only:
+            log.say("fastgpt.train: the first steps compile the fused kernels and time their launch configs "
+                    "(a pause at the start; the first logged tok/s counts it)")
         if cfg.eval_only:
             v = evaluate()
             header["eval_only"] = True

@@ -96,6 +96,34 @@ def test_parse_jsonl_and_csv_agree(tmp_path):
         assert exs[1].source.endswith(":2") if path == j else exs[1].source.endswith(":3")
 
 
+def test_unicode_line_separators_inside_texts_are_text(tmp_path):
+    """JSON keeps U+2028 / U+2029 / U+0085 raw inside strings (json.dumps(ensure_ascii=False)), and csv.writer
+    does not quote them: they are not line breaks (str.splitlines had cut the rows there); line numbers
+    count "\\n" only."""
+    rows = [dict(text=f"review {i}" + ("\u2028second\u0085third\u2029" if i == 1 else ""), label="ab"[i % 2])
+            for i in range(4)]
+    j = tmp_path / "u.jsonl"
+    j.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    c = tmp_path / "u.csv"
+    with open(c, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows([r["text"], r["label"]] for r in rows)
+    for path, line in ((j, 3), (c, 4)):
+        _, labels, exs = T.parse_rows(str(path))
+        assert labels == ["a", "b"] and [e.text for e in exs] == [r["text"] for r in rows]
+        assert exs[2].source.endswith(f":{line}")
+
+
+def test_label_order_does_not_depend_on_the_hash_seed():
+    """'nan' sorted by float('nan') compared false both ways: the order followed the set's, which changes
+    with PYTHONHASHSEED (and a --resume in another process then refused its own run)."""
+    import itertools
+    labels = ["2", "nan", "10", "b", "-1", "inf", "a"]
+    orders = {tuple(sorted(p, key=T._label_key)) for p in itertools.permutations(labels, len(labels))}
+    assert orders == {("-1", "2", "10", "a", "b", "inf", "nan")}
+
+
 def test_parse_pair_and_choice(tmp_path):
     p = write_jsonl(tmp_path / "p.jsonl", [dict(text="x", text_b="y", label="yes"), dict(text="u", text_b="v", label="no")])
     tt, labels, exs = T.parse_rows(p, "pair")
@@ -117,6 +145,12 @@ BAD = [
     ("k.jsonl", '{"text": "q", "choices": ["a", "b"], "label": 5}\n', "k.jsonl:1: unknown label '5'"),
     ("l.jsonl", '{"text": "q", "choices": "a b", "label": 0}\n', "l.jsonl:1: 'choices' must be"),
     ("x.txt", "text,label\n", "x.txt: unknown file type"),
+]
+
+
+BAD += [
+    ("d.csv", "text,label,label\na,x,y\nb,y,x\n", "d.csv:1: duplicate column 'label' in the header"),
+    ("n.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "two\\nlines"}\n', "n.jsonl:2: a label must be one line"),
 ]
 
 
@@ -537,6 +571,43 @@ def test_resume_trims_rows_logged_after_the_checkpoint_and_refuses_an_earlier_en
     assert e.value.code == 2 and err.count("\n") == 1 and "--max_iters 3: the checkpoint" in err
     assert "already at step 4" in err
     assert FT.main(["--resume", f"--out_dir={out}", "--device=cpu", "--max_iters=4"]) == 0
+
+
+def test_resume_refuses_a_changed_task_file_and_batch_size(tmp_path, tiny_init, capsys):
+    """--resume after the task file changed: a new label (the head's size: it was a size-mismatch
+    traceback), an appended row (the fixed split reshuffles: trained-on examples would land in test), or
+    another --batch_size (the saved step counts batches) is one line naming the problem; the same
+    file and options resume."""
+    rows = class_rows(60)
+    task = tmp_path / "cls.jsonl"
+    write_jsonl(task, rows)
+    out = tmp_path / "o"
+    assert FT.main(_ft_argv(str(task), tiny_init, out, max_iters=2)) == 0
+    cases = [(rows + [dict(text="zz", label="vehicle")], [], 1,
+              "was trained with the labels color, fruit, tool; cls.jsonl now has color, fruit, tool, vehicle"),
+             (rows + [dict(text="red blue", label="color")], [], 1, "was trained on other examples of cls.jsonl"),
+             (rows, ["--batch_size=8"], 2, "--batch_size 8: the checkpoint")]
+    for new_rows, extra, code, msg in cases:
+        write_jsonl(task, new_rows)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            FT.main(["--resume", f"--out_dir={out}", "--device=cpu", "--max_iters=3"] + extra)
+        err = capsys.readouterr().err
+        assert e.value.code == code and err.count("\n") == 1 and msg in err, err
+    write_jsonl(task, rows)
+    assert FT.main(["--resume", f"--out_dir={out}", "--device=cpu", "--max_iters=3"]) == 0
+
+
+def test_predict_prints_one_line_per_input_for_choices_with_line_breaks(tmp_path, tiny_init, capsys):
+    rows = [dict(text=f"q{i}", choices=["line one\nline two", "other\r\nanswer"], label=i % 2) for i in range(20)]
+    task = write_jsonl(tmp_path / "c.jsonl", rows)
+    out = tmp_path / "o"
+    assert FT.main(_ft_argv(task, tiny_init, out, max_iters=2)) == 0
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{k: r[k] for k in ("text", "choices")} for r in rows[:3]])
+    capsys.readouterr()
+    assert FT.main(["--predict", f"--init={out}", f"--predict_file={inputs}", "--device=cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and set(lines) <= {"line one\\nline two", "other\\nanswer"}, lines
 
 
 def test_predict_file_lines_up_and_ctrl_c_keeps_the_labels_printed(tmp_path, tiny_init, capsys, monkeypatch):
