@@ -467,9 +467,18 @@ def device(spec: str | None, cpu_hint: str = "use --device cpu"):
     return d
 
 
+def empty_path_problems(**paths) -> list[str]:
+    """A problem line for each path option given as an empty string (None: not given): Path("") is the
+    working folder, so an unset shell variable ($OUT, $DATA) would quietly mean it."""
+    return [f"--{k} is empty (an unset variable?); give a path, or leave the option out" for k, v in paths.items()
+            if v is not None and not str(v).strip()]
+
+
 def check_out_dir(path, flag: str = "--out_dir") -> None:
     """A usage error (one line) unless path is, or can be created as, a writable folder."""
     from pathlib import Path
+    if not str(path).strip():   # (Path("") is the working folder: an unset shell variable, most likely)
+        raise UsageError(f"{flag} is empty; give a folder (. for this one)")
     p = Path(path)
     if p.exists():
         if not p.is_dir():
@@ -535,7 +544,83 @@ def interrupted_line(prog: str, out_dir, when: str) -> str:
     last = latest_checkpoint(out_dir)
     if last is None:
         return f"{prog}: interrupted before any checkpoint was written in {out_dir} ({when}); nothing to resume"
-    return f"{prog}: interrupted; the last checkpoint is {last} (continue with: {prog} --resume --out_dir {out_dir})"
+    return f"{prog}: interrupted; the last checkpoint is {last} (continue with: {resume_command(prog, out_dir)})"
+
+
+def resume_command(prog: str, out_dir) -> str:
+    """The command that continues a run, ready to paste: the folder shell-quoted; under torchrun the
+    launcher with as many processes (a plain python would resume on one, with a smaller global batch)."""
+    import shlex
+    cmd = prog
+    world = torchrun_world_size()
+    if world > 1:
+        module = prog.removeprefix("python ")
+        local = os.environ.get("LOCAL_WORLD_SIZE", "")
+        cmd = (f"torchrun --nproc_per_node={world} {module}" if local == str(world) else
+               f"torchrun (your options: {world} processes) {module}")
+    return f"{cmd} --resume --out_dir {shlex.quote(str(out_dir))}"
+
+
+class OutDirLock:
+    """An exclusive advisory lock (flock) on OUT_DIR/.lock, from acquire() to the end of the with block
+    or release(): a second run into a folder that a live run writes (a --resume started twice, a job
+    re-queued while the old one still runs) is refused, instead of the two mixing checkpoints and the
+    first losing its metrics rows. Where the file system has no locks (or on Windows), no lock."""
+
+    def __init__(self):
+        self.f = self.made = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def acquire(self, out_dir) -> str | None:
+        """None when held (or locks are unavailable); else the one-line reason."""
+        from pathlib import Path
+        try:
+            import fcntl
+        except ImportError:
+            return None
+        d = Path(out_dir)
+        try:
+            if not d.exists():
+                d.mkdir(parents=True)
+                self.made = d   # removed again by release() if the run wrote nothing into it
+            f = open(d / ".lock", "a+")
+        except OSError as e:
+            return f"--out_dir {out_dir}: cannot create it ({e.strerror or e})"
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = (f.read().split() or [""])[-1]   # (the holder wrote its pid)
+            f.close()
+            return (f"--out_dir {out_dir} is in use by another run{f' (pid {pid})' if pid.isdigit() else ''}: "
+                    "wait for it to end, or choose another --out_dir")
+        except OSError:   # no locks on this file system
+            f.close()
+            return None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self.f = f
+        return None
+
+    def release(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        if self.made is not None:
+            try:
+                if [p.name for p in self.made.iterdir()] == [".lock"]:
+                    (self.made / ".lock").unlink()
+                    self.made.rmdir()
+            except OSError:
+                pass
+            self.made = None
 
 
 # ---------------------------------------------------------------------------
@@ -604,7 +689,8 @@ def trim_metrics(path, step: int) -> None:
     path = Path(path)
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
+    # (bytes that are not UTF-8 make lines that are not JSON: dropped, as a line a crash cut short)
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     keep = []
     for line in lines:
         try:

@@ -418,7 +418,16 @@ def _cached_or_build(key: str, build) -> TokenData:
     d = cache_dir() / "tokens" / key
     if (d / "meta.json").exists():
         return load_token_dir(d)
-    return build(d)
+    existed = d.exists()
+    try:
+        return build(d)
+    except BaseException:   # (a file that is not UTF-8, Ctrl-C): no empty folder left in the cache
+        if not existed:
+            try:
+                d.rmdir()   # only if empty: a concurrent build's files stay
+            except OSError:
+                pass
+        raise
 
 
 def prepare_default(tokenizer: str = "byte", offline: bool | None = None) -> TokenData:

@@ -119,7 +119,8 @@ class FinetuneConfig:
 
     def validate(self) -> list[str]:
         from fastgpt.config import PRESETS
-        p = []
+        p = cli.empty_path_problems(out_dir=self.out_dir, init=self.init, task=self.task, val_file=self.val_file,
+                                    test_file=self.test_file, predict_file=self.predict_file)
         if self.preset is not None and self.preset not in PRESETS:
             p.append(f"--preset: unknown preset {self.preset!r}; choose from {', '.join(sorted(PRESETS))}")
         for name in ("epochs", "batch_size", "log_interval"):
@@ -571,11 +572,11 @@ def run(cfg: FinetuneConfig, given: set[str] | None = None) -> dict:
 
     SIGINT / SIGTERM during training: the step finishes, a checkpoint is saved, and the summary is
     {"interrupted": signal name, "steps", "checkpoint"} (a second Ctrl-C aborts at once)."""
-    with cli.GracefulStop(PROG) as sigs, cli.restored_torch_settings():
-        return _run(cfg, given, sigs)
+    with cli.GracefulStop(PROG) as sigs, cli.restored_torch_settings(), cli.OutDirLock() as lock:
+        return _run(cfg, given, sigs, lock)
 
 
-def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) -> dict:
+def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lock: cli.OutDirLock) -> dict:
     import numpy as np
     import torch
     from fastgpt import checkpoint as ck
@@ -588,6 +589,9 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
     cfg = _absolute_paths(cfg)
     out_dir = Path(cfg.out_dir)
     cli.check_out_dir(out_dir)  # before the task and the model are loaded
+    err = lock.acquire(out_dir)
+    if err:
+        raise RunError(err)
     if not cfg.resume:
         cli.check_no_earlier_run(out_dir, _our_header)
     ckpt_state = latest = None
@@ -808,7 +812,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop) ->
         sigs.armed = False
         if stopped is not None:
             log.say(f"{PROG}: {sigs.name}: stopped after step {step}/{total}; checkpoint saved to {stopped} "
-                    f"(continue with: {PROG} --resume --out_dir {out_dir})")
+                    f"(continue with: {cli.resume_command(PROG, out_dir)})")
             return dict(interrupted=sigs.name, steps=step, checkpoint=str(stopped))
     finally:
         log.close()

@@ -239,6 +239,9 @@ class GPTBlock(nn.Module):
         return self._add_ln(self.ln_2, self._mlp(n, with_bias=True).to(sdt), n)[0], None
 
     def forward(self, x):
+        C = self.ln_1.normalized_shape[0]
+        if x.dim() != 3 or x.shape[-1] != C:   # (else an unpacking error, or one blaming ln_1's weight)
+            raise ValueError(f"GPTBlock: x must be (B, T, {C}), got shape {tuple(x.shape)}")
         x, pending = self.forward_stream(x)
         # dropout off: the last residual add, which GPT fuses into the next LayerNorm, done plainly
         # (x's dtype wins, as the reference's x + mlp(...) under autocast)

@@ -84,6 +84,10 @@ def _check_args(args) -> None:
         raise cli.UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.prompt == "":
         raise cli.UsageError("--prompt is empty; give some text (the default is a newline)")
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError as e:   # bytes of another encoding, in the command line
+        raise cli.UsageError(f"--prompt is not UTF-8 text (a byte that is not, at character {e.start})") from None
 
 
 def load(path: str, backend, device: torch.device):

@@ -47,6 +47,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -151,7 +152,12 @@ class TrainConfig:
 
     def validate(self) -> list[str]:
         from fastgpt.config import PRESETS
-        p = []
+        p = cli.empty_path_problems(out_dir=self.out_dir, data=self.data)
+        if self.prompt:
+            try:
+                self.prompt.encode("utf-8")
+            except UnicodeEncodeError as e:   # bytes of another encoding, in the command line
+                p.append(f"--prompt is not UTF-8 text (a byte that is not, at character {e.start})")
         if self.preset is not None and self.preset not in PRESETS:
             p.append(f"--preset: unknown preset {self.preset!r}; choose from {', '.join(sorted(PRESETS))}")
         for name in ("max_iters", "batch_size", "block_size", "eval_iters", "log_interval", "lr_decay_iters"):
@@ -519,6 +525,9 @@ def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict) -> TrainConf
     header's when it died before its first checkpoint): those not given on this command line come from it,
     except that options left to follow another one (FOLLOWING) keep following it. UsageError if the mix
     is not a valid config."""
+    if "seed" in given and saved.get("seed") not in (None, cfg.seed):   # (it would re-seed validation alone)
+        raise cli.UsageError(f"--seed {cfg.seed}: a resumed run continues the random streams of its checkpoint "
+                             f"(seed {saved['seed']}); drop --seed, or start a new run in another --out_dir")
     cfg = cli.with_saved_options(cfg, given, saved, RUNTIME_ONLY)
     followed = saved.get("_following")
     if followed is None:  # a checkpoint of an earlier fastgpt: infer what followed what
@@ -552,13 +561,14 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
                              "torchrun --nproc_per_node=N -m fastgpt.train --fsdp")
     dist = init_distributed(dev_type, always=cfg.fsdp)
     try:
-        with cli.GracefulStop(PROG, quiet=not dist.main) as sigs, cli.restored_torch_settings():
-            return _run(cfg, set(given or ()), dist, sigs)
+        with cli.GracefulStop(PROG, quiet=not dist.main) as sigs, cli.restored_torch_settings(), \
+                cli.OutDirLock() as lock:
+            return _run(cfg, set(given or ()), dist, sigs, lock)
     finally:
         dist.close()
 
 
-def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop) -> dict:
+def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop, lock: cli.OutDirLock) -> dict:
     import numpy as np
     import torch
 
@@ -574,6 +584,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
 
     out_dir = Path(cfg.out_dir)
     cli.check_out_dir(out_dir)  # before the data and the model: minutes, on a big corpus
+    dist.agree(lock.acquire(out_dir) if dist.main else None)   # rank 0 writes the folder, for all
     if not cfg.resume:
         cli.check_no_earlier_run(out_dir, _our_header)
     ckpt_state = resumed_from = None
@@ -712,7 +723,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
         saved_world = int(extra.get("world_size", 1))
         ds = ckpt_state["data"]
         if saved_world == W and ds["B"] != B * W:
-            raise RunError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} per "
+            raise cli.UsageError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} per "
                            f"process ({W} process(es)); resume with the same --batch_size")
         try:
             if saved_world == W or ds["B"] == B * W:  # the same global batch: the same stream
@@ -883,7 +894,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
                         "no checkpoint was saved before it"
                     raise DivergedError(
                         f"stopped: {bad_run} consecutive steps ({bad_first}-{step}) had a non-finite loss or "
-                        f"gradient; {where}; lower --lr (now {cfg.lr}), use --dtype fp32 or raise --max_bad_steps")
+                        f"gradient; {where}; lower --lr (now {cfg.lr}), "
+                        + ("use --dtype fp32 or " if cfg.dtype != "fp32" else "") + "raise --max_bad_steps")
             else:
                 bad_run = 0
                 if step % cfg.log_interval == 0 or is_eval or last:
@@ -910,16 +922,20 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
             if log.bar is not None:
                 log.bar.update(1)
             # no periodic checkpoint during a run of bad steps: the last good one is not rotated out
-            if last or res.stop or (cfg.ckpt_interval and step % cfg.ckpt_interval == 0 and not bad_run):
+            stop = res.stop
+            if last or stop or (cfg.ckpt_interval and step % cfg.ckpt_interval == 0 and not bad_run):
                 last_saved = save(step)
-            if res.stop and not last:
+                if not (last or stop):   # a signal during this save (or the evaluation before it): stop on
+                    flag = torch.tensor(float(sigs.name is not None), device=device)   # it, on every rank,
+                    stop = bool(dist.all_reduce(flag, "max"))   # not one step and one more save later
+            if stop and not last:
                 stopped = last_saved
                 break
         sigs.armed = False
         summary.update(step=step, best_val_loss=extra["best_val_loss"], init_val_loss=header.get("init_val_loss"))
         if stopped is not False:
             log.say(f"{PROG}: {sigs.name or 'signal'}: stopped after step {step}/{cfg.max_iters}; checkpoint saved "
-                    f"to {stopped} (continue with: {PROG} --resume --out_dir {out_dir})")
+                    f"to {stopped} (continue with: {cli.resume_command(PROG, out_dir)})")
             summary["interrupted"] = sigs.name or "signal"
             return summary
     finally:
@@ -941,18 +957,24 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop)
     dist.agree(err)
     if dist.main:
         if cfg.sample_tokens:
-            text = sample(model, tok, cfg.prompt, cfg.sample_tokens, cfg.temperature, cfg.top_k, device, cfg.seed)
-            print(f"--- sample ({cfg.sample_tokens} tokens, temperature {cfg.temperature}) ---")
-            print(text)
-            print("---")
-            summary["sample"] = text
+            try:
+                text = sample(model, tok, cfg.prompt, cfg.sample_tokens, cfg.temperature, cfg.top_k, device,
+                              cfg.seed)
+            except KeyboardInterrupt:   # training and every save are done: the run is not interrupted
+                print(f"{PROG}: sample skipped (Ctrl-C); python -m fastgpt.sample "
+                      f"{shlex.quote(str(out_dir / 'model'))} makes one", file=sys.stderr, flush=True)
+            else:
+                print(f"--- sample ({cfg.sample_tokens} tokens, temperature {cfg.temperature}) ---")
+                print(text)
+                print("---")
+                summary["sample"] = text
         summary["model"] = str(out_dir / "model")
         vs = f"val_loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else "no evaluation"
         best = extra["best_val_loss"]
         bs = f" (best {best:.4f})" if best is not None and best != summary.get("val_loss") else ""
         print(f"{PROG}: done: trained to step {step} of {cfg.max_iters}, {extra['tokens_seen']:,} tokens seen, "
               f"{_hms(time.perf_counter() - t0)}; {vs}{bs}; model saved to {out_dir / 'model'} "
-              f"(python -m fastgpt.sample {out_dir / 'model'})", file=sys.stderr, flush=True)
+              f"(python -m fastgpt.sample {shlex.quote(str(out_dir / 'model'))})", file=sys.stderr, flush=True)
     dist.barrier()
     return summary
 

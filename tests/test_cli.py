@@ -133,8 +133,8 @@ def test_entry_point_subprocess(tmp_path):
         "bad": [sys.executable, "-m", "fastgpt.train", "--max_iters", "ten"],
         "help": [sys.executable, "-m", "fastgpt.train", "--help"],
         "data": [sys.executable, "-m", "fastgpt.train", "--data", str(tmp_path / "missing"), "--device=cpu",
-                 f"--out_dir={tmp_path / 'o'}"],
-        "cache": [sys.executable, "-m", "fastgpt.train", "--device=cpu", f"--out_dir={tmp_path / 'o'}"],
+                 f"--out_dir={tmp_path / 'o1'}"],   # (one folder each: two runs at once into one are refused)
+        "cache": [sys.executable, "-m", "fastgpt.train", "--device=cpu", f"--out_dir={tmp_path / 'o2'}"],
     }
     procs = {k: subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for k, c in cmds.items()}

@@ -648,3 +648,11 @@ def test_generate_and_forward_refuse_bad_arguments_in_one_line():
     for return_logits in (True, False):
         with pytest.raises(TypeError, match="targets must be int64"):
             m(idx, idx.int(), return_logits=return_logits)
+
+
+def test_block_input_shape_is_checked():
+    """A 2-D input was 'not enough values to unpack'; a wrong width blamed ln_1's weight."""
+    b = GPTBlock(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    for x in (torch.randn(4, 16), torch.randn(1, 4, 12)):
+        with pytest.raises(ValueError, match=r"GPTBlock: x must be \(B, T, 16\)"):
+            b(x)

@@ -445,7 +445,7 @@ def test_resume_with_another_batch_size_names_the_per_process_one(corpus, tmp_pa
     with pytest.raises(SystemExit) as e:
         train.main([f"--out_dir={out}", "--resume", "--max_iters=3", "--batch_size=2", "--device=cpu"])
     err = capsys.readouterr().err
-    assert e.value.code == 1 and err == (f"{PROG}: error: --batch_size 2: the checkpoint was written with "
+    assert e.value.code == 2 and err == (f"{PROG}: error: --batch_size 2: the checkpoint was written with "
                                          "--batch_size 4 per process (1 process(es)); resume with the same "
                                          "--batch_size\n"), err
 
@@ -521,3 +521,64 @@ def test_cuda_rng_restores_the_runs_own_gpu_when_fewer_are_visible(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s: got.append(int(s[0])))
     ck.set_rng_state(st)
     assert got == [2]
+
+
+def test_a_signal_during_a_save_stops_there(corpus, tmp_path, monkeypatch, capsys):
+    """SIGTERM while a periodic checkpoint is written: the run stops on that checkpoint (it trained one more
+    step and wrote a second full checkpoint before stopping); the hint to continue is shell-quoted."""
+    real = ck.save_checkpoint
+
+    def save_then_signal(*a, **k):
+        p = real(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return p
+    monkeypatch.setattr(ck, "save_checkpoint", save_then_signal)
+    out = tmp_path / "a b"
+    assert train.main(_args(corpus, out, max_iters=10, ckpt_interval=2)) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"{PROG}: SIGTERM: stopped after step 2/10; checkpoint saved to {out / 'ckpt_0000002.pt'} "
+                    f"(continue with: {PROG} --resume --out_dir '{out}')"), last
+    assert [p.name for p in ck.list_checkpoints(out)] == ["ckpt_0000002.pt"]
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(corpus, tmp_path, capsys):
+    """Two runs writing one out_dir (a --resume started twice, a job re-queued while the old one runs) mixed
+    their checkpoints and lost the first one's metrics rows: while a run holds OUT_DIR/.lock, another is one
+    line; the lock goes with the run."""
+    import fcntl
+    out = tmp_path / "o"
+    assert train.main(_args(corpus, out, max_iters=2)) == 0
+    with open(out / ".lock", "a+") as f:      # a live run's lock
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.truncate(0)
+        f.write("424242\n")
+        f.flush()
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            train.main([f"--out_dir={out}", "--resume", "--max_iters=3", "--device=cpu"])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err == (f"{PROG}: error: --out_dir {out} is in use by another run (pid 424242): "
+                                             "wait for it to end, or choose another --out_dir\n"), err
+    assert train.main([f"--out_dir={out}", "--resume", "--max_iters=3", "--device=cpu"]) == 0
+    fresh = tmp_path / "never"   # a run that fails before writing leaves no folder behind for its lock
+    with pytest.raises(SystemExit):
+        train.main(_args(tmp_path / "missing.txt", fresh, max_iters=2))
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--out_dir="], "--out_dir is empty (an unset variable?)"),
+    (["--data="], "--data is empty (an unset variable?)"),
+    (["--prompt=ab\udcff"], "--prompt is not UTF-8 text (a byte that is not, at character 2)"),
+    (["--seed=5"], "--seed 5: a resumed run continues the random streams of its checkpoint"),
+])
+def test_empty_paths_a_bad_prompt_and_a_new_seed_on_resume_are_usage_errors(corpus, tmp_path, capsys, argv, msg):
+    out = tmp_path / "o"
+    if "--seed=5" in argv:
+        assert train.main(_args(corpus, out, max_iters=2)) == 0
+        argv = argv + [f"--out_dir={out}", "--resume", "--max_iters=3"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main(argv + ["--device=cpu"] + ([] if "--out_dir=" in argv or "--resume" in argv else [f"--out_dir={out}"]))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and msg in err, err

@@ -14,7 +14,7 @@ import torch
 
 import _train_helpers as H
 from _train_helpers import one_thread  # noqa: F401  (an autouse fixture: one torch thread per test)
-from conftest import HAS_CUDA, needs_cuda
+from conftest import HAS_CUDA, interrupt_on_call, needs_cuda
 from fastgpt import checkpoint as ck
 from fastgpt import train
 
@@ -508,3 +508,25 @@ def test_default_warmup_takes_at_most_a_tenth_of_the_schedule():
                   _following=[k for k in train.FOLLOWING if getattr(first, k) is None])
     again = train._resumed_config(train.TrainConfig(max_iters=200), {"max_iters"}, header)
     assert train.resolve(again, {"max_iters"}).warmup_iters == 20
+
+
+def test_ctrl_c_during_the_final_sample_keeps_a_finished_run_finished(corpus, tmp_path, monkeypatch, capsys):
+    """Training and every save are done when the final sample starts: a Ctrl-C there skips the sample and the
+    run still ends "done", exit 0 (it exited 130 "interrupted", pointing at a --resume with nothing to train)."""
+    interrupt_on_call(monkeypatch, train, "sample", 1)
+    out = tmp_path / "o"
+    assert train.main(_args(corpus, out, max_iters=2, sample_tokens=5)) == 0
+    err = capsys.readouterr().err
+    assert "sample skipped (Ctrl-C)" in err and "done: trained to step 2" in err
+    assert (out / "model" / "model.safetensors").exists()
+
+
+def test_resume_drops_metrics_lines_that_are_not_utf8(corpus, tmp_path):
+    """A metrics.jsonl with bytes that are not UTF-8 (a disk error, an editor) was a UnicodeDecodeError
+    traceback on --resume: such lines are dropped, as lines a crash cut short are."""
+    out = tmp_path / "o"
+    assert train.main(_args(corpus, out, max_iters=2)) == 0
+    with open(out / "metrics.jsonl", "ab") as f:
+        f.write(b'\xff\xfe garbage\n')
+    assert train.main([f"--out_dir={out}", "--resume", "--max_iters=3", "--device=cpu"]) == 0
+    assert b"\xff" not in (out / "metrics.jsonl").read_bytes() and max(H.steps(out)) == 3
