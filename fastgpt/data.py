@@ -462,9 +462,14 @@ def resolve_data_files(spec: str) -> list[Path]:
     return [f.resolve() for f in files]
 
 
+def is_token_dir(spec: str) -> bool:
+    """Is --data SPEC an already-prepared token folder (a meta.json in it)?"""
+    return os.path.isdir(spec) and os.path.exists(os.path.join(spec, "meta.json"))
+
+
 def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline: bool | None = None) -> TokenData:
     """Users' text tokenized once into the cache; the last val_fraction of each document is validation."""
-    if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "meta.json")):
+    if is_token_dir(spec):
         td = load_token_dir(Path(spec))  # an already-prepared token folder
         if td.tokenizer != tokenizer:
             raise DataError(f"{spec} holds {td.tokenizer!r} tokens but --tokenizer is {tokenizer!r}")

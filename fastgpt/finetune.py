@@ -469,6 +469,14 @@ def load_finetuned(path, device="cpu", backend=None):
     if (p / "best" / "finetune.json").exists():
         p = p / "best"
     if not (p / "finetune.json").exists():
+        from fastgpt import checkpoint as ck
+        try:
+            header = cli.metrics_header(p)
+        except ck.CheckpointError:
+            header = None
+        if ck.list_checkpoints(p) and header is not None and _our_header(header):
+            raise RunError(f"--init {path}: this fine-tune has no best/ model yet (it stopped before its first "
+                           f"evaluation): continue it with {cli.resume_command(PROG, p)}")
         raise RunError(f"--init {path}: not a fine-tuned model (no finetune.json; give a fastgpt.finetune out_dir)")
     meta = json.loads((p / "finetune.json").read_text())
     if meta.get("format") != FORMAT:
@@ -698,13 +706,14 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
     autocast = _autocast_factory(device, cfg.dtype)
 
     step = 0
-    extra = dict(best=None, history=[], init=init_desc)
+    extra = dict(best=None, history=[], init=init_desc, seconds=0.0)   # seconds: of the run's earlier segments
     if ckpt_state is not None:
         optimizer.load_state_dict(ck.with_run_options(ckpt_state["optimizer"], optimizer))  # this run's decay
         if ckpt_state.get("scaler") and cfg.dtype == "fp16":
             scaler.load_state_dict(ckpt_state["scaler"])
         step = int(ckpt_state["step"])
         extra.update({k: ckpt_state["extra"][k] for k in ("best", "history", "init")})
+        extra["seconds"] = ckpt_state["extra"].get("seconds", 0.0)   # (absent in an earlier version's)
         ck.set_rng_state(ckpt_state["rng"])
 
     saved_cfg = cli.to_dict(cfg, drop=("backend",))
@@ -731,7 +740,8 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
                     optimizer=optimizer.state_dict(),
                     scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=ck.rng_state(),
                     tokenizer=tok_name,
-                    extra=dict(extra, finetune=meta, finetune_config=saved_cfg))
+                    extra=dict(extra, finetune=meta, finetune_config=saved_cfg,
+                               seconds=extra["seconds"] + time.perf_counter() - t0))
 
     def evaluate_and_keep(step, epoch):
         r = score(model, head, val, task.task_type, n_out, cfg.eval_batch_size, device, autocast, cfg.backend)
@@ -824,10 +834,10 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
         log.close()
     best_model, best_head, _, _ = load_finetuned(out_dir / "best", device, cfg.backend)
     summary = dict(task=task.name, task_type=task.task_type, labels=task.labels, init=extra["init"],
-                   aux_lm_weight=cfg.aux_lm_weight, steps=step, epochs=cfg.epochs, max_len=max_len,
+                   aux_lm_weight=cfg.aux_lm_weight, steps=step, epochs=round(step / spe, 3), max_len=max_len,
                    val=extra["best"], n_train=len(train), n_val=len(val), n_test=len(test),
                    majority_accuracy=T.majority_accuracy(task.train, task.test) if task.test else None,
-                   device=cfg.device, dtype=cfg.dtype, seconds=round(time.perf_counter() - t0, 1),
+                   device=cfg.device, dtype=cfg.dtype, seconds=round(extra["seconds"] + time.perf_counter() - t0, 1),
                    info=task.info)
     if test:
         r = score(best_model, best_head, test, task.task_type, n_out, cfg.eval_batch_size, device, autocast,

@@ -163,6 +163,8 @@ def _text(row: dict, key: str, where: str, required: bool) -> str | None:
 def _read_rows(path: Path, required=("text", "label")) -> list[tuple[int, dict]]:
     """(line number, row dict) of a JSONL or CSV file; malformed lines raise TaskFileError."""
     name = str(path)
+    if path.is_dir():
+        raise TaskFileError(f"{name}: a folder, not a task file (give a .jsonl or .csv file)")
     if not path.is_file():
         raise TaskFileError(f"{name}: no such file (give a .jsonl or .csv file, or a built-in task: "
                             f"{', '.join(BUILTIN_TASKS)})")

@@ -571,6 +571,9 @@ def test_resume_trims_rows_logged_after_the_checkpoint_and_refuses_an_earlier_en
     assert e.value.code == 2 and err.count("\n") == 1 and "--max_iters 3: the checkpoint" in err
     assert "already at step 4" in err
     assert FT.main(["--resume", f"--out_dir={out}", "--device=cpu", "--max_iters=4"]) == 0
+    ev = json.loads((out / "eval.json").read_text())   # the epochs trained (not --epochs), the run's seconds
+    saved = ck.load_checkpoint(ck.latest_checkpoint(out))["extra"]["seconds"]   # (those of the earlier segments)
+    assert ev["steps"] == 4 and ev["epochs"] == round(4 / 12, 3) and saved > 0 and ev["seconds"] >= round(saved, 1)
 
 
 def test_resume_refuses_a_changed_task_file_and_batch_size(tmp_path, tiny_init, capsys):
@@ -663,3 +666,23 @@ def test_predict_file_lines_are_newline_separated(tmp_path):
     f.write_text("a\n\nb\n")
     with pytest.raises(T.TaskFileError, match=":2: blank line"):
         T.read_inputs(f, "classify")
+
+
+def test_predict_on_a_fine_tune_without_best_yet_says_to_resume_it(tmp_path, tiny_init, capsys):
+    """A fine-tune stopped before its first evaluation has checkpoints but no best/: --predict --init on it
+    said 'not a fine-tuned model'; it says what to do."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(60))
+    out = tmp_path / "o"
+    assert FT.main(_ft_argv(task, tiny_init, out, max_iters=4, ckpt_interval=2)) == 0
+    import shutil
+    shutil.rmtree(out / "best")   # as if stopped at step 2, before the end-of-run evaluation
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        FT.main(["--predict", f"--init={out}", "--device=cpu", "some text"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "has no best/ model yet" in err and f"--resume --out_dir {out}" in err, err
+
+
+def test_a_folder_as_task_is_named_as_one(tmp_path):
+    with pytest.raises(T.TaskFileError, match="a folder, not a task file"):
+        T.load_task(str(tmp_path))

@@ -571,6 +571,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(corpus, tmp_path, capsys):
     (["--data="], "--data is empty (an unset variable?)"),
     (["--prompt=ab\udcff"], "--prompt is not UTF-8 text (a byte that is not, at character 2)"),
     (["--seed=5"], "--seed 5: a resumed run continues the random streams of its checkpoint"),
+    (["--val_fraction=0.2"], "--val_fraction applies to text files given with --data: the default corpus holds"),
 ])
 def test_empty_paths_a_bad_prompt_and_a_new_seed_on_resume_are_usage_errors(corpus, tmp_path, capsys, argv, msg):
     out = tmp_path / "o"
