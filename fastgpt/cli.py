@@ -714,7 +714,7 @@ def write_atomic(path, data: str | bytes) -> None:
         if isinstance(data, bytes):
             tmp.write_bytes(data)
         else:
-            tmp.write_text(data)
+            tmp.write_text(data, encoding="utf-8")   # (not the locale's: a C locale cannot write U+FFFD)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -728,8 +728,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         saved_world = int(extra.get("world_size", 1))
         ds = ckpt_state["data"]
         if saved_world == W and ds["B"] != B * W:
-            raise cli.UsageError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} per "
-                           f"process ({W} process(es)); resume with the same --batch_size")
+            raise cli.UsageError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} "
+                                 f"per process ({W} process(es)); resume with the same --batch_size")
         try:
             if saved_world == W or ds["B"] == B * W:  # the same global batch: the same stream
                 train_batches.load_state_dict(ds)
