@@ -175,20 +175,27 @@ def replace_folder(dest, fill) -> None:
         remove_path(tmp)
         remove_path(old)
         fill(tmp)
-        if dest.exists() or dest.is_symlink():
-            os.replace(dest, old)
+        had = dest.exists() or dest.is_symlink()
         try:
+            if had:
+                os.replace(dest, old)
             os.replace(tmp, dest)
-        except BaseException:
-            if old.exists() or old.is_symlink():
-                os.replace(old, dest)
+        except BaseException:   # (a Ctrl-C between the renames too)
+            if had and not (dest.exists() or dest.is_symlink()) and (old.exists() or old.is_symlink()):
+                os.replace(old, dest)   # (if this fails too, old stays: the only copy, never deleted)
             raise
+        if had:
+            _remove_quietly(old)   # the new folder is in place: the previous one may go
     finally:
-        for p in (tmp, old):  # housekeeping: what cannot be removed is left
-            try:
-                remove_path(p)
-            except OSError:
-                pass
+        _remove_quietly(tmp)
+
+
+def _remove_quietly(p: Path) -> None:
+    """Housekeeping: what cannot be removed is left."""
+    try:
+        remove_path(p)
+    except OSError:
+        pass
 
 
 def remove_stale_temps(folder) -> list[Path]:

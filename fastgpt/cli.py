@@ -537,19 +537,21 @@ def check_no_earlier_run(path, is_ours) -> None:
     raise UsageError(f"--out_dir {path} already holds a run ({', '.join(found)}): {todo}")
 
 
-def interrupted_line(prog: str, out_dir, when: str) -> str:
+def interrupted_line(prog: str, out_dir, when: str, extra: tuple = ()) -> str:
     """What an aborted run (KeyboardInterrupt) says: the checkpoint to continue from, or that there is
     none yet (``when`` says when one is written) instead of pointing at a --resume that cannot work."""
     from fastgpt.checkpoint import latest_checkpoint
     last = latest_checkpoint(out_dir)
     if last is None:
         return f"{prog}: interrupted before any checkpoint was written in {out_dir} ({when}); nothing to resume"
-    return f"{prog}: interrupted; the last checkpoint is {last} (continue with: {resume_command(prog, out_dir)})"
+    return (f"{prog}: interrupted; the last checkpoint is {last} (continue with: "
+            f"{resume_command(prog, out_dir, extra)})")
 
 
-def resume_command(prog: str, out_dir) -> str:
+def resume_command(prog: str, out_dir, extra: tuple = ()) -> str:
     """The command that continues a run, ready to paste: the folder shell-quoted; under torchrun the
-    launcher with as many processes (a plain python would resume on one, with a smaller global batch)."""
+    launcher with as many processes (a plain python would resume on one, with a smaller global batch);
+    ``extra``: the options --resume does not restore that the run needs (train's --fsdp, ...)."""
     import shlex
     cmd = prog
     world = torchrun_world_size()
@@ -558,7 +560,7 @@ def resume_command(prog: str, out_dir) -> str:
         local = os.environ.get("LOCAL_WORLD_SIZE", "")
         cmd = (f"torchrun --nproc_per_node={world} {module}" if local == str(world) else
                f"torchrun (your options: {world} processes) {module}")
-    return f"{cmd} --resume --out_dir {shlex.quote(str(out_dir))}"
+    return " ".join([cmd, "--resume", "--out_dir", shlex.quote(str(out_dir)), *extra])
 
 
 class OutDirLock:
@@ -584,43 +586,63 @@ class OutDirLock:
         except ImportError:
             return None
         d = Path(out_dir)
+        path = d / ".lock"
         try:
-            if not d.exists():
-                d.mkdir(parents=True)
-                self.made = d   # removed again by release() if the run wrote nothing into it
-            f = open(d / ".lock", "a+")
+            d.mkdir(parents=True)
+            self.made = d   # removed again by release() if the run wrote nothing into it
+        except FileExistsError:
+            pass
         except OSError as e:
             return f"--out_dir {out_dir}: cannot create it ({e.strerror or e})"
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for _ in range(3):
+            try:
+                f = open(path, "a+")
+            except PermissionError:   # another user's lock file: a read-only descriptor locks as well
+                f = open(path)
+            except OSError as e:
+                return f"--out_dir {out_dir}: cannot create {path.name} in it ({e.strerror or e})"
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                pid = (f.read().split() or [""])[-1]   # (the holder wrote its pid)
+                f.close()
+                return (f"--out_dir {out_dir} is in use by another run{f' (pid {pid})' if pid.isdigit() else ''}: "
+                        "wait for it to end, or choose another --out_dir")
+            except OSError:   # no locks on this file system
+                f.close()
+                return None
+            try:   # the file locked is still the folder's (a run ending just now removes its own)
+                same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+            except OSError:
+                same = False
+            if same:
+                break
+            f.close()
+        else:
+            return f"--out_dir {out_dir}: its {path.name} keeps changing; is another run starting there?"
+        if f.writable():
             f.seek(0)
-            pid = (f.read().split() or [""])[-1]   # (the holder wrote its pid)
-            f.close()
-            return (f"--out_dir {out_dir} is in use by another run{f' (pid {pid})' if pid.isdigit() else ''}: "
-                    "wait for it to end, or choose another --out_dir")
-        except OSError:   # no locks on this file system
-            f.close()
-            return None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
         self.f = f
         return None
 
     def release(self) -> None:
+        """Unlock; a folder acquire() created that holds nothing else is removed first (still locked, so no
+        run can take a lock on a file about to go)."""
+        if self.made is not None:
+            try:
+                if self.f is not None and [p.name for p in self.made.iterdir()] == [".lock"]:
+                    (self.made / ".lock").unlink()
+                self.made.rmdir()   # (only if empty)
+            except OSError:
+                pass
+        self.made = None
         if self.f is not None:
             self.f.close()
             self.f = None
-        if self.made is not None:
-            try:
-                if [p.name for p in self.made.iterdir()] == [".lock"]:
-                    (self.made / ".lock").unlink()
-                    self.made.rmdir()
-            except OSError:
-                pass
-            self.made = None
 
 
 # ---------------------------------------------------------------------------
@@ -708,7 +730,10 @@ def write_atomic(path, data: str | bytes) -> None:
     a crash leaves the old file or the new one, never a part. A symbolic link stays one: its target is
     written."""
     from pathlib import Path
-    path = Path(path).resolve()
+    try:
+        path = Path(path).resolve()
+    except RuntimeError as e:   # a symlink loop (Python < 3.13; an OSError from 3.13 on)
+        raise OSError(40, f"cannot resolve {path}: {e}") from None
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         if isinstance(data, bytes):

@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 NORMS = ("pre", "post")
 ACTIVATIONS = ("gelu_tanh", "gelu")
 RESIDUAL_DTYPES = (None, "float32", "bfloat16", "float16")
+# the largest dropout p: bias_dropout_add (the C++ extension, and the reference alike) compares 16 random
+# bits, so its drop rate moves in steps of 1/65536; above this the kept fraction (1 - p, at most 50/65536)
+# would be off by more than 1 %
+MAX_DROPOUT_P = 1.0 - 50.0 / 65536.0
 
 
 @dataclass
@@ -60,7 +64,8 @@ class GPTConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"GPTConfig: activation must be 'gelu_tanh' or 'gelu' (exact erf), "
                              f"got {self.activation!r}")
-        for name, ok, want in (("dropout", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+        for name, ok, want in (("dropout", lambda v: 0.0 <= v <= MAX_DROPOUT_P,
+                                f"a number in [0, {MAX_DROPOUT_P:.6f}]"),
                                ("layer_norm_eps", lambda v: 0.0 < v < math.inf, "a finite number > 0")):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):

@@ -326,11 +326,13 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
 def _check_resume_options(cfg: "FinetuneConfig", given: set[str], st: dict, path) -> None:
     """--resume continues the checkpoint's model and head: --init, --preset, --tokenizer or --task_type
     given on the command line that say otherwise are a usage error (they used to be ignored silently);
-    so is another --batch_size (the saved step counts batches: data would be skipped or repeated)."""
+    so is another --batch_size or --seed (the saved step counts batches of the epoch's order: data would be
+    skipped or repeated)."""
     saved, meta = st["extra"]["finetune_config"], st["extra"]["finetune"]
     now = dict(init=_absolute_path(saved.get("init")), preset=saved.get("preset"), tokenizer=st.get("tokenizer"),
                task_type=meta.get("task_type"),   # (init: relative in an earlier version's checkpoint)
-               batch_size=saved.get("batch_size"))  # (the saved step counts batches of this size)
+               batch_size=saved.get("batch_size"),   # (the saved step counts batches of this size)
+               seed=saved.get("seed"))   # (each epoch's order is drawn from it: a new one repeats and skips)
     for k, v in now.items():
         if k in given and getattr(cfg, k) != v:
             raise cli.UsageError(f"--{k} {getattr(cfg, k)}: the checkpoint {path} continues a fine-tune with "

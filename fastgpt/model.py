@@ -358,6 +358,13 @@ def _read_config_json(path: str) -> dict:
 
 # ----------------------------------------------------------------------------- the model
 
+def _retie_head(model: "GPT", incompatible_keys) -> None:
+    """A load_state_dict post-hook (it runs for submodules too): assign=True gives lm_head and wte a
+    Parameter each."""
+    if model.lm_head.weight is not model.transformer.wte.weight:
+        model.tie_weights()
+
+
 class GPT(nn.Module):
     """GPT-1 (cfg.norm="post") or GPT-2 (cfg.norm="pre") language model on fastgpt's ops.
 
@@ -383,14 +390,15 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.tie_weights()
+        self.register_load_state_dict_post_hook(_retie_head)
         self.backend = backend
         self.reset_parameters()
 
     # -- the tied head
     def tie_weights(self) -> None:
         """lm_head.weight IS transformer.wte.weight (one Parameter). PyTorch idioms that replace
-        parameters module by module (to_empty from the meta device, load_state_dict(assign=True))
-        would untie them; _apply and load_state_dict tie them again."""
+        parameters module by module (to_empty from the meta device, load_state_dict(assign=True), also
+        through a module holding this one) would untie them; _apply and a load hook tie them again."""
         self.lm_head.weight = self.transformer.wte.weight
 
     def _apply(self, fn, recurse=True):
@@ -399,18 +407,15 @@ class GPT(nn.Module):
             self.tie_weights()
         return out
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """nn.Module.load_state_dict, for a tied head: a state dict whose lm_head.weight differs from its
-        transformer.wte.weight is refused (one of them would be lost), and the tie survives assign=True."""
-        head, wte = state_dict.get("lm_head.weight"), state_dict.get("transformer.wte.weight")
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # (called for this module by any load_state_dict, its own or a parent's, before its children load)
+        head, wte = state_dict.get(prefix + "lm_head.weight"), state_dict.get(prefix + "transformer.wte.weight")
         if (head is not None and wte is not None and head is not wte and head.shape == wte.shape
-                and "meta" not in (head.device.type, wte.device.type) and not torch.equal(head, wte)):
-            raise ValueError("GPT.load_state_dict: lm_head.weight differs from transformer.wte.weight; "
-                             "fastgpt's GPT ties them (an untied head is not supported)")
-        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        if self.lm_head.weight is not self.transformer.wte.weight:
-            self.tie_weights()
-        return out
+                and "meta" not in (head.device.type, wte.device.type)
+                and not torch.equal(head, wte.to(head.dtype))):
+            raise ValueError(f"GPT.load_state_dict: {prefix}lm_head.weight differs from "
+                             f"{prefix}transformer.wte.weight; fastgpt's GPT ties them (an untied head is not supported)")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- backend: a runtime attribute, shared with every block
     @property

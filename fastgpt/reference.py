@@ -25,6 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fastgpt.config import MAX_DROPOUT_P   # bias_dropout_add's largest p (see there)
+
 __all__ = [
     "layer_norm",
     "add_layer_norm",
@@ -238,9 +240,6 @@ def causal_attention_qkvpacked(qkv, scale=None, dropout_p: float = 0.0, seed=Non
     return causal_attention(q, k, v, scale, dropout_p, seed=seed).transpose(1, 2).reshape(B, T, H * D)
 
 
-# bias_dropout_add's largest p: the extension compares 16 random bits, so its drop rate moves in steps
-# of 1/65536; above this the kept fraction (1 - p, at most 50/65536) would be off by more than 1 %.
-MAX_DROPOUT_P = 1.0 - 50.0 / 65536.0
 
 
 def check_bias_dropout_p(op: str, p) -> None:

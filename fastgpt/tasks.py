@@ -170,7 +170,8 @@ def _read_rows(path: Path, required=("text", "label")) -> list[tuple[int, dict]]
                             f"{', '.join(BUILTIN_TASKS)})")
     ext = path.suffix.lower()
     try:
-        raw = path.read_text(encoding="utf-8-sig")
+        with open(path, encoding="utf-8-sig", newline="") as f:   # (newline="": a CSV cell keeps its "\r\n")
+            raw = f.read()
     except UnicodeDecodeError as e:
         raise TaskFileError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     rows: list[tuple[int, dict]] = []

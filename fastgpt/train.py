@@ -185,8 +185,9 @@ class TrainConfig:
                 p.append(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if self.grad_clip < 0:
             p.append(f"--grad_clip must be >= 0, got {self.grad_clip}")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            p.append(f"--dropout must be in [0, 1), got {self.dropout}")
+        from fastgpt.config import MAX_DROPOUT_P
+        if self.dropout is not None and not 0 <= self.dropout <= MAX_DROPOUT_P:
+            p.append(f"--dropout must be in [0, {MAX_DROPOUT_P:.6f}], got {self.dropout}")
         if not 0 <= self.val_fraction < 1:
             p.append(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.temperature < 0:
@@ -520,12 +521,14 @@ def _our_header(header: dict) -> bool:
     return "task" not in header
 
 
-def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict) -> TrainConfig:
+def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict, from_checkpoint: bool = False) -> TrainConfig:
     """cfg with the options of the run a --resume continues (``saved``: its checkpoint's, or its metrics.jsonl
     header's when it died before its first checkpoint): those not given on this command line come from it,
     except that options left to follow another one (FOLLOWING) keep following it. UsageError if the mix
     is not a valid config."""
-    if "seed" in given and saved.get("seed") not in (None, cfg.seed):   # (it would re-seed validation alone)
+    # a new --seed would re-seed the validation batches alone (the training streams come from the checkpoint);
+    # a run restarted from its metrics header starts from step 0 and may take one
+    if from_checkpoint and "seed" in given and saved.get("seed") not in (None, cfg.seed):
         raise cli.UsageError(f"--seed {cfg.seed}: a resumed run continues the random streams of its checkpoint "
                              f"(seed {saved['seed']}); drop --seed, or start a new run in another --out_dir")
     cfg = cli.with_saved_options(cfg, given, saved, RUNTIME_ONLY)
@@ -611,7 +614,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
                 raise RunError(f"{resumed_from} is not a fastgpt.train checkpoint (a fine-tuning run's? resume that "
                                "with python -m fastgpt.finetune --resume)")
         if saved is not None:
-            cfg = _resumed_config(cfg, given, saved)
+            cfg = _resumed_config(cfg, given, saved, from_checkpoint=ckpt_state is not None)
     following = sorted(k for k in FOLLOWING if getattr(cfg, k) is None)
     cfg = resolve(cfg, given)
     if ckpt_state is not None and not cfg.eval_only and cfg.max_iters < ckpt_state["step"]:
@@ -940,7 +943,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         summary.update(step=step, best_val_loss=extra["best_val_loss"], init_val_loss=header.get("init_val_loss"))
         if stopped is not False:
             log.say(f"{PROG}: {sigs.name or 'signal'}: stopped after step {step}/{cfg.max_iters}; checkpoint saved "
-                    f"to {stopped} (continue with: {cli.resume_command(PROG, out_dir)})")
+                    f"to {stopped} (continue with: {cli.resume_command(PROG, out_dir, _resume_flags(cfg))})")
             summary["interrupted"] = sigs.name or "signal"
             return summary
     finally:
@@ -966,7 +969,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
                 text = sample(model, tok, cfg.prompt, cfg.sample_tokens, cfg.temperature, cfg.top_k, device,
                               cfg.seed)
             except KeyboardInterrupt:   # training and every save are done: the run is not interrupted
-                print(f"{PROG}: sample skipped (Ctrl-C); python -m fastgpt.sample "
+                print(f"{PROG}: sample skipped (interrupted); python -m fastgpt.sample "
                       f"{shlex.quote(str(out_dir / 'model'))} makes one", file=sys.stderr, flush=True)
             else:
                 print(f"--- sample ({cfg.sample_tokens} tokens, temperature {cfg.temperature}) ---")
@@ -980,8 +983,15 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         print(f"{PROG}: done: trained to step {step} of {cfg.max_iters}, {extra['tokens_seen']:,} tokens seen, "
               f"{_hms(time.perf_counter() - t0)}; {vs}{bs}; model saved to {out_dir / 'model'} "
               f"(python -m fastgpt.sample {shlex.quote(str(out_dir / 'model'))})", file=sys.stderr, flush=True)
-    dist.barrier()
+    # (no barrier here: the other ranks are done once the model is saved, and would otherwise wait in a
+    # collective through rank 0's sample, where a Ctrl-C ended them and left rank 0's barrier without peers)
     return summary
+
+
+def _resume_flags(cfg: TrainConfig) -> tuple:
+    """The options a --resume does not take from the checkpoint (RUNTIME_ONLY) that its command must repeat:
+    how the run was laid out in memory (without them an FSDP run resumes as DDP: a full replica per GPU)."""
+    return tuple(f"--{k}" for k in ("fsdp", "grad_checkpoint", "compile") if getattr(cfg, k))
 
 
 def _save_final(model, dest: Path, tokenizer: str) -> None:
@@ -1104,7 +1114,8 @@ def main(argv=None) -> int:
     return cli.run_main(PROG, lambda: run(cfg, given), {DivergedError: EXIT_DIVERGED, RunError: 1},
                         "lower --batch_size or --block_size (--grad_accum keeps the tokens per step), or use "
                         "--grad_checkpoint",
-                        interrupted=(cfg.out_dir, "one is written every --ckpt_interval steps and at the end"))
+                        interrupted=(cfg.out_dir, "one is written every --ckpt_interval steps and at the end",
+                                     _resume_flags(cfg)))
 
 
 if __name__ == "__main__":

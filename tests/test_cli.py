@@ -105,7 +105,7 @@ def test_help_lists_every_option_with_default(capsys):
     (["--dtype=fp8"], "--dtype must be one of bf16, fp16, fp32"),
     (["--tokenizer=gpt4"], "--tokenizer must be one of gpt2, byte"),
     (["--batch_size=8.5"], "--batch_size expects INT"),
-    (["--dropout=1.5"], "--dropout must be in [0, 1)"),
+    (["--dropout=1.5"], "--dropout must be in [0, 0.999237]"),
     (["--seed=9223372036854775808"], "--seed must be in [0, 2^63)"),
     (["--warmup_iters=10", "--lr_decay_iters=5"], "--warmup_iters (10) must not exceed"),
     (["--device=cpu", "--dtype=fp16"], "--dtype fp16 needs --device cuda"),

@@ -150,7 +150,8 @@ BAD = [
 
 BAD += [
     ("d.csv", "text,label,label\na,x,y\nb,y,x\n", "d.csv:1: duplicate column 'label' in the header"),
-    ("n.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "two\\nlines"}\n', "n.jsonl:2: a label must be one line"),
+    ("n.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "two\\nlines"}\n',
+     "n.jsonl:2: a label must be one line"),
 ]
 
 
@@ -589,7 +590,8 @@ def test_resume_refuses_a_changed_task_file_and_batch_size(tmp_path, tiny_init, 
     cases = [(rows + [dict(text="zz", label="vehicle")], [], 1,
               "was trained with the labels color, fruit, tool; cls.jsonl now has color, fruit, tool, vehicle"),
              (rows + [dict(text="red blue", label="color")], [], 1, "was trained on other examples of cls.jsonl"),
-             (rows, ["--batch_size=8"], 2, "--batch_size 8: the checkpoint")]
+             (rows, ["--batch_size=8"], 2, "--batch_size 8: the checkpoint"),
+             (rows, ["--seed=9"], 2, "--seed 9: the checkpoint")]   # (each epoch's order comes from the seed)
     for new_rows, extra, code, msg in cases:
         write_jsonl(task, new_rows)
         capsys.readouterr()

@@ -604,10 +604,20 @@ def test_the_head_stays_tied_under_meta_init_and_assign():
     m.load_state_dict(ref.state_dict(), assign=True)
     idx = torch.randint(0, 30, (2, 8))
     assert m.lm_head.weight is m.transformer.wte.weight and torch.equal(m(idx)[0], ref(idx)[0])
+    class Wrap(nn.Module):   # through a module holding the GPT (a classifier, a user's wrapper) alike
+        def __init__(self):
+            super().__init__()
+            self.gpt = GPT(cfg)
+    with torch.device("meta"):
+        w = Wrap()
+    w.load_state_dict({"gpt." + k: v for k, v in ref.state_dict().items()}, assign=True)
+    assert w.gpt.lm_head.weight is w.gpt.transformer.wte.weight
     sd = ref.state_dict()
     sd["lm_head.weight"] = sd["lm_head.weight"] + 1
     with pytest.raises(ValueError, match="lm_head.weight differs from transformer.wte.weight"):
         GPT(cfg).load_state_dict(sd)
+    with pytest.raises(ValueError, match="gpt.lm_head.weight differs from gpt.transformer.wte.weight"):
+        Wrap().load_state_dict({"gpt." + k: v for k, v in sd.items()})
 
 
 def test_loss_under_autocast_does_not_depend_on_return_logits():
@@ -632,6 +642,10 @@ def test_a_config_changed_after_it_was_built_is_checked_again():
     c.norm, c.n_head = "pre", 3
     with pytest.raises(ValueError, match="must be divisible by n_head"):
         GPTBlock(c)
+    # bias_dropout_add's 16-bit mask keeps the wrong fraction above 1 - 50/65536: the config refuses that p
+    # (the first training step was a traceback)
+    with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 0.999237\]"):
+        GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.9995)
 
 
 def test_generate_and_forward_refuse_bad_arguments_in_one_line():

@@ -580,6 +580,7 @@ def test_empty_paths_a_bad_prompt_and_a_new_seed_on_resume_are_usage_errors(corp
         argv = argv + [f"--out_dir={out}", "--resume", "--max_iters=3"]
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        train.main(argv + ["--device=cpu"] + ([] if "--out_dir=" in argv or "--resume" in argv else [f"--out_dir={out}"]))
+        own_out = "--out_dir=" in argv or "--resume" in argv
+        train.main(argv + ["--device=cpu"] + ([] if own_out else [f"--out_dir={out}"]))
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and msg in err, err

@@ -409,6 +409,17 @@ def test_replace_folder_leaves_the_previous_folder_whole_on_a_failure(tmp_path, 
     with pytest.raises(OSError):
         ck.replace_folder(dest, fill)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"] and (dest / "w").read_text() == "old"
+
+    def every_later_rename_fails(src, dst):   # the swap and the restore: the previous folder must survive
+        if not str(src).endswith("best"):
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+    monkeypatch.setattr(os, "replace", every_later_rename_fails)
+    with pytest.raises(OSError):
+        ck.replace_folder(dest, fill)
+    old = tmp_path / f".best.old{os.getpid()}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old.name] and (old / "w").read_text() == "old"
+    real(old, dest)
     monkeypatch.setattr(os, "replace", real)
     ck.replace_folder(dest, fill)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"] and (dest / "w").read_text() == "new"
@@ -517,7 +528,7 @@ def test_ctrl_c_during_the_final_sample_keeps_a_finished_run_finished(corpus, tm
     out = tmp_path / "o"
     assert train.main(_args(corpus, out, max_iters=2, sample_tokens=5)) == 0
     err = capsys.readouterr().err
-    assert "sample skipped (Ctrl-C)" in err and "done: trained to step 2" in err
+    assert "sample skipped (interrupted)" in err and "done: trained to step 2" in err
     assert (out / "model" / "model.safetensors").exists()
 
 
