@@ -797,11 +797,15 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
             if log.bar is not None:
                 log.bar.update(1)
             end_epoch = step % spe == 0 or step == total
-            if step % cfg.log_interval == 0 or end_epoch:
-                lv, tv = float(loss.detach()), float(task_loss.detach())
+            ckpt_now = bool(cfg.ckpt_interval) and step % cfg.ckpt_interval == 0
+            logging = step % cfg.log_interval == 0 or end_epoch
+            if logging or ckpt_now or sigs.name is not None:   # (never a checkpoint of non-finite weights, which
+                lv = float(loss.detach())                      # would rotate the good ones out)
                 if not math.isfinite(lv) and cfg.dtype != "fp16":
                     raise RunError(f"the loss became {lv} at step {step}; lower --lr (now {cfg.lr})"
                                    + (" or use --dtype fp32" if cfg.dtype != "fp32" else ""))
+            if logging:
+                tv = float(task_loss.detach())
                 row = dict(step=step, loss=lv, task_loss=tv, lr=lr, time_s=time.perf_counter() - t0)
                 if lm_loss is not None:
                     row["lm_loss"] = float(lm_loss.detach())
@@ -816,7 +820,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
             if end_epoch:
                 evaluate_and_keep(step, round(step / spe, 3))
                 saved = ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
-            elif cfg.ckpt_interval and step % cfg.ckpt_interval == 0:
+            elif ckpt_now:
                 saved = ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
             if sigs.name is not None and step < total:  # Ctrl-C / SIGTERM: this step is done; save and stop
                 stopped = saved or ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)

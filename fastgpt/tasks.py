@@ -50,9 +50,11 @@ Users' files (``--task FILE``; ``.jsonl`` / ``.json`` lines, or ``.csv`` with a 
                                                      is the 0-based index of the right choice or its text
                                                      (a JSON integer is an index; a string is matched
                                                      against the choices' texts first)
-    Labels are strings (JSON numbers and booleans are read as their text, so CSV ``1`` and JSONL
-    ``1`` agree). Without separate ``val_file`` / ``test_file``, a fixed shuffle (seed 0) takes 10%
-    for validation and 10% for test. Any bad row raises ``TaskFileError("FILE:LINE: what is wrong")``.
+    Labels of classify / pair / similarity are strings (JSON numbers and booleans are read as their
+    text, so CSV ``1`` and JSONL ``1`` agree); a choice label follows the rule above, so there a CSV
+    ``1`` (text, matched against the choices first) and a JSONL ``1`` (an index) may differ. Without
+    separate ``val_file`` / ``test_file``, a fixed shuffle (seed 0) takes 10% for validation and 10% for
+    test. Any bad row raises ``TaskFileError("FILE:LINE: what is wrong")``.
 """
 from __future__ import annotations
 

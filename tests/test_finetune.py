@@ -688,3 +688,22 @@ def test_predict_on_a_fine_tune_without_best_yet_says_to_resume_it(tmp_path, tin
 def test_a_folder_as_task_is_named_as_one(tmp_path):
     with pytest.raises(T.TaskFileError, match="a folder, not a task file"):
         T.load_task(str(tmp_path))
+
+
+def test_a_non_finite_loss_is_caught_before_a_checkpoint_between_log_lines(tmp_path, tiny_init, capsys, monkeypatch):
+    """The loss was checked on log steps only: with --ckpt_interval 1 and a sparse --log_interval, checkpoints
+    of NaN weights were written (and the good ones rotated out) before the error."""
+    real, calls = FT.forward_batch, []
+
+    def nan_at_3(*a, **k):
+        calls.append(1)
+        out = real(*a, **k)
+        return (*out[:3], out[3] * float("nan")) if len(calls) == 3 else out
+    monkeypatch.setattr(FT, "forward_batch", nan_at_3)
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(60))
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as e:
+        FT.main(_ft_argv(task, tiny_init, out, max_iters=6, ckpt_interval=1, log_interval=100, keep_ckpts=0))
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "the loss became nan at step 3" in err and "--dtype fp32" not in err, err
+    assert ck.latest_checkpoint(out).name == "ckpt_0000002.pt"
