@@ -9,6 +9,9 @@ import os
 import triton  # noqa: F401  (a clear ImportError here when triton is missing)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+if INTERPRET:   # the interpreter's bf16 casts truncate and its bf16 dots read raw bits: fixed first
+    from fastgpt.kernels._interpreter import patch as _patch_interpreter
+    _patch_interpreter()
 
 from fastgpt.kernels.layernorm import add_layer_norm, layer_norm  # noqa: E402
 from fastgpt.kernels.gelu import bias_gelu  # noqa: E402

@@ -202,22 +202,6 @@ def _tf32(x, ROUND: tl.constexpr):
     return x
 
 
-# The interpreter's tl.dot multiplies bf16 operands as their raw 16-bit integers (DESIGN.md). Under it,
-# bf16 operands are widened to fp32 first: exact (the product of two bf16 values fits an fp32
-# mantissa), with fp32 accumulation, as the tensor cores compute. Compiled kernels never take the branch.
-_WIDEN_BF16_DOTS = tl.constexpr(INTERPRET)
-
-
-@triton.jit
-def _dot(a, b, acc):
-    """tl.dot(a, b, acc) (acc None: a new fp32 accumulator)."""
-    if _WIDEN_BF16_DOTS:
-        if a.dtype == tl.bfloat16:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-    return tl.dot(a, b, acc)
-
-
 @triton.jit
 def _load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr,
                EVEN_D: tl.constexpr):
@@ -290,7 +274,7 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start_m, rows, offs
         cols = start_n + offs_n
         k = _tf32(_load_tile(K + cols[:, None] * stride_kt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, MASKED,
                              EVEN_D), TF32)
-        s = _dot(q, tl.trans(k), None)
+        s = tl.dot(q, tl.trans(k))
         # scale > 0: the row max commutes with the scaling (m is the same number), so the scaled
         # scores are never formed: p = 2^(qk c - m) is one fused multiply-add per element, as the
         # backward recomputes P (2^(qk c - lse2)). Else scale first (the max of qk would be the
@@ -310,7 +294,7 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start_m, rows, offs
             p = tl.where(_keep_mask(seed, offset, start_m, start_n, bh, TQ, TK, thr, BLOCK_M, BLOCK_N, False), p, 0.0)
         v = _tf32(_load_tile(V + cols[:, None] * stride_vt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, MASKED,
                              EVEN_D), TF32)
-        acc = _dot(_tf32(p.to(v.dtype), TF32), v, acc * alpha[:, None])
+        acc = tl.dot(_tf32(p.to(v.dtype), TF32), v, acc * alpha[:, None])
         m_i = m_new
     return acc, l_i, m_i
 
@@ -387,24 +371,24 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dt, start_n, 
                              EVEN_D), TF32)
         # rows >= Tq: lse = +inf makes their P exactly 0
         lse2 = tl.load(LSE + rows, mask=rows < TQ, other=float("inf"))
-        zT = _dot(k, tl.trans(q), None) * qk_scale - lse2[None, :]            # (BLOCK_N, BLOCK_M)
+        zT = tl.dot(k, tl.trans(q)) * qk_scale - lse2[None, :]                # (BLOCK_N, BLOCK_M)
         if MASKED:  # masked before exp2, so no overflow in the entries thrown away
             zT = tl.where(cols[:, None] <= rows[None, :] + causal_off, zT, float("-inf"))
         pT = tl.exp2(zT)
         do = _tf32(_load_tile(DO + rows[:, None] * stride_dt + offs_d[None, :], rows, TQ, offs_d, HEAD_DIM, True,
                               EVEN_D), TF32)
-        dpT = _dot(v, tl.trans(do), None)
+        dpT = tl.dot(v, tl.trans(do))
         if DROPOUT:
             keepT = _keep_mask(seed, offset, start_m, start_n, bh, TQ, TK, thr, BLOCK_M, BLOCK_N, True)
-            dv = _dot(_tf32(tl.where(keepT, pT * inv_keep, 0.0).to(do.dtype), TF32), do, dv)
+            dv = tl.dot(_tf32(tl.where(keepT, pT * inv_keep, 0.0).to(do.dtype), TF32), do, dv)
             dpT = tl.where(keepT, dpT * inv_keep, 0.0)
         else:
-            dv = _dot(_tf32(pT.to(do.dtype), TF32), do, dv)
+            dv = tl.dot(_tf32(pT.to(do.dtype), TF32), do, dv)
         delta = tl.load(DELTA + rows, mask=rows < TQ, other=0.0)
         dsT = _tf32((pT * (dpT - delta[None, :])).to(q.dtype), TF32)
-        dk = _dot(dsT, q, dk)
+        dk = tl.dot(dsT, q, dk)
         if DQ_ATOMIC:
-            dq = _dot(tl.trans(dsT), k, None)                                  # (BLOCK_M, BLOCK_D) fp32
+            dq = tl.dot(tl.trans(dsT), k)                                      # (BLOCK_M, BLOCK_D) fp32
             tl.atomic_add(DQACC + rows[:, None] * HEAD_DIM + offs_d[None, :], dq,
                           mask=(rows < TQ)[:, None] & (offs_d < HEAD_DIM)[None, :], sem="relaxed")
     return dk, dv
@@ -486,16 +470,16 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, start_m, rows,
                              EVEN_D), TF32)
         v = _tf32(_load_tile(V + cols[:, None] * stride_vt + offs_d[None, :], cols, TK, offs_d, HEAD_DIM, MASKED,
                              EVEN_D), TF32)
-        z = _dot(q, tl.trans(k), None) * qk_scale - lse2[:, None]
+        z = tl.dot(q, tl.trans(k)) * qk_scale - lse2[:, None]
         if MASKED:
             z = tl.where(cols[None, :] <= rows[:, None] + causal_off, z, float("-inf"))
         p = tl.exp2(z)
-        dp = _dot(do, tl.trans(v), None)
+        dp = tl.dot(do, tl.trans(v))
         if DROPOUT:
             keep = _keep_mask(seed, offset, start_m, start_n, bh, TQ, TK, thr, BLOCK_M, BLOCK_N, False)
             dp = tl.where(keep, dp * inv_keep, 0.0)
         ds = p * (dp - delta[:, None])
-        dq = _dot(_tf32(ds.to(k.dtype), TF32), k, dq)
+        dq = tl.dot(_tf32(ds.to(k.dtype), TF32), k, dq)
     return dq
 
 

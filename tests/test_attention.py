@@ -85,9 +85,10 @@ def test_forward_backward(shape, dtype):
                                           (1, 2, 40, 40, 80, 0.0), (2, 2, 33, 50, 32, 0.1)],
                          ids=lambda c: str(c))
 def test_bf16_under_the_interpreter(B, H, Tq, Tk, D, p):
-    """The interpreter's tl.dot reads bf16 operands as raw 16-bit integers (DESIGN.md): the kernels widen
-    bf16 dot operands to fp32 there (exact; compiled kernels never do), so bf16 attention is right on the
-    CPU too (it was garbage, max error ~1e9, with no error) and is checked here at small shapes."""
+    """The interpreter's tl.dot read bf16 operands as raw 16-bit integers and its fp32 -> bf16 casts truncated
+    (DESIGN.md names the first): fastgpt.kernels patches both under the interpreter (kernels/_interpreter.py),
+    so bf16 attention is right on the CPU too (it was garbage, max error ~1e9, with no error) and is checked
+    here at small shapes."""
     kw = dict(dropout_p=p, seed=(5, 9)) if p else {}
     _compare("attn bf16", *_qkv(B, H, Tq, Tk, D, torch.bfloat16), **kw)
 

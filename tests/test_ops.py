@@ -386,3 +386,34 @@ def test_fused_block_on_the_second_gpu():
     y.sum().backward()
     torch.testing.assert_close(y, ref(x), atol=5e-3, rtol=5e-3)
     assert x.grad.device == torch.device("cuda:1") and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.skipif(HAS_CUDA or not HAS_TRITON, reason="the CPU interpreter's fix (no interpreter on a GPU run)")
+def test_the_interpreter_rounds_bf16_and_multiplies_bf16_values():
+    """Triton 3.6's interpreter truncated fp32 -> bf16 casts and multiplied bf16 dot operands as raw bits;
+    fastgpt.kernels patches both (kernels/_interpreter.py). Casts: round to nearest even, as torch and the
+    GPU (ties, overflow to inf, NaN, inf, subnormals); dots: the exact products of the bf16 values."""
+    import triton
+    import triton.language as tl
+
+    import fastgpt.kernels  # noqa: F401  (applies the patch)
+
+    @triton.jit
+    def cast_and_dot(X, Y, A, Bm, C, N: tl.constexpr, M: tl.constexpr):
+        o = tl.arange(0, N)
+        tl.store(Y + o, tl.load(X + o).to(tl.bfloat16))
+        r = tl.arange(0, M)
+        a = tl.load(A + r[:, None] * M + r[None, :])
+        b = tl.load(Bm + r[:, None] * M + r[None, :])
+        tl.store(C + r[:, None] * M + r[None, :], tl.dot(a, b))
+
+    special = torch.tensor([1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8), 3.3895314e38, 3.4e38, float("inf"),
+                            -float("inf"), 1e-40, -1e-41, 0.0, -0.0, float("nan")])   # ties, overflow, subnormals
+    x = torch.cat([torch.randn(1024 - len(special)) * 10, special])
+    y = torch.empty(1024, dtype=torch.bfloat16)
+    a, b = torch.randn(16, 16).bfloat16(), torch.randn(16, 16).bfloat16()
+    c = torch.empty(16, 16)
+    cast_and_dot[(1,)](x, y, a, b, c, 1024, 16)
+    want = x.bfloat16()
+    assert torch.equal(y[:-1].view(torch.int16), want[:-1].view(torch.int16)) and y[-1].isnan()
+    torch.testing.assert_close(c, a.float() @ b.float(), rtol=1e-6, atol=1e-6)
