@@ -43,6 +43,10 @@ while [ $# -gt 0 ]; do
     *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+if [ -z "${ONLY//[ ,]/}" ]; then
+  echo "gpu_check: --only is empty; choose from: all install tests selftest bench tune host extdiag $FAMILIES" >&2
+  exit 2
+fi
 for s in ${ONLY//,/ }; do  # a typo would otherwise run nothing but the install, silently
   case " all install tests selftest bench tune host extdiag $FAMILIES " in
     *" $s "*) ;;
@@ -97,6 +101,12 @@ stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
+# before minutes of building and testing: every stage past the install needs the GPU
+if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu_check: no CUDA device is visible to $PY (torch.cuda.is_available() is False): this script is for" \
+       "a GPU machine; on a CPU run the README's test command" >&2
+  exit 2
+fi
 
 if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

@@ -19,6 +19,9 @@ import time
 
 import torch
 
+if __package__ in (None, ""):   # run as a script (python benchmarks/run.py): the families import "benchmarks.*"
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 FAMILIES = ["layernorm", "gelu", "dropout_add", "attention", "cross_entropy", "block", "train"]
 
 
@@ -83,6 +86,9 @@ def main(argv=None):
         folder = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             print(f"benchmarks: --json {args.json}: {folder} is not a writable folder", file=sys.stderr)
+            sys.exit(2)
+        if os.path.isdir(args.json):
+            print(f"benchmarks: --json {args.json} is a folder; give a file name", file=sys.stderr)
             sys.exit(2)
     if not torch.cuda.is_available():
         print("benchmarks: a CUDA GPU is required (kernels are timed with CUDA events)", file=sys.stderr)

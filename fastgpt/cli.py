@@ -455,7 +455,7 @@ def device(spec: str | None, cpu_hint: str = "use --device cpu"):
         d = torch.device(spec)
     except (RuntimeError, ValueError):
         d = None
-    if d is None or d.type not in ("cpu", "cuda"):
+    if d is None or d.type not in ("cpu", "cuda") or (d.type == "cpu" and d.index not in (None, 0)):
         raise UsageError(f"--device must be cpu, cuda or cuda:N; got {spec!r}")
     if d.type == "cuda":
         if not torch.cuda.is_available():
@@ -816,6 +816,7 @@ def to_dict(cfg, drop=()) -> dict:
 
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what the shell reports for `seq 1 1000000 | head -1`
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 def entry(main, argv=None):
@@ -835,6 +836,11 @@ def entry(main, argv=None):
             raise
         sys.stdout.flush()  # a broken pipe shows up here if nothing forced a write before
         return rc
+    except KeyboardInterrupt:   # (train, finetune and sample say more, themselves): one line, not a traceback
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        prog = f"python -m {spec.name}" if spec is not None else os.path.basename(sys.argv[0])
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         try:
             _to_devnull(sys.stdout.fileno())

@@ -585,6 +585,8 @@ def main(argv=None) -> int:
                                                   "the default corpus as well")
     ap.add_argument("--tokenizer", choices=TOKENIZERS, default=None, help="only this tokenizer (default: both)")
     args = ap.parse_args(argv)
+    if args.data is not None and not args.data.strip():   # (Path("") is the working folder, all of it)
+        ap.error("--data is empty (an unset variable?); give a file, folder or glob")
     if not args.prepare and args.data is None:
         ap.print_help()
         return 0

@@ -72,6 +72,8 @@ def _autocast(device: torch.device, dtype: str):
 
 
 def _check_args(args) -> None:
+    if not 0 <= args.seed < 2**63:
+        raise cli.UsageError(f"--seed must be in [0, 2^63), got {args.seed}")
     if args.max_new_tokens < 1:
         raise cli.UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.num_samples < 1:

@@ -255,9 +255,10 @@ def run(device=None, quick=False, out=None, only=None):
 
     labels = list(dict.fromkeys([c[0] for c in _op_cases(device, quick)] +
                                 [f"GPTBlock {cfg.norm}-LN C={cfg.n_embd}" for cfg, *_ in _block_cases(device, quick)]))
-    if not any(wanted(label) for label in labels):
+    unmatched = [o for o in (only or []) if not any(o in label for label in labels)]
+    if unmatched:   # (a typo among good names was dropped silently)
         from fastgpt.cli import UsageError
-        raise UsageError(f"--only {','.join(only)}: matches no check; the checks are: {', '.join(labels)}")
+        raise UsageError(f"--only {','.join(unmatched)}: matches no check; the checks are: {', '.join(labels)}")
 
     try:
         reason = fused_unavailable_reason(device.type)
@@ -340,9 +341,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda if available)")
     ap.add_argument("--quick", action="store_true",
                     help="smaller shapes and no autotuning (each kernel's default launch config)")
-    ap.add_argument("--only", default="", help="comma-separated substrings of the checks to run "
+    ap.add_argument("--only", default=None, help="comma-separated substrings of the checks to run "
                     "(e.g. layer_norm,GPTBlock; default: all)")
     args = ap.parse_args(argv)
+    if args.only is not None and not args.only.replace(",", "").strip():
+        ap.error("--only is empty; give check names (or leave it out for all)")
 
     def body():
         dev = cli.device(args.device, "use --device cpu: the Triton interpreter")
@@ -354,7 +357,7 @@ def main(argv=None) -> int:
             # the interpreter evaluates masked-off lanes too (exp2(-inf), inf - inf): numpy warns about values
             # that are never stored; the table's error columns are what counts
             warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"triton\.runtime\.interpreter")
-        return 0 if run(dev, args.quick, only=[o for o in args.only.split(",") if o]) else 1
+        return 0 if run(dev, args.quick, only=[o for o in (args.only or "").split(",") if o]) else 1
 
     # usage errors: one line, 2; Ctrl-C: one line, 130 (the rows done so far are printed)
     return cli.run_main(PROG, body, {}, "use --quick (smaller shapes)")

@@ -328,6 +328,13 @@ def test_gpu_check_cli():
         assert r.returncode == 1 and "=== [extdiag] skipped: BUDGET_EXTDIAG=0" in r.stdout, r.stdout
         r = run("soon", "all,extdiag")
         assert r.returncode == 2 and "BUDGET_EXTDIAG must be a whole number of seconds" in r.stderr, r.stderr
+        r = run("1", "")   # (an empty --only ran the install alone)
+        assert r.returncode == 2 and "--only is empty" in r.stderr, r.stderr
+        if not torch.cuda.is_available():   # no GPU: one line before minutes of building and CPU tests
+            import sys
+            r = subprocess.run(["bash", str(script), "--only", "tests", "--out", out], capture_output=True, text=True,
+                               timeout=120, env=dict(os.environ, PYTHON=sys.executable))
+            assert r.returncode == 2 and "no CUDA device is visible" in r.stderr and "=== [" not in r.stdout, r
 
 
 @needs_triton

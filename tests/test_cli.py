@@ -197,6 +197,10 @@ def test_sample_bad_input_is_one_line(tiny_dir, tmp_path, capsys):
         ([m, "--device", "gpu"], 2, "--device must be cpu, cuda or cuda:N"),
         ([m, "--dtype", "fp8"], 2, "invalid choice"),
         ([m, "--prompt", ""], 2, "--prompt is empty"),
+        ([m, "--prompt", "ab\udcff"], 2, "--prompt is not UTF-8 text"),
+        ([m, "--seed", "-1"], 2, "--seed must be in [0, 2^63)"),
+        ([m, "--seed", str(2 ** 64)], 2, "--seed must be in [0, 2^63)"),
+        ([m, "--device", "cpu:3"], 2, "--device must be cpu, cuda or cuda:N"),
         ([m, "--tokenizer", "gpt2"], 2, "trained with the 'byte' tokenizer"),
         ([m, "--bogus"], 2, "unrecognized arguments: --bogus"),
         ([], 2, "required: path"),
@@ -247,8 +251,23 @@ def test_selftest_bad_input_is_one_line(capsys):
     # a filter that matches nothing used to print "VERDICT: PASS — 0/0 rows" and exit 0
     err = _one_line_exit(selftest.main, ["--device", "cpu", "--only", "layernorm"], capsys, 2, "matches no check")
     assert "layer_norm" in err  # it lists the real names
+    # a typo among good names was dropped silently; an empty filter ran everything
+    _one_line_exit(selftest.main, ["--device", "cpu", "--only", "GPTBlock,nosuch"], capsys, 2, "--only nosuch: matches")
+    _one_line_exit(selftest.main, ["--only", ""], capsys, 2, "--only is empty")
+    from fastgpt import data
+    _one_line_exit(data.main, ["--data", ""], capsys, 2, "--data is empty")   # (it tokenized the working folder)
     if not __import__("torch").cuda.is_available():
         _one_line_exit(selftest.main, ["--device", "cuda"], capsys, 2, "no CUDA device")
+
+
+def test_ctrl_c_in_a_plain_command_is_one_line(capsys):
+    """fastgpt.data and fastgpt.checkpoint printed a KeyboardInterrupt traceback; cli.entry says one line, 130."""
+    from fastgpt import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+    assert cli.entry(interrupted) == 130
+    assert capsys.readouterr().err.endswith(": interrupted\n")
 
 
 def test_selftest_on_the_cpu_turns_the_interpreter_on_itself():
