@@ -798,13 +798,13 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
                 log.bar.update(1)
             end_epoch = step % spe == 0 or step == total
             ckpt_now = bool(cfg.ckpt_interval) and step % cfg.ckpt_interval == 0
-            logging = step % cfg.log_interval == 0 or end_epoch
-            if logging or ckpt_now or sigs.name is not None:   # (never a checkpoint of non-finite weights, which
+            log_now = step % cfg.log_interval == 0 or end_epoch
+            if log_now or ckpt_now or sigs.name is not None:   # (never a checkpoint of non-finite weights, which
                 lv = float(loss.detach())                      # would rotate the good ones out)
                 if not math.isfinite(lv) and cfg.dtype != "fp16":
                     raise RunError(f"the loss became {lv} at step {step}; lower --lr (now {cfg.lr})"
                                    + (" or use --dtype fp32" if cfg.dtype != "fp32" else ""))
-            if logging:
+            if log_now:
                 tv = float(task_loss.detach())
                 row = dict(step=step, loss=lv, task_loss=tv, lr=lr, time_s=time.perf_counter() - t0)
                 if lm_loss is not None:
