@@ -456,6 +456,8 @@ def resolve_data_files(spec: str) -> list[Path]:
                        and not any(part.startswith(".") for part in f.relative_to(p).parts))
     else:
         files = sorted(Path(f) for f in _glob.glob(os.path.expanduser(spec), recursive=True) if os.path.isfile(f))
+    if not files and not p.exists() and not _glob.has_magic(spec):
+        raise DataError(f"--data {spec!r}: no such file or folder")
     if not files:
         raise DataError(f"--data {spec!r} names no text files (give a file, a folder of .txt/.md files, "
                         "or a quoted glob such as 'corpus/*.txt')")
@@ -463,14 +465,15 @@ def resolve_data_files(spec: str) -> list[Path]:
 
 
 def is_token_dir(spec: str) -> bool:
-    """Is --data SPEC an already-prepared token folder (a meta.json in it)?"""
+    """Is --data SPEC an already-prepared token folder (a meta.json in it)? (~ expanded, as for text files)"""
+    spec = os.path.expanduser(spec)
     return os.path.isdir(spec) and os.path.exists(os.path.join(spec, "meta.json"))
 
 
 def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline: bool | None = None) -> TokenData:
     """Users' text tokenized once into the cache; the last val_fraction of each document is validation."""
     if is_token_dir(spec):
-        td = load_token_dir(Path(spec))  # an already-prepared token folder
+        td = load_token_dir(Path(os.path.expanduser(spec)))  # an already-prepared token folder
         if td.tokenizer != tokenizer:
             raise DataError(f"{spec} holds {td.tokenizer!r} tokens but --tokenizer is {tokenizer!r}")
         return td

@@ -144,7 +144,7 @@ def test_entry_point_subprocess(tmp_path):
     rc, out, err = res["help"]
     assert rc == 0 and "--lr_decay_iters INT" in out and "--compile[=BOOL]" in out
     rc, out, err = res["data"]
-    assert rc == 1 and err.count("\n") == 1 and "names no text files" in err and "Traceback" not in err
+    assert rc == 1 and err.count("\n") == 1 and "no such file or folder" in err and "Traceback" not in err
     rc, out, err = res["cache"]  # no cached corpus, offline: one line saying how to prepare the cache
     assert rc == 1 and err.count("\n") == 1 and "python -m fastgpt.data --prepare" in err, err
 

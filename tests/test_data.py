@@ -144,8 +144,12 @@ def test_corrupt_token_files_say_what_to_do(cache, tmp_path):
 
 
 def test_bad_data_paths(cache, tmp_path):
-    with pytest.raises(data.DataError, match="names no text files"):
+    with pytest.raises(data.DataError, match="no such file or folder"):
         data.prepare(str(tmp_path / "nothing-here"), "byte")
+    (tmp_path / "no-text").mkdir()
+    for spec in (tmp_path / "no-text", tmp_path / "*.nothing"):   # there, but no text in it
+        with pytest.raises(data.DataError, match="names no text files"):
+            data.prepare(str(spec), "byte")
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(data.DataError, match="not UTF-8"):
