@@ -33,6 +33,7 @@ ONLY="all"
 RES="gpu_results"
 TAR=""
 FAMILIES="layernorm gelu dropout_add attention cross_entropy block train"
+STAGES="all install tests selftest bench tune host extdiag $FAMILIES"
 while [ $# -gt 0 ]; do
   case "$1" in
     --only|--out|--tar)
@@ -44,13 +45,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ -z "${ONLY//[ ,]/}" ]; then
-  echo "gpu_check: --only is empty; choose from: all install tests selftest bench tune host extdiag $FAMILIES" >&2
+  echo "gpu_check: --only is empty; choose from: $STAGES" >&2
   exit 2
 fi
 for s in ${ONLY//,/ }; do  # a typo would otherwise run nothing but the install, silently
-  case " all install tests selftest bench tune host extdiag $FAMILIES " in
+  case " $STAGES " in
     *" $s "*) ;;
-    *) echo "gpu_check: unknown stage '$s' in --only; choose from: all install tests selftest bench tune host extdiag $FAMILIES" >&2
+    *) echo "gpu_check: unknown stage '$s' in --only; choose from: $STAGES" >&2
        exit 2 ;;
   esac
 done

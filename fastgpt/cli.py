@@ -474,11 +474,19 @@ def empty_path_problems(**paths) -> list[str]:
             if v is not None and not str(v).strip()]
 
 
+def not_utf8_problem(flag: str, text: str) -> str | None:
+    """The problem line when text holds bytes of another encoding (lone surrogates from the command line),
+    else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"{flag} is not UTF-8 text (a byte that is not, at character {e.start})"
+    return None
+
+
 def check_out_dir(path, flag: str = "--out_dir") -> None:
     """A usage error (one line) unless path is, or can be created as, a writable folder."""
     from pathlib import Path
-    if not str(path).strip():   # (Path("") is the working folder: an unset shell variable, most likely)
-        raise UsageError(f"{flag} is empty; give a folder (. for this one)")
     p = Path(path)
     if p.exists():
         if not p.is_dir():

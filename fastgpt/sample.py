@@ -86,10 +86,9 @@ def _check_args(args) -> None:
         raise cli.UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.prompt == "":
         raise cli.UsageError("--prompt is empty; give some text (the default is a newline)")
-    try:
-        args.prompt.encode("utf-8")
-    except UnicodeEncodeError as e:   # bytes of another encoding, in the command line
-        raise cli.UsageError(f"--prompt is not UTF-8 text (a byte that is not, at character {e.start})") from None
+    bad_prompt = cli.not_utf8_problem("--prompt", args.prompt)
+    if bad_prompt:
+        raise cli.UsageError(bad_prompt)
 
 
 def load(path: str, backend, device: torch.device):

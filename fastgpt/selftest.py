@@ -159,7 +159,6 @@ def _op_cases(device, quick):
     from fastgpt import extension, ops, reference
     gpu = device.type == "cuda"
     all_dt = [torch.float32, torch.float16, torch.bfloat16]
-    elt_dt = all_dt
     M, N = ((4096, 768) if not quick else (512, 768)) if gpu else (33, 96)
     F = 3072 if gpu else 128
     B, H, T, D = ((2, 12, 1024, 64) if not quick else (2, 4, 256, 64)) if gpu else (1, 2, 33, 16)
@@ -179,13 +178,13 @@ def _op_cases(device, quick):
 
     return [
         ("layer_norm", fused(ops.layer_norm), reference.layer_norm,
-         lambda dt: [rnd(M, N, dt=dt), rnd(N, dt=dt), rnd(N, dt=dt), 1e-5], elt_dt, f"{M}x{N}"),
+         lambda dt: [rnd(M, N, dt=dt), rnd(N, dt=dt), rnd(N, dt=dt), 1e-5], all_dt, f"{M}x{N}"),
         ("add_layer_norm", fused(ops.add_layer_norm), reference.add_layer_norm,
-         lambda dt: [rnd(M, N, dt=dt), rnd(M, N, dt=dt), rnd(N, dt=dt), rnd(N, dt=dt), 1e-5], elt_dt, f"{M}x{N}"),
+         lambda dt: [rnd(M, N, dt=dt), rnd(M, N, dt=dt), rnd(N, dt=dt), rnd(N, dt=dt), 1e-5], all_dt, f"{M}x{N}"),
         ("bias_gelu tanh", fused(ops.bias_gelu), reference.bias_gelu,
-         lambda dt: [rnd(M, F, dt=dt), rnd(F, dt=dt), "tanh"], elt_dt, f"{M}x{F}"),
+         lambda dt: [rnd(M, F, dt=dt), rnd(F, dt=dt), "tanh"], all_dt, f"{M}x{F}"),
         ("bias_gelu erf", fused(ops.bias_gelu), reference.bias_gelu,
-         lambda dt: [rnd(M, F, dt=dt), rnd(F, dt=dt), "none"], elt_dt, f"{M}x{F}"),
+         lambda dt: [rnd(M, F, dt=dt), rnd(F, dt=dt), "none"], all_dt, f"{M}x{F}"),
         ("causal_attention", fused(ops.causal_attention), _attention_op_ref(),
          lambda dt: [rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
          f"{B}x{H}x{T}x{D}"),
@@ -202,12 +201,12 @@ def _op_cases(device, quick):
          lambda dt: [rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt), rnd(B, H, T, D, dt=dt)], all_dt,
          f"{B}x{H}x{T}x{D}"),
         ("bias_dropout_add p=0", fused(ops.bias_dropout_add), reference.bias_dropout_add,
-         lambda dt: [rnd(M, N, dt=dt), rnd(N, dt=dt), rnd(M, N, dt=dt), 0.0], elt_dt, f"{M}x{N}"),
+         lambda dt: [rnd(M, N, dt=dt), rnd(N, dt=dt), rnd(M, N, dt=dt), 0.0], all_dt, f"{M}x{N}"),
         ("bias_dropout_add p=0.1",  # the extension's Philox mask, reproduced by the reference from the seed
          lambda x, b, r: extension.bias_dropout_add(x, b, r, 0.1, seed=(7, 11)),
          lambda x, b, r: reference.bias_dropout_add(
              x, b, r, 0.1, mask=reference.dropout_keep_mask(x.shape, 0.1, 7, 11, device=x.device)),
-         lambda dt: [rnd(M, N, dt=dt), rnd(N, dt=dt), rnd(M, N, dt=dt)], elt_dt, f"{M}x{N}"),
+         lambda dt: [rnd(M, N, dt=dt), rnd(N, dt=dt), rnd(M, N, dt=dt)], all_dt, f"{M}x{N}"),
         ("fused_linear_cross_entropy", fused(ops.fused_linear_cross_entropy), reference.fused_linear_cross_entropy,
          lambda dt: [rnd(Nt, N, dt=dt), rnd(Vocab, N, dt=dt).mul_(N ** -0.5), targets()], all_dt,
          f"{Nt}x{N}, V={Vocab}"),

@@ -153,11 +153,9 @@ class TrainConfig:
     def validate(self) -> list[str]:
         from fastgpt.config import PRESETS
         p = cli.empty_path_problems(out_dir=self.out_dir, data=self.data)
-        if self.prompt:
-            try:
-                self.prompt.encode("utf-8")
-            except UnicodeEncodeError as e:   # bytes of another encoding, in the command line
-                p.append(f"--prompt is not UTF-8 text (a byte that is not, at character {e.start})")
+        bad_prompt = cli.not_utf8_problem("--prompt", self.prompt or "")
+        if bad_prompt:
+            p.append(bad_prompt)
         if self.preset is not None and self.preset not in PRESETS:
             p.append(f"--preset: unknown preset {self.preset!r}; choose from {', '.join(sorted(PRESETS))}")
         for name in ("max_iters", "batch_size", "block_size", "eval_iters", "log_interval", "lr_decay_iters"):
