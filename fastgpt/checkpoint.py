@@ -352,6 +352,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
+    if not path.is_file():   # a FIFO or device would block the read or never end
+        raise CheckpointError(f"{path} is not a regular file")
     advice = RESUME_ADVICE if _NAME.match(path.name) else ""   # (not for a file that is no checkpoint at all)
     bad = verify_checkpoint(path)
     if bad is not None:
@@ -437,18 +439,13 @@ def load_model(path, device="cpu", backend=None):
 
 def main(argv=None) -> int:
     """``python -m fastgpt.checkpoint FILE_OR_DIR ...``: verify checkpoints; exit 1 if any fails."""
-    import sys
-    args = sys.argv[1:] if argv is None else list(argv)
-    usage = "usage: python -m fastgpt.checkpoint FILE_OR_OUT_DIR ..."
-    if not args or args[0] in ("-h", "--help"):
-        print(f"{usage}\n\nVerify training checkpoints (the SHA-256 footer, then a load); one line per file; "
-              "exit 1 if any is unusable.")
-        return 0 if args else 2
-    opts = [a for a in args if a.startswith("-") and not Path(a).exists()]
-    if opts:
-        print(f"python -m fastgpt.checkpoint: error: unknown option {opts[0]} (it takes only paths: {usage[7:]})",
-              file=sys.stderr)
-        return 2
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m fastgpt.checkpoint",
+                                 description="Verify training checkpoints (the SHA-256 footer, then a load); one "
+                                             "line per file; exit 1 if any is unusable.")
+    ap.add_argument("paths", nargs="+", metavar="FILE_OR_OUT_DIR",
+                    help="a checkpoint file, or a run's out_dir (each ckpt_*.pt in it)")
+    args = ap.parse_args(argv).paths
     bad = 0
     for a in args:
         files = list_checkpoints(a) if Path(a).is_dir() else [Path(a)]

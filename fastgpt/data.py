@@ -593,17 +593,18 @@ def main(argv=None) -> int:
     if not args.prepare and args.data is None:
         ap.print_help()
         return 0
-    try:
-        for t in ([args.tokenizer] if args.tokenizer else list(TOKENIZERS)):
+    failed = False
+    for t in ([args.tokenizer] if args.tokenizer else list(TOKENIZERS)):
+        try:   # each tokenizer on its own: offline, the byte tokens need no GPT-2 files
             for data in ([None] if args.prepare else []) + ([args.data] if args.data is not None else []):
                 td = prepare(data, t)
                 print(f"{t}: {td.dir}  train {td.meta['n_tokens']['train']:,} tokens, "
                       f"val {td.meta['n_tokens']['val']:,} tokens")
-    except DataError as e:
-        print(f"python -m fastgpt.data: error: {e}", file=sys.stderr)
-        return 1
+        except DataError as e:
+            print(f"python -m fastgpt.data: error: {t}: {e}", file=sys.stderr)
+            failed = True
     print(f"cache: {cache_dir()}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

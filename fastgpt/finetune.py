@@ -866,6 +866,10 @@ def predict(cfg: FinetuneConfig, texts: list[str]):
     import torch
     if cfg.init is None:
         raise cli.UsageError("--predict needs --init FINETUNED_DIR (a fastgpt.finetune out_dir)")
+    for i, t in enumerate(texts, 1):   # (as in a --predict_file: no blank texts)
+        problem = f"text {i} is blank" if not t.strip() else cli.not_utf8_problem(f"text {i}", t)
+        if problem:
+            raise cli.UsageError(f"--predict: {problem}")
     c = _device_and_dtype(cfg)
     device = torch.device(c.device)
     model, head, meta, tok = load_finetuned(cfg.init, device, cfg.backend)

@@ -571,7 +571,8 @@ class GPT(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, use_cache: bool = True,
                  generator: Optional[torch.Generator] = None,
-                 on_token: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
+                 on_token: Optional[Callable[[torch.Tensor], None]] = None,
+                 n_vocab: Optional[int] = None) -> torch.Tensor:
         """Append max_new_tokens sampled tokens to idx (B, T) and return (B, T + new).
 
         temperature=0 is greedy (argmax). top_k keeps the k most likely tokens,
@@ -580,7 +581,8 @@ class GPT(nn.Module):
         beyond block_size the context is the last block_size tokens, recomputed
         each step (as without the cache), so both give the same logits.
         ``on_token`` is called with each new (B, 1) token tensor as it is sampled
-        (to stream, or to keep the tokens so far when interrupted).
+        (to stream, or to keep the tokens so far when interrupted). ``n_vocab``
+        samples only ids below it (a tokenizer with fewer ids than the model's vocabulary).
         """
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] == 0:
             raise ValueError("generate: idx must be a (B, T) tensor of token ids with T >= 1 (a prompt), got "
@@ -598,6 +600,9 @@ class GPT(nn.Module):
                 raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
+        n_vocab = self.config.vocab_size if n_vocab is None else operator.index(n_vocab)
+        if not 1 <= n_vocab <= self.config.vocab_size:
+            raise ValueError(f"generate: n_vocab must be in [1, {self.config.vocab_size}], got {n_vocab}")
         was_training = self.training
         self.eval()
         try:
@@ -608,7 +613,7 @@ class GPT(nn.Module):
                     logits = self._next_logits(idx[:, cache.pos:], cache)
                 else:
                     logits = self._next_logits(idx[:, -bs:], None)
-                nxt = sample_next(logits, temperature, top_k, top_p, generator)
+                nxt = sample_next(logits[:, :n_vocab], temperature, top_k, top_p, generator)
                 idx = torch.cat([idx, nxt], dim=1)
                 if on_token is not None:
                     on_token(nxt)

@@ -189,7 +189,8 @@ def _run(args) -> int:
         raise cli.UsageError("--prompt encodes to no tokens")
     idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache)
+    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache,
+              n_vocab=tok.n_vocab)   # a byte tokenizer on a larger vocabulary would drop ids >= 256
     with _autocast(device, args.dtype):
         if args.warmup:
             model.generate(idx, min(args.max_new_tokens, 8), generator=torch.Generator(device=device), **kw)

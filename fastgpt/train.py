@@ -498,7 +498,7 @@ def _nonfinite_test_steps() -> set[int]:
 
 
 def _check_resumed_model(mcfg, cfg: TrainConfig, given: set[str], path) -> None:
-    """--resume continues the checkpoint's model: a --preset or --dropout given on the command line
+    """--resume continues the checkpoint's model: a --preset, --dropout or --block_size given on the command line
     that would describe another model is a usage error (it used to be ignored without a word)."""
     from fastgpt.config import GPTConfig
     arch = ("n_layer", "n_head", "n_embd", "norm", "activation", "bias")
@@ -509,9 +509,10 @@ def _check_resumed_model(mcfg, cfg: TrainConfig, given: set[str], path) -> None:
             raise cli.UsageError(f"--preset {cfg.preset}: the checkpoint {path} holds another architecture "
                                  f"({', '.join(diff)}); --resume continues its model: drop --preset, or "
                                  "start afresh in another --out_dir")
-    if "dropout" in given and cfg.dropout != mcfg.dropout:
-        raise cli.UsageError(f"--dropout {cfg.dropout}: the checkpoint {path} was trained with dropout "
-                             f"{mcfg.dropout}; --resume continues its model as it was: drop --dropout")
+    for opt in ("dropout", "block_size"):
+        if opt in given and getattr(cfg, opt) != getattr(mcfg, opt):
+            raise cli.UsageError(f"--{opt} {getattr(cfg, opt)}: the checkpoint {path} was trained with {opt} "
+                                 f"{getattr(mcfg, opt)}; --resume continues its model as it was: drop --{opt}")
 
 
 def _our_header(header: dict) -> bool:
@@ -618,6 +619,11 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     if ckpt_state is not None and not cfg.eval_only and cfg.max_iters < ckpt_state["step"]:
         raise cli.UsageError(f"--max_iters {cfg.max_iters}: the checkpoint {resumed_from} is already at step "
                              f"{ckpt_state['step']}; give a larger --max_iters to train on, or leave it out")
+    if ckpt_state is not None:   # (before the data: a --tokenizer gpt2 would fetch its files first)
+        if ckpt_state.get("tokenizer") != cfg.tokenizer:
+            raise cli.UsageError(f"--tokenizer {cfg.tokenizer}: the checkpoint {resumed_from} was trained with the "
+                                 f"{ckpt_state.get('tokenizer')!r} tokenizer; drop --tokenizer")
+        _check_resumed_model(GPTConfig.from_dict(ckpt_state["config"]), cfg, given, resumed_from)
     device = torch.device(cfg.device, dist.local_rank) if cfg.device == "cuda" and dist.world > 1 \
         else torch.device(cfg.device)
     try:
@@ -678,10 +684,6 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     # --- model
     if ckpt_state is not None:
         mcfg = GPTConfig.from_dict(ckpt_state["config"])
-        if ckpt_state.get("tokenizer") != cfg.tokenizer:
-            raise RunError(f"the checkpoint was trained with the {ckpt_state.get('tokenizer')!r} tokenizer, "
-                           f"this run uses {cfg.tokenizer!r}")
-        _check_resumed_model(mcfg, cfg, given, resumed_from)
     else:
         over = dict(vocab_size=tok.n_vocab, block_size=cfg.block_size)
         if cfg.dropout is not None:

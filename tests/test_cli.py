@@ -306,8 +306,8 @@ def test_train_min_lr_above_the_default_lr(tmp_path, capsys):
 
 
 def test_train_resume_with_another_model_config(tmp_path, monkeypatch, capsys):
-    """--resume continues the checkpoint's model: a --preset or --dropout that says otherwise is refused
-    (they used to be ignored, and the log line named the wrong preset)."""
+    """--resume continues the checkpoint's model: a --preset, --dropout, --block_size or --tokenizer that says
+    otherwise is refused as a usage error (--preset/--dropout used to be ignored, the others exited 1)."""
     monkeypatch.setenv("FASTGPT_CACHE", str(tmp_path / "cache"))
     text = tmp_path / "t.txt"
     text.write_text("the king is dead, long live the king.\n" * 400)
@@ -319,7 +319,9 @@ def test_train_resume_with_another_model_config(tmp_path, monkeypatch, capsys):
     resume = [f"--out_dir={out}", "--resume", "--device=cpu", "--max_iters=2"]
     _one_line_exit(train.main, resume + ["--preset=gpt1"], capsys, 2, "holds another architecture")
     _one_line_exit(train.main, resume + ["--dropout=0.2"], capsys, 2, "was trained with dropout 0.0")
-    assert train.main(resume + ["--preset=tiny", "--dropout=0"]) == 0  # the same model: fine
+    _one_line_exit(train.main, resume + ["--block_size=32"], capsys, 2, "was trained with block_size 16")
+    _one_line_exit(train.main, resume + ["--tokenizer=gpt2"], capsys, 2, "trained with the 'byte' tokenizer")
+    assert train.main(resume + ["--preset=tiny", "--dropout=0", "--block_size=16"]) == 0  # the same model: fine
     # and the run ends with one summary line: where it got to, and where the model is
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("python -m fastgpt.train: done: trained to step 2 of 2, ") and "val_loss " in last, last

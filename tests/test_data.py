@@ -173,6 +173,15 @@ def test_offline_without_cache_says_how_to_prepare(cache, monkeypatch):
         assert "\n" not in msg and "python -m fastgpt.data --prepare" in msg and "FASTGPT_CACHE" in msg
 
 
+def test_data_cli_prepares_each_tokenizer_it_can(cache, tmp_path, monkeypatch, capsys):
+    """Offline without the GPT-2 files, `fastgpt.data --data F` (both tokenizers) stopped at gpt2, the first,
+    and never made the byte tokens, which need no files: each is tried, the failure named, exit 1."""
+    monkeypatch.setenv("FASTGPT_OFFLINE", "1")
+    assert data.main(["--data", str(_make_folder(tmp_path))]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("byte: ") and "python -m fastgpt.data: error: gpt2: " in err and err.count("\n") == 1
+
+
 def test_no_network_says_how_to_prepare(cache, monkeypatch):
     def fail(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (network unreachable)")

@@ -617,7 +617,7 @@ def test_predict_prints_one_line_per_input_for_choices_with_line_breaks(tmp_path
 
 def test_predict_file_lines_up_and_ctrl_c_keeps_the_labels_printed(tmp_path, tiny_init, capsys, monkeypatch):
     """--predict_file: a blank line is refused with FILE:LINE (it was dropped, so the labels after it no longer
-    lined up with their lines); Ctrl-C keeps the labels printed so far and says one line, "interrupted", not
+    lined up with their lines), a blank text argument likewise; Ctrl-C keeps the labels printed so far and says one line, "interrupted", not
     advice about a training out_dir."""
     task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
     out = tmp_path / "o"
@@ -631,6 +631,12 @@ def test_predict_file_lines_up_and_ctrl_c_keeps_the_labels_printed(tmp_path, tin
         FT.main(["--predict", f"--init={out}", f"--predict_file={gaps}", "--device=cpu"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and f"{gaps}:2: blank line" in err
+    for texts, needle in ((["red", " "], "--predict: text 2 is blank"),   # (it was labelled)
+                          (["ab\udcff"], "--predict: text 1 is not UTF-8 text")):
+        with pytest.raises(SystemExit) as e:
+            FT.main(["--predict", f"--init={out}", "--device=cpu"] + texts)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and needle in err, err
     interrupt_on_call(monkeypatch, FT, "forward_batch", 2)   # Ctrl-C in the second batch
     try:
         rc = FT.main(["--predict", f"--init={out}", "--eval_batch_size=1", "--device=cpu", "red", "saw", "pink"])

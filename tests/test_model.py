@@ -366,6 +366,15 @@ def test_padded_vocab_never_sampled_and_filters():
         m.transformer.wte.weight[100:] = 50.0
     out = m.generate(torch.zeros(4, 3, dtype=torch.long, device=DEVICE), 12, temperature=2.0)
     assert out.max().item() < 100
+    # n_vocab: a tokenizer with fewer ids (a byte tokenizer on a larger vocabulary); the last ids most likely
+    m._next_logits = lambda idx, cache: torch.arange(100.0, device=DEVICE).repeat(idx.shape[0], 1)
+    out = m.generate(torch.zeros(4, 3, dtype=torch.long, device=DEVICE), 12, temperature=2.0, n_vocab=40)
+    assert 0 < out.max().item() < 40
+    assert (m.generate(out[:, :1], 1, temperature=0)[:, 1] == 99).all()
+    assert (m.generate(out[:, :1], 1, temperature=0, n_vocab=40)[:, 1] == 39).all()
+    for bad in (0, 101):
+        with pytest.raises(ValueError, match="n_vocab must be in"):
+            m.generate(out[:, :1], 1, n_vocab=bad)
     from fastgpt.model import sample_next
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).repeat(500, 1)
     assert set(sample_next(logits, top_k=2).flatten().tolist()) == {2, 3}

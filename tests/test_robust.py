@@ -155,9 +155,16 @@ def test_truncated_or_corrupt_checkpoint_is_skipped_with_a_message(corpus, tmp_p
     assert ck.main([str(out)]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{c1}: ok (step 1)" and lines[1].startswith(f"{c2}: BAD: ") and "truncated" in lines[2]
-    assert ck.main(["--bogus", str(out)]) == 2  # an option is a usage error, not a path that is not there
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "unknown option --bogus" in err
+    with pytest.raises(SystemExit) as e:  # an option is a usage error, not a path that is not there
+        ck.main(["--bogus", str(out)])
+    assert e.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    fifo = tmp_path / "ckpt_0000009.pt"
+    os.mkfifo(fifo)   # it waited forever for a writer
+    with pytest.raises(SystemExit) as e:   # --help after a path was "unknown option --help"
+        ck.main([str(fifo), "--help"])
+    assert e.value.code == 0 and "FILE_OR_OUT_DIR" in capsys.readouterr().out
+    assert ck.main([str(fifo)]) == 1 and "is not a regular file" in capsys.readouterr().out
+    fifo.unlink()
     assert train.main([f"--out_dir={out}", "--resume", "--max_iters=4", "--device=cpu"]) == 0
     err = capsys.readouterr().err
     assert f"skipping {c3}: truncated" in err and f"skipping {c2}: checksum mismatch" in err, err
