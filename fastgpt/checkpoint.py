@@ -439,8 +439,8 @@ def load_model(path, device="cpu", backend=None):
 
 def main(argv=None) -> int:
     """``python -m fastgpt.checkpoint FILE_OR_DIR ...``: verify checkpoints; exit 1 if any fails."""
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m fastgpt.checkpoint",
+    from fastgpt import cli
+    ap = cli.ArgumentParser(prog="python -m fastgpt.checkpoint",
                                  description="Verify training checkpoints (the SHA-256 footer, then a load); one "
                                              "line per file; exit 1 if any is unusable.")
     ap.add_argument("paths", nargs="+", metavar="FILE_OR_OUT_DIR",
