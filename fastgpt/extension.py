@@ -226,8 +226,7 @@ def _validate(x, bias, residual, p) -> None:
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in _FLOATS:
             raise TypeError(f"{op}: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32")
-    if x.dim() < 1:
-        raise ValueError(f"{op}: x must have at least one dim")
+    reference.check_x(op, x)
     if x.shape != residual.shape:
         raise ValueError(f"{op}: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
     if bias is not None:

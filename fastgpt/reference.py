@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -90,13 +92,19 @@ def require_weight(op: str, weight) -> None:
         raise TypeError(f"{op}: weight is required (a tensor of the hidden size); got None")
 
 
-def _check_vector(op: str, name: str, t, x) -> None:
-    """t (if given) is a vector of x's last dim."""
-    if t is None:
-        return
+def check_x(op: str, x, features: bool = False) -> None:
+    """x has a last dim (the feature dim of a bias or weight), and with ``features`` a non-empty one
+    (LayerNorm over no features has no mean)."""
     if x.dim() < 1:
         raise ValueError(f"{op}: x must have at least one dim")
-    check_vector_shape(op, name, t, x.shape[-1])
+    if features and x.shape[-1] == 0:
+        raise ValueError(f"{op}: x must have a non-empty last (feature) dim, got shape {tuple(x.shape)}")
+
+
+def _check_vector(op: str, name: str, t, x) -> None:
+    """t (if given) is a vector of x's last dim."""
+    if t is not None:
+        check_vector_shape(op, name, t, x.shape[-1])
 
 
 def check_targets(op: str, t: torch.Tensor, V: int, ignore_index: int) -> None:
@@ -111,6 +119,36 @@ def check_targets(op: str, t: torch.Tensor, V: int, ignore_index: int) -> None:
                          f"and is not ignore_index ({ignore_index})")
 
 
+def check_cross_entropy(op: str, h, W, targets, ignore_index, reduction: str, label_smoothing: float) -> None:
+    """fused_linear_cross_entropy's arguments: h (..., C) and W (V, C) floating point and non-empty in C
+    and V, targets an int64 tensor with one element per row of h, ignore_index a whole number."""
+    check_floats(op, h=h, W=W)
+    if h.dim() < 1:
+        raise ValueError(f"{op}: h must be (N, C) or (..., C), got a 0-d tensor")
+    if W.dim() != 2 or W.shape[1] != h.shape[-1]:
+        raise ValueError(f"{op}: W must be (V, {h.shape[-1]}) for h of shape {tuple(h.shape)}, got {tuple(W.shape)}")
+    if W.shape[0] == 0 or W.shape[1] == 0:
+        raise ValueError(f"{op}: W must be non-empty, got shape {tuple(W.shape)}")
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"{op}: targets must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.dtype != torch.int64:
+        raise TypeError(f"{op}: targets must be int64 (class indices), got {targets.dtype}")
+    n = h.numel() // h.shape[-1]
+    if targets.numel() != n:
+        raise ValueError(f"{op}: h has {n} rows (shape {tuple(h.shape)}) but targets has "
+                         f"{targets.numel()} elements (shape {tuple(targets.shape)})")
+    try:
+        if isinstance(ignore_index, bool):
+            raise TypeError
+        operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"{op}: ignore_index must be a whole number, got {ignore_index!r}") from None
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"{op}: reduction must be 'mean' or 'sum', got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
+
+
 def layer_norm(x, weight, bias=None, eps: float = 1e-5):
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the last dim.
 
@@ -118,6 +156,7 @@ def layer_norm(x, weight, bias=None, eps: float = 1e-5):
     """
     require_weight("layer_norm", weight)
     check_floats("layer_norm", x=x, weight=weight, bias=bias)
+    check_x("layer_norm", x, features=True)
     _check_vector("layer_norm", "weight", weight, x)
     _check_vector("layer_norm", "bias", bias, x)
     cd = opmath_dtype(x.dtype)
@@ -134,6 +173,7 @@ def add_layer_norm(x, residual, weight, bias=None, eps: float = 1e-5):
     """
     require_weight("add_layer_norm", weight)
     check_floats("add_layer_norm", x=x, residual=residual, weight=weight, bias=bias)
+    check_x("add_layer_norm", x, features=True)
     if x.shape != residual.shape:
         raise ValueError(f"add_layer_norm: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
     _check_vector("add_layer_norm", "weight", weight, x)
@@ -150,6 +190,7 @@ def bias_gelu(x, bias=None, approximate: str = "tanh"):
     if approximate not in ("tanh", "none"):
         raise ValueError(f"bias_gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
     check_floats("bias_gelu", x=x, bias=bias)
+    check_x("bias_gelu", x)
     _check_vector("bias_gelu", "bias", bias, x)
     cd = opmath_dtype(x.dtype)
     with _no_autocast(x):
@@ -202,8 +243,7 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
     Tq, Tk = q.shape[-2], k.shape[-2]
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"causal_attention: dropout_p must be in [0, 1), got {dropout_p}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+    scale = attention_scale("causal_attention", scale, q.shape[-1])
     cd = opmath_dtype(q.dtype)
     with _no_autocast(q):
         s = torch.matmul(q.to(cd), k.to(cd).transpose(-1, -2)) * scale
@@ -214,9 +254,9 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
         if dropout_p > 0.0:
             scale_kept = 1.0 / (1.0 - dropout_p)
             if mask is None and seed is not None:
-                pair = [int(x) for x in seed]
-                if len(pair) != 2:
-                    raise ValueError(f"causal_attention: seed must be a pair (seed, offset), got {len(pair)} values")
+                if isinstance(seed, torch.Tensor):
+                    check_seed_tensor("causal_attention", seed)
+                pair = seed.tolist() if isinstance(seed, torch.Tensor) else seed_values(seed, "causal_attention")
                 mask = attention_keep_mask(p.shape, dropout_p, *pair, device=p.device)
                 scale_kept = attention_dropout_scale(dropout_p)
             if mask is None:
@@ -240,11 +280,10 @@ def causal_attention_qkvpacked(qkv, scale=None, dropout_p: float = 0.0, seed=Non
     return causal_attention(q, k, v, scale, dropout_p, seed=seed).transpose(1, 2).reshape(B, T, H * D)
 
 
-
-
 def check_bias_dropout_p(op: str, p) -> None:
-    """p is a number in [0, MAX_DROPOUT_P]: a ValueError naming it otherwise (both backends)."""
-    if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+    """p is a real number (a numpy scalar too) in [0, MAX_DROPOUT_P]: a ValueError naming it otherwise (both
+    backends)."""
+    if not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
         raise ValueError(f"{op}: dropout_p must be a number in [0, 1), got {p!r}")
     if p > MAX_DROPOUT_P:
         raise ValueError(f"{op}: dropout_p {p!r} is above {MAX_DROPOUT_P:.6f}: the extension's mask moves in "
@@ -298,13 +337,39 @@ def dropout_keep_mask(shape, dropout_p: float, seed: int, offset: int = 0, devic
     return (u16[:numel] >= thr).reshape(shape)
 
 
+def check_seed_tensor(op: str, seed: torch.Tensor) -> None:
+    """A dropout seed given as a tensor is int64 of shape (2,) = (seed, offset) (metadata only: no sync)."""
+    if seed.dtype != torch.int64 or tuple(seed.shape) != (2,):
+        raise ValueError(f"{op}: seed must be an int64 tensor of shape (2,) = (seed, offset), "
+                         f"got {seed.dtype} {tuple(seed.shape)}")
+
+
+def seed_values(values, op: str = "dropout") -> list[int]:
+    """The two whole numbers of a (seed, offset) pair; a ValueError for anything else."""
+    try:
+        vals = [operator.index(v) for v in values]
+    except TypeError:
+        raise ValueError(f"{op}: seed must be a pair (seed, offset) of whole numbers or an int64 tensor of "
+                         f"shape (2,), got {values!r}") from None
+    if len(vals) != 2:
+        raise ValueError(f"{op}: seed must be a pair (seed, offset), got {len(vals)} values")
+    return vals
+
+
 def seed_pair(values, device=None, op: str = "dropout") -> torch.Tensor:
     """A (seed, offset) pair of Python ints as the int64 tensor the fused dropout ops take
     (values wrap modulo 2^64 into int64, as the kernels read them back as uint64)."""
-    vals = [int(v) for v in values]
-    if len(vals) != 2:
-        raise ValueError(f"{op}: seed must be a pair (seed, offset), got {len(vals)} values")
+    vals = seed_values(values, op)
     return torch.tensor([(v + 2**63) % 2**64 - 2**63 for v in vals], dtype=torch.int64, device=device)
+
+
+def attention_scale(op: str, scale, head_dim: int) -> float:
+    """The softmax scale as a float: 1/sqrt(head_dim) for None; a TypeError for what is not a number."""
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, (str, bytes)) or not hasattr(scale, "__float__"):
+        raise TypeError(f"{op}: scale must be a number, got {scale!r}")
+    return float(scale)
 
 
 def attention_dropout_threshold(dropout_p: float) -> int:
@@ -366,6 +431,7 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, generator=None, 
     the mask the extension draws for a (seed, offset), so p > 0 compares exactly.
     """
     check_floats("bias_dropout_add", x=x, bias=bias, residual=residual)
+    check_x("bias_dropout_add", x)
     if x.shape != residual.shape:
         raise ValueError(f"bias_dropout_add: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
     _check_vector("bias_dropout_add", "bias", bias, x)
@@ -401,23 +467,10 @@ def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reductio
     torch.nn.functional.cross_entropy. The loss is float32 (float64 for
     float64 inputs).
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"fused_linear_cross_entropy: reduction must be 'mean' or 'sum', got {reduction!r}")
     op = "fused_linear_cross_entropy"
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
-    check_floats(op, h=h, W=W)
-    if h.dim() < 1:
-        raise ValueError(f"{op}: h must be (..., C), got a 0-d tensor")
-    C = h.shape[-1]
-    if W.dim() != 2 or W.shape[1] != C:
-        raise ValueError(f"{op}: W must be (V, {C}) for h of shape {tuple(h.shape)}, got {tuple(W.shape)}")
-    if targets.dtype != torch.int64:
-        raise TypeError(f"{op}: targets must be int64 (class indices), got {targets.dtype}")
-    h2 = h.reshape(-1, C)
+    check_cross_entropy(op, h, W, targets, ignore_index, reduction, label_smoothing)
+    h2 = h.reshape(-1, h.shape[-1])
     t = targets.reshape(-1)
-    if t.numel() != h2.shape[0]:
-        raise ValueError(f"{op}: {h2.shape[0]} rows of h but {t.numel()} targets")
     check_targets(op, t, W.shape[0], ignore_index)
     cd = opmath_dtype(torch.promote_types(h.dtype, W.dtype))
     with _no_autocast(h):

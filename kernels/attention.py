@@ -676,9 +676,7 @@ def _check_seed(seed, device) -> Tensor:
     """seed as an int64 (seed, offset) tensor on ``device``: a tensor is checked, a pair of ints converted."""
     if not isinstance(seed, Tensor):
         return reference.seed_pair(seed, device, "causal_attention")
-    if seed.dtype != torch.int64 or seed.shape != (2,):
-        raise ValueError(f"causal_attention: seed must be an int64 tensor of shape (2,) = (seed, offset), "
-                         f"got {seed.dtype} {tuple(seed.shape)}")
+    reference.check_seed_tensor("causal_attention", seed)
     if seed.device != torch.device(device):
         raise ValueError(f"causal_attention: seed is on {seed.device} but q is on {device}")
     return seed.contiguous()
@@ -1085,7 +1083,7 @@ def _checked_call(q, k, v, scale, dropout_p, seed, generator, depth=0):
     _validate(q, k, v)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"causal_attention: dropout_p must be in [0, 1), got {dropout_p}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = reference.attention_scale("causal_attention", scale, q.shape[-1])
     dropout_p = float(dropout_p)
     if dropout_p > 0.0:
         # the caller: past _note_quantised_rate, this, depth frames, the public function, on_its_device

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 from typing import Optional
 
 import torch
@@ -198,32 +199,12 @@ def _accumulate_dw(dw: Tensor, g: Tensor, hc: Tensor, first: bool, scratch: list
 
 # ----------------------------------------------------------------------------- launcher
 
-def _validate(h: Tensor, W: Tensor, targets: Tensor, reduction: str, label_smoothing: float,
+def _validate(h: Tensor, W: Tensor, targets: Tensor, ignore_index: int, reduction: str, label_smoothing: float,
               chunk_size: Optional[int]) -> None:
-    check_float("h", h, OP)
+    reference.check_cross_entropy(OP, h, W, targets, ignore_index, reduction, label_smoothing)
+    check_float("h", h, OP)   # (fp16 / bf16 / fp32)
     check_float("W", W, OP)
-    if h.dim() < 1:
-        raise ValueError(f"{OP}: h must be (N, C) or (..., C), got a 0-d tensor")
-    if W.dim() != 2:
-        raise ValueError(f"{OP}: W must be 2-D (V, C), got shape {tuple(W.shape)}")
-    if W.shape[0] == 0 or W.shape[1] == 0:
-        raise ValueError(f"{OP}: W must be non-empty, got shape {tuple(W.shape)}")
-    if h.shape[-1] != W.shape[1]:
-        raise ValueError(f"{OP}: h has hidden size {h.shape[-1]} but W has shape {tuple(W.shape)} "
-                         f"(expected (V, {h.shape[-1]}))")
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"{OP}: targets must be a torch.Tensor, got {type(targets).__name__}")
-    if targets.dtype != torch.int64:
-        raise TypeError(f"{OP}: targets must be int64 (class indices), got {targets.dtype}")
-    n = h.numel() // h.shape[-1]
-    if targets.numel() != n:
-        raise ValueError(f"{OP}: h has {n} rows (shape {tuple(h.shape)}) but targets has "
-                         f"{targets.numel()} elements (shape {tuple(targets.shape)})")
     check_same_device(OP, h=h, W=W, targets=targets)
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"{OP}: reduction must be 'mean' or 'sum', got {reduction!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{OP}: label_smoothing must be in [0, 1], got {label_smoothing}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"{OP}: chunk_size must be a positive int (rows per chunk), got {chunk_size!r}")
 
@@ -244,7 +225,7 @@ def flce_fwd(h2: Tensor, W: Tensor, t: Tensor, ignore_index: int, reduction: str
     an empty tensor when not need_dh. dw: (V, C) fp32, d sum_i loss_i / dW (unscaled), or empty.
     scale: () fp32, 1/max(n_valid, 1) for "mean", 1 for "sum"; the true gradients are scale * dh/dw.
     """
-    _validate(h2, W, t, reduction, label_smoothing, chunk_size)
+    _validate(h2, W, t, ignore_index, reduction, label_smoothing, chunk_size)
     N, C = h2.shape
     V = W.shape[0]
     dev, cd = h2.device, h2.dtype
@@ -293,7 +274,7 @@ def _flce_op(h: Tensor, W: Tensor, targets: Tensor, ignore_index: int, reduction
 
 @_flce_op.register_fake
 def _(h, W, targets, ignore_index, reduction, label_smoothing, chunk_size, need_dh, need_dw):
-    _validate(h, W, targets, reduction, label_smoothing, chunk_size)
+    _validate(h, W, targets, ignore_index, reduction, label_smoothing, chunk_size)
     loss = h.new_empty((), dtype=torch.float32)
     dh = h.new_empty(h.shape) if need_dh else h.new_empty(0)
     dw = h.new_empty(W.shape, dtype=torch.float32) if need_dw else h.new_empty(0, dtype=torch.float32)
@@ -343,7 +324,7 @@ def fused_linear_cross_entropy(h: Tensor, W: Tensor, targets: Tensor, ignore_ind
     Returns the fp32 loss (a 0-d tensor). chunk_size: rows of logits per chunk (default: a
     256 MiB budget). Under torch.autocast the GEMMs run in the autocast dtype, as nn.Linear's.
     """
-    _validate(h, W, targets, reduction, label_smoothing, chunk_size)
+    _validate(h, W, targets, ignore_index, reduction, label_smoothing, chunk_size)
     dev = h.device.type
     if torch.is_autocast_enabled(dev):
         ad = torch.get_autocast_dtype(dev)
@@ -355,6 +336,6 @@ def fused_linear_cross_entropy(h: Tensor, W: Tensor, targets: Tensor, ignore_ind
     need_dh = grad_on and h2.requires_grad
     need_dw = grad_on and W.requires_grad
     with torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else contextlib.nullcontext():
-        loss, _, _, _ = _flce_op(h2, W, t, int(ignore_index), reduction, float(label_smoothing), chunk_size,
+        loss, _, _, _ = _flce_op(h2, W, t, operator.index(ignore_index), reduction, float(label_smoothing), chunk_size,
                                  need_dh, need_dw)
     return loss

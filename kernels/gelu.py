@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastgpt import reference
 from fastgpt.backend import first_order_only
 from fastgpt.kernels._common import (
     PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_same_device, check_vector, current_stream, empty,
@@ -138,8 +139,7 @@ def _bias_gelu_bwd_kernel(
 def _validate(x, bias, approximate):
     op = "bias_gelu"
     check_float("x", x, op)
-    if x.dim() < 1:
-        raise ValueError(f"{op}: x must have at least one dim")
+    reference.check_x(op, x)
     if approximate not in _APPROX:
         raise ValueError(f"{op}: approximate must be 'tanh' or 'none', got {approximate!r}")
     check_vector(op, "bias", bias, x.shape[-1])

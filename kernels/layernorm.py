@@ -194,8 +194,7 @@ def _layer_norm_bwd_kernel(
 
 def _validate(op, x, residual, weight, bias):
     check_float("x", x, op)
-    if x.dim() < 1 or x.shape[-1] == 0:
-        raise ValueError(f"{op}: x must have a non-empty last (feature) dim, got shape {tuple(x.shape)}")
+    reference.check_x(op, x, features=True)
     n = x.shape[-1]
     if n > MAX_N:
         raise ValueError(f"{op}: hidden size {n} exceeds the kernel's limit of {MAX_N}")
@@ -368,6 +367,8 @@ def _grads(ctx, dy, dh, bwd):
     """(dx, dweight, dbias) or (dx, dresidual, dweight, dbias), computed by ``bwd``
     (the launcher in eager mode, the registered backward op under torch.compile)."""
     hin, weight, mean, rstd = ctx.saved_tensors
+    if dy is None and dh is None:   # no gradient reaches the outputs (a caller's Function returned None)
+        return (None,) * (3 if ctx.res_dtype is None else 4)
     if dy is None:  # add_layer_norm, only h = x + residual in the loss: no LayerNorm gradient (as the reference)
         return dh.to(ctx.x_dtype), dh.to(ctx.res_dtype), None, None
     dx, dr, dw, db = bwd(dy, dh, hin, weight, ctx.has_bias, mean, rstd, ctx.x_dtype, ctx.res_dtype)
@@ -478,7 +479,7 @@ class _LayerNormFunction(torch.autograd.Function):
         return y if residual is None else (y, h)
 
     @staticmethod
-    @first_order_only("layer_norm")
+    @first_order_only("layer_norm / add_layer_norm")
     def backward(ctx, dy, dh=None):
         g = _grads(ctx, dy, dh, ctx.plan.backward)
         if ctx.res_dtype is None:

@@ -220,10 +220,14 @@ def test_poisoned_buffers_are_fully_written():
 
 
 @pytest.mark.parametrize("case,exc,msg", [
-    ("hidden", ValueError, "hidden size"),
-    ("w_dim", ValueError, "W must be 2-D"),
+    ("hidden", ValueError, r"W must be \(V, 8\)"),
+    ("w_dim", ValueError, r"W must be \(V, 8\)"),
+    ("v_empty", ValueError, "W must be non-empty"),
+    ("c_empty", ValueError, "W must be non-empty"),
     ("n_targets", ValueError, "targets has"),
+    ("t_list", TypeError, "targets must be a torch.Tensor"),
     ("t_dtype", TypeError, "int64"),
+    ("ignore_float", TypeError, "ignore_index must be a whole number"),   # (the kernels truncated 1.5 to 1)
     ("h_dtype", TypeError, "dtype"),
     ("reduction", ValueError, "reduction"),
     ("smoothing", ValueError, "label_smoothing"),
@@ -231,6 +235,8 @@ def test_poisoned_buffers_are_fully_written():
     ("device", ValueError, "different devices"),
 ])
 def test_bad_input(case, exc, msg):
+    """The kernels and the reference refuse the same arguments with the same error (the shape and type
+    checks are reference.check_cross_entropy); float64, chunk_size and devices are the kernels' own."""
     import fastgpt.kernels as K
     h, W, t = _inputs((6,), 8, 11, torch.float32)
     args, kw = [h, W, t], {}
@@ -238,10 +244,18 @@ def test_bad_input(case, exc, msg):
         args[1] = torch.randn(11, 9, device=DEVICE)
     elif case == "w_dim":
         args[1] = torch.randn(11, 8, 1, device=DEVICE)
+    elif case == "v_empty":
+        args[1], args[2] = W[:0], torch.full_like(t, -100)
+    elif case == "c_empty":
+        args[0], args[1] = h[:, :0], W[:, :0]
     elif case == "n_targets":
         args[2] = t[:5]
+    elif case == "t_list":
+        args[2] = t.tolist()
     elif case == "t_dtype":
         args[2] = t.int()
+    elif case == "ignore_float":
+        kw["ignore_index"] = 1.5
     elif case == "h_dtype":
         args[0] = h.double()
     elif case == "reduction":
@@ -254,6 +268,9 @@ def test_bad_input(case, exc, msg):
         args[1] = W.to("meta" if DEVICE == "cpu" else "cpu")
     with pytest.raises(exc, match=msg):
         K.fused_linear_cross_entropy(*args, **kw)
+    if case not in ("h_dtype", "chunk", "device"):
+        with pytest.raises(exc, match=msg):
+            reference.fused_linear_cross_entropy(*args, **kw)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="on CUDA a bad target is a device-side assert, as in torch")

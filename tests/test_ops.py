@@ -136,6 +136,13 @@ def test_reference_dropout_p_out_of_range_is_an_error(p):
         ops.causal_attention(q, q, q, dropout_p=p, backend="reference")
     with pytest.raises(ValueError, match="dropout_p must be a number in"):
         ops.bias_dropout_add(q, None, q, p, backend="reference")
+    # a numpy scalar p is a number (it was refused as "must be a number in [0, 1)", while attention took it)
+    import numpy as np
+    from fastgpt import extension
+    for backend in ("reference",) + (("fused",) if extension.load() is not None else ()):
+        ones = torch.ones(4096)
+        dropped = (ops.bias_dropout_add(ones, None, 0 * ones, np.float32(0.25), backend=backend) == 0).float()
+        assert 0.2 < dropped.mean() < 0.3, backend
     # the extension's bias check on the reference path too (a (31,) bias was a broadcast RuntimeError there,
     # a full-shape one silently accepted)
     for bad in (torch.randn(q.shape[-1] - 1), torch.randn(q.shape)):
@@ -183,6 +190,20 @@ def _bad_calls():
          "h has dtype torch.int32"),
         ("ce 0-d h", lambda b: ops.fused_linear_cross_entropy(h[0, 0], W[:, :1], t[:1], backend=b), ValueError,
          "0-d tensor"),
+        # (below: one backend refused, the other accepted; or a message that named the wrong thing)
+        ("ln no features", lambda b: ops.layer_norm(x[:, :0], w[:0], backend=b), ValueError,
+         "non-empty last"),
+        ("gelu 0-d", lambda b: ops.bias_gelu(x[0, 0], backend=b), ValueError, "at least one dim"),
+        ("dropout_add 0-d", lambda b: ops.bias_dropout_add(x[0, 0], None, x[0, 0], 0.0, backend=b), ValueError,
+         "at least one dim"),
+        ("attn str scale", lambda b: ops.causal_attention(q, q, q, scale="0.5", backend=b), TypeError,
+         "scale must be a number"),
+        ("attn int32 seed", lambda b: ops.causal_attention(q, q, q, dropout_p=0.1, seed=t[:2].int(), backend=b),
+         ValueError, r"seed must be an int64 tensor of shape \(2,\)"),
+        ("attn int seed", lambda b: ops.causal_attention(q, q, q, dropout_p=0.1, seed=5, backend=b),
+         ValueError, r"seed must be a pair \(seed, offset\) of whole numbers"),
+        ("ce float ignore_index", lambda b: ops.fused_linear_cross_entropy(h, W, t, ignore_index=1.5, backend=b),
+         TypeError, "ignore_index must be a whole number"),
     ] + ([] if HAS_CUDA else [  # on CUDA an out-of-range target is an asynchronous device assert
         ("ce target range", lambda b: ops.fused_linear_cross_entropy(h, W, t * 5, backend=b), ValueError,
          r"target 15 at position 2 is outside \[0, 11\)"),
@@ -280,6 +301,31 @@ def test_add_layer_norm_with_y_unused_gives_no_weight_gradient():
         h.backward(g)
         assert w.grad is None and b.grad is None, backend
         assert torch.equal(x.grad, g) and torch.equal(r.grad, g), backend
+
+
+class _DropFirstGrad(torch.autograd.Function):
+    """out = z, with y an input whose gradient is undefined (None), as gradcheck's undefined-grad check sends."""
+    @staticmethod
+    def forward(ctx, y, z):
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return None, g
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_layer_norm_backward_with_no_gradient_reaching_it():
+    """An undefined gradient for y (and h): the fused backward did dh.to(...) on None (AttributeError)."""
+    x, r = (torch.randn(3, 8, device=DEVICE, requires_grad=True) for _ in range(2))
+    w = torch.randn(8, device=DEVICE, requires_grad=True)
+    z = torch.randn(3, 8, device=DEVICE, requires_grad=True)
+    for backend in ("fused", "reference"):
+        _DropFirstGrad.apply(ops.layer_norm(x, w, backend=backend), z).sum().backward()
+        y, h = ops.add_layer_norm(x, r, w, backend=backend)
+        _DropFirstGrad.apply(y + h, z).sum().backward()
+        assert x.grad is None and r.grad is None and w.grad is None, backend
+    assert torch.equal(z.grad, torch.full_like(z, 4.0))
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
