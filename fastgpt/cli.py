@@ -279,7 +279,7 @@ def parse(cls, argv: list[str] | None = None, prog: str = "fastgpt", description
         print(format_help(cls, prog, description, epilog))
         sys.exit(0)
     except UsageError as e:
-        die(prog, str(e))
+        die(prog, str(e), every_rank_alike=True)   # (the options alone: the same on every rank)
     return cfg, given
 
 
@@ -303,7 +303,8 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        die(self.prog, f"{message.splitlines()[0] if message else 'bad arguments'}; see --help")
+        die(self.prog, f"{message.splitlines()[0] if message else 'bad arguments'}; see --help",
+            every_rank_alike=True)
 
 
 def out_of_memory(e: BaseException, hint: str) -> str | None:
@@ -321,13 +322,22 @@ def out_of_memory(e: BaseException, hint: str) -> str | None:
     return f"out of memory on {where} ({first}); {hint}"
 
 
-def die(prog: str, msg: str, status: int = 2):
-    """One line on stderr and exit (2 = usage error)."""
-    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+def other_rank() -> bool:
+    """A torchrun worker other than rank 0 ($RANK), whose lines that every worker would print alike
+    (a usage error, an agreed stop) are left to rank 0: N copies of one line said nothing more."""
+    return os.environ.get("RANK", "0").strip() not in ("", "0")
+
+
+def die(prog: str, msg: str, status: int = 2, every_rank_alike: bool = False):
+    """One line on stderr and exit (2 = usage error). ``every_rank_alike``: an error every torchrun worker
+    meets the same way (one in the command line's options, an agreed stop), said by rank 0 alone; the
+    others (a device, a folder, memory) may be one process's own, and each process that meets one says it."""
+    if not (every_rank_alike and other_rank()):
+        print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
     sys.exit(status)
 
 
-def run_main(prog: str, body, statuses: dict, memory_hint: str, interrupted=None) -> int:
+def run_main(prog: str, body, statuses: dict, memory_hint: str, interrupted=None, alike: tuple = ()) -> int:
     """A CLI main's body with its known failures as one line each: body() runs; an exception of a
     class in ``statuses`` (first match, in order; UsageError is always 2) ends the process with one
     line and that exit status; an allocation failure says what to lower (``memory_hint``); Ctrl-C
@@ -335,21 +345,24 @@ def run_main(prog: str, body, statuses: dict, memory_hint: str, interrupted=None
     (``interrupted`` = (out_dir, when): the checkpoint to continue from), else "PROG: interrupted",
     followed by what the KeyboardInterrupt carries (a body may re-raise it as
     ``KeyboardInterrupt("after 12 of 40 labels")`` to say how far it got). Anything else propagates
-    (a bug: its traceback is wanted). Returns body()'s value when it is an int (an exit status),
-    else 0 (a run's summary, None)."""
+    (a bug: its traceback is wanted). Under torchrun the lines of the ``alike`` classes (errors every
+    rank meets the same way) and of Ctrl-C are rank 0's alone (see die). Returns body()'s value when it
+    is an int (an exit status), else 0 (a run's summary, None)."""
     statuses = {UsageError: 2, **statuses}
     try:
         rc = body()
     except tuple(statuses) as e:
-        die(prog, str(e), next(code for cls, code in statuses.items() if isinstance(e, cls)))
+        die(prog, str(e), next(code for cls, code in statuses.items() if isinstance(e, cls)),
+            every_rank_alike=isinstance(e, alike))
     except (RuntimeError, MemoryError) as e:
         msg = out_of_memory(e, memory_hint)
         if msg is None:
             raise
         die(prog, msg, 1)
-    except KeyboardInterrupt as e:
-        line = interrupted_line(prog, *interrupted) if interrupted else f"{prog}: interrupted"
-        print("\n" + line + (f" {e}" if str(e) else ""), file=sys.stderr, flush=True)
+    except KeyboardInterrupt as e:   # (torchrun passes a Ctrl-C to every worker: rank 0 says it)
+        if not other_rank():
+            line = interrupted_line(prog, *interrupted) if interrupted else f"{prog}: interrupted"
+            print("\n" + line + (f" {e}" if str(e) else ""), file=sys.stderr, flush=True)
         return 130
     return rc if isinstance(rc, int) else 0
 

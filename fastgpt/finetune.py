@@ -593,9 +593,13 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
     from fastgpt import data as fdata
 
     given = set(given or ())
-    if cli.torchrun_world_size() > 1:  # N copies would write one out_dir at once
+    world = cli.torchrun_world_size()
+    if world > 1:  # N copies would write one out_dir at once
+        if cli.other_rank():   # (rank 0 says it)
+            raise SystemExit(2)
         raise cli.UsageError("fastgpt.finetune runs in one process (fine-tuning sets are small): start it "
-                             "without torchrun")
+                             "without torchrun" if "RANK" in os.environ else
+                             f"fastgpt.finetune runs in one process, and $WORLD_SIZE is {world}: unset it")
     cfg = _absolute_paths(cfg)
     out_dir = Path(cfg.out_dir)
     cli.check_out_dir(out_dir)  # before the task and the model are loaded

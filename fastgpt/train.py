@@ -733,13 +733,16 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         if saved_world == W and ds["B"] != B * W:
             raise cli.UsageError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} "
                                  f"per process ({W} process(es)); resume with the same --batch_size")
+        # the windows are drawn one by one from one stream, whatever the draw's size: only the batch per
+        # optimizer step (processes x --batch_size x --grad_accum) can change, not the data order
+        was, now = ds["B"] * int(ckpt_state["train_config"].get("grad_accum", 1)), B * W * cfg.grad_accum
+        if was != now:
+            say0(f"{PROG}: warning: the global batch is now {now} sequences per step ({W} process(es) x "
+                 f"--batch_size {B} x --grad_accum {cfg.grad_accum}); the checkpoint's run had {was}")
         try:
-            if saved_world == W or ds["B"] == B * W:  # the same global batch: the same stream
+            if ds["B"] == B * W:
                 train_batches.load_state_dict(ds)
-            else:
-                say0(f"{PROG}: warning: the checkpoint was written by {saved_world} process(es), this run has {W}: "
-                     f"the global batch is now {B * W} sequences and the data order differs from an "
-                     "uninterrupted run")
+            else:   # (another process count)
                 if (ds["T"], ds["n"]) != (cfg.block_size, len(td.train)):
                     train_batches.load_state_dict(ds)  # raises the data-mismatch DataError
                 train_batches.rng.bit_generator.state = ds["bit_generator"]
@@ -1115,7 +1118,7 @@ def main(argv=None) -> int:
                         "lower --batch_size or --block_size (--grad_accum keeps the tokens per step), or use "
                         "--grad_checkpoint",
                         interrupted=(cfg.out_dir, "one is written every --ckpt_interval steps and at the end",
-                                     _resume_flags(cfg)))
+                                     _resume_flags(cfg)), alike=(DivergedError,))
 
 
 if __name__ == "__main__":

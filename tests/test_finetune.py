@@ -184,13 +184,18 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
 
 
 def test_refuses_torchrun(tmp_path, capsys, monkeypatch):
-    """Under torchrun every process would run the whole fine-tuning and write the same out_dir: one line, exit 2."""
+    """Under torchrun every process would run the whole fine-tuning and write the same out_dir: one line from
+    rank 0, exit 2 (the others exit 2 quietly); a $WORLD_SIZE left in the environment without torchrun (no
+    $RANK) is named (it said "start it without torchrun")."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit) as ei:
-        FT.main(["--out_dir", str(tmp_path / "o")])
-    err = capsys.readouterr().err
-    assert ei.value.code == 2 and err.count("\n") == 1 and "start it without torchrun" in err, err
-    assert not (tmp_path / "o").exists()
+    for rank, needle in ((None, "and $WORLD_SIZE is 2: unset it"), ("0", "start it without torchrun"), ("1", "")):
+        if rank is not None:
+            monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as ei:
+            FT.main(["--out_dir", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert ei.value.code == 2 and err.count("\n") == (1 if needle else 0) and needle in err, (rank, err)
+        assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("prog", ["train", "finetune"])

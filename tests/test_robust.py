@@ -6,6 +6,7 @@ signal and SIGKILL tests run the real command in a subprocess; the rest run
 gloo (CPU) on every machine; the fp16 loss scaler runs on the CPU, and on CUDA where available.
 """
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -313,12 +314,20 @@ def test_ddp_two_processes_gloo_match_one_process(corpus, tmp_path, capsys):
     assert st2["extra"]["world_size"] == 2 and len(st2["rng_ranks"]) == 2
     for k in st1["model"]:
         torch.testing.assert_close(st2["model"][k], st1["model"][k])
-    # resume the 2-process checkpoint in one process: it warns about the data order
+    # resume the 2-process checkpoint in one process: the same windows follow, one by one. With the same
+    # global batch (--batch_size 4 x --grad_accum 4) it goes on as the 1-process run does, and says nothing
+    # (it warned that the data order differed); with a smaller one (16 -> 8 sequences per step) it says so
+    shutil.copytree(two, tmp_path / "two_b")
     capsys.readouterr()
-    assert train.main([f"--out_dir={two}", "--resume", "--max_iters=4", "--device=cpu"]) == 0
+    assert train.main([f"--out_dir={two}", "--resume", "--max_iters=4", "--device=cpu", "--grad_accum=4"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert train.main([f"--out_dir={one}", "--resume", "--max_iters=4", "--device=cpu"]) == 0
+    assert _steps(two)[4]["loss"] == pytest.approx(_steps(one)[4]["loss"], rel=1e-5)
+    capsys.readouterr()
+    assert train.main([f"--out_dir={tmp_path / 'two_b'}", "--resume", "--max_iters=4", "--device=cpu"]) == 0
     err = capsys.readouterr().err
-    assert "warning: the checkpoint was written by 2 process(es), this run has 1" in err, err
-    assert max(_steps(two)) == 4
+    assert ("warning: the global batch is now 8 sequences per step (1 process(es) x --batch_size 4 x "
+            "--grad_accum 2); the checkpoint's run had 16") in err, err
 
 
 # ----------------------------------------------------------------------------- FSDP
@@ -327,6 +336,17 @@ def _torchrun(argv, nproc=2):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                            "-m", "fastgpt.train", *argv], capture_output=True, text=True, env=dict(os.environ),
                           timeout=180)
+
+
+def test_torchrun_lines_every_rank_would_say_alike_are_said_once(corpus, tmp_path, monkeypatch):
+    """A usage error in the options, and the agreed stop after non-finite steps, were printed once per
+    process (8 copies on 8 GPUs): rank 0 says them; the exit statuses are the workers' own."""
+    p = _torchrun([f"--out_dir={tmp_path / 'a'}", "--device=cpu", "--bogus=1"])
+    assert p.returncode != 0 and p.stderr.count("unknown option --bogus") == 1, p.stderr[-3000:]
+    assert "exitcode  : 2" in p.stderr or "exitcode: 2" in p.stderr, p.stderr[-3000:]
+    monkeypatch.setenv("FASTGPT_TEST_NONFINITE", "1,2")
+    p = _torchrun(_args(corpus, tmp_path / "b", batch_size=4, max_iters=4, max_bad_steps=2))
+    assert p.returncode != 0 and p.stderr.count("consecutive steps") == 1, p.stderr[-3000:]
 
 
 def test_fsdp_two_processes_gloo_resume_match_one_process(corpus, tmp_path, monkeypatch, capsys):
