@@ -55,10 +55,19 @@ for s in ${ONLY//,/ }; do  # a typo would otherwise run nothing but the install,
        exit 2 ;;
   esac
 done
+PY=${PYTHON:-python3}
+# before minutes of building and testing (and before any output folder): every stage past the install
+# needs the GPU
+if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu_check: no CUDA device is visible to $PY (torch.cuda.is_available() is False): this script is for" \
+       "a GPU machine; on a CPU run the README's test command" >&2
+  exit 2
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
 mkdir -p "$RES" || exit 2
 DEADLINE=$((SECONDS + ${BUDGET_TOTAL:-570}))
 export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
 
 wants() {  # wants STAGE [FAMILY]: is this stage selected? ("all" anywhere in the list: every stage)
   local s
@@ -100,14 +109,6 @@ stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.
   echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0)), \"budget\": $budget}" > "$RES/$name.stage.json"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
-# before minutes of building and testing: every stage past the install needs the GPU
-if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  echo "gpu_check: no CUDA device is visible to $PY (torch.cuda.is_available() is False): this script is for" \
-       "a GPU machine; on a CPU run the README's test command" >&2
-  exit 2
-fi
 
 if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

@@ -332,9 +332,11 @@ def test_gpu_check_cli():
         assert r.returncode == 2 and "--only is empty" in r.stderr, r.stderr
         if not torch.cuda.is_available():   # no GPU: one line before minutes of building and CPU tests
             import sys
-            r = subprocess.run(["bash", str(script), "--only", "tests", "--out", out], capture_output=True, text=True,
-                               timeout=120, env=dict(os.environ, PYTHON=sys.executable))
+            fresh = Path(out) / "results"   # (it made the results folder, and ran nvidia-smi, first)
+            r = subprocess.run(["bash", str(script), "--only", "tests", "--out", str(fresh)], capture_output=True,
+                               text=True, timeout=120, env=dict(os.environ, PYTHON=sys.executable))
             assert r.returncode == 2 and "no CUDA device is visible" in r.stderr and "=== [" not in r.stdout, r
+            assert r.stderr.count("\n") == 1 and r.stdout == "" and not fresh.exists(), r
 
 
 @needs_triton
