@@ -441,8 +441,8 @@ def main(argv=None) -> int:
     """``python -m fastgpt.checkpoint FILE_OR_DIR ...``: verify checkpoints; exit 1 if any fails."""
     from fastgpt import cli
     ap = cli.ArgumentParser(prog="python -m fastgpt.checkpoint",
-                                 description="Verify training checkpoints (the SHA-256 footer, then a load); one "
-                                             "line per file; exit 1 if any is unusable.")
+                            description="Verify training checkpoints (the SHA-256 footer, then a load); one line "
+                                        "per file; exit 1 if any is unusable.")
     ap.add_argument("paths", nargs="+", metavar="FILE_OR_OUT_DIR",
                     help="a checkpoint file, or a run's out_dir (each ckpt_*.pt in it)")
     args = ap.parse_args(argv).paths
