@@ -37,6 +37,11 @@ class UsageError(ValueError):
     """A bad option or value; the message is one line."""
 
 
+class AlikeUsageError(UsageError):
+    """A usage error every torchrun worker meets the same way (the options against the checkpoint all of
+    them read, say): said by rank 0 alone (see die)."""
+
+
 def torchrun_world_size() -> int:
     """$WORLD_SIZE as torchrun sets it (1 when unset or empty); UsageError (one line) when it is not a whole
     number."""
@@ -353,7 +358,7 @@ def run_main(prog: str, body, statuses: dict, memory_hint: str, interrupted=None
         rc = body()
     except tuple(statuses) as e:
         die(prog, str(e), next(code for cls, code in statuses.items() if isinstance(e, cls)),
-            every_rank_alike=isinstance(e, alike))
+            every_rank_alike=isinstance(e, (AlikeUsageError, *alike)))
     except (RuntimeError, MemoryError) as e:
         msg = out_of_memory(e, memory_hint)
         if msg is None:

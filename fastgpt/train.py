@@ -272,15 +272,15 @@ def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
         c.min_lr = c.lr / 10
     elif c.min_lr > c.lr:  # --min_lr given, --lr the device's default
         default = "" if "lr" in given else f", the default on {c.device}"
-        raise cli.UsageError(f"--min_lr ({c.min_lr}) must not exceed --lr ({c.lr}{default})")
+        raise cli.AlikeUsageError(f"--min_lr ({c.min_lr}) must not exceed --lr ({c.lr}{default})")
     if c.ckpt_interval is None:
         c.ckpt_interval = c.eval_interval
     if "warmup_iters" in defaulted:  # the device's default warmup takes at most a tenth of the schedule:
         # a short run (--max_iters 12 on the CPU's 50) was all warmup, ending near the peak lr, never decayed
         c.warmup_iters = min(c.warmup_iters, c.lr_decay_iters // 10)
     if c.warmup_iters > c.lr_decay_iters:
-        raise cli.UsageError(f"--warmup_iters ({c.warmup_iters}) must not exceed the schedule horizon "
-                             f"--lr_decay_iters ({c.lr_decay_iters})")
+        raise cli.AlikeUsageError(f"--warmup_iters ({c.warmup_iters}) must not exceed the schedule horizon "
+                                  f"--lr_decay_iters ({c.lr_decay_iters})")
     if c.progress is None:
         c.progress = sys.stderr.isatty()
     return c
@@ -506,13 +506,13 @@ def _check_resumed_model(mcfg, cfg: TrainConfig, given: set[str], path) -> None:
         p = GPTConfig.preset(cfg.preset)
         diff = [f"{k} {getattr(mcfg, k)} vs {getattr(p, k)}" for k in arch if getattr(p, k) != getattr(mcfg, k)]
         if diff:
-            raise cli.UsageError(f"--preset {cfg.preset}: the checkpoint {path} holds another architecture "
-                                 f"({', '.join(diff)}); --resume continues its model: drop --preset, or "
-                                 "start afresh in another --out_dir")
+            raise cli.AlikeUsageError(f"--preset {cfg.preset}: the checkpoint {path} holds another architecture "
+                                      f"({', '.join(diff)}); --resume continues its model: drop --preset, or "
+                                      "start afresh in another --out_dir")
     for opt in ("dropout", "block_size"):
         if opt in given and getattr(cfg, opt) != getattr(mcfg, opt):
-            raise cli.UsageError(f"--{opt} {getattr(cfg, opt)}: the checkpoint {path} was trained with {opt} "
-                                 f"{getattr(mcfg, opt)}; --resume continues its model as it was: drop --{opt}")
+            raise cli.AlikeUsageError(f"--{opt} {getattr(cfg, opt)}: the checkpoint {path} was trained with {opt} "
+                                      f"{getattr(mcfg, opt)}; --resume continues its model as it was: drop --{opt}")
 
 
 def _our_header(header: dict) -> bool:
@@ -528,8 +528,8 @@ def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict, from_checkpo
     # a new --seed would re-seed the validation batches alone (the training streams come from the checkpoint);
     # a run restarted from its metrics header starts from step 0 and may take one
     if from_checkpoint and "seed" in given and saved.get("seed") not in (None, cfg.seed):
-        raise cli.UsageError(f"--seed {cfg.seed}: a resumed run continues the random streams of its checkpoint "
-                             f"(seed {saved['seed']}); drop --seed, or start a new run in another --out_dir")
+        raise cli.AlikeUsageError(f"--seed {cfg.seed}: a resumed run continues the random streams of its checkpoint "
+                                  f"(seed {saved['seed']}); drop --seed, or start a new run in another --out_dir")
     cfg = cli.with_saved_options(cfg, given, saved, RUNTIME_ONLY)
     followed = saved.get("_following")
     if followed is None:  # a checkpoint of an earlier fastgpt: infer what followed what
@@ -544,7 +544,7 @@ def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict, from_checkpo
         cfg.warmup_iters = cfg.lr_decay_iters  # a saved warmup never outlasts a new, shorter schedule
     problems = cfg.validate()
     if problems:
-        raise cli.UsageError(problems[0])
+        raise cli.AlikeUsageError(problems[0])
     return cfg
 
 
@@ -617,12 +617,12 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     following = sorted(k for k in FOLLOWING if getattr(cfg, k) is None)
     cfg = resolve(cfg, given)
     if ckpt_state is not None and not cfg.eval_only and cfg.max_iters < ckpt_state["step"]:
-        raise cli.UsageError(f"--max_iters {cfg.max_iters}: the checkpoint {resumed_from} is already at step "
-                             f"{ckpt_state['step']}; give a larger --max_iters to train on, or leave it out")
+        raise cli.AlikeUsageError(f"--max_iters {cfg.max_iters}: the checkpoint {resumed_from} is already at "
+                                  f"step {ckpt_state['step']}; give a larger --max_iters to train on, or leave it out")
     if ckpt_state is not None:   # (before the data: a --tokenizer gpt2 would fetch its files first)
         if ckpt_state.get("tokenizer") != cfg.tokenizer:
-            raise cli.UsageError(f"--tokenizer {cfg.tokenizer}: the checkpoint {resumed_from} was trained with the "
-                                 f"{ckpt_state.get('tokenizer')!r} tokenizer; drop --tokenizer")
+            raise cli.AlikeUsageError(f"--tokenizer {cfg.tokenizer}: the checkpoint {resumed_from} was trained with "
+                                      f"the {ckpt_state.get('tokenizer')!r} tokenizer; drop --tokenizer")
         _check_resumed_model(GPTConfig.from_dict(ckpt_state["config"]), cfg, given, resumed_from)
     device = torch.device(cfg.device, dist.local_rank) if cfg.device == "cuda" and dist.world > 1 \
         else torch.device(cfg.device)
@@ -643,7 +643,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
 
     # --- data (rank 0 tokenizes into the cache first; the others then read it)
     if "val_fraction" in given and (cfg.data is None or fdata.is_token_dir(cfg.data)):   # (it was ignored)
-        raise cli.UsageError("--val_fraction applies to text files given with --data: " + (
+        raise cli.AlikeUsageError("--val_fraction applies to text files given with --data: " + (
             "the default corpus holds out six plays" if cfg.data is None else
             f"{cfg.data} is a prepared token folder, split when it was made"))
 
@@ -731,8 +731,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         saved_world = int(extra.get("world_size", 1))
         ds = ckpt_state["data"]
         if saved_world == W and ds["B"] != B * W:
-            raise cli.UsageError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} "
-                                 f"per process ({W} process(es)); resume with the same --batch_size")
+            raise cli.AlikeUsageError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} "
+                                      f"per process ({W} process(es)); resume with the same --batch_size")
         # the windows are drawn one by one from one stream, whatever the draw's size: only the batch per
         # optimizer step (processes x --batch_size x --grad_accum) can change, not the data order
         was, now = ds["B"] * int(ckpt_state["train_config"].get("grad_accum", 1)), B * W * cfg.grad_accum
