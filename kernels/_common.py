@@ -112,6 +112,15 @@ def check_grad(op: str, name: str, g, like: torch.Tensor) -> None:
         raise ValueError(f"{op}: {name} is on {g.device}, the forward's tensors on {like.device}")
 
 
+def check_out(op: str, out, like: torch.Tensor) -> None:
+    """An ``out`` tensor given to a forward launcher (the kernels write it as a contiguous tensor of
+    ``like``'s shape and dtype)."""
+    if out is not None and (out.shape != like.shape or out.dtype != like.dtype or not out.is_contiguous()
+                            or out.device != like.device):
+        raise ValueError(f"{op}: out must be a contiguous {like.dtype} tensor of shape {tuple(like.shape)} on "
+                         f"{like.device}")
+
+
 def records_grad(*tensors) -> bool:
     """Whether autograd must record an op on these inputs (grad mode on, one of them requires
     grad). When not (inference, evaluation, generation), the public ops call their launchers

@@ -101,6 +101,9 @@ from fastgpt.kernels._common import (autotune, autotuning_enabled, cdiv, check_f
                                      PlanCache, records_grad)
 
 MAX_HEAD_DIM = 256
+# a launch grid's second axis (query or key blocks) holds at most 65535 blocks, of at least 32 rows in
+# every launch config (the autotuner tries them all)
+MAX_T = 65535 * 32
 LOG2E = 1.4426950408889634
 # the forward's fast branch needs its fp32 scale c > 0 (-inf * c must stay -inf): below the smallest
 # normal fp32 the kernel's c may be a subnormal flushed to zero
@@ -619,6 +622,9 @@ def _validate(q, k, v, op="causal_attention"):
     D = q.shape[3]
     if not 1 <= D <= MAX_HEAD_DIM:
         raise ValueError(f"{op}: unsupported head dim {D} (supported: 1 to {MAX_HEAD_DIM})")
+    if k.shape[2] > MAX_T:
+        raise ValueError(f"{op}: sequence length {k.shape[2]} is above the kernels' limit of {MAX_T:,} "
+                         "(65535 blocks of 32 rows); use backend='reference'")
     check_offsets(op, q=q, k=k, v=v)
 
 
@@ -838,6 +844,8 @@ def _bwd(do, q, k, v, o, lse, scale, configs, dropout_p, seed, out, capture, ato
             if g.shape != t.shape or g.dtype != t.dtype or (g.stride(-1) != 1 and D > 1):
                 raise ValueError("causal_attention: out gradients must match q, k, v in shape and dtype, with a "
                                  "unit last stride")
+        # their row strides may exceed q's (the packed gradient of a non-contiguous qkv)
+        check_offsets("causal_attention", dq=dq, dk=dk, dv=dv)
     if q.numel() == 0:
         return dq, dk.zero_(), dv.zero_()
     lse = lse.contiguous()

@@ -10,7 +10,8 @@ Backward:
     programs writes a (G, N) partial buffer, _common.sum_partials adds its rows in a fixed order)
 The forward saves x (not u): the backward recomputes u = x + b.
 
-Limits: any shape (the last dim is the bias dim); fp16, bf16, fp32; y has x's dtype.
+Limits: any shape with a last dim (the bias dim) up to MAX_N = 8,388,480; fp16, bf16, fp32; y has
+x's dtype.
 The tanh form is evaluated as u * sigmoid(2z) (the same function): 0.5 u (1 + tanh z)
 loses all accuracy to cancellation for u << 0, and the sigmoid saturates correctly at +-inf.
 """
@@ -26,12 +27,13 @@ from torch import Tensor
 from fastgpt import reference
 from fastgpt.backend import first_order_only
 from fastgpt.kernels._common import (
-    PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_same_device, check_vector, current_stream, empty,
-    misaligned, on_its_device, plan_key, records_grad, reduction_programs, row_stride, rows_2d, same_data,
-    sum_partials, unit_stride,
+    PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_out, check_same_device, check_vector,
+    current_stream, empty, misaligned, on_its_device, plan_key, records_grad, reduction_programs, row_stride, rows_2d,
+    same_data, sum_partials, unit_stride,
 )
 
 _APPROX = {"tanh": 1, "none": 0}
+MAX_N = 65535 * 128   # the grid's second axis: column blocks of at least 128 in every config
 
 
 def _configs():
@@ -140,6 +142,9 @@ def _validate(x, bias, approximate):
     op = "bias_gelu"
     check_float("x", x, op)
     reference.check_x(op, x)
+    if x.shape[-1] > MAX_N:
+        raise ValueError(f"{op}: last dim {x.shape[-1]} is above the kernels' limit of {MAX_N:,} (65535 blocks of "
+                         "128 columns); without a bias, reshape x (GELU is element-wise), or use backend='reference'")
     if approximate not in _APPROX:
         raise ValueError(f"{op}: approximate must be 'tanh' or 'none', got {approximate!r}")
     check_vector(op, "bias", bias, x.shape[-1])
@@ -151,6 +156,7 @@ def bias_gelu_fwd(x: Tensor, bias: Optional[Tensor], approximate: str = "tanh",
     """y = gelu(x + bias). ``out`` may supply y (tests poison it). ``capture``: a _Plan whose
     forward Replay this launch fills (when it can be replayed)."""
     _validate(x, bias, approximate)
+    check_out("bias_gelu", out, x)
     y = out if out is not None else empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return y

@@ -33,9 +33,9 @@ from torch import Tensor
 from fastgpt import reference
 from fastgpt.backend import first_order_only
 from fastgpt.kernels._common import (
-    PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_same_device, check_vector, current_stream, empty,
-    misaligned, next_pow2, on_its_device, plan_key, reduction_programs, row_stride, records_grad, rows_2d, same_data,
-    sum_partials, unit_stride,
+    PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_out, check_same_device, check_vector,
+    current_stream, empty, misaligned, next_pow2, on_its_device, plan_key, reduction_programs, row_stride, records_grad,
+    rows_2d, same_data, sum_partials, unit_stride,
 )
 
 MAX_N = 8192
@@ -225,6 +225,7 @@ def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: 
     ``capture``: a _Plan whose forward Replay this launch fills (when it can be replayed)."""
     op = "add_layer_norm" if residual is not None else "layer_norm"
     _validate(op, x, residual, weight, bias)
+    check_out(op, out, x)
     N = x.shape[-1]
     x2 = rows_2d(x)
     M = x2.shape[0]

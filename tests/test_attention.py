@@ -987,3 +987,15 @@ def test_int32_row_offsets_are_checked(monkeypatch):
     q = torch.randn(1, 2, 5, 16, device=DEVICE, requires_grad=True)
     attention.causal_attention(q, q, q).sum().backward()
     assert {"q", "k", "v", "o", "do"} <= set(seen), seen
+    # and the gradients the backward writes into given views (the packed gradient of a non-contiguous qkv
+    # has a larger row stride than q's: it wrote at wrapped offsets)
+    monkeypatch.setattr(attention, "check_offsets", real)
+    q = torch.randn(1, 2, 3, 16, device=DEVICE)
+    o, lse = attention.attention_fwd(q, q, q)
+    with pytest.raises(ValueError, match="causal_attention: dq spans"):
+        attention.attention_bwd(torch.ones_like(o), q, q, q, o, lse,
+                                out=(torch.empty_strided(q.shape, big.stride(), device="meta"), q.clone(), q.clone()))
+    # a sequence longer than a launch grid's 65535 blocks of 32 rows
+    k = torch.zeros(1, 1, attention.MAX_T + 1, 1, device=DEVICE)
+    with pytest.raises(ValueError, match="sequence length 2097121 is above the kernels' limit of 2,097,120"):
+        attention.causal_attention(k[:, :, :1], k, k)

@@ -105,6 +105,8 @@ def test_poisoned_output_is_fully_written():
     ("bias_shape", ValueError, "bias must have shape"),
     ("int_input", TypeError, "dtype"),
     ("device", ValueError, "different devices"),
+    ("wide", ValueError, "last dim 8388481 is above the kernels' limit of 8,388,480"),   # (a CUDA launch error)
+    ("out", ValueError, "out must be a contiguous"),
 ])
 def test_bad_input(case, exc, msg):
     import fastgpt.kernels as K
@@ -118,6 +120,11 @@ def test_bad_input(case, exc, msg):
             K.bias_gelu(x.long())
         elif case == "device":
             K.bias_gelu(x, torch.ones(8, device="meta" if DEVICE == "cpu" else "cpu"))
+        elif case == "wide":
+            K.bias_gelu(torch.zeros(8_388_481, device=DEVICE))
+        elif case == "out":
+            from fastgpt.kernels.gelu import bias_gelu_fwd
+            bias_gelu_fwd(x, None, out=torch.empty(8, 2, device=DEVICE).t())
 
 
 def test_opcheck():
