@@ -253,6 +253,8 @@ def verify_checkpoint(path) -> str | None:
     A file without a footer (written before checksums) gives None: it is checked by loading it.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():   # a FIFO or a device: opening it would block or never end
+        return "not a regular file"
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -444,7 +446,8 @@ def main(argv=None) -> int:
                             description="Verify training checkpoints (the SHA-256 footer, then a load); one line "
                                         "per file; exit 1 if any is unusable.")
     ap.add_argument("paths", nargs="+", metavar="FILE_OR_OUT_DIR",
-                    help="a checkpoint file, or a run's out_dir (each ckpt_*.pt in it)")
+                    help="a checkpoint file, or a run's out_dir (each ckpt_*.pt in it); after --, a path may "
+                         "start with -")
     args = ap.parse_args(argv).paths
     bad = 0
     for a in args:

@@ -37,6 +37,10 @@ class UsageError(ValueError):
     """A bad option or value; the message is one line."""
 
 
+class ConfigFileError(UsageError):
+    """A --config file that cannot be read or parsed: its own node's problem (said by every rank)."""
+
+
 class AlikeUsageError(UsageError):
     """A usage error every torchrun worker meets the same way (the options against the checkpoint all of
     them read, say): said by rank 0 alone (see die)."""
@@ -171,7 +175,7 @@ def load_config_file(path: str, opts) -> dict:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise UsageError(f"--config {path}: cannot read it ({e.strerror})") from None
+        raise ConfigFileError(f"--config {path}: cannot read it ({e.strerror})") from None
     try:
         if path.endswith(".toml"):
             import tomllib
@@ -180,9 +184,10 @@ def load_config_file(path: str, opts) -> dict:
             data = json.loads(raw)
     except Exception as e:  # a syntax error: say where, in one line
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"--config {path}: not valid {'TOML' if path.endswith('.toml') else 'JSON'} ({msg})") from None
+        kind = "TOML" if path.endswith(".toml") else "JSON"
+        raise ConfigFileError(f"--config {path}: not valid {kind} ({msg})") from None
     if not isinstance(data, dict):
-        raise UsageError(f"--config {path}: expected a table/object of option: value")
+        raise ConfigFileError(f"--config {path}: expected a table/object of option: value")
     out = {}
     for k, v in data.items():
         k2 = k.replace("-", "_")
@@ -284,7 +289,8 @@ def parse(cls, argv: list[str] | None = None, prog: str = "fastgpt", description
         print(format_help(cls, prog, description, epilog))
         sys.exit(0)
     except UsageError as e:
-        die(prog, str(e), every_rank_alike=True)   # (the options alone: the same on every rank)
+        # the options alone are the same on every rank; a --config file is read on each node
+        die(prog, str(e), every_rank_alike=not isinstance(e, ConfigFileError))
     return cfg, given
 
 
@@ -328,9 +334,14 @@ def out_of_memory(e: BaseException, hint: str) -> str | None:
 
 
 def other_rank() -> bool:
-    """A torchrun worker other than rank 0 ($RANK), whose lines that every worker would print alike
-    (a usage error, an agreed stop) are left to rank 0: N copies of one line said nothing more."""
-    return os.environ.get("RANK", "0").strip() not in ("", "0")
+    """A torchrun worker other than rank 0 ($RANK of a $WORLD_SIZE > 1), whose lines that every worker
+    would print alike (a usage error, an agreed stop) are left to rank 0: N copies of one line said
+    nothing more. (A stray $RANK in a single process is not one.)"""
+    try:
+        world = torchrun_world_size()
+    except UsageError:
+        return False
+    return world > 1 and os.environ.get("RANK", "0").strip() not in ("", "0")
 
 
 def die(prog: str, msg: str, status: int = 2, every_rank_alike: bool = False):

@@ -593,6 +593,12 @@ def main(argv=None) -> int:
     if not args.prepare and args.data is None:
         ap.print_help()
         return 0
+    try:   # a --data that names no text: said once, not once per tokenizer
+        if args.data is not None and not is_token_dir(args.data):
+            resolve_data_files(args.data)
+    except DataError as e:
+        print(f"python -m fastgpt.data: error: {e}", file=sys.stderr)
+        return 1
     failed = False
     for t in ([args.tokenizer] if args.tokenizer else list(TOKENIZERS)):
         try:   # each tokenizer on its own: offline, the byte tokens need no GPT-2 files
@@ -603,7 +609,7 @@ def main(argv=None) -> int:
         except DataError as e:
             print(f"python -m fastgpt.data: error: {t}: {e}", file=sys.stderr)
             failed = True
-    print(f"cache: {cache_dir()}")
+    print(f"cache: {cache_dir()}")   # (where to copy from, or what to fill: said on failure too)
     return 1 if failed else 0
 
 

@@ -593,13 +593,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
     from fastgpt import data as fdata
 
     given = set(given or ())
-    world = cli.torchrun_world_size()
-    if world > 1:  # N copies would write one out_dir at once
-        if cli.other_rank():   # (rank 0 says it)
-            raise SystemExit(2)
-        raise cli.UsageError("fastgpt.finetune runs in one process (fine-tuning sets are small): start it "
-                             "without torchrun" if "RANK" in os.environ else
-                             f"fastgpt.finetune runs in one process, and $WORLD_SIZE is {world}: unset it")
+    _one_process()
     cfg = _absolute_paths(cfg)
     out_dir = Path(cfg.out_dir)
     cli.check_out_dir(out_dir)  # before the task and the model are loaded
@@ -863,13 +857,27 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
     return summary
 
 
+def _one_process() -> None:
+    """Fine-tuning and --predict run in one process: under torchrun N copies would write one out_dir
+    at once (or label every text N times)."""
+    world = cli.torchrun_world_size()
+    if world > 1 and "RANK" in os.environ:
+        raise cli.AlikeUsageError("fastgpt.finetune runs in one process (fine-tuning sets are small): start it "
+                                  "without torchrun")
+    if world > 1:
+        raise cli.UsageError(f"fastgpt.finetune runs in one process, and $WORLD_SIZE is {world}: unset it")
+
+
 def predict(cfg: FinetuneConfig, texts: list[str]):
     """Labels (class names, or the chosen choice's text) for texts / cfg.predict_file with the --init model,
     yielded batch by batch: main prints each as it comes, so a long file's labels appear as they are made
     and a Ctrl-C keeps those already printed."""
     import torch
+    _one_process()
     if cfg.init is None:
         raise cli.UsageError("--predict needs --init FINETUNED_DIR (a fastgpt.finetune out_dir)")
+    if texts and cfg.predict_file is not None:   # (the texts were dropped without a word)
+        raise cli.UsageError("--predict: give texts as arguments or --predict_file FILE, not both")
     for i, t in enumerate(texts, 1):   # (as in a --predict_file: no blank texts)
         problem = f"text {i} is blank" if not t.strip() else cli.not_utf8_problem(f"text {i}", t)
         if problem:

@@ -600,7 +600,10 @@ class GPT(nn.Module):
                 raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
-        n_vocab = self.config.vocab_size if n_vocab is None else operator.index(n_vocab)
+        try:
+            n_vocab = self.config.vocab_size if n_vocab is None else operator.index(n_vocab)
+        except TypeError:
+            raise ValueError(f"generate: n_vocab must be a whole number, got {n_vocab!r}") from None
         if not 1 <= n_vocab <= self.config.vocab_size:
             raise ValueError(f"generate: n_vocab must be in [1, {self.config.vocab_size}], got {n_vocab}")
         was_training = self.training

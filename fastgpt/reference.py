@@ -364,11 +364,13 @@ def seed_pair(values, device=None, op: str = "dropout") -> torch.Tensor:
 
 
 def attention_scale(op: str, scale, head_dim: int) -> float:
-    """The softmax scale as a float: 1/sqrt(head_dim) for None; a TypeError for what is not a number."""
+    """The softmax scale as a float: 1/sqrt(head_dim) for None; a TypeError for what is not a number (a
+    tensor that needs a gradient too: it would be detached without a word)."""
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
-    if isinstance(scale, (str, bytes)) or not hasattr(scale, "__float__"):
-        raise TypeError(f"{op}: scale must be a number, got {scale!r}")
+    if (isinstance(scale, (str, bytes)) or not hasattr(scale, "__float__")
+            or (isinstance(scale, torch.Tensor) and (scale.requires_grad or scale.numel() != 1))):
+        raise TypeError(f"{op}: scale must be a number (a constant), got {scale!r}")
     return float(scale)
 
 

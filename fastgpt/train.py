@@ -644,7 +644,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
 
     # --- data (rank 0 tokenizes into the cache first; the others then read it)
     if "val_fraction" in given and (cfg.data is None or fdata.is_token_dir(cfg.data)):   # (it was ignored)
-        raise cli.AlikeUsageError("--val_fraction applies to text files given with --data: " + (
+        raise cli.UsageError("--val_fraction applies to text files given with --data: " + (
             "the default corpus holds out six plays" if cfg.data is None else
             f"{cfg.data} is a prepared token folder, split when it was made"))
 

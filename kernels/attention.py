@@ -83,7 +83,6 @@ With p = 0 the kernels are compiled without any of it.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import warnings
 from typing import Optional
@@ -755,7 +754,7 @@ def _fwd(q, k, v, scale, out_layout, out, config, dropout_p, seed, capture=None)
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
     B, H, TQ, D = q.shape
     TK = k.shape[2]
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = reference.attention_scale("causal_attention", scale, D)
     o = out if out is not None else _out_empty(q.shape, q.dtype, q.device, out_layout)
     if o.shape != q.shape or o.dtype != q.dtype or (o.stride(-1) != 1 and D > 1):
         raise ValueError("causal_attention: out must match q's shape and dtype with a unit last stride")
@@ -833,7 +832,7 @@ def _bwd(do, q, k, v, o, lse, scale, configs, dropout_p, seed, out, capture, ato
         _unit_last_stride(do)
     B, H, TQ, D = q.shape
     TK = k.shape[2]
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = reference.attention_scale("causal_attention", scale, D)
     if out is None:
         dq = empty((B, H, TQ, D), q.dtype, q.device)
         dk = empty((B, H, TK, D), k.dtype, k.device)

@@ -593,3 +593,26 @@ def test_resume_point_on_an_unreadable_folder_is_one_line(tmp_path, monkeypatch)
     with pytest.raises(ck.CheckpointError) as e:
         cli.resume_point(tmp_path, print, is_ours=lambda h: True, not_ours="")
     assert str(e.value) == f"--resume: cannot read {tmp_path} (Permission denied)"
+
+
+def test_rank_0_alone_says_what_every_rank_meets_alike(tmp_path, monkeypatch, capsys):
+    """Under torchrun ($WORLD_SIZE > 1) a worker other than rank 0 leaves an options error to rank 0, but
+    says what may be its node's own (a --config file it cannot read); a stray $RANK in a single process
+    is no worker (it silenced every usage error)."""
+    monkeypatch.setenv("RANK", "1")
+    _one_line_exit(train.main, ["--bogus=1"], capsys, 2, "unknown option --bogus")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as e:
+        train.main(["--bogus=1"])
+    assert e.value.code == 2 and capsys.readouterr().err == ""
+    _one_line_exit(train.main, [f"--config={tmp_path / 'missing.json'}"], capsys, 2, "cannot read it")
+    monkeypatch.setenv("RANK", "0")
+    _one_line_exit(train.main, ["--bogus=1"], capsys, 2, "unknown option --bogus")
+
+
+def test_data_names_a_bad_data_path_once(tmp_path, capsys):
+    """--data naming nothing was said once per tokenizer (gpt2, then byte)."""
+    from fastgpt import data
+    assert data.main(["--data", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file or folder" in err, err

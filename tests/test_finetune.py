@@ -191,11 +191,12 @@ def test_refuses_torchrun(tmp_path, capsys, monkeypatch):
     for rank, needle in ((None, "and $WORLD_SIZE is 2: unset it"), ("0", "start it without torchrun"), ("1", "")):
         if rank is not None:
             monkeypatch.setenv("RANK", rank)
-        with pytest.raises(SystemExit) as ei:
-            FT.main(["--out_dir", str(tmp_path / "o")])
-        err = capsys.readouterr().err
-        assert ei.value.code == 2 and err.count("\n") == (1 if needle else 0) and needle in err, (rank, err)
-        assert not (tmp_path / "o").exists()
+        for argv in (["--out_dir", str(tmp_path / "o")], ["--predict", "--init", str(tmp_path), "some text"]):
+            with pytest.raises(SystemExit) as ei:   # (--predict would label every text once per process)
+                FT.main(argv)
+            err = capsys.readouterr().err
+            assert ei.value.code == 2 and err.count("\n") == (1 if needle else 0) and needle in err, (rank, err)
+            assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("prog", ["train", "finetune"])
@@ -637,7 +638,8 @@ def test_predict_file_lines_up_and_ctrl_c_keeps_the_labels_printed(tmp_path, tin
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and f"{gaps}:2: blank line" in err
     for texts, needle in ((["red", " "], "--predict: text 2 is blank"),   # (it was labelled)
-                          (["ab\udcff"], "--predict: text 1 is not UTF-8 text")):
+                          (["ab\udcff"], "--predict: text 1 is not UTF-8 text"),
+                          ([f"--predict_file={gaps}", "red"], "not both")):   # (the texts were dropped)
         with pytest.raises(SystemExit) as e:
             FT.main(["--predict", f"--init={out}", "--device=cpu"] + texts)
         err = capsys.readouterr().err

@@ -198,6 +198,8 @@ def _bad_calls():
          "at least one dim"),
         ("attn str scale", lambda b: ops.causal_attention(q, q, q, scale="0.5", backend=b), TypeError,
          "scale must be a number"),
+        ("attn grad scale", lambda b: ops.causal_attention(q, q, q, scale=torch.tensor(0.5, requires_grad=True),
+                                                           backend=b), TypeError, "scale must be a number"),
         ("attn int32 seed", lambda b: ops.causal_attention(q, q, q, dropout_p=0.1, seed=t[:2].int(), backend=b),
          ValueError, r"seed must be an int64 tensor of shape \(2,\)"),
         ("attn int seed", lambda b: ops.causal_attention(q, q, q, dropout_p=0.1, seed=5, backend=b),
