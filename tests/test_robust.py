@@ -347,9 +347,7 @@ def test_torchrun_lines_every_rank_would_say_alike_are_said_once(corpus, tmp_pat
     """A usage error in the options or against the checkpoint, and the agreed stop after non-finite steps,
     were printed once per process (8 copies on 8 GPUs): rank 0 says them; the exit statuses are the
     workers' own."""
-    p = _torchrun([f"--out_dir={tmp_path / 'a'}", "--device=cpu", "--bogus=1"])
-    assert p.returncode != 0 and p.stderr.count("unknown option --bogus") == 1, p.stderr[-3000:]
-    assert "exitcode  : 2" in p.stderr or "exitcode: 2" in p.stderr, p.stderr[-3000:]
+    # (an options error: test_cli's test_rank_0_alone_says_what_every_rank_meets_alike, without processes)
     monkeypatch.setenv("FASTGPT_TEST_NONFINITE", "1,2")
     p = _torchrun(_args(corpus, tmp_path / "b", batch_size=4, max_iters=4, max_bad_steps=2))
     assert p.returncode != 0 and p.stderr.count("consecutive steps") == 1, p.stderr[-3000:]
