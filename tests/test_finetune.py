@@ -623,8 +623,8 @@ def test_predict_prints_one_line_per_input_for_choices_with_line_breaks(tmp_path
 
 def test_predict_file_lines_up_and_ctrl_c_keeps_the_labels_printed(tmp_path, tiny_init, capsys, monkeypatch):
     """--predict_file: a blank line is refused with FILE:LINE (it was dropped, so the labels after it no longer
-    lined up with their lines), a blank text argument likewise; Ctrl-C keeps the labels printed so far and says one line, "interrupted", not
-    advice about a training out_dir."""
+    lined up with their lines), a blank text argument likewise; Ctrl-C keeps the labels printed so far and
+    says one line, "interrupted", not advice about a training out_dir."""
     task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
     out = tmp_path / "o"
     assert FT.main(_ft_argv(task, tiny_init, out, max_iters=1)) == 0
