@@ -503,6 +503,11 @@ def empty_path_problems(**paths) -> list[str]:
             if v is not None and not str(v).strip()]
 
 
+def seed_problems(seed: int) -> list[str]:
+    """The problem line, if any, of a --seed outside [0, 2^63) (what torch.Generator.manual_seed takes)."""
+    return [] if 0 <= seed < 2**63 else [f"--seed must be in [0, 2^63), got {seed}"]
+
+
 def not_utf8_problem(flag: str, text: str) -> str | None:
     """The problem line when text holds bytes of another encoding (lone surrogates from the command line),
     else None."""

@@ -148,8 +148,7 @@ class FinetuneConfig:
             p.append(f"--ckpt_interval must be >= 0, got {self.ckpt_interval}")
         if self.keep_ckpts < 0:
             p.append(f"--keep_ckpts must be >= 0, got {self.keep_ckpts}")
-        if not 0 <= self.seed < 2**63:
-            p.append(f"--seed must be in [0, 2^63), got {self.seed}")
+        p += cli.seed_problems(self.seed)
         if self.predict_file is not None and not self.predict:
             p.append("--predict_file needs --predict")
         for name in ("val_file", "test_file"):

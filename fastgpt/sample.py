@@ -72,8 +72,9 @@ def _autocast(device: torch.device, dtype: str):
 
 
 def _check_args(args) -> None:
-    if not 0 <= args.seed < 2**63:
-        raise cli.UsageError(f"--seed must be in [0, 2^63), got {args.seed}")
+    bad_seed = cli.seed_problems(args.seed)
+    if bad_seed:
+        raise cli.UsageError(bad_seed[0])
     if args.max_new_tokens < 1:
         raise cli.UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.num_samples < 1:

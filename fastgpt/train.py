@@ -195,8 +195,7 @@ class TrainConfig:
             p.append(f"--top_k must be >= 1, got {self.top_k}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             p.append(f"--peak_tflops must be > 0, got {self.peak_tflops}")
-        if not 0 <= self.seed < 2**63:
-            p.append(f"--seed must be in [0, 2^63), got {self.seed}")
+        p += cli.seed_problems(self.seed)
         if self.fsdp and self.compile:
             p.append("--fsdp with --compile is not supported; drop one of them")
         if (self.warmup_iters is not None and self.lr_decay_iters is not None
