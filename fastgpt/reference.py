@@ -339,18 +339,20 @@ def dropout_keep_mask(shape, dropout_p: float, seed: int, offset: int = 0, devic
 
 def check_seed_tensor(op: str, seed: torch.Tensor) -> None:
     """A dropout seed given as a tensor is int64 of shape (2,) = (seed, offset) (metadata only: no sync)."""
-    if seed.dtype != torch.int64 or tuple(seed.shape) != (2,):
-        raise ValueError(f"{op}: seed must be an int64 tensor of shape (2,) = (seed, offset), "
-                         f"got {seed.dtype} {tuple(seed.shape)}")
+    if seed.dtype != torch.int64 or tuple(seed.shape) != (2,):   # (a wrong dtype is a TypeError, as in the
+        err = TypeError if seed.dtype != torch.int64 else ValueError   # extension's checks)
+        raise err(f"{op}: seed must be an int64 tensor of shape (2,) = (seed, offset), "
+                  f"got {seed.dtype} {tuple(seed.shape)}")
 
 
 def seed_values(values, op: str = "dropout") -> list[int]:
-    """The two whole numbers of a (seed, offset) pair; a ValueError for anything else."""
+    """The two whole numbers of a (seed, offset) pair: a TypeError for other values, a ValueError for
+    another count."""
     try:
         vals = [operator.index(v) for v in values]
     except TypeError:
-        raise ValueError(f"{op}: seed must be a pair (seed, offset) of whole numbers or an int64 tensor of "
-                         f"shape (2,), got {values!r}") from None
+        raise TypeError(f"{op}: seed must be a pair (seed, offset) of whole numbers or an int64 tensor of "
+                        f"shape (2,), got {values!r}") from None
     if len(vals) != 2:
         raise ValueError(f"{op}: seed must be a pair (seed, offset), got {len(vals)} values")
     return vals

@@ -201,9 +201,9 @@ def _bad_calls():
         ("attn grad scale", lambda b: ops.causal_attention(q, q, q, scale=torch.tensor(0.5, requires_grad=True),
                                                            backend=b), TypeError, "scale must be a number"),
         ("attn int32 seed", lambda b: ops.causal_attention(q, q, q, dropout_p=0.1, seed=t[:2].int(), backend=b),
-         ValueError, r"seed must be an int64 tensor of shape \(2,\)"),
+         TypeError, r"seed must be an int64 tensor of shape \(2,\)"),
         ("attn int seed", lambda b: ops.causal_attention(q, q, q, dropout_p=0.1, seed=5, backend=b),
-         ValueError, r"seed must be a pair \(seed, offset\) of whole numbers"),
+         TypeError, r"seed must be a pair \(seed, offset\) of whole numbers"),
         ("ce float ignore_index", lambda b: ops.fused_linear_cross_entropy(h, W, t, ignore_index=1.5, backend=b),
          TypeError, "ignore_index must be a whole number"),
     ] + ([] if HAS_CUDA else [  # on CUDA an out-of-range target is an asynchronous device assert
