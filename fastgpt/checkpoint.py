@@ -11,9 +11,14 @@ A checkpoint is ``OUT_DIR/ckpt_<step:07d>.pt``, a ``torch.save`` of a dict::
     train_config        the TrainConfig as a dict, without ``backend``
     optimizer, scaler   their state dicts (scaler: None unless fp16)
     rng                 python / numpy (global) / torch CPU / torch CUDA generator states
+    rng_ranks           (runs of several processes) each rank's ``rng``, by rank
     data                the batch sampler's state (its numpy Generator and a counter)
     tokenizer           "gpt2" | "byte"
     extra               anything else the loop keeps (best val loss, tokens seen, ...)
+
+A fine-tuning checkpoint (fastgpt.finetune) has the same format without ``model_config``,
+``train_config`` and ``data``, with the task ``head``'s state dict, and its options and task
+description in ``extra`` (``finetune_config``, ``finetune``).
 
 Writing: a temp file in the same folder, flushed and fsync'ed, then
 ``os.replace`` onto the final name and an fsync of the folder, so a crash
@@ -386,7 +391,7 @@ def load_latest_checkpoint(out_dir, map_location="cpu") -> tuple[Path | None, di
         try:
             return p, load_checkpoint(p, map_location), skipped
         except CheckpointError as e:
-            reason = str(e).removeprefix(f"{p} is not a readable checkpoint: ").split("; delete it")[0]
+            reason = e.problem.removeprefix(f"{p} is not a readable checkpoint: ")   # (without the advice)
             skipped.append((p, reason))
     return None, None, skipped
 

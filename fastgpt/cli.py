@@ -200,7 +200,7 @@ def load_config_file(path: str, opts) -> dict:
 def parse_args(cls, argv: list[str]) -> tuple[Any, set[str]]:
     """(config, names set explicitly) from argv; raises UsageError; prints help and exits 0 on --help."""
     opts = options(cls)
-    cli: dict[str, Any] = {}
+    from_argv: dict[str, Any] = {}
     config_path = None
     i = 0
     while i < len(argv):
@@ -232,11 +232,11 @@ def parse_args(cls, argv: list[str]) -> tuple[Any, set[str]]:
                 if i >= len(argv) or (argv[i].startswith("--") and len(argv[i]) > 2):
                     raise UsageError(f"--{key} needs a value ({_type_name(o)})")
                 val, i = argv[i], i + 1
-        if key in cli:
+        if key in from_argv:
             raise UsageError(f"--{key} given twice")
-        cli[key] = convert(o, val)
+        from_argv[key] = convert(o, val)
     values = load_config_file(config_path, opts) if config_path else {}
-    values.update(cli)
+    values.update(from_argv)
     cfg = cls(**values)
     return cfg, set(values)
 
@@ -358,7 +358,7 @@ def run_main(prog: str, body, statuses: dict, memory_hint: str, interrupted=None
     class in ``statuses`` (first match, in order; UsageError is always 2) ends the process with one
     line and that exit status; an allocation failure says what to lower (``memory_hint``); Ctrl-C
     prints one line and returns 130: interrupted_line(prog, *interrupted) for a training run
-    (``interrupted`` = (out_dir, when): the checkpoint to continue from), else "PROG: interrupted",
+    (``interrupted`` = (out_dir, when[, extra options]): the checkpoint to continue from), else "PROG: interrupted",
     followed by what the KeyboardInterrupt carries (a body may re-raise it as
     ``KeyboardInterrupt("after 12 of 40 labels")`` to say how far it got). Anything else propagates
     (a bug: its traceback is wanted). Under torchrun the lines of the ``alike`` classes (errors every
@@ -494,6 +494,27 @@ def device(spec: str | None, cpu_hint: str = "use --device cpu"):
         if d.index is not None:
             torch.cuda.set_device(d)
     return d
+
+
+def backend(name: str | None, device_type: str) -> str:
+    """--backend resolved for the device (fastgpt.backend.resolve: 'fused' or 'reference'); a UsageError
+    (one line) when it cannot be: --backend fused where it cannot run, a bad $FASTGPT_BACKEND."""
+    from fastgpt.backend import resolve
+    try:
+        return resolve(name, device_type)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+
+
+def autocast_factory(device, dtype: str):
+    """A function that returns a fresh autocast context for --dtype (bf16 | fp16 | fp32) on the
+    torch.device: torch.autocast, or for fp32 a null context."""
+    import torch
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[dtype]
+
+    def autocast():
+        return contextlib.nullcontext() if amp is None else torch.autocast(device.type, dtype=amp)
+    return autocast
 
 
 def empty_path_problems(**paths) -> list[str]:
@@ -744,6 +765,23 @@ class RunLog:
                 self.f.close()
             except OSError:   # its write already warned
                 pass
+
+
+def make_out_dir(out_dir, trim_to_step: int | None) -> str | None:
+    """Create out_dir if missing and, for a resumed run (``trim_to_step``: its checkpoint's step), trim
+    its metrics.jsonl to that step (trim_metrics); None when done, else the one-line problem."""
+    from pathlib import Path
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"--out_dir {out_dir}: cannot create it ({e.strerror})"
+    if trim_to_step is not None:
+        try:
+            trim_metrics(out_dir / "metrics.jsonl", trim_to_step)
+        except OSError as e:
+            return f"{out_dir / 'metrics.jsonl'}: cannot rewrite it ({e.strerror})"
+    return None
 
 
 def trim_metrics(path, step: int) -> None:

@@ -207,10 +207,6 @@ def corpus_texts(offline: bool | None = None) -> dict[str, str]:
 # ---------------------------------------------------------------------------
 # Tokenizers
 # ---------------------------------------------------------------------------
-def padded_vocab_size(n: int, multiple: int = 64) -> int:
-    return (n + multiple - 1) // multiple * multiple
-
-
 class ByteTokenizer:
     """UTF-8 bytes: 256 ids, no special tokens; decoding replaces invalid UTF-8."""
     name = "byte"

@@ -38,7 +38,6 @@ error or a bad label file (one line naming the file and line), 130 aborted.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -322,17 +321,43 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
     return model, tok_name, f"{kind} {p}", meta
 
 
+def _resume_point(cfg: "FinetuneConfig", given: set[str], out_dir: Path) -> tuple:
+    """--resume: (cfg with the options of the fine-tune it continues, the checkpoint's state, its path);
+    the state and path are None when it starts a run again from its metrics.jsonl header, or a new one
+    (cli.resume_point)."""
+    from fastgpt import checkpoint as ck
+    try:
+        latest, ckpt_state, saved = cli.resume_point(
+            out_dir, lambda msg: print(f"{PROG}: {msg}", file=sys.stderr), is_ours=_our_header,
+            not_ours="a fastgpt.train run's (one that wrote no checkpoint to fine-tune from), not a "
+                     "fine-tuning run's: choose another --out_dir")
+    except ck.CheckpointError as e:
+        raise RunError(str(e)) from None
+    if ckpt_state is not None:
+        saved = (ckpt_state.get("extra") or {}).get("finetune_config")
+        if saved is None:
+            raise RunError(f"{latest} is a fastgpt.train checkpoint, not a fine-tuning run's: fine-tune from it "
+                           f"with --init {out_dir} --out_dir NEW_DIR")
+        _check_resume_options(cfg, given, ckpt_state, latest)
+    if saved is not None:
+        cfg = cli.with_saved_options(cfg, given, saved, RUNTIME_ONLY)
+        problems = cfg.validate()
+        if problems:
+            raise cli.UsageError(problems[0])
+    return cfg, ckpt_state, latest
+
+
 def _check_resume_options(cfg: "FinetuneConfig", given: set[str], st: dict, path) -> None:
     """--resume continues the checkpoint's model and head: --init, --preset, --tokenizer or --task_type
     given on the command line that say otherwise are a usage error (they used to be ignored silently);
     so is another --batch_size or --seed (the saved step counts batches of the epoch's order: data would be
     skipped or repeated)."""
     saved, meta = st["extra"]["finetune_config"], st["extra"]["finetune"]
-    now = dict(init=_absolute_path(saved.get("init")), preset=saved.get("preset"), tokenizer=st.get("tokenizer"),
+    was = dict(init=_absolute_path(saved.get("init")), preset=saved.get("preset"), tokenizer=st.get("tokenizer"),
                task_type=meta.get("task_type"),   # (init: relative in an earlier version's checkpoint)
                batch_size=saved.get("batch_size"),   # (the saved step counts batches of this size)
                seed=saved.get("seed"))   # (each epoch's order is drawn from it: a new one repeats and skips)
-    for k, v in now.items():
+    for k, v in was.items():
         if k in given and getattr(cfg, k) != v:
             raise cli.UsageError(f"--{k} {getattr(cfg, k)}: the checkpoint {path} continues a fine-tune with "
                                  f"{k} {'auto' if v is None else v}; drop --{k}, or use another --out_dir")
@@ -435,13 +460,6 @@ def forward_batch(model, head, b: dict, task_type: str, aux_lm_weight: float, ba
     return logits, task_loss, lm_loss, total
 
 
-def batches(data: list[Encoded], bs: int, order=None):
-    order = range(len(data)) if order is None else order
-    order = list(order)
-    for i in range(0, len(order), bs):
-        yield [data[j] for j in order[i:i + bs]]
-
-
 # ---------------------------------------------------------------------------
 # Saving the fine-tuned model
 # ---------------------------------------------------------------------------
@@ -509,7 +527,8 @@ def predict_batches(model, head, data: list[Encoded], task_type: str, bs: int, d
     model.eval()
     head.eval()
     try:
-        for chunk in batches(data, bs):
+        for i in range(0, len(data), bs):
+            chunk = data[i:i + bs]
             b = collate(chunk, device)
             with torch.no_grad(), autocast():  # (not held over the yield: the caller keeps its own grad mode)
                 logits, task_loss, _, _ = forward_batch(model, head, b, task_type, 0.0, backend)
@@ -543,21 +562,14 @@ def score(model, head, data, task_type, n_classes, bs, device, autocast, backend
 def _device_and_dtype(cfg: FinetuneConfig):
     import torch
     c = dataclasses.replace(cfg)
-    if c.device is None:
-        c.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if c.device == "cuda" and not torch.cuda.is_available():
-        raise cli.UsageError("--device cuda: no CUDA device is available (use --device cpu)")
+    c.device = cli.device(c.device).type
     if c.dtype is None:
         c.dtype = "bf16" if c.device == "cuda" else "fp32"
     if c.dtype == "fp16" and c.device != "cuda":
         raise cli.UsageError("--dtype fp16 needs --device cuda (on the CPU use bf16 or fp32)")
     if c.dtype == "bf16" and c.device == "cuda" and not torch.cuda.is_bf16_supported():
         raise cli.UsageError("--dtype bf16: this GPU has no bf16; use --dtype fp16")
-    from fastgpt.backend import resolve
-    try:
-        resolve(c.backend, c.device)
-    except (RuntimeError, ValueError) as e:  # --backend fused where it cannot run, a bad $FASTGPT_BACKEND
-        raise cli.UsageError(str(e).splitlines()[0]) from None
+    cli.backend(c.backend, c.device)
     if c.progress is None:
         c.progress = sys.stderr.isatty()
     if c.eval_batch_size is None:
@@ -565,15 +577,6 @@ def _device_and_dtype(cfg: FinetuneConfig):
     if c.ckpt_interval is None:
         c.ckpt_interval = 0
     return c
-
-
-def _autocast_factory(device, dtype_name):
-    import torch
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[dtype_name]
-
-    def autocast():
-        return contextlib.nullcontext() if amp is None else torch.autocast(device.type, dtype=amp)
-    return autocast
 
 
 def run(cfg: FinetuneConfig, given: set[str] | None = None) -> dict:
@@ -599,28 +602,11 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
     err = lock.acquire(out_dir)
     if err:
         raise RunError(err)
-    if not cfg.resume:
-        cli.check_no_earlier_run(out_dir, _our_header)
     ckpt_state = latest = None
     if cfg.resume:
-        try:
-            latest, ckpt_state, saved = cli.resume_point(
-                out_dir, lambda msg: print(f"{PROG}: {msg}", file=sys.stderr), is_ours=_our_header,
-                not_ours="a fastgpt.train run's (one that wrote no checkpoint to fine-tune from), not a "
-                         "fine-tuning run's: choose another --out_dir")
-        except ck.CheckpointError as e:
-            raise RunError(str(e)) from None
-        if ckpt_state is not None:
-            saved = (ckpt_state.get("extra") or {}).get("finetune_config")
-            if saved is None:
-                raise RunError(f"{latest} is a fastgpt.train checkpoint, not a fine-tuning run's: fine-tune from it "
-                               f"with --init {out_dir} --out_dir NEW_DIR")
-            _check_resume_options(cfg, given, ckpt_state, latest)
-        if saved is not None:
-            cfg = cli.with_saved_options(cfg, given, saved, RUNTIME_ONLY)
-            problems = cfg.validate()
-            if problems:
-                raise cli.UsageError(problems[0])
+        cfg, ckpt_state, latest = _resume_point(cfg, given, out_dir)
+    else:
+        cli.check_no_earlier_run(out_dir, _our_header)
     cfg = _device_and_dtype(cfg)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -651,7 +637,6 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
         model.load_state_dict(ckpt_state["model"])
         tok_name = ckpt_state["tokenizer"]
         init_desc = ckpt_state["extra"]["init"]
-        prior = ckpt_state["extra"]["finetune"]
     else:
         if cfg.init is None:
             cfg = dataclasses.replace(cfg, init=default_init())   # saved as the run's --init
@@ -702,7 +687,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
     kw = dict(fused=True) if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, **kw)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
-    autocast = _autocast_factory(device, cfg.dtype)
+    autocast = cli.autocast_factory(device, cfg.dtype)
 
     step = 0
     extra = dict(best=None, history=[], init=init_desc, seconds=0.0)   # seconds: of the run's earlier segments
@@ -720,17 +705,10 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
                 tokenizer=tok_name, special_tokens=list(T.SPECIAL_TOKENS), base_vocab=tok.base_vocab,
                 max_len=max_len, init=extra["init"], aux_lm_weight=cfg.aux_lm_weight,
                 examples_sha256=T.examples_sha256(task))
-    n_out = task.n_classes
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunError(f"--out_dir {out_dir}: cannot create it ({e.strerror})") from None
+    err = cli.make_out_dir(out_dir, step if ckpt_state is not None else None)
+    if err:
+        raise RunError(err)
     metrics_path = out_dir / "metrics.jsonl"
-    if ckpt_state is not None:
-        try:
-            cli.trim_metrics(metrics_path, step)
-        except OSError as e:
-            raise RunError(f"{metrics_path}: cannot rewrite it ({e.strerror})") from None
     log = cli.RunLog(metrics_path, append=ckpt_state is not None and metrics_path.exists(), bar=bool(cfg.progress),
                      total=total, initial=step, desc="finetune")
 
@@ -743,7 +721,8 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
                                seconds=extra["seconds"] + time.perf_counter() - t0))
 
     def evaluate_and_keep(step, epoch):
-        r = score(model, head, val, task.task_type, n_out, cfg.eval_batch_size, device, autocast, cfg.backend)
+        r = score(model, head, val, task.task_type, task.n_classes, cfg.eval_batch_size, device, autocast,
+                  cfg.backend)
         best = extra["best"]
         improved = best is None or (r["accuracy"], r["macro_f1"]) > (best["accuracy"], best["macro_f1"])
         row = dict(step=step, epoch=epoch, val_accuracy=r["accuracy"], val_macro_f1=r["macro_f1"],
@@ -813,12 +792,9 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
                     log.bar.set_postfix_str(msg, refresh=False)
                 else:
                     log.say(f"step {step}/{total}: {msg}, lr {lr:.2e}")
-            saved = None
             if end_epoch:
                 evaluate_and_keep(step, round(step / spe, 3))
-                saved = ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
-            elif ckpt_now:
-                saved = ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
+            saved = ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts) if end_epoch or ckpt_now else None
             if sigs.name is not None and step < total:  # Ctrl-C / SIGTERM: this step is done; save and stop
                 stopped = saved or ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts)
                 break
@@ -832,7 +808,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
 
     # --- the test split, scored once with the best model by validation
     if extra["best"] is None:  # resumed at the end, or nothing to train: evaluate what we have
-        log = cli.RunLog(metrics_path, True, False, 0, 0)
+        log = cli.RunLog(metrics_path, append=True, bar=False, total=0, initial=0)
         evaluate_and_keep(step, round(step / spe, 3))
         log.close()
     best_model, best_head, _, _ = load_finetuned(out_dir / "best", device, cfg.backend)
@@ -843,7 +819,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
                    device=cfg.device, dtype=cfg.dtype, seconds=round(extra["seconds"] + time.perf_counter() - t0, 1),
                    info=task.info)
     if test:
-        r = score(best_model, best_head, test, task.task_type, n_out, cfg.eval_batch_size, device, autocast,
+        r = score(best_model, best_head, test, task.task_type, task.n_classes, cfg.eval_batch_size, device, autocast,
                   cfg.backend)
         summary.update(accuracy=r["accuracy"], macro_f1=r["macro_f1"], test_loss=r["loss"])
         print(f"{PROG}: test accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} on {len(test)} examples "
@@ -896,7 +872,7 @@ def predict(cfg: FinetuneConfig, texts: list[str]):
     data = [Encoded(T.encode_example(e, tt, tok, meta["max_len"]), -1) for e in exs]
     done = 0
     for preds, _, _ in predict_batches(model, head, data, tt, c.eval_batch_size, device,
-                                       _autocast_factory(device, c.dtype), cfg.backend):
+                                       cli.autocast_factory(device, c.dtype), cfg.backend):
         for e, p in zip(exs[done:done + len(preds)], preds):
             # one line per input: a line break inside a choice's text is printed as \n (labels have none)
             yield _one_line(e.choices[p]) if tt == "choice" else meta["labels"][p]

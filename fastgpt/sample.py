@@ -176,13 +176,9 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from fastgpt.backend import resolve
     _check_args(args)
     device = cli.device(args.device)
-    try:
-        backend = resolve(args.backend, device.type)
-    except (RuntimeError, ValueError) as e:
-        raise cli.UsageError(str(e).splitlines()[0]) from None
+    backend = cli.backend(args.backend, device.type)
     model = load(args.path, args.backend, device)
     tok = _tokenizer(args.tokenizer, model.config)
     ids = tok.encode(args.prompt)

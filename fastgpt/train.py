@@ -152,7 +152,6 @@ class TrainConfig:
                            "resume at any world size; not with --compile")
 
     def validate(self) -> list[str]:
-        from fastgpt.config import PRESETS
         p = cli.empty_path_problems(out_dir=self.out_dir, data=self.data)
         bad_prompt = cli.not_utf8_problem("--prompt", self.prompt or "")
         if bad_prompt:
@@ -249,12 +248,8 @@ def lr_at(step: int, lr: float, min_lr: float, warmup: int, decay_iters: int) ->
 def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     """Fill the auto (None) options for the device; usage errors raise cli.UsageError."""
     import torch
-    from fastgpt.config import PRESETS
     c = dataclasses.replace(cfg)
-    if c.device is None:
-        c.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if c.device == "cuda" and not torch.cuda.is_available():
-        raise cli.UsageError("--device cuda: no CUDA device is available (use --device cpu)")
+    c.device = cli.device(c.device).type
     defaulted = {k for k in AUTO[c.device] if getattr(c, k) is None}   # (a --resume's saved values are set)
     for k in defaulted:
         setattr(c, k, AUTO[c.device][k])
@@ -330,11 +325,6 @@ class _Dist:
         out = [None] * self.world
         tdist.all_gather_object(out, obj)
         return out
-
-    def barrier(self):
-        if self.world > 1:
-            import torch.distributed as tdist
-            tdist.barrier()
 
     def agree(self, error: str | None) -> None:
         """A barrier that carries each rank's error (None: fine). If any rank failed, rank 0 raises
@@ -497,10 +487,49 @@ def _nonfinite_test_steps() -> set[int]:
     return {int(s) for s in raw.split(",") if s.strip()} if raw else set()
 
 
-def _check_resumed_model(mcfg, cfg: TrainConfig, given: set[str], path) -> None:
-    """--resume continues the checkpoint's model: a --preset, --dropout or --block_size given on the command line
-    that would describe another model is a usage error (it used to be ignored without a word)."""
+def _resume_point(cfg: TrainConfig, given: set[str], dist: _Dist, out_dir: Path, say) -> tuple:
+    """--resume: (cfg with the options of the run it continues, the checkpoint's state, its path); the
+    state and path are None when it starts a run again from its metrics.jsonl header, or a new one
+    (cli.resume_point). Every rank must see the same: RunError (rank 0's line) when they do not."""
+    from fastgpt import checkpoint as ck
+    err = saved = ckpt_state = resumed_from = None
+    try:
+        resumed_from, ckpt_state, saved = cli.resume_point(
+            out_dir, lambda msg: say(f"{PROG}: {msg}"), is_ours=_our_header,
+            not_ours="a fine-tuning run's: resume it with python -m fastgpt.finetune --resume")
+    except ck.CheckpointError as e:
+        err, resumed_from = str(e), None
+    if dist.world > 1:   # every rank joins, with its error if any: each must continue the same run
+        views = dist.gather_objects((err, resumed_from and Path(resumed_from).name, saved is not None))
+        err = next((e for e, _, _ in views if e), None)   # (a folder on a network file system may lag
+        if err is None and len({v[1:] for v in views}) > 1:   # on one node)
+            seen = sorted({name or ("its metrics.jsonl only" if header else "nothing")
+                           for _, name, header in views})
+            err = (f"--resume: the processes see different newest checkpoints in {out_dir} "
+                   f"({', '.join(seen)}): is the folder in sync on every node?")
+    dist.agree(err)
+    if ckpt_state is not None:
+        saved = ckpt_state.get("train_config")
+        if saved is None:
+            raise RunError(f"{resumed_from} is not a fastgpt.train checkpoint (a fine-tuning run's? resume that "
+                           "with python -m fastgpt.finetune --resume)")
+    if saved is not None:
+        cfg = _resumed_config(cfg, given, saved, from_checkpoint=ckpt_state is not None)
+    return cfg, ckpt_state, resumed_from
+
+
+def _check_resumed(ckpt_state: dict, cfg: TrainConfig, given: set[str], path) -> None:
+    """--resume continues the checkpoint's run: a --max_iters it has passed, or a --tokenizer, --preset,
+    --dropout or --block_size given on the command line that would describe another model is a usage
+    error (--preset, --dropout and --block_size used to be ignored without a word)."""
     from fastgpt.config import GPTConfig
+    if not cfg.eval_only and cfg.max_iters < ckpt_state["step"]:
+        raise cli.AlikeUsageError(f"--max_iters {cfg.max_iters}: the checkpoint {path} is already at "
+                                  f"step {ckpt_state['step']}; give a larger --max_iters to train on, or leave it out")
+    if ckpt_state.get("tokenizer") != cfg.tokenizer:
+        raise cli.AlikeUsageError(f"--tokenizer {cfg.tokenizer}: the checkpoint {path} was trained with "
+                                  f"the {ckpt_state.get('tokenizer')!r} tokenizer; drop --tokenizer")
+    mcfg = GPTConfig.from_dict(ckpt_state["config"])
     arch = ("n_layer", "n_head", "n_embd", "norm", "activation", "bias")
     if "preset" in given:
         p = GPTConfig.preset(cfg.preset)
@@ -518,6 +547,75 @@ def _check_resumed_model(mcfg, cfg: TrainConfig, given: set[str], path) -> None:
 def _our_header(header: dict) -> bool:
     """Is this metrics.jsonl header a fastgpt.train run's? (finetune's names its task)"""
     return "task" not in header
+
+
+def _token_data(cfg: TrainConfig, given: set[str], dist: _Dist):
+    """(token data, tokenizer) for --data / --tokenizer: rank 0 tokenizes into the cache first, the
+    others then read it; RunError (rank 0's line) when any rank cannot."""
+    from fastgpt import data as fdata
+    if "val_fraction" in given and (cfg.data is None or fdata.is_token_dir(cfg.data)):   # (it was ignored)
+        raise cli.UsageError("--val_fraction applies to text files given with --data: " + (
+            "the default corpus holds out six plays" if cfg.data is None else
+            f"{cfg.data} is a prepared token folder, split when it was made"))
+
+    def prepare():
+        """((token data, tokenizer), None) or (None, the error)."""
+        try:
+            td = fdata.prepare(cfg.data, cfg.tokenizer, cfg.val_fraction)
+            return (td, fdata.get_tokenizer(cfg.tokenizer)), None
+        except fdata.DataError as e:
+            return None, str(e)
+    got, err = prepare() if dist.main else (None, None)
+    dist.agree(err)             # rank 0 first (or every rank stops)
+    if not dist.main:
+        got, err = prepare()
+    dist.agree(err)
+    td, tok = got
+    if len(td.val) < cfg.block_size + 1:
+        raise RunError(f"the validation split has {len(td.val)} tokens, fewer than block_size + 1 = "
+                       f"{cfg.block_size + 1}; use a smaller --block_size, more text or a larger --val_fraction")
+    return td, tok
+
+
+def _model_config(cfg: TrainConfig, n_vocab: int, ckpt_state: dict | None):
+    """The model's GPTConfig: a resumed run's checkpoint's, else --preset's with this run's vocabulary,
+    --block_size and --dropout (when given)."""
+    from fastgpt.config import GPTConfig
+    if ckpt_state is not None:
+        return GPTConfig.from_dict(ckpt_state["config"])
+    over = dict(vocab_size=n_vocab, block_size=cfg.block_size)
+    if cfg.dropout is not None:
+        over["dropout"] = cfg.dropout
+    mcfg = GPTConfig.preset(cfg.preset, **over)
+    mcfg.extra = dict(tokenizer=cfg.tokenizer)
+    return mcfg
+
+
+def _restore_batch_stream(batches, ckpt_state: dict, cfg: TrainConfig, W: int, say) -> None:
+    """Continue the checkpoint's training batch stream in ``batches`` (a BatchSampler drawing W x
+    --batch_size windows), after a usage error if --batch_size changed at the same process count."""
+    from fastgpt import data as fdata
+    B, ds = cfg.batch_size, ckpt_state["data"]
+    saved_world = int(ckpt_state.get("extra", {}).get("world_size", 1))
+    if saved_world == W and ds["B"] != B * W:
+        raise cli.AlikeUsageError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} "
+                                  f"per process ({W} process(es)); resume with the same --batch_size")
+    # the windows are drawn one by one from one stream, whatever the draw's size: only the batch per
+    # optimizer step (processes x --batch_size x --grad_accum) can change, not the data order
+    was, now = ds["B"] * int(ckpt_state["train_config"].get("grad_accum", 1)), B * W * cfg.grad_accum
+    if was != now:
+        say(f"{PROG}: warning: the global batch is now {now} sequences per step ({W} process(es) x "
+            f"--batch_size {B} x --grad_accum {cfg.grad_accum}); the checkpoint's run had {was}")
+    try:
+        if ds["B"] == B * W:
+            batches.load_state_dict(ds)
+        else:   # (another process count)
+            if (ds["T"], ds["n"]) != (cfg.block_size, len(batches.data)):
+                batches.load_state_dict(ds)  # raises the data-mismatch DataError
+            batches.rng.bit_generator.state = ds["bit_generator"]
+            batches.drawn = ds["drawn"]
+    except fdata.DataError as e:
+        raise RunError(str(e)) from None
 
 
 def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict, from_checkpoint: bool = False) -> TrainConfig:
@@ -554,10 +652,7 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
     Under torchrun (``$WORLD_SIZE`` > 1) it joins the process group, trains with DDP (or FSDP2
     with ``--fsdp``) and leaves it at the end.
     """
-    import torch
-    dev_type = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev_type == "cuda" and not torch.cuda.is_available():
-        raise cli.UsageError("--device cuda: no CUDA device is available (use --device cpu)")
+    dev_type = cli.device(cfg.device).type
     if cfg.fsdp and not ("WORLD_SIZE" in os.environ and "RANK" in os.environ):
         raise cli.UsageError("--fsdp shards over the processes of a torchrun job: start it with "
                              "torchrun --nproc_per_node=N -m fastgpt.train --fsdp")
@@ -576,8 +671,6 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
 
     from fastgpt import checkpoint as ck
     from fastgpt import data as fdata
-    from fastgpt.backend import resolve as resolve_backend
-    from fastgpt.config import GPTConfig
     from fastgpt.model import GPT
 
     def say0(msg):
@@ -587,49 +680,18 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     out_dir = Path(cfg.out_dir)
     cli.check_out_dir(out_dir)  # before the data and the model: minutes, on a big corpus
     dist.agree(lock.acquire(out_dir) if dist.main else None)   # rank 0 writes the folder, for all
-    if not cfg.resume:
-        cli.check_no_earlier_run(out_dir, _our_header)
     ckpt_state = resumed_from = None
     if cfg.resume:
-        err = saved = None
-        try:
-            resumed_from, ckpt_state, saved = cli.resume_point(
-                out_dir, lambda msg: say0(f"{PROG}: {msg}"), is_ours=_our_header,
-                not_ours="a fine-tuning run's: resume it with python -m fastgpt.finetune --resume")
-        except ck.CheckpointError as e:
-            err, resumed_from = str(e), None
-        if dist.world > 1:   # every rank joins, with its error if any: each must continue the same run
-            views = dist.gather_objects((err, resumed_from and Path(resumed_from).name, saved is not None))
-            err = next((e for e, _, _ in views if e), None)   # (a folder on a network file system may lag
-            if err is None and len({v[1:] for v in views}) > 1:   # on one node)
-                seen = sorted({name or ("its metrics.jsonl only" if header else "nothing")
-                               for _, name, header in views})
-                err = (f"--resume: the processes see different newest checkpoints in {out_dir} "
-                       f"({', '.join(seen)}): is the folder in sync on every node?")
-        dist.agree(err)
-        if ckpt_state is not None:
-            saved = ckpt_state.get("train_config")
-            if saved is None:
-                raise RunError(f"{resumed_from} is not a fastgpt.train checkpoint (a fine-tuning run's? resume that "
-                               "with python -m fastgpt.finetune --resume)")
-        if saved is not None:
-            cfg = _resumed_config(cfg, given, saved, from_checkpoint=ckpt_state is not None)
+        cfg, ckpt_state, resumed_from = _resume_point(cfg, given, dist, out_dir, say0)
+    else:
+        cli.check_no_earlier_run(out_dir, _our_header)
     following = sorted(k for k in FOLLOWING if getattr(cfg, k) is None)
     cfg = resolve(cfg, given)
-    if ckpt_state is not None and not cfg.eval_only and cfg.max_iters < ckpt_state["step"]:
-        raise cli.AlikeUsageError(f"--max_iters {cfg.max_iters}: the checkpoint {resumed_from} is already at "
-                                  f"step {ckpt_state['step']}; give a larger --max_iters to train on, or leave it out")
     if ckpt_state is not None:   # (before the data: a --tokenizer gpt2 would fetch its files first)
-        if ckpt_state.get("tokenizer") != cfg.tokenizer:
-            raise cli.AlikeUsageError(f"--tokenizer {cfg.tokenizer}: the checkpoint {resumed_from} was trained with "
-                                      f"the {ckpt_state.get('tokenizer')!r} tokenizer; drop --tokenizer")
-        _check_resumed_model(GPTConfig.from_dict(ckpt_state["config"]), cfg, given, resumed_from)
+        _check_resumed(ckpt_state, cfg, given, resumed_from)
     device = torch.device(cfg.device, dist.local_rank) if cfg.device == "cuda" and dist.world > 1 \
         else torch.device(cfg.device)
-    try:
-        backend_name = resolve_backend(cfg.backend, device.type)
-    except (RuntimeError, ValueError) as e:
-        raise cli.UsageError(str(e).splitlines()[0]) from None
+    backend_name = cli.backend(cfg.backend, device.type)
 
     # --- determinism and precision
     torch.manual_seed(cfg.seed)
@@ -641,28 +703,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     else:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    # --- data (rank 0 tokenizes into the cache first; the others then read it)
-    if "val_fraction" in given and (cfg.data is None or fdata.is_token_dir(cfg.data)):   # (it was ignored)
-        raise cli.UsageError("--val_fraction applies to text files given with --data: " + (
-            "the default corpus holds out six plays" if cfg.data is None else
-            f"{cfg.data} is a prepared token folder, split when it was made"))
-
-    def prepare():
-        """((token data, tokenizer), None) or (None, the error)."""
-        try:
-            td = fdata.prepare(cfg.data, cfg.tokenizer, cfg.val_fraction)
-            return (td, fdata.get_tokenizer(cfg.tokenizer)), None
-        except fdata.DataError as e:
-            return None, str(e)
-    got, err = prepare() if dist.main else (None, None)
-    dist.agree(err)             # rank 0 first (or every rank stops)
-    if not dist.main:
-        got, err = prepare()
-    dist.agree(err)
-    td, tok = got
-    if len(td.val) < cfg.block_size + 1:
-        raise RunError(f"the validation split has {len(td.val)} tokens, fewer than block_size + 1 = "
-                       f"{cfg.block_size + 1}; use a smaller --block_size, more text or a larger --val_fraction")
+    # --- data
+    td, tok = _token_data(cfg, given, dist)
     # Every rank draws the same global batch (batch_size x world windows) and keeps its own rows:
     # the stream is that of one process with the global batch, whatever the world size.
     B, W = cfg.batch_size, dist.world
@@ -682,14 +724,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         return x, y
 
     # --- model
-    if ckpt_state is not None:
-        mcfg = GPTConfig.from_dict(ckpt_state["config"])
-    else:
-        over = dict(vocab_size=tok.n_vocab, block_size=cfg.block_size)
-        if cfg.dropout is not None:
-            over["dropout"] = cfg.dropout
-        mcfg = GPTConfig.preset(cfg.preset, **over)
-        mcfg.extra = dict(tokenizer=cfg.tokenizer)
+    mcfg = _model_config(cfg, tok.n_vocab, ckpt_state)
     try:
         model = GPT(mcfg, backend=cfg.backend).to(device)
     except RuntimeError as e:  # e.g. the fused backend unavailable on this machine
@@ -704,13 +739,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         _fsdp_shard(model, device.type)
     optimizer = model.configure_optimizers(weight_decay=cfg.weight_decay, learning_rate=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), device_type=device.type)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[cfg.dtype]
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
-
-    def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
+    autocast = cli.autocast_factory(device, cfg.dtype)
 
     step = 0
     extra = dict(tokens_seen=0, best_val_loss=None, skipped_steps=0)
@@ -728,27 +758,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
             scaler.load_state_dict(ckpt_state["scaler"])
         step = int(ckpt_state["step"])
         extra.update(ckpt_state.get("extra", {}))
-        saved_world = int(extra.get("world_size", 1))
-        ds = ckpt_state["data"]
-        if saved_world == W and ds["B"] != B * W:
-            raise cli.AlikeUsageError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} "
-                                      f"per process ({W} process(es)); resume with the same --batch_size")
-        # the windows are drawn one by one from one stream, whatever the draw's size: only the batch per
-        # optimizer step (processes x --batch_size x --grad_accum) can change, not the data order
-        was, now = ds["B"] * int(ckpt_state["train_config"].get("grad_accum", 1)), B * W * cfg.grad_accum
-        if was != now:
-            say0(f"{PROG}: warning: the global batch is now {now} sequences per step ({W} process(es) x "
-                 f"--batch_size {B} x --grad_accum {cfg.grad_accum}); the checkpoint's run had {was}")
-        try:
-            if ds["B"] == B * W:
-                train_batches.load_state_dict(ds)
-            else:   # (another process count)
-                if (ds["T"], ds["n"]) != (cfg.block_size, len(td.train)):
-                    train_batches.load_state_dict(ds)  # raises the data-mismatch DataError
-                train_batches.rng.bit_generator.state = ds["bit_generator"]
-                train_batches.drawn = ds["drawn"]
-        except fdata.DataError as e:
-            raise RunError(str(e)) from None
+        _restore_batch_stream(train_batches, ckpt_state, cfg, W, say0)
         ranks = ckpt_state.get("rng_ranks")
         ck.set_rng_state(ranks[dist.rank] if ranks and len(ranks) == W else ckpt_state["rng"])
         if W > 1 and not (ranks and len(ranks) == W):
@@ -780,18 +790,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         model.train(was)
         return float(dist.all_reduce(tot / cfg.eval_iters))
 
-    err = None
-    if dist.main:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            err = f"--out_dir {out_dir}: cannot create it ({e.strerror})"
-        try:
-            if ckpt_state is not None and not cfg.eval_only and err is None:
-                cli.trim_metrics(out_dir / "metrics.jsonl", step)
-        except OSError as e:
-            err = f"{out_dir / 'metrics.jsonl'}: cannot rewrite it ({e.strerror})"
-    dist.agree(err)
+    trim_to = step if ckpt_state is not None and not cfg.eval_only else None
+    dist.agree(cli.make_out_dir(out_dir, trim_to) if dist.main else None)   # rank 0 writes the folder
     saved_cfg = cli.to_dict(cfg, drop=("backend",))
     saved_cfg["_following"] = following
     header = dict(type="header", versions=_versions(device), device=dev_name, device_type=device.type,
@@ -830,7 +830,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     try:
         log.say(f"fastgpt.train: {cfg.preset} ({n_params / 1e6:.2f}M params), {cfg.tokenizer} tokens, "
                 f"{td.meta['n_tokens']['train']:,} train / {td.meta['n_tokens']['val']:,} val tokens, "
-                f"{dev_name} {cfg.dtype}, backend {header['backend']}, out_dir {out_dir}"
+                f"{dev_name} {cfg.dtype}, backend {backend_name}, out_dir {out_dir}"
                 + (f", {W} process{'es' if W > 1 else ''} ({'FSDP' if cfg.fsdp else 'DDP'}, "
                    f"{'nccl' if device.type == 'cuda' else 'gloo'})" if W > 1 or cfg.fsdp else "")
                 + (", activation checkpointing" if cfg.grad_checkpoint else ""))
@@ -940,13 +940,13 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
                     flag = torch.tensor(float(sigs.name is not None), device=device)   # it, on every rank,
                     stop = bool(dist.all_reduce(flag, "max"))   # not one step and one more save later
             if stop and not last:
-                stopped = last_saved
+                stopped = True
                 break
         sigs.armed = False
         summary.update(step=step, best_val_loss=extra["best_val_loss"], init_val_loss=header.get("init_val_loss"))
-        if stopped is not False:
+        if stopped:
             log.say(f"{PROG}: {sigs.name or 'signal'}: stopped after step {step}/{cfg.max_iters}; checkpoint saved "
-                    f"to {stopped} (continue with: {cli.resume_command(PROG, out_dir, _resume_flags(cfg))})")
+                    f"to {last_saved} (continue with: {cli.resume_command(PROG, out_dir, _resume_flags(cfg))})")
             summary["interrupted"] = sigs.name or "signal"
             return summary
     finally:
