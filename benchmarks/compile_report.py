@@ -14,8 +14,10 @@ fail to compile for the GPU. For each compiled kernel it prints registers per
 thread, the local-memory stack (spills), dynamic shared memory against the
 H100's 227 KiB, and with --sass the count of matrix instructions in the SASS
 (HGMMA = Hopper's wgmma; HMMA = the older mma.sync path) and of local-memory
-loads/stores (LDL/STL). Exit status 1 if a kernel fails to compile or does not
-fit in shared memory.
+loads/stores (LDL/STL). Exit status 1 if a kernel fails to compile, does not
+fit in shared memory, or is an attention kernel that triton gave less shared memory
+than kernels/attention.py's smem_floor (the autotuner's pruning would then drop
+configs that fit).
 With --sass it also counts every SASS instruction ("instr") and the integer
 multiply-adds, 3-input logic ops and shared-memory stores/loads (IMAD, LOP3,
 STS, LDS): static counts, how ATTENTION_NOTES.md weighs the dropout mask's cost.
@@ -88,6 +90,18 @@ def _resources(kernel, sass: bool) -> dict:
             counts = collections.Counter(ops)
             out.update({op: counts.get(op, 0) for op in SASS_OPS}, instr=len(ops))
     return out
+
+
+_ATTENTION_KINDS = {"_attn_fwd_kernel": "fwd", "_attn_bwd_dkdv_kernel": "dkdv", "_attn_bwd_dq_kernel": "dq"}
+
+
+def _attention_smem_floor(name: str, consts: dict, stages: int, dtypes: str):
+    """fastgpt.kernels.attention.smem_floor of a compiled attention kernel (None for other kernels)."""
+    if name not in _ATTENTION_KINDS:
+        return None
+    from fastgpt.kernels.attention import smem_floor
+    elem = 4 if dtypes.split("/")[0] == "f32" else 2   # (q's dtype comes first)
+    return smem_floor(_ATTENTION_KINDS[name], consts["BLOCK_M"], consts["BLOCK_N"], stages, consts["BLOCK_D"], elem)
 
 
 def _why(e: Exception) -> str:
@@ -249,10 +263,14 @@ def main(argv=None) -> int:
             r = _resources(k, args.sass)
             fits = r["shared"] <= H100_SMEM
             failures += not fits
+            floor = _attention_smem_floor(name, consts, s, dts)
+            floor_ok = floor is None or floor <= r["shared"]   # (the autotuner prunes by it: a floor above
+            failures += not floor_ok                           # what triton allocates would drop configs)
             print(f"{name:<26} {dts[:18]:<18} {c[:58]:<58} {w:>2} {s:>2} {r['regs'] or '-':>4} {r['stack'] or 0:>5} "
                   f"{r['shared'] / 1024:8.1f}"
                   + ("".join(f" {r[op]:>5}" for op in ("instr",) + SASS_OPS) if args.sass else "")
-                  + ("  ok" if fits else "  TOO MUCH SHARED MEMORY"))
+                  + ("  ok" if fits and floor_ok else "  TOO MUCH SHARED MEMORY" if not fits else "")
+                  + ("" if floor_ok else f"  BELOW attention.smem_floor ({floor} B)"))
     print(f"compile_report: {len(rec.rows)} launches compiled for sm_90"
           + (f" (shard {shard[0]}/{shard[1]} of {rec.launches})" if shard[1] > 1 else "") + f", {failures} failure(s)")
     return 1 if failures else 0

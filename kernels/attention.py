@@ -119,8 +119,9 @@ if BWD_DQ not in BWD_DQ_MODES:
 # ----------------------------------------------------------------------------- launch configs
 # Under the interpreter one fixed config runs (BLOCK_M != BLOCK_N on purpose, so the
 # block-skipping arithmetic is exercised in its general form). On the GPU a small space,
-# keyed on the head dim and a power-of-two bucket of the sequence length; configs that do
-# not fit in shared memory are skipped by the autotuner.
+# keyed on the head dim and a power-of-two bucket of the sequence length; configs that cannot
+# fit in the device's shared memory are pruned before they are compiled (_pruner), and any other
+# that does not fit is compiled, then skipped by the autotuner when its launch is refused.
 
 def _cfg(bm, bn, w, s):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -128,9 +129,10 @@ def _cfg(bm, bn, w, s):
 
 # The last config of each GPU space is small enough for D = 256 in fp32, so the space
 # always holds one that fits in shared memory. `python -m benchmarks.compile_report --only
-# attention` shows each config's registers and spills for sm_90 without a GPU; the dK/dV
-# configs with 4 warps spill a little at D = 64 and are still the fastest there (H100,
-# benchmarks/ATTENTION_NOTES.md, v3 and v4), so spills alone do not rule a config out.
+# attention` shows each config's registers and spills for sm_90 without a GPU. Spills alone do
+# not rule a config out: the fastest dK/dV configs at D = 64 (H100, benchmarks/ATTENTION_NOTES.md,
+# v3 and v4) have 4 warps, and with dropout most of them spill (the default (16, 128, 4, 3): 40
+# bytes a thread; (32, 128, 4, 3) spills at every head dim, 104 bytes at D = 64 without dropout).
 _FWD_SPACE = [(128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3), (128, 32, 4, 4),
               (64, 64, 4, 3), (64, 32, 4, 4), (64, 64, 4, 2), (32, 32, 4, 1)]
 _DKDV_SPACE = [(16, 128, 4, 3), (32, 128, 4, 3), (32, 64, 4, 3), (64, 64, 4, 3),  # BLOCK_M: query rows
@@ -162,7 +164,7 @@ def default_config(kind: str, head_dim: int, dtype: torch.dtype, dropout: bool =
     else:
         row_bytes = _block_d(head_dim) * (4 if dtype == torch.float32 else 2)   # one row of a tile
         size = 0 if row_bytes <= 128 else 1 if row_bytes <= 256 else 2 if row_bytes <= 512 else 3
-        bm, bn, w, s = {  # the fastest measured at D = 64 (H100); spill-free at D = 128
+        bm, bn, w, s = {  # the fastest measured at D = 64 (H100); spill-free at D = 128 without dropout
             "fwd": [(128, 64, 8, 3), (128, 64, 8, 3), (64, 32, 4, 2), (32, 32, 4, 1)],
             "dkdv": [(16, 128, 4, 3), (32, 128, 8, 2), (16, 32, 4, 2), (16, 32, 4, 1)],
             "dq": [(128, 64, 8, 3), (128, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 1)],
@@ -172,13 +174,51 @@ def default_config(kind: str, head_dim: int, dtype: torch.dtype, dropout: bool =
     return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": s}
 
 
-def _prune(configs, named_args, **kwargs):
-    """The autotuner's configs for a launch: with dropout only those whose key block (BLOCK_N) is a
-    multiple of 32, the keep mask's group width (every space keeps a small one: dQ's (32, 32, 4, 2)
-    fits D = 256 fp32 in 160 KiB of shared memory on sm_90)."""
-    if not kwargs.get("DROPOUT"):
-        return configs
-    return [c for c in configs if c.kwargs["BLOCK_N"] % 32 == 0]
+def smem_floor(kind: str, block_m: int, block_n: int, stages: int, block_d: int, elem_size: int) -> int:
+    """Bytes of shared memory a launch config of kernel ``kind`` needs at the least: its loop's ``stages``
+    buffers of the streamed tile pair (K, V in the forward and dQ passes; Q, dO in dK/dV), and dK/dV's
+    held K, V tiles. Triton 3.6 allocates at least this for every config of the three spaces (compiled for
+    sm_90 at D = 64 to 256, fp16 / bf16 / fp32, dropout on and off: 313 kernels, 2026-11-27);
+    benchmarks/compile_report.py checks it on every kernel it compiles."""
+    if kind == "dkdv":
+        return elem_size * block_d * 2 * (stages * block_m + block_n)
+    return elem_size * block_d * 2 * stages * block_n
+
+
+_SMEM_LIMITS: dict = {}   # CUDA device index -> the most shared memory one block may use (bytes)
+
+
+def _smem_limit(device: torch.device) -> Optional[int]:
+    """The device's shared memory per block (triton's own launch check), or None where the driver
+    cannot say (benchmarks/compile_report's compile-only stand-in)."""
+    index = device.index or 0
+    if index not in _SMEM_LIMITS:
+        try:
+            _SMEM_LIMITS[index] = int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
+        except (AttributeError, KeyError, RuntimeError):
+            return None
+    return _SMEM_LIMITS[index]
+
+
+def _pruner(kind: str):
+    """The autotuner's configs for a launch of kernel ``kind``:
+    - with dropout only those whose key block (BLOCK_N) is a multiple of 32, the keep mask's group width;
+    - on a GPU, not those whose smem_floor is above the device's shared memory: triton would compile each
+      (seconds) only to refuse its launch (at D = 256 or in fp32 at D = 128, most of the forward's and
+      dK/dV's space on an H100; more on GPUs with less shared memory).
+    Every space ends with a small config (dQ's (32, 32, 4, 2) fits D = 256 fp32 in 160 KiB on sm_90),
+    kept when all the others are pruned."""
+    def prune(configs, named_args, **kwargs):
+        if kwargs.get("DROPOUT"):
+            configs = [c for c in configs if c.kwargs["BLOCK_N"] % 32 == 0]
+        q = named_args.get("Q")
+        limit = _smem_limit(q.device) if getattr(q, "is_cuda", False) else None
+        if limit is None:
+            return configs
+        fits = [c for c in configs if smem_floor(kind, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages,
+                                                 kwargs["BLOCK_D"], q.element_size()) <= limit]
+        return fits or configs[-1:]
+    return prune
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -602,7 +642,7 @@ TUNED = {"fwd": ("_attn_fwd", _attn_fwd_kernel, _KEY, ()),
 def make_autotuner(kind: str, full_space: bool = False):
     """Kernel ``kind``'s autotuner; full_space: its whole space even with autotuning off (a GPU test)."""
     _, fn, key, zero = TUNED[kind]
-    return autotune(_space(kind), key=key, prune=_prune, rep_ms=150, reset_to_zero=zero,
+    return autotune(_space(kind), key=key, prune=_pruner(kind), rep_ms=150, reset_to_zero=zero,
                     enabled=True if full_space else None)(fn)
 
 

@@ -210,9 +210,9 @@ def _validate(op, x, residual, weight, bias):
 
 def _fwd_programs(M: int, meta: dict, device: torch.device) -> int:
     """The forward's grid: a program per tile (STAGES = 1 on the GPU), else a persistent grid of
-    4 programs per SM, all resident at once (sm_90: 32-98 registers per thread for the 8-warp
-    pipelined configs, so 8 per SM would not all fit and leave a second wave); at most 4
-    programs on the CPU, so the interpreter always walks the row loop."""
+    4 programs per SM; at most 4 programs on the CPU, so the interpreter always walks the row loop.
+    (sm_90: the 8-warp pipelined configs take 31-128 registers a thread, so 4 programs are resident
+    at once only up to 64 registers; above that the rest run as a second wave of equal shares.)"""
     tiles = cdiv(M, meta["BLOCK_M"])
     if meta["STAGES"] == 1 and device.type == "cuda":
         return tiles

@@ -710,10 +710,11 @@ def test_dropout_launch_configs_tile_the_mask_groups(monkeypatch):
     """With dropout the autotuner's spaces (pruned) and the fixed defaults keep key blocks of 32 or
     more; without dropout nothing is pruned."""
     from fastgpt.kernels import attention as A
-    for space in (A._FWD_SPACE, A._DKDV_SPACE, A._DQ_SPACE):
+    for kind, space in (("fwd", A._FWD_SPACE), ("dkdv", A._DKDV_SPACE), ("dq", A._DQ_SPACE)):
         configs = [A._cfg(*c) for c in space]
-        assert A._prune(configs, {}, DROPOUT=False) == configs
-        kept = A._prune(configs, {}, DROPOUT=True)
+        prune = A._pruner(kind)
+        assert prune(configs, {}, DROPOUT=False) == configs
+        kept = prune(configs, {}, DROPOUT=True)
         assert kept and all(c.kwargs["BLOCK_N"] % 32 == 0 for c in kept)
     monkeypatch.setattr(A, "INTERPRET", False)   # default_config's GPU table
     for kind in ("fwd", "dkdv", "dq"):
@@ -721,6 +722,51 @@ def test_dropout_launch_configs_tile_the_mask_groups(monkeypatch):
             for dtype in (torch.float32, torch.bfloat16):
                 cfg = A.default_config(kind, D, dtype, dropout=True)
                 assert cfg["BLOCK_N"] % 32 == 0 and cfg["BLOCK_M"] % 16 == 0, (kind, D, dtype, cfg)
+
+
+class _CudaQ:
+    """What the pruner reads of q: a CUDA tensor's device and element size (no GPU needed)."""
+    is_cuda = True
+
+    def __init__(self, elem_size):
+        self.device, self._elem = torch.device("cuda", 0), elem_size
+
+    def element_size(self):
+        return self._elem
+
+
+def test_pruner_drops_configs_above_the_shared_memory(monkeypatch):
+    """On a GPU the autotuner never compiles a config whose shared-memory floor is above the device's
+    limit (an H100's 227 KiB here), keeps every config that could fit, and keeps the space's last
+    (smallest) config when nothing else fits; dropout's key-block rule still applies."""
+    from fastgpt.kernels import attention as A
+    monkeypatch.setattr(A, "_smem_limit", lambda device: 232448)
+    spaces = {"fwd": A._FWD_SPACE, "dkdv": A._DKDV_SPACE, "dq": A._DQ_SPACE}
+    for kind, space in spaces.items():
+        configs = [A._cfg(*c) for c in space]
+        prune = A._pruner(kind)
+        for block_d, elem in ((64, 2), (128, 2), (128, 4), (256, 2), (256, 4)):
+            for dropout in (False, True):
+                kept = prune(configs, {"Q": _CudaQ(elem)}, BLOCK_D=block_d, DROPOUT=dropout)
+                floors = {c: A.smem_floor(kind, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, block_d,
+                                          elem) for c in configs}
+                fitting = [c for c in configs if floors[c] <= 232448 and (not dropout or c.kwargs["BLOCK_N"] % 32 == 0)]
+                assert kept == (fitting or [configs[-1]]), (kind, block_d, elem, dropout)
+    # the spaces at the GPT-2 and long-sequence head dims (bf16) lose nothing on an H100
+    for kind, space in spaces.items():
+        configs = [A._cfg(*c) for c in space]
+        for block_d in (64, 128):
+            assert A._pruner(kind)(configs, {"Q": _CudaQ(2)}, BLOCK_D=block_d) == configs
+    # D = 256 fp32: the forward keeps only its last config (as compiled for sm_90, 2026-11-27: 64 KiB,
+    # every other one above 227 KiB)
+    fwd = [A._cfg(*c) for c in A._FWD_SPACE]
+    assert A._pruner("fwd")(fwd, {"Q": _CudaQ(4)}, BLOCK_D=256) == fwd[-1:]
+    # the floor is the streamed tiles' buffers (and dK/dV's held K, V tiles)
+    assert A.smem_floor("fwd", 128, 64, 3, 64, 2) == 3 * 2 * 64 * 64 * 2
+    assert A.smem_floor("dkdv", 16, 128, 3, 64, 2) == (3 * 2 * 16 + 2 * 128) * 64 * 2
+    # no limit known (a CPU tensor, the compile-only stand-in driver): only dropout's rule
+    monkeypatch.setattr(A, "_smem_limit", lambda device: None)
+    assert A._pruner("fwd")(fwd, {"Q": _CudaQ(4)}, BLOCK_D=256) == fwd
 
 
 def test_dropout_rejects_blocks_off_the_mask_grid():
@@ -733,17 +779,18 @@ def test_dropout_rejects_blocks_off_the_mask_grid():
             attention_fwd(q, k, v, config={"BLOCK_M": bm, "BLOCK_N": bn}, dropout_p=0.1, seed=seed)
 
 
-@pytest.mark.parametrize("seed,msg", [
-    (torch.zeros(2, dtype=torch.int32), "int64"),
-    (torch.zeros(3, dtype=torch.int64), "shape"),
-    ((1, 2, 3), "pair"),
+@pytest.mark.parametrize("seed,exc,msg", [
+    (torch.zeros(2, dtype=torch.int32), TypeError, "int64"),
+    (torch.zeros(3, dtype=torch.int64), ValueError, "shape"),
+    ((1, 2, 3), ValueError, "pair"),
+    ((1.5, 2), TypeError, "whole numbers"),
 ])
-def test_bad_seed(seed, msg):
+def test_bad_seed(seed, exc, msg):
     import fastgpt.kernels as K
     q, k, v = _qkv(1, 1, 8, 8, 16, torch.float32)
     if isinstance(seed, torch.Tensor):
         seed = seed.to(DEVICE)
-    with pytest.raises(ValueError, match=msg):
+    with pytest.raises(exc, match=msg):
         K.causal_attention(q, k, v, dropout_p=0.1, seed=seed)
 
 

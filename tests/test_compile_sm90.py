@@ -6,7 +6,8 @@ GPU (seen: a jit helper whose two return statements had different types). This
 runs benchmarks/compile_report.py, which calls every launcher with Triton's
 driver replaced by an sm_90 stand-in and compiles (ptxas from the triton wheel)
 the first launch config of every autotune space, dropout on and off. It also
-fails when a kernel needs more shared memory than an H100 has.
+fails when a kernel needs more shared memory than an H100 has, and when an attention
+kernel gets less than kernels/attention.py's smem_floor (the bound its autotuner prunes by).
 """
 import re
 
