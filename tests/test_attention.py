@@ -1046,3 +1046,37 @@ def test_int32_row_offsets_are_checked(monkeypatch):
     k = torch.zeros(1, 1, attention.MAX_T + 1, 1, device=DEVICE)
     with pytest.raises(ValueError, match="sequence length 2097121 is above the kernels' limit of 2,097,120"):
         attention.causal_attention(k[:, :, :1], k, k)
+
+
+# ----------------------------------------------------------------------------- from a mutation review
+# (2026-11-27: each test below failed on a mutant that every other test let through)
+
+# The block-skipping bounds (the forward's and dQ's last full / last key block, dK/dV's first full query
+# block) are off by one only where i + Tk - Tq lands on a block edge: for the interpreter's configs
+# (fwd 64 x 32, dK/dV 32 x 64, dQ 64 x 32) Tk - Tq = 30 or 1 (mod 32) with more than one query block, and
+# 62, 63 for the GPU's 128 x 64 blocks. No other test's shape has those offsets.
+@pytest.mark.parametrize("off", [1, 14, 30, 62, 63])
+def test_query_shorter_than_keys_at_block_edge_offsets(off):
+    import fastgpt.kernels as K
+    tq = 80
+    q, k, v = (torch.randn(1, 2, t, 16, device=DEVICE) for t in (tq, tq + off, tq + off))
+    ref = lambda q, k, v: flash_attention_reference(q, k, v, tf32=HAS_CUDA)  # noqa: E731
+    _assert(compare_op(f"attn Tq={tq} Tk={tq + off}", K.causal_attention, ref, [q, k, v]))
+
+
+def test_reference_attention_dropout_scales_the_kept_weights():
+    """reference.causal_attention scales the kept weights by 1 / (1 - p) on the mask and torch-RNG paths
+    too (the seeded path, which the kernels are compared on, has its own scale; the reference backend trains
+    through the torch-RNG path): held to (P * keep / (1 - p)) V, and to an unbiased mean over draws."""
+    q, k, v = (torch.randn(2, 2, 9, 8, dtype=torch.float64) for _ in range(3))
+    p = 0.25
+    keep = torch.rand(2, 2, 9, 9) >= p
+    s = (q @ k.transpose(-1, -2)) / 8 ** 0.5
+    s = s.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), float("-inf"))
+    want = (torch.softmax(s, -1) * keep / (1 - p)) @ v
+    torch.testing.assert_close(reference.causal_attention(q, k, v, dropout_p=p, mask=keep), want)
+    # the torch-RNG path: uniform weights and v = 1 give outputs whose mean over many draws is 1
+    ones, zeros = torch.ones(1, 1, 64, 4, dtype=torch.float64), torch.zeros(1, 1, 64, 4, dtype=torch.float64)
+    torch.manual_seed(0)
+    o = torch.stack([reference.causal_attention(zeros, zeros, ones, dropout_p=p) for _ in range(200)])
+    assert abs(o[..., 32:, :].mean().item() - 1.0) < 0.02

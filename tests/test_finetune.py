@@ -720,3 +720,41 @@ def test_a_non_finite_loss_is_caught_before_a_checkpoint_between_log_lines(tmp_p
     err = capsys.readouterr().err
     assert e.value.code == 1 and "the loss became nan at step 3" in err and "--dtype fp32" not in err, err
     assert ck.latest_checkpoint(out).name == "ckpt_0000002.pt"
+
+
+# ----------------------------------------------------------------------------- the loop's arithmetic
+# (a mutation review, 2026-11-27: a loop that back-propagated the task loss only, never clipped, or kept the
+# peak lr after warmup passed every other test)
+
+def test_finetune_trains_on_the_auxiliary_lm_loss(tmp_path, tiny_init):
+    """L2 + lambda L1 is what is back-propagated, not only logged: from one init and one data order, a run
+    with lambda = 0.5 ends with other embedding weights than a run with lambda = 0."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    sds = []
+    for lam in (0.0, 0.5):
+        out = tmp_path / f"o{lam}"
+        FT.run(cfg_for(task, tiny_init, out, aux_lm_weight=lam, batch_size=8, max_iters=2))
+        sds.append(GPT.from_pretrained(out / "best").state_dict())
+    assert not torch.equal(sds[0]["transformer.wte.weight"], sds[1]["transformer.wte.weight"])
+
+
+def test_finetune_clips_gradients(tmp_path, tiny_init, monkeypatch):
+    """Every step clips the global gradient norm to --grad_clip."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    calls = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):
+        calls.append(max_norm)
+        return real(params, max_norm, *a, **k)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    FT.run(cfg_for(task, tiny_init, tmp_path / "o", grad_clip=0.5, batch_size=8, max_iters=3))
+    assert calls == [0.5] * 3
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    """The paper's schedule: linear warmup to lr, then linear decay to 0 at the last step."""
+    f = lambda s: FT.linear_schedule(s, 1.0, 2, 10)  # noqa: E731
+    assert f(0) == pytest.approx(1 / 3) and f(1) == pytest.approx(2 / 3)
+    assert f(2) == pytest.approx(1.0) and f(6) == pytest.approx(0.5) and f(10) == 0.0
+    assert all(f(s) >= f(s + 1) for s in range(2, 12))

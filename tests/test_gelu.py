@@ -200,3 +200,22 @@ def test_replay_plan_matches_checked_path(path, monkeypatch):
         return [g.detach(), uu.grad, b.grad]
 
     assert_plan_replays(run, count_calls(monkeypatch, G, ("bias_gelu_fwd", "bias_gelu_bwd")))
+
+
+def test_backward_reads_a_row_strided_upstream_gradient():
+    """An upstream gradient that is a row-strided view (torch.cat downstream of the op) is read through its
+    row stride, not copied and not read as if contiguous (a mutation review, 2026-11-27: a backward taking
+    N as dy's row stride passed every other test)."""
+    import fastgpt.kernels as K
+    N = 40
+    x = torch.randn(6, N, device=DEVICE) * 2
+    b = torch.randn(N, device=DEVICE)
+    g = torch.randn(6, 2 * N, device=DEVICE)
+    grads = []
+    for fn in (K.bias_gelu, reference.bias_gelu):
+        xx, bb = x.clone().requires_grad_(), b.clone().requires_grad_()
+        y = fn(xx, bb)
+        (torch.cat([y, y.detach()], -1) * g).sum().backward()   # dy = g[:, :N], row stride 2N
+        grads.append((xx.grad, bb.grad))
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)

@@ -249,3 +249,66 @@ def test_replay_plan_matches_checked_path(residual, monkeypatch):
         return [o.detach() for o in outs] + [xx.grad, w.grad, b.grad] + ([rr.grad] if residual else [])
 
     assert_plan_replays(run, count_calls(monkeypatch, LN, ("layer_norm_fwd", "layer_norm_bwd")))
+
+
+# ----------------------------------------------------------------------------- from a mutation review
+# (2026-11-27: each test below failed on a mutant of the kernels or the reference that every other test let
+# through, and passes on the code as it is)
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("eps", [1e-2, 0.5])
+def test_layer_norm_uses_its_eps(eps, residual):
+    """eps is passed through (kernel and reference): every other test runs the default 1e-5, so a hard-wired
+    1e-5 passed them. Rows of small variance (~1e-2), where eps moves y by O(1); the reference is also held
+    to PyTorch's LayerNorm with that eps."""
+    import torch.nn.functional as F
+
+    import fastgpt.kernels as K
+    x = torch.randn(7, 96, device=DEVICE) * 0.1
+    w, b = torch.randn(96, device=DEVICE), torch.randn(96, device=DEVICE)
+    if residual:
+        r = torch.randn(7, 96, device=DEVICE) * 0.1
+        _assert(compare_op("add_layer_norm eps", K.add_layer_norm, reference.add_layer_norm, [x, r, w, b, eps]))
+        h, got = x + r, reference.add_layer_norm(x, r, w, b, eps)[0]
+    else:
+        _assert(compare_op("layer_norm eps", K.layer_norm, reference.layer_norm, [x, w, b, eps]))
+        h, got = x, reference.layer_norm(x, w, b, eps)
+    want = F.layer_norm(h.double(), (96,), w.double(), b.double(), eps)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_add_layer_norm_normalises_the_stored_h(dtype):
+    """The stored h (residual's dtype) is what is normalised, so forward and backward see one value (the
+    reference normalising the unrounded x + residual passed the tolerance rule, whose float64 ref_hi does
+    not round h either). A large residual (|h| ~ 1000: fp16 steps of 0.5, bf16 of 4) and a small x make
+    h's rounding as large as x."""
+    import torch.nn.functional as F
+
+    import fastgpt.kernels as K
+    x = (torch.randn(6, 64, device=DEVICE) * 0.5).to(dtype)
+    r = torch.full((6, 64), 1000.0, device=DEVICE).to(dtype)
+    w, b = torch.randn(64, device=DEVICE), torch.randn(64, device=DEVICE)
+    for name, fn in (("fused", K.add_layer_norm), ("reference", reference.add_layer_norm)):
+        y, h = fn(x, r, w, b, 1e-5)
+        want = F.layer_norm(h.float(), (64,), w, b, 1e-5).to(dtype)
+        torch.testing.assert_close(y, want, rtol=2e-2, atol=2e-2, msg=lambda m: f"{name}: {m}")
+
+
+def test_backward_reads_a_row_strided_upstream_gradient():
+    """An upstream gradient that is a row-strided view with unit column stride (torch.cat's backward hands
+    out narrow() views) is read through its row stride: the suite's non-contiguous gradients all reached
+    the kernel as copies, so a backward taking N as dy's row stride passed it."""
+    import fastgpt.kernels as K
+    N = 48
+    x = torch.randn(5, N, device=DEVICE)
+    w, b = torch.randn(N, device=DEVICE), torch.randn(N, device=DEVICE)
+    g = torch.randn(5, 2 * N, device=DEVICE)
+    grads = []
+    for fn in (K.layer_norm, reference.layer_norm):
+        xx, ww, bb = (t.clone().requires_grad_() for t in (x, w, b))
+        y = fn(xx, ww, bb)
+        (torch.cat([y, y.detach()], -1) * g).sum().backward()   # dy = g[:, :N], row stride 2N
+        grads.append((xx.grad, ww.grad, bb.grad))
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)

@@ -679,3 +679,16 @@ def test_block_input_shape_is_checked():
     for x in (torch.randn(4, 16), torch.randn(1, 4, 12)):
         with pytest.raises(ValueError, match=r"GPTBlock: x must be \(B, T, 16\)"):
             b(x)
+
+
+def test_init_scales_every_residual_projection():
+    """GPT-2's scaled init (std 0.02 / sqrt(2 n_layer)) covers both projections into the residual stream,
+    attn.c_proj as well as mlp.c_proj (test_init_and_padding looks at the latter only; a mutation review,
+    2026-11-27, found attn.c_proj's scaling unguarded)."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=12, n_head=4, n_embd=64))
+    want = 0.02 / (2 * 12) ** 0.5
+    for blk in m.transformer.h:
+        for proj in (blk.attn.c_proj, blk.mlp.c_proj):
+            assert abs(proj.weight.std().item() - want) < 0.25 * want
+        assert abs(blk.attn.c_attn.weight.std().item() - 0.02) < 0.003

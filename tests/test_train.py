@@ -541,3 +541,41 @@ def test_resume_drops_metrics_lines_that_are_not_utf8(corpus, tmp_path):
         f.write(b'\xff\xfe garbage\n')
     assert train.main([f"--out_dir={out}", "--resume", "--max_iters=3", "--device=cpu"]) == 0
     assert b"\xff" not in (out / "metrics.jsonl").read_bytes() and max(H.steps(out)) == 3
+
+
+def test_optimizer_step_clips_the_global_gradient_norm():
+    """optimizer_step clips the global gradient norm to grad_clip (the CLI runs compare runs of the same code
+    with each other, so a loop that never clipped passed them). With SGD(lr=1) the update is minus the clipped
+    gradient, g * clip / ||g|| for a clip below the norm; grad_norm is the norm before clipping."""
+    from fastgpt import GPT, GPTConfig
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+    x, y = torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))
+    base = GPT(cfg, backend="reference")
+    want = torch.autograd.grad(base(x, y)[1], list(base.parameters()))
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in want])).item()
+    clip = 0.25 * norm
+    m = GPT(cfg, backend="reference")
+    m.load_state_dict(base.state_dict())
+    params = list(m.parameters())
+    opt = torch.optim.SGD(params, lr=1.0)
+    res = train.optimizer_step(m, params, opt, torch.amp.GradScaler("cpu", enabled=False), lambda: (x, y), 1, clip,
+                               lambda: torch.autocast("cpu", enabled=False))
+    assert not res.bad and res.grad_norm.item() == pytest.approx(norm, rel=1e-4)
+    for p0, p1, g in zip(base.parameters(), params, want):
+        torch.testing.assert_close(p0.detach() - p1.detach(), g * (clip / norm), rtol=1e-4, atol=1e-7)
+
+
+def test_every_param_group_follows_the_lr_schedule(tmp_path, monkeypatch):
+    """The scheduled lr is set on both of the optimizer's groups (weights with decay; biases and LayerNorms
+    without): a loop that set the first group's only left the second at the peak rate through every test."""
+    corpus = H.make_corpus(tmp_path, monkeypatch, n_lines=500)
+    out = tmp_path / "out"
+    args = H.argv_factory(eval_iters=1, eval_interval=4)(corpus, out, max_iters=4, lr=3e-3, min_lr=3e-4,
+                                                          warmup_iters=1, lr_decay_iters=8)
+    assert train.main(args) == 0
+    st = ck.load_checkpoint(ck.latest_checkpoint(out))
+    assert st["step"] == 4
+    want = train.lr_at(3, 3e-3, 3e-4, 1, 8)   # the lr of the last step taken (step index 3)
+    groups = st["optimizer"]["param_groups"]
+    assert len(groups) == 2 and all(g["lr"] == pytest.approx(want) for g in groups), [g["lr"] for g in groups]
