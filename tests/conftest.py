@@ -34,6 +34,23 @@ except ImportError:
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _check_the_checkout_under_test():
+    """The tests must import this checkout: setup.py maps fastgpt.kernels to the folder kernels/, so with an
+    editable install of another checkout in the environment, fastgpt came from here and its kernels from
+    there, and every kernel test would test the other checkout's code (two reviews' copies did, 2026-11-27)."""
+    import importlib.util
+    for name in ("fastgpt", "fastgpt.kernels"):
+        spec = importlib.util.find_spec(name)
+        origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+        if origin is None or ROOT not in origin.parents:
+            pytest.exit(f"{name} imports from {origin or 'nowhere'}, not from this checkout ({ROOT}): install this "
+                        "checkout into its own environment (bash scripts/install.sh) and run its .venv/bin/python",
+                        returncode=4)
+
+
+_check_the_checkout_under_test()
 # every Triton kernel; the sm_90 stand-in tools (compile_report, host_overhead --check) must reach each
 KERNELS = ("_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel", "_bias_gelu_fwd_kernel", "_bias_gelu_bwd_kernel",
            "_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_prep_kernel",
