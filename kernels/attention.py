@@ -660,7 +660,8 @@ def _validate(q, k, v, op="causal_attention"):
         raise TypeError(f"{op}: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     D = q.shape[3]
     if not 1 <= D <= MAX_HEAD_DIM:
-        raise ValueError(f"{op}: unsupported head dim {D} (supported: 1 to {MAX_HEAD_DIM})")
+        raise ValueError(f"{op}: unsupported head dim {D} (supported: 1 to {MAX_HEAD_DIM})"
+                         + ("; use backend='reference'" if D > MAX_HEAD_DIM else ""))
     if k.shape[2] > MAX_T:
         raise ValueError(f"{op}: sequence length {k.shape[2]} is above the kernels' limit of {MAX_T:,} "
                          "(65535 blocks of 32 rows); use backend='reference'")

@@ -197,7 +197,7 @@ def _validate(op, x, residual, weight, bias):
     reference.check_x(op, x, features=True)
     n = x.shape[-1]
     if n > MAX_N:
-        raise ValueError(f"{op}: hidden size {n} exceeds the kernel's limit of {MAX_N}")
+        raise ValueError(f"{op}: hidden size {n} exceeds the kernel's limit of {MAX_N}; use backend='reference'")
     if residual is not None:
         check_float("residual", residual, op)
         if residual.shape != x.shape:

@@ -818,7 +818,7 @@ def test_ops_dispatch():
     ("head_dims", ValueError, "head dims differ"),
     ("kv_shape", ValueError, "k shape"),
     ("batch_heads", ValueError, r"\(B, H\)"),
-    ("big_head_dim", ValueError, "unsupported head dim"),
+    ("big_head_dim", ValueError, r"unsupported head dim 272 \(supported: 1 to 256\); use backend=.reference."),
     ("int_dtype", TypeError, "dtype"),
     ("mixed_dtype", TypeError, "one dtype"),
     ("three_d", ValueError, "4-D"),

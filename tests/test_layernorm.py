@@ -136,7 +136,7 @@ def test_zero_rows():
 
 
 @pytest.mark.parametrize("case,exc,msg", [
-    ("too_wide", ValueError, "exceeds"),
+    ("too_wide", ValueError, "exceeds the kernel.s limit of 8192; use backend=.reference."),
     ("bad_weight", ValueError, "weight must have shape"),
     ("int_input", TypeError, "dtype"),
     ("res_shape", ValueError, "residual shape"),
