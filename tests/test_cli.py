@@ -616,3 +616,52 @@ def test_data_names_a_bad_data_path_once(tmp_path, capsys):
     assert data.main(["--data", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file or folder" in err, err
+
+
+# ----------------------------------------------------------------------------- from a mutation review
+# (2026-11-28: each test below failed on a mutant that every other test let through, and passes on the code)
+
+def _sampled_ids(monkeypatch, argv):
+    from fastgpt import sample
+    rows = []
+    monkeypatch.setattr(sample, "_print_samples", lambda tok, r: rows.extend(r))
+    assert sample.main(argv) == 0
+    return rows
+
+
+def test_sample_no_cache_builds_no_kv_cache(tiny_dir, monkeypatch):
+    import fastgpt.model as fm
+    made = []
+    real = fm.KVCache
+    monkeypatch.setattr(fm, "KVCache", lambda *a, **k: made.append(1) or real(*a, **k))
+    base = [str(tiny_dir), "--max-new-tokens", "3", "--device", "cpu"]
+    a = _sampled_ids(monkeypatch, base + ["--no-cache"])
+    assert made == []
+    assert _sampled_ids(monkeypatch, base) == a and made == [1]   # the same tokens, from the cache
+
+
+def test_sample_draws_only_the_tokenizers_ids(tmp_path, monkeypatch):
+    """A byte model whose vocabulary is larger than 256 (the specials of a fine-tune): ids >= 256 would decode to
+    nothing, so they are never drawn, even when they are the likeliest."""
+    import torch
+    from fastgpt import GPT, GPTConfig
+    torch.manual_seed(0)
+    cfg = GPTConfig.preset("tiny", n_layer=1, block_size=32, vocab_size=300)
+    cfg.extra = dict(tokenizer="byte")
+    m = GPT(cfg)
+    with torch.no_grad():
+        m.transformer.wte.weight[256:300] *= 50.0
+    m.save_pretrained(tmp_path / "m")
+    rows = _sampled_ids(monkeypatch, [str(tmp_path / "m"), "--max-new-tokens", "12", "--num-samples", "4",
+                                      "--temperature", "2", "--top-k", "none", "--device", "cpu"])
+    assert max(max(r) for r in rows) < 256
+
+
+def test_sample_seed_and_greedy(tiny_dir, monkeypatch):
+    base = [str(tiny_dir), "--max-new-tokens", "16", "--temperature", "2", "--top-k", "none", "--device", "cpu"]
+    one = _sampled_ids(monkeypatch, base + ["--seed", "1"])
+    assert _sampled_ids(monkeypatch, base + ["--seed", "1"]) == one
+    assert _sampled_ids(monkeypatch, base + ["--seed", "2"]) != one
+    greedy = _sampled_ids(monkeypatch, [str(tiny_dir), "--max-new-tokens", "5", "--temperature", "0",
+                                        "--device", "cpu", "--num-samples", "2"])
+    assert greedy[0] == greedy[1]     # temperature 0 is accepted, and is the argmax

@@ -758,3 +758,71 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
     assert f(0) == pytest.approx(1 / 3) and f(1) == pytest.approx(2 / 3)
     assert f(2) == pytest.approx(1.0) and f(6) == pytest.approx(0.5) and f(10) == 0.0
     assert all(f(s) >= f(s + 1) for s in range(2, 12))
+
+
+# ----------------------------------------------------------------------------- tasks and scoring
+# (a second mutation review, 2026-11-28: each test failed on a mutant that every other test let through)
+
+def _byte_task_tok():   # (test_input_transformations' stand-in base tokenizer)
+    return T.TaskTokenizer(type("B", (), dict(n_vocab=256, encode=lambda s, t: list(t.encode()),
+                                              decode=lambda s, i: bytes(i).decode()))())
+
+
+def test_two_texts_of_equal_length_cut_the_first_at_a_tie():
+    tok = _byte_task_tok()
+    s, d, e = tok.start, tok.delim, tok.extract
+    # budget 7 for 5 + 5 tokens: a tie cuts text (a), then b (now the longer), then a again: 3 + 4
+    assert T.build_inputs("pair", tok, list(range(5)), 10, text_b_ids=list(range(10, 15))) == \
+        [[s, 0, 1, 2, d, 10, 11, 12, 13, e]]
+
+
+def test_split_fixed_is_fixed_and_never_leaves_val_or_test_empty():
+    random.seed(1)
+    a = T.split_fixed(list(range(50)))
+    random.seed(2)
+    assert T.split_fixed(list(range(50))) == a          # independent of the global random state (--seed)
+    assert [len(x) for x in a] == [40, 5, 5]
+    for n in (3, 4):                                    # 10% of 3 or 4 rounds to 0: still one each
+        tr, va, te = T.split_fixed(list(range(n)))
+        assert (len(tr), len(va), len(te)) == (n - 2, 1, 1)
+
+
+def test_numeric_labels_sort_as_numbers_and_float_integers_are_integers(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text("".join(json.dumps(dict(text=f"t{i}", label=lab)) + "\n"
+                         for i, lab in enumerate([10, 2, 1.0, "1", 2.0, 10])))
+    _, labels, exs = T.parse_rows(p)
+    assert labels == ["1", "2", "10"]
+    assert [e.label for e in exs] == [2, 1, 0, 0, 1, 2]
+
+
+def test_a_json_integer_choice_label_is_an_index_even_when_a_choice_reads_the_same(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text(json.dumps(dict(text="q", choices=["1", "0"], label=0)) + "\n"
+                 + json.dumps(dict(text="q", choices=["1", "0"], label="0")) + "\n")
+    _, _, exs = T.parse_rows(p)
+    assert [e.label for e in exs] == [0, 1]   # int 0: the first choice; text "0": the choice that reads "0"
+
+
+def test_macro_f1_skips_absent_classes_and_majority_is_the_most_frequent_label():
+    assert T.macro_f1([0, 0], [0, 0], 3) == 1.0       # classes 1 and 2: never seen, never predicted
+    assert math.isclose(T.macro_f1([0, 1], [0, 0], 3), (2 / 3 + 0.0) / 2)
+    tr = [T.Example("a", 0), T.Example("b", 0), T.Example("c", 1)]
+    assert T.majority_accuracy(tr, [T.Example("d", 0), T.Example("e", 0), T.Example("f", 1)]) == 2 / 3
+
+
+def test_eval_loss_is_the_mean_over_examples_not_over_batches():
+    import contextlib
+    tok = _byte_task_tok()
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=259, block_size=64, n_layer=1, n_head=2, n_embd=64, dropout=0.0),
+            backend="reference").eval()
+    head = FT.build_head(64, 2, 0.0).eval()
+    exs = [T.Example(t, lab) for t, lab in (("red", 0), ("saw", 1), ("a pink hammer", 1))]
+    enc = FT.encode_all(exs, "classify", tok, 32)
+
+    def loss(batch, bs):
+        return FT.predict_encoded(m, head, batch, "classify", bs, "cpu", contextlib.nullcontext, "reference")[1]
+    per_example = [loss([e], 1) for e in enc]
+    assert math.isclose(loss(enc, 2), sum(per_example) / 3, rel_tol=1e-5)
+    assert math.isclose(loss(enc, 1), sum(per_example) / 3, rel_tol=1e-5)

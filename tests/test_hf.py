@@ -159,3 +159,17 @@ def test_task_heads_dropout_rates_and_exact_gelu_post_ln_are_named():
     post_erf = GPT(GPTConfig.preset("tiny", vocab_size=256, norm="post", activation="gelu"))
     with pytest.raises(ValueError, match="to_hf_state_dict: HF OpenAI GPT has only the tanh GELU"):
         post_erf.to_hf_state_dict()
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_export_keeps_the_layer_norm_eps(norm):
+    """hf_config carries layer_norm_eps (every other HF test uses the default 1e-5; a mutation review,
+    2026-11-28, found it unguarded): the exported model's logits equal ours at eps = 0.1."""
+    from fastgpt import GPTConfig
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=2, n_head=4, n_embd=64, norm=norm, layer_norm_eps=0.1),
+            backend="reference").eval()
+    assert m.hf_config().layer_norm_epsilon == 0.1
+    idx = torch.randint(0, 100, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(m.to_hf().eval()(idx).logits, m(idx)[0], rtol=1e-4, atol=1e-4)

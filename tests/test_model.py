@@ -692,3 +692,42 @@ def test_init_scales_every_residual_projection():
         for proj in (blk.attn.c_proj, blk.mlp.c_proj):
             assert abs(proj.weight.std().item() - want) < 0.25 * want
         assert abs(blk.attn.c_attn.weight.std().item() - 0.02) < 0.003
+
+
+def test_sample_next_applies_the_temperature():
+    from fastgpt.model import sample_next
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    cold = sample_next(logits, temperature=0.05, generator=g)      # p(others) ~ e^-20: always the argmax
+    assert (cold == 3).all()
+    hot = sample_next(logits, temperature=100.0, generator=g)      # nearly uniform: each id ~ 25%
+    share = torch.bincount(hot.flatten(), minlength=4).float() / hot.numel()
+    assert share.min() > 0.2, share                                 # (at temperature 1: p(0) = 0.032)
+
+
+def test_generate_runs_without_dropout_even_on_a_training_model():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(**TINY, dropout=0.5), backend="reference").train()
+    prompt = torch.randint(0, 100, (2, 5))
+    a = m.generate(prompt, 6, temperature=0)
+    b = m.eval().generate(prompt, 6, temperature=0)
+    assert torch.equal(a, b)
+
+
+def test_configure_optimizers_leaves_frozen_parameters_out():
+    m = GPT(GPTConfig(**TINY))
+    m.transformer.wpe.weight.requires_grad_(False)
+    for p in m.transformer.h[0].parameters():
+        p.requires_grad_(False)
+    opt = m.configure_optimizers()
+    ids = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert ids == {id(p) for p in m.parameters() if p.requires_grad}
+    assert id(m.transformer.wpe.weight) not in ids
+
+
+def test_from_pretrained_refuses_a_newer_format(tmp_path):
+    GPT(GPTConfig(**TINY)).save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(meta, version=meta["version"] + 1)))
+    with pytest.raises(ValueError, match="newer than this fastgpt"):
+        GPT.from_pretrained(tmp_path)

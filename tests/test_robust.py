@@ -621,3 +621,13 @@ def test_empty_paths_a_bad_prompt_and_a_new_seed_on_resume_are_usage_errors(corp
         train.main(argv + ["--device=cpu"] + ([] if own_out else [f"--out_dir={out}"]))
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and msg in err, err
+
+
+def test_verify_names_a_size_that_differs_from_the_footers(tmp_path):
+    """One byte lost in the middle of a checkpoint, the footer intact: the verdict names the size the footer
+    records (a mutation review, 2026-11-28: without the size check it read as a checksum mismatch)."""
+    p = ck.save_checkpoint(tmp_path, dict(step=1, w=torch.arange(1000.0)))
+    b = p.read_bytes()
+    p.write_bytes(b[:100] + b[101:])
+    why = ck.verify_checkpoint(p)
+    assert why is not None and why.startswith("truncated or padded") and "the footer says" in why
