@@ -28,16 +28,29 @@ def _eager(x, b, r, p):
     return r + F.dropout(x + b, p, training=True)
 
 
-def _gate(x, b, r, p):
-    """(ok, note): fastgpt against the reference with the same Philox mask, on the first 2048 rows."""
-    xs, rs = x[:2048].detach(), r[:2048].detach()
-    bs = b.detach()
+def _gate(x, b, r, p, op=None):
+    """(ok, note): fastgpt (or ``op``, same signature) against the reference with the same Philox mask, the
+    output and the gradients of x, bias and residual, on the first 2048 rows."""
+    op = op or extension.bias_dropout_add
+    xs, rs, bs = x[:2048].detach(), r[:2048].detach(), b.detach()
     seed = (12345, 678)
-    ours = extension.bias_dropout_add(xs, bs, rs, p, seed=seed)
     mask = reference.dropout_keep_mask(xs.shape, p, *seed, device=xs.device) if p > 0 else None
-    hi = reference.bias_dropout_add(xs.double(), bs.double(), rs.double(), p, mask=mask)
-    lp = reference.bias_dropout_add(xs, bs, rs, p, mask=mask)
-    return correct("bias_dropout_add", ours, hi, lp, rs.dtype)
+    g = torch.randn(xs.shape, dtype=rs.dtype, device=xs.device)
+
+    def run(f, double=False):
+        ins = [(t.double() if double else t).clone().requires_grad_() for t in (xs, bs, rs)]
+        out = f(*ins)
+        out.backward(g.to(out.dtype))
+        return [out.detach()] + [t.grad for t in ins]
+    ours = run(lambda x, b, r: op(x, b, r, p, seed=seed))
+    hi = run(lambda x, b, r: reference.bias_dropout_add(x, b, r, p, mask=mask), double=True)
+    lp = run(lambda x, b, r: reference.bias_dropout_add(x, b, r, p, mask=mask))
+    for name, o, h, lo, dtype in zip(("out", "dx", "dbias", "dresidual"), ours, hi, lp,
+                                     (rs.dtype, xs.dtype, bs.dtype, rs.dtype)):
+        ok, note = correct(f"bias_dropout_add {name}", o, h, lo, dtype)
+        if not ok:
+            return False, note
+    return True, ""
 
 
 def _peer_ok(f, x, b, r, p):

@@ -1,5 +1,8 @@
 """The benchmarks' CPU-checkable helpers (the benchmarks themselves need a GPU), and a check that
 every module's code only uses names that exist."""
+import os
+import types
+
 import pytest
 import torch
 
@@ -384,3 +387,80 @@ def test_summary_reads_the_dropout_cross_entropy_and_block_targets(tmp_path, cap
     assert line("cross_entropy", ce, "0.60 mem_gib target <= 0.5 MISSED")
     assert "fastgpt fused: autocast; target <=0.9x compile time" in out and "-> met" in out
     assert "fastgpt    8.000 ms  torch.compile=1.18x" in out
+
+
+# ----------------------------------------------------------------------------- from a mutation review
+# (2026-11-28: each test below failed on a mutant that every other test let through, and passes on the code)
+def _grad_scaled(t, f):
+    """t with the same value and a gradient f times as large."""
+    return t + ((f - 1.0) * t - ((f - 1.0) * t).detach())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs the GPU or the Triton interpreter")
+def test_cross_entropy_gate_checks_the_loss_and_both_gradients(monkeypatch):
+    """Mutants BM1 (the gate checks the loss only) and BM2 (ok = the last check's verdict, dW's): the existing
+    gate test's wrong impl is wrong in all three. An impl wrong in one of them must fail the gate."""
+    from benchmarks import bench_cross_entropy as BCE
+    import fastgpt.kernels as K
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(BCE, "DEV", "cpu")
+    f32 = torch.float32
+    fl = K.fused_linear_cross_entropy
+    wrong = {"loss": lambda h, W, t: (lambda l: l + 0.01 * l.detach())(fl(h, W, t)),
+             "dh": lambda h, W, t: fl(_grad_scaled(h, 1.01), W, t),
+             "dW": lambda h, W, t: fl(h, _grad_scaled(W, 1.01), t)}
+    for what, fn in wrong.items():
+        ok, note = BCE._gate("wrong", fn, 32, 70, f32, f32, False, N=48)
+        assert not ok and f"wrong {what}" in note, (what, note)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs the GPU or the Triton interpreter")
+def test_cross_entropy_case_does_not_time_an_impl_that_failed_its_gate(monkeypatch):
+    """Mutant BM3: _case recorded the failed gate but timed the impl anyway (a timing row for a wrong op)."""
+    from benchmarks import bench_cross_entropy as BCE
+    import fastgpt.kernels as K
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(BCE, "DEV", "cpu")
+    timed = []
+    monkeypatch.setattr(BCE, "bench_impl", lambda rows, bench, case, impl, *a, **k: timed.append(impl))
+    monkeypatch.setattr(BCE, "_gate", lambda name, *a, **k: (name != "wrong", "wrong loss" if name == "wrong" else ""))
+    rows = []
+    impls = {"fastgpt": K.fused_linear_cross_entropy,
+             "wrong": lambda h, W, t: 1.01 * K.fused_linear_cross_entropy(h, W, t)}
+    BCE._case(rows, types.SimpleNamespace(quick=True), 48, 32, 70, torch.float32, torch.float32, False, impls)
+    assert timed == ["fastgpt"]
+    assert [(r["impl"], r["ok"]) for r in rows] == [("wrong", False)]
+
+
+def test_all_correct_fails_when_any_check_fails():
+    """Mutant BM5: all_correct (the layernorm / gelu / block families' gate) passed when some checks passed;
+    no test calls it."""
+    from benchmarks import common
+    from fastgpt.testing import Check
+    assert common.all_correct([Check("a", 0.0, 1.0, True), Check("b", 1.0, 1.0, True)]) == (True, "")
+    ok, note = common.all_correct([Check("a", 0.0, 1.0, True), Check("b dW", 2.0, 1.0, False)])
+    assert not ok and "b dW" in note
+
+
+def test_dropout_add_gate_checks_the_output_and_every_gradient():
+    """bench_dropout_add's gate (run before any timing) passes the extension's op and fails one whose
+    forward is right but one gradient is wrong (it checked the forward only: a wrong backward was timed)."""
+    from benchmarks import bench_dropout_add as BDA
+    from fastgpt import extension
+    if extension.load() is None:
+        pytest.skip(extension.unavailable_reason())
+    x, r = torch.randn(40, 24), torch.randn(40, 24)
+    b = torch.randn(24)
+    for p in (0.0, 0.2):
+        ok, note = BDA._gate(x, b, r, p)
+        assert ok, note
+        for what, op in (("dx", lambda x, b, r, p, seed: extension.bias_dropout_add(_grad_scaled(x, 1.01), b, r, p,
+                                                                                  seed=seed)),
+                         ("dbias", lambda x, b, r, p, seed: extension.bias_dropout_add(x, _grad_scaled(b, 1.01), r, p,
+                                                                                     seed=seed)),
+                         ("dresidual", lambda x, b, r, p, seed: extension.bias_dropout_add(x, b, _grad_scaled(r, 1.01),
+                                                                                         p, seed=seed))):
+            ok, note = BDA._gate(x, b, r, p, op=op)
+            assert not ok and f"bias_dropout_add {what}" in note, (p, what, note)

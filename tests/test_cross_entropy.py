@@ -364,3 +364,46 @@ def test_confident_row_keeps_relative_accuracy(margin):
     assert abs(loss.item() - want_loss.item()) <= 8 * eps32 * abs(want_loss.item()), (loss.item(), want_loss.item())
     got_gt = h.grad[0, 5].item()
     assert abs(got_gt - want_gt.item()) <= 8 * eps32 * abs(want_gt.item()), (got_gt, want_gt.item())
+
+
+# ----------------------------------------------------------------------------- from a mutation review
+# (2026-11-28: each test below failed on a mutant that every other test let through, and passes on the code)
+@needs_triton
+@pytest.mark.parametrize("margin", [24.0, 40.0])
+def test_very_confident_row_keeps_its_tiny_loss(margin):
+    """Mutant X16: log1p(r) taken as 0 where 1 + r rounds to 1. Beyond a margin of ~17 (fp32) r < eps/2, so
+    u = 1 + r == 1 and the kernel must still return loss = log1p(r) ~ r (a few ulps), not 0; the target's
+    gradient is -r / s. (test_confident_row_keeps_relative_accuracy stops at margin 14, where u > 1.)"""
+    import fastgpt.kernels as K
+    V = 37
+    z = -margin - 4 * torch.rand(V, dtype=torch.float64)
+    z[5] = 0.0
+    h = z.float()[None].to(DEVICE).requires_grad_()
+    W = torch.eye(V, device=DEVICE)
+    t = torch.tensor([5], device=DEVICE)
+    loss = K.fused_linear_cross_entropy(h, W, t, reduction="sum")
+    loss.backward()
+    zd = h.detach().double().cpu()[0]
+    r = torch.cat([zd[:5], zd[6:]]).exp().sum().item()      # sum_{j != t} exp(z_j - z_t), z_t = 0 = max
+    want_loss, want_gt = torch.tensor(r).log1p().item(), -r / (1.0 + r)
+    eps32 = torch.finfo(torch.float32).eps
+    assert 0.0 < loss.item() and abs(loss.item() - want_loss) <= 8 * eps32 * want_loss, (loss.item(), want_loss)
+    got_gt = h.grad[0, 5].item()
+    assert abs(got_gt - want_gt) <= 8 * eps32 * abs(want_gt), (got_gt, want_gt)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("ignore_index", [-100, 3])
+def test_reference_is_torch_cross_entropy(reduction, ignore_index):
+    """Mutants R2-R4 (the reference drops label_smoothing, or uses -100 for ignore_index in the loss or in the
+    mean's count). The kernel tests' ref_hi IS this reference, so a wrong reference only widens their bound
+    (err ~ |ref_lp - ref_hi|, bound 2 |ref_lp - ref_hi|): check it against F.cross_entropy directly, in
+    float64, with smoothing and a custom ignore_index."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(23, 16, dtype=torch.float64, generator=g)
+    W = torch.randn(70, 16, dtype=torch.float64, generator=g) * 0.75
+    t = torch.randint(0, 70, (23,), generator=g)
+    t[torch.rand(23, generator=g) < 0.3] = ignore_index
+    got = reference.fused_linear_cross_entropy(h, W, t, ignore_index, reduction, 0.1)
+    want = F.cross_entropy(h @ W.t(), t, ignore_index=ignore_index, reduction=reduction, label_smoothing=0.1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

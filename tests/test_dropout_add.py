@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -612,3 +613,90 @@ def test_cuda_graph_replays_the_backward_with_dbias():
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+# ----------------------------------------------------------------------------- from a mutation review
+# (2026-11-28: each test below failed on a mutant that every other test let through, and passes on the code)
+def _ext():
+    from fastgpt import extension
+    if extension.load() is None:
+        pytest.skip(extension.unavailable_reason())
+    return extension
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_mask_is_the_spec_on_a_million_elements(p):
+    """Mutants D3 (keep <=> u > threshold) and D5 (threshold floor(p * 65536), not rounded): they differ from
+    the spec only where u16 equals one value (1/65536 of the elements), which test_mask_is_the_spec's
+    <= 1001 elements almost never meet. 2^20 elements meet it ~16 times (missed with prob. ~e^-16)."""
+    extension = _ext()
+    n = 1 << 20
+    seed = [int(v) for v in torch.randint(-2**63, 2**63 - 1, (2,))]
+    x = torch.ones(n, device=DEVICE)
+    out = extension.bias_dropout_add(x, None, torch.zeros_like(x), p, seed=seed)
+    want = reference.dropout_keep_mask((n,), p, *seed, device=DEVICE)
+    assert torch.equal(out != 0, want), int(((out != 0) != want).sum())
+
+
+@pytest.mark.parametrize("bias", ["none", "frozen"])
+def test_backward_without_a_bias_gradient_scales_the_kept(bias):
+    """Mutant D6: the backward that computes no dbias (no bias, or a bias that needs no gradient) left the
+    kept gradients unscaled; every p > 0 backward in test_dropout_add.py has a bias that requires grad."""
+    extension = _ext()
+    p = 0.3
+    x = torch.randn(33, 129, device=DEVICE).requires_grad_()
+    b = None if bias == "none" else torch.randn(129, device=DEVICE)
+    r = torch.randn(33, 129, device=DEVICE)
+    seed = (5, 6)
+    out = extension.bias_dropout_add(x, b, r, p, seed=seed)
+    kept = reference.dropout_keep_mask(x.shape, p, *seed, device=DEVICE)
+    g = torch.randn_like(out)
+    out.backward(g)
+    scale = torch.tensor(1 / (1 - p), dtype=torch.float32)
+    assert torch.equal(x.grad, torch.where(kept, g * scale, torch.zeros_like(g)))
+
+
+def test_only_the_residual_needs_a_gradient():
+    """Mutant E2: with only the residual requiring grad, the op took its kernel-only (unrecorded) branch and
+    the residual got no gradient."""
+    extension = _ext()
+    x, b = torch.randn(4, 24, device=DEVICE), torch.randn(24, device=DEVICE)
+    r = torch.randn(4, 24, device=DEVICE, requires_grad=True)
+    out = extension.bias_dropout_add(x, b, r, 0.3, seed=(1, 2))
+    g = torch.randn_like(out)
+    out.backward(g)
+    assert torch.equal(r.grad, g)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25])
+def test_opcheck_mixed_dtypes(p):
+    """Mutant E3: the fake (meta) forward gave out x's dtype, not the residual's; test_opcheck's tensors are all
+    fp32, so the fake and the real op agreed. Autocast's layout (bf16 x, fp32 bias and residual) tells them apart."""
+    _ext()
+    x = torch.randn(3, 40, device=DEVICE).bfloat16().requires_grad_()
+    b = torch.randn(40, device=DEVICE, requires_grad=True)
+    r = torch.randn(3, 40, device=DEVICE, requires_grad=True)
+    seed = torch.tensor([3, 4], device=DEVICE) if p > 0 else None
+    torch.library.opcheck(torch.ops.fastgpt.bias_dropout_add.default, (x, b, r, p, seed))
+
+
+def test_a_newer_source_or_header_makes_the_prebuilt_stale(tmp_path, monkeypatch):
+    """Mutant E5: _stale looked at the .cpp sources only, so an edited philox.h / dropout_add.h kept the old
+    prebuilt module (a header-only change to the mask rule would not be rebuilt)."""
+    from fastgpt import extension
+    csrc = tmp_path / "csrc"
+    csrc.mkdir()
+    names = extension.SOURCES + extension.HEADERS
+    old = time.time() - 1000
+    for f in names:
+        (csrc / f).write_text("")
+        os.utime(csrc / f, (old, old))
+    so = tmp_path / "_C.so"
+    so.write_bytes(b"")
+    os.utime(so, (old + 10, old + 10))
+    monkeypatch.setattr(extension, "CSRC", csrc)
+    assert not extension._stale(str(so))
+    for f in names:
+        os.utime(csrc / f, (old + 20, old + 20))
+        assert extension._stale(str(so)), f
+        os.utime(csrc / f, (old, old))

@@ -731,3 +731,73 @@ def test_from_pretrained_refuses_a_newer_format(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dict(meta, version=meta["version"] + 1)))
     with pytest.raises(ValueError, match="newer than this fastgpt"):
         GPT.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("fused", marks=needs_triton)])
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_block_uses_the_configs_layer_norm_eps(norm, backend):
+    """Mutants G1 (GPTBlock's eps fixed at 1e-5), O1 (ops.layer_norm's fused path drops eps), O2
+    (ops.add_layer_norm's reference path drops eps): every block test runs the default eps 1e-5, and HF's
+    GPT-2 / GPT-1 configs use 1e-5 too. At eps = 0.5 on O(1) activations the LayerNorms visibly differ."""
+    from fastgpt.selftest import _fill_, compare_block
+    cfg = GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=32, norm=norm, layer_norm_eps=0.5)
+    ref = _fill_(reference.GPTBlock(cfg)).to(DEVICE)
+    checks = compare_block(cfg, torch.float32, DEVICE, backend, B=2, T=9, ref=ref)
+    bad = [str(c) for c in checks if not c.ok]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_block_keeps_an_fp32_stream_under_autocast(norm, monkeypatch):
+    """Mutants G2 (GPTBlock._add_ln passes the stream as add_layer_norm's x: h takes the branch's bf16) and
+    G3 (post-LN's attention branch not cast to the stream's dtype: the stream n becomes bf16): under bf16
+    autocast with fp32 parameters and input, the residual stream stays fp32, as the reference block's does
+    (x + branch, and autocast's LayerNorm in fp32). No CPU test runs the block under autocast."""
+    from fastgpt import ops
+    from fastgpt.selftest import _fill_
+    cfg = GPTConfig(**{**TINY, "norm": norm})
+    ref = _fill_(reference.GPTBlock(cfg)).to(DEVICE).eval()
+    blk = GPTBlock(cfg, backend="reference").to(DEVICE).eval()
+    blk.load_state_dict(ref.state_dict())
+    # (stream in, stream out) of every add_layer_norm; post-LN's y is the stream too
+    seen = count_calls(monkeypatch, ops, ["add_layer_norm"],
+                       record=lambda a, out: (a[1].dtype, out[1].dtype) + ((out[0].dtype,) if norm == "post" else ()))
+    x = torch.randn(2, 9, cfg.n_embd, device=DEVICE)
+    with torch.no_grad(), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
+        y, want = blk(x), ref(x)
+    assert y.dtype == want.dtype == torch.float32
+    assert seen and all(d == torch.float32 for s in seen for d in s), seen
+
+
+@needs_triton
+def test_selftest_fails_a_wrong_gradient_and_an_error(capsys, monkeypatch):
+    """Mutants S1 (a row passes when any of its checks passes) and S3 (a row whose op raises is printed as
+    ERROR but not counted): the existing verdict test's wrong op is wrong everywhere (forward and gradients)."""
+    from fastgpt import ops, selftest
+    real = ops.add_layer_norm
+
+    def grad_off(t):   # the same forward value, a gradient 1.001 times too large
+        return t + (0.001 * t - (0.001 * t).detach())
+    monkeypatch.setattr(ops, "add_layer_norm", lambda x, r, w, b=None, eps=1e-5, backend=None:
+                        tuple(grad_off(t) for t in real(x, r, w, b, eps, backend=backend)))
+    assert selftest.main(["--device", DEVICE, "--only", "add_layer_norm", "--quick"]) == 1
+    assert "VERDICT: FAIL" in capsys.readouterr().out
+
+    def boom(*a, **k):
+        raise RuntimeError("kernel launch failed (test)")
+    monkeypatch.setattr(ops, "add_layer_norm", boom)
+    assert selftest.main(["--device", DEVICE, "--only", "add_layer_norm", "--quick"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("ERROR RuntimeError") == 3 and "VERDICT: FAIL" in out
+
+
+@needs_triton
+def test_selftest_cross_entropy_row_runs_the_fused_kernel(capsys, monkeypatch):
+    """Mutant S11: the fused_linear_cross_entropy row called ops' auto backend, which is the reference on the
+    CPU, so the row compared the reference with itself. A wrong kernel must fail the row on any device."""
+    import fastgpt.kernels as K
+    from fastgpt import selftest
+    real = K.fused_linear_cross_entropy
+    monkeypatch.setattr(K, "fused_linear_cross_entropy", lambda *a, **k: 1.01 * real(*a, **k))
+    assert selftest.main(["--device", DEVICE, "--only", "fused_linear_cross_entropy", "--quick"]) == 1
+    assert "VERDICT: FAIL" in capsys.readouterr().out
