@@ -11,7 +11,6 @@ on stderr, the samples on stdout.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -63,12 +62,6 @@ def _tokenizer(name: str, cfg):
         raise cli.UsageError(f"--tokenizer {name}: its {tok.n_vocab} tokens do not fit the model's "
                              f"{cfg.vocab_size}-token vocabulary")
     return tok
-
-
-def _autocast(device: torch.device, dtype: str):
-    if dtype == "fp32" or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
 
 def _check_args(args) -> None:
@@ -188,7 +181,7 @@ def _run(args) -> int:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache,
               n_vocab=tok.n_vocab)   # a byte tokenizer on a larger vocabulary would drop ids >= 256
-    with _autocast(device, args.dtype):
+    with cli.autocast_factory(device, args.dtype if device.type == "cuda" else "fp32")():   # (--dtype: CUDA's)
         if args.warmup:
             model.generate(idx, min(args.max_new_tokens, 8), generator=torch.Generator(device=device), **kw)
         if device.type == "cuda":
