@@ -145,6 +145,12 @@ def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def max_shared_mem(device_index: int) -> int:
+    """Bytes of shared memory one block may use on the device (what triton's launch check reads)."""
+    return int(triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"])
+
+
 def reduction_programs(device: torch.device, work_items: int, per_sm: int = 4) -> int:
     """How many programs a persistent (grid-stride) kernel launches."""
     if device.type != "cuda":

@@ -185,19 +185,13 @@ def smem_floor(kind: str, block_m: int, block_n: int, stages: int, block_d: int,
     return elem_size * block_d * 2 * stages * block_n
 
 
-_SMEM_LIMITS: dict = {}   # CUDA device index -> the most shared memory one block may use (bytes)
-
-
 def _smem_limit(device: torch.device) -> Optional[int]:
-    """The device's shared memory per block (triton's own launch check), or None where the driver
-    cannot say (benchmarks/compile_report's compile-only stand-in)."""
-    index = device.index or 0
-    if index not in _SMEM_LIMITS:
-        try:
-            _SMEM_LIMITS[index] = int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
-        except (AttributeError, KeyError, RuntimeError):
-            return None
-    return _SMEM_LIMITS[index]
+    """The device's shared memory per block (_common.max_shared_mem), or None where the driver cannot say
+    (benchmarks/compile_report's compile-only stand-in)."""
+    try:
+        return _common.max_shared_mem(device.index or 0)
+    except (AttributeError, KeyError, RuntimeError):
+        return None
 
 
 def _pruner(kind: str):
