@@ -36,33 +36,15 @@ H100_SMEM = 232448          # bytes of shared memory one block may use on an H10
 SASS_OPS = ("HGMMA", "HMMA", "LDL", "STL", "IMAD", "LOP3", "STS", "LDS")
 
 
-class _HopperStandIn:
-    """The few driver calls a compile-only launch makes, answered for an sm_90 target."""
-
-    def __init__(self):
-        from triton.backends.compiler import GPUTarget
-        self.target = GPUTarget("cuda", 90, 32)
-
-    def get_current_target(self):
-        return self.target
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def is_active(self):
-        return True
-
-
 def use_standin() -> None:
     """Make Triton compile for the sm_90 stand-in, and let the launchers take CPU tensors: the kernels
     are compiled, never run (the launchers' device check and the backend check read this flag)."""
+    from triton.backends.compiler import GPUTarget
     from triton.runtime.driver import driver
 
     import fastgpt.kernels
-    driver.set_active(_HopperStandIn())
+    from fastgpt.kernels._precompile import StandIn
+    driver.set_active(StandIn(GPUTarget("cuda", 90, 32)))
     fastgpt.kernels.INTERPRET = True
 
 

@@ -167,7 +167,8 @@ if [ "$ONLY" != "all" ] && wants extdiag; then  # before the tests: it needs ~1-
 fi
 if wants tests; then
   export -f run_tests test_file tests_report default_tests; export PY TESTS GPU_TESTS RES TEST_JOBS
-  stage tests 300 bash -c run_tests
+  # TEST_JOBS pytest processes share the cores already: 2 compile workers each (kernels/_precompile.py)
+  stage tests 300 env FASTGPT_COMPILE_WORKERS="${FASTGPT_COMPILE_WORKERS:-2}" bash -c run_tests
 fi
 if wants selftest; then
   stage selftest 120 $PY -m fastgpt.selftest --quick

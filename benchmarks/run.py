@@ -99,10 +99,13 @@ def main(argv=None):
     env = dict(card=gpu_name(), torch=torch.__version__, triton=triton.__version__,
                python=platform.python_version(), date=time.strftime("%Y-%m-%d"), copy_gbps=copy_gbps())
     print(f"# {env['card']}  torch {env['torch']}  triton {env['triton']}  copy {env['copy_gbps']:.0f} GB/s")
+    from fastgpt.kernels import _precompile
+    env["compile_workers"] = _precompile.workers()
     rows, failed, interrupted = [], [], False
     for n in names:
         t0 = time.time()
         start = len(common.JOURNAL)
+        before = dict(_precompile.STATS)
         try:
             mod = importlib.import_module(f"benchmarks.bench_{n}")
             new = mod.run(args)
@@ -118,7 +121,11 @@ def main(argv=None):
             failed.append(n)
             interrupted = isinstance(e, KeyboardInterrupt)
         rows += new
-        print(f"# {n}: {len(new)} rows in {time.time() - t0:.1f} s")
+        w = {k: _precompile.STATS[k] - before[k] for k in before}
+        failed_note = f", {w['failed']} failed" if w["failed"] else ""
+        workers_note = (f" (compile workers: {w['configs']} configs of {w['spaces']} autotune spaces in "
+                        f"{w['seconds']:.1f} s{failed_note})") if w["spaces"] else ""
+        print(f"# {n}: {len(new)} rows in {time.time() - t0:.1f} s{workers_note}")
         if args.json:
             _write_json(args.json, env, rows)
         if interrupted:

@@ -15,7 +15,7 @@ from triton import knobs
 from triton.runtime.driver import driver
 
 from fastgpt import reference
-from fastgpt.kernels import INTERPRET
+from fastgpt.kernels import INTERPRET, _precompile
 
 try:  # triton's own argument specialisation (C++, triton >= 3.4), which the lean launch keys on
     from triton._C.libtriton import native_specialize_impl
@@ -376,6 +376,8 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
     win at 16384; below 4096 rows (decoding, small batches) the kernels are
     launch-bound, and timing every config again for each size (~0.5 s a
     kernel) would buy nothing. Configs with pre-hooks are not supported.
+    Before a new key is timed, its pruned configs go to _precompile's worker processes (where CPUs
+    are idle), so that Triton's compile of each one is a read from its on-disk cache.
     """
 
     def __init__(self, fn, configs, key, prune, do_bench, reset_to_zero=(), bucket=None):
@@ -411,6 +413,8 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
         if config_kwargs is None or warmup:
             if config_kwargs is None and not warmup:
                 self.cache.clear()  # triton's own cache has no bucket: a new one is timed afresh
+                self.nargs = dict(zip(self.arg_names, args))
+                _precompile.precompile(self.fn, self.prune_configs(kwargs), args, kwargs)   # workers, if any
             out = super().run(*args, grid=grid, warmup=warmup, **kwargs)
             if not warmup:
                 self._tuned[key] = self.best_config

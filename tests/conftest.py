@@ -61,12 +61,17 @@ def run_standin(module: str, *args, timeout: float = 600):
     """``python -m module args`` from the repo root for the tools that compile kernels with Triton's driver
     replaced by the sm_90 stand-in (benchmarks.compile_report, benchmarks.host_overhead): no interpreter,
     the lean launch at its default, and on a GPU machine the real GPU hidden from them."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=standin_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def standin_env(**extra) -> dict:
+    """run_standin's environment (plus ``extra``)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTGPT_LEAN_LAUNCH")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     if HAS_CUDA:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return {**env, **extra}
 
 
 @pytest.fixture

@@ -1,0 +1,159 @@
+"""kernels/_precompile.py: an autotune space compiled by worker processes into Triton's cache first.
+
+What must hold: a worker rebuilds each launch argument so that Triton specialises it exactly as the
+parent's, so the autotuner's own compile of every config is then a cache hit (checked for sm_90
+through compile_report's stand-in driver, in a child process: no GPU needed); the autotuner hands a
+new key's pruned configs to it once; a worker that dies turns it off without an error.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, needs_cuda, needs_triton, standin_env
+
+pytestmark = needs_triton
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.int64, torch.uint8])
+def test_rebuilt_tensors_specialise_alike(dtype):
+    from fastgpt.kernels._precompile import decode, encode, specialisation
+    t = torch.zeros(64, dtype=dtype)
+    for view in (t, t[1:], t[16:], t.view(8, 8)[:, 1]):
+        rebuilt = decode(encode(view))
+        assert specialisation(rebuilt) == specialisation(view), (dtype, view.data_ptr() % 16)
+    assert specialisation(decode(encode(t[1:]))) != specialisation(t)   # the alignment is kept, not lost
+
+
+@pytest.mark.parametrize("value", [0, 1, 16, 17, -16, 2**31, 2**40, 2**63, 0.5, None, True, False])
+def test_rebuilt_values_specialise_alike(value):
+    from fastgpt.kernels._precompile import decode, encode, specialisation
+    assert specialisation(decode(encode(value))) == specialisation(value)
+
+
+def test_other_arguments_are_not_sent():
+    from fastgpt.kernels._precompile import encode
+    with pytest.raises(TypeError, match="no worker encoding for a str"):
+        encode("bf16")
+
+
+def test_worker_count(monkeypatch):
+    from fastgpt.kernels import _precompile as P
+    monkeypatch.setenv("FASTGPT_COMPILE_WORKERS", "3")
+    assert P.workers() == 3
+    monkeypatch.setenv("FASTGPT_COMPILE_WORKERS", "-2")
+    assert P.workers() == 0
+    monkeypatch.setenv("FASTGPT_COMPILE_WORKERS", "many")
+    with pytest.warns(UserWarning, match="FASTGPT_COMPILE_WORKERS='many' is not a whole number"):
+        assert P.workers() == 0
+    monkeypatch.delenv("FASTGPT_COMPILE_WORKERS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(24)), raising=False)
+    assert P.workers() == 8                                  # capped
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert P.workers() == 5                                  # 24 CPUs shared by 4 local ranks, less one each
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "24")
+    assert P.workers() == 0
+
+
+def test_off_without_workers_or_under_the_interpreter(monkeypatch):
+    """No process is started where it cannot help: one worker, one config, or the interpreter."""
+    import triton
+
+    from fastgpt.kernels import _precompile as P
+    configs = [triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 128})]
+    monkeypatch.setattr(P, "_start", lambda n, target: pytest.fail("no worker should start"))
+    monkeypatch.setenv("FASTGPT_COMPILE_WORKERS", "1")
+    assert P.precompile(None, configs, (), {}) == 0
+    monkeypatch.setenv("FASTGPT_COMPILE_WORKERS", "4")
+    assert P.precompile(None, configs[:1], (), {}) == 0
+    import fastgpt.kernels
+    if fastgpt.kernels.INTERPRET:
+        assert P.precompile(None, configs, (), {}) == 0
+
+
+SCRIPT = r'''
+import os, sys, torch, triton
+from triton.runtime import autotuner
+from fastgpt.kernels import _precompile as P
+device = sys.argv[1]
+if device == "cpu":
+    from benchmarks.compile_report import use_standin
+    use_standin()                           # sm_90, compile-only; launchers take CPU tensors
+import fastgpt.kernels
+from fastgpt.kernels import _common, gelu
+_common.LEAN_LAUNCH = False
+captured = []
+
+class Captured(Exception):
+    pass
+
+def capture(self, *args, grid, warmup=False, **kwargs):
+    self.nargs = dict(zip(self.arg_names, args))
+    captured.append((self, args, kwargs, self.prune_configs(kwargs)))
+    raise Captured
+
+tuner_run = _common._Autotuner.run
+_common._Autotuner.run = capture
+os.environ["FASTGPT_AUTOTUNE"] = "1"
+x, b = (torch.randn(*shape, dtype=torch.bfloat16, device=device) for shape in ((256, 3072), (3072,)))
+try:
+    gelu.bias_gelu_fwd(x, b, "tanh")
+except Captured:
+    pass
+_common._Autotuner.run = tuner_run
+fastgpt.kernels.INTERPRET = False           # precompile is off under the interpreter
+tuner, args, kwargs, configs = captured[0]
+assert len(configs) >= 4, configs
+
+# the autotuner hands a new key's pruned configs over once; a tuned key launches without it
+calls = []
+real = P.precompile
+P.precompile = lambda fn, cfgs, a, kw: calls.append((fn, list(cfgs), a, kw))
+autotuner.Autotuner.run = lambda self, *a, **kw: setattr(self, "best_config", self.configs[0])
+_common.launch = lambda *a, **kw: None
+for _ in range(2):
+    tuner.run(*args, grid=(1,), **kwargs)
+assert len(calls) == 1 and calls[0][0] is tuner.fn and calls[0][1] == configs, calls
+assert len(calls[0][2]) == len(args) and all(a is b for a, b in zip(calls[0][2], args))
+P.precompile = real
+
+cache = os.environ["TRITON_CACHE_DIR"]
+n = P.precompile(tuner.fn, configs, args, kwargs)
+print("workers", " ".join(str(p.pid) for p in P._pool))
+assert n == len(configs), (n, len(configs))
+before = set(os.listdir(cache))
+assert len(before) >= len(configs)
+for cfg in configs:                          # the autotuner's own compile of each: read from the cache
+    tuner.fn.run(*args, grid=(1,), warmup=True, **kwargs, **cfg.all_kwargs())
+assert set(os.listdir(cache)) == before, "the parent compiled a config again"
+print("cache hits", len(configs))
+
+P._pool[0].kill()
+P._pool[0].wait()
+assert P.precompile(tuner.fn, configs, args, kwargs) == 0 and P._broken and not P._pool
+assert P.precompile(tuner.fn, configs, args, kwargs) == 0
+print("off after a dead worker")
+'''
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_workers_compile_what_the_autotuner_then_reads_from_the_cache(tmp_path, device):
+    """cpu: the parent compiles for sm_90 through compile_report's stand-in driver, as the workers do;
+    cuda: the parent's target and arguments are the real GPU's (the workers still never touch it)."""
+    cache = tmp_path / "triton-cache"
+    cache.mkdir()
+    env = standin_env(FASTGPT_COMPILE_WORKERS="2", TRITON_CACHE_DIR=str(cache))
+    if device == "cuda":   # the GPU visible to the parent
+        env.pop("CUDA_VISIBLE_DEVICES")
+        if "CUDA_VISIBLE_DEVICES" in os.environ:
+            env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    r = subprocess.run([sys.executable, "-c", SCRIPT, device], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "cache hits" in r.stdout and "off after a dead worker" in r.stdout, r.stdout
+    pids = r.stdout.split("workers ")[1].split("\n")[0].split()
+    assert len(pids) == 2
+    for pid in pids:   # none outlives the process that started it
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
