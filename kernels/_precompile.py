@@ -105,7 +105,9 @@ def specialisation(arg):
 def _start(n: int, target) -> None:
     """n workers into _pool, each told the GPU target to compile for."""
     import fastgpt
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "FASTGPT_COMPILE_WORKERS": "0"}
+    from triton import knobs
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "FASTGPT_COMPILE_WORKERS": "0",
+           "TRITON_CACHE_DIR": knobs.cache.dir}   # the parent's cache, also when it was set in code
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastgpt.__file__)))   # the parent's fastgpt first
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     for _ in range(n):
@@ -141,7 +143,7 @@ def precompile(fn: JITFunction, configs, args, kwargs) -> int:
     global _broken
     from fastgpt.kernels import INTERPRET
     n = workers()
-    if INTERPRET or n < 2 or len(configs) < 2 or _broken:
+    if INTERPRET or n < 2 or len(configs) < 2 or _broken or not sys.executable:
         return 0
     try:
         enc = [encode(a) for a in args]

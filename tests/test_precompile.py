@@ -75,6 +75,7 @@ def test_off_without_workers_or_under_the_interpreter(monkeypatch):
 
 SCRIPT = r'''
 import os, sys, torch, triton
+assert os.environ["FASTGPT_AUTOTUNE"] == "1"    # read as the kernels are defined: whole spaces
 from triton.runtime import autotuner
 from fastgpt.kernels import _precompile as P
 device = sys.argv[1]
@@ -96,7 +97,6 @@ def capture(self, *args, grid, warmup=False, **kwargs):
 
 tuner_run = _common._Autotuner.run
 _common._Autotuner.run = capture
-os.environ["FASTGPT_AUTOTUNE"] = "1"
 x, b = (torch.randn(*shape, dtype=torch.bfloat16, device=device) for shape in ((256, 3072), (3072,)))
 try:
     gelu.bias_gelu_fwd(x, b, "tanh")
@@ -144,7 +144,7 @@ def test_workers_compile_what_the_autotuner_then_reads_from_the_cache(tmp_path, 
     cuda: the parent's target and arguments are the real GPU's (the workers still never touch it)."""
     cache = tmp_path / "triton-cache"
     cache.mkdir()
-    env = standin_env(FASTGPT_COMPILE_WORKERS="2", TRITON_CACHE_DIR=str(cache))
+    env = standin_env(FASTGPT_COMPILE_WORKERS="2", TRITON_CACHE_DIR=str(cache), FASTGPT_AUTOTUNE="1")
     if device == "cuda":   # the GPU visible to the parent
         env.pop("CUDA_VISIBLE_DEVICES")
         if "CUDA_VISIBLE_DEVICES" in os.environ:
