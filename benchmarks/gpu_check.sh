@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/gpu_check.sh                      # every stage
 #   bash benchmarks/gpu_check.sh --only tests         # one stage: install|tests|bench|selftest
-#   bash benchmarks/gpu_check.sh --only layernorm,gelu   # some benchmark families
+#   bash benchmarks/gpu_check.sh --only attention,gelu   # some benchmark families, in the order named
 #   bash benchmarks/gpu_check.sh --only tune          # attention config sweep (never part of "all")
 #   bash benchmarks/gpu_check.sh --only host          # host time per fused op, real launches, and a
 #                                                     # profile of attention's (never part of "all")
@@ -173,7 +173,11 @@ fi
 if wants selftest; then
   stage selftest 120 $PY -m fastgpt.selftest --quick
 fi
-for fam in $FAMILIES; do
+ORDER=""   # the families named in --only first, in that order (a short budget cuts the last), then the rest
+for s in ${ONLY//,/ } $FAMILIES; do
+  case " $FAMILIES " in *" $s "*) case " $ORDER " in *" $s "*) ;; *) ORDER="$ORDER $s" ;; esac ;; esac
+done
+for fam in $ORDER; do
   if wants bench "$fam"; then
     q=""
     case ",${QUICK:-}," in *",1,"*|*",$fam,"*) q="--quick" ;; esac

@@ -1,6 +1,7 @@
 """The benchmarks' CPU-checkable helpers (the benchmarks themselves need a GPU), and a check that
 every module's code only uses names that exist."""
 import os
+import re
 import types
 
 import pytest
@@ -333,6 +334,12 @@ def test_gpu_check_cli():
         assert r.returncode == 2 and "BUDGET_EXTDIAG must be a whole number of seconds" in r.stderr, r.stderr
         r = run("1", "")   # (an empty --only ran the install alone)
         assert r.returncode == 2 and "--only is empty" in r.stderr, r.stderr
+        r = run("1", "attention,gelu")   # families run in the order --only names them
+        stages = re.findall(r"=== \[(\w+)\] budget", r.stdout)
+        assert stages == ["install", "bench_attention", "bench_gelu"], r.stdout
+        stages = re.findall(r"=== \[(\w+)\] budget", run("1", "train,bench").stdout)
+        assert stages == ["install", "bench_train", "bench_layernorm", "bench_gelu", "bench_dropout_add",
+                          "bench_attention", "bench_cross_entropy", "bench_block"], stages
         if not torch.cuda.is_available():   # no GPU: one line before minutes of building and CPU tests
             import sys
             fresh = Path(out) / "results"   # (it made the results folder, and ran nvidia-smi, first)
