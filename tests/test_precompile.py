@@ -73,6 +73,70 @@ def test_off_without_workers_or_under_the_interpreter(monkeypatch):
         assert P.precompile(None, configs, (), {}) == 0
 
 
+@pytest.fixture
+def enabled(monkeypatch):
+    """precompile as on a GPU machine with 2 workers: no interpreter, an sm_90 target, nothing broken yet."""
+    import fastgpt.kernels
+    from triton.backends.compiler import GPUTarget
+
+    from fastgpt.kernels import _precompile as P
+    monkeypatch.setattr(fastgpt.kernels, "INTERPRET", False)
+    monkeypatch.setenv("FASTGPT_COMPILE_WORKERS", "2")
+    monkeypatch.setattr(P, "_broken", False)
+    monkeypatch.setattr(P, "_target", lambda: GPUTarget("cuda", 90, 32))
+    yield P
+    P.stop()
+
+
+def _space():
+    import types
+
+    import triton
+    return types.SimpleNamespace(fn=_space), [triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 128})]
+
+
+def test_arguments_that_would_specialise_otherwise_are_not_sent(enabled, monkeypatch):
+    """The parent compares each rebuilt argument's specialisation with its own: here a rebuild that loses
+    the misalignment of a view is caught, and no worker starts."""
+    P = enabled
+    monkeypatch.setattr(P, "decode", lambda enc: torch.zeros(8, dtype=enc[1]) if enc[0] == "tensor" else enc[1])
+    monkeypatch.setattr(P, "_start", lambda n, target: pytest.fail("no worker should start"))
+    fn, configs = _space()
+    assert P.precompile(fn, configs, (torch.zeros(64, dtype=torch.bfloat16)[1:], 16), {}) == 0
+
+
+@pytest.mark.parametrize("namespace,name,value", [("runtime", "add_stages_inspection_hook", lambda *a: None),
+                                                  ("runtime", "debug", True),
+                                                  ("compilation", "instrumentation_mode", "consan"),
+                                                  ("compilation", "override", True)])
+def test_off_while_triton_is_set_up_in_code(enabled, monkeypatch, namespace, name, value):
+    """A Triton setting made in code that the workers would not see (some are outside Triton's cache key:
+    the parent would read back kernels its own set-up never made) keeps the workers off."""
+    from triton import knobs
+    P = enabled
+    monkeypatch.setattr(getattr(knobs, namespace), name, value)
+    monkeypatch.setattr(P, "_start", lambda n, target: pytest.fail("no worker should start"))
+    fn, configs = _space()
+    assert P._settings_in_code() == [f"{namespace}.{name}"]
+    assert P.precompile(fn, configs, (torch.zeros(64, dtype=torch.bfloat16), 16), {}) == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_never_answers_turns_them_off(enabled, monkeypatch):
+    """A worker that never says it is ready (an interpreter that ignores -m, say) costs START_TIMEOUT once;
+    it is killed, and no later call waits for workers again."""
+    import time
+    P = enabled
+    monkeypatch.setattr(P, "_command", lambda fd: [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(P, "START_TIMEOUT", 1.0)
+    fn, configs = _space()
+    t = time.monotonic()
+    assert P.precompile(fn, configs, (torch.zeros(64, dtype=torch.bfloat16), 16), {}) == 0
+    assert time.monotonic() - t < 20 and P._broken and not P._pool
+    monkeypatch.setattr(P, "_start", lambda n, target: pytest.fail("no worker should start again"))
+    assert P.precompile(fn, configs, (torch.zeros(64, dtype=torch.bfloat16), 16), {}) == 0
+
+
 SCRIPT = r'''
 import os, sys, torch, triton
 assert os.environ["FASTGPT_AUTOTUNE"] == "1"    # read as the kernels are defined: whole spaces
@@ -119,7 +183,8 @@ assert len(calls) == 1 and calls[0][0] is tuner.fn and calls[0][1] == configs, c
 assert len(calls[0][2]) == len(args) and all(a is b for a, b in zip(calls[0][2], args))
 P.precompile = real
 
-cache = os.environ["TRITON_CACHE_DIR"]
+assert "TRITON_CACHE_DIR" not in os.environ
+cache = triton.knobs.cache.dir = sys.argv[2]   # set in code: the workers must get it too
 n = P.precompile(tuner.fn, configs, args, kwargs)
 print("workers", " ".join(str(p.pid) for p in P._pool))
 assert n == len(configs), (n, len(configs))
@@ -130,6 +195,44 @@ for cfg in configs:                          # the autotuner's own compile of ea
 assert set(os.listdir(cache)) == before, "the parent compiled a config again"
 print("cache hits", len(configs))
 
+# a Ctrl-C while the workers compile (as the parent waits for their first answer) reaches the caller, and
+# ends the workers: their answers would otherwise be read as the next space's
+cache = triton.knobs.cache.dir = sys.argv[3]   # a new folder: new workers, nothing compiled yet
+procs = []
+P_start, P_receive = P._start, P._receive
+def interrupted(p, deadline):
+    raise KeyboardInterrupt
+def start(n, target):
+    P_start(n, target)
+    procs.extend(P._pool)
+    P._receive = interrupted   # (the jobs are sent next)
+P._start = start
+try:
+    P.precompile(tuner.fn, configs, args, kwargs)
+    raise AssertionError("no KeyboardInterrupt")
+except KeyboardInterrupt:
+    pass
+P._start, P._receive = P_start, P_receive
+assert procs and not P._pool and not P._broken and all(p.returncode is not None for p in procs)
+assert P.precompile(tuner.fn, configs, args, kwargs) == len(configs)   # new workers, in step
+before = set(os.listdir(cache))
+for cfg in configs:
+    tuner.fn.run(*args, grid=(1,), warmup=True, **kwargs, **cfg.all_kwargs())
+assert set(os.listdir(cache)) == before, "the parent compiled a config again after the interrupt"
+cache = triton.knobs.cache.dir = os.path.join(sys.argv[3], "moved")   # moved in code: workers that share it
+os.makedirs(cache)
+started = list(P._pool)
+assert P.precompile(tuner.fn, configs, args, kwargs) == len(configs) and P._pool[0] is not started[0]
+before = set(os.listdir(cache))
+for cfg in configs:
+    tuner.fn.run(*args, grid=(1,), warmup=True, **kwargs, **cfg.all_kwargs())
+assert before and set(os.listdir(cache)) == before, "the parent compiled a config again after the move"
+procs = list(P._pool)
+P.stop()
+assert all(p.returncode is not None for p in procs) and not P._pool
+print("interrupted and restarted")
+
+assert P.precompile(tuner.fn, configs, args, kwargs) == len(configs)
 P._pool[0].kill()
 P._pool[0].wait()
 assert P.precompile(tuner.fn, configs, args, kwargs) == 0 and P._broken and not P._pool
@@ -142,17 +245,25 @@ print("off after a dead worker")
 def test_workers_compile_what_the_autotuner_then_reads_from_the_cache(tmp_path, device):
     """cpu: the parent compiles for sm_90 through compile_report's stand-in driver, as the workers do;
     cuda: the parent's target and arguments are the real GPU's (the workers still never touch it)."""
-    cache = tmp_path / "triton-cache"
-    cache.mkdir()
-    env = standin_env(FASTGPT_COMPILE_WORKERS="2", TRITON_CACHE_DIR=str(cache), FASTGPT_AUTOTUNE="1")
+    caches = [tmp_path / "triton-cache", tmp_path / "triton-cache-2"]
+    for c in caches:
+        c.mkdir()
+    banner = tmp_path / "site"   # a sitecustomize that prints to stdout: the workers' answers have a pipe of their own
+    banner.mkdir()
+    (banner / "sitecustomize.py").write_text("print('cluster profile loaded')\n")
+    env = standin_env(FASTGPT_COMPILE_WORKERS="2", FASTGPT_AUTOTUNE="1")
+    env.pop("TRITON_CACHE_DIR", None)
+    env["PYTHONPATH"] = str(banner) + os.pathsep + env["PYTHONPATH"]
     if device == "cuda":   # the GPU visible to the parent
         env.pop("CUDA_VISIBLE_DEVICES")
         if "CUDA_VISIBLE_DEVICES" in os.environ:
             env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
-    r = subprocess.run([sys.executable, "-c", SCRIPT, device], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env=env)
+    r = subprocess.run([sys.executable, "-c", SCRIPT, device, *map(str, caches)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "cache hits" in r.stdout and "off after a dead worker" in r.stdout, r.stdout
+    assert "cluster profile loaded" in r.stdout   # (the parent's own banner: the sitecustomize is in use)
+    for step in ("cache hits", "interrupted and restarted", "off after a dead worker"):
+        assert step in r.stdout, r.stdout
     pids = r.stdout.split("workers ")[1].split("\n")[0].split()
     assert len(pids) == 2
     for pid in pids:   # none outlives the process that started it
