@@ -49,12 +49,22 @@ def test_worker_count(monkeypatch):
     with pytest.warns(UserWarning, match="FASTGPT_COMPILE_WORKERS='many' is not a whole number"):
         assert P.workers() == 0
     monkeypatch.delenv("FASTGPT_COMPILE_WORKERS")
+    for name in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 24)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(24)), raising=False)
     assert P.workers() == 8                                  # capped
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert P.workers() == 5                                  # 24 CPUs shared by 4 local ranks, less one each
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "24")
     assert P.workers() == 0
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "3")   # mpirun's name for it
+    assert P.workers() == 7
+    monkeypatch.setattr(os, "cpu_count", lambda: 96)        # a rank pinned to 24 of 96 CPUs: they are its own
+    assert P.workers() == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    assert P.workers() == 3
 
 
 def test_off_without_workers_or_under_the_interpreter(monkeypatch):
