@@ -835,8 +835,11 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
                    f"{'nccl' if device.type == 'cuda' else 'gloo'})" if W > 1 or cfg.fsdp else "")
                 + (", activation checkpointing" if cfg.grad_checkpoint else ""))
         if backend_name == "fused" and device.type == "cuda" and not cfg.eval_only:
+            from fastgpt.kernels import _precompile
+            n = _precompile.workers()
             log.say("fastgpt.train: the first steps compile the fused kernels and time their launch configs "
-                    "(a pause at the start; the first logged tok/s counts it)")
+                    + (f"({n} compile worker processes per rank; " if n >= 2 else "(")
+                    + "a pause at the start; the first logged tok/s counts it)")
         if cfg.eval_only:
             v = evaluate()
             header["eval_only"] = True
