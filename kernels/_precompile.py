@@ -32,7 +32,7 @@ import atexit
 import importlib
 import os
 import pickle
-import select
+import selectors
 import signal
 import subprocess
 import sys
@@ -143,15 +143,20 @@ def _command(reply_fd: int) -> list:
 
 
 def _receive(p, deadline: float):
-    """Worker p's next answer, or TimeoutError once ``deadline`` (time.monotonic) has passed."""
-    if not select.select([p.replies], [], [], max(deadline - time.monotonic(), 0))[0]:
-        raise TimeoutError("a compile worker did not answer in time")
+    """Worker p's next answer, or TimeoutError once ``deadline`` (time.monotonic) has passed. (A worker has at
+    most one message in flight: data read ahead into p.replies' buffer would not wake the selector.)"""
+    with selectors.DefaultSelector() as sel:   # (select.select fails on descriptors >= 1024)
+        sel.register(p.replies, selectors.EVENT_READ)
+        if not sel.select(max(deadline - time.monotonic(), 0)):
+            raise TimeoutError("a compile worker did not answer in time")
     return pickle.load(p.replies)
 
 
 def _start(n: int, target) -> None:
     """n workers into _pool, each told the GPU target to compile for; returns once all are ready."""
     global _started_with
+    import fcntl
+
     import fastgpt
     from triton import knobs
     _started_with = (dict(os.environ), knobs.cache.dir)
@@ -160,10 +165,12 @@ def _start(n: int, target) -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastgpt.__file__)))   # the parent's fastgpt first
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     for _ in range(n):
-        r, w = os.pipe()
-        try:
+        r, w0 = os.pipe()
+        w = fcntl.fcntl(w0, fcntl.F_DUPFD_CLOEXEC, 3)   # above 0-2 (a daemon's closed stdio): the worker's own
+        os.close(w0)
+        try:   # (its own session: a Ctrl-C at the terminal is the parent's, which ends the workers itself)
             p = subprocess.Popen(_command(w), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, env=env, pass_fds=(w,))
+                                 stderr=subprocess.DEVNULL, env=env, pass_fds=(w,), start_new_session=True)
         except BaseException:
             os.close(r)
             raise
@@ -252,14 +259,19 @@ def _compile(module: str, name: str, enc: list, kwargs: dict):
             fn = fn.fn
         fn.run(*[decode(e) for e in enc], grid=(1,), warmup=True, **kwargs)
         return None
-    except Exception as e:  # reported, never raised: the parent compiles this config itself
-        return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]
+    except BaseException as e:  # reported, never raised (nor the worker's end): the parent compiles it itself
+        try:
+            text = str(e).strip()
+        except BaseException:
+            text = ""
+        return f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"[:300]
 
 
 def _serve(reply_fd: int) -> None:
     """A worker's loop: the target (answered "ready"), then lists of jobs, each answered with a list of
     results on the pipe ``reply_fd``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # a Ctrl-C is the parent's (train saves and goes on)
+    os.set_inheritable(reply_fd, False)
     inp, out = sys.stdin.buffer, os.fdopen(reply_fd, "wb")
     from triton.runtime.driver import driver
     driver.set_active(StandIn(pickle.load(inp)))

@@ -147,6 +147,21 @@ def test_a_worker_that_never_answers_turns_them_off(enabled, monkeypatch):
     assert P.precompile(fn, configs, (torch.zeros(64, dtype=torch.bfloat16), 16), {}) == 0
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_that_dies_with_its_jobs_turns_them_off_at_once(enabled, monkeypatch):
+    """A worker that reads its jobs and exits (killed, out of memory) is seen at once (its answer pipe closes),
+    not after BATCH_TIMEOUT."""
+    import time
+    P = enabled
+    fake = ("import os, pickle, sys; pickle.load(sys.stdin.buffer); out = os.fdopen(int(sys.argv[1]), 'wb'); "
+            "pickle.dump('ready', out); out.flush(); pickle.load(sys.stdin.buffer)")
+    monkeypatch.setattr(P, "_command", lambda fd: [sys.executable, "-c", fake, str(fd)])
+    fn, configs = _space()
+    t = time.monotonic()
+    assert P.precompile(fn, configs, (torch.zeros(64, dtype=torch.bfloat16), 16), {}) == 0
+    assert time.monotonic() - t < 20 and P._broken and not P._pool
+
+
 SCRIPT = r'''
 import os, sys, torch, triton
 assert os.environ["FASTGPT_AUTOTUNE"] == "1"    # read as the kernels are defined: whole spaces
@@ -204,6 +219,10 @@ for cfg in configs:                          # the autotuner's own compile of ea
     tuner.fn.run(*args, grid=(1,), warmup=True, **kwargs, **cfg.all_kwargs())
 assert set(os.listdir(cache)) == before, "the parent compiled a config again"
 print("cache hits", len(configs))
+started = list(P._pool)
+os.environ["FASTGPT_PRECOMPILE_TEST"] = "1"   # a changed environment: new workers, which share it
+assert P.precompile(tuner.fn, configs, args, kwargs) == len(configs)
+assert P._pool[0] is not started[0] and all(p.returncode is not None for p in started)
 
 # a Ctrl-C while the workers compile (as the parent waits for their first answer) reaches the caller, and
 # ends the workers: their answers would otherwise be read as the next space's
