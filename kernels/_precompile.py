@@ -127,7 +127,7 @@ def decode(enc):
 
 def specialisation(arg):
     """Triton's specialisation of a launch argument: its type and attribute (alignment, divisibility, 1)."""
-    from triton._C.libtriton import native_specialize_impl
+    from fastgpt.kernels._common import native_specialize_impl   # (None before triton 3.4: precompile is off)
     return native_specialize_impl(BaseBackend, arg, False, True, True)
 
 
@@ -194,10 +194,9 @@ def stop() -> None:
     for p in procs:
         p.kill()
         p.wait()
-        for f in (p.stdin, getattr(p, "replies", None)):
+        for f in (p.stdin, p.replies):
             try:
-                if f is not None:
-                    f.close()
+                f.close()
             except OSError:   # a write that a dead worker never read (BrokenPipeError) is dropped
                 pass
 
@@ -212,8 +211,10 @@ def precompile(fn: JITFunction, configs, args, kwargs) -> int:
     before); a KeyboardInterrupt does, after the workers are ended."""
     global _broken
     from fastgpt.kernels import INTERPRET
+    from fastgpt.kernels._common import native_specialize_impl
     n = workers()
-    if INTERPRET or n < 2 or len(configs) < 2 or _broken or not sys.executable or _settings_in_code():
+    if INTERPRET or n < 2 or len(configs) < 2 or _broken or not sys.executable or native_specialize_impl is None \
+            or _settings_in_code():
         return 0
     try:
         enc = [encode(a) for a in args]
