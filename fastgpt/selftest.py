@@ -348,15 +348,22 @@ def main(argv=None) -> int:
 
     def body():
         dev = cli.device(args.device, "use --device cpu: the Triton interpreter")
-        if args.quick:  # read when the kernels are imported (autotuning compiles every config: minutes)
-            os.environ.setdefault("FASTGPT_AUTOTUNE", "0")
         if dev.type == "cpu":
             if "triton" not in sys.modules:
                 os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
             # the interpreter evaluates masked-off lanes too (exp2(-inf), inf - inf): numpy warns about values
             # that are never stored; the table's error columns are what counts
             warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"triton\.runtime\.interpreter")
-        return 0 if run(dev, args.quick, only=[o for o in (args.only or "").split(",") if o]) else 1
+        # --quick: no autotuning (autotuning compiles every config: minutes). It is read when the kernels are
+        # imported, so it is set around the run only, and a caller's later subprocesses do not inherit it.
+        quick_env = args.quick and "FASTGPT_AUTOTUNE" not in os.environ
+        if quick_env:
+            os.environ["FASTGPT_AUTOTUNE"] = "0"
+        try:
+            return 0 if run(dev, args.quick, only=[o for o in (args.only or "").split(",") if o]) else 1
+        finally:
+            if quick_env:
+                os.environ.pop("FASTGPT_AUTOTUNE", None)
 
     # usage errors: one line, 2; Ctrl-C: one line, 130 (the rows done so far are printed)
     return cli.run_main(PROG, body, {}, "use --quick (smaller shapes)")

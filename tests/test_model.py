@@ -1,6 +1,7 @@
 """GPTConfig, the fused GPTBlock vs the reference block, the GPT model, generation, save/load, compile."""
 import contextlib
 import json
+import os
 
 import pytest
 import torch
@@ -510,7 +511,10 @@ def test_sample_cli(tmp_path, capsys):
 @needs_triton
 def test_selftest_table_and_verdict(capsys, monkeypatch):
     from fastgpt import ops, selftest
+    # --quick sets FASTGPT_AUTOTUNE=0 for its run only: a caller's later subprocess must not inherit it
+    monkeypatch.delenv("FASTGPT_AUTOTUNE", raising=False)
     assert selftest.main(["--device", DEVICE, "--only", "add_layer_norm", "--quick"]) == 0
+    assert "FASTGPT_AUTOTUNE" not in os.environ
     out = capsys.readouterr().out
     assert "VERDICT: PASS" in out and out.count(" ok") == 3
     real = ops.add_layer_norm  # a kernel 0.1% off must turn the verdict
