@@ -312,10 +312,20 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        self._argv = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
-        die(self.prog, f"{message.splitlines()[0] if message else 'bad arguments'}; see --help",
-            every_rank_alike=True)
+        msg = message.splitlines()[0] if message else "bad arguments"
+        # a path that starts with - reads as an option: say so rather than "arguments are required"
+        for a in self._argv[:self._argv.index("--")] if "--" in self._argv else self._argv:
+            if a.startswith("-") and a not in self._option_string_actions and os.path.lexists(a):
+                msg = f"{a} is read as an option; put -- before a path that starts with - ({msg})"
+                break
+        die(self.prog, f"{msg}; see --help", every_rank_alike=True)
 
 
 def out_of_memory(e: BaseException, hint: str) -> str | None:

@@ -174,6 +174,19 @@ def tiny_dir(tmp_path):
     return d
 
 
+def test_a_path_that_starts_with_a_dash_is_named(tmp_path, monkeypatch, capsys):
+    """checkpoint -old.pt said only that a path was required: argparse reads -old.pt as an option.
+    The one line now says so and how to pass it; after --, the path is checked."""
+    from fastgpt import checkpoint
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-old.pt").write_text("not a checkpoint\n")
+    err = _one_line_exit(checkpoint.main, ["-old.pt"], capsys, 2, "-old.pt is read as an option; put -- before")
+    assert "required: FILE_OR_OUT_DIR" in err
+    _one_line_exit(checkpoint.main, ["-new.pt"], capsys, 2, "required: FILE_OR_OUT_DIR")   # no such path: as before
+    assert checkpoint.main(["--", "-old.pt"]) == 1
+    assert "-old.pt: BAD: -old.pt is not a readable checkpoint" in capsys.readouterr().out
+
+
 def test_sample_bad_input_is_one_line(tiny_dir, tmp_path, capsys):
     from fastgpt import sample
     text = tmp_path / "notes.txt"
