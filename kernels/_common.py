@@ -378,6 +378,8 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
     kernel) would buy nothing. Configs with pre-hooks are not supported.
     Before a new key is timed, its pruned configs go to _precompile's worker processes (where CPUs
     are idle), so that Triton's compile of each one is a read from its on-disk cache.
+    With Triton's on-disk autotune results on (TRITON_CACHE_AUTOTUNING=1), they are filed under this
+    key, bucket included (see check_disk_cache).
     """
 
     def __init__(self, fn, configs, key, prune, do_bench, reset_to_zero=(), bucket=None):
@@ -393,6 +395,7 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
         self._bucket_pos = None if bucket is None else (fn.arg_names.index(bucket), bucket)
         self._tuned = {}          # key -> the tuned triton.Config
         self._config_kwargs = {}  # key -> its launch kwargs
+        self._new_key = None      # (key, args, kwargs) of the key run() is tuning, for check_disk_cache
 
     @staticmethod
     def _arg(args, kwargs, pos):
@@ -414,13 +417,35 @@ class _Autotuner(triton.runtime.autotuner.Autotuner):
             if config_kwargs is None and not warmup:
                 self.cache.clear()  # triton's own cache has no bucket: a new one is timed afresh
                 self.nargs = dict(zip(self.arg_names, args))
-                _precompile.precompile(self.fn, self.prune_configs(kwargs), args, kwargs)   # workers, if any
-            out = super().run(*args, grid=grid, warmup=warmup, **kwargs)
+                self._new_key = (key, args, kwargs)
+                if not self.cache_results:   # (else only when the disk has no result: check_disk_cache)
+                    _precompile.precompile(self.fn, self.prune_configs(kwargs), args, kwargs)   # workers, if any
+            try:
+                out = super().run(*args, grid=grid, warmup=warmup, **kwargs)
+            finally:
+                self._new_key = None   # (it holds the arguments)
             if not warmup:
                 self._tuned[key] = self.best_config
                 self._config_kwargs[key] = self.best_config.all_kwargs()
             return out
         return launch(self.fn, grid, *args, **kwargs, **config_kwargs)
+
+    def check_disk_cache(self, tuning_key, configs, bench_fn):
+        """Triton's on-disk autotune results (TRITON_CACHE_AUTOTUNING=1) under this autotuner's key: Triton's
+        own ``tuning_key`` has no row-count bucket, so a choice timed at 4096 rows would be read back at
+        16384. The configs go to the compile workers only when they are to be timed (a miss)."""
+        if self._new_key is None:   # a warmup call (not a new key of run's)
+            return super().check_disk_cache(tuning_key, configs, bench_fn)
+        key, args, kwargs = self._new_key
+        key = tuple(str(k) if isinstance(k, torch.dtype) else k for k in key)   # (stored as JSON, as Triton's)
+
+        def bench():
+            _precompile.precompile(self.fn, configs, args, kwargs)
+            bench_fn()   # (files its choice under tuning_key, where Triton's run looks it up)
+        if not super().check_disk_cache(key, configs, bench):
+            return False
+        self.cache[tuning_key] = self.cache.pop(key)
+        return True
 
     def run_replayable(self, n_lead, *args, grid, **kwargs):
         """run(), returning a Replay of the launch once its key is tuned (else, or with n_lead None, None)."""

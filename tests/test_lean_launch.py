@@ -87,3 +87,60 @@ def test_autotune_key_buckets_the_row_count(monkeypatch):
     assert [m for m, _ in tuned] == [2048, 16384] and all(cache == {} for _, cache in tuned)
     key = lambda m: tuner._tuning_key((None, None, m), {})   # noqa: E731
     assert key(1) == key(1500) == key(4096) != key(4097) == key(8192) != key(8193)   # below 4096 rows: one
+
+
+DISK_CACHE = r'''
+import sys, torch, triton
+import triton.language as tl
+from benchmarks.compile_report import use_standin
+use_standin()                                  # Triton's disk key names the target: sm_90, compile-only
+from fastgpt.kernels import _common, _precompile
+triton.knobs.cache.dir = sys.argv[1]
+
+@triton.jit
+def copy(X, Y, M, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(Y + i, tl.load(X + i, mask=i < M), mask=i < M)
+
+configs = [triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 32})]
+timed, compiled = [], []
+_precompile.precompile = lambda fn, cfgs, args, kwargs: compiled.append(args[2])
+copy.run = lambda *args, **kwargs: None        # the tuned launch (nothing to run it on)
+
+def tuner():   # a new process's autotuner: nothing tuned in memory
+    t = _common._Autotuner(copy, configs, key=[], prune=None, do_bench=None, bucket="M")
+    t.cache_results = True                     # as TRITON_CACHE_AUTOTUNING=1 sets it
+    # BLOCK 16 wins below 4097 rows, BLOCK 32 above
+    t._bench = lambda *a, config, **kw: timed.append(a[2]) or (1.0 if config is configs[a[2] > 4096] else 2.0)
+    return t
+
+x = torch.zeros(8)
+def block(t, m):
+    t.run(x, x, m, grid=(1,))
+    return t.best_config.kwargs["BLOCK"]
+
+a = tuner()
+assert block(a, 2048) == 16 and timed == [2048] * 2 and compiled == [2048], (timed, compiled)
+b = tuner()
+assert block(b, 2048) == 16 and len(timed) == 2 and compiled == [2048]   # read back: no timing, no compiles
+assert block(b, 16384) == 32, "another bucket's choice was read back"
+assert timed[2:] == [16384] * 2 and compiled == [2048, 16384]
+c = tuner()
+assert block(c, 16384) == 32 and block(c, 3000) == 16 and len(timed) == 4 and len(compiled) == 2
+print("disk cache ok")
+'''
+
+
+def test_disk_autotune_results_keep_the_bucket(tmp_path):
+    """Triton's on-disk autotune results (TRITON_CACHE_AUTOTUNING=1) are filed under the autotuner's own key:
+    Triton's has no row-count bucket, so a later process read the 2048-row choice back at 16384 rows. A result
+    read back is neither timed nor compiled by the workers."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, standin_env
+    script = tmp_path / "disk_cache.py"   # (a @triton.jit function must be in a file)
+    script.write_text(DISK_CACHE)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "cache")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=standin_env())
+    assert r.returncode == 0 and "disk cache ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
