@@ -638,6 +638,51 @@ def test_attention_dropout_rate_is_quantised_to_256ths(p, thr):
     assert reference.attention_dropout_scale(p) == 256 / (256 - thr)
 
 
+@needs_cuda
+@pytest.mark.parametrize("packed", [False, True])
+def test_cuda_graph_replays_forward_and_backward(packed):
+    """fwd+bwd with p = 0.1 captured in a CUDA graph (the benchmarks' "graph" rows; a train step under
+    torch.cuda.graph): every replay reads the seed tensor as it is then (the kernels take it from device
+    memory), so a replay equals an eager call with that seed bit for bit (split backward: no atomics);
+    with the default seed, drawn from torch's generator inside the graph, each replay draws a new mask."""
+    import fastgpt.kernels as K
+    from fastgpt.kernels import attention as A
+    B, H, T, D = 2, 4, 200, 64
+    qkv = torch.randn(B, T, 3, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    do = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+    st = _seed()
+
+    def step(seed):
+        if packed:
+            o = K.causal_attention_qkvpacked(qkv, dropout_p=0.1, seed=seed)
+            return (o, *torch.autograd.grad(o, qkv, do.transpose(1, 2).reshape(B, T, H * D)))
+        q, k, v = A._unpack(qkv)
+        o = K.causal_attention(q, k, v, dropout_p=0.1, seed=seed)
+        return (o, *torch.autograd.grad(o, (q, k, v), do))
+
+    with A.dq_mode("split"):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):   # compile and plan outside the capture
+            for _ in range(2):
+                step(st), step(None)
+        torch.cuda.current_stream().wait_stream(side)
+        graph, fresh = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step(st)
+        with torch.cuda.graph(fresh):
+            drawn = step(None)
+        for s, off in ((7, 11), (8, 11), (7, 12)):
+            st.copy_(torch.tensor([s, off]))
+            graph.replay()
+            eager = step((s, off))
+            assert all(torch.equal(a, b) for a, b in zip(out, eager)), (s, off)
+        fresh.replay()
+        first = [t.clone() for t in drawn]
+        fresh.replay()
+        assert not torch.equal(first[0], drawn[0]) and not torch.equal(first[1], drawn[1])
+
+
 def test_reference_keep_rate_at_scale():
     """reference.attention_keep_mask keeps 1 - thr / 256 of a large tensor (to 5 sigma), per p."""
     for p in (0.1, 0.5):
