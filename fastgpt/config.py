@@ -106,12 +106,31 @@ class GPTConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
+    def from_nanogpt(cls, c) -> "GPTConfig":
+        """nanoGPT's GPTConfig, or the ``model_args`` dict of its checkpoints, as a fastgpt config: pre-LN
+        with exact-erf GELU (nanoGPT's MLP uses nn.GELU()) and LayerNorm eps 1e-5, as nanoGPT's Block computes.
+        A TypeError (one line) for anything else: missing nanoGPT fields, or fastgpt's own fields (a config
+        that says its norm or activation must not be read as nanoGPT's)."""
+        get = c.get if isinstance(c, dict) else (lambda k: getattr(c, k, None))
+        ours = [f for f in _OWN_FIELDS if get(f) is not None]
+        missing = [f for f in NANOGPT_FIELDS if get(f) is None]
+        if ours or missing:
+            why = f"has fastgpt's field(s) {ours} (use GPTConfig.from_dict)" if ours else \
+                f"lacks nanoGPT's field(s) {missing}"
+            raise TypeError(f"GPTConfig.from_nanogpt: {type(c).__name__} {why}")
+        return cls(**{f: get(f) for f in NANOGPT_FIELDS}, norm="pre", activation="gelu")
+
+    @classmethod
     def preset(cls, name: str, **overrides) -> "GPTConfig":
         """The preset called exactly ``name`` (see PRESETS), with keyword overrides."""
         if name not in PRESETS:
             raise ValueError(f"GPTConfig: unknown preset {name!r}; choose from {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
+
+# nanoGPT's GPTConfig (model.py) and its checkpoints' model_args; the fields only ours has
+NANOGPT_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
+_OWN_FIELDS = ("norm", "activation", "layer_norm_eps", "residual_dtype", "vocab_multiple")
 
 # Architectures as published. Dropout 0.1 as in the GPT-1 / GPT-2 papers (and HF configs);
 # pass dropout=0.0 for speed runs. gpt1's vocabulary is its 40478-token BPE, GPT-2's 50257.

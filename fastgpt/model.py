@@ -144,6 +144,20 @@ class _MLP(nn.Module):
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
 
 
+def _config_arg(cfg, who: str) -> GPTConfig:
+    """GPTBlock's and GPT's cfg: a GPTConfig, or nanoGPT's GPTConfig (read by GPTConfig.from_nanogpt, so
+    nanoGPT's model code can swap its Block / GPT for ours and keep its config)."""
+    if isinstance(cfg, GPTConfig):
+        return cfg
+    why = "a dict (GPTConfig.from_dict reads ours)"
+    if not isinstance(cfg, dict):
+        try:
+            return GPTConfig.from_nanogpt(cfg)
+        except TypeError as e:
+            why = str(e).removeprefix("GPTConfig.from_nanogpt: ")
+    raise TypeError(f"{who}: cfg must be a fastgpt.GPTConfig or nanoGPT's GPTConfig; got {why}")
+
+
 class GPTBlock(nn.Module):
     """A fused transformer block, state-dict compatible with GPT-2 / nanoGPT blocks.
 
@@ -153,8 +167,7 @@ class GPTBlock(nn.Module):
 
     def __init__(self, cfg: GPTConfig, backend: Optional[str] = None):
         super().__init__()
-        if not isinstance(cfg, GPTConfig):
-            raise TypeError(f"GPTBlock: cfg must be a fastgpt.GPTConfig, got {type(cfg).__name__}")
+        cfg = _config_arg(cfg, "GPTBlock")
         cfg.validate()
         self.backend = _check_backend(backend)
         self.pre = cfg.norm == "pre"
@@ -375,8 +388,7 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: GPTConfig, backend: Optional[str] = None):
         super().__init__()
-        if not isinstance(cfg, GPTConfig):
-            raise TypeError(f"GPT: cfg must be a fastgpt.GPTConfig, got {type(cfg).__name__}")
+        cfg = _config_arg(cfg, "GPT")
         cfg.validate()
         self.config = cfg
         modules = dict(
@@ -802,7 +814,8 @@ def load_model(path, backend: Optional[str] = None, map_location="cpu") -> GPT:
 
     * a save_pretrained directory, or an HF-format directory (config.json + weights);
     * a training checkpoint (fastgpt.checkpoint: a ckpt_*.pt file, or the out_dir holding them);
-    * a torch.save'd dict with "config" (a GPTConfig dict) and "model" (a state dict).
+    * a torch.save'd dict with "config" (a GPTConfig dict) and "model" (a state dict);
+    * a nanoGPT checkpoint (its train.py's ckpt.pt: "model_args" and "model"; GPTConfig.from_nanogpt).
 
     A torch.compile "_orig_mod." prefix on the state dict is stripped. When the
     file names its tokenizer ("gpt2" | "byte"), it lands in config.extra["tokenizer"].
@@ -823,12 +836,19 @@ def load_model(path, backend: Optional[str] = None, map_location="cpu") -> GPT:
         path = os.fspath(ckpt_path)
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     cfg = ckpt.get("model_config", ckpt.get("config")) if isinstance(ckpt, dict) else None
-    if not (isinstance(cfg, dict) and "model" in ckpt):
-        raise ValueError(f"load_model: {path} is not a fastgpt checkpoint (no model / model_config)")
-    cfg = GPTConfig.from_dict(cfg)
+    nanogpt = isinstance(ckpt, dict) and isinstance(ckpt.get("model_args"), dict)
+    if not ((isinstance(cfg, dict) or nanogpt) and isinstance(ckpt.get("model"), dict)):
+        raise ValueError(f"load_model: {path} is not a fastgpt or nanoGPT checkpoint (no model / model_config / "
+                         "model_args)")
+    try:
+        cfg = GPTConfig.from_nanogpt(ckpt["model_args"]) if nanogpt else GPTConfig.from_dict(cfg)
+    except TypeError as e:
+        raise ValueError(f"load_model: {path}: {e}") from None
     if isinstance(ckpt.get("tokenizer"), str):
         cfg.extra["tokenizer"] = ckpt["tokenizer"]
     model = GPT(cfg, backend=backend).to(map_location)
     sd = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
+    if nanogpt:   # nanoGPT before PyTorch 2 kept each block's causal mask as a buffer "attn.bias"
+        sd = {k: v for k, v in sd.items() if not (k.endswith(".attn.bias") and v.dim() == 4)}
     model._load_core(sd, "load_model")
     return model.eval()

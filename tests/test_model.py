@@ -1,5 +1,6 @@
 """GPTConfig, the fused GPTBlock vs the reference block, the GPT model, generation, save/load, compile."""
 import contextlib
+import dataclasses
 import json
 import os
 
@@ -218,9 +219,44 @@ class _NanoBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+@dataclasses.dataclass
+class _NanoConfig:
+    """nanoGPT's GPTConfig (model.py), field for field."""
+    block_size: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+
+
+class _NanoGPT(nn.Module):
+    """nanoGPT's GPT, structurally: its names, the tied head, logits over its whole vocabulary."""
+
+    def __init__(self, c: _NanoConfig):
+        super().__init__()
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(c.vocab_size, c.n_embd), wpe=nn.Embedding(c.block_size, c.n_embd),
+            h=nn.ModuleList([_NanoBlock(c.n_embd, c.n_head) for _ in range(c.n_layer)]), ln_f=nn.LayerNorm(c.n_embd)))
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight
+
+    def forward(self, idx):
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.lm_head(self.transformer.ln_f(x))
+
+
 @pytest.mark.parametrize("backend", ["reference", pytest.param("fused", marks=needs_triton)])
-def test_nanogpt_block_state_dict_loads_and_matches(backend):
+@pytest.mark.parametrize("config", ["ours", "nanoGPT's"])
+def test_nanogpt_block_state_dict_loads_and_matches(backend, config):
+    """A nanoGPT Block's state dict loads unchanged and computes the same; GPTBlock also takes nanoGPT's own
+    config object (pre-LN, exact-erf GELU), so nanoGPT's model code can swap in GPTBlock as it is."""
     cfg = GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=4, n_embd=64, activation="gelu")
+    if config == "nanoGPT's":
+        cfg = _NanoConfig(vocab_size=64, block_size=32, n_layer=1, n_head=4, n_embd=64)
     nano = _fill_(_NanoBlock(64, 4)).to(DEVICE)
     ours = GPTBlock(cfg, backend=backend).to(DEVICE)
     ours.load_state_dict(nano.state_dict(), strict=True)
@@ -231,6 +267,50 @@ def test_nanogpt_block_state_dict_loads_and_matches(backend):
         with _tf32_for_fp32_cuda(x):  # the fused attention uses TF32 dots on the GPU
             lp = nano.float()(x)
         _assert([check("nanoGPT block", ours(x), hi, lp, torch.float32)])
+
+
+def test_nanogpt_checkpoint_loads_and_matches(tmp_path):
+    """load_model (and so fastgpt.sample, finetune --init) reads nanoGPT's train.py checkpoint: model_args,
+    a torch.compile'd state dict, a vocabulary that is not a multiple of 64 (shakespeare_char's 65), the
+    causal-mask buffers of nanoGPT before PyTorch 2; its logits are nanoGPT's."""
+    from fastgpt.model import load_model
+    nc = _NanoConfig(vocab_size=65, block_size=32, n_layer=2, n_head=4, n_embd=64)
+    nano = _fill_(_NanoGPT(nc)).eval()
+    sd = {f"_orig_mod.{k}": v for k, v in nano.state_dict().items()}
+    for i in range(nc.n_layer):
+        sd[f"_orig_mod.transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(32, 32)).view(1, 1, 32, 32)
+    path = tmp_path / "ckpt.pt"
+    torch.save(dict(model=sd, optimizer={}, model_args=dataclasses.asdict(nc), iter_num=250,
+                    best_val_loss=torch.tensor(1.5), config=dict(dataset="shakespeare_char", batch_size=12)), path)
+    m = load_model(path)
+    assert (m.config.norm, m.config.activation, m.config.vocab_size) == ("pre", "gelu", 65) and not m.training
+    idx = torch.randint(0, 65, (2, 19))
+    with torch.no_grad():
+        hi = nano.double()(idx)
+        lp = nano.float()(idx)
+        _assert([check("nanoGPT model", m(idx)[0], hi, lp, torch.float32)])
+    # nanoGPT's GPT-2 vocabulary padded to 50304 names the gpt2 tokenizer, as nanoGPT's sample.py assumes
+    from fastgpt.data import tokenizer_for_vocab
+    assert tokenizer_for_vocab(50304) == "gpt2"
+
+
+def test_from_nanogpt_reads_only_nanogpt_configs():
+    c = GPTConfig.from_nanogpt(dict(n_layer=2, n_head=4, n_embd=64, block_size=32, bias=False, vocab_size=65,
+                                    dropout=0.1))
+    assert c == GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=4, n_embd=64, dropout=0.1, bias=False,
+                          norm="pre", activation="gelu")
+    ours = GPTConfig.preset("gpt1", vocab_size=256)   # post-LN, tanh: never to be read as nanoGPT's
+    with pytest.raises(TypeError, match=r"has fastgpt's field\(s\) \['norm', 'activation'"):
+        GPTConfig.from_nanogpt(ours.to_dict())
+    for bad in (dict(n_layer=2, n_head=4), object()):
+        with pytest.raises(TypeError, match=r"lacks nanoGPT's field\(s\)"):
+            GPTConfig.from_nanogpt(bad)
+    with pytest.raises(TypeError, match="GPT: cfg must be a fastgpt.GPTConfig or nanoGPT's GPTConfig; got a dict"):
+        GPT(ours.to_dict())
+    with pytest.raises(TypeError, match="GPTBlock: .* lacks nanoGPT's field\\(s\\) \\['dropout', 'bias'\\]"):
+        GPTBlock(type("HFLike", (), dict(vocab_size=65, block_size=32, n_layer=1, n_head=4, n_embd=64))())
+    m = GPT(_NanoConfig(vocab_size=65, block_size=32, n_layer=1, n_head=4, n_embd=64))
+    assert isinstance(m.config, GPTConfig) and m.config.activation == "gelu"
 
 
 # ----------------------------------------------------------------------------- the model
