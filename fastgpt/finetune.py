@@ -83,7 +83,8 @@ class FinetuneConfig:
     val_file: str | None = _f(None, "with a --task file: a separate validation file", "10% of --task")
     test_file: str | None = _f(None, "with a --task file: a separate test file",
                                "10% of --task, or none when --val_file is given")
-    init: str | None = _f(None, "train output dir, checkpoint file, save_pretrained / HF dir, or 'random'",
+    init: str | None = _f(None, "train output dir, checkpoint file, save_pretrained / HF dir, HF Hub id (gpt2), "
+                          "or 'random'",
                           "newest checkpoint in fastgpt.train's default out_dir, else random")
     tokenizer: Literal["gpt2", "byte"] | None = _f(None, "base tokenizer", "the checkpoint's (byte for random init "
                                                                         "on CPU, gpt2 on CUDA)")
@@ -257,8 +258,12 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
                              "has its own architecture")
     p = Path(spec)
     if not p.exists():
-        raise RunError(f"--init {spec}: no such file or folder (give a fastgpt.train out_dir, a checkpoint, a "
-                       "save_pretrained or HF folder, or 'random')")
+        from fastgpt.model import hub_folder
+        try:
+            p = Path(hub_folder(spec))
+        except FileNotFoundError as e:
+            raise RunError(f"--init {e} (give a fastgpt.train out_dir, a checkpoint, a save_pretrained or HF folder, "
+                           "a Hugging Face Hub id such as gpt2, or 'random')") from None
     meta = None
     if p.is_dir() and (p / "best" / "finetune.json").exists():
         p = p / "best"

@@ -40,6 +40,7 @@ import json
 import math
 import operator
 import os
+import re
 import warnings
 from typing import Callable, Optional
 
@@ -51,7 +52,7 @@ from fastgpt import ops, reference
 from fastgpt.backend import first_order_only, resolve
 from fastgpt.config import GPTConfig
 
-__all__ = ["GPTBlock", "GPT", "KVCache", "load_model", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["GPTBlock", "GPT", "KVCache", "load_model", "hub_folder", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "fastgpt"          # config.json's "format": never taken for an HF directory
 FORMAT_VERSION = 1
@@ -357,6 +358,34 @@ def _read_hf_dir(path: str):
     return cfg, sd
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_HUB_SAFETENSORS = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+
+
+def hub_folder(name: str) -> str:
+    """The local folder of a Hugging Face Hub model id (``gpt2``, ``openai-community/gpt2-medium``): its
+    config.json and weights (safetensors, else pytorch_model.bin), fetched once into the HF cache with
+    huggingface_hub (HF_HUB_OFFLINE=1 reads only that cache). Call it for a path that does not exist: a
+    FileNotFoundError (one line) when ``name`` cannot be a Hub id or the Hub does not give it."""
+    missing = f"{name}: no such file or folder"
+    if not _HUB_ID.fullmatch(name) or ".." in name:
+        raise FileNotFoundError(missing)
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(f"{missing} (a Hugging Face Hub id needs huggingface_hub: "
+                                "pip install huggingface_hub)") from None
+    try:
+        folder = snapshot_download(name, allow_patterns=_HUB_SAFETENSORS)
+        if not any(os.path.exists(os.path.join(folder, f)) for f in _HUB_SAFETENSORS[1:3]):
+            folder = snapshot_download(name, allow_patterns=["config.json", "pytorch_model.bin"])
+    except Exception as e:   # not on the Hub, no network, a gated model, ...
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        raise FileNotFoundError(f"{missing}, nor a model the Hugging Face Hub gives ({type(e).__name__}"
+                                f"{': ' + first[:160] if first else ''})") from None
+    return folder
+
+
 def _read_config_json(path: str) -> dict:
     p = os.path.join(path, "config.json")
     if not os.path.isfile(p):
@@ -644,12 +673,18 @@ class GPT(nn.Module):
     @classmethod
     def from_hf(cls, src, backend: Optional[str] = None) -> "GPT":
         """From a transformers GPT2LMHeadModel / OpenAIGPTLMHeadModel (or GPT2Model /
-        OpenAIGPTModel), or a local HF-format directory (config.json + weights).
+        OpenAIGPTModel), a local HF-format directory (config.json + weights), or a Hugging Face Hub id
+        such as "gpt2" (see hub_folder: fetched once).
 
         Like every loader here it returns the model in eval mode (call .train() to train);
         cfg.dropout is HF's resid_pdrop."""
         if isinstance(src, (str, os.PathLike)):
             path = os.fspath(src)
+            if not os.path.exists(path):
+                try:
+                    path = hub_folder(path)
+                except FileNotFoundError as e:
+                    raise FileNotFoundError(f"from_hf: {e}") from None
             cfg_json = _read_config_json(path)
             if cfg_json.get("format") == FORMAT:
                 raise ValueError(f"from_hf: {path} is a fastgpt directory; load it with GPT.from_pretrained")

@@ -90,8 +90,13 @@ def load(path: str, backend, device: torch.device):
     from fastgpt import checkpoint as ck
     from fastgpt.model import load_model
     if not os.path.exists(path):
-        raise LoadError(f"{path}: no such file or folder (give a save_pretrained / HF folder, a ckpt_*.pt "
-                        "file or the fastgpt.train out_dir holding them)")
+        from fastgpt.model import hub_folder
+        try:
+            path = hub_folder(path)
+        except FileNotFoundError as e:
+            raise LoadError(f"{e} (give a save_pretrained / HF folder, a Hugging "
+                            "Face Hub id such as gpt2, a ckpt_*.pt file or the fastgpt.train out_dir holding "
+                            "them)") from None
     target = path
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         target, skipped = ck.newest_readable(path, say=lambda msg: print(f"{PROG}: {msg}", file=sys.stderr))
@@ -145,7 +150,8 @@ def _hyphenate(ap, argv: list[str]) -> list[str]:
 
 def main(argv=None) -> int:
     ap = cli.ArgumentParser(prog=PROG, description=__doc__, epilog=EPILOG)
-    ap.add_argument("path", help="save_pretrained dir, HF dir, or training checkpoint (file or out_dir)")
+    ap.add_argument("path", help="save_pretrained dir, HF dir or Hub id (gpt2), training checkpoint (file or "
+                    "out_dir; nanoGPT's ckpt.pt too)")
     ap.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     ap.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per sample")
     ap.add_argument("--num-samples", type=int, default=1, help="samples, decoded as one batch")

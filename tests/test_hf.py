@@ -173,3 +173,75 @@ def test_export_keeps_the_layer_norm_eps(norm):
     idx = torch.randint(0, 100, (1, 8))
     with torch.no_grad():
         torch.testing.assert_close(m.to_hf().eval()(idx).logits, m(idx)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """huggingface_hub.snapshot_download as a stand-in (no network here): repo id -> a local folder, each call
+    recorded with the files it asked for."""
+    hub_hf = pytest.importorskip("huggingface_hub")
+    repos, calls = {}, []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kw):
+        calls.append((repo_id, list(allow_patterns or [])))
+        if repo_id not in repos:
+            raise RuntimeError(f"Repository Not Found for url: https://huggingface.co/api/models/{repo_id}\nmore")
+        import fnmatch
+        import shutil
+        out = tmp_path / "snap" / repo_id.replace("/", "--") / str(len(calls))
+        out.mkdir(parents=True)
+        for f in repos[repo_id].iterdir():
+            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
+                shutil.copy(f, out / f.name)
+        return str(out)
+
+    monkeypatch.setattr(hub_hf, "snapshot_download", snapshot_download)
+    return repos, calls
+
+
+def test_hub_ids_load_through_the_hub(hub, tmp_path, capsys):
+    """GPT.from_hf("gpt2") and fastgpt.sample / finetune --init with a Hub id: its config and weights are fetched
+    (safetensors only; pytorch_model.bin when a repo has no safetensors) and loaded as a local HF folder."""
+    from fastgpt import finetune as FT
+    from fastgpt import sample
+    repos, calls = hub
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**SMALL, "vocab_size": 256}, bos_token_id=0,
+                                                               eos_token_id=0))
+    _randomize(hf)
+    hf.save_pretrained(tmp_path / "st")                              # model.safetensors
+    (tmp_path / "bin").mkdir()                                       # pytorch_model.bin only (an older repo)
+    (tmp_path / "bin" / "config.json").write_bytes((tmp_path / "st" / "config.json").read_bytes())
+    torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    repos.update({"org/tiny-gpt2": tmp_path / "st", "tiny-bin": tmp_path / "bin"})
+    idx = torch.randint(0, 256, (2, 16))
+    for repo in ("org/tiny-gpt2", "tiny-bin"):
+        ours = GPT.from_hf(repo, backend="reference")
+        _assert(_parity(hf, ours, idx))
+    assert calls[0] == ("org/tiny-gpt2", ["config.json", "model.safetensors", "model.safetensors.index.json",
+                                          "model-*.safetensors"])
+    assert [c[0] for c in calls[1:]] == ["tiny-bin", "tiny-bin"] and calls[2][1] == ["config.json", "pytorch_model.bin"]
+    assert sample.main(["org/tiny-gpt2", "--max-new-tokens", "3", "--device", "cpu", "--prompt", "ab"]) == 0
+    assert "3 tokens" in capsys.readouterr().err
+    model, tok, _, meta = FT.load_init("org/tiny-gpt2", FT.FinetuneConfig(), "cpu")
+    assert tok == "byte" and meta is None and torch.equal(model.transformer.wpe.weight, ours.transformer.wpe.weight)
+
+
+def test_hub_id_errors_are_one_line(hub, tmp_path, capsys):
+    from fastgpt import finetune as FT
+    from fastgpt import sample
+    _, calls = hub
+    with pytest.raises(FileNotFoundError) as e:
+        GPT.from_hf("org/nope")
+    assert str(e.value) == ("from_hf: org/nope: no such file or folder, nor a model the Hugging Face Hub gives "
+                            "(RuntimeError: Repository Not Found for url: https://huggingface.co/api/models/org/nope)")
+    for path in ("a/b/c", "../up", str(tmp_path / "missing")):   # cannot be Hub ids: the Hub is not asked
+        with pytest.raises(FileNotFoundError, match=f"^from_hf: {path}: no such file or folder$"):
+            GPT.from_hf(path)
+    assert [c[0] for c in calls] == ["org/nope"]
+    with pytest.raises(SystemExit) as ex:
+        sample.main(["org/nope", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert ex.value.code == 1 and err.count("\n") == 1 and "org/nope: no such file or folder, nor a model the " \
+        "Hugging Face Hub gives (RuntimeError: Repository Not Found" in err and "Hub id such as gpt2" in err
+    with pytest.raises(FT.RunError, match=r"^--init org/nope: no such file or folder, nor a model the Hugging Face"):
+        FT.load_init("org/nope", FT.FinetuneConfig(), "cpu")
