@@ -65,6 +65,7 @@ EPILOG = f"""examples:
   {PROG} --out_dir runs/a --resume --max_iters 4000   # continue; other options: the checkpoint's
   {PROG} --out_dir runs/a --resume --eval_only
   {PROG} --config run.toml --lr=3e-4            # JSON/TOML file of options; the command line wins
+  {PROG} --init gpt2 --data my_texts/ --lr 3e-5 --max_iters 200   # from GPT-2's weights (HF Hub id)
   torchrun --nproc_per_node=8 -m fastgpt.train --batch_size=16   # DDP (--fsdp: sharded)
 
 outputs in --out_dir: ckpt_NNNNNNN.pt (full state, atomic, SHA-256 checked), metrics.jsonl, model/
@@ -98,6 +99,10 @@ class TrainConfig:
     """Every option of the training engine. ``None`` = chosen by device (see ``AUTO``)."""
     preset: str | None = _f(None, f"model architecture preset, by exact name: {', '.join(PRESETS)}",
                             _dev("preset"))
+    init: str | None = _f(None, "weights to start from: a save_pretrained / HF folder, an HF Hub id (gpt2), a "
+                          "fastgpt.train out_dir or checkpoint, nanoGPT's ckpt.pt; keeps its architecture and "
+                          "tokenizer (--block_size may shorten its context, --dropout replaces its rate)",
+                          "random weights of --preset")
     data: str | None = _f(None, "text file, folder or glob to train on (tokenized once, cached); "
                                 "none = the default Shakespeare corpus")
     tokenizer: Literal["gpt2", "byte"] | None = _f(None, "tokenizer", _dev("tokenizer"))
@@ -117,7 +122,7 @@ class TrainConfig:
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
-    dropout: float | None = _f(None, "dropout probability", "the preset's")
+    dropout: float | None = _f(None, "dropout probability", "the preset's, or the --init model's")
     seed: int = _f(1337, "seed of the weights, dropout and batch order")
     device: Literal["cpu", "cuda"] | None = _f(None, "device (one GPU of several: CUDA_VISIBLE_DEVICES=N; several: torchrun)",
                                                "cuda if available, else cpu")
@@ -152,10 +157,12 @@ class TrainConfig:
                            "resume at any world size; not with --compile")
 
     def validate(self) -> list[str]:
-        p = cli.empty_path_problems(out_dir=self.out_dir, data=self.data)
+        p = cli.empty_path_problems(out_dir=self.out_dir, data=self.data, init=self.init)
         bad_prompt = cli.not_utf8_problem("--prompt", self.prompt or "")
         if bad_prompt:
             p.append(bad_prompt)
+        if self.init is not None and self.preset is not None:
+            p.append("--preset applies to random weights: the --init model has its own architecture; drop one of them")
         if self.preset is not None and self.preset not in PRESETS:
             p.append(f"--preset: unknown preset {self.preset!r}; choose from {', '.join(sorted(PRESETS))}")
         for name in ("max_iters", "batch_size", "block_size", "eval_iters", "log_interval", "lr_decay_iters"):
@@ -250,7 +257,8 @@ def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     import torch
     c = dataclasses.replace(cfg)
     c.device = cli.device(c.device).type
-    defaulted = {k for k in AUTO[c.device] if getattr(c, k) is None}   # (a --resume's saved values are set)
+    defaulted = {k for k in AUTO[c.device] if getattr(c, k) is None   # (a --resume's saved values are set)
+                 and not (k == "preset" and c.init is not None)}        # (--init: the model's architecture)
     for k in defaulted:
         setattr(c, k, AUTO[c.device][k])
     if c.dtype == "fp16" and c.device not in FP16_DEVICES:
@@ -259,6 +267,8 @@ def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
         raise cli.UsageError("--dtype bf16: this GPU has no bf16; use --dtype fp16")
     if c.data is not None:  # absolute: the checkpoint keeps it, and a --resume may start from another folder
         c.data = cli.absolute_path(c.data)
+    if c.init is not None and os.path.exists(c.init):   # (a Hub id stays as typed)
+        c.init = cli.absolute_path(c.init)
     if c.block_size is None:
         c.block_size = PRESETS[c.preset]["block_size"]
     if c.lr_decay_iters is None:
@@ -577,15 +587,56 @@ def _token_data(cfg: TrainConfig, given: set[str], dist: _Dist):
     return td, tok
 
 
-def _model_config(cfg: TrainConfig, n_vocab: int, ckpt_state: dict | None):
-    """The model's GPTConfig: a resumed run's checkpoint's, else --preset's with this run's vocabulary,
-    --block_size and --dropout (when given)."""
+def _init_model(cfg: TrainConfig, given: set[str], dist: _Dist):
+    """--init: (the model it names, on the CPU, and cfg with that model's tokenizer and, unless given, its
+    block_size). Rank 0 loads it first (a Hub id is fetched once), then the others; RunError (rank 0's
+    line) when it cannot be loaded, a usage error when --tokenizer or --block_size does not fit it."""
+    import torch
+
+    from fastgpt import data as fdata
+    from fastgpt import sample
+
+    def load():
+        """(model, None) or (None, the error line)."""
+        try:   # whatever fastgpt.sample loads, with its one-line errors
+            return sample.load(cfg.init, None, torch.device("cpu")), None
+        except sample.LoadError as e:
+            return None, f"--init {e}"
+    model, err = load() if dist.main else (None, None)
+    dist.agree(err)
+    if not dist.main:
+        model, err = load()
+    dist.agree(err)
+    mc = model.config
+    tok = mc.extra.get("tokenizer")
+    try:
+        tok = tok or fdata.tokenizer_for_vocab(mc.vocab_size, cfg.tokenizer)
+    except fdata.DataError as e:
+        raise cli.AlikeUsageError(f"--init {cfg.init}: {e}") from None
+    if "tokenizer" in given and cfg.tokenizer != tok:
+        raise cli.AlikeUsageError(f"--tokenizer {cfg.tokenizer}: the --init model was trained with the {tok!r} "
+                                  "tokenizer; drop --tokenizer")
+    if "block_size" in given and cfg.block_size > mc.block_size:
+        raise cli.AlikeUsageError(f"--block_size {cfg.block_size}: the --init model has {mc.block_size} positions; "
+                                  f"give at most {mc.block_size}, or leave it out")
+    block_size = cfg.block_size if "block_size" in given else mc.block_size
+    return model, dataclasses.replace(cfg, tokenizer=tok, block_size=block_size)
+
+
+def _model_config(cfg: TrainConfig, n_vocab: int, ckpt_state: dict | None, init=None):
+    """The model's GPTConfig: a resumed run's checkpoint's; else the --init model's, or --preset's with this
+    run's vocabulary; with this run's --block_size and --dropout (when given)."""
     from fastgpt.config import GPTConfig
     if ckpt_state is not None:
         return GPTConfig.from_dict(ckpt_state["config"])
     over = dict(vocab_size=n_vocab, block_size=cfg.block_size)
     if cfg.dropout is not None:
         over["dropout"] = cfg.dropout
+    if init is not None:
+        over.pop("vocab_size")   # (the model's, at least the tokenizer's: tokenizer_for_vocab saw to it)
+        mcfg = init.config.replace(**over)
+        mcfg.extra = dict(tokenizer=cfg.tokenizer)
+        return mcfg
     mcfg = GPTConfig.preset(cfg.preset, **over)
     mcfg.extra = dict(tokenizer=cfg.tokenizer)
     return mcfg
@@ -628,6 +679,10 @@ def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict, from_checkpo
     if from_checkpoint and "seed" in given and saved.get("seed") not in (None, cfg.seed):
         raise cli.AlikeUsageError(f"--seed {cfg.seed}: a resumed run continues the random streams of its checkpoint "
                                   f"(seed {saved['seed']}); drop --seed, or start a new run in another --out_dir")
+    if from_checkpoint and "init" in given and saved.get("init") != (
+            cli.absolute_path(cfg.init) if os.path.exists(cfg.init) else cfg.init):
+        raise cli.AlikeUsageError(f"--init {cfg.init}: --resume continues the weights of its checkpoint; drop --init, "
+                                  "or start afresh in another --out_dir")
     cfg = cli.with_saved_options(cfg, given, saved, RUNTIME_ONLY)
     followed = saved.get("_following")
     if followed is None:  # a checkpoint of an earlier fastgpt: infer what followed what
@@ -686,6 +741,9 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     else:
         cli.check_no_earlier_run(out_dir, _our_header)
     following = sorted(k for k in FOLLOWING if getattr(cfg, k) is None)
+    init = None
+    if cfg.init is not None and ckpt_state is None:   # (a checkpoint has the weights: --init was its start)
+        init, cfg = _init_model(cfg, given, dist)
     cfg = resolve(cfg, given)
     if ckpt_state is not None:   # (before the data: a --tokenizer gpt2 would fetch its files first)
         _check_resumed(ckpt_state, cfg, given, resumed_from)
@@ -724,13 +782,18 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         return x, y
 
     # --- model
-    mcfg = _model_config(cfg, tok.n_vocab, ckpt_state)
+    mcfg = _model_config(cfg, tok.n_vocab, ckpt_state, init)
     try:
         model = GPT(mcfg, backend=cfg.backend).to(device)
     except RuntimeError as e:  # e.g. the fused backend unavailable on this machine
         raise cli.UsageError(str(e).splitlines()[0]) from None
     if ckpt_state is not None:
         model.load_state_dict(ckpt_state["model"])
+    elif init is not None:   # its weights, the position table cut to --block_size
+        sd = init.state_dict()
+        sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:cfg.block_size]
+        model.load_state_dict(sd)
+        del init, sd
     if cfg.grad_checkpoint:
         _enable_grad_checkpoint(model)
     n_params = model.num_params()
@@ -828,7 +891,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         return p
 
     try:
-        log.say(f"fastgpt.train: {cfg.preset} ({n_params / 1e6:.2f}M params), {cfg.tokenizer} tokens, "
+        what = cfg.preset or f"from {cfg.init}"
+        log.say(f"fastgpt.train: {what} ({n_params / 1e6:.2f}M params), {cfg.tokenizer} tokens, "
                 f"{td.meta['n_tokens']['train']:,} train / {td.meta['n_tokens']['val']:,} val tokens, "
                 f"{dev_name} {cfg.dtype}, backend {backend_name}, out_dir {out_dir}"
                 + (f", {W} process{'es' if W > 1 else ''} ({'FSDP' if cfg.fsdp else 'DDP'}, "

@@ -579,3 +579,66 @@ def test_every_param_group_follows_the_lr_schedule(tmp_path, monkeypatch):
     want = train.lr_at(3, 3e-3, 3e-4, 1, 8)   # the lr of the last step taken (step index 3)
     groups = st["optimizer"]["param_groups"]
     assert len(groups) == 2 and all(g["lr"] == pytest.approx(want) for g in groups), [g["lr"] for g in groups]
+
+
+def _init_args(corpus, out, init, **kw):
+    """_args without --preset and --tokenizer (the --init model's own), with --init."""
+    given = [f"--{k}={v}" for k, v in kw.items()]
+    return [a for a in _args(corpus, out, **kw) if a in given or not a.startswith(("--preset=", "--tokenizer="))] \
+        + [f"--init={init}"]
+
+
+def test_init_starts_from_the_models_weights(corpus, tmp_path, capsys):
+    """--init: a run starts from another model's weights (its architecture and tokenizer; --block_size cuts its
+    position table, --dropout replaces its rate), here with lr 0 so the weights must come out unchanged;
+    a nanoGPT ckpt.pt is one such model; --resume continues the checkpoint, not the --init model."""
+    import dataclasses
+
+    from fastgpt import GPT, GPTConfig
+    from test_model import _NanoConfig, _NanoGPT
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train.main(_args(corpus, a, max_iters=2, dropout=0.1)) == 0
+    assert train.main(_init_args(corpus, b, a / "model", max_iters=1, lr=0, block_size=16, dropout=0.0)) == 0
+    assert "fastgpt.train: from " in capsys.readouterr().err
+    ma, mb = GPT.from_pretrained(a / "model"), GPT.from_pretrained(b / "model")
+    assert mb.config == ma.config.replace(block_size=16, dropout=0.0) and mb.config.extra["tokenizer"] == "byte"
+    sa = ma.state_dict()
+    sa["transformer.wpe.weight"] = sa["transformer.wpe.weight"][:16]
+    assert all(torch.equal(sa[k], v) for k, v in mb.state_dict().items())
+    head = _rows(b)[0]
+    assert head["config"]["init"] == str(a / "model") and head["config"]["preset"] is None
+    # the --init model's val loss is the run's step-0 val loss: the same weights, the same batches
+    assert train.main(_init_args(corpus, tmp_path / "e", a / "model", eval_only=True, block_size=16)) == 0
+    assert f"val_loss {head['init_val_loss']:.4f}" in capsys.readouterr().out
+    # nanoGPT's checkpoint: its 256-token vocabulary names the byte tokenizer
+    nc = _NanoConfig(vocab_size=256, block_size=32, n_layer=1, n_head=4, n_embd=64)
+    torch.save(dict(model=_NanoGPT(nc).state_dict(), model_args=dataclasses.asdict(nc)), tmp_path / "ckpt.pt")
+    assert train.main(_init_args(corpus, tmp_path / "n", tmp_path / "ckpt.pt", max_iters=1)) == 0
+    mn = GPT.from_pretrained(tmp_path / "n" / "model")
+    assert mn.config == GPTConfig.from_nanogpt(nc) and mn.config.extra["tokenizer"] == "byte"
+    # a resume continues b's checkpoint (its config names the --init, which is not read again)
+    assert train.main([f"--out_dir={b}", "--resume", "--max_iters=2", "--device=cpu"]) == 0
+    assert _rows(b)[-1]["step"] == 2
+
+
+def test_init_errors_are_one_line(corpus, tmp_path, capsys):
+    a = tmp_path / "a"
+    assert train.main(_args(corpus, a, max_iters=1, block_size=32)) == 0
+    capsys.readouterr()
+    for argv, code, needle in [
+        (_args(corpus, tmp_path / "x", init=a / "model"), 2, "--preset applies to random weights"),
+        (_init_args(corpus, tmp_path / "x", a / "model", tokenizer="gpt2"), 2,
+         "--tokenizer gpt2: the --init model was trained with the 'byte' tokenizer"),
+        (_init_args(corpus, tmp_path / "x", a / "model", block_size=64), 2,
+         "--block_size 64: the --init model has 32 positions"),
+        (_init_args(corpus, tmp_path / "x", tmp_path / "nothing"), 1, "no such file or folder"),
+        (_init_args(corpus, tmp_path / "x", corpus), 1, "is not a readable checkpoint"),
+        (_init_args(corpus, tmp_path / "x", ""), 2, "--init is empty"),
+        ([f"--out_dir={a}", "--resume", "--max_iters=2", "--device=cpu", f"--init={a / 'model'}"], 2,
+         "--resume continues the weights of its checkpoint"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            train.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == code and err.count("\n") == 1 and needle in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "x").exists()
