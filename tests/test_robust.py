@@ -409,6 +409,23 @@ def test_fsdp_two_processes_gloo_resume_match_one_process(corpus, tmp_path, monk
     assert _steps(two)[5]["loss"] == pytest.approx(_steps(one)[5]["loss"], rel=1e-5)
 
 
+def test_torchrun_init_loads_on_every_rank(corpus, tmp_path):
+    """--init under torchrun: rank 0 loads the model first, then the others; every rank starts from its weights
+    (lr 0: the final model is the --init model), and an --init that cannot be loaded is one line (rank 0's)."""
+    from fastgpt import GPT
+    a = tmp_path / "a"
+    assert train.main(_args(corpus, a, max_iters=1)) == 0
+    base = [x for x in _args(corpus, tmp_path / "b", batch_size=4, max_iters=1, lr=0)
+            if not x.startswith(("--preset=", "--tokenizer="))]
+    p = _torchrun(base + [f"--init={a / 'model'}"])
+    assert p.returncode == 0 and "2 processes (DDP, gloo)" in p.stderr, p.stderr[-3000:]
+    sa, sb = (GPT.from_pretrained(d / "model").state_dict() for d in (a, tmp_path / "b"))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    p = _torchrun([x.replace(str(tmp_path / "b"), str(tmp_path / "c")) for x in base] + [f"--init={tmp_path / 'no'}"])
+    assert p.returncode != 0 and p.stderr.count("python -m fastgpt.train: error: --init") == 1, p.stderr[-3000:]
+    assert "fastgpt/train.py" not in p.stderr and "[rank1]" not in p.stderr, p.stderr[-3000:]
+
+
 def test_ddp_error_on_rank0_alone_is_one_line(corpus, tmp_path):
     """Work rank 0 does alone (tokenizing, writing files) failing there: rank 0 says it in one line and
     every rank exits 1; the others do not die with a broken barrier's traceback (nor abort in gloo's
