@@ -321,10 +321,12 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         msg = message.splitlines()[0] if message else "bad arguments"
         # a path that starts with - reads as an option: say so rather than "arguments are required"
-        for a in self._argv[:self._argv.index("--")] if "--" in self._argv else self._argv:
-            if a.startswith("-") and a not in self._option_string_actions and os.path.lexists(a):
-                msg = f"{a} is read as an option; put -- before a path that starts with - ({msg})"
-                break
+        before_dashes = self._argv[:self._argv.index("--")] if "--" in self._argv else self._argv
+        if msg.startswith(("the following arguments are required", "unrecognized arguments")):
+            for a in before_dashes:
+                if a.startswith("-") and a not in self._option_string_actions and os.path.lexists(a):
+                    msg = f"{a} is read as an option; put -- before a path that starts with - ({msg})"
+                    break
         die(self.prog, f"{msg}; see --help", every_rank_alike=True)
 
 

@@ -109,16 +109,29 @@ class GPTConfig:
     def from_nanogpt(cls, c) -> "GPTConfig":
         """nanoGPT's GPTConfig, or the ``model_args`` dict of its checkpoints, as a fastgpt config: pre-LN
         with exact-erf GELU (nanoGPT's MLP uses nn.GELU()) and LayerNorm eps 1e-5, as nanoGPT's Block computes.
-        A TypeError (one line) for anything else: missing nanoGPT fields, or fastgpt's own fields (a config
-        that says its norm or activation must not be read as nanoGPT's)."""
-        get = c.get if isinstance(c, dict) else (lambda k: getattr(c, k, None))
-        ours = [f for f in _OWN_FIELDS if get(f) is not None]
-        missing = [f for f in NANOGPT_FIELDS if get(f) is None]
-        if ours or missing:
-            why = f"has fastgpt's field(s) {ours} (use GPTConfig.from_dict)" if ours else \
-                f"lacks nanoGPT's field(s) {missing}"
+        A TypeError (one line) for anything else: missing nanoGPT fields, fields nanoGPT has not (a fork's
+        switches), or fastgpt's own (a config that names its norm or activation must not be read as
+        nanoGPT's). A missing ``bias`` is True (nanoGPT before that option)."""
+        if isinstance(c, dict):
+            values = dict(c)
+        else:
+            names = [f.name for f in dataclasses.fields(c)] if dataclasses.is_dataclass(c) else \
+                list(getattr(c, "__dict__", {}))
+            values = {k: getattr(c, k) for k in {*names, *NANOGPT_FIELDS} if hasattr(c, k)}
+        values.setdefault("bias", True)   # (nanoGPT before its bias option: biases everywhere)
+        ours = [f for f in _OWN_FIELDS if f in values]
+        other = sorted(set(values) - set(NANOGPT_FIELDS) - set(_OWN_FIELDS))
+        missing = [f for f in NANOGPT_FIELDS if values.get(f) is None]
+        if ours:
+            why = f"has fastgpt's field(s) {ours} (use GPTConfig.from_dict)"
+        elif other:
+            why = (f"has field(s) {other[:5]}{' ...' if len(other) > 5 else ''} that nanoGPT's GPTConfig has not "
+                   "(a variant fastgpt cannot build)")
+        elif missing:
+            why = f"lacks nanoGPT's field(s) {missing}"
+        if ours or other or missing:
             raise TypeError(f"GPTConfig.from_nanogpt: {type(c).__name__} {why}")
-        return cls(**{f: get(f) for f in NANOGPT_FIELDS}, norm="pre", activation="gelu")
+        return cls(**{f: values[f] for f in NANOGPT_FIELDS}, norm="pre", activation="gelu")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "GPTConfig":

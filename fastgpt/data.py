@@ -282,11 +282,11 @@ def _data_gym_ranks(encoder_json: bytes, vocab_bpe: bytes) -> dict[bytes, int]:
 
 def tokenizer_for_vocab(vocab_size: int, given: str | None = None) -> str:
     """The tokenizer of a model that records none: ``given`` (a --tokenizer), else the one its vocabulary
-    size names (256: byte, 50257: gpt2, and nanoGPT's GPT-2 vocabulary padded to 50304). DataError (one line)
-    when there is none: GPT-1's 40478-token BPE is not part of fastgpt, and any other size needs --tokenizer."""
+    size names (256: byte, 50257: gpt2). DataError (one line) when there is none: GPT-1's 40478-token
+    BPE is not part of fastgpt, and any other size needs --tokenizer."""
     if vocab_size == GPT1_VOCAB:
         raise DataError(f"a {GPT1_VOCAB}-token vocabulary is GPT-1's BPE, which fastgpt does not include")
-    name = given or {256: "byte", 50257: "gpt2", 50304: "gpt2"}.get(vocab_size)
+    name = given or {256: "byte", 50257: "gpt2"}.get(vocab_size)
     if name is None:
         raise DataError(f"cannot tell the tokenizer of a {vocab_size}-token vocabulary; pass --tokenizer gpt2 "
                         "or byte if it is one of them")

@@ -260,8 +260,8 @@ def load_init(spec: str | None, cfg: "FinetuneConfig", device_type: str):
     if not p.exists():
         from fastgpt.model import hub_folder
         try:
-            p = Path(hub_folder(spec))
-        except FileNotFoundError as e:
+            p = Path(hub_folder(spec, offline=cfg.offline or None))
+        except (FileNotFoundError, ValueError) as e:
             raise RunError(f"--init {e} (give a fastgpt.train out_dir, a checkpoint, a save_pretrained or HF folder, "
                            "a Hugging Face Hub id such as gpt2, or 'random')") from None
     meta = None

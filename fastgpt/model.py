@@ -150,7 +150,7 @@ def _config_arg(cfg, who: str) -> GPTConfig:
     nanoGPT's model code can swap its Block / GPT for ours and keep its config)."""
     if isinstance(cfg, GPTConfig):
         return cfg
-    why = "a dict (GPTConfig.from_dict reads ours)"
+    why = "a dict (GPTConfig.from_dict reads ours, GPTConfig.from_nanogpt nanoGPT's model_args)"
     if not isinstance(cfg, dict):
         try:
             return GPTConfig.from_nanogpt(cfg)
@@ -359,30 +359,46 @@ def _read_hf_dir(path: str):
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-_HUB_SAFETENSORS = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+_FILE_ENDINGS = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".json", ".jsonl", ".txt", ".csv")   # not Hub ids
+_HUB_WEIGHTS = (["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"], ["pytorch_model.bin"])
 
 
-def hub_folder(name: str) -> str:
+def hub_folder(name: str, offline: Optional[bool] = None) -> str:
     """The local folder of a Hugging Face Hub model id (``gpt2``, ``openai-community/gpt2-medium``): its
-    config.json and weights (safetensors, else pytorch_model.bin), fetched once into the HF cache with
-    huggingface_hub (HF_HUB_OFFLINE=1 reads only that cache). Call it for a path that does not exist: a
-    FileNotFoundError (one line) when ``name`` cannot be a Hub id or the Hub does not give it."""
+    config.json, checked to be a GPT-2 / OpenAI GPT one before anything else is fetched, and its weights
+    (safetensors, else pytorch_model.bin), fetched once into the HF cache with huggingface_hub. ``offline``
+    (None: $FASTGPT_OFFLINE; HF_HUB_OFFLINE works too): read that cache only. Call it for a path that does
+    not exist: FileNotFoundError (one line) when ``name`` cannot be a Hub id (a file name, a deeper path) or
+    the Hub does not give it; ValueError when its config is not one fastgpt loads."""
     missing = f"{name}: no such file or folder"
-    if not _HUB_ID.fullmatch(name) or ".." in name:
+    if not _HUB_ID.fullmatch(name) or ".." in name or name.lower().endswith(_FILE_ENDINGS):
         raise FileNotFoundError(missing)
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise FileNotFoundError(f"{missing} (a Hugging Face Hub id needs huggingface_hub: "
                                 "pip install huggingface_hub)") from None
+    if offline is None:
+        from fastgpt.cli import env_flag
+        offline = env_flag("FASTGPT_OFFLINE")
+
+    def fetch(patterns) -> str:
+        try:
+            return snapshot_download(name, allow_patterns=patterns, local_files_only=bool(offline))
+        except Exception as e:   # not on the Hub, no network, a gated model, not in the cache offline, ...
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+            where = "the Hugging Face cache has (offline)" if offline else "the Hugging Face Hub gives"
+            raise FileNotFoundError(f"{missing}, nor a model {where} ({type(e).__name__}"
+                                    f"{': ' + first[:160] if first else ''})") from None
+    folder = fetch(["config.json"])
     try:
-        folder = snapshot_download(name, allow_patterns=_HUB_SAFETENSORS)
-        if not any(os.path.exists(os.path.join(folder, f)) for f in _HUB_SAFETENSORS[1:3]):
-            folder = snapshot_download(name, allow_patterns=["config.json", "pytorch_model.bin"])
-    except Exception as e:   # not on the Hub, no network, a gated model, ...
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
-        raise FileNotFoundError(f"{missing}, nor a model the Hugging Face Hub gives ({type(e).__name__}"
-                                f"{': ' + first[:160] if first else ''})") from None
+        _config_from_hf(_read_config_json(folder))   # before gigabytes of weights
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"{name}: {str(e).removeprefix('from_hf: ')}") from None
+    for patterns in _HUB_WEIGHTS:
+        folder = fetch(["config.json", *patterns])
+        if any(os.path.exists(os.path.join(folder, f)) for f in patterns if "*" not in f):
+            break
     return folder
 
 
@@ -683,8 +699,8 @@ class GPT(nn.Module):
             if not os.path.exists(path):
                 try:
                     path = hub_folder(path)
-                except FileNotFoundError as e:
-                    raise FileNotFoundError(f"from_hf: {e}") from None
+                except (FileNotFoundError, ValueError) as e:
+                    raise type(e)(f"from_hf: {e}") from None
             cfg_json = _read_config_json(path)
             if cfg_json.get("format") == FORMAT:
                 raise ValueError(f"from_hf: {path} is a fastgpt directory; load it with GPT.from_pretrained")
@@ -844,13 +860,17 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[
     return torch.multinomial(probs, 1, generator=generator)
 
 
+NANOGPT_GPT2_VOCAB = 50304   # nanoGPT's vocab_size for GPT-2's tokenizer, padded to a multiple of 64
+
+
 def load_model(path, backend: Optional[str] = None, map_location="cpu") -> GPT:
     """A GPT (eval mode) from any of fastgpt's formats:
 
     * a save_pretrained directory, or an HF-format directory (config.json + weights);
     * a training checkpoint (fastgpt.checkpoint: a ckpt_*.pt file, or the out_dir holding them);
     * a torch.save'd dict with "config" (a GPTConfig dict) and "model" (a state dict);
-    * a nanoGPT checkpoint (its train.py's ckpt.pt: "model_args" and "model"; GPTConfig.from_nanogpt).
+    * a nanoGPT checkpoint (its train.py's ckpt.pt: "model_args" and "model"; GPTConfig.from_nanogpt); its
+      padded GPT-2 vocabulary (50304) is read as GPT-2's 50257 tokens with the gpt2 tokenizer.
 
     A torch.compile "_orig_mod." prefix on the state dict is stripped. When the
     file names its tokenizer ("gpt2" | "byte"), it lands in config.extra["tokenizer"].
@@ -879,6 +899,8 @@ def load_model(path, backend: Optional[str] = None, map_location="cpu") -> GPT:
         cfg = GPTConfig.from_nanogpt(ckpt["model_args"]) if nanogpt else GPTConfig.from_dict(cfg)
     except TypeError as e:
         raise ValueError(f"load_model: {path}: {e}") from None
+    if nanogpt and cfg.vocab_size == NANOGPT_GPT2_VOCAB:   # GPT-2's 50257 tokens, padded (the rest never targets)
+        cfg = cfg.replace(vocab_size=50257, extra=dict(tokenizer="gpt2"))
     if isinstance(ckpt.get("tokenizer"), str):
         cfg.extra["tokenizer"] = ckpt["tokenizer"]
     model = GPT(cfg, backend=backend).to(map_location)

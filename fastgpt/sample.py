@@ -93,7 +93,7 @@ def load(path: str, backend, device: torch.device):
         from fastgpt.model import hub_folder
         try:
             path = hub_folder(path)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             raise LoadError(f"{e} (give a save_pretrained / HF folder, a Hugging "
                             "Face Hub id such as gpt2, a ckpt_*.pt file or the fastgpt.train out_dir holding "
                             "them)") from None

@@ -185,6 +185,11 @@ def test_a_path_that_starts_with_a_dash_is_named(tmp_path, monkeypatch, capsys):
     _one_line_exit(checkpoint.main, ["-new.pt"], capsys, 2, "required: FILE_OR_OUT_DIR")   # no such path: as before
     assert checkpoint.main(["--", "-old.pt"]) == 1
     assert "-old.pt: BAD: -old.pt is not a readable checkpoint" in capsys.readouterr().out
+    _one_line_exit(checkpoint.main, ["a.pt", "-old.pt"], capsys, 2, "-old.pt is read as an option")   # unrecognized
+    # an option's missing value is another error: no -- hint there (--prompt=-old.pt is the way)
+    from fastgpt import sample
+    err = _one_line_exit(sample.main, ["x", "--prompt", "-old.pt"], capsys, 2, "--prompt: expected one argument")
+    assert "put --" not in err
 
 
 def test_sample_bad_input_is_one_line(tiny_dir, tmp_path, capsys):

@@ -182,8 +182,8 @@ def hub(tmp_path, monkeypatch):
     hub_hf = pytest.importorskip("huggingface_hub")
     repos, calls = {}, []
 
-    def snapshot_download(repo_id, allow_patterns=None, **kw):
-        calls.append((repo_id, list(allow_patterns or [])))
+    def snapshot_download(repo_id, allow_patterns=None, local_files_only=False, **kw):
+        calls.append((repo_id, list(allow_patterns or []), local_files_only))
         if repo_id not in repos:
             raise RuntimeError(f"Repository Not Found for url: https://huggingface.co/api/models/{repo_id}\nmore")
         import fnmatch
@@ -217,16 +217,18 @@ def test_hub_ids_load_through_the_hub(hub, tmp_path, capsys):
     for repo in ("org/tiny-gpt2", "tiny-bin"):
         ours = GPT.from_hf(repo, backend="reference")
         _assert(_parity(hf, ours, idx))
-    assert calls[0] == ("org/tiny-gpt2", ["config.json", "model.safetensors", "model.safetensors.index.json",
-                                          "model-*.safetensors"])
-    assert [c[0] for c in calls[1:]] == ["tiny-bin", "tiny-bin"] and calls[2][1] == ["config.json", "pytorch_model.bin"]
+    safetensors = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+    assert calls == [("org/tiny-gpt2", ["config.json"], False), ("org/tiny-gpt2", safetensors, False),
+                     ("tiny-bin", ["config.json"], False), ("tiny-bin", safetensors, False),
+                     ("tiny-bin", ["config.json", "pytorch_model.bin"], False)]
     assert sample.main(["org/tiny-gpt2", "--max-new-tokens", "3", "--device", "cpu", "--prompt", "ab"]) == 0
     assert "3 tokens" in capsys.readouterr().err
-    model, tok, _, meta = FT.load_init("org/tiny-gpt2", FT.FinetuneConfig(), "cpu")
+    model, tok, _, meta = FT.load_init("org/tiny-gpt2", FT.FinetuneConfig(offline=True), "cpu")
     assert tok == "byte" and meta is None and torch.equal(model.transformer.wpe.weight, ours.transformer.wpe.weight)
+    assert calls[-1][2] is True   # --offline: the HF cache only
 
 
-def test_hub_id_errors_are_one_line(hub, tmp_path, capsys):
+def test_hub_id_errors_are_one_line(hub, tmp_path, capsys, monkeypatch):
     from fastgpt import finetune as FT
     from fastgpt import sample
     _, calls = hub
@@ -234,10 +236,24 @@ def test_hub_id_errors_are_one_line(hub, tmp_path, capsys):
         GPT.from_hf("org/nope")
     assert str(e.value) == ("from_hf: org/nope: no such file or folder, nor a model the Hugging Face Hub gives "
                             "(RuntimeError: Repository Not Found for url: https://huggingface.co/api/models/org/nope)")
-    for path in ("a/b/c", "../up", str(tmp_path / "missing")):   # cannot be Hub ids: the Hub is not asked
+    for path in ("a/b/c", "../up", str(tmp_path / "missing"), "out/ckpt_0000500.pt"):   # not Hub ids: not asked
         with pytest.raises(FileNotFoundError, match=f"^from_hf: {path}: no such file or folder$"):
             GPT.from_hf(path)
     assert [c[0] for c in calls] == ["org/nope"]
+    # a model fastgpt cannot load is refused from its config.json, before any weights are fetched
+    repos, _ = hub
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "llama" / "model.safetensors").write_bytes(b"never fetched")
+    repos["org/llama"] = tmp_path / "llama"
+    with pytest.raises(ValueError, match="^from_hf: org/llama: .*'llama'"):
+        GPT.from_hf("org/llama")
+    assert calls[-1] == ("org/llama", ["config.json"], False)
+    monkeypatch.setenv("FASTGPT_OFFLINE", "1")   # the cache only; the message says so
+    with pytest.raises(FileNotFoundError, match="nor a model the Hugging Face cache has \\(offline\\)"):
+        GPT.from_hf("org/nope")
+    assert calls[-1][2] is True
+    monkeypatch.delenv("FASTGPT_OFFLINE")
     with pytest.raises(SystemExit) as ex:
         sample.main(["org/nope", "--device", "cpu"])
     err = capsys.readouterr().err

@@ -289,9 +289,16 @@ def test_nanogpt_checkpoint_loads_and_matches(tmp_path):
         hi = nano.double()(idx)
         lp = nano.float()(idx)
         _assert([check("nanoGPT model", m(idx)[0], hi, lp, torch.float32)])
-    # nanoGPT's GPT-2 vocabulary padded to 50304 names the gpt2 tokenizer, as nanoGPT's sample.py assumes
-    from fastgpt.data import tokenizer_for_vocab
-    assert tokenizer_for_vocab(50304) == "gpt2"
+    # nanoGPT's GPT-2 vocabulary, padded to 50304: GPT-2's 50257 tokens and tokenizer (what fine-tuning needs)
+    nc = _NanoConfig(vocab_size=50304, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    nano = _fill_(_NanoGPT(nc)).eval()
+    torch.save(dict(model=nano.state_dict(), model_args=dataclasses.asdict(nc)), path)
+    m = load_model(path)
+    assert (m.config.vocab_size, m.config.padded_vocab_size, m.config.extra) == (50257, 50304, {"tokenizer": "gpt2"})
+    assert torch.equal(m.transformer.wte.weight, nano.transformer.wte.weight)
+    idx = torch.randint(0, 50257, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(m(idx)[0], nano(idx)[..., :50257])
 
 
 def test_from_nanogpt_reads_only_nanogpt_configs():
@@ -305,9 +312,15 @@ def test_from_nanogpt_reads_only_nanogpt_configs():
     for bad in (dict(n_layer=2, n_head=4), object()):
         with pytest.raises(TypeError, match=r"lacks nanoGPT's field\(s\)"):
             GPTConfig.from_nanogpt(bad)
-    with pytest.raises(TypeError, match="GPT: cfg must be a fastgpt.GPTConfig or nanoGPT's GPTConfig; got a dict"):
+    # a fork's architecture switch is refused, not dropped; nanoGPT before its bias option had biases
+    fork = dict(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=65, dropout=0.0, bias=True, use_relu=True)
+    with pytest.raises(TypeError, match=r"has field\(s\) \['use_relu'\] that nanoGPT's GPTConfig has not"):
+        GPTConfig.from_nanogpt(fork)
+    fork.pop("use_relu"), fork.pop("bias")
+    assert GPTConfig.from_nanogpt(fork).bias is True
+    with pytest.raises(TypeError, match="GPT: cfg must be a fastgpt.GPTConfig or nanoGPT's GPTConfig; got a dict \\("):
         GPT(ours.to_dict())
-    with pytest.raises(TypeError, match="GPTBlock: .* lacks nanoGPT's field\\(s\\) \\['dropout', 'bias'\\]"):
+    with pytest.raises(TypeError, match="GPTBlock: .* lacks nanoGPT's field\\(s\\) \\['dropout'\\]"):
         GPTBlock(type("HFLike", (), dict(vocab_size=65, block_size=32, n_layer=1, n_head=4, n_embd=64))())
     m = GPT(_NanoConfig(vocab_size=65, block_size=32, n_layer=1, n_head=4, n_embd=64))
     assert isinstance(m.config, GPTConfig) and m.config.activation == "gelu"
