@@ -616,11 +616,11 @@ def _init_model(cfg: TrainConfig, given: set[str], dist: _Dist):
     if "tokenizer" in given and cfg.tokenizer != tok:
         raise cli.AlikeUsageError(f"--tokenizer {cfg.tokenizer}: the --init model was trained with the {tok!r} "
                                   "tokenizer; drop --tokenizer")
-    if "block_size" in given and cfg.block_size > mc.block_size:
+    # (a run restarted from its metrics header has its block_size from there, given or not)
+    if cfg.block_size is not None and cfg.block_size > mc.block_size:
         raise cli.AlikeUsageError(f"--block_size {cfg.block_size}: the --init model has {mc.block_size} positions; "
                                   f"give at most {mc.block_size}, or leave it out")
-    block_size = cfg.block_size if "block_size" in given else mc.block_size
-    return model, dataclasses.replace(cfg, tokenizer=tok, block_size=block_size)
+    return model, dataclasses.replace(cfg, tokenizer=tok, block_size=cfg.block_size or mc.block_size)
 
 
 def _model_config(cfg: TrainConfig, n_vocab: int, ckpt_state: dict | None, init=None):

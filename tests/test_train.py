@@ -616,6 +616,13 @@ def test_init_starts_from_the_models_weights(corpus, tmp_path, capsys):
     assert train.main(_init_args(corpus, tmp_path / "n", tmp_path / "ckpt.pt", max_iters=1)) == 0
     mn = GPT.from_pretrained(tmp_path / "n" / "model")
     assert mn.config == GPTConfig.from_nanogpt(nc) and mn.config.extra["tokenizer"] == "byte"
+    # a run that died before its first checkpoint starts again with its header's --init and --block_size
+    import shutil
+    shutil.copytree(b, tmp_path / "b2")
+    for p in ck.list_checkpoints(tmp_path / "b2"):
+        p.unlink()
+    assert train.main([f"--out_dir={tmp_path / 'b2'}", "--resume", "--device=cpu"]) == 0
+    assert _rows(tmp_path / "b2")[0]["config"]["block_size"] == 16 and _losses(tmp_path / "b2") == _losses(b)
     # a resume continues b's checkpoint (its config names the --init, which is not read again)
     assert train.main([f"--out_dir={b}", "--resume", "--max_iters=2", "--device=cpu"]) == 0
     assert _rows(b)[-1]["step"] == 2
