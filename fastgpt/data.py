@@ -117,6 +117,7 @@ HELD_OUT_PLAYS: dict[str, str] = {
 
 TOKENIZERS = ("gpt2", "byte")
 GPT1_VOCAB = 40478   # OpenAI GPT's BPE: its weights load (GPT.from_hf), its tokenizer is not part of fastgpt
+TOKENIZER_VOCAB = {"byte": 256, "gpt2": 50257}   # each tokenizer's n_vocab (known without its files)
 
 
 class DataError(RuntimeError):
@@ -210,7 +211,7 @@ def corpus_texts(offline: bool | None = None) -> dict[str, str]:
 class ByteTokenizer:
     """UTF-8 bytes: 256 ids, no special tokens; decoding replaces invalid UTF-8."""
     name = "byte"
-    n_vocab = 256
+    n_vocab = TOKENIZER_VOCAB["byte"]
     eot = None
 
     def encode(self, text: str) -> list[int]:
@@ -239,7 +240,7 @@ class GPT2Tokenizer:
                             + _how_to_prepare(BPE_REQ))
         ranks = _data_gym_ranks(enc_bytes, bpe_bytes)
         self.enc = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
-                                     special_tokens={GPT2_EOT: 50256}, explicit_n_vocab=50257)
+                                     special_tokens={GPT2_EOT: 50256}, explicit_n_vocab=TOKENIZER_VOCAB["gpt2"])
         self.n_vocab = self.enc.n_vocab
         self.eot = self.enc.eot_token
 
@@ -286,7 +287,7 @@ def tokenizer_for_vocab(vocab_size: int, given: str | None = None) -> str:
     BPE is not part of fastgpt, and any other size needs --tokenizer."""
     if vocab_size == GPT1_VOCAB:
         raise DataError(f"a {GPT1_VOCAB}-token vocabulary is GPT-1's BPE, which fastgpt does not include")
-    name = given or {256: "byte", 50257: "gpt2"}.get(vocab_size)
+    name = given or {n: t for t, n in TOKENIZER_VOCAB.items()}.get(vocab_size)
     if name is None:
         raise DataError(f"cannot tell the tokenizer of a {vocab_size}-token vocabulary; pass --tokenizer gpt2 "
                         "or byte if it is one of them")

@@ -252,13 +252,24 @@ def lr_at(step: int, lr: float, min_lr: float, warmup: int, decay_iters: int) ->
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
+# Options an --init model decides when not given (_init_model), rather than the device's defaults.
+INIT_OWN = ("preset", "tokenizer", "block_size")
+
+
+def _init_path(init: str) -> str:
+    """--init as a run saves it: an existing file or folder made absolute (``~`` expanded); a Hub id as typed."""
+    path = os.path.expanduser(init)
+    return cli.absolute_path(path) if os.path.exists(path) else init
+
+
 def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
-    """Fill the auto (None) options for the device; usage errors raise cli.UsageError."""
+    """Fill the auto (None) options for the device (with --init, _init_model fills INIT_OWN's after it);
+    usage errors raise cli.UsageError."""
     import torch
     c = dataclasses.replace(cfg)
     c.device = cli.device(c.device).type
     defaulted = {k for k in AUTO[c.device] if getattr(c, k) is None   # (a --resume's saved values are set)
-                 and not (k == "preset" and c.init is not None)}        # (--init: the model's architecture)
+                 and not (k in INIT_OWN and c.init is not None)}       # (--init: the model's, _init_model)
     for k in defaulted:
         setattr(c, k, AUTO[c.device][k])
     if c.dtype == "fp16" and c.device not in FP16_DEVICES:
@@ -267,9 +278,9 @@ def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
         raise cli.UsageError("--dtype bf16: this GPU has no bf16; use --dtype fp16")
     if c.data is not None:  # absolute: the checkpoint keeps it, and a --resume may start from another folder
         c.data = cli.absolute_path(c.data)
-    if c.init is not None and os.path.exists(c.init):   # (a Hub id stays as typed)
-        c.init = cli.absolute_path(c.init)
-    if c.block_size is None:
+    if c.init is not None:
+        c.init = _init_path(c.init)
+    if c.block_size is None and c.init is None:
         c.block_size = PRESETS[c.preset]["block_size"]
     if c.lr_decay_iters is None:
         c.lr_decay_iters = c.max_iters
@@ -587,10 +598,11 @@ def _token_data(cfg: TrainConfig, given: set[str], dist: _Dist):
     return td, tok
 
 
-def _init_model(cfg: TrainConfig, given: set[str], dist: _Dist):
-    """--init: (the model it names, on the CPU, and cfg with that model's tokenizer and, unless given, its
+def _init_model(cfg: TrainConfig, dist: _Dist):
+    """--init: (the model it names, on the CPU, and cfg with that model's tokenizer and, unless set, its
     block_size). Rank 0 loads it first (a Hub id is fetched once), then the others; RunError (rank 0's
-    line) when it cannot be loaded, a usage error when --tokenizer or --block_size does not fit it."""
+    line) when it cannot be loaded, a usage error when it is a fine-tuned model or --tokenizer or
+    --block_size does not fit it (cfg's are given, or a restarted run's header's)."""
     import torch
 
     from fastgpt import data as fdata
@@ -607,16 +619,27 @@ def _init_model(cfg: TrainConfig, given: set[str], dist: _Dist):
     if not dist.main:
         model, err = load()
     dist.agree(err)
-    mc = model.config
-    tok = mc.extra.get("tokenizer")
+    mc, where = model.config, f"--init {cfg.init}"
+    if mc.extra.get("special_tokens"):   # (fastgpt.finetune's: base vocabulary + its task tokens)
+        raise cli.AlikeUsageError(f"{where} is a fine-tuned model (its vocabulary has task tokens); continue "
+                                  "pre-training from the model it was fine-tuned from")
+    sizes = fdata.TOKENIZER_VOCAB
+    if mc.vocab_size < min(sizes.values()):
+        raise cli.AlikeUsageError(f"{where}: its {mc.vocab_size}-token vocabulary is smaller than any fastgpt "
+                                  f"tokenizer's ({', '.join(f'{t}: {n}' for t, n in sizes.items())})")
+    recorded = mc.extra.get("tokenizer")
+    known = recorded or {n: t for t, n in sizes.items()}.get(mc.vocab_size)
+    if cfg.tokenizer is not None and known is not None and cfg.tokenizer != known:
+        why = (f"was trained with the {known!r} tokenizer" if recorded else
+               f"has the {known!r} tokenizer's {mc.vocab_size}-token vocabulary")
+        raise cli.AlikeUsageError(f"--tokenizer {cfg.tokenizer}: the --init model {why}; drop --tokenizer")
     try:
-        tok = tok or fdata.tokenizer_for_vocab(mc.vocab_size, cfg.tokenizer)
+        tok = known or fdata.tokenizer_for_vocab(mc.vocab_size, cfg.tokenizer)
     except fdata.DataError as e:
-        raise cli.AlikeUsageError(f"--init {cfg.init}: {e}") from None
-    if "tokenizer" in given and cfg.tokenizer != tok:
-        raise cli.AlikeUsageError(f"--tokenizer {cfg.tokenizer}: the --init model was trained with the {tok!r} "
-                                  "tokenizer; drop --tokenizer")
-    # (a run restarted from its metrics header has its block_size from there, given or not)
+        raise cli.AlikeUsageError(f"{where}: {e}") from None
+    if sizes[tok] > mc.vocab_size:   # (ids past the model's vocabulary: an index error mid-step)
+        raise cli.AlikeUsageError(f"--tokenizer {tok}: its {sizes[tok]} tokens do not fit the --init model's "
+                                  f"{mc.vocab_size}-token vocabulary")
     if cfg.block_size is not None and cfg.block_size > mc.block_size:
         raise cli.AlikeUsageError(f"--block_size {cfg.block_size}: the --init model has {mc.block_size} positions; "
                                   f"give at most {mc.block_size}, or leave it out")
@@ -679,10 +702,14 @@ def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict, from_checkpo
     if from_checkpoint and "seed" in given and saved.get("seed") not in (None, cfg.seed):
         raise cli.AlikeUsageError(f"--seed {cfg.seed}: a resumed run continues the random streams of its checkpoint "
                                   f"(seed {saved['seed']}); drop --seed, or start a new run in another --out_dir")
-    if from_checkpoint and "init" in given and saved.get("init") != (
-            cli.absolute_path(cfg.init) if os.path.exists(cfg.init) else cfg.init):
-        raise cli.AlikeUsageError(f"--init {cfg.init}: --resume continues the weights of its checkpoint; drop --init, "
-                                  "or start afresh in another --out_dir")
+    if "init" in given and saved.get("init") != _init_path(cfg.init):
+        if from_checkpoint:
+            raise cli.AlikeUsageError(f"--init {cfg.init}: --resume continues the weights of its checkpoint; drop "
+                                      "--init, or start afresh in another --out_dir")
+        # its header's --block_size and --tokenizer may be the model's it started from
+        was = f"--init {saved['init']}" if saved.get("init") else f"random weights (--preset {saved.get('preset')})"
+        raise cli.AlikeUsageError(f"--init {cfg.init}: the run this --resume starts again (from its metrics.jsonl "
+                                  f"header) began from {was}; drop --init, or start afresh in another --out_dir")
     cfg = cli.with_saved_options(cfg, given, saved, RUNTIME_ONLY)
     followed = saved.get("_following")
     if followed is None:  # a checkpoint of an earlier fastgpt: infer what followed what
@@ -741,15 +768,15 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     else:
         cli.check_no_earlier_run(out_dir, _our_header)
     following = sorted(k for k in FOLLOWING if getattr(cfg, k) is None)
-    init = None
-    if cfg.init is not None and ckpt_state is None:   # (a checkpoint has the weights: --init was its start)
-        init, cfg = _init_model(cfg, given, dist)
     cfg = resolve(cfg, given)
     if ckpt_state is not None:   # (before the data: a --tokenizer gpt2 would fetch its files first)
         _check_resumed(ckpt_state, cfg, given, resumed_from)
     device = torch.device(cfg.device, dist.local_rank) if cfg.device == "cuda" and dist.world > 1 \
         else torch.device(cfg.device)
     backend_name = cli.backend(cfg.backend, device.type)
+    init = None
+    if cfg.init is not None and ckpt_state is None:   # (a checkpoint has the weights: --init was its start)
+        init, cfg = _init_model(cfg, dist)   # (after the usage checks above: it may fetch gigabytes)
 
     # --- determinism and precision
     torch.manual_seed(cfg.seed)

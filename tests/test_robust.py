@@ -411,14 +411,15 @@ def test_fsdp_two_processes_gloo_resume_match_one_process(corpus, tmp_path, monk
 
 def test_torchrun_init_loads_on_every_rank(corpus, tmp_path):
     """--init under torchrun: rank 0 loads the model first, then the others; every rank starts from its weights
-    (lr 0: the final model is the --init model), and an --init that cannot be loaded is one line (rank 0's)."""
+    (--fsdp, which shards what each rank holds where DDP would broadcast rank 0's; lr 0: the final model is the
+    --init model), and an --init that cannot be loaded is one line (rank 0's)."""
     from fastgpt import GPT
     a = tmp_path / "a"
     assert train.main(_args(corpus, a, max_iters=1)) == 0
     base = [x for x in _args(corpus, tmp_path / "b", batch_size=4, max_iters=1, lr=0)
             if not x.startswith(("--preset=", "--tokenizer="))]
-    p = _torchrun(base + [f"--init={a / 'model'}"])
-    assert p.returncode == 0 and "2 processes (DDP, gloo)" in p.stderr, p.stderr[-3000:]
+    p = _torchrun(base + [f"--init={a / 'model'}", "--fsdp"])
+    assert p.returncode == 0 and "2 processes (FSDP, gloo)" in p.stderr, p.stderr[-3000:]
     sa, sb = (GPT.from_pretrained(d / "model").state_dict() for d in (a, tmp_path / "b"))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     p = _torchrun([x.replace(str(tmp_path / "b"), str(tmp_path / "c")) for x in base] + [f"--init={tmp_path / 'no'}"])

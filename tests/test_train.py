@@ -588,7 +588,7 @@ def _init_args(corpus, out, init, **kw):
         + [f"--init={init}"]
 
 
-def test_init_starts_from_the_models_weights(corpus, tmp_path, capsys):
+def test_init_starts_from_the_models_weights(corpus, tmp_path, capsys, monkeypatch):
     """--init: a run starts from another model's weights (its architecture and tokenizer; --block_size cuts its
     position table, --dropout replaces its rate), here with lr 0 so the weights must come out unchanged;
     a nanoGPT ckpt.pt is one such model; --resume continues the checkpoint, not the --init model."""
@@ -607,8 +607,10 @@ def test_init_starts_from_the_models_weights(corpus, tmp_path, capsys):
     assert all(torch.equal(sa[k], v) for k, v in mb.state_dict().items())
     head = _rows(b)[0]
     assert head["config"]["init"] == str(a / "model") and head["config"]["preset"] is None
-    # the --init model's val loss is the run's step-0 val loss: the same weights, the same batches
-    assert train.main(_init_args(corpus, tmp_path / "e", a / "model", eval_only=True, block_size=16)) == 0
+    # the --init model's val loss is the run's step-0 val loss: the same weights, the same batches (and a
+    # path given with ~ is a path, not a Hub id)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert train.main(_init_args(corpus, tmp_path / "e", "~/a/model", eval_only=True, block_size=16)) == 0
     assert f"val_loss {head['init_val_loss']:.4f}" in capsys.readouterr().out
     # nanoGPT's checkpoint: its 256-token vocabulary names the byte tokenizer
     nc = _NanoConfig(vocab_size=256, block_size=32, n_layer=1, n_head=4, n_embd=64)
@@ -629,10 +631,40 @@ def test_init_starts_from_the_models_weights(corpus, tmp_path, capsys):
 
 
 def test_init_errors_are_one_line(corpus, tmp_path, capsys):
+    """--init's usage errors, one line each, before any training: a --tokenizer that is not the model's (recorded,
+    or named by its vocabulary size) or has more tokens than its vocabulary (an index error mid-step), a
+    vocabulary no tokenizer fits, a fine-tuned model (task tokens), another --init on a restart; the cheap
+    usage checks come before the model is loaded."""
+    import dataclasses
+    import shutil
+
+    from fastgpt import GPT, GPTConfig
+    from test_model import _NanoConfig, _NanoGPT
     a = tmp_path / "a"
     assert train.main(_args(corpus, a, max_iters=1, block_size=32)) == 0
+    small = dict(block_size=32, n_layer=1, n_head=2, n_embd=32)
+    for name, vocab, extra in (("v256", 256, {}), ("v300", 300, {}), ("ft", 259, dict(
+            tokenizer="byte", special_tokens=["<|start|>", "<|delim|>", "<|extract|>"], base_vocab=256))):
+        m = GPT(GPTConfig(vocab_size=vocab, **small))   # (an HF folder records no tokenizer: extra is empty)
+        m.config.extra = extra
+        m.save_pretrained(tmp_path / name)
+    nc = _NanoConfig(vocab_size=65, block_size=32, n_layer=1, n_head=2, n_embd=32)   # (Shakespeare's characters)
+    torch.save(dict(model=_NanoGPT(nc).state_dict(), model_args=dataclasses.asdict(nc)), tmp_path / "nano.pt")
+    shutil.copytree(a, tmp_path / "h")   # a run that died before its first checkpoint: restarted from its header
+    for p in ck.list_checkpoints(tmp_path / "h"):
+        p.unlink()
     capsys.readouterr()
     for argv, code, needle in [
+        (_init_args(corpus, tmp_path / "x", tmp_path / "v256", tokenizer="gpt2"), 2,
+         "--tokenizer gpt2: the --init model has the 'byte' tokenizer's 256-token vocabulary"),
+        (_init_args(corpus, tmp_path / "x", tmp_path / "v300", tokenizer="gpt2"), 2,
+         "--tokenizer gpt2: its 50257 tokens do not fit the --init model's 300-token vocabulary"),
+        (_init_args(corpus, tmp_path / "x", tmp_path / "nano.pt", tokenizer="byte"), 2,
+         "its 65-token vocabulary is smaller than any fastgpt tokenizer's (byte: 256, gpt2: 50257)"),
+        (_init_args(corpus, tmp_path / "x", tmp_path / "ft"), 2, "is a fine-tuned model"),
+        ([f"--out_dir={tmp_path / 'h'}", "--resume", "--device=cpu", f"--init={a / 'model'}"], 2,
+         "began from random weights (--preset tiny); drop --init"),
+        (_init_args(corpus, tmp_path / "x", tmp_path / "nothing", dtype="fp16"), 2, "--dtype fp16 needs"),
         (_args(corpus, tmp_path / "x", init=a / "model"), 2, "--preset applies to random weights"),
         (_init_args(corpus, tmp_path / "x", a / "model", tokenizer="gpt2"), 2,
          "--tokenizer gpt2: the --init model was trained with the 'byte' tokenizer"),
@@ -647,5 +679,7 @@ def test_init_errors_are_one_line(corpus, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             train.main(argv)
         err = capsys.readouterr().err
-        assert e.value.code == code and err.count("\n") == 1 and needle in err and "Traceback" not in err, (argv, err)
+        lines = 1 + ("no checkpoint in" in err)   # (a header restart says so first)
+        assert e.value.code == code and err.count("\n") == lines and needle in err and "Traceback" not in err, \
+            (argv, err)
     assert not (tmp_path / "x").exists()
