@@ -65,11 +65,13 @@ class Option:
     default: Any
     help: str
     auto: str | None
+    path: bool = False  # a file or folder: a leading ~ is expanded (the shell leaves --key=~/x alone)
 
 
-def opt(default, help: str, auto: str | None = None):
-    """A config dataclass field with its --help text and, for a None default, what "auto" picks."""
-    md = dict(help=help)
+def opt(default, help: str, auto: str | None = None, path: bool = False):
+    """A config dataclass field with its --help text and, for a None default, what "auto" picks; ``path``:
+    it names a file or folder (a leading ~ is expanded)."""
+    md = dict(help=help, path=path)
     if auto:
         md["auto"] = auto
     return dataclasses.field(default=default, metadata=md)
@@ -100,7 +102,7 @@ def options(cls) -> dict[str, Option]:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         out[f.name] = Option(f.name, tp, optional, choices, default, f.metadata.get("help", ""),
-                             f.metadata.get("auto"))
+                             f.metadata.get("auto"), f.metadata.get("path", False))
     return out
 
 
@@ -237,6 +239,9 @@ def parse_args(cls, argv: list[str]) -> tuple[Any, set[str]]:
         from_argv[key] = convert(o, val)
     values = load_config_file(config_path, opts) if config_path else {}
     values.update(from_argv)
+    for k, v in values.items():
+        if opts[k].path and isinstance(v, str):
+            values[k] = os.path.expanduser(v)
     cfg = cls(**values)
     return cfg, set(values)
 

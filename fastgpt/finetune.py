@@ -77,19 +77,20 @@ _f = cli.opt
 
 @dataclass
 class FinetuneConfig:
-    task: str = _f("shakespeare-genre", f"built-in task ({', '.join(T.BUILTIN_TASKS)}) or a .jsonl / .csv file")
+    task: str = _f("shakespeare-genre", f"built-in task ({', '.join(T.BUILTIN_TASKS)}) or a .jsonl / .csv file",
+                   path=True)
     task_type: Literal["classify", "pair", "similarity", "choice"] | None = _f(
         None, "input transformation", "classify, or choice when the file has a choices field")
-    val_file: str | None = _f(None, "with a --task file: a separate validation file", "10% of --task")
+    val_file: str | None = _f(None, "with a --task file: a separate validation file", "10% of --task", path=True)
     test_file: str | None = _f(None, "with a --task file: a separate test file",
-                               "10% of --task, or none when --val_file is given")
+                               "10% of --task, or none when --val_file is given", path=True)
     init: str | None = _f(None, "train output dir, checkpoint file, save_pretrained / HF dir, HF Hub id (gpt2), "
                           "or 'random'",
-                          "newest checkpoint in fastgpt.train's default out_dir, else random")
+                          "newest checkpoint in fastgpt.train's default out_dir, else random", path=True)
     tokenizer: Literal["gpt2", "byte"] | None = _f(None, "base tokenizer", "the checkpoint's (byte for random init "
                                                                         "on CPU, gpt2 on CUDA)")
     preset: str | None = _f(None, "architecture for --init random", "tiny on CPU, gpt2 on CUDA")
-    out_dir: str = _f("out-finetune", "checkpoints, best/, eval.json and metrics.jsonl go here")
+    out_dir: str = _f("out-finetune", "checkpoints, best/, eval.json and metrics.jsonl go here", path=True)
     epochs: int = _f(3, "passes over the training split")
     max_iters: int | None = _f(None, "cap on the optimizer steps (total, counting resumed ones)",
                                "epochs x steps per epoch")
@@ -115,7 +116,8 @@ class FinetuneConfig:
     progress: bool | None = _f(None, "show a progress bar", "on when stderr is a terminal")
     offline: bool = _f(False, "never download (the built-in tasks must be in the cache)")
     predict: bool = _f(False, "label the texts given as arguments (or --predict_file) with the --init model")
-    predict_file: str | None = _f(None, "with --predict: one text a line, or .jsonl / .csv with the task's fields")
+    predict_file: str | None = _f(None, "with --predict: one text a line, or .jsonl / .csv with the task's fields",
+                                  path=True)
 
     def validate(self) -> list[str]:
         from fastgpt.config import PRESETS

@@ -102,12 +102,12 @@ class TrainConfig:
     init: str | None = _f(None, "weights to start from: a save_pretrained / HF folder, an HF Hub id (gpt2), a "
                           "fastgpt.train out_dir or checkpoint, nanoGPT's ckpt.pt; keeps its architecture and "
                           "tokenizer (--block_size may shorten its context, --dropout replaces its rate)",
-                          "random weights of --preset")
+                          "random weights of --preset", path=True)
     data: str | None = _f(None, "text file, folder or glob to train on (tokenized once, cached); "
-                                "none = the default Shakespeare corpus")
+                                "none = the default Shakespeare corpus", path=True)
     tokenizer: Literal["gpt2", "byte"] | None = _f(None, "tokenizer", _dev("tokenizer"))
     val_fraction: float = _f(0.1, "with --data: the last fraction of each file used for validation")
-    out_dir: str = _f("out", "checkpoints, metrics.jsonl and the final model go here")
+    out_dir: str = _f("out", "checkpoints, metrics.jsonl and the final model go here", path=True)
     max_iters: int | None = _f(None, "optimizer steps to train for (total, counting resumed ones)",
                                _dev("max_iters"))
     lr_decay_iters: int | None = _f(None, "cosine schedule horizon in steps (lr = min_lr after it)", "max_iters")
