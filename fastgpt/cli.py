@@ -174,7 +174,7 @@ def _unknown(name: str, opts, where="option --") -> UsageError:
 def load_config_file(path: str, opts) -> dict:
     """{key: value} from a JSON or TOML file with the same keys as the options."""
     try:
-        with open(path, "rb") as f:
+        with open(os.path.expanduser(path), "rb") as f:   # (--config=~/c.toml: the shell left its ~)
             raw = f.read()
     except OSError as e:
         raise ConfigFileError(f"--config {path}: cannot read it ({e.strerror})") from None
@@ -239,11 +239,15 @@ def parse_args(cls, argv: list[str]) -> tuple[Any, set[str]]:
         from_argv[key] = convert(o, val)
     values = load_config_file(config_path, opts) if config_path else {}
     values.update(from_argv)
-    for k, v in values.items():
-        if opts[k].path and isinstance(v, str):
-            values[k] = os.path.expanduser(v)
-    cfg = cls(**values)
-    return cfg, set(values)
+    return expanded_paths(cls(**values)), set(values)
+
+
+def expanded_paths(cfg):
+    """cfg with a leading ~ expanded in its path options (``opt(..., path=True)``): the shell expands none
+    in --out_dir=~/x, nor does a --config file or a config made in code."""
+    paths = {k: os.path.expanduser(v) for k, o in options(type(cfg)).items()
+             if o.path and isinstance(v := getattr(cfg, k), str)}
+    return dataclasses.replace(cfg, **paths)
 
 
 class _Help(Exception):

@@ -163,7 +163,7 @@ class FinetuneConfig:
 RUNTIME_ONLY = ("device", "backend", "resume", "progress", "out_dir", "offline", "eval_batch_size",
                 "predict", "predict_file")
 # Options that name files or folders: saved absolute (see _absolute_paths).
-PATH_OPTIONS = ("task", "val_file", "test_file", "init", "predict_file")
+PATH_OPTIONS = tuple(k for k, o in cli.options(FinetuneConfig).items() if o.path and k != "out_dir")
 
 
 class RunError(RuntimeError):
@@ -185,6 +185,7 @@ def _absolute_path(v: str | None) -> str | None:
 
 
 def _absolute_paths(cfg: "FinetuneConfig") -> "FinetuneConfig":
+    cfg = cli.expanded_paths(cfg)   # (a config made in code: the command line's are expanded already)
     return dataclasses.replace(cfg, **{k: _absolute_path(getattr(cfg, k)) for k in PATH_OPTIONS})
 
 

@@ -570,14 +570,28 @@ def _our_header(header: dict) -> bool:
     return "task" not in header
 
 
-def _token_data(cfg: TrainConfig, given: set[str], dist: _Dist):
-    """(token data, tokenizer) for --data / --tokenizer: rank 0 tokenizes into the cache first, the
-    others then read it; RunError (rank 0's line) when any rank cannot."""
+def _check_data(cfg: TrainConfig, given: set[str], dist: _Dist) -> None:
+    """--data's cheap checks, before an --init model is fetched and the text tokenized: a usage error for
+    --val_fraction where it does not apply, RunError (rank 0's line) when --data names no text files."""
     from fastgpt import data as fdata
     if "val_fraction" in given and (cfg.data is None or fdata.is_token_dir(cfg.data)):   # (it was ignored)
         raise cli.UsageError("--val_fraction applies to text files given with --data: " + (
             "the default corpus holds out six plays" if cfg.data is None else
             f"{cfg.data} is a prepared token folder, split when it was made"))
+
+    def problem():
+        try:
+            if cfg.data is not None and not fdata.is_token_dir(cfg.data):
+                fdata.resolve_data_files(cfg.data)
+        except fdata.DataError as e:
+            return str(e)
+    dist.agree(problem() if dist.main else None)
+
+
+def _token_data(cfg: TrainConfig, dist: _Dist):
+    """(token data, tokenizer) for --data / --tokenizer: rank 0 tokenizes into the cache first, the
+    others then read it; RunError (rank 0's line) when any rank cannot."""
+    from fastgpt import data as fdata
 
     def prepare():
         """((token data, tokenizer), None) or (None, the error)."""
@@ -598,11 +612,12 @@ def _token_data(cfg: TrainConfig, given: set[str], dist: _Dist):
     return td, tok
 
 
-def _init_model(cfg: TrainConfig, dist: _Dist):
+def _init_model(cfg: TrainConfig, given: set[str], dist: _Dist):
     """--init: (the model it names, on the CPU, and cfg with that model's tokenizer and, unless set, its
     block_size). Rank 0 loads it first (a Hub id is fetched once), then the others; RunError (rank 0's
-    line) when it cannot be loaded, a usage error when it is a fine-tuned model or --tokenizer or
-    --block_size does not fit it (cfg's are given, or a restarted run's header's)."""
+    line) when it cannot be loaded or names a tokenizer fastgpt has not, a usage error when it is a
+    fine-tuned model or --tokenizer or --block_size does not fit it (cfg's are given, or else a restarted
+    run's header's)."""
     import torch
 
     from fastgpt import data as fdata
@@ -628,21 +643,33 @@ def _init_model(cfg: TrainConfig, dist: _Dist):
         raise cli.AlikeUsageError(f"{where}: its {mc.vocab_size}-token vocabulary is smaller than any fastgpt "
                                   f"tokenizer's ({', '.join(f'{t}: {n}' for t, n in sizes.items())})")
     recorded = mc.extra.get("tokenizer")
+    if recorded is not None and recorded not in sizes:
+        raise RunError(f"{where}: it names the tokenizer {recorded!r}, which fastgpt has not ({', '.join(sizes)})")
+
+    def unfit(k: str, why: str, fix: str):
+        """The usage error for cfg's --k: given, or (a restarted run) its header's, when the model has changed."""
+        if k in given:
+            return cli.AlikeUsageError(f"--{k} {getattr(cfg, k)}: {why}; {fix}")
+        return cli.AlikeUsageError(f"--{k} {getattr(cfg, k)} (the restarted run's, from its metrics.jsonl header): "
+                                   f"{why}, so it has changed since; start afresh in another --out_dir")
     known = recorded or {n: t for t, n in sizes.items()}.get(mc.vocab_size)
     if cfg.tokenizer is not None and known is not None and cfg.tokenizer != known:
-        why = (f"was trained with the {known!r} tokenizer" if recorded else
-               f"has the {known!r} tokenizer's {mc.vocab_size}-token vocabulary")
-        raise cli.AlikeUsageError(f"--tokenizer {cfg.tokenizer}: the --init model {why}; drop --tokenizer")
+        raise unfit("tokenizer", f"the --init model was trained with the {known!r} tokenizer" if recorded else
+                    f"the --init model has the {known!r} tokenizer's {mc.vocab_size}-token vocabulary",
+                    "drop --tokenizer")
     try:
         tok = known or fdata.tokenizer_for_vocab(mc.vocab_size, cfg.tokenizer)
     except fdata.DataError as e:
         raise cli.AlikeUsageError(f"{where}: {e}") from None
     if sizes[tok] > mc.vocab_size:   # (ids past the model's vocabulary: an index error mid-step)
-        raise cli.AlikeUsageError(f"--tokenizer {tok}: its {sizes[tok]} tokens do not fit the --init model's "
-                                  f"{mc.vocab_size}-token vocabulary")
+        if known is not None:   # (a model file that contradicts itself)
+            raise RunError(f"{where}: it names the {tok!r} tokenizer ({sizes[tok]} tokens) but has a "
+                           f"{mc.vocab_size}-token vocabulary")
+        raise unfit("tokenizer", f"its {sizes[tok]} tokens do not fit the --init model's {mc.vocab_size}-token "
+                    "vocabulary", "give the model's tokenizer")
     if cfg.block_size is not None and cfg.block_size > mc.block_size:
-        raise cli.AlikeUsageError(f"--block_size {cfg.block_size}: the --init model has {mc.block_size} positions; "
-                                  f"give at most {mc.block_size}, or leave it out")
+        raise unfit("block_size", f"the --init model has {mc.block_size} positions",
+                    f"give at most {mc.block_size}, or leave it out")
     return model, dataclasses.replace(cfg, tokenizer=tok, block_size=cfg.block_size or mc.block_size)
 
 
@@ -734,6 +761,7 @@ def run(cfg: TrainConfig, given: set[str] | None = None) -> dict:
     Under torchrun (``$WORLD_SIZE`` > 1) it joins the process group, trains with DDP (or FSDP2
     with ``--fsdp``) and leaves it at the end.
     """
+    cfg = cli.expanded_paths(cfg)
     dev_type = cli.device(cfg.device).type
     if cfg.fsdp and not ("WORLD_SIZE" in os.environ and "RANK" in os.environ):
         raise cli.UsageError("--fsdp shards over the processes of a torchrun job: start it with "
@@ -774,9 +802,10 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     device = torch.device(cfg.device, dist.local_rank) if cfg.device == "cuda" and dist.world > 1 \
         else torch.device(cfg.device)
     backend_name = cli.backend(cfg.backend, device.type)
+    _check_data(cfg, given, dist)
     init = None
     if cfg.init is not None and ckpt_state is None:   # (a checkpoint has the weights: --init was its start)
-        init, cfg = _init_model(cfg, dist)   # (after the usage checks above: it may fetch gigabytes)
+        init, cfg = _init_model(cfg, given, dist)   # (after the usage checks above: it may fetch gigabytes)
 
     # --- determinism and precision
     torch.manual_seed(cfg.seed)
@@ -789,7 +818,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     # --- data
-    td, tok = _token_data(cfg, given, dist)
+    td, tok = _token_data(cfg, dist)
     # Every rank draws the same global batch (batch_size x world windows) and keeps its own rows:
     # the stream is that of one process with the global batch, whatever the world size.
     B, W = cfg.batch_size, dist.world

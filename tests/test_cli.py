@@ -68,7 +68,8 @@ def test_parse_exits_2_with_one_line(capsys):
 
 def test_a_leading_tilde_is_expanded_in_path_options_only(tmp_path, monkeypatch):
     """--out_dir=~/runs/a (the shell expands no ~ after "="; nor does a config file) is the home folder's runs/a,
-    not a folder named "~" in the working one; other text (a --prompt) keeps its ~."""
+    not a folder named "~" in the working one, and --config=~/c.json is the home folder's c.json; other text (a
+    --prompt) keeps its ~."""
     @dataclass
     class P:
         out: str = cli.opt("o", "a folder", path=True)
@@ -77,9 +78,10 @@ def test_a_leading_tilde_is_expanded_in_path_options_only(tmp_path, monkeypatch)
 
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "c.json").write_text(json.dumps({"init": "~/m"}))
-    c, _ = cli.parse_args(P, ["--out=~/runs/a", "--prompt=~/runs/a", f"--config={tmp_path / 'c.json'}"])
+    c, _ = cli.parse_args(P, ["--out=~/runs/a", "--prompt=~/runs/a", "--config=~/c.json"])
     assert (c.out, c.init, c.prompt) == (str(tmp_path / "runs/a"), str(tmp_path / "m"), "~/runs/a")
     assert cli.parse_args(P, ["--init=gpt2", "--out=a~/b"])[0] == P(out="a~/b", init="gpt2")
+    assert cli.expanded_paths(P(out="~/x", prompt="~")) == P(out=str(tmp_path / "x"), prompt="~")   # (made in code)
     opts = {name for cls in (train.TrainConfig, finetune.FinetuneConfig)
             for name, o in cli.options(cls).items() if o.path}
     assert opts == {"out_dir", "data", "init", "task", "val_file", "test_file", "predict_file"}

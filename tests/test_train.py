@@ -650,21 +650,34 @@ def test_init_errors_are_one_line(corpus, tmp_path, capsys):
         m.save_pretrained(tmp_path / name)
     nc = _NanoConfig(vocab_size=65, block_size=32, n_layer=1, n_head=2, n_embd=32)   # (Shakespeare's characters)
     torch.save(dict(model=_NanoGPT(nc).state_dict(), model_args=dataclasses.asdict(nc)), tmp_path / "nano.pt")
-    shutil.copytree(a, tmp_path / "h")   # a run that died before its first checkpoint: restarted from its header
-    for p in ck.list_checkpoints(tmp_path / "h"):
+    m = GPT(GPTConfig(vocab_size=256, **small))   # (load_model's torch.save format; a tokenizer fastgpt has not)
+    torch.save(dict(config=m.config.to_dict(), model=m.state_dict(), tokenizer="cl100k_base"), tmp_path / "odd.pt")
+    # runs that died before their first checkpoint, restarted from their headers: a --preset run, and one
+    # whose --init model was replaced (a shorter context) since
+    assert train.main(_init_args(corpus, tmp_path / "hi", tmp_path / "v256", max_iters=1)) == 0
+    GPT(GPTConfig(vocab_size=256, **dict(small, block_size=16))).save_pretrained(tmp_path / "v256")
+    shutil.copytree(a, tmp_path / "h")
+    for p in ck.list_checkpoints(tmp_path / "h") + ck.list_checkpoints(tmp_path / "hi"):
         p.unlink()
     capsys.readouterr()
     for argv, code, needle in [
         (_init_args(corpus, tmp_path / "x", tmp_path / "v256", tokenizer="gpt2"), 2,
          "--tokenizer gpt2: the --init model has the 'byte' tokenizer's 256-token vocabulary"),
         (_init_args(corpus, tmp_path / "x", tmp_path / "v300", tokenizer="gpt2"), 2,
-         "--tokenizer gpt2: its 50257 tokens do not fit the --init model's 300-token vocabulary"),
+         "--tokenizer gpt2: its 50257 tokens do not fit the --init model's 300-token vocabulary; give the model"),
         (_init_args(corpus, tmp_path / "x", tmp_path / "nano.pt", tokenizer="byte"), 2,
          "its 65-token vocabulary is smaller than any fastgpt tokenizer's (byte: 256, gpt2: 50257)"),
         (_init_args(corpus, tmp_path / "x", tmp_path / "ft"), 2, "is a fine-tuned model"),
         ([f"--out_dir={tmp_path / 'h'}", "--resume", "--device=cpu", f"--init={a / 'model'}"], 2,
          "began from random weights (--preset tiny); drop --init"),
+        ([f"--out_dir={tmp_path / 'hi'}", "--resume", "--device=cpu"], 2, "--block_size 32 (the restarted run's, "
+         "from its metrics.jsonl header): the --init model has 16 positions, so it has changed since"),
+        (_init_args(corpus, tmp_path / "x", tmp_path / "odd.pt"), 1, "names the tokenizer 'cl100k_base', which "
+         "fastgpt has not"),
+        # the cheap checks first (a Hub id would be fetched, gigabytes, before them)
         (_init_args(corpus, tmp_path / "x", tmp_path / "nothing", dtype="fp16"), 2, "--dtype fp16 needs"),
+        (_init_args(corpus, tmp_path / "x", tmp_path / "nothing", data=tmp_path / "none.txt"), 1,
+         "none.txt': no such file or folder"),
         (_args(corpus, tmp_path / "x", init=a / "model"), 2, "--preset applies to random weights"),
         (_init_args(corpus, tmp_path / "x", a / "model", tokenizer="gpt2"), 2,
          "--tokenizer gpt2: the --init model was trained with the 'byte' tokenizer"),
