@@ -432,7 +432,10 @@ def test_atomic_dq_packed_and_poisoned(monkeypatch):
     atomic, split = grads["atomic"], grads["split"]
     assert torch.isfinite(atomic).all()
     assert torch.equal(atomic[:, :, 1:], split[:, :, 1:])                 # dk, dv
-    torch.testing.assert_close(atomic[:, :, 0], split[:, :, 0], rtol=4e-3, atol=1e-5)
+    # (dQ: test_atomic_dq_backward's bound; seed 1623656478 read 3.8e-5 against the old flat atol 1e-5)
+    eps = torch.finfo(torch.float16).eps
+    dq_split = split[:, :, 0]
+    torch.testing.assert_close(atomic[:, :, 0], dq_split, rtol=4 * eps, atol=eps * dq_split.abs().max().item())
 
 
 def test_atomic_dq_yields_to_deterministic_algorithms(monkeypatch):
