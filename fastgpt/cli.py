@@ -911,6 +911,12 @@ def absolute_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def absolute_if_exists(path: str) -> str:
+    """path made absolute (``~`` expanded) when it names an existing file or folder; else as typed (a Hub
+    id, a name, or a missing path, for its error to name it so)."""
+    return absolute_path(path) if os.path.exists(os.path.expanduser(path)) else path
+
+
 def to_dict(cfg, drop=()) -> dict:
     """The config as a JSON-ready dict, without the fields in ``drop``."""
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in drop}

@@ -118,6 +118,7 @@ HELD_OUT_PLAYS: dict[str, str] = {
 TOKENIZERS = ("gpt2", "byte")
 GPT1_VOCAB = 40478   # OpenAI GPT's BPE: its weights load (GPT.from_hf), its tokenizer is not part of fastgpt
 TOKENIZER_VOCAB = {"byte": 256, "gpt2": 50257}   # each tokenizer's n_vocab (known without its files)
+VOCAB_TOKENIZER = {n: t for t, n in TOKENIZER_VOCAB.items()}   # the tokenizer a vocabulary size names
 
 
 class DataError(RuntimeError):
@@ -287,7 +288,7 @@ def tokenizer_for_vocab(vocab_size: int, given: str | None = None) -> str:
     BPE is not part of fastgpt, and any other size needs --tokenizer."""
     if vocab_size == GPT1_VOCAB:
         raise DataError(f"a {GPT1_VOCAB}-token vocabulary is GPT-1's BPE, which fastgpt does not include")
-    name = given or {n: t for t, n in TOKENIZER_VOCAB.items()}.get(vocab_size)
+    name = given or VOCAB_TOKENIZER.get(vocab_size)
     if name is None:
         raise DataError(f"cannot tell the tokenizer of a {vocab_size}-token vocabulary; pass --tokenizer gpt2 "
                         "or byte if it is one of them")

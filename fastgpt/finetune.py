@@ -179,9 +179,7 @@ def _absolute_path(v: str | None) -> str | None:
     """v made absolute when it names an existing file or folder: a run saves its options, and a --resume
     may start in another working folder. The built-in task names and 'random' are names, not paths; a
     path that does not exist stays as typed, for its error to name it so."""
-    if v is None or v in T.BUILTIN_TASKS + ("random",) or not os.path.exists(v):
-        return v
-    return cli.absolute_path(v)
+    return v if v is None or v in T.BUILTIN_TASKS + ("random",) else cli.absolute_if_exists(v)
 
 
 def _absolute_paths(cfg: "FinetuneConfig") -> "FinetuneConfig":

@@ -256,12 +256,6 @@ def lr_at(step: int, lr: float, min_lr: float, warmup: int, decay_iters: int) ->
 INIT_OWN = ("preset", "tokenizer", "block_size")
 
 
-def _init_path(init: str) -> str:
-    """--init as a run saves it: an existing file or folder made absolute (``~`` expanded); a Hub id as typed."""
-    path = os.path.expanduser(init)
-    return cli.absolute_path(path) if os.path.exists(path) else init
-
-
 def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     """Fill the auto (None) options for the device (with --init, _init_model fills INIT_OWN's after it);
     usage errors raise cli.UsageError."""
@@ -279,7 +273,7 @@ def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     if c.data is not None:  # absolute: the checkpoint keeps it, and a --resume may start from another folder
         c.data = cli.absolute_path(c.data)
     if c.init is not None:
-        c.init = _init_path(c.init)
+        c.init = cli.absolute_if_exists(c.init)   # (a Hub id stays as typed)
     if c.block_size is None and c.init is None:
         c.block_size = PRESETS[c.preset]["block_size"]
     if c.lr_decay_iters is None:
@@ -652,7 +646,7 @@ def _init_model(cfg: TrainConfig, given: set[str], dist: _Dist):
             return cli.AlikeUsageError(f"--{k} {getattr(cfg, k)}: {why}; {fix}")
         return cli.AlikeUsageError(f"--{k} {getattr(cfg, k)} (the restarted run's, from its metrics.jsonl header): "
                                    f"{why}, so it has changed since; start afresh in another --out_dir")
-    known = recorded or {n: t for t, n in sizes.items()}.get(mc.vocab_size)
+    known = recorded or fdata.VOCAB_TOKENIZER.get(mc.vocab_size)
     if cfg.tokenizer is not None and known is not None and cfg.tokenizer != known:
         raise unfit("tokenizer", f"the --init model was trained with the {known!r} tokenizer" if recorded else
                     f"the --init model has the {known!r} tokenizer's {mc.vocab_size}-token vocabulary",
@@ -729,7 +723,7 @@ def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict, from_checkpo
     if from_checkpoint and "seed" in given and saved.get("seed") not in (None, cfg.seed):
         raise cli.AlikeUsageError(f"--seed {cfg.seed}: a resumed run continues the random streams of its checkpoint "
                                   f"(seed {saved['seed']}); drop --seed, or start a new run in another --out_dir")
-    if "init" in given and saved.get("init") != _init_path(cfg.init):
+    if "init" in given and saved.get("init") != cli.absolute_if_exists(cfg.init):
         if from_checkpoint:
             raise cli.AlikeUsageError(f"--init {cfg.init}: --resume continues the weights of its checkpoint; drop "
                                       "--init, or start afresh in another --out_dir")
