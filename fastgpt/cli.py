@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import json
 import os
+import random
 import shutil
 import sys
 import textwrap
@@ -594,6 +595,22 @@ def restored_torch_settings():
         torch.set_float32_matmul_precision(saved[2])   # first: it sets the matmul flag too
         cuda.allow_tf32, cudnn.allow_tf32 = saved[0], saved[1]
         torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
+
+
+def seed_run(seed: int, device) -> None:
+    """Seed Python's, NumPy's and torch's generators and set the run's precision: TF32 matmuls on a
+    GPU; on a CPU deterministic algorithms (warn only), so a CPU run repeats bit for bit. Undone by
+    restored_torch_settings."""
+    import numpy as np
+    import torch
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def check_no_earlier_run(path, is_ours) -> None:

@@ -42,7 +42,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -615,12 +614,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
         cli.check_no_earlier_run(out_dir, _our_header)
     cfg = _device_and_dtype(cfg)
     device = torch.device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    cli.seed_run(cfg.seed, device)   # determinism and precision
 
     # --- task
     try:

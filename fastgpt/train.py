@@ -46,7 +46,6 @@ import json
 import math
 import os
 import platform
-import random
 import shlex
 import sys
 import time
@@ -801,15 +800,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     if cfg.init is not None and ckpt_state is None:   # (a checkpoint has the weights: --init was its start)
         init, cfg = _init_model(cfg, given, dist)   # (after the usage checks above: it may fetch gigabytes)
 
-    # --- determinism and precision
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    cli.seed_run(cfg.seed, device)   # determinism and precision
 
     # --- data
     td, tok = _token_data(cfg, dist)
