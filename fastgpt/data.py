@@ -49,6 +49,7 @@ Batches
 """
 from __future__ import annotations
 
+import errno
 import glob as _glob
 import hashlib
 import json
@@ -407,8 +408,10 @@ def load_token_dir(d: Path) -> TokenData:
             arrays[split] = (np.memmap(p, dtype=dtype, mode="r", shape=(n,)) if n
                              else np.zeros(0, dtype=dtype))
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"the token files in {d} are incomplete or corrupt ({e}); delete that folder and "
-                        "rerun to rebuild them") from None
+        in_cache = d.resolve().is_relative_to((cache_dir() / "tokens").resolve())
+        todo = ("delete that folder and rerun to rebuild them" if in_cache else
+                "make it again from its text (python -m fastgpt.data --data TEXT), or give the text as --data")
+        raise DataError(f"the token files in {d} are incomplete or corrupt ({e}); {todo}") from None
     return TokenData(d, meta, arrays["train"], arrays["val"])
 
 
@@ -417,6 +420,9 @@ def _cached_or_build(key: str, build) -> TokenData:
     if (d / "meta.json").exists():
         return load_token_dir(d)
     existed = d.exists()
+    if existed:   # the temp files of a build that was killed (they are as large as the tokens)
+        from fastgpt.checkpoint import remove_stale_temps
+        remove_stale_temps(d)
     try:
         return build(d)
     except BaseException:   # (a file that is not UTF-8, Ctrl-C): no empty folder left in the cache
@@ -444,14 +450,37 @@ def prepare_default(tokenizer: str = "byte", offline: bool | None = None) -> Tok
     return _cached_or_build(key, build)
 
 
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+
+
+# Part of the cache key of a user's token folder: raise it when the same text files would now give other
+# tokens or another split (2: the validation cut's rule, and a byte-order mark dropped).
+USER_TOKENS_VERSION = 2
+
+
+def _text_files_under(root: Path) -> list[Path]:
+    """The text files in a folder and its subfolders (linked ones too, each real folder once), hidden
+    files and folders left out."""
+    seen, files = set(), []
+    for folder, subs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:   # a link back up the tree, or a second link to one folder
+            subs[:] = []
+            continue
+        seen.add(real)
+        subs[:] = [s for s in subs if not s.startswith(".")]
+        files += [Path(folder, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in TEXT_SUFFIXES
+                  and os.path.isfile(os.path.join(folder, n))]
+    return sorted(files)
+
+
 def resolve_data_files(spec: str) -> list[Path]:
-    """Text files named by a file, a folder (recursively: *.txt, *.md, *.text) or a glob."""
+    """Text files named by a file, a folder (recursively: *.txt, *.md, *.text) or a glob; each once."""
     p = Path(os.path.expanduser(spec))
     if p.is_file():
         files = [p]
     elif p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in (".txt", ".md", ".text")
-                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        files = _text_files_under(p)
     else:
         files = sorted(Path(f) for f in _glob.glob(os.path.expanduser(spec), recursive=True) if os.path.isfile(f))
     if not files and not p.exists() and not _glob.has_magic(spec):
@@ -459,13 +488,34 @@ def resolve_data_files(spec: str) -> list[Path]:
     if not files:
         raise DataError(f"--data {spec!r} names no text files (give a file, a folder of .txt/.md files, "
                         "or a quoted glob such as 'corpus/*.txt')")
-    return [f.resolve() for f in files]
+    return list(dict.fromkeys(f.resolve() for f in files))   # (a file linked twice is one file)
+
+
+def _token_meta(spec: str) -> dict | None:
+    """The meta.json of --data SPEC when SPEC is a token folder fastgpt made: its meta.json says so ({} when
+    it cannot be read but a train.bin beside it says so). None for anything else, such as a folder of text
+    files that holds a meta.json of its own. (~ expanded, as for text files)"""
+    d = Path(os.path.expanduser(spec))
+    if not (d / "meta.json").is_file():
+        return None
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = None
+    if isinstance(meta, dict) and meta.get("format") == "fastgpt-tokens":
+        return meta
+    return {} if (d / "train.bin").exists() else None
 
 
 def is_token_dir(spec: str) -> bool:
-    """Is --data SPEC an already-prepared token folder (a meta.json in it)? (~ expanded, as for text files)"""
-    spec = os.path.expanduser(spec)
-    return os.path.isdir(spec) and os.path.exists(os.path.join(spec, "meta.json"))
+    """Is --data SPEC a token folder fastgpt prepared (python -m fastgpt.data, or a copy of the cache's)?"""
+    return _token_meta(spec) is not None
+
+
+def token_dir_tokenizer(spec: str) -> str | None:
+    """The tokenizer a token folder was made with; None when SPEC is not one or does not say."""
+    t = (_token_meta(spec) or {}).get("tokenizer")
+    return t if isinstance(t, str) else None
 
 
 def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline: bool | None = None) -> TokenData:
@@ -480,7 +530,8 @@ def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline:
     if not any(size for _, size, _ in ident):
         raise DataError(f"--data {spec!r}: no text to train on ({'the file is' if len(files) == 1 else 'every file is'} "
                         "empty)")
-    key = "user-" + hashlib.sha256(json.dumps([tokenizer, val_fraction, ident]).encode()).hexdigest()[:20]
+    key = "user-" + hashlib.sha256(json.dumps([USER_TOKENS_VERSION, tokenizer, val_fraction, ident]).encode()
+                                   ).hexdigest()[:20]
 
     def build(d):
         tok = get_tokenizer(tokenizer, offline)
@@ -488,15 +539,16 @@ def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline:
         def docs():  # one file in memory at a time
             for f in files:
                 try:
-                    text = f.read_text(encoding="utf-8")
+                    text = f.read_text(encoding="utf-8-sig")   # (a byte-order mark is not text)
                 except UnicodeDecodeError as e:
                     raise DataError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start}); convert it or leave "
                                     "it out of --data") from None
                 # the last val_fraction of the characters is validation, cut at a line start when one
-                # is near (a file of few, long lines is cut mid-line rather than mostly validation)
+                # is near: validation grows by at most a quarter of its size (a file of few, long lines
+                # is cut mid-line rather than mostly validation)
                 cut = int(len(text) * (1 - val_fraction))
                 nl = text.rfind("\n", 0, cut)
-                if nl > 0 and val_fraction > 0 and cut - nl <= max(4096, len(text) // 100):
+                if nl > 0 and cut - nl <= (len(text) - cut) // 4:
                     cut = nl + 1
                 yield str(f), "train", text[:cut]
                 if text[cut:]:
@@ -516,7 +568,10 @@ def prepare(data: str | None, tokenizer: str, val_fraction: float = 0.1, offline
         return prepare_files(data, tokenizer, val_fraction, offline)
     except OSError as e:  # a cache folder that cannot be created or written (a file in the way, read-only, full)
         where = e.filename or cache_dir()
-        hint = "; set FASTGPT_CACHE to a writable folder" if str(where).startswith(str(cache_dir())) else ""
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        hint = "" if not str(where).startswith(str(cache_dir())) else \
+            "; free space there or set FASTGPT_CACHE to a folder on another disk" if full else \
+            "; set FASTGPT_CACHE to a writable folder"
         raise DataError(f"{where}: {e.strerror or e}{hint}") from None
 
 
@@ -598,7 +653,8 @@ def main(argv=None) -> int:
         print(f"python -m fastgpt.data: error: {e}", file=sys.stderr)
         return 1
     failed = False
-    for t in ([args.tokenizer] if args.tokenizer else list(TOKENIZERS)):
+    own = token_dir_tokenizer(args.data) if args.data is not None and not args.prepare else None
+    for t in ([args.tokenizer] if args.tokenizer else [own] if own in TOKENIZERS else list(TOKENIZERS)):
         try:   # each tokenizer on its own: offline, the byte tokens need no GPT-2 files
             for data in ([None] if args.prepare else []) + ([args.data] if args.data is not None else []):
                 td = prepare(data, t)

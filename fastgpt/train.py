@@ -192,8 +192,8 @@ class TrainConfig:
         from fastgpt.config import MAX_DROPOUT_P
         if self.dropout is not None and not 0 <= self.dropout <= MAX_DROPOUT_P:
             p.append(f"--dropout must be in [0, {MAX_DROPOUT_P:.6f}], got {self.dropout}")
-        if not 0 <= self.val_fraction < 1:
-            p.append(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 < self.val_fraction < 1:   # (0: no validation split, which the evaluations need)
+            p.append(f"--val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.temperature < 0:
             p.append(f"--temperature must be >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
@@ -259,8 +259,11 @@ def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     """Fill the auto (None) options for the device (with --init, _init_model fills INIT_OWN's after it);
     usage errors raise cli.UsageError."""
     import torch
+    from fastgpt import data as fdata
     c = dataclasses.replace(cfg)
     c.device = cli.device(c.device).type
+    if c.tokenizer is None and c.init is None and c.data is not None:   # a token folder's own, not the device's
+        c.tokenizer = fdata.token_dir_tokenizer(c.data)
     defaulted = {k for k in AUTO[c.device] if getattr(c, k) is None   # (a --resume's saved values are set)
                  and not (k in INIT_OWN and c.init is not None)}       # (--init: the model's, _init_model)
     for k in defaulted:
@@ -599,9 +602,12 @@ def _token_data(cfg: TrainConfig, dist: _Dist):
         got, err = prepare()
     dist.agree(err)
     td, tok = got
-    if len(td.val) < cfg.block_size + 1:
-        raise RunError(f"the validation split has {len(td.val)} tokens, fewer than block_size + 1 = "
-                       f"{cfg.block_size + 1}; use a smaller --block_size, more text or a larger --val_fraction")
+    text_files = cfg.data is not None and not fdata.is_token_dir(cfg.data)   # (split by --val_fraction)
+    for split, arr, vf in (("training", td.train, "smaller"), ("validation", td.val, "larger")):
+        if len(arr) < cfg.block_size + 1:
+            raise RunError(f"the {split} split has {len(arr)} tokens, fewer than block_size + 1 = "
+                           f"{cfg.block_size + 1}; use a smaller --block_size, more text"
+                           + (f" or a {vf} --val_fraction" if text_files else ""))
     return td, tok
 
 
@@ -685,11 +691,16 @@ def _model_config(cfg: TrainConfig, n_vocab: int, ckpt_state: dict | None, init=
     return mcfg
 
 
-def _restore_batch_stream(batches, ckpt_state: dict, cfg: TrainConfig, W: int, say) -> None:
+def _restore_batch_stream(batches, n_val: int, ckpt_state: dict, cfg: TrainConfig, W: int, say) -> None:
     """Continue the checkpoint's training batch stream in ``batches`` (a BatchSampler drawing W x
-    --batch_size windows), after a usage error if --batch_size changed at the same process count."""
+    --batch_size windows), after a usage error if --batch_size changed at the same process count; a
+    RunError when the data is not the checkpoint's (n_val: this run's validation tokens)."""
     from fastgpt import data as fdata
     B, ds = cfg.batch_size, ckpt_state["data"]
+    if ds.get("n_val", n_val) != n_val:   # (an edit at a file's end: the training split can stay as long)
+        raise RunError(f"the checkpoint's validation split had {ds['n_val']} tokens, this run's has {n_val}: "
+                       "its val_loss would not compare with the run's before; resume with the same --data "
+                       "(unedited), --tokenizer and --val_fraction")
     saved_world = int(ckpt_state.get("extra", {}).get("world_size", 1))
     if saved_world == W and ds["B"] != B * W:
         raise cli.AlikeUsageError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} "
@@ -862,7 +873,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
             scaler.load_state_dict(ckpt_state["scaler"])
         step = int(ckpt_state["step"])
         extra.update(ckpt_state.get("extra", {}))
-        _restore_batch_stream(train_batches, ckpt_state, cfg, W, say0)
+        _restore_batch_stream(train_batches, len(td.val), ckpt_state, cfg, W, say0)
         ranks = ckpt_state.get("rng_ranks")
         ck.set_rng_state(ranks[dist.rank] if ranks and len(ranks) == W else ckpt_state["rng"])
         if W > 1 and not (ranks and len(ranks) == W):
@@ -919,8 +930,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
             st = dict(step=step, model=msd if cfg.fsdp else model.state_dict(), config=mcfg.to_dict(),
                       model_config=mcfg.to_dict(), optimizer=osd if cfg.fsdp else optimizer.state_dict(),
                       scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=ck.rng_state(),
-                      data=train_batches.state_dict(), train_config=saved_cfg, tokenizer=cfg.tokenizer,
-                      extra=dict(extra))
+                      data=dict(train_batches.state_dict(), n_val=len(td.val)), train_config=saved_cfg,
+                      tokenizer=cfg.tokenizer, extra=dict(extra))
             if rngs is not None:
                 st["rng_ranks"] = rngs
             try:

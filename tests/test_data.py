@@ -338,3 +338,90 @@ def test_a_token_folder_without_meta_json_is_rebuilt(cache, tmp_path):
     (td.dir / "meta.json").unlink()     # a build that died before its last write
     td2 = data.prepare(str(f), "byte")
     assert td2.dir == td.dir and (td.dir / "meta.json").exists() and td2.meta["n_tokens"] == td.meta["n_tokens"]
+
+
+# ----------------------------------------------------------------------------- from a review (2026-11-28)
+def test_small_files_of_long_paragraphs_keep_the_val_fraction(cache, tmp_path):
+    """The cut moves back to a line start by at most a quarter of the validation part: 50 short posts of
+    three 800-character paragraphs had put 33% of the text into validation at --val_fraction 0.1."""
+    d = tmp_path / "posts"
+    d.mkdir()
+    for i in range(50):
+        paragraph = ("lorem ipsum " * 67)[:800] + "\n"
+        (d / f"p{i:02d}.md").write_text(f"# Post {i}\n\n" + paragraph * 3)
+    n = data.prepare(str(d), "byte", 0.1).meta["n_tokens"]
+    assert 0.09 < n["val"] / (n["train"] + n["val"]) < 0.126, n
+
+
+def test_linked_subfolders_are_walked_once_and_a_linked_file_counts_once(cache, tmp_path):
+    corpus = _make_folder(tmp_path / "real")
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "own.txt").write_text("my own text\n")
+    (top / "corpus").symlink_to(corpus, target_is_directory=True)
+    (top / "again").symlink_to(corpus, target_is_directory=True)        # the same folder twice
+    (corpus / "loop").symlink_to(top, target_is_directory=True)         # and a link back up
+    (top / "a-link.txt").symlink_to(corpus / "a.txt")                   # a file linked beside its folder
+    files = data.resolve_data_files(str(top))
+    want = {(top / "own.txt").resolve()} | {(corpus / n).resolve() for n in TEXTS}
+    assert len(files) == len(set(files)) and set(files) == want
+
+
+def test_a_text_folder_with_a_meta_json_of_its_own_is_text(cache, tmp_path, capsys):
+    root = _make_folder(tmp_path)
+    (root / "meta.json").write_text('{"source": "my notes"}')
+    assert not data.is_token_dir(str(root))
+    td = data.prepare(str(root), "byte", 0.2)
+    _check_roundtrip(td, data.ByteTokenizer(), root)
+    assert data.is_token_dir(str(td.dir)) and data.token_dir_tokenizer(str(td.dir)) == "byte"
+    # the data CLI shows a token folder with its own tokenizer (not an error for the other one)
+    capsys.readouterr()
+    assert data.main(["--data", str(td.dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"byte: {td.dir}") and "gpt2" not in out
+
+
+def test_a_byte_order_mark_is_not_text(cache, tmp_path):
+    f = tmp_path / "bom.txt"
+    f.write_bytes("\ufeffHello there\n".encode("utf-8") * 1 + b"more text\n" * 20)
+    td = data.prepare(str(f), "byte", 0.1)
+    assert bytes(np.asarray(td.train[:5]).tolist()) == b"Hello"
+
+
+def test_a_killed_builds_temp_files_are_removed_by_the_next(cache, tmp_path, monkeypatch):
+    f = tmp_path / "a.txt"
+    f.write_text("some text\n" * 50)
+
+    def killed(out, *a, **k):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".train.bin.tmp999999999").write_bytes(b"\0" * 100)   # a pid that is not running
+        raise KeyboardInterrupt
+    real = data.write_token_dir
+    monkeypatch.setattr(data, "write_token_dir", killed)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare(str(f), "byte")
+    monkeypatch.setattr(data, "write_token_dir", real)
+    td = data.prepare(str(f), "byte")
+    assert sorted(p.name for p in td.dir.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+
+
+def test_a_corrupt_token_folder_outside_the_cache_is_not_to_be_deleted(cache, tmp_path):
+    td = data.prepare(str(_make_folder(tmp_path)), "byte")
+    mine = tmp_path / "my-tokens"
+    shutil.copytree(td.dir, mine)
+    with open(mine / "val.bin", "ab") as f:
+        f.write(b"\x00")
+    with pytest.raises(data.DataError) as e:
+        data.prepare(str(mine), "byte")
+    assert "delete" not in str(e.value) and "python -m fastgpt.data --data" in str(e.value)
+
+
+def test_a_full_disk_under_the_cache_says_so(cache, tmp_path, monkeypatch):
+    f = tmp_path / "a.txt"
+    f.write_text("some text\n" * 50)
+
+    def full(out, *a, **k):
+        raise OSError(28, "No space left on device", str(out / ".train.bin.tmp1"))
+    monkeypatch.setattr(data, "write_token_dir", full)
+    with pytest.raises(data.DataError, match="No space left on device; free space there or set FASTGPT_CACHE"):
+        data.prepare(str(f), "byte")

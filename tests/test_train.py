@@ -696,3 +696,44 @@ def test_init_errors_are_one_line(corpus, tmp_path, capsys):
         assert e.value.code == code and err.count("\n") == lines and needle in err and "Traceback" not in err, \
             (argv, err)
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- --data (a review, 2026-11-28)
+def test_resume_refuses_an_edit_that_changed_only_the_validation_split(corpus, tmp_path, capsys):
+    from fastgpt import data as fdata
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=2, eval_iters=1)) == 0
+    before = fdata.prepare(str(corpus), "byte").meta["n_tokens"]
+    with open(corpus, "a") as f:
+        f.write("Ok.\n")   # a line at the end: the training split keeps its length, validation grows
+    after = fdata.prepare(str(corpus), "byte").meta["n_tokens"]
+    assert after["train"] == before["train"] and after["val"] > before["val"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main([f"--out_dir={out}", "--resume", "--max_iters=3"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "validation split had" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_val_fraction_must_leave_both_splits(corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(_args(corpus, tmp_path / "a", val_fraction=0))
+    assert e.value.code == 2 and "--val_fraction must be in (0, 1), got 0.0" in capsys.readouterr().err
+    small = tmp_path / "small.txt"
+    small.write_text("a few words of text\n" * 20)
+    with pytest.raises(SystemExit) as e:
+        train.main(_args(small, tmp_path / "b", val_fraction=0.95))
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "the training split has" in err and "smaller --val_fraction" in err
+
+
+def test_a_token_folder_brings_its_own_tokenizer(corpus, monkeypatch):
+    from fastgpt import data as fdata
+    td = fdata.prepare(str(corpus), "byte")
+    monkeypatch.setitem(train.AUTO["cpu"], "tokenizer", "gpt2")   # a device default that is not the folder's
+    c = train.resolve(train.TrainConfig(data=str(td.dir), device="cpu"), {"data", "device"})
+    assert c.tokenizer == "byte"
+    c = train.resolve(train.TrainConfig(data=str(corpus), device="cpu"), {"data", "device"})
+    assert c.tokenizer == "gpt2"   # text files take the device's
