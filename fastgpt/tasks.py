@@ -162,14 +162,15 @@ def _text(row: dict, key: str, where: str, required: bool) -> str | None:
     return v
 
 
-def _read_rows(path: Path, required=("text", "label")) -> list[tuple[int, dict]]:
-    """(line number, row dict) of a JSONL or CSV file; malformed lines raise TaskFileError."""
+def _read_rows(path: Path, required=("text", "label"), flag: str = "--task") -> list[tuple[int, dict]]:
+    """(line number, row dict) of a JSONL or CSV file; malformed lines raise TaskFileError. flag: the
+    option that named the file."""
     name = str(path)
     if path.is_dir():
         raise TaskFileError(f"{name}: a folder, not a task file (give a .jsonl or .csv file)")
     if not path.is_file():
         raise TaskFileError(f"{name}: no such file (give a .jsonl or .csv file, or a built-in task: "
-                            f"{', '.join(BUILTIN_TASKS)})")
+                            f"{', '.join(BUILTIN_TASKS)})" if flag == "--task" else f"{flag} {name}: no such file")
     ext = path.suffix.lower()
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:   # (newline="": a CSV cell keeps its "\r\n")
@@ -190,8 +191,14 @@ def _read_rows(path: Path, required=("text", "label")) -> list[tuple[int, dict]]
                 raise TaskFileError(f"{name}:{i}: not valid JSON ({e.msg}); each line must be one JSON object")
             if not isinstance(obj, dict):
                 raise TaskFileError(f"{name}:{i}: each line must be a JSON object with 'text' and 'label'")
+            try:   # a \ud83d escape without its pair (a cut emoji): JSON takes it, UTF-8 text cannot hold it
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise TaskFileError(f"{name}:{i}: a \\uXXXX escape of half a character (a lone surrogate, "
+                                    "e.g. from a cut emoji) is not text; fix or remove it") from None
             rows.append((i, obj))
     elif ext in (".csv", ".tsv"):
+        csv.field_size_limit(max(csv.field_size_limit(), min(len(raw) + 1, 2**31 - 1)))   # (131072 by default)
         reader = csv.reader(io.StringIO(raw, newline=""), delimiter="\t" if ext == ".tsv" else ",")
         try:
             header = next(reader)
@@ -237,16 +244,17 @@ def _read_rows(path: Path, required=("text", "label")) -> list[tuple[int, dict]]
     return rows
 
 
-def parse_rows(path, task_type: str | None = None, labels: list[str] | None = None):
+def parse_rows(path, task_type: str | None = None, labels: list[str] | None = None, flag: str = "--task"):
     """Parse one labelled file -> (task_type, label names, examples).
 
-    ``labels`` given (the training file's): a label outside it is an error.
+    ``labels`` given (the training file's): a label outside it is an error. flag: the option naming the file.
     """
     path = Path(path)
     name = str(path)
-    rows = _read_rows(path)
+    rows = _read_rows(path, flag=flag)
     has_choices = [("choices" in r and r["choices"] is not None) for _, r in rows]
-    if task_type is None:
+    detected = task_type is None
+    if detected:
         task_type = "choice" if has_choices[0] else "classify"
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown task_type {task_type!r}; choose from {', '.join(TASK_TYPES)}")
@@ -268,16 +276,18 @@ def parse_rows(path, task_type: str | None = None, labels: list[str] | None = No
                     or not all(isinstance(c, str) and c.strip() for c in choices)):
                 raise TaskFileError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
         elif hc:
-            raise TaskFileError(f"{where}: has 'choices' but --task_type is {task_type}; "
-                                "use --task_type choice (or drop the field)")
+            raise TaskFileError(f"{where}: has 'choices' but " + (
+                "the file's first row has none, so its task type is classify: give every row its choices"
+                if detected else f"--task_type is {task_type}; use --task_type choice (or drop the field)"))
         parsed.append((where, text, text_b, choices, _label_text(row["label"], where),
                        isinstance(row["label"], int) and not isinstance(row["label"], bool)))
 
     if task_type == "choice":
         exs = []
         for where, text, _, choices, lab, is_int in parsed:
-            if lab in choices and not is_int:   # a JSON integer is always an index; text matches first
-                k = choices.index(lab)
+            texts = [c.strip() for c in choices]   # (the label was stripped: " Paris" names " Paris")
+            if lab in texts and not is_int:   # a JSON integer is always an index; text matches first
+                k = texts.index(lab)
             elif re.fullmatch(r"-?\d+", lab) and 0 <= int(lab) < len(choices):
                 k = int(lab)
             else:
@@ -306,7 +316,7 @@ def read_inputs(path, task_type: str) -> list[Example]:
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson", ".csv", ".tsv"):
         if not path.is_file():
-            raise TaskFileError(f"{path}: no such file")
+            raise TaskFileError(f"--predict_file {path}: no such file")
         try:
             # lines end at "\n" only, a "\r" before it dropped: splitlines() (and read_text()'s
             # newline translation) also split at a lone "\r", U+2028, U+0085, form feeds ..., which a
@@ -329,7 +339,7 @@ def read_inputs(path, task_type: str) -> list[Example]:
                                     "line of the output): remove it")
         return [Example(text=l, label=-1, source=f"{path}:{i}") for i, l in enumerate(lines, 1)]
     out = []
-    for line, row in _read_rows(path, required=("text",)):
+    for line, row in _read_rows(path, required=("text",), flag="--predict_file"):
         where = f"{path}:{line}"
         text = _text(row, "text", where, required=True)
         text_b = _text(row, "text_b", where, required=task_type in ("pair", "similarity"))
@@ -387,9 +397,9 @@ def load_file_task(path, task_type: str | None = None, val_file=None, test_file=
     else:
         train, val, test = exs, [], []
         if val_file is not None:
-            val = parse_rows(val_file, task_type, labels or None)[2]
+            val = parse_rows(val_file, task_type, labels or None, flag="--val_file")[2]
         if test_file is not None:
-            test = parse_rows(test_file, task_type, labels or None)[2]
+            test = parse_rows(test_file, task_type, labels or None, flag="--test_file")[2]
         if not val:      # no validation file: 10% of the --task file (a fixed shuffle)
             train, val, _ = split_fixed(train, (0.9, 0.1, 0.0))
         how = "given files"

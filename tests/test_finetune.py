@@ -155,6 +155,14 @@ BAD += [
 ]
 
 
+BAD += [   # (a review, 2026-11-28)
+    ("s.jsonl", '{"text": "ok", "label": "a"}\n{"text": "cut emoji \\ud83d here", "label": "b"}\n',
+     "s.jsonl:2: a \\uXXXX escape of half a character"),
+    ("f.jsonl", '{"text": "q", "label": "a"}\n{"text": "q2", "choices": ["a", "b"], "label": 0}\n',
+     "f.jsonl:2: has 'choices' but the file's first row has none"),
+]
+
+
 @pytest.mark.parametrize("name,content,msg", BAD, ids=[b[0] for b in BAD])
 def test_bad_files_name_file_and_line(tmp_path, name, content, msg):
     p = tmp_path / name
@@ -181,6 +189,29 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
             FT.main(argv + ["--out_dir", str(tmp_path / "o")])
         assert ei.value.code == 2
         assert needle in capsys.readouterr().err
+
+
+def test_long_csv_cells_spaced_choice_labels_and_missing_named_files(tmp_path):
+    """(a review, 2026-11-28) A CSV cell longer than the csv module's 131072-character default is text; a
+    choice label that is a choice's text with its leading space names that choice; a missing --val_file or
+    --test_file is named by its option (not offered the built-in tasks, which those options do not take)."""
+    rows = [["text", "label"], ["x" * 140_000, "a"]] + [[f"short {i}", "ab"[i % 2]] for i in range(9)]
+    with open(tmp_path / "long.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    _, labels, exs = T.parse_rows(tmp_path / "long.csv")
+    assert labels == ["a", "b"] and len(exs[0].text) == 140_000
+    p = write_jsonl(tmp_path / "sp.jsonl", [dict(text="The capital of France is", choices=[" Rome", " Paris"],
+                                                 label=" Paris")])
+    assert [e.label for e in T.parse_rows(p)[2]] == [1]
+    task = write_jsonl(tmp_path / "t.jsonl", class_rows(20))
+    for kw, flag in ((dict(val_file=str(tmp_path / "nope.jsonl")), "--val_file"),
+                     (dict(test_file=str(tmp_path / "nope.jsonl")), "--test_file")):
+        with pytest.raises(T.TaskFileError) as e:
+            T.load_file_task(task, **kw)
+        assert str(e.value) == f"{flag} {tmp_path / 'nope.jsonl'}: no such file"
+    for name in ("nope.jsonl", "nope.txt"):
+        with pytest.raises(T.TaskFileError, match=f"^--predict_file .*{name}: no such file$"):
+            T.read_inputs(tmp_path / name, "classify")
 
 
 def test_refuses_torchrun(tmp_path, capsys, monkeypatch):
