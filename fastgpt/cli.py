@@ -515,7 +515,8 @@ def device(spec: str | None, cpu_hint: str = "use --device cpu"):
             raise UsageError(f"--device {spec}: there are only {torch.cuda.device_count()} CUDA devices")
         if d.index is not None:
             torch.cuda.set_device(d)
-    return d
+        return d
+    return torch.device("cpu")   # (cpu:0 is the one CPU; some loaders, safetensors', take only "cpu")
 
 
 def backend(name: str | None, device_type: str) -> str:
@@ -595,6 +596,19 @@ def restored_torch_settings():
         torch.set_float32_matmul_precision(saved[2])   # first: it sets the matmul flag too
         cuda.allow_tf32, cudnn.allow_tf32 = saved[0], saved[1]
         torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
+
+
+def printable(text: str, stream=None) -> str:
+    """text as stream (stdout) can write it: a character its encoding lacks (cp1252 on Windows, an ASCII
+    locale) becomes "?" rather than an error that loses the output."""
+    enc = getattr(stream or sys.stdout, "encoding", None) or "utf-8"
+    try:
+        text.encode(enc)
+        return text
+    except UnicodeEncodeError:
+        return text.encode(enc, errors="replace").decode(enc)
+    except LookupError:   # (an encoding Python does not know)
+        return text
 
 
 def seed_run(seed: int, device) -> None:

@@ -928,7 +928,7 @@ def main(argv=None) -> int:
             n = 0
             try:
                 for label in predict(cfg, texts):
-                    print(label, flush=True)
+                    print(cli.printable(label), flush=True)
                     n += 1
             except KeyboardInterrupt:  # the labels printed so far stay; say how many (one per input, in order)
                 raise KeyboardInterrupt(f"after {n} label{'s' * (n != 1)}") from None

@@ -644,30 +644,33 @@ class GPT(nn.Module):
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] == 0:
             raise ValueError("generate: idx must be a (B, T) tensor of token ids with T >= 1 (a prompt), got "
                              + (f"shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__))
+        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+            raise ValueError(f"generate: idx must hold integer token ids, got {idx.dtype}")
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.config.vocab_size:   # (ids in the padding past vocab_size were read silently)
+            raise ValueError(f"generate: token ids must be in [0, {self.config.vocab_size}), got "
+                             f"{lo if lo < 0 else hi}")
+        max_new_tokens = _whole(max_new_tokens, "max_new_tokens")
         if max_new_tokens < 0:
             raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
         if not (temperature >= 0 and math.isfinite(temperature)):
             raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature}")
         if top_k is not None:
-            try:
-                top_k = operator.index(top_k)
-            except TypeError:
-                raise ValueError(f"generate: top_k must be a whole number >= 1, got {top_k!r}") from None
+            top_k = _whole(top_k, "top_k")
             if top_k < 1:
                 raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
-        try:
-            n_vocab = self.config.vocab_size if n_vocab is None else operator.index(n_vocab)
-        except TypeError:
-            raise ValueError(f"generate: n_vocab must be a whole number, got {n_vocab!r}") from None
+        n_vocab = self.config.vocab_size if n_vocab is None else _whole(n_vocab, "n_vocab")
         if not 1 <= n_vocab <= self.config.vocab_size:
             raise ValueError(f"generate: n_vocab must be in [1, {self.config.vocab_size}], got {n_vocab}")
         was_training = self.training
         self.eval()
         try:
             bs = self.config.block_size
-            cache = KVCache(self.config.n_layer, bs) if use_cache else None
+            # the cache holds the positions fed while the context fits: the prompt, then each new token but
+            # the last (a cache of block_size positions for a short sample would be mostly unused memory)
+            cache = KVCache(self.config.n_layer, min(bs, idx.shape[1] + max_new_tokens - 1)) if use_cache else None
             for _ in range(max_new_tokens):
                 if cache is not None and idx.shape[1] <= bs:
                     logits = self._next_logits(idx[:, cache.pos:], cache)
@@ -822,12 +825,23 @@ class GPT(nn.Module):
                              f"newer than this fastgpt's {FORMAT_VERSION}; upgrade fastgpt")
         from safetensors.torch import load_file
         model = cls(GPTConfig.from_dict(meta["config"]), backend=backend)
-        sd = load_file(os.path.join(path, "model.safetensors"), device=str(map_location))
+        dev = torch.device(map_location)   # (safetensors takes "cpu", not "cpu:0")
+        sd = load_file(os.path.join(path, "model.safetensors"), device="cpu" if dev.type == "cpu" else str(dev))
         model.to(map_location)._load_core(sd, "from_pretrained")
         return model.eval()
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def _whole(v, name: str) -> int:
+    """v as an int (a Python or NumPy integer, not a bool or a float); else generate's ValueError."""
+    if not isinstance(v, bool):
+        try:
+            return operator.index(v)
+        except TypeError:
+            pass
+    raise ValueError(f"generate: {name} must be a whole number, got {v!r}")
+
 
 def _cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "mean"):
     """fastgpt.reference.fused_linear_cross_entropy's semantics on given logits, in fp32:

@@ -2,8 +2,8 @@
 
 PATH is a save_pretrained directory, an HF-format GPT-2 directory (OpenAI-GPT
 weights load as well, but GPT-1's BPE tokenizer is not part of fastgpt, so they
-cannot be sampled here), or a training checkpoint (a ckpt_*.pt file or the out_dir holding them); see
-fastgpt.model.load_model.
+cannot be sampled here), or a training checkpoint (a ckpt_*.pt file or the out_dir
+holding them; nanoGPT's ckpt.pt or its out_dir too); see fastgpt.model.load_model.
 
 Decoding uses the KV cache (--no-cache recomputes the context every step); the
 throughput (generated tokens/s, after one warm-up run when --warmup) is printed
@@ -42,8 +42,13 @@ def _tokenizer(name: str, cfg):
 
     A tokenizer that does not fit the model (another one than it was trained with, or ids past its
     vocabulary) is a usage error."""
-    from fastgpt.data import DataError, get_tokenizer, tokenizer_for_vocab
+    from fastgpt.data import TOKENIZERS, DataError, get_tokenizer, tokenizer_for_vocab
     known = cfg.extra.get("tokenizer")
+    if known is not None and known not in TOKENIZERS:   # (a model trained elsewhere: the user may know better)
+        if name == "auto":
+            raise cli.UsageError(f"the model names the tokenizer {known!r}, which fastgpt does not have; pass "
+                                 f"--tokenizer {' or '.join(TOKENIZERS)} if its ids are that one's")
+        known = None
     if known is not None and name not in ("auto", known):
         raise cli.UsageError(f"--tokenizer {name}: the model was trained with the {known!r} tokenizer "
                              f"(leave --tokenizer out, or pass --tokenizer {known})")
@@ -100,6 +105,8 @@ def load(path: str, backend, device: torch.device):
     target = path
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         target, skipped = ck.newest_readable(path, say=lambda msg: print(f"{PROG}: {msg}", file=sys.stderr))
+        if target is None and not skipped and os.path.isfile(os.path.join(path, "ckpt.pt")):   # nanoGPT's out_dir
+            return load(os.path.join(path, "ckpt.pt"), backend, device)
         if target is None:
             raise LoadError(f"{path}: the folder has no config.json and no " + ("readable " if skipped else "")
                             + "ckpt_*.pt")
@@ -119,7 +126,7 @@ def _print_samples(tok, rows: list[list[int]]) -> None:
     for i, row in enumerate(rows):
         if len(rows) > 1:
             print(f"---------- sample {i + 1}")
-        print(tok.decode(row))
+        print(cli.printable(tok.decode(row)))
     sys.stdout.flush()
 
 
@@ -185,9 +192,12 @@ def _run(args) -> int:
         raise cli.UsageError("--prompt encodes to no tokens")
     idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
+    dtype = args.dtype if device.type == "cuda" else "fp32"   # (--dtype: CUDA's)
+    if dtype == "fp32":   # a residual stream kept in bf16 / fp16 needs autocast; without it, fp32 (more exact)
+        model.config.residual_dtype = None
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache,
               n_vocab=tok.n_vocab)   # a byte tokenizer on a larger vocabulary would drop ids >= 256
-    with cli.autocast_factory(device, args.dtype if device.type == "cuda" else "fp32")():   # (--dtype: CUDA's)
+    with cli.autocast_factory(device, dtype)():
         if args.warmup:
             model.generate(idx, min(args.max_new_tokens, 8), generator=torch.Generator(device=device), **kw)
         if device.type == "cuda":

@@ -1095,7 +1095,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
                       f"{shlex.quote(str(out_dir / 'model'))} makes one", file=sys.stderr, flush=True)
             else:
                 print(f"--- sample ({cfg.sample_tokens} tokens, temperature {cfg.temperature}) ---")
-                print(text)
+                print(cli.printable(text))
                 print("---")
                 summary["sample"] = text
         summary["model"] = str(out_dir / "model")

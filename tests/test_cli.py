@@ -518,6 +518,31 @@ def test_sample_refuses_a_tokenizer_that_is_not_the_models():
                                                n_embd=16)).n_vocab == 256
 
 
+def test_sample_a_model_with_an_unknown_tokenizer_or_a_bf16_residual_stream(tmp_path, capsys):
+    """(a review, 2026-11-28) A model naming a tokenizer fastgpt lacks was a ValueError traceback, and
+    --tokenizer could not override it; a model saved with residual_dtype bfloat16 could not be sampled on
+    the CPU (fp32, no autocast); --device cpu:0 was blamed on the model's path; a character the output's
+    encoding lacks (cp1252) ended the run with the samples lost."""
+    import io
+
+    from fastgpt import sample
+    from fastgpt.config import GPTConfig
+    from fastgpt.model import GPT
+    small = dict(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    GPT(GPTConfig(**small, extra=dict(tokenizer="char"))).save_pretrained(tmp_path / "char")
+    _one_line_exit(sample.main, [str(tmp_path / "char"), "--device", "cpu"], capsys, 2,
+                   "names the tokenizer 'char', which fastgpt does not have; pass --tokenizer gpt2 or byte")
+    run = ["--device", "cpu", "--max-new-tokens", "3"]
+    assert sample.main([str(tmp_path / "char"), "--tokenizer", "byte"] + run) == 0
+    GPT(GPTConfig(**small, residual_dtype="bfloat16", extra=dict(tokenizer="byte"))).save_pretrained(tmp_path / "rd")
+    assert sample.main([str(tmp_path / "rd")] + run) == 0
+    assert sample.main([str(tmp_path / "rd"), "--device", "cpu:0", "--max-new-tokens", "3"]) == 0
+    capsys.readouterr()
+    out = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")
+    assert cli.printable("caf\u00e9 \ufffd \u6771", out) == "caf\u00e9 ? ?"
+    assert cli.printable("plain", out) == "plain"
+
+
 def test_device_option_makes_cuda_n_current(monkeypatch):
     """--device cuda:N is checked against the devices there are and becomes the current device (sample
     times its tokens/s with torch.cuda.synchronize(), which waits on the current device only)."""

@@ -299,6 +299,8 @@ def test_nanogpt_checkpoint_loads_and_matches(tmp_path):
     idx = torch.randint(0, 50257, (1, 5))
     with torch.no_grad():
         torch.testing.assert_close(m(idx)[0], nano(idx)[..., :50257])
+    from fastgpt import sample   # fastgpt.sample takes nanoGPT's out_dir (the folder holding ckpt.pt) too
+    assert sample.load(str(tmp_path), None, torch.device("cpu")).config.vocab_size == 50257
 
 
 def test_from_nanogpt_reads_only_nanogpt_configs():
@@ -761,13 +763,34 @@ def test_generate_and_forward_refuse_bad_arguments_in_one_line():
     idx = torch.randint(0, 50, (1, 3))
     for kw, msg in ((dict(idx=idx[:, :0]), "idx must be a \\(B, T\\) tensor"), (dict(idx=idx[0]), "got shape \\(3,\\)"),
                     (dict(temperature=float("nan")), "temperature must be a finite number"),
-                    (dict(top_k=2.5), "top_k must be a whole number")):
+                    (dict(top_k=2.5), "top_k must be a whole number"), (dict(top_k=True), "top_k must be a whole"),
+                    (dict(max_new_tokens=2.0), "max_new_tokens must be a whole number"),
+                    (dict(idx=idx.float()), "idx must hold integer token ids"),
+                    (dict(idx=idx.clamp(max=3) + 52), "token ids must be in \\[0, 50\\), got 5[2-5]"),   # (padded: 64)
+                    (dict(idx=idx - 50), "token ids must be in \\[0, 50\\), got -")):
         with pytest.raises(ValueError, match=msg):
             m.generate(**{"idx": idx, "max_new_tokens": 2, **kw})
     assert m.generate(idx, 2, top_k=torch.tensor(3)).shape == (1, 5)   # anything with __index__
     for return_logits in (True, False):
         with pytest.raises(TypeError, match="targets must be int64"):
             m(idx, idx.int(), return_logits=return_logits)
+
+
+def test_kv_cache_holds_only_the_positions_a_sample_feeds(monkeypatch):
+    """(a review, 2026-11-28) The cache was block_size long whatever the sample: 1024x the memory needed
+    for 8 positions at block_size 8192. It now holds the prompt and the new tokens but the last."""
+    from fastgpt import model as M
+    m = GPT(GPTConfig(vocab_size=50, block_size=64, n_layer=1, n_head=2, n_embd=16))
+    lens = []
+    real = M.KVCache.__init__
+    monkeypatch.setattr(M.KVCache, "__init__", lambda self, n, L: lens.append(L) or real(self, n, L))
+    idx = torch.randint(0, 50, (2, 4))
+    g = torch.Generator().manual_seed(0)
+    out = m.generate(idx, 5, generator=g)
+    assert lens == [8] and out.shape == (2, 9)
+    assert torch.equal(out, m.generate(idx, 5, use_cache=False, generator=torch.Generator().manual_seed(0)))
+    m.generate(torch.randint(0, 50, (1, 60)), 10)   # past block_size: the cache stops at it
+    assert lens[-1] == 64
 
 
 def test_block_input_shape_is_checked():
