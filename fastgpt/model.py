@@ -646,7 +646,7 @@ class GPT(nn.Module):
                              + (f"shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__))
         if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
             raise ValueError(f"generate: idx must hold integer token ids, got {idx.dtype}")
-        lo, hi = int(idx.min()), int(idx.max())
+        lo, hi = (int(idx.min()), int(idx.max())) if idx.numel() else (0, 0)
         if lo < 0 or hi >= self.config.vocab_size:   # (ids in the padding past vocab_size were read silently)
             raise ValueError(f"generate: token ids must be in [0, {self.config.vocab_size}), got "
                              f"{lo if lo < 0 else hi}")

@@ -285,7 +285,7 @@ def parse_rows(path, task_type: str | None = None, labels: list[str] | None = No
     if task_type == "choice":
         exs = []
         for where, text, _, choices, lab, is_int in parsed:
-            texts = [c.strip() for c in choices]   # (the label was stripped: " Paris" names " Paris")
+            texts = [c.strip() for c in choices]   # (labels are read stripped: so are the choices they name)
             if lab in texts and not is_int:   # a JSON integer is always an index; text matches first
                 k = texts.index(lab)
             elif re.fullmatch(r"-?\d+", lab) and 0 <= int(lab) < len(choices):
