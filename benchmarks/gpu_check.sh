@@ -55,9 +55,18 @@ for s in ${ONLY//,/ }; do  # a typo would otherwise run nothing but the install,
        exit 2 ;;
   esac
 done
+for var in $(env | sed -n 's/^\(BUDGET_[A-Za-z0-9_]*\)=.*/\1/p'); do   # all of them now: a bad one met at its stage would lose the table
+  case "${!var}" in
+    ''|*[!0-9]*) echo "gpu_check: $var must be a whole number of seconds, got '${!var}'" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
 # before minutes of building and testing (and before any output folder): every stage past the install
 # needs the GPU
+if ! $PY -c "import torch" >/dev/null 2>&1; then
+  echo "gpu_check: $PY cannot import torch; set PYTHON to the interpreter that has it (e.g. PYTHON=.venv/bin/python)" >&2
+  exit 2
+fi
 if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   echo "gpu_check: no CUDA device is visible to $PY (torch.cuda.is_available() is False): this script is for" \
        "a GPU machine; on a CPU run the README's test command" >&2
@@ -69,7 +78,12 @@ mkdir -p "$RES" || exit 2
 DEADLINE=$((SECONDS + ${BUDGET_TOTAL:-570}))
 export PYTHONUNBUFFERED=1
 
-wants() {  # wants STAGE [FAMILY]: is this stage selected? ("all" anywhere in the list: every stage)
+named() {  # named STAGE: is it in --only by its name? (the stages that "all" leaves out)
+  local s
+  for s in ${ONLY//,/ }; do [ "$s" = "$1" ] && return 0; done
+  return 1
+}
+wants() {  # wants STAGE [FAMILY]: is this stage selected? ("all" anywhere in the list: every stage of all)
   local s
   for s in ${ONLY//,/ }; do
     [ "$s" = "all" ] && return 0
@@ -82,10 +96,7 @@ wants() {  # wants STAGE [FAMILY]: is this stage selected? ("all" anywhere in th
 FAILED_STAGES=""  # stages that failed, ran out of time or were skipped: the exit status says so
 stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.log
   local name=$1 budget=$2; shift 2
-  local var="BUDGET_${name^^}"; budget=${!var:-$budget}
-  case "$budget" in
-    ''|*[!0-9]*) echo "gpu_check: $var must be a whole number of seconds, got '$budget'" >&2; exit 2 ;;
-  esac
+  local var="BUDGET_${name^^}"; budget=${!var:-$budget}   # (checked at the start)
   if [ "$budget" -le 0 ]; then  # (timeout 0 would mean no limit at all)
     echo "=== [$name] skipped: $var=0"
     echo "{\"stage\": \"$name\", \"rc\": \"skipped\", \"seconds\": 0, \"budget\": 0}" > "$RES/$name.stage.json"
@@ -162,7 +173,7 @@ run_tests() {  # one pytest process per file (a crash in one cannot hide the oth
   wait
   tests_report
 }
-if [ "$ONLY" != "all" ] && wants extdiag; then  # before the tests: it needs ~1-2 min, not their budget
+if named extdiag; then  # before the tests: it needs ~1-2 min, not their budget
   stage extdiag 240 env PYTHON="$PY" bash benchmarks/ext_diag.sh
 fi
 if wants tests; then
@@ -184,10 +195,10 @@ for fam in $ORDER; do
     stage "bench_$fam" 240 $PY -m benchmarks --only "$fam" --json "$RES/bench_$fam.json" $q
   fi
 done
-if [ "$ONLY" != "all" ] && wants tune; then  # TUNE_ARGS="--kinds dkdv,dq --p 0" narrows it
+if named tune; then  # TUNE_ARGS="--kinds dkdv,dq --p 0" narrows it
   stage tune 540 $PY -m benchmarks.tune_attention --json "$RES/tune_attention.json" ${TUNE_ARGS:-}
 fi
-if [ "$ONLY" != "all" ] && wants host; then
+if named host; then
   stage host 120 bash -c "$PY -m benchmarks.host_overhead --cuda --repeats 5 --number 50 &&
     $PY -m benchmarks.host_overhead --cuda --profile causal_attention --number 200"
 fi

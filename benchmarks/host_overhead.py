@@ -484,12 +484,22 @@ def profile(name: str, number: int, cuda: bool = False) -> int:
     return 0
 
 
+def _positive_int(s: str) -> int:
+    n = int(s)
+    if n < 1:
+        raise ValueError(s)
+    return n
+
+
+_positive_int.__name__ = "whole number >= 1"   # (argparse's error: "invalid whole number >= 1 value: '0'")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.host_overhead", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="compare the lean launch with triton's path; no timing")
-    ap.add_argument("--repeats", type=int, default=15, help="interleaved repeats (the minimum is kept)")
-    ap.add_argument("--number", type=int, default=100, help="calls per repeat")
+    ap.add_argument("--repeats", type=_positive_int, default=15, help="interleaved repeats (the minimum is kept)")
+    ap.add_argument("--number", type=_positive_int, default=100, help="calls per repeat")
     ap.add_argument("--cuda", action="store_true", help="run on the GPU with real launches (wall time)")
     ap.add_argument("--profile", metavar="NAME", help="cProfile the cases whose name contains NAME")
     args = ap.parse_args(argv)

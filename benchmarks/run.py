@@ -78,6 +78,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer shapes / shorter timing (smoke runs)")
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or FAMILIES
+    if args.only and not args.only.strip(", "):   # ("--only ," ran every family)
+        print(f"benchmarks: --only is empty; choose from {FAMILIES}", file=sys.stderr)
+        sys.exit(2)
     unknown = [n for n in names if n not in FAMILIES]
     if unknown:  # before the GPU check: a typo says so on any machine
         print(f"benchmarks: unknown family {unknown}; choose from {FAMILIES}", file=sys.stderr)

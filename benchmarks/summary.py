@@ -1,7 +1,9 @@
 """Print the short table of a gpu_check run: each stage's status, then the headline figures vs targets.
 
-    python benchmarks/summary.py gpu_results/
+    python benchmarks/summary.py gpu_results/          # a gpu_check results folder
+    python benchmarks/summary.py out.json              # the --json file of python -m benchmarks
 """
+import argparse
 import glob
 import json
 import os
@@ -42,17 +44,30 @@ def _load(path):
         return None
 
 
-def main(res):
-    for f in sorted(glob.glob(os.path.join(res, "*.stage.json"))):
+def _inputs(res):
+    """(stage files, result files) of a results folder, or ([], [res]) for one result file."""
+    if os.path.isfile(res):
+        return [], [res]
+    stages = sorted(glob.glob(os.path.join(res, "*.stage.json")))
+    return stages, [f for f in sorted(glob.glob(os.path.join(res, "bench_*.json"))) if f not in stages]
+
+
+def main(res) -> int:
+    """Print the table; 2 (with a line on stderr) when res is missing or holds nothing to read."""
+    stage_files, result_files = _inputs(res)
+    if not stage_files and not result_files:
+        why = "no such file or folder" if not os.path.exists(res) else \
+            "no *.stage.json or bench_*.json in it (give a gpu_check results folder or a --json file)"
+        print(f"summary: {res}: {why}", file=sys.stderr)
+        return 2
+    for f in stage_files:
         s = _load(f)
         if s is None:
             continue
         cut = "  (out of time: killed at its budget)" if s["rc"] in (124, 137) else ""
         print(f"stage {s['stage']:<22} rc={s['rc']!s:<7} {s['seconds']:>5}s{cut}")
     rows, env = [], {}
-    for f in sorted(glob.glob(os.path.join(res, "bench_*.json"))):
-        if f.endswith(".stage.json"):
-            continue
+    for f in result_files:
         d = _load(f)
         if d is None:
             continue
@@ -121,7 +136,11 @@ def main(res):
         peers = " ".join(f"{r['impl']}={r['ms'] / o['ms']:.2f}x" for r in rs if r is not o and r["ms"]
                          and not r["impl"].startswith("fastgpt"))
         print(f"{bench:<13} {case:<32} fastgpt {o['ms']:8.3f} ms  {peers}")
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "gpu_results")
+    ap = argparse.ArgumentParser(prog="python benchmarks/summary.py", description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="?", default="gpu_results",
+                    help="a gpu_check results folder or a --json file of python -m benchmarks (default: gpu_results)")
+    sys.exit(main(ap.parse_args().results))

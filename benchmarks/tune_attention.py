@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -121,18 +122,27 @@ def main(argv=None):
     ap.add_argument("--kinds", default="fwd,dkdv,dq,dkdvq", help="kernels to sweep: fwd,dkdv,dq,dkdvq")
     ap.add_argument("--json", default=None, help="also write every row to this JSON file")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("tune_attention: a CUDA GPU is required", file=sys.stderr)
-        return 2
-    try:
+    try:   # (the arguments first: a typo says so on any machine, before the GPU check)
         shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";") if s]
         ps = [float(x) for x in args.p.split(",")]
     except ValueError as e:
         print(f"tune_attention: bad --shapes/--p ({e})", file=sys.stderr)
         return 2
     kinds = [k for k in args.kinds.split(",") if k]
-    if any(len(s) != 4 for s in shapes) or any(k not in CANDIDATES for k in kinds):
-        print(f"tune_attention: shapes are B,H,T,D; kinds are {','.join(CANDIDATES)}", file=sys.stderr)
+    bad_shape = any(len(s) != 4 or min(s) < 1 for s in shapes)
+    if not shapes or not kinds or bad_shape or any(k not in CANDIDATES for k in kinds):
+        print(f"tune_attention: shapes are B,H,T,D (each >= 1); kinds are {','.join(CANDIDATES)}", file=sys.stderr)
+        return 2
+    if not all(0 <= p < 1 for p in ps):
+        print(f"tune_attention: --p values must be in [0, 1), got {args.p}", file=sys.stderr)
+        return 2
+    if args.json:   # checked now, not after the first sweep
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if os.path.isdir(args.json) or not os.access(folder, os.W_OK):
+            print(f"tune_attention: --json {args.json}: not a file that can be written in {folder}", file=sys.stderr)
+            return 2
+    if not torch.cuda.is_available():
+        print("tune_attention: a CUDA GPU is required", file=sys.stderr)
         return 2
     rows, interrupted = [], False
 

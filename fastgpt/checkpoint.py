@@ -297,6 +297,16 @@ def verify_checkpoint(path) -> str | None:
     return None
 
 
+def has_footer(path) -> bool:
+    """Does the file end with a checksum footer (every checkpoint this fastgpt writes; not older ones)?"""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, Path(path).stat().st_size - _FOOTER_LEN))
+            return f.read(_FOOTER_LEN).startswith(_FOOTER_TAG)
+    except OSError:
+        return False
+
+
 def list_checkpoints(out_dir) -> list[Path]:
     """The checkpoints in out_dir, oldest step first."""
     d = Path(out_dir)
@@ -458,14 +468,16 @@ def main(argv=None) -> int:
     for a in args:
         files = list_checkpoints(a) if Path(a).is_dir() else [Path(a)]
         if not files:
-            print(f"{a}: no ckpt_*.pt here")
+            print(cli.printable(f"{a}: no ckpt_*.pt here"))
             bad += 1
         for f in files:
             try:
                 st = load_checkpoint(f)
-                print(f"{f}: ok (step {st.get('step')})")
+                unverified = "" if has_footer(f) else "; no checksum footer (an older fastgpt's): it loads, " \
+                                                       "but its bytes are not verified"
+                print(cli.printable(f"{f}: ok (step {st.get('step')}{unverified})"))
             except CheckpointError as e:
-                print(f"{f}: BAD: {e}")
+                print(cli.printable(f"{f}: BAD: {e}"))
                 bad += 1
     return 1 if bad else 0
 

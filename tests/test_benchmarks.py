@@ -238,6 +238,28 @@ def test_unknown_family_is_a_usage_error_on_any_machine(monkeypatch, capsys):
     assert e.value.code == 2 and "a CUDA GPU is required" in capsys.readouterr().err
 
 
+def test_tool_arguments_are_checked_before_the_gpu_check(monkeypatch, tmp_path, capsys):
+    """(a review, 2026-11-28) tune_attention checked its arguments after the GPU check and never --p's
+    range (nor --json, written after the first sweep); host_overhead took --number 0 (a traceback) and
+    --repeats 0 (a table of inf); python -m benchmarks --only , ran every family."""
+    from benchmarks import host_overhead, run, tune_attention
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv, needle in ((["--p", "1.5"], "--p values must be in [0, 1)"), (["--kinds", "dq,bogus"], "kinds are"),
+                         (["--shapes", "1,2,3"], "shapes are B,H,T,D"), (["--shapes", "1,0,8,16"], "each >= 1"),
+                         (["--json", str(tmp_path / "nope" / "t.json")], "not a file that can be written"),
+                         ([], "a CUDA GPU is required")):
+        assert tune_attention.main(argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, (argv, err)
+    for argv in (["--number", "0"], ["--repeats", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            host_overhead.main(argv)
+        assert e.value.code == 2 and "invalid whole number >= 1 value" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        run.main(["--only", ","])
+    assert e.value.code == 2 and "--only is empty" in capsys.readouterr().err
+
+
 def test_json_folder_is_checked_before_any_work(tmp_path, capsys):
     """--json into a missing folder: a one-line usage error at once (it used to be a traceback after the
     first family's minutes of GPU work)."""
@@ -332,6 +354,17 @@ def test_gpu_check_cli():
         assert r.returncode == 1 and "=== [extdiag] skipped: BUDGET_EXTDIAG=0" in r.stdout, r.stdout
         r = run("soon", "all,extdiag")
         assert r.returncode == 2 and "BUDGET_EXTDIAG must be a whole number of seconds" in r.stderr, r.stderr
+        assert "=== [" not in r.stdout, r.stdout   # checked before any stage (a later one lost the table)
+        for total in ("10m", "-5"):   # (bash's own errors, exit 1, or every stage skipped)
+            r = subprocess.run(["bash", str(script), "--only", "gelu", "--out", out], capture_output=True, text=True,
+                               timeout=60, env=dict(os.environ, PYTHON="/bin/true", BUDGET_TOTAL=total))
+            assert r.returncode == 2 and f"BUDGET_TOTAL must be a whole number of seconds, got '{total}'" in r.stderr
+        # "all" in a list is every stage of all, not the ones all leaves out (extdiag, tune, host)
+        stages = re.findall(r"=== \[(\w+)\] budget", run("1", "selftest,all").stdout)
+        assert stages[:3] == ["install", "tests", "selftest"] and not {"extdiag", "tune", "host"} & set(stages)
+        r = subprocess.run(["bash", str(script), "--only", "tests"], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHON="/bin/false"))   # (no torch there: not "no GPU")
+        assert r.returncode == 2 and "/bin/false cannot import torch; set PYTHON" in r.stderr, r.stderr
         r = run("1", "")   # (an empty --only ran the install alone)
         assert r.returncode == 2 and "--only is empty" in r.stderr, r.stderr
         r = run("1", "attention,gelu")   # families run in the order --only names them
@@ -394,6 +427,16 @@ def test_summary_reads_the_dropout_cross_entropy_and_block_targets(tmp_path, cap
     assert line("cross_entropy", ce, "0.60 mem_gib target <= 0.5 MISSED")
     assert "fastgpt fused: autocast; target <=0.9x compile time" in out and "-> met" in out
     assert "fastgpt    8.000 ms  torch.compile=1.18x" in out
+    # the --json file of python -m benchmarks is read as given (it was read only when named bench_*.json);
+    # a path with nothing to read is an error, not an empty table with exit 0
+    one = tmp_path / "out.json"
+    one.write_text(json.dumps(dict(env=dict(card="fake"), rows=rows["dropout_add"])))
+    assert summary.main(str(one)) == 0 and "2.50x vs torch eager" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    for res, why in ((tmp_path / "empty", "no *.stage.json or bench_*.json"), (tmp_path / "nope", "no such file")):
+        assert summary.main(str(res)) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------------- from a mutation review
