@@ -87,6 +87,6 @@ setup(
     package_dir={"fastgpt": "fastgpt", "fastgpt.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=["torch>=2.6", "numpy", "tiktoken", "safetensors", "tqdm"],
+    install_requires=["torch>=2.6", "numpy", "tiktoken", "safetensors", "tqdm", "tomli>=1.1; python_version < '3.11'"],
     extras_require={"triton": ["triton>=3.2"], "test": ["pytest", "transformers"]},
 )

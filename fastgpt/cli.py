@@ -181,7 +181,10 @@ def load_config_file(path: str, opts) -> dict:
         raise ConfigFileError(f"--config {path}: cannot read it ({e.strerror})") from None
     try:
         if path.endswith(".toml"):
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:   # Python 3.10: its forerunner (a dependency there)
+                import tomli as tomllib
             data = tomllib.loads(raw.decode("utf-8"))
         else:
             data = json.loads(raw)
