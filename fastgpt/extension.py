@@ -259,6 +259,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(seed if p > 0 else None)
 
 
+@first_order_only("bias_dropout_add")
 def _backward(ctx, grad):
     (seed,) = ctx.saved_tensors
     need_x, need_b, need_r = ctx.needs_input_grad[:3]

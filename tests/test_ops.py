@@ -330,6 +330,11 @@ def test_layer_norm_backward_with_no_gradient_reaching_it():
     assert torch.equal(z.grad, torch.full_like(z, 4.0))
 
 
+class _PassThroughMode(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_double_backward_through_fused_ops_is_a_clear_error():
     """The fused backwards are kernels, with no graph of their own: create_graph=True would drop the
@@ -355,6 +360,9 @@ def test_double_backward_through_fused_ops_is_a_clear_error():
     from fastgpt import GPTBlock, GPTConfig, extension
     if extension.load() is not None:   # the C++ extension's op
         with pytest.raises(RuntimeError, match="bias_dropout_add: the fused backward is first-order only"):
+            torch.autograd.grad(ops.bias_dropout_add(x, b, x, 0.0, backend="fused").sum(), x, create_graph=True)
+        with _PassThroughMode(), pytest.raises(RuntimeError, match="bias_dropout_add: the fused backward"):
+            # under a torch function mode the call goes through the registered op's autograd
             torch.autograd.grad(ops.bias_dropout_add(x, b, x, 0.0, backend="fused").sum(), x, create_graph=True)
     cfg = GPTConfig.preset("tiny", dropout=0.0)
     h = torch.randn(2, 5, cfg.n_embd, device=DEVICE, requires_grad=True)
