@@ -69,6 +69,13 @@ def _opt(t, dtype):
 # float64 (it is the oracle), and refuses what is not floating point, as they do (integer inputs came
 # back as truncated integers). Device rules are the kernels' own and are not repeated here.
 
+def _uniform(t: torch.Tensor, generator=None) -> torch.Tensor:
+    """U[0, 1) in fp32 of t's shape and device, from ``generator`` (torch's default one when None;
+    generator=None is then not passed: torch.compile with dynamic shapes cannot trace it)."""
+    extra = {} if generator is None else {"generator": generator}
+    return torch.rand(t.shape, device=t.device, dtype=torch.float32, **extra)
+
+
 def check_floats(op: str, **tensors) -> None:
     """Each given tensor (None skipped) is a floating-point torch.Tensor; a TypeError naming it otherwise."""
     for name, t in tensors.items():
@@ -260,7 +267,7 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
                 mask = attention_keep_mask(p.shape, dropout_p, *pair, device=p.device)
                 scale_kept = attention_dropout_scale(dropout_p)
             if mask is None:
-                keep = torch.rand(p.shape, device=p.device, generator=generator, dtype=torch.float32) >= dropout_p
+                keep = _uniform(p, generator) >= dropout_p
             elif mask.dtype != torch.bool or mask.shape != p.shape:
                 raise ValueError(f"causal_attention: mask must be bool of shape {tuple(p.shape)}, "
                                  f"got {mask.dtype} {tuple(mask.shape)}")
@@ -445,7 +452,7 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, generator=None, 
         u = x.to(cd) if bias is None else x.to(cd) + bias.to(cd)
         if dropout_p > 0.0:
             if mask is None:
-                keep = torch.rand(u.shape, device=u.device, generator=generator) >= dropout_p
+                keep = _uniform(u, generator) >= dropout_p
             elif mask.shape != u.shape or mask.dtype != torch.bool:
                 raise ValueError(f"bias_dropout_add: mask must be bool of shape {tuple(u.shape)}, "
                                  f"got {mask.dtype} {tuple(mask.shape)}")

@@ -315,6 +315,22 @@ def test_compile_fullgraph():
         torch.testing.assert_close(gx, torch.autograd.grad(ref, x, g)[0])
 
 
+def test_reference_dropout_compiles_with_dynamic_shapes():
+    """The reference ops' dropout (torch's RNG) under torch.compile(dynamic=True): passing generator=None
+    to torch.rand there was an error; the draws are eager's, so the results are too."""
+    f = lambda x, b, r: reference.bias_dropout_add(x, b, r, 0.3)  # noqa: E731
+    g = lambda q: reference.causal_attention(q, q, q, dropout_p=0.3)  # noqa: E731
+    cf = torch.compile(f, fullgraph=True, dynamic=True, backend="aot_eager")
+    cg = torch.compile(g, fullgraph=True, dynamic=True, backend="aot_eager")
+    for n in (5, 9):
+        x, b, q = torch.randn(n, 16), torch.randn(16), torch.randn(1, 2, n, 8)
+        for fn, cfn, args in ((f, cf, (x, b, x)), (g, cg, (q,))):
+            torch.manual_seed(n)
+            out = cfn(*args)
+            torch.manual_seed(n)
+            torch.testing.assert_close(out, fn(*args), rtol=0, atol=0)
+
+
 def test_activation_checkpointing_replays_the_mask():
     from torch.utils.checkpoint import checkpoint
     x = torch.randn(16, 48, device=DEVICE, requires_grad=True)
