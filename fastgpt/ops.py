@@ -22,23 +22,30 @@ __all__ = [
 ]
 
 
+def _device_type(op: str, name: str, t) -> str:
+    """The device type the backend is resolved for: that of the op's first tensor argument."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    return t.device.type
+
+
 def layer_norm(x, weight, bias=None, eps: float = 1e-5, *, backend=None):
     """LayerNorm over the last dim; y has x's dtype."""
-    if resolve(backend, x.device.type) == "fused":
+    if resolve(backend, _device_type("layer_norm", "x", x)) == "fused":
         return kernels().layer_norm(x, weight, bias, eps)
     return reference.layer_norm(x, weight, bias, eps)
 
 
 def add_layer_norm(x, residual, weight, bias=None, eps: float = 1e-5, *, backend=None):
     """(y, h) with h = x + residual (residual's dtype) and y = layer_norm(h) (x's dtype)."""
-    if resolve(backend, x.device.type) == "fused":
+    if resolve(backend, _device_type("add_layer_norm", "x", x)) == "fused":
         return kernels().add_layer_norm(x, residual, weight, bias, eps)
     return reference.add_layer_norm(x, residual, weight, bias, eps)
 
 
 def bias_gelu(x, bias=None, approximate: str = "tanh", *, backend=None):
     """gelu(x + bias), tanh form by default ("none" = exact erf)."""
-    if resolve(backend, x.device.type) == "fused":
+    if resolve(backend, _device_type("bias_gelu", "x", x)) == "fused":
         return kernels().bias_gelu(x, bias, approximate)
     return reference.bias_gelu(x, bias, approximate)
 
@@ -60,7 +67,7 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, *, out_layout:
     """
     if out_layout not in ("bhtd", "bthd"):
         raise ValueError(f"causal_attention: out_layout must be 'bhtd' or 'bthd', got {out_layout!r}")
-    if resolve(backend, q.device.type) == "fused":
+    if resolve(backend, _device_type("causal_attention", "q", q)) == "fused":
         return kernels().causal_attention(q, k, v, scale, dropout_p, out_layout=out_layout, seed=seed)
     o = reference.causal_attention(q, k, v, scale, dropout_p, seed=seed)
     return o if out_layout == "bhtd" else o.transpose(1, 2).contiguous().transpose(1, 2)
@@ -70,7 +77,7 @@ def causal_attention_qkvpacked(qkv, scale=None, dropout_p: float = 0.0, *, seed=
     """causal_attention over a packed (B, T, 3, H, D) qkv projection (q, k, v are its strided slices)
     -> o as (B, T, H * D), ready for the output projection. The fused kernel's backward writes one
     packed gradient (no stack of dq, dk, dv); the values are causal_attention's either way."""
-    if resolve(backend, qkv.device.type) == "fused":
+    if resolve(backend, _device_type("causal_attention_qkvpacked", "qkv", qkv)) == "fused":
         return kernels().causal_attention_qkvpacked(qkv, scale, dropout_p, seed=seed)
     return reference.causal_attention_qkvpacked(qkv, scale, dropout_p, seed=seed)
 
@@ -79,7 +86,7 @@ def bias_gelu_recompute(u, bias=None, approximate: str = "tanh", *, backend=None
     """(g, grad_fn) for a backward that recomputes g = bias_gelu(u, bias) instead of saving it:
     grad_fn(dg) -> (du, dbias or None). Fused: the kernels' launchers themselves (no nested autograd
     graph, ~0.1 ms of host time less); reference: autograd through the reference op."""
-    if resolve(backend, u.device.type) == "fused":
+    if resolve(backend, _device_type("bias_gelu_recompute", "u", u)) == "fused":
         from fastgpt.kernels import gelu as G
         return G.bias_gelu_recompute(u, bias, approximate)
     with torch.enable_grad():
@@ -106,7 +113,8 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, *, backend=None)
     reason instead. The fused mask comes from the extension's Philox stream
     (seeded from torch's generator), the reference's from torch.rand.
     """
-    if resolve(backend, x.device.type, fused_reason=_extension_reason) == "fused":
+    device_type = _device_type("bias_dropout_add", "x", x)
+    if resolve(backend, device_type, fused_reason=_extension_reason) == "fused":
         from fastgpt import extension
         return extension.bias_dropout_add(x, bias, residual, dropout_p)
     return reference.bias_dropout_add(x, bias, residual, dropout_p)
@@ -115,9 +123,9 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, *, backend=None)
 def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reduction: str = "mean",
                                label_smoothing: float = 0.0, *, backend=None):
     """cross_entropy(h @ W.T, targets) without materialising the logits (when fused)."""
-    if resolve(backend, h.device.type) == "fused":
+    if resolve(backend, _device_type("fused_linear_cross_entropy", "h", h)) == "fused":
         return kernels().fused_linear_cross_entropy(h, W, targets, ignore_index, reduction, label_smoothing)
-    if isinstance(h, torch.Tensor) and torch.is_autocast_enabled(h.device.type):
+    if torch.is_autocast_enabled(h.device.type):
         # the GEMM in the autocast dtype, as nn.Linear (and the fused kernel) would run the head
         dt = torch.get_autocast_dtype(h.device.type)
         h, W = (t.to(dt) if t.dtype in (torch.float32, torch.float16, torch.bfloat16) else t for t in (h, W))

@@ -77,15 +77,25 @@ def _uniform(t: torch.Tensor, generator=None) -> torch.Tensor:
 
 
 def check_floats(op: str, **tensors) -> None:
-    """Each given tensor (None skipped) is a floating-point torch.Tensor; a TypeError naming it otherwise."""
+    """Each given tensor is a floating-point torch.Tensor (``bias`` may be None); a TypeError naming it
+    otherwise."""
     for name, t in tensors.items():
-        if t is None:
+        if t is None and name == "bias":
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.dtype.is_floating_point:
             raise TypeError(f"{op}: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32 "
                             "(and float64 on the reference backend)")
+
+
+def check_eps(op: str, eps) -> float:
+    """LayerNorm's eps as a float: a real number (TypeError otherwise), finite and >= 0 (ValueError)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{op}: eps must be a number, got {type(eps).__name__}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"{op}: eps must be finite and >= 0, got {eps}")
+    return float(eps)
 
 
 def check_vector_shape(op: str, name: str, t, n: int) -> None:
@@ -163,6 +173,7 @@ def layer_norm(x, weight, bias=None, eps: float = 1e-5):
     """
     require_weight("layer_norm", weight)
     check_floats("layer_norm", x=x, weight=weight, bias=bias)
+    eps = check_eps("layer_norm", eps)
     check_x("layer_norm", x, features=True)
     _check_vector("layer_norm", "weight", weight, x)
     _check_vector("layer_norm", "bias", bias, x)
@@ -180,6 +191,7 @@ def add_layer_norm(x, residual, weight, bias=None, eps: float = 1e-5):
     """
     require_weight("add_layer_norm", weight)
     check_floats("add_layer_norm", x=x, residual=residual, weight=weight, bias=bias)
+    eps = check_eps("add_layer_norm", eps)
     check_x("add_layer_norm", x, features=True)
     if x.shape != residual.shape:
         raise ValueError(f"add_layer_norm: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")

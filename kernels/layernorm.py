@@ -494,9 +494,9 @@ class _LayerNormFunction(torch.autograd.Function):
 def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
     """LayerNorm over the last dim (see the module docstring); y has x's dtype."""
     weight, bias = unit_stride(weight), unit_stride(bias)
+    eps = reference.check_eps("layer_norm", eps)
     if torch.compiler.is_compiling():
-        return _layer_norm_op(x, weight, bias, float(eps))[0]
-    eps = float(eps)
+        return _layer_norm_op(x, weight, bias, eps)[0]
     plan = _planned(x, None, weight, bias, eps)
     if not records_grad(x, weight, bias):
         return plan.forward(x, None, weight, bias, eps)[0]
@@ -507,11 +507,12 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: fl
 def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                    eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     """(y, h): h = x + residual in residual's dtype, y = layer_norm(h) in x's dtype, one pass."""
+    check_float("residual", residual, "add_layer_norm")   # _validate takes None: layer_norm's
     weight, bias = unit_stride(weight), unit_stride(bias)
+    eps = reference.check_eps("add_layer_norm", eps)
     if torch.compiler.is_compiling():
-        y, h, _, _ = _add_layer_norm_op(x, residual, weight, bias, float(eps))
+        y, h, _, _ = _add_layer_norm_op(x, residual, weight, bias, eps)
         return y, h
-    eps = float(eps)
     plan = _planned(x, residual, weight, bias, eps)
     if not records_grad(x, residual, weight, bias):
         y, h, _, _ = plan.forward(x, residual, weight, bias, eps)

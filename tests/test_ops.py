@@ -206,6 +206,18 @@ def _bad_calls():
          TypeError, r"seed must be a pair \(seed, offset\) of whole numbers"),
         ("ce float ignore_index", lambda b: ops.fused_linear_cross_entropy(h, W, t, ignore_index=1.5, backend=b),
          TypeError, "ignore_index must be a whole number"),
+        # residual=None returned h = None (fused) or an AttributeError (reference); a list x an AttributeError
+        ("add_ln no residual", lambda b: ops.add_layer_norm(x, None, w, backend=b), TypeError,
+         "add_layer_norm: residual must be a torch.Tensor, got NoneType"),
+        ("dropout_add no residual", lambda b: ops.bias_dropout_add(x, None, None, 0.0, backend=b), TypeError,
+         "bias_dropout_add: residual must be a torch.Tensor, got NoneType"),
+        ("ln list x", lambda b: ops.layer_norm([1.0], w, backend=b), TypeError,
+         "layer_norm: x must be a torch.Tensor, got list"),
+        ("ce list h", lambda b: ops.fused_linear_cross_entropy([1.0], W, t, backend=b), TypeError,
+         "fused_linear_cross_entropy: h must be a torch.Tensor, got list"),
+        ("ln str eps", lambda b: ops.layer_norm(x, w, eps="a", backend=b), TypeError, "eps must be a number"),
+        ("add_ln nan eps", lambda b: ops.add_layer_norm(x, x, w, eps=float("nan"), backend=b), ValueError,
+         "eps must be finite and >= 0, got nan"),
     ] + ([] if HAS_CUDA else [  # on CUDA an out-of-range target is an asynchronous device assert
         ("ce target range", lambda b: ops.fused_linear_cross_entropy(h, W, t * 5, backend=b), ValueError,
          r"target 15 at position 2 is outside \[0, 11\)"),
