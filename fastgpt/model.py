@@ -545,8 +545,10 @@ class GPT(nn.Module):
     # -- forward
     def hidden_states(self, idx: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, C) final hidden states (after ln_f in pre-LN)."""
-        if idx.dim() != 2:
-            raise ValueError(f"GPT: idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+            raise ValueError("GPT: idx must be (B, T) token ids, got "
+                             + (f"shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__))
+        check_token_ids(idx, self.config.vocab_size, "GPT")
         B, T = idx.shape
         start = 0 if kv_cache is None else kv_cache.pos
         if start + T > self.config.block_size:
@@ -644,12 +646,7 @@ class GPT(nn.Module):
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] == 0:
             raise ValueError("generate: idx must be a (B, T) tensor of token ids with T >= 1 (a prompt), got "
                              + (f"shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__))
-        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise ValueError(f"generate: idx must hold integer token ids, got {idx.dtype}")
-        lo, hi = (int(idx.min()), int(idx.max())) if idx.numel() else (0, 0)
-        if lo < 0 or hi >= self.config.vocab_size:   # (ids in the padding past vocab_size were read silently)
-            raise ValueError(f"generate: token ids must be in [0, {self.config.vocab_size}), got "
-                             f"{lo if lo < 0 else hi}")
+        check_token_ids(idx, self.config.vocab_size, "generate", on_host=True)   # the prompt, once
         max_new_tokens = _whole(max_new_tokens, "max_new_tokens")
         if max_new_tokens < 0:
             raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -832,6 +829,24 @@ class GPT(nn.Module):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def check_token_ids(idx: torch.Tensor, vocab_size: int, who: str, on_host: bool = False) -> None:
+    """idx holds integer ids in [0, vocab_size): a TypeError for another dtype; for an id out of range a
+    ValueError on the CPU (or with ``on_host``: it reads the ids back), else an asynchronous device assert
+    (no sync). Ids in the padding past vocab_size were read silently, ones past it were the embedding's
+    IndexError (CPU) or an unexplained device assert."""
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise TypeError(f"{who}: idx must hold integer token ids, got {idx.dtype}")
+    if idx.numel() == 0 or idx.device.type == "meta":
+        return
+    msg = f"{who}: token ids must be in [0, {vocab_size})"
+    if (on_host or idx.device.type == "cpu") and not torch.compiler.is_compiling():
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"{msg}, got {lo if lo < 0 else hi}")
+    else:
+        torch._assert_async(((idx >= 0) & (idx < vocab_size)).all(), msg)
+
 
 def _whole(v, name: str) -> int:
     """v as an int (a Python or NumPy integer, not a bool or a float); else generate's ValueError."""

@@ -765,11 +765,24 @@ def test_generate_and_forward_refuse_bad_arguments_in_one_line():
                     (dict(temperature=float("nan")), "temperature must be a finite number"),
                     (dict(top_k=2.5), "top_k must be a whole number"), (dict(top_k=True), "top_k must be a whole"),
                     (dict(max_new_tokens=2.0), "max_new_tokens must be a whole number"),
-                    (dict(idx=idx.float()), "idx must hold integer token ids"),
                     (dict(idx=idx.clamp(max=3) + 52), "token ids must be in \\[0, 50\\), got 5[2-5]"),   # (padded: 64)
                     (dict(idx=idx - 50), "token ids must be in \\[0, 50\\), got -")):
         with pytest.raises(ValueError, match=msg):
             m.generate(**{"idx": idx, "max_new_tokens": 2, **kw})
+    with pytest.raises(TypeError, match="generate: idx must hold integer token ids, got torch.float32"):
+        m.generate(idx.float(), 2)
+    # forward / hidden_states: ids in the padding (vocab 50, table 64) were read silently, past it an IndexError
+    for bad, msg in ((idx.clamp(max=3) + 52, "GPT: token ids must be in \\[0, 50\\), got 5[2-5]"),
+                     (idx.clamp(max=3) + 64, "GPT: token ids must be in \\[0, 50\\), got 6[4-7]"),
+                     (idx - 50, "GPT: token ids must be in \\[0, 50\\), got -")):
+        with pytest.raises(ValueError, match=msg):
+            m(bad)
+    for bad in (idx.float(), idx.bool()):
+        with pytest.raises(TypeError, match="GPT: idx must hold integer token ids"):
+            m(bad)
+    with pytest.raises(ValueError, match="GPT: idx must be \\(B, T\\) token ids, got list"):
+        m.hidden_states([[1, 2]])
+    assert m(idx.int())[0].shape == (1, 3, 50)   # int32 ids are ids
     assert m.generate(idx, 2, top_k=torch.tensor(3)).shape == (1, 5)   # anything with __index__
     for return_logits in (True, False):
         with pytest.raises(TypeError, match="targets must be int64"):
