@@ -139,8 +139,8 @@ class FinetuneConfig:
             p.append(f"--warmup_frac must be in [0, 1], got {self.warmup_frac}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             p.append(f"--weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.grad_clip < 0:
-            p.append(f"--grad_clip must be >= 0, got {self.grad_clip}")
+        if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
+            p.append(f"--grad_clip must be a finite number >= 0 (0 = off), got {self.grad_clip}")
         if not (self.aux_lm_weight >= 0 and math.isfinite(self.aux_lm_weight)):
             p.append(f"--aux_lm_weight must be a finite number >= 0, got {self.aux_lm_weight}")
         if not 0 <= self.clf_dropout < 1:

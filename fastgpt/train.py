@@ -182,24 +182,24 @@ class TrainConfig:
                 p.append(f"--{name} must be in [0, 10), got {v}")
         if self.lr is not None and self.min_lr is not None and self.min_lr > self.lr:
             p.append(f"--min_lr ({self.min_lr}) must not exceed --lr ({self.lr})")
-        if self.weight_decay < 0:
-            p.append(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            p.append(f"--weight_decay must be a finite number >= 0, got {self.weight_decay}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 p.append(f"--{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.grad_clip < 0:
-            p.append(f"--grad_clip must be >= 0, got {self.grad_clip}")
+        if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
+            p.append(f"--grad_clip must be a finite number >= 0 (0 = off), got {self.grad_clip}")
         from fastgpt.config import MAX_DROPOUT_P
         if self.dropout is not None and not 0 <= self.dropout <= MAX_DROPOUT_P:
             p.append(f"--dropout must be in [0, {MAX_DROPOUT_P:.6f}], got {self.dropout}")
         if not 0 < self.val_fraction < 1:   # (0: no validation split, which the evaluations need)
             p.append(f"--val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.temperature < 0:
-            p.append(f"--temperature must be >= 0, got {self.temperature}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            p.append(f"--temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             p.append(f"--top_k must be >= 1, got {self.top_k}")
-        if self.peak_tflops is not None and self.peak_tflops <= 0:
-            p.append(f"--peak_tflops must be > 0, got {self.peak_tflops}")
+        if self.peak_tflops is not None and not (0 < self.peak_tflops < math.inf):
+            p.append(f"--peak_tflops must be a finite number > 0, got {self.peak_tflops}")
         p += cli.seed_problems(self.seed)
         if self.fsdp and self.compile:
             p.append("--fsdp with --compile is not supported; drop one of them")

@@ -131,6 +131,11 @@ def test_help_lists_every_option_with_default(capsys):
     (["--warmup_iters=10", "--lr_decay_iters=5"], "--warmup_iters (10) must not exceed"),
     (["--device=cpu", "--dtype=fp16"], "--dtype fp16 needs --device cuda"),
     (["--learning_rate=1e-3"], "unknown option --learning_rate"),
+    # (a review, 2026-11-28: inf was accepted (nan is a parse error), and --weight_decay=inf trained to nan)
+    (["--temperature=inf"], "--temperature must be a finite number >= 0, got inf"),
+    (["--weight_decay=inf"], "--weight_decay must be a finite number >= 0, got inf"),
+    (["--grad_clip=inf"], "--grad_clip must be a finite number >= 0 (0 = off), got inf"),
+    (["--peak_tflops=inf"], "--peak_tflops must be a finite number > 0, got inf"),
 ])
 def test_train_usage_errors_in_process(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:

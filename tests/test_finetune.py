@@ -184,7 +184,8 @@ def test_unknown_label_in_val_file_and_cli_exit_2(tmp_path, capsys):
 
 def test_cli_usage_errors_exit_2(tmp_path, capsys):
     for argv, needle in ((["--aux_lm_weight", "-1"], "--aux_lm_weight"), (["--task_type", "regress"], "--task_type"),
-                         (["stray text"], "stray text"), (["--task", str(tmp_path / "nope.jsonl")], "nope.jsonl")):
+                         (["stray text"], "stray text"), (["--task", str(tmp_path / "nope.jsonl")], "nope.jsonl"),
+                         (["--grad_clip", "inf"], "--grad_clip must be a finite number >= 0 (0 = off), got inf")):
         with pytest.raises(SystemExit) as ei:
             FT.main(argv + ["--out_dir", str(tmp_path / "o")])
         assert ei.value.code == 2
