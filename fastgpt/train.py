@@ -1054,7 +1054,9 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
             # no periodic checkpoint during a run of bad steps: the last good one is not rotated out
             stop = res.stop
             if last or stop or (cfg.ckpt_interval and step % cfg.ckpt_interval == 0 and not bad_run):
+                t = time.perf_counter()
                 last_saved = save(step)
+                t_last += time.perf_counter() - t   # nor is checkpointing (the next row's tok/s, mfu)
                 if not (last or stop):   # a signal during this save (or the evaluation before it): stop on
                     flag = torch.tensor(float(sigs.name is not None), device=device)   # it, on every rank,
                     stop = bool(dist.all_reduce(flag, "max"))   # not one step and one more save later

@@ -737,3 +737,15 @@ def test_a_token_folder_brings_its_own_tokenizer(corpus, monkeypatch):
     assert c.tokenizer == "byte"
     c = train.resolve(train.TrainConfig(data=str(corpus), device="cpu"), {"data", "device"})
     assert c.tokenizer == "gpt2"   # text files take the device's
+
+
+def test_checkpoint_time_is_not_counted_as_training_time(corpus, tmp_path, monkeypatch):
+    """(a review, 2026-11-28) tok/s and mfu left out evaluations but counted the checkpoint writes: a run that
+    saved often logged a fraction of its speed. Each save here takes a second; a CPU step of this tiny
+    model takes a few milliseconds, so a row that counted a save would be under 128 tok/s."""
+    monkeypatch.setenv("FASTGPT_TEST_SAVE_PAUSE", "1.0")
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=4, ckpt_interval=1, eval_interval=100)) == 0
+    rows = [r for r in _rows(out) if r.get("type") != "header"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["time_s"] > 3.0   # the saves did pause
+    assert all(r["tok_s"] > 4 * 32 * 2 for r in rows[1:]), [r["tok_s"] for r in rows]
