@@ -179,18 +179,19 @@ def load_config_file(path: str, opts) -> dict:
             raw = f.read()
     except OSError as e:
         raise ConfigFileError(f"--config {path}: cannot read it ({e.strerror})") from None
+    is_toml = path.lower().endswith(".toml")
     try:
-        if path.endswith(".toml"):
+        if is_toml:
             try:
                 import tomllib
             except ImportError:   # Python 3.10: its forerunner (a dependency there)
                 import tomli as tomllib
-            data = tomllib.loads(raw.decode("utf-8"))
+            data = tomllib.loads(raw.decode("utf-8-sig"))   # (an editor's byte-order mark)
         else:
             data = json.loads(raw)
     except Exception as e:  # a syntax error: say where, in one line
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        kind = "TOML" if path.endswith(".toml") else "JSON"
+        kind = "TOML" if is_toml else "JSON"
         raise ConfigFileError(f"--config {path}: not valid {kind} ({msg})") from None
     if not isinstance(data, dict):
         raise ConfigFileError(f"--config {path}: expected a table/object of option: value")
@@ -223,6 +224,10 @@ def parse_args(cls, argv: list[str]) -> tuple[Any, set[str]]:
                 if i >= len(argv):
                     raise UsageError("--config needs a file name")
                 val, i = argv[i], i + 1
+            if not val:
+                raise UsageError("--config needs a file name")
+            if config_path is not None:
+                raise UsageError("--config given twice")
             config_path = val
             continue
         if key not in opts:

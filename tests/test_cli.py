@@ -104,6 +104,17 @@ def test_config_files(tmp_path):
     j.write_text("{not json")
     with pytest.raises(cli.UsageError, match="not valid JSON"):
         parse([f"--config={j}"])
+    # (a review, 2026-11-28) an editor's byte-order mark, an upper-case suffix; an empty or a second --config
+    # was dropped silently (the first file's values lost)
+    T = tmp_path / "C.TOML"
+    T.write_bytes("\ufeffn = 6\n".encode("utf-8"))
+    assert parse(["--config", str(T)])[0] == Cfg(n=6)
+    j.write_bytes("\ufeff{\"n\": 8}".encode("utf-8"))
+    assert parse([f"--config={j}"])[0] == Cfg(n=8)
+    for argv, msg in (([f"--config={j}", f"--config={t}"], "--config given twice"),
+                      (["--config="], "--config needs a file name"), (["--config", ""], "--config needs a file name")):
+        with pytest.raises(cli.UsageError, match=msg):
+            parse(argv)
 
 
 def test_help_lists_every_option_with_default(capsys):
