@@ -1228,7 +1228,8 @@ def sample(model, tok, prompt: str, n: int, temperature: float, top_k, device, s
     ids = tok.encode(prompt) if prompt else ([tok.eot] if tok.eot is not None else tok.encode("\n"))
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     g = torch.Generator(device=device).manual_seed(seed)
-    out = model.generate(idx, n, temperature=temperature, top_k=top_k, generator=g)
+    out = model.generate(idx, n, temperature=temperature, top_k=top_k, generator=g,
+                         n_vocab=tok.n_vocab)   # an --init model's vocabulary may be larger than its tokenizer's
     new = out[0, len(ids):].tolist()
     return (prompt or "") + tok.decode(new)
 

@@ -749,3 +749,20 @@ def test_checkpoint_time_is_not_counted_as_training_time(corpus, tmp_path, monke
     rows = [r for r in _rows(out) if r.get("type") != "header"]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["time_s"] > 3.0   # the saves did pause
     assert all(r["tok_s"] > 4 * 32 * 2 for r in rows[1:]), [r["tok_s"] for r in rows]
+
+
+def test_final_sample_draws_only_the_tokenizers_ids(corpus, tmp_path, monkeypatch):
+    """(a review, 2026-11-28) An --init model whose vocabulary is larger than its tokenizer's (300 rows, byte
+    tokens): the final sample drew ids past 255 too, which the byte tokenizer dropped (a shorter sample)."""
+    from fastgpt import GPT, GPTConfig
+    from fastgpt import data as fdata
+    torch.manual_seed(0)
+    m = GPT(GPTConfig.preset("tiny", vocab_size=300, block_size=32))
+    m.config.extra = dict(tokenizer="byte")
+    m.save_pretrained(tmp_path / "big")
+    seen = []
+    decode = fdata.ByteTokenizer.decode
+    monkeypatch.setattr(fdata.ByteTokenizer, "decode", lambda self, ids: seen.extend(ids) or decode(self, ids))
+    assert train.main(_init_args(corpus, tmp_path / "out", tmp_path / "big", max_iters=1, lr=0, sample_tokens=200,
+                                 temperature=2.0, top_k="none")) == 0
+    assert len(seen) == 200 and max(seen) < 256, max(seen)
