@@ -916,7 +916,9 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
                   resumed_from=step if ckpt_state is not None else None,
                   started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     metrics_path = out_dir / "metrics.jsonl"
-    log = cli.RunLog(metrics_path if dist.main else None, append=ckpt_state is not None and metrics_path.exists(),
+    # a resumed run continues its metrics, and so does an evaluation (of a run without a checkpoint too)
+    append = (ckpt_state is not None or cfg.eval_only) and metrics_path.exists()
+    log = cli.RunLog(metrics_path if dist.main else None, append=append,
                      bar=cfg.progress and not cfg.eval_only and dist.main, total=cfg.max_iters, initial=step)
     summary = dict(out_dir=str(out_dir), step=step)
     inject = _nonfinite_test_steps()

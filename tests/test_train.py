@@ -766,3 +766,14 @@ def test_final_sample_draws_only_the_tokenizers_ids(corpus, tmp_path, monkeypatc
     assert train.main(_init_args(corpus, tmp_path / "out", tmp_path / "big", max_iters=1, lr=0, sample_tokens=200,
                                  temperature=2.0, top_k="none")) == 0
     assert len(seen) == 200 and max(seen) < 256, max(seen)
+
+
+def test_an_evaluation_of_a_run_without_a_checkpoint_keeps_its_metrics(corpus, tmp_path):
+    """(a review, 2026-11-28) --eval_only of a fresh model, then --resume --eval_only (no checkpoint: the logged
+    options): the second evaluation replaced metrics.jsonl instead of adding its rows."""
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, eval_only=True)) == 0
+    first = (out / "metrics.jsonl").read_text()
+    assert train.main([f"--out_dir={out}", "--resume", "--eval_only"]) == 0
+    text = (out / "metrics.jsonl").read_text()
+    assert text.startswith(first) and len(text.splitlines()) == 2 * len(first.splitlines()) == 4
