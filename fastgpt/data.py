@@ -348,7 +348,8 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
 
     Tokens stream to temp files (a document's tokens, then <|endoftext|> when the tokenizer has
     one), which are fsync'ed and renamed; meta.json is written last, so its presence marks a
-    complete set. A progress bar counts characters.
+    complete set, and records each split's SHA-256 (folders written before it have none). A
+    progress bar counts characters.
     """
     from tqdm import tqdm
     out.mkdir(parents=True, exist_ok=True)
@@ -357,6 +358,7 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
     total = {"train": 0, "val": 0}
     tmp = {s: out / f".{s}.bin.tmp{os.getpid()}" for s in total}
     files = {s: open(tmp[s], "wb") for s in total}
+    digests = {s: hashlib.sha256() for s in total}   # what a resumed run checks its data against
     # a bar only on a terminal: in a log file or a pipe its carriage-return updates are litter, and the
     # line an error prints next would start after them
     bar = tqdm(total=total_chars, desc=f"tokenizing ({tok.name})", unit="char", unit_scale=True, file=sys.stderr,
@@ -365,12 +367,15 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
         for name, split, text in docs:
             n = 0
             for piece in text_chunks(text):
-                ids = tok.encode_np(piece).astype(dtype, copy=False)
-                files[split].write(ids.tobytes())
-                n += int(ids.size)
+                ids = tok.encode_np(piece).astype(dtype, copy=False).tobytes()
+                files[split].write(ids)
+                digests[split].update(ids)
+                n += len(ids) // np.dtype(dtype).itemsize
                 bar.update(len(piece))
             if tok.eot is not None:
-                files[split].write(np.asarray([tok.eot], dtype=dtype).tobytes())
+                eot = np.asarray([tok.eot], dtype=dtype).tobytes()
+                files[split].write(eot)
+                digests[split].update(eot)
                 n += 1
             doc_meta.append(dict(name=name, split=split, start=total[split], length=n))
             total[split] += n
@@ -387,7 +392,8 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
             f.close()
             tmp[s].unlink(missing_ok=True)
     meta = dict(format="fastgpt-tokens", version=1, tokenizer=tok.name, n_vocab=tok.n_vocab,
-                dtype=np.dtype(dtype).name, eot=tok.eot, n_tokens=total, documents=doc_meta, source=source)
+                dtype=np.dtype(dtype).name, eot=tok.eot, n_tokens=total, documents=doc_meta, source=source,
+                sha256={s: h.hexdigest() for s, h in digests.items()})
     from fastgpt.cli import write_atomic
     write_atomic(out / "meta.json", json.dumps(meta, indent=1))
     return load_token_dir(out)

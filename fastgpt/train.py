@@ -691,16 +691,21 @@ def _model_config(cfg: TrainConfig, n_vocab: int, ckpt_state: dict | None, init=
     return mcfg
 
 
-def _restore_batch_stream(batches, n_val: int, ckpt_state: dict, cfg: TrainConfig, W: int, say) -> None:
+def _restore_batch_stream(batches, n_val: int, sha256, ckpt_state: dict, cfg: TrainConfig, W: int, say) -> None:
     """Continue the checkpoint's training batch stream in ``batches`` (a BatchSampler drawing W x
     --batch_size windows), after a usage error if --batch_size changed at the same process count; a
-    RunError when the data is not the checkpoint's (n_val: this run's validation tokens)."""
+    RunError when the data is not the checkpoint's (n_val: this run's validation tokens; sha256: its
+    token folder's digests, None for a folder written before they were recorded)."""
     from fastgpt import data as fdata
     B, ds = cfg.batch_size, ckpt_state["data"]
     if ds.get("n_val", n_val) != n_val:   # (an edit at a file's end: the training split can stay as long)
         raise RunError(f"the checkpoint's validation split had {ds['n_val']} tokens, this run's has {n_val}: "
                        "its val_loss would not compare with the run's before; resume with the same --data "
                        "(unedited), --tokenizer and --val_fraction")
+    if sha256 and ds.get("sha256") and ds["sha256"] != sha256:   # (an edit that kept the lengths)
+        split = next((s for s in ("train", "val") if ds["sha256"].get(s) != sha256.get(s)), "train")
+        raise RunError(f"the {split} tokens of this --data are not the checkpoint's (their SHA-256 differs: an "
+                       "edited file?); resume with the data the run was trained on, unedited")
     saved_world = int(ckpt_state.get("extra", {}).get("world_size", 1))
     if saved_world == W and ds["B"] != B * W:
         raise cli.AlikeUsageError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} "
@@ -873,7 +878,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
             scaler.load_state_dict(ckpt_state["scaler"])
         step = int(ckpt_state["step"])
         extra.update(ckpt_state.get("extra", {}))
-        _restore_batch_stream(train_batches, len(td.val), ckpt_state, cfg, W, say0)
+        _restore_batch_stream(train_batches, len(td.val), td.meta.get("sha256"), ckpt_state, cfg, W, say0)
         ranks = ckpt_state.get("rng_ranks")
         ck.set_rng_state(ranks[dist.rank] if ranks and len(ranks) == W else ckpt_state["rng"])
         if W > 1 and not (ranks and len(ranks) == W):
@@ -932,7 +937,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
             st = dict(step=step, model=msd if cfg.fsdp else model.state_dict(), config=mcfg.to_dict(),
                       model_config=mcfg.to_dict(), optimizer=osd if cfg.fsdp else optimizer.state_dict(),
                       scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=ck.rng_state(),
-                      data=dict(train_batches.state_dict(), n_val=len(td.val)), train_config=saved_cfg,
+                      data=dict(train_batches.state_dict(), n_val=len(td.val), sha256=td.meta.get("sha256")),
+                      train_config=saved_cfg,
                       tokenizer=cfg.tokenizer, extra=dict(extra))
             if rngs is not None:
                 st["rng_ranks"] = rngs

@@ -777,3 +777,24 @@ def test_an_evaluation_of_a_run_without_a_checkpoint_keeps_its_metrics(corpus, t
     assert train.main([f"--out_dir={out}", "--resume", "--eval_only"]) == 0
     text = (out / "metrics.jsonl").read_text()
     assert text.startswith(first) and len(text.splitlines()) == 2 * len(first.splitlines()) == 4
+
+
+def test_resume_refuses_an_edit_that_kept_every_length(corpus, tmp_path, capsys):
+    """(a review, 2026-11-28) An edit of --data that keeps each split's length (a word changed for another of
+    its length) was resumed on silently: the token folder records each split's SHA-256, the checkpoint too."""
+    from fastgpt import data as fdata
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=2, eval_iters=1)) == 0
+    before = fdata.prepare(str(corpus), "byte").meta
+    text = corpus.read_text()
+    corpus.write_text(text.replace("king", "kong", 1))
+    after = fdata.prepare(str(corpus), "byte").meta
+    assert after["n_tokens"] == before["n_tokens"] and after["sha256"]["train"] != before["sha256"]["train"]
+    assert ck.load_checkpoint(ck.latest_checkpoint(out))["data"]["sha256"] == before["sha256"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main([f"--out_dir={out}", "--resume", "--max_iters=3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "the train tokens of this --data are not the checkpoint's" in err, err
+    corpus.write_text(text)   # the same text again (a new mtime: a new token folder): resumes
+    assert train.main([f"--out_dir={out}", "--resume", "--max_iters=3"]) == 0
