@@ -46,6 +46,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -566,6 +567,17 @@ def _our_header(header: dict) -> bool:
     return "task" not in header
 
 
+def _from_the_resumed_run(msg: str, cfg: TrainConfig, given: set[str]) -> str:
+    """msg, naming the options it blames that a --resume took from its run rather than from this command line
+    (a message about --min_lr when only --lr was typed)."""
+    names = [n for n in dict.fromkeys(re.findall(r"--(\w+)", msg))
+             if cfg.resume and n not in given and n not in RUNTIME_ONLY and hasattr(cfg, n)]
+    if not names:
+        return msg
+    it = "it" if len(names) == 1 else "them"
+    return f"{msg} ({', '.join('--' + n for n in names)}: the resumed run's; give {it} here to change {it})"
+
+
 def _check_data(cfg: TrainConfig, given: set[str], dist: _Dist) -> None:
     """--data's cheap checks, before an --init model is fetched and the text tokenized: a usage error for
     --val_fraction where it does not apply, RunError (rank 0's line) when --data names no text files."""
@@ -580,7 +592,7 @@ def _check_data(cfg: TrainConfig, given: set[str], dist: _Dist) -> None:
             if cfg.data is not None and not fdata.is_token_dir(cfg.data):
                 fdata.resolve_data_files(cfg.data)
         except fdata.DataError as e:
-            return str(e)
+            return _from_the_resumed_run(str(e), cfg, given)
     dist.agree(problem() if dist.main else None)
 
 
@@ -760,7 +772,7 @@ def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict, from_checkpo
         cfg.warmup_iters = cfg.lr_decay_iters  # a saved warmup never outlasts a new, shorter schedule
     problems = cfg.validate()
     if problems:
-        raise cli.AlikeUsageError(problems[0])
+        raise cli.AlikeUsageError(_from_the_resumed_run(problems[0], cfg, given))
     return cfg
 
 

@@ -798,3 +798,21 @@ def test_resume_refuses_an_edit_that_kept_every_length(corpus, tmp_path, capsys)
     assert e.value.code == 1 and "the train tokens of this --data are not the checkpoint's" in err, err
     corpus.write_text(text)   # the same text again (a new mtime: a new token folder): resumes
     assert train.main([f"--out_dir={out}", "--resume", "--max_iters=3"]) == 0
+
+
+def test_resume_errors_name_the_options_the_checkpoint_gave(corpus, tmp_path, capsys):
+    """(a review, 2026-11-28) An error about an option this command line did not give (the resumed run's --min_lr
+    against a new --lr; its --data, since moved) says it came from the run, and how to change it."""
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=2, eval_iters=1, lr=1e-3, min_lr=5e-4)) == 0
+    moved = corpus.with_name("moved.txt")
+    corpus.rename(moved)
+    capsys.readouterr()
+    for argv, want in ((["--lr=1e-4"], "--min_lr (0.0005) must not exceed --lr (0.0001) (--min_lr: the resumed "
+                                       "run's; give it here to change it)"),
+                       ([], "no such file or folder (--data: the resumed run's; give it here to change it)")):
+        with pytest.raises(SystemExit) as e:
+            train.main([f"--out_dir={out}", "--resume", "--max_iters=3"] + argv)
+        err = capsys.readouterr().err
+        assert e.value.code in (1, 2) and want in err and len(err.strip().splitlines()) == 1, err
+    assert train.main([f"--out_dir={out}", "--resume", "--max_iters=3", f"--data={moved}"]) == 0
