@@ -671,6 +671,12 @@ def interrupted_line(prog: str, out_dir, when: str, extra: tuple = ()) -> str:
             f"{resume_command(prog, out_dir, extra)})")
 
 
+def placement_flags(cfg) -> tuple:
+    """A run's --device and --backend when they were set: a --resume does not take them from the checkpoint,
+    so the command that continues it repeats them (a --device cpu run on a GPU machine stays on the CPU)."""
+    return tuple(f"--{k}={getattr(cfg, k)}" for k in ("device", "backend") if getattr(cfg, k, None) is not None)
+
+
 def resume_command(prog: str, out_dir, extra: tuple = ()) -> str:
     """The command that continues a run, ready to paste: the folder shell-quoted; under torchrun the
     launcher with as many processes (a plain python would resume on one, with a smaller global batch);

@@ -801,7 +801,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
         sigs.armed = False
         if stopped is not None:
             log.say(f"{PROG}: {sigs.name}: stopped after step {step}/{total}; checkpoint saved to {stopped} "
-                    f"(continue with: {cli.resume_command(PROG, out_dir)})")
+                    f"(continue with: {cli.resume_command(PROG, out_dir, cli.placement_flags(cfg))})")
             return dict(interrupted=sigs.name, steps=step, checkpoint=str(stopped))
     finally:
         log.close()
@@ -936,7 +936,8 @@ def main(argv=None) -> int:
             run(cfg, given)
 
     # Ctrl-C: a training run names the checkpoint to continue from; --predict has no out_dir of its own
-    training = (cfg.out_dir, "one is written at each epoch end, and every --ckpt_interval steps")
+    training = (cfg.out_dir, "one is written at each epoch end, and every --ckpt_interval steps",
+                cli.placement_flags(cfg))
     # CheckpointError: a checkpoint could not be written
     return cli.run_main(PROG, body, {T.TaskFileError: 2, RunError: 1, CheckpointError: 1},
                         "lower --batch_size or --max_len", interrupted=None if cfg.predict else training)

@@ -1134,8 +1134,9 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
 
 def _resume_flags(cfg: TrainConfig) -> tuple:
     """The options a --resume does not take from the checkpoint (RUNTIME_ONLY) that its command must repeat:
-    how the run was laid out in memory (without them an FSDP run resumes as DDP: a full replica per GPU)."""
-    return tuple(f"--{k}" for k in ("fsdp", "grad_checkpoint", "compile") if getattr(cfg, k))
+    how the run was laid out in memory (without them an FSDP run resumes as DDP: a full replica per GPU),
+    and where it ran."""
+    return tuple(f"--{k}" for k in ("fsdp", "grad_checkpoint", "compile") if getattr(cfg, k)) + cli.placement_flags(cfg)
 
 
 def _save_final(model, dest: Path, tokenizer: str) -> None:

@@ -518,7 +518,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, tiny_init):
     total = next(r["steps"] for r in metrics(out) if r.get("type") == "header")
     assert 0 < step < total
     assert err.strip().splitlines()[-1] == (f"{FT.PROG}: SIGTERM: stopped after step {step}/{total}; checkpoint "
-                                            f"saved to {path} (continue with: {FT.PROG} --resume --out_dir {out})")
+                                            f"saved to {path} (continue with: {FT.PROG} --resume --out_dir {out} "
+                                            "--device=cpu)")   # (the run's --device: a resume does not restore it)
     assert not (out / "eval.json").exists()  # not finished: no test scores
     # --resume continues from that very step, here to a 2-step-later end
     assert FT.main(["--resume", "--out_dir", str(out), "--max_iters", str(step + 2), "--device", "cpu",

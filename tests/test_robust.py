@@ -71,7 +71,7 @@ def test_sigterm_saves_and_exits_0_then_second_sigint_aborts(corpus, tmp_path):
     step = max(_steps(out))
     path = out / f"ckpt_{step:07d}.pt"
     assert last == (f"{PROG}: SIGTERM: stopped after step {step}/100000; checkpoint saved to {path} "
-                    f"(continue with: {PROG} --resume --out_dir {out})"), err
+                    f"(continue with: {PROG} --resume --out_dir {out} --device=cpu)"), err   # (its --device)
     assert ck.list_checkpoints(out) == [path] and ck.verify_checkpoint(path) is None
     assert not (out / "model").exists()  # no final export: the run is not finished
     # --resume continues from exactly that step
@@ -595,7 +595,7 @@ def test_a_signal_during_a_save_stops_there(corpus, tmp_path, monkeypatch, capsy
     assert train.main(_args(corpus, out, max_iters=10, ckpt_interval=2)) == 0
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == (f"{PROG}: SIGTERM: stopped after step 2/10; checkpoint saved to {out / 'ckpt_0000002.pt'} "
-                    f"(continue with: {PROG} --resume --out_dir '{out}')"), last
+                    f"(continue with: {PROG} --resume --out_dir '{out}' --device=cpu)"), last
     assert [p.name for p in ck.list_checkpoints(out)] == ["ckpt_0000002.pt"]
 
 
