@@ -718,6 +718,8 @@ def _restore_batch_stream(batches, n_val: int, sha256, ckpt_state: dict, cfg: Tr
         split = next((s for s in ("train", "val") if ds["sha256"].get(s) != sha256.get(s)), "train")
         raise RunError(f"the {split} tokens of this --data are not the checkpoint's (their SHA-256 differs: an "
                        "edited file?); resume with the data the run was trained on, unedited")
+    if cfg.eval_only:   # an evaluation draws no training batches: any --batch_size will do
+        return
     saved_world = int(ckpt_state.get("extra", {}).get("world_size", 1))
     if saved_world == W and ds["B"] != B * W:
         raise cli.AlikeUsageError(f"--batch_size {B}: the checkpoint was written with --batch_size {ds['B'] // W} "

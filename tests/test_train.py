@@ -816,3 +816,12 @@ def test_resume_errors_name_the_options_the_checkpoint_gave(corpus, tmp_path, ca
         err = capsys.readouterr().err
         assert e.value.code in (1, 2) and want in err and len(err.strip().splitlines()) == 1, err
     assert train.main([f"--out_dir={out}", "--resume", "--max_iters=3", f"--data={moved}"]) == 0
+
+
+def test_an_evaluation_of_a_checkpoint_takes_any_batch_size(corpus, tmp_path):
+    """(a review, 2026-11-28) --resume --eval_only --batch_size N was refused as a change of the training batch
+    stream, which an evaluation does not draw from."""
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=2, eval_iters=1)) == 0
+    assert train.main([f"--out_dir={out}", "--resume", "--eval_only", "--batch_size=8"]) == 0
+    assert _rows(out)[-1]["eval_only"] is True and _rows(out)[-2]["config"]["batch_size"] == 8
