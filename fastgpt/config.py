@@ -48,11 +48,15 @@ class GPTConfig:
     extra: dict = field(default_factory=dict, compare=False)  # free-form metadata (e.g. tokenizer name)
 
     def __post_init__(self):
+        if self.extra is None:   # (a config.json with "extra": null)
+            self.extra = {}
         self.validate()
 
     def validate(self) -> None:
         """ValueError (one line) for an impossible config; GPT and GPTBlock call it again, since a
         dataclass can be changed after it was built."""
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"GPTConfig: extra must be a dict (free-form metadata), got {type(self.extra).__name__}")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -589,8 +589,13 @@ class GPT(nn.Module):
         """
         if reduction not in ("mean", "sum"):
             raise ValueError(f"GPT: reduction must be 'mean' or 'sum', got {reduction!r}")
+        if targets is not None and not isinstance(targets, torch.Tensor):
+            raise TypeError(f"GPT: targets must be a tensor of class indices, got {type(targets).__name__}")
         if targets is not None and targets.dtype != torch.int64:  # (the logits path had torch's RuntimeError)
             raise TypeError(f"GPT: targets must be int64 (class indices), got {targets.dtype}")
+        if targets is not None and isinstance(idx, torch.Tensor) and targets.shape != idx.shape:
+            # (the same number of elements in another shape was paired with the wrong positions)
+            raise ValueError(f"GPT: targets must have idx's shape {tuple(idx.shape)}, got {tuple(targets.shape)}")
         h = self.hidden_states(idx)
         V = self.config.vocab_size
         W = self.lm_head.weight

@@ -783,6 +783,15 @@ def test_generate_and_forward_refuse_bad_arguments_in_one_line():
     with pytest.raises(ValueError, match="GPT: idx must be \\(B, T\\) token ids, got list"):
         m.hidden_states([[1, 2]])
     assert m(idx.int())[0].shape == (1, 3, 50)   # int32 ids are ids
+    # targets of another shape with as many elements were paired with the wrong positions
+    for return_logits in (True, False):
+        with pytest.raises(ValueError, match=r"GPT: targets must have idx's shape \(1, 3\), got \(3, 1\)"):
+            m(idx, idx.reshape(3, 1), return_logits=return_logits)
+    with pytest.raises(TypeError, match="GPT: targets must be a tensor of class indices, got list"):
+        m(idx, [1, 2, 3])
+    assert GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16, extra=None).extra == {}
+    with pytest.raises(ValueError, match="GPTConfig: extra must be a dict"):
+        GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16, extra=["byte"])
     assert m.generate(idx, 2, top_k=torch.tensor(3)).shape == (1, 5)   # anything with __index__
     for return_logits in (True, False):
         with pytest.raises(TypeError, match="targets must be int64"):
