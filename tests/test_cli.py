@@ -148,7 +148,8 @@ def test_help_lists_every_option_with_default(capsys):
     (["--grad_clip=inf"], "--grad_clip must be a finite number >= 0 (0 = off), got inf"),
     (["--peak_tflops=inf"], "--peak_tflops must be a finite number > 0, got inf"),
 ])
-def test_train_usage_errors_in_process(argv, msg, capsys):
+def test_train_usage_errors_in_process(argv, msg, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # (an option wrongly accepted trains into ./out: not the checkout's)
     with pytest.raises(SystemExit) as e:
         train.main(argv)
     assert e.value.code == 2
