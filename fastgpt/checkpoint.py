@@ -51,7 +51,7 @@ import torch
 
 FORMAT = "fastgpt-train"
 VERSION = 1
-_NAME = re.compile(r"^ckpt_(\d{7,})\.pt$")
+_NAME = re.compile(r"ckpt_(\d{7,})\.pt\Z")   # (match: anchored at the start; \Z: not before a newline)
 
 
 class CheckpointError(RuntimeError):
@@ -68,7 +68,13 @@ class CheckpointError(RuntimeError):
 RESUME_ADVICE = "delete it to resume from an older one"
 
 
-class CorruptCheckpointError(CheckpointError):
+class UnusableCheckpointError(CheckpointError):
+    """A file that holds no usable checkpoint (damaged, cut short, another program's, gone): a --resume
+    passes over it to an older one. Other CheckpointErrors (no permission to read it, a newer fastgpt's)
+    stop the run: the file may be good, and the run would overwrite it."""
+
+
+class CorruptCheckpointError(UnusableCheckpointError):
     """A checkpoint file that is truncated or fails its checksum (never fall back to reading it anyway)."""
 
 
@@ -120,7 +126,7 @@ def _fsync_dir(d: Path) -> None:
 
 _FOOTER_TAG = b"\nfastgpt-ckpt sha256="
 _FOOTER_LEN = len(_FOOTER_TAG) + 64 + len(b" size=") + 20 + 1
-_TMP = re.compile(r"^\.(.+)\.tmp(\d+)$")
+_TMP = re.compile(r"\.(.+)\.tmp(\d+)\Z")
 
 
 def _footer(digest: str, size: int) -> bytes:
@@ -350,7 +356,7 @@ def save_checkpoint(out_dir, state: dict, keep: int = 2) -> Path:
     try:
         path = atomic_save(state, Path(out_dir) / f"ckpt_{int(state['step']):07d}.pt")
     except OSError as e:
-        last = latest_checkpoint(out_dir)
+        last = newest_readable(out_dir)[0]   # (not a damaged newer one)
         raise CheckpointError(f"cannot write a checkpoint to {out_dir} ({e.strerror or e}); "
                               + (f"the last good one is {last}" if last else "no earlier checkpoint")) from None
     if keep > 0:  # among the checkpoints up to this step: a later one left by a run resumed past it
@@ -366,11 +372,18 @@ def save_checkpoint(out_dir, state: dict, keep: int = 2) -> Path:
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     """The state dict of a checkpoint file; CheckpointError (one line) if it is not a usable one."""
+    from fastgpt.cli import out_of_memory
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise UnusableCheckpointError(f"no checkpoint at {path}")
     if not path.is_file():   # a FIFO or device would block the read or never end
-        raise CheckpointError(f"{path} is not a regular file")
+        raise UnusableCheckpointError(f"{path} is not a regular file")
+    try:   # a file this process may not read is not a damaged one (nor one to skip: the run would overwrite it)
+        open(path, "rb").close()
+    except FileNotFoundError:
+        raise UnusableCheckpointError(f"no checkpoint at {path}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({e.strerror}); check its permissions") from None
     advice = RESUME_ADVICE if _NAME.match(path.name) else ""   # (not for a file that is no checkpoint at all)
     bad = verify_checkpoint(path)
     if bad is not None:
@@ -378,12 +391,16 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         st = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {path}") from None
+        raise UnusableCheckpointError(f"no checkpoint at {path}") from None
     except Exception as e:  # truncated / not a torch file / unpickling refused
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:120] if str(e) else ''})", advice) from None
+        if out_of_memory(e, "") is not None:   # a good file too large for this machine: not a damaged one
+            raise
+        if isinstance(e, OSError):
+            raise CheckpointError(f"cannot read {path} ({e.strerror or e})") from None
+        raise CorruptCheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
+                                     f"{str(e).splitlines()[0][:120] if str(e) else ''})", advice) from None
     if not isinstance(st, dict) or st.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a fastgpt training checkpoint")
+        raise UnusableCheckpointError(f"{path} is not a fastgpt training checkpoint")
     if st.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} was written by a newer fastgpt (checkpoint version {st['version']}); "
                               "upgrade fastgpt")
@@ -393,14 +410,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 def load_latest_checkpoint(out_dir, map_location="cpu") -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:
     """(path, state, skipped) of the newest checkpoint in out_dir that verifies and loads.
 
-    ``skipped`` lists the newer ones passed over, each with the reason; (None, None, skipped)
-    when none is usable (or there are none).
+    ``skipped`` lists the newer ones passed over (UnusableCheckpointError: damaged, another program's),
+    each with the reason; (None, None, skipped) when none is usable (or there are none). Any other
+    CheckpointError (a file it may not read, a newer fastgpt's) and running out of memory are raised.
     """
     skipped = []
     for p in reversed(list_checkpoints(out_dir)):
         try:
             return p, load_checkpoint(p, map_location), skipped
-        except CheckpointError as e:
+        except UnusableCheckpointError as e:
             reason = e.problem.removeprefix(f"{p} is not a readable checkpoint: ")   # (without the advice)
             skipped.append((p, reason))
     return None, None, skipped
@@ -464,9 +482,16 @@ def main(argv=None) -> int:
                     help="a checkpoint file, or a run's out_dir (each ckpt_*.pt in it); after --, a path may "
                          "start with -")
     args = ap.parse_args(argv).paths
+    if "" in args:   # (an unset "$OUT_DIR": not the current folder)
+        ap.error("an empty path")
     bad = 0
     for a in args:
-        files = list_checkpoints(a) if Path(a).is_dir() else [Path(a)]
+        try:
+            files = list_checkpoints(a) if Path(a).is_dir() else [Path(a)]
+        except OSError as e:   # a folder it may not list, a name too long
+            print(cli.printable(f"{a}: cannot read it ({e.strerror or e})"))
+            bad += 1
+            continue
         if not files:
             print(cli.printable(f"{a}: no ckpt_*.pt here"))
             bad += 1
@@ -477,7 +502,16 @@ def main(argv=None) -> int:
                                                        "but its bytes are not verified"
                 print(cli.printable(f"{f}: ok (step {st.get('step')}{unverified})"))
             except CheckpointError as e:
+                if len(files) > 1 and not f.exists():   # rotated away by a running run since it was listed
+                    print(cli.printable(f"{f}: removed meanwhile (a run's checkpoint rotation)"))
+                    continue
                 print(cli.printable(f"{f}: BAD: {e}"))
+                bad += 1
+            except Exception as e:
+                oom = cli.out_of_memory(e, "check it where there is more memory")
+                if oom is None:
+                    raise
+                print(cli.printable(f"{f}: cannot check it: {oom}"))
                 bad += 1
     return 1 if bad else 0
 

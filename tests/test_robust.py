@@ -185,6 +185,76 @@ def test_truncated_or_corrupt_checkpoint_is_skipped_with_a_message(corpus, tmp_p
     assert st["step"] == 4 and st["format"] == ck.FORMAT
 
 
+def test_a_good_checkpoint_that_cannot_be_loaded_here_is_not_skipped_as_damaged(tmp_path, monkeypatch, capsys):
+    """(a review, 2026-11-29) Every load failure read as damage: a --resume passed over a checkpoint it had no
+    permission to read, or one of a newer fastgpt (and then overwrote it), and out of memory was 'BAD ...
+    delete it'. Now only damaged / foreign files are passed over; the rest stop with their own line."""
+    out = tmp_path / "out"
+    c1 = ck.save_checkpoint(out, dict(step=1, w=torch.zeros(3)), keep=0)
+    c2 = ck.atomic_save(dict(step=2, w=torch.ones(3), format=ck.FORMAT, version=ck.VERSION + 1),
+                        out / "ckpt_0000002.pt")   # as a newer fastgpt writes it
+    with pytest.raises(ck.CheckpointError, match="written by a newer fastgpt") as e:
+        ck.load_latest_checkpoint(out)
+    assert not isinstance(e.value, ck.UnusableCheckpointError)
+    before = c2.read_bytes()
+    with pytest.raises(SystemExit):
+        train.main([f"--out_dir={out}", "--resume", "--max_iters=3", "--device=cpu"])
+    assert "newer fastgpt" in capsys.readouterr().err and c2.read_bytes() == before   # not overwritten
+    c2.unlink()
+
+    real_open = open
+
+    def no_permission(path, *a, **k):
+        if str(path) == str(c1):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+    monkeypatch.setattr(ck, "open", no_permission, raising=False)
+    with pytest.raises(ck.CheckpointError, match="cannot read .*Permission denied.*check its permissions") as e:
+        ck.load_latest_checkpoint(out)
+    assert not isinstance(e.value, ck.UnusableCheckpointError)
+    monkeypatch.undo()
+
+    def oom(*a, **k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 800000000 bytes.")
+    monkeypatch.setattr(torch, "load", oom)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        ck.load_latest_checkpoint(out)
+    capsys.readouterr()
+    assert ck.main([str(c1)]) == 1
+    assert "cannot check it: out of memory on the host" in capsys.readouterr().out
+    monkeypatch.undo()
+    assert ck.load_latest_checkpoint(out)[0] == c1
+
+
+def test_checkpoint_cli_paths_and_the_disk_full_message(tmp_path, monkeypatch, capsys):
+    """(a review, 2026-11-29) The checkpoint CLI: an empty path is a usage error (it checked the current folder),
+    an unreadable path one line (a traceback), a file rotated away after listing is not BAD; a file named
+    'ckpt_0000002.pt\\n' is no checkpoint; a failed save names the newest *readable* checkpoint."""
+    out = tmp_path / "out"
+    c1 = ck.save_checkpoint(out, dict(step=1, w=torch.zeros(3)), keep=0)
+    c3 = ck.save_checkpoint(out, dict(step=3, w=torch.zeros(3)), keep=0)
+    (out / "ckpt_0000002.pt\n").write_bytes(c1.read_bytes())
+    assert ck.list_checkpoints(out) == [c1, c3]
+    with pytest.raises(SystemExit) as e:
+        ck.main([""])
+    assert e.value.code == 2 and "an empty path" in capsys.readouterr().err
+    assert ck.main(["a" * 300]) == 1 and "cannot read it (File name too long)" in capsys.readouterr().out
+    real = ck.list_checkpoints
+    monkeypatch.setattr(ck, "list_checkpoints", lambda d: real(d) + [Path(d) / "ckpt_0000009.pt"])
+    assert ck.main([str(out)]) == 0
+    assert "ckpt_0000009.pt: removed meanwhile" in capsys.readouterr().out
+    monkeypatch.undo()
+    b = bytearray(c3.read_bytes())
+    b[len(b) // 3] ^= 0x40
+    c3.write_bytes(bytes(b))
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ck, "atomic_save", full)
+    with pytest.raises(ck.CheckpointError, match=f"the last good one is {c1}$"):
+        ck.save_checkpoint(out, dict(step=4), keep=0)
+
+
 # ----------------------------------------------------------------------------- non-finite steps
 
 @pytest.mark.parametrize("dtype,dev", [("bf16", "cpu"), ("fp16", "cpu"),
