@@ -168,6 +168,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def hold_while_open(f) -> None:
+    """Mark an open temp file as being written: an exclusive flock, held until the file is closed, which
+    remove_stale_temps respects (a writer in another pid namespace, a container sharing the folder, has
+    a pid this process cannot see). Where flock is missing or refused, the pid alone tells."""
+    try:
+        import fcntl
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (ImportError, OSError):
+        pass
+
+
+def _held(p: Path) -> bool:
+    """Is p a file some process holds hold_while_open's lock on?"""
+    try:
+        import fcntl
+        with open(p, "rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except (ImportError, OSError):   # (a folder, no flock here)
+        return False
+    return False
+
+
 def remove_path(p: Path) -> None:
     """Delete p, a file (or a link) or a folder with what is in it; nothing when it is not there."""
     if p.is_dir() and not p.is_symlink():
@@ -211,13 +235,14 @@ def _remove_quietly(p: Path) -> None:
 
 def remove_stale_temps(folder) -> list[Path]:
     """Delete ``.NAME.tmpPID`` files (or folders: a fine-tune's ``.best.tmpPID``) left by writers that died
-    (SIGKILL, power loss); the removed paths. Housekeeping: one that cannot be removed is left alone."""
+    (SIGKILL, power loss): no such pid here and, for a file, no writer's lock on it (hold_while_open);
+    the removed paths. Housekeeping: one that cannot be removed is left alone."""
     d, gone = Path(folder), []
     if not d.is_dir():
         return gone
     for p in d.iterdir():
         m = _TMP.match(p.name)
-        if m and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))):
+        if m and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))) and not _held(p):
             try:
                 remove_path(p)
             except OSError:
@@ -234,6 +259,7 @@ def atomic_save(obj, path) -> Path:
     pause = float(os.environ.get("FASTGPT_TEST_SAVE_PAUSE", "0") or 0)
     try:
         with open(tmp, "wb") as f:
+            hold_while_open(f)
             w = _HashingWriter(f)
             try:
                 torch.save(obj, w)

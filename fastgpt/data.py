@@ -358,6 +358,9 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
     total = {"train": 0, "val": 0}
     tmp = {s: out / f".{s}.bin.tmp{os.getpid()}" for s in total}
     files = {s: open(tmp[s], "wb") for s in total}
+    from fastgpt.checkpoint import hold_while_open
+    for f in files.values():
+        hold_while_open(f)   # (another builder of this folder, pid namespace or not, leaves these alone)
     digests = {s: hashlib.sha256() for s in total}   # what a resumed run checks its data against
     # a bar only on a terminal: in a log file or a pipe its carriage-return updates are litter, and the
     # line an error prints next would start after them

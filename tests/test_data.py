@@ -405,6 +405,35 @@ def test_a_killed_builds_temp_files_are_removed_by_the_next(cache, tmp_path, mon
     assert sorted(p.name for p in td.dir.iterdir()) == ["meta.json", "train.bin", "val.bin"]
 
 
+def test_a_writer_in_another_pid_namespace_keeps_its_temp_files(cache, tmp_path, monkeypatch):
+    """(a review, 2026-11-29) Two builders of one folder in a shared cache, one in a container (a pid this
+    process cannot see): the other deleted its temp files mid-write. A writer holds a lock on each temp file
+    while it writes; only unlocked ones of unknown pids are removed."""
+    import fcntl
+
+    from fastgpt import checkpoint as ck
+    d = tmp_path / "shared"
+    d.mkdir()
+    theirs, dead = d / ".train.bin.tmp999999999", d / ".val.bin.tmp999999998"
+    theirs.write_bytes(b"\0" * 10)
+    dead.write_bytes(b"\0" * 10)
+    with open(theirs, "ab") as f:   # the other namespace's writer, mid-write
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert ck.remove_stale_temps(d) == [dead] and theirs.exists()
+    assert ck.remove_stale_temps(d) == [theirs]   # its writer gone (the lock with it)
+    held = []
+    real = data.ByteTokenizer.encode_np
+
+    def encode_np(self, text):   # while tokens are written, every temp file of the build is held
+        held.extend(ck._held(p) for p in Path(cache, "tokens").rglob(".*.tmp*"))
+        return real(self, text)
+    monkeypatch.setattr(data.ByteTokenizer, "encode_np", encode_np)
+    f = tmp_path / "a.txt"
+    f.write_text("some text\n" * 50)
+    data.prepare(str(f), "byte")
+    assert held and all(held), held
+
+
 def test_a_corrupt_token_folder_outside_the_cache_is_not_to_be_deleted(cache, tmp_path):
     td = data.prepare(str(_make_folder(tmp_path)), "byte")
     mine = tmp_path / "my-tokens"
