@@ -125,12 +125,20 @@ def _jit_build():
     return mod, None
 
 
+def setting_problem() -> str | None:
+    """What is wrong with $FASTGPT_EXTENSION (one line), or None."""
+    mode = os.environ.get("FASTGPT_EXTENSION", "auto").lower()
+    if mode not in ("auto", "jit", "prebuilt", "off", "0", "none"):
+        return f"FASTGPT_EXTENSION must be auto, jit, prebuilt or off, got {mode!r}"
+    return None
+
+
 def _load():
     mode = os.environ.get("FASTGPT_EXTENSION", "auto").lower()
     if mode in ("off", "0", "none"):
         return None, "disabled by FASTGPT_EXTENSION=off", None
-    if mode not in ("auto", "jit", "prebuilt"):
-        return None, f"FASTGPT_EXTENSION must be auto, jit, prebuilt or off, got {mode!r}", None
+    if setting_problem() is not None:
+        return None, setting_problem(), None
     notes, skipped = [], False
     if mode in ("auto", "prebuilt"):
         spec = importlib.util.find_spec("fastgpt._C")

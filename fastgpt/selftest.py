@@ -259,10 +259,13 @@ def run(device=None, quick=False, out=None, only=None):
         from fastgpt.cli import UsageError
         raise UsageError(f"--only {','.join(unmatched)}: matches no check; the checks are: {', '.join(labels)}")
 
+    from fastgpt import extension
+    from fastgpt.cli import UsageError
+    if extension.setting_problem() is not None:   # (its rows were skipped as if the extension were off)
+        raise UsageError(extension.setting_problem())
     try:
         reason = fused_unavailable_reason(device.type)
     except ValueError as e:   # a bad setting read when the kernels are imported (FASTGPT_ATTENTION_DQ)
-        from fastgpt.cli import UsageError
         raise UsageError(str(e).splitlines()[0]) from None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
     print(f"# fastgpt selftest on {name}, torch {torch.__version__}; rule: err <= 2*|ref_lp-ref_hi| "
@@ -276,7 +279,6 @@ def run(device=None, quick=False, out=None, only=None):
     n_fail = n_rows = n_skip = 0
     t0 = time.time()
     torch.manual_seed(0)
-    from fastgpt import extension
 
     def report(label, dt, shape, fn):
         nonlocal n_fail, n_rows, n_skip
@@ -319,9 +321,12 @@ def run(device=None, quick=False, out=None, only=None):
         dts = str(dt).removeprefix("torch.") + (f"+autocast {str(ac)[6:]}" if ac else "")
         report(label, dts, f"B=2 T={T}",
                lambda: compare_block(cfg, dt, device, "fused", B=2, T=T, autocast=ac))
-    ok = n_fail == 0
     skip = (f"; {n_skip} rows skipped: the optional C++ extension is off here (the reference serves "
             f"bias_dropout_add)") if n_skip else ""
+    if n_rows == 0:   # every selected row skipped: nothing was checked, which is no pass
+        print(f"VERDICT: UNAVAILABLE — no row ran{skip}", file=out)
+        return False
+    ok = n_fail == 0
     print(f"VERDICT: {'PASS' if ok else 'FAIL'} — {n_rows - n_fail}/{n_rows} rows within tolerance "
           f"({time.time() - t0:.1f} s){skip}", file=out)
     return ok
@@ -336,7 +341,7 @@ def main(argv=None) -> int:
     from fastgpt import cli
     ap = cli.ArgumentParser(prog=PROG, description=__doc__,
                             epilog="exit status: 0 every row within tolerance, 1 a row failed (or the fused\n"
-                                   "backend cannot run here), 2 a usage error (one line), 130 interrupted.")
+                                   "backend cannot run here, or every row chosen was skipped), 2 a usage error (one line), 130 interrupted.")
     ap.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda if available)")
     ap.add_argument("--quick", action="store_true",
                     help="smaller shapes and no autotuning (each kernel's default launch config)")

@@ -630,6 +630,16 @@ def test_selftest_skips_the_extension_rows_when_it_is_off(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.count("SKIP (extension: no C++ compiler (test))") == 6 and "VERDICT: PASS" in out
     assert "6 rows skipped" in out
+    # (a review, 2026-11-29) only skipped rows selected: "VERDICT: PASS — 0/0 rows", exit 0; nothing was checked
+    assert selftest.main(["--device", DEVICE, "--only", "bias_dropout_add", "--quick"]) == 1
+    out = capsys.readouterr().out
+    assert "VERDICT: UNAVAILABLE — no row ran; 6 rows skipped" in out and "PASS" not in out
+    monkeypatch.undo()
+    monkeypatch.setenv("FASTGPT_EXTENSION", "bogus")   # (its rows were skipped as if it were off)
+    with pytest.raises(SystemExit) as e:
+        selftest.main(["--device", DEVICE, "--only", "bias_dropout_add", "--quick"])
+    assert e.value.code == 2 and "FASTGPT_EXTENSION must be auto, jit, prebuilt or off, got 'bogus'" in \
+        capsys.readouterr().err
 
 
 @needs_triton
