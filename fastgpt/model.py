@@ -95,8 +95,12 @@ class KVCache:
         if end > self.max_len:
             raise ValueError(f"KVCache: {end} positions exceed the cache length {self.max_len}")
         buf = self.bufs[layer]
-        if buf is None or buf.shape[0] != B or buf.dtype != kv.dtype or buf.device != kv.device:
-            buf = self.bufs[layer] = kv.new_empty((B, self.max_len) + tuple(kv.shape[2:]))
+        shape = (B, self.max_len) + tuple(kv.shape[2:])
+        if buf is None or buf.shape != shape or buf.dtype != kv.dtype or buf.device != kv.device:
+            if self.pos:   # a new buffer would hold none of the cached positions: garbage, silently
+                raise ValueError(f"KVCache: it holds {self.pos} positions of another batch, dtype or device "
+                                 f"(now {B} rows of {kv.dtype} on {kv.device}); use a new KVCache for it")
+            buf = self.bufs[layer] = kv.new_empty(shape)
         buf[:, self.pos:end].copy_(kv)
         return buf[:, :end, 0].transpose(1, 2), buf[:, :end, 1].transpose(1, 2)
 

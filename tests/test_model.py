@@ -808,6 +808,25 @@ def test_generate_and_forward_refuse_bad_arguments_in_one_line():
             m(idx, idx.int(), return_logits=return_logits)
 
 
+def test_a_kv_cache_refuses_another_batch_dtype_or_device_midway():
+    """(a review, 2026-11-29) A KVCache fed a batch of another size (or dtype) after its first positions made a
+    new, empty buffer and attended over garbage (NaN hidden states) without a word."""
+    m = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    idx = torch.randint(0, 50, (2, 4))
+    cache = KVCache(2, 16)
+    with torch.no_grad():
+        m.hidden_states(idx, cache)
+        with pytest.raises(ValueError, match="KVCache: it holds 4 positions of another batch, dtype or device"):
+            m.hidden_states(idx[:1, :1], cache)
+        with pytest.raises(ValueError, match="of another batch, dtype or device"):
+            m.double().hidden_states(idx[:, :1], cache)
+        m.float()
+        full = m.hidden_states(torch.cat([idx, idx[:, :1]], 1))[:, -1]
+        torch.testing.assert_close(m.hidden_states(idx[:, :1], cache)[:, -1], full)   # the right one goes on
+        fresh = KVCache(2, 16)   # a new cache takes any batch
+        assert m.hidden_states(idx[:1], fresh).shape == (1, 4, 16)
+
+
 def test_kv_cache_holds_only_the_positions_a_sample_feeds(monkeypatch):
     """(a review, 2026-11-28) The cache was block_size long whatever the sample: 1024x the memory needed
     for 8 positions at block_size 8192. It now holds the prompt and the new tokens but the last."""
