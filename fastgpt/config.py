@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 
 NORMS = ("pre", "post")
@@ -28,6 +29,10 @@ RESIDUAL_DTYPES = (None, "float32", "bfloat16", "float16")
 # bits, so its drop rate moves in steps of 1/65536; above this the kept fraction (1 - p, at most 50/65536)
 # would be off by more than 1 %
 MAX_DROPOUT_P = 1.0 - 50.0 / 65536.0
+
+
+_INT_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple")
+_FLOAT_FIELDS = ("dropout", "layer_norm_eps")
 
 
 @dataclass
@@ -50,6 +55,14 @@ class GPTConfig:
     def __post_init__(self):
         if self.extra is None:   # (a config.json with "extra": null)
             self.extra = {}
+        for name in _INT_FIELDS:   # NumPy numbers as Python ones (to_dict writes JSON)
+            v = getattr(self, name)
+            if isinstance(v, numbers.Integral) and not isinstance(v, (bool, int)):
+                setattr(self, name, int(v))
+        for name in _FLOAT_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, numbers.Real) and not isinstance(v, (bool, int, float)):
+                setattr(self, name, float(v))
         self.validate()
 
     def validate(self) -> None:
@@ -57,7 +70,7 @@ class GPTConfig:
         dataclass can be changed after it was built."""
         if not isinstance(self.extra, dict):
             raise ValueError(f"GPTConfig: extra must be a dict (free-form metadata), got {type(self.extra).__name__}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
+        for name in _INT_FIELDS:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"GPTConfig: {name} must be a positive integer, got {v!r}")

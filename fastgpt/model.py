@@ -410,12 +410,15 @@ def _read_config_json(path: str) -> dict:
     p = os.path.join(path, "config.json")
     if not os.path.isfile(p):
         raise FileNotFoundError(f"{path}: no config.json (not a fastgpt or HF model directory)")
-    with open(p) as f:
+    with open(p, encoding="utf-8") as f:
         try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e.msg}, line {e.lineno}): a save cut short, or not a "
-                             "model's config") from None
+            meta = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            where = f"{e.msg}, line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+            raise ValueError(f"{p}: not valid JSON ({where}): a save cut short, or not a model's config") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{p}: expected a JSON object (a model's config), got a JSON {type(meta).__name__}")
+    return meta
 
 
 # ----------------------------------------------------------------------------- the model
@@ -713,12 +716,13 @@ class GPT(nn.Module):
             cfg_json = _read_config_json(path)
             if cfg_json.get("format") == FORMAT:
                 raise ValueError(f"from_hf: {path} is a fastgpt directory; load it with GPT.from_pretrained")
+            cfg = _config_from_hf(cfg_json)   # (an unsupported model says so before its weights are read)
             hf_cfg, sd = _read_hf_dir(path)
         elif hasattr(src, "config") and hasattr(src, "state_dict"):
             hf_cfg, sd = src.config, src.state_dict()
+            cfg = _config_from_hf(hf_cfg)
         else:
             raise TypeError(f"from_hf: expected an HF model object or a directory, got {type(src).__name__}")
-        cfg = _config_from_hf(hf_cfg)
         model = cls(cfg, backend=backend)
         model._load_core(_from_hf_keys(sd, _hf_get(hf_cfg, "model_type")), "from_hf")
         return model.eval()
@@ -826,7 +830,10 @@ class GPT(nn.Module):
             if "model_type" in meta:
                 return cls.from_hf(path, backend=backend).to(map_location)
             raise ValueError(f"from_pretrained: {path}/config.json is neither fastgpt's nor an HF config")
-        if int(meta.get("version", 0)) > FORMAT_VERSION:
+        if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("version", 0), int):
+            raise ValueError(f"from_pretrained: {path}/config.json has no config object or a bad version: "
+                             "a damaged save")
+        if meta.get("version", 0) > FORMAT_VERSION:
             raise ValueError(f"from_pretrained: {path} has format version {meta['version']}, "
                              f"newer than this fastgpt's {FORMAT_VERSION}; upgrade fastgpt")
         from safetensors.torch import load_file
@@ -844,8 +851,8 @@ def check_token_ids(idx: torch.Tensor, vocab_size: int, who: str, on_host: bool 
     ValueError on the CPU (or with ``on_host``: it reads the ids back), else an asynchronous device assert
     (no sync). Ids in the padding past vocab_size were read silently, ones past it were the embedding's
     IndexError (CPU) or an unexplained device assert."""
-    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-        raise TypeError(f"{who}: idx must hold integer token ids, got {idx.dtype}")
+    if idx.dtype not in (torch.int64, torch.int32):   # (the embedding's index dtypes)
+        raise TypeError(f"{who}: idx must hold integer token ids (int64 or int32), got {idx.dtype}")
     if idx.numel() == 0 or idx.device.type == "meta":
         return
     msg = f"{who}: token ids must be in [0, {vocab_size})"
@@ -927,7 +934,15 @@ def load_model(path, backend: Optional[str] = None, map_location="cpu") -> GPT:
         for p, why in skipped:
             warnings.warn(f"load_model: skipping {p}: {why}", stacklevel=2)
         path = os.fspath(ckpt_path)
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:   # not a torch file, cut short, objects weights_only refuses (a pickled GPTConfig)
+        from fastgpt.cli import out_of_memory
+        if isinstance(e, FileNotFoundError) or out_of_memory(e, "") is not None:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"load_model: {path} is not a readable torch checkpoint ({type(e).__name__}: {first})") \
+            from None
     cfg = ckpt.get("model_config", ckpt.get("config")) if isinstance(ckpt, dict) else None
     nanogpt = isinstance(ckpt, dict) and isinstance(ckpt.get("model_args"), dict)
     if not ((isinstance(cfg, dict) or nanogpt) and isinstance(ckpt.get("model"), dict)):

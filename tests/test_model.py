@@ -779,7 +779,7 @@ def test_generate_and_forward_refuse_bad_arguments_in_one_line():
                     (dict(idx=idx - 50), "token ids must be in \\[0, 50\\), got -")):
         with pytest.raises(ValueError, match=msg):
             m.generate(**{"idx": idx, "max_new_tokens": 2, **kw})
-    with pytest.raises(TypeError, match="generate: idx must hold integer token ids, got torch.float32"):
+    with pytest.raises(TypeError, match=r"generate: idx must hold integer token ids \(int64 or int32\), got torch.fl"):
         m.generate(idx.float(), 2)
     # forward / hidden_states: ids in the padding (vocab 50, table 64) were read silently, past it an IndexError
     for bad, msg in ((idx.clamp(max=3) + 52, "GPT: token ids must be in \\[0, 50\\), got 5[2-5]"),
@@ -972,3 +972,37 @@ def test_selftest_cross_entropy_row_runs_the_fused_kernel(capsys, monkeypatch):
     monkeypatch.setattr(K, "fused_linear_cross_entropy", lambda *a, **k: 1.01 * real(*a, **k))
     assert selftest.main(["--device", DEVICE, "--only", "fused_linear_cross_entropy", "--quick"]) == 1
     assert "VERDICT: FAIL" in capsys.readouterr().out
+
+
+def test_damaged_model_files_numpy_sizes_and_narrow_id_dtypes(tmp_path):
+    """(a review, 2026-11-29) A file that is no torch checkpoint was load_model's bare KeyError; a damaged
+    fastgpt config.json a KeyError / TypeError / AttributeError; an HF folder of another model_type read every
+    weight before saying so; NumPy sizes were 'not a positive integer'; uint8 ids were the embedding's error."""
+    import json
+
+    import numpy as np
+    (tmp_path / "x.pt").write_text("hello")
+    with pytest.raises(ValueError, match="x.pt is not a readable torch checkpoint"):
+        load_model(tmp_path / "x.pt")
+    m = tmp_path / "m"
+    m.mkdir()
+    for content, msg in (({"format": "fastgpt", "version": 1}, "has no config object or a bad version"),
+                         ({"format": "fastgpt", "config": None}, "has no config object or a bad version"),
+                         ({"format": "fastgpt", "version": "1.0", "config": {}}, "has no config object or a bad"),
+                         ([1, 2], "expected a JSON object .* got a JSON list")):
+        (m / "config.json").write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=msg):
+            GPT.from_pretrained(m)
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))   # (no weights: it said so first)
+    with pytest.raises(ValueError, match="model_type 'bert' is not supported"):
+        GPT.from_hf(bert)
+    c = GPTConfig(vocab_size=np.int64(300), block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=np.float32(0.5))
+    assert type(c.vocab_size) is int and type(c.dropout) is float and json.dumps(c.to_dict())
+    model = GPT(c)
+    model.resize_token_embeddings(np.int64(310))
+    assert model.config.vocab_size == 310
+    for dt in (torch.uint8, torch.int16):
+        with pytest.raises(TypeError, match=f"idx must hold integer token ids \\(int64 or int32\\), got {dt}"):
+            model(torch.zeros(1, 2, dtype=dt))
