@@ -22,6 +22,7 @@ import difflib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import textwrap
@@ -390,7 +391,8 @@ def run_main(prog: str, body, statuses: dict, memory_hint: str, interrupted=None
     prints one line and returns 130: interrupted_line(prog, *interrupted) for a training run
     (``interrupted`` = (out_dir, when[, extra options]): the checkpoint to continue from), else "PROG: interrupted",
     followed by what the KeyboardInterrupt carries (a body may re-raise it as
-    ``KeyboardInterrupt("after 12 of 40 labels")`` to say how far it got). Anything else propagates
+    ``KeyboardInterrupt("after 12 of 40 labels")`` to say how far it got). Under torchrun a collective
+    that failed because another process died is one line too (peer_failure). Anything else propagates
     (a bug: its traceback is wanted). Under torchrun the lines of the ``alike`` classes (errors every
     rank meets the same way) and of Ctrl-C are rank 0's alone (see die). Returns body()'s value when it
     is an int (an exit status), else 0 (a run's summary, None)."""
@@ -403,7 +405,11 @@ def run_main(prog: str, body, statuses: dict, memory_hint: str, interrupted=None
     except (RuntimeError, MemoryError) as e:
         msg = out_of_memory(e, memory_hint)
         if msg is None:
-            raise
+            msg = peer_failure(e)
+            if msg is None:
+                raise
+            if interrupted:
+                msg += "; " + where_to_continue(prog, *interrupted)
         die(prog, msg, 1)
     except KeyboardInterrupt as e:   # (torchrun passes a Ctrl-C to every worker: rank 0 says it)
         if not other_rank():
@@ -664,11 +670,34 @@ def interrupted_line(prog: str, out_dir, when: str, extra: tuple = ()) -> str:
     """What an aborted run (KeyboardInterrupt) says: the checkpoint to continue from, or that there is
     none yet (``when`` says when one is written) instead of pointing at a --resume that cannot work."""
     from fastgpt.checkpoint import latest_checkpoint
+    if latest_checkpoint(out_dir) is None:
+        return f"{prog}: interrupted before any checkpoint was written in {out_dir} ({when}); nothing to resume"
+    return f"{prog}: interrupted; {where_to_continue(prog, out_dir, when, extra)}"
+
+
+def where_to_continue(prog: str, out_dir, when: str, extra: tuple = ()) -> str:
+    """'the last checkpoint is X (continue with: COMMAND)', or that none was written yet (``when``: when one is)."""
+    from fastgpt.checkpoint import latest_checkpoint
     last = latest_checkpoint(out_dir)
     if last is None:
-        return f"{prog}: interrupted before any checkpoint was written in {out_dir} ({when}); nothing to resume"
-    return (f"{prog}: interrupted; the last checkpoint is {last} (continue with: "
-            f"{resume_command(prog, out_dir, extra)})")
+        return f"no checkpoint was written in {out_dir} yet ({when})"
+    return f"the last checkpoint is {last} (continue with: {resume_command(prog, out_dir, extra)})"
+
+
+def peer_failure(e: BaseException) -> str | None:
+    """Under torchrun, the one line for a collective that failed because another process of the job died or
+    was stopped (gloo's "Connection reset by peer", NCCL's errors: a page of traceback from every survivor
+    otherwise), else None."""
+    if torchrun_world_size() <= 1:
+        return None
+    import torch.distributed as tdist
+    text = str(e)
+    kinds = tuple(getattr(tdist, n) for n in ("DistError",) if hasattr(tdist, n))
+    if not (isinstance(e, kinds) or any(s in text for s in ("gloo", "NCCL", "Connection reset by peer",
+                                                            "Connection closed by peer", "ProcessGroup"))):
+        return None
+    first = re.sub(r"^\[[^\]]*\]\s*", "", (text.strip().splitlines() or [type(e).__name__])[0])   # (a source path)
+    return f"another process of this job failed or was stopped ({first[:160]})"
 
 
 def placement_flags(cfg) -> tuple:
@@ -757,6 +786,21 @@ class OutDirLock:
             f.flush()
         self.f = f
         return None
+
+    def lost(self) -> str | None:
+        """Why the lock no longer guards the folder (its .lock removed or replaced: the folder was deleted, and
+        maybe made again by another run), or None: a run checks before it writes a checkpoint, which would
+        otherwise make the folder again and write beside that other run."""
+        if self.f is None:
+            return None
+        path = os.path.join(os.path.dirname(os.path.abspath(self.f.name)), ".lock")
+        try:
+            if os.fstat(self.f.fileno()).st_ino == os.stat(path).st_ino:
+                return None
+        except OSError:
+            pass
+        return (f"{os.path.dirname(path)} was removed (or replaced) while this run wrote it; nothing more is "
+                "written there")
 
     def release(self) -> None:
         """Unlock; a folder acquire() created that holds nothing else is removed first (still locked, so no

@@ -396,6 +396,11 @@ def init_distributed(device_type: str, always: bool = False) -> _Dist:
     return _Dist(tdist.get_world_size(), tdist.get_rank(), local, owned)
 
 
+class AlikeRunError(RunError):
+    """A RunError every torchrun worker meets the same way (the checkpoint, --init model or data that all of them
+    read): said by rank 0 alone (cli.die), as AlikeUsageError."""
+
+
 class DivergedError(RunError):
     """max_bad_steps consecutive non-finite steps; exit 3."""
 
@@ -490,7 +495,7 @@ def _fsdp_load_optimizer(model, optimizer, state: dict) -> None:
     name = {id(p): n for n, p in model.named_parameters()}  # the tied wte/lm_head weight once, as wte
     names = [name[id(p)] for g in optimizer.param_groups for p in g["params"]]
     if len(names) != sum(len(g["params"]) for g in state["param_groups"]):
-        raise RunError("the checkpoint's optimizer state does not match this model's parameters")
+        raise AlikeRunError("the checkpoint's optimizer state does not match this model's parameters")
     osd = dict(state={names[i]: v for i, v in state["state"].items()},
                param_groups=[dict(g, params=[names[i] for i in g["params"]]) for g in state["param_groups"]])
     set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
@@ -529,7 +534,7 @@ def _resume_point(cfg: TrainConfig, given: set[str], dist: _Dist, out_dir: Path,
     if ckpt_state is not None:
         saved = ckpt_state.get("train_config")
         if saved is None:
-            raise RunError(f"{resumed_from} is not a fastgpt.train checkpoint (a fine-tuning run's? resume that "
+            raise AlikeRunError(f"{resumed_from} is not a fastgpt.train checkpoint (a fine-tuning run's? resume that "
                            "with python -m fastgpt.finetune --resume)")
     if saved is not None:
         cfg = _resumed_config(cfg, given, saved, from_checkpoint=ckpt_state is not None)
@@ -617,7 +622,7 @@ def _token_data(cfg: TrainConfig, dist: _Dist):
     text_files = cfg.data is not None and not fdata.is_token_dir(cfg.data)   # (split by --val_fraction)
     for split, arr, vf in (("training", td.train, "smaller"), ("validation", td.val, "larger")):
         if len(arr) < cfg.block_size + 1:
-            raise RunError(f"the {split} split has {len(arr)} tokens, fewer than block_size + 1 = "
+            raise AlikeRunError(f"the {split} split has {len(arr)} tokens, fewer than block_size + 1 = "
                            f"{cfg.block_size + 1}; use a smaller --block_size, more text"
                            + (f" or a {vf} --val_fraction" if text_files else ""))
     return td, tok
@@ -655,7 +660,7 @@ def _init_model(cfg: TrainConfig, given: set[str], dist: _Dist):
                                   f"tokenizer's ({', '.join(f'{t}: {n}' for t, n in sizes.items())})")
     recorded = mc.extra.get("tokenizer")
     if recorded is not None and recorded not in sizes:
-        raise RunError(f"{where}: it names the tokenizer {recorded!r}, which fastgpt has not ({', '.join(sizes)})")
+        raise AlikeRunError(f"{where}: it names the tokenizer {recorded!r}, which fastgpt has not ({', '.join(sizes)})")
 
     def unfit(k: str, why: str, fix: str):
         """The usage error for cfg's --k: given, or (a restarted run) its header's, when the model has changed."""
@@ -674,7 +679,7 @@ def _init_model(cfg: TrainConfig, given: set[str], dist: _Dist):
         raise cli.AlikeUsageError(f"{where}: {e}") from None
     if sizes[tok] > mc.vocab_size:   # (ids past the model's vocabulary: an index error mid-step)
         if known is not None:   # (a model file that contradicts itself)
-            raise RunError(f"{where}: it names the {tok!r} tokenizer ({sizes[tok]} tokens) but has a "
+            raise AlikeRunError(f"{where}: it names the {tok!r} tokenizer ({sizes[tok]} tokens) but has a "
                            f"{mc.vocab_size}-token vocabulary")
         raise unfit("tokenizer", f"its {sizes[tok]} tokens do not fit the --init model's {mc.vocab_size}-token "
                     "vocabulary", "give the model's tokenizer")
@@ -711,12 +716,12 @@ def _restore_batch_stream(batches, n_val: int, sha256, ckpt_state: dict, cfg: Tr
     from fastgpt import data as fdata
     B, ds = cfg.batch_size, ckpt_state["data"]
     if ds.get("n_val", n_val) != n_val:   # (an edit at a file's end: the training split can stay as long)
-        raise RunError(f"the checkpoint's validation split had {ds['n_val']} tokens, this run's has {n_val}: "
+        raise AlikeRunError(f"the checkpoint's validation split had {ds['n_val']} tokens, this run's has {n_val}: "
                        "its val_loss would not compare with the run's before; resume with the same --data "
                        "(unedited), --tokenizer and --val_fraction")
     if sha256 and ds.get("sha256") and ds["sha256"] != sha256:   # (an edit that kept the lengths)
         split = next((s for s in ("train", "val") if ds["sha256"].get(s) != sha256.get(s)), "train")
-        raise RunError(f"the {split} tokens of this --data are not the checkpoint's (their SHA-256 differs: an "
+        raise AlikeRunError(f"the {split} tokens of this --data are not the checkpoint's (their SHA-256 differs: an "
                        "edited file?); resume with the data the run was trained on, unedited")
     if cfg.eval_only:   # an evaluation draws no training batches: any --batch_size will do
         return
@@ -739,7 +744,7 @@ def _restore_batch_stream(batches, n_val: int, sha256, ckpt_state: dict, cfg: Tr
             batches.rng.bit_generator.state = ds["bit_generator"]
             batches.drawn = ds["drawn"]
     except fdata.DataError as e:
-        raise RunError(str(e)) from None
+        raise AlikeRunError(str(e)) from None
 
 
 def _resumed_config(cfg: TrainConfig, given: set[str], saved: dict, from_checkpoint: bool = False) -> TrainConfig:
@@ -840,7 +845,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     try:
         train_batches = fdata.BatchSampler(td.train, B * W, cfg.block_size, cfg.seed)
     except fdata.DataError as e:
-        raise RunError(str(e)) from None
+        raise AlikeRunError(str(e)) from None
 
     def shard(sampler):
         if W == 1:
@@ -956,10 +961,12 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
                       tokenizer=cfg.tokenizer, extra=dict(extra))
             if rngs is not None:
                 st["rng_ranks"] = rngs
+            err = lock.lost()   # (the folder deleted: saving would make it again, maybe beside another run)
             try:
-                p = ck.save_checkpoint(out_dir, st, keep=cfg.keep_ckpts)
-                summary["checkpoint"] = str(p)
-            except ck.CheckpointError as e:  # disk full, folder removed or made read-only under us
+                if err is None:
+                    p = ck.save_checkpoint(out_dir, st, keep=cfg.keep_ckpts)
+                    summary["checkpoint"] = str(p)
+            except ck.CheckpointError as e:  # disk full, folder made read-only under us
                 err = str(e)
         dist.agree(err)
         return p
@@ -1263,7 +1270,7 @@ def main(argv=None) -> int:
                         "lower --batch_size or --block_size (--grad_accum keeps the tokens per step), or use "
                         "--grad_checkpoint",
                         interrupted=(cfg.out_dir, "one is written every --ckpt_interval steps and at the end",
-                                     _resume_flags(cfg)), alike=(DivergedError,))
+                                     _resume_flags(cfg)), alike=(DivergedError, AlikeRunError))
 
 
 if __name__ == "__main__":

@@ -691,6 +691,30 @@ def test_rank_0_alone_says_what_every_rank_meets_alike(tmp_path, monkeypatch, ca
     _one_line_exit(train.main, ["--bogus=1"], capsys, 2, "unknown option --bogus")
 
 
+def test_a_collective_broken_by_another_process_is_one_line(tmp_path, monkeypatch, capsys):
+    """(a review, 2026-11-29) A rank whose peer died (kill -9, a node lost) printed gloo's RuntimeError with a
+    page of traceback; under torchrun it is one line naming the checkpoint to continue from. Outside torchrun,
+    or for another RuntimeError, the traceback stays (a bug's is wanted)."""
+    from fastgpt import checkpoint as ck
+    ck.save_checkpoint(tmp_path, dict(step=3), keep=0)
+
+    def broken():
+        raise RuntimeError("[/w/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:22707: "
+                           "Connection reset by peer. This is typically caused by a remote peer failing")
+    with pytest.raises(RuntimeError):
+        cli.run_main("prog", broken, {}, "", interrupted=(tmp_path, "when"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as e:
+        cli.run_main("prog", broken, {}, "", interrupted=(tmp_path, "when", ("--device=cpu",)))
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1, err
+    assert err.startswith("prog: error: another process of this job failed or was stopped (Read error [127.0.0.1]")
+    assert f"the last checkpoint is {tmp_path / 'ckpt_0000003.pt'} (continue with: torchrun" in err
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.run_main("prog", lambda: (_ for _ in ()).throw(RuntimeError("a bug")), {}, "")
+
+
 def test_data_names_a_bad_data_path_once(tmp_path, capsys):
     """--data naming nothing was said once per tokenizer (gpt2, then byte)."""
     from fastgpt import data

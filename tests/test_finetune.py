@@ -872,3 +872,23 @@ def test_eval_loss_is_the_mean_over_examples_not_over_batches():
     per_example = [loss([e], 1) for e in enc]
     assert math.isclose(loss(enc, 2), sum(per_example) / 3, rel_tol=1e-5)
     assert math.isclose(loss(enc, 1), sum(per_example) / 3, rel_tol=1e-5)
+
+
+def test_an_out_dir_removed_mid_run_is_not_made_again(tmp_path, tiny_init, monkeypatch):
+    """(a review, 2026-11-29) As for train: a fine-tune whose --out_dir was deleted stops at its next save (it
+    made the folder again, without its .lock)."""
+    import shutil
+
+    from fastgpt import checkpoint as ck
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(60))
+    out = tmp_path / "o"
+    real = ck.save_checkpoint
+
+    def save_then_remove(d, *a, **k):
+        p = real(d, *a, **k)
+        shutil.rmtree(d)
+        return p
+    monkeypatch.setattr(ck, "save_checkpoint", save_then_remove)
+    with pytest.raises(ck.CheckpointError, match="was removed \\(or replaced\\) while this run wrote it"):
+        FT.run(cfg_for(task, tiny_init, out, max_iters=4, ckpt_interval=1))
+    assert not out.exists()

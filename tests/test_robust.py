@@ -226,6 +226,25 @@ def test_a_good_checkpoint_that_cannot_be_loaded_here_is_not_skipped_as_damaged(
     assert ck.load_latest_checkpoint(out)[0] == c1
 
 
+def test_an_out_dir_removed_mid_run_is_not_made_again(corpus, tmp_path, monkeypatch, capsys):
+    """(a review, 2026-11-29) rm -rf of a running run's --out_dir: its next checkpoint made the folder again
+    (without the .lock), so a second run there trained beside it. It stops at that save instead."""
+    import shutil
+    out = tmp_path / "out"
+    real = ck.save_checkpoint
+
+    def save_then_remove(d, *a, **k):
+        p = real(d, *a, **k)
+        shutil.rmtree(d)
+        return p
+    monkeypatch.setattr(ck, "save_checkpoint", save_then_remove)
+    with pytest.raises(SystemExit) as e:
+        train.main(_args(corpus, out, max_iters=4, ckpt_interval=1))
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and f"{out} was removed (or replaced) while this run wrote it" in err, err
+    assert not out.exists()
+
+
 def test_checkpoint_cli_paths_and_the_disk_full_message(tmp_path, monkeypatch, capsys):
     """(a review, 2026-11-29) The checkpoint CLI: an empty path is a usage error (it checked the current folder),
     an unreadable path one line (a traceback), a file rotated away after listing is not BAD; a file named
@@ -429,6 +448,11 @@ def test_torchrun_lines_every_rank_would_say_alike_are_said_once(corpus, tmp_pat
     assert _torchrun(_args(corpus, tmp_path / "c", batch_size=4, max_iters=2)).returncode == 0
     p = _torchrun([f"--out_dir={tmp_path / 'c'}", "--resume", "--max_iters=3", "--device=cpu", "--seed=5"])
     assert p.returncode != 0 and p.stderr.count("a resumed run continues the random streams") == 1, p.stderr[-3000:]
+    # data that is not the checkpoint's (read by every rank alike: a RunError each said; a review, 2026-11-29)
+    corpus.write_text(corpus.read_text().replace("king", "kong", 1))
+    p = _torchrun([f"--out_dir={tmp_path / 'c'}", "--resume", "--max_iters=3", "--device=cpu"])
+    assert p.returncode != 0 and p.stderr.count("tokens of this --data are not the checkpoint's") == 1, \
+        p.stderr[-3000:]
 
 
 def test_fsdp_two_processes_gloo_resume_match_one_process(corpus, tmp_path, monkeypatch, capsys):
