@@ -480,6 +480,8 @@ def _fsdp_full_state(model, optimizer=None) -> tuple[dict, dict | None]:
                                                          get_optimizer_state_dict)
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     msd = get_model_state_dict(model, options=opts)
+    if "lm_head.weight" in msd and "transformer.wte.weight" in msd:   # the tied weight, gathered twice: one
+        msd["lm_head.weight"] = msd["transformer.wte.weight"]         # tensor, as a single process saves it
     osd = None if optimizer is None else get_optimizer_state_dict(model, optimizer, options=opts)
     if not osd:
         return msd, osd
@@ -916,7 +918,9 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
 
     @torch.no_grad()
     def evaluate() -> float:
-        """Mean loss over eval_iters fixed validation batches (the same ones every time), over all ranks."""
+        """Mean loss over eval_iters fixed validation batches (the same ones every time), over all ranks: each of
+        the global batch's size (B x W windows, as a training step's), so the validation set is that of any
+        run with the same global batch, whatever its process count."""
         was = model.training
         model.eval()
         sampler = fdata.BatchSampler(td.val, B * W, cfg.block_size, seed=cfg.seed + 1)

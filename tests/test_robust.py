@@ -488,6 +488,8 @@ def test_fsdp_two_processes_gloo_resume_match_one_process(corpus, tmp_path, monk
     assert st2["step"] == 4 and st2["extra"]["world_size"] == 2 and st2["extra"]["skipped_steps"] == 1
     assert set(st2) - set(st1) == {"rng_ranks"}
     assert list(st2["model"]) == list(st1["model"])
+    for st in (st1, st2):   # the tied weight saved once (FSDP gathered it twice: +V x C floats a checkpoint)
+        assert st["model"]["lm_head.weight"].data_ptr() == st["model"]["transformer.wte.weight"].data_ptr()
     for k, v in st1["model"].items():
         assert st2["model"][k].dtype == v.dtype and st2["model"][k].device.type == "cpu"
         torch.testing.assert_close(st2["model"][k], v, msg=lambda m, k=k: f"{k}: {m}")
