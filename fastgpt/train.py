@@ -133,7 +133,7 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model for training")
     eval_interval: int | None = _f(None, "evaluate every N steps (and at the start and the end)",
                                    _dev("eval_interval"))
-    eval_iters: int | None = _f(None, "validation batches (of the global batch: --batch_size x processes) per evaluation",
+    eval_iters: int | None = _f(None, "validation batches (global: --batch_size x processes sequences) per eval",
                                 _dev("eval_iters"))
     log_interval: int | None = _f(None, "log the training loss every N steps", _dev("log_interval"))
     ckpt_interval: int | None = _f(None, "checkpoint every N steps (and at the end; 0 = only at the end)",
