@@ -341,7 +341,8 @@ def main(argv=None) -> int:
     from fastgpt import cli
     ap = cli.ArgumentParser(prog=PROG, description=__doc__,
                             epilog="exit status: 0 every row within tolerance, 1 a row failed (or the fused\n"
-                                   "backend cannot run here, or every row chosen was skipped), 2 a usage error (one line), 130 interrupted.")
+                                   "backend cannot run here, or every row chosen was skipped), 2 a usage\n"
+                                   "error (one line), 130 interrupted.")
     ap.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda if available)")
     ap.add_argument("--quick", action="store_true",
                     help="smaller shapes and no autotuning (each kernel's default launch config)")

@@ -179,3 +179,18 @@ def interrupt_on_call(monkeypatch, owner, name: str, n: int) -> None:
             raise KeyboardInterrupt
         return real(*a, **k)
     monkeypatch.setattr(owner, name, wrapper)
+
+
+def remove_out_dir_after_each_save(monkeypatch) -> None:
+    """fastgpt.checkpoint.save_checkpoint, then the run's folder deleted (an rm -rf of a running run's
+    --out_dir, as a user or a cleanup job does)."""
+    import shutil
+
+    from fastgpt import checkpoint as ck
+    real = ck.save_checkpoint
+
+    def save_then_remove(d, *a, **k):
+        p = real(d, *a, **k)
+        shutil.rmtree(d)
+        return p
+    monkeypatch.setattr(ck, "save_checkpoint", save_then_remove)

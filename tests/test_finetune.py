@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEVICE, interrupt_on_call
+from conftest import DEVICE, interrupt_on_call, remove_out_dir_after_each_save
 from fastgpt import checkpoint as ck
 from fastgpt import finetune as FT
 from fastgpt import tasks as T
@@ -877,18 +877,10 @@ def test_eval_loss_is_the_mean_over_examples_not_over_batches():
 def test_an_out_dir_removed_mid_run_is_not_made_again(tmp_path, tiny_init, monkeypatch):
     """(a review, 2026-11-29) As for train: a fine-tune whose --out_dir was deleted stops at its next save (it
     made the folder again, without its .lock)."""
-    import shutil
-
     from fastgpt import checkpoint as ck
     task = write_jsonl(tmp_path / "cls.jsonl", class_rows(60))
     out = tmp_path / "o"
-    real = ck.save_checkpoint
-
-    def save_then_remove(d, *a, **k):
-        p = real(d, *a, **k)
-        shutil.rmtree(d)
-        return p
-    monkeypatch.setattr(ck, "save_checkpoint", save_then_remove)
+    remove_out_dir_after_each_save(monkeypatch)
     with pytest.raises(ck.CheckpointError, match="was removed \\(or replaced\\) while this run wrote it"):
         FT.run(cfg_for(task, tiny_init, out, max_iters=4, ckpt_interval=1))
     assert not out.exists()

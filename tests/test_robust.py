@@ -18,7 +18,7 @@ import torch
 
 import _train_helpers as H
 from _train_helpers import one_thread  # noqa: F401  (an autouse fixture: one torch thread per test)
-from conftest import HAS_CUDA, needs_cuda
+from conftest import HAS_CUDA, needs_cuda, remove_out_dir_after_each_save
 from fastgpt import checkpoint as ck
 from fastgpt import train
 
@@ -229,15 +229,8 @@ def test_a_good_checkpoint_that_cannot_be_loaded_here_is_not_skipped_as_damaged(
 def test_an_out_dir_removed_mid_run_is_not_made_again(corpus, tmp_path, monkeypatch, capsys):
     """(a review, 2026-11-29) rm -rf of a running run's --out_dir: its next checkpoint made the folder again
     (without the .lock), so a second run there trained beside it. It stops at that save instead."""
-    import shutil
     out = tmp_path / "out"
-    real = ck.save_checkpoint
-
-    def save_then_remove(d, *a, **k):
-        p = real(d, *a, **k)
-        shutil.rmtree(d)
-        return p
-    monkeypatch.setattr(ck, "save_checkpoint", save_then_remove)
+    remove_out_dir_after_each_save(monkeypatch)
     with pytest.raises(SystemExit) as e:
         train.main(_args(corpus, out, max_iters=4, ckpt_interval=1))
     err = capsys.readouterr().err
