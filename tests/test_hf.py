@@ -236,6 +236,7 @@ def test_hub_id_errors_are_one_line(hub, tmp_path, capsys, monkeypatch):
         GPT.from_hf("org/nope")
     assert str(e.value) == ("from_hf: org/nope: no such file or folder, nor a model the Hugging Face Hub gives "
                             "(RuntimeError: Repository Not Found for url: https://huggingface.co/api/models/org/nope)")
+    monkeypatch.chdir(tmp_path)   # (relative paths: the README's first command writes out/ckpt_0000500.pt)
     for path in ("a/b/c", "../up", str(tmp_path / "missing"), "out/ckpt_0000500.pt"):   # not Hub ids: not asked
         with pytest.raises(FileNotFoundError, match=f"^from_hf: {path}: no such file or folder$"):
             GPT.from_hf(path)
