@@ -90,7 +90,10 @@ def check_floats(op: str, **tensors) -> None:
 
 
 def check_eps(op: str, eps) -> float:
-    """LayerNorm's eps as a float: a real number (TypeError otherwise), finite and >= 0 (ValueError)."""
+    """LayerNorm's eps as a float: a real number (TypeError otherwise), finite and >= 0 (ValueError). Under
+    torch.compile it passes as it is (a symbolic float there, which math cannot test; eager calls check it)."""
+    if torch.compiler.is_compiling():
+        return eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"{op}: eps must be a number, got {type(eps).__name__}")
     if not (math.isfinite(eps) and eps >= 0):
@@ -389,6 +392,8 @@ def attention_scale(op: str, scale, head_dim: int) -> float:
     tensor that needs a gradient too: it would be detached without a word)."""
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
+    if torch.compiler.is_compiling() and isinstance(scale, (float, torch.SymFloat)):
+        return scale   # (a symbolic float under dynamic shapes: no hasattr / float() on it there)
     if (isinstance(scale, (str, bytes)) or not hasattr(scale, "__float__")
             or (isinstance(scale, torch.Tensor) and (scale.requires_grad or scale.numel() != 1))):
         raise TypeError(f"{op}: scale must be a number (a constant), got {scale!r}")

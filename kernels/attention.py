@@ -1108,7 +1108,7 @@ _RATES_SEEN: set = set()   # dropout rates already checked by _note_quantised_ra
 def _note_quantised_rate(dropout_p: float, stacklevel: int) -> None:
     """Warn (once per rate) when the kernels' dropout rate, in steps of 1/256, is more than 10 % away
     from the one asked for (p below ~0.02, or under 1/512, which acts as 1/256)."""
-    if dropout_p in _RATES_SEEN:
+    if dropout_p in _RATES_SEEN or torch.compiler.is_compiling():   # (dynamo cannot trace warnings.warn)
         return
     _RATES_SEEN.add(dropout_p)
     applied = reference.attention_dropout_threshold(dropout_p) / 256

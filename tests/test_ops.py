@@ -485,3 +485,25 @@ def test_the_interpreter_rounds_bf16_and_multiplies_bf16_values():
     want = x.bfloat16()
     assert torch.equal(y[:-1].view(torch.int16), want[:-1].view(torch.int16)) and y[-1].isnan()
     torch.testing.assert_close(c, a.float() @ b.float(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_compile_with_symbolic_floats_and_a_quantised_dropout_rate():
+    """(a review, 2026-11-29) fullgraph compile failed where a float argument turns symbolic (automatic dynamic
+    after a second eps or scale, dynamic=True): math.isfinite / hasattr on it; and the fused attention's warning
+    that a small dropout rate is quantised (warnings.warn, which dynamo cannot trace) broke the first compile."""
+    x, w = torch.randn(2, 5, 16, device=DEVICE), torch.randn(16, device=DEVICE)
+    q = torch.randn(1, 2, 6, 16, device=DEVICE)
+    for b in ("reference", "fused"):
+        torch._dynamo.reset()
+        ln = torch.compile(lambda x, w, e: ops.layer_norm(x, w, None, e, backend=b), fullgraph=True,
+                           backend="aot_eager")
+        at = torch.compile(lambda q, s: ops.causal_attention(q, q, q, s, backend=b), fullgraph=True,
+                           backend="aot_eager")
+        for v in (1e-5, 1e-3, 0.25):
+            torch.testing.assert_close(ln(x, w, v), reference.layer_norm(x, w, None, v))
+            torch.testing.assert_close(at(q, v), reference.causal_attention(q, q, q, v))
+    torch._dynamo.reset()
+    f = torch.compile(lambda q: ops.causal_attention(q, q, q, dropout_p=0.0123, seed=(1, 2), backend="fused"),
+                      fullgraph=True, backend="aot_eager")
+    assert f(q).shape == q.shape   # (0.0123 acts as 3/256: the eager call warns, the compiled one does not)
