@@ -163,6 +163,8 @@ def check_cross_entropy(op: str, h, W, targets, ignore_index, reduction: str, la
         operator.index(ignore_index)
     except TypeError:
         raise TypeError(f"{op}: ignore_index must be a whole number, got {ignore_index!r}") from None
+    if not -2 ** 63 <= operator.index(ignore_index) < 2 ** 63:   # (compared with int64 targets)
+        raise ValueError(f"{op}: ignore_index must fit int64, got {ignore_index}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"{op}: reduction must be 'mean' or 'sum', got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
@@ -397,7 +399,10 @@ def attention_scale(op: str, scale, head_dim: int) -> float:
     if (isinstance(scale, (str, bytes)) or not hasattr(scale, "__float__")
             or (isinstance(scale, torch.Tensor) and (scale.requires_grad or scale.numel() != 1))):
         raise TypeError(f"{op}: scale must be a number (a constant), got {scale!r}")
-    return float(scale)
+    scale = float(scale)
+    if not abs(scale) * 1.4426950408889634 < 3.4028234663852886e38:   # scale * log2(e), as the kernels use it
+        raise ValueError(f"{op}: scale must be finite and below 2.3e38 in size (fp32, times log2 e), got {scale}")
+    return scale
 
 
 def attention_dropout_threshold(dropout_p: float) -> int:

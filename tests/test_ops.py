@@ -218,6 +218,15 @@ def _bad_calls():
         ("ln str eps", lambda b: ops.layer_norm(x, w, eps="a", backend=b), TypeError, "eps must be a number"),
         ("add_ln nan eps", lambda b: ops.add_layer_norm(x, x, w, eps=float("nan"), backend=b), ValueError,
          "eps must be finite and >= 0, got nan"),
+        # (a review, 2026-11-29: fused TypeError 'unhashable' / a multi-line RuntimeError / an InterpreterError)
+        ("gelu list approximate", lambda b: ops.bias_gelu(x, None, ["tanh"], backend=b), ValueError,
+         "approximate must be 'tanh' or 'none'"),
+        ("ce huge ignore_index", lambda b: ops.fused_linear_cross_entropy(h, W, t, ignore_index=2 ** 70, backend=b),
+         ValueError, "ignore_index must fit int64"),
+        ("attn huge scale", lambda b: ops.causal_attention(q, q, q, 3e38, backend=b), ValueError,
+         "scale must be finite and below 2.3e38"),
+        ("attn inf scale", lambda b: ops.causal_attention(q, q, q, float("inf"), backend=b), ValueError,
+         "scale must be finite"),
     ] + ([] if HAS_CUDA else [  # on CUDA an out-of-range target is an asynchronous device assert
         ("ce target range", lambda b: ops.fused_linear_cross_entropy(h, W, t * 5, backend=b), ValueError,
          r"target 15 at position 2 is outside \[0, 11\)"),
