@@ -795,8 +795,9 @@ class OutDirLock:
             return None
         path = os.path.join(os.path.dirname(os.path.abspath(self.f.name)), ".lock")
         try:
-            if os.fstat(self.f.fileno()).st_ino == os.stat(path).st_ino:
-                return None
+            held, now = os.fstat(self.f.fileno()), os.stat(path)
+            if held.st_nlink > 0 and (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):   # (an inode number
+                return None                                                 # may be reused by a new .lock)
         except OSError:
             pass
         return (f"{os.path.dirname(path)} was removed (or replaced) while this run wrote it; nothing more is "
