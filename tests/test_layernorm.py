@@ -317,16 +317,17 @@ def test_backward_reads_a_row_strided_upstream_gradient():
 @pytest.mark.filterwarnings("ignore:overflow encountered")   # (numpy, under the interpreter)
 def test_a_variance_past_fp32_is_nan_not_the_bias():
     """(a review, 2026-11-29) A row with |x| ~ 1e20 (a diverged run): the fp32 variance overflowed to inf, rstd
-    came out 0 and y = the bias, finite, so the run's non-finite check saw nothing. NaN, as torch's."""
+    came out 0 and y = the bias, finite, so the run's non-finite check saw nothing. NaN now (torch's own
+    LayerNorm gives NaN or 0 there, depending on the values)."""
     from fastgpt import ops
     x = torch.randn(2, 8, device=DEVICE)
-    x[0] *= 1e20
+    x[0] *= 1e21
     x.requires_grad_()
     w, b = torch.ones(8, device=DEVICE), torch.zeros(8, device=DEVICE)
     for y in (ops.layer_norm(x, w, b, backend="fused"),
               ops.add_layer_norm(x, torch.zeros_like(x), w, b, backend="fused")[0]):
         ref = reference.layer_norm(x.detach(), w, b)
-        assert y[0].isnan().all() and ref[0].isnan().all()
+        assert y[0].isnan().all()
         torch.testing.assert_close(y[1], ref[1])
         (dx,) = torch.autograd.grad(y.sum(), x)
         assert dx[0].isnan().all() and dx[1].isfinite().all()
