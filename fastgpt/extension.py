@@ -137,8 +137,9 @@ def _load():
     mode = os.environ.get("FASTGPT_EXTENSION", "auto").lower()
     if mode in ("off", "0", "none"):
         return None, "disabled by FASTGPT_EXTENSION=off", None
-    if setting_problem() is not None:
-        return None, setting_problem(), None
+    problem = setting_problem()
+    if problem is not None:
+        return None, problem, None
     notes, skipped = [], False
     if mode in ("auto", "prebuilt"):
         spec = importlib.util.find_spec("fastgpt._C")

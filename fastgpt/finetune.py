@@ -792,8 +792,9 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
                     log.bar.set_postfix_str(msg, refresh=False)
                 else:
                     log.say(f"step {step}/{total}: {msg}, lr {lr:.2e}")
-            if (end_epoch or ckpt_now or sigs.name is not None) and lock.lost():   # (the folder deleted: writing
-                raise ck.CheckpointError(lock.lost())   # would make it again, maybe beside another run)
+            gone = lock.lost() if end_epoch or ckpt_now or sigs.name is not None else None
+            if gone:   # (the folder deleted: writing would make it again, maybe beside another run)
+                raise ck.CheckpointError(gone)
             if end_epoch:
                 evaluate_and_keep(step, round(step / spe, 3))
             saved = ck.save_checkpoint(out_dir, state(step), keep=cfg.keep_ckpts) if end_epoch or ckpt_now else None

@@ -92,6 +92,8 @@ def check_floats(op: str, **tensors) -> None:
 def check_eps(op: str, eps) -> float:
     """LayerNorm's eps as a float: a real number (TypeError otherwise), finite and >= 0 (ValueError). Under
     torch.compile it passes as it is (a symbolic float there, which math cannot test; eager calls check it)."""
+    if type(eps) is float and 0.0 <= eps < math.inf:   # every LayerNorm call's case: ~40 ns, not ~360
+        return eps
     if torch.compiler.is_compiling():
         return eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):

@@ -261,8 +261,9 @@ def run(device=None, quick=False, out=None, only=None):
 
     from fastgpt import extension
     from fastgpt.cli import UsageError
-    if extension.setting_problem() is not None:   # (its rows were skipped as if the extension were off)
-        raise UsageError(extension.setting_problem())
+    problem = extension.setting_problem()
+    if problem is not None:   # (its rows were skipped as if the extension were off)
+        raise UsageError(problem)
     try:
         reason = fused_unavailable_reason(device.type)
     except ValueError as e:   # a bad setting read when the kernels are imported (FASTGPT_ATTENTION_DQ)

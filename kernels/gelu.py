@@ -33,6 +33,12 @@ from fastgpt.kernels._common import (
 )
 
 _APPROX = {"tanh": 1, "none": 0}
+
+
+def _known(approximate) -> bool:
+    return isinstance(approximate, str) and approximate in _APPROX   # (a list is unhashable: a TypeError)
+
+
 MAX_N = 65535 * 128   # the grid's second axis: column blocks of at least 128 in every config
 
 
@@ -145,7 +151,7 @@ def _validate(x, bias, approximate):
     if x.shape[-1] > MAX_N:
         raise ValueError(f"{op}: last dim {x.shape[-1]} is above the kernels' limit of {MAX_N:,} (65535 blocks of "
                          "128 columns); without a bias, reshape x (GELU is element-wise), or use backend='reference'")
-    if not isinstance(approximate, str) or approximate not in _APPROX:   # (a list is unhashable: a TypeError)
+    if not _known(approximate):
         raise ValueError(f"{op}: approximate must be 'tanh' or 'none', got {approximate!r}")
     check_vector(op, "bias", bias, x.shape[-1])
     check_same_device(op, x=x, bias=bias)
@@ -255,8 +261,7 @@ class _Plan:
 def _planned(x, bias, approximate) -> _Plan:
     """The call signature's _Plan if it has run before (nothing to check again), else a new one."""
     key = plan_key(x, bias)
-    known = isinstance(approximate, str) and approximate in _APPROX
-    return _PLANS.find(None if key is None or not known else (key, approximate), _Plan)
+    return _PLANS.find(None if key is None or not _known(approximate) else (key, approximate), _Plan)
 
 
 @on_its_device

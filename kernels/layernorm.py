@@ -117,7 +117,7 @@ def _layer_norm_fwd_kernel(
         mean = x0 + mean_s
         xc = tl.where(mask, xs - mean_s[:, None], 0.0)
         var = tl.sum(xc * xc, axis=1) * inv_n
-        # a variance past fp32 (|x| ~ 1e19: a diverged run) gave rstd = 0 and y = the bias, finite and silent;
+        # a variance past fp32 (|x| ~ 1e20: a diverged run) gave rstd = 0 and y = the bias, finite and silent;
         # NaN instead (torch's LayerNorm gives NaN or 0 there), so the run's non-finite check sees it
         rstd = tl.where(var < float("inf"), 1.0 / tl.sqrt(var + eps), float("nan"))
         y = xc * rstd[:, None] * w[None, :]
