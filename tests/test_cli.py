@@ -117,6 +117,22 @@ def test_config_files(tmp_path):
             parse(argv)
 
 
+def test_toml_config_without_tomllib_reads_with_tomli(tmp_path, monkeypatch):
+    """Python 3.10 has no tomllib; there --config FILE.toml reads with tomli (a dependency there).
+    Here (3.11+) tomllib is hidden so that the fallback runs."""
+    tomli = pytest.importorskip("tomli", reason="tomli is in requirements-test.txt")
+    monkeypatch.setitem(sys.modules, "tomllib", None)        # `import tomllib` raises ImportError
+    with pytest.raises(ImportError):
+        import tomllib  # noqa: F401
+    t = tmp_path / "c.toml"
+    t.write_bytes('\ufeffn = 5\nmode = "b"\n'.encode("utf-8"))
+    assert parse(["--config", str(t)])[0] == Cfg(n=5, mode="b")
+    t.write_text("n = = 5\n")
+    with pytest.raises(cli.UsageError, match=r"not valid TOML \(") as e:
+        parse(["--config", str(t)])
+    assert "tomllib" not in str(e.value) and tomli.__name__ == "tomli"
+
+
 def test_help_lists_every_option_with_default(capsys):
     with pytest.raises(SystemExit) as e:
         cli.parse(train.TrainConfig, ["--help"], prog=train.PROG)
