@@ -192,9 +192,13 @@ def bias_gelu_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], approximate: st
     M = x2.shape[0]
     if capture is not None and not (same_data(x2, x) and same_data(dy2, dy)):
         capture = None   # a replay passes dy, x as_2d: only when rows_2d made no copy of them
-    G = reduction_programs(x.device, cdiv(M, 8)) if bias is not None else cdiv(M, 8)
-    dbp = empty((G, N), dtype=torch.float32, device=x.device) if bias is not None else dx
-    grid = lambda meta: (G, cdiv(N, meta["BLOCK_N"]))  # noqa: E731
+    if bias is not None:   # a bounded number of programs, each one row of partial column sums
+        G = reduction_programs(x.device, cdiv(M, 8))
+        dbp = empty((G, N), dtype=torch.float32, device=x.device)
+        grid = lambda meta: (G, cdiv(N, meta["BLOCK_N"]))  # noqa: E731
+    else:                  # one row block per program, whatever BLOCK_M the tuner picked
+        G, dbp = None, dx
+        grid = lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(N, meta["BLOCK_N"]))  # noqa: E731
     replays = [] if capture is not None else None
     r = _bias_gelu_bwd_kernel.run_replayable(5 if capture is not None else None,
                                              dy2, x2, bias if bias is not None else x2, dx, dbp, M, N,
@@ -220,7 +224,7 @@ _PLANS = PlanCache(256)
 
 class _Plan:
     """A validated call signature's Replays: ``fwd``, and ``bwd``: backward key -> (kernel Replay,
-    sum_partials Replay or None without a bias, G). ``key`` None: a call no plan serves."""
+    sum_partials Replay or None without a bias, G or None without a bias). ``key`` None: a call no plan serves."""
     __slots__ = ("key", "fwd", "bwd")
 
     def __init__(self, key):

@@ -52,7 +52,8 @@ def test_bias_gelu(shape, dtype, approximate, has_bias):
 @pytest.mark.parametrize("kernel", ["_bias_gelu_fwd_kernel", "_bias_gelu_bwd_kernel"])
 def test_every_launch_config(kernel, monkeypatch):
     """Every candidate of the autotune space, forced one at a time: row and column tails of the
-    tile, several trips of the backward's row loop."""
+    tile, several trips of the backward's row loop (with a bias; without one, one row block per
+    program), with and without a bias."""
     import fastgpt.kernels as K
     from fastgpt.kernels import gelu as G
     tuner = getattr(G, kernel)
@@ -60,7 +61,9 @@ def test_every_launch_config(kernel, monkeypatch):
     b = torch.randn(300, device=DEVICE)
     for cfg in G._configs() if kernel == "_bias_gelu_fwd_kernel" else G._bwd_configs():
         monkeypatch.setattr(G, kernel, ForcedConfig(tuner, cfg))
-        _assert(compare_op(f"bias_gelu {cfg}", K.bias_gelu, reference.bias_gelu, [x, b, "tanh"]))
+        for bias in (b, None):
+            _assert(compare_op(f"bias_gelu {cfg} bias={bias is not None}", K.bias_gelu, reference.bias_gelu,
+                               [x, bias, "tanh"]))
 
 
 @pytest.mark.parametrize("act_dtype", [torch.float16, torch.bfloat16], ids=dtype_ids)
