@@ -107,18 +107,24 @@ def test_poisoned_output_is_fully_written():
 
 
 @pytest.mark.parametrize("residual", [False, True])
-def test_constant_rows_normalise_to_the_bias(residual):
+def test_constant_rows_normalise_to_the_bias(residual, monkeypatch):
     """A constant row has variance 0: y must be the bias exactly, as PyTorch gives. The kernel's mean was
     a few ulps off, which 1 / sqrt(eps) blew up into noise up to ~0.1 (fp32, |x| ~ 1000); the row is now
-    shifted by its first element before the mean. Mixed with ordinary rows, forward and backward follow
-    the rule."""
+    shifted by its own first element before the mean, in every launch config (a review: a shift by the
+    tile's first row passed the default one-row config). Mixed with ordinary rows, forward and backward
+    follow the rule."""
     import fastgpt.kernels as K
+    from fastgpt.kernels import layernorm as LN
     vals = torch.tensor([3.3, -935.85, 0.1, 1e4, -7.0], device=DEVICE)
     x = vals[:, None].expand(5, 1600).contiguous()
     w, b = torch.randn(1600, device=DEVICE), torch.randn(1600, device=DEVICE)
     r = torch.zeros_like(x) if residual else None
-    y = K.add_layer_norm(x, r, w, b)[0] if residual else K.layer_norm(x, w, b)
-    assert torch.equal(y, b.expand_as(y)), (y - b).abs().max()
+    tuner = LN._layer_norm_fwd_kernel
+    for cfg in LN._configs():
+        monkeypatch.setattr(LN, "_layer_norm_fwd_kernel", ForcedConfig(tuner, cfg))
+        y = K.add_layer_norm(x, r, w, b)[0] if residual else K.layer_norm(x, w, b)
+        assert torch.equal(y, b.expand_as(y)), (cfg, (y - b).abs().max())
+    monkeypatch.setattr(LN, "_layer_norm_fwd_kernel", tuner)
     xm = torch.cat([x, torch.randn(3, 1600, device=DEVICE) * 5 + 2])
     fused = (lambda x, w, b: K.add_layer_norm(x, torch.zeros_like(x), w, b)[0]) if residual else K.layer_norm
     checks = compare_op("layer_norm constant rows", fused, lambda x, w, b: reference.layer_norm(x, w, b), [xm, w, b])
