@@ -516,3 +516,29 @@ def test_compile_with_symbolic_floats_and_a_quantised_dropout_rate():
     f = torch.compile(lambda q: ops.causal_attention(q, q, q, dropout_p=0.0123, seed=(1, 2), backend="fused"),
                       fullgraph=True, backend="aot_eager")
     assert f(q).shape == q.shape   # (0.0123 acts as 3/256: the eager call warns, the compiled one does not)
+
+
+def test_tolerance_rule_itself():
+    """fastgpt.testing.check, the rule every kernel test leans on: the bound, and NaN/inf handling. (Before,
+    any non-finite ref_hi made the bound NaN, so such outputs could not be compared at all; now the
+    non-finite values must match exactly and the rest follows the rule.)"""
+    from fastgpt.testing import C, check
+    inf, nan = float("inf"), float("nan")
+    hi = torch.tensor([1.0, -2.0, 4.0], dtype=torch.float64)
+    lp = torch.tensor([1.0, -2.0, 4.001])
+    bound = 2 * 0.001 + C * torch.finfo(torch.float32).eps * 4.0
+    assert check("x", hi.float() + torch.tensor([0, 0, 0.9 * bound]), hi, lp, torch.float32).ok
+    assert not check("x", hi.float() + torch.tensor([0, 0, 1.1 * bound]), hi, lp, torch.float32).ok
+    assert not check("x", hi.float()[:2], hi, lp, torch.float32).ok                       # shape
+    assert not check("x", torch.tensor([nan, -2.0, 4.0]), hi, lp, torch.float32).ok     # NaN, ref finite
+    hi2 = torch.tensor([inf, nan, 4.0, -inf], dtype=torch.float64)
+    lp2 = torch.tensor([inf, nan, 4.0, -inf])
+    assert check("x", torch.tensor([inf, nan, 4.0, -inf]), hi2, lp2, torch.float32).ok
+    for bad in ([inf, nan, nan, -inf],    # a NaN where the reference is finite
+                [inf, inf, 4.0, -inf],    # inf for NaN
+                [-inf, nan, 4.0, -inf],   # the wrong sign
+                [inf, 0.0, 4.0, -inf],    # finite where the reference is NaN
+                [inf, nan, 5.0, -inf]):   # the finite part off by far more than the bound
+        assert not check("x", torch.tensor(bad), hi2, lp2, torch.float32).ok, bad
+    assert check("x", torch.tensor([nan, nan]), torch.full((2,), nan, dtype=torch.float64),
+                 torch.full((2,), nan), torch.float32).ok
