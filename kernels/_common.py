@@ -179,6 +179,10 @@ def _bench_for(rep_ms: int):
 # (benchmarks/host_overhead.py --check compares the two on every launcher). The launcher's
 # calling convention is triton's internal one, checked on triton 3.6 (the pinned version): any
 # other version, and FASTGPT_LEAN_LAUNCH=0, send every launch through triton's own path.
+# Triton's process-wide debug switches (knobs.runtime.debug, knobs.compilation.instrumentation_mode;
+# TRITON_DEBUG / TRITON_INSTRUMENTATION_MODE) are not in the signature (reading them costs ~90 ns a
+# launch): set them before the first launch, as the environment does, or with FASTGPT_LEAN_LAUNCH=0;
+# switched on later, a call signature already seen keeps replaying the kernel compiled without them.
 # Two more per-launch costs go when nothing uses them: triton 3.6 passes its launch hooks as
 # HookChain objects even when empty, so every launch builds a metadata dict and its C launcher
 # calls two empty chains (a replay passes None for all three while the chains are empty); and
