@@ -125,6 +125,14 @@ def _check_fastgpt(rows) -> bool:
     return ok
 
 
+def _batch(batch_size, device="cuda"):
+    """(inputs, targets) of GPT-2's vocabulary, (batch_size, T) each; contiguous, as the training loader's
+    are (nanoGPT's loss views its targets: a slice of one (B, T + 1) tensor failed there)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randint(0, 50257, (batch_size, T + 1), device=device, generator=g)
+    return x[:, :-1].contiguous(), x[:, 1:].contiguous()
+
+
 def _measure(model, fwd, steps, warm, batch_size=B):
     from fastgpt.train import train_step
     if hasattr(model, "configure_optimizers"):  # fastgpt: the engine's own (fused on CUDA)
@@ -134,9 +142,8 @@ def _measure(model, fwd, steps, warm, batch_size=B):
                                  dict(params=[p for p in model.parameters() if p.dim() < 2], weight_decay=0.0)],
                                 lr=6e-4, betas=(0.9, 0.95), fused=True)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randint(0, 50257, (batch_size, T + 1), device="cuda", generator=g)
-    batch = lambda: (x[:, :-1], x[:, 1:])
+    xb, yb = _batch(batch_size)
+    batch = lambda: (xb, yb)
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     step = lambda: train_step(fwd, list(model.parameters()), opt, scaler, batch, 1, 1.0, autocast)
     for _ in range(warm):

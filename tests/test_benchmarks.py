@@ -514,3 +514,25 @@ def test_dropout_add_gate_checks_the_output_and_every_gradient():
                                                                                          p, seed=seed))):
             ok, note = BDA._gate(x, b, r, p, op=op)
             assert not ok and f"bias_dropout_add {what}" in note, (p, what, note)
+
+
+def test_train_peer_takes_the_benchmark_batch(monkeypatch):
+    """bench_train's nanoGPT peer runs a training step on the batches _measure gives it (a review: its
+    loss views the targets, and a slice x[:, 1:] of one (B, T + 1) tensor made both peer rows fail),
+    and its loss matches F.cross_entropy of its logits; on the CPU at a tiny size."""
+    import torch.nn.functional as F
+
+    from benchmarks import bench_train as BT
+    for name, v in dict(T=16, L=2, H=2, C=32).items():
+        monkeypatch.setattr(BT, name, v)
+    torch.manual_seed(0)
+    m = BT.NanoGPT()
+    x, y = BT._batch(3, device="cpu")
+    assert x.shape == y.shape == (3, 16) and torch.equal(x[:, 1:], y[:, :-1])
+    _, loss = m(x, y)
+    loss.backward()
+    assert torch.isfinite(loss) and m.wte.weight.grad is not None
+    h = m.wte(x) + m.wpe(torch.arange(16))
+    for b in m.h:
+        h = b(h)
+    torch.testing.assert_close(loss, F.cross_entropy(m.lm_head(m.ln_f(h)).float().flatten(0, 1), y.flatten()))
