@@ -536,3 +536,13 @@ def test_train_peer_takes_the_benchmark_batch(monkeypatch):
     for b in m.h:
         h = b(h)
     torch.testing.assert_close(loss, F.cross_entropy(m.lm_head(m.ln_f(h)).float().flatten(0, 1), y.flatten()))
+
+
+def test_decode_timing_warms_up_at_the_timed_length(monkeypatch):
+    """bench_block times a generation after one of the same length, so no autotuning of a longer key
+    bucket lands inside the timed call."""
+    from benchmarks import bench_block
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    calls = []
+    assert bench_block._time_generate(calls.append, 256) >= 0.0
+    assert calls == [256, 256]
