@@ -113,7 +113,7 @@ stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.
   [ "$budget" -gt "$left" ] && budget=$left
   echo "=== [$name] budget ${budget}s: $*"
   local t0=$SECONDS
-  timeout --signal=INT --kill-after=15 "$budget" "$@" 2>&1 | tee "$RES/$name.log"
+  STAGE_BUDGET=$budget timeout --signal=INT --kill-after=15 "$budget" "$@" 2>&1 | tee "$RES/$name.log"
   local rc=${PIPESTATUS[0]}
   [ "$rc" -ne 0 ] && FAILED_STAGES="$FAILED_STAGES $name"
   echo "=== [$name] rc=$rc in $((SECONDS - t0))s"
