@@ -159,22 +159,31 @@ def bench_impl(rows, bench, case, impl, fn, *, nbytes=None, flops=None, tokens=N
     """Time fn and append a row with GB/s (nbytes), TFLOP/s (flops) or tok/s (tokens).
 
     host=True also measures fn's host time per call (host_ms), into the row and its note.
-    A peer that raises (not installed, unsupported shape) gets a row with its error, not a crash.
+    A peer that raises (not installed, unsupported shape) gets a row with its error, not a crash; an
+    error in the memory or host measurement after the timing keeps the time and notes the error.
     """
-    try:
-        ms, how = timed(fn, warmup_ms, rep_ms, graph=graph)
-        mem = peak_extra_gib(fn) if memory else None
-        if host:
-            extra["host_ms"] = host_ms(fn)
-            how = f"host {extra['host_ms']:.3f} ms/call" + (f"; {how}" if how else "")
-    except Exception as e:  # keep the run going: one peer failing must not lose the table
-        err = f"{type(e).__name__}: {str(e)[:120]}"
-        given = extra.pop("note", "")
-        note = f"{given}; {err}" if given else err
-        rows.append(row(bench, case, impl, ok=False, note=note, **extra))
+    def error(e, what=""):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        return f"{what}{type(e).__name__}: {str(e)[:120]}"
+    try:
+        ms, how = timed(fn, warmup_ms, rep_ms, graph=graph)
+    except Exception as e:  # keep the run going: one peer failing must not lose the table
+        given = extra.pop("note", "")
+        err = error(e)
+        rows.append(row(bench, case, impl, ok=False, note=f"{given}; {err}" if given else err, **extra))
         return None
+    mem = None
+    try:
+        mem = peak_extra_gib(fn) if memory else None
+    except Exception as e:
+        how = "; ".join(filter(None, [how, error(e, "memory not measured: ")]))
+    if host:
+        try:
+            extra["host_ms"] = host_ms(fn)
+            how = f"host {extra['host_ms']:.3f} ms/call" + (f"; {how}" if how else "")
+        except Exception as e:
+            how = "; ".join(filter(None, [how, error(e, "host time not measured: ")]))
     if how:
         extra["note"] = f"{extra['note']}; {how}" if extra.get("note") else how
     rows.append(row(bench, case, impl, ms,

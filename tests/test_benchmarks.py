@@ -158,7 +158,7 @@ def test_runner_fails_when_a_fastgpt_row_fails_its_check(monkeypatch, capsys):
     _fake_family(monkeypatch, "gelu", lambda args: [common.row("bias_gelu", "c", "fastgpt", 1.0, ok=False)])
     with pytest.raises(SystemExit) as e:
         run.main(["--only", "gelu"])
-    assert e.value.code == 1 and "fastgpt failed its correctness check in 1 row(s)" in capsys.readouterr().err
+    assert e.value.code == 1 and "fastgpt failed its correctness check, or raised while timed, in 1 row(s)" in capsys.readouterr().err
     # the table's columns stay aligned where a value is missing
     assert run._fmt(None, "9.3f") == " " * 8 + "-" and run._fmt(None, "5.0f") == "    -"
 
@@ -323,6 +323,14 @@ def test_a_failing_impl_becomes_a_row_with_its_note(monkeypatch):
                                                          "Tried to allocate 2 GiB"
     common.bench_impl(rows, "block", "c", "eager", lambda: None)
     assert rows[1]["note"].startswith("RuntimeError: CUDA out of memory")
+    # a failure after the timing (memory, host time) keeps the measured time and says what is missing
+    monkeypatch.setattr(common, "timed", lambda fn, *a, **k: (2.0, ""))
+    monkeypatch.setattr(common, "peak_extra_gib", boom)
+    monkeypatch.setattr(common, "host_ms", lambda fn: 0.5)
+    assert common.bench_impl(rows, "block", "c", "fastgpt", lambda: None, memory=True, host=True, note="n") == 2.0
+    assert rows[2]["ok"] and rows[2]["ms"] == 2.0 and rows[2]["mem_gib"] is None and rows[2]["host_ms"] == 0.5
+    assert rows[2]["note"] == "n; host 0.500 ms/call; memory not measured: RuntimeError: CUDA out of memory. " \
+                              "Tried to allocate 2 GiB"
 
 
 def test_gpu_check_cli():
