@@ -34,14 +34,21 @@ MAX_TARGETS = [
 ]
 
 
-def _load(path):
-    """A JSON file's content, or None (with a line saying why) when a killed stage left it unreadable."""
+def _load(path, keys, to_stderr=False):
+    """A JSON object with these keys, or None (with a line saying why) when a killed stage left it
+    unreadable or it is some other file."""
+    file, said = (sys.stderr, "summary: ") if to_stderr else (sys.stdout, "")
     try:
         with open(path) as f:
-            return json.load(f)
+            d = json.load(f)
     except (OSError, ValueError) as e:
-        print(f"unreadable {os.path.basename(path)}: {type(e).__name__}: {str(e)[:80]}")
+        print(f"{said}unreadable {os.path.basename(path)}: {type(e).__name__}: {str(e)[:80]}", file=file)
         return None
+    if not isinstance(d, dict) or not all(k in d for k in keys) or not isinstance(d.get("rows", []), list):
+        print(f"{said}unreadable {os.path.basename(path)}: not a benchmark results file (a JSON object with "
+              f"{', '.join(map(repr, keys))})", file=file)
+        return None
+    return d
 
 
 def _inputs(res):
@@ -53,22 +60,30 @@ def _inputs(res):
 
 
 def main(res) -> int:
-    """Print the table; 2 (with a line on stderr) when res is missing or holds nothing to read."""
+    """Print the table; 2 (with a line on stderr) when res is missing or holds nothing to read, or is
+    one file that is not a results file."""
     stage_files, result_files = _inputs(res)
     if not stage_files and not result_files:
         why = "no such file or folder" if not os.path.exists(res) else \
             "no *.stage.json or bench_*.json in it (give a gpu_check results folder or a --json file)"
         print(f"summary: {res}: {why}", file=sys.stderr)
         return 2
+    if not stage_files and os.path.isfile(res):   # one file given: it must be a results file
+        d = _load(res, ("rows",), to_stderr=True)
+        if d is None:
+            return 2
+        if not d["rows"]:
+            print(f"summary: {res}: no rows in it", file=sys.stderr)
+            return 2
     for f in stage_files:
-        s = _load(f)
+        s = _load(f, ("stage", "rc", "seconds"))
         if s is None:
             continue
         cut = "  (out of time: killed at its budget)" if s["rc"] in (124, 137) else ""
         print(f"stage {s['stage']:<22} rc={s['rc']!s:<7} {s['seconds']:>5}s{cut}")
     rows, env = [], {}
     for f in result_files:
-        d = _load(f)
+        d = _load(f, ("rows",))
         if d is None:
             continue
         rows += d.get("rows", [])

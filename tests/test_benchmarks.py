@@ -1,5 +1,6 @@
 """The benchmarks' CPU-checkable helpers (the benchmarks themselves need a GPU), and a check that
 every module's code only uses names that exist."""
+import json
 import os
 import re
 import types
@@ -554,3 +555,22 @@ def test_decode_timing_warms_up_at_the_timed_length(monkeypatch):
     calls = []
     assert bench_block._time_generate(calls.append, 256) >= 0.0
     assert calls == [256, 256]
+
+
+@pytest.mark.parametrize("text, msg", [("[1, 2]", "not a benchmark results file"), ("{}", "not a benchmark results"),
+                                       ("line 1\nline 2", "JSONDecodeError"), ('{"rows": []}', "no rows in it"),
+                                       ('{"rows": 3}', "not a benchmark results file")])
+def test_summary_of_one_file_that_is_no_results_file(tmp_path, capsys, text, msg):
+    """summary.py FILE with the wrong file (a README, metrics.jsonl, a list): one line on stderr and exit 2,
+    not a traceback or an empty table with exit 0 (a review); in a results folder such a file is skipped."""
+    from benchmarks import summary
+    f = tmp_path / "bench_x.json"
+    f.write_text(text)
+    assert summary.main(str(f)) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and msg in err and err.startswith("summary: ") and err.count("\n") == 1
+    (tmp_path / "bench_y.json").write_text(json.dumps(dict(env={}, rows=[])))
+    (tmp_path / "odd.stage.json").write_text("[]")
+    assert summary.main(str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert ("unreadable bench_x.json" in out or msg == "no rows in it") and "unreadable odd.stage.json" in out
