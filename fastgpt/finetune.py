@@ -742,6 +742,8 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
                 f"{len(T.SPECIAL_TOKENS)} specials (vocab {model.config.vocab_size}, table "
                 f"{model.config.padded_vocab_size}), max_len {max_len}; {spe} steps/epoch, {total} steps; "
                 f"{cfg.device} {cfg.dtype}; lambda {cfg.aux_lm_weight}")
+        if ckpt_state is not None:   # (a resumed run's header looks like a new run's)
+            log.say(f"{PROG}: resuming from {latest} (step {step}/{total})")
         if step == 0:
             log.write(dict(type="header", config=saved_cfg, task=task.summary(), init=init_desc,
                            model_config=model.config.to_dict(), steps=total, steps_per_epoch=spe))

@@ -983,6 +983,9 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
                 + (f", {W} process{'es' if W > 1 else ''} ({'FSDP' if cfg.fsdp else 'DDP'}, "
                    f"{'nccl' if device.type == 'cuda' else 'gloo'})" if W > 1 or cfg.fsdp else "")
                 + (", activation checkpointing" if cfg.grad_checkpoint else ""))
+        if ckpt_state is not None:   # (a newcomer: a resumed run's header looked like a new run's)
+            log.say(f"fastgpt.train: evaluating {resumed_from} (step {step})" if cfg.eval_only else
+                    f"fastgpt.train: resuming from {resumed_from} (step {step}/{cfg.max_iters})")
         if backend_name == "fused" and device.type == "cuda" and not cfg.eval_only:
             from fastgpt.kernels import _precompile
             n = _precompile.workers()

@@ -491,7 +491,7 @@ def test_movie_reviews():
     assert not src
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, tiny_init):
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, tiny_init, capsys):
     """SIGTERM mid-epoch: the step finishes, a checkpoint is saved, exit 0 naming it; --resume goes on."""
     import signal
     import subprocess
@@ -524,6 +524,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, tiny_init):
     # --resume continues from that very step, here to a 2-step-later end
     assert FT.main(["--resume", "--out_dir", str(out), "--max_iters", str(step + 2), "--device", "cpu",
                     "--progress", "false"]) == 0
+    assert f"{FT.PROG}: resuming from {path} (step {step}/{step + 2})" in capsys.readouterr().err
     assert ck.load_checkpoint(ck.latest_checkpoint(out))["step"] == step + 2 and (out / "eval.json").exists()
 
 

@@ -50,7 +50,7 @@ def test_loss_falls(corpus, tmp_path, capsys):
     assert [p.name for p in ck.list_checkpoints(out)] == ["ckpt_0000020.pt", "ckpt_0000040.pt"]  # every eval_interval, keep 2
 
 
-def test_resume_is_bit_exact(corpus, tmp_path):
+def test_resume_is_bit_exact(corpus, tmp_path, capsys):
     """Stopped at N and resumed to 2N == an uninterrupted 2N-step run (same lr_decay_iters).
 
     Dropout and grad accumulation are on, so the torch RNG and the batch stream must both be carried.
@@ -60,7 +60,10 @@ def test_resume_is_bit_exact(corpus, tmp_path):
     assert train.main(_args(corpus, full, max_iters=6, **extra)) == 0
     assert train.main(_args(corpus, part, max_iters=3, **extra)) == 0
     # the resumed run takes every option it is not given from the checkpoint
+    capsys.readouterr()
     assert train.main([f"--out_dir={part}", "--resume", "--max_iters=6", "--device=cpu"]) == 0
+    # it says where it continues from, every time (not only after skipping a damaged checkpoint)
+    assert f"fastgpt.train: resuming from {part / 'ckpt_0000003.pt'} (step 3/6)\n" in capsys.readouterr().err
     a, b = _losses(full), _losses(part)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     assert a == b, (a, b)  # bit-identical floats, train and val
@@ -132,7 +135,8 @@ def test_eval_only_and_corrupt_checkpoint(corpus, tmp_path, capsys):
     final_val = _losses(out)[3][1]
     capsys.readouterr()
     assert train.main([f"--out_dir={out}", "--resume", "--eval_only", "--device=cpu"]) == 0
-    assert f"val_loss {final_val:.4f}" in capsys.readouterr().out
+    o, e = capsys.readouterr()
+    assert f"val_loss {final_val:.4f}" in o and f"fastgpt.train: evaluating {out / 'ckpt_0000003.pt'} (step 3)\n" in e
     assert _rows(out)[-1] == dict(step=3, val_loss=final_val, eval_only=True)
     # a new run (or an --eval_only without --resume) into it: refused before anything is touched
     before = (out / "metrics.jsonl").read_text()
