@@ -15,6 +15,9 @@ import warnings
 import torch
 
 BACKENDS = ("fused", "reference")
+# the advice in the reasons below; the command-line programs say it their way (cli.backend)
+USE_REFERENCE = "use backend='reference'"
+INTERPRETER_HINT = "(set TRITON_INTERPRET=1 before importing fastgpt)"
 
 
 def _check_name(name, where):
@@ -39,7 +42,7 @@ def _import_kernels():
     try:
         return importlib.import_module("fastgpt.kernels"), None
     except ImportError as e:  # triton missing (macOS, Windows) or a broken install
-        return None, f"the Triton kernels cannot be imported ({e}); install triton, or use backend='reference'"
+        return None, f"the Triton kernels cannot be imported ({e}); install triton, or {USE_REFERENCE}"
 
 
 def assume_constant_result(fn):
@@ -70,9 +73,9 @@ def fused_unavailable_reason(device_type: str) -> str | None:
     if device_type == "cpu":
         if not mod.INTERPRET:
             return ("the fused backend needs a CUDA GPU; on the CPU it runs only under the Triton interpreter "
-                    "(set TRITON_INTERPRET=1 before importing fastgpt) — or use backend='reference'")
+                    f"{INTERPRETER_HINT} — or {USE_REFERENCE}")
         return None
-    return f"the fused backend does not support device type {device_type!r}; use backend='reference'"
+    return f"the fused backend does not support device type {device_type!r}; {USE_REFERENCE}"
 
 
 def requested_backend(backend: str | None = None) -> str | None:
@@ -119,7 +122,7 @@ def kernels():
     return _kernels_or_reason()[0]
 
 
-def first_order_only(op: str, instead: str = "use backend='reference'"):
+def first_order_only(op: str, instead: str = USE_REFERENCE):
     """Decorates a fused op's autograd backward: its gradients come from kernels (no graph of their
     own), so double backward (create_graph=True, under which autograd runs a backward with grad mode
     on) would silently drop the second-order terms; raise instead."""

@@ -536,11 +536,13 @@ def device(spec: str | None, cpu_hint: str = "use --device cpu"):
 def backend(name: str | None, device_type: str) -> str:
     """--backend resolved for the device (fastgpt.backend.resolve: 'fused' or 'reference'); a UsageError
     (one line) when it cannot be: --backend fused where it cannot run, a bad $FASTGPT_BACKEND."""
-    from fastgpt.backend import resolve
+    from fastgpt.backend import INTERPRETER_HINT, USE_REFERENCE, resolve
     try:
         return resolve(name, device_type)
-    except (RuntimeError, ValueError) as e:
-        raise UsageError(str(e).splitlines()[0]) from None
+    except (RuntimeError, ValueError) as e:   # the advice in the programs' words, not the Python API's
+        msg = str(e).splitlines()[0].replace(USE_REFERENCE, "use --backend reference")
+        raise UsageError(msg.replace(INTERPRETER_HINT, "(TRITON_INTERPRET=1, for tests: far too slow for real runs)")) \
+            from None
 
 
 def autocast_factory(device, dtype: str):

@@ -78,13 +78,21 @@ def test_import_fastgpt_imports_neither_dynamo_nor_triton():
 
 
 @pytest.mark.skipif(HAS_CUDA or not HAS_TRITON, reason="CPU-only machine with triton")
-def test_fused_on_cpu_without_interpreter_says_why():
+def test_fused_on_cpu_without_interpreter_says_why(tmp_path):
     code = ("import torch, fastgpt.ops as ops\n"
             "try:\n    ops.layer_norm(torch.randn(2, 4), torch.ones(4), backend='fused')\n"
             "except RuntimeError as e:\n    print('ERR', e)\n")
     p = _run(code)
     assert p.returncode == 0, p.stderr
     assert "needs a CUDA GPU" in p.stdout and "TRITON_INTERPRET=1" in p.stdout
+    # the command-line programs give that advice in their own words (a newcomer: "backend='reference'"
+    # is Python, and the interpreter it suggested took 300 s for one step of the tiny model)
+    out = tmp_path / "o"
+    argv = ["--backend", "fused", "--out_dir", str(out)]
+    p = _run(f"import sys; from fastgpt import train; sys.exit(train.main({argv!r}))")
+    err = p.stderr.strip()
+    assert p.returncode == 2 and "\n" not in err and err.endswith("or use --backend reference"), err
+    assert "backend='reference'" not in err and "far too slow" in err and not out.exists()
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
