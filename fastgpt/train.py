@@ -823,8 +823,6 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     ckpt_state = resumed_from = None
     if cfg.resume:
         cfg, ckpt_state, resumed_from = _resume_point(cfg, given, dist, out_dir, say0)
-    else:
-        cli.check_no_earlier_run(out_dir, _our_header)
     following = sorted(k for k in FOLLOWING if getattr(cfg, k) is None)
     cfg = resolve(cfg, given)
     if ckpt_state is not None:   # (before the data: a --tokenizer gpt2 would fetch its files first)
@@ -833,6 +831,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         else torch.device(cfg.device)
     backend_name = cli.backend(cfg.backend, device.type)
     _check_data(cfg, given, dist)
+    if not cfg.resume:   # after the options' own checks (a newcomer: a missing --data was said second)
+        cli.check_no_earlier_run(out_dir, _our_header)
     init = None
     if cfg.init is not None and ckpt_state is None:   # (a checkpoint has the weights: --init was its start)
         init, cfg = _init_model(cfg, given, dist)   # (after the usage checks above: it may fetch gigabytes)

@@ -559,6 +559,13 @@ def test_resume_without_a_checkpoint_starts_the_run_again_with_its_logged_option
         FT.main(_ft_argv(task, tiny_init, out))
     err = capsys.readouterr().err
     assert e.value.code == 2 and "add --resume to start it again from step 0 with its options" in err
+    # a missing task / validation file is said first (the --resume that line suggests would not fix it)
+    nosuch = str(tmp_path / "nosuch.jsonl")
+    for argv in (_ft_argv(nosuch, tiny_init, out), _ft_argv(task, tiny_init, out, val_file=nosuch)):
+        with pytest.raises(SystemExit) as e:
+            FT.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and f"{nosuch}: no such file" in err, err
     assert FT.main(["--resume", f"--out_dir={out}", "--device=cpu"]) == 0
     err = capsys.readouterr().err
     assert (f"{FT.PROG}: no checkpoint in {out} yet: starting its run again from step 0 with the options in its "

@@ -146,6 +146,11 @@ def test_eval_only_and_corrupt_checkpoint(corpus, tmp_path, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "already holds a run" in err and "--resume" in err
+    # a wrong --data is said first (adding --resume, the fix the out_dir line suggests, would be wrong)
+    with pytest.raises(SystemExit) as e:
+        train.main([f"--data={tmp_path / 'nosuch.txt'}", f"--out_dir={out}", "--device=cpu"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and "\n" not in err and "nosuch.txt': no such file or folder" in err, err
     assert (out / "metrics.jsonl").read_text() == before
     # no temp files are left behind by the atomic writes
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
