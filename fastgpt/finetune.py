@@ -613,6 +613,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
     else:   # (a missing --task file said first: the --resume that the earlier run's line suggests is no fix)
         T.check_task_files(cfg.task, cfg.val_file, cfg.test_file)
         cli.check_no_earlier_run(out_dir, _our_header)
+    placement = cli.placement_flags(cfg)   # as given (an automatic --device is not repeated: main's line too)
     cfg = _device_and_dtype(cfg)
     device = torch.device(cfg.device)
     cli.seed_run(cfg.seed, device)   # determinism and precision
@@ -807,7 +808,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
         sigs.armed = False
         if stopped is not None:
             log.say(f"{PROG}: {sigs.name}: stopped after step {step}/{total}; checkpoint saved to {stopped} "
-                    f"(continue with: {cli.resume_command(PROG, out_dir, cli.placement_flags(cfg))})")
+                    f"(continue with: {cli.resume_command(PROG, out_dir, placement)})")
             return dict(interrupted=sigs.name, steps=step, checkpoint=str(stopped))
     finally:
         log.close()

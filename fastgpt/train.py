@@ -824,6 +824,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     if cfg.resume:
         cfg, ckpt_state, resumed_from = _resume_point(cfg, given, dist, out_dir, say0)
     following = sorted(k for k in FOLLOWING if getattr(cfg, k) is None)
+    resume_flags = _resume_flags(cfg)   # as given (an automatic --device is not repeated: main's line too)
     cfg = resolve(cfg, given)
     if ckpt_state is not None:   # (before the data: a --tokenizer gpt2 would fetch its files first)
         _check_resumed(ckpt_state, cfg, given, resumed_from)
@@ -1103,7 +1104,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         summary.update(step=step, best_val_loss=extra["best_val_loss"], init_val_loss=header.get("init_val_loss"))
         if stopped:
             log.say(f"{PROG}: {sigs.name or 'signal'}: stopped after step {step}/{cfg.max_iters}; checkpoint saved "
-                    f"to {last_saved} (continue with: {cli.resume_command(PROG, out_dir, _resume_flags(cfg))})")
+                    f"to {last_saved} (continue with: {cli.resume_command(PROG, out_dir, resume_flags)})")
             summary["interrupted"] = sigs.name or "signal"
             return summary
     finally:

@@ -98,11 +98,15 @@ def test_hangup_and_a_closed_log_pipe_keep_the_run(corpus, tmp_path):
     """SIGHUP (the terminal closed, ssh dropped) saves and exits 0 like SIGTERM; a reader of the logs that
     goes away (``| head``) no longer kills the run: it trains on, logging to metrics.jsonl, and finishes."""
     out = tmp_path / "out"
-    p = _spawn(_args(corpus, out, max_iters=100000, ckpt_interval=0))
+    # (without --device: the command to continue does not add the automatic one, as a second Ctrl-C's line
+    # does not; a newcomer saw the two differ)
+    p = _spawn([a for a in _args(corpus, out, max_iters=100000, ckpt_interval=0) if not a.startswith("--device")],
+               {"CUDA_VISIBLE_DEVICES": ""})   # (automatic = the CPU on a GPU machine too)
     _wait_for(lambda: _logged_steps(out) >= 2, p)
     p.send_signal(signal.SIGHUP)
     rc, (_, err) = p.wait(60), p.communicate()
-    assert rc == 0 and "SIGHUP: stopped after step" in err.strip().splitlines()[-1], err
+    last = err.strip().splitlines()[-1]
+    assert rc == 0 and "SIGHUP: stopped after step" in last and last.endswith(f"--resume --out_dir {out})"), err
     assert len(ck.list_checkpoints(out)) == 1
 
     out2 = tmp_path / "out2"
