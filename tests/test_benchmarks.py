@@ -159,7 +159,8 @@ def test_runner_fails_when_a_fastgpt_row_fails_its_check(monkeypatch, capsys):
     _fake_family(monkeypatch, "gelu", lambda args: [common.row("bias_gelu", "c", "fastgpt", 1.0, ok=False)])
     with pytest.raises(SystemExit) as e:
         run.main(["--only", "gelu"])
-    assert e.value.code == 1 and "fastgpt failed its correctness check, or raised while timed, in 1 row(s)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "fastgpt failed its correctness check, or raised while timed, in 1 row(s)" in err
     # the table's columns stay aligned where a value is missing
     assert run._fmt(None, "9.3f") == " " * 8 + "-" and run._fmt(None, "5.0f") == "    -"
 
