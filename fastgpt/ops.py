@@ -7,9 +7,11 @@ fastgpt.reference, which documents what each op computes.
 from __future__ import annotations
 
 import torch
+from torch._C._functorch import TransformType, peek_interpreter_stack
+from torch.autograd import forward_ad
 
 from fastgpt import reference
-from fastgpt.backend import kernels, resolve
+from fastgpt.backend import USE_REFERENCE, kernels, resolve
 
 __all__ = [
     "layer_norm",
@@ -29,23 +31,38 @@ def _device_type(op: str, name: str, t) -> str:
     return t.device.type
 
 
+def _fused(op: str, backend, name: str, t, **kw) -> bool:
+    """resolve() picks 'fused' for op (whose first tensor argument, ``name``, is t). Under forward-mode AD
+    (torch.func.jvp, torch.autograd.forward_ad) that is an error: the fused ops have no forward derivative,
+    and their tangents came back None or zero (or an error from inside a kernel), never right."""
+    if resolve(backend, _device_type(op, name, t), **kw) != "fused":
+        return False
+    if torch.compiler.is_compiling():   # (traced: no look at functorch's stack in the graph)
+        return True
+    top = peek_interpreter_stack()
+    if forward_ad._current_level >= 0 or (top is not None and top.key() == TransformType.Jvp):
+        raise NotImplementedError(f"{op}: the fused backend has no forward-mode AD (torch.func.jvp, "
+                                  f"torch.autograd.forward_ad); {USE_REFERENCE}")
+    return True
+
+
 def layer_norm(x, weight, bias=None, eps: float = 1e-5, *, backend=None):
     """LayerNorm over the last dim; y has x's dtype."""
-    if resolve(backend, _device_type("layer_norm", "x", x)) == "fused":
+    if _fused("layer_norm", backend, "x", x):
         return kernels().layer_norm(x, weight, bias, eps)
     return reference.layer_norm(x, weight, bias, eps)
 
 
 def add_layer_norm(x, residual, weight, bias=None, eps: float = 1e-5, *, backend=None):
     """(y, h) with h = x + residual (residual's dtype) and y = layer_norm(h) (x's dtype)."""
-    if resolve(backend, _device_type("add_layer_norm", "x", x)) == "fused":
+    if _fused("add_layer_norm", backend, "x", x):
         return kernels().add_layer_norm(x, residual, weight, bias, eps)
     return reference.add_layer_norm(x, residual, weight, bias, eps)
 
 
 def bias_gelu(x, bias=None, approximate: str = "tanh", *, backend=None):
     """gelu(x + bias), tanh form by default ("none" = exact erf)."""
-    if resolve(backend, _device_type("bias_gelu", "x", x)) == "fused":
+    if _fused("bias_gelu", backend, "x", x):
         return kernels().bias_gelu(x, bias, approximate)
     return reference.bias_gelu(x, bias, approximate)
 
@@ -67,7 +84,7 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, *, out_layout:
     """
     if out_layout not in ("bhtd", "bthd"):
         raise ValueError(f"causal_attention: out_layout must be 'bhtd' or 'bthd', got {out_layout!r}")
-    if resolve(backend, _device_type("causal_attention", "q", q)) == "fused":
+    if _fused("causal_attention", backend, "q", q):
         return kernels().causal_attention(q, k, v, scale, dropout_p, out_layout=out_layout, seed=seed)
     o = reference.causal_attention(q, k, v, scale, dropout_p, seed=seed)
     return o if out_layout == "bhtd" else o.transpose(1, 2).contiguous().transpose(1, 2)
@@ -77,7 +94,7 @@ def causal_attention_qkvpacked(qkv, scale=None, dropout_p: float = 0.0, *, seed=
     """causal_attention over a packed (B, T, 3, H, D) qkv projection (q, k, v are its strided slices)
     -> o as (B, T, H * D), ready for the output projection. The fused kernel's backward writes one
     packed gradient (no stack of dq, dk, dv); the values are causal_attention's either way."""
-    if resolve(backend, _device_type("causal_attention_qkvpacked", "qkv", qkv)) == "fused":
+    if _fused("causal_attention_qkvpacked", backend, "qkv", qkv):
         return kernels().causal_attention_qkvpacked(qkv, scale, dropout_p, seed=seed)
     return reference.causal_attention_qkvpacked(qkv, scale, dropout_p, seed=seed)
 
@@ -86,7 +103,7 @@ def bias_gelu_recompute(u, bias=None, approximate: str = "tanh", *, backend=None
     """(g, grad_fn) for a backward that recomputes g = bias_gelu(u, bias) instead of saving it:
     grad_fn(dg) -> (du, dbias or None). Fused: the kernels' launchers themselves (no nested autograd
     graph, ~0.1 ms of host time less); reference: autograd through the reference op."""
-    if resolve(backend, _device_type("bias_gelu_recompute", "u", u)) == "fused":
+    if _fused("bias_gelu_recompute", backend, "u", u):
         from fastgpt.kernels import gelu as G
         return G.bias_gelu_recompute(u, bias, approximate)
     with torch.enable_grad():
@@ -113,8 +130,7 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, *, backend=None)
     reason instead. The fused mask comes from the extension's Philox stream
     (seeded from torch's generator), the reference's from torch.rand.
     """
-    device_type = _device_type("bias_dropout_add", "x", x)
-    if resolve(backend, device_type, fused_reason=_extension_reason) == "fused":
+    if _fused("bias_dropout_add", backend, "x", x, fused_reason=_extension_reason):
         from fastgpt import extension
         return extension.bias_dropout_add(x, bias, residual, dropout_p)
     return reference.bias_dropout_add(x, bias, residual, dropout_p)
@@ -123,7 +139,7 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, *, backend=None)
 def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reduction: str = "mean",
                                label_smoothing: float = 0.0, *, backend=None):
     """cross_entropy(h @ W.T, targets) without materialising the logits (when fused)."""
-    if resolve(backend, _device_type("fused_linear_cross_entropy", "h", h)) == "fused":
+    if _fused("fused_linear_cross_entropy", backend, "h", h):
         return kernels().fused_linear_cross_entropy(h, W, targets, ignore_index, reduction, label_smoothing)
     if torch.is_autocast_enabled(h.device.type):
         # the GEMM in the autocast dtype, as nn.Linear (and the fused kernel) would run the head

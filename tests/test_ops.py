@@ -402,6 +402,45 @@ def test_double_backward_through_fused_ops_is_a_clear_error():
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_forward_mode_ad_through_fused_ops_is_a_clear_error():
+    """The fused ops have no forward derivative: under torch.func.jvp / forward_ad their tangents came back
+    None (forward_ad) or zero (jvp of bias_dropout_add), or an error from inside a kernel; now an error naming
+    the op, while the reference gives the tangent."""
+    import torch.autograd.forward_ad as fwAD
+    from fastgpt import GPTBlock, GPTConfig
+    x, t = torch.randn(4, 16, device=DEVICE), torch.randn(4, 16, device=DEVICE)
+    w, b = torch.randn(16, device=DEVICE), torch.randn(16, device=DEVICE)
+    W, y = torch.randn(11, 16, device=DEVICE), torch.randint(0, 11, (4,), device=DEVICE)
+    blocks = {be: GPTBlock(GPTConfig.preset("tiny", dropout=0.0), backend=be).to(DEVICE)
+              for be in ("fused", "reference")}
+    cases = {
+        "layer_norm": lambda x, be: ops.layer_norm(x, w, b, backend=be),
+        "add_layer_norm": lambda x, be: ops.add_layer_norm(x, x, w, b, backend=be)[0],
+        "bias_gelu": lambda x, be: ops.bias_gelu(x, b, backend=be),
+        "causal_attention": lambda x, be: ops.causal_attention(*[x.view(1, 2, 4, 8)] * 3, backend=be),
+        "causal_attention_qkvpacked": lambda x, be: ops.causal_attention_qkvpacked(
+            torch.cat([x, x, x], 1).view(1, 4, 3, 2, 8), backend=be),
+        "fused_linear_cross_entropy": lambda x, be: ops.fused_linear_cross_entropy(x, W, y, backend=be),
+        "GPTBlock": lambda x, be: blocks[be](x.repeat(1, 8).view(1, 4, 128)),
+    }
+    from fastgpt import extension
+    if extension.load() is not None:
+        cases["bias_dropout_add"] = lambda x, be: ops.bias_dropout_add(x, b, x, 0.0, backend=be)
+    for name, f in cases.items():
+        op = "layer_norm" if name == "GPTBlock" else name   # (the pre-LN block's first fused op)
+        with pytest.raises(NotImplementedError, match=f"{op}: the fused backend has no forward-mode AD"):
+            torch.func.jvp(lambda x: f(x, "fused"), (x,), (t,))
+        with fwAD.dual_level(), pytest.raises(NotImplementedError, match="the fused backend has no forward-mode AD"):
+            f(fwAD.make_dual(x, t), "fused")
+        torch.manual_seed(0)
+        _, tangent = torch.func.jvp(lambda x: f(x, "reference"), (x,), (t,))
+        with fwAD.dual_level():
+            torch.manual_seed(0)
+            assert fwAD.unpack_dual(f(fwAD.make_dual(x, t), "reference")).tangent is not None, name
+        assert tangent.abs().sum() > 0, name
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_fullgraph_compile_as_a_processs_first_fused_call():
     """torch.compile(fullgraph=True) over a fused op before anything imported fastgpt.kernels: the backend
     check runs outside the trace (dynamo refuses to trace the import: this failed in a fresh process)."""
