@@ -472,8 +472,22 @@ class GPT(nn.Module):
         return out
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # (called for this module by any load_state_dict, its own or a parent's, before its children load)
-        head, wte = state_dict.get(prefix + "lm_head.weight"), state_dict.get(prefix + "transformer.wte.weight")
+        # (called for this module by any load_state_dict, its own or a parent's, before its children load,
+        # with load_state_dict's own copy of the dict: keys set here are not the caller's)
+        head_key, wte_key = prefix + "lm_head.weight", prefix + "transformer.wte.weight"
+        head, wte = state_dict.get(head_key), state_dict.get(wte_key)
+        V, Vp = self.config.vocab_size, self.config.padded_vocab_size
+
+        def pad(t):   # vocab_size rows (nanoGPT's or HF's state dict): the padded rows are zero
+            if t is None or V == Vp or t.dim() != 2 or t.shape[0] != V:
+                return t
+            return torch.cat([t, t.new_zeros(Vp - V, t.shape[1])])
+        tied = head is None or head is wte   # the head not stored (save_pretrained's model.safetensors), or wte
+        wte = pad(wte)
+        head = wte if tied else pad(head)
+        for key, t in ((wte_key, wte), (head_key, head)):
+            if t is not None:
+                state_dict[key] = t
         if (head is not None and wte is not None and head is not wte and head.shape == wte.shape
                 and "meta" not in (head.device.type, wte.device.type)
                 and not torch.equal(head, wte.to(head.dtype))):
@@ -662,12 +676,14 @@ class GPT(nn.Module):
         max_new_tokens = _whole(max_new_tokens, "max_new_tokens")
         if max_new_tokens < 0:
             raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
+        temperature = _real(temperature, "temperature")
         if not (temperature >= 0 and math.isfinite(temperature)):
             raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature}")
         if top_k is not None:
             top_k = _whole(top_k, "top_k")
             if top_k < 1:
                 raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
+        top_p = None if top_p is None else _real(top_p, "top_p")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
         n_vocab = self.config.vocab_size if n_vocab is None else _whole(n_vocab, "n_vocab")
@@ -730,12 +746,7 @@ class GPT(nn.Module):
     def _load_core(self, sd: dict, where: str):
         """Load a state dict in fastgpt names whose wte may have vocab_size or padded rows."""
         sd = dict(sd)
-        sd.pop("lm_head.weight", None)
-        wte = sd.get("transformer.wte.weight")
-        V, Vp = self.config.vocab_size, self.config.padded_vocab_size
-        if wte is not None and wte.shape[0] == V and V != Vp:
-            sd["transformer.wte.weight"] = torch.cat([wte, wte.new_zeros(Vp - V, wte.shape[1])])
-        sd["lm_head.weight"] = sd.get("transformer.wte.weight")
+        sd.pop("lm_head.weight", None)   # GPT._load_from_state_dict ties it to wte (padded to padded_vocab_size)
         try:
             missing, unexpected = self.load_state_dict(sd, strict=False)
         except RuntimeError as e:   # shapes that do not fit this config
@@ -874,13 +885,26 @@ def _whole(v, name: str) -> int:
     raise ValueError(f"generate: {name} must be a whole number, got {v!r}")
 
 
+def _real(v, name: str) -> float:
+    """v as a float (a Python, NumPy or one-element tensor number, not a string); else generate's ValueError."""
+    if not isinstance(v, (str, bytes)):
+        try:
+            return float(v)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise ValueError(f"generate: {name} must be a number, got {v!r}")
+
+
 def _cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "mean"):
-    """fastgpt.reference.fused_linear_cross_entropy's semantics on given logits, in fp32:
+    """fastgpt.reference.fused_linear_cross_entropy's semantics on given logits, in fp32 (fp64 logits: fp64):
     the sum over targets != ignore_index, or ("mean") that sum over their count (0 when there are none)."""
     V = logits.shape[-1]
     t = targets.reshape(-1)
     reference.check_targets("GPT", t, V, ignore_index)
-    loss = F.cross_entropy(logits.reshape(-1, V).float(), t, ignore_index=ignore_index, reduction="sum")
+    logits = logits.reshape(-1, V)
+    if logits.dtype not in (torch.float32, torch.float64):   # (a float64 model's loss stays in float64)
+        logits = logits.float()
+    loss = F.cross_entropy(logits, t, ignore_index=ignore_index, reduction="sum")
     return loss if reduction == "sum" else loss / (t != ignore_index).sum().clamp_min(1)
 
 

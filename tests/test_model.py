@@ -747,6 +747,41 @@ def test_the_head_stays_tied_under_meta_init_and_assign():
         Wrap().load_state_dict({"gpt." + k: v for k, v in sd.items()})
 
 
+def test_load_state_dict_takes_the_head_stored_once_and_an_unpadded_vocabulary(tmp_path):
+    """GPT.load_state_dict (strict) takes save_pretrained's model.safetensors (the tied head stored once) and a
+    state dict whose embedding has vocab_size rows (nanoGPT's shakespeare_char: 65, ours padded to 128);
+    both were refused (a missing lm_head.weight, a size mismatch), only from_pretrained / load_model read them."""
+    from safetensors.torch import load_file
+    cfg = GPTConfig(vocab_size=65, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    ref = GPT(cfg).eval()
+    ref.save_pretrained(tmp_path / "m")
+    sd = load_file(tmp_path / "m" / "model.safetensors")
+    assert "lm_head.weight" not in sd
+    idx = torch.randint(0, 65, (2, 8))
+    for state in (sd, {k: (v[:65] if k in ("transformer.wte.weight", "lm_head.weight") else v)
+                       for k, v in ref.state_dict().items()}):
+        m = GPT(cfg).eval()
+        m.load_state_dict(state)   # strict
+        assert m.lm_head.weight is m.transformer.wte.weight
+        assert torch.equal(m(idx)[0], ref(idx)[0]) and not m.transformer.wte.weight[65:].any()
+    untied = {k: (v[:65] + (k == "lm_head.weight") if k in ("transformer.wte.weight", "lm_head.weight") else v)
+              for k, v in ref.state_dict().items()}
+    with pytest.raises(ValueError, match="lm_head.weight differs from transformer.wte.weight"):
+        GPT(cfg).load_state_dict(untied)
+
+
+def test_float64_model_loss_is_float64_on_both_paths():
+    """A float64 model is the float64 reference of a loss: the logits path cast its logits down to fp32 (the
+    return_logits=False path did not), so the two differed by ~4e-7."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=100, block_size=16, n_layer=1, n_head=2, n_embd=32), backend="reference").double()
+    idx = torch.randint(0, 100, (2, 16))
+    with_logits, without = m(idx, idx)[1], m(idx, idx, return_logits=False)[1]
+    assert with_logits.dtype == without.dtype == torch.float64
+    assert torch.equal(with_logits, without), (with_logits.item(), without.item())
+
+
 def test_loss_under_autocast_does_not_depend_on_return_logits():
     """DESIGN: the loss is the same whichever path computes it. Under bf16 autocast the reference head
     used to run its GEMM in fp32 (the logits path and the fused kernel run it in bf16, as nn.Linear does):
@@ -782,6 +817,8 @@ def test_generate_and_forward_refuse_bad_arguments_in_one_line():
     idx = torch.randint(0, 50, (1, 3))
     for kw, msg in ((dict(idx=idx[:, :0]), "idx must be a \\(B, T\\) tensor"), (dict(idx=idx[0]), "got shape \\(3,\\)"),
                     (dict(temperature=float("nan")), "temperature must be a finite number"),
+                    (dict(temperature="0.5"), "temperature must be a number, got '0.5'"),   # (a raw TypeError)
+                    (dict(top_p=[0.5]), "top_p must be a number, got \\[0.5\\]"),
                     (dict(top_k=2.5), "top_k must be a whole number"), (dict(top_k=True), "top_k must be a whole"),
                     (dict(max_new_tokens=2.0), "max_new_tokens must be a whole number"),
                     (dict(idx=idx.clamp(max=3) + 52), "token ids must be in \\[0, 50\\), got 5[2-5]"),   # (padded: 64)
