@@ -1014,7 +1014,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         t0 = t_last = time.perf_counter()
         step_last = step
         stopped = False
-        bad_run, bad_first, last_saved = 0, None, resumed_from
+        # a run of non-finite steps that a stop cut in two goes on counting after --resume
+        bad_run, bad_first, last_saved = extra.get("bad_in_a_row", 0), extra.get("bad_first"), resumed_from
         def evaluate_and_track() -> float:
             nonlocal t_last
             t = time.perf_counter()
@@ -1092,6 +1093,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
             stop = res.stop
             if last or stop or (cfg.ckpt_interval and step % cfg.ckpt_interval == 0 and not bad_run):
                 t = time.perf_counter()
+                extra.update(bad_in_a_row=bad_run, bad_first=bad_first)
                 last_saved = save(step)
                 t_last += time.perf_counter() - t   # nor is checkpointing (the next row's tok/s, mfu)
                 if not (last or stop):   # a signal during this save (or the evaluation before it): stop on

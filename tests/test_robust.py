@@ -341,6 +341,16 @@ def test_k_consecutive_bad_steps_stop_the_run(corpus, tmp_path, monkeypatch, cap
     assert train.main(_args(corpus, out2, max_iters=5, max_bad_steps=2)) == 0
     assert [s for s, r in _steps(out2).items() if r.get("skipped")] == [2, 4]
     assert ck.load_checkpoint(ck.latest_checkpoint(out2))["extra"]["skipped_steps"] == 2
+    # a run that stops inside a run of bad steps counts on after --resume (it started again from 0, so the
+    # resumed run trained through up to 2k - 1 bad steps in a row where the whole run would have stopped)
+    out3 = tmp_path / "out3"
+    monkeypatch.setenv("FASTGPT_TEST_NONFINITE", "3,4,5")
+    assert train.main(_args(corpus, out3, max_iters=4, max_bad_steps=3, lr_decay_iters=10)) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main([f"--out_dir={out3}", "--resume", "--max_iters=10", "--device=cpu"])
+    assert e.value.code == train.EXIT_DIVERGED
+    assert "stopped: 3 consecutive steps (3-5) had a non-finite" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- activation checkpointing
