@@ -236,13 +236,16 @@ def _remove_quietly(p: Path) -> None:
 def remove_stale_temps(folder) -> list[Path]:
     """Delete ``.NAME.tmpPID`` files (or folders: a fine-tune's ``.best.tmpPID``) left by writers that died
     (SIGKILL, power loss): no such pid here and, for a file, no writer's lock on it (hold_while_open);
-    the removed paths. Housekeeping: one that cannot be removed is left alone."""
+    the removed paths. Housekeeping: one that cannot be removed is left alone. This process's own pid is
+    an earlier process's (a container's trainer is pid 1 at every start): this one is not writing any
+    while it calls this (and a file it were writing would be locked)."""
     d, gone = Path(folder), []
     if not d.is_dir():
         return gone
     for p in d.iterdir():
         m = _TMP.match(p.name)
-        if m and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))) and not _held(p):
+        pid = int(m.group(2)) if m else None
+        if m and (pid == os.getpid() or not _pid_alive(pid)) and not _held(p):
             try:
                 remove_path(p)
             except OSError:

@@ -434,6 +434,20 @@ def test_a_writer_in_another_pid_namespace_keeps_its_temp_files(cache, tmp_path,
     assert held and all(held), held
 
 
+def test_a_temp_file_with_this_processs_own_pid_is_an_earlier_processs(tmp_path):
+    """A container's trainer has pid 1 at every start: the temp file a SIGKILLed one left (.ckpt_N.pt.tmp1)
+    was kept for ever, as if this process were writing it. An unlocked one goes; a locked one stays."""
+    import fcntl
+
+    from fastgpt import checkpoint as ck
+    left = tmp_path / f".ckpt_0000005.pt.tmp{os.getpid()}"
+    left.write_bytes(b"\0" * 10)
+    with open(left, "ab") as f:   # being written (by a thread of this process, say)
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert ck.remove_stale_temps(tmp_path) == [] and left.exists()
+    assert ck.remove_stale_temps(tmp_path) == [left] and not left.exists()
+
+
 def test_a_corrupt_token_folder_outside_the_cache_is_not_to_be_deleted(cache, tmp_path):
     td = data.prepare(str(_make_folder(tmp_path)), "byte")
     mine = tmp_path / "my-tokens"
