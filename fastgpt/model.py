@@ -41,6 +41,7 @@ import math
 import operator
 import os
 import re
+import stat
 import warnings
 from typing import Callable, Optional
 
@@ -815,7 +816,8 @@ class GPT(nn.Module):
         path = os.fspath(path)
         # the JSON first (a config.extra value that is not JSON fails before a file is touched), then
         # each file to a temp name and renamed over the old one: a failed or interrupted save leaves
-        # the previous save whole (it had left new weights beside an emptied config.json)
+        # the previous save whole (it had left new weights beside an emptied config.json), but for a
+        # crash between the two renames (train and finetune swap in their model/ folder whole)
         text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "config": self.config.to_dict()}, indent=2)
         os.makedirs(path, exist_ok=True)
         sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k != "lm_head.weight"}
@@ -825,6 +827,8 @@ class GPT(nn.Module):
             save_file(sd, tmp_w, metadata={"format": "pt"})
             with open(tmp_c, "w") as f:
                 f.write(text)
+            # safetensors creates its file 0600 whatever the umask: the weights as readable as the config
+            os.chmod(tmp_w, stat.S_IMODE(os.stat(tmp_c).st_mode))
             os.replace(tmp_w, weights)
             os.replace(tmp_c, config)
         finally:

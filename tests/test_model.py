@@ -493,6 +493,8 @@ def test_save_pretrained_roundtrip(tmp_path):
     assert meta["format"] == "fastgpt" and meta["version"] == 1 and "backend" not in meta["config"]
     from safetensors.torch import load_file
     assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")
+    mode = lambda n: (tmp_path / n).stat().st_mode & 0o777   # noqa: E731
+    assert mode("model.safetensors") == mode("config.json")   # (safetensors made it 0600 whatever the umask)
     m2 = GPT.from_pretrained(tmp_path, backend="reference")
     assert m2.config == m.config and m2.lm_head.weight is m2.transformer.wte.weight
     for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
