@@ -333,6 +333,8 @@ def read_inputs(path, task_type: str) -> list[Example]:
         # Blank lines after the last text shift nothing: they are dropped.
         while lines and not lines[-1].strip():
             lines.pop()
+        if not lines:   # (as a .jsonl with no rows is; it printed nothing and exited 0)
+            raise TaskFileError(f"{path}:1: no texts in the file")
         for i, l in enumerate(lines, 1):
             if not l.strip():
                 raise TaskFileError(f"{path}:{i}: blank line (one text a line, each gets a label on the same "
@@ -343,6 +345,11 @@ def read_inputs(path, task_type: str) -> list[Example]:
         where = f"{path}:{line}"
         text = _text(row, "text", where, required=True)
         text_b = _text(row, "text_b", where, required=task_type in ("pair", "similarity"))
+        # fields the model would not read are refused, as in a task file (its label came from text alone)
+        if task_type == "classify" and text_b is not None:
+            raise TaskFileError(f"{where}: has 'text_b', but the model is a classify model (one text a row)")
+        if task_type != "choice" and row.get("choices") is not None:
+            raise TaskFileError(f"{where}: has 'choices', but the model is a {task_type} model, not a choice one")
         choices = None
         if task_type == "choice":
             choices = row.get("choices")

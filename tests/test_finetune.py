@@ -215,6 +215,22 @@ def test_long_csv_cells_spaced_choice_labels_and_missing_named_files(tmp_path):
             T.read_inputs(tmp_path / name, "classify")
 
 
+def test_predict_file_fields_the_model_does_not_read_and_no_texts_are_errors(tmp_path):
+    """(a review, 2026-11-29) --predict_file: fields the model does not read are refused, as in a task file (a
+    classify model labelled the text alone, text_b dropped), and a blank-only text file is "no texts" as an
+    empty .jsonl is (it printed nothing, exit 0)."""
+    for model, row, needle in (("classify", dict(text="a", text_b="b"), "has 'text_b', but the model is a classify"),
+                               ("pair", dict(text="a", text_b="b", choices=["x", "y"]), "has 'choices', but the "
+                                "model is a pair model")):
+        with pytest.raises(T.TaskFileError, match=f":1: {needle}"):
+            T.read_inputs(write_jsonl(tmp_path / "p.jsonl", [row]), model)
+    assert [e.choices for e in T.read_inputs(write_jsonl(tmp_path / "c.jsonl", [dict(text="a", choices=["x", "y"])]),
+                                             "choice")] == [["x", "y"]]
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    with pytest.raises(T.TaskFileError, match="blank.txt:1: no texts in the file"):
+        T.read_inputs(tmp_path / "blank.txt", "classify")
+
+
 def test_refuses_torchrun(tmp_path, capsys, monkeypatch):
     """Under torchrun every process would run the whole fine-tuning and write the same out_dir: one line from
     rank 0, exit 2 (the others exit 2 quietly); a $WORLD_SIZE left in the environment without torchrun (no
