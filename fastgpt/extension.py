@@ -248,12 +248,18 @@ def _validate(x, bias, residual, p) -> None:
     reference.check_bias_dropout_p(op, p)
 
 
+# (a direct call with real CPU tensors and a meta seed comes here too, Meta outranking CPU: the seed is
+# checked, or it returned uninitialised memory)
 def _fake_fwd(x, bias, residual, p, seed):
     _validate(x, bias, residual, p)
+    if p > 0 and seed is not None:
+        _validate_seed(seed, x.device)
     return x.new_empty(x.shape, dtype=residual.dtype)
 
 
 def _fake_bwd(grad, seed, p, dx_dtype, dbias_dtype):
+    if p > 0 and seed is not None:
+        _validate_seed(seed, grad.device)
     dx = grad.new_empty(grad.shape, dtype=dx_dtype)
     if dbias_dtype is None:
         return dx, grad.new_empty((0,), dtype=dx_dtype)

@@ -293,6 +293,17 @@ def test_opcheck(p, has_bias):
                           (g, seed, p, torch.bfloat16, torch.float32 if has_bias else None))
 
 
+def test_a_meta_seed_in_a_direct_op_call_is_refused():
+    """Meta outranks CPU in the dispatcher: a direct op call with real tensors and a meta seed ran the fake
+    implementation, which returned uninitialised memory (forward and backward); now the seed check."""
+    x = torch.ones(2, 8, device=DEVICE)
+    meta_seed = torch.zeros(2, dtype=torch.int64, device="meta")
+    with pytest.raises(ValueError, match=f"seed is on meta but x is on {x.device}"):
+        torch.ops.fastgpt.bias_dropout_add(x, None, x, 0.5, meta_seed)
+    with pytest.raises(ValueError, match="seed is on meta but x is on"):
+        torch.ops.fastgpt.bias_dropout_add_bwd(x, meta_seed, 0.5, torch.float32, None)
+
+
 def test_compile_fullgraph():
     """torch.compile sees no graph break: the seed is drawn by torch.randint inside the graph."""
     compile_backend = "inductor" if HAS_CUDA else "aot_eager"
