@@ -408,7 +408,7 @@ def bias_dropout_add(x: Tensor, bias: Optional[Tensor], residual: Tensor, dropou
         if not torch.compiler.is_compiling():
             _validate_seed(s, x.device)  # the C++ checks, before any op runs
     else:
-        s = reference.seed_pair(seed, x.device, _OP)
+        s = reference.seed_pair(seed, None, _OP)   # on the CPU: read by value (a CUDA one was a synced copy)
     if _path == "eager" or (_path is None and _eager_ok((x, bias, residual))):
         if torch.is_grad_enabled() and (x.requires_grad or residual.requires_grad
                                         or (bias is not None and bias.requires_grad)):

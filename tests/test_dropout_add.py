@@ -304,6 +304,20 @@ def test_a_meta_seed_in_a_direct_op_call_is_refused():
         torch.ops.fastgpt.bias_dropout_add_bwd(x, meta_seed, 0.5, torch.float32, None)
 
 
+@needs_cuda
+def test_a_seed_pair_costs_no_device_sync():
+    """A (seed, offset) pair became a CUDA tensor (a blocking host-to-device copy each call, an error inside
+    a CUDA-graph capture); the kernels read a CPU seed by value."""
+    x = torch.randn(4, 64, device="cuda")
+    want = extension.bias_dropout_add(x, None, x, 0.25, seed=torch.tensor([3, 4], device="cuda"))
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = extension.bias_dropout_add(x, None, x, 0.25, seed=(3, 4))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(got, want)
+
+
 def test_compile_fullgraph():
     """torch.compile sees no graph break: the seed is drawn by torch.randint inside the graph."""
     compile_backend = "inductor" if HAS_CUDA else "aot_eager"
