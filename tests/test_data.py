@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,12 @@ def _check_roundtrip(td, tok, root):
     for d in docs:
         arr = td.train if d["split"] == "train" else td.val
         ids = np.asarray(arr[d["start"]:d["start"] + d["length"]])
+        end = td.meta["end_tokens"]   # what ends each document: <|endoftext|>, or a blank line (byte)
         if tok.eot is not None:
-            assert ids[-1] == tok.eot
-            ids = ids[:-1]
+            assert end == 1 and ids[-1] == tok.eot
+        else:
+            assert tok.decode(ids[len(ids) - end:]) == data.DOC_SEPARATOR == "\n\n"
+        ids = ids[:len(ids) - end]
         assert ids.size == 0 or ids.max() < tok.n_vocab
         rebuilt[d["name"]] = rebuilt.get(d["name"], "") + tok.decode(ids)
     for name, text in rebuilt.items():
@@ -468,3 +472,37 @@ def test_a_full_disk_under_the_cache_says_so(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "write_token_dir", full)
     with pytest.raises(data.DataError, match="No space left on device; free space there or set FASTGPT_CACHE"):
         data.prepare(str(f), "byte")
+
+
+def test_byte_documents_end_with_a_blank_line(cache, tmp_path):
+    """(a review, 2026-11-29) The byte tokenizer has no <|endoftext|>: documents were glued in the token stream
+    ("THE ENDbeta ..."; 41 of the default corpus's 42 play files end without a newline). Each document (each
+    split's part) now ends with DOC_SEPARATOR, as a gpt2 one ends with <|endoftext|>."""
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "a.txt").write_text("".join(f"alpha line {i}\n" for i in range(40)) + "THE END")
+    (d / "b.txt").write_text("".join(f"beta line {i}\n" for i in range(40)) + "FIN")
+    td = data.prepare(str(d), "byte")
+    tok = data.ByteTokenizer()
+    train, val = tok.decode(np.asarray(td.train)), tok.decode(np.asarray(td.val))
+    assert "THE END\n\nbeta line" in val and val.endswith("FIN\n\n") and "ENDbeta" not in val
+    assert train.count("\n\n") == 2 and train.endswith("\n\n")   # each file's train part ends too
+    assert tok.decode(data.document_tokens(td, str(d / "a.txt"))).startswith("alpha line 0\n")
+
+
+def test_a_write_error_leaves_no_temp_files(cache, tmp_path):
+    """(a review, 2026-11-29) Disk full while tokens were written: closing the temp file flushed its buffer and
+    failed again, so the cleanup stopped there and both checkpoint-sized temp files stayed in the cache."""
+    big = tmp_path / "big.txt"
+    big.write_text("some words on a line\n" * 200_000)   # ~4 MB of byte tokens (uint16: ~8 MB)
+    script = ("import resource, signal, sys\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))\n"
+              "from fastgpt import data\n"
+              "try:\n"
+              f"    data.prepare({str(big)!r}, 'byte')\n"
+              "except data.DataError as e:\n"
+              "    print('DataError', e); sys.exit(3)\n")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ))
+    assert p.returncode == 3 and "File too large" in p.stdout, (p.stdout, p.stderr[-2000:])
+    assert not [f for f in cache.rglob("*") if ".tmp" in f.name], list(cache.rglob("*"))
