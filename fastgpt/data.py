@@ -40,7 +40,7 @@ Token files
     blank line, DOC_SEPARATOR (byte: it has no special token).
     Users' own text (``--data FILE|DIR|GLOB``) is tokenized once into
     ``tokens/<key>/`` where the key hashes the tokenizer and each file's path,
-    size and mtime; the last ``val_fraction`` of each document's characters
+    size, mtime, inode and ctime; the last ``val_fraction`` of each document's characters
     (the cut moved to a line start when one is near) forms the validation split.
 
 Batches
@@ -544,8 +544,10 @@ def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline:
             raise DataError(f"{spec} holds {td.tokenizer!r} tokens but --tokenizer is {tokenizer!r}")
         return td
     files = resolve_data_files(spec)
-    ident = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    if not any(size for _, size, _ in ident):
+    # each file's path, size, mtime, and inode and ctime (as git's index): new text of the same size under a
+    # restored mtime (cp -p, touch -r, rsync -t, a tarball's fixed times) had the old text's key
+    ident = [(str(f), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) for f in files for st in [f.stat()]]
+    if not any(i[1] for i in ident):
         raise DataError(f"--data {spec!r}: no text to train on ({'the file is' if len(files) == 1 else 'every file is'} "
                         "empty)")
     key = "user-" + hashlib.sha256(json.dumps([USER_TOKENS_VERSION, tokenizer, val_fraction, ident]).encode()

@@ -506,3 +506,17 @@ def test_a_write_error_leaves_no_temp_files(cache, tmp_path):
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ))
     assert p.returncode == 3 and "File too large" in p.stdout, (p.stdout, p.stderr[-2000:])
     assert not [f for f in cache.rglob("*") if ".tmp" in f.name], list(cache.rglob("*"))
+
+
+def test_new_text_under_a_restored_mtime_is_tokenized_again(cache, tmp_path):
+    """(a review, 2026-11-29) The cache key was path, size and mtime: other text of the same size with the
+    old mtime put back (cp -p, touch -r, rsync -t) got the old tokens."""
+    f = tmp_path / "a.txt"
+    f.write_text("a" * 400)
+    st = f.stat()
+    first = data.prepare(str(f), "byte")
+    f.write_text("b" * 400)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = data.prepare(str(f), "byte")
+    assert second.dir != first.dir and int(second.train[0]) == ord("b")
+    assert data.prepare(str(f), "byte").dir == second.dir   # and unchanged text is not tokenized again
