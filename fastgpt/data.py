@@ -141,6 +141,14 @@ def _how_to_prepare(what: str) -> str:
             f"FASTGPT_CACHE to it")
 
 
+def not_utf8(path, e: UnicodeDecodeError) -> str:
+    """"not UTF-8 text (REASON at byte N)" for a file read as utf-8-sig, N counted from its first byte
+    (the decoder counts after a byte-order mark: 3 too few)."""
+    with open(path, "rb") as f:
+        bom = f.read(3) == b"\xef\xbb\xbf"
+    return f"not UTF-8 text ({e.reason} at byte {e.start + 3 * bom})"
+
+
 def sha256_file(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -561,7 +569,7 @@ def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline:
                 try:
                     text = f.read_text(encoding="utf-8-sig")   # (a byte-order mark is not text)
                 except UnicodeDecodeError as e:
-                    raise DataError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start}); convert it or leave "
+                    raise DataError(f"{f} is {not_utf8(f, e)}; convert it or leave "
                                     "it out of --data") from None
                 # the last val_fraction of the characters is validation, cut at a line start when one
                 # is near: validation grows by at most a quarter of its size (a file of few, long lines

@@ -176,7 +176,8 @@ def _read_rows(path: Path, required=("text", "label"), flag: str = "--task") -> 
         with open(path, encoding="utf-8-sig", newline="") as f:   # (newline="": a CSV cell keeps its "\r\n")
             raw = f.read()
     except UnicodeDecodeError as e:
-        raise TaskFileError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        from fastgpt.data import not_utf8
+        raise TaskFileError(f"{name}: {not_utf8(path, e)}") from None
     rows: list[tuple[int, dict]] = []
     if ext in (".jsonl", ".json", ".ndjson"):
         # lines end at "\n" only (str.splitlines would also cut at U+2028, U+0085, ..., which JSON keeps raw
@@ -323,7 +324,8 @@ def read_inputs(path, task_type: str) -> list[Example]:
             # text may hold, and one input line would get two labels
             lines = [l.removesuffix("\r") for l in path.read_bytes().decode("utf-8-sig").split("\n")]
         except UnicodeDecodeError as e:
-            raise TaskFileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            from fastgpt.data import not_utf8
+            raise TaskFileError(f"{path}: {not_utf8(path, e)}") from None
         if task_type != "classify":
             raise TaskFileError(f"{path}: a {task_type} model needs a .jsonl or .csv file with "
                                 f"{'text and text_b' if task_type != 'choice' else 'text and choices'}")

@@ -156,8 +156,17 @@ def test_bad_data_paths(cache, tmp_path):
             data.prepare(str(spec), "byte")
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(data.DataError, match="not UTF-8"):
+    with pytest.raises(data.DataError, match="not UTF-8 text .* at byte 3\\)"):
         data.prepare(str(bad), "byte")
+    bad.write_bytes(b"\xef\xbb\xbf" + "caf\xe9\n".encode("latin-1"))   # after a byte-order mark: byte 6 (it said 3)
+    with pytest.raises(data.DataError, match="not UTF-8 text .* at byte 6\\)"):
+        data.prepare(str(bad), "byte")
+    from fastgpt import tasks
+    for name in ("t.jsonl", "t.txt"):   # a task file, a --predict_file
+        (tmp_path / name).write_bytes(bad.read_bytes())
+        with pytest.raises(tasks.TaskFileError, match="not UTF-8 text .* at byte 6\\)"):
+            tasks.load_file_task(tmp_path / name) if name.endswith("jsonl") else tasks.read_inputs(tmp_path / name,
+                                                                                                  "classify")
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "a.txt").write_text("")
