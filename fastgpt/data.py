@@ -342,18 +342,22 @@ DOC_SEPARATOR = "\n\n"
 
 
 def text_chunks(text: str, size: int = CHUNK_CHARS):
-    """Pieces of text, cut only at "X\\nY" with X and Y not whitespace, i.e. after a newline that
-    GPT-2's pre-tokenizer takes alone whether or not the text goes on; encoding the pieces one by
-    one therefore gives exactly the tokens of the whole (tests check this)."""
+    """Pieces of text, each cut just before a newline that is followed by a character that is not
+    whitespace ("...X\\n | \\nY..." and "...X | \\nY..."): GPT-2's pre-tokenizer takes that newline
+    alone, and what comes before it ends there, whether or not the text goes on; encoding the pieces
+    one by one therefore gives exactly the tokens of the whole (tests check this). (Python's isspace()
+    takes in every character the pre-tokenizer's \\s does, and a few more: a cut it allows is safe.)
+    Text of one-line paragraphs between blank lines is cut too (a cut after "X\\n" only, between
+    two characters that are not whitespace, left such a file one piece: all of it in memory at once)."""
     i, n = 0, len(text)
     while n - i > size:
         j = text.find("\n", i + size)
-        while j != -1 and (j + 1 >= n or text[j + 1].isspace() or text[j - 1].isspace()):
+        while j != -1 and (j + 1 >= n or text[j + 1].isspace()):
             j = text.find("\n", j + 1)
         if j == -1:
             break
-        yield text[i:j + 1]
-        i = j + 1
+        yield text[i:j]
+        i = j
     yield text[i:]
 
 

@@ -8,6 +8,7 @@ one marked ``network``.
 """
 import hashlib
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -278,11 +279,17 @@ def test_chunked_encoding_equals_whole(seeded_cache):
     tok = data.get_tokenizer("gpt2")
     texts = data.corpus_texts()
     tricky = "a  \n\nB \n C\n\n\nD\t\nE\nF's\n'tis\n  G\n" * 40 + "Hamlet.\nWho's there?\n" * 30
-    for text in (texts["hamlet"][:60000], tricky):
-        pieces = list(data.text_chunks(text, size=97))
-        assert "".join(pieces) == text and len(pieces) > 10
+    # one-line paragraphs between blank lines (markdown, scraped text) had no cut: the whole file one piece
+    paragraphs = "".join(f"Paragraph {i} has some words, 12 numbers and 'quotes'.\n\n" for i in range(300))
+    rng = random.Random(0)   # and random runs of letters, digits, punctuation and whitespace of every kind
+    alphabet = ["a", "B", "7", "'s", "'", ".", " ", "  ", "\n", "\n\n", "\t", "\r", "\x0b", "\x0c", "\x1c", "\x85",
+                "\xa0", "\u2028", "\u3000", "é", "中", "🙂", "<|endoftext|>"]
+    fuzz = ["".join(rng.choice(alphabet) for _ in range(400)) for _ in range(200)]
+    for text in (texts["hamlet"][:60000], tricky, paragraphs, *fuzz):
+        pieces = list(data.text_chunks(text, size=97 if len(text) > 1000 else 7))
+        assert "".join(pieces) == text and (len(pieces) > 10 or text in fuzz)
         chunked = [i for p in pieces for i in tok.encode(p)]
-        assert chunked == tok.encode(text)
+        assert chunked == tok.encode(text), repr(text)
 
 
 def test_a_file_of_long_lines_splits_near_the_fraction(cache, tmp_path):
