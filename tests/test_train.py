@@ -436,14 +436,17 @@ def test_replace_folder_leaves_the_previous_folder_whole_on_a_failure(tmp_path, 
 
 def test_stale_temp_files_and_folders_of_dead_writers_are_removed(tmp_path):
     """A killed writer leaves .NAME.tmpPID: a checkpoint file, or a fine-tune's .best.tmpPID folder. The next
-    save removes both (the folder used to raise IsADirectoryError on every later save); a live writer's stays."""
+    save removes both (the folder used to raise IsADirectoryError on every later save); a live writer's stays.
+    One named with this process's pid is an earlier process's (a container's pid 1): this one is not writing."""
+    import os
     (tmp_path / ".ckpt_0000001.pt.tmp999999").write_bytes(b"partial")
     (tmp_path / ".best.tmp999999").mkdir()
     (tmp_path / ".best.tmp999999" / "model.safetensors").write_bytes(b"partial")
-    mine = tmp_path / f".best.tmp{__import__('os').getpid()}"
-    mine.mkdir()
+    (tmp_path / f".best.tmp{os.getpid()}").mkdir()
+    live = tmp_path / f".best.tmp{os.getppid()}"   # (pytest's parent: alive)
+    live.mkdir()
     ck.save_checkpoint(tmp_path, dict(step=2, model={"w": torch.zeros(3)}))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, "ckpt_0000002.pt"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "ckpt_0000002.pt"])
 
 
 def test_resume_without_a_checkpoint_starts_the_run_again_with_its_logged_options(corpus, tmp_path, monkeypatch,
