@@ -480,6 +480,8 @@ def save_finetuned(path: Path, model, head, meta: dict) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()},
                   str(tmp / "head.safetensors"))
         (tmp / "finetune.json").write_text(json.dumps(meta, indent=1))
+        # (safetensors makes its file 0600 whatever the umask: as readable as the JSON beside it)
+        os.chmod(tmp / "head.safetensors", (tmp / "finetune.json").stat().st_mode & 0o7777)
     ck.replace_folder(path, fill)
 
 

@@ -398,6 +398,8 @@ def test_pair_similarity_choice_runs(tmp_path, tiny_init):
         assert 0.0 <= s["accuracy"] <= 1.0
         meta = json.loads((out / "best" / "finetune.json").read_text())
         assert meta["task_type"] == s["task_type"]
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (out / "best").iterdir()}   # (safetensors': 0600)
+        assert len(set(modes.values())) == 1 and len(modes) == 4, modes
     # --predict on a choice model answers with one of each row's choices
     inp = write_jsonl(tmp_path / "ask.jsonl", [dict(text="which?", choices=["saw", "mango"]),
                                                dict(text="which?", choices=["red", "drill", "apple"])])
