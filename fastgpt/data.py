@@ -51,6 +51,7 @@ Batches
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import glob as _glob
@@ -142,11 +143,21 @@ def _how_to_prepare(what: str) -> str:
 
 
 def not_utf8(path, e: UnicodeDecodeError) -> str:
-    """"not UTF-8 text (REASON at byte N)" for a file read as utf-8-sig, N counted from its first byte
-    (the decoder counts after a byte-order mark: 3 too few)."""
+    """"not UTF-8 text (REASON at byte N)" for a file whose reading raised ``e``, N counted from its first
+    byte: found again by decoding it from the start (e counts from where that read's bytes began, and after
+    a byte-order mark)."""
+    dec, pos = codecs.getincrementaldecoder("utf-8")(), 0
     with open(path, "rb") as f:
-        bom = f.read(3) == b"\xef\xbb\xbf"
-    return f"not UTF-8 text ({e.reason} at byte {e.start + 3 * bom})"
+        while True:
+            b = f.read(1 << 20)
+            held = len(dec.getstate()[0])   # the bytes of a character cut by the last read
+            try:
+                dec.decode(b, final=not b)
+            except UnicodeDecodeError as again:
+                return f"not UTF-8 text ({again.reason} at byte {pos - held + again.start})"
+            if not b:
+                return f"not UTF-8 text ({e.reason})"   # (it has changed since)
+            pos += len(b)
 
 
 def sha256_file(path) -> str:
@@ -226,6 +237,7 @@ class ByteTokenizer:
     name = "byte"
     n_vocab = TOKENIZER_VOCAB["byte"]
     eot = None
+    cuts_anywhere = True   # the tokens of a text's pieces are the whole text's, wherever it is cut
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -341,28 +353,43 @@ CHUNK_CHARS = 1 << 20  # documents are encoded in pieces of about this many char
 DOC_SEPARATOR = "\n\n"
 
 
-def text_chunks(text: str, size: int = CHUNK_CHARS):
-    """Pieces of text, each cut just before a newline that is followed by a character that is not
-    whitespace ("...X\\n | \\nY..." and "...X | \\nY..."): GPT-2's pre-tokenizer takes that newline
-    alone, and what comes before it ends there, whether or not the text goes on; encoding the pieces
-    one by one therefore gives exactly the tokens of the whole (tests check this). (Python's isspace()
-    takes in every character the pre-tokenizer's \\s does, and a few more: a cut it allows is safe.)
-    Text of one-line paragraphs between blank lines is cut too (a cut after "X\\n" only, between
-    two characters that are not whitespace, left such a file one piece: all of it in memory at once)."""
-    i, n = 0, len(text)
-    while n - i > size:
-        j = text.find("\n", i + size)
-        while j != -1 and (j + 1 >= n or text[j + 1].isspace()):
-            j = text.find("\n", j + 1)
-        if j == -1:
-            break
-        yield text[i:j]
-        i = j
-    yield text[i:]
+def text_chunks(text, size: int | None = None):
+    """Pieces of text (a str, or an iterable of str pieces: read as they are needed) of about ``size``
+    characters or more, each cut just before a newline that is followed by a character that is not
+    whitespace ("...X\\n | \\nY..." and "...X | \\nY..."): GPT-2's pre-tokenizer takes that newline alone,
+    and what comes before it ends there, whether or not the text goes on; encoding the pieces one by one
+    therefore gives exactly the tokens of the whole (tests check this). (Python's isspace() takes in
+    every character the pre-tokenizer's \\s does, and a few more: a cut it allows is safe.) Only the text
+    since the last cut is in memory: a piece or two, or a stretch with no place to cut, whole."""
+    size = CHUNK_CHARS if size is None else size
+    pending, n = [], 0   # the text not yet given out, in pieces, and its length
+    pieces = text if not isinstance(text, str) else \
+        (text[i:i + size] for i in range(0, len(text), max(size, 1)))   # (a cut copies the pending text)
+    for piece in pieces:
+        if not piece:
+            continue
+        # where to look for a cut: the new piece and the character before it (a "\n" that waited for it)
+        window = (pending[-1][-1:] if pending else "") + piece
+        base = n + len(piece) - len(window)   # window[0]'s position in the pending text
+        pending.append(piece)
+        n += len(piece)
+        while n > size:
+            j = window.find("\n", max(size - base, 0))
+            while j != -1 and j + 1 < len(window) and window[j + 1].isspace():
+                j = window.find("\n", j + 1)
+            if j == -1 or j + 1 >= len(window):
+                break
+            joined = "".join(pending)
+            yield joined[:base + j]
+            window = joined[base + j:]
+            pending, n, base = [window], len(window), 0
+    if pending:
+        yield "".join(pending)
 
 
 def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None = None) -> TokenData:
-    """Tokenize docs, an iterable of (name, split, text), into out/{train,val}.bin + meta.json.
+    """Tokenize docs, an iterable of (name, split, text), into out/{train,val}.bin + meta.json; a text
+    may be a str or an iterable of str pieces (read as they are needed).
 
     Tokens stream to temp files (a document's tokens, then <|endoftext|> when the tokenizer has
     one, else DOC_SEPARATOR's tokens), which are fsync'ed and renamed; meta.json is written last, so its presence marks a
@@ -388,7 +415,9 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
     try:
         for name, split, text in docs:
             n = 0
-            for piece in text_chunks(text):
+            if isinstance(text, str):
+                text = [text]
+            for piece in (text if getattr(tok, "cuts_anywhere", False) else text_chunks(text)):
                 ids = tok.encode_np(piece).astype(dtype, copy=False).tobytes()
                 files[split].write(ids)
                 digests[split].update(ids)
@@ -548,6 +577,41 @@ def token_dir_tokenizer(spec: str) -> str | None:
     return t if isinstance(t, str) else None
 
 
+def _text_pieces(path: Path, start: int = 0, stop: int | None = None):
+    """Characters [start, stop) of path's text as read_text(encoding="utf-8-sig") gives it (a byte-order mark
+    dropped, line ends as "\\n"), in pieces of at most CHUNK_CHARS characters, read as they are needed."""
+    pos, size = 0, CHUNK_CHARS
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            while stop is None or pos < stop:
+                piece = f.read(size if stop is None else min(size, stop - pos))
+                if not piece:
+                    break
+                lo = max(start - pos, 0)
+                pos += len(piece)
+                if lo < len(piece):
+                    yield piece[lo:]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is {not_utf8(path, e)}; convert it or leave it out of --data") from None
+
+
+def _val_cut(path: Path, val_fraction: float) -> tuple[int, int]:
+    """(cut, n): the last val_fraction of path's n characters is validation, cut at a line start when one is
+    near: validation grows by at most a quarter of its size (a file of few, long lines is cut mid-line rather
+    than mostly validation). Two reads of the file, one piece in memory at a time."""
+    n = sum(len(p) for p in _text_pieces(path))
+    cut = int(n * (1 - val_fraction))
+    nl, pos = -1, 0   # the last "\\n" before cut
+    for piece in _text_pieces(path, 0, cut):
+        k = piece.rfind("\n")
+        if k != -1:
+            nl = pos + k
+        pos += len(piece)
+    if nl > 0 and cut - nl <= (n - cut) // 4:
+        cut = nl + 1
+    return cut, n
+
+
 def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline: bool | None = None) -> TokenData:
     """Users' text tokenized once into the cache; the last val_fraction of each document is validation."""
     if is_token_dir(spec):
@@ -568,23 +632,12 @@ def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline:
     def build(d):
         tok = get_tokenizer(tokenizer, offline)
 
-        def docs():  # one file in memory at a time
+        def docs():   # each file streamed: a piece of CHUNK_CHARS at a time in memory, never the whole
             for f in files:
-                try:
-                    text = f.read_text(encoding="utf-8-sig")   # (a byte-order mark is not text)
-                except UnicodeDecodeError as e:
-                    raise DataError(f"{f} is {not_utf8(f, e)}; convert it or leave "
-                                    "it out of --data") from None
-                # the last val_fraction of the characters is validation, cut at a line start when one
-                # is near: validation grows by at most a quarter of its size (a file of few, long lines
-                # is cut mid-line rather than mostly validation)
-                cut = int(len(text) * (1 - val_fraction))
-                nl = text.rfind("\n", 0, cut)
-                if nl > 0 and cut - nl <= (len(text) - cut) // 4:
-                    cut = nl + 1
-                yield str(f), "train", text[:cut]
-                if text[cut:]:
-                    yield str(f), "val", text[cut:]
+                cut, n = _val_cut(f, val_fraction)
+                yield str(f), "train", _text_pieces(f, 0, cut)
+                if cut < n:
+                    yield str(f), "val", _text_pieces(f, cut, n)
         return write_token_dir(d, docs(), tok, dict(files=[i[0] for i in ident], val_fraction=val_fraction),
                                total_chars=sum(i[1] for i in ident))
     return _cached_or_build(key, build)

@@ -536,3 +536,56 @@ def test_new_text_under_a_restored_mtime_is_tokenized_again(cache, tmp_path):
     second = data.prepare(str(f), "byte")
     assert second.dir != first.dir and int(second.train[0]) == ord("b")
     assert data.prepare(str(f), "byte").dir == second.dir   # and unchanged text is not tokenized again
+
+
+def test_files_are_read_in_pieces_with_the_same_tokens_and_split(cache, tmp_path, monkeypatch):
+    """(a review, 2026-11-29) Each text file was read whole (and sliced: twice its size in memory, a 10 GB file
+    20 GB or more); now in pieces of CHUNK_CHARS characters. The pieces, their cuts, the validation cut and
+    the tokens are those of the whole text: line ends (a "\\r\\n" across two pieces), a byte-order mark, text
+    with no place to cut."""
+    rng = random.Random(1)
+    alphabet = ["a", "B", " ", "\n", "\n\n", "\r\n", "\r", "\t", "é", "中", "x" * 30]
+    for k in range(60):   # text_chunks cuts a text coming in pieces where it cuts the whole
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 300)))
+        cuts = sorted(rng.sample(range(1, len(text) + 1), min(len(text), rng.randrange(1, 12))))
+        pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+        for size in (1, 5, 17):
+            assert list(data.text_chunks(iter(pieces), size)) == list(data.text_chunks(text, size)), (text, size)
+    monkeypatch.setattr(data, "CHUNK_CHARS", 7)
+    for k in range(40):   # files, read in pieces of 7 characters, as read_text gives them
+        raw = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 200)))
+        f = tmp_path / f"f{k}.txt"
+        f.write_bytes((b"\xef\xbb\xbf" if k % 3 == 0 else b"") + raw.encode())
+        text = f.read_text(encoding="utf-8-sig")
+        assert "".join(data._text_pieces(f)) == text and "".join(data._text_pieces(f, 3, 50)) == text[3:50]
+        cut = int(len(text) * 0.9)   # the rule, on the whole text
+        nl = text.rfind("\n", 0, cut)
+        assert data._val_cut(f, 0.1) == ((nl + 1 if nl > 0 and cut - nl <= (len(text) - cut) // 4 else cut),
+                                         len(text)), text
+    f.write_text("".join(f"line {i}\r\n" for i in range(500)))   # and the tokens of a whole run
+    td = data.prepare(str(f), "byte")
+    text = f.read_text()
+    cut = text.rfind("\n", 0, int(len(text) * 0.9)) + 1
+    assert bytes(np.asarray(td.train).tolist()) == text[:cut].encode() + b"\n\n"
+    assert bytes(np.asarray(td.val).tolist()) == text[cut:].encode() + b"\n\n"
+    # what is in memory while a file is tokenized: a few pieces, not the whole text (it was read whole and
+    # sliced: ~2x the file)
+    import tracemalloc
+    monkeypatch.setattr(data, "CHUNK_CHARS", 1 << 16)
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"Paragraph {i} has some words in it.\n\n" for i in range(200_000)))   # 7.6 MB
+    tracemalloc.start()
+    try:
+        td = data.prepare(str(big), "byte")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert td.meta["n_tokens"]["train"] + td.meta["n_tokens"]["val"] == big.stat().st_size + 4
+    assert peak < 2_000_000, peak
+    # a byte that is not UTF-8 far into a file read in pieces: its offset from the file's first byte (the
+    # reader's error counts from the start of the read it was in)
+    monkeypatch.setattr(data, "CHUNK_CHARS", 7)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xef\xbb\xbf" + "é".encode() * 5000 + b"\xff" + b"tail")   # (past the reader's 8 KiB)
+    with pytest.raises(data.DataError, match=r"not UTF-8 text \(invalid start byte at byte 10003\)"):
+        data.prepare(str(bad), "byte")
