@@ -146,7 +146,8 @@ class TrainConfig:
     prompt: str = _f("", "prompt of the final sample (empty: a newline, or <|endoftext|> for gpt2)")
     temperature: float = _f(0.8, "sampling temperature of the final sample")
     top_k: int | None = _f(200, "sample from the k most likely tokens (none = all)")
-    peak_tflops: float | None = _f(None, "the card's dense bf16 peak for MFU", "looked up by GPU name")
+    peak_tflops: float | None = _f(None, "the card's dense bf16 peak for MFU (CUDA only: no MFU on a CPU)",
+                                   "looked up by GPU name")
     progress: bool | None = _f(None, "show a progress bar (else log lines)", "on when stderr is a terminal")
     grad_checkpoint: bool = _f(False, "activation checkpointing: recompute each block in backward (less memory, "
                                       "~1/3 more compute; dropout masks replayed exactly)")
@@ -219,8 +220,10 @@ RUNTIME_ONLY = ("device", "backend", "compile", "resume", "eval_only", "progress
 FOLLOWING = ("lr_decay_iters", "min_lr", "ckpt_interval", "warmup_iters")
 
 # Dense bf16 datasheet peaks (TFLOP/s) by a substring of torch.cuda.get_device_name().
-PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
-               ("A100", 312.0), ("A10G", 70.0), ("L40S", 362.0), ("L4", 121.0)]
+# dense bf16 peaks by a name in torch.cuda.get_device_name(), matched as a whole word (the first that matches:
+# the longer names first); "L4" also matched the L40's name (181 TFLOP/s: MFU 1.5x too high)
+PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("GH200", 989.4), ("H200", 989.4),
+               ("A100", 312.0), ("A10G", 70.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0)]
 
 
 # Devices offered --dtype fp16. PyTorch also trains in fp16 on the CPU (autocast + GradScaler("cpu"),
@@ -237,7 +240,7 @@ def peak_flops(device_name: str, override_tflops: float | None = None) -> float 
     if override_tflops:
         return override_tflops * 1e12
     for key, tf in PEAK_TFLOPS:
-        if key in device_name:
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", device_name):
             return tf * 1e12
     return None
 
@@ -717,14 +720,18 @@ def _restore_batch_stream(batches, n_val: int, sha256, ckpt_state: dict, cfg: Tr
     token folder's digests, None for a folder written before they were recorded)."""
     from fastgpt import data as fdata
     B, ds = cfg.batch_size, ckpt_state["data"]
+    version = ds.get("tokens_version", 2)   # (checkpoints before it was recorded: 2)
+    newer = "" if version == fdata.USER_TOKENS_VERSION else (
+        f"; or this fastgpt tokenizes text otherwise than the one that wrote the checkpoint (token format "
+        f"{fdata.USER_TOKENS_VERSION}, the checkpoint's {version}): resume with that one, or start a new run")
     if ds.get("n_val", n_val) != n_val:   # (an edit at a file's end: the training split can stay as long)
         raise AlikeRunError(f"the checkpoint's validation split had {ds['n_val']} tokens, this run's has {n_val}: "
                        "its val_loss would not compare with the run's before; resume with the same --data "
-                       "(unedited), --tokenizer and --val_fraction")
+                       "(unedited), --tokenizer and --val_fraction" + newer)
     if sha256 and ds.get("sha256") and ds["sha256"] != sha256:   # (an edit that kept the lengths)
         split = next((s for s in ("train", "val") if ds["sha256"].get(s) != sha256.get(s)), "train")
         raise AlikeRunError(f"the {split} tokens of this --data are not the checkpoint's (their SHA-256 differs: an "
-                       "edited file?); resume with the data the run was trained on, unedited")
+                       "edited file?); resume with the data the run was trained on, unedited" + newer)
     if cfg.eval_only:   # an evaluation draws no training batches: any --batch_size will do
         return
     saved_world = int(ckpt_state.get("extra", {}).get("world_size", 1))
@@ -961,7 +968,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
             st = dict(step=step, model=msd if cfg.fsdp else model.state_dict(), config=mcfg.to_dict(),
                       model_config=mcfg.to_dict(), optimizer=osd if cfg.fsdp else optimizer.state_dict(),
                       scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=ck.rng_state(),
-                      data=dict(train_batches.state_dict(), n_val=len(td.val), sha256=td.meta.get("sha256")),
+                      data=dict(train_batches.state_dict(), n_val=len(td.val), sha256=td.meta.get("sha256"),
+                                tokens_version=fdata.USER_TOKENS_VERSION),
                       train_config=saved_cfg,
                       tokenizer=cfg.tokenizer, extra=dict(extra))
             if rngs is not None:

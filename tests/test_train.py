@@ -171,6 +171,15 @@ def test_lr_schedule():
     assert all(f(s) >= f(s + 1) for s in range(10, 120))
 
 
+def test_peak_flops_by_device_name():
+    """(a review, 2026-11-29) Names were matched as substrings: "NVIDIA L40" took the L4's peak (MFU 1.5x)."""
+    for name, tf in (("NVIDIA L40", 181.0), ("NVIDIA L40S", 362.0), ("NVIDIA L4", 121.0), ("NVIDIA H100 PCIe", 756.0),
+                     ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA GH200 480GB", 989.4), ("NVIDIA A100-SXM4-80GB", 312.0),
+                     ("NVIDIA A10G", 70.0), ("NVIDIA A10", None), ("NVIDIA GeForce RTX 4090", None)):
+        assert train.peak_flops(name) == (tf and tf * 1e12), name
+    assert train.peak_flops("NVIDIA L40", 100.0) == 100e12
+
+
 def test_checkpoint_roundtrip_keep_and_atomic(tmp_path):
     for s in range(1, 5):
         ck.save_checkpoint(tmp_path, dict(step=s, model={"w": torch.full((2,), float(s))}, rng=ck.rng_state()),
@@ -726,6 +735,19 @@ def test_resume_refuses_an_edit_that_changed_only_the_validation_split(corpus, t
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert "validation split had" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "tokenizes text otherwise" not in err   # (the same fastgpt: the user's edit)
+    # a checkpoint of a fastgpt whose tokens were other (format 2: byte documents glued): the message says so
+    # rather than blaming an edit the user did not make
+    path = ck.latest_checkpoint(out)
+    state = ck.load_checkpoint(path)
+    del state["data"]["tokens_version"]
+    ck.save_checkpoint(out, state)
+    with pytest.raises(SystemExit) as e:
+        train.main([f"--out_dir={out}", "--resume", "--max_iters=3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and len(err.strip().splitlines()) == 1
+    assert f"tokenizes text otherwise than the one that wrote the checkpoint (token format " \
+           f"{fdata.USER_TOKENS_VERSION}, the checkpoint's 2)" in err, err
 
 
 def test_val_fraction_must_leave_both_splits(corpus, tmp_path, capsys):
