@@ -665,6 +665,9 @@ def check_no_earlier_run(path, is_ours) -> None:
         todo = ("add --resume to start it again from step 0 with its options (it wrote no checkpoint), or "
                 "choose another --out_dir") if header is not None and is_ours(header) else \
             "its metrics.jsonl has no header of this program's to start it again from: choose another --out_dir"
+        if header is not None and is_ours(header) and header.get("eval_only"):   # (not a run that died early)
+            raise UsageError(f"--out_dir {path} already holds an evaluation (metrics.jsonl): add --resume to "
+                             "evaluate again with its options, or choose another --out_dir")
     raise UsageError(f"--out_dir {path} already holds a run ({', '.join(found)}): {todo}")
 
 

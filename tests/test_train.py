@@ -802,11 +802,19 @@ def test_final_sample_draws_only_the_tokenizers_ids(corpus, tmp_path, monkeypatc
     assert len(seen) == 200 and max(seen) < 256, max(seen)
 
 
-def test_an_evaluation_of_a_run_without_a_checkpoint_keeps_its_metrics(corpus, tmp_path):
+def test_an_evaluation_of_a_run_without_a_checkpoint_keeps_its_metrics(corpus, tmp_path, capsys):
     """(a review, 2026-11-28) --eval_only of a fresh model, then --resume --eval_only (no checkpoint: the logged
-    options): the second evaluation replaced metrics.jsonl instead of adding its rows."""
+    options): the second evaluation replaced metrics.jsonl instead of adding its rows. (2026-11-29) The same
+    evaluation again without --resume is refused as "an evaluation" (it said "a run ... (it wrote no
+    checkpoint)", as if a training run had died)."""
     out = tmp_path / "out"
     assert train.main(_args(corpus, out, eval_only=True)) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main(_args(corpus, out, eval_only=True))
+    assert e.value.code == 2 and capsys.readouterr().err.strip().endswith(
+        f"--out_dir {out} already holds an evaluation (metrics.jsonl): add --resume to evaluate again with its "
+        "options, or choose another --out_dir")
     first = (out / "metrics.jsonl").read_text()
     assert train.main([f"--out_dir={out}", "--resume", "--eval_only"]) == 0
     text = (out / "metrics.jsonl").read_text()
