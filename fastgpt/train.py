@@ -1020,7 +1020,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         model.train()
         sigs.armed = True
         t0 = t_last = time.perf_counter()
-        step_last = step
+        step_last = step_first = step
         stopped = False
         # a run of non-finite steps that a stop cut in two goes on counting after --resume
         bad_run, bad_first, last_saved = extra.get("bad_in_a_row", 0), extra.get("bad_first"), resumed_from
@@ -1151,8 +1151,10 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         vs = f"val_loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else "no evaluation"
         best = extra["best_val_loss"]
         bs = f" (best {best:.4f})" if best is not None and best != summary.get("val_loss") else ""
+        # (after a --resume the time is this process's, for its steps alone: tokens seen are the whole run's)
+        took = _hms(time.perf_counter() - t0) + (f" for steps {step_first + 1}-{step}" if 0 < step_first < step else "")
         print(f"{PROG}: done: trained to step {step} of {cfg.max_iters}, {extra['tokens_seen']:,} tokens seen, "
-              f"{_hms(time.perf_counter() - t0)}; {vs}{bs}; model saved to {out_dir / 'model'} "
+              f"{took}; {vs}{bs}; model saved to {out_dir / 'model'} "
               f"(python -m fastgpt.sample {shlex.quote(str(out_dir / 'model'))})", file=sys.stderr, flush=True)
     # (no barrier here: the other ranks are done once the model is saved, and would otherwise wait in a
     # collective through rank 0's sample, where a Ctrl-C ended them and left rank 0's barrier without peers)

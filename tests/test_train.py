@@ -171,6 +171,17 @@ def test_lr_schedule():
     assert all(f(s) >= f(s + 1) for s in range(10, 120))
 
 
+def test_the_done_line_of_a_resumed_run_says_which_steps_its_time_is(corpus, tmp_path, capsys):
+    """(a review, 2026-11-29) After --resume, "N tokens seen" is the whole run's but the time this process's:
+    divided, they overstated the speed. The time now names its steps."""
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=2)) == 0
+    assert " for steps " not in capsys.readouterr().err   # (a run from step 0: its time is all of it)
+    assert train.main([f"--out_dir={out}", "--resume", "--max_iters=4", "--device=cpu"]) == 0
+    done = [ln for ln in capsys.readouterr().err.splitlines() if ": done: " in ln]
+    assert len(done) == 1 and " for steps 3-4; " in done[0], done
+
+
 def test_peak_flops_by_device_name():
     """(a review, 2026-11-29) Names were matched as substrings: "NVIDIA L40" took the L4's peak (MFU 1.5x)."""
     for name, tf in (("NVIDIA L40", 181.0), ("NVIDIA L40S", 362.0), ("NVIDIA L4", 121.0), ("NVIDIA H100 PCIe", 756.0),
