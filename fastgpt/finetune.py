@@ -852,6 +852,11 @@ def _one_process() -> None:
         raise cli.UsageError(f"fastgpt.finetune runs in one process, and $WORLD_SIZE is {world}: unset it")
 
 
+# the options --predict reads (the rest are training's)
+PREDICT_READS = ("predict", "init", "predict_file", "device", "dtype", "backend", "batch_size", "eval_batch_size",
+                 "offline")
+
+
 def predict(cfg: FinetuneConfig, texts: list[str]):
     """Labels (class names, or the chosen choice's text) for texts / cfg.predict_file with the --init model,
     yielded batch by batch: main prints each as it comes, so a long file's labels appear as they are made
@@ -896,6 +901,7 @@ def _split_positionals(argv: list[str]) -> tuple[list[str], list[str]]:
     """(options, positional texts): fastgpt.cli takes only --key options; --predict's texts are positional.
     (Adapter: a value that follows a non-bool option is that option's.)"""
     opts = cli.options(FinetuneConfig)
+    predicting = any(a == "--predict" or a.startswith("--predict=") for a in argv)
     keep, texts = [], []
     i = 0
     while i < len(argv):
@@ -908,6 +914,9 @@ def _split_positionals(argv: list[str]) -> tuple[list[str], list[str]]:
             keep.append(a)
             key, eq, _ = a[2:].partition("=")
             o = opts.get(key.replace("-", "_"))
+            if o is None and predicting and key not in ("help", "config"):   # (a text to label, perhaps)
+                cli.die(PROG, f"{cli._unknown(key.replace('-', '_'), opts)} (a text to label that starts with -- "
+                              "goes after a lone --: --predict ... -- TEXT)")
             if not eq and key != "help":
                 if key == "config" or (o is not None and o.base is not bool):
                     if i < len(argv):
@@ -932,6 +941,11 @@ def main(argv=None) -> int:
     if texts and not cfg.predict:
         cli.die(PROG, f"unexpected argument {texts[0]!r} (texts to label need --predict; options look like "
                       "--key=value)")
+    if cfg.predict:   # a training option on the command line was ignored without a word (a --config's may stay)
+        unread = [k for a in argv if a.startswith("--")
+                  if (k := a[2:].partition("=")[0].replace("-", "_")) in given and k not in PREDICT_READS]
+        if unread:
+            cli.die(PROG, f"--predict reads no --{unread[0]} (an option of training): leave it out")
     def body():
         if cfg.predict:
             n = 0

@@ -711,7 +711,13 @@ def test_predict_file_lines_up_and_ctrl_c_keeps_the_labels_printed(tmp_path, tin
     assert e.value.code == 2 and err.count("\n") == 1 and f"{gaps}:2: blank line" in err
     for texts, needle in ((["red", " "], "--predict: text 2 is blank"),   # (it was labelled)
                           (["ab\udcff"], "--predict: text 1 is not UTF-8 text"),
-                          ([f"--predict_file={gaps}", "red"], "not both")):   # (the texts were dropped)
+                          ([f"--predict_file={gaps}", "red"], "not both"),   # (the texts were dropped)
+                          # (2026-11-29) training options were ignored without a word (exit 0, no out_dir)
+                          ([f"--out_dir={tmp_path / 'zz'}", "--epochs=5", "red"], "--predict reads no --out_dir "
+                           "(an option of training): leave it out"),
+                          # and a text that starts with -- is an unknown option: the message says where it goes
+                          (["--weird text"], "unknown option --weird text; see --help (a text to label that "
+                           "starts with -- goes after a lone --")):
         with pytest.raises(SystemExit) as e:
             FT.main(["--predict", f"--init={out}", "--device=cpu"] + texts)
         err = capsys.readouterr().err
