@@ -637,7 +637,7 @@ def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline:
                 cut, n = _val_cut(f, val_fraction)
                 yield str(f), "train", _text_pieces(f, 0, cut)
                 if cut < n:
-                    yield str(f), "val", _text_pieces(f, cut, n)
+                    yield str(f), "val", _text_pieces(f, cut)
         return write_token_dir(d, docs(), tok, dict(files=[i[0] for i in ident], val_fraction=val_fraction),
                                total_chars=sum(i[1] for i in ident))
     return _cached_or_build(key, build)
