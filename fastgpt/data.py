@@ -130,6 +130,10 @@ class DataError(RuntimeError):
     """A data problem the user can fix; str(e) is one line that says how."""
 
 
+class TextError(DataError):
+    """A problem of the text files themselves (not UTF-8, empty): the same with every tokenizer."""
+
+
 def cache_dir() -> Path:
     """$FASTGPT_CACHE, else ~/.cache/fastgpt (created on demand)."""
     d = os.environ.get("FASTGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastgpt")
@@ -592,7 +596,7 @@ def _text_pieces(path: Path, start: int = 0, stop: int | None = None):
                 if lo < len(piece):
                     yield piece[lo:]
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} is {not_utf8(path, e)}; convert it or leave it out of --data") from None
+        raise TextError(f"{path} is {not_utf8(path, e)}; convert it or leave it out of --data") from None
 
 
 def _val_cut(path: Path, val_fraction: float) -> tuple[int, int]:
@@ -624,7 +628,7 @@ def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline:
     # restored mtime (cp -p, touch -r, rsync -t, a tarball's fixed times) had the old text's key
     ident = [(str(f), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) for f in files for st in [f.stat()]]
     if not any(i[1] for i in ident):
-        raise DataError(f"--data {spec!r}: no text to train on ({'the file is' if len(files) == 1 else 'every file is'} "
+        raise TextError(f"--data {spec!r}: no text to train on ({'the file is' if len(files) == 1 else 'every file is'} "
                         "empty)")
     key = "user-" + hashlib.sha256(json.dumps([USER_TOKENS_VERSION, tokenizer, val_fraction, ident]).encode()
                                    ).hexdigest()[:20]
@@ -741,12 +745,18 @@ def main(argv=None) -> int:
         return 1
     failed = False
     own = token_dir_tokenizer(args.data) if args.data is not None and not args.prepare else None
-    for t in ([args.tokenizer] if args.tokenizer else [own] if own in TOKENIZERS else list(TOKENIZERS)):
+    # byte first: it needs no GPT-2 files, so a problem of the text is found before they are fetched
+    for t in ([args.tokenizer] if args.tokenizer else [own] if own in TOKENIZERS else
+              sorted(TOKENIZERS, key=lambda t: t != "byte")):
         try:   # each tokenizer on its own: offline, the byte tokens need no GPT-2 files
             for data in ([None] if args.prepare else []) + ([args.data] if args.data is not None else []):
                 td = prepare(data, t)
                 print(f"{t}: {td.dir}  train {td.meta['n_tokens']['train']:,} tokens, "
                       f"val {td.meta['n_tokens']['val']:,} tokens")
+        except TextError as e:   # the same with the other tokenizer: said once
+            print(f"python -m fastgpt.data: error: {e}", file=sys.stderr)
+            failed = True
+            break
         except DataError as e:
             print(f"python -m fastgpt.data: error: {t}: {e}", file=sys.stderr)
             failed = True

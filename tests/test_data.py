@@ -194,6 +194,16 @@ def test_data_cli_prepares_each_tokenizer_it_can(cache, tmp_path, monkeypatch, c
     assert data.main(["--data", str(_make_folder(tmp_path))]) == 1
     out, err = capsys.readouterr()
     assert out.startswith("byte: ") and "python -m fastgpt.data: error: gpt2: " in err and err.count("\n") == 1
+    # a file that is not UTF-8 is said once (it was said for each tokenizer, after fetching the GPT-2 files
+    # that the second needs), and nothing is fetched for it
+    monkeypatch.delenv("FASTGPT_OFFLINE")
+    monkeypatch.setattr(data, "get_tokenizer", lambda name, offline=None: data.ByteTokenizer() if name == "byte"
+                        else pytest.fail("fetched the GPT-2 files for text that is not UTF-8"))
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9\n".encode("latin-1") * 50)
+    assert data.main(["--data", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"python -m fastgpt.data: error: {bad} is not UTF-8 text"), err
 
 
 def test_no_network_says_how_to_prepare(cache, monkeypatch):
