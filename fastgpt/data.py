@@ -396,9 +396,9 @@ def write_token_dir(out: Path, docs, tok, source: dict, total_chars: int | None 
     may be a str or an iterable of str pieces (read as they are needed).
 
     Tokens stream to temp files (a document's tokens, then <|endoftext|> when the tokenizer has
-    one, else DOC_SEPARATOR's tokens), which are fsync'ed and renamed; meta.json is written last, so its presence marks a
-    complete set, and records each split's SHA-256 (folders written before it have none). A
-    progress bar counts characters.
+    one, else DOC_SEPARATOR's tokens), which are fsync'ed and renamed; meta.json is written last,
+    so its presence marks a complete set, and records each split's SHA-256 (folders written before
+    it have none). A progress bar counts characters.
     """
     from tqdm import tqdm
     out.mkdir(parents=True, exist_ok=True)
