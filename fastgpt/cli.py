@@ -643,11 +643,12 @@ def seed_run(seed: int, device) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def check_no_earlier_run(path, is_ours) -> None:
+def check_no_earlier_run(path, is_ours, eval_only: bool = False) -> None:
     """A usage error (one line) when path already holds a run (checkpoints or metrics.jsonl) and
     --resume was not given: a new run there would overwrite part of it and leave the rest (its later
     checkpoints, which a --resume would take) to mix with the new one. ``is_ours(header)``: as for
-    resume_point, which decides what --resume would do, so the advice is one that works."""
+    resume_point, which decides what --resume would do, so the advice is one that works (``eval_only``:
+    this command is an evaluation, which --resume repeats when the folder holds one)."""
     from pathlib import Path
 
     from fastgpt.checkpoint import CheckpointError, list_checkpoints
@@ -665,7 +666,7 @@ def check_no_earlier_run(path, is_ours) -> None:
         todo = ("add --resume to start it again from step 0 with its options (it wrote no checkpoint), or "
                 "choose another --out_dir") if header is not None and is_ours(header) else \
             "its metrics.jsonl has no header of this program's to start it again from: choose another --out_dir"
-        if header is not None and is_ours(header) and header.get("eval_only"):   # (not a run that died early)
+        if eval_only and header is not None and is_ours(header) and header.get("eval_only"):   # (not a dead run)
             raise UsageError(f"--out_dir {path} already holds an evaluation (metrics.jsonl): add --resume to "
                              "evaluate again with its options, or choose another --out_dir")
     raise UsageError(f"--out_dir {path} already holds a run ({', '.join(found)}): {todo}")

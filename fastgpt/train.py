@@ -840,7 +840,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     backend_name = cli.backend(cfg.backend, device.type)
     _check_data(cfg, given, dist)
     if not cfg.resume:   # after the options' own checks (a newcomer: a missing --data was said second)
-        cli.check_no_earlier_run(out_dir, _our_header)
+        cli.check_no_earlier_run(out_dir, _our_header, cfg.eval_only)
     init = None
     if cfg.init is not None and ckpt_state is None:   # (a checkpoint has the weights: --init was its start)
         init, cfg = _init_model(cfg, given, dist)   # (after the usage checks above: it may fetch gigabytes)

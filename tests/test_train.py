@@ -826,6 +826,9 @@ def test_an_evaluation_of_a_run_without_a_checkpoint_keeps_its_metrics(corpus, t
     assert e.value.code == 2 and capsys.readouterr().err.strip().endswith(
         f"--out_dir {out} already holds an evaluation (metrics.jsonl): add --resume to evaluate again with its "
         "options, or choose another --out_dir")
+    with pytest.raises(SystemExit) as e:   # a training run into it: --resume would start the logged one again
+        train.main(_args(corpus, out))
+    assert e.value.code == 2 and "add --resume to start it again from step 0" in capsys.readouterr().err
     first = (out / "metrics.jsonl").read_text()
     assert train.main([f"--out_dir={out}", "--resume", "--eval_only"]) == 0
     text = (out / "metrics.jsonl").read_text()
