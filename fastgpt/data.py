@@ -365,10 +365,10 @@ def text_chunks(text, size: int | None = None):
     therefore gives exactly the tokens of the whole (tests check this). (Python's isspace() takes in
     every character the pre-tokenizer's \\s does, and a few more: a cut it allows is safe.) Only the text
     since the last cut is in memory: a piece or two, or a stretch with no place to cut, whole."""
-    size = CHUNK_CHARS if size is None else size
+    size = max(CHUNK_CHARS if size is None else size, 1)   # (0 would cut before every newline for ever)
     pending, n = [], 0   # the text not yet given out, in pieces, and its length
     pieces = text if not isinstance(text, str) else \
-        (text[i:i + size] for i in range(0, len(text), max(size, 1)))   # (a cut copies the pending text)
+        (text[i:i + size] for i in range(0, len(text), size))   # (a cut copies the pending text)
     for piece in pieces:
         if not piece:
             continue

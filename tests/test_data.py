@@ -559,8 +559,9 @@ def test_files_are_read_in_pieces_with_the_same_tokens_and_split(cache, tmp_path
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 300)))
         cuts = sorted(rng.sample(range(1, len(text) + 1), min(len(text), rng.randrange(1, 12))))
         pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
-        for size in (1, 5, 17):
+        for size in (0, 1, 5, 17):   # (0: the same as 1; it looped for ever, or dropped the text)
             assert list(data.text_chunks(iter(pieces), size)) == list(data.text_chunks(text, size)), (text, size)
+            assert "".join(data.text_chunks(iter(pieces), size)) == text
     monkeypatch.setattr(data, "CHUNK_CHARS", 7)
     for k in range(40):   # files, read in pieces of 7 characters, as read_text gives them
         raw = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 200)))
