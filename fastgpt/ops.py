@@ -31,16 +31,20 @@ def _device_type(op: str, name: str, t) -> str:
     return t.device.type
 
 
-def _fused(op: str, backend, name: str, t, **kw) -> bool:
-    """resolve() picks 'fused' for op (whose first tensor argument, ``name``, is t). Under forward-mode AD
-    (torch.func.jvp, torch.autograd.forward_ad) that is an error: the fused ops have no forward derivative,
-    and their tangents came back None or zero (or an error from inside a kernel), never right."""
+def _fused(op: str, backend, name: str, t, *others, **kw) -> bool:
+    """resolve() picks 'fused' for op (whose first tensor argument, ``name``, is t; ``others``: its other
+    tensor arguments). Under forward-mode AD (torch.func.jvp; torch.autograd.forward_ad with a dual tensor
+    among them) that is an error: the fused ops have no forward derivative, and their tangents came back
+    None or zero (or an error from inside a kernel), never right."""
     if resolve(backend, _device_type(op, name, t), **kw) != "fused":
         return False
     if torch.compiler.is_compiling():   # (traced: no look at functorch's stack in the graph)
         return True
     top = peek_interpreter_stack()
-    if forward_ad._current_level >= 0 or (top is not None and top.key() == TransformType.Jvp):
+    if (top is not None and top.key() == TransformType.Jvp) or (
+            forward_ad._current_level >= 0   # (a dual_level block is open: is a tangent given here?)
+            and any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None
+                    for a in (t, *others))):
         raise NotImplementedError(f"{op}: the fused backend has no forward-mode AD (torch.func.jvp, "
                                   f"torch.autograd.forward_ad); {USE_REFERENCE}")
     return True
@@ -48,21 +52,21 @@ def _fused(op: str, backend, name: str, t, **kw) -> bool:
 
 def layer_norm(x, weight, bias=None, eps: float = 1e-5, *, backend=None):
     """LayerNorm over the last dim; y has x's dtype."""
-    if _fused("layer_norm", backend, "x", x):
+    if _fused("layer_norm", backend, "x", x, weight, bias):
         return kernels().layer_norm(x, weight, bias, eps)
     return reference.layer_norm(x, weight, bias, eps)
 
 
 def add_layer_norm(x, residual, weight, bias=None, eps: float = 1e-5, *, backend=None):
     """(y, h) with h = x + residual (residual's dtype) and y = layer_norm(h) (x's dtype)."""
-    if _fused("add_layer_norm", backend, "x", x):
+    if _fused("add_layer_norm", backend, "x", x, residual, weight, bias):
         return kernels().add_layer_norm(x, residual, weight, bias, eps)
     return reference.add_layer_norm(x, residual, weight, bias, eps)
 
 
 def bias_gelu(x, bias=None, approximate: str = "tanh", *, backend=None):
     """gelu(x + bias), tanh form by default ("none" = exact erf)."""
-    if _fused("bias_gelu", backend, "x", x):
+    if _fused("bias_gelu", backend, "x", x, bias):
         return kernels().bias_gelu(x, bias, approximate)
     return reference.bias_gelu(x, bias, approximate)
 
@@ -84,7 +88,7 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, *, out_layout:
     """
     if out_layout not in ("bhtd", "bthd"):
         raise ValueError(f"causal_attention: out_layout must be 'bhtd' or 'bthd', got {out_layout!r}")
-    if _fused("causal_attention", backend, "q", q):
+    if _fused("causal_attention", backend, "q", q, k, v):
         return kernels().causal_attention(q, k, v, scale, dropout_p, out_layout=out_layout, seed=seed)
     o = reference.causal_attention(q, k, v, scale, dropout_p, seed=seed)
     return o if out_layout == "bhtd" else o.transpose(1, 2).contiguous().transpose(1, 2)
@@ -103,7 +107,7 @@ def bias_gelu_recompute(u, bias=None, approximate: str = "tanh", *, backend=None
     """(g, grad_fn) for a backward that recomputes g = bias_gelu(u, bias) instead of saving it:
     grad_fn(dg) -> (du, dbias or None). Fused: the kernels' launchers themselves (no nested autograd
     graph, ~0.1 ms of host time less); reference: autograd through the reference op."""
-    if _fused("bias_gelu_recompute", backend, "u", u):
+    if _fused("bias_gelu_recompute", backend, "u", u, bias):
         from fastgpt.kernels import gelu as G
         return G.bias_gelu_recompute(u, bias, approximate)
     with torch.enable_grad():
@@ -130,7 +134,7 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, *, backend=None)
     reason instead. The fused mask comes from the extension's Philox stream
     (seeded from torch's generator), the reference's from torch.rand.
     """
-    if _fused("bias_dropout_add", backend, "x", x, fused_reason=_extension_reason):
+    if _fused("bias_dropout_add", backend, "x", x, bias, residual, fused_reason=_extension_reason):
         from fastgpt import extension
         return extension.bias_dropout_add(x, bias, residual, dropout_p)
     return reference.bias_dropout_add(x, bias, residual, dropout_p)
@@ -139,7 +143,7 @@ def bias_dropout_add(x, bias, residual, dropout_p: float = 0.0, *, backend=None)
 def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reduction: str = "mean",
                                label_smoothing: float = 0.0, *, backend=None):
     """cross_entropy(h @ W.T, targets) without materialising the logits (when fused)."""
-    if _fused("fused_linear_cross_entropy", backend, "h", h):
+    if _fused("fused_linear_cross_entropy", backend, "h", h, W):
         return kernels().fused_linear_cross_entropy(h, W, targets, ignore_index, reduction, label_smoothing)
     if torch.is_autocast_enabled(h.device.type):
         # the GEMM in the autocast dtype, as nn.Linear (and the fused kernel) would run the head

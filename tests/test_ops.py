@@ -405,7 +405,7 @@ def test_double_backward_through_fused_ops_is_a_clear_error():
 def test_forward_mode_ad_through_fused_ops_is_a_clear_error():
     """The fused ops have no forward derivative: under torch.func.jvp / forward_ad their tangents came back
     None (forward_ad) or zero (jvp of bias_dropout_add), or an error from inside a kernel; now an error naming
-    the op, while the reference gives the tangent."""
+    the op, while the reference gives the tangent. Plain tensors in an open dual level still run fused."""
     import torch.autograd.forward_ad as fwAD
     from fastgpt import GPTBlock, GPTConfig
     x, t = torch.randn(4, 16, device=DEVICE), torch.randn(4, 16, device=DEVICE)
@@ -413,6 +413,7 @@ def test_forward_mode_ad_through_fused_ops_is_a_clear_error():
     W, y = torch.randn(11, 16, device=DEVICE), torch.randint(0, 11, (4,), device=DEVICE)
     blocks = {be: GPTBlock(GPTConfig.preset("tiny", dropout=0.0), backend=be).to(DEVICE)
               for be in ("fused", "reference")}
+    blocks["reference"].load_state_dict(blocks["fused"].state_dict())
     cases = {
         "layer_norm": lambda x, be: ops.layer_norm(x, w, b, backend=be),
         "add_layer_norm": lambda x, be: ops.add_layer_norm(x, x, w, b, backend=be)[0],
@@ -432,12 +433,16 @@ def test_forward_mode_ad_through_fused_ops_is_a_clear_error():
             torch.func.jvp(lambda x: f(x, "fused"), (x,), (t,))
         with fwAD.dual_level(), pytest.raises(NotImplementedError, match="the fused backend has no forward-mode AD"):
             f(fwAD.make_dual(x, t), "fused")
+        with fwAD.dual_level():   # no tangent given: an open dual level alone is no reason to refuse
+            torch.testing.assert_close(f(x, "fused"), f(x, "reference"), rtol=1e-4, atol=1e-4)
         torch.manual_seed(0)
         _, tangent = torch.func.jvp(lambda x: f(x, "reference"), (x,), (t,))
         with fwAD.dual_level():
             torch.manual_seed(0)
             assert fwAD.unpack_dual(f(fwAD.make_dual(x, t), "reference")).tangent is not None, name
         assert tangent.abs().sum() > 0, name
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="layer_norm: the fused backend has no"):
+        ops.layer_norm(x, fwAD.make_dual(w, torch.ones_like(w)), b, backend="fused")   # a tangent on the weight
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
