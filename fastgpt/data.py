@@ -519,6 +519,8 @@ TEXT_SUFFIXES = (".txt", ".md", ".text")
 # another split (2: the validation cut's rule, and a byte-order mark dropped; 3: DOC_SEPARATOR, and the
 # default corpus's key has it too).
 USER_TOKENS_VERSION = 3
+# each format's change of the tokens, by tokenizer (what a resume across it finds changed)
+TOKENS_CHANGED_IN = {3: ("byte",)}
 
 
 def _text_files_under(root: Path) -> list[Path]:

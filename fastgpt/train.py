@@ -721,7 +721,9 @@ def _restore_batch_stream(batches, n_val: int, sha256, ckpt_state: dict, cfg: Tr
     from fastgpt import data as fdata
     B, ds = cfg.batch_size, ckpt_state["data"]
     version = ds.get("tokens_version", 2)   # (checkpoints before it was recorded: 2)
-    newer = "" if version == fdata.USER_TOKENS_VERSION else (
+    changed = any(cfg.tokenizer in fdata.TOKENS_CHANGED_IN.get(v, ()) for v in
+                  range(min(version, fdata.USER_TOKENS_VERSION) + 1, max(version, fdata.USER_TOKENS_VERSION) + 1))
+    newer = "" if not changed else (
         f"; or this fastgpt tokenizes text otherwise than the one that wrote the checkpoint (token format "
         f"{fdata.USER_TOKENS_VERSION}, the checkpoint's {version}): resume with that one, or start a new run")
     if ds.get("n_val", n_val) != n_val:   # (an edit at a file's end: the training split can stay as long)

@@ -759,6 +759,13 @@ def test_resume_refuses_an_edit_that_changed_only_the_validation_split(corpus, t
     assert e.value.code == 1 and len(err.strip().splitlines()) == 1
     assert f"tokenizes text otherwise than the one that wrote the checkpoint (token format " \
            f"{fdata.USER_TOKENS_VERSION}, the checkpoint's 2)" in err, err
+    fdata.TOKENS_CHANGED_IN[3] = ("gpt2",)   # a format that changed another tokenizer's tokens: not said
+    try:
+        with pytest.raises(SystemExit):
+            train.main([f"--out_dir={out}", "--resume", "--max_iters=3"])
+    finally:
+        fdata.TOKENS_CHANGED_IN[3] = ("byte",)
+    assert "tokenizes text otherwise" not in capsys.readouterr().err
 
 
 def test_val_fraction_must_leave_both_splits(corpus, tmp_path, capsys):
