@@ -731,7 +731,7 @@ def test_init_errors_are_one_line(corpus, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- --data (a review, 2026-11-28)
-def test_resume_refuses_an_edit_that_changed_only_the_validation_split(corpus, tmp_path, capsys):
+def test_resume_refuses_an_edit_that_changed_only_the_validation_split(corpus, tmp_path, capsys, monkeypatch):
     from fastgpt import data as fdata
     out = tmp_path / "out"
     assert train.main(_args(corpus, out, max_iters=2, eval_iters=1)) == 0
@@ -759,12 +759,9 @@ def test_resume_refuses_an_edit_that_changed_only_the_validation_split(corpus, t
     assert e.value.code == 1 and len(err.strip().splitlines()) == 1
     assert f"tokenizes text otherwise than the one that wrote the checkpoint (token format " \
            f"{fdata.USER_TOKENS_VERSION}, the checkpoint's 2)" in err, err
-    fdata.TOKENS_CHANGED_IN[3] = ("gpt2",)   # a format that changed another tokenizer's tokens: not said
-    try:
-        with pytest.raises(SystemExit):
-            train.main([f"--out_dir={out}", "--resume", "--max_iters=3"])
-    finally:
-        fdata.TOKENS_CHANGED_IN[3] = ("byte",)
+    monkeypatch.setitem(fdata.TOKENS_CHANGED_IN, 3, ("gpt2",))   # a format that changed another tokenizer's
+    with pytest.raises(SystemExit):                                  # tokens: not said
+        train.main([f"--out_dir={out}", "--resume", "--max_iters=3"])
     assert "tokenizes text otherwise" not in capsys.readouterr().err
 
 
