@@ -179,16 +179,16 @@ def hold_while_open(f) -> None:
         pass
 
 
-def _held(p: Path) -> bool:
-    """Is p a file some process holds hold_while_open's lock on?"""
+def _held(p: Path) -> bool | None:
+    """Is p a file some process holds hold_while_open's lock on? None: cannot tell (a folder, no flock here)."""
     try:
         import fcntl
         with open(p, "rb") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    except (ImportError, OSError):   # (a folder, no flock here)
-        return False
+    except (ImportError, OSError):
+        return None
     return False
 
 
@@ -237,15 +237,22 @@ def remove_stale_temps(folder) -> list[Path]:
     """Delete ``.NAME.tmpPID`` files (or folders: a fine-tune's ``.best.tmpPID``) left by writers that died
     (SIGKILL, power loss): no such pid here and, for a file, no writer's lock on it (hold_while_open);
     the removed paths. Housekeeping: one that cannot be removed is left alone. This process's own pid is
-    an earlier process's (a container's trainer is pid 1 at every start): this one is not writing any
-    while it calls this (and a file it were writing would be locked)."""
+    an earlier process's (a container's trainer is pid 1 at every start: this one is not writing any
+    while it calls this): such a file goes when its lock can be taken (not where flock cannot tell, e.g.
+    another container's on a shared filesystem without locks), such a folder (an out_dir's) goes."""
     d, gone = Path(folder), []
     if not d.is_dir():
         return gone
     for p in d.iterdir():
         m = _TMP.match(p.name)
-        pid = int(m.group(2)) if m else None
-        if m and (pid == os.getpid() or not _pid_alive(pid)) and not _held(p):
+        if not m:
+            continue
+        pid, held = int(m.group(2)), _held(p)
+        if pid == os.getpid():
+            stale = held is False or (held is None and p.is_dir())
+        else:
+            stale = not held and not _pid_alive(pid)
+        if stale:
             try:
                 remove_path(p)
             except OSError:
