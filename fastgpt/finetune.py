@@ -38,6 +38,7 @@ error or a bad label file (one line naming the file and line), 130 aborted.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -481,7 +482,8 @@ def save_finetuned(path: Path, model, head, meta: dict) -> None:
                   str(tmp / "head.safetensors"))
         (tmp / "finetune.json").write_text(json.dumps(meta, indent=1))
         # (safetensors makes its file 0600 whatever the umask: as readable as the JSON beside it)
-        os.chmod(tmp / "head.safetensors", (tmp / "finetune.json").stat().st_mode & 0o7777)
+        with contextlib.suppress(OSError):   # (a filesystem that refuses chmod: the save stands)
+            os.chmod(tmp / "head.safetensors", (tmp / "finetune.json").stat().st_mode & 0o7777)
     ck.replace_folder(path, fill)
 
 

@@ -35,6 +35,7 @@ is the plain-PyTorch oracle of the block.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -828,7 +829,8 @@ class GPT(nn.Module):
             with open(tmp_c, "w") as f:
                 f.write(text)
             # safetensors creates its file 0600 whatever the umask: the weights as readable as the config
-            os.chmod(tmp_w, stat.S_IMODE(os.stat(tmp_c).st_mode))
+            with contextlib.suppress(OSError):   # (a filesystem that refuses chmod: the save stands)
+                os.chmod(tmp_w, stat.S_IMODE(os.stat(tmp_c).st_mode))
             os.replace(tmp_w, weights)
             os.replace(tmp_c, config)
         finally:

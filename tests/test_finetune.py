@@ -7,6 +7,7 @@ the built-in tasks' downloads are marked ``network``.
 import csv
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -393,13 +394,17 @@ def test_pair_similarity_choice_runs(tmp_path, tiny_init):
     for tt, rows in (("pair", pairs), ("similarity", pairs), (None, choice)):
         f = write_jsonl(tmp_path / f"{tt}.jsonl", rows)
         out = tmp_path / f"o{tt}"
-        s = FT.run(cfg_for(f, tiny_init, out, task_type=tt, max_iters=3))
+        old_umask = os.umask(0o022)   # (under umask 077 the JSON is 0600 too: the mode check could not fail)
+        try:
+            s = FT.run(cfg_for(f, tiny_init, out, task_type=tt, max_iters=3))
+        finally:
+            os.umask(old_umask)
         assert s["task_type"] == (tt or "choice") and s["steps"] == 3
         assert 0.0 <= s["accuracy"] <= 1.0
         meta = json.loads((out / "best" / "finetune.json").read_text())
         assert meta["task_type"] == s["task_type"]
         modes = {p.name: p.stat().st_mode & 0o777 for p in (out / "best").iterdir()}   # (safetensors': 0600)
-        assert len(set(modes.values())) == 1 and len(modes) == 4, modes
+        assert set(modes.values()) == {0o644} and len(modes) == 4, modes
     # --predict on a choice model answers with one of each row's choices
     inp = write_jsonl(tmp_path / "ask.jsonl", [dict(text="which?", choices=["saw", "mango"]),
                                                dict(text="which?", choices=["red", "drill", "apple"])])

@@ -488,13 +488,17 @@ def test_padded_vocab_never_sampled_and_filters():
 
 def test_save_pretrained_roundtrip(tmp_path):
     m = GPT(_tiny(norm="post", activation="gelu"))
-    m.save_pretrained(tmp_path)
+    old_umask = os.umask(0o022)   # (under umask 077 the JSON is 0600 too: the mode check below could not fail)
+    try:
+        m.save_pretrained(tmp_path)
+    finally:
+        os.umask(old_umask)
     meta = json.loads((tmp_path / "config.json").read_text())
     assert meta["format"] == "fastgpt" and meta["version"] == 1 and "backend" not in meta["config"]
     from safetensors.torch import load_file
     assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")
     mode = lambda n: (tmp_path / n).stat().st_mode & 0o777   # noqa: E731
-    assert mode("model.safetensors") == mode("config.json")   # (safetensors made it 0600 whatever the umask)
+    assert mode("model.safetensors") == mode("config.json") == 0o644   # (safetensors made it 0600)
     m2 = GPT.from_pretrained(tmp_path, backend="reference")
     assert m2.config == m.config and m2.lm_head.weight is m2.transformer.wte.weight
     for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
