@@ -36,8 +36,8 @@ Token files
     token ids, read through ``numpy.memmap``; ``meta.json`` (written last, so
     its presence marks a complete set) records the tokenizer, dtype, token
     counts and the documents (name, split, start, length) in each file. Each
-    document (each split's part of one) ends with <|endoftext|> (gpt2) or a
-    blank line, DOC_SEPARATOR (byte: it has no special token).
+    document (each split's part of one) ends with <|endoftext|> (gpt2) or two
+    newlines, DOC_SEPARATOR (byte: it has no special token).
     Users' own text (``--data FILE|DIR|GLOB``) is tokenized once into
     ``tokens/<key>/`` where the key hashes the tokenizer and each file's path,
     size, mtime, inode and ctime; the last ``val_fraction`` of each document's characters
@@ -353,7 +353,7 @@ def _dtype_for(n_vocab: int):
 
 CHUNK_CHARS = 1 << 20  # documents are encoded in pieces of about this many characters
 # What ends each document (each split's part of one) in a token file: <|endoftext|> where the tokenizer has
-# one, else a blank line's tokens (the byte tokenizer: documents had been glued, "THE ENDANTONY AND ...")
+# one, else two newlines' tokens (the byte tokenizer: documents had been glued, "THE ENDANTONY AND ...")
 DOC_SEPARATOR = "\n\n"
 
 
