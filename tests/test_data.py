@@ -476,9 +476,10 @@ def test_a_temp_file_with_this_processs_own_pid_is_an_earlier_processs(tmp_path,
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert ck.remove_stale_temps(tmp_path) == [] and left.exists()
     left.write_bytes(b"\0" * 10)   # where flock cannot tell (another container's, on a filesystem without
+    real = ck._held
     monkeypatch.setattr(ck, "_held", lambda p: None)   # locks, may be writing it), it stays
     assert ck.remove_stale_temps(tmp_path) == [] and left.exists()
-    monkeypatch.undo()
+    monkeypatch.setattr(ck, "_held", real)
     assert ck.remove_stale_temps(tmp_path) == [left] and not left.exists()
 
 
@@ -604,3 +605,34 @@ def test_files_are_read_in_pieces_with_the_same_tokens_and_split(cache, tmp_path
     bad.write_bytes(b"\xef\xbb\xbf" + "é".encode() * 5000 + b"\xff" + b"tail")   # (past the reader's 8 KiB)
     with pytest.raises(data.DataError, match=r"not UTF-8 text \(invalid start byte at byte 10003\)"):
         data.prepare(str(bad), "byte")
+
+
+def test_prune_deletes_the_token_folders_no_run_finds_again(cache, tmp_path, monkeypatch, capsys):
+    """Token folders pile up in the cache: each edit of a text file, and each new token format (3 came with
+    this prune), makes a new one. `python -m fastgpt.data --prune` deletes those no run finds again and
+    keeps the rest: the current ones, one whose files are gone (it may be given as --data itself), one being
+    written (no meta.json)."""
+    a, b, gone = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "gone.txt"
+    for f in (a, b, gone):
+        f.write_text(f"some text of {f.name}\n" * 40)
+    current = data.USER_TOKENS_VERSION
+    monkeypatch.setattr(data, "USER_TOKENS_VERSION", current - 1)
+    older = data.prepare(str(b), "byte").dir   # an older token format's
+    monkeypatch.setattr(data, "USER_TOKENS_VERSION", current)
+    edited = data.prepare(str(a), "byte").dir
+    a.write_text("other text\n" * 40)
+    keep = [data.prepare(str(a), "byte").dir, data.prepare(str(b), "byte").dir, data.prepare(str(gone), "byte").dir]
+    gone.unlink()
+    writing = cache / "tokens" / "user-0123456789abcdef0123"
+    writing.mkdir()
+    (writing / ".train.bin.tmp1").write_bytes(b"\0" * 8)
+    assert sorted(data.superseded_token_dirs()) == sorted([older, edited])
+    capsys.readouterr()
+    assert data.main(["--prune"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(ln.split(" (")[0] for ln in out[:-1]) == sorted(f"deleted {d}" for d in (older, edited))
+    assert out[-1].startswith(f"cache: {cache}; ") and out[-1].endswith(" MiB freed")
+    assert not older.exists() and not edited.exists() and all(d.exists() for d in keep) and writing.exists()
+    assert data.superseded_token_dirs() == []
+    with pytest.raises(SystemExit):
+        data.main(["--prune", "--data", str(a)])
