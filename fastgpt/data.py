@@ -775,14 +775,19 @@ def main(argv=None) -> int:
     if args.prune:
         if args.prepare or args.data is not None:
             ap.error("--prune goes alone")
-        freed = 0
+        freed, failed = 0, False
         for d in superseded_token_dirs():
             size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-            shutil.rmtree(d, ignore_errors=True)
+            try:
+                shutil.rmtree(d)
+            except OSError as e:   # (read-only, or in use where that matters): said, the rest go on
+                print(f"python -m fastgpt.data: error: cannot delete {d}: {e.strerror or e}", file=sys.stderr)
+                failed = True
+                continue
             freed += size
             print(f"deleted {d} ({size / 2**20:,.1f} MiB)")
         print(f"cache: {cache_dir()}; {freed / 2**20:,.1f} MiB freed")
-        return 0
+        return 1 if failed else 0
     if args.data is not None and not args.data.strip():   # (Path("") is the working folder, all of it)
         ap.error("--data is empty (an unset variable?); give a file, folder or glob")
     if not args.prepare and args.data is None:

@@ -636,3 +636,11 @@ def test_prune_deletes_the_token_folders_no_run_finds_again(cache, tmp_path, mon
     assert data.superseded_token_dirs() == []
     with pytest.raises(SystemExit):
         data.main(["--prune", "--data", str(a)])
+    a.write_text("a third text\n" * 40)   # a folder that cannot be deleted: said, exit 1
+    def refuse(p, *args, **kw):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(data.shutil, "rmtree", refuse)
+    capsys.readouterr()
+    assert data.main(["--prune"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"python -m fastgpt.data: error: cannot delete {keep[0]}: Permission denied\n", err
