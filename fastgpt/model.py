@@ -511,16 +511,18 @@ class GPT(nn.Module):
     # -- init and size
     @torch.no_grad()
     def reset_parameters(self):
-        """GPT-2 init: N(0, 0.02) weights, zero biases, unit LayerNorms; the residual
-        projections (attn.c_proj, mlp.c_proj) get std 0.02 / sqrt(2 * n_layer);
+        """The papers' init: N(0, 0.02) weights, zero biases, unit LayerNorms; with GPT-2's pre-LN
+        (norm="pre") the residual projections (attn.c_proj, mlp.c_proj) get std 0.02 / sqrt(2 * n_layer),
+        GPT-2's scaling (GPT-1, post-LN, has none: its paper's N(0, 0.02) and HF's OpenAIGPT init);
         the padded vocabulary rows are zero."""
         std = 0.02
+        scaled = std / math.sqrt(2 * self.config.n_layer) if self.config.norm == "pre" else std
         self.tie_weights()
         for name, m in self.named_modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 if m is self.lm_head:
                     continue  # tied to wte
-                s = std / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj") else std
+                s = scaled if name.endswith("c_proj") else std
                 nn.init.normal_(m.weight, 0.0, s)
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)

@@ -909,12 +909,12 @@ def test_init_scales_every_residual_projection():
     attn.c_proj as well as mlp.c_proj (test_init_and_padding looks at the latter only; a mutation review,
     2026-11-27, found attn.c_proj's scaling unguarded)."""
     torch.manual_seed(0)
-    m = GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=12, n_head=4, n_embd=64))
-    want = 0.02 / (2 * 12) ** 0.5
-    for blk in m.transformer.h:
-        for proj in (blk.attn.c_proj, blk.mlp.c_proj):
-            assert abs(proj.weight.std().item() - want) < 0.25 * want
-        assert abs(blk.attn.c_attn.weight.std().item() - 0.02) < 0.003
+    for norm, want in (("pre", 0.02 / (2 * 12) ** 0.5), ("post", 0.02)):   # (2026-11-29: GPT-1's post-LN has
+        m = GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=12, n_head=4, n_embd=64, norm=norm))  # none)
+        for blk in m.transformer.h:
+            for proj in (blk.attn.c_proj, blk.mlp.c_proj):
+                assert abs(proj.weight.std().item() - want) < 0.25 * want, norm
+            assert abs(blk.attn.c_attn.weight.std().item() - 0.02) < 0.003
 
 
 def test_sample_next_applies_the_temperature():
