@@ -162,7 +162,7 @@ class GPTConfig:
 NANOGPT_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
 _OWN_FIELDS = ("norm", "activation", "layer_norm_eps", "residual_dtype", "vocab_multiple")
 
-# Architectures as published. Dropout 0.1 as in the GPT-1 / GPT-2 papers (and HF configs);
+# Architectures as published. Dropout 0.1 as in the GPT-1 paper (and HF's GPT-1 / GPT-2 configs);
 # pass dropout=0.0 for speed runs. gpt1's vocabulary is its 40478-token BPE, GPT-2's 50257.
 PRESETS: dict[str, dict] = {
     "gpt1": dict(vocab_size=40478, block_size=512, n_layer=12, n_head=12, n_embd=768, norm="post",

@@ -77,7 +77,7 @@ error, 3 stopped after --max_bad_steps non-finite steps, 130 aborted (a second C
 
 # What a None option resolves to on each device (--help shows these as "auto: ...").
 AUTO = {
-    # CPU: ~2M tokens, about 4 minutes on 2 cores (measured ~9k tok/s on the dev machine, 2026-11-26);
+    # CPU: ~2M tokens, 2 to 4 minutes on 2 cores (9k-19k tok/s on the dev machine, 2026-11-26/29, by its load);
     # block 128 (not the preset's 256) halves the attention cost
     "cpu": dict(preset="tiny", tokenizer="byte", dtype="fp32", max_iters=500, warmup_iters=50, batch_size=32,
                 block_size=128, lr=2e-3, eval_interval=100, eval_iters=10, log_interval=10),
@@ -222,8 +222,8 @@ FOLLOWING = ("lr_decay_iters", "min_lr", "ckpt_interval", "warmup_iters")
 # Dense bf16 datasheet peaks (TFLOP/s) by a substring of torch.cuda.get_device_name().
 # dense bf16 peaks by a name in torch.cuda.get_device_name(), matched as a whole word (the first that matches:
 # the longer names first); "L4" also matched the L40's name (181 TFLOP/s: MFU 1.5x too high)
-PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("GH200", 989.4), ("H200", 989.4),
-               ("A100", 312.0), ("A10G", 70.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0)]
+PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("GH200", 989.4), ("H200 NVL", 835.0),
+               ("H200", 989.4), ("A100", 312.0), ("A10G", 70.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0)]
 
 
 # Devices offered --dtype fp16. PyTorch also trains in fp16 on the CPU (autocast + GradScaler("cpu"),

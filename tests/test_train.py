@@ -186,6 +186,7 @@ def test_peak_flops_by_device_name():
     """(a review, 2026-11-29) Names were matched as substrings: "NVIDIA L40" took the L4's peak (MFU 1.5x)."""
     for name, tf in (("NVIDIA L40", 181.0), ("NVIDIA L40S", 362.0), ("NVIDIA L4", 121.0), ("NVIDIA H100 PCIe", 756.0),
                      ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA GH200 480GB", 989.4), ("NVIDIA A100-SXM4-80GB", 312.0),
+                     ("NVIDIA H200", 989.4), ("NVIDIA H200 NVL", 835.0),
                      ("NVIDIA A10G", 70.0), ("NVIDIA A10", None), ("NVIDIA GeForce RTX 4090", None)):
         assert train.peak_flops(name) == (tf and tf * 1e12), name
     assert train.peak_flops("NVIDIA L40", 100.0) == 100e12
