@@ -637,6 +637,7 @@ def test_prune_deletes_the_token_folders_no_run_finds_again(cache, tmp_path, mon
     with pytest.raises(SystemExit):
         data.main(["--prune", "--data", str(a)])
     a.write_text("a third text\n" * 40)   # a folder that cannot be deleted: said, exit 1
+
     def refuse(p, *args, **kw):
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(data.shutil, "rmtree", refuse)
