@@ -487,7 +487,7 @@ def save_finetuned(path: Path, model, head, meta: dict) -> None:
     ck.replace_folder(path, fill)
 
 
-def load_finetuned(path, device="cpu", backend=None):
+def load_finetuned(path, device="cpu", backend=None, offline: bool = False):
     """(model, head, meta, TaskTokenizer) of a fine-tuned folder (OUT_DIR or OUT_DIR/best)."""
     from safetensors.torch import load_file
     from fastgpt.model import GPT
@@ -518,7 +518,7 @@ def load_finetuned(path, device="cpu", backend=None):
         raise RunError(f"{p}: not a usable fine-tuned model ({type(e).__name__}: "
                        f"{' '.join(str(e).split())[:200]})") from None
     model = model.to(device)
-    tok = T.TaskTokenizer(_tokenizer_for(meta["tokenizer"], False))
+    tok = T.TaskTokenizer(_tokenizer_for(meta["tokenizer"], offline))
     if tok.n_vocab != model.config.vocab_size:
         raise RunError(f"{p}: the model's vocabulary ({model.config.vocab_size}) does not match its tokenizer "
                        f"({meta['tokenizer']} + {len(T.SPECIAL_TOKENS)} specials = {tok.n_vocab})")
@@ -822,7 +822,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
         log = cli.RunLog(metrics_path, append=True, bar=False, total=0, initial=0)
         evaluate_and_keep(step, round(step / spe, 3))
         log.close()
-    best_model, best_head, _, _ = load_finetuned(out_dir / "best", device, cfg.backend)
+    best_model, best_head, _, _ = load_finetuned(out_dir / "best", device, cfg.backend, cfg.offline)
     summary = dict(task=task.name, task_type=task.task_type, labels=task.labels, init=extra["init"],
                    aux_lm_weight=cfg.aux_lm_weight, steps=step, epochs=round(step / spe, 3), max_len=max_len,
                    val=extra["best"], n_train=len(train), n_val=len(val), n_test=len(test),
@@ -875,7 +875,7 @@ def predict(cfg: FinetuneConfig, texts: list[str]):
             raise cli.UsageError(f"--predict: {problem}")
     c = _device_and_dtype(cfg)
     device = torch.device(c.device)
-    model, head, meta, tok = load_finetuned(cfg.init, device, cfg.backend)
+    model, head, meta, tok = load_finetuned(cfg.init, device, cfg.backend, cfg.offline)   # (--offline: no fetch)
     tt = meta["task_type"]
     if cfg.predict_file is not None:
         exs = T.read_inputs(cfg.predict_file, tt)

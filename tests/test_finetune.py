@@ -727,6 +727,13 @@ def test_predict_file_lines_up_and_ctrl_c_keeps_the_labels_printed(tmp_path, tin
             FT.main(["--predict", f"--init={out}", "--device=cpu"] + texts)
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count("\n") == 1 and needle in err, err
+    # --predict --offline reads the tokenizer without fetching (it was read with offline=False: a download)
+    from fastgpt import data as fdata
+    seen, real = [], fdata.get_tokenizer
+    monkeypatch.setattr(fdata, "get_tokenizer", lambda name, offline=None: seen.append(offline) or real(name, offline))
+    assert FT.main(["--predict", f"--init={out}", "--device=cpu", "--offline", "red"]) == 0
+    assert seen == [True], seen
+    capsys.readouterr()
     interrupt_on_call(monkeypatch, FT, "forward_batch", 2)   # Ctrl-C in the second batch
     try:
         rc = FT.main(["--predict", f"--init={out}", "--eval_batch_size=1", "--device=cpu", "red", "saw", "pink"])
