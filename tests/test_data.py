@@ -634,8 +634,18 @@ def test_prune_deletes_the_token_folders_no_run_finds_again(cache, tmp_path, mon
     assert out[-1].startswith(f"cache: {cache}; ") and out[-1].endswith(" MiB freed")
     assert not older.exists() and not edited.exists() and all(d.exists() for d in keep) and writing.exists()
     assert data.superseded_token_dirs() == []
-    with pytest.raises(SystemExit):
-        data.main(["--prune", "--data", str(a)])
+    for extra in (["--data", str(a)], ["--tokenizer", "gpt2"]):   # (--tokenizer was ignored: every one pruned)
+        with pytest.raises(SystemExit):
+            data.main(["--prune", *extra])
+    # (a review, 2026-11-29) a folder a run was given as --data itself stays when its text changes (it was
+    # deleted, and the run could not --resume); one copied or renamed into tokens/, and a link, stay too
+    given = data.prepare(str(keep[1]), "byte").dir   # (b's folder, as --data)
+    assert given == keep[1] and (given / data.GIVEN_AS_DATA).exists()
+    b.write_text("b, edited\n" * 40)
+    shutil.copytree(keep[1], cache / "tokens" / "my-corpus")
+    (cache / "tokens" / "my-corpus" / data.GIVEN_AS_DATA).unlink()
+    (cache / "tokens" / "user-00000000000000000000").symlink_to(keep[0])
+    assert data.superseded_token_dirs() == []   # (b's folder, edited, would be without its mark)
     a.write_text("a third text\n" * 40)   # a folder that cannot be deleted: said, exit 1
 
     def refuse(p, *args, **kw):
