@@ -219,9 +219,8 @@ RUNTIME_ONLY = ("device", "backend", "compile", "resume", "eval_only", "progress
 # are derived again on --resume from that run's values.
 FOLLOWING = ("lr_decay_iters", "min_lr", "ckpt_interval", "warmup_iters")
 
-# Dense bf16 datasheet peaks (TFLOP/s) by a substring of torch.cuda.get_device_name().
-# dense bf16 peaks by a name in torch.cuda.get_device_name(), matched as a whole word (the first that matches:
-# the longer names first); "L4" also matched the L40's name (181 TFLOP/s: MFU 1.5x too high)
+# Dense bf16 datasheet peaks (TFLOP/s) by a name in torch.cuda.get_device_name(), matched as whole words (the
+# first that matches: the longer names first); as a substring, "L4" matched the L40's name (MFU 1.5x too high)
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("GH200", 989.4), ("H200 NVL", 835.0),
                ("H200", 989.4), ("A100", 312.0), ("A10G", 70.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0)]
 
