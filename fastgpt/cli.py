@@ -24,6 +24,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import sys
 import textwrap
 import types
@@ -920,6 +921,14 @@ def trim_metrics(path, step: int) -> None:
             keep.append(line + "\n")
     if len(keep) < len(lines):
         write_atomic(path, "".join(keep))
+
+
+def same_mode_as(path, like) -> None:
+    """Give file ``path`` the permission bits of ``like`` (safetensors creates its files 0600 whatever the
+    umask: the weights as readable as the JSON written beside them). Best-effort: where chmod is refused,
+    the file stays as it is."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, stat.S_IMODE(os.stat(like).st_mode))
 
 
 def write_atomic(path, data: str | bytes) -> None:

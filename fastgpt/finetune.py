@@ -38,7 +38,6 @@ error or a bad label file (one line naming the file and line), 130 aborted.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -481,9 +480,7 @@ def save_finetuned(path: Path, model, head, meta: dict) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()},
                   str(tmp / "head.safetensors"))
         (tmp / "finetune.json").write_text(json.dumps(meta, indent=1))
-        # (safetensors makes its file 0600 whatever the umask: as readable as the JSON beside it)
-        with contextlib.suppress(OSError):   # (a filesystem that refuses chmod: the save stands)
-            os.chmod(tmp / "head.safetensors", (tmp / "finetune.json").stat().st_mode & 0o7777)
+        cli.same_mode_as(tmp / "head.safetensors", tmp / "finetune.json")   # (safetensors made it 0600)
     ck.replace_folder(path, fill)
 
 

@@ -35,14 +35,12 @@ is the plain-PyTorch oracle of the block.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import math
 import operator
 import os
 import re
-import stat
 import warnings
 from typing import Callable, Optional
 
@@ -830,9 +828,8 @@ class GPT(nn.Module):
             save_file(sd, tmp_w, metadata={"format": "pt"})
             with open(tmp_c, "w") as f:
                 f.write(text)
-            # safetensors creates its file 0600 whatever the umask: the weights as readable as the config
-            with contextlib.suppress(OSError):   # (a filesystem that refuses chmod: the save stands)
-                os.chmod(tmp_w, stat.S_IMODE(os.stat(tmp_c).st_mode))
+            from fastgpt.cli import same_mode_as
+            same_mode_as(tmp_w, tmp_c)   # (safetensors made it 0600 whatever the umask)
             os.replace(tmp_w, weights)
             os.replace(tmp_c, config)
         finally:
