@@ -588,36 +588,41 @@ def token_dir_tokenizer(spec: str) -> str | None:
     return t if isinstance(t, str) else None
 
 
-def _text_pieces(path: Path, start: int = 0, stop: int | None = None):
-    """Characters [start, stop) of path's text as read_text(encoding="utf-8-sig") gives it (a byte-order mark
-    dropped, line ends as "\\n"), in pieces of at most CHUNK_CHARS characters, read as they are needed."""
-    pos, size = 0, CHUNK_CHARS
+def _open_text(path: Path):
+    """path opened to be read as read_text(encoding="utf-8-sig") reads it (a byte-order mark dropped, line
+    ends as "\\n")."""
+    return open(path, encoding="utf-8-sig")
+
+
+def _text_pieces(f, stop: int | None = None):
+    """The next ``stop`` characters of f, a file from _open_text (None: all that is left), in pieces of at
+    most CHUNK_CHARS characters, read as they are needed."""
+    pos = 0
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            while stop is None or pos < stop:
-                piece = f.read(size if stop is None else min(size, stop - pos))
-                if not piece:
-                    break
-                lo = max(start - pos, 0)
-                pos += len(piece)
-                if lo < len(piece):
-                    yield piece[lo:]
+        while stop is None or pos < stop:
+            piece = f.read(CHUNK_CHARS if stop is None else min(CHUNK_CHARS, stop - pos))
+            if not piece:
+                return
+            pos += len(piece)
+            yield piece
     except UnicodeDecodeError as e:
-        raise TextError(f"{path} is {not_utf8(path, e)}; convert it or leave it out of --data") from None
+        raise TextError(f"{f.name} is {not_utf8(f.name, e)}; convert it or leave it out of --data") from None
 
 
 def _val_cut(path: Path, val_fraction: float) -> tuple[int, int]:
     """(cut, n): the last val_fraction of path's n characters is validation, cut at a line start when one is
     near: validation grows by at most a quarter of its size (a file of few, long lines is cut mid-line rather
     than mostly validation). Two reads of the file, one piece in memory at a time."""
-    n = sum(len(p) for p in _text_pieces(path))
+    with _open_text(path) as f:
+        n = sum(len(p) for p in _text_pieces(f))
     cut = int(n * (1 - val_fraction))
     nl, pos = -1, 0   # the last "\\n" before cut
-    for piece in _text_pieces(path, 0, cut):
-        k = piece.rfind("\n")
-        if k != -1:
-            nl = pos + k
-        pos += len(piece)
+    with _open_text(path) as f:
+        for piece in _text_pieces(f, cut):
+            k = piece.rfind("\n")
+            if k != -1:
+                nl = pos + k
+            pos += len(piece)
     if nl > 0 and cut - nl <= (n - cut) // 4:
         cut = nl + 1
     return cut, n
@@ -689,9 +694,12 @@ def prepare_files(spec: str, tokenizer: str, val_fraction: float = 0.1, offline:
         def docs():   # each file streamed: a piece of CHUNK_CHARS at a time in memory, never the whole
             for f in files:
                 cut, n = _val_cut(f, val_fraction)
-                yield str(f), "train", _text_pieces(f, 0, cut)
-                if cut < n:
-                    yield str(f), "val", _text_pieces(f, cut)
+                # one read for both parts: validation goes on where the training part (read to its end by
+                # write_token_dir before it asks for the next document) stopped
+                with _open_text(f) as text:
+                    yield str(f), "train", _text_pieces(text, cut)
+                    if cut < n:
+                        yield str(f), "val", _text_pieces(text)
         return write_token_dir(d, docs(), tok, dict(files=[i[0] for i in ident], val_fraction=val_fraction),
                                total_chars=sum(i[1] for i in ident))
     return _cached_or_build(key, build)

@@ -573,7 +573,10 @@ def test_files_are_read_in_pieces_with_the_same_tokens_and_split(cache, tmp_path
         f = tmp_path / f"f{k}.txt"
         f.write_bytes((b"\xef\xbb\xbf" if k % 3 == 0 else b"") + raw.encode())
         text = f.read_text(encoding="utf-8-sig")
-        assert "".join(data._text_pieces(f)) == text and "".join(data._text_pieces(f, 3, 50)) == text[3:50]
+        with data._open_text(f) as fh:
+            assert "".join(data._text_pieces(fh)) == text
+        with data._open_text(f) as fh:   # a part, then what is left after it (training, then validation)
+            assert "".join(data._text_pieces(fh, 50)) == text[:50] and "".join(data._text_pieces(fh)) == text[50:]
         cut = int(len(text) * 0.9)   # the rule, on the whole text
         nl = text.rfind("\n", 0, cut)
         assert data._val_cut(f, 0.1) == ((nl + 1 if nl > 0 and cut - nl <= (len(text) - cut) // 4 else cut),
