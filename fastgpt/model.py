@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastgpt import ops, reference
-from fastgpt.backend import first_order_only, resolve
+from fastgpt.backend import first_order_only
 from fastgpt.config import GPTConfig
 
 __all__ = ["GPTBlock", "GPT", "KVCache", "load_model", "hub_folder", "FORMAT", "FORMAT_VERSION"]
@@ -211,8 +211,9 @@ class GPTBlock(nn.Module):
         fc, proj = self.mlp.c_fc, self.mlp.c_proj
         u = F.linear(y, fc.weight)
         b2 = proj.bias if with_bias else None
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling() and resolve(self.backend,
-                                                                                     u.device.type) == "fused":
+        # (ops._fused: under a torch.func transform, the error naming the op before _GeluLinear's own)
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling() and ops._fused("GPTBlock", self.backend,
+                                                                                        "x", u, fc.bias):
             return _GeluLinear.apply(u, fc.bias, proj.weight, b2, self.approximate, self.backend)
         g = ops.bias_gelu(u, fc.bias, self.approximate, backend=self.backend)
         return F.linear(g, proj.weight, b2)
@@ -581,7 +582,7 @@ class GPT(nn.Module):
         x = tr.drop(tr.wte(idx) + tr.wpe(pos))
         if self.config.residual_dtype is not None:
             rd = getattr(torch, self.config.residual_dtype)
-            if rd != x.dtype and not torch.is_autocast_enabled(idx.device.type):
+            if rd != x.dtype and not reference.autocast_on(idx.device.type):
                 # the sublayers' matmuls would meet a residual-dtype activation and x.dtype weights
                 raise ValueError(f"GPT: residual_dtype={self.config.residual_dtype!r} runs under torch.autocast "
                                  f"(or with the model in that dtype); the weights are {x.dtype} and autocast is off")

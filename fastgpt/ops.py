@@ -7,7 +7,7 @@ fastgpt.reference, which documents what each op computes.
 from __future__ import annotations
 
 import torch
-from torch._C._functorch import TransformType, peek_interpreter_stack
+from torch._C._functorch import peek_interpreter_stack
 from torch.autograd import forward_ad
 
 from fastgpt import reference
@@ -33,20 +33,22 @@ def _device_type(op: str, name: str, t) -> str:
 
 def _fused(op: str, backend, name: str, t, *others, **kw) -> bool:
     """resolve() picks 'fused' for op (whose first tensor argument, ``name``, is t; ``others``: its other
-    tensor arguments). Under forward-mode AD (torch.func.jvp; torch.autograd.forward_ad with a dual tensor
-    among them) that is an error: the fused ops have no forward derivative, and their tangents came back
-    None or zero (or an error from inside a kernel), never right."""
+    tensor arguments). Under a torch.func transform (grad, vmap, jvp, functionalize, ...) or forward-mode AD
+    (torch.autograd.forward_ad with a dual tensor among them) that is an error naming the op: the fused
+    ops' autograd Functions support neither (torch's own error named no op; forward_ad's tangents came
+    back None or zero, never right)."""
     if resolve(backend, _device_type(op, name, t), **kw) != "fused":
         return False
     if torch.compiler.is_compiling():   # (traced: no look at functorch's stack in the graph)
         return True
     top = peek_interpreter_stack()
-    if (top is not None and top.key() == TransformType.Jvp) or (
+    if top is not None or (
             forward_ad._current_level >= 0   # (a dual_level block is open: is a tangent given here?)
             and any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None
                     for a in (t, *others))):
-        raise NotImplementedError(f"{op}: the fused backend has no forward-mode AD (torch.func.jvp, "
-                                  f"torch.autograd.forward_ad); {USE_REFERENCE}")
+        how = "forward-mode AD (torch.autograd.forward_ad)" if top is None else \
+            f"torch.func transforms ({top.key().name.lower()} here)"
+        raise NotImplementedError(f"{op}: the fused backend does not run under {how}; {USE_REFERENCE}")
     return True
 
 
@@ -145,7 +147,7 @@ def fused_linear_cross_entropy(h, W, targets, ignore_index: int = -100, reductio
     """cross_entropy(h @ W.T, targets) without materialising the logits (when fused)."""
     if _fused("fused_linear_cross_entropy", backend, "h", h, W):
         return kernels().fused_linear_cross_entropy(h, W, targets, ignore_index, reduction, label_smoothing)
-    if torch.is_autocast_enabled(h.device.type):
+    if reference.autocast_on(h.device.type):
         # the GEMM in the autocast dtype, as nn.Linear (and the fused kernel) would run the head
         dt = torch.get_autocast_dtype(h.device.type)
         h, W = (t.to(dt) if t.dtype in (torch.float32, torch.float16, torch.bfloat16) else t for t in (h, W))

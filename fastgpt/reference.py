@@ -54,8 +54,13 @@ def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def autocast_on(device_type: str) -> bool:
+    """torch.is_autocast_enabled for a device type that may have no autocast (meta: an error there)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def _no_autocast(t: torch.Tensor):
-    if torch.is_autocast_enabled(t.device.type):
+    if autocast_on(t.device.type):
         return torch.autocast(t.device.type, enabled=False)
     return contextlib.nullcontext()
 
@@ -131,7 +136,10 @@ def _check_vector(op: str, name: str, t, x) -> None:
 
 def check_targets(op: str, t: torch.Tensor, V: int, ignore_index: int) -> None:
     """Every target is in [0, V) or ignore_index: a ValueError naming the first one that is not (CPU,
-    eager); on CUDA and under torch.compile an asynchronous device assert (no host sync, no graph break)."""
+    eager); on CUDA and under torch.compile an asynchronous device assert (no host sync, no graph break);
+    none on the meta device (no values)."""
+    if t.device.type == "meta":
+        return
     bad = ((t < 0) | (t >= V)) & (t != ignore_index)
     if t.is_cuda or torch.compiler.is_compiling():
         torch._assert_async(~bad.any(), f"{op}: a target is outside [0, {V}) and is not ignore_index")

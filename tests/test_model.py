@@ -753,6 +753,22 @@ def test_the_head_stays_tied_under_meta_init_and_assign():
         Wrap().load_state_dict({"gpt." + k: v for k, v in sd.items()})
 
 
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_forward_on_the_meta_device(norm):
+    """A model built on the meta device runs forward (shape and memory estimates, accelerate's
+    init_empty_weights): torch.is_autocast_enabled("meta") and the targets' range check (.item()) raised."""
+    cfg = _tiny(norm=norm)
+    with torch.device("meta"):
+        block, m = GPTBlock(cfg), GPT(cfg)
+        x, idx = torch.empty(2, 5, 64), torch.zeros(2, 5, dtype=torch.long)
+    assert block(x).shape == (2, 5, 64) and block(x).is_meta
+    logits, loss = m(idx, idx)
+    assert logits.shape == (2, 5, 100) and loss.shape == () and loss.is_meta
+    assert m(idx, idx, return_logits=False)[1].is_meta
+    loss.backward()
+    assert m.transformer.wte.weight.grad.is_meta
+
+
 def test_load_state_dict_takes_the_head_stored_once_and_an_unpadded_vocabulary(tmp_path):
     """GPT.load_state_dict (strict) takes save_pretrained's model.safetensors (the tied head stored once) and a
     state dict whose embedding has vocab_size rows (nanoGPT's shakespeare_char: 65, ours padded to 128);

@@ -402,10 +402,12 @@ def test_double_backward_through_fused_ops_is_a_clear_error():
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-def test_forward_mode_ad_through_fused_ops_is_a_clear_error():
+def test_torch_func_transforms_and_forward_mode_ad_through_fused_ops_are_clear_errors():
     """The fused ops have no forward derivative: under torch.func.jvp / forward_ad their tangents came back
-    None (forward_ad) or zero (jvp of bias_dropout_add), or an error from inside a kernel; now an error naming
-    the op, while the reference gives the tangent. Plain tensors in an open dual level still run fused."""
+    None (forward_ad) or zero (jvp of bias_dropout_add), or an error from inside a kernel; torch.func.grad,
+    vmap and functionalize stopped in torch with "autograd.Function ... must override setup_context", naming
+    no op. Now an error naming the op, while the reference gives the tangent. Plain tensors in an open dual
+    level still run fused."""
     import torch.autograd.forward_ad as fwAD
     from fastgpt import GPTBlock, GPTConfig
     x, t = torch.randn(4, 16, device=DEVICE), torch.randn(4, 16, device=DEVICE)
@@ -429,9 +431,16 @@ def test_forward_mode_ad_through_fused_ops_is_a_clear_error():
         cases["bias_dropout_add"] = lambda x, be: ops.bias_dropout_add(x, b, x, 0.0, backend=be)
     for name, f in cases.items():
         op = "layer_norm" if name == "GPTBlock" else name   # (the pre-LN block's first fused op)
-        with pytest.raises(NotImplementedError, match=f"{op}: the fused backend has no forward-mode AD"):
-            torch.func.jvp(lambda x: f(x, "fused"), (x,), (t,))
-        with fwAD.dual_level(), pytest.raises(NotImplementedError, match="the fused backend has no forward-mode AD"):
+        transforms = {"jvp": lambda g: torch.func.jvp(g, (x,), (t,)),
+                      "grad": lambda g: torch.func.grad(lambda x: g(x).sum())(x),
+                      "vmap": lambda g: torch.func.vmap(g)(x[None]),
+                      "functionalize": lambda g: torch.func.functionalize(g)(x)}
+        for tr, run in transforms.items():
+            with pytest.raises(NotImplementedError, match=rf"{op}: the fused backend does not run under torch.func "
+                                                          rf"transforms \({tr} here\); use backend='reference'"):
+                run(lambda x: f(x, "fused"))
+        with fwAD.dual_level(), pytest.raises(NotImplementedError,
+                                              match=r"does not run under forward-mode AD \(torch.autograd.forward_ad"):
             f(fwAD.make_dual(x, t), "fused")
         with fwAD.dual_level():   # no tangent given: an open dual level alone is no reason to refuse
             torch.testing.assert_close(f(x, "fused"), f(x, "reference"), rtol=1e-4, atol=1e-4)
@@ -441,7 +450,7 @@ def test_forward_mode_ad_through_fused_ops_is_a_clear_error():
             torch.manual_seed(0)
             assert fwAD.unpack_dual(f(fwAD.make_dual(x, t), "reference")).tangent is not None, name
         assert tangent.abs().sum() > 0, name
-    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="layer_norm: the fused backend has no"):
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="layer_norm: the fused backend does not run"):
         ops.layer_norm(x, fwAD.make_dual(w, torch.ones_like(w)), b, backend="fused")   # a tangent on the weight
 
 
