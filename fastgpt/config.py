@@ -120,6 +120,7 @@ class GPTConfig:
         return cls(**d)
 
     def replace(self, **changes) -> "GPTConfig":
+        changes.setdefault("extra", dict(self.extra))   # (a shared dict: editing the copy's changed this one's)
         return dataclasses.replace(self, **changes)
 
     @classmethod

@@ -542,7 +542,7 @@ class GPT(nn.Module):
         if vocab_size < V:
             raise ValueError(f"resize_token_embeddings: {vocab_size} < the current vocabulary {V}; only growing "
                              "is supported")
-        cfg = self.config.replace(vocab_size=vocab_size, extra=dict(self.config.extra))
+        cfg = self.config.replace(vocab_size=vocab_size)
         old = self.transformer.wte.weight
         W = old.new_zeros(cfg.padded_vocab_size, old.shape[1])
         W[:V] = old[:V]
@@ -692,6 +692,8 @@ class GPT(nn.Module):
         n_vocab = self.config.vocab_size if n_vocab is None else _whole(n_vocab, "n_vocab")
         if not 1 <= n_vocab <= self.config.vocab_size:
             raise ValueError(f"generate: n_vocab must be in [1, {self.config.vocab_size}], got {n_vocab}")
+        if on_token is not None and not callable(on_token):   # (was a TypeError after the first token's work)
+            raise TypeError(f"generate: on_token must be callable, got {type(on_token).__name__}")
         was_training = self.training
         self.eval()
         try:
@@ -704,7 +706,8 @@ class GPT(nn.Module):
                     logits = self._next_logits(idx[:, cache.pos:], cache)
                 else:
                     logits = self._next_logits(idx[:, -bs:], None)
-                nxt = sample_next(logits[:, :n_vocab], temperature, top_k, top_p, generator)
+                # (in the prompt's dtype: an int32 prompt came back int64)
+                nxt = sample_next(logits[:, :n_vocab], temperature, top_k, top_p, generator).to(idx.dtype)
                 idx = torch.cat([idx, nxt], dim=1)
                 if on_token is not None:
                     on_token(nxt)

@@ -849,6 +849,13 @@ def test_generate_and_forward_refuse_bad_arguments_in_one_line():
             m.generate(**{"idx": idx, "max_new_tokens": 2, **kw})
     with pytest.raises(TypeError, match=r"generate: idx must hold integer token ids \(int64 or int32\), got torch.fl"):
         m.generate(idx.float(), 2)
+    with pytest.raises(TypeError, match="generate: on_token must be callable, got int"):   # (after a token's work)
+        m.generate(idx, 2, on_token=5)
+    assert m.generate(idx.int(), 2).dtype == torch.int32   # (the prompt's dtype: it came back int64)
+    # GPTConfig.replace copies extra: editing the copy's changed the original's
+    a = m.config
+    a.replace(n_layer=2).extra["tokenizer"] = "gpt2"
+    assert a.extra == {}
     # forward / hidden_states: ids in the padding (vocab 50, table 64) were read silently, past it an IndexError
     for bad, msg in ((idx.clamp(max=3) + 52, "GPT: token ids must be in \\[0, 50\\), got 5[2-5]"),
                      (idx.clamp(max=3) + 64, "GPT: token ids must be in \\[0, 50\\), got 6[4-7]"),
