@@ -42,13 +42,17 @@ LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/fastgpt_ldb $PY -c "$PRE
 x = torch.randn(2, 8, device='cuda')" >/dev/null 2>&1
 grep -h "$(basename "${SO:-_C.cpython}")" /tmp/fastgpt_ldb.* 2>/dev/null | grep -E "_Unwind|__cxa_throw|personality|ZTIN3c10" | sed 's/^ *[0-9]*: *//' | head -20
 rm -f /tmp/fastgpt_ldb.*
-if command -v gdb >/dev/null; then
+# the device machines have cuda-gdb (in CUDA's bin/) and no gdb
+GDB=$(command -v gdb || command -v cuda-gdb || { [ -x /usr/local/cuda/bin/cuda-gdb ] && echo /usr/local/cuda/bin/cuda-gdb; })
+if [ -z "$GDB" ]; then
+  echo "=== no backtrace of E: neither gdb nor cuda-gdb is installed"
+else
   # gdb gets what is left of the stage's budget (gpu_check.sh passes it as STAGE_BUDGET), less 10 s;
   # its lines pass unbuffered (a tail would lose them all when the budget's SIGINT reaches it)
   left=$(( ${STAGE_BUDGET:-240} - SECONDS - 10 ))
   [ "$left" -lt 10 ] && left=10
-  echo "=== gdb on E (${left}s)"
-  timeout "$left" gdb -batch -ex run -ex "bt 40" --args $PY -c "$PRE
+  echo "=== $(basename "$GDB") on E (${left}s)"
+  timeout "$left" "$GDB" -batch -ex run -ex "bt 40" --args $PY -c "$PRE
 x = torch.randn(2, 8, device='cuda'); op(x, None, x, 0.5, None)" 2>&1 | grep --line-buffered -vE "^\[(New|Thread)|libthread_db"
 fi
 exit 0

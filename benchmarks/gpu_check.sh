@@ -14,7 +14,8 @@
 #                                                     # (benchmarks/ext_diag.sh; never part of "all")
 #   bash benchmarks/gpu_check.sh --out DIR            # where stage results go (default gpu_results/,
 #                                                     # relative to the repository root)
-#   bash benchmarks/gpu_check.sh --tar FILE           # also pack the results folder into FILE at the end
+#   bash benchmarks/gpu_check.sh --tar FILE           # also pack the results folder into FILE (after each
+#                                                     # stage: a run killed from outside keeps what ended)
 #
 # Each stage has a time budget (seconds; override with BUDGET_<STAGE>=N, e.g.
 # BUDGET_BENCH_ATTENTION=300) and writes its JSON/log into the results folder as soon as it
@@ -118,6 +119,10 @@ stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.
   [ "$rc" -ne 0 ] && FAILED_STAGES="$FAILED_STAGES $name"
   echo "=== [$name] rc=$rc in $((SECONDS - t0))s"
   echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0)), \"budget\": $budget}" > "$RES/$name.stage.json"
+  pack
+}
+pack() {  # --tar FILE, written whole after each stage (a temporary file, then a rename)
+  [ -z "$TAR" ] || { tar czf "$TAR.part" "$RES" && mv -f "$TAR.part" "$TAR"; } || rm -f "$TAR.part"
 }
 
 
@@ -192,6 +197,7 @@ for fam in $ORDER; do
   if wants bench "$fam"; then
     q=""
     case ",${QUICK:-}," in *",1,"*|*",$fam,"*) q="--quick" ;; esac
+    rm -f "$RES/bench_$fam.json"   # (a crashed stage left the previous run's file, which the table read as new)
     stage "bench_$fam" 240 $PY -m benchmarks --only "$fam" --json "$RES/bench_$fam.json" $q
   fi
 done
@@ -203,7 +209,7 @@ if named host; then
     $PY -m benchmarks.host_overhead --cuda --profile causal_attention --number 200"
 fi
 $PY benchmarks/summary.py "$RES" || echo "gpu_check: the summary failed; results are in $RES/"
-if [ -n "$TAR" ]; then tar czf "$TAR" "$RES" && echo "gpu_check: results packed into $TAR"; fi
+if [ -n "$TAR" ]; then pack && echo "gpu_check: results packed into $TAR"; fi
 if [ -n "$FAILED_STAGES" ]; then
   echo "gpu_check: not every stage passed:$FAILED_STAGES"
   exit 1

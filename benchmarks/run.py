@@ -46,7 +46,8 @@ def ratio_table(rows):
 
     The "graph" rows (GPU time alone, a diagnostic of host overhead) are left out: the peers are
     timed as users call them; so are the "launch-bound" ones (host time included), whose peers of the
-    same case are timed as CUDA graphs."""
+    same case are timed as CUDA graphs. A pair where one row fell back to eager timing (its graph
+    capture failed: host time counted) and the other did not is marked in the peer's label."""
     out = []
     cases = {}
     for r in rows:
@@ -58,7 +59,9 @@ def ratio_table(rows):
             for p in rs:
                 if p is o or p["impl"].startswith("fastgpt") or not p["ms"]:
                     continue
-                out.append((bench, case, o["impl"], p["impl"], p["ms"] / o["ms"]))
+                mixed = ("eager timing" in o.get("note", "")) != ("eager timing" in p.get("note", ""))
+                out.append((bench, case, o["impl"], p["impl"] + (" (one side eager)" if mixed else ""),
+                            p["ms"] / o["ms"]))
     return out
 
 

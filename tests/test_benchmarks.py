@@ -177,7 +177,7 @@ def test_summary_survives_unreadable_results(tmp_path, capsys):
             [("fwd+bwd", "fastgpt", 0.1, 1500.0), ("fwd", "fastgpt", 0.02, 2600.0),
              ("fwd", "torch eager", 0.04, 1300.0)]]
     rows.append(dict(rows[0], impl="fastgpt (launch-bound)", ms=0.4, gbps=375.0, host_ms=0.39))
-    (tmp_path / "bench_layernorm.json").write_text(json.dumps(dict(env=dict(card="fake"), rows=rows)))
+    (tmp_path / "bench_layernorm.json").write_text(json.dumps(dict(env=dict(card="NVIDIA H100 80GB HBM3"), rows=rows)))
     summary.main(str(tmp_path))
     out = capsys.readouterr().out
     assert "unreadable bench_attention.json" in out and "out of time" in out and "rc=skipped" in out
@@ -198,7 +198,7 @@ def test_summary_reads_both_attention_backwards(tmp_path, capsys):
             [("fastgpt", 2.88, 334.0, "kernels ms: dkdv 1.170"), ("fastgpt atomic dQ", 2.0, 481.0, "kernels ms: x"),
              ("sdpa cudnn", 2.08, 463.0, "")]]
     rows += [dict(r, case=case.replace(" bf16", " bf16 p=0.1"), ms=r["ms"] * f) for r, f in zip(rows, (1.4, 1.1))]
-    (tmp_path / "bench_attention.json").write_text(json.dumps(dict(env=dict(card="fake"), rows=rows)))
+    (tmp_path / "bench_attention.json").write_text(json.dumps(dict(env=dict(card="NVIDIA H100 80GB HBM3"), rows=rows)))
     summary.main(str(tmp_path))
     out = capsys.readouterr().out
     assert "B4 H16 T4096 D128 bf16 p=0.1 fwd+bwd     1.40x the p=0 time, target <= 1.15 MISSED" in out
@@ -206,6 +206,33 @@ def test_summary_reads_both_attention_backwards(tmp_path, capsys):
     assert f"{case}    334.0 tflops target 463 MISSED 0.72x vs sdpa cudnn" in out
     assert f"{case} (atomic dQ)    481.0 tflops target 463 met    1.04x vs sdpa cudnn" in out
     assert f"{case} (atomic dQ) kernels ms: x" in out and f"{case} kernels ms: dkdv 1.170" in out
+
+
+def test_summary_on_another_card_a_missing_peer_and_a_ratio_timed_two_ways(tmp_path, capsys):
+    """(a review, 2026-11-29) On an H200 (copy ~4.3 TB/s) LayerNorm at 61 % of copy read "target 2500 met":
+    the GB/s targets are an H100's (copy 3005 GB/s) and are scaled by the card's copy now, every verdict
+    naming whose target it is; a missing Liger row (ok, no time) printed nothing; and a peer timed eagerly
+    after a failed graph capture was ranked against graph-timed fastgpt without a mark."""
+    import json
+    from benchmarks import run, summary
+
+    def r(case, impl, ms, **kw):
+        return dict(dict(bench="layernorm", case=case, impl=impl, ms=ms, gbps=None, tflops=None, tok_s=None,
+                         mem_gib=None, ok=True, note=""), **kw)
+    fwd = "16384x768 bf16 fwd"
+    rows = [r(fwd, "fastgpt", 0.06, gbps=2608.0), r(fwd, "torch eager", 0.3, note="eager timing: graph capture failed"),
+            r(fwd, "liger", None, note="no Liger row: liger_kernel ... does not import")]
+    f = tmp_path / "bench_layernorm.json"
+    for card, copy, want in (("NVIDIA H200", 4300, "2608.0 gbps target 3577 (H100's 2500 scaled by copy) MISSED"),
+                             ("NVIDIA H100 80GB HBM3", 3005, "2608.0 gbps target 2500 met")):
+        f.write_text(json.dumps(dict(env=dict(card=card, copy_gbps=copy), rows=rows)))
+        summary.main(str(tmp_path))
+        out = capsys.readouterr().out
+        assert want in out, out
+        assert ("targets: set on an H100; this card is NVIDIA H200" in out) == (card == "NVIDIA H200")
+        assert "5.00x vs torch eager (one side eager)" in out and "torch eager=5.00x (one side eager)" in out
+        assert "no peer: layernorm 16384x768 bf16 fwd liger: no Liger row" in out
+    assert run.ratio_table(rows) == [("layernorm", fwd, "fastgpt", "torch eager (one side eager)", 5.0)]
 
 
 def test_failed_graph_capture_is_noted_in_the_row(monkeypatch):
@@ -392,6 +419,32 @@ def test_gpu_check_cli():
             assert r.stderr.count("\n") == 1 and r.stdout == "" and not fresh.exists(), r
 
 
+def test_gpu_check_drops_a_stale_family_file_and_packs_the_tar_after_each_stage(tmp_path):
+    """(a review, 2026-11-29) A family whose stage crashed left the previous run's bench_<family>.json, which
+    the table then showed as this run's figures; and --tar was written only at the very end, so a run
+    killed from outside (the device tool's limit) returned nothing, not even its finished stages."""
+    import os
+    import subprocess
+    import tarfile
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    out, tar = tmp_path / "res", tmp_path / "r.tgz"
+    out.mkdir()
+    (out / "bench_gelu.json").write_text('{"rows": [{"bench": "bias_gelu", "ms": 1.0}]}')   # an earlier run's
+    py = tmp_path / "py"   # a stand-in python: CUDA "available"; gelu crashes; attention checks the tar is there
+    py.write_text('#!/bin/sh\ncase "$*" in\n  *"--only gelu"*) exit 139 ;;\n'
+                  '  *"--only attention"*) [ -f "$TARFILE" ] || exit 7 ;;\nesac\nexit 0\n')
+    py.chmod(0o755)
+    r = subprocess.run(["bash", str(script), "--only", "gelu,attention", "--out", str(out), "--tar", str(tar)],
+                       capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHON=str(py), TARFILE=str(tar)))
+    assert "=== [bench_gelu] rc=139" in r.stdout and "=== [bench_attention] rc=0" in r.stdout, r.stdout
+    assert r.returncode == 1 and not (out / "bench_gelu.json").exists()
+    with tarfile.open(tar) as t:
+        names = {Path(n).name for n in t.getnames()}
+    assert {"install.stage.json", "bench_gelu.stage.json", "bench_attention.stage.json"} <= names, names
+    assert not list(tmp_path.glob("*.part"))
+
+
 @needs_triton
 def test_tune_attention_checks_every_kind_on_cpu(monkeypatch):
     """tune_attention's sweep on the CPU (interpreter, nothing timed): each kind's candidate is
@@ -424,7 +477,7 @@ def test_summary_reads_the_dropout_cross_entropy_and_block_targets(tmp_path, cap
                         note="autocast; target <=0.9x compile time, <= its memory: 0.85x, -0.10 GiB -> met"),
                       r("block", "B16 T1024 gpt2 pre-LN", "torch.compile", 9.4)]}
     for bench, rs in rows.items():
-        (tmp_path / f"bench_{bench}.json").write_text(json.dumps(dict(env=dict(card="fake"), rows=rs)))
+        (tmp_path / f"bench_{bench}.json").write_text(json.dumps(dict(env=dict(card="NVIDIA H100 80GB HBM3"), rows=rs)))
     summary.main(str(tmp_path))
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -440,7 +493,7 @@ def test_summary_reads_the_dropout_cross_entropy_and_block_targets(tmp_path, cap
     # the --json file of python -m benchmarks is read as given (it was read only when named bench_*.json);
     # a path with nothing to read is an error, not an empty table with exit 0
     one = tmp_path / "out.json"
-    one.write_text(json.dumps(dict(env=dict(card="fake"), rows=rows["dropout_add"])))
+    one.write_text(json.dumps(dict(env=dict(card="NVIDIA H100 80GB HBM3"), rows=rows["dropout_add"])))
     assert summary.main(str(one)) == 0 and "2.50x vs torch eager" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
     for res, why in ((tmp_path / "empty", "no *.stage.json or bench_*.json"), (tmp_path / "nope", "no such file")):
