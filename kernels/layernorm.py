@@ -7,6 +7,9 @@ Forward, per row of N features (all statistics in fp32):
     rstd = 1 / sqrt(sum((h - mean)^2) / N + eps)
     y    = (h - mean) * rstd * w + b                       (y in x's dtype)
 Backward, with xhat = (h - mean) * rstd and g = dy * w:
+    (h - mean is taken as (h - h0) - (mean - h0), h0 = the row's first element, as the forward
+    computes it: the saved statistic is mean - h0, and a row whose |mean| >> its spread keeps
+    the digits that h - round(mean) lost: dw was ~1e-2 off at x = 1000 + 1e-3 randn)
     dh   = rstd * (g - mean(g) - xhat * mean(g * xhat))    (+ dh_out, the grad of h)
     dw   = sum_rows(dy * xhat),  db = sum_rows(dy)
 dx = dh (x's dtype) and dresidual = dh (residual's dtype). dw/db are reduced
@@ -81,7 +84,7 @@ def _layer_norm_fwd_kernel(
     H,          # (M, N) output h = x + residual, contiguous (written only if HAS_RES)
     W,          # (N,) weight
     B,          # (N,) bias (read only if HAS_BIAS)
-    Mean,       # (M,) fp32 row mean
+    Mean,       # (M,) fp32 row mean less the row's first element (mean - h[:, 0]: the shifted mean)
     Rstd,       # (M,) fp32 row 1/std
     M, N, inv_n, stride_x, stride_r, eps,
     HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -114,7 +117,6 @@ def _layer_norm_fwd_kernel(
             x0 = x0.to(H.dtype.element_ty).to(tl.float32)   # = h[:, 0], rounded as h is
         xs = tl.where(mask, x - x0[:, None], 0.0)
         mean_s = tl.sum(xs, axis=1) * inv_n
-        mean = x0 + mean_s
         xc = tl.where(mask, xs - mean_s[:, None], 0.0)
         var = tl.sum(xc * xc, axis=1) * inv_n
         # a variance past fp32 (|x| ~ 1e20: a diverged run) gave rstd = 0 and y = the bias, finite and silent;
@@ -124,7 +126,7 @@ def _layer_norm_fwd_kernel(
         if HAS_BIAS:
             y += b[None, :]
         tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
-        tl.store(Mean + rows, mean, mask=rmask)
+        tl.store(Mean + rows, mean_s, mask=rmask)   # (the backward shifts h by h0 again)
         tl.store(Rstd + rows, rstd, mask=rmask)
 
 
@@ -137,7 +139,7 @@ def _layer_norm_bwd_kernel(
     DHO,        # (M, N) grad of h (add variant), row stride stride_dho (read only if HAS_DHO)
     Hin,        # (M, N) the normalised input (x, or h), row stride stride_h
     W,          # (N,) weight
-    Mean,       # (M,) fp32
+    Mean,       # (M,) fp32 shifted mean (mean - Hin[:, 0]; the forward's)
     Rstd,       # (M,) fp32
     DX,         # (M, N) grad of x, contiguous
     DR,         # (M, N) grad of residual, contiguous (written only if HAS_DR)
@@ -164,9 +166,12 @@ def _layer_norm_bwd_kernel(
         rows = rows.to(tl.int64)
         h = tl.load(Hin + rows[:, None] * stride_h + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(Mean + rows, mask=rmask, other=0.0)
+        mean_s = tl.load(Mean + rows, mask=rmask, other=0.0)
         rstd = tl.load(Rstd + rows, mask=rmask, other=0.0)
-        xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
+        # h - mean as the forward took it, (h - h0) - mean_s (h0 loaded again: an L1 hit): the same xhat,
+        # bit for bit, where h - (h0 + mean_s) rounded to fp32 lost ~ulp(mean) / std of it
+        h0 = tl.load(Hin + rows * stride_h, mask=rmask, other=0.0).to(tl.float32)
+        xhat = tl.where(mask, ((h - h0[:, None]) - mean_s[:, None]) * rstd[:, None], 0.0)
         g = dy * w[None, :]
         c1 = tl.sum(g * xhat, axis=1) * inv_n
         # c2 = mean(g) as g0 + mean(g - g0), g0 = g[:, 0] (dy loaded again: an L1 hit). Where dy is the
@@ -223,7 +228,8 @@ def _fwd_programs(M: int, meta: dict, device: torch.device) -> int:
 
 def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Optional[Tensor],
                    eps: float, out: Optional[Tensor] = None, capture=None):
-    """Returns (y, h, mean, rstd); h is None without a residual. ``out`` may supply y (tests poison it).
+    """Returns (y, h, mean, rstd); h is None without a residual; mean is the shifted mean (each row's mean
+    less its first element), which layer_norm_bwd takes. ``out`` may supply y (tests poison it).
     ``capture``: a _Plan whose forward Replay this launch fills (when it can be replayed)."""
     op = "add_layer_norm" if residual is not None else "layer_norm"
     _validate(op, x, residual, weight, bias)
