@@ -177,6 +177,8 @@ def check_cross_entropy(op: str, h, W, targets, ignore_index, reduction: str, la
         raise ValueError(f"{op}: ignore_index must fit int64, got {ignore_index}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"{op}: reduction must be 'mean' or 'sum', got {reduction!r}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):   # (a raw TypeError)
+        raise TypeError(f"{op}: label_smoothing must be a number, got {label_smoothing!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
 

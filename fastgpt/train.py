@@ -245,10 +245,12 @@ def peak_flops(device_name: str, override_tflops: float | None = None) -> float 
 
 
 def lr_at(step: int, lr: float, min_lr: float, warmup: int, decay_iters: int) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine from lr to min_lr at ``decay_iters``, then min_lr."""
+    """Linear warmup over ``warmup`` steps, then cosine from lr to min_lr at ``decay_iters``, then min_lr.
+    Step ``warmup`` takes the peak lr even when it is decay_iters (a warmup as long as the schedule went
+    from 5/6 of lr straight to min_lr, never reaching lr)."""
     if step < warmup:
         return lr * (step + 1) / (warmup + 1)
-    if step >= decay_iters:
+    if step >= decay_iters and step > warmup:
         return min_lr
     ratio = (step - warmup) / max(1, decay_iters - warmup)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)

@@ -176,6 +176,8 @@ def _bad_calls():
          "int64"),
         ("ce label_smoothing", lambda b: ops.fused_linear_cross_entropy(h, W, t, label_smoothing=1.5, backend=b),
          ValueError, r"label_smoothing must be in \[0, 1\]"),
+        ("ce label_smoothing str", lambda b: ops.fused_linear_cross_entropy(h, W, t, label_smoothing="0.1", backend=b),
+         TypeError, "fused_linear_cross_entropy: label_smoothing must be a number, got '0.1'"),
         # integer inputs: the reference computed in fp32 and cast back, returning truncated integers
         ("ln int x", lambda b: ops.layer_norm(x.long(), w, backend=b), TypeError, "x has dtype torch.int64"),
         ("ln no weight", lambda b: ops.layer_norm(x, None, backend=b), TypeError, "weight is required"),

@@ -169,6 +169,8 @@ def test_lr_schedule():
     assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
     assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == 0.1 and f(500) == 0.1
     assert all(f(s) >= f(s + 1) for s in range(10, 120))
+    g = lambda s: train.lr_at(s, 1.0, 0.1, warmup=5, decay_iters=5)   # (it never reached the peak lr)
+    assert [g(s) for s in range(7)] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0, 0.1])
 
 
 def test_the_done_line_of_a_resumed_run_says_which_steps_its_time_is(corpus, tmp_path, capsys):
