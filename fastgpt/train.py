@@ -1032,7 +1032,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
             t = time.perf_counter()
             v = evaluate()
             t_last += time.perf_counter() - t   # evaluation time is not training time (tok/s, mfu)
-            summary["val_loss"] = v
+            summary["val_loss"] = extra["val_loss"] = v   # (extra: a --resume with nothing left reports it)
             if extra["best_val_loss"] is None or v < extra["best_val_loss"]:
                 extra["best_val_loss"] = v
             return v
@@ -1151,11 +1151,14 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
                 print("---")
                 summary["sample"] = text
         summary["model"] = str(out_dir / "model")
+        if step_first == step and summary.get("val_loss") is None:   # nothing trained: the run's last evaluation
+            summary["val_loss"] = extra.get("val_loss")   # (it said "no evaluation (best X)")
         vs = f"val_loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else "no evaluation"
         best = extra["best_val_loss"]
         bs = f" (best {best:.4f})" if best is not None and best != summary.get("val_loss") else ""
         # (after a --resume the time is this process's, for its steps alone: tokens seen are the whole run's)
         took = _hms(time.perf_counter() - t0) + (f" for steps {step_first + 1}-{step}" if 0 < step_first < step else "")
+        took = "nothing trained by this command" if step_first == step else took
         print(f"{PROG}: done: trained to step {step} of {cfg.max_iters}, {extra['tokens_seen']:,} tokens seen, "
               f"{took}; {vs}{bs}; model saved to {out_dir / 'model'} "
               f"(python -m fastgpt.sample {shlex.quote(str(out_dir / 'model'))})", file=sys.stderr, flush=True)

@@ -182,6 +182,12 @@ def test_the_done_line_of_a_resumed_run_says_which_steps_its_time_is(corpus, tmp
     assert train.main([f"--out_dir={out}", "--resume", "--max_iters=4", "--device=cpu"]) == 0
     done = [ln for ln in capsys.readouterr().err.splitlines() if ": done: " in ln]
     assert len(done) == 1 and " for steps 3-4; " in done[0], done
+    # nothing left to train: it said "no evaluation (best X)" though the run's last val_loss is known
+    last = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert train.main([f"--out_dir={out}", "--resume", "--device=cpu"]) == 0
+    done = [ln for ln in capsys.readouterr().err.splitlines() if ": done: " in ln]
+    assert len(done) == 1 and "nothing trained by this command; " in done[0], done
+    assert f"; val_loss {last['val_loss']:.4f}; model saved" in done[0], done
 
 
 def test_peak_flops_by_device_name():
