@@ -163,11 +163,23 @@ def _config_arg(cfg, who: str) -> GPTConfig:
     raise TypeError(f"{who}: cfg must be a fastgpt.GPTConfig or nanoGPT's GPTConfig; got {why}")
 
 
+def _plain(m: nn.Module, cls: type) -> bool:
+    """m is exactly ``cls`` (nn.Linear / nn.LayerNorm) with no module hooks, so the fused path may read its
+    weights instead of calling it. Anything else must be called: an adapter in its place (peft's LoRA), a
+    quantised or parametrized Linear, pruning's pre-hook, a forward or backward hook (all were silently
+    skipped, or failed on the missing .weight)."""
+    return type(m) is cls and not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                                   or m._backward_pre_hooks)
+
+
 class GPTBlock(nn.Module):
     """A fused transformer block, state-dict compatible with GPT-2 / nanoGPT blocks.
 
     forward(x: (B, T, C)) -> (B, T, C). ``cfg.norm`` picks pre-LN (GPT-2) or
-    post-LN (GPT-1); see the module docstring for the data flow.
+    post-LN (GPT-1); see the module docstring for the data flow. The fused path
+    reads ln_1, ln_2, attn.c_proj, mlp.c_fc and mlp.c_proj by their weights; when
+    one of them is not a plain nn.LayerNorm / nn.Linear without hooks (see
+    ``_plain``), the block calls its submodules instead (``_forward_modules``).
     """
 
     def __init__(self, cfg: GPTConfig, backend: Optional[str] = None):
@@ -226,6 +238,8 @@ class GPTBlock(nn.Module):
         add left for the next LayerNorm to fuse (pre-LN with dropout off);
         otherwise pending is None. ``kv`` = (KVCache, layer index) for decoding.
         """
+        if not self._all_plain():
+            return self._forward_modules(x if pending is None else x + pending, kv), None
         p = self.dropout if self.training else 0.0
         attn_proj = self.attn.c_proj
         if self.pre:
@@ -257,11 +271,36 @@ class GPTBlock(nn.Module):
         n = self._add_ln(self.ln_1, attn_proj(a).to(sdt), x)[0]
         return self._add_ln(self.ln_2, self._mlp(n, with_bias=True).to(sdt), n)[0], None
 
-    def forward(self, x):
+    def _all_plain(self) -> bool:
+        return (_plain(self.ln_1, nn.LayerNorm) and _plain(self.ln_2, nn.LayerNorm) and _plain(self.mlp.c_fc, nn.Linear)
+                and _plain(self.mlp.c_proj, nn.Linear) and _plain(self.attn.c_proj, nn.Linear))
+
+    def _forward_modules(self, x, kv=None):
+        """The block by calling its submodules (so their hooks, adapters, quantisation or pruning act), with
+        fastgpt's attention, GELU and dropout-add between them: what the fused path computes, unfused."""
+        p = self.dropout if self.training else 0.0
+
+        def add(branch, res):   # res + dropout(branch)
+            return ops.bias_dropout_add(branch, None, res, p, backend=self.backend) if p > 0.0 else res + branch
+
+        def mlp(y):
+            return self.mlp.c_proj(ops.bias_gelu(self.mlp.c_fc(y), None, self.approximate, backend=self.backend))
+        if self.pre:
+            x = add(self.attn.c_proj(self._attention(self.ln_1(x), p, kv)), x)
+            return add(mlp(self.ln_2(x)), x)
+        n = self.ln_1(add(self.attn.c_proj(self._attention(x, p, kv)), x))
+        return self.ln_2(add(mlp(n), n))
+
+    def forward(self, x, pending=None, *, kv=None, return_pending: bool = False):
+        """x: (B, T, C) -> (B, T, C). GPT calls its blocks as ``block(x, pending, kv=..., return_pending=True)``
+        (the stream is x + pending; see forward_stream), which returns the (x, pending) pair: module hooks
+        on a block inside GPT see that pair."""
         C = self.ln_1.normalized_shape[0]
         if x.dim() != 3 or x.shape[-1] != C:   # (else an unpacking error, or one blaming ln_1's weight)
             raise ValueError(f"GPTBlock: x must be (B, T, {C}), got shape {tuple(x.shape)}")
-        x, pending = self.forward_stream(x)
+        x, pending = self.forward_stream(x, pending, kv)
+        if return_pending:
+            return x, pending
         # dropout off: the last residual add, which GPT fuses into the next LayerNorm, done plainly
         # (x's dtype wins, as the reference's x + mlp(...) under autocast)
         return x if pending is None else x + pending
@@ -588,13 +627,20 @@ class GPT(nn.Module):
                                  f"(or with the model in that dtype); the weights are {x.dtype} and autocast is off")
             x = x.to(rd)
         pending = None
-        for i, block in enumerate(tr.h):
-            x, pending = block.forward_stream(x, pending, None if kv_cache is None else (kv_cache, i))
+        for i, block in enumerate(tr.h):   # called as modules: their hooks, compile and wrappers act
+            kv = None if kv_cache is None else (kv_cache, i)
+            if isinstance(block, GPTBlock):
+                x, pending = block(x, pending, kv=kv, return_pending=True)
+            else:   # a wrapper in its place (activation checkpointing, torch.compile): a block's forward(x)
+                x = x if pending is None else x + pending
+                x, pending = block(x) if kv is None else block(x, kv=kv), None
         if kv_cache is not None:
             kv_cache.pos += T
         if self.config.norm == "post":
             return x
         ln = tr.ln_f
+        if not _plain(ln, nn.LayerNorm):
+            return ln(x if pending is None else x + pending)
         if pending is None:
             return ops.layer_norm(x, ln.weight, ln.bias, self.config.layer_norm_eps, backend=self.backend)
         return ops.add_layer_norm(pending, x, ln.weight, ln.bias, self.config.layer_norm_eps,
@@ -621,18 +667,21 @@ class GPT(nn.Module):
             # (the same number of elements in another shape was paired with the wrong positions)
             raise ValueError(f"GPT: targets must have idx's shape {tuple(idx.shape)}, got {tuple(targets.shape)}")
         h = self.hidden_states(idx)
-        V = self.config.vocab_size
-        W = self.lm_head.weight
-        if not return_logits:
-            if targets is None:
-                return None, None
-            return None, ops.fused_linear_cross_entropy(h, W[:V], targets, reduction=reduction,
-                                                        backend=self.backend)
-        logits = F.linear(h, W)
-        if W.shape[0] != V:
-            logits = logits[..., :V]
+        if not return_logits and targets is None:
+            return None, None
+        if not return_logits and _plain(self.lm_head, nn.Linear):
+            return None, ops.fused_linear_cross_entropy(h, self.lm_head.weight[:self.config.vocab_size], targets,
+                                                        reduction=reduction, backend=self.backend)
+        logits = self._logits(h)
         loss = None if targets is None else _cross_entropy(logits, targets, reduction=reduction)
-        return logits, loss
+        return (logits if return_logits else None), loss
+
+    def _logits(self, h):
+        """lm_head(h) without the padded columns (a view: the GEMM runs on the padded, aligned vocabulary),
+        the head called as a module when it is not plain."""
+        logits = F.linear(h, self.lm_head.weight) if _plain(self.lm_head, nn.Linear) else self.lm_head(h)
+        V = self.config.vocab_size
+        return logits if logits.shape[-1] == V else logits[..., :V]
 
     # -- optimiser
     def configure_optimizers(self, weight_decay: float = 0.1, learning_rate: float = 6e-4,
@@ -716,8 +765,7 @@ class GPT(nn.Module):
         return idx
 
     def _next_logits(self, idx, cache):
-        h = self.hidden_states(idx, cache)[:, -1, :]
-        return F.linear(h, self.lm_head.weight[: self.config.vocab_size]).float()
+        return self._logits(self.hidden_states(idx, cache)[:, -1, :]).float()
 
     # -- HF interop
     @classmethod

@@ -442,9 +442,8 @@ def _fsdp_shard(model, device_type: str) -> None:
     A block's parameters are all-gathered just before it runs and freed after
     it (reshard_after_forward; not the last block, whose backward comes right
     away); the root unit holds the embeddings (wte tied to lm_head), wpe and
-    ln_f. GPT.hidden_states runs blocks through ``forward_stream`` (it passes
-    the pending residual add between blocks), not ``forward``, so that method
-    is registered as a forward method: the hooks fire on it. Apply
+    ln_f. GPT.hidden_states calls each block as a module (its forward takes and
+    returns the pending residual add), so FSDP's hooks fire there. Apply
     ``_enable_grad_checkpoint`` before this, so the FSDP hooks sit outside the
     checkpoint: the recomputation in backward runs on the parameters FSDP's
     pre-backward hook has already gathered.
@@ -458,7 +457,7 @@ def _fsdp_shard(model, device_type: str) -> None:
 
     import torch.distributed as tdist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import fully_shard
     # The pre-LN block returns its pending MLP output as a view of a (B*T, C) matmul; FSDP2 warns that
     # an in-place op on it would bypass its pre-backward hook. The next block only reads it
     # (add_layer_norm is out of place), so the warning does not apply here.
@@ -468,7 +467,6 @@ def _fsdp_shard(model, device_type: str) -> None:
     blocks = list(model.transformer.h)
     for i, block in enumerate(blocks):
         fully_shard(block, mesh=mesh, reshard_after_forward=i < len(blocks) - 1)
-        register_fsdp_forward_method(block, "forward_stream")
     fully_shard(model, mesh=mesh)
 
 

@@ -721,6 +721,95 @@ def test_failed_save_pretrained_keeps_the_previous_save(tmp_path):
         GPT.from_pretrained(tmp_path)
 
 
+class _Lora(nn.Module):
+    """A LoRA-style adapter in a Linear's place (what peft puts there): base(x) + x A B."""
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+        self.A = nn.Parameter(torch.randn(base.in_features, 4) * 0.3)
+        self.B = nn.Parameter(torch.randn(4, base.out_features) * 0.3)
+
+    def forward(self, x):
+        return self.base(x) + x @ self.A.to(x.dtype) @ self.B.to(x.dtype)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("fused", marks=needs_triton)])
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_the_block_calls_submodules_that_are_not_plain(norm, backend):
+    """(a review, 2026-11-29) The fused path reads ln_1, ln_2, attn.c_proj and the MLP's Linears by their
+    weights: an adapter in a Linear's place (LoRA on mlp.c_fc changed nanoGPT's output by 58, ours by 0),
+    hooks on them, quantised or pruned Linears were skipped silently (or failed on .weight). Such
+    submodules are now called, and the block computes what the plain-PyTorch block does with them."""
+    torch.manual_seed(0)
+    cfg = _tiny(norm=norm, dropout=0.0)
+    ours, ref = GPTBlock(cfg, backend=backend).to(DEVICE), reference.GPTBlock(cfg).to(DEVICE)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 7, 64, device=DEVICE)
+    plain = ours(x).detach()
+    for m in (ours, ref):
+        torch.manual_seed(1)
+        m.mlp.c_fc = _Lora(m.mlp.c_fc).to(DEVICE)
+        m.attn.c_proj.register_forward_hook(lambda mod, i, o: o * 1.5)
+        m.ln_2.register_forward_pre_hook(lambda mod, i: (i[0] + 0.1,))
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    y, want = ours(xs[0]), ref(xs[1])
+    assert (y - plain).abs().max() > 0.1   # (it was 0: the adapter and the hooks did nothing)
+    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+    y.square().sum().backward()
+    want.square().sum().backward()
+    torch.testing.assert_close(ours.mlp.c_fc.A.grad, ref.mlp.c_fc.A.grad, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-3, atol=1e-4)
+    seen = []   # in training with dropout (the fused path's other branch) too
+    block = GPTBlock(_tiny(norm=norm, dropout=0.1), backend=backend).to(DEVICE).train()
+    for name in ("ln_1", "ln_2", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+        block.get_submodule(name).register_forward_hook(lambda mod, i, o, name=name: seen.append(name))
+    block(x).sum().backward()
+    assert sorted(seen) == ["attn.c_proj", "ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj"], seen
+
+
+def test_gpt_calls_its_blocks_ln_f_and_head_as_modules():
+    """(a review, 2026-11-29) GPT ran each block through block.forward_stream and read ln_f and lm_head by
+    their weights: hooks on them never fired, block.compile() compiled nothing, activation checkpointing's
+    wrapper did no recomputation, and a wrapper module in a block's place failed on .forward_stream."""
+    from torch._dynamo.testing import CompileCounter
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+    torch.manual_seed(0)
+    cfg = _tiny(n_layer=2, dropout=0.0)
+    m = GPT(cfg, backend="reference")
+    idx = torch.randint(0, 100, (2, 9))
+    logits0, loss0 = m(idx, idx)
+    fired = []
+    m.transformer.h[1].register_forward_hook(lambda mod, i, o: fired.append(("h1", type(o).__name__)))
+    m.transformer.ln_f.register_forward_hook(lambda mod, i, o: fired.append("ln_f"))
+    m.lm_head.register_forward_hook(lambda mod, i, o: o + 1.0)   # (a logit bias: the loss must see it)
+    logits, loss = m(idx, idx)
+    assert fired == [("h1", "tuple"), "ln_f"]   # (inside GPT a block returns the (x, pending) pair)
+    torch.testing.assert_close(logits, logits0 + 1.0)
+    torch.testing.assert_close(m(idx, idx, return_logits=False)[1], loss)   # (the fused-CE path skipped it)
+    m = GPT(cfg, backend="reference")
+    calls = []
+    m.transformer.h[0].register_forward_pre_hook(lambda mod, i: calls.append(1))
+    _, want = m(idx, idx)
+    want.backward()
+    g = m.transformer.h[0].mlp.c_fc.weight.grad.clone()
+    m.zero_grad()
+    apply_activation_checkpointing(m, check_fn=lambda mod: isinstance(mod, GPTBlock))
+    assert type(m.transformer.h[0]).__name__ == "CheckpointWrapper"
+    calls.clear()
+    _, loss = m(idx, idx)
+    loss.backward()
+    assert len(calls) == 2 and torch.equal(loss, want)   # forward, then the recomputation in backward
+    torch.testing.assert_close(m.transformer.h[0]._checkpoint_wrapped_module.mlp.c_fc.weight.grad, g)
+    assert torch.equal(m.generate(idx[:1, :3], 4, temperature=0), m.generate(idx[:1, :3], 4, temperature=0,
+                                                                                use_cache=False))
+    m = GPT(cfg, backend="reference")
+    cnt = CompileCounter()
+    for block in m.transformer.h:
+        block.compile(backend=cnt)
+    m(idx)
+    assert cnt.frame_count >= 1   # (it was 0: the compiled call was never made)
+
+
 def test_the_head_stays_tied_under_meta_init_and_assign():
     """to_empty from the meta device and load_state_dict(assign=True) replace parameters module by module;
     the head must still be the embedding (it was left as uninitialised memory, and trained apart), and a
