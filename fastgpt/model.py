@@ -272,8 +272,10 @@ class GPTBlock(nn.Module):
         return self._add_ln(self.ln_2, self._mlp(n, with_bias=True).to(sdt), n)[0], None
 
     def _all_plain(self) -> bool:
-        return (_plain(self.ln_1, nn.LayerNorm) and _plain(self.ln_2, nn.LayerNorm) and _plain(self.mlp.c_fc, nn.Linear)
-                and _plain(self.mlp.c_proj, nn.Linear) and _plain(self.attn.c_proj, nn.Linear))
+        m = self._modules   # (through nn.Module.__getattr__, self.ln_1 ..., this took ~10 us of host time)
+        a, f = m["attn"]._modules, m["mlp"]._modules
+        return (_plain(m["ln_1"], nn.LayerNorm) and _plain(m["ln_2"], nn.LayerNorm) and _plain(a["c_proj"], nn.Linear)
+                and _plain(f["c_fc"], nn.Linear) and _plain(f["c_proj"], nn.Linear))
 
     def _forward_modules(self, x, kv=None):
         """The block by calling its submodules (so their hooks, adapters, quantisation or pruning act), with
