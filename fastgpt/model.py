@@ -141,6 +141,14 @@ class _Attn(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # nanoGPT before PyTorch 2 (and HF's GPT-2) kept the causal mask as a buffer "attn.bias" (4-D): a
+        # nanoGPT Block's state dict loads into GPTBlock with it (it was an unexpected key)
+        mask = state_dict.get(prefix + "bias")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            del state_dict[prefix + "bias"]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class _MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):

@@ -267,6 +267,12 @@ def test_nanogpt_block_state_dict_loads_and_matches(backend, config):
         with _tf32_for_fp32_cuda(x):  # the fused attention uses TF32 dots on the GPU
             lp = nano.float()(x)
         _assert([check("nanoGPT block", ours(x), hi, lp, torch.float32)])
+    # nanoGPT before PyTorch 2 kept its causal mask as a buffer attn.bias: an unexpected key, until now
+    old_sd = dict(nano.state_dict(), **{"attn.bias": torch.tril(torch.ones(32, 32)).view(1, 1, 32, 32)})
+    GPTBlock(cfg, backend=backend).load_state_dict(old_sd, strict=True)
+    if config == "ours":   # (bias=True: a 1-D attn.bias is no mask, and stays an unexpected key)
+        with pytest.raises(RuntimeError, match='Unexpected key\\(s\\) in state_dict: "attn.bias"'):
+            GPTBlock(cfg).load_state_dict(dict(nano.state_dict(), **{"attn.bias": torch.zeros(64)}))
 
 
 def test_nanogpt_checkpoint_loads_and_matches(tmp_path):
