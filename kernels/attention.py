@@ -1123,8 +1123,7 @@ def _checked_call(q, k, v, scale, dropout_p, seed, generator, depth=0):
     the (seed, offset) tensor on q's device (drawn now when p > 0 and none was given; None at p = 0).
     ``depth``: frames between the public function and this one (for the warning's location)."""
     _validate(q, k, v)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"causal_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    reference.check_attention_dropout_p("causal_attention", dropout_p)
     scale = reference.attention_scale("causal_attention", scale, q.shape[-1])
     dropout_p = float(dropout_p)
     if dropout_p > 0.0:
