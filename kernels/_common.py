@@ -545,3 +545,18 @@ def sum_partials(p0: torch.Tensor, p1, dtype: torch.dtype, replays: Optional[lis
     if replays is not None:
         replays.append(r)
     return out0, out1
+
+
+# the folders whose frames a warning skips to reach the user's line: fastgpt, its kernels, and torch (whose
+# custom-op and autograd machinery may sit between them)
+_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+                      for m in (reference, sys.modules[__name__], torch))
+
+
+def caller_stacklevel() -> int:
+    """warnings.warn's stacklevel, called from the function that warns, for the first frame outside fastgpt
+    and torch: the user's line, however many of our frames (fastgpt.ops, the packed path) sit between."""
+    f, level = sys._getframe(1), 1
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_LIBRARY_DIRS):
+        f, level = f.f_back, level + 1
+    return level

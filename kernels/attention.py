@@ -1105,7 +1105,7 @@ def _unpack(qkv: Tensor):
 _RATES_SEEN: set = set()   # dropout rates already checked by _note_quantised_rate
 
 
-def _note_quantised_rate(dropout_p: float, stacklevel: int) -> None:
+def _note_quantised_rate(dropout_p: float) -> None:
     """Warn (once per rate) when the kernels' dropout rate, in steps of 1/256, is more than 10 % away
     from the one asked for (p below ~0.02, or under 1/512, which acts as 1/256)."""
     if dropout_p in _RATES_SEEN or torch.compiler.is_compiling():   # (dynamo cannot trace warnings.warn)
@@ -1115,20 +1115,18 @@ def _note_quantised_rate(dropout_p: float, stacklevel: int) -> None:
     if abs(applied - dropout_p) > 0.1 * dropout_p:
         warnings.warn(f"causal_attention: dropout_p={dropout_p:g} acts as {applied:.4g} in the fused kernels "
                       f"(their rate moves in steps of 1/256; kept weights are scaled by 1 / (1 - {applied:.4g}), "
-                      f"so the expectation stays exact)", stacklevel=stacklevel)
+                      f"so the expectation stays exact)", stacklevel=_common.caller_stacklevel())
 
 
-def _checked_call(q, k, v, scale, dropout_p, seed, generator, depth=0):
+def _checked_call(q, k, v, scale, dropout_p, seed, generator):
     """Validate a public call; returns (scale, dropout_p, seed): the float scale, the float p, and
-    the (seed, offset) tensor on q's device (drawn now when p > 0 and none was given; None at p = 0).
-    ``depth``: frames between the public function and this one (for the warning's location)."""
+    the (seed, offset) tensor on q's device (drawn now when p > 0 and none was given; None at p = 0)."""
     _validate(q, k, v)
     reference.check_attention_dropout_p("causal_attention", dropout_p)
     scale = reference.attention_scale("causal_attention", scale, q.shape[-1])
     dropout_p = float(dropout_p)
     if dropout_p > 0.0:
-        # the caller: past _note_quantised_rate, this, depth frames, the public function, on_its_device
-        _note_quantised_rate(dropout_p, stacklevel=5 + depth)
+        _note_quantised_rate(dropout_p)
     return scale, dropout_p, _call_seed(dropout_p, seed, generator, q.device)
 
 
@@ -1148,7 +1146,7 @@ def _planned(q, k, v, scale, dropout_p, out_layout, seed, generator):
     plan = _PLANS.get(sig) if sig is not None else None
     if plan is not None:
         return plan, _call_seed(plan.dropout_p, seed, generator, q.device)
-    scale, dropout_p, seed = _checked_call(q, k, v, scale, dropout_p, seed, generator, depth=1)
+    scale, dropout_p, seed = _checked_call(q, k, v, scale, dropout_p, seed, generator)
     return _Plan(sig, scale, dropout_p, out_layout), seed
 
 

@@ -636,6 +636,18 @@ def test_dropout_rate_far_from_its_256ths_warns_once(monkeypatch):
     msgs = [str(w.message) for w in mine]
     assert len(msgs) == 1 and "dropout_p=0.001 acts as 0.003906" in msgs[0], msgs
     assert mine[0].filename == __file__, mine[0].filename   # it points at the caller's line
+    # through fastgpt.ops and the packed path too (they pointed at ops.py and attention.py)
+    import fastgpt.ops as ops
+    qkv = torch.stack([q, k, v], 2).transpose(1, 3).contiguous()   # (B, T, 3, H, D)
+    calls = [lambda p: ops.causal_attention(q, k, v, dropout_p=p, seed=(1, 2), backend="fused"),
+             lambda p: ops.causal_attention_qkvpacked(qkv, dropout_p=p, seed=(1, 2), backend="fused"),
+             lambda p: K.causal_attention_qkvpacked(qkv, None, p, seed=(1, 2))]
+    for p, call in zip((0.002, 0.0021, 0.0022), calls):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call(p)
+        mine = [w for w in caught if str(w.message).startswith("causal_attention:")]
+        assert len(mine) == 1 and mine[0].filename == __file__, [(w.filename, str(w.message)) for w in caught]
 
 
 @pytest.mark.parametrize("p,thr", [(1e-4, 1), (0.1, 26), (0.5, 128), (0.999, 255)])
