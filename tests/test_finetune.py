@@ -504,6 +504,15 @@ def test_shakespeare_genre_splits():
     assert all(sum(e.label == k for e in task.test) > 500 for k in range(3))
 
 
+def test_movie_review_labels_follow_the_score_sign(tmp_path):
+    """(a mutation audit, 2026-11-29) Nothing checked which label a score gets: flipped labels trained and
+    scored as well, and --predict then called a bad review positive. A zero score is no label."""
+    p = tmp_path / "reviews.tsv"
+    p.write_text("id\tscore\ttext\n1\t2.5\ta delight\n2\t-3.0\ta mess\n3\t0\tmeh\n4\t0.2\tfine\n")
+    assert [(e.text, T.MOVIE_LABELS[e.label]) for e in T.parse_movie_reviews(p)] == [
+        ("a delight", "positive"), ("a mess", "negative"), ("fine", "positive")]
+
+
 @pytest.mark.network
 def test_movie_reviews():
     task = T.load_task("movie-reviews")

@@ -773,6 +773,22 @@ def test_the_block_calls_submodules_that_are_not_plain(norm, backend):
     assert sorted(seen) == ["attn.c_proj", "ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj"], seen
 
 
+def test_embedding_dropout_drops_the_sum_of_token_and_position_embeddings():
+    """(a mutation audit, 2026-11-29) Dropout on the token embedding alone (wpe added after it) passed every
+    test: GPT-level comparisons run in eval mode or at p = 0. GPT-1/2, nanoGPT and HF drop the sum."""
+    cfg = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.5)
+    m = GPT(cfg, backend="reference").train()
+    idx = torch.randint(0, 64, (2, 16))
+    seen = []
+    m.transformer.h[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+    m(idx)
+    with torch.no_grad():
+        e = m.transformer.wte(idx) + m.transformer.wpe(torch.arange(16))
+    kept = seen[0] != 0
+    assert 0.3 < kept.float().mean() < 0.7
+    torch.testing.assert_close(seen[0][kept], e[kept] / (1 - cfg.dropout))
+
+
 def test_gpt_calls_its_blocks_ln_f_and_head_as_modules():
     """(a review, 2026-11-29) GPT ran each block through block.forward_stream and read ln_f and lm_head by
     their weights: hooks on them never fired, block.compile() compiled nothing, activation checkpointing's

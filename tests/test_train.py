@@ -16,7 +16,7 @@ import _train_helpers as H
 from _train_helpers import one_thread  # noqa: F401  (an autouse fixture: one torch thread per test)
 from conftest import HAS_CUDA, interrupt_on_call, needs_cuda
 from fastgpt import checkpoint as ck
-from fastgpt import train
+from fastgpt import GPT, train
 
 _args = H.argv_factory(eval_iters=2, eval_interval=3)
 _rows = H.rows
@@ -171,6 +171,22 @@ def test_lr_schedule():
     assert all(f(s) >= f(s + 1) for s in range(10, 120))
     g = lambda s: train.lr_at(s, 1.0, 0.1, warmup=5, decay_iters=5)   # (it never reached the peak lr)
     assert [g(s) for s in range(7)] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0, 0.1])
+
+
+def test_evaluation_runs_the_model_in_eval_mode(corpus, tmp_path, monkeypatch):
+    """(a mutation audit, 2026-11-29) No test failed when evaluate() left the model in train mode: the CPU
+    preset has no dropout, and the one run with dropout evaluated at the same steps either way. The
+    training steps (reduction "sum") run in train mode, the evaluations ("mean") in eval mode."""
+    modes = []
+    forward = GPT.forward
+
+    def spy(self, idx, targets=None, return_logits=True, reduction="mean"):
+        if targets is not None:
+            modes.append((reduction, self.training))
+        return forward(self, idx, targets, return_logits, reduction)
+    monkeypatch.setattr(GPT, "forward", spy)
+    assert train.main(_args(corpus, tmp_path / "out", max_iters=3, dropout=0.1)) == 0
+    assert set(modes) == {("sum", True), ("mean", False)}, set(modes)
 
 
 def test_the_done_line_of_a_resumed_run_says_which_steps_its_time_is(corpus, tmp_path, capsys):
