@@ -436,7 +436,8 @@ def test_gpu_check_drops_a_stale_family_file_and_packs_the_tar_after_each_stage(
                   '  *"--only attention"*) [ -f "$TARFILE" ] || exit 7 ;;\nesac\nexit 0\n')
     py.chmod(0o755)
     r = subprocess.run(["bash", str(script), "--only", "gelu,attention", "--out", str(out), "--tar", str(tar)],
-                       capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHON=str(py), TARFILE=str(tar)))
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHON=str(py), TARFILE=str(tar)))
     assert "=== [bench_gelu] rc=139" in r.stdout and "=== [bench_attention] rc=0" in r.stdout, r.stdout
     assert r.returncode == 1 and not (out / "bench_gelu.json").exists()
     with tarfile.open(tar) as t:

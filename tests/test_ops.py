@@ -244,10 +244,11 @@ def _bad_calls():
          "causal_attention: dropout_p must be a number \\(a constant\\), got None"),
         ("attn str dropout_p", lambda b: ops.causal_attention(q, q, q, dropout_p="0.1", backend=b), TypeError,
          "causal_attention: dropout_p must be a number"),
-        ("attn two-value dropout_p", lambda b: ops.causal_attention(q, q, q, dropout_p=torch.tensor([0.1, 0.2]),
-                                                                    backend=b), TypeError, "dropout_p must be a number"),
+        ("attn two-value dropout_p", lambda b: ops.causal_attention(
+            q, q, q, dropout_p=torch.tensor([0.1, 0.2]), backend=b), TypeError, "dropout_p must be a number"),
         ("attn grad dropout_p", lambda b: ops.causal_attention(
-            q, q, q, dropout_p=torch.tensor(0.1, requires_grad=True), backend=b), TypeError, "dropout_p must be a number"),
+            q, q, q, dropout_p=torch.tensor(0.1, requires_grad=True), backend=b),
+         TypeError, "dropout_p must be a number"),
     ] + ([] if HAS_CUDA else [  # on CUDA an out-of-range target is an asynchronous device assert
         ("ce target range", lambda b: ops.fused_linear_cross_entropy(h, W, t * 5, backend=b), ValueError,
          r"target 15 at position 2 is outside \[0, 11\)"),
