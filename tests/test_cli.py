@@ -786,3 +786,64 @@ def test_sample_seed_and_greedy(tiny_dir, monkeypatch):
     greedy = _sampled_ids(monkeypatch, [str(tiny_dir), "--max-new-tokens", "5", "--temperature", "0",
                                         "--device", "cpu", "--num-samples", "2"])
     assert greedy[0] == greedy[1]     # temperature 0 is accepted, and is the argmax
+
+
+# ----------------------------------------------------------------------------- from a mutation audit (2026-11-29)
+# each test names the one-line mutant it kills, which the suite had let through
+
+def test_bool_and_none_values_are_case_insensitive():
+    """Mutant: s in _TRUE (case-sensitive): --progress=True / --resume=YES, as Python or shell users write
+    them, were usage errors."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class C:
+        flag: bool = cli.opt(False, "a flag")
+        n: int | None = cli.opt(3, "a count")
+    for v, want in (("True", True), ("YES", True), ("On", True), ("False", False), ("NO", False), ("Off", False)):
+        assert cli.parse_args(C, [f"--flag={v}"])[0].flag is want, v
+    assert cli.parse_args(C, ["--flag", "True", "--n", "None"])[0] == C(flag=True, n=None)
+
+
+def test_an_integer_option_refuses_a_fraction_in_scientific_notation():
+    """Mutant: _is_sci_int without f.is_integer(): --batch_size=2.5e0 was silently 2 (as --n=3.5 is refused)."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class C:
+        n: int = cli.opt(3, "a count")
+    assert cli.parse_args(C, ["--n=1e3"])[0].n == 1000
+    for v in ("2.5e0", "1.25E1"):
+        with pytest.raises(cli.UsageError, match="--n expects INT"):
+            cli.parse_args(C, [f"--n={v}"])
+
+
+def test_a_resume_keeps_this_commands_runtime_options():
+    """Mutant: with_saved_options keeps only the options given on the command line, not the runtime-only ones:
+    a --resume then took the saved run's device (a GPU run resumed on a CPU box asked for CUDA), its progress
+    bar setting, eval_batch_size and out_dir instead of this command's."""
+    cfg = finetune.FinetuneConfig(out_dir="new", device="cpu", eval_batch_size=7, progress=True, resume=True)
+    saved = dict(out_dir="/old", device="cuda", eval_batch_size=3, progress=False, resume=False, epochs=9, lr=1e-4)
+    got = cli.with_saved_options(cfg, {"resume"}, saved, finetune.RUNTIME_ONLY)
+    assert (got.out_dir, got.device, got.eval_batch_size, got.progress, got.resume) == ("new", "cpu", 7, True, True)
+    assert (got.epochs, got.lr) == (9, 1e-4)   # the run's own options come from the checkpoint
+
+
+def test_the_out_dir_lock_is_exclusive_between_two_runs(tmp_path):
+    """Mutant: LOCK_SH for LOCK_EX. The existing test holds an exclusive lock of its own, which refuses a shared
+    request too; two fastgpt runs each asking for a shared lock both got it and wrote one out_dir together."""
+    with cli.OutDirLock() as a, cli.OutDirLock() as b:
+        assert a.acquire(tmp_path / "o") is None
+        err = b.acquire(tmp_path / "o")
+        assert err is not None and "is in use by another run" in err, err
+
+
+def test_sample_on_the_cpu_runs_in_fp32_whatever_dtype(tiny_dir, monkeypatch, capsys):
+    """Mutant: dtype = args.dtype (bf16 by default) on the CPU too. --dtype is CUDA's autocast dtype; on the CPU the
+    sample runs in fp32 (bf16 autocast there is slower and changes the samples)."""
+    from fastgpt import sample
+    seen, real = [], cli.autocast_factory
+    monkeypatch.setattr(cli, "autocast_factory", lambda device, dtype: seen.append(dtype) or real(device, dtype))
+    for extra in ([], ["--dtype", "bf16"]):
+        assert sample.main([str(tiny_dir), "--max-new-tokens", "2", "--device", "cpu"] + extra) == 0
+    assert seen == ["fp32", "fp32"], seen

@@ -658,3 +658,9 @@ def test_prune_deletes_the_token_folders_no_run_finds_again(cache, tmp_path, mon
     assert data.main(["--prune"]) == 1
     err = capsys.readouterr().err
     assert err == f"python -m fastgpt.data: error: cannot delete {keep[0]}: Permission denied\n", err
+
+
+def test_token_dtype_is_uint16_up_to_65536_ids():
+    """Mutant: n_vocab < 65536 (a 65536-id vocabulary, ids 0..65535, fits uint16 exactly)."""
+    assert data._dtype_for(256) == np.uint16 and data._dtype_for(65536) == np.uint16
+    assert data._dtype_for(65537) == np.uint32

@@ -937,3 +937,101 @@ def test_an_out_dir_removed_mid_run_is_not_made_again(tmp_path, tiny_init, monke
     with pytest.raises(ck.CheckpointError, match="was removed \\(or replaced\\) while this run wrote it"):
         FT.run(cfg_for(task, tiny_init, out, max_iters=4, ckpt_interval=1))
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- from a mutation audit (2026-11-29)
+# each test names the one-line mutant it kills, which the suite had let through
+
+def test_similarity_sums_each_examples_own_two_orders_in_a_batch_of_several():
+    """Mutant: feats.view(2, B, C).sum(0) (rows are example-major: ex0 a$b, ex0 b$a, ex1 a$b, ...). With one
+    example in the batch (the only case tested before) both groupings agree; with two, the wrong one sums
+    ex0's a$b with ex1's a$b: every similarity example trains on another's features."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(**TINY)
+    m = GPT(cfg)
+    FT.grow_vocab(m, 3)
+    m.eval()
+    head = FT.build_head(64, 2, 0.0)
+    s, d, e = 256, 257, 258
+    sim = [FT.Encoded([[s, 5, d, 6, 7, e], [s, 6, 7, d, 5, e]], 1),
+           FT.Encoded([[s, 9, 9, d, 4, e], [s, 4, d, 9, 9, e]], 0),
+           FT.Encoded([[s, 1, d, 2, e], [s, 2, d, 1, e]], 1)]
+    logits, *_ = FT.forward_batch(m, head, FT.collate(sim, "cpu"), "similarity", 0.0)
+    for i, ex in enumerate(sim):
+        h = sum(m.hidden_states(torch.tensor([q]))[0, -1] for q in ex.seqs)
+        torch.testing.assert_close(logits[i], head(h).float())
+
+
+def _scripted_val_accuracy(monkeypatch, accs):
+    """FT.score with the validation accuracies of the first len(accs) calls (the epoch ends) replaced by
+    accs; records the head weights each call was given."""
+    real, seen = FT.score, []
+
+    def score(model, head, data, *a, **k):
+        r = real(model, head, data, *a, **k)
+        seen.append(head[1].weight.detach().cpu().clone())
+        if len(seen) <= len(accs):
+            r = dict(r, accuracy=accs[len(seen) - 1], macro_f1=0.5)
+        return r
+    monkeypatch.setattr(FT, "score", score)
+    return seen
+
+
+def test_best_is_the_highest_validation_accuracy_not_the_first_or_last(tmp_path, tiny_init, monkeypatch):
+    """Mutant: the comparison in evaluate_and_keep flipped (or keep-last). Validation accuracies 0.5, 0.9, 0.7
+    over three epochs: best/ is epoch 2's model, eval.json says so, metrics mark only epochs 1 and 2 best."""
+    from safetensors.torch import load_file
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    seen = _scripted_val_accuracy(monkeypatch, [0.5, 0.9, 0.7])
+    out = tmp_path / "o"
+    s = FT.run(cfg_for(task, tiny_init, out, epochs=3, batch_size=16))
+    assert s["val"]["accuracy"] == 0.9 and s["val"]["epoch"] == 2, s["val"]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["best"] for x in rows if "val_accuracy" in x] == [True, True, False]
+    best_w = load_file(str(out / "best" / "head.safetensors"))["1.weight"]
+    assert torch.equal(best_w, seen[1]) and not torch.equal(best_w, seen[2])
+
+
+def test_the_test_split_is_scored_with_the_best_model_not_the_last(tmp_path, tiny_init, monkeypatch):
+    """Mutant: best_model, best_head = model, head (the final weights score the test split). The epoch-2 model
+    is best; the test score must come from it."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    seen = _scripted_val_accuracy(monkeypatch, [0.5, 0.9, 0.7])
+    FT.run(cfg_for(task, tiny_init, tmp_path / "o", epochs=3, batch_size=16))
+    assert len(seen) == 4                              # 3 validations + the test
+    assert torch.equal(seen[3], seen[1]) and not torch.equal(seen[3], seen[2])
+
+
+def test_predict_choice_answers_come_from_each_rows_own_choices_across_batches(tmp_path, tiny_init):
+    """Mutant: zip(exs[:len(preds)], preds) (the batch offset dropped): from the second batch on, a choice
+    answer was looked up in the first rows' choices. eval_batch_size=1 makes every row its own batch."""
+    rows = [dict(text=f"q{i}", choices=["saw", "mango"], label=i % 2) for i in range(12)]
+    task = write_jsonl(tmp_path / "c.jsonl", rows)
+    out = tmp_path / "o"
+    FT.run(cfg_for(task, tiny_init, out, max_iters=1))
+    asks = [["saw", "mango"], ["red", "drill", "apple"], ["x1", "x2", "x3", "x4"]]
+    inp = write_jsonl(tmp_path / "ask.jsonl", [dict(text="which?", choices=c) for c in asks])
+    got = list(FT.predict(FT.FinetuneConfig(init=str(out), predict=True, predict_file=inp, device=DEVICE,
+                                            eval_batch_size=1), []))
+    assert len(got) == 3 and all(g in c for g, c in zip(got, asks)), got
+
+
+def test_an_empty_text_b_cell_in_a_csv_is_no_text_b(tmp_path):
+    """Mutant: only 'choices' of an empty CSV cell read as absent: a classify CSV with an (empty) text_b
+    column, as spreadsheets export it, was refused ("empty 'text_b'"), for training and for --predict."""
+    p = tmp_path / "t.csv"
+    p.write_text("text,text_b,label\nred apple,,fruit\nold saw,,tool\n")
+    tt, labels, exs = T.parse_rows(p)
+    assert tt == "classify" and labels == ["fruit", "tool"] and [e.text_b for e in exs] == [None, None]
+    assert [e.text_b for e in T.read_inputs(p, "classify")] == [None, None]
+
+
+def test_json_booleans_are_labels_as_their_json_text_and_agree_with_csv(tmp_path):
+    """Mutant: str(v) for a JSON boolean ("True"): a JSONL true and a CSV true were two labels (a --val_file in
+    CSV then had an unknown label), and --predict printed Python's spelling."""
+    j = write_jsonl(tmp_path / "t.jsonl", [dict(text="a", label=True), dict(text="b", label=False)])
+    assert T.parse_rows(j)[1] == ["false", "true"]
+    c = tmp_path / "v.csv"
+    with open(c, "w", newline="") as f:
+        csv.writer(f).writerows([["text", "label"], ["c", "true"], ["d", "false"]])
+    assert [e.label for e in T.parse_rows(c, "classify", ["false", "true"])[2]] == [1, 0]

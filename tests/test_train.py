@@ -910,3 +910,12 @@ def test_an_evaluation_of_a_checkpoint_takes_any_batch_size(corpus, tmp_path):
     assert train.main(_args(corpus, out, max_iters=2, eval_iters=1)) == 0
     assert train.main([f"--out_dir={out}", "--resume", "--eval_only", "--batch_size=8"]) == 0
     assert _rows(out)[-1]["eval_only"] is True and _rows(out)[-2]["config"]["batch_size"] == 8
+
+
+def test_checkpoints_order_by_step_past_ten_million(tmp_path):
+    """Mutant: list_checkpoints sorted by file name. ckpt_10000000.pt sorts before ckpt_9999999.pt as text:
+    the rotation then deleted the checkpoint just written and --resume took an older one."""
+    for s in (9_999_998, 9_999_999, 10_000_000):
+        ck.save_checkpoint(tmp_path, dict(step=s), keep=2)
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["ckpt_9999999.pt", "ckpt_10000000.pt"]
+    assert ck.newest_readable(tmp_path)[0].name == "ckpt_10000000.pt"
