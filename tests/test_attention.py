@@ -1145,3 +1145,72 @@ def test_reference_attention_dropout_scales_the_kept_weights():
     torch.manual_seed(0)
     o = torch.stack([reference.causal_attention(zeros, zeros, ones, dropout_p=p) for _ in range(200)])
     assert abs(o[..., 32:, :].mean().item() - 1.0) < 0.02
+
+
+# ----------------------------------------------------------------------------- from a mutation audit (2026-11-29)
+# each test names the one-line mutant it kills, which the suite had let through
+
+@needs_triton
+def test_tf32_path_rounds_do_in_the_dq_pass(monkeypatch):
+    """The GPU's fp32 path rounds every dot operand to TF32, dO included, while delta = rowsum(dO * O) is
+    taken from the unrounded dO. With T = 1, v = 1 and dO = 1 + 2^-12 (which rounds to 1 in TF32), dP - delta
+    is exactly -16 * 2^-12: dQ = that * k * scale, not 0. Mutant: the dQ pass dropped dO's rounding (the
+    tensor cores then truncate it on the GPU: ~2.5x the error); the tolerance-based TF32 test missed it."""
+    from fastgpt.kernels import attention as A
+    from fastgpt.testing import tf32_attention_reference
+    monkeypatch.setattr(A, "ROUND_TF32_ON_CPU", True)
+    torch.manual_seed(0)
+    D = 16
+    q = torch.randn(1, 1, 1, D, device=DEVICE, requires_grad=True)
+    k = torch.randn(1, 1, 1, D, device=DEVICE, requires_grad=True)
+    v = torch.ones(1, 1, 1, D, device=DEVICE, requires_grad=True)
+    do = torch.full((1, 1, 1, D), 1.0 + 2.0 ** -12, device=DEVICE)
+    dq, dk, _ = torch.autograd.grad(A.causal_attention(q, k, v), (q, k, v), do)
+    eq, ek, _ = torch.autograd.grad(tf32_attention_reference(q, k, v), (q, k, v), do)
+    assert eq.abs().max() > 1e-4                       # the case is not degenerate
+    torch.testing.assert_close(dq, eq, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(dk, ek, rtol=1e-5, atol=1e-9)
+
+
+@needs_triton
+@pytest.mark.parametrize("scale", [-0.5, 0.3])
+def test_atomic_dq_honours_the_scale_sign(scale, monkeypatch):
+    """BWD_DQ = "atomic" with a negative scale (supported: test_scale runs it on the split path): the epilogue
+    writes dQ = scale * accumulator. Mutant: it wrote |scale| * accumulator (dQ's sign flipped for scale < 0);
+    the atomic tests only run the default scale."""
+    import fastgpt.kernels as K
+    from fastgpt.kernels import attention as A
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 20, 16, device=DEVICE, requires_grad=True) for _ in range(3))
+    do = torch.randn(1, 2, 20, 16, device=DEVICE)
+    monkeypatch.setattr(A, "BWD_DQ", "split")
+    split = torch.autograd.grad(K.causal_attention(q * 0.25, k, v, scale=scale), (q, k, v), do)
+    monkeypatch.setattr(A, "BWD_DQ", "atomic")
+    atomic = torch.autograd.grad(K.causal_attention(q * 0.25, k, v, scale=scale), (q, k, v), do)
+    torch.testing.assert_close(atomic[0], split[0], rtol=1e-5, atol=1e-6)
+    ref = torch.autograd.grad(reference.causal_attention(q.double() * 0.25, k.double(), v.double(), scale=scale),
+                              (q, k, v), do.double())
+    torch.testing.assert_close(atomic[0], ref[0], rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
+@pytest.mark.parametrize("mode", ["split", "atomic"])
+def test_attention_bwd_writes_each_gradient_through_its_own_strides(mode, monkeypatch):
+    """attention_bwd(out=(dq, dk, dv)) takes any unit-last-stride views: here dq and dv are (B, T, H, D)
+    buffers seen as (B, H, T, D) and dk is contiguous, so the three have different strides. Mutant: the split
+    path wrote dV through dK's strides (equivalent whenever the op allocates dk, dv alike, as every public
+    path does, so no test saw it)."""
+    from fastgpt.kernels import attention as A
+    monkeypatch.setattr(A, "BWD_DQ", mode)
+    torch.manual_seed(0)
+    B, H, T, D = 2, 2, 19, 16
+    q, k, v = (torch.randn(B, H, T, D, device=DEVICE) for _ in range(3))
+    do = torch.randn(B, H, T, D, device=DEVICE)
+    o, lse = A.attention_fwd(q, k, v)
+    want = A.attention_bwd(do, q, k, v, o, lse)
+    bthd = lambda: torch.full((B, T, H, D), float("nan"), device=DEVICE).transpose(1, 2)  # noqa: E731
+    out = (bthd(), torch.full((B, H, T, D), float("nan"), device=DEVICE), bthd())
+    got = A.attention_bwd(do, q, k, v, o, lse, out=out)
+    for g, w, view in zip(got, want, out):
+        assert g.data_ptr() == view.data_ptr()
+        torch.testing.assert_close(g, w, rtol=0, atol=0)

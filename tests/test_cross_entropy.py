@@ -387,3 +387,23 @@ def test_reference_is_torch_cross_entropy(reduction, ignore_index):
     got = reference.fused_linear_cross_entropy(h, W, t, ignore_index, reduction, 0.1)
     want = F.cross_entropy(h @ W.t(), t, ignore_index=ignore_index, reduction=reduction, label_smoothing=0.1)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- from a mutation audit (2026-11-29)
+# each test names the one-line mutant it kills, which the suite had let through
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reference_cross_entropy_rounds_the_logits_to_h_dtype(dtype):
+    """reference.fused_linear_cross_entropy is the CPU training path and the oracle: for bf16/fp16 h its
+    logits are stored in h's dtype, as F.linear stores them (so the loss does not depend on
+    return_logits). Mutant: the reference kept fp32 logits; the fused suite's tolerance (C eps(bf16) of the
+    loss) absorbed the difference, since ref_lp moved with it."""
+    torch.manual_seed(0)
+    h = (torch.randn(64, 32, device=DEVICE) * 3).to(dtype)
+    W = (torch.randn(50, 32, device=DEVICE) * 3).to(dtype)
+    t = torch.randint(0, 50, (64,), device=DEVICE)
+    want = torch.nn.functional.cross_entropy((h.float() @ W.float().t()).to(dtype).float(), t)
+    got = reference.fused_linear_cross_entropy(h, W, t)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # and it is not the fp32-logit loss (the test can see the rounding at these magnitudes)
+    assert (torch.nn.functional.cross_entropy(h.float() @ W.float().t(), t) - want).abs() > 1e-4

@@ -222,3 +222,28 @@ def test_backward_reads_a_row_strided_upstream_gradient():
         grads.append((xx.grad, bb.grad))
     for ours, ref in zip(*grads):
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- from a mutation audit (2026-11-29)
+# each test names the one-line mutant it kills, which the suite had let through
+
+@needs_triton
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_bias_gelu_recompute_backward_uses_the_requested_form(approximate):
+    """The fused MLP's recompute path (ops.bias_gelu_recompute, what GPTBlock's backward calls) must
+    differentiate the form it was asked for. Mutant: its grad_fn always took the tanh derivative; exact-erf
+    (nanoGPT) blocks trained with the wrong gradient (~1e-3 off at |u| ~ 2), and only a block test with
+    bias-free erf GELU could see it."""
+    import fastgpt.ops as ops
+    torch.manual_seed(0)
+    u = (torch.randn(5, 48, device=DEVICE) * 2)
+    bias = torch.randn(48, device=DEVICE)
+    dg = torch.randn(5, 48, device=DEVICE)
+    g, grad_fn = ops.bias_gelu_recompute(u, bias, approximate, backend="fused")
+    du, db = grad_fn(dg)
+    ud, bd = u.double().requires_grad_(), bias.double().requires_grad_()
+    gd = reference.bias_gelu(ud, bd, approximate)
+    eu, eb = torch.autograd.grad(gd, [ud, bd], dg.double())
+    torch.testing.assert_close(g.double(), gd.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(du.double(), eu, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(db.double(), eb, rtol=1e-5, atol=1e-5)

@@ -361,3 +361,71 @@ def test_a_variance_past_fp32_is_nan_not_the_bias():
         torch.testing.assert_close(y[1], ref[1])
         (dx,) = torch.autograd.grad(y.sum(), x)
         assert dx[0].isnan().all() and dx[1].isfinite().all()
+
+
+# ----------------------------------------------------------------------------- from a mutation audit (2026-11-29)
+# each test names the one-line mutant it kills, which the suite had let through
+
+@needs_triton
+@pytest.mark.parametrize("add", [False, True], ids=["layer_norm", "add_layer_norm"])
+def test_layer_norm_zero_rows_gives_zero_weight_and_bias_grads(add):
+    """M = 0 rows: the launcher zeroes the (G, N) partial buffers itself (no kernel runs). Mutant: only
+    dwp zeroed, dbp left as allocated (NaN under the tests' poison): db was NaN."""
+    import fastgpt.kernels as K
+    N = 24
+    x = torch.randn(0, N, device=DEVICE, requires_grad=True)
+    w = torch.randn(N, device=DEVICE, requires_grad=True)
+    b = torch.randn(N, device=DEVICE, requires_grad=True)
+    if add:
+        r = torch.randn(0, N, device=DEVICE, requires_grad=True)
+        y, h = K.add_layer_norm(x, r, w, b, 1e-5)
+        (y.sum() + h.sum()).backward()
+    else:
+        K.layer_norm(x, w, b, 1e-5).sum().backward()
+    assert torch.equal(w.grad, torch.zeros(N, device=DEVICE))
+    assert torch.equal(b.grad, torch.zeros(N, device=DEVICE))
+
+
+@needs_triton
+def test_add_layer_norm_reads_dh_with_its_own_row_stride():
+    """dh (the gradient of h) reaches the backward as a row-strided view (h feeds a torch.cat: CatBackward
+    hands back narrow slices, row stride 2N) while dy is contiguous (row stride N). Mutant: the kernel
+    read dh with dy's row stride."""
+    import fastgpt.kernels as K
+    torch.manual_seed(0)
+    M, N = 6, 32
+    x = torch.randn(M, N, device=DEVICE, dtype=torch.float64).float()
+    r = torch.randn(M, N, device=DEVICE)
+    w = torch.randn(N, device=DEVICE)
+    b = torch.randn(N, device=DEVICE)
+    gy = torch.randn(M, N, device=DEVICE)
+    gcat = torch.randn(M, 2 * N, device=DEVICE)
+    z = torch.randn(M, N, device=DEVICE)
+
+    def grads(fn):
+        xs, rs = x.clone().requires_grad_(), r.clone().requires_grad_()
+        y, h = fn(xs, rs, w, b, 1e-5)
+        ((y * gy).sum() + (torch.cat([h, z], dim=-1) * gcat).sum()).backward()
+        return xs.grad, rs.grad
+
+    ours = grads(K.add_layer_norm)
+    ref = grads(reference.add_layer_norm)
+    for a, e in zip(ours, ref):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
+def test_add_layer_norm_only_h_in_the_loss_keeps_dresidual_in_residuals_dtype():
+    """Only h = x + residual reaches the loss (dy is None): dresidual = dh exactly, in residual's dtype
+    (fp32 here), while dx is dh rounded to x's dtype. Mutant: dresidual went through x's bf16 first."""
+    import fastgpt.kernels as K
+    N = 16
+    x = torch.randn(4, N, device=DEVICE).to(torch.bfloat16).requires_grad_()
+    r = torch.randn(4, N, device=DEVICE, requires_grad=True)
+    w, b = torch.ones(N, device=DEVICE), torch.zeros(N, device=DEVICE)
+    g = torch.randn(4, N, device=DEVICE)
+    _, h = K.add_layer_norm(x, r, w, b, 1e-5)
+    assert h.dtype == torch.float32
+    (h * g).sum().backward()
+    assert r.grad.dtype == torch.float32 and torch.equal(r.grad, g)
+    assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad, g.to(torch.bfloat16))
