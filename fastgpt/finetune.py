@@ -438,11 +438,11 @@ def collate(batch: list[Encoded], device, pad_id: int = 0):
     return out
 
 
-def forward_batch(model, head, b: dict, task_type: str, aux_lm_weight: float, backend=None):
-    """(task logits (B, n_out or K) fp32, task loss, lm loss or None, total loss)."""
+def forward_batch(model, head, b: dict, task_type: str, aux_lm_weight: float):
+    """(task logits (B, n_out or K) fp32, task loss, lm loss or None, total loss). The ops run on the
+    model's backend (model.backend)."""
     import torch
     import torch.nn.functional as F
-    from fastgpt import ops
     h = model.hidden_states(b["idx"])                                     # (N, T, C)
     feats = h[torch.arange(h.shape[0], device=h.device), b["pos"]]        # (N, C) at the extract token
     B = b["labels"].shape[0]
@@ -456,9 +456,8 @@ def forward_batch(model, head, b: dict, task_type: str, aux_lm_weight: float, ba
         logits = out
     task_loss = F.cross_entropy(logits, b["labels"]) if (b["labels"] >= 0).all() else None
     lm_loss = None
-    if aux_lm_weight > 0:
-        V = model.config.vocab_size
-        lm_loss = ops.fused_linear_cross_entropy(h, model.lm_head.weight[:V], b["targets"], backend=backend)
+    if aux_lm_weight > 0:   # (GPT.lm_loss: fused, or through lm_head when a hook or an adapter is on it)
+        lm_loss = model.lm_loss(h, b["targets"])
     total = None
     if task_loss is not None:
         total = task_loss if lm_loss is None else task_loss + aux_lm_weight * lm_loss
@@ -525,7 +524,7 @@ def load_finetuned(path, device="cpu", backend=None, offline: bool = False):
 # ---------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------
-def predict_batches(model, head, data: list[Encoded], task_type: str, bs: int, device, autocast, backend=None):
+def predict_batches(model, head, data: list[Encoded], task_type: str, bs: int, device, autocast):
     """Per batch of data, in order: (predicted indices, task loss or None, examples in the batch); the
     model and head are in eval mode until the last batch is done."""
     import torch
@@ -537,17 +536,17 @@ def predict_batches(model, head, data: list[Encoded], task_type: str, bs: int, d
             chunk = data[i:i + bs]
             b = collate(chunk, device)
             with torch.no_grad(), autocast():  # (not held over the yield: the caller keeps its own grad mode)
-                logits, task_loss, _, _ = forward_batch(model, head, b, task_type, 0.0, backend)
+                logits, task_loss, _, _ = forward_batch(model, head, b, task_type, 0.0)
             yield logits.argmax(-1).tolist(), task_loss, len(chunk)
     finally:
         model.train(was)
         head.train(was)
 
 
-def predict_encoded(model, head, data: list[Encoded], task_type: str, bs: int, device, autocast, backend=None):
+def predict_encoded(model, head, data: list[Encoded], task_type: str, bs: int, device, autocast):
     """(predicted indices, task loss mean or None) over data, in order."""
     preds, loss_sum, n = [], 0.0, 0
-    for p, task_loss, k in predict_batches(model, head, data, task_type, bs, device, autocast, backend):
+    for p, task_loss, k in predict_batches(model, head, data, task_type, bs, device, autocast):
         preds.extend(p)
         if task_loss is not None:
             loss_sum += float(task_loss) * k
@@ -555,8 +554,8 @@ def predict_encoded(model, head, data: list[Encoded], task_type: str, bs: int, d
     return preds, (loss_sum / n if n else None)
 
 
-def score(model, head, data, task_type, n_classes, bs, device, autocast, backend=None) -> dict:
-    preds, loss = predict_encoded(model, head, data, task_type, bs, device, autocast, backend)
+def score(model, head, data, task_type, n_classes, bs, device, autocast) -> dict:
+    preds, loss = predict_encoded(model, head, data, task_type, bs, device, autocast)
     gold = [e.label for e in data]
     return dict(accuracy=T.accuracy(preds, gold), macro_f1=T.macro_f1(preds, gold, n_classes or None),
                 loss=loss, n=len(data))
@@ -724,8 +723,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
                                seconds=extra["seconds"] + time.perf_counter() - t0))
 
     def evaluate_and_keep(step, epoch):
-        r = score(model, head, val, task.task_type, task.n_classes, cfg.eval_batch_size, device, autocast,
-                  cfg.backend)
+        r = score(model, head, val, task.task_type, task.n_classes, cfg.eval_batch_size, device, autocast)
         best = extra["best"]
         improved = best is None or (r["accuracy"], r["macro_f1"]) > (best["accuracy"], best["macro_f1"])
         row = dict(step=step, epoch=epoch, val_accuracy=r["accuracy"], val_macro_f1=r["macro_f1"],
@@ -765,8 +763,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
                 grp["lr"] = lr
             b = collate(chunk, device)
             with autocast():
-                _, task_loss, lm_loss, loss = forward_batch(model, head, b, task.task_type, cfg.aux_lm_weight,
-                                                            cfg.backend)
+                _, task_loss, lm_loss, loss = forward_batch(model, head, b, task.task_type, cfg.aux_lm_weight)
             scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
@@ -827,8 +824,7 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
                    device=cfg.device, dtype=cfg.dtype, seconds=round(extra["seconds"] + time.perf_counter() - t0, 1),
                    info=task.info)
     if test:
-        r = score(best_model, best_head, test, task.task_type, task.n_classes, cfg.eval_batch_size, device, autocast,
-                  cfg.backend)
+        r = score(best_model, best_head, test, task.task_type, task.n_classes, cfg.eval_batch_size, device, autocast)
         summary.update(accuracy=r["accuracy"], macro_f1=r["macro_f1"], test_loss=r["loss"])
         print(f"{PROG}: test accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} on {len(test)} examples "
               f"(majority class {summary['majority_accuracy']:.4f}; best val accuracy "
@@ -885,7 +881,7 @@ def predict(cfg: FinetuneConfig, texts: list[str]):
     data = [Encoded(T.encode_example(e, tt, tok, meta["max_len"]), -1) for e in exs]
     done = 0
     for preds, _, _ in predict_batches(model, head, data, tt, c.eval_batch_size, device,
-                                       cli.autocast_factory(device, c.dtype), cfg.backend):
+                                       cli.autocast_factory(device, c.dtype)):
         for e, p in zip(exs[done:done + len(preds)], preds):
             # one line per input: a line break inside a choice's text is printed as \n (labels have none)
             yield _one_line(e.choices[p]) if tt == "choice" else meta["labels"][p]

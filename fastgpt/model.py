@@ -677,14 +677,20 @@ class GPT(nn.Module):
             # (the same number of elements in another shape was paired with the wrong positions)
             raise ValueError(f"GPT: targets must have idx's shape {tuple(idx.shape)}, got {tuple(targets.shape)}")
         h = self.hidden_states(idx)
-        if not return_logits and targets is None:
-            return None, None
-        if not return_logits and _plain(self.lm_head, nn.Linear):
-            return None, ops.fused_linear_cross_entropy(h, self.lm_head.weight[:self.config.vocab_size], targets,
-                                                        reduction=reduction, backend=self.backend)
+        if not return_logits:
+            return None, (None if targets is None else self.lm_loss(h, targets, reduction))
         logits = self._logits(h)
-        loss = None if targets is None else _cross_entropy(logits, targets, reduction=reduction)
-        return (logits if return_logits else None), loss
+        return logits, (None if targets is None else _cross_entropy(logits, targets, reduction=reduction))
+
+    def lm_loss(self, h, targets, reduction: str = "mean"):
+        """The LM head's cross-entropy on final hidden states h (..., C) against targets (-100: ignored):
+        ops.fused_linear_cross_entropy (no logits in memory) while lm_head is a plain nn.Linear without hooks,
+        else through lm_head called as a module. forward(return_logits=False) and fine-tuning's auxiliary
+        loss use it."""
+        if _plain(self.lm_head, nn.Linear):
+            return ops.fused_linear_cross_entropy(h, self.lm_head.weight[:self.config.vocab_size], targets,
+                                                  reduction=reduction, backend=self.backend)
+        return _cross_entropy(self._logits(h), targets, reduction=reduction)
 
     def _logits(self, h):
         """lm_head(h) without the padded columns (a view: the GEMM runs on the padded, aligned vocabulary),

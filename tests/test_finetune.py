@@ -504,6 +504,23 @@ def test_shakespeare_genre_splits():
     assert all(sum(e.label == k for e in task.test) > 500 for k in range(3))
 
 
+def test_the_auxiliary_lm_loss_calls_a_head_that_is_not_plain():
+    """(a review, 2026-11-29) The auxiliary LM loss read lm_head.weight directly: a hook (or an adapter) on the
+    head changed GPT's own loss but not fine-tuning's. Both go through GPT.lm_loss now."""
+    torch.manual_seed(0)
+    m = tiny_model()
+    FT.grow_vocab(m, 3)
+    head = FT.build_head(64, 2, 0.0)
+    b = FT.collate([FT.Encoded([[256, 5, 6, 7, 258]], 1), FT.Encoded([[256, 9, 258]], 0)], "cpu")
+    m.lm_head.register_forward_hook(lambda mod, i, o: o * 3)
+    _, _, lm, _ = FT.forward_batch(m, head, b, "classify", 0.5)
+    V = m.config.vocab_size
+    logits = 3 * torch.nn.functional.linear(m.hidden_states(b["idx"]), m.lm_head.weight)[..., :V]
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["targets"].flatten())
+    torch.testing.assert_close(lm, want)
+    torch.testing.assert_close(m(b["idx"], b["targets"])[1], want)
+
+
 def test_movie_review_labels_follow_the_score_sign(tmp_path):
     """(a mutation audit, 2026-11-29) Nothing checked which label a score gets: flipped labels trained and
     scored as well, and --predict then called a bad review positive. A zero score is no label."""
@@ -921,7 +938,7 @@ def test_eval_loss_is_the_mean_over_examples_not_over_batches():
     enc = FT.encode_all(exs, "classify", tok, 32)
 
     def loss(batch, bs):
-        return FT.predict_encoded(m, head, batch, "classify", bs, "cpu", contextlib.nullcontext, "reference")[1]
+        return FT.predict_encoded(m, head, batch, "classify", bs, "cpu", contextlib.nullcontext)[1]
     per_example = [loss([e], 1) for e in enc]
     assert math.isclose(loss(enc, 2), sum(per_example) / 3, rel_tol=1e-5)
     assert math.isclose(loss(enc, 1), sum(per_example) / 3, rel_tol=1e-5)
