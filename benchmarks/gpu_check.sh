@@ -122,7 +122,7 @@ stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.
   pack
 }
 pack() {  # --tar FILE, written whole after each stage (a temporary file, then a rename)
-  [ -z "$TAR" ] || { tar czf "$TAR.part" "$RES" && mv -f "$TAR.part" "$TAR"; } || rm -f "$TAR.part"
+  [ -z "$TAR" ] || { tar czf "$TAR.part" "$RES" && mv -f "$TAR.part" "$TAR"; } || { rm -f "$TAR.part"; return 1; }
 }
 
 

@@ -555,8 +555,11 @@ _LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
 
 def caller_stacklevel() -> int:
     """warnings.warn's stacklevel, called from the function that warns, for the first frame outside fastgpt
-    and torch: the user's line, however many of our frames (fastgpt.ops, the packed path) sit between."""
+    and torch: the user's line, however many of our frames (fastgpt.ops, the packed path) sit between. Under
+    ``python -m fastgpt.X`` there is none (runpy's frame came next): the outermost fastgpt frame then."""
     f, level = sys._getframe(1), 1
     while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_LIBRARY_DIRS):
         f, level = f.f_back, level + 1
+    if f is None or f.f_globals.get("__name__") == "runpy":
+        return level - 1
     return level

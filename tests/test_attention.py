@@ -650,6 +650,29 @@ def test_dropout_rate_far_from_its_256ths_warns_once(monkeypatch):
         assert len(mine) == 1 and mine[0].filename == __file__, [(w.filename, str(w.message)) for w in caught]
 
 
+def test_dropout_rate_warning_under_python_m_points_into_fastgpt(tmp_path, monkeypatch):
+    """(a review, 2026-11-29) Under ``python -m fastgpt.train`` every frame above the op is fastgpt's or
+    runpy's: the warning pointed at "<frozen runpy>:88"; now at the outermost fastgpt frame (a stand-in
+    module in a folder counted as fastgpt's, run by runpy as -m runs it)."""
+    import os
+    import runpy
+    import warnings
+
+    from fastgpt.kernels import _common
+    from fastgpt.kernels import attention as A
+    monkeypatch.setattr(A, "_RATES_SEEN", set())
+    monkeypatch.setattr(_common, "_LIBRARY_DIRS", _common._LIBRARY_DIRS + (str(tmp_path) + os.sep,))
+    probe = tmp_path / "probe.py"
+    probe.write_text("import torch, fastgpt.kernels as K\nq = torch.randn(1, 1, 8, 16)\n"
+                     "K.causal_attention(q, q, q, dropout_p=0.0013, seed=(1, 2))\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runpy.run_path(str(probe), run_name="__main__")
+    mine = [w for w in caught if str(w.message).startswith("causal_attention:")]
+    assert len(mine) == 1 and (mine[0].filename, mine[0].lineno) == (str(probe), 3), \
+        [(w.filename, w.lineno) for w in mine]
+
+
 @pytest.mark.parametrize("p,thr", [(1e-4, 1), (0.1, 26), (0.5, 128), (0.999, 255)])
 def test_attention_dropout_rate_is_quantised_to_256ths(p, thr):
     """p acts as thr / 256 (at least 1/256, at most 255/256) and kept weights are scaled by its
