@@ -277,7 +277,7 @@ def causal_attention(q, k, v, scale=None, dropout_p: float = 0.0, generator=None
         raise TypeError(f"causal_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     check_attention_shapes("causal_attention", q, k, v)
     Tq, Tk = q.shape[-2], k.shape[-2]
-    check_attention_dropout_p("causal_attention", dropout_p)
+    dropout_p = attention_dropout_p("causal_attention", dropout_p)
     scale = attention_scale("causal_attention", scale, q.shape[-1])
     cd = opmath_dtype(q.dtype)
     with _no_autocast(q):
@@ -413,21 +413,28 @@ def attention_scale(op: str, scale, head_dim: int) -> float:
     try:
         scale = float(scale)
     except OverflowError:   # (an int past float's range: the check below, not float()'s own error)
-        scale = math.inf
+        scale = math.inf if scale > 0 else -math.inf
     if not abs(scale) * 1.4426950408889634 < 3.4028234663852886e38:   # scale * log2(e), as the kernels use it
         raise ValueError(f"{op}: scale must be finite and below 2.3e38 in size (fp32, times log2 e), got {scale}")
     return scale
 
 
-def check_attention_dropout_p(op: str, p) -> None:
-    """causal_attention's dropout_p: a real number (a numpy scalar, a one-element tensor that needs no
-    gradient) in [0, 1). A TypeError naming it for anything else (None or a string met a raw comparison
-    error, a tensor that needs a gradient was detached without a word), a ValueError out of range."""
-    if not torch.compiler.is_compiling() and (isinstance(p, (str, bytes)) or not (
-            isinstance(p, numbers.Real) or (isinstance(p, torch.Tensor) and p.numel() == 1 and not p.requires_grad))):
+def attention_dropout_p(op: str, p) -> float:
+    """causal_attention's dropout_p as a float in [0, 1): anything float() takes (a numpy scalar or 0-d array,
+    a Fraction, a one-element tensor that needs no gradient), as attention_scale reads scale. A TypeError
+    naming it for anything else (None or a string met a raw comparison error, a tensor that needs a
+    gradient was detached without a word), a ValueError out of range."""
+    if torch.compiler.is_compiling():   # (a symbolic float under dynamic shapes: no float() on it there)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{op}: dropout_p must be in [0, 1), got {p}")
+        return p
+    if (isinstance(p, (str, bytes)) or not hasattr(p, "__float__")
+            or (isinstance(p, torch.Tensor) and (p.requires_grad or p.numel() != 1))):
         raise TypeError(f"{op}: dropout_p must be a number (a constant), got {p!r}")
-    if not 0.0 <= p < 1.0:
+    f = float(p)
+    if not 0.0 <= f < 1.0:
         raise ValueError(f"{op}: dropout_p must be in [0, 1), got {p}")
+    return f
 
 
 def attention_dropout_threshold(dropout_p: float) -> int:

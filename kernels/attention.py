@@ -1122,9 +1122,8 @@ def _checked_call(q, k, v, scale, dropout_p, seed, generator):
     """Validate a public call; returns (scale, dropout_p, seed): the float scale, the float p, and
     the (seed, offset) tensor on q's device (drawn now when p > 0 and none was given; None at p = 0)."""
     _validate(q, k, v)
-    reference.check_attention_dropout_p("causal_attention", dropout_p)
+    dropout_p = float(reference.attention_dropout_p("causal_attention", dropout_p))
     scale = reference.attention_scale("causal_attention", scale, q.shape[-1])
-    dropout_p = float(dropout_p)
     if dropout_p > 0.0:
         _note_quantised_rate(dropout_p)
     return scale, dropout_p, _call_seed(dropout_p, seed, generator, q.device)

@@ -151,6 +151,15 @@ def test_reference_dropout_p_out_of_range_is_an_error(p):
         ones = torch.ones(4096)
         dropped = (ops.bias_dropout_add(ones, None, 0 * ones, np.float32(0.25), backend=backend) == 0).float()
         assert 0.2 < dropped.mean() < 0.3, backend
+    # (a review, 2026-11-29) what float() takes is a rate on both backends, as for scale: a Fraction passed
+    # the check and then raised in the reference; a 0-d array was refused
+    from fractions import Fraction
+    backends = ("reference",) + (("fused",) if HAS_TRITON else ())
+    want = ops.causal_attention(q, q, q, dropout_p=0.1, seed=(3, 4), backend="reference")
+    for rate in (Fraction(1, 10), np.array(0.1), np.float32(0.1)):
+        for b in backends:
+            got = ops.causal_attention(q, q, q, dropout_p=rate, seed=(3, 4), backend=b)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"{b} {rate!r}")
     # the extension's bias check on the reference path too (a (31,) bias was a broadcast RuntimeError there,
     # a full-shape one silently accepted)
     for bad in (torch.randn(q.shape[-1] - 1), torch.randn(q.shape)):
@@ -246,6 +255,8 @@ def _bad_calls():
          "causal_attention: dropout_p must be a number"),
         ("attn two-value dropout_p", lambda b: ops.causal_attention(
             q, q, q, dropout_p=torch.tensor([0.1, 0.2]), backend=b), TypeError, "dropout_p must be a number"),
+        ("attn huge negative scale", lambda b: ops.causal_attention(q, q, q, -10 ** 400, backend=b), ValueError,
+         "scale must be finite and below 2.3e38 in size .*, got -inf"),
         ("attn grad dropout_p", lambda b: ops.causal_attention(
             q, q, q, dropout_p=torch.tensor(0.1, requires_grad=True), backend=b),
          TypeError, "dropout_p must be a number"),
