@@ -22,6 +22,8 @@ import torch
 if __package__ in (None, ""):   # run as a script (python benchmarks/run.py): the families import "benchmarks.*"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.summary import eager_mark  # noqa: E402  (after the path fix above)
+
 FAMILIES = ["layernorm", "gelu", "dropout_add", "attention", "cross_entropy", "block", "train"]
 
 
@@ -59,9 +61,7 @@ def ratio_table(rows):
             for p in rs:
                 if p is o or p["impl"].startswith("fastgpt") or not p["ms"]:
                     continue
-                mixed = ("eager timing" in o.get("note", "")) != ("eager timing" in p.get("note", ""))
-                out.append((bench, case, o["impl"], p["impl"] + (" (one side eager)" if mixed else ""),
-                            p["ms"] / o["ms"]))
+                out.append((bench, case, o["impl"], p["impl"] + eager_mark(o, p), p["ms"] / o["ms"]))
     return out
 
 

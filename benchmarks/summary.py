@@ -62,7 +62,7 @@ def _inputs(res):
     return stages, [f for f in sorted(glob.glob(os.path.join(res, "bench_*.json"))) if f not in stages]
 
 
-def _eager_mark(o, p) -> str:
+def eager_mark(o, p) -> str:
     """A mark on a ratio whose two rows were timed differently: one fell back to eager timing (its CUDA
     graph capture failed, so its host time counts) and the other not."""
     return " (one side eager)" if ("eager timing" in o.get("note", "")) != ("eager timing" in p.get("note", "")) \
@@ -118,7 +118,7 @@ def main(res) -> int:
             continue
         o = ours[0]
         p = [r for r in rows if r["bench"] == bench and r["case"] == o["case"] and r["impl"] == peer and r["ms"]]
-        ratio = f"{p[0]['ms'] / o['ms']:.2f}x vs {peer}{_eager_mark(o, p[0])}" if p else ""
+        ratio = f"{p[0]['ms'] / o['ms']:.2f}x vs {peer}{eager_mark(o, p[0])}" if p else ""
         shown = f"{target} (H100)" if other_card else f"{target}"
         if other_card and metric == "gbps" and copy:
             shown = f"{target * copy / H100_COPY_GBPS:.0f} (H100's {target} scaled by copy)"
@@ -170,7 +170,7 @@ def main(res) -> int:
         o = next((r for r in rs if r["impl"] in ("fastgpt", "fastgpt fused") and r["ms"]), None)
         if o is None:
             continue
-        peers = " ".join(f"{r['impl']}={r['ms'] / o['ms']:.2f}x{_eager_mark(o, r)}" for r in rs
+        peers = " ".join(f"{r['impl']}={r['ms'] / o['ms']:.2f}x{eager_mark(o, r)}" for r in rs
                          if r is not o and r["ms"] and not r["impl"].startswith("fastgpt"))
         print(f"{bench:<13} {case:<32} fastgpt {o['ms']:8.3f} ms  {peers}")
     return 0

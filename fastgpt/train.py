@@ -1155,8 +1155,8 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         best = extra["best_val_loss"]
         bs = f" (best {best:.4f})" if best is not None and best != summary.get("val_loss") else ""
         # (after a --resume the time is this process's, for its steps alone: tokens seen are the whole run's)
-        took = _hms(time.perf_counter() - t0) + (f" for steps {step_first + 1}-{step}" if 0 < step_first < step else "")
-        took = "nothing trained by this command" if step_first == step else took
+        took = "nothing trained by this command" if step_first == step else \
+            _hms(time.perf_counter() - t0) + (f" for steps {step_first + 1}-{step}" if step_first > 0 else "")
         print(f"{PROG}: done: trained to step {step} of {cfg.max_iters}, {extra['tokens_seen']:,} tokens seen, "
               f"{took}; {vs}{bs}; model saved to {out_dir / 'model'} "
               f"(python -m fastgpt.sample {shlex.quote(str(out_dir / 'model'))})", file=sys.stderr, flush=True)
