@@ -932,20 +932,22 @@ def same_mode_as(path, like) -> None:
 
 
 def write_atomic(path, data: str | bytes) -> None:
-    """path's content becomes data (text or bytes) all at once (a temp file beside it, renamed over it):
-    a crash leaves the old file or the new one, never a part. A symbolic link stays one: its target is
-    written."""
+    """path's content becomes data (text or bytes) all at once (a temp file beside it, fsync'ed, renamed
+    over it): a crash or a power loss leaves the old file or the new one, never a part or an empty file.
+    A symbolic link stays one: its target is written."""
     from pathlib import Path
     try:
         path = Path(path).resolve()
     except RuntimeError as e:   # a symlink loop (Python < 3.13; an OSError from 3.13 on)
         raise OSError(40, f"cannot resolve {path}: {e}") from None
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if isinstance(data, str):
+        data = data.encode("utf-8")   # (not the locale's: a C locale cannot write U+FFFD)
     try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data, encoding="utf-8")   # (not the locale's: a C locale cannot write U+FFFD)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())   # the bytes reach the disk before the name points at them
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

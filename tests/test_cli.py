@@ -679,6 +679,21 @@ def test_run_log_first_row_is_whole_or_the_old_file_stays(tmp_path, monkeypatch,
     assert link.is_symlink() and path.read_text() == '{"type": "header", "config": {"new": 1}}\n'
 
 
+def test_write_atomic_syncs_the_bytes_before_the_rename(tmp_path, monkeypatch):
+    """meta.json (the mark that a token folder is whole), a metrics header, eval.json: their bytes are
+    fsync'ed before the rename, so a power loss just after it cannot leave the new name on an empty file
+    (the token files beside meta.json were synced; meta.json was not). Text is UTF-8 whatever the locale."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_size)), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.path.basename(b))),
+                                                     real_replace(a, b)))
+    cli.write_atomic(tmp_path / "meta.json", '{"n": "\ufffd"}')
+    assert events == [("fsync", 12), ("replace", "meta.json")]
+    assert (tmp_path / "meta.json").read_bytes() == '{"n": "\ufffd"}'.encode("utf-8")
+    assert [p.name for p in tmp_path.iterdir()] == ["meta.json"]
+
+
 def test_resume_point_on_an_unreadable_folder_is_one_line(tmp_path, monkeypatch):
     """An out_dir that cannot be read (a network file system gone away) is a CheckpointError naming it,
     for train and finetune alike, not an OSError traceback (under DDP: on one rank)."""
