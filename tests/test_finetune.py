@@ -1052,3 +1052,30 @@ def test_json_booleans_are_labels_as_their_json_text_and_agree_with_csv(tmp_path
     with open(c, "w", newline="") as f:
         csv.writer(f).writerows([["text", "label"], ["c", "true"], ["d", "false"]])
     assert [e.label for e in T.parse_rows(c, "classify", ["false", "true"])[2]] == [1, 0]
+
+
+def test_predict_takes_a_config_option_with_its_value():
+    """Mutant: under --predict, --config (no FinetuneConfig field) was taken for an unknown option."""
+    for argv in (["--predict", "--config", "c.json", "a text"], ["--predict", "--config=c.json", "a text"]):
+        opts, texts = FT._split_positionals(argv)
+        assert opts == argv[:-1] and texts == ["a text"]
+
+
+def test_the_hint_to_continue_does_not_repeat_an_automatic_device(tmp_path, tiny_init, capsys, monkeypatch):
+    """Mutant: the stop line's flags taken from the resolved options (--device=cpu, which this run was not
+    given: the machine picked it)."""
+    import os
+    import signal
+    real = FT.collate
+
+    def collate_then_signal(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+    monkeypatch.setattr(FT, "collate", collate_then_signal)
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    out = tmp_path / "o"
+    argv = [a for a in _ft_argv(task, tiny_init, out, max_iters=20) if not a.startswith("--device=")]
+    assert FT.main(argv) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "SIGTERM: stopped after step 1/" in last and last.endswith(
+        f"(continue with: {FT.PROG} --resume --out_dir {out})"), last

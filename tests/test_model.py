@@ -1192,3 +1192,38 @@ def test_damaged_model_files_numpy_sizes_and_narrow_id_dtypes(tmp_path):
     for dt in (torch.uint8, torch.int16):
         with pytest.raises(TypeError, match=f"idx must hold integer token ids \\(int64 or int32\\), got {dt}"):
             model(torch.zeros(1, 2, dtype=dt))
+
+
+@pytest.mark.parametrize("name", ["ln_1", "ln_2", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
+def test_a_hook_on_any_one_submodule_alone_is_called(name):
+    """Mutant: _all_plain leaves one submodule out (a hook on it alone was skipped by the fused path)."""
+    torch.manual_seed(0)
+    cfg = _tiny(norm="pre", dropout=0.0)
+    ours, ref = GPTBlock(cfg, backend="reference"), reference.GPTBlock(cfg)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 7, 64)
+    plain = ours(x).detach()
+    for m in (ours, ref):
+        m.get_submodule(name).register_forward_hook(lambda mod, i, o: o * 1.5)
+    y = ours(x)
+    assert (y - plain).abs().max() > 1e-3
+    torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_wrapper_in_place_of_one_block_gets_the_pending_residual_add():
+    """Mutant: a wrapper after a GPTBlock got x without the pending add (pre-LN, dropout off: the block before
+    it leaves its last residual add for the next LayerNorm)."""
+    torch.manual_seed(0)
+    m = GPT(_tiny(n_layer=2, dropout=0.0), backend="reference").eval()
+    idx = torch.randint(0, 100, (2, 9))
+    want = m(idx)[0]
+
+    class Wrapper(nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, x):
+            return self.block(x)
+    m.transformer.h[1] = Wrapper(m.transformer.h[1])
+    torch.testing.assert_close(m(idx)[0], want)

@@ -755,3 +755,20 @@ def test_verify_names_a_size_that_differs_from_the_footers(tmp_path):
     p.write_bytes(b[:100] + b[101:])
     why = ck.verify_checkpoint(p)
     assert why is not None and why.startswith("truncated or padded") and "the footer says" in why
+
+
+def test_the_hint_to_continue_does_not_repeat_an_automatic_device(corpus, tmp_path, monkeypatch, capsys):
+    """Mutant: the stop line's flags taken from the resolved options (--device=cpu, which this run was not
+    given: the machine picked it, and the --resume should let it pick again)."""
+    real = ck.save_checkpoint
+
+    def save_then_signal(*a, **k):
+        p = real(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return p
+    monkeypatch.setattr(ck, "save_checkpoint", save_then_signal)
+    out = tmp_path / "o"
+    argv = [a for a in _args(corpus, out, max_iters=4, ckpt_interval=1) if not a.startswith("--device=")]
+    assert train.main(argv) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith(f"(continue with: {PROG} --resume --out_dir {out})"), last
