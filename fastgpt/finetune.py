@@ -66,7 +66,8 @@ outputs in --out_dir: best/ (the best model by validation accuracy), eval.json (
 metrics.jsonl, ckpt_NNNNNNN.pt (resumable state).
 
 exit status: 0 done (or saved after Ctrl-C / SIGTERM), 1 a data or checkpoint problem, 2 a usage
-error or a bad task file (one line naming the file and line), 130 aborted (a second Ctrl-C)."""
+error or a bad task file (one line naming the file and line), 130 aborted (a second Ctrl-C), 141 stdout
+closed early."""
 FORMAT = "fastgpt-finetune"
 VERSION = 1
 

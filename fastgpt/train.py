@@ -71,8 +71,9 @@ EPILOG = f"""examples:
 outputs in --out_dir: ckpt_NNNNNNN.pt (full state, atomic, SHA-256 checked), metrics.jsonl, model/
 (save_pretrained; sample with: python -m fastgpt.sample OUT_DIR).
 
-exit status: 0 done (or saved after Ctrl-C / SIGTERM), 1 a data or checkpoint problem, 2 a usage
-error, 3 stopped after --max_bad_steps non-finite steps, 130 aborted (a second Ctrl-C)."""
+exit status: 0 done (or saved after Ctrl-C / SIGTERM / SIGHUP), 1 a data or checkpoint problem, 2 a
+usage error, 3 stopped after --max_bad_steps non-finite steps, 130 aborted (a second Ctrl-C), 141 stdout
+closed early."""
 
 
 # What a None option resolves to on each device (--help shows these as "auto: ...").
