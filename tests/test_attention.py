@@ -1237,3 +1237,14 @@ def test_attention_bwd_writes_each_gradient_through_its_own_strides(mode, monkey
     for g, w, view in zip(got, want, out):
         assert g.data_ptr() == view.data_ptr()
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_round_tf32_keeps_ten_mantissa_bits():
+    """Mutant: round_tf32 masked with -4096 (11 mantissa bits kept, not TF32's 10): the fp32 attention's ref_lp
+    was nearly exact fp32, and the two TF32 tests still passed. The result has its low 13 bits clear and is the
+    nearest TF32 value (ties away from zero)."""
+    x = torch.tensor([1 + 2**-12, 1 + 3 * 2**-12, 1 + 2**-11, -(1 + 2**-11), 3.0])
+    torch.testing.assert_close(round_tf32(x), torch.tensor([1.0, 1 + 2**-10, 1 + 2**-10, -(1 + 2**-10), 3.0]),
+                               rtol=0, atol=0)
+    r = round_tf32(torch.randn(1000))
+    assert (r.view(torch.int32) & 0x1FFF == 0).all()

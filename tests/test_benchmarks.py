@@ -629,3 +629,82 @@ def test_summary_of_one_file_that_is_no_results_file(tmp_path, capsys, text, msg
     assert summary.main(str(tmp_path)) == 0
     out = capsys.readouterr().out
     assert ("unreadable bench_x.json" in out or msg == "no rows in it") and "unreadable odd.stage.json" in out
+
+
+# ----------------------------------------------------------------------------- from a mutation audit (2026-11-29)
+# (each test below failed on a one-line mutant of benchmarks/ that every other test let through, and passes on the code)
+def _row(bench, case, impl, ms, **kw):
+    return dict(dict(bench=bench, case=case, impl=impl, ms=ms, gbps=None, tflops=None, tok_s=None, mem_gib=None,
+                     ok=True, note=""), **kw)
+
+
+def test_bench_impl_rates_are_in_the_table_units(monkeypatch):
+    """Mutants: tflops = flops / ms / 1e12 and tok_s = tokens / ms (per ms, not per s): only the GB/s unit was
+    checked. 2e9 flops or 3000 tokens in 2 ms are 1 TFLOP/s and 1.5e6 tok/s."""
+    from benchmarks import common
+    monkeypatch.setattr(common, "timed", lambda fn, *a, **k: (2.0, ""))
+    rows = []
+    common.bench_impl(rows, "b", "c", "fastgpt", lambda: None, flops=2e9, tokens=3000)
+    assert rows[0]["tflops"] == pytest.approx(1.0) and rows[0]["tok_s"] == pytest.approx(1.5e6)
+
+
+def test_n_sets_rotates_past_three_times_l2():
+    """Mutant: n_sets sized the rotation by 1x L2, not 3x: LayerNorm's 16384 x 768 bf16 forward (25 MB a call)
+    then rotated 3 sets (75 MB, half of them still in the 50 MB L2) instead of 7, and its GB/s read L2."""
+    from benchmarks.common import n_sets
+    assert n_sets(16384 * 768 * 2) == 7
+    assert n_sets(1) == 8 and n_sets(200 << 20) == 1
+
+
+def test_summary_verdicts_at_a_stage_kill_an_exact_target_and_a_failed_row(tmp_path, capsys):
+    """Mutants: a stage killed by SIGKILL (rc 137, gpu_check's hard stop) not marked out of time; a figure exactly
+    at its target read MISSED ('>' for '>=', '<' for '<='); a fastgpt row that failed (no time, no GB/s) crashed
+    the table (the targets' and the per-case filters on a time dropped); fastgpt's own other rows listed as its
+    peers; the tflops targets scaled by the copy bandwidth on another card (only GB/s targets are)."""
+    from benchmarks import summary
+    (tmp_path / "bench_layernorm.stage.json").write_text(json.dumps(dict(stage="bench_layernorm", rc=137,
+                                                                         seconds=900)))
+    fwd, att = "16384x768 bf16 fwd", "B16 H12 T1024 D64 bf16 fwd+bwd"
+    ce = "N16384 C768 V50304 bfloat16"
+    rows = [_row("layernorm", fwd, "fastgpt", None, ok=False, note="wrong y"),
+            _row("layernorm", fwd, "torch eager", 0.05, gbps=1000.0),
+            _row("layernorm", "16384x768 bf16 fwd+bwd", "fastgpt", 0.1, gbps=2000.0),
+            _row("layernorm", "16384x768 bf16 fwd+bwd", "fastgpt graph", 0.05, gbps=4000.0),
+            _row("layernorm", "16384x768 bf16 fwd+bwd", "torch eager", 0.2, gbps=1000.0),
+            _row("cross_entropy", ce, "fastgpt", 14.0, mem_gib=0.5),
+            _row("attention", att, "fastgpt", 1.0, tflops=250.0)]
+    (tmp_path / "bench_layernorm.json").write_text(json.dumps(dict(env=dict(card="NVIDIA H100 80GB HBM3"), rows=rows)))
+    assert summary.main(str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "rc=137" in out and "(out of time: killed at its budget)" in out
+    assert "FAILED row: layernorm 16384x768 bf16 fwd fastgpt: wrong y" in out
+    assert "16384x768 bf16 fwd+bwd           2000.0 gbps target 2000 met" in out
+    assert "14.00 ms target <= 14.0 met" in out and "0.50 mem_gib target <= 0.5 met" in out
+    assert "fastgpt    0.100 ms  torch eager=2.00x" in out and "fastgpt graph=" not in out
+    # on another card the GB/s targets scale with its copy bandwidth, the TFLOP/s ones do not
+    (tmp_path / "bench_layernorm.json").write_text(json.dumps(dict(env=dict(card="NVIDIA H200", copy_gbps=6010),
+                                                                   rows=rows)))
+    assert summary.main(str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "2000.0 gbps target 4000 (H100's 2000 scaled by copy) MISSED" in out
+    assert f"{att}    250.0 tflops target 240 (H100) met" in out
+
+
+def test_ratio_table_leaves_out_launch_bound_rows_and_print_rows_shows_the_copy_share(capsys):
+    """Mutants: ratio_table kept the 'launch-bound' rows (host time included, against peers timed as CUDA graphs);
+    print_rows' %copy column was the bare ratio (0 % for 1500 of 3000 GB/s)."""
+    from benchmarks import run
+    rows = [_row("b", "c", "fastgpt", 2.0, gbps=1500.0), _row("b", "c", "fastgpt (launch-bound)", 8.0),
+            _row("b", "c", "peer", 4.0)]
+    assert run.ratio_table(rows) == [("b", "c", "fastgpt", "peer", 2.0)]
+    run.print_rows(rows[:1], copy_gbps=3000.0)
+    assert "    1500    50" in capsys.readouterr().out
+
+
+def test_json_that_is_a_folder_is_a_usage_error(tmp_path, capsys):
+    """Mutant: the --json folder check dropped: --json gpu_results (a folder) ran every family, then died writing."""
+    from benchmarks import run
+    with pytest.raises(SystemExit) as e:
+        run.main(["--json", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "is a folder; give a file name" in err

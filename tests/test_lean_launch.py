@@ -144,3 +144,70 @@ def test_disk_autotune_results_keep_the_bucket(tmp_path):
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "cache")], cwd=ROOT, capture_output=True,
                        text=True, timeout=300, env=standin_env())
     assert r.returncode == 0 and "disk cache ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- from a mutation audit (2026-11-29)
+# (each test below failed on a one-line mutant that every other test let through, and passes on the code)
+def test_misaligned_and_idle_hooks_and_the_plan_cache_limit():
+    """Mutants: misaligned() tested ptrs & 7 (a view 8 bytes off a 16-byte boundary passed as aligned, so a plan
+    captured on aligned tensors replayed a kernel specialised on 16-byte alignment for it; --check's unaligned
+    case is 2 bytes off); _idle() took any HookChain for idle (a replay then skipped a profiler's launch hooks);
+    PlanCache.keep without its limit (a growing-length generation loop kept one plan per length forever)."""
+    import torch
+    from triton import knobs
+
+    from fastgpt.kernels._common import PlanCache, _idle, misaligned
+    t = torch.zeros(64, dtype=torch.bfloat16)
+    assert not misaligned(t, None, t[8:])
+    for k in (1, 2, 4):
+        assert misaligned(t, t[k:]), k
+    chain = knobs.HookChain()
+    assert _idle(None) and _idle(chain)
+    chain.add(lambda *a, **k: None)
+    assert not _idle(chain)
+    cache = PlanCache(2)
+    for key in range(5):
+        cache.keep(key, object())
+        assert 1 <= len(cache) <= 2
+    plan = object()
+    cache.keep("k", plan)
+    assert cache.find("k", lambda key: None) is plan and cache.find(None, lambda key: "new") == "new"
+
+
+def test_autotune_key_has_the_tensor_dtypes():
+    """Mutant: _tuning_key without the tensors' dtypes (Triton's own key has them): a config tuned for fp32 rows
+    was launched for bf16 ones (and one that fits bf16's shared memory for fp32)."""
+    import torch
+    import triton
+    import triton.language as tl
+
+    from fastgpt.kernels import _common
+
+    @triton.jit
+    def copy(X, Y, M, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(Y + i, tl.load(X + i, mask=i < M), mask=i < M)
+
+    tuner = _common._Autotuner(copy, [triton.Config({"BLOCK": 16})], key=[], prune=None, do_bench=None, bucket="M")
+    f32, bf16 = torch.zeros(4), torch.zeros(4, dtype=torch.bfloat16)
+    assert tuner._tuning_key((f32, f32, 8), {}) != tuner._tuning_key((bf16, bf16, 8), {})
+
+
+def test_the_lean_launch_check_compares_every_argument_and_the_hooks():
+    """Mutants in benchmarks/host_overhead.py's comparison (the oracle of test_lean_launch_matches_triton): _same
+    took any two plain values of one type as equal, and _differing skipped the metadata and hook arguments even
+    when a hook was set; either way --check passed a replay that passed the wrong values."""
+    from triton import knobs
+
+    from benchmarks.host_overhead import _C_ARGS, _differing
+    base = (4, 1, 1, 0, 7, False, False, None, None, "packed", None, None, None, 16, 0.5, None)
+    assert _differing(base, base) == []
+    for i, v in ((0, 5), (13, 17), (14, 0.25), (13, 16.0)):
+        got = list(base)
+        got[i] = v
+        assert _differing(base, tuple(got)) == [i], (i, v)
+    chain = knobs.HookChain()
+    chain.add(lambda *a, **k: None)
+    got = list(base)
+    got[_C_ARGS.index("enter_hook")] = chain
+    assert _differing(base, tuple(got)) == [_C_ARGS.index("enter_hook")]

@@ -628,3 +628,120 @@ def test_tolerance_rule_itself():
         assert not check("x", torch.tensor(bad), hi2, lp2, torch.float32).ok, bad
     assert check("x", torch.tensor([nan, nan]), torch.full((2,), nan, dtype=torch.float64),
                  torch.full((2,), nan), torch.float32).ok
+
+
+# ----------------------------------------------------------------------------- from a mutation audit (2026-11-29)
+# (each test below failed on a one-line mutant that every other test let through, and passes on the code)
+def test_an_empty_backend_variable_is_auto_and_other_devices_take_the_reference(monkeypatch):
+    """Mutants: requested_backend without ``or None`` (FASTGPT_BACKEND= , set but empty, as an env file or
+    ``FASTGPT_BACKEND= cmd`` leaves it, raised ValueError instead of meaning auto); resolve's auto picking the
+    reference only for 'cpu' (an mps / xpu tensor went to the fused kernels, or warned "using the reference
+    path on CUDA")."""
+    monkeypatch.setenv("FASTGPT_BACKEND", "")
+    assert be.requested_backend(None) is None
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(ops.layer_norm(x, torch.ones(4)), reference.layer_norm(x, torch.ones(4)))
+    for device_type in ("mps", "xpu", "meta"):
+        assert be.resolve(None, device_type, lambda d: None) == "reference"
+
+
+@pytest.mark.skipif(not HAS_TRITON or HAS_CUDA, reason="the interpreter (CPU machines)")
+def test_cuda_tensors_with_the_interpreter_on_say_why():
+    """Mutant: fused_unavailable_reason('cuda') ignored TRITON_INTERPRET=1: auto on a CUDA tensor then chose the
+    interpreted kernels (host copies of every tensor) and backend='fused' did not say why it was slow or broken."""
+    import fastgpt.kernels
+    assert fastgpt.kernels.INTERPRET
+    assert "TRITON_INTERPRET=1" in be.fused_unavailable_reason("cuda")
+    with pytest.raises(RuntimeError, match="fused backend unavailable: fastgpt.kernels was imported with"):
+        be.resolve("fused", "cuda")
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_forward_mode_ad_tangent_on_any_tensor_argument_is_refused():
+    """Mutants: _fused was not given add_layer_norm's residual, or causal_attention's k and v, among the tensors
+    it looks at for a tangent: a dual residual / key went through the fused op and its tangent was silently
+    dropped (the existing test makes every argument the same dual tensor, so x's tangent alone was seen)."""
+    import torch.autograd.forward_ad as fwAD
+    x, r, t = torch.randn(4, 16, device=DEVICE), torch.randn(4, 16, device=DEVICE), torch.randn(4, 16, device=DEVICE)
+    w = torch.randn(16, device=DEVICE)
+    q = torch.randn(1, 2, 4, 8, device=DEVICE)
+    with fwAD.dual_level():
+        with pytest.raises(NotImplementedError, match="add_layer_norm: the fused backend does not run under forward"):
+            ops.add_layer_norm(x, fwAD.make_dual(r, t), w, backend="fused")
+        for i in (1, 2):
+            qkv = [q, q.clone(), q.clone()]
+            qkv[i] = fwAD.make_dual(qkv[i], torch.ones_like(q))
+            with pytest.raises(NotImplementedError, match="causal_attention: the fused backend does not run"):
+                ops.causal_attention(*qkv, backend="fused")
+
+
+def test_reference_attention_bthd_layout_and_recompute_form():
+    """Mutants: the reference causal_attention returned o in the default layout for out_layout='bthd' (the
+    fused op gives a (B, H, T, D) view of a contiguous (B, T, H, D) tensor, which GPTBlock's output projection
+    reads without a copy); the reference bias_gelu_recompute always took the tanh form (an exact-erf model on
+    the reference backend trained and evaluated the wrong GELU; the existing test runs the fused one)."""
+    q = torch.randn(2, 3, 5, 4)
+    o = ops.causal_attention(q, q, q, out_layout="bthd", backend="reference")
+    assert o.shape == (2, 3, 5, 4) and o.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(o, reference.causal_attention(q, q, q))
+    u, bias, dg = torch.randn(5, 8) * 2, torch.randn(8), torch.randn(5, 8)
+    g, grad_fn = ops.bias_gelu_recompute(u, bias, "none", backend="reference")
+    ud, bd = u.clone().requires_grad_(), bias.clone().requires_grad_()
+    want = reference.bias_gelu(ud, bd, "none")
+    torch.testing.assert_close(g, want.detach())
+    for got, exp in zip(grad_fn(dg), torch.autograd.grad(want, (ud, bd), dg)):
+        torch.testing.assert_close(got, exp)
+
+
+def test_bias_dropout_add_asks_the_extension_whether_it_can_run(monkeypatch):
+    """Mutant: ops.bias_dropout_add resolved with the Triton kernels' reason, not the extension's: with the C++
+    extension unbuildable (no compiler), backend='fused' went on into the extension instead of raising why
+    (and auto on CUDA did not fall back to the reference)."""
+    from fastgpt import extension
+    monkeypatch.setattr(extension, "unavailable_reason", lambda *a, **k: "no C++ compiler (test)")
+    x = torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match=r"fused backend unavailable: no C\+\+ compiler \(test\)"):
+        ops.bias_dropout_add(x, None, x, 0.0, backend="fused")
+
+
+def test_check_fails_a_missing_result_where_the_reference_has_one():
+    """Mutant: check()'s None case with 'or' for 'and': a fused backward that returned None for a gradient the
+    reference computes (a dropped dbias, say) passed every kernel test's compare_op."""
+    from fastgpt.testing import check, compare_op
+    hi = torch.randn(3, dtype=torch.float64)
+    assert not check("g", None, hi, hi.float(), torch.float32).ok
+    assert not check("g", hi.float(), None, None, torch.float32).ok
+    assert check("g", None, None, None, torch.float32).ok
+    x, w = torch.randn(6, 32), torch.randn(32)
+    ref = lambda x, w: reference.layer_norm(x, w)  # noqa: E731
+    no_dw = compare_op("ln", lambda x, w: ref(x, w.detach()), ref, [x, w])
+    assert [c.ok for c in no_dw] == [True, True, False], [str(c) for c in no_dw]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_stride0_and_strided_weight_and_bias_given_as_views():
+    """Mutant: unit_stride copied only views of stride > 1: an expanded (stride-0) weight or bias was indexed as
+    w[i], reading past its one element. test_strided_and_expanded_weight_and_bias hands its views to compare_op,
+    whose leaves are clones, and a clone of a strided or expanded view is contiguous: only its last lines
+    passed a view itself, and checked no value."""
+    x = torch.randn(5, 33, device=DEVICE)
+    big = torch.randn(80, device=DEVICE)
+    one, every_2nd = big[3:4].expand(33), big[1::2][:33]   # (33,) views: stride 0 and stride 2
+    for w, b in ((one, every_2nd), (every_2nd, one)):
+        torch.testing.assert_close(ops.layer_norm(x, w, b, backend="fused"), reference.layer_norm(x, w, b))
+        torch.testing.assert_close(ops.add_layer_norm(x, x, w, b, backend="fused")[0],
+                                   reference.add_layer_norm(x, x, w, b)[0])
+    torch.testing.assert_close(ops.bias_gelu(x, one, backend="fused"), reference.bias_gelu(x, one))
+
+
+def test_reference_cross_entropy_under_autocast_runs_the_head_in_the_autocast_dtype():
+    """Mutant: ops.fused_linear_cross_entropy's reference path without its autocast branch: under autocast its
+    head GEMM ran in fp32 while nn.Linear and the fused kernel run it in the autocast dtype (the two backends'
+    losses then differ by the bf16 rounding of the logits)."""
+    torch.manual_seed(0)
+    h, W, y = torch.randn(6, 16), torch.randn(11, 16), torch.randint(0, 11, (6,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ops.fused_linear_cross_entropy(h, W, y, backend="reference")
+    want = reference.fused_linear_cross_entropy(h.bfloat16(), W.bfloat16(), y)
+    torch.testing.assert_close(got.float(), want.float())
+    assert not torch.allclose(got.float(), reference.fused_linear_cross_entropy(h, W, y).float(), rtol=1e-4, atol=0)
