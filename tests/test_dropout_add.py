@@ -568,6 +568,17 @@ def test_misaligned_and_strided_inputs():
     b = torch.randn(N + 1, device=DEVICE)[1:]                        # misaligned bias
     seed = _seed()
     _assert(compare_op("bda views", _fused(seed), _ref(seed), [x, b, r, 0.3]))
+    # compare_op's leaves are clones (contiguous, aligned): the views themselves, forward and backward
+    outs, grads = [], []
+    for f in (_fused(seed), _ref(seed)):
+        views = [t.detach().clone().requires_grad_() for t in (x._base, r._base, b._base)]
+        xv, rv, bv = views[0][1:].view(M, N), views[1][:, ::2], views[2][1:]
+        outs.append(f(xv, bv, rv, 0.3))
+        outs[-1].backward(torch.ones_like(outs[-1]))
+        grads.append([v.grad for v in views])
+    torch.testing.assert_close(outs[0], outs[1])
+    for ours, want in zip(*grads):
+        torch.testing.assert_close(ours, want)
 
 
 @needs_cuda

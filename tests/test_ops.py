@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastgpt.ops as ops
-from conftest import DEVICE, HAS_CUDA, HAS_TRITON
+from conftest import DEVICE, HAS_CUDA, HAS_TRITON, count_calls
 from fastgpt import backend as be
 from fastgpt import reference
 
@@ -46,8 +46,11 @@ def test_env_selects_fused(monkeypatch):
     x = torch.randn(3, 16, device=DEVICE)
     w = torch.randn(16, device=DEVICE)
     monkeypatch.setenv("FASTGPT_BACKEND", "fused")
+    import fastgpt.kernels as K
+    calls = count_calls(monkeypatch, K, ["layer_norm"])   # (the values alone are the reference's too)
     y = ops.layer_norm(x, w)
     torch.testing.assert_close(y, reference.layer_norm(x, w))
+    assert calls == ["layer_norm"]
 
 
 def _run(code, env_extra=None, drop=("TRITON_INTERPRET", "FASTGPT_BACKEND")):
