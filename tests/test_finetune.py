@@ -429,10 +429,13 @@ def test_train_checkpoint_starts_and_resumes(tmp_path, monkeypatch):
     m = GPT.from_pretrained(out / "best")
     assert m.config.vocab_size == 259 and m.config.n_embd == 128 and m.config.padded_vocab_size == 320
     # resume to 4 steps: continues from step 2, same history prefix
+    first = [(x["step"], x["loss"]) for x in metrics(out) if "task_loss" in x]
     s2 = FT.run(cfg_for(task, str(tmp_path / "pre"), out, max_iters=4, epochs=3, resume=True), {"max_iters"})
     assert s2["steps"] == 4
     steps = [x["step"] for x in metrics(out) if "task_loss" in x]
     assert steps == [1, 2, 3, 4]
+    assert [(x["step"], x["loss"]) for x in metrics(out) if "task_loss" in x][:2] == first   # (not trained again)
+    assert [x.get("type") for x in metrics(out)].count("header") == 1
     # a plain --resume keeps the run's own --max_iters (it used to fall back to all 3 epochs)
     s3 = FT.run(cfg_for(task, str(tmp_path / "pre"), out, epochs=3, resume=True), set())
     assert s3["steps"] == 4 and [x["step"] for x in metrics(out) if "task_loss" in x] == steps
@@ -668,7 +671,8 @@ def test_resume_trims_rows_logged_after_the_checkpoint_and_refuses_an_earlier_en
     test set without a word); the same --max_iters as the run's end finishes quietly."""
     task = write_jsonl(tmp_path / "cls.jsonl", class_rows(60))
     out = tmp_path / "o"
-    assert FT.main(_ft_argv(task, tiny_init, out, max_iters=4, ckpt_interval=2, keep_ckpts=0)) == 0
+    # (dropout on: steps 3-4 repeat only if the resumed run continues the checkpoint's RNG streams)
+    assert FT.main(_ft_argv(task, tiny_init, out, max_iters=4, ckpt_interval=2, keep_ckpts=0, clf_dropout=0.1)) == 0
     first = _loss_rows(out)
     ck.latest_checkpoint(out).unlink()   # died after logging steps 3-4, before their checkpoint
     assert FT.main(["--resume", f"--out_dir={out}", "--device=cpu"]) == 0
@@ -861,19 +865,29 @@ def test_finetune_clips_gradients(tmp_path, tiny_init, monkeypatch):
     real = torch.nn.utils.clip_grad_norm_
 
     def spy(params, max_norm, *a, **k):
-        calls.append(max_norm)
+        params = list(params)
+        calls.append((max_norm, len({id(p) for p in params})))
         return real(params, max_norm, *a, **k)
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
     FT.run(cfg_for(task, tiny_init, tmp_path / "o", grad_clip=0.5, batch_size=8, max_iters=3))
-    assert calls == [0.5] * 3
+    from safetensors.torch import load_file
+    n = len(list(GPT.from_pretrained(tmp_path / "o" / "best").parameters())) + \
+        len(load_file(str(tmp_path / "o" / "best" / "head.safetensors")))   # global: the backbone's and the head's
+    assert calls == [(0.5, n)] * 3, (calls, n)
 
 
-def test_linear_schedule_warms_up_then_decays_to_zero():
-    """The paper's schedule: linear warmup to lr, then linear decay to 0 at the last step."""
+def test_linear_schedule_warms_up_then_decays_to_zero(tmp_path, tiny_init):
+    """The paper's schedule: linear warmup to lr, then linear decay to 0 at the last step; the loop sets it
+    on every param group (not only in the logged rows)."""
     f = lambda s: FT.linear_schedule(s, 1.0, 2, 10)  # noqa: E731
     assert f(0) == pytest.approx(1 / 3) and f(1) == pytest.approx(2 / 3)
     assert f(2) == pytest.approx(1.0) and f(6) == pytest.approx(0.5) and f(10) == 0.0
     assert all(f(s) >= f(s + 1) for s in range(2, 12))
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    FT.run(cfg_for(task, tiny_init, tmp_path / "o", batch_size=8, max_iters=3, warmup_frac=0.0))
+    groups = ck.load_checkpoint(ck.latest_checkpoint(tmp_path / "o"))["optimizer"]["param_groups"]
+    want = FT.linear_schedule(2, 2e-3, 0, 3)   # the lr of the last step taken (step index 2)
+    assert want < 2e-3 and [g["lr"] for g in groups] == pytest.approx([want, want])
 
 
 # ----------------------------------------------------------------------------- tasks and scoring

@@ -385,11 +385,20 @@ def test_grad_checkpoint_same_loss_and_grads_with_dropout(norm, monkeypatch):
     # the training command: same losses with and without --grad_checkpoint (dropout on)
 
 
-def test_grad_checkpoint_flag_same_losses(corpus, tmp_path):
+def test_grad_checkpoint_flag_same_losses(corpus, tmp_path, monkeypatch):
+    import torch.utils.checkpoint as tuc
+    calls, real = [], tuc.checkpoint
+
+    def spy(*a, **k):   # (the flag must reach the blocks: a run that never checkpointed passed as well)
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(tuc, "checkpoint", spy)
     o1, o2 = tmp_path / "a", tmp_path / "b"
     common = dict(max_iters=3, dropout=0.1, grad_accum=2, ckpt_interval=0)
     assert train.main(_args(corpus, o1, **common)) == 0
+    assert calls == []
     assert train.main(_args(corpus, o2, grad_checkpoint="true", **common)) == 0
+    assert len(calls) > 0
     assert {s: r["loss"] for s, r in _steps(o1).items()} == {s: r["loss"] for s, r in _steps(o2).items()}
 
 

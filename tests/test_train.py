@@ -86,14 +86,24 @@ def test_resume_differs_without_the_state(corpus, tmp_path, monkeypatch):
     assert a[2][0] == b[2][0] and a[3][0] != b[3][0]
 
 
-def test_grad_accum_normalises_by_global_tokens(corpus, tmp_path):
-    """B=8 x 1 and B=4 x 2 see the same 8 windows: same step-1 loss and (to rounding) same update."""
+def test_grad_accum_normalises_by_global_tokens(corpus, tmp_path, monkeypatch):
+    """B=8 x 1 and B=4 x 2 see the same 8 windows: same step-1 loss, same gradient norm and (to rounding)
+    same update. (AdamW's update is blind to a gradient's scale: the gradient norm is what sees a
+    gradient that is not the mean over the step's tokens.)"""
+    norms, real = [], train.optimizer_step
+
+    def spy(*a, **k):
+        res = real(*a, **k)
+        norms.append(res.grad_norm.item())
+        return res
+    monkeypatch.setattr(train, "optimizer_step", spy)
     o1, o2 = tmp_path / "a", tmp_path / "b"
     common = dict(max_iters=1, eval_iters=1, ckpt_interval=0)
     assert train.main(_args(corpus, o1, batch_size=8, grad_accum=1, **common)) == 0
     assert train.main(_args(corpus, o2, batch_size=4, grad_accum=2, **common)) == 0
     l1, l2 = _losses(o1)[1][0], _losses(o2)[1][0]
     assert l1 == pytest.approx(l2, rel=1e-5)
+    assert len(norms) == 2 and norms[0] == pytest.approx(norms[1], rel=1e-4), norms
     s1 = ck.load_checkpoint(ck.latest_checkpoint(o1))["model"]
     s2 = ck.load_checkpoint(ck.latest_checkpoint(o2))["model"]
     for k in s1:
