@@ -71,6 +71,39 @@ def _leaf(t, dtype=None):
     return t.requires_grad_(t.is_floating_point())
 
 
+def _as_given(t):
+    """(what the op under test gets, the leaf whose .grad is its gradient, or None: the tensor itself). A
+    view that a clone would make contiguous or aligned (a row slice, a ``::2`` slice, a misaligned offset)
+    reaches the op in its own layout, as the same view of a fresh leaf storage: the op is tested on what
+    the caller built. Overlapping views (stride 0: a gradient sums over the elements) are cloned (_leaf)."""
+    if not (isinstance(t, torch.Tensor) and t.is_floating_point()) or t.numel() == 0:
+        return _leaf(t), None
+    c = t.detach().clone()
+    if (c.stride() == t.stride() and c.data_ptr() % 16 == t.data_ptr() % 16) or _overlaps(t):
+        return c.requires_grad_(), None
+    size, stride, offset = t.shape, t.stride(), t.storage_offset()
+    base = torch.zeros(offset + 1 + sum((n - 1) * st for n, st in zip(size, stride)), dtype=t.dtype, device=t.device)
+    base.as_strided(size, stride, offset).copy_(t.detach())
+    base.requires_grad_()
+    return base.as_strided(size, stride, offset), base
+
+
+def _overlaps(t) -> bool:
+    """Whether two elements of t share memory (a stride 0; strides that interleave), by the sufficient test
+    that each stride, smallest first, passes every offset the smaller ones reach."""
+    reach = 0
+    for stride, n in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if stride <= reach:
+            return True
+        reach += (n - 1) * stride
+    return False
+
+
+def _grad(given, base):
+    return given.grad if base is None else (None if base.grad is None else base.grad.as_strided(
+        given.shape, given.stride(), given.storage_offset()))
+
+
 def _as_tuple(out):
     return out if isinstance(out, (tuple, list)) else (out,)
 
@@ -92,13 +125,13 @@ def compare_op(name, fused_fn, ref_fn, inputs, grad_mode="random", dtype=None):
     """Forward and backward of fused_fn against ref_fn by the tolerance rule.
 
     inputs: positional arguments (tensors, None or plain values). Floating
-    tensors get gradients. ref_lp runs ref_fn on the same inputs, ref_hi on
+    tensors get gradients; fused_fn gets each in its own layout (strides, offset: _as_given). ref_lp runs ref_fn on the same inputs, ref_hi on
     float64 copies; the same upstream gradients (random and non-contiguous, or
     the stride-0 ones of a sum) flow into all three. ``dtype`` is the rule's
     eps dtype, the op's (e.g. fp16 for a loss that an fp16 op returns in fp32);
     by default each tensor's own. Returns a list of Check.
     """
-    ours_in = [_leaf(t) for t in inputs]
+    ours_in, bases = zip(*[_as_given(t) for t in inputs]) if inputs else ((), ())
     lp_in = [_leaf(t) for t in inputs]
     hi_in = [_leaf(t, torch.float64) for t in inputs]
     ours = _as_tuple(fused_fn(*ours_in))
@@ -117,9 +150,9 @@ def compare_op(name, fused_fn, ref_fn, inputs, grad_mode="random", dtype=None):
     for outs, ins, cast in ((ours, ours_in, None), (lp, lp_in, None), (hi, hi_in, torch.float64)):
         gs = [g if cast is None else g.to(cast) for g in grads]
         torch.autograd.backward([outs[i] for i in diff], gs)
-    for k, (o, l, h) in enumerate(zip(ours_in, lp_in, hi_in)):
+    for k, (o, base, l, h) in enumerate(zip(ours_in, bases, lp_in, hi_in)):
         if isinstance(o, torch.Tensor) and o.requires_grad:
-            checks.append(check(f"{name} grad{k}", o.grad, h.grad, l.grad, dtype or o.dtype))
+            checks.append(check(f"{name} grad{k}", _grad(o, base), h.grad, l.grad, dtype or o.dtype))
     return checks
 
 

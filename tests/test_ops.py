@@ -633,6 +633,28 @@ def test_tolerance_rule_itself():
                  torch.full((2,), nan), torch.float32).ok
 
 
+def test_compare_op_gives_the_op_each_view_in_its_own_layout():
+    """compare_op's leaves were clones, and a clone of a row slice, a ::2 slice or a misaligned view is contiguous
+    and aligned: every strided-input test handed the kernels contiguous copies (a kernel that ignored its row
+    stride passed them). Now the op under test gets the same layout (strides, offset) as a view of a fresh
+    leaf storage, its gradient read through that view; a stride-0 (overlapping) input is still cloned."""
+    from fastgpt.testing import compare_op
+    torch.manual_seed(0)
+    x, w = torch.randn(6, 96)[:, 48:], torch.randn(49)[1:]   # row stride 96; w 4 bytes off its alignment
+    e = torch.randn(1).expand(48)
+    seen = []
+
+    def ours(x, w, b):
+        seen.append([(t.stride(), t.data_ptr() % 16) for t in (x, w, b)])
+        return reference.layer_norm(x, w, b)
+    checks = compare_op("ln", ours, reference.layer_norm, [x, w, e])
+    assert all(c.ok for c in checks) and len(checks) == 4, [str(c) for c in checks]
+    assert seen == [[((96, 1), 0), ((1,), 4), ((1,), 0)]]
+    # an op that reads its input as if it were contiguous fails: y, dx and dw (db does not read x)
+    dense = lambda x, w, b: reference.layer_norm(x.as_strided(x.shape, (48, 1)), w, b)  # noqa: E731
+    assert [c.ok for c in compare_op("ln", dense, reference.layer_norm, [x, w, e])] == [False, False, False, True]
+
+
 # ----------------------------------------------------------------------------- from a mutation audit (2026-11-29)
 # (each test below failed on a one-line mutant that every other test let through, and passes on the code)
 def test_an_empty_backend_variable_is_auto_and_other_devices_take_the_reference(monkeypatch):
