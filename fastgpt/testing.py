@@ -100,8 +100,9 @@ def _overlaps(t) -> bool:
 
 
 def _grad(given, base):
-    return given.grad if base is None else (None if base.grad is None else base.grad.as_strided(
-        given.shape, given.stride(), given.storage_offset()))
+    if base is None:
+        return given.grad
+    return None if base.grad is None else base.grad.as_strided(given.shape, given.stride(), given.storage_offset())
 
 
 def _as_tuple(out):
@@ -125,7 +126,8 @@ def compare_op(name, fused_fn, ref_fn, inputs, grad_mode="random", dtype=None):
     """Forward and backward of fused_fn against ref_fn by the tolerance rule.
 
     inputs: positional arguments (tensors, None or plain values). Floating
-    tensors get gradients; fused_fn gets each in its own layout (strides, offset: _as_given). ref_lp runs ref_fn on the same inputs, ref_hi on
+    tensors get gradients; fused_fn gets each in its own layout (strides,
+    offset: _as_given). ref_lp runs ref_fn on the same inputs, ref_hi on
     float64 copies; the same upstream gradients (random and non-contiguous, or
     the stride-0 ones of a sum) flow into all three. ``dtype`` is the rule's
     eps dtype, the op's (e.g. fp16 for a loss that an fp16 op returns in fp32);

@@ -693,9 +693,8 @@ def test_cuda_rng_restores_the_runs_own_gpu_when_fewer_are_visible(monkeypatch):
     assert got == [2]
 
 
-def test_a_signal_during_a_save_stops_there(corpus, tmp_path, monkeypatch, capsys):
-    """SIGTERM while a periodic checkpoint is written: the run stops on that checkpoint (it trained one more
-    step and wrote a second full checkpoint before stopping); the hint to continue is shell-quoted."""
+def _sigterm_after_each_save(monkeypatch):
+    """SIGTERM to this process right after each checkpoint is written."""
     real = ck.save_checkpoint
 
     def save_then_signal(*a, **k):
@@ -703,6 +702,12 @@ def test_a_signal_during_a_save_stops_there(corpus, tmp_path, monkeypatch, capsy
         os.kill(os.getpid(), signal.SIGTERM)
         return p
     monkeypatch.setattr(ck, "save_checkpoint", save_then_signal)
+
+
+def test_a_signal_during_a_save_stops_there(corpus, tmp_path, monkeypatch, capsys):
+    """SIGTERM while a periodic checkpoint is written: the run stops on that checkpoint (it trained one more
+    step and wrote a second full checkpoint before stopping); the hint to continue is shell-quoted."""
+    _sigterm_after_each_save(monkeypatch)
     out = tmp_path / "a b"
     assert train.main(_args(corpus, out, max_iters=10, ckpt_interval=2)) == 0
     last = capsys.readouterr().err.strip().splitlines()[-1]
@@ -769,13 +774,7 @@ def test_verify_names_a_size_that_differs_from_the_footers(tmp_path):
 def test_the_hint_to_continue_does_not_repeat_an_automatic_device(corpus, tmp_path, monkeypatch, capsys):
     """Mutant: the stop line's flags taken from the resolved options (--device=cpu, which this run was not
     given: the machine picked it, and the --resume should let it pick again)."""
-    real = ck.save_checkpoint
-
-    def save_then_signal(*a, **k):
-        p = real(*a, **k)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return p
-    monkeypatch.setattr(ck, "save_checkpoint", save_then_signal)
+    _sigterm_after_each_save(monkeypatch)
     out = tmp_path / "o"
     argv = [a for a in _args(corpus, out, max_iters=4, ckpt_interval=1) if not a.startswith("--device=")]
     assert train.main(argv) == 0
