@@ -33,7 +33,7 @@ def test_forms_and_types():
     c, given = parse(["--n=5", "--x", "1e-3", "--name", "hi there", "--flag", "--opt=none", "--mode", "b"])
     assert (c.n, c.x, c.name, c.flag, c.opt, c.mode) == (5, 1e-3, "hi there", True, None, "b")
     assert given == {"n", "x", "name", "flag", "opt", "mode"}
-    assert parse(["--flag=false"])[0].flag is False and parse(["--flag", "no", "--n", "2"])[0].n == 2
+    assert parse(["--flag=false"])[0].flag is False and parse(["--flag", "no", "--n", "2"])[0] == Cfg(n=2)
     assert parse(["--opt", "7", "--n=1e3", "--x=-2"])[0] == Cfg(n=1000, opt=7, x=-2.0)
     assert parse(["--n", "-4"])[0].n == -4  # a negative number is a value, not an option
     assert parse([])[0] == Cfg() and parse([])[1] == set()

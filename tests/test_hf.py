@@ -173,6 +173,7 @@ def test_export_keeps_the_layer_norm_eps(norm):
     idx = torch.randint(0, 100, (1, 8))
     with torch.no_grad():
         torch.testing.assert_close(m.to_hf().eval()(idx).logits, m(idx)[0], rtol=1e-4, atol=1e-4)
+    assert GPT.from_hf(m.to_hf()).config.layer_norm_eps == 0.1   # and back (fixed 1e-5: passed)
 
 
 @pytest.fixture
