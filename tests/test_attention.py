@@ -235,7 +235,7 @@ def test_last_dim_strided_input_is_copied():
     q, k, v = (t[..., ::2] for t in _qkv(1, 2, 20, 20, 64, torch.float32))
     assert q.stride(-1) == 2
     _compare("attn last-dim strided", q, k, v)
-    # compare_op's leaves are clones, and a clone of a last-dim-strided view is contiguous: the views themselves,
+    # (compare_op gives the kernels the views too, since 2026-11-29; it once gave contiguous clones): the views,
     # forward and backward (the gradients reach their bases through the views), against the same kernels on
     # contiguous copies (checked against the reference above; on CUDA fp32 runs as TF32, so not the reference
     # at a fixed tolerance; the atomic dQ may sum in another order)

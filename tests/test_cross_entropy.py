@@ -288,8 +288,13 @@ def test_target_out_of_range():
 def test_ops_dispatch():
     import fastgpt.ops as ops
     h, W, t = _inputs((2, 5), 16, 40, torch.float32)
+    h.requires_grad_()
     a = ops.fused_linear_cross_entropy(h, W, t, backend="fused")
     b = ops.fused_linear_cross_entropy(h, W, t, backend="reference")
+    # each backend is the one asked for (in fp32 the two agree within the rule whichever ran): the fused
+    # one is the registered custom op, the reference one is not
+    assert "fastgpt_fused_linear_cross_entropy" in type(a.grad_fn).__name__, type(a.grad_fn).__name__
+    assert "fastgpt_fused_linear_cross_entropy" not in type(b.grad_fn).__name__, type(b.grad_fn).__name__
     ref = reference.fused_linear_cross_entropy(h.double(), W.double(), t)
     _assert([check("ops fused", a, ref, b, torch.float32)])
 

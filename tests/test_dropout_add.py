@@ -439,6 +439,8 @@ def test_eager_path_equals_the_custom_op_path(p):
         xx, bb, rr = (t.clone().requires_grad_() for t in (x, b, r))
         torch.manual_seed(21)  # the same seed drawn on both paths
         out = extension.bias_dropout_add(xx, bb, rr, p, _path=path)
+        # each path is the one asked for: the eager Function's node, or the custom op's own
+        assert (type(out.grad_fn) is extension._BiasDropoutAdd._backward_cls) == (path == "eager"), out.grad_fn
         out.backward(torch.randn_like(out, generator=torch.Generator(DEVICE).manual_seed(2)))
         res.append((out, xx.grad, bb.grad, rr.grad))
         # a call with nothing to differentiate takes the kernel-only branch
@@ -568,7 +570,7 @@ def test_misaligned_and_strided_inputs():
     b = torch.randn(N + 1, device=DEVICE)[1:]                        # misaligned bias
     seed = _seed()
     _assert(compare_op("bda views", _fused(seed), _ref(seed), [x, b, r, 0.3]))
-    # compare_op's leaves are clones (contiguous, aligned): the views themselves, forward and backward
+    # the views themselves too, forward and backward, each gradient read on its base
     outs, grads = [], []
     for f in (_fused(seed), _ref(seed)):
         views = [t.detach().clone().requires_grad_() for t in (x._base, r._base, b._base)]

@@ -93,7 +93,7 @@ def test_strided_input():
     x = base[:, 64:]
     b = torch.randn(64, device=DEVICE)
     _assert(compare_op("bias_gelu strided", K.bias_gelu, reference.bias_gelu, [x, b, "tanh"]))
-    # compare_op's leaves are clones, and a clone of base[:, 64:] is contiguous: the view itself, forward and
+    # (compare_op gives the kernel the view too; before 2026-11-29 a contiguous clone): the view, forward and
     # backward (its gradient reaches base through the view)
     bl = base.clone().requires_grad_()
     y = K.bias_gelu(bl[:, 64:], b, "tanh")

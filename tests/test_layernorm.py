@@ -93,7 +93,7 @@ def test_strided_input_and_no_copy_of_y():
     x = base[:, 48:]  # row stride 96: read in place
     w, b = torch.randn(48, device=DEVICE), torch.randn(48, device=DEVICE)
     _assert(compare_op("layer_norm strided", K.layer_norm, reference.layer_norm, [x, w, b, 1e-5]))
-    # compare_op's leaves are clones, and a clone of base[:, 48:] is contiguous: the view itself, forward and
+    # (compare_op gives the kernel the view too; before 2026-11-29 a contiguous clone): the view, forward and
     # backward (its gradient reaches base through the view)
     bl = base.clone().requires_grad_()
     y = K.layer_norm(bl[:, 48:], w, b, 1e-5)

@@ -68,19 +68,34 @@ def test_worker_count(monkeypatch):
 
 
 def test_off_without_workers_or_under_the_interpreter(monkeypatch):
-    """No process is started where it cannot help: one worker, one config, or the interpreter."""
-    import triton
+    """No process is started where it cannot help: one worker, one config, or the interpreter. (Each case
+    alone: otherwise precompile is on, as the first call shows, and would start workers.)"""
+    import fastgpt.kernels
+    from triton.backends.compiler import GPUTarget
 
     from fastgpt.kernels import _precompile as P
-    configs = [triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 128})]
-    monkeypatch.setattr(P, "_start", lambda n, target: pytest.fail("no worker should start"))
-    monkeypatch.setenv("FASTGPT_COMPILE_WORKERS", "1")
-    assert P.precompile(None, configs, (), {}) == 0
+
+    class Started(BaseException):   # (precompile passes a non-Exception on)
+        pass
+
+    def start(n, target):
+        raise Started
+
+    monkeypatch.setattr(P, "_start", start)
+    monkeypatch.setattr(P, "_broken", False)
+    monkeypatch.setattr(P, "_target", lambda: GPUTarget("cuda", 90, 32))
+    monkeypatch.setattr(fastgpt.kernels, "INTERPRET", False)
+    fn, configs = _space()
+    args = (torch.zeros(64, dtype=torch.bfloat16), 16)
     monkeypatch.setenv("FASTGPT_COMPILE_WORKERS", "4")
-    assert P.precompile(None, configs[:1], (), {}) == 0
-    import fastgpt.kernels
-    if fastgpt.kernels.INTERPRET:
-        assert P.precompile(None, configs, (), {}) == 0
+    with pytest.raises(Started):
+        P.precompile(fn, configs, args, {})
+    assert P.precompile(fn, configs[:1], args, {}) == 0
+    monkeypatch.setenv("FASTGPT_COMPILE_WORKERS", "1")
+    assert P.precompile(fn, configs, args, {}) == 0
+    monkeypatch.setenv("FASTGPT_COMPILE_WORKERS", "4")
+    monkeypatch.setattr(fastgpt.kernels, "INTERPRET", True)
+    assert P.precompile(fn, configs, args, {}) == 0
 
 
 @pytest.fixture
