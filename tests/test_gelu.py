@@ -93,18 +93,6 @@ def test_strided_input():
     x = base[:, 64:]
     b = torch.randn(64, device=DEVICE)
     _assert(compare_op("bias_gelu strided", K.bias_gelu, reference.bias_gelu, [x, b, "tanh"]))
-    # (compare_op gives the kernel the view too; before 2026-11-29 a contiguous clone): the view, forward and
-    # backward (its gradient reaches base through the view)
-    bl = base.clone().requires_grad_()
-    y = K.bias_gelu(bl[:, 64:], b, "tanh")
-    g = torch.randn_like(y)
-    (y * g).sum().backward()
-    xr = x.clone().requires_grad_()
-    want = reference.bias_gelu(xr, b, "tanh")
-    (want * g).sum().backward()
-    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(bl.grad[:, 64:], xr.grad, rtol=1e-4, atol=1e-4)
-    assert torch.equal(bl.grad[:, :64], torch.zeros_like(x))
 
 
 def test_poisoned_output_is_fully_written():

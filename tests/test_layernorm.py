@@ -93,18 +93,6 @@ def test_strided_input_and_no_copy_of_y():
     x = base[:, 48:]  # row stride 96: read in place
     w, b = torch.randn(48, device=DEVICE), torch.randn(48, device=DEVICE)
     _assert(compare_op("layer_norm strided", K.layer_norm, reference.layer_norm, [x, w, b, 1e-5]))
-    # (compare_op gives the kernel the view too; before 2026-11-29 a contiguous clone): the view, forward and
-    # backward (its gradient reaches base through the view)
-    bl = base.clone().requires_grad_()
-    y = K.layer_norm(bl[:, 48:], w, b, 1e-5)
-    g = torch.randn_like(y)
-    (y * g).sum().backward()
-    xr = x.clone().requires_grad_()
-    want = reference.layer_norm(xr, w, b, 1e-5)
-    (want * g).sum().backward()
-    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(bl.grad[:, 48:], xr.grad, rtol=1e-4, atol=1e-4)
-    assert torch.equal(bl.grad[:, :48], torch.zeros_like(x))
     xt = torch.randn(48, 6, device=DEVICE).t()  # column stride != 1: copied
     _assert(compare_op("layer_norm transposed", K.layer_norm, reference.layer_norm, [xt, w, b, 1e-5]))
 
