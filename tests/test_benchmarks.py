@@ -12,6 +12,12 @@ from benchmarks import bench_attention
 from conftest import count_calls, needs_triton
 
 
+def _row(bench, case, impl, ms, **kw):
+    """A benchmark row as the families write it (no figures, ok), with kw's fields."""
+    return dict(dict(bench=bench, case=case, impl=impl, ms=ms, gbps=None, tflops=None, tok_s=None, mem_gib=None,
+                     ok=True, note=""), **kw)
+
+
 def test_attention_breakdown_line():
     times = {"_attn_bwd_dkdv_kernel": 0.2, "_attn_fwd_kernel": 0.1, "_attn_bwd_dq_kernel": 0.15,
              "Memset (Device)": 0.01, "elementwise_kernel": 0.02}
@@ -217,8 +223,7 @@ def test_summary_on_another_card_a_missing_peer_and_a_ratio_timed_two_ways(tmp_p
     from benchmarks import run, summary
 
     def r(case, impl, ms, **kw):
-        return dict(dict(bench="layernorm", case=case, impl=impl, ms=ms, gbps=None, tflops=None, tok_s=None,
-                         mem_gib=None, ok=True, note=""), **kw)
+        return _row("layernorm", case, impl, ms, **kw)
     fwd = "16384x768 bf16 fwd"
     rows = [r(fwd, "fastgpt", 0.06, gbps=2608.0), r(fwd, "torch eager", 0.3, note="eager timing: graph capture failed"),
             r(fwd, "liger", None, note="no Liger row: liger_kernel ... does not import")]
@@ -466,9 +471,7 @@ def test_summary_reads_the_dropout_cross_entropy_and_block_targets(tmp_path, cap
     import json
     from benchmarks import summary
 
-    def r(bench, case, impl, ms, **kw):
-        return dict(dict(bench=bench, case=case, impl=impl, ms=ms, gbps=None, tflops=None, tok_s=None, mem_gib=None,
-                         ok=True, note=""), **kw)
+    r = _row
     da = "16384x768 p=0.1 bf16 fwd+bwd"
     ce = "N16384 C768 V50304 bfloat16"
     rows = {"dropout_add": [r("dropout_add", da, "fastgpt", 0.1), r("dropout_add", da, "torch eager", 0.25),
@@ -633,10 +636,6 @@ def test_summary_of_one_file_that_is_no_results_file(tmp_path, capsys, text, msg
 
 # ----------------------------------------------------------------------------- from a mutation audit (2026-11-29)
 # (each test below failed on a one-line mutant of benchmarks/ that every other test let through, and passes on the code)
-def _row(bench, case, impl, ms, **kw):
-    return dict(dict(bench=bench, case=case, impl=impl, ms=ms, gbps=None, tflops=None, tok_s=None, mem_gib=None,
-                     ok=True, note=""), **kw)
-
 
 def test_bench_impl_rates_are_in_the_table_units(monkeypatch):
     """Mutants: tflops = flops / ms / 1e12 and tok_s = tokens / ms (per ms, not per s): only the GB/s unit was
