@@ -338,6 +338,11 @@ class ArgumentParser(argparse.ArgumentParser):
         self._argv = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
+    def print_help(self, file=None):
+        # argparse's own swallows a write error: `--help | head -1` then exited 0 here, 141 in train's
+        # --help (see entry); written directly, a closed pipe ends every command alike
+        (file or sys.stdout).write(self.format_help())
+
     def error(self, message):
         msg = message.splitlines()[0] if message else "bad arguments"
         # a path that starts with - reads as an option: say so rather than "arguments are required"
