@@ -111,7 +111,14 @@ def _to_tuple(x):
     return tuple(_to_tuple(v) for v in x) if isinstance(x, list) else x
 
 
-def _fsync_dir(d: Path) -> None:
+def fsync_file(path) -> None:
+    """The file's bytes on the disk (before a rename makes them the real name's)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(d) -> None:
+    """The folder's entries (a rename into it) on the disk; quietly nothing where a folder cannot be synced."""
     try:
         fd = os.open(d, os.O_RDONLY)
     except OSError:
@@ -122,6 +129,14 @@ def _fsync_dir(d: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file under folder, then each folder (deepest first)."""
+    for root, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_file(os.path.join(root, name))
+        fsync_dir(root)
 
 
 _FOOTER_TAG = b"\nfastgpt-ckpt sha256="
@@ -202,14 +217,16 @@ def remove_path(p: Path) -> None:
 
 def replace_folder(dest, fill) -> None:
     """Make the folder dest anew, whole or not at all: fill(tmp) writes it beside dest
-    (``.NAME.tmpPID``, which remove_stale_temps deletes if this process dies), then it is swapped in. A
-    failure or a crash leaves the previous dest (or, between the two renames, ``.NAME.oldPID``) whole."""
+    (``.NAME.tmpPID``, which remove_stale_temps deletes if this process dies), then its files and itself
+    are fsync'ed and it is swapped in (and the parent folder fsync'ed). A failure, a crash or a power
+    loss leaves the previous dest (or, between the two renames, ``.NAME.oldPID``) whole."""
     dest = Path(dest)
     tmp, old = (dest.with_name(f".{dest.name}.{kind}{os.getpid()}") for kind in ("tmp", "old"))
     try:
         remove_path(tmp)
         remove_path(old)
         fill(tmp)
+        _fsync_tree(tmp)   # the bytes reach the disk before the name points at them
         had = dest.exists() or dest.is_symlink()
         try:
             if had:
@@ -219,6 +236,7 @@ def replace_folder(dest, fill) -> None:
             if had and not (dest.exists() or dest.is_symlink()) and (old.exists() or old.is_symlink()):
                 os.replace(old, dest)   # (if this fails too, old stays: the only copy, never deleted)
             raise
+        fsync_dir(dest.parent)   # the rename itself, before the previous folder goes
         if had:
             _remove_quietly(old)   # the new folder is in place: the previous one may go
     finally:
@@ -290,7 +308,7 @@ def atomic_save(obj, path) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

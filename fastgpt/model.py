@@ -896,10 +896,14 @@ class GPT(nn.Module):
             save_file(sd, tmp_w, metadata={"format": "pt"})
             with open(tmp_c, "w") as f:
                 f.write(text)
+            from fastgpt.checkpoint import fsync_dir, fsync_file
             from fastgpt.cli import same_mode_as
             same_mode_as(tmp_w, tmp_c)   # (safetensors made it 0600 whatever the umask)
+            for t in (tmp_w, tmp_c):
+                fsync_file(t)   # a power loss after the renames cannot leave the names on empty files
             os.replace(tmp_w, weights)
             os.replace(tmp_c, config)
+            fsync_dir(path)
         finally:
             for t in (tmp_w, tmp_c):
                 if os.path.exists(t):

@@ -745,6 +745,21 @@ def test_failed_save_pretrained_keeps_the_previous_save(tmp_path):
         GPT.from_pretrained(tmp_path)
 
 
+def test_save_pretrained_syncs_its_files_before_the_renames(tmp_path, monkeypatch):
+    """A save_pretrained called from user code (not through train's or finetune's folder swap): both files'
+    bytes are fsync'ed before they are renamed over the previous save, and the folder after, so a power
+    loss cannot leave config.json and model.safetensors naming empty files."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.path.basename(
+        os.readlink(f"/proc/self/fd/{fd}")).split(".tmp")[0])), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.path.basename(b))),
+                                                     real_replace(a, b)))
+    GPT(_tiny()).save_pretrained(tmp_path)
+    assert events == [("fsync", ".model.safetensors"), ("fsync", ".config.json"), ("replace", "model.safetensors"),
+                      ("replace", "config.json"), ("fsync", tmp_path.name)]
+
+
 class _Lora(nn.Module):
     """A LoRA-style adapter in a Linear's place (what peft puts there): base(x) + x A B."""
     def __init__(self, base):

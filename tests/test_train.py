@@ -489,6 +489,35 @@ def test_replace_folder_leaves_the_previous_folder_whole_on_a_failure(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"] and (dest / "w").read_text() == "new"
 
 
+def test_replace_folder_syncs_the_new_folder_before_the_swap(tmp_path, monkeypatch):
+    """The final model/ and a fine-tune's best/: every file and folder of the new one is fsync'ed before it
+    is renamed in, the parent after (then the previous folder goes), so a power loss just after the swap
+    cannot leave model.safetensors empty with the previous model deleted."""
+    dest = tmp_path / "model"
+    dest.mkdir()
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    where = {str(dest): "dest", str(tmp_path): "parent"}
+
+    def fsync(fd):
+        p = os.readlink(f"/proc/self/fd/{fd}")
+        p = p.replace(str(tmp_path / f".model.tmp{os.getpid()}"), "tmp")
+        events.append(("fsync", where.get(p, p)))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", where.get(str(b), "old"))),
+                                                     real_replace(a, b)))
+
+    def fill(tmp):
+        (tmp / "sub").mkdir(parents=True)
+        (tmp / "w").write_text("new")
+        (tmp / "sub" / "x").write_text("new")
+    ck.replace_folder(dest, fill)
+    assert events == [("fsync", "tmp/sub/x"), ("fsync", "tmp/sub"), ("fsync", "tmp/w"), ("fsync", "tmp"),
+                      ("replace", "old"), ("replace", "dest"), ("fsync", "parent")]
+    assert (dest / "w").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 def test_stale_temp_files_and_folders_of_dead_writers_are_removed(tmp_path):
     """A killed writer leaves .NAME.tmpPID: a checkpoint file, or a fine-tune's .best.tmpPID folder. The next
     save removes both (the folder used to raise IsADirectoryError on every later save); a live writer's stays.
