@@ -1,4 +1,4 @@
-"""The tolerance rule of DESIGN.md, shared by the tests, the benchmarks and selftest.
+"""The tolerance rule (from the team's design notes, DESIGN.md), shared by the tests, the benchmarks and selftest.
 
     max|ours - ref_hi| <= 2 * max|ref_lp - ref_hi| + C * eps(dtype) * max|ref_hi|
 

@@ -1,4 +1,4 @@
-"""Triton causal flash-attention against fastgpt.reference (DESIGN.md's tolerance rule).
+"""Triton causal flash-attention against fastgpt.reference (the tolerance rule of fastgpt/testing.py).
 
 On the CPU the kernels run under the Triton interpreter (fp32 and fp16: its
 bf16 dots are wrong); on a GPU bf16 and real shapes are added. ref_lp is the

@@ -1,4 +1,4 @@
-"""Fused LM head + cross-entropy against fastgpt.reference (DESIGN.md's tolerance rule).
+"""Fused LM head + cross-entropy against fastgpt.reference (the tolerance rule of fastgpt/testing.py).
 
 ref_hi is fastgpt.reference.fused_linear_cross_entropy in float64. ref_lp is PyTorch
 as it runs the unfused head in the op's dtype: the logits GEMM in h's dtype (as

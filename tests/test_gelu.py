@@ -1,4 +1,4 @@
-"""Triton bias+GELU against fastgpt.reference (DESIGN.md's tolerance rule)."""
+"""Triton bias+GELU against fastgpt.reference (the tolerance rule of fastgpt/testing.py)."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""Triton LayerNorm / add+LayerNorm against fastgpt.reference (DESIGN.md's tolerance rule)."""
+"""Triton LayerNorm / add+LayerNorm against fastgpt.reference (the tolerance rule of fastgpt/testing.py)."""
 import pytest
 import torch
 

@@ -79,7 +79,7 @@ def test_gpt2_parameter_count():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_fused_block_matches_reference(norm, dtype):
-    """Forward and every gradient (input and all 12 parameters), by DESIGN.md's rule."""
+    """Forward and every gradient (input and all 12 parameters), by the tolerance rule (fastgpt/testing.py)."""
     cfg = GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=32, norm=norm)
     _assert(compare_block(cfg, dtype, DEVICE, "fused", B=2, T=17))
 
