@@ -36,9 +36,18 @@ def test_attention_shape_pick():
 
 
 def test_profiler_kernel_times_on_cpu():
+    import time
     a = torch.randn(64, 64)
-    times = bench_attention._kernel_times(lambda: a @ a, iters=3, device="cpu")
+
+    def step():   # >= 2 ms of its own time a call
+        with torch.profiler.record_function("step"):
+            time.sleep(0.002)
+            return a @ a
+    times = bench_attention._kernel_times(step, iters=20, device="cpu")
     assert any("mm" in name for name in times) and all(ms >= 0 for ms in times.values())
+    # ms per call, the mean over the iters (a total over the 20 calls would be >= 40 ms; the bound leaves
+    # a loaded machine's sleeps 10x their length)
+    assert 1.9 <= times["step"] < 20.0, times
 
 
 def test_autotuner_configs_readout(monkeypatch):
@@ -129,12 +138,19 @@ def _fake_family(monkeypatch, name, run):
 
 
 @pytest.mark.parametrize("exc,code", [(RuntimeError("boom"), 1), (KeyboardInterrupt(), 130)])
-def test_runner_keeps_the_rows_of_a_family_that_dies(monkeypatch, tmp_path, exc, code):
+def test_runner_keeps_the_rows_of_a_family_that_dies(monkeypatch, tmp_path, capsys, exc, code):
     """A family that raises (or gets gpu_check's SIGINT at its time budget) keeps the rows it made,
     gains a '(family stopped)' row, and the JSON is written; after an interrupt nothing more runs."""
     import json
     from benchmarks import run
+    from fastgpt.kernels import _precompile
     common = _fake_gpu_runner(monkeypatch)
+    # the compile workers' totals so far (earlier families'): each family's line gives its own share
+    monkeypatch.setattr(_precompile, "STATS", {"spaces": 5, "configs": 40, "failed": 1, "seconds": 10.0})
+
+    def gelu(args):
+        _precompile.STATS.update(spaces=7, configs=47, failed=2, seconds=11.5)
+        return [common.row("bias_gelu", "c2", "fastgpt", 3.0)]
 
     def dies(args):
         common.row("layernorm", "c1", "fastgpt", 1.0)       # made (and journalled) before it dies
@@ -142,11 +158,18 @@ def test_runner_keeps_the_rows_of_a_family_that_dies(monkeypatch, tmp_path, exc,
         raise exc
 
     _fake_family(monkeypatch, "layernorm", dies)
-    _fake_family(monkeypatch, "gelu", lambda args: [common.row("bias_gelu", "c2", "fastgpt", 3.0)])
+    _fake_family(monkeypatch, "gelu", gelu)
     out = tmp_path / "rows.json"
     with pytest.raises(SystemExit) as e:
         run.main(["--only", "layernorm,gelu", "--json", str(out)])
     assert e.value.code == code
+    printed = capsys.readouterr().out.splitlines()
+    # the speed-up table: peer time / fastgpt time (2.0 / 1.0), not its inverse
+    assert any(ln.split()[-4:] == ["vs", "torch", "eager", "2.00x"] for ln in printed), printed
+    family = {ln.split(":")[0]: ln for ln in printed if ln.startswith("# ") and " rows in " in ln}
+    assert "compile workers" not in family["# layernorm"]   # compiled nothing (the totals are not its own)
+    if code == 1:
+        assert family["# gelu"].endswith("(compile workers: 7 configs of 2 autotune spaces in 1.5 s, 1 failed)")
     rows = json.loads(out.read_text())["rows"]
     assert [(r["case"], r["impl"]) for r in rows[:3]] == [("c1", "fastgpt"), ("c1", "torch eager"),
                                                          ("(family stopped)", "fastgpt")]
@@ -183,10 +206,15 @@ def test_summary_survives_unreadable_results(tmp_path, capsys):
             [("fwd+bwd", "fastgpt", 0.1, 1500.0), ("fwd", "fastgpt", 0.02, 2600.0),
              ("fwd", "torch eager", 0.04, 1300.0)]]
     rows.append(dict(rows[0], impl="fastgpt (launch-bound)", ms=0.4, gbps=375.0, host_ms=0.39))
+    rows[2]["host_ms"] = 0.03   # 75 % of its 0.04 ms: under the 90 % that makes a row launch-bound
     (tmp_path / "bench_layernorm.json").write_text(json.dumps(dict(env=dict(card="NVIDIA H100 80GB HBM3"), rows=rows)))
     summary.main(str(tmp_path))
     out = capsys.readouterr().out
     assert "unreadable bench_attention.json" in out and "out of time" in out and "rc=skipped" in out
+    # only the stage killed at its budget (rc 124) is out of time; a skipped one is not
+    stage = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith("stage ")}
+    assert "out of time" in stage["tests"] and "out of time" not in stage["bench_gelu"], stage
+    assert "torch eager          0.030 ms/call of   0.040 ms\n" in out + "\n"   # (not LAUNCH-BOUND)
     # the targets match cases exactly: the fwd target reads the fwd row, the fwd+bwd target its own
     assert "16384x768 bf16 fwd               2600.0 gbps target 2500 met    2.00x vs torch eager" in out
     assert "16384x768 bf16 fwd+bwd           1500.0 gbps target 2000 MISSED" in out
@@ -203,12 +231,13 @@ def test_summary_reads_both_attention_backwards(tmp_path, capsys):
                  ok=True, note=n) for i, ms, t, n in
             [("fastgpt", 2.88, 334.0, "kernels ms: dkdv 1.170"), ("fastgpt atomic dQ", 2.0, 481.0, "kernels ms: x"),
              ("sdpa cudnn", 2.08, 463.0, "")]]
-    rows += [dict(r, case=case.replace(" bf16", " bf16 p=0.1"), ms=r["ms"] * f) for r, f in zip(rows, (1.4, 1.1))]
+    rows += [dict(r, case=case.replace(" bf16", " bf16 p=0.1"), ms=r["ms"] * f) for r, f in zip(rows, (1.4, 1.15))]
     (tmp_path / "bench_attention.json").write_text(json.dumps(dict(env=dict(card="NVIDIA H100 80GB HBM3"), rows=rows)))
     summary.main(str(tmp_path))
     out = capsys.readouterr().out
     assert "B4 H16 T4096 D128 bf16 p=0.1 fwd+bwd     1.40x the p=0 time, target <= 1.15 MISSED" in out
-    assert "B4 H16 T4096 D128 bf16 p=0.1 fwd+bwd (atomic dQ)     1.10x the p=0 time, target <= 1.15 met" in out
+    # (2.3 / 2.0 is 1.15 exactly: a time at the target meets it)
+    assert "B4 H16 T4096 D128 bf16 p=0.1 fwd+bwd (atomic dQ)     1.15x the p=0 time, target <= 1.15 met" in out
     assert f"{case}    334.0 tflops target 463 MISSED 0.72x vs sdpa cudnn" in out
     assert f"{case} (atomic dQ)    481.0 tflops target 463 met    1.04x vs sdpa cudnn" in out
     assert f"{case} (atomic dQ) kernels ms: x" in out and f"{case} kernels ms: dkdv 1.170" in out
@@ -336,6 +365,11 @@ def test_host_ms_and_its_note(monkeypatch):
 
     from benchmarks import common
     assert 4.0 <= common.host_ms(lambda: time.sleep(0.005), calls=3, device="cpu") < 50.0
+    clock = [0.0]
+    with monkeypatch.context() as m:
+        m.setattr(time, "perf_counter", lambda: clock[0])
+        assert common.host_ms(lambda: clock.__setitem__(0, clock[0] + 0.002), calls=4, device="cpu") == \
+            pytest.approx(2.0)   # (not 8: the 4 calls' total; not 2.5: the warm-up call timed too)
     monkeypatch.setattr(common, "timed", lambda fn, *a, **k: (1.0, ""))
     monkeypatch.setattr(common, "host_ms", lambda fn: 0.25)
     rows = []
@@ -463,6 +497,10 @@ def test_tune_attention_checks_every_kind_on_cpu(monkeypatch):
     rows = tune_attention.sweep((1, 2, 40, 16), 0.0, list(one), dtype=torch.float32, device="cpu", candidates=one)
     assert [r["kind"] for r in rows] == list(one) and all(r["ok"] and r["ms"] is None for r in rows), rows
     assert paths[-3:] == [False, False, True] and A.BWD_DQ == "split"
+    # with dropout, a key block (BLOCK_N) that is not a multiple of the keep mask's 32-key groups is skipped
+    two = {"fwd": [(16, 16, 4, 1), (16, 32, 4, 1)]}
+    rows = tune_attention.sweep((1, 1, 32, 16), 0.1, ["fwd"], dtype=torch.float32, device="cpu", candidates=two)
+    assert [(r["config"], r["ok"]) for r in rows] == [([16, 32, 4, 1], True)], rows
 
 
 def test_summary_reads_the_dropout_cross_entropy_and_block_targets(tmp_path, capsys):
@@ -479,7 +517,13 @@ def test_summary_reads_the_dropout_cross_entropy_and_block_targets(tmp_path, cap
             "cross_entropy": [r("cross_entropy", ce, "fastgpt", 12.5, mem_gib=0.6), r("cross_entropy", ce, "torch", 18.8)],
             "block": [r("block", "B16 T1024 gpt2 pre-LN", "fastgpt fused", 8.0,
                         note="autocast; target <=0.9x compile time, <= its memory: 0.85x, -0.10 GiB -> met"),
-                      r("block", "B16 T1024 gpt2 pre-LN", "torch.compile", 9.4)]}
+                      r("block", "B16 T1024 gpt2 pre-LN", "torch.compile", 9.4),
+                      r("block", "B4 T1024 gpt2 pre-LN", "fastgpt fused", 9.0,
+                        note="autocast; target <=0.9x compile time, <= its memory: 1.05x, +0.20 GiB -> NOT met")]}
+    # at exactly the targets (0.2 / 0.1 is 2.0, 0.1 / 0.1 is 1.0): met (>=, not >)
+    da2 = "4096x768 p=0.1 bf16 fwd+bwd"
+    rows["dropout_add"] += [r("dropout_add", da2, "fastgpt", 0.1), r("dropout_add", da2, "torch eager", 0.2),
+                            r("dropout_add", da2, "torch.compile", 0.1)]
     for bench, rs in rows.items():
         (tmp_path / f"bench_{bench}.json").write_text(json.dumps(dict(env=dict(card="NVIDIA H100 80GB HBM3"), rows=rs)))
     summary.main(str(tmp_path))
@@ -490,9 +534,12 @@ def test_summary_reads_the_dropout_cross_entropy_and_block_targets(tmp_path, cap
         return any(all(p in x for p in parts) and x.index(parts[0]) < x.index(parts[-1]) for x in lines)
     assert line("dropout_add", da, "2.50x vs torch eager, target >= 2.0 met")
     assert line("dropout_add", da, "0.90x vs torch.compile, target >= 1.0 MISSED")
+    assert line("dropout_add", da2, "2.00x vs torch eager, target >= 2.0 met")
+    assert line("dropout_add", da2, "1.00x vs torch.compile, target >= 1.0 met")
     assert line("cross_entropy", ce, "12.50 ms target <= 14.0 met")
     assert line("cross_entropy", ce, "0.60 mem_gib target <= 0.5 MISSED")
     assert "fastgpt fused: autocast; target <=0.9x compile time" in out and "-> met" in out
+    assert line("block", "B4 T1024", "fastgpt fused: autocast;", "1.05x, +0.20 GiB -> NOT met")
     assert "fastgpt    8.000 ms  torch.compile=1.18x" in out
     # the --json file of python -m benchmarks is read as given (it was read only when named bench_*.json);
     # a path with nothing to read is an error, not an empty table with exit 0
@@ -610,8 +657,13 @@ def test_decode_timing_warms_up_at_the_timed_length(monkeypatch):
     bucket lands inside the timed call."""
     from benchmarks import bench_block
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
-    calls = []
-    assert bench_block._time_generate(calls.append, 256) >= 0.0
+    calls, clock = [], [0.0]
+    monkeypatch.setattr(bench_block.time, "perf_counter", lambda: clock[0])
+
+    def generate(n):   # each call takes 0.25 s on the clock
+        calls.append(n)
+        clock[0] += 0.25
+    assert bench_block._time_generate(generate, 256) == pytest.approx(250.0)   # ms of the second call alone
     assert calls == [256, 256]
 
 
@@ -645,6 +697,37 @@ def test_bench_impl_rates_are_in_the_table_units(monkeypatch):
     rows = []
     common.bench_impl(rows, "b", "c", "fastgpt", lambda: None, flops=2e9, tokens=3000)
     assert rows[0]["tflops"] == pytest.approx(1.0) and rows[0]["tok_s"] == pytest.approx(1.5e6)
+
+
+def test_copy_gbps_counts_the_bytes_read_and_written(monkeypatch):
+    """Mutant: copy_gbps = n / ms / 1e6 (the bytes copied once, not read + written): half the card's copy
+    bandwidth, which scales the GB/s targets on another card (summary) and the %copy column. A 1 GiB copy
+    in 0.5 ms is 2 * 2**30 / 0.5e-3 bytes/s = 4294.97 GB/s."""
+    from benchmarks import common
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda n, dtype, device: empty(16, dtype=dtype))   # (no 1 GiB on a CPU)
+    monkeypatch.setattr(common, "time_ms", lambda fn: (fn(), 0.5)[1])
+    assert common.copy_gbps.__wrapped__() == pytest.approx(2 * 2**30 / 0.5 / 1e6)
+
+
+def test_train_row_tokens_per_second_tflops_and_mfu(monkeypatch):
+    """Mutants: bench_train's tok/s of B (16) tokens a step whatever the batch (the B=32 memory case read half
+    its throughput); FLOPs per token without the attention term 12 * L * H * D * T (DESIGN.md: 6N + 12LHDT);
+    MFU off by a factor. A step of 32 x 1024 tokens in 500 ms of a 100M-parameter model on a 1 PFLOP/s card."""
+    from benchmarks import bench_train as BT
+    monkeypatch.setattr(BT, "_measure", lambda model, fwd, steps, warm, batch_size: (500.0, 1.5, 3.25))
+    model = types.SimpleNamespace(num_params=lambda: 100_000_000)
+    rows = []
+    BT._time_variant(rows, "c", "fastgpt", lambda: model, False, 1, 0, 1e15, 32)
+    BT._time_variant(rows, "c", "fastgpt", lambda: model, False, 1, 0, None, 32)   # a card of unknown peak
+    tok_s = 32 * 1024 / 0.5
+    flops_tok = 6 * 100_000_000 + 12 * 12 * 768 * 1024   # 12 * L * (H * D = C) * T
+    r = rows[0]
+    assert r["ok"] and r["ms"] == 500.0 and r["mem_gib"] == 1.5
+    assert r["tok_s"] == pytest.approx(tok_s) and r["tflops"] == pytest.approx(tok_s * flops_tok / 1e12)
+    assert r["mfu"] == pytest.approx(tok_s * flops_tok / 1e15)
+    assert r["note"] == f"MFU {100 * tok_s * flops_tok / 1e15:.1f}%  loss 3.250"
+    assert rows[1]["ok"] and rows[1]["mfu"] is None and rows[1]["note"] == "loss 3.250"
 
 
 def test_n_sets_rotates_past_three_times_l2():
@@ -698,6 +781,9 @@ def test_ratio_table_leaves_out_launch_bound_rows_and_print_rows_shows_the_copy_
     assert run.ratio_table(rows) == [("b", "c", "fastgpt", "peer", 2.0)]
     run.print_rows(rows[:1], copy_gbps=3000.0)
     assert "    1500    50" in capsys.readouterr().out
+    # a failed row says so in the table (its note alone could read as a remark)
+    run.print_rows([_row("b", "c", "fastgpt", None, ok=False, note="wrong y")])
+    assert capsys.readouterr().out.splitlines()[-1].endswith("  FAILED wrong y")
 
 
 def test_json_that_is_a_folder_is_a_usage_error(tmp_path, capsys):

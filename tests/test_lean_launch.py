@@ -211,3 +211,27 @@ def test_the_lean_launch_check_compares_every_argument_and_the_hooks():
     got = list(base)
     got[_C_ARGS.index("enter_hook")] = chain
     assert _differing(base, tuple(got)) == [_C_ARGS.index("enter_hook")]
+
+
+def test_host_time_table_figures(monkeypatch, capsys):
+    """Mutants in host_overhead's timing mode: the row's us per call taken over all ``number`` calls, the max of the
+    repeats for their min, and 'saved' as lean / triton for 1 - lean / triton: test_host_time_table_has_every_op
+    checks that each row ends in a %, not its figures. Here a clock each call moves by 4 us on triton's path and
+    1 us on the lean one, plus 50 us on the first timed call (a noisy first repeat): 4.0, 1.0 and 75 % saved."""
+    from benchmarks import host_overhead
+    from fastgpt.kernels import _common
+    monkeypatch.setattr(_common, "LEAN_LAUNCH", _common.LEAN_LAUNCH)   # (timing sets it)
+    clock, timed = [0], []
+
+    def call():
+        clock[0] += 1000 if _common.LEAN_LAUNCH else 4000
+
+    def case():
+        call()
+        timed.append(1)
+        if len(timed) == 3:   # the first timed call (after the 2 warm-up calls)
+            clock[0] += 50_000
+    monkeypatch.setattr(host_overhead, "_setup", lambda cuda: ({"op": case}, lambda: None, lambda: clock[0]))
+    host_overhead.timing(repeats=2, number=2)
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.split() == ["op", "4.0", "1.0", "75%"], row

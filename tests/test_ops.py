@@ -619,6 +619,11 @@ def test_tolerance_rule_itself():
     assert check("x", hi.float() + torch.tensor([0, 0, 0.9 * bound]), hi, lp, torch.float32).ok
     assert not check("x", hi.float() + torch.tensor([0, 0, 1.1 * bound]), hi, lp, torch.float32).ok
     assert not check("x", hi.float()[:2], hi, lp, torch.float32).ok                       # shape
+    # the eps term alone (ref_lp exact), with README's constant: 8 * eps * max|ref_hi| (above, the first term's
+    # 0.002 hid it: a C of 16, or the term without max|ref_hi|, passed)
+    exact = check("x", hi.float(), hi, hi.float(), torch.float32)
+    assert exact.ok and exact.bound == 8 * torch.finfo(torch.float32).eps * 4.0
+    assert check("x", torch.tensor([1.0, -2.0, 4.0 + 4 * exact.bound]), hi, hi.float(), torch.float32).ok is False
     assert not check("x", torch.tensor([nan, -2.0, 4.0]), hi, lp, torch.float32).ok     # NaN, ref finite
     hi2 = torch.tensor([inf, nan, 4.0, -inf], dtype=torch.float64)
     lp2 = torch.tensor([inf, nan, 4.0, -inf])
@@ -668,6 +673,11 @@ def test_an_empty_backend_variable_is_auto_and_other_devices_take_the_reference(
     torch.testing.assert_close(ops.layer_norm(x, torch.ones(4)), reference.layer_norm(x, torch.ones(4)))
     for device_type in ("mps", "xpu", "meta"):
         assert be.resolve(None, device_type, lambda d: None) == "reference"
+    # and backend='fused' there is an error saying why (not a launch of Triton kernels on an mps tensor)
+    if HAS_TRITON:
+        with pytest.raises(RuntimeError, match="fused backend unavailable: the fused backend does not support "
+                                               "device type 'mps'; use backend='reference'"):
+            be.resolve("fused", "mps")
 
 
 @pytest.mark.skipif(not HAS_TRITON or HAS_CUDA, reason="the interpreter (CPU machines)")
