@@ -94,6 +94,9 @@ def test_bf16_under_the_interpreter(B, H, Tq, Tk, D, p):
 
 
 HEAD_DIM_CASES = [(D, d) for D in (8, 24, 80, 128) for d in (torch.float32, torch.float16)]
+# and the largest supported head dim (MAX_HEAD_DIM), once on the CPU: a limit check that refused D = 256
+# passed every CPU test (a mutation audit, 2026-11-29)
+HEAD_DIM_CASES += [(256, torch.float32)]
 if HAS_CUDA:
     HEAD_DIM_CASES = [(8, torch.bfloat16), (24, torch.float16), (80, torch.bfloat16), (96, torch.float16),
                       (96, torch.float32), (256, torch.bfloat16), (256, torch.float32)]
@@ -147,6 +150,14 @@ def test_single_key(D, dtype):
         bound = C * e * (dp * other.double().abs()).max().item() * scale
         err = g.double().abs().max().item()
         assert err <= bound, f"{name}: max |{name}| {err:.3e} > {bound:.3e} (exact value 0)"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+def test_empty_query(dtype):
+    """Tq = 0 (no new tokens against a cache of keys): an empty o, and dK = dV = 0 (the backward returns before any
+    kernel runs). Mutant (2026-11-29 audit): that early return handed back dK, dV as allocated (NaN under the
+    tests' poison); no test ran an empty query."""
+    _compare("attn Tq=0", *_qkv(1, 2, 0, 5, 16, dtype))
 
 
 @needs_cuda
@@ -213,6 +224,45 @@ def test_flash_reference_is_the_reference_in_float64(dropout_p):
             outs.append((o, *torch.autograd.grad(o, (q, k, v), do)))
         for a, b in zip(*outs):
             torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype,limit", [(torch.float32, 8.0), (torch.float16, 1.0), (torch.bfloat16, 1.0)],
+                         ids=lambda c: dtype_ids(c) if isinstance(c, torch.dtype) else str(c))
+def test_flash_reference_is_as_precise_as_its_dtype(dtype, limit):
+    """ref_lp sets half of every attention check's bound (2 max|ref_lp - ref_hi|), so a ref_lp less precise than the
+    op's dtype loosens them all. Its mean error, relative to mean|ref_hi|, stays within ``limit`` eps(dtype) (150
+    seeds: fp16, bf16 <= 0.39, fp32 <= 2.1). Mutant (2026-11-29 audit): _rounding rounded fp16 GEMM operands to bf16
+    (mean error 4 to 9 eps): every test in this file passed."""
+    q, k, v = _qkv(2, 2, 40, 40, 32, dtype)
+    do = torch.randn(q.shape, device=DEVICE).to(dtype)
+    outs = []
+    for cast in (dtype, torch.float64):   # ref_lp, ref_hi
+        ins = [t.detach().to(cast).requires_grad_() for t in (q, k, v)]
+        o = flash_attention_reference(*ins)
+        outs.append((o, *torch.autograd.grad(o, ins, do.to(cast))))
+    for name, lp, hi in zip(("o", "dq", "dk", "dv"), *outs):
+        err = ((lp.double() - hi).abs().mean() / hi.abs().mean()).item()
+        assert err <= limit * torch.finfo(dtype).eps, f"{name}: mean error {err:.2e} > {limit} eps"
+
+
+def test_reference_is_torchs_attention_in_fp32():
+    """reference.causal_attention (the reference backend; ref_lp of test_block_configs on the GPU) is PyTorch's SDPA
+    with the bottom-right causal mask: in float64 to 1e-12 for Tq = Tk (is_causal=True) and Tq < Tk
+    (causal_lower_right), and in fp16 / bf16 computed in fp32 and rounded once: at most one ulp from SDPA in fp32,
+    rounded. (CPU: SDPA's GPU kernels may use TF32.) Mutant (2026-11-29 audit): the reference computed in q's dtype
+    (cd = q.dtype: scores, softmax and P V in fp16): every test in this file passed."""
+    from torch.nn.attention.bias import causal_lower_right
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    for tq in (33, 7):
+        q, k, v = (torch.randn(2, 2, t, 16, dtype=torch.float64) for t in (tq, 33, 33))
+        mask = dict(is_causal=True) if tq == 33 else dict(attn_mask=causal_lower_right(tq, 33))
+        torch.testing.assert_close(reference.causal_attention(q, k, v), sdpa(q, k, v, **mask), rtol=1e-12, atol=1e-12)
+        for dtype in (torch.float16, torch.bfloat16):
+            ql, kl, vl = (t.to(dtype) for t in (q, k, v))
+            got = reference.causal_attention(ql, kl, vl)
+            want = sdpa(ql.float(), kl.float(), vl.float(), **mask).to(dtype).double()
+            ulps = (got.double() - want).abs() / (torch.finfo(dtype).eps * want.abs() + 1e-6)
+            assert got.dtype == dtype and ulps.max() <= 1, (tq, dtype, ulps.max().item())
 
 
 @pytest.mark.parametrize("bits", [0x7FFFFFFF, 0x7F800001, -0x00000001], ids=["cuda_nan", "low_payload", "negative"])

@@ -95,6 +95,36 @@ def test_strided_input():
     _assert(compare_op("bias_gelu strided", K.bias_gelu, reference.bias_gelu, [x, b, "tanh"]))
 
 
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_reference_is_torchs_gelu_in_fp32(approximate):
+    """The reference (the oracle: ref_hi in float64, ref_lp in the op's dtype) is PyTorch's GELU of u = x + b: in
+    float64 to 1e-13 (the tanh form is evaluated as u sigmoid(2 z), the same function), and in fp16 / bf16 computed
+    in fp32 and rounded once: at most one ulp from F.gelu in fp32, rounded. Mutant (2026-11-29 audit): the reference
+    computed in x's dtype (cd = x.dtype: ref_lp 3 to 8 ulps off, which the rule's 2 max|ref_lp - ref_hi| term
+    turned into a looser bound): every other test in this file passed."""
+    import torch.nn.functional as F
+    x = torch.randn(64, 96, device=DEVICE, dtype=torch.float64) * 3
+    b = torch.randn(96, device=DEVICE, dtype=torch.float64)
+    torch.testing.assert_close(reference.bias_gelu(x, b, approximate), F.gelu(x + b, approximate=approximate),
+                               rtol=1e-13, atol=1e-13)
+    for dtype in (torch.float16, torch.bfloat16):
+        xl, bl = x.to(dtype), b.to(dtype)
+        got = reference.bias_gelu(xl, bl, approximate)
+        want = F.gelu(xl.float() + bl.float(), approximate=approximate).to(dtype).double()
+        ulps = (got.double() - want).abs() / (torch.finfo(dtype).eps * want.abs() + 1e-6)
+        assert got.dtype == dtype and ulps.max() <= 1, (dtype, ulps.max().item())
+
+
+def test_zero_rows():
+    """x with no rows: empty y and dx, and (no kernel runs: the launcher returns early) a zero bias gradient.
+    Mutant (2026-11-29 audit): that early return gave db = ones; no test ran an empty x."""
+    import fastgpt.kernels as K
+    x = torch.randn(0, 3, 16, device=DEVICE)
+    b = torch.randn(16, device=DEVICE)
+    for approximate in ("tanh", "none"):
+        _assert(compare_op("bias_gelu no rows", K.bias_gelu, reference.bias_gelu, [x, b, approximate]))
+
+
 def test_poisoned_output_is_fully_written():
     from fastgpt.kernels.gelu import bias_gelu_fwd
     x = torch.randn(9, 33, device=DEVICE)
@@ -128,6 +158,19 @@ def test_bad_input(case, exc, msg):
         elif case == "out":
             from fastgpt.kernels.gelu import bias_gelu_fwd
             bias_gelu_fwd(x, None, out=torch.empty(8, 2, device=DEVICE).t())
+
+
+def test_the_widest_rows_are_accepted():
+    """A last dim of MAX_N = 8,388,480 is within the kernels' limit (65535 blocks of 128 columns; one more is
+    refused: test_bad_input). The interpreter would take many seconds over rows that wide, so the op is traced
+    with fake tensors, as torch.compile does: the same checks, no launch. Mutant (2026-11-29 audit): the check
+    read x.shape[-1] >= MAX_N, refusing MAX_N itself: every CPU test passed (only the GPU runs rows that wide)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastgpt.kernels import gelu as G
+    with FakeTensorMode():
+        x, b = torch.empty(2, G.MAX_N, device=DEVICE), torch.empty(G.MAX_N, device=DEVICE)
+        assert torch.ops.fastgpt.bias_gelu(x, b, "tanh").shape == x.shape
 
 
 def test_opcheck():

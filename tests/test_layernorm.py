@@ -97,6 +97,32 @@ def test_strided_input_and_no_copy_of_y():
     _assert(compare_op("layer_norm transposed", K.layer_norm, reference.layer_norm, [xt, w, b, 1e-5]))
 
 
+def test_reference_is_torchs_layer_norm_in_fp32():
+    """The reference (the oracle: ref_lp in the op's dtype) is F.layer_norm in fp32 on the inputs as given, its y
+    rounded once to x's dtype, forward and backward, bit for bit: autocast-style fp16 x (and residual) with fp32
+    weights, whose gradients stay fp32 sums. Mutant (2026-11-29 audit): layer_norm's reference computed in x's dtype
+    (cd = x.dtype: the weights rounded to fp16, dw summed in fp16), a looser ref_lp in the rule's bound: every other
+    test in this file passed."""
+    import torch.nn.functional as F
+    N = 48
+    x, r = (torch.randn(5, N, device=DEVICE).to(torch.float16) for _ in range(2))
+    w, b = torch.randn(N, device=DEVICE) * 0.3 + 1, torch.randn(N, device=DEVICE)
+    g = torch.randn(5, N, device=DEVICE).to(torch.float16)
+
+    def run(fn, residual):
+        ins = [t.clone().requires_grad_() for t in ((x, r, w, b) if residual else (x, w, b))]
+        y = fn(*ins)
+        y = y[0] if residual else y
+        return (y, *torch.autograd.grad(y, ins, g))
+
+    want = lambda x, w, b: F.layer_norm(x.float(), (N,), w, b, 1e-5).to(x.dtype)  # noqa: E731
+    for residual, fn, torch_fn in (
+            (False, reference.layer_norm, want),
+            (True, reference.add_layer_norm, lambda x, r, w, b: (want((x.float() + r.float()).to(r.dtype), w, b),))):
+        for got, exp in zip(run(fn, residual), run(torch_fn, residual)):
+            assert got.dtype == exp.dtype and torch.equal(got, exp), (residual, (got.double() - exp).abs().max())
+
+
 def test_poisoned_output_is_fully_written():
     from fastgpt.kernels.layernorm import layer_norm_fwd
     x = torch.randn(5, 33, device=DEVICE)
@@ -154,6 +180,20 @@ def test_rows_far_from_zero_keep_their_gradient_digits(residual):
     reference.layer_norm(x.double(), w64, None).backward(g.double())
     err = (w32.grad.double() - w64.grad).abs().max() / w64.grad.abs().max()
     assert err < 1e-5, err
+
+
+def test_the_widest_rows_are_accepted():
+    """N = MAX_N = 8192 is within the kernels' limit (1 <= N <= 8192; one more is refused: test_bad_input). The
+    interpreter would take many seconds over rows that wide, so the op is traced with fake tensors, as
+    torch.compile does: the same checks, no launch. Mutant (2026-11-29 audit): the check read n >= MAX_N,
+    refusing N = 8192: every CPU test passed (only the GPU runs rows that wide)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastgpt.kernels import layernorm as LN
+    with FakeTensorMode():
+        x, w = torch.empty(2, LN.MAX_N, device=DEVICE), torch.empty(LN.MAX_N, device=DEVICE)
+        assert torch.ops.fastgpt.layer_norm(x, w, w, 1e-5)[0].shape == x.shape
+        assert torch.ops.fastgpt.add_layer_norm(x, x, w, None, 1e-5)[0].shape == x.shape
 
 
 def test_zero_rows():
