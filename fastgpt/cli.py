@@ -718,6 +718,16 @@ def placement_flags(cfg) -> tuple:
     return tuple(f"--{k}={getattr(cfg, k)}" for k in ("device", "backend") if getattr(cfg, k, None) is not None)
 
 
+def path_arg(path) -> str:
+    """path as a positional argument of a command to paste: shell-quoted, and a relative path that starts
+    with "-" written as ./-path (argparse would read -path as an option: ``fastgpt.sample -run/model``)."""
+    import shlex
+    s = str(path)
+    if s.startswith("-"):
+        s = os.path.join(".", s)
+    return shlex.quote(s)
+
+
 def resume_command(prog: str, out_dir, extra: tuple = ()) -> str:
     """The command that continues a run, ready to paste: the folder shell-quoted; under torchrun the
     launcher with as many processes (a plain python would resume on one, with a smaller global batch);

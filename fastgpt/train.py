@@ -47,7 +47,6 @@ import math
 import os
 import platform
 import re
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -1143,7 +1142,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
                               cfg.seed)
             except KeyboardInterrupt:   # training and every save are done: the run is not interrupted
                 print(f"{PROG}: sample skipped (interrupted); python -m fastgpt.sample "
-                      f"{shlex.quote(str(out_dir / 'model'))} makes one", file=sys.stderr, flush=True)
+                      f"{cli.path_arg(out_dir / 'model')} makes one", file=sys.stderr, flush=True)
             else:
                 print(f"--- sample ({cfg.sample_tokens} tokens, temperature {cfg.temperature}) ---")
                 print(cli.printable(text))
@@ -1160,7 +1159,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
             _hms(time.perf_counter() - t0) + (f" for steps {step_first + 1}-{step}" if step_first > 0 else "")
         print(f"{PROG}: done: trained to step {step} of {cfg.max_iters}, {extra['tokens_seen']:,} tokens seen, "
               f"{took}; {vs}{bs}; model saved to {out_dir / 'model'} "
-              f"(python -m fastgpt.sample {shlex.quote(str(out_dir / 'model'))})", file=sys.stderr, flush=True)
+              f"(python -m fastgpt.sample {cli.path_arg(out_dir / 'model')})", file=sys.stderr, flush=True)
     # (no barrier here: the other ranks are done once the model is saved, and would otherwise wait in a
     # collective through rank 0's sample, where a Ctrl-C ended them and left rank 0's barrier without peers)
     return summary

@@ -862,3 +862,23 @@ def test_sample_on_the_cpu_runs_in_fp32_whatever_dtype(tiny_dir, monkeypatch, ca
     for extra in ([], ["--dtype", "bf16"]):
         assert sample.main([str(tiny_dir), "--max-new-tokens", "2", "--device", "cpu"] + extra) == 0
     assert seen == ["fp32", "fp32"], seen
+
+
+def test_the_sample_command_train_prints_works_for_an_out_dir_that_starts_with_a_dash(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """train's last line says how to sample the model: `python -m fastgpt.sample -run/model` for --out_dir=-run,
+    which sample reads as an unknown option (exit 2). The path is now written ./-run/model, and that command
+    samples."""
+    import shlex
+    from fastgpt import sample
+    monkeypatch.setenv("FASTGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.txt").write_text("the king is dead, long live the king.\n" * 100)
+    assert train.main(["--data=t.txt", "--out_dir=-run", "--device=cpu", "--preset=tiny", "--tokenizer=byte",
+                       "--batch_size=2", "--block_size=16", "--eval_iters=1", "--sample_tokens=0",
+                       "--max_iters=1", "--warmup_iters=0"]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    cmd = last.rsplit("(python -m fastgpt.sample ", 1)[1].rstrip(")")
+    assert cmd == "./-run/model", last
+    assert sample.main(shlex.split(cmd) + ["--max-new-tokens=2", "--device=cpu"]) == 0
+    assert cli.path_arg("a b/-c") == "'a b/-c'" and cli.path_arg("/x/-y") == "/x/-y"
