@@ -558,6 +558,10 @@ def resolve_data_files(spec: str) -> list[Path]:
     if not files:
         raise DataError(f"--data {spec!r} names no text files (give a file, a folder of .txt/.md files, "
                         "or a quoted glob such as 'corpus/*.txt')")
+    for f in files:   # a prepared folder's train.bin / val.bin would be read as text: its tokens' raw bytes
+        if f.suffix == ".bin" and is_token_dir(str(f.parent)):
+            raise DataError(f"--data {spec!r}: {f} is a token file of the prepared token folder {f.parent}, "
+                            "not text; give the folder itself as --data")
     return list(dict.fromkeys(f.resolve() for f in files))   # (a file linked twice is one file)
 
 

@@ -699,3 +699,21 @@ def test_document_tokens_of_a_folder_written_before_end_tokens_was_recorded():
     assert data.document_tokens(gpt2, "a").tolist() == [1, 2, 3]
     byte = data.TokenData(Path("."), dict(eot=None, documents=docs), ids, ids[:0])
     assert data.document_tokens(byte, "a").tolist() == [1, 2, 3, 50256]
+
+
+def test_a_token_folders_bin_file_as_data_is_refused(cache, tmp_path):
+    """--data tokens/<key>/train.bin (the prepared folder's file, not the folder) was read as UTF-8 text:
+    a uint16 token file is valid UTF-8 (NULs and all), so a run trained on the raw bytes of its tokens without
+    a word. It is refused, naming the folder to give instead; the folder itself still loads."""
+    ascii_text = tmp_path / "plain.txt"   # ASCII: its token file is valid UTF-8 (other text: "not UTF-8 text")
+    ascii_text.write_text("the king is dead, long live the king.\n" * 50)
+    td = data.prepare(str(ascii_text), "byte")
+    for spec in (td.dir / "train.bin", td.dir / "val.bin", td.dir / "*.bin"):
+        with pytest.raises(data.DataError) as e:
+            data.prepare(str(spec), "byte")
+        msg = str(e.value)
+        assert "\n" not in msg and "token file of the prepared token folder" in msg and str(td.dir) in msg
+    assert data.prepare(str(td.dir), "byte").dir == td.dir
+    other = tmp_path / "notes.bin"   # a .bin file elsewhere is the user's text, as before
+    other.write_text("some text\n" * 20)
+    assert data.prepare(str(other), "byte").meta["n_tokens"]["train"] > 0
