@@ -352,6 +352,12 @@ class ArgumentParser(argparse.ArgumentParser):
                 if a.startswith("-") and a not in self._option_string_actions and os.path.lexists(a):
                     msg = f"{a} is read as an option; put -- before a path that starts with - ({msg})"
                     break
+        # an option's value that starts with - (--prompt -x) reads as an option too: say how to give it
+        m = re.match(r"argument (--[\w-]+)(?:/\S+)?: expected one argument", msg)
+        if m and m.group(1) in before_dashes:
+            i = before_dashes.index(m.group(1))
+            if i + 1 < len(before_dashes) and before_dashes[i + 1].startswith("-"):
+                msg += f" (a value that starts with - is given as {m.group(1)}={before_dashes[i + 1]})"
         die(self.prog, f"{msg}; see --help", every_rank_alike=True)
 
 

@@ -240,10 +240,13 @@ def test_a_path_that_starts_with_a_dash_is_named(tmp_path, monkeypatch, capsys):
     assert checkpoint.main(["--", "-old.pt"]) == 1
     assert "-old.pt: BAD: -old.pt is not a readable checkpoint" in capsys.readouterr().out
     _one_line_exit(checkpoint.main, ["a.pt", "-old.pt"], capsys, 2, "-old.pt is read as an option")   # unrecognized
-    # an option's missing value is another error: no -- hint there (--prompt=-old.pt is the way)
+    # an option's value that starts with -: no -- hint there, but the way that works (--prompt=-old.pt)
     from fastgpt import sample
-    err = _one_line_exit(sample.main, ["x", "--prompt", "-old.pt"], capsys, 2, "--prompt: expected one argument")
+    err = _one_line_exit(sample.main, ["x", "--prompt", "-old.pt"], capsys, 2, "--prompt: expected one argument "
+                         "(a value that starts with - is given as --prompt=-old.pt)")
     assert "put --" not in err
+    err = _one_line_exit(sample.main, ["x", "--prompt"], capsys, 2, "--prompt: expected one argument")
+    assert "given as" not in err   # (no value at all: nothing to suggest)
 
 
 def test_sample_bad_input_is_one_line(tiny_dir, tmp_path, capsys):
