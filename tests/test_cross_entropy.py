@@ -415,3 +415,14 @@ def test_reference_cross_entropy_rounds_the_logits_to_h_dtype(dtype):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     # and it is not the fp32-logit loss (the test can see the rounding at these magnitudes)
     assert (torch.nn.functional.cross_entropy(h.float() @ W.float().t(), t) - want).abs() > 1e-4
+
+
+def test_first_and_last_vocabulary_entries_as_targets():
+    """Targets 0 and V - 1 (token id 0 is '!' in GPT-2's vocabulary; V - 1 the last column before the padding): the
+    kernel reads z_t through the mask 0 <= t < V. Mutant: t > 0 there, which read z_t = 0 for target 0 (loss and
+    gradients wrong) and passed the suite whenever its random targets missed 0 (most of its cases, per seed)."""
+    torch.manual_seed(0)
+    V = 41
+    h, W, _ = _inputs((5,), 16, V, torch.float32)
+    t = torch.tensor([0, V - 1, -100, 7, 0], device=DEVICE)
+    _assert(compare(h, W, t, name="targets 0 and V-1", label_smoothing=0.1))

@@ -5,7 +5,7 @@ import torch
 from conftest import (DEVICE, HAS_CUDA, HAS_TRITON, ForcedConfig, assert_plan_replays, assert_unrecorded_calls_match,
                       count_calls, needs_cuda, needs_triton)
 from fastgpt import reference
-from fastgpt.testing import compare_op
+from fastgpt.testing import check, compare_op
 
 pytestmark = needs_triton
 
@@ -469,3 +469,34 @@ def test_add_layer_norm_only_h_in_the_loss_keeps_dresidual_in_residuals_dtype():
     (h * g).sum().backward()
     assert r.grad.dtype == torch.float32 and torch.equal(r.grad, g)
     assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad, g.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_add_layer_norm_backward_centres_on_the_stored_h(dtype):
+    """The forward saves the mean less h0, the row's first element of the STORED h (x + residual rounded to the
+    residual's dtype), and the backward adds h0 back from the stored h: both must be the same rounded h0. Mutant:
+    the forward shifted by the unrounded x0 + r0, leaving y as it was (the shift cancels there) but xhat in the
+    backward off by (x0 + r0 - h0) * rstd in every element of the row (dw wrong by O(1) at |h| ~ 1000, fp16 / bf16
+    residual). test_add_layer_norm_normalises_the_stored_h checks the forward only; the rule's float64 ref_hi does
+    not round h, so compare_op's bound cannot see it: the gradients are checked against LayerNorm's on the stored h."""
+    import fastgpt.kernels as K
+    torch.manual_seed(0)
+    M, N = 6, 64
+    x = (torch.randn(M, N, device=DEVICE) * 2000 * torch.finfo(dtype).eps).to(dtype)   # spread ~ 2 ulps of h
+    r = (torch.full((M, N), 1000.0, device=DEVICE) + torch.randn(M, 1, device=DEVICE)).to(dtype)
+    w, b = torch.randn(N, device=DEVICE), torch.randn(N, device=DEVICE)
+    gy = torch.randn(M, N, device=DEVICE).to(dtype)
+    xx, rr, ww, bb = (t.clone().requires_grad_() for t in (x, r, w, b))
+    y, h = K.add_layer_norm(xx, rr, ww, bb, 1e-5)
+    y.backward(gy)
+    assert torch.equal(h, (x.float() + r.float()).to(dtype))
+    assert ((x.float() + r.float())[:, 0] != h[:, 0].float()).any()   # h0 is rounded in some row: the case tested
+
+    def ln_grads(cast):   # LayerNorm of the stored h as a leaf: d/dh (= dx = dresidual), dw, db
+        hh, w2, b2 = ((t.detach() if cast is None else t.detach().to(cast)).requires_grad_() for t in (h, w, b))
+        out = reference.layer_norm(hh, w2, b2, 1e-5)
+        return torch.autograd.grad(out, (hh, w2, b2), gy.to(out.dtype))
+
+    hi, lp = ln_grads(torch.float64), ln_grads(None)   # ref_hi; ref_lp in the tensors' own dtypes
+    _assert([check("dx", xx.grad, hi[0], lp[0], dtype), check("dresidual", rr.grad, hi[0], lp[0], dtype),
+             check("dw", ww.grad, hi[1], lp[1], torch.float32), check("db", bb.grad, hi[2], lp[2], torch.float32)])
