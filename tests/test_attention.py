@@ -113,7 +113,11 @@ def test_head_dims(D, dtype):
     _compare(f"attn D={D}", *_qkv(2, 2, T, T, D, dtype))
 
 
-TQ_TK = [(1, 64), (5, 40), (17, 100), (33, 34), (64, 256)]
+# (100, 133): with the interpreter's dK/dV blocks (32 query rows x 64 keys) and Tk - Tq = 33, key block 64's
+# masked query blocks start at row 64 - 33 = 31 rounded down to a block, and its full ones at 96 < Tq. Mutant: that
+# start rounded down to 16 rows, not BLOCK_M (16, 48, 80: the last masked block overlapped the full ones, rows
+# 96-99 counted twice); in no other shape did that start fall mid-block with full blocks below Tq.
+TQ_TK = [(1, 64), (5, 40), (17, 100), (33, 34), (64, 256), (100, 133)]
 if HAS_CUDA:
     TQ_TK += [(1, 2048), (128, 1024), (1000, 1024), (257, 4096)]
 
@@ -1298,3 +1302,90 @@ def test_round_tf32_keeps_ten_mantissa_bits():
                                rtol=0, atol=0)
     r = round_tf32(torch.randn(1000))
     assert (r.view(torch.int32) & 0x1FFF == 0).all()
+
+
+# ----------------------------------------------------------------------------- from a third mutation audit
+# (the kernels' reads and writes outside their tensors, and inputs whose strides differ from one another)
+
+def _padded(shape, order, pad=8, dtype=torch.float32):
+    """A (B, H, T, D) tensor ``shape`` filled with randn, stored as a view of a NaN-filled buffer whose dims are
+    in ``order`` (a permutation of "bhtd"), with a row before and after each (b, h)'s T rows and ``pad`` columns
+    after its D: a kernel that reads a row or column outside the view reads NaN."""
+    B, H, T, D = shape
+    size = dict(b=B, h=H, t=T + 2, d=D + pad)
+    buf = torch.full([size[c] for c in order], float("nan"), dtype=dtype, device=DEVICE)
+    full = buf.permute(*[order.index(c) for c in "bhtd"])
+    view = full[:, :, 1:T + 1, :D]
+    view.copy_(torch.randn(shape, device=DEVICE).to(dtype))
+    return view, full
+
+
+@needs_triton
+@pytest.mark.parametrize("mode,D", [("split", 16), ("split", 24), ("atomic", 24)])
+def test_kernels_read_each_input_through_its_own_strides_and_nothing_around_it(mode, D, monkeypatch):
+    """q, k, v, dO, o and lse each in a layout of its own (no two alike: every public path gives k and v the same
+    strides, and dO and o too), as views framed by NaN rows and columns, against the same kernels on contiguous
+    copies. Mutants: V read through K's row or (batch, head) strides in any of the three kernels, the atomic
+    prologue reading O through dO's strides or dO through O's, attention_bwd not making a strided lse contiguous,
+    a tile load masked to rows <= T (one row past the end: 0 * NaN in P V)."""
+    from fastgpt.kernels import attention as A
+    monkeypatch.setattr(A, "BWD_DQ", mode)
+    torch.manual_seed(0)
+    B, H, Tq, Tk = 2, 2, 37, 45
+    q, _ = _padded((B, H, Tq, D), "bhtd")
+    k, _ = _padded((B, H, Tk, D), "bthd")
+    v, _ = _padded((B, H, Tk, D), "hbtd", pad=16)
+    do, _ = _padded((B, H, Tq, D), "thbd")
+    o2, _ = _padded((B, H, Tq, D), "thbd", pad=24)
+    for i in range(3):   # no two alike in any stride (b, h or t)
+        assert len({t.stride(i) for t in (q, k, v, do, o2)}) == 5
+    o, lse = A.attention_fwd(q, k, v)
+    want_o, want_lse = A.attention_fwd(*(t.contiguous() for t in (q, k, v)))
+    torch.testing.assert_close(o, want_o)
+    torch.testing.assert_close(lse, want_lse)
+    o2.copy_(o)
+    lse2 = torch.full((Tq, H, B), float("nan"), device=DEVICE).permute(2, 1, 0)
+    lse2.copy_(lse)
+    got = A.attention_bwd(do, q, k, v, o2, lse2)
+    want = A.attention_bwd(*(t.contiguous() for t in (do, q, k, v, o, lse)))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@needs_triton
+@pytest.mark.parametrize("mode,D", [("split", 16), ("split", 24), ("atomic", 24)])
+def test_kernels_write_nothing_around_their_outputs(mode, D, monkeypatch):
+    """o, dq, dk, dv into views framed by NaN rows and columns, and lse, delta and the atomic dQ accumulator
+    allocated with a NaN tail: every kernel masks its stores to the real rows and columns. Mutants: the lse or
+    delta store (forward, dQ pass, atomic prologue) unmasked, a tile store masked to rows <= T or not masked to
+    the head dim. Under the interpreter those wrote into the next head's rows, which its own program (run
+    later) overwrote, or past the buffer's end: caught only when that crashed the process (on a GPU: a race)."""
+    from fastgpt.kernels import attention as A
+    monkeypatch.setattr(A, "BWD_DQ", mode)
+    torch.manual_seed(0)
+    B, H, Tq, Tk = 2, 2, 37, 45
+    tails = []
+
+    def empty(shape, dtype, device):
+        n = 1
+        for s in shape:
+            n *= s
+        buf = torch.full((2 * n + 64,), float("nan"), dtype=dtype, device=device)   # a tail past a head's last block
+        tails.append(buf[n:])
+        return buf[:n].view(shape)
+
+    monkeypatch.setattr(A, "empty", empty)
+    q, k, v = (torch.randn(B, H, t, D, device=DEVICE) for t in (Tq, Tk, Tk))
+    do = torch.randn(B, H, Tq, D, device=DEVICE)
+    o, o_full = _padded((B, H, Tq, D), "bthd")
+    outs = [_padded(t.shape, order) for t, order in ((q, "bhtd"), (k, "hbtd"), (v, "bthd"))]
+    o, lse = A.attention_fwd(q, k, v, out=o)
+    grads = A.attention_bwd(do, q, k, v, o, lse, out=tuple(view for view, _ in outs))
+    assert torch.isfinite(o).all() and torch.isfinite(lse).all() and all(torch.isfinite(g).all() for g in grads)
+    assert len(tails) >= 2
+    for name, (view, full) in zip(["o", "dq", "dk", "dv"], [(o, o_full)] + outs):
+        frame = full.clone()
+        frame[:, :, 1:view.shape[2] + 1, :D] = 0
+        assert frame.isnan().sum() == frame.numel() - view.numel(), f"{name}: written outside the view"
+    for t in tails:
+        assert t.isnan().all(), "a kernel wrote past the end of an internal buffer"
