@@ -6,7 +6,7 @@ Bytes as in shared/anchors/gpu_anchors.py: forward = 2 passes (read x, write y),
 forward+backward = 5 (adds read x, read dy, write dx); the bias is negligible.
 Timing: GPU time by CUDA-graph replay over rotated inputs (see bench_layernorm),
 plus one launch-bound fastgpt row. Correctness first: forward and backward on the first
-2048 rows by the tolerance rule (fastgpt/testing.py) (fastgpt.testing.compare_op); torch.compile is reset per shape.
+2048 rows by the tolerance rule (fastgpt.testing.compare_op); torch.compile is reset per shape.
 """
 import torch
 import torch.nn.functional as F

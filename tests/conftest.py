@@ -182,6 +182,25 @@ def interrupt_on_call(monkeypatch, owner, name: str, n: int) -> None:
     monkeypatch.setattr(owner, name, wrapper)
 
 
+def record_syncs_and_renames(monkeypatch, name) -> list:
+    """os.fsync and os.replace, still doing their work, each appending to the returned list in order:
+    ("fsync", name(path of the synced file or folder)) and ("replace", name(destination)). The path of an
+    fsync'ed descriptor is read from /proc/self/fd (Linux)."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", name(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", name(os.fspath(dst))))
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
 def remove_out_dir_after_each_save(monkeypatch) -> None:
     """fastgpt.checkpoint.save_checkpoint, then the run's folder deleted (an rm -rf of a running run's
     --out_dir, as a user or a cleanup job does)."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import DEVICE, HAS_CUDA, count_calls, needs_cuda, needs_triton
+from conftest import DEVICE, HAS_CUDA, count_calls, needs_cuda, needs_triton, record_syncs_and_renames
 from fastgpt import GPT, GPTBlock, GPTConfig, reference
 from fastgpt.config import PRESETS
 from fastgpt.model import KVCache, load_model
@@ -749,12 +749,7 @@ def test_save_pretrained_syncs_its_files_before_the_renames(tmp_path, monkeypatc
     """A save_pretrained called from user code (not through train's or finetune's folder swap): both files'
     bytes are fsync'ed before they are renamed over the previous save, and the folder after, so a power
     loss cannot leave config.json and model.safetensors naming empty files."""
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.path.basename(
-        os.readlink(f"/proc/self/fd/{fd}")).split(".tmp")[0])), real_fsync(fd)))
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.path.basename(b))),
-                                                     real_replace(a, b)))
+    events = record_syncs_and_renames(monkeypatch, lambda p: os.path.basename(p).split(".tmp")[0])
     GPT(_tiny()).save_pretrained(tmp_path)
     assert events == [("fsync", ".model.safetensors"), ("fsync", ".config.json"), ("replace", "model.safetensors"),
                       ("replace", "config.json"), ("fsync", tmp_path.name)]

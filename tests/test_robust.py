@@ -18,7 +18,7 @@ import torch
 
 import _train_helpers as H
 from _train_helpers import one_thread  # noqa: F401  (an autouse fixture: one torch thread per test)
-from conftest import HAS_CUDA, needs_cuda, remove_out_dir_after_each_save
+from conftest import HAS_CUDA, count_calls, needs_cuda, remove_out_dir_after_each_save
 from fastgpt import checkpoint as ck
 from fastgpt import train
 
@@ -387,12 +387,8 @@ def test_grad_checkpoint_same_loss_and_grads_with_dropout(norm, monkeypatch):
 
 def test_grad_checkpoint_flag_same_losses(corpus, tmp_path, monkeypatch):
     import torch.utils.checkpoint as tuc
-    calls, real = [], tuc.checkpoint
-
-    def spy(*a, **k):   # (the flag must reach the blocks: a run that never checkpointed passed as well)
-        calls.append(1)
-        return real(*a, **k)
-    monkeypatch.setattr(tuc, "checkpoint", spy)
+    # the flag must reach the blocks (a run that never checkpointed passed as well)
+    calls = count_calls(monkeypatch, tuc, ["checkpoint"])
     o1, o2 = tmp_path / "a", tmp_path / "b"
     common = dict(max_iters=3, dropout=0.1, grad_accum=2, ckpt_interval=0)
     assert train.main(_args(corpus, o1, **common)) == 0
@@ -676,7 +672,8 @@ def test_closed_stdout_pipe_exits_quietly():
         os.close(w)
     for mod, p in procs.items():
         err = p.communicate(timeout=120)[1]
-        # (the commands with positional arguments print argparse's help, whose own print_help swallows the error)
+        # (sample, selftest, checkpoint and data print argparse's help: cli.ArgumentParser writes it itself, as
+        # argparse's own print_help swallows the error)
         assert (p.returncode, err) == (141, ""), (mod, p.returncode, err[-2000:])
 
 

@@ -14,7 +14,7 @@ import torch
 
 import _train_helpers as H
 from _train_helpers import one_thread  # noqa: F401  (an autouse fixture: one torch thread per test)
-from conftest import HAS_CUDA, interrupt_on_call, needs_cuda
+from conftest import HAS_CUDA, interrupt_on_call, needs_cuda, record_syncs_and_renames
 from fastgpt import checkpoint as ck
 from fastgpt import GPT, train
 
@@ -495,18 +495,9 @@ def test_replace_folder_syncs_the_new_folder_before_the_swap(tmp_path, monkeypat
     cannot leave model.safetensors empty with the previous model deleted."""
     dest = tmp_path / "model"
     dest.mkdir()
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-    where = {str(dest): "dest", str(tmp_path): "parent"}
-
-    def fsync(fd):
-        p = os.readlink(f"/proc/self/fd/{fd}")
-        p = p.replace(str(tmp_path / f".model.tmp{os.getpid()}"), "tmp")
-        events.append(("fsync", where.get(p, p)))
-        real_fsync(fd)
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", where.get(str(b), "old"))),
-                                                     real_replace(a, b)))
+    where = {str(dest): "dest", str(tmp_path): "parent", str(tmp_path / f".model.old{os.getpid()}"): "old"}
+    tmp = str(tmp_path / f".model.tmp{os.getpid()}")
+    events = record_syncs_and_renames(monkeypatch, lambda p: where.get(p, p.replace(tmp, "tmp")))
 
     def fill(tmp):
         (tmp / "sub").mkdir(parents=True)
