@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <tuple>
 #include <vector>
 
@@ -37,6 +38,17 @@
 namespace {
 
 constexpr const char* kOp = "bias_dropout_add";
+
+// A number in an error message, formatted by snprintf: no message here passes a number to c10::str's
+// ostream. On the GPU machine's image (torch 2.11.0+cu130, nvcc 13.0, g++ 13.3) the module built
+// there lists no libstdc++ among its NEEDED libraries, and every check whose message held an int64 or a
+// double died in SIGSEGV instead of raising, while the string-only ones raised (benchmarks/ext_diag.sh,
+// cases E-G, 2026-11-29). Use as Num(v).s inside the check: the temporary outlives the message.
+struct Num {
+  char s[32];
+  explicit Num(double v) { std::snprintf(s, sizeof s, "%g", v); }
+  explicit Num(int64_t v) { std::snprintf(s, sizeof s, "%lld", static_cast<long long>(v)); }
+};
 
 int dtype_code(at::ScalarType t, const char* name) {
   switch (t) {
@@ -60,11 +72,12 @@ uint32_t drop_threshold(double p) {
 // data access, no CUDA call), before anything else happens in an op; the error
 // messages are built from plain integers. Returns the drop threshold.
 uint32_t check_dropout(double p, const c10::optional<at::Tensor>& seed, const at::Device& dev) {
-  TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, kOp, ": dropout_p must be a number in [0, 1), got ", p);
+  TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, kOp, ": dropout_p must be a number in [0, 1), got ", Num(p).s);
   // fastgpt.reference.MAX_DROPOUT_P: the drop rate moves in steps of 1/65536; above this the kept
   // fraction (at most 50/65536) would be off by more than 1 %
-  TORCH_CHECK_VALUE(p <= 1.0 - 50.0 / 65536.0, kOp, ": dropout_p ", p, " is above 0.999237: the extension's mask "
-                    "moves in steps of 1/65536, which this close to 1 would keep the wrong fraction");
+  TORCH_CHECK_VALUE(p <= 1.0 - 50.0 / 65536.0, kOp, ": dropout_p ", Num(p).s,
+                    " is above 0.999237: the extension's mask moves in steps of 1/65536, which this close to 1 would "
+                    "keep the wrong fraction");
   const uint32_t threshold = drop_threshold(p);
   if (threshold == 0) return 0;  // p == 0: the seed is ignored
   TORCH_CHECK_VALUE(seed.has_value() && seed->defined(), kOp,
@@ -72,8 +85,8 @@ uint32_t check_dropout(double p, const c10::optional<at::Tensor>& seed, const at
   const at::Tensor& s = *seed;
   TORCH_CHECK_TYPE(s.scalar_type() == at::kLong, kOp, ": seed must be int64, got ", c10::toString(s.scalar_type()));
   const int64_t sdim = s.dim(), snumel = s.numel();
-  TORCH_CHECK_VALUE(sdim == 1 && snumel == 2, kOp, ": seed must have shape (2,) = (seed, offset), got ", sdim,
-                    " dims and ", snumel, " elements");
+  TORCH_CHECK_VALUE(sdim == 1 && snumel == 2, kOp, ": seed must have shape (2,) = (seed, offset), got ", Num(sdim).s,
+                    " dims and ", Num(snumel).s, " elements");
   if (!s.device().is_cpu()) {
     TORCH_CHECK_VALUE(s.device() == dev, kOp, ": seed is on ", s.device().str(), " but x is on ", dev.str());
     TORCH_CHECK_VALUE(s.is_contiguous(), kOp, ": a device seed must be contiguous");
@@ -105,13 +118,15 @@ void check_inputs(const at::Tensor& x, const c10::optional<at::Tensor>& bias, co
   dtype_code(residual.scalar_type(), "residual");
   TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": x must have at least one dim");
   TORCH_CHECK_VALUE(x.sizes().equals(residual.sizes()), kOp, ": x and residual shapes differ (",
-                    x.dim(), " dims, ", x.numel(), " elements vs ", residual.dim(), " dims, ", residual.numel(), ")");
+                    Num(x.dim()).s, " dims, ", Num(x.numel()).s, " elements vs ", Num(residual.dim()).s, " dims, ",
+                    Num(residual.numel()).s, " elements)");
   TORCH_CHECK_VALUE(residual.device() == x.device(), kOp, ": tensors on different devices (x on ",
                     x.device().str(), ", residual on ", residual.device().str(), ")");
   if (bias.has_value() && bias->defined()) {
     dtype_code(bias->scalar_type(), "bias");
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == x.size(-1), kOp, ": bias must have shape (",
-                      x.size(-1), ",), got ", bias->dim(), " dims and ", bias->numel(), " elements");
+                      Num(x.size(-1)).s, ",), got ", Num(bias->dim()).s, " dims and ", Num(bias->numel()).s,
+                      " elements");
     TORCH_CHECK_VALUE(bias->device() == x.device(), kOp, ": tensors on different devices (x on ",
                       x.device().str(), ", bias on ", bias->device().str(), ")");
   }
