@@ -55,8 +55,14 @@ def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def autocast_on(device_type: str) -> bool:
-    """torch.is_autocast_enabled for a device type that may have no autocast (meta: an error there)."""
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    """torch.is_autocast_enabled for a device type that may have no autocast (meta: an error there).
+
+    cpu and cuda always have autocast, so only other device types ask torch.amp.is_autocast_available:
+    torch 2.11's dynamo cannot trace that call, and every fullgraph compile of the reference path failed
+    on it (the GPU machine's image, 2026-11-29; torch 2.13 constant-folds it)."""
+    if device_type not in ("cpu", "cuda") and not torch.amp.is_autocast_available(device_type):
+        return False
+    return torch.is_autocast_enabled(device_type)
 
 
 def _no_autocast(t: torch.Tensor):

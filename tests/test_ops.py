@@ -585,6 +585,19 @@ def test_the_interpreter_rounds_bf16_and_multiplies_bf16_values():
     torch.testing.assert_close(c, a.float() @ b.float(), rtol=1e-6, atol=1e-6)
 
 
+def test_autocast_check_asks_availability_only_off_cpu_and_cuda(monkeypatch):
+    """(the H200 run, 2026-11-29) torch 2.11's dynamo cannot trace torch.amp.is_autocast_available, and every
+    fullgraph compile of the reference path failed on it there (torch 2.13 here constant-folds it): cpu and
+    cuda always have autocast, so reference.autocast_on asks only for other device types (meta has none)."""
+    asked = []
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda d: asked.append(d) or d != "meta")
+    assert reference.autocast_on("cpu") is False and reference.autocast_on("cuda") is False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert reference.autocast_on("cpu") is True
+    assert reference.autocast_on("meta") is False
+    assert asked == ["meta"]
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_compile_with_symbolic_floats_and_a_quantised_dropout_rate():
     """(a review, 2026-11-29) fullgraph compile failed where a float argument turns symbolic (automatic dynamic
