@@ -230,11 +230,14 @@ def _tf32(x, ROUND: tl.constexpr):
     ulp of TF32 to the bits and masking rounds (inf stays inf). A NaN is kept aside: the
     add would carry CUDA's NaN (0x7FFFFFFF) into the sign bit (-0.0), and a NaN whose
     payload is all in the low 13 bits into inf, and a diverged fp32 run would go on with
-    finite numbers. (PTX's cvt.rna.tf32.f32 keeps NaN in one instruction, but compiled
-    to more spills in the dK/dV kernel at sm_90, and the interpreter cannot run it.)"""
+    finite numbers. The NaN gets its quiet bit (bit 22) set, so that it is still a NaN
+    once the tensor cores drop its low 13 bits: kept as it was, 0x7F800001 reached the
+    dot as inf (the H200 run, 2026-11-29: a NaN in k left rows of o finite). (PTX's
+    cvt.rna.tf32.f32 keeps NaN in one instruction, but compiled to more spills in the
+    dK/dV kernel at sm_90, and the interpreter cannot run it.)"""
     if ROUND:
         xi = x.to(tl.int32, bitcast=True)
-        x = tl.where(x != x, x, ((xi + 0x1000) & -8192).to(tl.float32, bitcast=True))
+        x = tl.where(x != x, xi | 0x400000, (xi + 0x1000) & -8192).to(tl.float32, bitcast=True)
     return x
 
 

@@ -7,6 +7,7 @@ ours (fastgpt.testing.flash_attention_reference): GEMM operands in the op's
 precision (TF32 for fp32 on the GPU), the backward's delta from the stored output.
 """
 import math
+import sys
 
 import pytest
 import torch
@@ -283,6 +284,38 @@ def test_tf32_rounding_keeps_nan(monkeypatch, bits):
         nan_rows = torch.isnan(A.causal_attention(*qkv)).any(-1)
         expected = torch.isnan(reference.causal_attention(*qkv)).any(-1)
         assert expected.any() and nan_rows.equal(expected), (which, nan_rows, expected)
+
+
+_JIT_CALLEE = None   # a jit function the test sets: the interpreter finds what a kernel calls among its globals only
+
+
+def test_tf32_operands_stay_nan_through_the_tensor_cores_truncation(monkeypatch):
+    """The tensor cores read a TF32 operand's fp32 bits with the low 13 dropped. _tf32 kept a NaN as it was,
+    and one whose payload lies only there (0x7F800001) reached the dot as inf: the H200 run (2026-11-29)
+    failed test_tf32_rounding_keeps_nan[low_payload], a NaN in k leaving rows of o finite (the interpreter's
+    dots read every bit, so that test passes on the CPU either way). Every NaN must survive the truncation as a
+    NaN; every other value rounds as testing.round_tf32 does (inf stays inf, the largest floats round to it)."""
+    import triton
+    import triton.language as tl
+
+    from fastgpt.kernels import attention
+    monkeypatch.setattr(sys.modules[__name__], "_JIT_CALLEE", attention._tf32)
+
+    @triton.jit
+    def rounded(X, Y, N: tl.constexpr):
+        i = tl.arange(0, N)
+        tl.store(Y + i, _JIT_CALLEE(tl.load(X + i), True))
+
+    nans = [0x7F800001, 0x7FFFFFFF, 0x7FC00000, 0x7F801000, -0x00000001, -0x007FFFFF]   # the last: 0xFF800001
+    finite = [1.0, -2.5e-3, 3.14159, 1.0 + 2.0 ** -11, 6.1e-5, -7.0e12, float("inf"), float("-inf")]
+    bits = torch.tensor(nans, dtype=torch.int32).view(torch.float32)
+    x = torch.cat([bits, torch.tensor(finite), torch.tensor([3.4028e38, -1.0e-40])]).to(DEVICE)
+    y = torch.empty_like(x)
+    rounded[(1,)](x, y, N=x.numel())
+    truncated = (y.view(torch.int32) & -8192).view(torch.float32)   # what the tensor cores read
+    assert torch.isnan(truncated).equal(torch.isnan(x)), (x.view(torch.int32), y.view(torch.int32))
+    finite_ = ~torch.isnan(x)
+    assert torch.equal(y[finite_], round_tf32(x[finite_])), (x[finite_], y[finite_])
 
 
 def test_last_dim_strided_input_is_copied():
