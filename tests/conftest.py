@@ -32,6 +32,11 @@ except ImportError:
     HAS_TRITON = False
 
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+# The fused attention's fp32 dots are TF32 on the GPU (operands to 10 mantissa bits: ~1e-3 on o and its
+# gradients at unit scale; the H200 run, 2026-11-29, read up to 9.5e-4) and exact under the interpreter. For
+# tests of behaviour that compare a fused path holding attention with the reference in fp32 by a fixed bound
+# (accuracy tests take fastgpt.testing's rule, with a TF32 ref_lp on the GPU).
+FP32_ATTENTION_TOL = dict(rtol=5e-3, atol=5e-3) if HAS_CUDA else dict(rtol=1e-4, atol=1e-4)
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import DEVICE, HAS_CUDA, count_calls, needs_cuda, needs_triton, record_syncs_and_renames
+from conftest import (DEVICE, FP32_ATTENTION_TOL, HAS_CUDA, count_calls, needs_cuda, needs_triton,
+                      record_syncs_and_renames)
 from fastgpt import GPT, GPTBlock, GPTConfig, reference
 from fastgpt.config import PRESETS
 from fastgpt.model import KVCache, load_model
@@ -788,11 +789,13 @@ def test_the_block_calls_submodules_that_are_not_plain(norm, backend):
     xs = [x.clone().requires_grad_() for _ in range(2)]
     y, want = ours(xs[0]), ref(xs[1])
     assert (y - plain).abs().max() > 0.1   # (it was 0: the adapter and the hooks did nothing)
-    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+    tf32 = HAS_CUDA and backend == "fused"   # (the fused attention's TF32 dots failed the fp32 bounds on the H200)
+    torch.testing.assert_close(y, want, **(FP32_ATTENTION_TOL if tf32 else dict(rtol=1e-4, atol=1e-4)))
     y.square().sum().backward()
     want.square().sum().backward()
-    torch.testing.assert_close(ours.mlp.c_fc.A.grad, ref.mlp.c_fc.A.grad, rtol=1e-3, atol=1e-4)
-    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-3, atol=1e-4)
+    gtol = FP32_ATTENTION_TOL if tf32 else dict(rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(ours.mlp.c_fc.A.grad, ref.mlp.c_fc.A.grad, **gtol)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, **gtol)
     seen = []   # in training with dropout (the fused path's other branch) too
     block = GPTBlock(_tiny(norm=norm, dropout=0.1), backend=backend).to(DEVICE).train()
     for name in ("ln_1", "ln_2", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):

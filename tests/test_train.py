@@ -361,6 +361,7 @@ def test_model_loads_from_training_checkpoint(corpus, tmp_path):
 
 
 @needs_cuda
+@pytest.mark.timeout(600)   # inductor compiles the model: past gpu_check.sh's 120 s a test on the H200 (8 files ran)
 @pytest.mark.parametrize("dtype,compile_", [("bf16", False), ("fp16", False), ("bf16", True)])
 def test_gpu_mixed_precision(corpus, tmp_path, dtype, compile_):
     out = tmp_path / "out"
