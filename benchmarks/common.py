@@ -130,28 +130,43 @@ def row(bench: str, case: str, impl: str, ms: float | None = None, *, gbps: floa
     return r
 
 
-def keep_gpu_busy() -> None:
+def keep_gpu_busy() -> "torch.cuda.Event":
     """Wait for the GPU, then queue ~0.2 s of spin on it: calls issued next never wait for the GPU, so
-    their wall time is host time."""
+    their wall time is host time, as long as the spin lasts. Returns an event that completes with the
+    spin: if it has completed when the calls are issued, the host may have waited on the GPU."""
     torch.cuda.synchronize()
     torch.cuda._sleep(400_000_000)
+    spun = torch.cuda.Event()
+    spun.record()
+    return spun
 
 
-def host_ms(fn, calls: int = 20, device: str = "cuda") -> float:
+def host_ms(fn, calls: int = 20, device: str = "cuda") -> float | None:
     """Host milliseconds per call of fn: the time to issue its work, with the GPU kept busy by a spin
     kernel queued first, so the host never waits for it. When this exceeds a row's time, that row is
-    host-bound (the GPU waits for the launches), whatever its kernels cost."""
+    host-bound (the GPU waits for the launches), whatever its kernels cost.
+
+    Where the spin ended before the last call was issued, the host may have waited after all: calls
+    that launch many kernels fill the driver's launch queue (about a thousand entries), and the host
+    then blocks until the GPU drains it (the H200 run, 2026-11-29: every block row read 10.85 ms a
+    call, the 0.2 s spin over 20 calls). Then it measures again with half the calls, and gives None
+    when even one call outlasts the spin."""
     import time
     fn()
-    if device == "cuda":
-        keep_gpu_busy()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    dt = (time.perf_counter() - t0) / calls
-    if device == "cuda":
+    while calls >= 1:
+        spun = keep_gpu_busy() if device == "cuda" else None
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        dt = (time.perf_counter() - t0) / calls
+        if spun is None:
+            return dt * 1e3
+        waited = spun.query()
         torch.cuda.synchronize()
-    return dt * 1e3
+        if not waited:
+            return dt * 1e3
+        calls //= 2
+    return None
 
 
 def bench_impl(rows, bench, case, impl, fn, *, nbytes=None, flops=None, tokens=None, memory=False,
@@ -180,8 +195,11 @@ def bench_impl(rows, bench, case, impl, fn, *, nbytes=None, flops=None, tokens=N
         how = "; ".join(filter(None, [how, error(e, "memory not measured: ")]))
     if host:
         try:
-            extra["host_ms"] = host_ms(fn)
-            how = f"host {extra['host_ms']:.3f} ms/call" + (f"; {how}" if how else "")
+            h = host_ms(fn)
+            if h is None:
+                raise RuntimeError("one call outlasts the GPU's 0.2 s spin")
+            extra["host_ms"] = h
+            how = f"host {h:.3f} ms/call" + (f"; {how}" if how else "")
         except Exception as e:
             how = "; ".join(filter(None, [how, error(e, "host time not measured: ")]))
     if how:

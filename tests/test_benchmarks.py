@@ -377,6 +377,85 @@ def test_host_ms_and_its_note(monkeypatch):
     assert rows[0]["host_ms"] == 0.25 and rows[0]["note"] == "n; host 0.250 ms/call"
 
 
+def test_host_ms_measures_again_when_the_host_waited_on_the_gpu(monkeypatch):
+    """(the H200 run, 2026-11-29) every block row's host time read 10.85 ms a call: the 0.2 s spin over 20
+    calls, the host blocked on a full launch queue until the spin ended. host_ms checks that the spin outlasted
+    the calls, halves them until it does, and gives None (a row that says so) when one call outlasts it."""
+    import time
+
+    from benchmarks import common
+    clock, spins = [0.0], []
+
+    class Spin:   # the event keep_gpu_busy records after its spin
+        def __init__(self):
+            self.ends, self.calls = clock[0] + 0.2, 0
+
+        def query(self):
+            return clock[0] >= self.ends
+
+    def busy():
+        spins.append(Spin())
+        return spins[-1]
+
+    def issue(queue_holds):   # 1 ms of host time a call; past queue_holds calls in flight the host waits
+        def fn():
+            clock[0] += 0.001
+            if spins:
+                spins[-1].calls += 1
+                if spins[-1].calls > queue_holds:
+                    clock[0] = max(clock[0], spins[-1].ends)
+        return fn
+
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(common, "keep_gpu_busy", busy)
+    assert common.host_ms(issue(8), calls=20) == pytest.approx(1.0)
+    assert [sp.calls for sp in spins] == [20, 10, 5]
+    del spins[:]
+    assert common.host_ms(issue(0), calls=20) is None and [sp.calls for sp in spins] == [20, 10, 5, 2, 1]
+    assert common.host_ms(issue(100), calls=20) == pytest.approx(1.0)   # no wait: one measurement
+    monkeypatch.setattr(common, "timed", lambda fn, *a, **k: (1.0, ""))
+    monkeypatch.setattr(common, "host_ms", lambda fn: None)
+    rows = []
+    common.bench_impl(rows, "block", "c", "fastgpt", lambda: None, host=True)
+    assert "host_ms" not in rows[0] and rows[0]["note"] == \
+        "host time not measured: RuntimeError: one call outlasts the GPU's 0.2 s spin"
+
+
+def test_host_overhead_drops_a_repeat_whose_host_waited_on_the_gpu(monkeypatch, capsys):
+    """host_overhead --cuda's repeats likewise: one whose spin ended before its calls were issued is not a host
+    time (its block row read the spin, with 100 calls a repeat); an op left with none says so."""
+    from benchmarks import host_overhead
+    ticks = [0]
+
+    class Spin:
+        def __init__(self, ended):
+            self.ended = ended
+
+        def query(self):
+            return self.ended
+
+    def clock():
+        ticks[0] += 1000   # 1 us a reading
+        return ticks[0]
+
+    from fastgpt.kernels import _common
+    monkeypatch.setattr(_common, "LEAN_LAUNCH", _common.LEAN_LAUNCH)   # (timing switches it)
+    spins = iter([Spin(True), Spin(False)] + [Spin(True)] * 2)   # op a: one good repeat of two; op b: none
+    monkeypatch.setattr(host_overhead, "_setup", lambda cuda: ({"a": lambda: None, "b": lambda: None},
+                                                               lambda: None, clock))
+    monkeypatch.setattr(host_overhead, "_gpu_busy", lambda cuda: next(spins))
+    host_overhead.timing(repeats=1, number=1, cuda=True)
+    out = capsys.readouterr().out
+    a = next(ln for ln in out.splitlines() if ln.startswith("a "))
+    b = next(ln for ln in out.splitlines() if ln.startswith("b "))
+    assert "not measured" in a and "not measured" in b   # a's lean-launch side waited: half an op is not a row
+    spins = iter([Spin(False)] * 4)
+    monkeypatch.setattr(host_overhead, "_gpu_busy", lambda cuda: next(spins))
+    host_overhead.timing(repeats=1, number=1, cuda=True)
+    assert "not measured" not in capsys.readouterr().out
+
+
 def test_a_failing_impl_becomes_a_row_with_its_note(monkeypatch):
     """bench_impl records a failed timing as a row (the caller's note kept), instead of dying on the
     note given twice (bench_block passes one: the whole family used to stop at the first failure)."""
