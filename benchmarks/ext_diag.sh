@@ -6,13 +6,16 @@
 # What is left is a real device, so each case below runs in its own process with faulthandler on:
 #   B  a C++ error from our op on CPU tensors after CUDA is initialised
 #   D  a C++ error from torch itself on CUDA tensors (not our .so)
-#   E  the crashing call: seed None with p > 0 on CUDA tensors
-#   F  the same below autograd (our C++ kernel alone, no Python autograd kernel)
-#   G  the op's first check (p out of range) on CUDA tensors
+#   E  seed None with p > 0 on CUDA tensors (runs 3-4 suspected it; it raised in run 5)
+#   F  E below autograd (our C++ kernel alone, no Python autograd kernel)
+#   G  the op's first check (p out of range: a number in its message) on CUDA tensors
 # rc=1 with the intended error printed means no crash; rc=139 (or -11 in Python) is the segfault.
-# Reading: only E/F/G crash -> the CUDA path of our op; B crashes too -> any throw from our .so once
-# CUDA is up; D crashes too -> not our .so. Then a gdb backtrace of E and the dynamic bindings of the
-# throw symbols. Run from the repo root after the install (gpu_check.sh --only extdiag); ~1-2 min.
+# Run 5 (H200, 2026-11-29) read: B, D, E, F raised, G crashed: every message of ours that held a number
+# (formatted by c10::str's ostream in our module) crashed, the string-only ones raised; the module built
+# there listed no libstdc++ among its NEEDED libraries. csrc/binding.cpp now formats numbers with
+# snprintf, so G must raise. Then the dynamic bindings of the throw and ostream/locale symbols (which
+# object provides them: the open question of the root cause) and a gdb backtrace of G.
+# Run from the repo root after the install (gpu_check.sh --only extdiag); ~1 min.
 PY=${PYTHON:-python}
 export FASTGPT_EXTENSION=${FASTGPT_EXTENSION:-auto}
 $PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
@@ -32,27 +35,36 @@ $2" 2>&1 | tail -20
 }
 case_ "B cpu tensors after CUDA init" 'torch.zeros(1, device="cuda"); x = torch.randn(2, 8); op(x, None, x, 0.5, None)'
 case_ "D torch-internal C++ error on cuda" 'a = torch.ones(2, device="cuda"); torch.ops.aten.add.Tensor(a, torch.ones(3, device="cuda"))'
-case_ "E the crashing call" 'x = torch.randn(2, 8, device="cuda"); op(x, None, x, 0.5, None)'
-case_ "F the crashing call below autograd" 'x = torch.randn(2, 8, device="cuda")
+case_ "E seed None with p > 0 on cuda" 'x = torch.randn(2, 8, device="cuda"); op(x, None, x, 0.5, None)'
+case_ "F E below autograd" 'x = torch.randn(2, 8, device="cuda")
 with torch._C._AutoDispatchBelowAutograd():
     op.default(x, None, x, 0.5, None)'
-case_ "G p out of range on cuda" 'x = torch.randn(2, 8, device="cuda"); op(x, None, x, 1.5, None)'
+case_ "G p out of range on cuda (a number in the message)" 'x = torch.randn(2, 8, device="cuda"); op(x, None, x, 1.5, None)'
 echo "=== bindings of the throw symbols in the extension module (before gdb: the stage budget may cut gdb)"
 LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/fastgpt_ldb $PY -c "$PRE
 x = torch.randn(2, 8, device='cuda')" >/dev/null 2>&1
-grep -h "$(basename "${SO:-_C.cpython}")" /tmp/fastgpt_ldb.* 2>/dev/null | grep -E "_Unwind|__cxa_throw|personality|ZTIN3c10" | sed 's/^ *[0-9]*: *//' | head -20
+grep -h "$(basename "${SO:-_C.cpython}")" /tmp/fastgpt_ldb.* 2>/dev/null | grep -E "_Unwind|__cxa_throw|personality|ZTIN3c10|_M_insert|locale|num_put|ostringstream|basic_stringbuf" | sed 's/^ *[0-9]*: *//' | head -40
 rm -f /tmp/fastgpt_ldb.*
+# which loaded objects define ostream's number inserts (the crash's symbols): more than libstdc++ means
+# two copies of the C++ runtime in one process, the likely root cause
+echo "=== loaded objects that define std::ostream::_M_insert<long> / <double>"
+$PY -c "$PRE
+x = torch.randn(2, 8, device='cuda')
+print('\n'.join(sorted({ln.split()[-1] for ln in open('/proc/self/maps') if '.so' in ln})))" 2>/dev/null \
+  | grep "^/" | while read -r lib; do
+      nm -D --defined-only "$lib" 2>/dev/null | grep -qE " _ZNSo9_M_insertI[ld]EERSoT_" && echo "  $lib"
+    done
 # the device machines have cuda-gdb (in CUDA's bin/) and no gdb
 GDB=$(command -v gdb || command -v cuda-gdb || { [ -x /usr/local/cuda/bin/cuda-gdb ] && echo /usr/local/cuda/bin/cuda-gdb; })
 if [ -z "$GDB" ]; then
-  echo "=== no backtrace of E: neither gdb nor cuda-gdb is installed"
+  echo "=== no backtrace of G: neither gdb nor cuda-gdb is installed"
 else
   # gdb gets what is left of the stage's budget (gpu_check.sh passes it as STAGE_BUDGET), less 10 s;
   # its lines pass unbuffered (a tail would lose them all when the budget's SIGINT reaches it)
   left=$(( ${STAGE_BUDGET:-240} - SECONDS - 10 ))
   [ "$left" -lt 10 ] && left=10
-  echo "=== $(basename "$GDB") on E (${left}s)"
+  echo "=== $(basename "$GDB") on G (${left}s)"
   timeout "$left" "$GDB" -batch -ex run -ex "bt 40" --args $PY -c "$PRE
-x = torch.randn(2, 8, device='cuda'); op(x, None, x, 0.5, None)" 2>&1 | grep --line-buffered -vE "^\[(New|Thread)|libthread_db"
+x = torch.randn(2, 8, device='cuda'); op(x, None, x, 1.5, None)" 2>&1 | grep --line-buffered -vE "^\[(New|Thread)|libthread_db"
 fi
 exit 0
