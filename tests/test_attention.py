@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from conftest import (DEVICE, HAS_CUDA, HAS_TRITON, assert_unrecorded_calls_match, count_calls, needs_cuda,
-                      needs_triton)
+from conftest import (DEVICE, FP32_ATTENTION_TOL, HAS_CUDA, HAS_TRITON, assert_unrecorded_calls_match, count_calls,
+                      needs_cuda, needs_triton)
 from fastgpt import reference
 from fastgpt.testing import (assert_rule, check, compare_op, flash_attention_reference, round_tf32,
                             tf32_attention_reference)
@@ -753,7 +753,8 @@ def test_dropout_rate_warning_under_python_m_points_into_fastgpt(tmp_path, monke
     monkeypatch.setattr(A, "_RATES_SEEN", set())
     monkeypatch.setattr(_common, "_LIBRARY_DIRS", _common._LIBRARY_DIRS + (str(tmp_path) + os.sep,))
     probe = tmp_path / "probe.py"
-    probe.write_text("import torch, fastgpt.kernels as K\nq = torch.randn(1, 1, 8, 16)\n"
+    # (q on DEVICE: on a GPU machine the kernels refuse CPU tensors, so a CPU q raised before the warning)
+    probe.write_text(f"import torch, fastgpt.kernels as K\nq = torch.randn(1, 1, 8, 16, device={DEVICE!r})\n"
                      "K.causal_attention(q, q, q, dropout_p=0.0013, seed=(1, 2))\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -1300,10 +1301,14 @@ def test_atomic_dq_honours_the_scale_sign(scale, monkeypatch):
     split = torch.autograd.grad(K.causal_attention(q * 0.25, k, v, scale=scale), (q, k, v), do)
     monkeypatch.setattr(A, "BWD_DQ", "atomic")
     atomic = torch.autograd.grad(K.causal_attention(q * 0.25, k, v, scale=scale), (q, k, v), do)
-    torch.testing.assert_close(atomic[0], split[0], rtol=1e-5, atol=1e-6)
+    # (on the GPU the fp32 dots are TF32: the two paths' dQ may differ by a TF32 rounding of dS (_dq_tol, as in
+    # test_atomic_dq_backward) and lie ~1e-3 from the float64 reference (FP32_ATTENTION_TOL); this test never ran
+    # there. The mutant's flipped sign is 2 |dQ| off either way)
+    torch.testing.assert_close(atomic[0], split[0], **(_dq_tol(torch.float32, split[0]) if HAS_CUDA else
+                                                       dict(rtol=1e-5, atol=1e-6)))
     ref = torch.autograd.grad(reference.causal_attention(q.double() * 0.25, k.double(), v.double(), scale=scale),
                               (q, k, v), do.double())
-    torch.testing.assert_close(atomic[0], ref[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(atomic[0], ref[0], **(FP32_ATTENTION_TOL if HAS_CUDA else dict(rtol=1e-4, atol=1e-5)))
 
 
 @needs_triton
