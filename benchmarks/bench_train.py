@@ -186,10 +186,18 @@ def _time_variant(rows, case, name, make, comp, steps, warm, peak, batch_size):
 
 
 def run(args) -> list[dict]:
+    """The train family's rows, with TF32 matmuls as fastgpt.train runs them on a GPU; the flags are put
+    back afterwards (they were left on for whatever the process ran next)."""
+    from fastgpt.cli import restored_torch_settings
+    with restored_torch_settings():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return _rows(args)
+
+
+def _rows(args) -> list[dict]:
     from fastgpt.train import peak_flops
     rows = []
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
     try:  # fastgpt is timed only if its loss and gradients are right
         ours_ok = _check_fastgpt(rows)
     except Exception as e:

@@ -812,6 +812,24 @@ def test_train_row_tokens_per_second_tflops_and_mfu(monkeypatch):
     assert rows[1]["ok"] and rows[1]["mfu"] is None and rows[1]["note"] == "loss 3.250"
 
 
+def test_train_family_puts_the_tf32_flags_back(monkeypatch):
+    """bench_train.run turns TF32 matmuls on for its rows (as training does) and left them on for the rest of
+    the process (`python -m benchmarks` runs every family in one); now they are put back, also on an error."""
+    from benchmarks import bench_train as BT
+    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)  # noqa: E731
+    before, seen = flags(), []
+    monkeypatch.setattr(BT, "_check_fastgpt", lambda rows: seen.append(flags()) or False)
+    monkeypatch.setattr(BT, "gpu_name", lambda: "cpu")
+    monkeypatch.setattr(BT, "_time_variant", lambda rows, case, name, *a: rows.append(dict(impl=name)))
+    rows = BT.run(types.SimpleNamespace(quick=True))
+    assert seen == [(True, True)] and flags() == before
+    assert [r["impl"] for r in rows] == ["fastgpt", "fastgpt+compile", "nanogpt-sdpa eager", "nanogpt-sdpa compile"]
+    monkeypatch.setattr(BT, "_time_variant", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        BT.run(types.SimpleNamespace(quick=True))
+    assert flags() == before
+
+
 def test_n_sets_rotates_past_three_times_l2():
     """Mutant: n_sets sized the rotation by 1x L2, not 3x: LayerNorm's 16384 x 768 bf16 forward (25 MB a call)
     then rotated 3 sets (75 MB, half of them still in the 50 MB L2) instead of 7, and its GB/s read L2."""
