@@ -57,6 +57,22 @@ def _check_the_checkout_under_test():
 
 def pytest_configure(config):
     _check_the_checkout_under_test()   # (at conftest import, pytest.exit showed as an ImportError traceback)
+
+
+def pytest_runtest_logreport(report):
+    """With FASTGPT_FAILURE_LOG set (benchmarks/gpu_check.sh sets it for each test file), each failure's
+    report, its captured output (the seed) included, is appended to that file as it happens: a pytest
+    killed at its stage's budget prints no summary (run 5's test_attention.py left four F's, no names)."""
+    path = os.environ.get("FASTGPT_FAILURE_LOG")
+    if not path or not report.failed:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext}\n")
+        for title, content in report.sections:
+            f.write(f"--- {title}\n{content}\n")
+        f.write("\n")
+
+
 # every Triton kernel; the sm_90 stand-in tools (compile_report, host_overhead --check) must reach each
 KERNELS = ("_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel", "_bias_gelu_fwd_kernel", "_bias_gelu_bwd_kernel",
            "_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_prep_kernel",

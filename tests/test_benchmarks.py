@@ -537,6 +537,43 @@ def test_gpu_check_cli():
             assert r.stderr.count("\n") == 1 and r.stdout == "" and not fresh.exists(), r
 
 
+def test_failures_are_written_as_they_happen(tmp_path, monkeypatch):
+    """Run 5 (H200, 2026-11-29): test_attention.py was killed at the test stage's budget with four failures,
+    and its -q log kept four F's, no names, no tracebacks. With FASTGPT_FAILURE_LOG set, conftest appends each
+    failure's report (and its captured output: the seed) as it happens; gpu_check.sh sets it per file and
+    prints the names of a file that did not finish."""
+    import os
+    import subprocess
+    import types
+    from pathlib import Path
+
+    import conftest
+    log = tmp_path / "f.failures"
+    report = lambda failed: types.SimpleNamespace(  # noqa: E731
+        failed=failed, nodeid="tests/test_a.py::test_x[fp32]", when="call", longreprtext="E   assert 1 == 2",
+        sections=[("Captured stdout setup", "seed = 42 (rerun with FASTGPT_TEST_SEED=42)")])
+    conftest.pytest_runtest_logreport(report(True))              # unset: nothing written anywhere
+    monkeypatch.setenv("FASTGPT_FAILURE_LOG", str(log))
+    conftest.pytest_runtest_logreport(report(False))
+    assert not log.exists()
+    conftest.pytest_runtest_logreport(report(True))
+    assert log.read_text() == ("=== tests/test_a.py::test_x[fp32] (call)\nE   assert 1 == 2\n"
+                               "--- Captured stdout setup\nseed = 42 (rerun with FASTGPT_TEST_SEED=42)\n\n")
+    # gpu_check: a stand-in pytest that fails a test, then hangs past the stage's budget
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    py = tmp_path / "py"
+    py.write_text('#!/bin/sh\ncase "$*" in\n  *"-m pytest"*) printf "=== tests/test_a.py::test_x (call)\\n'
+                  'E   AssertionError: off\\n" >> "$FASTGPT_FAILURE_LOG"; exec sleep 60 ;;\nesac\nexit 0\n')
+    py.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "FASTGPT_FAILURE_LOG"}
+    r = subprocess.run(["bash", str(script), "--only", "tests", "--out", str(tmp_path / "res")],
+                       capture_output=True, text=True, timeout=90,
+                       env=dict(env, PYTHON=str(py), TESTS="tests/test_a.py", BUDGET_TESTS="3"))
+    assert "--- tests/test_a.py: not finished\n=== tests/test_a.py::test_x (call)\nE   AssertionError: off" \
+        in r.stdout, r.stdout
+    assert r.returncode == 1
+
+
 def test_gpu_check_drops_a_stale_family_file_and_packs_the_tar_after_each_stage(tmp_path):
     """(a review, 2026-11-29) A family whose stage crashed left the previous run's bench_<family>.json, which
     the table then showed as this run's figures; and --tar was written only at the very end, so a run
