@@ -24,4 +24,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     from fastgpt import cli
-    sys.exit(cli.entry(main))
+    cli.run_program(main)

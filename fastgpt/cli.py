@@ -1054,6 +1054,27 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what the shell reports for `seq 1 10000
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
+# Set by a command whose process the interpreter's teardown may abort after its work is done (train, once it
+# closed a gloo process group: its threads, pytorch/pytorch#179291): run_program then skips the teardown.
+HARD_EXIT = False
+
+
+def run_program(main):
+    """``sys.exit(entry(main))``, the end of ``python -m fastgpt.train`` and ``python -m fastgpt``. Once
+    HARD_EXIT is set, a successful run ends with os._exit(0) instead, its output flushed: every file a
+    command writes is written and fsynced before it returns, so nothing the teardown would do is needed.
+    A failed one exits as before: under torchrun the other ranks of a failed run exit 1 quietly while rank 0
+    says why, and at once they had torchrun stop rank 0 before it did (its abort in the teardown was
+    seen after successful runs only)."""
+    rc = entry(main)
+    if HARD_EXIT and not rc:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
+    sys.exit(rc)
+
+
 def entry(main, argv=None):
     """Run a command's ``main`` as a program: ``sys.exit(cli.entry(main))`` under ``if __name__ == "__main__"``.
 

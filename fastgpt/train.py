@@ -360,7 +360,6 @@ class _Dist:
             raise SystemExit(1)
 
     def close(self):
-        global _GLOO_CLOSED
         if self.owned:
             import torch.distributed as tdist
             if tdist.is_initialized():
@@ -371,26 +370,10 @@ class _Dist:
                 # then and aborts the process ("terminate called without an active exception", seen
                 # in 4 of 22 two-rank gloo runs; 0 of 42 with this; pytorch/pytorch#179291 describes it)
                 gc.collect()
-                _GLOO_CLOSED |= gloo
-
-
-# Set when this process closed a gloo process group: see exit_process.
-_GLOO_CLOSED = False
-
-
-def exit_process(rc: int):
-    """End ``python -m fastgpt.train`` with status rc. A process that used gloo ends here at once, its
-    output flushed, without the interpreter's teardown: gloo's threads can still abort the process there
-    after everything is written (exit status -6 with "terminate called without an active exception",
-    pytorch/pytorch#179291; twice in the two-rank CI test on a loaded machine, 2026-11-29, even after
-    close()'s destroy_process_group and gc.collect). Every file a run writes is written and fsynced
-    before, so nothing the teardown would do is needed."""
-    if _GLOO_CLOSED:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(rc if isinstance(rc, int) else 1)
-    sys.exit(rc)
+                # and even so gloo's threads aborted a rank at interpreter shutdown now and then, after the
+                # run was done and written (twice in the two-rank CI test on a loaded machine, 2026-11-29):
+                # such a process skips the teardown (cli.run_program)
+                cli.HARD_EXIT |= gloo
 
 
 def init_distributed(device_type: str, always: bool = False) -> _Dist:
@@ -1320,4 +1303,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(cli.entry(main))
+    cli.run_program(main)

@@ -403,33 +403,41 @@ def test_grad_checkpoint_flag_same_losses(corpus, tmp_path, monkeypatch):
 def test_a_process_that_closed_gloo_exits_without_the_interpreter_teardown(tmp_path, monkeypatch, capsys):
     """gloo's threads can abort a rank at interpreter shutdown after the run is done and written (exit -6,
     "terminate called without an active exception": twice in the two-rank test below on a loaded CI machine,
-    2026-11-29, though close() destroys the group and collects): _Dist.close marks a closed gloo group, and
-    exit_process then ends the process with os._exit, its output flushed; a process that used none exits
-    as before (sys.exit)."""
+    2026-11-29, though close() destroys the group and collects): _Dist.close sets cli.HARD_EXIT after a gloo
+    group, and cli.run_program (python -m fastgpt.train, python -m fastgpt) then ends a successful run with
+    os._exit(0), its output flushed; a failed run, or a process that used none, exits as before (sys.exit)."""
     import torch.distributed as tdist
+
+    from fastgpt import cli
     exits = []
 
     def hard_exit(rc):   # (os._exit does not return)
         exits.append(rc)
         raise SystemExit("os._exit")
-    monkeypatch.setattr(train, "_GLOO_CLOSED", False)
-    monkeypatch.setattr(train.os, "_exit", hard_exit)
+    monkeypatch.setattr(cli, "HARD_EXIT", False)
+    monkeypatch.setattr(cli.os, "_exit", hard_exit)
     with pytest.raises(SystemExit) as e:
-        train.exit_process(3)
+        cli.run_program(lambda: 3)
     assert e.value.code == 3 and exits == []
     train._Dist().close()                                   # a single process: nothing to close
-    assert train._GLOO_CLOSED is False
+    assert cli.HARD_EXIT is False
     tdist.init_process_group("gloo", init_method=(tmp_path / "store").as_uri(), rank=0, world_size=1)
     try:
         train._Dist(owned=True).close()
     finally:
         if tdist.is_initialized():
             tdist.destroy_process_group()
-    assert train._GLOO_CLOSED is True and not tdist.is_initialized()
-    print("the run's last line", end="")
-    with pytest.raises(SystemExit, match="os._exit"):
-        train.exit_process(0)
-    assert exits == [0] and capsys.readouterr().out == "the run's last line"
+    assert cli.HARD_EXIT is True and not tdist.is_initialized()
+
+    for status in (0, None):
+        del exits[:]
+        with pytest.raises(SystemExit, match="os._exit"):
+            cli.run_program(lambda: print("the run's last line", end="") or status)
+        assert exits == [0] and capsys.readouterr().out == "the run's last line", status
+    del exits[:]   # a failed run exits as before (see test_ddp_error_on_rank0_alone_is_one_line)
+    with pytest.raises(SystemExit) as e:
+        cli.run_program(lambda: 1)
+    assert e.value.code == 1 and exits == []
 
 
 def test_ddp_two_processes_gloo_match_one_process(corpus, tmp_path, capsys):
