@@ -54,6 +54,8 @@ print('\n'.join(sorted({ln.split()[-1] for ln in open('/proc/self/maps') if '.so
   | grep "^/" | while read -r lib; do
       nm -D --defined-only "$lib" 2>/dev/null | grep -qE " _ZNSo9_M_insertI[ld]EERSoT_" && echo "  $lib"
     done
+echo "=== the same symbols defined inside the extension module itself (a private, unexported C++ runtime)"
+[ -n "$SO" ] && nm --defined-only "$SO" 2>/dev/null | grep -E "_M_insertI[ld]E|_ZNSt6locale" | head -5
 # the device machines have cuda-gdb (in CUDA's bin/) and no gdb
 GDB=$(command -v gdb || command -v cuda-gdb || { [ -x /usr/local/cuda/bin/cuda-gdb ] && echo /usr/local/cuda/bin/cuda-gdb; })
 if [ -z "$GDB" ]; then

@@ -42,8 +42,10 @@ constexpr const char* kOp = "bias_dropout_add";
 // A number in an error message, formatted by snprintf: no message here passes a number to c10::str's
 // ostream. On the GPU machine's image (torch 2.11.0+cu130, nvcc 13.0, g++ 13.3) the module built
 // there lists no libstdc++ among its NEEDED libraries, and every check whose message held an int64 or a
-// double died in SIGSEGV instead of raising, while the string-only ones raised (benchmarks/ext_diag.sh,
-// cases E-G, 2026-11-29). Use as Num(v).s inside the check: the temporary outlives the message.
+// double died in SIGSEGV instead of raising, while the string-only ones raised (benchmarks/ext_diag.sh
+// case G, p = 1.5; test_op_level_errors_are_clear at the seed-shape check; 2026-11-29). Use as Num(v).s
+// inside the check: the temporary outlives the message. (Only int64_t and double: an int or size_t
+// argument is ambiguous, a compile error.)
 struct Num {
   char s[32];
   explicit Num(double v) { std::snprintf(s, sizeof s, "%g", v); }

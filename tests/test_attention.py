@@ -306,6 +306,7 @@ def test_tf32_operands_stay_nan_through_the_tensor_cores_truncation(monkeypatch)
         i = tl.arange(0, N)
         tl.store(Y + i, _JIT_CALLEE(tl.load(X + i), True))
 
+    # 16 values in all (tl.arange takes a power of two)
     nans = [0x7F800001, 0x7FFFFFFF, 0x7FC00000, 0x7F801000, -0x00000001, -0x007FFFFF]   # the last: 0xFF800001
     finite = [1.0, -2.5e-3, 3.14159, 1.0 + 2.0 ** -11, 6.1e-5, -7.0e12, float("inf"), float("-inf")]
     bits = torch.tensor(nans, dtype=torch.int32).view(torch.float32)
