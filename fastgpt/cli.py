@@ -1063,8 +1063,8 @@ def run_program(main):
     """``sys.exit(entry(main))``, the end of ``python -m fastgpt.train`` and ``python -m fastgpt``. Once
     HARD_EXIT is set, a successful run ends with os._exit(0) instead, its output flushed: every file a
     command writes is written and fsynced before it returns, so nothing the teardown would do is needed.
-    A failed one exits as before: under torchrun the other ranks of a failed run exit 1 quietly while rank 0
-    says why, and at once they had torchrun stop rank 0 before it did (its abort in the teardown was
+    A failed one exits as before: under torchrun its other ranks exit 1 quietly while rank 0 says why,
+    and exiting at once they had torchrun stop rank 0 before it said it (the abort in the teardown was
     seen after successful runs only)."""
     rc = entry(main)
     if HARD_EXIT and not rc:
