@@ -13,8 +13,9 @@
 # Run 5 (H200, 2026-11-29) read: B, D, E, F raised, G crashed: every message of ours that held a number
 # (formatted by c10::str's ostream in our module) crashed, the string-only ones raised; the module built
 # there listed no libstdc++ among its NEEDED libraries. csrc/binding.cpp now formats numbers with
-# snprintf, so G must raise. Then the dynamic bindings of the throw and ostream/locale symbols (which
-# object provides them: the open question of the root cause) and a gdb backtrace of G.
+# snprintf, so G must raise. Then the dynamic bindings of the throw symbols, the objects that define
+# ostream's number inserts (which copy of the C++ runtime: the open question of the root cause; symbols
+# bind lazily, so a probe that formats no number cannot show their bindings) and a gdb backtrace of G.
 # Run from the repo root after the install (gpu_check.sh --only extdiag); ~1 min.
 PY=${PYTHON:-python}
 export FASTGPT_EXTENSION=${FASTGPT_EXTENSION:-auto}
@@ -43,7 +44,7 @@ case_ "G p out of range on cuda (a number in the message)" 'x = torch.randn(2, 8
 echo "=== bindings of the throw symbols in the extension module (before gdb: the stage budget may cut gdb)"
 LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/fastgpt_ldb $PY -c "$PRE
 x = torch.randn(2, 8, device='cuda')" >/dev/null 2>&1
-grep -h "$(basename "${SO:-_C.cpython}")" /tmp/fastgpt_ldb.* 2>/dev/null | grep -E "_Unwind|__cxa_throw|personality|ZTIN3c10|_M_insert|locale|num_put|ostringstream|basic_stringbuf" | sed 's/^ *[0-9]*: *//' | head -40
+grep -h "$(basename "${SO:-_C.cpython}")" /tmp/fastgpt_ldb.* 2>/dev/null | grep -E "_Unwind|__cxa_throw|personality|ZTIN3c10" | sed 's/^ *[0-9]*: *//' | head -20
 rm -f /tmp/fastgpt_ldb.*
 # which loaded objects define ostream's number inserts (the crash's symbols): more than libstdc++ means
 # two copies of the C++ runtime in one process, the likely root cause
