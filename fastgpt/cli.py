@@ -272,23 +272,26 @@ def format_help(cls, prog: str, description: str = "", epilog: str = "") -> str:
     if description:
         lines += [description.strip(), ""]
     lines.append("options:")
-    lines.append(f"  {'--config FILE':<34} JSON or TOML file of option values (the command line wins)")
+
+    def row(left: str, text: str):
+        # wrapped to the terminal (as argparse does), the text in a column of its own
+        body = textwrap.wrap(text, width=width - 37, break_on_hyphens=False) or [""]
+        if len(left) > 34:
+            lines.append(f"  {left}")
+            lines.extend(f"  {'':<34} {t}" for t in body)
+        else:
+            lines.append(f"  {left:<34} {body[0]}")
+            lines.extend(f"  {'':<34} {t}" for t in body[1:])
+
+    row("--config FILE", "JSON or TOML file of option values (the command line wins)")
     for o in opts.values():
         left = f"--{o.name} {_type_name(o)}" if o.base is not bool else f"--{o.name}[=BOOL]"
         if o.default is None and o.auto:
             dflt = f"auto: {o.auto}"
         else:
             dflt = "none" if o.default is None else repr(o.default) if o.base is str else str(o.default)
-        text = f"{o.help} (default: {dflt})" if o.help else f"(default: {dflt})"
-        # wrapped to the terminal (as argparse does), the text in a column of its own
-        body = textwrap.wrap(text, width=width - 37, break_on_hyphens=False) or [""]
-        if len(left) > 34:
-            lines.append(f"  {left}")
-            lines += [f"  {'':<34} {t}" for t in body]
-        else:
-            lines.append(f"  {left:<34} {body[0]}")
-            lines += [f"  {'':<34} {t}" for t in body[1:]]
-    lines.append(f"  {'-h, --help':<34} show this message and exit")
+        row(left, f"{o.help} (default: {dflt})" if o.help else f"(default: {dflt})")
+    row("-h, --help", "show this message and exit")
     if epilog:
         lines += ["", epilog.strip("\n")]
     return "\n".join(lines)

@@ -133,7 +133,16 @@ def test_toml_config_without_tomllib_reads_with_tomli(tmp_path, monkeypatch):
     assert "tomllib" not in str(e.value) and tomli.__name__ == "tomli"
 
 
-def test_help_lists_every_option_with_default(capsys):
+def _unwrapped(text: str) -> str:
+    """Help text with its wrapping undone (every run of whitespace one space): the help is wrapped to the
+    terminal's width, so a phrase a test looks for may be split across lines (at COLUMNS=80 or 100, and
+    under pytest-xdist, "auto: tiny on CPU, gpt2 on CUDA" was)."""
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("columns", ["40", "80", "200"])
+def test_help_lists_every_option_with_default(columns, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", columns)
     with pytest.raises(SystemExit) as e:
         cli.parse(train.TrainConfig, ["--help"], prog=train.PROG)
     assert e.value.code == 0
@@ -142,7 +151,10 @@ def test_help_lists_every_option_with_default(capsys):
         line = next(ln for ln in out.splitlines() if ln.strip().startswith(f"--{f.name} ") or
                     ln.strip().startswith(f"--{f.name}["))
         assert line  # every option is listed
-    assert out.count("(default:") == len(fields(train.TrainConfig)) and "auto: tiny on CPU, gpt2 on CUDA" in out
+    flat = _unwrapped(out)
+    assert flat.count("(default:") == len(fields(train.TrainConfig)) and "auto: tiny on CPU, gpt2 on CUDA" in flat
+    options = out[out.index("options:"):].split("\n\n")[0].splitlines()   # (the examples after it are as written)
+    assert max(map(len, options)) <= max(80, int(columns) - 2)   # wrapped to the terminal, 80 columns at the least
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -310,13 +322,16 @@ def test_sample_takes_underscore_option_names(tiny_dir, capsys):
     _one_line_exit(sample.main, [m, "--max_new_tokenz", "5"], capsys, 2, "unrecognized arguments: --max_new_tokenz")
 
 
-def test_sample_help_shows_defaults_and_examples(capsys):
+@pytest.mark.parametrize("columns", ["40", "200"])
+def test_sample_help_shows_defaults_and_examples(columns, capsys, monkeypatch):
     from fastgpt import sample
+    monkeypatch.setenv("COLUMNS", columns)
     with pytest.raises(SystemExit) as e:
         sample.main(["--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and out.startswith("usage: python -m fastgpt.sample")
-    assert "(default: 200)" in out and "(default: 0.8)" in out and "examples:" in out and "exit status" in out
+    flat = _unwrapped(out)
+    assert "(default: 200)" in flat and "(default: 0.8)" in flat and "examples:" in out and "exit status" in out
 
 
 def test_selftest_bad_input_is_one_line(capsys):
