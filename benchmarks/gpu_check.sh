@@ -22,12 +22,13 @@
 # ends; the whole run has BUDGET_TOTAL (default 570 s, under a 600 s command limit): a stage
 # gets at most what is left of it (30 s kept for the table) and is skipped when under 30 s
 # remain. The last thing printed is a short table (benchmarks/summary.py). TESTS="tests/test_x.py ..."
-# narrows the test stage (default: the files with GPU branches first; TEST_JOBS files at once,
-# default 6, each in its own pytest process, logs in the results folder's tests/); QUICK=1 passes --quick
-# to every benchmark family, QUICK=gelu,train to those named; ATTENTION_SHAPES=0,2 picks the
-# attention shapes by index (bench_attention.SHAPES). Liger wheels, if
-# carried in .whl/, are installed to /tmp/site first (no network needed). Exit status: 0 when every
-# stage run passed, 1 when one failed, ran out of its budget or was skipped (the last line names them).
+# narrows the test stage (default: the files with GPU branches first; TEST_JOBS pytest processes at once,
+# default 6, one per file, logs in the results folder's tests/; TEST_SHARDS="FILE=N ..." spreads a file
+# over N processes, default "tests/test_attention.py=3", the longest: its shards' logs are NAME.KofN).
+# QUICK=1 passes --quick to every benchmark family, QUICK=gelu,train to those named; ATTENTION_SHAPES=0,2
+# picks the attention shapes by index (bench_attention.SHAPES). Liger wheels, if carried in .whl/, are
+# installed to /tmp/site first (no network needed). Exit status: 0 when every stage run passed, 1 when
+# one failed, ran out of its budget or was skipped (the last line names them).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ONLY="all"
@@ -60,6 +61,14 @@ for var in $(env | sed -n 's/^\(BUDGET_[A-Za-z0-9_]*\)=.*/\1/p'); do   # all of 
   case "${!var}" in
     ''|*[!0-9]*) echo "gpu_check: $var must be a whole number of seconds, got '${!var}'" >&2; exit 2 ;;
   esac
+done
+TEST_SHARDS=${TEST_SHARDS-tests/test_attention.py=3}
+for e in $TEST_SHARDS; do   # FILE=N, N a whole number from 1
+  case "$e" in
+    ?*=*) case "${e##*=}" in ''|*[!0-9]*|0*) ;; *) continue ;; esac ;;
+  esac
+  echo "gpu_check: TEST_SHARDS takes FILE=N entries (N a whole number, 1 or more), got '$e'" >&2
+  exit 2
 done
 PY=${PYTHON:-python3}
 # before minutes of building and testing (and before any output folder): every stage past the install
@@ -145,19 +154,38 @@ default_tests() {  # the files with GPU branches first, then the rest; the sm_90
     case " $(echo $GPU_TESTS) tests/test_compile_sm90.py tests/test_lean_launch.py " in *" $f "*) ;; *) echo "$f" ;; esac
   done
 }
-test_file() {  # test_file FILE: one pytest process, its log and exit status in $RES/tests/
-  local name; name=$(basename "$1" .py)
+test_jobs() {  # the test stage's jobs: FILE, or FILE:K/N for the K-th of a file's N shards (TEST_SHARDS)
+  local f e n k
+  for f in ${TESTS:-$(default_tests)}; do
+    n=1
+    for e in $TEST_SHARDS; do [ "${e%=*}" = "$f" ] && n=${e##*=}; done
+    if [ "$n" -gt 1 ]; then
+      for ((k = 1; k <= n; k++)); do echo "$f:$k/$n"; done
+    else
+      echo "$f"
+    fi
+  done
+}
+job_name() {  # job_name JOB: test_x for tests/test_x.py, test_x.2of3 for its second of three shards
+  local name shard; name=$(basename "${1%%:*}" .py)
+  case "$1" in *:*) shard=${1#*:}; name="$name.${shard%/*}of${shard#*/}" ;; esac
+  echo "$name"
+}
+test_file() {  # test_file JOB: one pytest process, its log and exit status in $RES/tests/
+  local name shard=""; name=$(job_name "$1")
+  case "$1" in *:*) shard=${1#*:} ;; esac
   # each failure's report goes to $name.failures as it happens (tests/conftest.py): a file killed at the
-  # stage's budget keeps them (run 5's test_attention.py left four F's and no traceback)
-  FASTGPT_FAILURE_LOG="$RES/tests/$name.failures" \
-    $PY -m pytest -q -m "not network" -p no:cacheprovider --timeout 120 -rfE "$1" > "$RES/tests/$name.log" 2>&1
+  # stage's budget keeps them (run 5's test_attention.py left four F's and no traceback); a shard runs
+  # every N-th test of its file (conftest: FASTGPT_TEST_SHARD)
+  FASTGPT_TEST_SHARD="$shard" FASTGPT_FAILURE_LOG="$RES/tests/$name.failures" \
+    $PY -m pytest -q -m "not network" -p no:cacheprovider --timeout 120 -rfE "${1%%:*}" > "$RES/tests/$name.log" 2>&1
   echo $? > "$RES/tests/$name.rc"
   echo "--- $1: rc=$(cat "$RES/tests/$name.rc") $(tail -n 1 "$RES/tests/$name.log")"
 }
-tests_report() {  # each file's failures (pytest's -rfE lines) and the stage's status
+tests_report() {  # each job's failures (pytest's -rfE lines) and the stage's status
   local f name rc=0
-  for f in ${TESTS:-$(default_tests)}; do
-    name=$(basename "$f" .py)
+  for f in $(test_jobs); do
+    name=$(job_name "$f")
     if [ ! -f "$RES/tests/$name.rc" ]; then
       echo "--- $f: not finished"; rc=1
       [ -s "$RES/tests/$name.failures" ] && grep -E "^(=== |E  +[A-Za-z]*Error)" "$RES/tests/$name.failures" | head -n 40
@@ -170,13 +198,13 @@ tests_report() {  # each file's failures (pytest's -rfE lines) and the stage's s
   done
   return $rc
 }
-run_tests() {  # one pytest process per file (a crash in one cannot hide the others), TEST_JOBS files at once:
+run_tests() {  # one pytest process per job (a crash in one cannot hide the others), TEST_JOBS at once:
   # the GPU machine has 16 cores, and each process spends most of its time compiling kernels
   local f
   mkdir -p "$RES/tests"
   rm -f "$RES"/tests/*.rc "$RES"/tests/*.failures
   trap 'echo "--- tests: time budget reached"; kill $(jobs -p) 2>/dev/null; wait; tests_report; exit 124' INT
-  for f in ${TESTS:-$(default_tests)}; do
+  for f in $(test_jobs); do
     while [ "$(jobs -rp | wc -l)" -ge "${TEST_JOBS:-6}" ]; do wait -n; done
     test_file "$f" &
   done
@@ -187,7 +215,8 @@ if named extdiag; then  # before the tests: it needs ~1-2 min, not their budget
   stage extdiag 240 env PYTHON="$PY" bash benchmarks/ext_diag.sh
 fi
 if wants tests; then
-  export -f run_tests test_file tests_report default_tests; export PY TESTS GPU_TESTS RES TEST_JOBS
+  export -f run_tests test_file tests_report default_tests test_jobs job_name
+  export PY TESTS GPU_TESTS RES TEST_JOBS TEST_SHARDS
   # TEST_JOBS pytest processes share the cores already: 2 compile workers each (kernels/_precompile.py)
   stage tests 300 env FASTGPT_COMPILE_WORKERS="${FASTGPT_COMPILE_WORKERS:-2}" bash -c run_tests
 fi

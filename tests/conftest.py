@@ -57,6 +57,7 @@ def _check_the_checkout_under_test():
 
 def pytest_configure(config):
     _check_the_checkout_under_test()   # (at conftest import, pytest.exit showed as an ImportError traceback)
+    _test_shard()                      # a malformed FASTGPT_TEST_SHARD stops the run before collection
 
 
 def pytest_runtest_logreport(report):
@@ -71,6 +72,35 @@ def pytest_runtest_logreport(report):
         for title, content in report.sections:
             f.write(f"--- {title}\n{content}\n")
         f.write("\n")
+
+
+def _test_shard():
+    """(K, N) from FASTGPT_TEST_SHARD=K/N, or None when it is unset or empty."""
+    spec = os.environ.get("FASTGPT_TEST_SHARD", "").strip()
+    if not spec:
+        return None
+    try:
+        k, n = (int(x) for x in spec.split("/"))
+        if not 1 <= k <= n:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"FASTGPT_TEST_SHARD must be K/N with 1 <= K <= N, got {spec!r}") from None
+    return k, n
+
+
+def pytest_collection_modifyitems(config, items):
+    """With FASTGPT_TEST_SHARD=K/N (benchmarks/gpu_check.sh sets it to spread a long file over N pytest
+    processes: on a GPU each process spends most of its time compiling kernels, one core each), only
+    every N-th test from the K-th (K = 1..N, collection order) runs; the others are deselected. Dealt out
+    round-robin, each parametrized family is spread over the shards."""
+    shard = _test_shard()
+    if shard is None:
+        return
+    k, n = shard
+    keep = items[k - 1::n]
+    kept = {id(item) for item in keep}
+    config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept])
+    items[:] = keep
 
 
 # every Triton kernel; the sm_90 stand-in tools (compile_report, host_overhead --check) must reach each

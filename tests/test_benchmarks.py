@@ -574,6 +574,70 @@ def test_failures_are_written_as_they_happen(tmp_path, monkeypatch):
     assert r.returncode == 1
 
 
+def test_gpu_check_spreads_a_long_file_over_shards(tmp_path):
+    """Run 5's test stage (H200) ended with test_attention.py at 170 of its 233 tests, the other files done:
+    one process compiles its kernels one after another. TEST_SHARDS="FILE=N" runs a file as N pytest
+    processes, the K-th with FASTGPT_TEST_SHARD=K/N (conftest keeps every N-th test from the K-th), each
+    with its own log and failure log, and the report names the shard that failed; by default
+    test_attention.py is cut in three. A bad entry is refused before anything runs."""
+    import os
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    calls = tmp_path / "calls"
+    py = tmp_path / "py"   # a stand-in python: CUDA "available"; its pytest says which shard ran; test_a 2/3 fails
+    py.write_text('#!/bin/sh\ncase "$*" in\n  *"-m pytest"*)\n'
+                  '    for a; do last=$a; done\n'
+                  '    echo "$FASTGPT_TEST_SHARD $last ${FASTGPT_FAILURE_LOG##*/}" >> "$CALLS"\n'
+                  '    [ "$FASTGPT_TEST_SHARD $last" = "2/3 tests/test_a.py" ] && '
+                  '{ echo "FAILED tests/test_a.py::t2 - boom"; exit 1; }\n'
+                  '    echo "1 passed" ;;\nesac\nexit 0\n')
+    py.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTGPT_TEST_SHARD", "FASTGPT_FAILURE_LOG", "TEST_SHARDS")}
+    env.update(PYTHON=str(py), CALLS=str(calls))
+
+    def run(**extra):
+        calls.unlink(missing_ok=True)
+        r = subprocess.run(["bash", str(script), "--only", "tests", "--out", str(tmp_path / "res")],
+                           capture_output=True, text=True, timeout=60, env=dict(env, **extra))
+        return r, sorted(calls.read_text().splitlines()) if calls.exists() else []
+
+    r, ran = run(TESTS="tests/test_a.py tests/test_b.py", TEST_SHARDS="tests/test_a.py=3")
+    assert ran == [" tests/test_b.py test_b.failures", "1/3 tests/test_a.py test_a.1of3.failures",
+                   "2/3 tests/test_a.py test_a.2of3.failures", "3/3 tests/test_a.py test_a.3of3.failures"], ran
+    assert "--- tests/test_a.py:2/3: rc=1\nFAILED tests/test_a.py::t2 - boom" in r.stdout, r.stdout
+    assert r.returncode == 1 and (tmp_path / "res" / "tests" / "test_a.3of3.log").read_text() == "1 passed\n"
+    r, ran = run(TESTS="tests/test_attention.py")   # the default
+    assert [c.split()[0] for c in ran] == ["1/3", "2/3", "3/3"] and r.returncode == 0, (ran, r.stdout)
+    r, ran = run(TESTS="tests/test_a.py", TEST_SHARDS="tests/test_a.py=0")
+    assert r.returncode == 2 and not ran and "TEST_SHARDS takes FILE=N entries" in r.stderr, r.stderr
+
+
+def test_test_shard_deals_the_tests_round_robin(tmp_path):
+    """conftest's FASTGPT_TEST_SHARD=K/N: the N shards' tests are the whole file, each test in one shard,
+    dealt in collection order; a malformed value is a usage error, not a silent full run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "FASTGPT_TEST_SHARD"}
+
+    def collect(shard):
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
+                            "tests/test_cli.py"], cwd=root, capture_output=True, text=True, timeout=120,
+                           env=dict(env, FASTGPT_TEST_SHARD=shard) if shard else env)
+        return r, [ln for ln in r.stdout.splitlines() if "::" in ln]
+
+    _, whole = collect(None)
+    shards = [collect(f"{k}/3")[1] for k in (1, 2, 3)]
+    assert len(whole) > 10 and [t for k in range(3) for t in shards[k]] != whole   # (interleaved, not cut)
+    assert all(shards[k] == whole[k::3] for k in range(3)), shards
+    for bad in ("0/3", "4/3", "2", "a/b"):
+        r, ids = collect(bad)   # (refused before collection)
+        assert r.returncode == 4 and not ids and "FASTGPT_TEST_SHARD must be K/N" in r.stderr, (bad, r.stderr)
+
+
 def test_gpu_check_drops_a_stale_family_file_and_packs_the_tar_after_each_stage(tmp_path):
     """(a review, 2026-11-29) A family whose stage crashed left the previous run's bench_<family>.json, which
     the table then showed as this run's figures; and --tar was written only at the very end, so a run
