@@ -97,10 +97,8 @@ def pytest_collection_modifyitems(config, items):
     if shard is None:
         return
     k, n = shard
-    keep = items[k - 1::n]
-    kept = {id(item) for item in keep}
-    config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept])
-    items[:] = keep
+    config.hook.pytest_deselected(items=[item for i, item in enumerate(items) if i % n != k - 1])
+    items[:] = items[k - 1::n]
 
 
 # every Triton kernel; the sm_90 stand-in tools (compile_report, host_overhead --check) must reach each
