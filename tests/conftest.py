@@ -91,14 +91,18 @@ def _test_shard():
 def pytest_collection_modifyitems(config, items):
     """With FASTGPT_TEST_SHARD=K/N (benchmarks/gpu_check.sh sets it to spread a long file over N pytest
     processes: on a GPU each process spends most of its time compiling kernels, one core each), only
-    every N-th test from the K-th (K = 1..N, collection order) runs; the others are deselected. Dealt out
-    round-robin, each parametrized family is spread over the shards."""
+    every N-th test from the K-th (K = 1..N) in the order of their ids runs; the others are deselected.
+    Dealt out round-robin, each parametrized family is spread over the shards; by id, not by collection
+    order, so that processes whose orders differ (pytest-randomly shuffles each its own way) still share
+    the tests out exactly."""
     shard = _test_shard()
     if shard is None:
         return
     k, n = shard
-    config.hook.pytest_deselected(items=[item for i, item in enumerate(items) if i % n != k - 1])
-    items[:] = items[k - 1::n]
+    by_id = sorted(range(len(items)), key=lambda i: items[i].nodeid)
+    mine = {i for rank, i in enumerate(by_id) if rank % n == k - 1}
+    config.hook.pytest_deselected(items=[item for i, item in enumerate(items) if i not in mine])
+    items[:] = [item for i, item in enumerate(items) if i in mine]
 
 
 # every Triton kernel; the sm_90 stand-in tools (compile_report, host_overhead --check) must reach each
