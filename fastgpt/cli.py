@@ -548,6 +548,24 @@ def device(spec: str | None, cpu_hint: str = "use --device cpu"):
     return torch.device("cpu")   # (cpu:0 is the one CPU; some loaders, safetensors', take only "cpu")
 
 
+def cuda_dtype(dtype: str | None) -> str:
+    """--dtype on the current CUDA device: auto (None) is bf16 where the GPU computes in bf16 natively
+    (compute capability 8.0 and newer: A100, H100, RTX 30xx / 40xx), else fp16, with the loss scaler (V100,
+    T4, RTX 20xx); an explicit bf16 where it is not native is a UsageError. torch.cuda.is_bf16_supported()
+    alone says yes on those older GPUs too: it counts emulated bf16 (slow), and so both commands chose bf16
+    there."""
+    import torch
+    if dtype not in (None, "bf16"):
+        return dtype
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bf16"
+    if dtype is None:
+        return "fp16"
+    major, minor = torch.cuda.get_device_capability()
+    raise UsageError(f"--dtype bf16: this GPU (compute capability {major}.{minor}) has no native bf16 "
+                     "(it needs 8.0 or newer); use --dtype fp16")
+
+
 def backend(name: str | None, device_type: str) -> str:
     """--backend resolved for the device (fastgpt.backend.resolve: 'fused' or 'reference'); a UsageError
     (one line) when it cannot be: --backend fused where it cannot run, a bad $FASTGPT_BACKEND."""

@@ -106,7 +106,8 @@ class FinetuneConfig:
     seed: int = _f(1337, "seed of the head, dropout and example order")
     device: Literal["cpu", "cuda"] | None = _f(None, "device (one GPU of several: CUDA_VISIBLE_DEVICES=N)",
                                                "cuda if available, else cpu")
-    dtype: Literal["bf16", "fp16", "fp32"] | None = _f(None, "autocast dtype", "bf16 on CUDA, fp32 on CPU")
+    dtype: Literal["bf16", "fp16", "fp32"] | None = _f(None, "autocast dtype",
+                                                       "bf16 on CUDA (fp16 before compute capability 8.0), fp32 on CPU")
     backend: Literal["fused", "reference"] | None = _f(None, "op implementation (never saved)",
                                                        "fused on CUDA, reference on CPU")
     resume: bool = _f(False, "continue from the newest checkpoint in out_dir")
@@ -566,15 +567,14 @@ def score(model, head, data, task_type, n_classes, bs, device, autocast) -> dict
 # The run
 # ---------------------------------------------------------------------------
 def _device_and_dtype(cfg: FinetuneConfig):
-    import torch
     c = dataclasses.replace(cfg)
     c.device = cli.device(c.device).type
-    if c.dtype is None:
-        c.dtype = "bf16" if c.device == "cuda" else "fp32"
+    if c.device == "cuda":   # auto: bf16, or fp16 on a GPU without native bf16
+        c.dtype = cli.cuda_dtype(c.dtype)
+    elif c.dtype is None:
+        c.dtype = "fp32"
     if c.dtype == "fp16" and c.device != "cuda":
         raise cli.UsageError("--dtype fp16 needs --device cuda (on the CPU use bf16 or fp32)")
-    if c.dtype == "bf16" and c.device == "cuda" and not torch.cuda.is_bf16_supported():
-        raise cli.UsageError("--dtype bf16: this GPU has no bf16; use --dtype fp16")
     cli.backend(c.backend, c.device)
     if c.progress is None:
         c.progress = sys.stderr.isatty()

@@ -170,7 +170,8 @@ def main(argv=None) -> int:
                          "(default: off)")
     ap.add_argument("--seed", type=int, default=1337, help="seed of the sampling RNG")
     ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype on CUDA")
+    ap.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+                    help="autocast dtype on CUDA (default: bf16, fp16 before compute capability 8.0)")
     ap.add_argument("--backend", default=None, choices=["fused", "reference"],
                     help="op implementation (default: $FASTGPT_BACKEND, else fused on CUDA, reference on CPU)")
     ap.add_argument("--tokenizer", default="auto", choices=["auto", "byte", "gpt2"],
@@ -192,7 +193,7 @@ def _run(args) -> int:
         raise cli.UsageError("--prompt encodes to no tokens")
     idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    dtype = args.dtype if device.type == "cuda" else "fp32"   # (--dtype: CUDA's)
+    dtype = cli.cuda_dtype(args.dtype) if device.type == "cuda" else "fp32"   # (--dtype: CUDA's)
     if dtype == "fp32":   # a residual stream kept in bf16 / fp16 needs autocast; without it, fp32 (more exact)
         model.config.residual_dtype = None
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache,

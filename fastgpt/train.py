@@ -127,7 +127,7 @@ class TrainConfig:
     device: Literal["cpu", "cuda"] | None = _f(None, "device (one GPU of several: CUDA_VISIBLE_DEVICES=N; several: torchrun)",
                                                "cuda if available, else cpu")
     dtype: Literal["bf16", "fp16", "fp32"] | None = _f(None, "autocast dtype (fp16 adds a dynamic loss scaler)",
-                                                       _dev("dtype"))
+                                                       _dev("dtype") + " (fp16 before compute capability 8.0)")
     backend: Literal["fused", "reference"] | None = _f(None, "op implementation (never saved)",
                                                        "$FASTGPT_BACKEND, else fused on CUDA and reference on CPU")
     compile: bool = _f(False, "torch.compile the model for training")
@@ -263,7 +263,6 @@ INIT_OWN = ("preset", "tokenizer", "block_size")
 def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     """Fill the auto (None) options for the device (with --init, _init_model fills INIT_OWN's after it);
     usage errors raise cli.UsageError."""
-    import torch
     from fastgpt import data as fdata
     c = dataclasses.replace(cfg)
     c.device = cli.device(c.device).type
@@ -275,8 +274,8 @@ def resolve(cfg: TrainConfig, given: set[str]) -> TrainConfig:
         setattr(c, k, AUTO[c.device][k])
     if c.dtype == "fp16" and c.device not in FP16_DEVICES:
         raise cli.UsageError("--dtype fp16 needs --device cuda (on the CPU use bf16 or fp32)")
-    if c.dtype == "bf16" and c.device == "cuda" and not torch.cuda.is_bf16_supported():
-        raise cli.UsageError("--dtype bf16: this GPU has no bf16; use --dtype fp16")
+    if c.device == "cuda":   # auto: bf16, or fp16 on a GPU without native bf16
+        c.dtype = cli.cuda_dtype(None if "dtype" in defaulted else c.dtype)
     if c.data is not None:  # absolute: the checkpoint keeps it, and a --resume may start from another folder
         c.data = cli.absolute_path(c.data)
     if c.init is not None:

@@ -876,7 +876,7 @@ def test_the_out_dir_lock_is_exclusive_between_two_runs(tmp_path):
 
 
 def test_sample_on_the_cpu_runs_in_fp32_whatever_dtype(tiny_dir, monkeypatch, capsys):
-    """Mutant: dtype = args.dtype (bf16 by default) on the CPU too. --dtype is CUDA's autocast dtype; on the CPU the
+    """Mutant: dtype = args.dtype (here --dtype bf16) on the CPU too. --dtype is CUDA's autocast dtype; on the CPU the
     sample runs in fp32 (bf16 autocast there is slower and changes the samples)."""
     from fastgpt import sample
     seen, real = [], cli.autocast_factory
@@ -904,3 +904,34 @@ def test_the_sample_command_train_prints_works_for_an_out_dir_that_starts_with_a
     assert cmd == "./-run/model", last
     assert sample.main(shlex.split(cmd) + ["--max-new-tokens=2", "--device=cpu"]) == 0
     assert cli.path_arg("a b/-c") == "'a b/-c'" and cli.path_arg("/x/-y") == "/x/-y"
+
+
+@pytest.mark.filterwarnings("ignore:fastgpt. using the reference path on CUDA")
+@pytest.mark.parametrize("capability", [(7, 5), (8, 0)])
+def test_auto_dtype_on_cuda_is_bf16_only_where_the_gpu_has_it(capability, monkeypatch):
+    """torch.cuda.is_bf16_supported() says yes on a T4 or a V100 as well: it counts emulated bf16 (slow). So
+    train and finetune chose bf16 there by default (and sample's --dtype defaulted to it). Auto is now bf16
+    from compute capability 8.0, else fp16 (with the loss scaler); an explicit bf16 below 8.0 is a usage error
+    naming the capability; fp16 and fp32 are taken as given. (A CUDA device is faked: this runs on the CPU.)"""
+    import torch
+    native = capability >= (8, 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    auto = "bf16" if native else "fp16"
+    assert [cli.cuda_dtype(d) for d in (None, "fp16", "fp32")] == [auto, "fp16", "fp32"]
+    if native:
+        assert cli.cuda_dtype("bf16") == "bf16"
+    else:
+        with pytest.raises(cli.UsageError, match=r"^--dtype bf16: this GPU \(compute capability 7\.5\) has no native "
+                                                 r"bf16 \(it needs 8\.0 or newer\); use --dtype fp16$"):
+            cli.cuda_dtype("bf16")
+    # both commands resolve their auto --dtype through it
+    monkeypatch.setattr(cli, "device", lambda spec, *a, **k: torch.device("cuda"))
+    assert train.resolve(train.TrainConfig(device="cuda"), set()).dtype == auto
+    assert train.resolve(train.TrainConfig(device="cuda", dtype="fp32"), {"dtype"}).dtype == "fp32"
+    assert finetune._device_and_dtype(finetune.FinetuneConfig(device="cuda")).dtype == auto
+    if not native:
+        with pytest.raises(cli.UsageError, match="no native bf16"):
+            train.resolve(train.TrainConfig(device="cuda", dtype="bf16"), {"dtype"})
+        with pytest.raises(cli.UsageError, match="no native bf16"):
+            finetune._device_and_dtype(finetune.FinetuneConfig(device="cuda", dtype="bf16"))
