@@ -682,6 +682,28 @@ def test_selftest_skips_the_extension_rows_when_it_is_off(capsys, monkeypatch):
         capsys.readouterr().err
 
 
+@pytest.mark.parametrize("capability", [(7, 5), (9, 0)])
+def test_selftest_leaves_bf16_out_where_the_gpu_has_none(capability, monkeypatch):
+    """On a GPU without native bf16 (a T4, a V100: compute capability below 8.0, where
+    torch.cuda.is_bf16_supported() still says yes, counting emulation) the selftest checked every op in
+    bf16 and the block under bf16 autocast, which training there no longer uses (it runs fp16). Its cases
+    now leave bf16 out there and check the block in fp16. (A CUDA device is faked: the cases are built, not
+    run.)"""
+    from fastgpt import selftest
+    native = capability >= (8, 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda")
+    op_dtypes = {dt for *_, dtypes, _ in selftest._op_cases(cuda, quick=True) for dt in dtypes}
+    block = [(dt, ac) for _, dt, ac, _ in selftest._block_cases(cuda, quick=True)]
+    half = torch.bfloat16 if native else torch.float16
+    assert op_dtypes == {torch.float32, torch.float16} | ({torch.bfloat16} if native else set())
+    assert block == [(torch.float32, None), (half, None), (torch.float32, half)] * 2, block
+    # the CPU (the interpreter, bf16 patched) keeps its bf16 rows
+    assert torch.bfloat16 in {dt for *_, dtypes, _ in selftest._op_cases(torch.device("cpu"), quick=True)
+                              for dt in dtypes}
+
+
 @needs_triton
 def test_selftest_atomic_dq_row_runs_that_backward(capsys, monkeypatch):
     """The "causal_attention atomic dQ" row runs attention's atomic-dQ backward, and leaves BWD_DQ as it was."""
