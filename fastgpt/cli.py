@@ -552,8 +552,8 @@ def cuda_dtype(dtype: str | None) -> str:
     """--dtype on the current CUDA device: auto (None) is bf16 where the GPU computes in bf16 natively
     (compute capability 8.0 and newer: A100, H100, RTX 30xx / 40xx), else fp16, with the loss scaler (V100,
     T4, RTX 20xx); an explicit bf16 where it is not native is a UsageError. torch.cuda.is_bf16_supported()
-    alone says yes on those older GPUs too: it counts emulated bf16 (slow), and so both commands chose bf16
-    there."""
+    alone says yes on those older GPUs too: it counts emulated bf16 (slow), and so train, finetune and
+    sample chose bf16 there."""
     import torch
     if dtype not in (None, "bf16"):
         return dtype
