@@ -548,16 +548,21 @@ def device(spec: str | None, cpu_hint: str = "use --device cpu"):
     return torch.device("cpu")   # (cpu:0 is the one CPU; some loaders, safetensors', take only "cpu")
 
 
+def native_bf16() -> bool:
+    """Whether the current CUDA device computes in bf16 natively (compute capability 8.0 and newer: A100,
+    H100, RTX 30xx / 40xx). torch.cuda.is_bf16_supported() alone says yes on older GPUs too (V100, T4,
+    RTX 20xx): it counts emulated bf16 (slow), and so train, finetune and sample chose bf16 there."""
+    import torch
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def cuda_dtype(dtype: str | None) -> str:
-    """--dtype on the current CUDA device: auto (None) is bf16 where the GPU computes in bf16 natively
-    (compute capability 8.0 and newer: A100, H100, RTX 30xx / 40xx), else fp16, with the loss scaler (V100,
-    T4, RTX 20xx); an explicit bf16 where it is not native is a UsageError. torch.cuda.is_bf16_supported()
-    alone says yes on those older GPUs too: it counts emulated bf16 (slow), and so train, finetune and
-    sample chose bf16 there."""
+    """--dtype on the current CUDA device: auto (None) is bf16 where it is native (native_bf16), else fp16,
+    with the loss scaler; an explicit bf16 where it is not native is a UsageError."""
     import torch
     if dtype not in (None, "bf16"):
         return dtype
-    if torch.cuda.is_bf16_supported(including_emulation=False):
+    if native_bf16():
         return "bf16"
     if dtype is None:
         return "fp16"

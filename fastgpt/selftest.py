@@ -156,8 +156,9 @@ def compare_block(cfg, dtype=torch.float32, device="cpu", backend="fused", B=2, 
 
 def _native_bf16(device) -> bool:
     """Whether the device computes in bf16 natively: the CPU (the interpreter), and GPUs of compute capability
-    8.0 and newer. torch.cuda.is_bf16_supported() alone also says yes on a T4 or V100 (emulated bf16)."""
-    return device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
+    8.0 and newer (cli.native_bf16)."""
+    from fastgpt.cli import native_bf16
+    return device.type != "cuda" or native_bf16()
 
 
 def _op_cases(device, quick):

@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from conftest import HAS_CUDA, interrupt_on_call
+from conftest import HAS_CUDA, fake_cuda_capability, interrupt_on_call
 from fastgpt import cli, finetune, train
 
 
@@ -914,9 +914,7 @@ def test_auto_dtype_on_cuda_is_bf16_only_where_the_gpu_has_it(capability, monkey
     from compute capability 8.0, else fp16 (with the loss scaler); an explicit bf16 below 8.0 is a usage error
     naming the capability; fp16 and fp32 are taken as given. (A CUDA device is faked: this runs on the CPU.)"""
     import torch
-    native = capability >= (8, 0)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    native = fake_cuda_capability(monkeypatch, capability)
     auto = "bf16" if native else "fp16"
     assert [cli.cuda_dtype(d) for d in (None, "fp16", "fp32")] == [auto, "fp16", "fp32"]
     if native:

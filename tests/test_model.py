@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import (DEVICE, FP32_ATTENTION_TOL, HAS_CUDA, count_calls, needs_cuda, needs_triton,
-                      record_syncs_and_renames)
+from conftest import (DEVICE, FP32_ATTENTION_TOL, HAS_CUDA, count_calls, fake_cuda_capability, needs_cuda,
+                      needs_triton, record_syncs_and_renames)
 from fastgpt import GPT, GPTBlock, GPTConfig, reference
 from fastgpt.config import PRESETS
 from fastgpt.model import KVCache, load_model
@@ -690,9 +690,7 @@ def test_selftest_leaves_bf16_out_where_the_gpu_has_none(capability, monkeypatch
     now leave bf16 out there and check the block in fp16. (A CUDA device is faked: the cases are built, not
     run.)"""
     from fastgpt import selftest
-    native = capability >= (8, 0)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    native = fake_cuda_capability(monkeypatch, capability)
     cuda = torch.device("cuda")
     op_dtypes = {dt for *_, dtypes, _ in selftest._op_cases(cuda, quick=True) for dt in dtypes}
     block = [(dt, ac) for _, dt, ac, _ in selftest._block_cases(cuda, quick=True)]
