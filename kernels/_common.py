@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 import sys
 from typing import Optional
@@ -84,6 +85,19 @@ def check_same_device(op: str, **tensors) -> None:
         reason = fused_unavailable_reason(dev.type)
         if reason is not None:
             raise ValueError(f"{op}: {reason}")
+
+
+# The row kernels' persistent loops (LayerNorm, bias-GELU) step an int32 row start past M by up to one
+# grid's rows, which is M itself where every tile has its own program: 2 M plus a tile stays below 2**31.
+MAX_ROWS = 2**30 - 2**10
+
+
+def check_rows(op: str, x: torch.Tensor) -> None:
+    """x has at most MAX_ROWS rows (the product of its leading dims)."""
+    rows = math.prod(x.shape[:-1])
+    if rows > MAX_ROWS:
+        raise ValueError(f"{op}: x has {rows:,} rows (the product of its leading dims), above the kernels' limit of "
+                         f"{MAX_ROWS:,}; use backend='reference'")
 
 
 def check_vector(op: str, name: str, t, n: int) -> None:

@@ -10,8 +10,8 @@ Backward:
     programs writes a (G, N) partial buffer, _common.sum_partials adds its rows in a fixed order)
 The forward saves x (not u): the backward recomputes u = x + b.
 
-Limits: any shape with a last dim (the bias dim) up to MAX_N = 8,388,480; fp16, bf16, fp32; y has
-x's dtype.
+Limits: any shape with a last dim (the bias dim) up to MAX_N = 8,388,480 and at most _common.MAX_ROWS
+rows (~2**30: the row loop's int32 start); fp16, bf16, fp32; y has x's dtype.
 The tanh form is evaluated as u * sigmoid(2z) (the same function): 0.5 u (1 + tanh z)
 loses all accuracy to cancellation for u << 0, and the sigmoid saturates correctly at +-inf.
 """
@@ -27,7 +27,7 @@ from torch import Tensor
 from fastgpt import reference
 from fastgpt.backend import first_order_only
 from fastgpt.kernels._common import (
-    PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_out, check_same_device, check_vector,
+    PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_out, check_rows, check_same_device, check_vector,
     current_stream, empty, misaligned, on_its_device, plan_key, records_grad, reduction_programs, row_stride, rows_2d,
     same_data, sum_partials, unit_stride,
 )
@@ -139,7 +139,7 @@ def _bias_gelu_bwd_kernel(
         if HAS_BIAS:
             db_acc += dx
     if HAS_BIAS:
-        tl.store(DBp + pid * N + cols, tl.sum(db_acc, axis=0), mask=cmask)
+        tl.store(DBp + pid.to(tl.int64) * N + cols, tl.sum(db_acc, axis=0), mask=cmask)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -151,6 +151,7 @@ def _validate(x, bias, approximate):
     if x.shape[-1] > MAX_N:
         raise ValueError(f"{op}: last dim {x.shape[-1]} is above the kernels' limit of {MAX_N:,} (65535 blocks of "
                          "128 columns); without a bias, reshape x (GELU is element-wise), or use backend='reference'")
+    check_rows(op, x)
     if not _known(approximate):
         raise ValueError(f"{op}: approximate must be 'tanh' or 'none', got {approximate!r}")
     check_vector(op, "bias", bias, x.shape[-1])

@@ -21,8 +21,9 @@ The forward's programs walk tiles of BLOCK_M rows: one tile each (as many progra
 as tiles), or a persistent grid of 4 programs per SM whose row loop prefetches
 the next tiles (STAGES > 1; the autotuner picks).
 
-Limits: 1 <= N <= 8192 (a row lives in registers); x, residual, weight and
-bias may each be fp16, bf16 or fp32; the last dim must be the feature dim.
+Limits: 1 <= N <= 8192 (a row lives in registers), at most _common.MAX_ROWS rows (~2**30: the row
+loop's int32 start); x, residual, weight and bias may each be fp16, bf16 or fp32; the last dim must be
+the feature dim.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from torch import Tensor
 from fastgpt import reference
 from fastgpt.backend import first_order_only
 from fastgpt.kernels._common import (
-    PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_out, check_same_device, check_vector,
+    PlanCache, as_2d, autotune, cdiv, check_float, check_grad, check_out, check_rows, check_same_device, check_vector,
     current_stream, empty, misaligned, next_pow2, on_its_device, plan_key, reduction_programs, row_stride, records_grad,
     rows_2d, same_data, sum_partials, unit_stride,
 )
@@ -205,6 +206,7 @@ def _validate(op, x, residual, weight, bias):
     n = x.shape[-1]
     if n > MAX_N:
         raise ValueError(f"{op}: hidden size {n} exceeds the kernel's limit of {MAX_N}; use backend='reference'")
+    check_rows(op, x)
     if residual is not None:
         check_float("residual", residual, op)
         if residual.shape != x.shape:

@@ -173,6 +173,45 @@ def test_the_widest_rows_are_accepted():
         assert torch.ops.fastgpt.bias_gelu(x, b, "tanh").shape == x.shape
 
 
+def test_row_limit():
+    """At most MAX_ROWS rows (the row loop's int32 start, which runs up to ~2 M: past 2**31 it wrapped negative and
+    the loop went on at negative rows). Traced with fake tensors, as test_the_widest_rows_are_accepted."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastgpt.kernels._common import MAX_ROWS
+    with FakeTensorMode():
+        b = torch.empty(1, device=DEVICE)
+        assert torch.ops.fastgpt.bias_gelu(torch.empty(MAX_ROWS, 1, device=DEVICE), b, "tanh").shape == (MAX_ROWS, 1)
+        with pytest.raises(ValueError, match=f"bias_gelu: x has {MAX_ROWS + 1:,} rows .* limit of {MAX_ROWS:,}"):
+            torch.ops.fastgpt.bias_gelu(torch.empty(1, MAX_ROWS + 1, 1, device=DEVICE), b, "tanh")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="the CPU interpreter's stores are recorded")
+def test_backward_partial_rows_past_2_gib_elements(monkeypatch):
+    """Each backward program's row of fp32 partial bias sums starts at pid * N, past 2**31 elements from the 258th
+    program at N = MAX_N (an H100 runs up to 4 programs per SM, 528). It was computed in int32 and wrapped
+    negative: a write ~8.5 GB before the buffer (2026-11-29 review). The interpreter wraps int32 as the GPU does;
+    every store is recorded, none made (DBp is one element), and dx's rows are only program 0's (M = 8 rows)."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    from fastgpt.kernels import gelu as G
+    N, programs = G.MAX_N, 260
+    x, dy, b = (torch.randn(256) for _ in range(3))     # row stride 0: no M x N input
+    dx, dbp = torch.empty(8, 256), torch.empty(1)
+    starts = {}
+
+    def record(self, ptrs, value, mask, *args):
+        p = ptrs.data.astype(np.int64)[mask.data]
+        if p.size and not dx.data_ptr() <= p.min() < dx.data_ptr() + dx.numel() * 4:
+            starts[self.grid_idx[0]] = (int(p.min()) - dbp.data_ptr()) // 4
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_store", record)
+    G._bias_gelu_bwd_kernel.fn[(programs, 1)](dy, x, b, dx, dbp, 8, N, 0, 0, HAS_BIAS=True, TANH=True,
+                                              BLOCK_M=8, BLOCK_N=256, STAGES=1)
+    assert starts == {pid: pid * N for pid in range(programs)}
+
+
 def test_opcheck():
     import fastgpt.kernels  # noqa: F401
     x = torch.randn(3, 40, device=DEVICE, requires_grad=True)

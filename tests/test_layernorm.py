@@ -196,6 +196,22 @@ def test_the_widest_rows_are_accepted():
         assert torch.ops.fastgpt.add_layer_norm(x, x, w, None, 1e-5)[0].shape == x.shape
 
 
+def test_row_limit():
+    """At most MAX_ROWS rows: the row loop's int32 start runs up to ~2 M where each tile has its own program
+    (the forward's STAGES = 1 configs on the GPU), and past 2**31 it wrapped negative. Fake tensors, as above."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastgpt.kernels._common import MAX_ROWS
+    with FakeTensorMode():
+        w = torch.empty(1, device=DEVICE)
+        assert torch.ops.fastgpt.layer_norm(torch.empty(MAX_ROWS, 1, device=DEVICE), w, w, 1e-5)[0].shape[0] == MAX_ROWS
+        x = torch.empty(MAX_ROWS + 1, 1, device=DEVICE)
+        for call in (lambda: torch.ops.fastgpt.layer_norm(x, w, w, 1e-5),
+                     lambda: torch.ops.fastgpt.add_layer_norm(x, x, w, None, 1e-5)):
+            with pytest.raises(ValueError, match=f"layer_norm: x has {MAX_ROWS + 1:,} rows .* limit of {MAX_ROWS:,}"):
+                call()
+
+
 def test_zero_rows():
     import fastgpt.kernels as K
     x = torch.randn(0, 16, device=DEVICE, requires_grad=True)
