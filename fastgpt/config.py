@@ -31,6 +31,13 @@ RESIDUAL_DTYPES = (None, "float32", "bfloat16", "float16")
 MAX_DROPOUT_P = 1.0 - 50.0 / 65536.0
 
 
+def dropout_option_problems(p) -> list:
+    """fastgpt.train's and fastgpt.finetune's --dropout: its problem, or none (None: the model's own rate)."""
+    if p is not None and not 0 <= p <= MAX_DROPOUT_P:
+        return [f"--dropout must be in [0, {MAX_DROPOUT_P:.6f}], got {p}"]
+    return []
+
+
 _INT_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple")
 _FLOAT_FIELDS = ("dropout", "layer_norm_eps")
 

@@ -101,6 +101,8 @@ class FinetuneConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay (matrices and embeddings)")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
     aux_lm_weight: float = _f(0.5, "lambda of L3 = L2(task) + lambda * L1(LM); 0 = no auxiliary LM loss")
+    dropout: float | None = _f(None, "the backbone's dropout (embeddings, attention weights, residuals)",
+                               "the --init model's")
     clf_dropout: float = _f(0.1, "dropout on the head's input")
     max_len: int | None = _f(None, "tokens per sequence (longer inputs are truncated)", "the model's block_size")
     seed: int = _f(1337, "seed of the head, dropout and example order")
@@ -121,7 +123,7 @@ class FinetuneConfig:
                                   path=True)
 
     def validate(self) -> list[str]:
-        from fastgpt.config import PRESETS
+        from fastgpt.config import PRESETS, dropout_option_problems
         p = cli.empty_path_problems(out_dir=self.out_dir, init=self.init, task=self.task, val_file=self.val_file,
                                     test_file=self.test_file, predict_file=self.predict_file)
         if self.preset is not None and self.preset not in PRESETS:
@@ -147,6 +149,7 @@ class FinetuneConfig:
             p.append(f"--aux_lm_weight must be a finite number >= 0, got {self.aux_lm_weight}")
         if not 0 <= self.clf_dropout < 1:
             p.append(f"--clf_dropout must be in [0, 1), got {self.clf_dropout}")
+        p += dropout_option_problems(self.dropout)
         if self.ckpt_interval is not None and self.ckpt_interval < 0:
             p.append(f"--ckpt_interval must be >= 0, got {self.ckpt_interval}")
         if self.keep_ckpts < 0:
@@ -355,15 +358,16 @@ def _resume_point(cfg: "FinetuneConfig", given: set[str], out_dir: Path) -> tupl
 
 
 def _check_resume_options(cfg: "FinetuneConfig", given: set[str], st: dict, path) -> None:
-    """--resume continues the checkpoint's model and head: --init, --preset, --tokenizer or --task_type
-    given on the command line that say otherwise are a usage error (they used to be ignored silently);
+    """--resume continues the checkpoint's model and head: --init, --preset, --tokenizer, --task_type or
+    --dropout given on the command line that say otherwise are a usage error (they used to be ignored silently);
     so is another --batch_size or --seed (the saved step counts batches of the epoch's order: data would be
     skipped or repeated)."""
     saved, meta = st["extra"]["finetune_config"], st["extra"]["finetune"]
     was = dict(init=_absolute_path(saved.get("init")), preset=saved.get("preset"), tokenizer=st.get("tokenizer"),
                task_type=meta.get("task_type"),   # (init: relative in an earlier version's checkpoint)
                batch_size=saved.get("batch_size"),   # (the saved step counts batches of this size)
-               seed=saved.get("seed"))   # (each epoch's order is drawn from it: a new one repeats and skips)
+               seed=saved.get("seed"),   # (each epoch's order is drawn from it: a new one repeats and skips)
+               dropout=st["config"]["dropout"])   # (the model's: the saved option may be None, the --init's)
     for k, v in was.items():
         if k in given and getattr(cfg, k) != v:
             raise cli.UsageError(f"--{k} {getattr(cfg, k)}: the checkpoint {path} continues a fine-tune with "
@@ -656,6 +660,8 @@ def _run(cfg: FinetuneConfig, given: set[str] | None, sigs: cli.GracefulStop, lo
                            f"{tok_name} + specials ({tok.n_vocab})")
         model.config.extra = dict(model.config.extra, tokenizer=tok_name,
                                   special_tokens=list(T.SPECIAL_TOKENS), base_vocab=tok.base_vocab)
+        if cfg.dropout is not None:
+            model.set_dropout(cfg.dropout)
     model.backend = cfg.backend
     model.to(device)
     if cfg.max_len is not None and cfg.max_len > model.config.block_size:

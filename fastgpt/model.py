@@ -556,6 +556,16 @@ class GPT(nn.Module):
         for b in self.transformer.h:
             b.backend = value
 
+    def set_dropout(self, p: float) -> None:
+        """Change the dropout rate of every place it acts (embeddings, attention weights, residuals) and of
+        ``config``: fine-tuning a model pre-trained without dropout, or the other way round."""
+        cfg = self.config.replace(dropout=p)
+        cfg.validate()
+        self.config = cfg
+        self.transformer.drop.p = float(p)
+        for b in self.transformer.h:
+            b.dropout = float(p)
+
     # -- init and size
     @torch.no_grad()
     def reset_parameters(self):

@@ -191,9 +191,8 @@ class TrainConfig:
                 p.append(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
             p.append(f"--grad_clip must be a finite number >= 0 (0 = off), got {self.grad_clip}")
-        from fastgpt.config import MAX_DROPOUT_P
-        if self.dropout is not None and not 0 <= self.dropout <= MAX_DROPOUT_P:
-            p.append(f"--dropout must be in [0, {MAX_DROPOUT_P:.6f}], got {self.dropout}")
+        from fastgpt.config import dropout_option_problems
+        p += dropout_option_problems(self.dropout)
         if not 0 < self.val_fraction < 1:   # (0: no validation split, which the evaluations need)
             p.append(f"--val_fraction must be in (0, 1), got {self.val_fraction}")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):

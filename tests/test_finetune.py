@@ -716,6 +716,25 @@ def test_resume_refuses_a_changed_task_file_and_batch_size(tmp_path, tiny_init, 
     assert FT.main(["--resume", f"--out_dir={out}", "--device=cpu", "--max_iters=3"]) == 0
 
 
+def test_dropout_replaces_the_init_models_rate(tmp_path, tiny_init, capsys):
+    """--dropout sets the backbone's rate (the paper fine-tunes with 0.1; a model pre-trained with none kept 0: a
+    review); the saved model records it, a --resume with another rate is refused, an impossible one is a usage
+    error."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    out = tmp_path / "o"
+    assert FT.main(_ft_argv(task, tiny_init, out, dropout=0.1)) == 0
+    assert json.loads((out / "best" / "config.json").read_text())["config"]["dropout"] == 0.1
+    for extra, code, msg in ((["--dropout=0.2"], 2, "--dropout 0.2: the checkpoint"),
+                             (["--dropout=1.5"], 2, "--dropout must be in [0, 0.999237], got 1.5")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            FT.main(["--resume", f"--out_dir={out}", "--device=cpu", "--max_iters=3"] + extra)
+        err = capsys.readouterr().err
+        assert e.value.code == code and err.count("\n") == 1 and msg in err, err
+    assert FT.main(["--resume", f"--out_dir={out}", "--device=cpu", "--max_iters=3", "--dropout=0.1"]) == 0
+    assert ck.load_checkpoint(ck.newest_readable(out)[0])["config"]["dropout"] == 0.1
+
+
 def test_predict_prints_one_line_per_input_for_choices_with_line_breaks(tmp_path, tiny_init, capsys):
     rows = [dict(text=f"q{i}", choices=["line one\nline two", "other\r\nanswer"], label=i % 2) for i in range(20)]
     task = write_jsonl(tmp_path / "c.jsonl", rows)

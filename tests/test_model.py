@@ -840,6 +840,31 @@ def test_embedding_dropout_drops_the_sum_of_token_and_position_embeddings():
     torch.testing.assert_close(seen[0][kept], e[kept] / (1 - cfg.dropout))
 
 
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_set_dropout_equals_a_model_built_with_that_rate(norm):
+    """GPT.set_dropout (fine-tuning a model pre-trained without dropout: finetune --dropout) changes every place
+    dropout acts: a training step equals, bit for bit, that of the same weights built with the rate, and a
+    rate the config refuses changes nothing."""
+    torch.manual_seed(0)
+    a = GPT(_tiny(norm=norm, dropout=0.0), backend="reference").train()
+    b = GPT(_tiny(norm=norm, dropout=0.2), backend="reference").train()
+    b.load_state_dict(a.state_dict())
+    a.set_dropout(0.2)
+    assert a.config == b.config
+    idx = torch.randint(0, TINY["vocab_size"], (2, 16))
+    outs = []
+    for m in (a, b):
+        torch.manual_seed(1)
+        logits, loss = m(idx, idx)
+        loss.backward()
+        outs.append((logits, [p.grad for p in m.parameters()]))
+    assert not torch.equal(outs[0][0], a.eval()(idx)[0])   # (dropout acted)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="dropout must be"):
+        a.set_dropout(1.5)
+    assert a.config.dropout == 0.2 and a.transformer.drop.p == 0.2
+
+
 def test_gpt_calls_its_blocks_ln_f_and_head_as_modules():
     """(a review, 2026-11-29) GPT ran each block through block.forward_stream and read ln_f and lm_head by
     their weights: hooks on them never fired, block.compile() compiled nothing, activation checkpointing's
