@@ -351,6 +351,19 @@ class TokenData:
     def tokenizer(self) -> str:
         return self.meta["tokenizer"]
 
+    def sampler(self, split: str, batch_size: int, block_size: int, seed: int) -> "BatchSampler":
+        """A BatchSampler over one split that refuses a window holding an id outside the tokenizer's (a token
+        file damaged after it was written: the model's index error, a traceback, before)."""
+        return BatchSampler(getattr(self, split), batch_size, block_size, seed, n_vocab=self.meta.get("n_vocab"),
+                            corrupt=f"the token file {self.dir / (split + '.bin')} is corrupt; {rebuild_hint(self.dir)}")
+
+
+def rebuild_hint(d: Path) -> str:
+    """What to do about a damaged token folder: rebuild it (a cache folder) or make it again (the user's)."""
+    in_cache = Path(d).resolve().is_relative_to((cache_dir() / "tokens").resolve())
+    return ("delete that folder and rerun to rebuild them" if in_cache else
+            "make it again from its text (python -m fastgpt.data --data TEXT), or give the text as --data")
+
 
 def _dtype_for(n_vocab: int):
     return np.uint16 if n_vocab <= 65536 else np.uint32
@@ -475,10 +488,7 @@ def load_token_dir(d: Path) -> TokenData:
             arrays[split] = (np.memmap(p, dtype=dtype, mode="r", shape=(n,)) if n
                              else np.zeros(0, dtype=dtype))
     except (OSError, ValueError, KeyError, TypeError) as e:
-        in_cache = d.resolve().is_relative_to((cache_dir() / "tokens").resolve())
-        todo = ("delete that folder and rerun to rebuild them" if in_cache else
-                "make it again from its text (python -m fastgpt.data --data TEXT), or give the text as --data")
-        raise DataError(f"the token files in {d} are incomplete or corrupt ({e}); {todo}") from None
+        raise DataError(f"the token files in {d} are incomplete or corrupt ({e}); {rebuild_hint(d)}") from None
     return TokenData(d, meta, arrays["train"], arrays["val"])
 
 
@@ -747,11 +757,14 @@ class BatchSampler:
     x = data[s:s+T], y = data[s+1:s+T+1] with one fancy-index read.
     """
 
-    def __init__(self, data: np.ndarray, batch_size: int, block_size: int, seed: int):
+    def __init__(self, data: np.ndarray, batch_size: int, block_size: int, seed: int,
+                 n_vocab: int | None = None, corrupt: str = "the data is corrupt"):
+        """With ``n_vocab``, a window holding an id >= n_vocab is a DataError saying ``corrupt`` (TokenData.sampler)."""
         if len(data) < block_size + 1:
             raise DataError(f"the data has {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}; "
                             "use a smaller --block_size or more text")
         self.data, self.B, self.T = data, batch_size, block_size
+        self.n_vocab, self.corrupt = n_vocab, corrupt
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.drawn = 0
         self._offs = np.arange(block_size + 1, dtype=np.int64)
@@ -759,6 +772,10 @@ class BatchSampler:
     def next_numpy(self) -> tuple[np.ndarray, np.ndarray]:
         starts = self.rng.integers(0, len(self.data) - self.T, size=self.B, dtype=np.int64)
         win = np.asarray(self.data[starts[:, None] + self._offs], dtype=np.int64)
+        if self.n_vocab is not None and win.max() >= self.n_vocab:
+            bad = np.argwhere(win >= self.n_vocab)[0]
+            raise DataError(f"{self.corrupt} (token {starts[bad[0]] + bad[1]:,} is {win[tuple(bad)]}, outside its "
+                            f"tokenizer's {self.n_vocab} ids)")
         self.drawn += 1
         return win[:, :-1], win[:, 1:]
 

@@ -857,14 +857,17 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
     # the stream is that of one process with the global batch, whatever the world size.
     B, W = cfg.batch_size, dist.world
     try:
-        train_batches = fdata.BatchSampler(td.train, B * W, cfg.block_size, cfg.seed)
+        train_batches = td.sampler("train", B * W, cfg.block_size, cfg.seed)
     except fdata.DataError as e:
         raise AlikeRunError(str(e)) from None
 
     def shard(sampler):
-        if W == 1:
-            return sampler.next(device)
-        x, y = sampler.next_numpy()
+        try:   # (every rank draws the same windows: a damaged token file is met by all alike)
+            if W == 1:
+                return sampler.next(device)
+            x, y = sampler.next_numpy()
+        except fdata.DataError as e:
+            raise AlikeRunError(str(e)) from None
         rows = slice(dist.rank * B, (dist.rank + 1) * B)
         x, y = (torch.from_numpy(np.ascontiguousarray(a[rows])) for a in (x, y))
         if device.type == "cuda":
@@ -935,7 +938,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         run with the same global batch, whatever its process count."""
         was = model.training
         model.eval()
-        sampler = fdata.BatchSampler(td.val, B * W, cfg.block_size, seed=cfg.seed + 1)
+        sampler = td.sampler("val", B * W, cfg.block_size, seed=cfg.seed + 1)
         tot = torch.zeros((), device=device, dtype=torch.float64)
         for _ in range(cfg.eval_iters):
             x, y = shard(sampler)

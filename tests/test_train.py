@@ -50,6 +50,28 @@ def test_loss_falls(corpus, tmp_path, capsys):
     assert [p.name for p in ck.list_checkpoints(out)] == ["ckpt_0000020.pt", "ckpt_0000040.pt"]  # every eval_interval, keep 2
 
 
+def test_a_token_file_damaged_after_it_was_written_is_one_line(corpus, tmp_path, capsys):
+    """A cached train.bin whose bytes were overwritten (its size kept, so its folder still loads) gave the model's
+    index error mid-run, a 45-line traceback (a review): an id outside the tokenizer's is one line naming the
+    file, exit 1; the validation split is checked alike."""
+    import numpy as np
+
+    from fastgpt import data
+    td = data.prepare(str(corpus), "byte")
+    for split in ("train", "val"):
+        f = td.dir / f"{split}.bin"
+        good = np.fromfile(f, dtype=np.uint16)
+        bad = good.copy()
+        bad[::50] = 22616
+        bad.tofile(f)
+        with pytest.raises(SystemExit) as e:
+            train.main(_args(corpus, tmp_path / f"out-{split}", max_iters=2))
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert e.value.code == 1 and "Traceback" not in err, err
+        assert f"the token file {f} is corrupt; delete that folder" in err and "is 22616, outside" in err, err
+        good.tofile(f)
+
+
 def test_resume_is_bit_exact(corpus, tmp_path, capsys):
     """Stopped at N and resumed to 2N == an uninterrupted 2N-step run (same lr_decay_iters).
 
