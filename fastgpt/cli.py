@@ -189,8 +189,10 @@ def load_config_file(path: str, opts) -> dict:
             except ImportError:   # Python 3.10: its forerunner (a dependency there)
                 import tomli as tomllib
             data = tomllib.loads(raw.decode("utf-8-sig"))   # (an editor's byte-order mark)
-        else:
-            data = json.loads(raw)
+        else:   # (a key given twice: JSON keeps the last silently, TOML refuses it)
+            data = json.loads(raw, object_pairs_hook=lambda pairs: _no_repeated_key(path, pairs))
+    except ConfigFileError:
+        raise
     except Exception as e:  # a syntax error: say where, in one line
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         kind = "TOML" if is_toml else "JSON"
@@ -202,8 +204,18 @@ def load_config_file(path: str, opts) -> dict:
         k2 = k.replace("-", "_")
         if k2 not in opts:
             raise _unknown(k2, opts, where=f"key in {path}: ")
+        if k2 in out:   # (max-iters and max_iters)
+            raise ConfigFileError(f"--config {path}: {k2} given twice")
         out[k2] = convert(opts[k2], v, where=f"{k} in {path}")
     return out
+
+
+def _no_repeated_key(path: str, pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise ConfigFileError(f"--config {path}: {k} given twice")
+    return dict(pairs)
 
 
 def parse_args(cls, argv: list[str]) -> tuple[Any, set[str]]:
@@ -328,17 +340,33 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
+class _StoreOnce(argparse._StoreAction):
+    """An option that takes a value and may be given once, as ``parse``'s: argparse keeps the last of two
+    silently (selftest --only a --only b checked b alone and said PASS)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if self.dest in parser._given:
+            parser.error(f"{option_string} given twice")
+        parser._given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for the commands that take positional arguments: a usage error is ONE line on
-    stderr (``PROG: error: MESSAGE; see --help``) and exit status 2, as ``parse`` gives."""
+    stderr (``PROG: error: MESSAGE; see --help``) and exit status 2, as ``parse`` gives; an option
+    with a value given twice is one too."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
         self._argv = []
+        self._given = set()
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)
+        self._given = set()
         return super().parse_known_args(args, namespace)
 
     def print_help(self, file=None):

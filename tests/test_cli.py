@@ -66,6 +66,21 @@ def test_parse_exits_2_with_one_line(capsys):
         assert err.count("\n") == 1 and err.startswith("prog: error: ")
 
 
+@pytest.mark.parametrize("module,argv,opt", [
+    ("selftest", ["--quick", "--only", "layer_norm", "--only=gelu"], "--only"),   # (it checked gelu alone: PASS)
+    ("sample", ["--temperature=1", "--temperature", "2", "out"], "--temperature"),
+    ("data", ["--tokenizer=byte", "--tokenizer=gpt2", "--prepare"], "--tokenizer"),
+])
+def test_an_option_given_twice_is_refused_by_every_command(module, argv, opt, capsys):
+    """The argparse commands refuse a repeated option as train's and finetune's do (argparse kept the last
+    silently; a review)."""
+    import importlib
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"fastgpt.{module}").main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and f"error: {opt} given twice" in err, err
+
+
 def test_a_leading_tilde_is_expanded_in_path_options_only(tmp_path, monkeypatch):
     """--out_dir=~/runs/a (the shell expands no ~ after "="; nor does a config file) is the home folder's runs/a,
     not a folder named "~" in the working one, and --config=~/c.json is the home folder's c.json; other text (a
@@ -111,6 +126,15 @@ def test_config_files(tmp_path):
     assert parse(["--config", str(T)])[0] == Cfg(n=6)
     j.write_bytes("\ufeff{\"n\": 8}".encode("utf-8"))
     assert parse([f"--config={j}"])[0] == Cfg(n=8)
+    # a key given twice (a review, 2026-11-30: JSON kept the last silently; TOML refuses it itself)
+    j.write_text('{"n": 2, "name": "a", "n": 3}')
+    with pytest.raises(cli.UsageError, match="n given twice"):
+        parse([f"--config={j}"])
+    from fastgpt.train import TrainConfig
+    j.write_text('{"max_iters": 2, "max-iters": 3}')
+    with pytest.raises(cli.UsageError, match="max_iters given twice"):
+        cli.load_config_file(str(j), cli.options(TrainConfig))
+    j.write_bytes("\ufeff{\"n\": 8}".encode("utf-8"))
     for argv, msg in (([f"--config={j}", f"--config={t}"], "--config given twice"),
                       (["--config="], "--config needs a file name"), (["--config", ""], "--config needs a file name")):
         with pytest.raises(cli.UsageError, match=msg):
