@@ -740,10 +740,14 @@ def check_no_earlier_run(path, is_ours, eval_only: bool = False) -> None:
 
 def interrupted_line(prog: str, out_dir, when: str, extra: tuple = ()) -> str:
     """What an aborted run (KeyboardInterrupt) says: the checkpoint to continue from, or that there is
-    none yet (``when`` says when one is written) instead of pointing at a --resume that cannot work."""
+    none yet (``when`` says when one is written): with its metrics.jsonl, --resume starts it again from
+    step 0 with its options (the folder refuses a new run), else there is nothing to resume."""
     from fastgpt.checkpoint import latest_checkpoint
     if latest_checkpoint(out_dir) is None:
-        return f"{prog}: interrupted before any checkpoint was written in {out_dir} ({when}); nothing to resume"
+        head = f"{prog}: interrupted before any checkpoint was written in {out_dir} ({when})"
+        if os.path.exists(os.path.join(out_dir, "metrics.jsonl")):
+            return f"{head}; to start it again from step 0 with its options: {resume_command(prog, out_dir, extra)}"
+        return f"{head}; nothing to resume"
     return f"{prog}: interrupted; {where_to_continue(prog, out_dir, when, extra)}"
 
 

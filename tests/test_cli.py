@@ -579,6 +579,11 @@ def test_run_main_maps_failures_to_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == "\nprog: interrupted after 3 labels\n"
     assert cli.run_main("prog", raising(KeyboardInterrupt()), {}, "", interrupted=(tmp_path, "at the end")) == 130
     assert "nothing to resume" in capsys.readouterr().err
+    # (a review) with its metrics.jsonl, --resume starts the run again: said, not "nothing to resume"
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert cli.run_main("prog", raising(KeyboardInterrupt()), {}, "", interrupted=(tmp_path, "at the end")) == 130
+    err = capsys.readouterr().err
+    assert f"to start it again from step 0 with its options: prog --resume --out_dir {tmp_path}\n" in err, err
     assert cli.run_main("prog", lambda: 3, {}, "") == 3
     assert cli.run_main("prog", lambda: {"step": 1}, {}, "") == 0
 
