@@ -441,9 +441,11 @@ def hub_folder(name: str, offline: Optional[bool] = None) -> str:
             return snapshot_download(name, allow_patterns=patterns, local_files_only=bool(offline))
         except Exception as e:   # not on the Hub, no network, a gated model, not in the cache offline, ...
             first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+            first = first.split(". ")[0]   # its first sentence (it was cut at 160 characters, mid-sentence)
+            first = first if len(first) <= 200 else first[:200].rsplit(" ", 1)[0] + " ..."
             where = "the Hugging Face cache has (offline)" if offline else "the Hugging Face Hub gives"
             raise FileNotFoundError(f"{missing}, nor a model {where} ({type(e).__name__}"
-                                    f"{': ' + first[:160] if first else ''})") from None
+                                    f"{': ' + first if first else ''})") from None
     folder = fetch(["config.json"])
     try:
         _config_from_hf(_read_config_json(folder))   # before gigabytes of weights

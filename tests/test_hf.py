@@ -185,6 +185,10 @@ def hub(tmp_path, monkeypatch):
 
     def snapshot_download(repo_id, allow_patterns=None, local_files_only=False, **kw):
         calls.append((repo_id, list(allow_patterns or []), local_files_only))
+        if repo_id not in repos and local_files_only:   # (huggingface_hub 0.x-1.x's words)
+            raise RuntimeError("Cannot find an appropriate cached snapshot folder for the specified revision on the "
+                               "local disk and outgoing traffic has been disabled. To enable repo look-ups and "
+                               "downloads online, pass 'local_files_only=False' as input.")
         if repo_id not in repos:
             raise RuntimeError(f"Repository Not Found for url: https://huggingface.co/api/models/{repo_id}\nmore")
         import fnmatch
@@ -252,8 +256,10 @@ def test_hub_id_errors_are_one_line(hub, tmp_path, capsys, monkeypatch):
         GPT.from_hf("org/llama")
     assert calls[-1] == ("org/llama", ["config.json"], False)
     monkeypatch.setenv("FASTGPT_OFFLINE", "1")   # the cache only; the message says so
-    with pytest.raises(FileNotFoundError, match="nor a model the Hugging Face cache has \\(offline\\)"):
+    with pytest.raises(FileNotFoundError, match="nor a model the Hugging Face cache has \\(offline\\)") as e:
         GPT.from_hf("org/nope")
+    # (a review) its first sentence whole: it was cut at 160 characters, "To enable repo look-ups a)"
+    assert str(e.value).endswith("on the local disk and outgoing traffic has been disabled)"), e.value
     assert calls[-1][2] is True
     monkeypatch.delenv("FASTGPT_OFFLINE")
     with pytest.raises(SystemExit) as ex:
