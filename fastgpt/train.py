@@ -164,6 +164,9 @@ class TrainConfig:
             p.append(bad_prompt)
         if self.init is not None and self.preset is not None:
             p.append("--preset applies to random weights: the --init model has its own architecture; drop one of them")
+        if self.init == "random" and not os.path.lexists("random"):   # (finetune's spelling: a Hub lookup here)
+            p.append("--init random is fastgpt.finetune's spelling: fastgpt.train starts from random weights "
+                     "without --init (of --preset's architecture); drop --init")
         if self.preset is not None and self.preset not in PRESETS:
             p.append(f"--preset: unknown preset {self.preset!r}; choose from {', '.join(sorted(PRESETS))}")
         for name in ("max_iters", "batch_size", "block_size", "eval_iters", "log_interval", "lr_decay_iters"):
