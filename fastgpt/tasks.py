@@ -315,6 +315,8 @@ def read_inputs(path, task_type: str) -> list[Example]:
     """Unlabelled inputs for --predict: a .jsonl / .csv file with the task's text fields
     (a ``label`` field, if any, is ignored), or any other file as one text a line (no blank lines)."""
     path = Path(path)
+    if path.is_dir():
+        raise TaskFileError(f"--predict_file {path}: a folder, not a file of texts")
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson", ".csv", ".tsv"):
         if not path.is_file():
             raise TaskFileError(f"--predict_file {path}: no such file")

@@ -214,6 +214,10 @@ def test_long_csv_cells_spaced_choice_labels_and_missing_named_files(tmp_path):
     for name in ("nope.jsonl", "nope.txt"):
         with pytest.raises(T.TaskFileError, match=f"^--predict_file .*{name}: no such file$"):
             T.read_inputs(tmp_path / name, "classify")
+    for name in ("texts", "texts.jsonl"):   # (a review: a folder was "no such file")
+        (tmp_path / name).mkdir()
+        with pytest.raises(T.TaskFileError, match=f"^--predict_file .*{name}: a folder, not a file of texts$"):
+            T.read_inputs(tmp_path / name, "classify")
 
 
 def test_predict_file_fields_the_model_does_not_read_and_no_texts_are_errors(tmp_path):
