@@ -354,8 +354,9 @@ class TokenData:
     def sampler(self, split: str, batch_size: int, block_size: int, seed: int) -> "BatchSampler":
         """A BatchSampler over one split that refuses a window holding an id outside the tokenizer's (a token
         file damaged after it was written: the model's index error, a traceback, before)."""
+        corrupt = f"the token file {self.dir / (split + '.bin')} is corrupt; {rebuild_hint(self.dir)}"
         return BatchSampler(getattr(self, split), batch_size, block_size, seed, n_vocab=self.meta.get("n_vocab"),
-                            corrupt=f"the token file {self.dir / (split + '.bin')} is corrupt; {rebuild_hint(self.dir)}")
+                            corrupt=corrupt)
 
 
 def rebuild_hint(d: Path) -> str:

@@ -171,7 +171,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1337, help="seed of the sampling RNG")
     ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     ap.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
-                    help="autocast dtype on CUDA (default: bf16, fp16 before compute capability 8.0)")
+                    help="autocast dtype on CUDA (default: bf16, fp16 before compute capability 8.0); "
+                         "the CPU samples in fp32")
     ap.add_argument("--backend", default=None, choices=["fused", "reference"],
                     help="op implementation (default: $FASTGPT_BACKEND, else fused on CUDA, reference on CPU)")
     ap.add_argument("--tokenizer", default="auto", choices=["auto", "byte", "gpt2"],
@@ -185,6 +186,8 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     _check_args(args)
     device = cli.device(args.device)
+    if device.type != "cuda" and args.dtype == "fp16":   # (as train's and finetune's; it was ignored without a word)
+        raise cli.UsageError("--dtype fp16 needs --device cuda (on the CPU sampling runs in fp32)")
     backend = cli.backend(args.backend, device.type)
     model = load(args.path, args.backend, device)
     tok = _tokenizer(args.tokenizer, model.config)

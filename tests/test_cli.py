@@ -913,6 +913,10 @@ def test_sample_on_the_cpu_runs_in_fp32_whatever_dtype(tiny_dir, monkeypatch, ca
     for extra in ([], ["--dtype", "bf16"]):
         assert sample.main([str(tiny_dir), "--max-new-tokens", "2", "--device", "cpu"] + extra) == 0
     assert seen == ["fp32", "fp32"], seen
+    # fp16 on the CPU is refused, as train and finetune refuse it (a review: it ran, rc 0)
+    capsys.readouterr()
+    _one_line_exit(sample.main, [str(tiny_dir), "--device", "cpu", "--dtype", "fp16"], capsys, 2,
+                   "--dtype fp16 needs --device cuda")
 
 
 def test_the_sample_command_train_prints_works_for_an_out_dir_that_starts_with_a_dash(tmp_path, monkeypatch,

@@ -796,7 +796,7 @@ def test_init_errors_are_one_line(corpus, tmp_path, capsys):
         (_init_args(corpus, tmp_path / "x", tmp_path / "nothing"), 1, "no such file or folder"),
         (_init_args(corpus, tmp_path / "x", corpus), 1, "is not a readable checkpoint"),
         (_init_args(corpus, tmp_path / "x", ""), 2, "--init is empty"),
-        (_init_args(corpus, tmp_path / "x", "random"), 2, "--init random is fastgpt.finetune's spelling"),   # (a Hub id)
+        (_init_args(corpus, tmp_path / "x", "random"), 2, "--init random is fastgpt.finetune's spelling"),
         ([f"--out_dir={a}", "--resume", "--max_iters=2", "--device=cpu", f"--init={a / 'model'}"], 2,
          "--resume continues the weights of its checkpoint"),
     ]:
