@@ -1129,6 +1129,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
             return summary
     finally:
         log.close()
+    trained_s = time.perf_counter() - t0   # (the summary's time: not the final save's or the sample's)
 
     # --- the trained model, and a sample from it (rank 0)
     if cfg.fsdp:  # gathered (every rank joins) into a plain model on rank 0
@@ -1165,7 +1166,7 @@ def _run(cfg: TrainConfig, given: set[str], dist: _Dist, sigs: cli.GracefulStop,
         bs = f" (best {best:.4f})" if best is not None and best != summary.get("val_loss") else ""
         # (after a --resume the time is this process's, for its steps alone: tokens seen are the whole run's)
         took = "nothing trained by this command" if step_first == step else \
-            _hms(time.perf_counter() - t0) + (f" for steps {step_first + 1}-{step}" if step_first > 0 else "")
+            _hms(trained_s) + (f" for steps {step_first + 1}-{step}" if step_first > 0 else "")
         print(f"{PROG}: done: trained to step {step} of {cfg.max_iters}, {extra['tokens_seen']:,} tokens seen, "
               f"{took}; {vs}{bs}; model saved to {out_dir / 'model'} "
               f"(python -m fastgpt.sample {cli.path_arg(out_dir / 'model')})", file=sys.stderr, flush=True)

@@ -642,6 +642,27 @@ def test_ctrl_c_during_the_final_sample_keeps_a_finished_run_finished(corpus, tm
     assert (out / "model" / "model.safetensors").exists()
 
 
+def test_the_done_line_times_the_training_not_the_final_sample(corpus, tmp_path, monkeypatch, capsys):
+    """(a review) `--max_iters 1 --sample_tokens 100000` said "6m28s" for 0.2 s of training: the time ran to the
+    end of the final sample. Here the sample moves train's clock on by an hour."""
+    import time
+    import types
+    clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    clock.perf_counter = lambda: time.perf_counter() + clock.offset
+    clock.offset = 0.0
+    real = train.sample
+
+    def slow_sample(*a, **k):
+        clock.offset += 3600.0
+        return real(*a, **k)
+    monkeypatch.setattr(train, "time", clock)
+    monkeypatch.setattr(train, "sample", slow_sample)
+    assert train.main(_args(corpus, tmp_path / "o", max_iters=2, sample_tokens=5)) == 0
+    done = capsys.readouterr().err.strip().splitlines()[-1]
+    took = done.split("tokens seen, ")[1].split(";")[0]
+    assert "done: trained to step 2 of 2" in done and took.endswith(" s") and float(took[:-2]) < 60, done
+
+
 def test_resume_drops_metrics_lines_that_are_not_utf8(corpus, tmp_path):
     """A metrics.jsonl with bytes that are not UTF-8 (a disk error, an editor) was a UnicodeDecodeError
     traceback on --resume: such lines are dropped, as lines a crash cut short are."""
