@@ -111,6 +111,7 @@ def load(path: str, backend, device: torch.device):
             raise LoadError(f"{path}: the folder has no config.json and no " + ("readable " if skipped else "")
                             + "ckpt_*.pt")
         path = os.fspath(target)  # verified: load it, not the folder (which would verify it again)
+        print(f"{PROG}: sampling {path}, the newest checkpoint in the folder", file=sys.stderr, flush=True)
     elif os.path.isfile(target):
         bad = ck.verify_checkpoint(target)  # a text file, a torn or truncated checkpoint: say so, not torch's words
         if bad is not None:

@@ -302,7 +302,7 @@ def test_disk_full_while_checkpointing_is_one_line(corpus, tmp_path, monkeypatch
     assert e.value.code == 1 and "cannot write a checkpoint" in err and "No space left on device" in err
 
 
-def test_damaged_newest_checkpoint_is_skipped_everywhere_and_never_pushes_good_ones_out(corpus, tmp_path):
+def test_damaged_newest_checkpoint_is_skipped_everywhere_and_never_pushes_good_ones_out(corpus, tmp_path, capsys):
     """A damaged newest checkpoint (a crash, a full disk): --resume continues from the newest good one,
     pruning keeps --keep_ckpts good ones (the damaged later file does not count), and every loader of
     an out_dir (the model loaders, sample) takes the newest good one instead of failing."""
@@ -323,7 +323,10 @@ def test_damaged_newest_checkpoint_is_skipped_everywhere_and_never_pushes_good_o
     assert any("skipping" in str(x.message) and bad.name in str(x.message) for x in w)
     want = ck.load_checkpoint(out / "ckpt_0000003.pt")["model"]
     assert all(torch.equal(v, want[k]) for k, v in m.state_dict().items())
+    capsys.readouterr()
     assert sample.load(str(out), "reference", torch.device("cpu")) is not None
+    # it says which one it loaded (a review: a folder with model/ at step 40 sampled ckpt_0000044.pt silently)
+    assert f"sampling {out / 'ckpt_0000003.pt'}, the newest checkpoint in the folder" in capsys.readouterr().err
 
 
 def test_a_run_leaves_no_torch_settings_behind(corpus, tmp_path):
