@@ -324,6 +324,29 @@ def test_sample_bad_input_is_one_line(tiny_dir, tmp_path, capsys):
     assert sample.main([m, "--max-new-tokens", "3", "--top-k", "none", "--device", "cpu"]) == 0
 
 
+def test_sample_passes_its_sampling_options_to_generate_and_warmup_leaves_the_seed_alone(tiny_dir, monkeypatch,
+                                                                                         capsys):
+    """(a mutation audit, 2026-11-30) --temperature, --top-k and --top-p reached generate() untested (each could be
+    dropped with every test passing), and --warmup drawing from the seeded generator changed the samples."""
+    from fastgpt import sample
+    from fastgpt.model import GPT
+    seen, real = [], GPT.generate
+
+    def generate(self, idx, n, **kw):
+        seen.append({k: kw.get(k) for k in ("temperature", "top_k", "top_p")})
+        return real(self, idx, n, **kw)
+    monkeypatch.setattr(GPT, "generate", generate)
+    argv = [str(tiny_dir), "--device", "cpu", "--max-new-tokens", "12", "--seed", "5", "--num-samples", "2"]
+    assert sample.main(argv + ["--temperature", "0.5", "--top-k", "3", "--top-p", "0.7"]) == 0
+    assert seen == [dict(temperature=0.5, top_k=3, top_p=0.7)], seen
+    capsys.readouterr()
+    outs = []
+    for extra in ([], ["--warmup"]):
+        assert sample.main(argv + extra) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and len(seen) == 4, outs
+
+
 def test_sample_takes_underscore_option_names(tiny_dir, capsys):
     """train and finetune spell options with underscores; sample takes those spellings too (each one
     maps to its hyphenated option, '=value' forms included), and its errors name the documented form."""

@@ -111,6 +111,25 @@ def test_user_folder_roundtrip_byte(cache, tmp_path):
     assert td.dir.parent == cache / "tokens"
 
 
+def test_a_one_character_validation_part_is_kept(cache, tmp_path):
+    """(a mutation audit, 2026-11-30: a one-character validation part could be dropped from both splits with every
+    test passing) 10 characters at --val_fraction 0.1: 9 train, the last one validation."""
+    f = tmp_path / "ten.txt"
+    f.write_text("abcdefghij")
+    td = data.prepare(str(f), "byte", val_fraction=0.1)
+    sep = len(data.DOC_SEPARATOR)
+    tok = data.ByteTokenizer()
+    assert tok.decode(td.train[:-sep]) == "abcdefghi" and tok.decode(td.val[:-sep]) == "j"
+
+
+def test_a_split_of_exactly_block_size_tokens_is_too_short():
+    """(a mutation audit) a window is block_size + 1 tokens (inputs and their next tokens): block_size tokens are a
+    DataError saying so, not numpy's 'high <= 0'."""
+    with pytest.raises(data.DataError, match="16 tokens, fewer than block_size \\+ 1 = 17"):
+        data.BatchSampler(np.arange(16), 1, 16, 0)
+    assert data.BatchSampler(np.arange(17), 1, 16, 0).next_numpy()[0].tolist() == [list(range(16))]
+
+
 def test_user_folder_roundtrip_gpt2(seeded_cache, tmp_path):
     root = _make_folder(tmp_path)
     td = data.prepare(str(root), "gpt2", val_fraction=0.2)

@@ -2,6 +2,7 @@
 import contextlib
 import dataclasses
 import json
+import math
 import os
 
 import pytest
@@ -1029,6 +1030,8 @@ def test_generate_and_forward_refuse_bad_arguments_in_one_line():
                     (dict(temperature="0.5"), "temperature must be a number, got '0.5'"),   # (a raw TypeError)
                     (dict(top_p=[0.5]), "top_p must be a number, got \\[0.5\\]"),
                     (dict(top_k=2.5), "top_k must be a whole number"), (dict(top_k=True), "top_k must be a whole"),
+                    (dict(top_k=0), "top_k must be >= 1, got 0"), (dict(top_p=0), "top_p must be in \\(0, 1\\], got 0"),
+                    (dict(top_p=1.5), "top_p must be in \\(0, 1\\], got 1.5"),   # (top_p=0: multinomial's error)
                     (dict(max_new_tokens=2.0), "max_new_tokens must be a whole number"),
                     (dict(idx=idx.clamp(max=3) + 52), "token ids must be in \\[0, 50\\), got 5[2-5]"),   # (padded: 64)
                     (dict(idx=idx - 50), "token ids must be in \\[0, 50\\), got -")):
@@ -1136,6 +1139,23 @@ def test_sample_next_applies_the_temperature():
     hot = sample_next(logits, temperature=100.0, generator=g)      # nearly uniform: each id ~ 25%
     share = torch.bincount(hot.flatten(), minlength=4).float() / hot.numel()
     assert share.min() > 0.2, share                                 # (at temperature 1: p(0) = 0.032)
+    # (a mutation audit, 2026-11-30: the temperature applied twice passed at the two extremes above) at T = 2,
+    # logits [0, ln 3] draw id 1 with p = softmax([0, ln 3] / 2)[1] = sqrt(3) / (1 + sqrt(3)) = 0.634 (T applied
+    # twice: 0.567; not at all: 0.75); 20000 draws: one standard error is 0.0034
+    two = torch.tensor([[0.0, math.log(3.0)]]).repeat(20000, 1)
+    share = sample_next(two, temperature=2.0, generator=g).float().mean().item()
+    assert abs(share - 3 ** 0.5 / (1 + 3 ** 0.5)) < 0.02, share
+
+
+def test_sample_next_top_k_and_top_p_at_their_edges():
+    """(a mutation audit, 2026-11-30) top_k = V - 1 filters one id (a check against V - 1 filtered none); top_p
+    keeps the fewest ids whose mass reaches p, one of two tied ids at p = 0.5 (a '>' kept both)."""
+    from fastgpt.model import sample_next
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).repeat(500, 1)
+    assert set(sample_next(logits, top_k=3, generator=g).flatten().tolist()) == {1, 2, 3}
+    assert set(sample_next(logits, top_k=4, generator=g).flatten().tolist()) == {0, 1, 2, 3}
+    assert len(set(sample_next(torch.zeros(200, 2), top_p=0.5, generator=g).flatten().tolist())) == 1
 
 
 def test_generate_runs_without_dropout_even_on_a_training_model():

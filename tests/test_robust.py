@@ -139,6 +139,40 @@ def test_sigkill_while_saving_resumes_from_previous(corpus, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- checksums
 
+class _Touches:
+    """Unpickled, it would create a file: what a checkpoint holding code could do on load."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_checkpoint_holding_code_is_refused_without_running_it(tmp_path):
+    """(a mutation audit, 2026-11-30: load_checkpoint's weights_only=False passed every test) torch.load only loads
+    tensors and plain containers: a pickled callable is a CorruptCheckpointError, and never runs."""
+    marker = tmp_path / "ran"
+    path = ck.atomic_save(dict(format=ck.FORMAT, version=1, x=_Touches(marker)), tmp_path / "ckpt_0000001.pt")
+    assert ck.verify_checkpoint(path) is None   # (its footer is good: the file is whole)
+    with pytest.raises(ck.CorruptCheckpointError, match="is not a readable checkpoint"):
+        ck.load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_a_save_is_synced_before_it_takes_the_name(tmp_path, monkeypatch):
+    """(a mutation audit: a copy in place of the rename, or no fsync before it, passed every test) the file is
+    written and fsynced under a temp name, renamed over the final one, then the folder is synced."""
+    path = tmp_path / "ckpt_0000001.pt"
+    events, fsync, replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", path.exists())) or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", Path(b) == path, path.exists()))
+                        or replace(a, b))
+    ck.atomic_save(dict(format=ck.FORMAT, version=1, step=1), path)
+    assert events == [("fsync", False), ("replace", True, False), ("fsync", True)], events
+    assert ck.load_checkpoint(path)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
 def test_truncated_or_corrupt_checkpoint_is_skipped_with_a_message(corpus, tmp_path, capsys):
     out = tmp_path / "out"
     assert train.main(_args(corpus, out, max_iters=3, ckpt_interval=1, keep_ckpts=3)) == 0
