@@ -1016,16 +1016,16 @@ def test_similarity_sums_each_examples_own_two_orders_in_a_batch_of_several():
         torch.testing.assert_close(logits[i], head(h).float())
 
 
-def _scripted_val_accuracy(monkeypatch, accs):
-    """FT.score with the validation accuracies of the first len(accs) calls (the epoch ends) replaced by
-    accs; records the head weights each call was given."""
+def _scripted_val_accuracy(monkeypatch, accs, f1s=None):
+    """FT.score with the validation accuracies (and macro-F1s, else 0.5) of the first len(accs) calls (the epoch
+    ends) replaced by accs; records the head weights each call was given."""
     real, seen = FT.score, []
 
     def score(model, head, data, *a, **k):
         r = real(model, head, data, *a, **k)
         seen.append(head[1].weight.detach().cpu().clone())
         if len(seen) <= len(accs):
-            r = dict(r, accuracy=accs[len(seen) - 1], macro_f1=0.5)
+            r = dict(r, accuracy=accs[len(seen) - 1], macro_f1=0.5 if f1s is None else f1s[len(seen) - 1])
         return r
     monkeypatch.setattr(FT, "score", score)
     return seen
@@ -1044,6 +1044,49 @@ def test_best_is_the_highest_validation_accuracy_not_the_first_or_last(tmp_path,
     assert [x["best"] for x in rows if "val_accuracy" in x] == [True, True, False]
     best_w = load_file(str(out / "best" / "head.safetensors"))["1.weight"]
     assert torch.equal(best_w, seen[1]) and not torch.equal(best_w, seen[2])
+
+
+def test_best_breaks_an_accuracy_tie_by_macro_f1_and_survives_a_resume(tmp_path, tiny_init, monkeypatch):
+    """(a mutation audit, 2026-11-30: the tie-break dropped, macro-F1 compared first, or the best not restored on
+    --resume, each passed every test) accuracy first, then macro-F1: epochs (0.7, 0.9), (0.9, 0.5), (0.9, 0.6),
+    (0.8, 0.95) make epoch 3 best; a resumed run keeps the best of the epochs before it."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    _scripted_val_accuracy(monkeypatch, [0.7, 0.9, 0.9, 0.8], [0.9, 0.5, 0.6, 0.95])
+    s = FT.run(cfg_for(task, tiny_init, tmp_path / "o", epochs=4, batch_size=16))
+    assert s["val"]["epoch"] == 3 and s["val"]["macro_f1"] == 0.6, s["val"]
+    out = tmp_path / "r"
+    _scripted_val_accuracy(monkeypatch, [0.9])
+    assert FT.main(_ft_argv(task, tiny_init, out, max_iters=None, epochs=1, batch_size=16)) == 0
+    _scripted_val_accuracy(monkeypatch, [0.5])   # (the resumed process's first evaluation: epoch 2, worse)
+    assert FT.main(["--resume", f"--out_dir={out}", "--device=cpu", "--epochs=2"]) == 0
+    assert json.loads((out / "eval.json").read_text())["val"]["epoch"] == 1
+
+
+def test_warmup_is_a_fraction_of_all_the_steps_and_each_epoch_has_its_own_order(tmp_path, tiny_init, monkeypatch):
+    """(a mutation audit: warmup as a fraction of one epoch's steps, or one order for every epoch, passed every
+    test) 32 training rows, batch 8, 2 epochs: 8 steps, warmup 0.5 x 8 = 4, the first lr lr / 5; the second
+    epoch sees the same rows in another order."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))   # (80/10/10: 32 train)
+    orders, collate = [], FT.collate
+    monkeypatch.setattr(FT, "collate", lambda chunk, *a, **k: orders.append([str(e.seqs) for e in chunk])
+                        or collate(chunk, *a, **k))
+    out = tmp_path / "o"
+    FT.run(cfg_for(task, tiny_init, out, epochs=2, batch_size=8, warmup_frac=0.5, lr=1e-3))
+    lrs = [r["lr"] for r in metrics(out) if "lr" in r]
+    assert lrs[0] == pytest.approx(1e-3 / 5), lrs
+    steps = [o for o in orders if len(o) == 8]   # (the validation and test batches: 4 rows each)
+    first, second = (sum(steps[i:i + 4], []) for i in (0, 4))
+    assert len(first) == 32 and sorted(first) == sorted(second) and first != second
+
+
+def test_the_majority_baseline_is_the_training_splits_majority_label_on_test(tmp_path, tiny_init):
+    """(a mutation audit: the test split's own majority passed every test) the baseline answers the training
+    split's most frequent label: here 'fruit' in train, a quarter of test."""
+    task = write_jsonl(tmp_path / "train.jsonl", class_rows(40))   # (50 % fruit)
+    test = write_jsonl(tmp_path / "test.jsonl", [dict(text="red", label="color")] * 3 + [dict(text="saw",
+                                                                                                label="fruit")])
+    s = FT.run(cfg_for(task, tiny_init, tmp_path / "o", test_file=test, max_iters=1))
+    assert s["majority_accuracy"] == 0.25, s
 
 
 def test_the_test_split_is_scored_with_the_best_model_not_the_last(tmp_path, tiny_init, monkeypatch):

@@ -221,6 +221,34 @@ def test_evaluation_runs_the_model_in_eval_mode(corpus, tmp_path, monkeypatch):
     assert set(modes) == {("sum", True), ("mean", False)}, set(modes)
 
 
+def test_val_loss_is_the_mean_of_its_batches_and_tokens_seen_count_every_micro_batch(corpus, tmp_path, monkeypatch):
+    """(a mutation audit, 2026-11-30: dividing by eval_iters - 1, or counting one micro-batch a step, passed every
+    test) init_val_loss is the mean of its eval_iters batch losses; tokens_seen counts batch x grad_accum x block
+    windows a step."""
+    losses = []
+    forward = GPT.forward
+
+    def spy(self, idx, targets=None, return_logits=True, reduction="mean"):
+        out = forward(self, idx, targets, return_logits, reduction)
+        if targets is not None and not self.training:
+            losses.append(float(out[1]))
+        return out
+    monkeypatch.setattr(GPT, "forward", spy)
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=2, eval_iters=3, grad_accum=2, batch_size=4)) == 0
+    assert _rows(out)[0]["init_val_loss"] == pytest.approx(sum(losses[:3]) / 3, rel=1e-6)
+    assert ck.load_checkpoint(ck.latest_checkpoint(out))["extra"]["tokens_seen"] == 2 * 4 * 2 * 32
+
+
+def test_the_default_warmup_is_a_tenth_of_the_decay_horizon():
+    """(a mutation audit: a tenth of --max_iters instead passed every test) the device's default warmup takes at
+    most a tenth of --lr_decay_iters, whatever --max_iters is; a short horizon with a long run is no usage error."""
+    for max_iters, decay, want in ((1000, 100, 10), (5000, 40, 4)):
+        c = train.resolve(train.TrainConfig(device="cpu", max_iters=max_iters, lr_decay_iters=decay),
+                          {"max_iters", "lr_decay_iters"})
+        assert c.warmup_iters == want, (max_iters, decay, c.warmup_iters)
+
+
 def test_the_done_line_of_a_resumed_run_says_which_steps_its_time_is(corpus, tmp_path, capsys):
     """(a review, 2026-11-29) After --resume, "N tokens seen" is the whole run's but the time this process's:
     divided, they overstated the speed. The time now names its steps."""
