@@ -5,6 +5,7 @@ Tiny models (1 layer, 64 wide, byte tokenizer) and tiny synthetic files made her
 the built-in tasks' downloads are marked ``network``.
 """
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -1077,6 +1078,24 @@ def test_warmup_is_a_fraction_of_all_the_steps_and_each_epoch_has_its_own_order(
     steps = [o for o in orders if len(o) == 8]   # (the validation and test batches: 4 rows each)
     first, second = (sum(steps[i:i + 4], []) for i in (0, 4))
     assert len(first) == 32 and sorted(first) == sorted(second) and first != second
+
+
+def test_fp16_clips_the_unscaled_gradients(tmp_path, tiny_init, monkeypatch):
+    """(a mutation audit, 2026-11-30: scaler.unscale_ dropped passed every test) under fp16 (a GPU without native
+    bf16) the gradient norm is clipped after the loss scale is taken out: the first step's norm is the fp32 run's,
+    not 65536 times it. fp16 runs on the CPU here (autocast + GradScaler("cpu"), as test_robust does for train)."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    real_dd, real_clip, norms = FT._device_and_dtype, torch.nn.utils.clip_grad_norm_, {}
+
+    def clip(params, *a, **k):
+        params = list(params)
+        norms.setdefault(dtype, float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))))
+        return real_clip(params, *a, **k)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    for dtype in ("fp32", "fp16"):
+        monkeypatch.setattr(FT, "_device_and_dtype", lambda cfg: dataclasses.replace(real_dd(cfg), dtype=dtype))
+        FT.run(cfg_for(task, tiny_init, tmp_path / dtype, max_iters=1))
+    assert 0.8 < norms["fp16"] / norms["fp32"] < 1.25, norms
 
 
 def test_the_majority_baseline_is_the_training_splits_majority_label_on_test(tmp_path, tiny_init):
