@@ -51,7 +51,8 @@ def _parity(hf, ours, idx):
             check("loss", loss, hi.loss, lp.loss, torch.float32)]
 
 
-@pytest.mark.parametrize("kind,act", [("gpt2", "gelu_new"), ("gpt2", "gelu"), ("openai-gpt", "gelu")])
+@pytest.mark.parametrize("kind,act", [("gpt2", "gelu_new"), ("gpt2", "gelu"), ("gpt2", "gelu_fast"),
+                                      ("gpt2", "gelu_pytorch_tanh"), ("openai-gpt", "gelu")])
 def test_from_hf_logits_match(kind, act):
     hf = _hf_model(kind, act)
     ours = GPT.from_hf(hf, backend="reference")
@@ -100,6 +101,7 @@ def test_hf_dir_without_prefix_and_with_mask_buffers(tmp_path):
     hf = _hf_model("gpt2")
     sd = {k.removeprefix("transformer."): v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
     sd["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 32, 32))
+    sd["h.0.attn.masked_bias"] = torch.tensor(-1e4)   # (older transformers saved it too)
     save_file(sd, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(hf.config.to_dict()))
     ours = GPT.from_hf(tmp_path)
@@ -117,6 +119,16 @@ def test_unsupported_hf_configs():
         GPT.from_hf(transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**SMALL, afn="relu")))
     with pytest.raises(TypeError, match="expected an HF model"):
         GPT.from_hf(42)
+    # (a mutation audit, 2026-11-30) these were untested: a per-layer attention scale would load with wrong
+    # logits; an n_inner that spells out 4 * n_embd is no other architecture; an untied head is refused
+    with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx=True is not supported"):
+        GPT.from_hf(transformers.GPT2LMHeadModel(transformers.GPT2Config(**SMALL,
+                                                                         scale_attn_by_inverse_layer_idx=True)))
+    assert GPT.from_hf(transformers.GPT2LMHeadModel(transformers.GPT2Config(**SMALL, n_inner=256))).config.n_embd == 64
+    hf = _hf_model("gpt2")
+    hf.lm_head.weight = torch.nn.Parameter(hf.lm_head.weight.detach() + 1)
+    with pytest.raises(ValueError, match="lm_head.weight differs from the token embedding"):
+        GPT.from_hf(hf)
 
 
 def test_from_hf_on_device():
@@ -138,6 +150,10 @@ def test_export_refuses_bias_false_and_byte_vocab_has_no_gpt2_eos():
     c = GPT(GPTConfig.preset("tiny", vocab_size=256)).hf_config()
     assert (c.bos_token_id, c.eos_token_id) == (None, None)
     assert GPT(GPTConfig.preset("tiny", vocab_size=50257)).hf_config().eos_token_id == 50256
+    assert GPT(GPTConfig.preset("tiny", vocab_size=50256)).hf_config().eos_token_id is None   # (its last id: 50255)
+    # (a mutation audit) the export names exact-erf GELU "gelu" and carries the dropout rate
+    c = GPT(GPTConfig.preset("tiny", vocab_size=256, activation="gelu", dropout=0.0)).hf_config()
+    assert c.activation_function == "gelu" and c.resid_pdrop == c.attn_pdrop == c.embd_pdrop == 0.0
 
 
 def test_task_heads_dropout_rates_and_exact_gelu_post_ln_are_named():

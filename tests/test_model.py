@@ -866,6 +866,24 @@ def test_set_dropout_equals_a_model_built_with_that_rate(norm):
     assert a.config.dropout == 0.2 and a.transformer.drop.p == 0.2
 
 
+def test_loaded_models_are_in_eval_mode_and_optimizer_and_init_options_take(tmp_path):
+    """(a mutation audit, 2026-11-30: each passed every test) from_pretrained / load_model give an eval-mode model
+    (a dropout model sampled with dropout on otherwise); configure_optimizers' eps reaches AdamW;
+    reset_parameters puts LayerNorms back to 1 and 0 (after to_empty from the meta device they hold garbage)."""
+    from fastgpt.model import load_model
+    m = GPT(_tiny(dropout=0.5))
+    m.save_pretrained(tmp_path / "m")
+    assert not GPT.from_pretrained(tmp_path / "m").training and not load_model(tmp_path / "m").training
+    assert m.configure_optimizers(eps=1e-6, device_type="cpu").defaults["eps"] == 1e-6
+    lns = [mod for mod in m.modules() if isinstance(mod, nn.LayerNorm)]
+    with torch.no_grad():
+        for ln in lns:
+            ln.weight.fill_(5.0)
+            ln.bias.fill_(5.0)
+    m.reset_parameters()
+    assert lns and all(bool((ln.weight == 1).all() and (ln.bias == 0).all()) for ln in lns)
+
+
 def test_gpt_calls_its_blocks_ln_f_and_head_as_modules():
     """(a review, 2026-11-29) GPT ran each block through block.forward_stream and read ln_f and lm_head by
     their weights: hooks on them never fired, block.compile() compiled nothing, activation checkpointing's
