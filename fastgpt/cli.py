@@ -576,12 +576,13 @@ def device(spec: str | None, cpu_hint: str = "use --device cpu"):
     return torch.device("cpu")   # (cpu:0 is the one CPU; some loaders, safetensors', take only "cpu")
 
 
-def native_bf16() -> bool:
-    """Whether the current CUDA device computes in bf16 natively (compute capability 8.0 and newer: A100,
-    H100, RTX 30xx / 40xx). torch.cuda.is_bf16_supported() alone says yes on older GPUs too (V100, T4,
-    RTX 20xx): it counts emulated bf16 (slow), and so train, finetune and sample chose bf16 there."""
+def native_bf16(device=None) -> bool:
+    """Whether a CUDA device (default: the current one) computes in bf16 natively: compute capability 8.0 and
+    newer (A100, H100, RTX 30xx / 40xx). torch.cuda.is_bf16_supported() says yes on older GPUs too (V100, T4,
+    RTX 20xx): it counts emulated bf16 (slow), and so train, finetune and sample chose bf16 there; and it asks
+    the current device only (selftest.run may be given another)."""
     import torch
-    return torch.cuda.is_bf16_supported(including_emulation=False)
+    return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
 
 
 def cuda_dtype(dtype: str | None) -> str:

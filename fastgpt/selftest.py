@@ -158,7 +158,7 @@ def _native_bf16(device) -> bool:
     """Whether the device computes in bf16 natively: the CPU (the interpreter), and GPUs of compute capability
     8.0 and newer (cli.native_bf16)."""
     from fastgpt.cli import native_bf16
-    return device.type != "cuda" or native_bf16()
+    return device.type != "cuda" or native_bf16(device)
 
 
 def _op_cases(device, quick):

@@ -130,8 +130,8 @@ def standin_env(**extra) -> dict:
 
 def fake_cuda_capability(monkeypatch, capability):
     """Make torch report a CUDA device of this compute capability to the dtype choice (cli.native_bf16,
-    cli.cuda_dtype) on a machine without one: torch.cuda.is_bf16_supported counts emulated bf16 below 8.0
-    (its default) but not native-only; get_device_capability returns it. Returns whether bf16 is native."""
+    cli.cuda_dtype) on a machine without one: get_device_capability returns it; torch.cuda.is_bf16_supported
+    counts emulated bf16 below 8.0 (its default) but not native-only. Returns whether bf16 is native."""
     native = tuple(capability) >= (8, 0)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: tuple(capability))

@@ -989,3 +989,15 @@ def test_auto_dtype_on_cuda_is_bf16_only_where_the_gpu_has_it(capability, monkey
             train.resolve(train.TrainConfig(device="cuda", dtype="bf16"), {"dtype"})
         with pytest.raises(cli.UsageError, match="no native bf16"):
             finetune._device_and_dtype(finetune.FinetuneConfig(device="cuda", dtype="bf16"))
+
+
+def test_selftest_asks_its_own_gpu_for_bf16(monkeypatch):
+    """selftest.run(device=cuda:1) with an Ampere current device and a T4 as cuda:1: the bf16 question is
+    cuda:1's (torch.cuda.is_bf16_supported asks the current device only). A CUDA pair is faked."""
+    import torch
+
+    from fastgpt import selftest
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: (7, 5) if torch.device(device or "cuda:0").index == 1 else (8, 0))
+    assert cli.native_bf16() and not cli.native_bf16(torch.device("cuda:1"))
+    assert not selftest._native_bf16(torch.device("cuda:1")) and selftest._native_bf16(torch.device("cpu"))
