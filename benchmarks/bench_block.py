@@ -96,19 +96,20 @@ def _block_rows(args, rows):
     case = f"GPT-2 block B{B} T{T} bf16 fwd+bwd"
     ref = reference.GPTBlock(cfg).cuda()
     sd = ref.state_dict()
+    # the target's two rows first (a stage budget that runs out keeps its verdict), then the others
     impls = []
     fused = GPTBlock(cfg, backend="fused").cuda()
     fused.load_state_dict(sd)
     impls.append(("fastgpt fused", fused))
+    comp = TorchBlock(cfg).cuda()
+    comp.load_state_dict(sd)
+    impls.append(("torch.compile", torch.compile(comp, dynamic=False)))
     fused_c = GPTBlock(cfg, backend="fused").cuda()
     fused_c.load_state_dict(sd)
     impls.append(("fastgpt fused+compile", torch.compile(fused_c, dynamic=False)))
     eager = TorchBlock(cfg).cuda()
     eager.load_state_dict(sd)
     impls.append(("torch eager SDPA", eager))
-    comp = TorchBlock(cfg).cuda()
-    comp.load_state_dict(sd)
-    impls.append(("torch.compile", torch.compile(comp, dynamic=False)))
 
     x = torch.randn(B, T, C, device="cuda", requires_grad=True)
     dy = torch.randn(B, T, C, device="cuda")
@@ -128,6 +129,12 @@ def _block_rows(args, rows):
             bench_impl(rows, BENCH, case, "fastgpt fused (graph)", _fwd_bwd(blk, x, dy), tokens=B * T, flops=flops,
                        graph=True, note="the same calls replayed as a CUDA graph: no host time")
         x.grad = None
+        if name == "torch.compile":
+            _block_target(rows, case, args.quick)
+
+
+def _block_target(rows, case, quick):
+    """The block's target in the fastgpt fused row's note: <= 0.9x torch.compile's time, <= its memory."""
     ours = next((r for r in rows if r["case"] == case and r["impl"] == "fastgpt fused" and r["ms"]), None)
     peer = next((r for r in rows if r["case"] == case and r["impl"] == "torch.compile" and r["ms"]), None)
     if ours and peer and ours["mem_gib"] is not None and peer["mem_gib"] is not None:
@@ -135,7 +142,7 @@ def _block_rows(args, rows):
         met = t <= 0.9 and m <= 0.0
         ours["note"] += f"; target <=0.9x compile time, <= its memory: {t:.2f}x, {m:+.2f} GiB " \
                         f"-> {'met' if met else 'NOT met'}" + (" (at B4, --quick: the target is B16's)"
-                                                               if args.quick else "")
+                                                               if quick else "")
 
 
 def _decode_check(model, cfg):

@@ -4,11 +4,11 @@
 # build and through a CUDA build of fastgpt._C alike, and through the CUDA dispatch key with CPU
 # tensors or with storage-less tensors that claim cuda:0: all seen on the dev machine, 2026-11-27).
 # What is left is a real device, so each case below runs in its own process with faulthandler on:
+#   G (first) the op's first check (p out of range: a number in its message) on CUDA tensors
 #   B  a C++ error from our op on CPU tensors after CUDA is initialised
 #   D  a C++ error from torch itself on CUDA tensors (not our .so)
 #   E  seed None with p > 0 on CUDA tensors (runs 3-4 suspected it; it raised in run 5)
 #   F  E below autograd (our C++ kernel alone, no Python autograd kernel)
-#   G  the op's first check (p out of range: a number in its message) on CUDA tensors
 # rc=1 with the intended error printed means no crash; rc=139 (or -11 in Python) is the segfault.
 # Run 5 (H200, 2026-11-29) read: B, D, E, F raised, G crashed: every message of ours that held a number
 # (formatted by c10::str's ostream in our module) crashed, the string-only ones raised; the module built
@@ -34,13 +34,14 @@ case_() {  # case_ NAME CODE: one process, its last lines and exit status
 $2" 2>&1 | tail -20
   echo "rc=${PIPESTATUS[0]}"
 }
+# G first: run 5's crash, the case the fix must turn into an error (a short stage budget cuts the last)
+case_ "G p out of range on cuda (a number in the message)" 'x = torch.randn(2, 8, device="cuda"); op(x, None, x, 1.5, None)'
 case_ "B cpu tensors after CUDA init" 'torch.zeros(1, device="cuda"); x = torch.randn(2, 8); op(x, None, x, 0.5, None)'
 case_ "D torch-internal C++ error on cuda" 'a = torch.ones(2, device="cuda"); torch.ops.aten.add.Tensor(a, torch.ones(3, device="cuda"))'
 case_ "E seed None with p > 0 on cuda" 'x = torch.randn(2, 8, device="cuda"); op(x, None, x, 0.5, None)'
 case_ "F E below autograd" 'x = torch.randn(2, 8, device="cuda")
 with torch._C._AutoDispatchBelowAutograd():
     op.default(x, None, x, 0.5, None)'
-case_ "G p out of range on cuda (a number in the message)" 'x = torch.randn(2, 8, device="cuda"); op(x, None, x, 1.5, None)'
 echo "=== bindings of the throw symbols in the extension module (before gdb: the stage budget may cut gdb)"
 LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/fastgpt_ldb $PY -c "$PRE
 x = torch.randn(2, 8, device='cuda')" >/dev/null 2>&1

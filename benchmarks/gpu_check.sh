@@ -19,7 +19,7 @@
 #
 # Each stage has a time budget (seconds; override with BUDGET_<STAGE>=N, e.g.
 # BUDGET_BENCH_ATTENTION=300) and writes its JSON/log into the results folder as soon as it
-# ends; the whole run has BUDGET_TOTAL (default 570 s, under a 600 s command limit): a stage
+# ends; the whole run has BUDGET_TOTAL (default 570 s from the start, under a 600 s command limit): a stage
 # gets at most what is left of it (30 s kept for the table) and is skipped when under 30 s
 # remain. The last thing printed is a short table (benchmarks/summary.py). TESTS="tests/test_x.py ..."
 # narrows the test stage (default: the files with GPU branches first; TEST_JOBS pytest processes at once,
@@ -70,6 +70,14 @@ for e in $TEST_SHARDS; do   # FILE=N, N a whole number from 1
   echo "gpu_check: TEST_SHARDS takes FILE=N entries (N a whole number, 1 or more), got '$e'" >&2
   exit 2
 done
+QUICK=${QUICK:-}
+for q in ${QUICK//,/ }; do   # a typo would run that family in full, silently
+  case " 1 $FAMILIES " in
+    *" $q "*) ;;
+    *) echo "gpu_check: unknown family '$q' in QUICK; choose 1 (all) or from: $FAMILIES" >&2
+       exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
 # before minutes of building and testing (and before any output folder): every stage past the install
 # needs the GPU
@@ -85,7 +93,8 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
 mkdir -p "$RES" || exit 2
-DEADLINE=$((SECONDS + ${BUDGET_TOTAL:-570}))
+RES_ABS=$(cd "$RES" && pwd)   # for the tests' failure logs (a test may change directory)
+DEADLINE=${BUDGET_TOTAL:-570}   # counted from the script's start ($SECONDS): the checks above count too
 export PYTHONUNBUFFERED=1
 
 named() {  # named STAGE: is it in --only by its name? (the stages that "all" leaves out)
@@ -130,8 +139,11 @@ stage() {  # stage NAME BUDGET CMD...: run with a time budget, log to $RES/NAME.
   echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0)), \"budget\": $budget}" > "$RES/$name.stage.json"
   pack
 }
-pack() {  # --tar FILE, written whole after each stage (a temporary file, then a rename)
-  [ -z "$TAR" ] || { tar czf "$TAR.part" "$RES" && mv -f "$TAR.part" "$TAR"; } || { rm -f "$TAR.part"; return 1; }
+pack() {  # --tar FILE, written whole after each stage (a temporary file, then a rename); a log still being
+  # written (a test process finishing after its stage's SIGINT) makes GNU tar exit 1: the archive stands
+  [ -z "$TAR" ] && return 0
+  tar --warning=no-file-changed -czf "$TAR.part" "$RES"
+  if [ $? -le 1 ]; then mv -f "$TAR.part" "$TAR"; else rm -f "$TAR.part"; return 1; fi
 }
 
 
@@ -142,8 +154,17 @@ fi
 if [ -d .cache/fastgpt ]; then export FASTGPT_CACHE=${FASTGPT_CACHE:-$PWD/.cache/fastgpt}; fi
 
 # install always runs (other stages need it); it builds the C++/CUDA extension
-# (--no-index: nothing may be fetched; an offline machine would otherwise wait on the index)
-stage install 240 $PY -m pip install -q --no-index --no-deps --no-build-isolation -e .
+# (--no-index: nothing may be fetched; an offline machine would otherwise wait on the index), then says
+# whether the module built has its CUDA kernels (pip -q hides setup.py's warning when the build failed, and
+# every test process would then JIT-build it)
+install() {
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . || return
+  FASTGPT_EXTENSION=prebuilt $PY -c "import sys, fastgpt.extension as e; r = e.unavailable_reason('cuda')
+print('extension:', r or 'fastgpt._C built, with its CUDA kernels'); sys.exit(1 if r else 0)"
+}
+export -f install
+export PY
+stage install 240 bash -c install
 GPU_TESTS="tests/test_layernorm.py tests/test_gelu.py tests/test_attention.py tests/test_cross_entropy.py
   tests/test_dropout_add.py tests/test_model.py tests/test_ops.py tests/test_train.py tests/test_robust.py
   tests/test_finetune.py tests/test_hf.py"
@@ -177,7 +198,7 @@ test_file() {  # test_file JOB: one pytest process, its log and exit status in $
   # each failure's report goes to $name.failures as it happens (tests/conftest.py): a file killed at the
   # stage's budget keeps them (run 5's test_attention.py left four F's and no traceback); a shard runs
   # every N-th test of its file (conftest: FASTGPT_TEST_SHARD)
-  FASTGPT_TEST_SHARD="$shard" FASTGPT_FAILURE_LOG="$RES/tests/$name.failures" \
+  FASTGPT_TEST_SHARD="$shard" FASTGPT_FAILURE_LOG="$RES_ABS/tests/$name.failures" \
     $PY -m pytest -q -m "not network" -p no:cacheprovider --timeout 120 -rfE "${1%%:*}" > "$RES/tests/$name.log" 2>&1
   echo $? > "$RES/tests/$name.rc"
   echo "--- $1: rc=$(cat "$RES/tests/$name.rc") $(tail -n 1 "$RES/tests/$name.log")"
@@ -216,7 +237,7 @@ if named extdiag; then  # before the tests: it needs ~1-2 min, not their budget
 fi
 if wants tests; then
   export -f run_tests test_file tests_report default_tests test_jobs job_name
-  export PY TESTS GPU_TESTS RES TEST_JOBS TEST_SHARDS
+  export PY TESTS GPU_TESTS RES RES_ABS TEST_JOBS TEST_SHARDS
   # TEST_JOBS pytest processes share the cores already: 2 compile workers each (kernels/_precompile.py)
   stage tests 300 env FASTGPT_COMPILE_WORKERS="${FASTGPT_COMPILE_WORKERS:-2}" bash -c run_tests
 fi

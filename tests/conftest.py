@@ -55,23 +55,33 @@ def _check_the_checkout_under_test():
                         returncode=4)
 
 
+_FAILURE_LOG = None   # FASTGPT_FAILURE_LOG made absolute at start: a failing test may have changed directory
+
+
 def pytest_configure(config):
+    global _FAILURE_LOG
     _check_the_checkout_under_test()   # (at conftest import, pytest.exit showed as an ImportError traceback)
     _test_shard()                      # a malformed FASTGPT_TEST_SHARD stops the run before collection
+    path = os.environ.get("FASTGPT_FAILURE_LOG")
+    _FAILURE_LOG = os.path.abspath(path) if path else None
 
 
 def pytest_runtest_logreport(report):
     """With FASTGPT_FAILURE_LOG set (benchmarks/gpu_check.sh sets it for each test file), each failure's
     report, its captured output (the seed) included, is appended to that file as it happens: a pytest
-    killed at its stage's budget prints no summary (run 5's test_attention.py left four F's, no names)."""
-    path = os.environ.get("FASTGPT_FAILURE_LOG")
-    if not path or not report.failed:
+    killed at its stage's budget prints no summary (run 5's test_attention.py left four F's, no names).
+    The path is the one given, made absolute at start (a relative one, opened from a test that had changed
+    directory, stopped the file with an INTERNALERROR); a log that cannot be written is said, not raised."""
+    if _FAILURE_LOG is None or not report.failed:
         return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext}\n")
-        for title, content in report.sections:
-            f.write(f"--- {title}\n{content}\n")
-        f.write("\n")
+    try:
+        with open(_FAILURE_LOG, "a", encoding="utf-8") as f:
+            f.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext}\n")
+            for title, content in report.sections:
+                f.write(f"--- {title}\n{content}\n")
+            f.write("\n")
+    except OSError as e:
+        print(f"conftest: cannot write FASTGPT_FAILURE_LOG {_FAILURE_LOG}: {e}", file=sys.stderr)
 
 
 def _test_shard():

@@ -520,6 +520,9 @@ def test_gpu_check_cli():
         r = subprocess.run(["bash", str(script), "--only", "tests"], capture_output=True, text=True, timeout=60,
                            env=dict(os.environ, PYTHON="/bin/false"))   # (no torch there: not "no GPU")
         assert r.returncode == 2 and "/bin/false cannot import torch; set PYTHON" in r.stderr, r.stderr
+        r = subprocess.run(["bash", str(script), "--only", "gelu", "--out", out], capture_output=True, text=True,
+                           timeout=60, env=dict(os.environ, PYTHON="/bin/true", QUICK="layernrom,gelu"))
+        assert r.returncode == 2 and "unknown family 'layernrom' in QUICK" in r.stderr, r.stderr   # (ran in full)
         r = run("1", "")   # (an empty --only ran the install alone)
         assert r.returncode == 2 and "--only is empty" in r.stderr, r.stderr
         r = run("1", "attention,gelu")   # families run in the order --only names them
@@ -552,8 +555,9 @@ def test_failures_are_written_as_they_happen(tmp_path, monkeypatch):
     report = lambda failed: types.SimpleNamespace(  # noqa: E731
         failed=failed, nodeid="tests/test_a.py::test_x[fp32]", when="call", longreprtext="E   assert 1 == 2",
         sections=[("Captured stdout setup", "seed = 42 (rerun with FASTGPT_TEST_SEED=42)")])
+    monkeypatch.setattr(conftest, "_FAILURE_LOG", None)
     conftest.pytest_runtest_logreport(report(True))              # unset: nothing written anywhere
-    monkeypatch.setenv("FASTGPT_FAILURE_LOG", str(log))
+    monkeypatch.setattr(conftest, "_FAILURE_LOG", str(log))      # (pytest_configure sets it from the variable)
     conftest.pytest_runtest_logreport(report(False))
     assert not log.exists()
     conftest.pytest_runtest_logreport(report(True))
@@ -572,6 +576,36 @@ def test_failures_are_written_as_they_happen(tmp_path, monkeypatch):
     assert "--- tests/test_a.py: not finished\n=== tests/test_a.py::test_x (call)\nE   AssertionError: off" \
         in r.stdout, r.stdout
     assert r.returncode == 1
+
+
+def test_failure_log_survives_a_test_that_changed_directory(tmp_path):
+    """gpu_check.sh gave FASTGPT_FAILURE_LOG as a path relative to the repository; a test that failed after
+    changing directory (test_train's monkeypatch.chdir) made the hook's open fail, an INTERNALERROR that
+    stopped the rest of the file (a review, 2026-11-30). conftest makes the path absolute at start, and
+    says, rather than raises, when the log cannot be written."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "test_moves.py").write_text(
+        "import os\n\n"
+        f"def test_a_moves_and_fails():\n    os.chdir({str(tmp_path / 'elsewhere')!r})\n    assert 1 == 2\n\n"
+        "def test_b_runs_after():\n    pass\n")
+
+    def run(log):
+        env = {k: v for k, v in os.environ.items() if k != "FASTGPT_TEST_SHARD"}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                               "-p", "conftest", str(tmp_path / "test_moves.py")], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(env, FASTGPT_FAILURE_LOG=log, PYTHONPATH=str(root / "tests")))
+    r = run("f.failures")
+    assert r.returncode == 1 and "1 failed, 1 passed" in r.stdout and "INTERNALERROR" not in r.stdout, r.stdout
+    assert (tmp_path / "f.failures").read_text().startswith("=== test_moves.py::test_a_moves_and_fails (call)\n")
+    r = run(str(tmp_path / "no" / "such" / "folder" / "f.failures"))
+    assert r.returncode == 1 and "1 failed, 1 passed" in r.stdout and "INTERNALERROR" not in r.stdout, r.stdout
+    assert "conftest: cannot write FASTGPT_FAILURE_LOG" in r.stderr, r.stderr
 
 
 def test_gpu_check_spreads_a_long_file_over_shards(tmp_path):
@@ -995,3 +1029,72 @@ def test_json_that_is_a_folder_is_a_usage_error(tmp_path, capsys):
         run.main(["--json", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "is a folder; give a file name" in err
+
+
+def test_block_target_is_written_once_its_two_rows_exist():
+    """bench_block times the target's two rows (fastgpt fused, torch.compile) first and writes the verdict
+    as soon as torch.compile's row is in: with the verdict computed after all four implementations, a
+    stage budget that ran out during the last ones lost it (run 5's B16 row had none); a review,
+    2026-11-30."""
+    from benchmarks import bench_block
+    case = "GPT-2 block B16 T1024 bf16 fwd+bwd"
+    rows = [_row("block", case, "fastgpt fused", 4.5, mem_gib=3.0, note="autocast"),
+            _row("block", case, "fastgpt fused (graph)", 4.0, note="graph")]
+    bench_block._block_target(rows, case, quick=False)            # torch.compile's row not in yet
+    assert rows[0]["note"] == "autocast"
+    rows.append(_row("block", case, "torch.compile", 5.0, mem_gib=3.5))
+    bench_block._block_target(rows, case, quick=False)
+    assert rows[0]["note"] == "autocast; target <=0.9x compile time, <= its memory: 0.90x, -0.50 GiB -> met"
+    rows[0]["note"] = "autocast"
+    rows[2]["mem_gib"] = 2.5
+    bench_block._block_target(rows, case, quick=True)
+    assert rows[0]["note"] == ("autocast; target <=0.9x compile time, <= its memory: 0.90x, +0.50 GiB -> NOT met"
+                               " (at B4, --quick: the target is B16's)")
+    import inspect   # the order the rows are timed in: the target's two first
+    src = inspect.getsource(bench_block._block_rows)
+    order = ["fastgpt fused", "torch.compile", "fastgpt fused+compile", "torch eager SDPA"]
+    assert sorted(order, key=lambda n: src.index(f'impls.append(("{n}"')) == order
+
+
+def test_gpu_check_install_budget_and_tar_edges(tmp_path):
+    """(a review, 2026-11-30) pip -q hid a failed extension build (install said rc=0, and every test process
+    would JIT-build it): the install stage now checks the built module has its CUDA kernels. BUDGET_TOTAL
+    counted from after the start-up checks (three interpreter starts, nvidia-smi), so a call limit set from
+    it could cut the last stage and its output. GNU tar exits 1 when a log changes as it reads it (a test
+    process still finishing after the stage's SIGINT): that archive stands (it was dropped, the older kept)."""
+    import os
+    import subprocess
+    import tarfile
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    py = tmp_path / "py"   # a stand-in python: CUDA "available"; the extension check fails with EXT_BAD set
+    py.write_text('#!/bin/sh\ncase "$*" in\n'
+                  '  *"unavailable_reason"*) [ -n "$EXT_BAD" ] && { echo "extension: off"; exit 1; } ;;\n'
+                  '  *torch*) sleep "${SLOW:-0}" ;;\nesac\nexit 0\n')
+    py.chmod(0o755)
+
+    def run(*argv, **env):
+        return subprocess.run(["bash", str(script), "--out", str(tmp_path / "res"), *argv], capture_output=True,
+                              text=True, timeout=90, env=dict(os.environ, PYTHON=str(py), **env))
+    r = run("--only", "gelu", EXT_BAD="1")
+    assert "extension: off" in r.stdout and "=== [install] rc=1" in r.stdout, r.stdout
+    assert r.returncode == 1 and "not every stage passed: install" in r.stdout, r.stdout
+    r = run("--only", "gelu")
+    assert "=== [install] rc=0" in r.stdout and r.returncode == 0, r.stdout
+    # three start-up interpreter calls of 4 s each, BUDGET_TOTAL=70: 28 s left for the first stage (30 kept)
+    r = run("--only", "gelu", SLOW="4", BUDGET_TOTAL="70")
+    assert "=== [install] skipped" in r.stdout and r.returncode == 1, r.stdout
+    # a tar that exits 1 (a file changed as it read it) has still written the archive: it is kept
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "tar").write_text('#!/bin/sh\nfor a; do last=$a; done\n'
+                              'for a; do case "$a" in *.part) out=$a ;; esac; done\n'
+                              f'{__import__("shutil").which("tar")} -czf "$out" "$last"\n'
+                              'echo "tar: gpu_results/tests/x.log: file changed as we read it" >&2\nexit 1\n')
+    (bin_ / "tar").chmod(0o755)
+    tgz = tmp_path / "r.tgz"
+    r = run("--only", "gelu", "--tar", str(tgz), PATH=f"{bin_}:{os.environ['PATH']}")
+    assert r.returncode == 0 and "results packed into" in r.stdout, (r.stdout, r.stderr)
+    with tarfile.open(tgz) as t:
+        assert any(n.endswith("bench_gelu.stage.json") for n in t.getnames())
+    assert not list(tmp_path.glob("*.part"))
