@@ -157,14 +157,14 @@ if [ -d .cache/fastgpt ]; then export FASTGPT_CACHE=${FASTGPT_CACHE:-$PWD/.cache
 # (--no-index: nothing may be fetched; an offline machine would otherwise wait on the index), then says
 # whether the module built has its CUDA kernels (pip -q hides setup.py's warning when the build failed, and
 # every test process would then JIT-build it)
-install() {
+install_fastgpt() {
   $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . || return
   FASTGPT_EXTENSION=prebuilt $PY -c "import sys, fastgpt.extension as e; r = e.unavailable_reason('cuda')
 print('extension:', r or 'fastgpt._C built, with its CUDA kernels'); sys.exit(1 if r else 0)"
 }
-export -f install
+export -f install_fastgpt
 export PY
-stage install 240 bash -c install
+stage install 240 bash -c install_fastgpt
 GPU_TESTS="tests/test_layernorm.py tests/test_gelu.py tests/test_attention.py tests/test_cross_entropy.py
   tests/test_dropout_add.py tests/test_model.py tests/test_ops.py tests/test_train.py tests/test_robust.py
   tests/test_finetune.py tests/test_hf.py"
