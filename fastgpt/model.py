@@ -555,8 +555,13 @@ class GPT(nn.Module):
     @backend.setter
     def backend(self, value):
         self._backend = _check_backend(value)
-        for b in self.transformer.h:
+        for b in self._blocks():
             b.backend = value
+
+    def _blocks(self):
+        """The GPTBlocks, also where a wrapper stands in a block's place (checkpoint_wrapper, torch.compile:
+        an attribute set on the wrapper would not reach the block)."""
+        return [m for m in self.transformer.h.modules() if isinstance(m, GPTBlock)]
 
     def set_dropout(self, p: float) -> None:
         """Change the dropout rate of every place it acts (embeddings, attention weights, residuals) and of
@@ -565,7 +570,7 @@ class GPT(nn.Module):
         cfg.validate()
         self.config = cfg
         self.transformer.drop.p = float(p)
-        for b in self.transformer.h:
+        for b in self._blocks():
             b.dropout = float(p)
 
     # -- init and size

@@ -119,6 +119,10 @@ def test_config_files(tmp_path):
     j.write_text("{not json")
     with pytest.raises(cli.UsageError, match="not valid JSON"):
         parse([f"--config={j}"])
+    for text in ("[1, 2]", '"n"', "3"):   # valid JSON, not an object of options (an audit, 2026-11-30)
+        j.write_text(text)
+        with pytest.raises(cli.UsageError, match="expected a table/object of option: value"):
+            parse([f"--config={j}"])
     # (a review, 2026-11-28) an editor's byte-order mark, an upper-case suffix; an empty or a second --config
     # was dropped silently (the first file's values lost)
     T = tmp_path / "C.TOML"
@@ -190,6 +194,7 @@ def test_help_lists_every_option_with_default(columns, capsys, monkeypatch):
     (["--tokenizer=gpt4"], "--tokenizer must be one of gpt2, byte"),
     (["--batch_size=8.5"], "--batch_size expects INT"),
     (["--dropout=1.5"], "--dropout must be in [0, 0.999237]"),
+    (["--dropout=-0.1"], "--dropout must be in [0, 0.999237], got -0.1"),   # (a ValueError traceback; an audit)
     (["--seed=9223372036854775808"], "--seed must be in [0, 2^63)"),
     (["--warmup_iters=10", "--lr_decay_iters=5"], "--warmup_iters (10) must not exceed"),
     (["--device=cpu", "--dtype=fp16"], "--dtype fp16 needs --device cuda"),

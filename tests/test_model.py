@@ -33,6 +33,28 @@ def _tiny(**kw):
 
 # ----------------------------------------------------------------------------- config
 
+# The published architectures (GPT-1: Radford et al. 2018; GPT-2: the 124M/350M/774M/1.5B models), HF's
+# defaults for the rest (layer_norm_eps 1e-5, biases, dropout 0.1), and the CPU preset:
+# (vocab, block, layers, heads, width, norm, activation, dropout)
+PUBLISHED = {"gpt1": (40478, 512, 12, 12, 768, "post", "gelu_tanh", 0.1),
+             "gpt2": (50257, 1024, 12, 12, 768, "pre", "gelu_tanh", 0.1),
+             "gpt2-medium": (50257, 1024, 24, 16, 1024, "pre", "gelu_tanh", 0.1),
+             "gpt2-large": (50257, 1024, 36, 20, 1280, "pre", "gelu_tanh", 0.1),
+             "gpt2-xl": (50257, 1024, 48, 25, 1600, "pre", "gelu_tanh", 0.1),
+             "tiny": (256, 256, 4, 4, 128, "pre", "gelu_tanh", 0.0)}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_preset_is_the_published_architecture(name):
+    """Every field of every preset (a mutation audit, 2026-11-30: gpt2-medium's layers, gpt2-large's heads,
+    gpt1's exact vocabulary and activation, every dropout and the tiny preset could change unnoticed)."""
+    c = GPTConfig.preset(name)
+    assert (c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd, c.norm, c.activation, c.dropout) \
+        == PUBLISHED[name]
+    assert c.layer_norm_eps == 1e-5 and c.bias is True and c.residual_dtype is None and c.vocab_multiple == 64
+    assert c.head_dim == (32 if name == "tiny" else 64)
+
+
 def test_presets():
     g1, g2, xl = GPTConfig.preset("gpt1"), GPTConfig.preset("gpt2"), GPTConfig.preset("gpt2-xl")
     assert (g1.n_layer, g1.n_embd, g1.n_head, g1.block_size, g1.norm) == (12, 768, 12, 512, "post")
@@ -54,6 +76,9 @@ def test_presets():
     (dict(bias="no"), "bias must be True or False"),          # (was taken as True)
     (dict(dropout="0.1"), "dropout must be a number"),       # (failed later inside GPT)
     (dict(layer_norm_eps=float("inf")), "layer_norm_eps must be a finite number"),
+    (dict(layer_norm_eps=0.0), "layer_norm_eps must be a finite number > 0"),
+    (dict(dropout=-0.1), "dropout must be a number in"),
+    (dict(n_layer=True), "n_layer must be a positive integer"),        # (a bool is an int to Python)
 ])
 def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -726,6 +751,40 @@ def test_selftest_passes_every_row(capsys):
     assert ok, "\n".join(line for line in out.splitlines() if "FAIL" in line or "ERROR" in line)
 
 
+def test_config_sizes_numbers_and_fields():
+    """(a mutation audit, 2026-11-30) The padded vocabulary is the next multiple of 64, not one more block
+    past an exact multiple; NumPy numbers become Python ones (to_dict writes JSON); an unknown field in
+    from_dict is a one-line ValueError; dropout_option_problems accepts its bounds and None."""
+    import numpy as np
+    from fastgpt import config as C
+    assert [_tiny(vocab_size=v).padded_vocab_size for v in (1, 64, 65, 256)] == [64, 64, 128, 256]
+    c = _tiny(vocab_size=np.int64(65), n_layer=np.int32(2), dropout=np.float32(0.25))
+    assert type(c.vocab_size) is int and type(c.n_layer) is int and type(c.dropout) is float
+    assert json.loads(json.dumps(c.to_dict()))["vocab_size"] == 65
+    with pytest.raises(ValueError, match=r"GPTConfig: unknown field\(s\) \['n_ctx'\]"):
+        GPTConfig.from_dict({**_tiny().to_dict(), "n_ctx": 5})
+    assert C.dropout_option_problems(None) == C.dropout_option_problems(0.0) == [] \
+        == C.dropout_option_problems(C.MAX_DROPOUT_P)
+    assert len(C.dropout_option_problems(-1e-9)) == len(C.dropout_option_problems(C.MAX_DROPOUT_P + 1e-9)) == 1
+
+
+def test_resize_token_embeddings_options():
+    """(a mutation audit, 2026-11-30) std is the new rows' spread; a frozen embedding stays frozen; the
+    table keeps its dtype; growing to the same size changes nothing; the modules' size fields (repr, and
+    tools that read out_features) follow the new table."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig.preset("tiny", n_layer=1, vocab_size=256)).double()
+    m.transformer.wte.weight.requires_grad_(False)
+    before = m.transformer.wte.weight.detach().clone()
+    m.resize_token_embeddings(256)
+    assert torch.equal(m.transformer.wte.weight, before) and m.config.vocab_size == 256
+    m.resize_token_embeddings(1256, std=1.0)
+    W = m.transformer.wte.weight
+    assert W.dtype == torch.float64 and not W.requires_grad and m.lm_head.weight is W
+    assert 0.9 < W[256:1256].std().item() < 1.1
+    assert m.transformer.wte.num_embeddings == m.lm_head.out_features == W.shape[0] == 1280
+
+
 def test_resize_token_embeddings():
     """Growing the vocabulary keeps the old rows and the tie, pads with zeros, round-trips through
     save/from_pretrained, and refuses to shrink."""
@@ -927,6 +986,30 @@ def test_gpt_calls_its_blocks_ln_f_and_head_as_modules():
     assert cnt.frame_count >= 1   # (it was 0: the compiled call was never made)
 
 
+def test_set_dropout_and_backend_reach_wrapped_blocks():
+    """A block replaced by a wrapper (torch's checkpoint_wrapper, any module holding it; hidden_states runs
+    them) got the new dropout rate and backend on the wrapper, not on the block (a mutation audit, 2026-11-30):
+    both now reach every GPTBlock, and the wrapped model trains as the plain one does."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    torch.manual_seed(0)
+    plain = GPT(_tiny(dropout=0.0), backend="reference").train()
+    m = GPT(_tiny(dropout=0.0), backend="reference").train()
+    m.load_state_dict(plain.state_dict())
+    m.transformer.h[0] = checkpoint_wrapper(m.transformer.h[0])
+    for g in (m, plain):
+        g.set_dropout(0.3)
+        g.backend = None
+    inner = m.transformer.h[0]._checkpoint_wrapped_module
+    assert isinstance(inner, GPTBlock) and inner.dropout == 0.3 and inner.backend == plain.transformer.h[0].backend
+    assert [b.dropout for b in m._blocks()] == [0.3, 0.3]
+    idx = torch.randint(0, TINY["vocab_size"], (2, 16))
+    losses = []
+    for g in (m, plain):
+        torch.manual_seed(1)
+        losses.append(g(idx, idx)[1])
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+
+
 def test_the_head_stays_tied_under_meta_init_and_assign():
     """to_empty from the meta device and load_state_dict(assign=True) replace parameters module by module;
     the head must still be the embedding (it was left as uninitialised memory, and trained apart), and a
@@ -936,8 +1019,16 @@ def test_the_head_stays_tied_under_meta_init_and_assign():
     with torch.device("meta"):
         m = GPT(cfg)
     m = m.to_empty(device="cpu")
+    assert m.lm_head.weight is m.transformer.wte.weight   # (before reset_parameters: _apply re-ties; an audit)
     m.reset_parameters()
     assert m.lm_head.weight is m.transformer.wte.weight and m.num_params() == ref.num_params()
+    overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)   # .double() makes new Parameters
+    try:
+        d = GPT(cfg).double()
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+    assert d.lm_head.weight is d.transformer.wte.weight and d.lm_head.weight.dtype == torch.float64
     with torch.device("meta"):
         m = GPT(cfg)
     m.load_state_dict(ref.state_dict(), assign=True)
