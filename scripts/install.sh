@@ -2,6 +2,11 @@
 # Create .venv (if missing) and install fastgpt with its test dependencies into it.
 #   bash scripts/install.sh            # CPU pins of requirements-test.txt (torch 2.13.0, triton 3.6.0, numpy<2.4)
 #   PYTHON=python3.12 bash scripts/install.sh   # another interpreter for the venv (3.10 or newer; default python3)
+#   TORCH=torch==2.11.0 bash scripts/install.sh # another torch in place of the pin (a CPU build, or a CUDA
+#                                               # build that requires the pinned triton 3.6.0: 2.10 or 2.11)
+# Where an NVIDIA GPU is visible (nvidia-smi -L), torch is 2.11.0, the CUDA build the GPU figures were
+# measured with (benchmarks/RESULTS.md), whose triton pin is the tests' 3.6.0: PyPI's torch 2.13.0 is a
+# CUDA build that requires triton 3.7.1, and the two pins cannot both be met.
 # fastgpt itself is installed editable and without build isolation (which would
 # pull a second torch to compile the extension); setuptools>=77 comes first.
 set -euo pipefail
@@ -19,6 +24,24 @@ if ! { [ -x .venv/bin/python ] && .venv/bin/python -m pip --version >/dev/null 2
 fi
 PY=.venv/bin/python
 $PY -m pip install -q --upgrade pip "setuptools>=77" wheel
-$PY -m pip install -q -r requirements-test.txt
+TORCH=${TORCH:-}
+if [ -z "$TORCH" ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    TORCH="torch==2.11.0"
+fi
+reqs=requirements-test.txt
+if [ -n "$TORCH" ]; then   # requirements-test.txt without its torch line, and this torch
+    grep -v '^torch==' requirements-test.txt > .venv/requirements-test.txt
+    reqs=.venv/requirements-test.txt
+    echo "install.sh: $TORCH in place of requirements-test.txt's $(grep '^torch==' requirements-test.txt)"
+fi
+if ! $PY -m pip install -q ${TORCH:+"$TORCH"} -r "$reqs"; then
+    if [ -z "$TORCH" ]; then
+        echo "install.sh: pip could not install requirements-test.txt. Without a GPU, PyPI's torch 2.13.0 is its" \
+             "CUDA build, which needs triton 3.7.1, not the pinned 3.6.0: add PyTorch's CPU index" \
+             "(PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/install.sh), or choose a" \
+             "torch (TORCH=torch==2.11.0 bash scripts/install.sh)" >&2
+    fi
+    exit 1
+fi
 $PY -m pip install -q --no-build-isolation --no-deps -e .
 echo "fastgpt installed in .venv (activate with: . .venv/bin/activate)"
