@@ -156,14 +156,16 @@ def _space(kind):
 AUTOTUNE = autotuning_enabled()
 
 
-def default_config(kind: str, head_dim: int, dtype: torch.dtype, dropout: bool = False) -> dict:
+def default_config(kind: str, head_dim: int, dtype: torch.dtype, dropout: bool = False, smaller: int = 0) -> dict:
     """A fixed launch config for kernel kind "fwd" | "dkdv" | "dq" (no autotuning); with dropout
-    the key block (BLOCK_N) is at least 32, the keep mask's group width."""
+    the key block (BLOCK_N) is at least 32, the keep mask's group width. ``smaller`` steps down the
+    table that many tile sizes (its last is the smallest), for GPUs with less shared memory."""
     if INTERPRET:
         bm, bn, w, s = _INTERPRET_CFG[kind]
     else:
         row_bytes = _block_d(head_dim) * (4 if dtype == torch.float32 else 2)   # one row of a tile
         size = 0 if row_bytes <= 128 else 1 if row_bytes <= 256 else 2 if row_bytes <= 512 else 3
+        size = min(size + smaller, 3)
         bm, bn, w, s = {  # the fastest measured at D = 64 (H100); spill-free at D = 128 without dropout
             "fwd": [(128, 64, 8, 3), (128, 64, 8, 3), (64, 32, 4, 2), (32, 32, 4, 1)],
             "dkdv": [(16, 128, 4, 3), (32, 128, 8, 2), (16, 32, 4, 2), (16, 32, 4, 1)],
@@ -750,13 +752,33 @@ def _launch(kernel, kind, config, grid, *args, n_lead=None, **meta):
         key = (kind, meta["HEAD_DIM"], args[0].dtype, meta["DROPOUT"])
         config = _DEFAULTS.get(key)
         if config is None:
-            config = _DEFAULTS[key] = default_config(*key)
+            return _launch_first_default(kernel, kind, key, grid, args, n_lead, meta)
     if config is None:
         return kernel.run_replayable(n_lead, *args, grid=grid, **meta)
     if meta["DROPOUT"] and (config["BLOCK_M"] % 16 or config["BLOCK_N"] % 32):
         raise ValueError(f"causal_attention: with dropout, BLOCK_M must be a multiple of 16 and BLOCK_N of 32 "
                          f"(the keep mask's groups), got {config['BLOCK_M']} x {config['BLOCK_N']}")
     return launch_replayable(kernel.fn, grid, n_lead, *args, **meta, **config)
+
+
+def _launch_first_default(kernel, kind, key, grid, args, n_lead, meta):
+    """The first launch of a key's default config. The table was picked on an H100 (227 KiB of shared memory a
+    block); where a GPU has less (an A100 163 KiB, consumer cards ~100 KiB: the D = 128 forward's (128, 64, 8, 3)
+    needs at least 96 KiB), triton refuses the launch (OutOfResources, before the kernel runs) and the table's
+    next smaller tiles are tried. The config that launched is kept for the key."""
+    configs = []
+    for smaller in range(4):
+        if (c := default_config(*key, smaller=smaller)) not in configs:
+            configs.append(c)
+    for i, config in enumerate(configs):
+        try:
+            replay = _launch(kernel, kind, config, grid, *args, n_lead=n_lead, **meta)
+        except triton.runtime.errors.OutOfResources:
+            if i == len(configs) - 1:
+                raise
+            continue
+        _DEFAULTS[key] = config
+        return replay
 
 
 def _out_empty(q_shape, dtype, device, out_layout):

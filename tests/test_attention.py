@@ -904,6 +904,45 @@ def test_dropout_launch_configs_tile_the_mask_groups(monkeypatch):
                 assert cfg["BLOCK_N"] % 32 == 0 and cfg["BLOCK_M"] % 16 == 0, (kind, D, dtype, cfg)
 
 
+def test_default_config_steps_down_where_shared_memory_is_short(monkeypatch):
+    """FASTGPT_AUTOTUNE=0 (the GPU tests, selftest --quick) launched the default table's config, picked on an
+    H100's 227 KiB of shared memory; a GPU with less (consumer cards ~100 KiB: the D = 128 forward's
+    (128, 64, 8, 3) needs 96 KiB or more) refused it with triton's OutOfResources. The first launch of a key
+    now steps down the table until one launches, and keeps it; when none fits, the error stands."""
+    import types
+
+    import triton
+    from fastgpt.kernels import attention as A
+    monkeypatch.setattr(A, "INTERPRET", False)
+    monkeypatch.setattr(A, "AUTOTUNE", False)
+    monkeypatch.setattr(A, "_DEFAULTS", {})
+    launched, limit = [], [100 * 1024]
+
+    def fake_launch(fn, grid, n_lead, *args, **kw):   # triton refuses a config above the limit, as it would
+        cfg = (kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"], kw["num_stages"])
+        need = 2 * A.smem_floor("fwd", kw["BLOCK_M"], kw["BLOCK_N"], kw["num_stages"], 128, 2)   # (above the floor)
+        launched.append((cfg, need <= limit[0]))
+        if need > limit[0]:
+            raise triton.runtime.errors.OutOfResources(need, limit[0], "shared memory")
+        return "replay"
+    monkeypatch.setattr(A, "launch_replayable", fake_launch)
+    kernel, q = types.SimpleNamespace(fn=None), torch.empty(1, dtype=torch.bfloat16)
+    meta = dict(HEAD_DIM=128, DROPOUT=False)
+    assert A._launch(kernel, "fwd", None, None, q, n_lead=1, **meta) == "replay"
+    assert launched == [((128, 64, 8, 3), False), ((64, 32, 4, 2), True)], launched
+    assert A._DEFAULTS[("fwd", 128, torch.bfloat16, False)] == A.default_config("fwd", 128, torch.bfloat16, smaller=1)
+    del launched[:]
+    assert A._launch(kernel, "fwd", None, None, q, n_lead=1, **meta) == "replay"
+    assert launched == [((64, 32, 4, 2), True)]     # the kept config, at once
+    limit[0] = 1024                                  # nothing fits: triton's error stands, nothing kept
+    A._DEFAULTS.clear()
+    with pytest.raises(triton.runtime.errors.OutOfResources):
+        A._launch(kernel, "fwd", None, None, q, n_lead=1, **meta)
+    assert A._DEFAULTS == {}
+    with pytest.raises(triton.runtime.errors.OutOfResources):   # (D = 256 fp32: the table's last tiles only)
+        A._launch(kernel, "fwd", None, None, torch.empty(1), n_lead=1, HEAD_DIM=256, DROPOUT=False)
+
+
 class _CudaQ:
     """What the pruner reads of q: a CUDA tensor's device and element size (no GPU needed)."""
     is_cuda = True
