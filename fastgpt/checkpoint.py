@@ -473,7 +473,8 @@ def load_latest_checkpoint(out_dir, map_location="cpu") -> tuple[Path | None, di
         try:
             return p, load_checkpoint(p, map_location), skipped
         except UnusableCheckpointError as e:
-            reason = e.problem.removeprefix(f"{p} is not a readable checkpoint: ")   # (without the advice)
+            # the reason without the path (the caller names it: "skipping PATH: REASON") and the advice
+            reason = e.problem.removeprefix(f"{p} is not a readable checkpoint: ").removeprefix(f"{p} is ")
             skipped.append((p, reason))
     return None, None, skipped
 
@@ -541,7 +542,8 @@ def main(argv=None) -> int:
     bad = 0
     for a in args:
         try:
-            files = list_checkpoints(a) if Path(a).is_dir() else [Path(a)]
+            folder = Path(a).is_dir()
+            files = list_checkpoints(a) if folder else [Path(a)]
         except OSError as e:   # a folder it may not list, a name too long
             print(cli.printable(f"{a}: cannot read it ({e.strerror or e})"))
             bad += 1
@@ -556,7 +558,7 @@ def main(argv=None) -> int:
                                                        "but its bytes are not verified"
                 print(cli.printable(f"{f}: ok (step {st.get('step')}{unverified})"))
             except CheckpointError as e:
-                if len(files) > 1 and not f.exists():   # rotated away by a running run since it was listed
+                if folder and not f.exists():   # rotated away by a running run since it was listed
                     print(cli.printable(f"{f}: removed meanwhile (a run's checkpoint rotation)"))
                     continue
                 print(cli.printable(f"{f}: BAD: {e}"))

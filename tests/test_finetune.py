@@ -426,7 +426,8 @@ def test_train_checkpoint_starts_and_resumes(tmp_path, monkeypatch):
     tcfg = train.TrainConfig(data=str(text), preset="tiny", tokenizer="byte", out_dir=str(tmp_path / "pre"),
                              max_iters=2, batch_size=2, block_size=32, eval_iters=1, eval_interval=2,
                              sample_tokens=0, device=DEVICE, progress=False, warmup_iters=0)
-    train.run(tcfg, {"max_iters"})
+    pre = train.run(tcfg, {"max_iters"})   # its summary names the last checkpoint (an audit: the key could go)
+    assert pre["checkpoint"] == str(ck.latest_checkpoint(tmp_path / "pre")) and pre["step"] == 2
     task = write_jsonl(tmp_path / "cls.jsonl", class_rows(60))
     out = tmp_path / "ft"
     s = FT.run(cfg_for(task, str(tmp_path / "pre"), out, max_iters=2, epochs=3))
@@ -1178,3 +1179,26 @@ def test_the_hint_to_continue_does_not_repeat_an_automatic_device(tmp_path, tiny
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "SIGTERM: stopped after step 1/" in last and last.endswith(
         f"(continue with: {FT.PROG} --resume --out_dir {out})"), last
+
+
+def test_a_damaged_training_checkpoint_as_init_is_refused_not_loaded_plainly(tmp_path):
+    """--init with a fastgpt.train checkpoint whose bytes were flipped inside a weight: the checksum
+    refuses it in one line (a mutation audit, 2026-11-30: with that branch gone, the file fell through to
+    load_model's plain torch.load, which loaded the damaged weights without a word)."""
+    m = tiny_model()
+    p = ck.save_checkpoint(tmp_path / "pre", dict(step=1, model=m.state_dict(), config=m.config.to_dict()))
+    b = bytearray(p.read_bytes())
+    b[len(b) // 2] ^= 0x10   # in the middle of the weights: torch.load itself would not notice
+    p.write_bytes(bytes(b))
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(20))
+    with pytest.raises(FT.RunError, match=f"--init {p}: .*checksum mismatch"):
+        FT.load_init(str(p), FT.FinetuneConfig(task=task), "cpu")
+
+
+def test_epoch_checkpoints_are_rotated(tmp_path, tiny_init):
+    """--keep_ckpts N keeps the newest N of a fine-tuning run's checkpoints (a mutation audit, 2026-11-30:
+    saving them all passed every test)."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(60))
+    out = tmp_path / "o"
+    assert FT.main(_ft_argv(task, tiny_init, out, max_iters=6, ckpt_interval=1, keep_ckpts=2)) == 0
+    assert [ck._step(p) for p in ck.list_checkpoints(out)] == [5, 6]

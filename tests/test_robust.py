@@ -851,3 +851,100 @@ def test_the_hint_to_continue_does_not_repeat_an_automatic_device(corpus, tmp_pa
     assert train.main(argv) == 0
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.endswith(f"(continue with: {PROG} --resume --out_dir {out})"), last
+
+
+# ----------------------------------------------------------------------------- checkpoint files: an audit's cases
+# (a mutation audit of checkpoint.py, 2026-11-30: each of these passed every test when broken)
+
+def test_keep_one_keeps_only_the_newest(tmp_path):
+    for s in (1, 2, 3):
+        ck.save_checkpoint(tmp_path, dict(step=s), keep=1)
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["ckpt_0000003.pt"]
+
+
+def test_a_checkpoint_larger_than_one_read_chunk_verifies(tmp_path):
+    """verify_checkpoint hashes in 16 MiB chunks: every test file was smaller than one, so hashing only the
+    first chunk (every real model would then read as damaged) passed."""
+    p = ck.save_checkpoint(tmp_path, dict(step=1, w=torch.zeros(5_000_000)))   # ~20 MB
+    assert p.stat().st_size > 18_000_000 and ck.verify_checkpoint(p) is None
+    b = bytearray(p.read_bytes())
+    b[18_000_000] ^= 1   # past the first chunk
+    p.write_bytes(bytes(b))
+    assert "checksum mismatch" in ck.verify_checkpoint(p)
+
+
+def test_the_folder_loaders_name_what_they_skip_once(tmp_path):
+    """newest_readable (sample, finetune --init) says each damaged newer file it passes over; --resume's
+    skip line named the path twice where the reason was not a checksum's ('skipping P: P is not a
+    fastgpt training checkpoint')."""
+    good = ck.save_checkpoint(tmp_path, dict(step=1), keep=0)
+    bad = tmp_path / "ckpt_0000002.pt"
+    bad.write_bytes(good.read_bytes()[:100])
+    said = []
+    assert ck.newest_readable(tmp_path, say=said.append)[0] == good
+    assert len(said) == 1 and said[0].startswith(f"skipping {bad}: truncated"), said
+    bad.unlink()
+    foreign = tmp_path / "ckpt_0000005.pt"   # another program's torch file under a checkpoint's name
+    torch.save({"step": 5, "weights": torch.zeros(2)}, foreign)
+    p, st, skipped = ck.load_latest_checkpoint(tmp_path)
+    assert p == good and skipped == [(foreign, "not a fastgpt training checkpoint")], skipped
+    said = []
+    assert ck.load_for_resume(tmp_path, said.append)[0] == good
+    assert said == [f"skipping {foreign}: not a fastgpt training checkpoint", f"resuming from {good}"], said
+
+
+def test_checkpoint_cli_bad_files_and_a_folder_rotated_meanwhile(tmp_path, monkeypatch, capsys):
+    """A foreign file and a missing one are BAD (exit 1); a folder's only checkpoint rotated away after the
+    listing is 'removed meanwhile' (it was BAD: the test was 'more than one file listed')."""
+    foreign = tmp_path / "ckpt_0000005.pt"
+    torch.save({"step": 5}, foreign)
+    assert ck.main([str(foreign)]) == 1 and "BAD: " in capsys.readouterr().out
+    assert ck.main([str(tmp_path / "ckpt_0000001.pt")]) == 1
+    assert f"{tmp_path / 'ckpt_0000001.pt'}: BAD: no checkpoint at" in capsys.readouterr().out
+    one = tmp_path / "one"
+    one.mkdir()
+    monkeypatch.setattr(ck, "list_checkpoints", lambda d: [Path(d) / "ckpt_0000009.pt"])
+    assert ck.main([str(one)]) == 0
+    assert "ckpt_0000009.pt: removed meanwhile" in capsys.readouterr().out
+
+
+def test_checkpoint_housekeeping_edges(tmp_path, monkeypatch):
+    """Another user's live process (kill says EPERM) is alive: its temp file is not stale; a save holds its
+    temp file locked while it writes (the guard against writers in another pid namespace); an old checkpoint
+    that cannot be removed does not fail the save; only a run's checkpoint names get the resume advice."""
+    import errno
+
+    def eperm(pid, sig):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+    with monkeypatch.context() as m:
+        m.setattr(os, "kill", eperm)
+        assert ck._pid_alive(12345) is True
+    seen = []
+    real_write = ck._HashingWriter.write
+
+    def spy(self, b):
+        if not seen:
+            seen.append([ck._held(t) for t in (tmp_path / "a").iterdir() if ".tmp" in t.name])
+        return real_write(self, b)
+    with monkeypatch.context() as m:
+        m.setattr(ck._HashingWriter, "write", spy)
+        ck.save_checkpoint(tmp_path / "a", dict(step=1))
+    assert seen == [[True]]
+    ck.save_checkpoint(tmp_path / "b", dict(step=1), keep=1)
+    real_unlink = Path.unlink
+
+    def refuse(self, *a, **k):
+        if self.name == "ckpt_0000001.pt":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_unlink(self, *a, **k)
+    with monkeypatch.context() as m:
+        m.setattr(Path, "unlink", refuse)
+        p = ck.save_checkpoint(tmp_path / "b", dict(step=2), keep=1)
+    assert p.name == "ckpt_0000002.pt" and len(ck.list_checkpoints(tmp_path / "b")) == 2
+    for name, advice in (("model.pt", False), ("ckpt_0000001.pt", True)):
+        f = tmp_path / "c" / name
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"junk" * 100)
+        with pytest.raises(ck.CorruptCheckpointError) as e:
+            ck.load_checkpoint(f)
+        assert (ck.RESUME_ADVICE in str(e.value)) is advice, str(e.value)
