@@ -513,6 +513,23 @@ def test_ddp_two_processes_gloo_match_one_process(corpus, tmp_path, capsys):
             "--grad_accum 2); the checkpoint's run had 16") in err, err
 
 
+def test_ddp_resume_with_dropout_continues_each_ranks_own_random_stream(corpus, tmp_path):
+    """Two processes with dropout: resumed from the step-2 checkpoint, steps 3-4 are those of the unbroken
+    run, loss for loss; each rank restores its own RNG state (rng_ranks). A mutation audit (2026-11-30)
+    found that restoring rank 0's state on every rank passed every test: rank 1's masks then repeat rank
+    0's, and the run is no longer the one it continues."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    opts = dict(batch_size=2, max_iters=4, ckpt_interval=2, keep_ckpts=0, dropout=0.1)
+    p = _torchrun(_args(corpus, a, **opts))
+    assert p.returncode == 0, p.stderr[-3000:]
+    shutil.copytree(a, b)
+    (b / "ckpt_0000004.pt").unlink()   # as if the run had died after step 4's log line, before its save
+    p = _torchrun([f"--out_dir={b}", "--resume", "--max_iters=4", "--device=cpu"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    ra, rb = _steps(a), _steps(b)
+    assert sorted(rb) == [1, 2, 3, 4] and [rb[s]["loss"] for s in (3, 4)] == [ra[s]["loss"] for s in (3, 4)]
+
+
 # ----------------------------------------------------------------------------- FSDP
 
 def _torchrun(argv, nproc=2):
