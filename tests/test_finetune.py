@@ -1202,3 +1202,23 @@ def test_epoch_checkpoints_are_rotated(tmp_path, tiny_init):
     out = tmp_path / "o"
     assert FT.main(_ft_argv(task, tiny_init, out, max_iters=6, ckpt_interval=1, keep_ckpts=2)) == 0
     assert [ck._step(p) for p in ck.list_checkpoints(out)] == [5, 6]
+
+
+def test_fp16_resume_restores_the_loss_scale(tmp_path, tiny_init, monkeypatch):
+    """An fp16 fine-tuning run resumed keeps its GradScaler's loss scale (a mutation audit, 2026-11-30: the
+    restore dropped, it started again from 65536, passed every test). fp16 on the CPU as above; the saved
+    scale is set to 1024 so that restored and default differ."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    real_dd = FT._device_and_dtype
+    monkeypatch.setattr(FT, "_device_and_dtype",   # (the resumed run's saved options say fp16 already)
+                        lambda cfg: dataclasses.replace(real_dd(dataclasses.replace(cfg, dtype=None)), dtype="fp16"))
+    out = tmp_path / "o"
+    FT.run(cfg_for(task, tiny_init, out, max_iters=2, epochs=3, ckpt_interval=2, keep_ckpts=0))
+    st = ck.load_checkpoint(ck.latest_checkpoint(out))
+    assert st["step"] == 2 and st["scaler"]["scale"] == 65536.0
+    st["scaler"]["scale"] = 1024.0
+    ck.save_checkpoint(out, st, keep=0)
+    FT.run(cfg_for(task, tiny_init, out, max_iters=3, epochs=3, ckpt_interval=1, keep_ckpts=0, resume=True),
+           {"max_iters", "ckpt_interval"})
+    st = ck.load_checkpoint(ck.latest_checkpoint(out))
+    assert st["step"] == 3 and st["scaler"]["scale"] == 1024.0, st["scaler"]
