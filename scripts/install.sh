@@ -36,10 +36,10 @@ if [ -n "$TORCH" ]; then   # requirements-test.txt without its torch line, and t
 fi
 if ! $PY -m pip install -q ${TORCH:+"$TORCH"} -r "$reqs"; then
     if [ -z "$TORCH" ]; then
-        echo "install.sh: pip could not install requirements-test.txt. Without a GPU, PyPI's torch 2.13.0 is its" \
-             "CUDA build, which needs triton 3.7.1, not the pinned 3.6.0: add PyTorch's CPU index" \
-             "(PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/install.sh), or choose a" \
-             "torch (TORCH=torch==2.11.0 bash scripts/install.sh)" >&2
+        echo "install.sh: pip could not install requirements-test.txt (above). Where it says ResolutionImpossible:" \
+             "PyPI's torch 2.13.0 is a CUDA build that needs triton 3.7.1, not the pinned 3.6.0; add PyTorch's CPU" \
+             "index (PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/install.sh), or choose" \
+             "a torch (TORCH=torch==2.11.0 bash scripts/install.sh)" >&2
     fi
     exit 1
 fi
