@@ -1006,3 +1006,21 @@ def test_selftest_asks_its_own_gpu_for_bf16(monkeypatch):
                         lambda device=None: (7, 5) if torch.device(device or "cuda:0").index == 1 else (8, 0))
     assert cli.native_bf16() and not cli.native_bf16(torch.device("cuda:1"))
     assert not selftest._native_bf16(torch.device("cuda:1")) and selftest._native_bf16(torch.device("cpu"))
+
+
+def test_ctrl_c_while_the_package_imports_is_one_line(tmp_path):
+    """A Ctrl-C in the first second of python -m fastgpt.X lands while the package imports torch, before any
+    of the programs' handlers: it printed a page of import traceback. Now one line, exit 130, as later. A
+    sitecustomize raises the KeyboardInterrupt at the import of fastgpt.model (a real SIGINT's timing would
+    make the test flaky); imported by anything else (python -c), the interrupt is the importer's."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n\nclass Interrupt:\n    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'fastgpt.model':\n            raise KeyboardInterrupt\n\n"
+        "sys.meta_path.insert(0, Interrupt())\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    for argv, prog in ((["-m", "fastgpt.train", "--help"], "python -m fastgpt.train"),
+                       (["-m", "fastgpt", "sample"], "python -m fastgpt")):
+        p = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, timeout=120)
+        assert (p.returncode, p.stdout, p.stderr) == (130, "", f"{prog}: interrupted\n"), p
+    p = subprocess.run([sys.executable, "-c", "import fastgpt"], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == -2 and p.stderr.rstrip().endswith("KeyboardInterrupt"), p   # (killed by SIGINT)
