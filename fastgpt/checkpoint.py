@@ -142,6 +142,7 @@ def _fsync_tree(folder: Path) -> None:
 _FOOTER_TAG = b"\nfastgpt-ckpt sha256="
 _FOOTER_LEN = len(_FOOTER_TAG) + 64 + len(b" size=") + 20 + 1
 _TMP = re.compile(r"\.(.+)\.tmp(\d+)\Z")
+_OLD = re.compile(r"\.(.+)\.old(\d+)\Z")   # replace_folder's previous folder, between its two renames
 
 
 def _footer(digest: str, size: int) -> bytes:
@@ -219,7 +220,8 @@ def replace_folder(dest, fill) -> None:
     """Make the folder dest anew, whole or not at all: fill(tmp) writes it beside dest
     (``.NAME.tmpPID``, which remove_stale_temps deletes if this process dies), then its files and itself
     are fsync'ed and it is swapped in (and the parent folder fsync'ed). A failure, a crash or a power
-    loss leaves the previous dest (or, between the two renames, ``.NAME.oldPID``) whole."""
+    loss leaves the previous dest (or, between the two renames, ``.NAME.oldPID``, which remove_stale_temps
+    puts back as dest, or deletes where a dest has been made since) whole."""
     dest = Path(dest)
     tmp, old = (dest.with_name(f".{dest.name}.{kind}{os.getpid()}") for kind in ("tmp", "old"))
     try:
@@ -257,13 +259,27 @@ def remove_stale_temps(folder) -> list[Path]:
     the removed paths. Housekeeping: one that cannot be removed is left alone. This process's own pid is
     an earlier process's (a container's trainer is pid 1 at every start: this one is not writing any
     while it calls this): such a file goes when its lock can be taken (not where flock cannot tell, e.g.
-    another container's on a shared filesystem without locks), such a folder (an out_dir's) goes."""
+    another container's on a shared filesystem without locks), such a folder (an out_dir's) goes.
+    A ``.NAME.oldPID`` (replace_folder's previous folder, where its process died between the two renames)
+    of a pid not alive here is renamed back to NAME where there is none (the run's last model, missing
+    else), and deleted where there is one (a newer save)."""
     d, gone = Path(folder), []
     if not d.is_dir():
         return gone
     for p in d.iterdir():
         m = _TMP.match(p.name)
         if not m:
+            old = _OLD.match(p.name)
+            if old and (int(old.group(2)) == os.getpid() or not _pid_alive(int(old.group(2)))):
+                dest = d / old.group(1)
+                try:
+                    if dest.exists() or dest.is_symlink():
+                        remove_path(p)
+                    else:
+                        os.replace(p, dest)
+                except OSError:
+                    continue
+                gone.append(p)
             continue
         pid, held = int(m.group(2)), _held(p)
         if pid == os.getpid():

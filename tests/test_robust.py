@@ -965,3 +965,22 @@ def test_checkpoint_housekeeping_edges(tmp_path, monkeypatch):
         with pytest.raises(ck.CorruptCheckpointError) as e:
             ck.load_checkpoint(f)
         assert (ck.RESUME_ADVICE in str(e.value)) is advice, str(e.value)
+
+
+def test_a_folder_swap_cut_between_its_renames_is_put_back(tmp_path, monkeypatch):
+    """replace_folder (the run's model/, a fine-tune's best/) renames the previous folder to .NAME.oldPID, then
+    the new one in: a process killed between the two left no NAME and a .NAME.oldPID nothing ever cleaned up
+    (a review, 2026-11-30). The next save's housekeeping puts it back where NAME is missing, deletes it where
+    a newer NAME is there, and leaves a live process's alone."""
+    out = tmp_path / "out"
+    for name in ("model.old4242", "best.old4242", "live.old5151"):   # pid 5151 alive, 4242 not
+        (out / f".{name}").mkdir(parents=True)
+        (out / f".{name}" / "w.bin").write_text(f"previous {name}")
+    (out / "best").mkdir()
+    (out / "best" / "w.bin").write_text("newer best")
+    monkeypatch.setattr(ck, "_pid_alive", lambda pid: pid == 5151)
+    ck.save_checkpoint(out, dict(step=1))
+    assert (out / "model" / "w.bin").read_text() == "previous model.old4242"
+    assert (out / "best" / "w.bin").read_text() == "newer best"
+    assert not (out / ".model.old4242").exists() and not (out / ".best.old4242").exists()
+    assert (out / ".live.old5151" / "w.bin").exists() and not (out / "live").exists()
