@@ -731,7 +731,7 @@ def prepare(data: str | None, tokenizer: str, val_fraction: float = 0.1, offline
     except OSError as e:  # a cache folder that cannot be created or written (a file in the way, read-only, full)
         where = e.filename or cache_dir()
         full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-        hint = "" if not str(where).startswith(str(cache_dir())) else \
+        hint = "" if not Path(where).absolute().is_relative_to(cache_dir().absolute()) else \
             "; free space there or set FASTGPT_CACHE to a folder on another disk" if full else \
             "; set FASTGPT_CACHE to a writable folder"
         raise DataError(f"{where}: {e.strerror or e}{hint}") from None
@@ -842,12 +842,15 @@ def main(argv=None) -> int:
         print(f"python -m fastgpt.data: error: {e}", file=sys.stderr)
         return 1
     failed = False
-    own = token_dir_tokenizer(args.data) if args.data is not None and not args.prepare else None
-    # byte first: it needs no GPT-2 files, so a problem of the text is found before they are fetched
-    for t in ([args.tokenizer] if args.tokenizer else [own] if own in TOKENIZERS else
+    # a token folder goes with its own tokenizer (unless --tokenizer names one), the default corpus and text
+    # with each; byte first: it needs no GPT-2 files, so a problem of the text is found before they are fetched
+    own = token_dir_tokenizer(args.data) if args.data is not None else None
+    own = own if own in TOKENIZERS and not args.tokenizer else None
+    for t in ([args.tokenizer] if args.tokenizer else [own] if own and not args.prepare else
               sorted(TOKENIZERS, key=lambda t: t != "byte")):
         try:   # each tokenizer on its own: offline, the byte tokens need no GPT-2 files
-            for data in ([None] if args.prepare else []) + ([args.data] if args.data is not None else []):
+            for data in ([None] if args.prepare else []) + ([args.data] if args.data is not None and own in (None, t)
+                                                             else []):
                 td = prepare(data, t)
                 print(f"{t}: {td.dir}  train {td.meta['n_tokens']['train']:,} tokens, "
                       f"val {td.meta['n_tokens']['val']:,} tokens")

