@@ -51,8 +51,9 @@ Users' files (``--task FILE``; ``.jsonl`` / ``.json`` lines, or ``.csv`` with a 
                                                      (a JSON integer is an index; a string is matched
                                                      against the choices' texts first)
     Labels of classify / pair / similarity are strings (JSON numbers and booleans are read as their
-    text, so CSV ``1`` and JSONL ``1`` agree); a choice label follows the rule above, so there a CSV
-    ``1`` (text, matched against the choices first) and a JSONL ``1`` (an index) may differ. Without
+    text, an integral float as the integer, so CSV ``1`` or ``1.0`` and JSONL ``1`` or ``1.0`` agree); a
+    choice label follows the rule above, so there a CSV ``1`` (text, matched against the choices first)
+    and a JSONL ``1`` (an index) may differ. Without
     separate ``val_file`` / ``test_file``, a fixed shuffle (seed 0) takes 10% for validation and 10% for
     test. Any bad row raises ``TaskFileError("FILE:LINE: what is wrong")``.
 """
@@ -162,6 +163,9 @@ def _text(row: dict, key: str, where: str, required: bool) -> str | None:
     return v
 
 
+_INTEGRAL_FLOAT = re.compile(r"\s*-?\d+\.0*\s*")   # a CSV cell as a float 1.0 writes
+
+
 def _read_rows(path: Path, required=("text", "label"), flag: str = "--task") -> list[tuple[int, dict]]:
     """(line number, row dict) of a JSONL or CSV file; malformed lines raise TaskFileError. flag: the
     option that named the file."""
@@ -235,6 +239,8 @@ def _read_rows(path: Path, required=("text", "label"), flag: str = "--task") -> 
                     except json.JSONDecodeError:
                         raise TaskFileError(f"{name}:{start}: the 'choices' cell must be a JSON list, "
                                             f'e.g. ["yes", "no"]') from None
+                elif _INTEGRAL_FLOAT.fullmatch(row.get("label") or ""):   # 1.0 as a JSONL 1.0 reads: "1"
+                    row["label"] = float(row["label"])
                 rows.append((start, row))
             start = reader.line_num + 1
     else:
@@ -268,6 +274,9 @@ def parse_rows(path, task_type: str | None = None, labels: list[str] | None = No
         text_b = _text(row, "text_b", where, required=task_type in ("pair", "similarity"))
         if task_type == "classify" and text_b is not None:
             raise TaskFileError(f"{where}: has 'text_b'; pass --task_type pair or similarity for two-text tasks")
+        if task_type == "choice" and text_b is not None:   # (it was dropped without a word)
+            raise TaskFileError(f"{where}: has 'text_b', which a choice task does not read: put the question "
+                                "into 'text' with its context")
         choices = None
         if task_type == "choice":
             if not hc:
@@ -350,8 +359,9 @@ def read_inputs(path, task_type: str) -> list[Example]:
         text = _text(row, "text", where, required=True)
         text_b = _text(row, "text_b", where, required=task_type in ("pair", "similarity"))
         # fields the model would not read are refused, as in a task file (its label came from text alone)
-        if task_type == "classify" and text_b is not None:
-            raise TaskFileError(f"{where}: has 'text_b', but the model is a classify model (one text a row)")
+        if task_type in ("classify", "choice") and text_b is not None:
+            raise TaskFileError(f"{where}: has 'text_b', but the model is a {task_type} model, which does not "
+                                "read it")
         if task_type != "choice" and row.get("choices") is not None:
             raise TaskFileError(f"{where}: has 'choices', but the model is a {task_type} model, not a choice one")
         choices = None

@@ -1222,3 +1222,172 @@ def test_fp16_resume_restores_the_loss_scale(tmp_path, tiny_init, monkeypatch):
            {"max_iters", "ckpt_interval"})
     st = ck.load_checkpoint(ck.latest_checkpoint(out))
     assert st["step"] == 3 and st["scaler"]["scale"] == 1024.0, st["scaler"]
+
+
+# ----------------------------------------------------------------------------- a mutation audit's cases
+# (a mutation audit of tasks.py and the task head, 2026-11-30: each of these passed every test when broken)
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _seeded_tiny(**over):
+    torch.manual_seed(0)
+    cfg = GPTConfig(**{**TINY, **over})
+    cfg.extra = dict(tokenizer="byte")
+    m = GPT(cfg)
+    return m
+
+
+def test_the_fixed_split_shuffles_a_label_sorted_file(tmp_path):
+    """Mutant: split_fixed without its shuffle (val / test = the file's first 10% / next 10%). Files are often
+    sorted by label: then validation and test held one class only."""
+    p = _jsonl(tmp_path / "sorted.jsonl", [dict(text=f"t{i}", label="neg" if i < 50 else "pos") for i in range(100)])
+    task = T.load_task(str(p))
+    assert {e.label for e in task.val} == {0, 1} and {e.label for e in task.test} == {0, 1}
+
+
+@pytest.mark.parametrize("label", [2, -1, "2", "-1"])
+def test_a_choice_label_outside_the_choices_is_a_file_error(tmp_path, label):
+    """Mutants: 0 <= k <= len(choices), and the 0 <= dropped: label 2 of 2 choices (or -1) was taken, and the
+    run crashed in cross_entropy (a device assert on CUDA; -1 made the task loss None) instead of FILE:LINE."""
+    p = _jsonl(tmp_path / "c.jsonl", [dict(text="q", choices=["a", "b"], label=0),
+                                      dict(text="q", choices=["a", "b"], label=label)])
+    with pytest.raises(T.TaskFileError, match=r"c\.jsonl:2: unknown label"):
+        T.parse_rows(p)
+
+
+def test_a_file_with_one_label_is_refused(tmp_path):
+    """Mutant: len(labels) < 1: a file whose every row has one label trained a one-class 'classifier'."""
+    p = _jsonl(tmp_path / "one.jsonl", [dict(text=f"t{i}", label="a") for i in range(5)])
+    with pytest.raises(T.TaskFileError, match=r"one\.jsonl:1: every example has the label 'a'"):
+        T.parse_rows(p)
+
+
+def test_a_row_with_one_choice_is_refused(tmp_path):
+    """Mutant: len(choices) < 1: a one-choice row (always right) was trained and scored."""
+    p = _jsonl(tmp_path / "c.jsonl", [dict(text="q", choices=["a", "b"], label=0), dict(text="q", choices=["a"],
+                                                                                        label=0)])
+    with pytest.raises(T.TaskFileError, match=r"c\.jsonl:2: 'choices' must be a list of at least 2"):
+        T.parse_rows(p)
+
+
+def test_text_b_in_a_classify_file_is_refused(tmp_path):
+    """Mutant: the check dropped: a pair file without --task_type trained on 'text' alone, text_b ignored."""
+    p = _jsonl(tmp_path / "p.jsonl", [dict(text="x", text_b="y", label="a"), dict(text="u", text_b="v", label="b")])
+    with pytest.raises(T.TaskFileError, match=r"p\.jsonl:1: has 'text_b'; pass --task_type pair"):
+        T.parse_rows(p)
+
+
+def test_a_pair_row_without_text_b_is_a_file_error(tmp_path):
+    """Mutants: text_b not required for pair / similarity (task file, and --predict_file): build_inputs then
+    failed with a TypeError (list(None)) instead of naming the row."""
+    p = _jsonl(tmp_path / "p.jsonl", [dict(text="x", text_b="y", label="a"), dict(text="u", label="b")])
+    for tt in ("pair", "similarity"):
+        with pytest.raises(T.TaskFileError, match=r"p\.jsonl:2: missing field 'text_b'"):
+            T.parse_rows(p, tt)
+        with pytest.raises(T.TaskFileError, match=r"p\.jsonl:2: missing field 'text_b'"):
+            T.read_inputs(p, tt)
+
+
+def test_a_bad_first_csv_row_is_named_by_its_own_line(tmp_path):
+    """Mutant: start = reader.line_num (not + 1) before the first row: its errors named line 1, the header."""
+    p = tmp_path / "t.csv"
+    p.write_text("text,label\n,a\nb,c\n")
+    with pytest.raises(T.TaskFileError, match=r"t\.csv:2: empty 'text'"):
+        T.parse_rows(p)
+
+
+def test_a_test_files_labels_index_the_training_labels(tmp_path):
+    """Mutant: the --test_file parsed with its own label set: a test file with a subset of the labels got other
+    indices (every score wrong) and an unknown label went unreported."""
+    tr = _jsonl(tmp_path / "tr.jsonl", [dict(text=f"t{i}", label=l) for i, l in enumerate(["a", "b", "c"] * 4)])
+    te = _jsonl(tmp_path / "te.jsonl", [dict(text="x", label="c"), dict(text="y", label="b")])
+    task = T.load_task(str(tr), test_file=str(te))
+    assert task.labels == ["a", "b", "c"] and [e.label for e in task.test] == [2, 1]
+    bad = _jsonl(tmp_path / "bad.jsonl", [dict(text="x", label="c"), dict(text="y", label="z")])
+    with pytest.raises(T.TaskFileError, match=r"bad\.jsonl:2: unknown label 'z'"):
+        T.load_task(str(tr), test_file=str(bad))
+
+
+def test_macro_f1_without_n_classes_counts_a_predicted_only_class():
+    """Mutant: classes = set(gold) when n_classes is None (the choice tasks' call: n_classes 0): a choice
+    predicted but never right was left out, and macro-F1 read 2/3 instead of 1/3."""
+    assert math.isclose(T.macro_f1([0, 1], [0, 0]), (2 / 3 + 0.0) / 2)
+    assert math.isclose(T.macro_f1([0, 1], [0, 0]), T.macro_f1([0, 1], [0, 0], 3))
+
+
+def test_the_auxiliary_lm_loss_trains_the_transformer_blocks():
+    """Mutant: model.lm_loss(h.detach(), ...): the auxiliary loss still changed the (tied) embedding, which is
+    all test_finetune_trains_on_the_auxiliary_lm_loss checks, but no longer the transformer blocks."""
+    m = _seeded_tiny()
+    FT.grow_vocab(m, 3)
+    head = FT.build_head(64, 2, 0.0)
+    b = FT.collate([FT.Encoded([[256, 5, 6, 7, 258]], 0), FT.Encoded([[256, 9, 258]], 1)], "cpu")
+    _, _, lm, _ = FT.forward_batch(m, head, b, "classify", 0.5)
+    lm.backward()
+    blocks = [p for n, p in m.named_parameters() if ".h." in n or n.startswith("transformer.h")]
+    assert blocks and all(p.grad is not None for p in blocks)
+    m2 = _seeded_tiny()
+    FT.grow_vocab(m2, 3)
+    m2(b["idx"], b["targets"])[1].backward()    # the model's own LM loss: the same gradients
+    for (n, p), p2 in zip(m.named_parameters(), m2.parameters()):
+        torch.testing.assert_close(p.grad, p2.grad, msg=n)
+
+
+def test_validation_and_test_scores_are_computed_without_dropout():
+    """Mutant: predict_batches without model.eval() / head.eval(): with the default --clf_dropout 0.1 (and the
+    backbone's dropout) every validation / test score was a random draw, and best/ was picked on noise."""
+    import contextlib
+    m = _seeded_tiny(vocab_size=259, dropout=0.3)
+    head = FT.build_head(64, 3, 0.5)
+    m.train()
+    head.train()
+    tok = T.TaskTokenizer(type("B", (), dict(n_vocab=256, encode=lambda s, t: list(t.encode()),
+                                             decode=lambda s, i: bytes(i).decode()))())
+    exs = [T.Example(t, k % 3) for k, t in enumerate(["red", "saw", "a pink hammer", "apple", "drill", "blue sky"])]
+    enc = FT.encode_all(exs, "classify", tok, 32)
+    runs = [FT.predict_encoded(m, head, enc, "classify", 4, "cpu", contextlib.nullcontext) for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    assert m.training and head.training     # restored for training
+    with torch.no_grad():
+        b = FT.collate(enc, "cpu")
+        m.eval(), head.eval()
+        logits, *_ = FT.forward_batch(m, head, b, "classify", 0.0)
+    assert runs[0][0] == logits.argmax(-1).tolist()
+
+
+def test_the_head_has_one_output_per_label(tmp_path):
+    """Mutant: n_head_outputs = n_classes + 1: an output that names no label (trained down, but --predict
+    indexed labels[3] when it won)."""
+    d = tmp_path / "init"
+    _seeded_tiny().save_pretrained(d)
+    rows = [dict(text=w, label=l) for l, ws in (("fruit", "apple mango"), ("tool", "saw drill"), ("color", "red blue"))
+            for w in ws.split()] * 4
+    task = _jsonl(tmp_path / "t.jsonl", rows)
+    FT.run(FT.FinetuneConfig(task=str(task), init=str(d), out_dir=str(tmp_path / "o"), device=DEVICE, epochs=1,
+                             max_iters=1, batch_size=8, seed=0, progress=False))
+    _, head, meta, _ = FT.load_finetuned(tmp_path / "o")
+    assert len(meta["labels"]) == 3 and head[1].out_features == 3
+
+
+def test_text_b_in_a_choice_file_is_refused_and_float_labels_read_as_their_text(tmp_path):
+    """(a review, 2026-11-30) A choice task's 'text_b' (a question beside its context, say) was dropped without a
+    word, in a task file and in --predict_file: refused, as a classify file's is. A JSON 1.0 label read as "1"
+    and a CSV cell 1.0 as "1.0", so a CSV --val_file beside a JSONL task said "unknown label": both are "1"
+    (a choice row's label stays text: it may name a choice that reads "1.0")."""
+    p = _jsonl(tmp_path / "c.jsonl", [dict(text="ctx", choices=["a", "b"], label=0),
+                                      dict(text="ctx", text_b="q?", choices=["a", "b"], label=1)])
+    with pytest.raises(T.TaskFileError, match=r"c\.jsonl:2: has 'text_b', which a choice task does not read"):
+        T.parse_rows(p)
+    with pytest.raises(T.TaskFileError, match=r"c\.jsonl:2: has 'text_b', but the model is a choice model"):
+        T.read_inputs(p, "choice")
+    tr = _jsonl(tmp_path / "tr.jsonl", [dict(text=f"t{i}", label=float(i % 2)) for i in range(20)])
+    va = tmp_path / "va.csv"
+    va.write_text("text,label\nx,1.0\ny,0.0\n")
+    task = T.load_task(str(tr), val_file=str(va))
+    assert task.labels == ["0", "1"] and [e.label for e in task.val] == [1, 0]
+    c = tmp_path / "c.csv"
+    c.write_text('text,choices,label\nq,"[""0.5"", ""1.0""]",1.0\nq,"[""a"", ""b""]",1\n')
+    assert [e.label for e in T.parse_rows(c)[2]] == [1, 1]
