@@ -70,14 +70,18 @@ for e in $TEST_SHARDS; do   # FILE=N, N a whole number from 1
   echo "gpu_check: TEST_SHARDS takes FILE=N entries (N a whole number, 1 or more), got '$e'" >&2
   exit 2
 done
-QUICK=${QUICK:-}
-for q in ${QUICK//,/ }; do   # a typo would run that family in full, silently
+set -f   # (no file names out of a QUICK='*')
+quick_words=${QUICK:-}
+QUICK=""   # rebuilt as NAME,NAME from the words checked (a space after a comma had made a family run in full)
+for q in ${quick_words//,/ }; do   # a typo would run that family in full, silently
   case " 1 $FAMILIES " in
-    *" $q "*) ;;
+    *" $q "*) QUICK="$QUICK,$q" ;;
     *) echo "gpu_check: unknown family '$q' in QUICK; choose 1 (all) or from: $FAMILIES" >&2
        exit 2 ;;
   esac
 done
+set +f
+QUICK=${QUICK#,}
 PY=${PYTHON:-python3}
 # before minutes of building and testing (and before any output folder): every stage past the install
 # needs the GPU
@@ -93,7 +97,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
 mkdir -p "$RES" || exit 2
-RES_ABS=$(cd "$RES" && pwd)   # for the tests' failure logs (a test may change directory)
+RES_ABS=$(cd -- "$RES" >/dev/null && pwd)   # for the tests' failure logs (a test may change directory)
 DEADLINE=${BUDGET_TOTAL:-570}   # counted from the script's start ($SECONDS): the checks above count too
 export PYTHONUNBUFFERED=1
 

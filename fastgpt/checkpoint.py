@@ -142,7 +142,9 @@ def _fsync_tree(folder: Path) -> None:
 _FOOTER_TAG = b"\nfastgpt-ckpt sha256="
 _FOOTER_LEN = len(_FOOTER_TAG) + 64 + len(b" size=") + 20 + 1
 _TMP = re.compile(r"\.(.+)\.tmp(\d+)\Z")
-_OLD = re.compile(r"\.(.+)\.old(\d+)\Z")   # replace_folder's previous folder, between its two renames
+# replace_folder's previous folder, between its two renames: of the folders fastgpt swaps (the run's model/, a
+# fine-tune's best/) only, never a user's own ".X.oldN"
+_OLD = re.compile(r"\.(model|best)\.old(\d+)\Z")
 
 
 def _footer(digest: str, size: int) -> bytes:
@@ -226,6 +228,8 @@ def replace_folder(dest, fill) -> None:
     tmp, old = (dest.with_name(f".{dest.name}.{kind}{os.getpid()}") for kind in ("tmp", "old"))
     try:
         remove_path(tmp)
+        if (old.exists() or old.is_symlink()) and not (dest.exists() or dest.is_symlink()):
+            os.replace(old, dest)   # an earlier process of this pid (a container's pid 1) died between the renames
         remove_path(old)
         fill(tmp)
         _fsync_tree(tmp)   # the bytes reach the disk before the name points at them
@@ -260,9 +264,10 @@ def remove_stale_temps(folder) -> list[Path]:
     an earlier process's (a container's trainer is pid 1 at every start: this one is not writing any
     while it calls this): such a file goes when its lock can be taken (not where flock cannot tell, e.g.
     another container's on a shared filesystem without locks), such a folder (an out_dir's) goes.
-    A ``.NAME.oldPID`` (replace_folder's previous folder, where its process died between the two renames)
-    of a pid not alive here is renamed back to NAME where there is none (the run's last model, missing
-    else), and deleted where there is one (a newer save)."""
+    A ``.model.oldPID`` / ``.best.oldPID`` folder (replace_folder's previous folder, where its process died
+    between the two renames) of a pid not alive here (or this process's own: an earlier process's) is renamed
+    back where there is no model/ or best/ (the run's last one, missing else), and deleted (and listed) where
+    there is one (a newer save)."""
     d, gone = Path(folder), []
     if not d.is_dir():
         return gone
@@ -270,16 +275,17 @@ def remove_stale_temps(folder) -> list[Path]:
         m = _TMP.match(p.name)
         if not m:
             old = _OLD.match(p.name)
-            if old and (int(old.group(2)) == os.getpid() or not _pid_alive(int(old.group(2)))):
+            if old and p.is_dir() and not p.is_symlink() and (
+                    int(old.group(2)) == os.getpid() or not _pid_alive(int(old.group(2)))):
                 dest = d / old.group(1)
                 try:
                     if dest.exists() or dest.is_symlink():
                         remove_path(p)
+                        gone.append(p)
                     else:
                         os.replace(p, dest)
                 except OSError:
-                    continue
-                gone.append(p)
+                    pass
             continue
         pid, held = int(m.group(2)), _held(p)
         if pid == os.getpid():
@@ -490,7 +496,8 @@ def load_latest_checkpoint(out_dir, map_location="cpu") -> tuple[Path | None, di
             return p, load_checkpoint(p, map_location), skipped
         except UnusableCheckpointError as e:
             # the reason without the path (the caller names it: "skipping PATH: REASON") and the advice
-            reason = e.problem.removeprefix(f"{p} is not a readable checkpoint: ").removeprefix(f"{p} is ")
+            reason = "removed since it was listed" if e.problem == f"no checkpoint at {p}" else \
+                e.problem.removeprefix(f"{p} is not a readable checkpoint: ").removeprefix(f"{p} is ")
             skipped.append((p, reason))
     return None, None, skipped
 

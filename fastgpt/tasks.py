@@ -163,7 +163,7 @@ def _text(row: dict, key: str, where: str, required: bool) -> str | None:
     return v
 
 
-_INTEGRAL_FLOAT = re.compile(r"\s*-?\d+\.0*\s*")   # a CSV cell as a float 1.0 writes
+_INTEGRAL_FLOAT = re.compile(r"\s*(-?)([0-9]+)\.0+\s*")   # a CSV cell as a float 1.0 writes
 
 
 def _read_rows(path: Path, required=("text", "label"), flag: str = "--task") -> list[tuple[int, dict]]:
@@ -239,8 +239,9 @@ def _read_rows(path: Path, required=("text", "label"), flag: str = "--task") -> 
                     except json.JSONDecodeError:
                         raise TaskFileError(f"{name}:{start}: the 'choices' cell must be a JSON list, "
                                             f'e.g. ["yes", "no"]') from None
-                elif _INTEGRAL_FLOAT.fullmatch(row.get("label") or ""):   # 1.0 as a JSONL 1.0 reads: "1"
-                    row["label"] = float(row["label"])
+                elif m := _INTEGRAL_FLOAT.fullmatch(row.get("label") or ""):   # 1.0 as a JSONL 1.0 reads: "1"
+                    digits = m.group(2).lstrip("0") or "0"   # (as text: a float would round 17+ digits)
+                    row["label"] = ("-" if m.group(1) and digits != "0" else "") + digits
                 rows.append((start, row))
             start = reader.line_num + 1
     else:

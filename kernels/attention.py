@@ -741,7 +741,7 @@ def _dropout_args(dropout_p):
     return reference.attention_dropout_threshold(dropout_p), reference.attention_dropout_scale(dropout_p)
 
 
-_DEFAULTS: dict = {}   # (kind, head dim, dtype, dropout) -> default_config(...), for the launches
+_DEFAULTS: dict = {}   # (kind, head dim, dtype, dropout, atomic dQ) -> the default config that launched
 
 
 def _launch(kernel, kind, config, grid, *args, n_lead=None, **meta):
@@ -749,8 +749,8 @@ def _launch(kernel, kind, config, grid, *args, n_lead=None, **meta):
     With ``n_lead``, return a _common.Replay of the launch with its first n_lead arguments open
     (None when it cannot be replayed: e.g. the first launch of a signature, which compiles or tunes)."""
     if config is None and not AUTOTUNE and not INTERPRET:
-        key = (kind, meta["HEAD_DIM"], args[0].dtype, meta["DROPOUT"])
-        config = _DEFAULTS.get(key)
+        key = (kind, meta["HEAD_DIM"], args[0].dtype, meta["DROPOUT"], bool(meta.get("DQ_ATOMIC")))
+        config = _DEFAULTS.get(key)   # (the atomic-dQ dK/dV kernel is another kernel: it steps down on its own)
         if config is None:
             return _launch_first_default(kernel, kind, key, grid, args, n_lead, meta)
     if config is None:
@@ -768,7 +768,7 @@ def _launch_first_default(kernel, kind, key, grid, args, n_lead, meta):
     next smaller tiles are tried. The config that launched is kept for the key."""
     configs = []
     for smaller in range(4):
-        if (c := default_config(*key, smaller=smaller)) not in configs:
+        if (c := default_config(*key[:4], smaller=smaller)) not in configs:
             configs.append(c)
     for i, config in enumerate(configs):
         try:

@@ -6,7 +6,8 @@
 #                                               # build that requires the pinned triton 3.6.0: 2.10 or 2.11)
 # Where an NVIDIA GPU is visible (nvidia-smi -L), torch is 2.11.0, the CUDA build the GPU figures were
 # measured with (benchmarks/RESULTS.md), whose triton pin is the tests' 3.6.0: PyPI's torch 2.13.0 is a
-# CUDA build that requires triton 3.7.1, and the two pins cannot both be met.
+# CUDA build that requires triton 3.7.1, and the two pins cannot both be met. Without a GPU, where pip finds
+# no CPU build of torch 2.13.0 (none on disk, no index holding one), it tries once more with PyTorch's CPU index.
 # fastgpt itself is installed editable and without build isolation (which would
 # pull a second torch to compile the extension); setuptools>=77 comes first.
 set -euo pipefail
@@ -30,18 +31,24 @@ if [ -z "$TORCH" ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/d
 fi
 reqs=requirements-test.txt
 if [ -n "$TORCH" ]; then   # requirements-test.txt without its torch line, and this torch
-    grep -v '^torch==' requirements-test.txt > .venv/requirements-test.txt
+    { grep -Ev '^[[:space:]]*torch[[:space:]]*([=<>!~;[]|$)' requirements-test.txt || true; } > .venv/requirements-test.txt
     reqs=.venv/requirements-test.txt
-    echo "install.sh: $TORCH in place of requirements-test.txt's $(grep '^torch==' requirements-test.txt)"
+    echo "install.sh: $TORCH in place of requirements-test.txt's torch pin"
 fi
+CPU_INDEX=https://download.pytorch.org/whl/cpu
 if ! $PY -m pip install -q ${TORCH:+"$TORCH"} -r "$reqs"; then
-    if [ -z "$TORCH" ]; then
-        echo "install.sh: pip could not install requirements-test.txt (above). Where it says ResolutionImpossible:" \
-             "PyPI's torch 2.13.0 is a CUDA build that needs triton 3.7.1, not the pinned 3.6.0; add PyTorch's CPU" \
-             "index (PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/install.sh), or choose" \
-             "a torch (TORCH=torch==2.11.0 bash scripts/install.sh)" >&2
+    # without a GPU and without torch 2.13.0's CPU wheel at hand, pip finds PyPI's CUDA build, which requires
+    # triton 3.7.1 against the pinned 3.6.0 (ResolutionImpossible): once more with PyTorch's CPU index
+    if [ -n "$TORCH" ] || [[ " ${PIP_EXTRA_INDEX_URL:-} " == *" $CPU_INDEX "* ]] \
+        || ! { echo "install.sh: retrying with PyTorch's CPU index ($CPU_INDEX) for torch 2.13.0's CPU build" >&2
+               PIP_EXTRA_INDEX_URL="${PIP_EXTRA_INDEX_URL:+$PIP_EXTRA_INDEX_URL }$CPU_INDEX" \
+                   $PY -m pip install -q -r "$reqs"; }; then
+        echo "install.sh: pip could not install the test requirements (above). Where it says ResolutionImpossible:" \
+             "PyPI's torch 2.13.0 is a CUDA build that needs triton 3.7.1, not the pinned 3.6.0: install torch" \
+             "2.13.0's CPU build (PyTorch's CPU index, $CPU_INDEX), or choose a torch" \
+             "(TORCH=torch==2.11.0 bash scripts/install.sh)" >&2
+        exit 1
     fi
-    exit 1
 fi
 $PY -m pip install -q --no-build-isolation --no-deps -e .
 echo "fastgpt installed in .venv (activate with: . .venv/bin/activate)"

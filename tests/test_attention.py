@@ -930,7 +930,8 @@ def test_default_config_steps_down_where_shared_memory_is_short(monkeypatch):
     meta = dict(HEAD_DIM=128, DROPOUT=False)
     assert A._launch(kernel, "fwd", None, None, q, n_lead=1, **meta) == "replay"
     assert launched == [((128, 64, 8, 3), False), ((64, 32, 4, 2), True)], launched
-    assert A._DEFAULTS[("fwd", 128, torch.bfloat16, False)] == A.default_config("fwd", 128, torch.bfloat16, smaller=1)
+    assert A._DEFAULTS[("fwd", 128, torch.bfloat16, False, False)] == \
+        A.default_config("fwd", 128, torch.bfloat16, smaller=1)
     del launched[:]
     assert A._launch(kernel, "fwd", None, None, q, n_lead=1, **meta) == "replay"
     assert launched == [((64, 32, 4, 2), True)]     # the kept config, at once
@@ -941,6 +942,13 @@ def test_default_config_steps_down_where_shared_memory_is_short(monkeypatch):
     assert A._DEFAULTS == {}
     with pytest.raises(triton.runtime.errors.OutOfResources):   # (D = 256 fp32: the table's last tiles only)
         A._launch(kernel, "fwd", None, None, torch.empty(1), n_lead=1, HEAD_DIM=256, DROPOUT=False)
+    # the atomic-dQ dK/dV kernel is keyed apart from the split one: each steps down on its own
+    limit[0] = 100 * 1024
+    del launched[:]
+    for atomic in (False, True):
+        assert A._launch(kernel, "dkdv", None, None, q, n_lead=1, HEAD_DIM=128, DROPOUT=False,
+                         DQ_ATOMIC=atomic) == "replay"
+    assert {k[4] for k in A._DEFAULTS if k[0] == "dkdv"} == {False, True} and len(launched) >= 2
 
 
 class _CudaQ:

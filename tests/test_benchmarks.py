@@ -523,6 +523,10 @@ def test_gpu_check_cli():
         r = subprocess.run(["bash", str(script), "--only", "gelu", "--out", out], capture_output=True, text=True,
                            timeout=60, env=dict(os.environ, PYTHON="/bin/true", QUICK="layernrom,gelu"))
         assert r.returncode == 2 and "unknown family 'layernrom' in QUICK" in r.stderr, r.stderr   # (ran in full)
+        r = subprocess.run(["bash", str(script), "--only", "gelu,attention", "--out", out], capture_output=True,
+                           text=True, timeout=60, env=dict(os.environ, PYTHON="/bin/true", QUICK="gelu, attention"))
+        quick = re.findall(r"=== \[bench_(\w+)\] budget .*--only \w+ --json \S+( --quick)?$", r.stdout, re.M)
+        assert quick == [("gelu", " --quick"), ("attention", " --quick")], r.stdout   # (a space: attention ran in full)
         r = run("1", "")   # (an empty --only ran the install alone)
         assert r.returncode == 2 and "--only is empty" in r.stderr, r.stderr
         r = run("1", "attention,gelu")   # families run in the order --only names them
@@ -599,7 +603,8 @@ def test_failure_log_survives_a_test_that_changed_directory(tmp_path):
         return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                                "-p", "conftest", str(tmp_path / "test_moves.py")], cwd=tmp_path,
                               capture_output=True, text=True, timeout=120,
-                              env=dict(env, FASTGPT_FAILURE_LOG=log, PYTHONPATH=str(root / "tests")))
+                              env=dict(env, FASTGPT_FAILURE_LOG=log, PYTHONPATH=os.pathsep.join(
+                                  [str(root / "tests")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))))
     r = run("f.failures")
     assert r.returncode == 1 and "1 failed, 1 passed" in r.stdout and "INTERNALERROR" not in r.stdout, r.stdout
     assert (tmp_path / "f.failures").read_text().startswith("=== test_moves.py::test_a_moves_and_fails (call)\n")

@@ -1388,6 +1388,10 @@ def test_text_b_in_a_choice_file_is_refused_and_float_labels_read_as_their_text(
     va.write_text("text,label\nx,1.0\ny,0.0\n")
     task = T.load_task(str(tr), val_file=str(va))
     assert task.labels == ["0", "1"] and [e.label for e in task.val] == [1, 0]
+    big = tmp_path / "big.csv"   # as text: 17+ digits are not rounded (a float would make ...567 into ...568)
+    big.write_text("text,label\n" + "".join(f"t{i},{lab}\n" for i, lab in enumerate(
+        ["12345678901234567.0", "12345678901234567", "-0.0", "0", "1.", "1"])))
+    assert T.parse_rows(big)[1] == ["0", "1", "1.", "12345678901234567"]   # ("1." is text: not 1.0)
     c = tmp_path / "c.csv"
     c.write_text('text,choices,label\nq,"[""0.5"", ""1.0""]",1.0\nq,"[""a"", ""b""]",1\n')
     assert [e.label for e in T.parse_rows(c)[2]] == [1, 1]

@@ -908,6 +908,11 @@ def test_the_folder_loaders_name_what_they_skip_once(tmp_path):
     said = []
     assert ck.load_for_resume(tmp_path, said.append)[0] == good
     assert said == [f"skipping {foreign}: not a fastgpt training checkpoint", f"resuming from {good}"], said
+    gone = tmp_path / "ckpt_0000009.pt"   # listed, then rotated away by a running run
+    real = ck.list_checkpoints
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(ck, "list_checkpoints", lambda d: real(d) + [gone])
+        assert ck.load_latest_checkpoint(tmp_path)[2][0] == (gone, "removed since it was listed")
 
 
 def test_checkpoint_cli_bad_files_and_a_folder_rotated_meanwhile(tmp_path, monkeypatch, capsys):
@@ -973,14 +978,31 @@ def test_a_folder_swap_cut_between_its_renames_is_put_back(tmp_path, monkeypatch
     (a review, 2026-11-30). The next save's housekeeping puts it back where NAME is missing, deletes it where
     a newer NAME is there, and leaves a live process's alone."""
     out = tmp_path / "out"
-    for name in ("model.old4242", "best.old4242", "live.old5151"):   # pid 5151 alive, 4242 not
+    # pid 5151 alive, 4242 not; a user's own ".X.oldN" (another name, or a file) is not fastgpt's to touch
+    for name in ("model.old4242", "best.old4242", "model.old5151", "data.old4242"):
         (out / f".{name}").mkdir(parents=True)
         (out / f".{name}" / "w.bin").write_text(f"previous {name}")
-    (out / "best").mkdir()
-    (out / "best" / "w.bin").write_text("newer best")
+    for name in ("best", "data"):
+        (out / name).mkdir()
+        (out / name / "w.bin").write_text(f"newer {name}")
+    (out / ".bashrc.old4242").write_text("a user's file")
     monkeypatch.setattr(ck, "_pid_alive", lambda pid: pid == 5151)
     ck.save_checkpoint(out, dict(step=1))
     assert (out / "model" / "w.bin").read_text() == "previous model.old4242"
     assert (out / "best" / "w.bin").read_text() == "newer best"
     assert not (out / ".model.old4242").exists() and not (out / ".best.old4242").exists()
-    assert (out / ".live.old5151" / "w.bin").exists() and not (out / "live").exists()
+    assert (out / ".model.old5151" / "w.bin").exists()
+    assert (out / ".data.old4242" / "w.bin").exists() and (out / ".bashrc.old4242").exists()
+    assert not (out / "bashrc").exists()
+    # replace_folder itself, meeting its own pid's leftover (a container's pid 1 restarted) with no model/:
+    # the leftover is put back before the new folder is filled (it was deleted first)
+    shutil.rmtree(out / "model")
+    (out / f".model.old{os.getpid()}").mkdir()
+    (out / f".model.old{os.getpid()}" / "w.bin").write_text("pid-1 leftover")
+
+    def fill_fails(tmp):
+        assert (out / "model" / "w.bin").read_text() == "pid-1 leftover"
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError):
+        ck.replace_folder(out / "model", fill_fails)
+    assert (out / "model" / "w.bin").read_text() == "pid-1 leftover"
