@@ -1478,3 +1478,19 @@ def test_kernels_write_nothing_around_their_outputs(mode, D, monkeypatch):
         assert frame.isnan().sum() == frame.numel() - view.numel(), f"{name}: written outside the view"
     for t in tails:
         assert t.isnan().all(), "a kernel wrote past the end of an internal buffer"
+
+
+# ----------------------------------------------------------------------------- a mutation audit's cases
+# (a mutation audit of ops.py and kernels/_common.py, 2026-11-30: each of these passed every test when broken)
+
+
+@needs_triton
+def test_int32_row_offsets_boundary():
+    """Mutant: check_offsets refused a span above 2^31 rather than at 2^31 or more: a (batch, head) whose last
+    element sits at offset exactly 2^31 (one past int32's range) passed (the existing test's span is 2^31 + 15)."""
+    from fastgpt.kernels import attention
+    edge = torch.empty_strided((1, 1, 3, 1), (0, 0, 2**30, 1), dtype=torch.float16, device="meta")   # span 2^31
+    with pytest.raises(ValueError, match="causal_attention: q spans 2147483649 elements"):
+        attention.check_offsets("causal_attention", q=edge)
+    below = torch.empty_strided((1, 1, 3, 1), (0, 0, 2**30 - 1, 1), dtype=torch.float16, device="meta")
+    attention.check_offsets("causal_attention", q=below)

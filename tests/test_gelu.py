@@ -329,3 +329,31 @@ def test_bias_gelu_recompute_backward_uses_the_requested_form(approximate):
     torch.testing.assert_close(g.double(), gd.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(du.double(), eu, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(db.double(), eb, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- a mutation audit's cases
+# (a mutation audit of ops.py and kernels/_common.py, 2026-11-30: each of these passed every test when broken)
+
+
+@needs_triton
+def test_opcheck_with_a_strided_input():
+    """Mutant: the bias_gelu fake without memory_format=torch.contiguous_format: for a transposed x the fake
+    output took x's strides while the kernel writes a contiguous one (test_opcheck's x is contiguous)."""
+    import fastgpt.kernels  # noqa: F401
+    x = torch.randn(40, 3, device=DEVICE).t()
+    b = torch.randn(40, device=DEVICE)
+    torch.library.opcheck(torch.ops.fastgpt.bias_gelu.default, (x, b, "tanh"),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_triton
+def test_out_of_another_dtype_is_refused():
+    """Mutant: check_out without its dtype comparison: the launchers wrote y into an out of another dtype."""
+    from fastgpt.kernels.gelu import bias_gelu_fwd
+    from fastgpt.kernels.layernorm import layer_norm_fwd
+    x, w = torch.randn(8, 16, device=DEVICE), torch.randn(16, device=DEVICE)
+    out = torch.empty(8, 16, device=DEVICE, dtype=torch.float16)
+    with pytest.raises(ValueError, match="out must be a contiguous torch.float32 tensor"):
+        bias_gelu_fwd(x, None, out=out)
+    with pytest.raises(ValueError, match="out must be a contiguous torch.float32 tensor"):
+        layer_norm_fwd(x, None, w, None, 1e-5, out=out)

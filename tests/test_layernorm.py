@@ -516,3 +516,70 @@ def test_add_layer_norm_backward_centres_on_the_stored_h(dtype):
     hi, lp = ln_grads(torch.float64), ln_grads(None)   # ref_hi; ref_lp in the tensors' own dtypes
     _assert([check("dx", xx.grad, hi[0], lp[0], dtype), check("dresidual", rr.grad, hi[0], lp[0], dtype),
              check("dw", ww.grad, hi[1], lp[1], torch.float32), check("db", bb.grad, hi[2], lp[2], torch.float32)])
+
+
+# ----------------------------------------------------------------------------- a mutation audit's cases
+# (a mutation audit of ops.py and kernels/_common.py, 2026-11-30: each of these passed every test when broken)
+
+
+@needs_triton
+def test_a_two_element_expanded_weight_is_read_as_such():
+    """Mutant: unit_stride copied only views of more than two elements: a (2,) stride-0 weight (N = 2) was
+    indexed as w[1], reading the element after its one."""
+    import fastgpt.ops as ops
+    x = torch.randn(5, 2, device=DEVICE)
+    big = torch.randn(8, device=DEVICE)
+    w, b = big[3:4].expand(2), big[5:6].expand(2)
+    torch.testing.assert_close(ops.layer_norm(x, w, b, backend="fused"), reference.layer_norm(x, w, b))
+    torch.testing.assert_close(ops.bias_gelu(x, b, backend="fused"), reference.bias_gelu(x, b))
+
+
+@needs_triton
+def test_row_limit_keeps_the_row_loop_in_int32():
+    """Mutant: MAX_ROWS = 2**30 (test_row_limit reads MAX_ROWS itself, so any value passed it): the persistent
+    row loop's int32 start reaches about 2 M plus a tile, which then wraps past 2**31."""
+    from fastgpt.kernels import _common, gelu, layernorm
+    tiles = [c.kwargs["BLOCK_M"] for m in (layernorm, gelu) for f in (m._configs, m._bwd_configs) for c in f()]
+    assert 2 * _common.MAX_ROWS + max(tiles) < 2**31
+
+
+@needs_triton
+def test_opcheck_of_the_backward_op():
+    """Mutant: layer_norm_bwd's fake said dresidual is a full (M, N) tensor also when residual's dtype is x's
+    (the real op returns an empty one there): fake and real outputs differed; test_opcheck checks the forward
+    ops only."""
+    from fastgpt.kernels import layernorm
+    x, w = torch.randn(3, 40, device=DEVICE), torch.randn(40, device=DEVICE)
+    _, h, mean, rstd = layernorm.layer_norm_fwd(x, x, w, None, 1e-5)
+    dy = torch.randn(3, 40, device=DEVICE)
+    for res_dtype in (torch.float32, torch.float16, None):
+        torch.library.opcheck(torch.ops.fastgpt.layer_norm_bwd.default,
+                              (dy, dy if res_dtype else None, h, w, True, mean, rstd, torch.float32, res_dtype),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_triton
+def test_opcheck_with_half_precision_x():
+    """Mutant: the layer_norm fakes' mean/rstd in x's dtype (the kernels write fp32 statistics): test_opcheck's
+    x is fp32, where the two agree."""
+    import fastgpt.kernels  # noqa: F401
+    x = torch.randn(3, 40, device=DEVICE, dtype=torch.bfloat16)
+    w = torch.randn(40, device=DEVICE)
+    torch.library.opcheck(torch.ops.fastgpt.layer_norm.default, (x, w, None, 1e-5),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.fastgpt.add_layer_norm.default, (x, x.float(), w, None, 1e-5),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_triton
+def test_compiled_add_layer_norm_with_y_unused_gives_no_weight_gradient():
+    """Mutant: _add_ln_setup without ctx.set_materialize_grads(False): under torch.compile (the registered op's
+    autograd) an unused y came back as zeros and the weight got a zero gradient instead of None (AdamW's decay
+    and momentum still move it); test_add_layer_norm_with_y_unused_gives_no_weight_gradient runs eager only."""
+    import fastgpt.kernels as K
+    x, r = (torch.randn(4, 16, device=DEVICE, requires_grad=True) for _ in range(2))
+    w = torch.randn(16, device=DEVICE, requires_grad=True)
+    f = torch.compile(lambda x, r, w: K.add_layer_norm(x, r, w, None)[1] * 2, fullgraph=True, backend="aot_eager")
+    f(x, r, w).sum().backward()
+    assert w.grad is None
+    torch.testing.assert_close(x.grad, torch.full_like(x, 2.0))

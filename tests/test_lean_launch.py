@@ -12,6 +12,8 @@ divisibility by 16), so a replay keyed too coarsely fails it. Then attention's r
 plans (kernels/attention.py: a call signature's launches replayed through
 kernels/_common.Replay): each eager case's launches from a plan against triton's path.
 """
+import torch
+
 from conftest import KERNELS, needs_triton, run_standin
 
 pytestmark = needs_triton
@@ -235,3 +237,57 @@ def test_host_time_table_figures(monkeypatch, capsys):
     host_overhead.timing(repeats=2, number=2)
     row = capsys.readouterr().out.splitlines()[-1]
     assert row.split() == ["op", "4.0", "1.0", "75%"], row
+
+
+# ----------------------------------------------------------------------------- a mutation audit's cases
+# (a mutation audit of ops.py and kernels/_common.py, 2026-11-30: each of these passed every test when broken)
+
+
+def test_plan_key_has_dtype_strides_and_device_and_refuses_subclasses(monkeypatch):
+    """Mutants: plan_key without the dtype, the strides or the device (a replay plan captured for one tensor
+    replayed its launch for another: a kernel compiled for bf16 on fp32 data, a row stride baked into the
+    launch for a differently strided view, another GPU's pointers), or keying any Tensor subclass. Under the
+    interpreter the lean path is off and no test reached plan_key's fields; host_overhead --check repeats
+    each signature unchanged."""
+    from fastgpt.kernels import _common
+    monkeypatch.setattr(_common, "LEAN_LAUNCH", True)
+    a = torch.zeros(4, 8)
+    key = _common.plan_key(a, None)
+    assert key == _common.plan_key(torch.ones(4, 8), None)           # same signature, other values
+    assert key != _common.plan_key(a.half(), None)                    # dtype
+    assert key != _common.plan_key(torch.zeros(8, 4).t(), None)        # same shape (4, 8), strides (1, 4)
+    assert key != _common.plan_key(torch.zeros(4, 16)[:, :8], None)    # same shape, row stride 16
+    assert key != _common.plan_key(torch.zeros(4, 8, device="meta"), None)   # device
+    assert key != _common.plan_key(a, a)                               # None-ness
+    assert _common.plan_key(torch.nn.Parameter(a)) is not None
+
+    class Sub(torch.Tensor):
+        pass
+    assert _common.plan_key(a.as_subclass(Sub)) is None
+    monkeypatch.setattr(_common, "LEAN_LAUNCH", False)
+    assert _common.plan_key(a) is None
+
+
+def test_misaligned_looks_at_every_tensor():
+    """Mutant: misaligned() kept only the last tensor's pointer (ptrs = instead of |=): a plan replayed its
+    16-byte-aligned launch for a misaligned x whenever the last tensor (the bias) was aligned. The existing
+    test puts the misaligned view last."""
+    from fastgpt.kernels._common import misaligned
+    t = torch.zeros(64, dtype=torch.bfloat16)
+    assert misaligned(t[1:], t) and misaligned(t[1:], None) and misaligned(t, t[4:], t)
+    assert not misaligned(None, None) and not misaligned(t[8:], t)
+
+
+def test_autotuning_follows_the_environment_off_the_interpreter(monkeypatch):
+    """Mutant: autotuning_enabled() defaulting FASTGPT_AUTOTUNE to '0': every GPU run launched each kernel's
+    first config untuned (under the interpreter the answer is False either way, so no test saw it)."""
+    from fastgpt.kernels import _common
+    monkeypatch.setattr(_common, "INTERPRET", False)
+    monkeypatch.delenv("FASTGPT_AUTOTUNE", raising=False)
+    assert _common.autotuning_enabled() is True
+    monkeypatch.setenv("FASTGPT_AUTOTUNE", "0")
+    assert _common.autotuning_enabled() is False
+    monkeypatch.setenv("FASTGPT_AUTOTUNE", "1")
+    assert _common.autotuning_enabled() is True
+    monkeypatch.setattr(_common, "INTERPRET", True)
+    assert _common.autotuning_enabled() is False

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastgpt.ops as ops
-from conftest import DEVICE, FP32_ATTENTION_TOL, HAS_CUDA, HAS_TRITON, count_calls
+from conftest import DEVICE, FP32_ATTENTION_TOL, HAS_CUDA, HAS_TRITON, count_calls, needs_triton
 from fastgpt import backend as be
 from fastgpt import reference
 
@@ -802,3 +802,102 @@ def test_reference_cross_entropy_under_autocast_runs_the_head_in_the_autocast_dt
     want = reference.fused_linear_cross_entropy(h.bfloat16(), W.bfloat16(), y)
     torch.testing.assert_close(got.float(), want.float())
     assert not torch.allclose(got.float(), reference.fused_linear_cross_entropy(h, W, y).float(), rtol=1e-4, atol=0)
+
+
+# ----------------------------------------------------------------------------- a mutation audit's cases
+# (a mutation audit of ops.py and kernels/_common.py, 2026-11-30: each of these passed every test when broken)
+
+
+@needs_triton
+def test_forward_mode_ad_tangent_on_a_bias_or_head_weight_is_refused():
+    """Mutants: _fused not given layer_norm's / bias_gelu's bias or fused_linear_cross_entropy's W among the
+    tensors it looks at for a tangent: a dual bias / W went through the fused op, its tangent silently lost."""
+    import torch.autograd.forward_ad as fwAD
+    x, w, b = torch.randn(4, 16, device=DEVICE), torch.randn(16, device=DEVICE), torch.randn(16, device=DEVICE)
+    W, y = torch.randn(11, 16, device=DEVICE), torch.randint(0, 11, (4,), device=DEVICE)
+    with fwAD.dual_level():
+        db = fwAD.make_dual(b, torch.ones_like(b))
+        with pytest.raises(NotImplementedError, match="layer_norm: the fused backend does not run"):
+            ops.layer_norm(x, w, db, backend="fused")
+        with pytest.raises(NotImplementedError, match="bias_gelu: the fused backend does not run"):
+            ops.bias_gelu(x, db, backend="fused")
+        with pytest.raises(NotImplementedError, match="fused_linear_cross_entropy: the fused backend does not run"):
+            ops.fused_linear_cross_entropy(x, fwAD.make_dual(W, torch.ones_like(W)), y, backend="fused")
+
+
+def test_reference_cross_entropy_under_fp16_autocast_runs_the_head_in_fp16():
+    """Mutant: the reference path cast h and W to bfloat16 whatever the autocast dtype (the existing test
+    runs bf16 autocast only): under fp16 autocast the head ran in bf16, 3 mantissa bits short."""
+    torch.manual_seed(0)
+    h, W, y = torch.randn(6, 16), torch.randn(11, 16), torch.randint(0, 11, (6,))
+    with torch.autocast("cpu", dtype=torch.float16):
+        got = ops.fused_linear_cross_entropy(h, W, y, backend="reference")
+    want = reference.fused_linear_cross_entropy(h.half(), W.half(), y)
+    torch.testing.assert_close(got.float(), want.float())
+
+
+def test_bad_out_layout_is_an_error_on_the_reference_path():
+    """Mutant: ops.causal_attention without its out_layout check: the reference path took any other string
+    as 'bthd' (a typo 'BHTD' silently returned the transposed-storage layout)."""
+    q = torch.randn(1, 2, 4, 8)
+    for bad in ("BHTD", "bshd", None):
+        with pytest.raises(ValueError, match="out_layout must be 'bhtd' or 'bthd'"):
+            ops.causal_attention(q, q, q, out_layout=bad, backend="reference")
+
+
+@needs_triton
+def test_backward_launchers_check_the_upstream_gradients_device():
+    """Mutant: check_grad without its device comparison: a dy on another device than the forward's tensors
+    reached the launch (the existing test checks dy's shape and dtype only)."""
+    from fastgpt.kernels import gelu, layernorm
+    other = "meta" if DEVICE == "cpu" else "cpu"
+    x, w = torch.randn(4, 8, device=DEVICE), torch.randn(8, device=DEVICE)
+    with pytest.raises(ValueError, match=f"bias_gelu: dy is on {other}"):
+        gelu.bias_gelu_bwd(torch.empty(4, 8, device=other), x, None)
+    _, _, mean, rstd = layernorm.layer_norm_fwd(x, None, w, None, 1e-5)
+    with pytest.raises(ValueError, match=f"layer_norm: dy is on {other}"):
+        layernorm.layer_norm_bwd(torch.empty(4, 8, device=other), None, x, w, False, mean, rstd, x.dtype, None)
+
+
+def test_reference_recompute_under_no_grad():
+    """Mutant: the reference bias_gelu_recompute without its torch.enable_grad(): GPTBlock's MLP backward calls
+    it inside an autograd backward (grad mode off there), where g_ then had no graph and grad_fn(dg) raised
+    'element 0 of tensors does not require grad' (the existing test calls it with grad mode on)."""
+    u, bias, dg = torch.randn(5, 8), torch.randn(8), torch.randn(5, 8)
+    with torch.no_grad():
+        g, grad_fn = ops.bias_gelu_recompute(u, bias, backend="reference")
+        du, dbias = grad_fn(dg)
+    ud, bd = u.clone().requires_grad_(), bias.clone().requires_grad_()
+    want = reference.bias_gelu(ud, bd)
+    torch.testing.assert_close(g, want.detach())
+    for got, exp in zip((du, dbias), torch.autograd.grad(want, (ud, bd), dg)):
+        torch.testing.assert_close(got, exp)
+
+
+@needs_triton
+def test_fused_ops_refuse_float64():
+    """Mutant: FLOAT_DTYPES with float64 in it: the fused kernels took float64 tensors (and computed in fp32)
+    instead of the documented TypeError; _bad_calls only tries integer dtypes."""
+    x, w = torch.randn(3, 8, device=DEVICE, dtype=torch.float64), torch.randn(8, device=DEVICE, dtype=torch.float64)
+    with pytest.raises(TypeError, match="x has dtype torch.float64; supported: float16, bfloat16, float32"):
+        ops.layer_norm(x, w, backend="fused")
+    with pytest.raises(TypeError, match="x has dtype torch.float64"):
+        ops.bias_gelu(x, backend="fused")
+
+
+@pytest.mark.skipif(not HAS_TRITON or torch.cuda.is_available(), reason="the interpreter (CPU machines)")
+def test_kernels_given_cuda_tensors_under_the_interpreter_say_why():
+    """Mutant: check_same_device asked fused_unavailable_reason only off CUDA (dropping its INTERPRET term):
+    fastgpt.kernels called directly (or the registered op, as torch.compile traces it) with CUDA tensors under
+    TRITON_INTERPRET=1 went on to the interpreter instead of saying why. Fake CUDA tensors: no GPU needed."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import fastgpt.kernels as K
+    from fastgpt.kernels import _common
+    assert K.INTERPRET
+    with FakeTensorMode():
+        x, w = torch.empty(4, 8, device="cuda"), torch.empty(8, device="cuda")
+        with pytest.raises(ValueError, match="layer_norm: fastgpt.kernels was imported with TRITON_INTERPRET=1"):
+            _common.check_same_device("layer_norm", x=x, weight=w)
+        with pytest.raises(ValueError, match="layer_norm: fastgpt.kernels was imported with TRITON_INTERPRET=1"):
+            torch.ops.fastgpt.layer_norm(x, w, None, 1e-5)
