@@ -503,9 +503,12 @@ def test_a_temp_file_with_this_processs_own_pid_is_an_earlier_processs(tmp_path,
     assert ck.remove_stale_temps(tmp_path) == [left] and not left.exists()
 
 
-def test_a_corrupt_token_folder_outside_the_cache_is_not_to_be_deleted(cache, tmp_path):
+@pytest.mark.parametrize("where", ["outside", "cache root"])
+def test_a_corrupt_token_folder_outside_the_cache_is_not_to_be_deleted(cache, tmp_path, where):
+    """A user's own token folder, outside the cache or in its root (not under tokens/: a mutation audit,
+    2026-11-30, found the cache root's case untested), is not one to delete and rebuild."""
     td = data.prepare(str(_make_folder(tmp_path)), "byte")
-    mine = tmp_path / "my-tokens"
+    mine = (tmp_path if where == "outside" else cache) / "my-tokens"
     shutil.copytree(td.dir, mine)
     with open(mine / "val.bin", "ab") as f:
         f.write(b"\x00")
@@ -855,18 +858,6 @@ def test_a_token_folder_of_another_tokenizer_is_refused(cache, tmp_path):
     td = data.prepare(str(_text(tmp_path)), "byte")
     with pytest.raises(data.DataError, match="holds 'byte' tokens but --tokenizer is 'gpt2'"):
         data.prepare(str(td.dir), "gpt2")
-
-
-# M43: rebuild_hint's "in the cache" taken as the whole cache folder, not its tokens/
-def test_a_users_token_folder_in_the_cache_root_is_not_to_be_deleted(cache, tmp_path):
-    td = data.prepare(str(_text(tmp_path)), "byte")
-    mine = cache / "my-tokens"
-    shutil.copytree(td.dir, mine)
-    with open(mine / "val.bin", "ab") as f:
-        f.write(b"\x00")
-    with pytest.raises(data.DataError) as e:
-        data.prepare(str(mine), "byte")
-    assert "delete" not in str(e.value) and "python -m fastgpt.data --data" in str(e.value)
 
 
 # M44: a full quota (EDQUOT) not said as a full disk
