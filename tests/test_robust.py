@@ -20,7 +20,7 @@ import _train_helpers as H
 from _train_helpers import one_thread  # noqa: F401  (an autouse fixture: one torch thread per test)
 from conftest import HAS_CUDA, count_calls, needs_cuda, remove_out_dir_after_each_save
 from fastgpt import checkpoint as ck
-from fastgpt import train
+from fastgpt import GPT, train
 
 PROG = "python -m fastgpt.train"
 _args = H.argv_factory(eval_iters=1, eval_interval=1000)
@@ -495,6 +495,8 @@ def test_ddp_two_processes_gloo_match_one_process(corpus, tmp_path, capsys):
     st2 = ck.load_checkpoint(ck.latest_checkpoint(two))
     st1 = ck.load_checkpoint(ck.latest_checkpoint(one))
     assert st2["extra"]["world_size"] == 2 and len(st2["rng_ranks"]) == 2
+    # every rank's tokens counted (an audit: tokens_per_step without the world size passed)
+    assert st2["extra"]["tokens_seen"] == st1["extra"]["tokens_seen"] == 3 * 2 * 8 * 32
     for k in st1["model"]:
         torch.testing.assert_close(st2["model"][k], st1["model"][k])
     # resume the 2-process checkpoint in one process: the same windows follow, one by one. With the same
@@ -1006,3 +1008,23 @@ def test_a_folder_swap_cut_between_its_renames_is_put_back(tmp_path, monkeypatch
     with pytest.raises(OSError):
         ck.replace_folder(out / "model", fill_fails)
     assert (out / "model" / "w.bin").read_text() == "pid-1 leftover"
+
+
+def test_an_evaluation_on_a_skipped_step_is_not_counted_as_training_time(corpus, tmp_path, monkeypatch):
+    """(mutation audit: evaluate_and_track not taking its time out of tok_s passed every test) a skipped step
+    writes no tok/s and keeps the clock running, so an evaluation due at it must leave the clock: each
+    evaluation here takes a second (a step a few ms), and the next row's tok_s must not count it."""
+    forward = GPT.forward
+
+    def slow_eval(self, idx, targets=None, return_logits=True, reduction="mean"):
+        if targets is not None and not self.training:
+            time.sleep(1.0)
+        return forward(self, idx, targets, return_logits, reduction)
+    monkeypatch.setattr(GPT, "forward", slow_eval)
+    monkeypatch.setenv("FASTGPT_TEST_NONFINITE", "2")
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=3, eval_interval=2, ckpt_interval=0)) == 0
+    rows = _steps(out)
+    assert rows[2].get("skipped") and "val_loss" in rows[2]
+    assert rows[3]["time_s"] - rows[1]["time_s"] > 1.0        # the evaluation did take its second
+    assert rows[3]["tok_s"] > 2 * 4 * 32, rows[3]["tok_s"]    # 2 steps' tokens in well under a second

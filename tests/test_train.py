@@ -1025,3 +1025,91 @@ def test_checkpoints_order_by_step_past_ten_million(tmp_path):
         ck.save_checkpoint(tmp_path, dict(step=s), keep=2)
     assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["ckpt_9999999.pt", "ckpt_10000000.pt"]
     assert ck.newest_readable(tmp_path)[0].name == "ckpt_10000000.pt"
+
+# ----------------------------------------------------------------------------- a mutation audit's cases
+# (a mutation audit of the training loop, 2026-11-30: each of these passed every test when broken)
+
+def _train_rows(out):
+    return [r for r in H.rows(out) if r.get("type") != "header"]
+
+
+def test_tok_s_counts_the_steps_since_the_last_logged_row(corpus, tmp_path):
+    """(mutation audit: tok_s over one step's tokens, or over every step since the start, passed every test:
+    every test logs every step) with --log_interval 3 a row's tok_s is the 3 steps' tokens over the time since
+    the previous row (its time_s difference, to the few microseconds of logging between them)."""
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=9, log_interval=3, eval_interval=100, ckpt_interval=0)) == 0
+    rows = _train_rows(out)
+    assert [r["step"] for r in rows] == [3, 6, 9]
+    tokens_per_step = 4 * 32
+    for a, b in zip(rows, rows[1:]):
+        want = 3 * tokens_per_step / (b["time_s"] - a["time_s"])
+        assert b["tok_s"] == pytest.approx(want, rel=0.25), (b, want)
+    assert rows[0]["tok_s"] == pytest.approx(3 * tokens_per_step / rows[0]["time_s"], rel=0.25)
+
+
+def test_tok_s_of_a_resumed_run_counts_only_its_own_steps(corpus, tmp_path):
+    """(mutation audit: step_last starting at 0 instead of the resumed step passed every test) the first row
+    after --resume from step 3 counts one step's tokens over its time, not 4 steps'."""
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=3, ckpt_interval=3)) == 0
+    assert train.main([f"--out_dir={out}", "--resume", "--max_iters=4", "--device=cpu"]) == 0
+    row = [r for r in _train_rows(out) if r["step"] == 4][-1]
+    assert row["tok_s"] == pytest.approx(4 * 32 / row["time_s"], rel=0.25), row
+
+
+def test_every_evaluation_uses_the_same_validation_batches(corpus, tmp_path, monkeypatch):
+    """(mutation audit: a validation sampler seeded per evaluation passed every test) val_loss compares
+    across steps because every evaluation reads the same eval_iters windows."""
+    seen = []
+    forward = GPT.forward
+
+    def spy(self, idx, targets=None, return_logits=True, reduction="mean"):
+        if targets is not None and not self.training:
+            seen.append(idx.clone())
+        return forward(self, idx, targets, return_logits, reduction)
+    monkeypatch.setattr(GPT, "forward", spy)
+    assert train.main(_args(corpus, tmp_path / "out", max_iters=4, eval_interval=2, eval_iters=2)) == 0
+    assert len(seen) == 6   # step 0, 2, 4
+    for i in (2, 4):
+        assert torch.equal(seen[i], seen[0]) and torch.equal(seen[i + 1], seen[1])
+    assert not torch.equal(seen[0], seen[1])
+
+
+def test_the_final_sample_uses_the_sampling_options(corpus, tmp_path, monkeypatch):
+    """(mutation audit: dropping --top_k or --temperature from the final sample passed every test)"""
+    seen = []
+    generate = GPT.generate
+
+    def spy(self, idx, n, **kw):
+        seen.append((n, kw["temperature"], kw["top_k"]))
+        return generate(self, idx, n, **kw)
+    monkeypatch.setattr(GPT, "generate", spy)
+    assert train.main(_args(corpus, tmp_path / "out", max_iters=1, sample_tokens=7, temperature=0.5,
+                            top_k=3)) == 0
+    assert seen == [(7, 0.5, 3)]
+
+
+def test_a_default_run_clips_at_1_and_decays_weights_by_0_1(corpus, tmp_path, monkeypatch):
+    """(mutation audit: the --grad_clip and --weight_decay defaults, 1.0 and 0.1 as nanoGPT's, could change
+    unseen: every test that trains gives neither and checks no value they set) a run given neither clips the
+    gradient norm to 1 and decays the matrices (not the biases and LayerNorms) by 0.1."""
+    import torch.nn.utils as nnu
+    clips = []
+    real = nnu.clip_grad_norm_
+    monkeypatch.setattr(nnu, "clip_grad_norm_", lambda params, max_norm, *a, **k: clips.append(max_norm)
+                        or real(params, max_norm, *a, **k))
+    out = tmp_path / "out"
+    assert train.main(_args(corpus, out, max_iters=2, ckpt_interval=2)) == 0
+    st = ck.load_checkpoint(ck.latest_checkpoint(out))
+    assert [g["weight_decay"] for g in st["optimizer"]["param_groups"]] == [0.1, 0.0]
+    assert clips == [1.0, 1.0]
+
+
+def test_the_final_model_folder_names_the_runs_tokenizer(tmp_path):
+    """(mutation audit: tokenizer.json was only ever written for byte-level runs, so a constant passed)"""
+    import json
+    from fastgpt import GPTConfig
+    m = GPT(GPTConfig(vocab_size=50304, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    train._save_final(m, tmp_path / "model", "gpt2")
+    assert json.loads((tmp_path / "model" / "tokenizer.json").read_text()) == {"tokenizer": "gpt2"}
