@@ -1024,3 +1024,203 @@ def test_ctrl_c_while_the_package_imports_is_one_line(tmp_path):
         assert (p.returncode, p.stdout, p.stderr) == (130, "", f"{prog}: interrupted\n"), p
     p = subprocess.run([sys.executable, "-c", "import fastgpt"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == -2 and p.stderr.rstrip().endswith("KeyboardInterrupt"), p   # (killed by SIGINT)
+
+# ----------------------------------------------------------------------------- a mutation audit's cases
+# (a mutation audit of cli.py, 2026-11-30: each of these passed every test when broken)
+
+@dataclass
+class _Cfg2:
+    n: int = cli.opt(3, "a count")
+    x: float = cli.opt(0.5, "a rate")
+
+
+def test_a_float_option_refuses_nan():
+    """Mutant: the `v != v` check dropped: --lr=nan was taken and the run trained on NaN."""
+    for argv in (["--x=nan"], ["--x", "NaN"]):
+        with pytest.raises(cli.UsageError, match="--x must be a number, got nan"):
+            cli.parse_args(_Cfg2, argv)
+
+
+def test_an_integer_option_refuses_a_scientific_value_beyond_float_precision():
+    """Mutant: _is_sci_int without `abs(f) < 2**53`: --n=1e23 was silently 99999999999999991611392."""
+    with pytest.raises(cli.UsageError, match="--n expects INT"):
+        cli.parse_args(_Cfg2, ["--n=1e23"])
+    assert cli.parse_args(_Cfg2, ["--n=1e15"])[0].n == 10**15
+
+
+def test_a_misspelt_config_or_help_is_suggested():
+    """Mutant: _unknown offers the dataclass's options alone: --confg / --hepl got no suggestion."""
+    with pytest.raises(cli.UsageError, match=r"did you mean --config\?"):
+        cli.parse_args(_Cfg2, ["--confg=a.json"])
+    with pytest.raises(cli.UsageError, match=r"did you mean --help\?"):
+        cli.parse_args(_Cfg2, ["--hepl"])
+
+
+def test_an_argument_parser_can_parse_twice():
+    """Mutant: parse_known_args no longer resets _given: a second parse_args on the same parser (an API user,
+    a wrapper that parses again) refused its first --only as "given twice"."""
+    ap = cli.ArgumentParser(prog="p")
+    ap.add_argument("--only")
+    assert ap.parse_args(["--only", "a"]).only == "a"
+    assert ap.parse_args(["--only", "b"]).only == "b"
+
+
+def test_a_dash_path_after_double_dash_is_not_blamed(tmp_path, monkeypatch, capsys):
+    """Mutant: error() looks past `--`: `p -- -run extra` said "-run is read as an option; put -- before a
+    path" although the user did put -- there (the real problem: the extra argument)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-run").mkdir()
+    ap = cli.ArgumentParser(prog="p")
+    ap.add_argument("path")
+    with pytest.raises(SystemExit) as e:
+        ap.parse_args(["--", "-run", "extra"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: extra" in err and "read as an option" not in err, err
+
+
+def test_the_out_of_memory_line_is_cut_short():
+    """Mutant: out_of_memory without [:160]: a long allocator message made a line of any length."""
+    line = cli.out_of_memory(RuntimeError("CUDA out of memory. " + "x" * 1000 + "\nmore"), "lower --batch_size")
+    assert line.startswith("out of memory on the GPU (CUDA out of memory. xxx") and len(line) < 250
+    assert line.endswith("); lower --batch_size")
+
+
+def test_where_to_continue_says_when_a_checkpoint_is_written(tmp_path):
+    """Mutant: where_to_continue drops ``when``: a peer failure before the first checkpoint no longer said when
+    one would have been written (every N steps), the only hint of how much was lost."""
+    assert cli.where_to_continue("prog", tmp_path, "one is written every 100 steps") == \
+        f"no checkpoint was written in {tmp_path} yet (one is written every 100 steps)"
+
+
+def test_check_out_dir_refuses_a_folder_it_cannot_write_or_enter(tmp_path, monkeypatch):
+    """Mutants: check_out_dir asks os.access for W_OK alone (a folder without x: writing into it fails later, at
+    the first checkpoint), or never asks about the parent it would create the folder in. (os.access is faked:
+    as root every access check passes, so chmod cannot show it.)"""
+    monkeypatch.setattr(cli.os, "access", lambda p, mode: not (mode & os.X_OK))   # writable, not searchable
+    with pytest.raises(cli.UsageError, match="the folder is not writable"):
+        cli.check_out_dir(tmp_path)
+    with pytest.raises(cli.UsageError, match=rf"cannot create it \({tmp_path} is not writable\)"):
+        cli.check_out_dir(tmp_path / "a" / "b")   # (the nearest folder that exists is the one asked)
+    monkeypatch.setattr(cli.os, "access", lambda p, mode: True)
+    cli.check_out_dir(tmp_path / "a" / "b")
+
+
+class _ClosedPipe:
+    """A stdout whose reader is gone: writes are buffered, the flush meets the closed pipe; no file descriptor
+    (so entry's /dev/null redirection leaves the test process's own alone)."""
+    encoding = "utf-8"
+
+    def write(self, s):
+        return len(s)
+
+    def flush(self):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self):
+        raise ValueError("no descriptor")
+
+
+def test_entry_flushes_a_finished_commands_output_and_exits_141_on_a_closed_pipe(monkeypatch):
+    """Mutant: entry without the flush after main(): output still buffered when a command returned normally
+    (`python -m fastgpt.checkpoint ... | head -0`) met the closed pipe in the interpreter's own flush at exit:
+    "Exception ignored ... BrokenPipeError" and status 120 instead of a quiet 141. (The --help paths end in
+    SystemExit, whose flush is separate: test_robust's pipe test covers those alone.)"""
+    monkeypatch.setattr("sys.stdout", _ClosedPipe())
+    assert cli.entry(lambda: print("a line") or 0) == cli.EXIT_BROKEN_PIPE == 141
+
+
+def test_the_out_dir_lock_names_its_holder_and_leaves_no_folder_it_made(tmp_path):
+    """Mutants: the "in use" line without the holder's pid (which process to wait for or stop); the pid file
+    not truncated (.lock grows a line with every run); release() leaving a folder it created holding only
+    .lock (an aborted run's empty out_dir stays behind, and a later check_no_earlier_run sees a folder)."""
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / ".lock").write_text("999999999\n")   # a previous run's pid
+    with cli.OutDirLock() as a, cli.OutDirLock() as b:
+        assert a.acquire(tmp_path / "o") is None
+        assert (tmp_path / "o" / ".lock").read_text() == f"{os.getpid()}\n"
+        err = b.acquire(tmp_path / "o")
+        assert err is not None and f"is in use by another run (pid {os.getpid()})" in err, err
+    with cli.OutDirLock() as c:
+        assert c.acquire(tmp_path / "new" / "run") is None
+        assert (tmp_path / "new" / "run" / ".lock").exists()
+    assert not (tmp_path / "new" / "run").exists()   # made by acquire, nothing written: removed again
+    with cli.OutDirLock() as d:
+        assert d.acquire(tmp_path / "kept") is None
+        (tmp_path / "kept" / "metrics.jsonl").write_text("{}\n")
+    assert (tmp_path / "kept" / "metrics.jsonl").exists()
+
+
+def test_the_lock_is_lost_when_its_file_has_no_link_left(tmp_path, monkeypatch):
+    """Mutant: lost() without `st_nlink > 0`: a .lock removed with its folder whose inode number a new .lock
+    reuses (file systems that recycle them) read as still held. (fstat is faked to show the unlinked file.)"""
+    with cli.OutDirLock() as a:
+        assert a.acquire(tmp_path / "o") is None
+        assert a.lost() is None
+        real = os.fstat
+
+        def unlinked(fd):
+            st = real(fd)
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev, 0, st.st_uid, st.st_gid, st.st_size,
+                                   int(st.st_atime), int(st.st_mtime), int(st.st_ctime)))
+        monkeypatch.setattr(cli.os, "fstat", unlinked)
+        assert "was removed (or replaced)" in a.lost()
+
+
+def test_ctrl_c_under_torchrun_is_said_by_rank_0_alone(monkeypatch, capsys):
+    """Mutant: run_main's KeyboardInterrupt prints on every rank: torchrun passes a Ctrl-C to every worker, and
+    N copies of "interrupted" came back."""
+    def body():
+        raise KeyboardInterrupt
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.run_main("prog", body, {}, "") == 130
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert cli.run_main("prog", body, {}, "") == 130
+    assert capsys.readouterr().err == "\nprog: interrupted\n"
+
+
+def test_resume_command_under_torchrun_names_the_launcher(monkeypatch):
+    """Mutant: resume_command writes --nproc_per_node=WORLD_SIZE whatever $LOCAL_WORLD_SIZE: a 2-node job of 4
+    processes was told to continue with `torchrun --nproc_per_node=4` (4 per node: 8 processes)."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert cli.resume_command("python -m fastgpt.train", "o", ("--fsdp",)) == \
+        "torchrun --nproc_per_node=4 -m fastgpt.train --resume --out_dir o --fsdp"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cli.resume_command("python -m fastgpt.train", "a b") == \
+        "torchrun (your options: 4 processes) -m fastgpt.train --resume --out_dir 'a b'"
+    monkeypatch.delenv("WORLD_SIZE")
+    assert cli.resume_command("python -m fastgpt.train", "o") == "python -m fastgpt.train --resume --out_dir o"
+
+
+def test_argparse_help_shows_a_default_only_where_there_is_one():
+    """Mutant: HelpFormatter shows a flag's False: every store_true option read "(default: False)"."""
+    ap = cli.ArgumentParser(prog="p")
+    ap.add_argument("--quick", action="store_true", help="smaller shapes")
+    ap.add_argument("--n", type=int, default=3, help="a count")
+    ap.add_argument("--name", help="a name")
+    ap.add_argument("--k", type=int, default=5, help="top k (default: 5, 0 for all)")
+    h = ap.format_help()
+    assert "(default: False)" not in h and "(default: None)" not in h
+    assert "a count (default: 3)" in h and h.count("default: 5") == 1
+
+
+def test_an_automatic_device_is_cuda_where_there_is_one(monkeypatch):
+    """Mutant: device(None) always cpu: a run without --device trained on the CPU of a GPU machine. (CUDA is
+    faked: this runs on the CPU.)"""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.device(None) == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.device(None) == torch.device("cpu")
+
+
+def test_bool_and_none_values_may_carry_spaces():
+    """Mutant: convert without strip(): --flag=" yes" (a quoted shell variable with a space) was a usage error;
+    ints and floats took the same spaces (int() and float() strip them)."""
+    @dataclass
+    class B:
+        flag: bool = cli.opt(False, "a flag")
+        m: int | None = cli.opt(3, "a count")
+    assert cli.parse_args(B, ["--flag= yes ", "--m", " None "])[0] == B(flag=True, m=None)

@@ -1028,3 +1028,21 @@ def test_an_evaluation_on_a_skipped_step_is_not_counted_as_training_time(corpus,
     assert rows[2].get("skipped") and "val_loss" in rows[2]
     assert rows[3]["time_s"] - rows[1]["time_s"] > 1.0        # the evaluation did take its second
     assert rows[3]["tok_s"] > 2 * 4 * 32, rows[3]["tok_s"]    # 2 steps' tokens in well under a second
+
+
+# The pipe test above inherits the environment: with PYTHONUNBUFFERED=1 (set on these machines) every print
+# reaches the pipe at once, and entry's flushes and /dev/null redirection are never exercised (a mutation audit,
+# 2026-11-30). The same check with a buffered stdout, as a user's shell has it:
+@pytest.mark.parametrize("mod", ["fastgpt", "fastgpt.sample", "fastgpt.train"])
+def test_closed_stdout_pipe_exits_quietly_with_a_buffered_stdout(mod):
+    """Mutants: entry without the flush on SystemExit, or without pointing stdout at /dev/null after the
+    broken pipe: `python -m fastgpt.sample --help | head -0` then printed "Exception ignored ... BrokenPipeError"
+    and exited 120."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    r, w = os.pipe()
+    os.close(r)
+    p = subprocess.Popen([sys.executable, "-m", mod, "--help"], stdout=w, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    os.close(w)
+    err = p.communicate(timeout=120)[1]
+    assert (p.returncode, err) == (141, ""), (mod, p.returncode, err[-2000:])
