@@ -228,9 +228,8 @@ def replace_folder(dest, fill) -> None:
     tmp, old = (dest.with_name(f".{dest.name}.{kind}{os.getpid()}") for kind in ("tmp", "old"))
     try:
         remove_path(tmp)
-        if (old.exists() or old.is_symlink()) and not (dest.exists() or dest.is_symlink()):
-            os.replace(old, dest)   # an earlier process of this pid (a container's pid 1) died between the renames
-        remove_path(old)
+        if old.exists() or old.is_symlink():   # an earlier process of this pid (a container's pid 1) died between
+            _settle_old(old, dest)              # the renames
         fill(tmp)
         _fsync_tree(tmp)   # the bytes reach the disk before the name points at them
         had = dest.exists() or dest.is_symlink()
@@ -247,6 +246,16 @@ def replace_folder(dest, fill) -> None:
             _remove_quietly(old)   # the new folder is in place: the previous one may go
     finally:
         _remove_quietly(tmp)
+
+
+def _settle_old(old: Path, dest: Path) -> bool:
+    """replace_folder's previous folder ``old``, left by a process that died between the two renames: renamed
+    back to ``dest`` where there is none, else deleted (a newer dest was made since). True when deleted."""
+    if dest.exists() or dest.is_symlink():
+        remove_path(old)
+        return True
+    os.replace(old, dest)
+    return False
 
 
 def _remove_quietly(p: Path) -> None:
@@ -277,13 +286,9 @@ def remove_stale_temps(folder) -> list[Path]:
             old = _OLD.match(p.name)
             if old and p.is_dir() and not p.is_symlink() and (
                     int(old.group(2)) == os.getpid() or not _pid_alive(int(old.group(2)))):
-                dest = d / old.group(1)
                 try:
-                    if dest.exists() or dest.is_symlink():
-                        remove_path(p)
+                    if _settle_old(p, d / old.group(1)):
                         gone.append(p)
-                    else:
-                        os.replace(p, dest)
                 except OSError:
                     pass
             continue

@@ -36,13 +36,16 @@ if [ -n "$TORCH" ]; then   # requirements-test.txt without its torch line, and t
     echo "install.sh: $TORCH in place of requirements-test.txt's torch pin"
 fi
 CPU_INDEX=https://download.pytorch.org/whl/cpu
-if ! $PY -m pip install -q ${TORCH:+"$TORCH"} -r "$reqs"; then
+install_reqs() { $PY -m pip install -q ${TORCH:+"$TORCH"} -r "$reqs"; }
+if ! install_reqs; then
     # without a GPU and without torch 2.13.0's CPU wheel at hand, pip finds PyPI's CUDA build, which requires
     # triton 3.7.1 against the pinned 3.6.0 (ResolutionImpossible): once more with PyTorch's CPU index
-    if [ -n "$TORCH" ] || [[ " ${PIP_EXTRA_INDEX_URL:-} " == *" $CPU_INDEX "* ]] \
-        || ! { echo "install.sh: retrying with PyTorch's CPU index ($CPU_INDEX) for torch 2.13.0's CPU build" >&2
-               PIP_EXTRA_INDEX_URL="${PIP_EXTRA_INDEX_URL:+$PIP_EXTRA_INDEX_URL }$CPU_INDEX" \
-                   $PY -m pip install -q -r "$reqs"; }; then
+    retried=""
+    if [ -z "$TORCH" ] && [[ " ${PIP_EXTRA_INDEX_URL:-} " != *" $CPU_INDEX "* ]]; then
+        echo "install.sh: retrying with PyTorch's CPU index ($CPU_INDEX) for torch 2.13.0's CPU build" >&2
+        PIP_EXTRA_INDEX_URL="${PIP_EXTRA_INDEX_URL:+$PIP_EXTRA_INDEX_URL }$CPU_INDEX" install_reqs && retried=ok
+    fi
+    if [ -z "$retried" ]; then
         echo "install.sh: pip could not install the test requirements (above). Where it says ResolutionImpossible:" \
              "PyPI's torch 2.13.0 is a CUDA build that needs triton 3.7.1, not the pinned 3.6.0: install torch" \
              "2.13.0's CPU build (PyTorch's CPU index, $CPU_INDEX), or choose a torch" \

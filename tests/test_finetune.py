@@ -1227,23 +1227,16 @@ def test_fp16_resume_restores_the_loss_scale(tmp_path, tiny_init, monkeypatch):
 # ----------------------------------------------------------------------------- a mutation audit's cases
 # (a mutation audit of tasks.py and the task head, 2026-11-30: each of these passed every test when broken)
 
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _seeded_tiny(**over):
     torch.manual_seed(0)
-    cfg = GPTConfig(**{**TINY, **over})
-    cfg.extra = dict(tokenizer="byte")
-    m = GPT(cfg)
-    return m
+    return tiny_model(**over)
 
 
 def test_the_fixed_split_shuffles_a_label_sorted_file(tmp_path):
     """Mutant: split_fixed without its shuffle (val / test = the file's first 10% / next 10%). Files are often
     sorted by label: then validation and test held one class only."""
-    p = _jsonl(tmp_path / "sorted.jsonl", [dict(text=f"t{i}", label="neg" if i < 50 else "pos") for i in range(100)])
+    p = write_jsonl(tmp_path / "sorted.jsonl",
+                    [dict(text=f"t{i}", label="neg" if i < 50 else "pos") for i in range(100)])
     task = T.load_task(str(p))
     assert {e.label for e in task.val} == {0, 1} and {e.label for e in task.test} == {0, 1}
 
@@ -1252,7 +1245,7 @@ def test_the_fixed_split_shuffles_a_label_sorted_file(tmp_path):
 def test_a_choice_label_outside_the_choices_is_a_file_error(tmp_path, label):
     """Mutants: 0 <= k <= len(choices), and the 0 <= dropped: label 2 of 2 choices (or -1) was taken, and the
     run crashed in cross_entropy (a device assert on CUDA; -1 made the task loss None) instead of FILE:LINE."""
-    p = _jsonl(tmp_path / "c.jsonl", [dict(text="q", choices=["a", "b"], label=0),
+    p = write_jsonl(tmp_path / "c.jsonl", [dict(text="q", choices=["a", "b"], label=0),
                                       dict(text="q", choices=["a", "b"], label=label)])
     with pytest.raises(T.TaskFileError, match=r"c\.jsonl:2: unknown label"):
         T.parse_rows(p)
@@ -1260,14 +1253,14 @@ def test_a_choice_label_outside_the_choices_is_a_file_error(tmp_path, label):
 
 def test_a_file_with_one_label_is_refused(tmp_path):
     """Mutant: len(labels) < 1: a file whose every row has one label trained a one-class 'classifier'."""
-    p = _jsonl(tmp_path / "one.jsonl", [dict(text=f"t{i}", label="a") for i in range(5)])
+    p = write_jsonl(tmp_path / "one.jsonl", [dict(text=f"t{i}", label="a") for i in range(5)])
     with pytest.raises(T.TaskFileError, match=r"one\.jsonl:1: every example has the label 'a'"):
         T.parse_rows(p)
 
 
 def test_a_row_with_one_choice_is_refused(tmp_path):
     """Mutant: len(choices) < 1: a one-choice row (always right) was trained and scored."""
-    p = _jsonl(tmp_path / "c.jsonl", [dict(text="q", choices=["a", "b"], label=0), dict(text="q", choices=["a"],
+    p = write_jsonl(tmp_path / "c.jsonl", [dict(text="q", choices=["a", "b"], label=0), dict(text="q", choices=["a"],
                                                                                         label=0)])
     with pytest.raises(T.TaskFileError, match=r"c\.jsonl:2: 'choices' must be a list of at least 2"):
         T.parse_rows(p)
@@ -1275,7 +1268,8 @@ def test_a_row_with_one_choice_is_refused(tmp_path):
 
 def test_text_b_in_a_classify_file_is_refused(tmp_path):
     """Mutant: the check dropped: a pair file without --task_type trained on 'text' alone, text_b ignored."""
-    p = _jsonl(tmp_path / "p.jsonl", [dict(text="x", text_b="y", label="a"), dict(text="u", text_b="v", label="b")])
+    p = write_jsonl(tmp_path / "p.jsonl",
+                    [dict(text="x", text_b="y", label="a"), dict(text="u", text_b="v", label="b")])
     with pytest.raises(T.TaskFileError, match=r"p\.jsonl:1: has 'text_b'; pass --task_type pair"):
         T.parse_rows(p)
 
@@ -1283,7 +1277,7 @@ def test_text_b_in_a_classify_file_is_refused(tmp_path):
 def test_a_pair_row_without_text_b_is_a_file_error(tmp_path):
     """Mutants: text_b not required for pair / similarity (task file, and --predict_file): build_inputs then
     failed with a TypeError (list(None)) instead of naming the row."""
-    p = _jsonl(tmp_path / "p.jsonl", [dict(text="x", text_b="y", label="a"), dict(text="u", label="b")])
+    p = write_jsonl(tmp_path / "p.jsonl", [dict(text="x", text_b="y", label="a"), dict(text="u", label="b")])
     for tt in ("pair", "similarity"):
         with pytest.raises(T.TaskFileError, match=r"p\.jsonl:2: missing field 'text_b'"):
             T.parse_rows(p, tt)
@@ -1302,11 +1296,11 @@ def test_a_bad_first_csv_row_is_named_by_its_own_line(tmp_path):
 def test_a_test_files_labels_index_the_training_labels(tmp_path):
     """Mutant: the --test_file parsed with its own label set: a test file with a subset of the labels got other
     indices (every score wrong) and an unknown label went unreported."""
-    tr = _jsonl(tmp_path / "tr.jsonl", [dict(text=f"t{i}", label=l) for i, l in enumerate(["a", "b", "c"] * 4)])
-    te = _jsonl(tmp_path / "te.jsonl", [dict(text="x", label="c"), dict(text="y", label="b")])
+    tr = write_jsonl(tmp_path / "tr.jsonl", [dict(text=f"t{i}", label=l) for i, l in enumerate(["a", "b", "c"] * 4)])
+    te = write_jsonl(tmp_path / "te.jsonl", [dict(text="x", label="c"), dict(text="y", label="b")])
     task = T.load_task(str(tr), test_file=str(te))
     assert task.labels == ["a", "b", "c"] and [e.label for e in task.test] == [2, 1]
-    bad = _jsonl(tmp_path / "bad.jsonl", [dict(text="x", label="c"), dict(text="y", label="z")])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [dict(text="x", label="c"), dict(text="y", label="z")])
     with pytest.raises(T.TaskFileError, match=r"bad\.jsonl:2: unknown label 'z'"):
         T.load_task(str(tr), test_file=str(bad))
 
@@ -1365,7 +1359,7 @@ def test_the_head_has_one_output_per_label(tmp_path):
     _seeded_tiny().save_pretrained(d)
     rows = [dict(text=w, label=l) for l, ws in (("fruit", "apple mango"), ("tool", "saw drill"), ("color", "red blue"))
             for w in ws.split()] * 4
-    task = _jsonl(tmp_path / "t.jsonl", rows)
+    task = write_jsonl(tmp_path / "t.jsonl", rows)
     FT.run(FT.FinetuneConfig(task=str(task), init=str(d), out_dir=str(tmp_path / "o"), device=DEVICE, epochs=1,
                              max_iters=1, batch_size=8, seed=0, progress=False))
     _, head, meta, _ = FT.load_finetuned(tmp_path / "o")
@@ -1377,13 +1371,13 @@ def test_text_b_in_a_choice_file_is_refused_and_float_labels_read_as_their_text(
     word, in a task file and in --predict_file: refused, as a classify file's is. A JSON 1.0 label read as "1"
     and a CSV cell 1.0 as "1.0", so a CSV --val_file beside a JSONL task said "unknown label": both are "1"
     (a choice row's label stays text: it may name a choice that reads "1.0")."""
-    p = _jsonl(tmp_path / "c.jsonl", [dict(text="ctx", choices=["a", "b"], label=0),
+    p = write_jsonl(tmp_path / "c.jsonl", [dict(text="ctx", choices=["a", "b"], label=0),
                                       dict(text="ctx", text_b="q?", choices=["a", "b"], label=1)])
     with pytest.raises(T.TaskFileError, match=r"c\.jsonl:2: has 'text_b', which a choice task does not read"):
         T.parse_rows(p)
     with pytest.raises(T.TaskFileError, match=r"c\.jsonl:2: has 'text_b', but the model is a choice model"):
         T.read_inputs(p, "choice")
-    tr = _jsonl(tmp_path / "tr.jsonl", [dict(text=f"t{i}", label=float(i % 2)) for i in range(20)])
+    tr = write_jsonl(tmp_path / "tr.jsonl", [dict(text=f"t{i}", label=float(i % 2)) for i in range(20)])
     va = tmp_path / "va.csv"
     va.write_text("text,label\nx,1.0\ny,0.0\n")
     task = T.load_task(str(tr), val_file=str(va))
