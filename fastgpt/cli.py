@@ -59,6 +59,15 @@ def torchrun_world_size() -> int:
         raise UsageError(f"$WORLD_SIZE is {raw!r}, not a whole number: unset it, or let torchrun set it") from None
 
 
+def _world_size_or_1() -> int:
+    """torchrun_world_size() where an error is being said already: a malformed $WORLD_SIZE (not torchrun's)
+    counts as one process instead of raising a second error inside the first one's handler."""
+    try:
+        return torchrun_world_size()
+    except UsageError:
+        return 1
+
+
 @dataclasses.dataclass
 class Option:
     name: str
@@ -411,11 +420,7 @@ def other_rank() -> bool:
     """A torchrun worker other than rank 0 ($RANK of a $WORLD_SIZE > 1), whose lines that every worker
     would print alike (a usage error, an agreed stop) are left to rank 0: N copies of one line said
     nothing more. (A stray $RANK in a single process is not one.)"""
-    try:
-        world = torchrun_world_size()
-    except UsageError:
-        return False
-    return world > 1 and os.environ.get("RANK", "0").strip() not in ("", "0")
+    return _world_size_or_1() > 1 and os.environ.get("RANK", "0").strip() not in ("", "0")
 
 
 def die(prog: str, msg: str, status: int = 2, every_rank_alike: bool = False):
@@ -765,7 +770,7 @@ def peer_failure(e: BaseException) -> str | None:
     """Under torchrun, the one line for a collective that failed because another process of the job died or
     was stopped (gloo's "Connection reset by peer", NCCL's errors: a page of traceback from every survivor
     otherwise), else None."""
-    if torchrun_world_size() <= 1:
+    if _world_size_or_1() <= 1:
         return None
     import torch.distributed as tdist
     text = str(e)

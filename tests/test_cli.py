@@ -823,6 +823,10 @@ def test_a_collective_broken_by_another_process_is_one_line(tmp_path, monkeypatc
     assert f"the last checkpoint is {tmp_path / 'ckpt_0000003.pt'} (continue with: torchrun" in err
     with pytest.raises(RuntimeError, match="a bug"):
         cli.run_main("prog", lambda: (_ for _ in ()).throw(RuntimeError("a bug")), {}, "")
+    monkeypatch.setenv("WORLD_SIZE", "two")   # not torchrun's: the RuntimeError propagates as it was, no error
+    with pytest.raises(RuntimeError, match="Connection reset by peer") as e:   # about $WORLD_SIZE raised over it
+        cli.run_main("prog", broken, {}, "")
+    assert e.value.__context__ is None
 
 
 def test_data_names_a_bad_data_path_once(tmp_path, capsys):
