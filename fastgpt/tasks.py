@@ -53,7 +53,7 @@ Users' files (``--task FILE``; ``.jsonl`` / ``.json`` lines, or ``.csv`` with a 
     Labels of classify / pair / similarity are strings (JSON numbers and booleans are read as their
     text, an integral float as the integer, so CSV ``1`` or ``1.0`` and JSONL ``1`` or ``1.0`` agree); a
     choice label follows the rule above, so there a CSV ``1`` (text, matched against the choices first)
-    and a JSONL ``1`` (an index) may differ. Without
+    and a JSONL ``1`` (an index) may differ; text that names no choice is read as an index, ``1.0`` too. Without
     separate ``val_file`` / ``test_file``, a fixed shuffle (seed 0) takes 10% for validation and 10% for
     test. Any bad row raises ``TaskFileError("FILE:LINE: what is wrong")``.
 """
@@ -299,8 +299,8 @@ def parse_rows(path, task_type: str | None = None, labels: list[str] | None = No
             texts = [c.strip() for c in choices]   # (labels are read stripped: so are the choices they name)
             if lab in texts and not is_int:   # a JSON integer is always an index; text matches first
                 k = texts.index(lab)
-            elif re.fullmatch(r"-?\d+", lab) and 0 <= int(lab) < len(choices):
-                k = int(lab)
+            elif (m := re.fullmatch(r"(-?\d+)(?:\.0+)?", lab)) and 0 <= int(m[1]) < len(choices):
+                k = int(m[1])   # (a CSV 1.0 naming no choice: index 1, as a JSON 1.0 is)
             else:
                 raise TaskFileError(f"{where}: unknown label {lab!r}: give the 0-based index of the right "
                                     f"choice (0..{len(choices) - 1}) or its text")

@@ -1370,7 +1370,7 @@ def test_text_b_in_a_choice_file_is_refused_and_float_labels_read_as_their_text(
     """(a review, 2026-11-30) A choice task's 'text_b' (a question beside its context, say) was dropped without a
     word, in a task file and in --predict_file: refused, as a classify file's is. A JSON 1.0 label read as "1"
     and a CSV cell 1.0 as "1.0", so a CSV --val_file beside a JSONL task said "unknown label": both are "1"
-    (a choice row's label stays text: it may name a choice that reads "1.0")."""
+    (a choice row's label stays text: it may name a choice that reads "1.0"; naming none, 1.0 is index 1)."""
     p = write_jsonl(tmp_path / "c.jsonl", [dict(text="ctx", choices=["a", "b"], label=0),
                                       dict(text="ctx", text_b="q?", choices=["a", "b"], label=1)])
     with pytest.raises(T.TaskFileError, match=r"c\.jsonl:2: has 'text_b', which a choice task does not read"):
@@ -1387,5 +1387,9 @@ def test_text_b_in_a_choice_file_is_refused_and_float_labels_read_as_their_text(
         ["12345678901234567.0", "12345678901234567", "-0.0", "0", "1.", "1"])))
     assert T.parse_rows(big)[1] == ["0", "1", "1.", "12345678901234567"]   # ("1." is text: not 1.0)
     c = tmp_path / "c.csv"
-    c.write_text('text,choices,label\nq,"[""0.5"", ""1.0""]",1.0\nq,"[""a"", ""b""]",1\n')
-    assert [e.label for e in T.parse_rows(c)[2]] == [1, 1]
+    c.write_text('text,choices,label\nq,"[""0.5"", ""1.0""]",1.0\nq,"[""a"", ""b""]",1\nq,"[""a"", ""b""]",1.0\n'
+                 'q,"[""a"", ""1""]",1.00\n')
+    assert [e.label for e in T.parse_rows(c)[2]] == [1, 1, 1, 1]   # (1.0 naming no choice: index 1, as JSONL's 1.0)
+    c.write_text('text,choices,label\nq,"[""a"", ""b""]",2.0\n')
+    with pytest.raises(T.TaskFileError, match=r"c\.csv:2: unknown label '2\.0'"):
+        T.parse_rows(c)
