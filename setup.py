@@ -11,7 +11,8 @@ compile the extension.
 
 The C++/CUDA extension ``fastgpt._C`` (sources in ``csrc/``) is built here
 with the torch already installed: the CPU implementation always, the CUDA
-kernels too when that torch has CUDA and nvcc is found (CUDA_HOME). It is
+kernels too when that torch has CUDA and nvcc is found (CUDA_HOME; when
+that build fails, the CPU kernels alone). It is
 optional: without torch at build time, without a compiler, or when the build
 fails, the install still succeeds (with a warning) and fastgpt JIT-compiles
 the extension at first use, or serves the reference path (see
@@ -48,13 +49,12 @@ def extension_build():
     if cuda and not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         # without a visible GPU, torch would compile for every architecture it knows
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-    cxx = ["-O3"] + (["-DFASTGPT_WITH_CUDA"] if cuda else [])
     common = dict(name="fastgpt._C", include_dirs=[os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")])
+    cpu_ext = CppExtension(sources=CPU_SOURCES, extra_compile_args={"cxx": ["-O3"]}, **common)
+    ext = cpu_ext
     if cuda:
-        ext = CUDAExtension(sources=CPU_SOURCES + CUDA_SOURCES,
-                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]}, **common)
-    else:
-        ext = CppExtension(sources=CPU_SOURCES, extra_compile_args={"cxx": cxx}, **common)
+        ext = CUDAExtension(sources=CPU_SOURCES + CUDA_SOURCES, extra_compile_args={
+            "cxx": ["-O3", "-DFASTGPT_WITH_CUDA"], "nvcc": ["-O3", "-lineinfo"]}, **common)
 
     class OptionalBuildExt(BuildExtension):
         """A failed extension build warns instead of failing the install."""
@@ -66,12 +66,25 @@ def extension_build():
                 _warn(f"building fastgpt._C failed ({type(e).__name__}: {str(e)[:300]}); the install goes on "
                       "and fastgpt will JIT-compile it at first use or use the reference path")
 
-        def build_extension(self, ext):
+        def build_extensions(self):
             try:
-                super().build_extension(ext)
+                super().build_extensions()
+                return
             except Exception as e:
-                _warn(f"building {ext.name} failed ({type(e).__name__}: {str(e)[:300]}); the install goes on "
-                      "and fastgpt will JIT-compile it at first use or use the reference path")
+                failure = f"{type(e).__name__}: {str(e)[:300]}"
+            ext = self.extensions[0]
+            if ext.sources != cpu_ext.sources:   # an incomplete CUDA toolkit (nvcc without its headers, say): the
+                for k in ("sources", "extra_compile_args", "include_dirs", "library_dirs", "libraries"):
+                    setattr(ext, k, getattr(cpu_ext, k))   # CPU kernels at least (fastgpt.extension JIT-builds
+                try:                                       # the CUDA ones where a GPU is)
+                    super().build_extensions()
+                    _warn(f"building fastgpt._C with CUDA failed ({failure}); built its CPU kernels only")
+                    return
+                except Exception:
+                    pass
+            self.extensions = []   # (nothing to copy in place)
+            _warn(f"building fastgpt._C failed ({failure}); the install goes on "
+                  "and fastgpt will JIT-compile it at first use or use the reference path")
 
     return [ext], {"build_ext": OptionalBuildExt.with_options(use_ninja=True)}
 
