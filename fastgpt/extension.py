@@ -99,6 +99,10 @@ def _want_cuda() -> bool:
     return bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None and torch.cuda.is_available()
 
 
+def _ops_registered() -> bool:
+    return hasattr(torch.ops.fastgpt, "bias_dropout_add")
+
+
 def _jit_build():
     """Compile the extension with torch.utils.cpp_extension.load; returns (module, None) or (None, reason)."""
     from torch.utils import cpp_extension
@@ -156,6 +160,11 @@ def _load():
                 notes.append(f"the prebuilt fastgpt._C does not import ({e})")
         if mode == "prebuilt":
             return None, "; ".join(notes) or "FASTGPT_EXTENSION=prebuilt but fastgpt._C was not built", None
+    if _ops_registered():   # by a library that loaded and then failed to import (no PyInit: a broken build);
+        # a JIT module registering them again would abort the process (c10::Error from a static initialiser)
+        return None, "; ".join(notes + [
+            "fastgpt's operators are registered already, by a library that did not import, so a JIT build "
+            "cannot load beside it: rebuild (pip install --no-build-isolation -e .)"]), None
     mod, reason = _jit_build()
     if mod is None and skipped:  # no JIT build here: the prebuilt module as it is beats none
         try:

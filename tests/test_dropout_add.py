@@ -517,6 +517,23 @@ def test_a_stale_prebuilt_serves_when_no_jit_build_is_possible():
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_no_jit_build_beside_a_library_that_registered_the_ops_and_did_not_import():
+    """A prebuilt .so that loads but does not import (a broken build: no PyInit__C) has registered the operators
+    by then; a JIT module registering them again aborted the process (c10::Error, no Python traceback). The
+    extension is off instead, saying why."""
+    code = ("import importlib.util, torch, fastgpt.extension as e\n"
+            "lib = torch.library.Library('fastgpt', 'DEF')\n"
+            "lib.define('bias_dropout_add(Tensor x) -> Tensor')\n"
+            "real = importlib.util.find_spec\n"
+            "importlib.util.find_spec = lambda n, *a: None if n == 'fastgpt._C' else real(n, *a)\n"
+            "e._jit_build = lambda: (_ for _ in ()).throw(AssertionError('built'))\n"
+            "mod, reason, how = e._load()\n"
+            "assert mod is None and 'registered already, by a library that did not import' in reason, reason\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, FASTGPT_EXTENSION="auto"),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 class warnings_as_errors:
     def __enter__(self):
         import warnings
