@@ -258,12 +258,15 @@ def test_summary_on_another_card_a_missing_peer_and_a_ratio_timed_two_ways(tmp_p
             r(fwd, "liger", None, note="no Liger row: liger_kernel ... does not import")]
     f = tmp_path / "bench_layernorm.json"
     for card, copy, want in (("NVIDIA H200", 4300, "2608.0 gbps target 3577 (H100's 2500 scaled by copy) MISSED"),
-                             ("NVIDIA H100 80GB HBM3", 3005, "2608.0 gbps target 2500 met")):
+                             ("NVIDIA H100 80GB HBM3", 2994, "2608.0 gbps target 2500 met"),
+                             # (an H100 by name, another copy bandwidth: its GB/s targets are scaled too)
+                             ("NVIDIA H100 PCIe", 1750, "2608.0 gbps target 1456 (H100's 2500 scaled by copy) met"),
+                             ("NVIDIA H100 NVL", 3900, "2608.0 gbps target 3245 (H100's 2500 scaled by copy) MISSED")):
         f.write_text(json.dumps(dict(env=dict(card=card, copy_gbps=copy), rows=rows)))
         summary.main(str(tmp_path))
         out = capsys.readouterr().out
         assert want in out, out
-        assert ("targets: set on an H100; this card is NVIDIA H200" in out) == (card == "NVIDIA H200")
+        assert (f"targets: set on an H100 SXM; this card is {card}" in out) == (copy != 2994)
         assert "5.00x vs torch eager (one side eager)" in out and "torch eager=5.00x (one side eager)" in out
         assert "no peer: layernorm 16384x768 bf16 fwd liger: no Liger row" in out
     assert run.ratio_table(rows) == [("layernorm", fwd, "fastgpt", "torch eager (one side eager)", 5.0)]
