@@ -312,3 +312,43 @@ def test_workers_compile_what_the_autotuner_then_reads_from_the_cache(tmp_path, 
     assert len(pids) == 2
     for pid in pids:   # none outlives the process that started it
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
+# ----------------------------------------------------------------------------- from a mutation audit (2026-11-30)
+
+def test_worker_count_local_rank_variables(monkeypatch):
+    from fastgpt.kernels import _precompile as P
+    monkeypatch.delenv("FASTGPT_COMPILE_WORKERS", raising=False)
+    names = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 24)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(24)), raising=False)
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2(x3)")    # SLURM's form for uneven nodes: skipped, not a crash
+    assert P.workers() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")             # torchrun's name is read first, and wins
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")
+    assert P.workers() == 5
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")             # a nonsense 0 counts as 1 rank, not a ZeroDivisionError
+    assert P.workers() == 8
+
+
+@pytest.mark.timeout(60)
+def test_configs_a_worker_failed_are_counted(enabled, monkeypatch):
+    """Three configs over two workers (jobs 0 and 2 to the first, 1 to the second); a worker answers each list of
+    jobs with its first compiled and the others failed: 2 compiled, 1 failed, one space, and precompile returns 2."""
+    import triton
+    P = enabled
+    fake = ("import os, pickle, sys; pickle.load(sys.stdin.buffer); out = os.fdopen(int(sys.argv[1]), 'wb'); "
+            "pickle.dump('ready', out); out.flush()\n"
+            "while True:\n"
+            "    try:\n        jobs = pickle.load(sys.stdin.buffer)\n    except EOFError:\n        break\n"
+            "    pickle.dump([None] + ['CompilationError: x'] * (len(jobs) - 1), out); out.flush()")
+    monkeypatch.setattr(P, "_command", lambda fd: [sys.executable, "-c", fake, str(fd)])
+    monkeypatch.setattr(P, "STATS", {"spaces": 0, "configs": 0, "failed": 0, "seconds": 0.0})
+    fn, configs = _space()
+    configs = configs + [triton.Config({"BLOCK": 256})]
+    assert P.precompile(fn, configs, (torch.zeros(64, dtype=torch.bfloat16), 16), {}) == 2
+    assert {k: P.STATS[k] for k in ("spaces", "configs", "failed")} == {"spaces": 1, "configs": 2, "failed": 1}
+    assert not P._broken
+
