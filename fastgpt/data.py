@@ -567,7 +567,7 @@ def resolve_data_files(spec: str) -> list[Path]:
     if not files and not p.exists() and not _glob.has_magic(spec):
         raise DataError(f"--data {spec!r}: no such file or folder")
     if not files:
-        raise DataError(f"--data {spec!r} names no text files (give a file, a folder of .txt/.md files, "
+        raise DataError(f"--data {spec!r} names no text files (give a file, a folder of {'/'.join(TEXT_SUFFIXES)} files, "
                         "or a quoted glob such as 'corpus/*.txt')")
     for f in files:   # a prepared folder's train.bin / val.bin would be read as text: its tokens' raw bytes
         if f.suffix == ".bin" and is_token_dir(str(f.parent)):

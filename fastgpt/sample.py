@@ -90,8 +90,9 @@ def _check_args(args) -> None:
         raise cli.UsageError(bad_prompt)
 
 
-def load(path: str, backend, device: torch.device):
-    """The model at path (see fastgpt.model.load_model); LoadError with one line if it is not one."""
+def load(path: str, backend, device: torch.device, prog: str = PROG):
+    """The model at path (see fastgpt.model.load_model); LoadError with one line if it is not one. prog: the
+    program whose lines on stderr these are (fastgpt.train's --init loads through here)."""
     from fastgpt import checkpoint as ck
     from fastgpt.model import load_model
     if not os.path.exists(path):
@@ -104,14 +105,15 @@ def load(path: str, backend, device: torch.device):
                             "them)") from None
     target = path
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-        target, skipped = ck.newest_readable(path, say=lambda msg: print(f"{PROG}: {msg}", file=sys.stderr))
+        target, skipped = ck.newest_readable(path, say=lambda msg: print(f"{prog}: {msg}", file=sys.stderr))
         if target is None and not skipped and os.path.isfile(os.path.join(path, "ckpt.pt")):   # nanoGPT's out_dir
-            return load(os.path.join(path, "ckpt.pt"), backend, device)
+            return load(os.path.join(path, "ckpt.pt"), backend, device, prog)
         if target is None:
             raise LoadError(f"{path}: the folder has no config.json and no " + ("readable " if skipped else "")
                             + "ckpt_*.pt")
         path = os.fspath(target)  # verified: load it, not the folder (which would verify it again)
-        print(f"{PROG}: sampling {path}, the newest checkpoint in the folder", file=sys.stderr, flush=True)
+        print(f"{prog}: {'sampling' if prog == PROG else 'loading'} {path}, the newest checkpoint in the folder",
+              file=sys.stderr, flush=True)
     elif os.path.isfile(target):
         bad = ck.verify_checkpoint(target)  # a text file, a torn or truncated checkpoint: say so, not torch's words
         if bad is not None:

@@ -652,7 +652,7 @@ def _init_model(cfg: TrainConfig, given: set[str], dist: _Dist):
     def load():
         """(model, None) or (None, the error line)."""
         try:   # whatever fastgpt.sample loads, with its one-line errors
-            return sample.load(cfg.init, None, torch.device("cpu")), None
+            return sample.load(cfg.init, None, torch.device("cpu"), PROG), None
         except sample.LoadError as e:
             return None, f"--init {e}"
     model, err = load() if dist.main else (None, None)

@@ -173,7 +173,7 @@ def test_bad_data_paths(cache, tmp_path):
         data.prepare(str(tmp_path / "nothing-here"), "byte")
     (tmp_path / "no-text").mkdir()
     for spec in (tmp_path / "no-text", tmp_path / "*.nothing"):   # there, but no text in it
-        with pytest.raises(data.DataError, match="names no text files"):
+        with pytest.raises(data.DataError, match=r"names no text files \(give a file, a folder of \.txt/\.md/\.text "):
             data.prepare(str(spec), "byte")
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9\n".encode("latin-1"))

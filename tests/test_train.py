@@ -774,6 +774,10 @@ def test_init_starts_from_the_models_weights(corpus, tmp_path, capsys, monkeypat
     monkeypatch.setenv("HOME", str(tmp_path))
     assert train.main(_init_args(corpus, tmp_path / "e", "~/a/model", eval_only=True, block_size=16)) == 0
     assert f"val_loss {head['init_val_loss']:.4f}" in capsys.readouterr().out
+    # an out_dir: its newest checkpoint, said as fastgpt.train's line (it read "python -m fastgpt.sample: sampling")
+    assert train.main(_init_args(corpus, tmp_path / "f", a, eval_only=True, block_size=16)) == 0
+    assert (f"python -m fastgpt.train: loading {ck.list_checkpoints(a)[-1]}, the newest checkpoint in the folder\n"
+            in capsys.readouterr().err)
     # nanoGPT's checkpoint: its 256-token vocabulary names the byte tokenizer
     nc = _NanoConfig(vocab_size=256, block_size=32, n_layer=1, n_head=4, n_embd=64)
     torch.save(dict(model=_NanoGPT(nc).state_dict(), model_args=dataclasses.asdict(nc)), tmp_path / "ckpt.pt")
