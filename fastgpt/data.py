@@ -567,8 +567,8 @@ def resolve_data_files(spec: str) -> list[Path]:
     if not files and not p.exists() and not _glob.has_magic(spec):
         raise DataError(f"--data {spec!r}: no such file or folder")
     if not files:
-        raise DataError(f"--data {spec!r} names no text files (give a file, a folder of {'/'.join(TEXT_SUFFIXES)} files, "
-                        "or a quoted glob such as 'corpus/*.txt')")
+        raise DataError(f"--data {spec!r} names no text files (give a file, a folder of "
+                        f"{'/'.join(TEXT_SUFFIXES)} files, or a quoted glob such as 'corpus/*.txt')")
     for f in files:   # a prepared folder's train.bin / val.bin would be read as text: its tokens' raw bytes
         if f.suffix == ".bin" and is_token_dir(str(f.parent)):
             raise DataError(f"--data {spec!r}: {f} is a token file of the prepared token folder {f.parent}, "
