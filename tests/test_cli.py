@@ -1228,3 +1228,121 @@ def test_bool_and_none_values_may_carry_spaces():
         flag: bool = cli.opt(False, "a flag")
         m: int | None = cli.opt(3, "a count")
     assert cli.parse_args(B, ["--flag= yes ", "--m", " None "])[0] == B(flag=True, m=None)
+
+
+# ----------------------------------------------------------------------------- from a mutation audit of sample.py
+# (2026-11-30: each test below failed on a mutant that every other test let through, and passes on the code)
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_sample_refuses_a_temperature_that_is_not_a_finite_number(value, tiny_dir, capsys):
+    """Mutants: _check_args without `!= float("inf")` (S07), or `temperature < 0` for `not (temperature >= 0 ...)`
+    (S08, lets NaN through): generate() then raised its ValueError, a traceback instead of the one-line usage
+    error and exit 2."""
+    from fastgpt import sample
+    _one_line_exit(sample.main, [str(tiny_dir), "--device", "cpu", "--max-new-tokens", "2", "--temperature", value],
+                   capsys, 2, "--temperature must be >= 0")
+
+
+def test_sample_takes_top_p_1(tiny_dir, capsys):
+    """Mutant S09: `0 < top_p < 1`: --top-p 1 (no nucleus cut: the range is (0, 1], as --help says) was refused."""
+    from fastgpt import sample
+    assert sample.main([str(tiny_dir), "--device", "cpu", "--max-new-tokens", "2", "--top-p", "1"]) == 0
+    assert "2 tokens" in capsys.readouterr().err
+
+
+def test_sample_refuses_a_byte_model_whose_vocabulary_is_under_256(tmp_path, capsys):
+    """Mutant S05: _tokenizer without the `tok.n_vocab > cfg.vocab_size` check: a byte model with a 128-token
+    vocabulary then failed inside generate() (n_vocab 256 past the vocabulary: a ValueError traceback)."""
+    from fastgpt import GPT, GPTConfig, sample
+    GPT(GPTConfig(vocab_size=128, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                  extra=dict(tokenizer="byte"))).save_pretrained(tmp_path / "m")
+    _one_line_exit(sample.main, [str(tmp_path / "m"), "--device", "cpu", "--max-new-tokens", "2"], capsys, 2,
+                   "--tokenizer byte: its 256 tokens do not fit the model's 128-token vocabulary")
+
+
+def test_sample_without_the_gpt2_bpe_files_offline_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    """Mutant S04: the tokenizer's DataError (its BPE files neither cached nor fetchable) raised as a usage error
+    (exit 2) instead of LoadError (exit 1: the model cannot be sampled here, the command line is fine)."""
+    from fastgpt import GPT, GPTConfig, sample
+    GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                  extra=dict(tokenizer="gpt2"))).save_pretrained(tmp_path / "m")
+    monkeypatch.setenv("FASTGPT_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("FASTGPT_OFFLINE", "1")
+    _one_line_exit(sample.main, [str(tmp_path / "m"), "--device", "cpu", "--max-new-tokens", "2"], capsys, 1,
+                   "is not in the cache and FASTGPT_OFFLINE is set")
+
+
+def test_sample_a_folder_that_is_no_model_is_one_line_exit_1(tmp_path, capsys):
+    """Mutants S16 (load() catching only its own errors around load_model) and S15 (the message without "readable").
+    A damaged config.json was a traceback; a folder whose only checkpoint is damaged said it has no ckpt_*.pt."""
+    from fastgpt import sample
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text('{"n_layer": "many"}')
+    err = _one_line_exit(sample.main, [str(tmp_path / "bad"), "--device", "cpu"], capsys, 1,
+                         "cannot load a model from it")
+    assert str(tmp_path / "bad") in err
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "ckpt_0000001.pt").write_bytes(b"PK\x03\x04" + b"\0" * 300)
+    with pytest.raises(SystemExit) as e:   # (a "skipping <file>: ..." line first, then the error)
+        sample.main([str(tmp_path / "torn"), "--device", "cpu"])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert e.value.code == 1 and last.endswith(": the folder has no config.json and no readable ckpt_*.pt"), last
+
+
+def test_sample_defaults(tiny_dir, monkeypatch, capsys):
+    """Mutants S22-S25: a changed default of --max-new-tokens (200), --top-k (200), --seed (1337) or --num-samples (1)
+    passed every test (--help's "(default: 200)" is shown by both --max-new-tokens and --top-k)."""
+    from fastgpt import sample
+    from fastgpt.model import GPT
+    seen, real = [], GPT.generate
+
+    def generate(self, idx, n, generator=None, **kw):
+        seen.append(dict(rows=idx.shape[0], prompt=idx.tolist()[0], n=n, top_k=kw.get("top_k"),
+                         temperature=kw.get("temperature"), seed=generator.initial_seed()))
+        return real(self, idx, 2, generator=generator, **kw)   # (2 of the 200 tokens: the test is the arguments)
+    monkeypatch.setattr(GPT, "generate", generate)
+    assert sample.main([str(tiny_dir), "--device", "cpu"]) == 0
+    assert seen == [dict(rows=1, prompt=[10], n=200, top_k=200, temperature=0.8, seed=1337)], seen
+
+
+@pytest.mark.parametrize("value", ["none", "None", "ALL", "all"])
+def test_sample_top_k_none_or_all_in_any_case_turns_it_off(value, tiny_dir, monkeypatch):
+    """Mutants S20 ("all" dropped) and S21 (case-sensitive): --top-k None (as Python spells it, and as train's
+    --top_k=None is read) and --top-k all were "invalid integer or 'none' value"."""
+    from fastgpt import sample
+    from fastgpt.model import GPT
+    seen, real = [], GPT.generate
+    monkeypatch.setattr(GPT, "generate",
+                        lambda self, idx, n, **kw: seen.append(kw["top_k"]) or real(self, idx, n, **kw))
+    assert sample.main([str(tiny_dir), "--device", "cpu", "--max-new-tokens", "2", "--top-k", value]) == 0
+    assert seen == [None]
+
+
+def test_sample_headers_only_between_several_samples(tiny_dir, capsys):
+    """Mutants S18 (a header above a single sample too) and S19 (samples numbered from 0): one sample is its text
+    alone (to pipe it on), several are headed "---------- sample 1", "2", ..."""
+    from fastgpt import sample
+    base = [str(tiny_dir), "--device", "cpu", "--max-new-tokens", "3", "--prompt", "ab"]
+    assert sample.main(base) == 0
+    out = capsys.readouterr().out
+    assert "----------" not in out and out.startswith("ab")
+    assert sample.main(base + ["--num-samples", "3"]) == 0
+    heads = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("----------")]
+    assert heads == ["---------- sample 1", "---------- sample 2", "---------- sample 3"]
+
+
+@pytest.mark.parametrize("prompt_len,new,how", [
+    (31, 2, "(KV cache, cpu"),                                     # 31 + 2 - 1 = 32 = block_size: all cached
+    (32, 1, "(KV cache, cpu"),                                     # a prompt of exactly block_size tokens
+    (31, 3, "(KV cache up to 32 tokens of context, then recomputed, cpu"),
+    (33, 2, "(no cache: the prompt is longer than block_size, cpu"),
+])
+def test_sample_says_when_the_kv_cache_serves(prompt_len, new, how, tiny_dir, capsys):
+    """Mutants S26 (`len(ids) >= bs`) and S27 (`len(ids) + new > bs`): the throughput line misnamed the decoding at
+    the block_size edges (tiny_dir's block_size is 32; a byte prompt of n characters is n tokens)."""
+    from fastgpt import sample
+    assert sample.main([str(tiny_dir), "--device", "cpu", "--prompt", "a" * prompt_len,
+                        "--max-new-tokens", str(new)]) == 0
+    err = capsys.readouterr().err
+    assert how in err, err
+

@@ -5,11 +5,14 @@ p = 0 is compared exactly (forward, dx, dresidual) and by the tolerance rule
 extension draws, which fastgpt.reference.dropout_keep_mask reproduces in pure
 PyTorch from the same (seed, offset); plus the statistics of the mask.
 """
+import importlib
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -780,3 +783,251 @@ def test_a_newer_source_or_header_makes_the_prebuilt_stale(tmp_path, monkeypatch
         os.utime(csrc / f, (old + 20, old + 20))
         assert extension._stale(str(so)), f
         os.utime(csrc / f, (old, old))
+
+
+# ----------------------------------------------------------------------------- from a mutation audit of extension.py
+# (2026-11-30: each test below failed on a mutant that every other test let through, and passes on the code)
+
+_FAKE_JIT = types.ModuleType("fastgpt_C_jit_stand_in")
+
+
+def _prebuilt_or_skip():
+    spec = importlib.util.find_spec("fastgpt._C")
+    if spec is None or extension.load() is None:
+        pytest.skip("no prebuilt fastgpt._C")
+    return spec
+
+
+@pytest.fixture
+def jit_calls(monkeypatch):
+    """_jit_build replaced by a stand-in that 'builds' _FAKE_JIT; the list records the calls."""
+    calls = []
+
+    def fake():
+        calls.append(1)
+        return _FAKE_JIT, None
+    monkeypatch.setattr(extension, "_jit_build", fake)
+    monkeypatch.setattr(extension, "_stale", lambda path: False)
+    monkeypatch.setattr(extension, "_ops_registered", lambda: False)   # (this process loaded the real module)
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["auto", "jit", "prebuilt", "off", "0", "none", "Prebuilt", "JIT", "OFF"])
+def test_every_documented_extension_setting_is_accepted(mode, monkeypatch):
+    """Mutants E07 (FASTGPT_EXTENSION=prebuilt, a documented mode, called a bad setting: selftest refused to run)
+    and E08 (the setting compared case-sensitively there while _load lowercases it: =JIT refused)."""
+    monkeypatch.setenv("FASTGPT_EXTENSION", mode)
+    assert extension.setting_problem() is None
+    monkeypatch.setenv("FASTGPT_EXTENSION", "bogus")
+    assert "got 'bogus'" in extension.setting_problem()
+
+
+@pytest.mark.parametrize("mode", ["off", "0", "none", "OFF"])
+def test_every_off_spelling_disables_the_extension(mode, monkeypatch, jit_calls):
+    """Mutant E09: FASTGPT_EXTENSION=0 (a documented 'off') loaded the extension anyway."""
+    monkeypatch.setenv("FASTGPT_EXTENSION", mode)
+    assert extension._load() == (None, "disabled by FASTGPT_EXTENSION=off", None)
+    assert not jit_calls
+
+
+def test_jit_mode_skips_the_prebuilt_module(monkeypatch, jit_calls):
+    """Mutants E11 (=jit used the prebuilt module) and E15 (a JIT-built module reported as 'prebuilt')."""
+    monkeypatch.setenv("FASTGPT_EXTENSION", "jit")
+    assert extension._load() == (_FAKE_JIT, None, "jit")
+    assert jit_calls == [1]
+
+
+def test_prebuilt_mode_uses_the_prebuilt_module_even_when_stale(monkeypatch, jit_calls):
+    """Mutants E10 (=prebuilt JIT-built instead) and E12 (=prebuilt refused a prebuilt module older than csrc/:
+    the staleness skip is auto mode's only)."""
+    spec = _prebuilt_or_skip()
+    monkeypatch.setenv("FASTGPT_EXTENSION", "prebuilt")
+    monkeypatch.setattr(extension, "_stale", lambda path: True)
+    mod, reason, how = extension._load()
+    assert (mod.__file__, reason, how) == (spec.origin, None, "prebuilt")
+    assert not jit_calls
+
+
+def test_prebuilt_mode_without_a_built_module_says_so_and_builds_nothing(monkeypatch, jit_calls):
+    """Mutant E13: =prebuilt with no fastgpt._C went on to a JIT build (minutes of compiling, the opposite of
+    what was asked) instead of saying that it was not built."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "fastgpt._C" else find_spec(name, *a, **k))
+    monkeypatch.setenv("FASTGPT_EXTENSION", "prebuilt")
+    assert extension._load() == (None, "FASTGPT_EXTENSION=prebuilt but fastgpt._C was not built", None)
+    assert not jit_calls
+
+
+def test_the_reason_names_every_failed_way(monkeypatch):
+    """Mutant E16: with a stale prebuilt module that does not import and a JIT build that failed, the reason
+    named the JIT failure only (not why the prebuilt module was passed over)."""
+    _prebuilt_or_skip()
+    monkeypatch.setenv("FASTGPT_EXTENSION", "auto")
+    monkeypatch.setattr(extension, "_stale", lambda path: True)
+    monkeypatch.setattr(extension, "_jit_build", lambda: (None, "no C++ compiler (test)"))
+    monkeypatch.setattr(extension, "_ops_registered", lambda: False)   # (this process loaded the real module)
+    real = importlib.import_module
+
+    def import_module(name, *a, **k):
+        if name == "fastgpt._C":
+            raise ImportError("undefined symbol (test)")
+        return real(name, *a, **k)
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    assert extension._load() == (None, "the prebuilt fastgpt._C is older than csrc/; it does not import either "
+                                       "(undefined symbol (test)); no C++ compiler (test)", None)
+
+
+def test_staleness_needs_a_strictly_newer_source_and_a_csrc_folder(tmp_path, monkeypatch):
+    """Mutants E01 (no csrc/ at all -- an installed wheel -- counted as stale: every process tried a JIT build,
+    found no sources and warned) and E02 (a source as old as the module counted as newer)."""
+    so = tmp_path / "_C.so"
+    so.write_bytes(b"")
+    monkeypatch.setattr(extension, "CSRC", tmp_path / "no-csrc-here")
+    assert not extension._stale(str(so))
+    csrc = tmp_path / "csrc"
+    csrc.mkdir()
+    t = time.time() - 1000
+    for f in extension.SOURCES + extension.HEADERS:
+        (csrc / f).write_text("")
+        os.utime(csrc / f, (t, t))
+    os.utime(so, (t, t))
+    monkeypatch.setattr(extension, "CSRC", csrc)
+    assert not extension._stale(str(so))
+
+
+def test_has_cuda_reads_the_cuda_launcher_symbol(tmp_path):
+    """Mutant E03: _has_cuda looked for a name the module does not hold, so on a GPU machine auto mode took every
+    CUDA build of fastgpt._C for a CPU-only one and rebuilt it (or warned) in every process."""
+    with_cuda, without = tmp_path / "a.so", tmp_path / "b.so"
+    with_cuda.write_bytes(b"\x7fELF...fastgpt_bda_fwd_cuda\x00...")
+    without.write_bytes(b"\x7fELF...fastgpt_bda_fwd_cpu\x00...")
+    assert extension._has_cuda(str(with_cuda)) and not extension._has_cuda(str(without))
+    assert extension._has_cuda(str(tmp_path / "missing.so"))   # unreadable: assume it has them (no rebuild)
+    spec = importlib.util.find_spec("fastgpt._C")
+    if spec is not None and extension.how_loaded() == "prebuilt":   # and it agrees with the loaded module
+        assert extension._has_cuda(spec.origin) == extension.cuda_compiled()
+
+
+def test_a_compiler_given_with_a_wrapper_or_flags_is_found(monkeypatch):
+    """Mutant E04: CXX='ccache g++' (or 'g++ -std=...') was looked up as one program name, so the JIT build said
+    'no C++ compiler' on a machine that has one."""
+    monkeypatch.setenv("CXX", f"{sys.executable} -q")
+    assert extension._compiler() is not None
+
+
+def test_jit_build_reasons(tmp_path, monkeypatch):
+    """Mutants E05 (missing sources went on to the compiler: 'building the extension failed' instead of naming the
+    missing file) and E06 (no ninja went on to cpp_extension.load). cpp_extension.load is replaced by a stand-in
+    that fails, so nothing is compiled either way."""
+    from torch.utils import cpp_extension
+    monkeypatch.setattr(extension, "_compiler", lambda: "/usr/bin/c++")
+
+    def failing_load(**kw):
+        raise RuntimeError("Error building extension 'fastgpt_C'\nbinding.cpp:1: error: boom (test)\n\n")
+    monkeypatch.setattr(cpp_extension, "load", failing_load)
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
+    mod, reason = extension._jit_build()   # the real csrc/: the stand-in compiler fails; its last line is told
+    assert mod is None and "building the extension failed (binding.cpp:1: error: boom (test))" in reason
+    assert "FASTGPT_EXTENSION_VERBOSE=1" in reason
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
+    mod, reason = extension._jit_build()
+    assert mod is None and "ninja is not installed" in reason
+    monkeypatch.setattr(extension, "CSRC", tmp_path)
+    mod, reason = extension._jit_build()
+    assert mod is None and f"({tmp_path / extension.SOURCES[0]} is missing)" in reason
+
+
+def _ext():
+    if extension.load() is None:
+        pytest.skip(extension.unavailable_reason())
+    return extension
+
+
+def test_unavailable_reason_is_per_device_type():
+    """Mutants E19 (a device type with no kernels, e.g. 'meta' or 'mps', was called available: the op then
+    failed inside the dispatcher) and E21 (the memo kept one answer for every device type: after a CPU
+    call, 'cuda' was 'available' on a CPU-only build)."""
+    _ext()
+    assert extension.unavailable_reason("cpu") is None
+    assert extension.unavailable_reason("meta") == "the extension has no kernels for device type 'meta'"
+    if not extension.cuda_compiled():
+        assert "built without CUDA" in extension.unavailable_reason("cuda")   # mutant E20 too
+
+
+def test_the_op_refuses_when_the_extension_cannot_run_on_the_device(monkeypatch):
+    """Mutant E29: extension.bias_dropout_add went on into torch.ops.fastgpt.* when unavailable_reason said no
+    (a dispatcher error, or an AttributeError when the module is not loaded) instead of raising the reason."""
+    _ext()
+    monkeypatch.setattr(extension, "unavailable_reason", lambda device_type=None: "no kernels here (test)")
+    x = torch.randn(2, 8, device=DEVICE)
+    with pytest.raises(RuntimeError, match=r"^fastgpt: no kernels here \(test\)$"):
+        extension.bias_dropout_add(x, None, x, 0.0)
+
+
+@pytest.mark.parametrize("case", ["residual", "bias"])
+def test_tensors_on_different_devices_are_refused(case):
+    """Mutant E22: the residual's device was not compared with x's (test_bad_input moves only the bias). With
+    the residual on the meta device the fake implementation ran and returned uninitialised memory."""
+    _ext()
+    x = torch.randn(2, 8, device=DEVICE)
+    other = torch.ones(2, 8, device="meta")
+    with pytest.raises(ValueError, match=f"different devices .*{case} on meta"):
+        if case == "residual":
+            extension.bias_dropout_add(x, None, other, 0.1)
+        else:
+            extension.bias_dropout_add(x, other[0], x, 0.1)
+
+
+@pytest.mark.parametrize("p", ["0.1", torch.tensor(0.1)])
+def test_a_dropout_rate_that_is_not_a_number_is_refused_as_on_the_reference_path(p):
+    """Mutant E23: without the Python check, float(dropout_p) took a string or a tensor, which the reference path
+    refuses (a ValueError): the two backends disagreed. The C++ check sees only the converted float."""
+    _ext()
+    x = torch.randn(2, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="dropout_p must be a number in \\[0, 1\\)"):
+        extension.bias_dropout_add(x, None, x, p)
+    with pytest.raises(ValueError, match="dropout_p must be a number in \\[0, 1\\)"):
+        reference.bias_dropout_add(x, None, x, p)
+
+
+def test_eager_seed_is_drawn_on_the_host_for_cuda(monkeypatch):
+    """Mutant E27: in eager mode a CUDA op's seed was drawn on the GPU (an extra kernel and a device tensor per
+    call, instead of a pair the binding reads by value). Checked on any machine through new_seed's answer."""
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    s = extension.new_seed("cuda")
+    assert s.device.type == "cpu" and s.dtype == torch.int64 and s.shape == (2,)
+
+
+def test_a_meta_seed_of_the_wrong_shape_is_refused_by_the_fake_implementation():
+    """Mutant E35: the Python seed check took any 1-dim seed; the C++ check repeats it for real seeds, but a seed
+    on the meta device reaches the fake implementation only (Meta outranks CPU), where the shape check is the
+    only one: a (3,) meta seed slipped past it to the device check. Under torch.compile the fake is all there is."""
+    _ext()
+    x = torch.ones(2, 8, device=DEVICE)
+    with pytest.raises(ValueError, match=r"seed must have shape \(2,\) = \(seed, offset\), got \(3,\)"):
+        torch.ops.fastgpt.bias_dropout_add(x, None, x, 0.5, torch.zeros(3, dtype=torch.int64, device="meta"))
+    with pytest.raises(ValueError, match=r"seed must have shape \(2,\)"):
+        torch.ops.fastgpt.bias_dropout_add_bwd(x, torch.zeros(3, dtype=torch.int64, device="meta"), 0.5,
+                                               torch.float32, None)
+
+
+def test_a_call_under_a_dispatch_mode_takes_the_registered_op():
+    """Mutant E31: under a torch function / dispatch mode (selective activation checkpointing, FlopCounterMode,
+    DebugMode...) the call took the eager Function instead of the registered custom op that _eager_ok promises
+    such modes. The existing check (test_ops' _PassThroughMode) only reads the double-backward message, which both
+    paths give; the grad_fn tells them apart (as in test_eager_path_equals_the_custom_op_path)."""
+    _ext()
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(3, 16, device=DEVICE, requires_grad=True)
+    with Seen():
+        out = extension.bias_dropout_add(x, None, x.detach(), 0.25, seed=(1, 2))
+    assert type(out.grad_fn) is not extension._BiasDropoutAdd._backward_cls, out.grad_fn
+    out = extension.bias_dropout_add(x, None, x.detach(), 0.25, seed=(1, 2))   # outside: the eager Function
+    assert type(out.grad_fn) is extension._BiasDropoutAdd._backward_cls, out.grad_fn
+

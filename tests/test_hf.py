@@ -285,3 +285,22 @@ def test_hub_id_errors_are_one_line(hub, tmp_path, capsys, monkeypatch):
         "Hugging Face Hub gives (RuntimeError: Repository Not Found" in err and "Hub id such as gpt2" in err
     with pytest.raises(FT.RunError, match=r"^--init org/nope: no such file or folder, nor a model the Hugging Face"):
         FT.load_init("org/nope", FT.FinetuneConfig(), "cpu")
+
+
+# ----------------------------------------------------------- from a mutation audit of sample.py (2026-11-30)
+
+def test_sample_a_hub_model_fastgpt_cannot_load_is_one_line_exit_1(hub, tmp_path, capsys):
+    """Mutant S13: load() catching only hub_folder's FileNotFoundError: a Hub id whose config.json names a model
+    fastgpt does not load (hub_folder's ValueError, raised before any weights are fetched) was a traceback."""
+    from fastgpt import sample
+    repos, calls = hub
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text('{"model_type": "llama"}')
+    repos["org/llama"] = tmp_path / "llama"
+    with pytest.raises(SystemExit) as e:
+        sample.main(["org/llama", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("python -m fastgpt.sample: error: org/llama: model_type 'llama' is not supported"), err
+    assert calls == [("org/llama", ["config.json"], False)]
+

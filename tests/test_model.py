@@ -1432,3 +1432,98 @@ def test_a_wrapper_in_place_of_one_block_gets_the_pending_residual_add():
             return self.block(x)
     m.transformer.h[1] = Wrapper(m.transformer.h[1])
     torch.testing.assert_close(m(idx)[0], want)
+
+
+# ----------------------------------------------------------------------------- from a mutation audit of selftest.py
+# (2026-11-30: each test below failed on a mutant that every other test let through, and passes on the code)
+
+def test_selftest_cases_check_what_their_labels_say(monkeypatch):
+    """Mutants T02 (the "bias_gelu erf" row ran tanh), T03 (no ignored -100 targets in the cross-entropy row),
+    T04 (the "Tq<Tk" row with Tq == Tk on the CPU), T05 (the "p=0.1" attention row without dropout) and T07 (no
+    fp16 block row on the CPU): each row still passed, checking less than it says."""
+    from fastgpt import ops, selftest, testing
+    seen = []
+    monkeypatch.setattr(testing, "flash_attention_reference",
+                        lambda q, k, v, m, p, seed, tf32: seen.append(("ref", p, seed)))
+    monkeypatch.setattr(ops, "causal_attention", lambda q, k, v, m=None, p=0.0, seed=None, backend=None:
+                        seen.append(("fused", p, seed)))
+    cases = {c[0]: c for c in selftest._op_cases(torch.device("cpu"), quick=True)}
+    assert cases["bias_gelu erf"][3](torch.float32)[-1] == "none"
+    assert cases["bias_gelu tanh"][3](torch.float32)[-1] == "tanh"
+    targets = cases["fused_linear_cross_entropy"][3](torch.float32)[-1]
+    assert (targets == -100).any() and (targets >= 0).any()
+    q, k, v = cases["causal_attention Tq<Tk"][3](torch.float32)
+    assert q.shape[2] < k.shape[2] == v.shape[2]
+    _, fused, ref, make, *_ = cases["causal_attention p=0.1"]
+    fused(*make(torch.float32))
+    ref(*make(torch.float32))
+    assert seen == [("fused", 0.1, (7, 11)), ("ref", 0.1, (7, 11))], seen
+    blocks = [(cfg.norm, dt, ac) for cfg, dt, ac, _ in selftest._block_cases(torch.device("cpu"), quick=True)]
+    assert blocks == [(n, dt, None) for n in ("pre", "post") for dt in (torch.float32, torch.float16)], blocks
+
+
+def test_selftest_quick_shapes_on_a_gpu(monkeypatch):
+    """Mutant T14: --quick's and the full run's op shapes swapped on CUDA (the cases are built, not run)."""
+    from fastgpt import selftest
+    fake_cuda_capability(monkeypatch, (9, 0))
+    shape = {q: {c[0]: c[5] for c in selftest._op_cases(torch.device("cuda"), quick=q)} for q in (True, False)}
+    assert shape[True]["layer_norm"] == "512x768" and shape[False]["layer_norm"] == "4096x768"
+
+
+def test_selftest_fill_keeps_layer_norm_weights_near_one():
+    """Mutant T01: _fill_ drawing LayerNorm weights around 0 (as the biases): the blocks compared near zero gain."""
+    from fastgpt import reference, selftest
+    from fastgpt.config import GPTConfig
+    blk = selftest._fill_(reference.GPTBlock(GPTConfig(vocab_size=256, block_size=32, n_layer=1, n_head=4, n_embd=64)))
+    ln = [p for n, p in blk.named_parameters() if "ln" in n and n.endswith("weight")]
+    assert ln and all(abs(p.mean().item() - 1.0) < 0.1 for p in ln)
+
+
+def test_selftest_quick_and_a_users_autotune_setting(monkeypatch):
+    """Mutants T11 (main passing quick=False to run) and T09 (--quick setting FASTGPT_AUTOTUNE=0 even when the user
+    set it, then removing it: FASTGPT_AUTOTUNE=1 ... --quick autotuned nothing, and the caller's setting was lost)."""
+    from fastgpt import selftest
+    seen = []
+    monkeypatch.setattr(selftest, "run", lambda dev, quick=False, out=None, only=None:
+                        seen.append((quick, os.environ.get("FASTGPT_AUTOTUNE"), only)) or True)
+    monkeypatch.delenv("FASTGPT_AUTOTUNE", raising=False)
+    assert selftest.main(["--device", "cpu", "--quick", "--only", "layer_norm"]) == 0
+    assert seen == [(True, "0", ["layer_norm"])] and "FASTGPT_AUTOTUNE" not in os.environ
+    monkeypatch.setenv("FASTGPT_AUTOTUNE", "1")
+    assert selftest.main(["--device", "cpu", "--quick", "--only", "layer_norm"]) == 0
+    assert seen[1] == (True, "1", ["layer_norm"]) and os.environ["FASTGPT_AUTOTUNE"] == "1", seen
+
+
+def test_selftest_unavailable_fused_backend_is_exit_1(capsys, monkeypatch):
+    """Mutant T08: run() returning True when the fused backend cannot run (no triton, an old GPU): exit 0, as if
+    the kernels had been checked (the epilog: 1 "or the fused backend cannot run here")."""
+    from fastgpt import backend, selftest
+    monkeypatch.setattr(backend, "fused_unavailable_reason", lambda device_type=None: "triton is not installed (test)")
+    assert selftest.main(["--device", "cpu", "--only", "layer_norm"]) == 1
+    out = capsys.readouterr().out
+    assert "# fused backend unavailable: triton is not installed (test)" in out
+    assert "VERDICT: UNAVAILABLE — nothing to check" in out and "PASS" not in out
+
+
+@needs_triton
+def test_selftest_only_with_a_trailing_comma(capsys):
+    """Mutant T10: the empty name after a trailing comma (--only add_layer_norm,) kept: it matches every label, so
+    every row ran (minutes on the CPU, longer autotuning on a GPU)."""
+    from fastgpt import selftest
+    assert selftest.main(["--device", DEVICE, "--only", "add_layer_norm,", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" ok") == 3 and "GPTBlock" not in out and "VERDICT: PASS — 3/3 rows" in out, out
+
+
+@needs_triton
+def test_selftest_rows_are_reproducible(capsys):
+    """Mutant T12: run() without torch.manual_seed(0): the inputs (and so each row's numbers) depended on the
+    caller's RNG state; the same command printed other errors each time."""
+    from fastgpt import selftest
+    rows = []
+    for s in (1, 2):
+        torch.manual_seed(s)
+        assert selftest.main(["--device", DEVICE, "--only", "add_layer_norm", "--quick"]) == 0
+        rows.append([ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("add_layer_norm")])
+    assert len(rows[0]) == 3 and rows[0] == rows[1], rows
+

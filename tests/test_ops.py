@@ -1,4 +1,5 @@
 """fastgpt.ops dispatch: backend precedence, clear errors, and life without triton."""
+import importlib
 import os
 import subprocess
 import sys
@@ -892,3 +893,23 @@ def test_kernels_given_cuda_tensors_under_the_interpreter_say_why():
             _common.check_same_device("layer_norm", x=x, weight=w)
         with pytest.raises(ValueError, match="layer_norm: fastgpt.kernels was imported with TRITON_INTERPRET=1"):
             torch.ops.fastgpt.layer_norm(x, w, None, 1e-5)
+
+
+# ---------------------------------------------------------- from a mutation audit of backend.py (2026-11-30)
+
+def test_a_broken_triton_install_is_a_reason_not_a_crash(monkeypatch):
+    """Mutant B13: only ModuleNotFoundError was caught, so a triton that is installed but broken ("cannot import
+    name ... from triton", an ImportError that is not a ModuleNotFoundError -- a torch/triton version mismatch)
+    escaped from fused_unavailable_reason and crashed every auto call on CUDA instead of falling back."""
+    real = importlib.import_module
+
+    def import_module(name, *a, **k):
+        if name == "fastgpt.kernels":
+            raise ImportError("cannot import name 'knobs' from 'triton' (test)")
+        return real(name, *a, **k)
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    mod, reason = be._import_kernels.__wrapped__()   # past the lru_cache: this process's answer stays as it is
+    assert mod is None
+    assert reason == ("the Triton kernels cannot be imported (cannot import name 'knobs' from 'triton' (test)); "
+                      "install triton, or use backend='reference'")
+
