@@ -129,16 +129,22 @@ def _jit_build():
     return mod, None
 
 
+def _mode() -> str:
+    """$FASTGPT_EXTENSION, lowercased; unset or empty: auto (as an empty $FASTGPT_BACKEND is)."""
+    return (os.environ.get("FASTGPT_EXTENSION", "").strip() or "auto").lower()
+
+
 def setting_problem() -> str | None:
-    """What is wrong with $FASTGPT_EXTENSION (one line), or None."""
-    mode = os.environ.get("FASTGPT_EXTENSION", "auto").lower()
+    """What is wrong with $FASTGPT_EXTENSION (one line), or None. The programs refuse to start with one
+    (fastgpt.cli.backend, selftest); the Python API serves without the extension, saying why."""
+    mode = _mode()
     if mode not in ("auto", "jit", "prebuilt", "off", "0", "none"):
         return f"FASTGPT_EXTENSION must be auto, jit, prebuilt or off, got {mode!r}"
     return None
 
 
 def _load():
-    mode = os.environ.get("FASTGPT_EXTENSION", "auto").lower()
+    mode = _mode()
     if mode in ("off", "0", "none"):
         return None, "disabled by FASTGPT_EXTENSION=off", None
     problem = setting_problem()

@@ -496,6 +496,29 @@ def test_finetune_bad_input_is_one_line(tiny_dir, tmp_path, capsys, monkeypatch)
     # a backend that cannot run here (checked before the run; it used to surface as a traceback mid-step)
     monkeypatch.setenv("FASTGPT_BACKEND", "triton")
     _one_line_exit(FT.main, base, capsys, 2, "FASTGPT_BACKEND must be 'fused' or 'reference'")
+    monkeypatch.delenv("FASTGPT_BACKEND")
+
+
+@pytest.mark.parametrize("prog", ["train", "finetune", "sample"])
+def test_a_typo_in_fastgpt_extension_is_a_usage_error(prog, tiny_dir, tmp_path, capsys, monkeypatch):
+    """(a mutation audit, 2026-11-30) FASTGPT_EXTENSION=jti turned the C++ extension off with one warning on CUDA
+    (none on the CPU), the run going on without it; only selftest refused it. Every program refuses it before any
+    work, as a bad FASTGPT_BACKEND is; set but empty it is auto, as FASTGPT_BACKEND is."""
+    from fastgpt import extension, sample
+    from fastgpt import finetune as FT
+    monkeypatch.setenv("FASTGPT_EXTENSION", "jti")
+    task = tmp_path / "t.jsonl"
+    task.write_text("".join(json.dumps(dict(text=f"w{i % 7}", label=str(i % 2))) + "\n" for i in range(30)))
+    main, argv = dict(
+        train=(train.main, ["--init", str(tiny_dir), "--device=cpu", "--out_dir", str(tmp_path / "o"), "--data",
+                            str(task)]),
+        finetune=(FT.main, ["--task", str(task), "--init", str(tiny_dir), "--device=cpu", "--out_dir",
+                            str(tmp_path / "o")]),
+        sample=(sample.main, [str(tiny_dir), "--device=cpu", "--max-new-tokens=1"]))[prog]
+    _one_line_exit(main, argv, capsys, 2, "FASTGPT_EXTENSION must be auto, jit, prebuilt or off, got 'jti'")
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setenv("FASTGPT_EXTENSION", " ")
+    assert extension.setting_problem() is None and extension._mode() == "auto"
 
 
 def test_finetune_resume_refuses_another_init(tiny_dir, tmp_path, capsys):
