@@ -25,11 +25,6 @@ def _check_name(name, where):
         raise ValueError(f"{where} must be 'fused' or 'reference' (or None for auto), got {name!r}")
 
 
-def interpreting() -> bool:
-    """True when Triton kernels run under the CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _kernels_or_reason():
     mod = sys.modules.get("fastgpt.kernels")  # the common case; also keeps torch.compile out of importlib
     if mod is not None:
