@@ -4,12 +4,14 @@ grown vocabulary, the L3 loss, learning, every kind of --init, --predict, and cl
 Tiny models (1 layer, 64 wide, byte tokenizer) and tiny synthetic files made here;
 the built-in tasks' downloads are marked ``network``.
 """
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -1393,3 +1395,210 @@ def test_text_b_in_a_choice_file_is_refused_and_float_labels_read_as_their_text(
     c.write_text('text,choices,label\nq,"[""a"", ""b""]",2.0\n')
     with pytest.raises(T.TaskFileError, match=r"c\.csv:2: unknown label '2\.0'"):
         T.parse_rows(c)
+
+
+# ----------------------------------------------------------------------------- from a mutation audit of finetune.py
+# (2026-11-30: each test below failed on a mutant that every other test let through, and passes on the code)
+
+
+def test_an_exact_tie_keeps_the_earlier_best(tmp_path, tiny_init, monkeypatch):
+    """Equal validation accuracy and macro-F1: best/ stays the first epoch's (the model kept is the one first
+    seen to score that; a later equal one is not "best so far")."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    _scripted_val_accuracy(monkeypatch, [0.8, 0.8], [0.6, 0.6])
+    out = tmp_path / "o"
+    s = FT.run(cfg_for(task, tiny_init, out, epochs=2, batch_size=16))
+    assert s["val"]["epoch"] == 1, s["val"]
+    assert [x["best"] for x in metrics(out) if "val_accuracy" in x] == [True, False]
+
+
+def test_a_resume_with_nothing_left_to_train_still_scores_and_keeps_a_best(tmp_path, tiny_init):
+    """A run stopped at a --ckpt_interval checkpoint before its first epoch end (no best/ yet), resumed with
+    --max_iters at that step: nothing to train, so the model it has is evaluated, kept in best/, and scored on test."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(60))   # (48 train, batch 4: 12 steps an epoch)
+    out = tmp_path / "o"
+    assert FT.main(_ft_argv(task, tiny_init, out, max_iters=2, epochs=1, ckpt_interval=1, keep_ckpts=0)) == 0
+    for p in ck.list_checkpoints(out)[1:]:   # as if stopped after step 1's checkpoint
+        p.unlink()
+    __import__("shutil").rmtree(out / "best")
+    (out / "eval.json").unlink()
+    assert FT.main(["--resume", f"--out_dir={out}", "--device=cpu", "--max_iters=1"]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["steps"] == 1 and ev["val"]["step"] == 1 and ev["accuracy"] is not None
+    assert (out / "best" / "finetune.json").exists()
+
+
+def test_a_choice_tasks_macro_f1_counts_the_choice_indices():
+    tok = _byte_task_tok()
+    m = _seeded_tiny(vocab_size=259).eval()
+    head = FT.build_head(64, 1, 0.0).eval()
+    exs = [T.Example(f"q{i}", 0, choices=["saw", "mango", "red"][: 2 + i % 2]) for i in range(8)]
+    enc = FT.encode_all(exs, "choice", tok, 32)
+    preds, _ = FT.predict_encoded(m, head, enc, "choice", 4, "cpu", contextlib.nullcontext)
+    for i, e in enumerate(enc):   # half right, half wrong: accuracy 0.5
+        e.label = preds[i] if i % 2 == 0 else (preds[i] + 1) % len(e.seqs)
+    gold = [e.label for e in enc]
+    r = FT.score(m, head, enc, "choice", 0, 4, "cpu", contextlib.nullcontext)   # (a choice task: n_classes 0)
+    assert r["accuracy"] == 0.5
+    assert r["macro_f1"] > 0 and math.isclose(r["macro_f1"], T.macro_f1(preds, gold)), (r, preds, gold)
+
+
+def test_ckpt_interval_saves_every_nth_step_and_the_end(tmp_path, tiny_init):
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(60))   # (48 train, batch 4: 12 steps an epoch)
+    out = tmp_path / "o"
+    assert FT.main(_ft_argv(task, tiny_init, out, max_iters=7, ckpt_interval=3, keep_ckpts=0)) == 0
+    assert [ck._step(p) for p in ck.list_checkpoints(out)] == [3, 6, 7]
+
+
+def test_the_head_drops_out_its_input_by_clf_dropout():
+    head = FT.build_head(64, 3, 0.5).train()
+    x = torch.ones(16, 64)
+    torch.manual_seed(0)
+    assert not torch.equal(head(x), head(x))           # training: dropout on the head's input
+    head.eval()
+    assert torch.equal(head(x), head(x))
+
+
+def test_clf_dropout_and_max_len_reach_the_run(tmp_path, tiny_init, monkeypatch):
+    """--clf_dropout is the head's rate (not 0); --max_len truncates every sequence (saved for --predict), and
+    --max_len equal to the model's block_size is accepted."""
+    rates, lens, real_build, real_collate = [], [], FT.build_head, FT.collate
+    monkeypatch.setattr(FT, "build_head", lambda n, k, p: rates.append(p) or real_build(n, k, p))
+    monkeypatch.setattr(FT, "collate", lambda chunk, *a, **k: lens.extend(len(s) for e in chunk for s in e.seqs)
+                        or real_collate(chunk, *a, **k))
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    s = FT.run(cfg_for(task, tiny_init, tmp_path / "o", clf_dropout=0.3, max_len=8, batch_size=16, max_iters=1))
+    assert rates[0] == 0.3
+    assert s["max_len"] == 8 and max(lens) == 8
+    assert json.loads((tmp_path / "o" / "best" / "finetune.json").read_text())["max_len"] == 8
+    s = FT.run(cfg_for(task, tiny_init, tmp_path / "o64", max_len=64, batch_size=16, max_iters=1))   # = block_size
+    assert s["max_len"] == 64
+
+
+def test_the_defaults_are_the_papers_fine_tuning_recipe():
+    """Radford et al. 2018, 3.2 / 4.1: lr 6.25e-5, batch 32, 3 epochs, warmup over 0.2% of training, lambda 0.5,
+    dropout 0.1 on the classifier, w = 0.01. The module doc and --help promise these; a run without options
+    relies on them."""
+    c = FT.FinetuneConfig()
+    assert (c.lr, c.batch_size, c.epochs, c.warmup_frac) == (6.25e-5, 32, 3, 0.002)
+    assert (c.aux_lm_weight, c.clf_dropout, c.weight_decay, c.grad_clip) == (0.5, 0.1, 0.01, 1.0)
+    assert c.validate() == []
+
+
+def test_a_fine_tuned_model_as_init_continues_with_its_specials(tmp_path, tiny_init):
+    """--init a fine-tune's out_dir (the module doc: "a fine-tuned output (its backbone)"): its best/ backbone, the
+    special tokens already in the vocabulary (not added again), on a new task."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    FT.run(cfg_for(task, tiny_init, tmp_path / "a", batch_size=16, max_iters=1))
+    rows = [dict(text=r["text"], label="long" if len(r["text"]) > 14 else "short") for r in class_rows(40, seed=1)]
+    task2 = write_jsonl(tmp_path / "len.jsonl", rows)
+    s = FT.run(cfg_for(task2, str(tmp_path / "a"), tmp_path / "b", batch_size=16, max_iters=1))
+    assert s["init"].startswith("fine-tuned model") and s["init"].endswith(str(tmp_path / "a" / "best")), s["init"]
+    m = GPT.from_pretrained(tmp_path / "b" / "best")
+    assert m.config.vocab_size == 259 and m.config.padded_vocab_size == 320
+    assert json.loads((tmp_path / "b" / "best" / "finetune.json").read_text())["labels"] == ["long", "short"]
+
+
+def test_an_init_whose_vocabulary_does_not_fit_its_tokenizer_is_one_line(tmp_path):
+    d = tmp_path / "init"
+    tiny_model(vocab_size=128).save_pretrained(d)   # (records the byte tokenizer: 256 tokens)
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    with pytest.raises(FT.RunError, match=r"vocabulary \(128\) does not match the byte tokenizer \(256\)"):
+        FT.run(cfg_for(task, str(d), tmp_path / "o", batch_size=16, max_iters=1))
+
+
+def test_max_iters_is_a_cap_not_a_step_count_and_warmup_rounds_to_nearest(tmp_path, tiny_init):
+    """--max_iters caps the optimizer steps at epochs x steps per epoch (its help: "cap on the optimizer steps";
+    a mutant that trained --max_iters steps ran 25 epochs instead of 2 and passed every test); warmup is
+    round(warmup_frac x total): 0.4 x 4 = 1.6 -> 2 steps, the first lr lr / 3 (floor: 1 step, lr / 2)."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))   # (80/10/10: 32 train, batch 16: 2 steps an epoch)
+    out = tmp_path / "o"
+    s = FT.run(cfg_for(task, tiny_init, out, epochs=2, batch_size=16, max_iters=50, warmup_frac=0.4, lr=1e-3))
+    assert s["steps"] == 4 and s["epochs"] == 2, s
+    rows = metrics(out)
+    assert rows[0]["steps"] == 4
+    assert [r["epoch"] for r in rows if "val_accuracy" in r] == [1, 2]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert len(lrs) == 4 and lrs[0] == pytest.approx(1e-3 / 3) and lrs[1] == pytest.approx(2e-3 / 3), lrs
+
+
+def test_weight_decay_is_on_matrices_only_and_grad_clip_0_is_off(tmp_path, tiny_init, monkeypatch):
+    """AdamW decays the matrices / embeddings by --weight_decay (the paper's w = 0.01) and nothing else; the head's
+    weight is among them. --grad_clip 0 means no clipping (help: "0 = off"): clip_grad_norm_ is never called."""
+    groups, clips = [], []
+    real_adamw, real_clip = torch.optim.AdamW, torch.nn.utils.clip_grad_norm_
+
+    def adamw(params, *a, **k):
+        groups.append([dict(g, params=list(g["params"])) for g in params])
+        assert k["betas"] == (0.9, 0.999) and k["eps"] == 1e-8   # (the paper's Adam)
+        return real_adamw(groups[-1], *a, **k)
+
+    def clip(*a, **k):
+        clips.append(1)
+        return real_clip(*a, **k)
+    monkeypatch.setattr(torch.optim, "AdamW", adamw)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    FT.run(cfg_for(task, tiny_init, tmp_path / "o", weight_decay=0.05, grad_clip=0.0, batch_size=16, max_iters=1))
+    assert clips == []
+    (g,) = groups
+    decay, no_decay = g
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert decay["params"] and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["params"] and all(p.dim() < 2 for p in no_decay["params"])
+    assert any(p.shape == (3, 64) for p in decay["params"])   # the head's (3 labels x n_embd) weight
+
+
+def test_a_resume_decays_by_its_own_weight_decay(tmp_path, tiny_init):
+    """--resume --weight_decay W: the resumed steps decay the matrices by W (the optimizer state is the
+    checkpoint's, its group options this run's); the no-decay group stays at 0."""
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    out = tmp_path / "o"
+    FT.run(cfg_for(task, tiny_init, out, weight_decay=0.01, batch_size=16, epochs=2, max_iters=1))
+    FT.run(cfg_for(task, tiny_init, out, weight_decay=0.2, batch_size=16, epochs=2, max_iters=2, resume=True),
+           {"weight_decay", "max_iters"})
+    st = ck.load_checkpoint(ck.latest_checkpoint(out))
+    assert st["step"] == 2 and [g["weight_decay"] for g in st["optimizer"]["param_groups"]] == [0.2, 0.0]
+
+
+def test_finetune_option_bounds_are_inclusive_where_the_help_says():
+    ok = lambda **kw: FT.FinetuneConfig(**kw).validate() == []   # noqa: E731
+    assert ok(max_len=5) and not ok(max_len=4)
+    assert ok(clf_dropout=0.0) and ok(clf_dropout=0.99) and not ok(clf_dropout=1.0)
+    assert ok(warmup_frac=0.0) and ok(warmup_frac=1.0) and not ok(warmup_frac=1.01)
+
+
+def test_a_sigterm_during_the_last_step_finishes_the_run(tmp_path, tiny_init, monkeypatch):
+    real, calls = FT.forward_batch, []
+
+    def term_in_step_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:   # (training's second and last batch; evaluations call it later)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+    monkeypatch.setattr(FT, "forward_batch", term_in_step_2)
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    out = tmp_path / "o"
+    s = FT.run(cfg_for(task, tiny_init, out, batch_size=16, max_iters=2, epochs=3))
+    assert "interrupted" not in s and s["steps"] == 2, s
+    assert json.loads((out / "eval.json").read_text())["steps"] == 2
+
+
+def test_each_epoch_end_scores_the_validation_split(tmp_path, tiny_init, monkeypatch):
+    """40 training rows and a 5-row --val_file (no test split then): each epoch end scores exactly those 5
+    rows, and the logged accuracy is a multiple of 1/5."""
+    real, scored = FT.score, []
+    monkeypatch.setattr(FT, "score", lambda model, head, data, *a, **k: scored.append([e.seqs for e in data])
+                        or real(model, head, data, *a, **k))
+    task = write_jsonl(tmp_path / "cls.jsonl", class_rows(40))
+    val_rows = [dict(text=t, label=lab) for t, lab in (("zz apple", "fruit"), ("zz saw", "tool"), ("zz red", "color"),
+                                                       ("zz mango", "fruit"), ("zz drill", "tool"))]
+    val = write_jsonl(tmp_path / "val.jsonl", val_rows)
+    out = tmp_path / "o"
+    s = FT.run(cfg_for(task, tiny_init, out, val_file=val, epochs=2, batch_size=20))
+    assert (s["n_train"], s["n_val"], s["n_test"]) == (40, 5, 0)
+    assert len(scored) == 2 and all(len(x) == 5 for x in scored)
+    assert all(bytes(seq[0][1:3]) == b"zz" for x in scored for seq in x)   # (byte tokens after the start token)
+    accs = [r["val_accuracy"] for r in metrics(out) if "val_accuracy" in r]
+    assert len(accs) == 2 and all(abs(a * 5 - round(a * 5)) < 1e-9 for a in accs)
+
