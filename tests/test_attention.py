@@ -1494,3 +1494,30 @@ def test_int32_row_offsets_boundary():
         attention.check_offsets("causal_attention", q=edge)
     below = torch.empty_strided((1, 1, 3, 1), (0, 0, 2**30 - 1, 1), dtype=torch.float16, device="meta")
     attention.check_offsets("causal_attention", q=below)
+
+
+# ----------------------------------------------------------------------------- from a mutation audit of reference.py
+# and testing.py (2026-11-30: each test below failed on a mutant that every other test let through)
+
+# reference.causal_attention's seeded path (seed=(seed, offset): the kernels' mask, the path the reference
+# backend takes for seeded calls and the qkvpacked reference) scales the kept weights by the kernels' quantised
+# 256 / (256 - round(256 p)), not 1 / (1 - p): at p = 0.1 the kernels drop 26/256 = 0.1015625.
+# Mutant killed: the seeded branch's ``scale_kept = attention_dropout_scale(dropout_p)`` removed (1 / (1 - p) kept),
+# which test_reference_attention_dropout_scales_the_kept_weights (mask / torch-RNG paths only) let through.
+
+
+def test_reference_attention_seeded_dropout_is_the_kernels_mask_and_quantised_scale():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 20, 8, dtype=torch.float64, generator=g) for _ in range(3))
+    p, seed, offset = 0.1, 1234, 56
+    s = (q @ k.transpose(-1, -2)) / 8 ** 0.5
+    s = s.masked_fill(torch.ones(20, 20, dtype=torch.bool).triu(1), float("-inf"))
+    keep = reference.attention_keep_mask((2, 3, 20, 20), p, seed, offset)
+    assert 0 < keep.sum() < keep.numel()
+    want = (torch.softmax(s, -1) * keep * (256.0 / (256 - 26))) @ v
+    for sd in ((seed, offset), torch.tensor([seed, offset])):
+        got = reference.causal_attention(q, k, v, dropout_p=p, seed=sd)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # and that is not the unquantised scale (the test can tell them apart)
+    assert not torch.allclose((torch.softmax(s, -1) * keep / (1 - p)) @ v, want, rtol=1e-6, atol=1e-8)
+

@@ -1031,3 +1031,40 @@ def test_a_call_under_a_dispatch_mode_takes_the_registered_op():
     out = extension.bias_dropout_add(x, None, x.detach(), 0.25, seed=(1, 2))   # outside: the eager Function
     assert type(out.grad_fn) is extension._BiasDropoutAdd._backward_cls, out.grad_fn
 
+
+
+# ----------------------------------------------------------------------------- from a mutation audit of reference.py
+# and testing.py (2026-11-30: each test below failed on a mutant that every other test let through)
+
+# reference.bias_dropout_add pinned by itself: out = residual + keep * (x + bias) * fp32(1 / (1 - p)).
+# Every other check of its values compares it with the extension (test_p0_exact,
+# test_dropout_matches_reference_with_the_same_mask), which skips where the extension is unavailable (and would
+# match an equally wrong extension). Mutants killed: the bias dropped (``u = x``), the kept values left unscaled
+# (``u = u * keep``).
+
+
+def test_reference_bias_dropout_add_is_residual_plus_scaled_kept_x_plus_bias():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 33, generator=g)
+    b = torch.randn(33, generator=g)
+    r = torch.randn(5, 33, generator=g)
+    # p = 0: exactly residual + x + bias (fp32, one rounding per add)
+    assert torch.equal(reference.bias_dropout_add(x, b, r, 0.0), r + (x + b))
+    assert torch.equal(reference.bias_dropout_add(x, None, r, 0.0), r + x)
+    # a given mask: kept values scaled by fp32(1 / (1 - p)), dropped ones give the residual
+    p = 0.3
+    keep = torch.rand(5, 33, generator=g) >= p
+    scale = torch.tensor(1 / (1 - p), dtype=torch.float32)
+    want = r + (x + b) * keep * scale
+    torch.testing.assert_close(reference.bias_dropout_add(x, b, r, p, mask=keep), want, rtol=1e-6, atol=1e-6)
+    # the torch-RNG path: kept elements scaled the same way, and about 1 - p of them kept
+    out = reference.bias_dropout_add(x, b, r, p, generator=torch.Generator().manual_seed(1))
+    kept = (out - r).abs() > 1e-6
+    assert 0 < kept.sum() < kept.numel()
+    torch.testing.assert_close((out - r)[kept], ((x + b) * scale)[kept], rtol=1e-5, atol=1e-5)
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.15
+    # and float64 (ref_hi) the same, exactly in float64
+    xd, bd, rd, kd = x.double(), b.double(), r.double(), keep
+    torch.testing.assert_close(reference.bias_dropout_add(xd, bd, rd, p, mask=kd), rd + (xd + bd) * kd / (1 - p),
+                               rtol=1e-14, atol=1e-14)
+

@@ -1,6 +1,7 @@
 """Triton LayerNorm / add+LayerNorm against fastgpt.reference (the tolerance rule of fastgpt/testing.py)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import (DEVICE, HAS_CUDA, HAS_TRITON, ForcedConfig, assert_plan_replays, assert_unrecorded_calls_match,
                       count_calls, needs_cuda, needs_triton)
@@ -583,3 +584,28 @@ def test_compiled_add_layer_norm_with_y_unused_gives_no_weight_gradient():
     f(x, r, w).sum().backward()
     assert w.grad is None
     torch.testing.assert_close(x.grad, torch.full_like(x, 2.0))
+
+
+# ----------------------------------------------------------------------------- from a mutation audit of reference.py
+# and testing.py (2026-11-30: each test below failed on a mutant that every other test let through)
+
+# reference.add_layer_norm with a residual stream of another dtype than x (GPTConfig.residual_dtype): y takes
+# x's dtype, h the residual's, and y is F.layer_norm (fp32) of the stored h rounded once to x's dtype.
+# Mutant killed: ``return y.to(residual.dtype), h`` (y in the residual's dtype: the reference that sets the fused
+# kernel's output dtype contract and ref_lp's precision), which every reference/dtype test let through.
+
+
+def test_reference_add_layer_norm_with_a_wider_residual_keeps_y_in_x_dtype():
+    g = torch.Generator().manual_seed(0)
+    N = 40
+    w, b = torch.randn(N, generator=g) * 0.3 + 1, torch.randn(N, generator=g)
+    for xd, rd in ((torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.float32, torch.bfloat16)):
+        x = torch.randn(7, N, generator=g).to(xd)
+        r = torch.randn(7, N, generator=g).to(rd)
+        y, h = reference.add_layer_norm(x, r, w, b)
+        assert y.dtype == xd and h.dtype == rd, (xd, rd, y.dtype, h.dtype)
+        h_want = (x.float() + r.float()).to(rd)
+        assert torch.equal(h, h_want)
+        y_want = F.layer_norm(h_want.float(), (N,), w, b, 1e-5).to(xd)
+        assert torch.equal(y, y_want), (xd, rd)
+

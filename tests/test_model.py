@@ -1527,3 +1527,50 @@ def test_selftest_rows_are_reproducible(capsys):
         rows.append([ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("add_layer_norm")])
     assert len(rows[0]) == 3 and rows[0] == rows[1], rows
 
+
+
+# ----------------------------------------------------------------------------- from a mutation audit of reference.py
+# and testing.py (2026-11-30: each test below failed on a mutant that every other test let through)
+
+# reference.GPTBlock (the oracle of the fused GPTBlock) written out with PyTorch's own ops: F.layer_norm,
+# F.scaled_dot_product_attention(is_causal=True), F.gelu with the configured approximation, in float64, for
+# pre- and post-LN and both activations. Every block test compares the fused block with reference.GPTBlock, so a
+# wrong reference block would be matched by an equally wrong fused block.
+# Mutants killed: MLP always "tanh" (the exact-erf config ran tanh-GELU), post-LN computed as pre-LN.
+
+
+def _by_hand(blk, x, cfg):
+    C, H = cfg.n_embd, cfg.n_head
+    ln = lambda m, t: F.layer_norm(t, (C,), m.weight, m.bias, cfg.layer_norm_eps)  # noqa: E731
+
+    def attn(t):
+        B, T, _ = t.shape
+        q, k, v = F.linear(t, blk.attn.c_attn.weight, blk.attn.c_attn.bias).split(C, dim=2)
+        q, k, v = (u.reshape(B, T, H, C // H).transpose(1, 2) for u in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        return F.linear(o, blk.attn.c_proj.weight, blk.attn.c_proj.bias)
+
+    def mlp(t):
+        a = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        u = F.gelu(F.linear(t, blk.mlp.c_fc.weight, blk.mlp.c_fc.bias), approximate=a)
+        return F.linear(u, blk.mlp.c_proj.weight, blk.mlp.c_proj.bias)
+
+    if cfg.norm == "pre":
+        x = x + attn(ln(blk.ln_1, x))
+        return x + mlp(ln(blk.ln_2, x))
+    h = ln(blk.ln_1, x + attn(x))
+    return ln(blk.ln_2, h + mlp(h))
+
+
+@pytest.mark.parametrize("activation", ["gelu_tanh", "gelu"])
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_reference_block_is_torchs_ops(norm, activation):
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=100, block_size=32, n_layer=1, n_head=4, n_embd=64, norm=norm, activation=activation)
+    blk = reference.GPTBlock(cfg).double().eval()
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.copy_(torch.randn_like(p) * 0.5 + (1.0 if p.dim() == 1 and p.shape[0] == 64 else 0.0))
+    x = torch.randn(2, 9, 64, dtype=torch.float64) * 2
+    torch.testing.assert_close(blk(x), _by_hand(blk, x, cfg), rtol=1e-10, atol=1e-10)
+

@@ -11,6 +11,7 @@ import fastgpt.ops as ops
 from conftest import DEVICE, FP32_ATTENTION_TOL, HAS_CUDA, HAS_TRITON, count_calls, needs_triton
 from fastgpt import backend as be
 from fastgpt import reference
+from fastgpt.testing import compare_op
 
 
 def test_precedence(monkeypatch):
@@ -912,4 +913,70 @@ def test_a_broken_triton_install_is_a_reason_not_a_crash(monkeypatch):
     assert mod is None
     assert reason == ("the Triton kernels cannot be imported (cannot import name 'knobs' from 'triton' (test)); "
                       "install triton, or use backend='reference'")
+
+
+
+# ----------------------------------------------------------------------------- from a mutation audit of reference.py
+# and testing.py (2026-11-30: each test below failed on a mutant that every other test let through)
+
+# compare_op, the comparison every kernel test uses, must be as strict as the rule says for the op's own dtype,
+# and must feed random (not constant) upstream gradients.
+#
+# Mutants killed:
+#   * compare_op's forward checks using another dtype's eps (``dtype or torch.bfloat16`` for ``dtype or o.dtype``):
+#     an fp32 op 1e-5 off (80x its fp32 bound) passed, since bf16's eps is 65536x fp32's;
+#   * _upstream's 'random' gradients made constant (torch.ones for torch.randn): a backward that ignores the
+#     values of the upstream gradient (computes the gradient of y.sum()) passed.
+
+
+def test_compare_op_uses_the_outputs_own_eps():
+    torch.manual_seed(0)
+    x, w = torch.randn(6, 32), torch.randn(32)
+    ref = lambda x, w: reference.layer_norm(x, w)  # noqa: E731
+    assert all(c.ok for c in compare_op("ln", ref, ref, [x, w]))
+    off = compare_op("ln", lambda x, w: ref(x, w) * (1 + 1e-5), ref, [x, w])   # fp32: ~85 ulps off
+    assert not off[0].ok, str(off[0])
+    # ... while the same relative error is well inside an fp16 / bf16 op's bound
+    for dt in (torch.float16, torch.bfloat16):
+        xl, wl = x.to(dt), w.to(dt)
+        assert compare_op("ln", lambda x, w: ref(x, w), ref, [xl, wl])[0].ok
+
+
+def test_compare_op_upstream_gradient_is_not_constant():
+    torch.manual_seed(0)
+    x, w = torch.randn(6, 32), torch.randn(32)
+    ref = lambda x, w: reference.layer_norm(x, w)  # noqa: E731
+
+    class SumGrad(torch.autograd.Function):
+        """LayerNorm whose backward ignores g's values: the gradient of y.sum() scaled by g's mean."""
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return reference.layer_norm(x, w)
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = (t.detach().requires_grad_() for t in ctx.saved_tensors)
+            with torch.enable_grad():
+                y = reference.layer_norm(x, w)
+                dx, dw = torch.autograd.grad(y, (x, w), torch.full_like(y, 1.0) * g.mean())
+            return dx, dw
+
+    checks = compare_op("ln", SumGrad.apply, ref, [x, w])          # grad_mode='random', the default
+    assert checks[0].ok and not all(c.ok for c in checks[1:]), [str(c) for c in checks]
+
+
+def test_compare_op_checks_every_output():
+    """Mutant killed: compare_op's forward checks over ``ours[:1]`` (only the first output: add_layer_norm's h,
+    the residual stream every later block reads, went unchecked)."""
+    torch.manual_seed(0)
+    x, r, w = torch.randn(6, 32), torch.randn(6, 32), torch.randn(32)
+    ref = lambda x, r, w: reference.add_layer_norm(x, r, w)  # noqa: E731
+
+    def wrong_h(x, r, w):
+        y, h = ref(x, r, w)
+        return y, h + 1e-2 * h.detach().abs().max()
+    checks = compare_op("aln", wrong_h, ref, [x, r, w])
+    assert [c.name for c in checks][:2] == ["aln out0", "aln out1"], [c.name for c in checks]
+    assert checks[0].ok and not checks[1].ok, [str(c) for c in checks]
 
