@@ -243,6 +243,19 @@ class ForcedConfig:
         self.fn[grid](*args, **kwargs, **self.kwargs)
 
 
+def fail_import(monkeypatch, module: str, message: str) -> None:
+    """importlib.import_module(module) raises ImportError(message) (a broken install, a .so that does not
+    import); every other import is importlib's own."""
+    import importlib
+    real = importlib.import_module
+
+    def import_module(name, *a, **k):
+        if name == module:
+            raise ImportError(message)
+        return real(name, *a, **k)
+    monkeypatch.setattr(importlib, "import_module", import_module)
+
+
 def interrupt_on_call(monkeypatch, owner, name: str, n: int) -> None:
     """Replace owner.name with a wrapper that raises KeyboardInterrupt (a Ctrl-C) on its n-th call."""
     real, calls = getattr(owner, name), []

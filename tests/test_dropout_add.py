@@ -5,7 +5,6 @@ p = 0 is compared exactly (forward, dx, dresidual) and by the tolerance rule
 extension draws, which fastgpt.reference.dropout_keep_mask reproduces in pure
 PyTorch from the same (seed, offset); plus the statistics of the mask.
 """
-import importlib
 import importlib.util
 import os
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA, needs_cuda
+from conftest import DEVICE, HAS_CUDA, fail_import, needs_cuda
 from fastgpt import backend, extension, ops, reference
 from fastgpt.testing import compare_op
 
@@ -867,13 +866,7 @@ def test_the_reason_names_every_failed_way(monkeypatch):
     monkeypatch.setattr(extension, "_stale", lambda path: True)
     monkeypatch.setattr(extension, "_jit_build", lambda: (None, "no C++ compiler (test)"))
     monkeypatch.setattr(extension, "_ops_registered", lambda: False)   # (this process loaded the real module)
-    real = importlib.import_module
-
-    def import_module(name, *a, **k):
-        if name == "fastgpt._C":
-            raise ImportError("undefined symbol (test)")
-        return real(name, *a, **k)
-    monkeypatch.setattr(importlib, "import_module", import_module)
+    fail_import(monkeypatch, "fastgpt._C", "undefined symbol (test)")
     assert extension._load() == (None, "the prebuilt fastgpt._C is older than csrc/; it does not import either "
                                        "(undefined symbol (test)); no C++ compiler (test)", None)
 

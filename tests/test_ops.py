@@ -1,5 +1,4 @@
 """fastgpt.ops dispatch: backend precedence, clear errors, and life without triton."""
-import importlib
 import os
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 import fastgpt.ops as ops
-from conftest import DEVICE, FP32_ATTENTION_TOL, HAS_CUDA, HAS_TRITON, count_calls, needs_triton
+from conftest import DEVICE, FP32_ATTENTION_TOL, HAS_CUDA, HAS_TRITON, count_calls, fail_import, needs_triton
 from fastgpt import backend as be
 from fastgpt import reference
 from fastgpt.testing import compare_op
@@ -902,13 +901,7 @@ def test_a_broken_triton_install_is_a_reason_not_a_crash(monkeypatch):
     """Mutant B13: only ModuleNotFoundError was caught, so a triton that is installed but broken ("cannot import
     name ... from triton", an ImportError that is not a ModuleNotFoundError -- a torch/triton version mismatch)
     escaped from fused_unavailable_reason and crashed every auto call on CUDA instead of falling back."""
-    real = importlib.import_module
-
-    def import_module(name, *a, **k):
-        if name == "fastgpt.kernels":
-            raise ImportError("cannot import name 'knobs' from 'triton' (test)")
-        return real(name, *a, **k)
-    monkeypatch.setattr(importlib, "import_module", import_module)
+    fail_import(monkeypatch, "fastgpt.kernels", "cannot import name 'knobs' from 'triton' (test)")
     mod, reason = be._import_kernels.__wrapped__()   # past the lru_cache: this process's answer stays as it is
     assert mod is None
     assert reason == ("the Triton kernels cannot be imported (cannot import name 'knobs' from 'triton' (test)); "
