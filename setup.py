@@ -32,6 +32,15 @@ def _warn(msg):
     print(f"fastgpt setup: {msg}", file=sys.stderr)
 
 
+def _said(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e)[:300]}"
+
+
+def _warn_failed(e: Exception):
+    _warn(f"building fastgpt._C failed ({_said(e)}); the install goes on and fastgpt will JIT-compile it at first "
+          "use or use the reference path")
+
+
 def extension_build():
     """(ext_modules, cmdclass) for fastgpt._C, or ([], {}) when it cannot be built here."""
     if os.environ.get("FASTGPT_BUILD_EXT", "1") == "0":
@@ -63,28 +72,26 @@ def extension_build():
             try:
                 super().run()
             except Exception as e:  # no compiler, a toolchain error: fall back to JIT / reference
-                _warn(f"building fastgpt._C failed ({type(e).__name__}: {str(e)[:300]}); the install goes on "
-                      "and fastgpt will JIT-compile it at first use or use the reference path")
+                _warn_failed(e)
 
         def build_extensions(self):
             try:
                 super().build_extensions()
                 return
             except Exception as e:
-                failure = f"{type(e).__name__}: {str(e)[:300]}"
+                failure = e
             ext = self.extensions[0]
             if ext.sources != cpu_ext.sources:   # an incomplete CUDA toolkit (nvcc without its headers, say): the
                 for k in ("sources", "extra_compile_args", "include_dirs", "library_dirs", "libraries"):
                     setattr(ext, k, getattr(cpu_ext, k))   # CPU kernels at least (fastgpt.extension JIT-builds
                 try:                                       # the CUDA ones where a GPU is)
                     super().build_extensions()
-                    _warn(f"building fastgpt._C with CUDA failed ({failure}); built its CPU kernels only")
+                    _warn(f"building fastgpt._C with CUDA failed ({_said(failure)}); built its CPU kernels only")
                     return
                 except Exception:
                     pass
             self.extensions = []   # (nothing to copy in place)
-            _warn(f"building fastgpt._C failed ({failure}); the install goes on "
-                  "and fastgpt will JIT-compile it at first use or use the reference path")
+            _warn_failed(failure)
 
     return [ext], {"build_ext": OptionalBuildExt.with_options(use_ninja=True)}
 

@@ -110,7 +110,7 @@ def main(res) -> int:
         if r["note"].startswith("no Liger row"):
             print(f"no peer: {r['bench']} {r['case']} {r['impl']}: {r['note']}")
     card, copy = env.get("card") or "", env.get("copy_gbps")
-    other_card = bool(card) and ("H100" not in card or bool(copy) and abs(copy / H100_COPY_GBPS - 1) > SAME_COPY)
+    other_card = bool(card) and ("H100" not in card or (bool(copy) and abs(copy / H100_COPY_GBPS - 1) > SAME_COPY))
     if other_card:
         print(f"targets: set on an H100 SXM; this card is {card}: GB/s targets scaled by copy {copy or '?'} / "
               f"{H100_COPY_GBPS} GB/s, the others as they are")

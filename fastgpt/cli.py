@@ -605,14 +605,20 @@ def cuda_dtype(dtype: str | None) -> str:
                      "(it needs 8.0 or newer); use --dtype fp16")
 
 
+def check_extension_setting() -> None:
+    """A UsageError (one line) for a bad $FASTGPT_EXTENSION: the Python API would serve without the extension,
+    quietly; a program refuses to start."""
+    from fastgpt.extension import setting_problem
+    if (problem := setting_problem()) is not None:
+        raise UsageError(problem)
+
+
 def backend(name: str | None, device_type: str) -> str:
     """--backend resolved for the device (fastgpt.backend.resolve: 'fused' or 'reference'); a UsageError
     (one line) when it cannot be: --backend fused where it cannot run, a bad $FASTGPT_BACKEND or
     $FASTGPT_EXTENSION (a typo there would quietly turn the extension off)."""
     from fastgpt.backend import INTERPRETER_HINT, USE_REFERENCE, resolve
-    from fastgpt.extension import setting_problem
-    if (problem := setting_problem()) is not None:
-        raise UsageError(problem)
+    check_extension_setting()
     try:
         return resolve(name, device_type)
     except (RuntimeError, ValueError) as e:   # the advice in the programs' words, not the Python API's

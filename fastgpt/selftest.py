@@ -268,10 +268,8 @@ def run(device=None, quick=False, out=None, only=None):
         raise UsageError(f"--only {','.join(unmatched)}: matches no check; the checks are: {', '.join(labels)}")
 
     from fastgpt import extension
-    from fastgpt.cli import UsageError
-    problem = extension.setting_problem()
-    if problem is not None:   # (its rows were skipped as if the extension were off)
-        raise UsageError(problem)
+    from fastgpt.cli import UsageError, check_extension_setting
+    check_extension_setting()   # (its rows were skipped as if the extension were off)
     try:
         reason = fused_unavailable_reason(device.type)
     except ValueError as e:   # a bad setting read when the kernels are imported (FASTGPT_ATTENTION_DQ)
